@@ -1,0 +1,238 @@
+"""Turn a policy's secret into its value, from whichever backend the policy names.
+
+Sources (the policy's ``from:``):
+
+- ``vault``: the encrypted local store, entry named like the secret. Opened lazily (never
+  creating a key), and cached until the vault file is rewritten, so a `secret set` while the
+  proxy runs takes effect on the next request without decrypting the store on every request.
+- ``env:VAR``: the proxy's environment variable ``VAR``, read on every call.
+- ``file:PATH``: the file's text without one trailing newline, read on every call. A relative
+  ``PATH`` is relative to ``base_dir`` (the CLI passes the policy file's directory), else to
+  the home directory.
+- ``keyring:SERVICE/USER``: the OS keyring entry; split at the last ``/``.
+- ``command``: run the policy's argv (no shell, 10 s timeout); its stdout without one trailing
+  newline. On failure only the exit status is reported: stdout may hold a partial secret.
+
+Every failure is a ``SecretUnavailable`` whose message never contains the value or any output
+that might hold it, because these messages reach logs, audit reasons and `secret list`.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from broker_proxy.home import Home
+from broker_proxy.policy.model import SecretPolicy
+from broker_proxy.secrets.master_key import (
+    MasterKeyError,
+    load_or_create_master_key,
+    usable_keyring,
+)
+from broker_proxy.secrets.value import SecretValue
+from broker_proxy.secrets.vault import MAGIC, MAX_VALUE_BYTES, NONCE_BYTES, Vault, VaultError
+
+COMMAND_TIMEOUT_SECONDS = 10.0
+_VAULT_HEADER_BYTES = len(MAGIC) + NONCE_BYTES
+
+
+class SecretUnavailable(Exception):
+    """The secret's backend cannot give a value now; the proxy fails closed (503)."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(f'secret "{name}" is unavailable: {reason}')
+        self.name = name
+        self.reason = reason
+
+
+class _Unavailable(Exception):
+    """A backend's reason, before the resolver attaches the secret's name."""
+
+
+def _strip_one_newline(text: str) -> str:
+    if text.endswith("\r\n"):
+        return text[:-2]
+    if text.endswith("\n"):
+        return text[:-1]
+    return text
+
+
+class SecretResolver:
+    """Resolve ``SecretPolicy`` objects of one home to ``SecretValue`` objects."""
+
+    def __init__(self, home: Home, base_dir: Path | None = None) -> None:
+        self._home = home
+        self._base_dir = base_dir if base_dir is not None else home.root
+        self._lock = threading.Lock()
+        self._vault_key: bytes | None = None
+        self._vault_header: bytes | None = None
+        self._vault_secrets: dict[str, SecretValue] = {}
+
+    def resolve(self, secret: SecretPolicy) -> SecretValue:
+        try:
+            value = self._fetch(secret)
+        except _Unavailable as exc:
+            raise SecretUnavailable(secret.name, str(exc)) from None
+        if isinstance(value, SecretValue):
+            return value
+        if not value:
+            raise SecretUnavailable(secret.name, f"{secret.source} gave an empty value")
+        return SecretValue(secret.name, value)
+
+    def check(self, secret: SecretPolicy) -> tuple[bool, str]:
+        """Does it resolve, and a one-line reason; for `secret list`, never showing the value."""
+        try:
+            self.resolve(secret)
+        except SecretUnavailable as exc:
+            return False, exc.reason
+        return True, f"resolves from {secret.source}"
+
+    def _fetch(self, secret: SecretPolicy) -> str | SecretValue:
+        kind, _, argument = secret.source.partition(":")
+        fetchers: dict[str, Callable[[SecretPolicy, str], str | SecretValue]] = {
+            "vault": self._from_vault,
+            "env": self._from_env,
+            "file": self._from_file,
+            "keyring": self._from_keyring,
+            "command": self._from_command,
+        }
+        fetch = fetchers.get(kind)
+        if fetch is None:
+            raise _Unavailable(f"unknown source {secret.source!r}")
+        return fetch(secret, argument)
+
+    def _from_env(self, secret: SecretPolicy, variable: str) -> str:
+        if not variable:
+            raise _Unavailable("env: names no variable")
+        value = os.environ.get(variable)
+        if value is None:
+            raise _Unavailable(f"environment variable {variable} is not set")
+        if not value:
+            raise _Unavailable(f"environment variable {variable} is empty")
+        return value
+
+    def _from_file(self, secret: SecretPolicy, raw_path: str) -> str:
+        if not raw_path:
+            raise _Unavailable("file: names no path")
+        path = Path(raw_path).expanduser()
+        if not path.is_absolute():
+            path = self._base_dir / path
+        try:
+            with open(path, "rb") as secret_file:
+                data = secret_file.read(MAX_VALUE_BYTES + 3)
+        except FileNotFoundError:
+            raise _Unavailable(f"file {path} does not exist") from None
+        except OSError as exc:
+            # strerror only: the path is ours and the OS text never holds file contents.
+            raise _Unavailable(f"cannot read file {path}: {exc.strerror}") from None
+        if len(data) > MAX_VALUE_BYTES + 2:
+            raise _Unavailable(f"file {path} is larger than {MAX_VALUE_BYTES} bytes")
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            # Not the exception's text: it quotes bytes of the file.
+            raise _Unavailable(f"file {path} is not UTF-8 text") from None
+        value = _strip_one_newline(text)
+        if not value:
+            raise _Unavailable(f"file {path} is empty")
+        return value
+
+    def _from_keyring(self, secret: SecretPolicy, entry: str) -> str:
+        service, _, username = entry.rpartition("/")
+        if not service or not username:
+            raise _Unavailable(f"keyring source must be keyring:SERVICE/USER, not {entry!r}")
+        backend = usable_keyring()
+        if backend is None:
+            raise _Unavailable("no usable OS keyring backend")
+        try:
+            value = backend.get_password(service, username)
+        except Exception as exc:  # backends raise their own types; only the type name is safe
+            raise _Unavailable(f"OS keyring error ({type(exc).__name__})") from None
+        if value is None:
+            raise _Unavailable(f"no entry {service}/{username} in the OS keyring")
+        return value
+
+    def _from_command(self, secret: SecretPolicy, _argument: str) -> str:
+        argv = secret.command
+        if not argv:
+            raise _Unavailable("command source has no argv")
+        program = argv[0]
+        try:
+            completed = subprocess.run(
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                timeout=COMMAND_TIMEOUT_SECONDS,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            # Not str(exc): TimeoutExpired carries whatever stdout was captured so far.
+            raise _Unavailable(
+                f"command {program} timed out after {COMMAND_TIMEOUT_SECONDS:g} s"
+            ) from None
+        except FileNotFoundError:
+            raise _Unavailable(f"command {program} not found") from None
+        except OSError as exc:
+            raise _Unavailable(f"cannot run command {program}: {exc.strerror}") from None
+        if completed.returncode < 0:
+            raise _Unavailable(f"command {program} was killed by signal {-completed.returncode}")
+        if completed.returncode != 0:
+            raise _Unavailable(f"command {program} exited with status {completed.returncode}")
+        try:
+            text = completed.stdout.decode("utf-8")
+        except UnicodeDecodeError:
+            raise _Unavailable(f"command {program} printed something that is not UTF-8") from None
+        value = _strip_one_newline(text)
+        if not value:
+            raise _Unavailable(f"command {program} printed nothing")
+        return value
+
+    def _from_vault(self, secret: SecretPolicy, _argument: str) -> SecretValue:
+        with self._lock:
+            secrets = self._vault_contents()
+        value = secrets.get(secret.name)
+        if value is None:
+            raise _Unavailable(f"not in the vault {self._home.vault}")
+        return value
+
+    def _vault_contents(self) -> dict[str, SecretValue]:
+        """The decrypted store, decrypted again only when the file was rewritten.
+
+        Every write draws a fresh random nonce, so the file's first bytes (magic + nonce)
+        identify its contents exactly; mtime/size could miss two same-size writes within one
+        timestamp tick. Reading 16 bytes per resolve is far cheaper than decrypting.
+        """
+        path = self._home.vault
+        try:
+            with open(path, "rb") as vault_file:
+                header = vault_file.read(_VAULT_HEADER_BYTES)
+        except FileNotFoundError:
+            self._vault_header, self._vault_secrets = None, {}
+            raise _Unavailable(f"not in the vault (no vault at {path})") from None
+        except OSError as exc:
+            raise _Unavailable(f"cannot read vault {path}: {exc.strerror}") from None
+        if header == self._vault_header:
+            return self._vault_secrets
+        try:
+            # Header first, contents second: if a write lands in between, newer contents are
+            # cached under the older header and the next call simply decrypts once more.
+            secrets = self._read_vault(path)
+        except (MasterKeyError, VaultError) as exc:
+            raise _Unavailable(str(exc)) from None
+        self._vault_header, self._vault_secrets = header, secrets
+        return secrets
+
+    def _read_vault(self, path: Path) -> dict[str, SecretValue]:
+        if self._vault_key is not None:
+            try:
+                return Vault(path, self._vault_key).snapshot()
+            except VaultError:
+                # The key may have been rotated or restored since; look it up again once.
+                self._vault_key = None
+        key = load_or_create_master_key(self._home, create=False)
+        secrets = Vault(path, key).snapshot()
+        self._vault_key = key
+        return secrets
