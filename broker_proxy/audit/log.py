@@ -1,0 +1,483 @@
+"""The audit log: append-only, hash-chained, HMAC'd JSON lines.
+
+Every record names the SHA-256 of the previous line (`prev`) and carries an HMAC-SHA256 of
+itself under a key that only the proxy's home holds (`mac`), so removing, reordering or editing a
+record breaks the chain at that record, and forging one needs the key.
+
+Two things the chain alone cannot show, by design: the loss of the newest records when the file is
+cut exactly at a line boundary (there is no external anchor), and a rewrite by someone holding the
+key.
+
+A torn last line (a crash or a full disk in the middle of a write) is never truncated: it is
+evidence. The next writer ends it with a newline and appends an `audit_torn_tail` record that
+names the torn bytes' SHA-256 and continues the chain from the last whole record; `verify_chain`
+accepts exactly that and nothing else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import stat
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final, Self
+
+KEY_BYTES: Final = 32
+GENESIS_PREV: Final = "0" * 64
+TORN_TAIL_EVENT: Final = "audit_torn_tail"
+MAX_STRING: Final = 1024
+TRUNCATED_MARK: Final = "…[truncated]"
+FSYNC_MODES: Final = frozenset({"always", "batch"})
+BATCH_INTERVAL: Final = 0.050  # seconds between fsyncs in "batch" mode, at most
+BATCH_RECORDS: Final = 64  # unsynced records that force an fsync in "batch" mode
+
+# Present in every record, null when they do not apply, so readers see one shape.
+STANDARD_FIELDS: Final = (
+    "decision",
+    "reason",
+    "grant",
+    "agent",
+    "task",
+    "secrets",
+    "method",
+    "scheme",
+    "host",
+    "port",
+    "path",
+    "status",
+    "duration_ms",
+)
+RESERVED_FIELDS: Final = frozenset({"seq", "ts", "event", "prev", "mac"})
+_TAIL_CHUNK: Final = 65536
+
+
+class AuditError(Exception):
+    """Base of audit failures; whoever gets one must fail closed (503), never send unaudited."""
+
+
+class AuditWriteError(AuditError):
+    """The log could not be opened, read back or written."""
+
+
+class AuditKeyError(AuditError):
+    """The audit key is missing, malformed or readable by others."""
+
+
+class AuditRecordError(AuditError, ValueError):
+    """A caller passed a field the record cannot hold (a programming error, not an attack)."""
+
+
+def canonical_json(record: dict[str, Any]) -> bytes:
+    """The one byte form a record is hashed, MAC'd and stored in.
+
+    ensure_ascii keeps every line pure ASCII: C0, DEL, C1 (a terminal's CSI), U+2028 and lone
+    surrogates in agent-controlled strings are all escaped, so `audit tail` cannot be used to
+    inject terminal sequences or fake line breaks.
+    """
+    return json.dumps(
+        record, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
+    ).encode("ascii")
+
+
+def record_mac(key: bytes, record: dict[str, Any]) -> str:
+    """HMAC-SHA256 over the canonical JSON of the record without its `mac`."""
+    body = {name: value for name, value in record.items() if name != "mac"}
+    return hmac.new(key, canonical_json(body), hashlib.sha256).hexdigest()
+
+
+def line_hash(line: bytes) -> str:
+    """What the next record's `prev` holds: SHA-256 of this line's bytes, newline excluded."""
+    return hashlib.sha256(line).hexdigest()
+
+
+def load_key(key_path: Path, *, create: bool) -> bytes:
+    """Read the 32-byte audit key, creating it (0600) first when `create` and it is missing."""
+    if create:
+        _create_key(key_path)
+    try:
+        fd = os.open(key_path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise AuditKeyError(f"audit key {key_path} does not exist") from None
+    except OSError as exc:
+        raise AuditKeyError(f"cannot read audit key {key_path}: {exc.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        # Anyone who can read the key can forge records that verify; anyone who can write it can
+        # make every record fail.
+        if info.st_mode & 0o077:
+            raise AuditKeyError(
+                f"audit key {key_path} is accessible by group or others (run chmod 600)"
+            )
+        if not stat.S_ISREG(info.st_mode):
+            raise AuditKeyError(f"audit key {key_path} is not a regular file")
+        key = os.read(fd, KEY_BYTES + 1)
+    except OSError as exc:
+        raise AuditKeyError(f"cannot read audit key {key_path}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+    if len(key) != KEY_BYTES:
+        raise AuditKeyError(f"audit key {key_path} must be exactly {KEY_BYTES} bytes")
+    return key
+
+
+def _create_key(key_path: Path) -> None:
+    """Write a fresh key beside the target, then link it into place.
+
+    link() fails if the name exists, so two processes creating the key at once both end up
+    reading the same complete key, never a half-written one.
+    """
+    if key_path.exists():
+        return
+    tmp = key_path.with_name(f".{key_path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, secrets.token_bytes(KEY_BYTES))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, key_path)
+    except OSError as exc:
+        raise AuditKeyError(f"cannot create audit key {key_path}: {exc.strerror}") from None
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+
+
+def _now_rfc3339() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _clean_string(value: str) -> str:
+    if len(value) <= MAX_STRING:
+        return value
+    return value[: MAX_STRING - len(TRUNCATED_MARK)] + TRUNCATED_MARK
+
+
+def _clean_value(name: str, value: object) -> object:
+    if value is None or isinstance(value, bool | int):
+        return value
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise AuditRecordError(f"audit field {name!r} must be a finite number")
+        return value
+    if isinstance(value, str):
+        return _clean_string(value)
+    if isinstance(value, list | tuple | frozenset | set):
+        if not all(isinstance(item, str) for item in value):
+            raise AuditRecordError(f"audit field {name!r} must be a list of strings")
+        items = sorted(value) if isinstance(value, frozenset | set) else list(value)
+        return [_clean_string(item) for item in items]
+    raise AuditRecordError(
+        f"audit field {name!r} must be a JSON scalar or a list of strings, "
+        f"not {type(value).__name__}"
+    )
+
+
+def _strip_query(path: object) -> object:
+    # A query string may carry a secret (inject: [query]) or personal data; the record keeps
+    # only the path. A fragment is never sent, but drop it too in case a caller passes a URL tail.
+    if isinstance(path, str):
+        for mark in ("?", "#"):
+            path = path.split(mark, 1)[0]
+    return path
+
+
+def _read_tail(fd: int, size: int) -> tuple[bytes | None, bytes]:
+    """Return (last whole line or None, the bytes after the last newline) of the file's end."""
+    pos, buf = size, b""
+    while True:
+        if pos > 0:
+            step = min(_TAIL_CHUNK, pos)
+            pos -= step
+            chunk = os.pread(fd, step, pos)
+            if len(chunk) != step:
+                raise OSError(5, "short read")
+            buf = chunk + buf
+        last_nl = buf.rfind(b"\n")
+        if last_nl == -1:
+            if pos == 0:
+                return None, buf
+            continue
+        torn = buf[last_nl + 1 :]
+        prev_nl = buf.rfind(b"\n", 0, last_nl)
+        if prev_nl == -1 and pos > 0:
+            continue
+        return buf[prev_nl + 1 : last_nl], torn
+
+
+def _parse_record(line: bytes) -> dict[str, Any] | None:
+    """The record on a line, or None when the line is not one (torn, garbage)."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(record, dict) or type(record.get("seq")) is not int:
+        return None
+    return record
+
+
+class AuditLog:
+    """One writer's handle on the audit log; many handles (threads, processes) may share a file.
+
+    Appends from threads are serialised by a lock, appends from processes by flock(2) on the file,
+    and each writer re-reads the tail under flock whenever someone else wrote since its own last
+    write, so the chain stays one chain.
+    """
+
+    def __init__(self, path: Path, key: bytes, fd: int, fsync: str) -> None:
+        self.path = path
+        self._key = key
+        self._fd = fd
+        self._fsync = fsync
+        self._lock = threading.Lock()
+        self._next_seq = 0
+        self._prev = GENESIS_PREV
+        self._end = -1  # file size after our last write; -1 forces a re-read of the tail
+        self._pending_torn: bytes | None = None  # a torn last line still to be recorded
+        self._torn_tail = False  # the file does not end with a newline
+        self._unsynced = 0
+        self._last_sync = time.monotonic()
+        self._closed = False
+        self._dirty = threading.Event()
+        self._flusher: threading.Thread | None = None
+
+    @classmethod
+    def open(cls, path: Path, key_path: Path, *, fsync: str = "batch") -> Self:
+        """Open (creating 0600) the log and its key; recover from a torn tail if there is one."""
+        if fsync not in FSYNC_MODES:
+            raise ValueError(f"fsync must be one of {sorted(FSYNC_MODES)}, not {fsync!r}")
+        path, key_path = Path(path), Path(key_path)
+        key = load_key(key_path, create=True)
+        flags = os.O_RDWR | os.O_APPEND | os.O_CLOEXEC
+        try:
+            try:
+                fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o600)
+                created = True
+            except FileExistsError:
+                fd = os.open(path, flags)
+                created = False
+            if created:
+                _fsync_dir(path.parent)
+        except OSError as exc:
+            raise AuditWriteError(f"cannot open audit log {path}: {exc.strerror}") from None
+        log = cls(path, key, fd, fsync)
+        try:
+            with log._lock, log._file_lock():
+                log._sync_tail()
+                if log._pending_torn is not None:
+                    log._write_locked([])
+                    log._sync(force=True)
+        except OSError as exc:
+            os.close(fd)
+            raise AuditWriteError(f"cannot open audit log {path}: {exc.strerror or exc}") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        if fsync == "batch":
+            log._flusher = threading.Thread(
+                target=log._flush_loop, name="audit-fsync", daemon=True
+            )
+            log._flusher.start()
+        return log
+
+    def append(self, event: str, *, durable: bool = False, **fields: object) -> dict[str, Any]:
+        """Write one record and return it (with seq, ts, prev and mac).
+
+        `durable=True` returns only once the record is on disk: the proxy asks for it before a
+        request carrying a secret goes upstream.
+        """
+        record = self._build(event, fields)
+        with self._lock:
+            if self._closed:
+                raise AuditWriteError(f"audit log {self.path} is closed")
+            try:
+                with self._file_lock():
+                    self._sync_tail()
+                    written = self._write_locked([record])
+                self._unsynced += 1
+                self._sync(force=durable or self._fsync == "always")
+            except OSError as exc:
+                self._end = -1
+                raise AuditWriteError(
+                    f"cannot write audit log {self.path}: {exc.strerror or exc}"
+                ) from None
+        if self._unsynced:
+            self._dirty.set()
+        return written
+
+    def close(self) -> None:
+        """Flush to disk and release the file; appends after this raise AuditWriteError."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            try:
+                self._sync(force=True)
+            except OSError as exc:
+                raise AuditWriteError(
+                    f"cannot write audit log {self.path}: {exc.strerror or exc}"
+                ) from None
+            finally:
+                os.close(self._fd)
+                self._dirty.set()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @staticmethod
+    def read_records(path: Path) -> Iterator[dict[str, Any]]:
+        """Records in file order, for `audit tail`; lines that are not records are skipped.
+
+        This does not verify anything: that is `verify_chain`'s job.
+        """
+        try:
+            with open(path, "rb") as handle:
+                for line in handle:
+                    if not line.endswith(b"\n"):
+                        return  # a torn or still-being-written last line
+                    record = _parse_record(line[:-1])
+                    if record is not None:
+                        yield record
+        except OSError as exc:
+            raise AuditWriteError(f"cannot read audit log {path}: {exc.strerror}") from None
+
+    def _build(self, event: str, fields: dict[str, object]) -> dict[str, Any]:
+        if not isinstance(event, str) or not event:
+            raise AuditRecordError("audit event must be a non-empty string")
+        reserved = RESERVED_FIELDS.intersection(fields)
+        if reserved:
+            raise AuditRecordError(f"audit fields {sorted(reserved)} are set by the log itself")
+        record: dict[str, Any] = dict.fromkeys(STANDARD_FIELDS)
+        record["secrets"] = []
+        for name, value in fields.items():
+            record[name] = _clean_value(name, value)
+        record["path"] = _strip_query(record["path"])
+        record["event"] = _clean_string(event)
+        return record
+
+    @contextlib.contextmanager
+    def _file_lock(self) -> Iterator[None]:
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def _sync_tail(self) -> None:
+        """Under flock: learn seq/prev from the file when another writer appended since us."""
+        size = os.fstat(self._fd).st_size
+        if size == self._end:
+            return
+        self._pending_torn, self._torn_tail = None, False
+        if size == 0:
+            self._next_seq, self._prev, self._end = 0, GENESIS_PREV, 0
+            return
+        last_line, torn = _read_tail(self._fd, size)
+        if torn:
+            self._torn_tail = True
+            whole = _parse_record(torn)
+            if whole is None:
+                self._pending_torn = torn
+            else:
+                # Only the newline is missing: the record itself is complete; end it and go on.
+                last_line = torn
+        if last_line is None:
+            self._next_seq, self._prev = 0, GENESIS_PREV
+        else:
+            last = _parse_record(last_line)
+            if last is None:
+                # Continuing past a record we cannot read would hide where the damage is.
+                raise AuditWriteError(
+                    f"audit log {self.path} ends with a line that is not a record; "
+                    "run `broker-proxy audit verify`"
+                )
+            self._next_seq, self._prev = last["seq"] + 1, line_hash(last_line)
+        self._end = size
+
+    def _write_locked(self, records: list[dict[str, Any]]) -> dict[str, Any]:
+        """Under flock: chain, MAC and write the records in one write(2); return the last."""
+        out = bytearray()
+        if self._torn_tail:
+            out += b"\n"
+        if self._pending_torn is not None:
+            torn = self._pending_torn
+            records = [
+                {
+                    **dict.fromkeys(STANDARD_FIELDS),
+                    "secrets": [],
+                    "event": TORN_TAIL_EVENT,
+                    "torn_sha256": line_hash(torn),
+                    "torn_bytes": len(torn),
+                    "message": "the previous line is torn; it is kept as evidence",
+                },
+                *records,
+            ]
+        last: dict[str, Any] = {}
+        seq, prev = self._next_seq, self._prev
+        for record in records:
+            record["seq"] = seq
+            record["ts"] = _now_rfc3339()
+            record["prev"] = prev
+            record["mac"] = record_mac(self._key, record)
+            line = canonical_json(record)
+            out += line + b"\n"
+            seq, prev, last = seq + 1, line_hash(line), record
+        written = os.write(self._fd, bytes(out))
+        if written != len(out):
+            self._end = -1
+            raise OSError(28, "short write (is the disk full?)")
+        self._pending_torn, self._torn_tail = None, False
+        self._next_seq, self._prev = seq, prev
+        self._end = os.fstat(self._fd).st_size
+        return last
+
+    def _sync(self, *, force: bool) -> None:
+        """fsync now if forced, or in batch mode once enough records or time have piled up."""
+        if self._unsynced == 0 and not force:
+            return
+        due = (
+            self._unsynced >= BATCH_RECORDS
+            or time.monotonic() - self._last_sync >= BATCH_INTERVAL
+        )
+        if force or due:
+            os.fsync(self._fd)
+            self._unsynced = 0
+            self._last_sync = time.monotonic()
+
+    def _flush_loop(self) -> None:
+        """Bound the loss window in batch mode when appends stop: fsync within ~50 ms."""
+        while True:
+            self._dirty.wait()
+            if self._closed:
+                return
+            time.sleep(BATCH_INTERVAL)
+            with self._lock:
+                if self._closed:
+                    return
+                self._dirty.clear()
+                # A failure here resurfaces on the next append or close, which report it.
+                with contextlib.suppress(OSError):
+                    self._sync(force=True)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a newly created file's directory entry durable, not only its contents."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
