@@ -1,0 +1,165 @@
+"""Issuing a grant: the policy bounds what may be asked for, the store records what was given.
+
+Every refusal is a `GrantPolicyError` with one line that says what to change. A refused
+secret gets the same message whether or not the policy defines it, so asking is no way to
+learn which secrets exist.
+"""
+
+from __future__ import annotations
+
+import json
+import unicodedata
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from urllib.parse import quote, urlsplit
+
+from broker_proxy.grants.model import Grant, GrantStatus, new_grant_id
+from broker_proxy.grants.store import GrantError, GrantStore
+from broker_proxy.grants.tokens import new_token, token_hash
+from broker_proxy.policy.model import Policy
+
+DEFAULT_TTL = timedelta(minutes=15)
+MAX_TASK_LENGTH = 500
+
+# Control (Cc), format (Cf: bidi overrides, zero-width) and line/paragraph separators: the task
+# is shown to the human who approves the grant, and these could hide or reorder what it says.
+_FORBIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+
+
+class GrantPolicyError(GrantError, ValueError):
+    """The grant asked for is not one the policy allows."""
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedGrant:
+    """What the issuer hands back once; the token exists nowhere else after this."""
+
+    grant: Grant
+    token: str = field(repr=False)
+    placeholders: dict[str, str]
+    # Carries the token in its password, so it is kept out of repr as well.
+    proxy_url: str | None = field(default=None, repr=False)
+
+
+def issue_grant(
+    policy: Policy,
+    store: GrantStore,
+    *,
+    agent: str,
+    task: str,
+    secrets: list[str] | tuple[str, ...] | frozenset[str],
+    ttl: timedelta | None,
+    max_uses: int | None,
+    now: datetime,
+    proxy_url_base: str | None = None,
+) -> IssuedGrant:
+    """Check the request against the policy, store the grant, return it with its token.
+
+    `proxy_url_base` is the running proxy's address ("host:port" or "http://host:port");
+    when given, the result carries the full proxy URL an agent puts in HTTPS_PROXY.
+    """
+    if now.utcoffset() is None:
+        raise ValueError("issue_grant needs a timezone-aware now")
+    agent_policy = policy.agents.get(agent)
+    if agent_policy is None:
+        raise GrantPolicyError(f"agent {_quoted(agent)} is not in the policy")
+    _check_task(task)
+    names = sorted(set(secrets))
+    if not names:
+        raise GrantPolicyError("a grant needs at least one secret")
+    for name in names:
+        # One message for "not allowed" and "does not exist" (see the module docstring).
+        if name not in agent_policy.secrets or name not in policy.secrets:
+            raise GrantPolicyError(
+                f"agent {_quoted(agent)} may not be granted secret {_quoted(name)}"
+            )
+    lifetime = min(DEFAULT_TTL, agent_policy.max_ttl) if ttl is None else ttl
+    if lifetime <= timedelta(0):
+        raise GrantPolicyError(f"ttl must be positive, got {format_duration(lifetime)}")
+    if lifetime > agent_policy.max_ttl:
+        raise GrantPolicyError(
+            f"ttl {format_duration(lifetime)} exceeds max_ttl"
+            f" {format_duration(agent_policy.max_ttl)} for agent {_quoted(agent)}"
+        )
+    if max_uses is not None and (isinstance(max_uses, bool) or max_uses < 1):
+        raise GrantPolicyError(f"max_uses must be at least 1, got {max_uses}")
+
+    needs_approval = any(name in agent_policy.approval for name in names)
+    issued_at = now.astimezone(UTC)
+    grant_id = new_grant_id()
+    token = new_token(grant_id)
+    grant = Grant(
+        id=grant_id,
+        agent=agent,
+        task=task,
+        secrets=tuple(names),
+        created_at=issued_at,
+        expires_at=issued_at + lifetime,
+        max_uses=max_uses,
+        uses=0,
+        status=GrantStatus.PENDING if needs_approval else GrantStatus.ACTIVE,
+        approved_by=None,
+        approved_at=None,
+        revoked_at=None,
+        token_hash=token_hash(token),
+    )
+    store.create(grant)
+    return IssuedGrant(
+        grant=grant,
+        token=token,
+        placeholders={name: policy.secrets[name].placeholder for name in names},
+        proxy_url=None if proxy_url_base is None else _url_from_base(proxy_url_base, agent, token),
+    )
+
+
+def proxy_url(agent: str, token: str, listen_host: str, listen_port: int) -> str:
+    """The HTTPS_PROXY value for an agent: the user part is informational, the password is
+    the grant token (see DESIGN.md, "How an agent connects")."""
+    host = f"[{listen_host}]" if ":" in listen_host and not listen_host.startswith("[") else (
+        listen_host
+    )
+    return f"http://{quote(agent, safe='')}:{quote(token, safe='')}@{host}:{listen_port}"
+
+
+def format_duration(span: timedelta) -> str:
+    """Compact h/m/s form ("1h30m", "15m", "500ms"), the way policies write durations."""
+    if span < timedelta(0):
+        return "-" + format_duration(-span)
+    micros = span // timedelta(microseconds=1)
+    if micros == 0:
+        return "0s"
+    seconds, rest = divmod(micros, 1_000_000)
+    hours, seconds = divmod(seconds, 3600)
+    minutes, seconds = divmod(seconds, 60)
+    parts = [f"{v}{unit}" for v, unit in ((hours, "h"), (minutes, "m"), (seconds, "s")) if v]
+    if rest:
+        parts.append(f"{rest // 1000}ms" if rest % 1000 == 0 else f"{rest}us")
+    return "".join(parts)
+
+
+def _check_task(task: str) -> None:
+    if not task.strip():
+        raise GrantPolicyError("task must not be empty")
+    if len(task) > MAX_TASK_LENGTH:
+        raise GrantPolicyError(
+            f"task is {len(task)} characters; at most {MAX_TASK_LENGTH} are allowed"
+        )
+    if any(unicodedata.category(ch) in _FORBIDDEN_CATEGORIES for ch in task):
+        raise GrantPolicyError("task must not contain control characters")
+
+
+def _quoted(name: str) -> str:
+    # JSON string syntax: a name with a newline or escape sequence stays on one printable line.
+    return json.dumps(name)
+
+
+def _url_from_base(base: str, agent: str, token: str) -> str:
+    parts = urlsplit(base if "://" in base else f"http://{base}")
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if parts.scheme != "http" or not parts.hostname or port is None or parts.username:
+        # The address is not echoed: a mistaken paste could carry credentials.
+        raise ValueError("proxy address must be host:port or http://host:port")
+    return proxy_url(agent, token, parts.hostname, port)

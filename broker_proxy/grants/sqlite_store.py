@@ -1,0 +1,362 @@
+"""The grant store in one SQLite file, shared by the proxy and the CLI of the same home.
+
+Several processes open the file at once, so every write is a `BEGIN IMMEDIATE` transaction
+(the writer lock is taken up front, waiting up to busy_timeout, instead of failing half-way),
+and the use counter is spent by a single conditional UPDATE: SQLite serialises writers, so
+`max_uses` holds across processes without any lock of ours.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from broker_proxy.grants.model import Grant, GrantStatus
+from broker_proxy.grants.store import (
+    GrantNotFound,
+    GrantStateError,
+    GrantStoreError,
+    ReserveResult,
+    authenticate_token,
+    reserve_result_for,
+)
+
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_MS = 5000
+
+_SCHEMA_V1 = (
+    # Timestamps are integer microseconds since the epoch, UTC: they compare in SQL exactly as
+    # datetimes compare in Python, so the UPDATE and Grant.state_at never disagree.
+    """
+    CREATE TABLE grants (
+        id          TEXT PRIMARY KEY,
+        agent       TEXT NOT NULL,
+        task        TEXT NOT NULL,
+        secrets     TEXT NOT NULL,
+        created_at  INTEGER NOT NULL,
+        expires_at  INTEGER NOT NULL,
+        max_uses    INTEGER CHECK (max_uses IS NULL OR max_uses >= 1),
+        uses        INTEGER NOT NULL DEFAULT 0 CHECK (uses >= 0),
+        status      TEXT NOT NULL
+                    CHECK (status IN ('pending', 'active', 'denied', 'revoked')),
+        approved_by TEXT,
+        approved_at INTEGER,
+        revoked_at  INTEGER,
+        token_hash  BLOB NOT NULL
+    ) STRICT
+    """,
+    "CREATE INDEX grants_by_created ON grants (created_at, id)",
+)
+
+_COLUMNS = (
+    "id, agent, task, secrets, created_at, expires_at, max_uses, uses, status,"
+    " approved_by, approved_at, revoked_at, token_hash"
+)
+_SELECT_ONE = f"SELECT {_COLUMNS} FROM grants WHERE id = ?"  # noqa: S608 (constant columns)
+_SELECT_ALL = f"SELECT {_COLUMNS} FROM grants ORDER BY created_at, id"  # noqa: S608
+_INSERT = f"INSERT INTO grants ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"  # noqa: S608
+_RESERVE = (
+    "UPDATE grants SET uses = uses + 1 WHERE id = ? AND status = 'active'"
+    " AND expires_at > ? AND (max_uses IS NULL OR uses < max_uses)"
+)
+_APPROVE = "UPDATE grants SET status = 'active', approved_by = ?, approved_at = ? WHERE id = ?"
+_DENY = "UPDATE grants SET status = 'denied', approved_by = ?, approved_at = ? WHERE id = ?"
+_REVOKE = "UPDATE grants SET status = 'revoked', revoked_at = ? WHERE id = ?"
+
+# Derived states from which each transition may start. A grant that ran out (expired or used
+# up) can still be revoked, so `exec` can always close the grant it opened; it can no longer
+# be approved or denied, since that decision would be moot.
+_DECIDABLE = frozenset({"pending"})
+_REVOCABLE = frozenset({"active", "pending", "expired", "used_up"})
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+class SqliteGrantStore:
+    """A `GrantStore` on one SQLite file; one connection, shared by threads under a lock."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self._path = Path(path)
+        self._lock = threading.Lock()
+        _create_private_file(self._path)
+        try:
+            conn = sqlite3.connect(
+                self._path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+                check_same_thread=False,
+            )
+        except sqlite3.Error as exc:
+            raise self._unusable(exc) from exc
+        self._conn: sqlite3.Connection | None = conn
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            self._enable_wal(conn)
+            # NORMAL in WAL mode loses at most the last commits on power loss, never consistency.
+            conn.execute("PRAGMA synchronous = NORMAL")
+            self._migrate(conn)
+        except sqlite3.Error as exc:
+            conn.close()
+            raise self._unusable(exc) from exc
+        except GrantStoreError:
+            conn.close()
+            raise
+
+    # -- the GrantStore verbs -------------------------------------------------------------
+
+    def create(self, grant: Grant) -> None:
+        row = _row_from_grant(grant)
+        try:
+            with self._transaction() as conn:
+                if _select(conn, grant.id) is not None:
+                    raise GrantStoreError(f"grant {grant.id} already exists in {self._path}")
+                conn.execute(_INSERT, row)
+        except sqlite3.IntegrityError as exc:
+            # A CHECK constraint refused the row: a caller built an impossible grant.
+            raise ValueError(f"grant {grant.id} cannot be stored: {exc}") from exc
+
+    def get(self, grant_id: str) -> Grant | None:
+        with self._reading() as conn:
+            return _select(conn, grant_id)
+
+    def authenticate(self, token: str) -> Grant | None:
+        return authenticate_token(token, self.get)
+
+    def list(
+        self, *, include_inactive: bool = True, now: datetime | None = None
+    ) -> list[Grant]:
+        with self._reading() as conn:
+            grants = [_grant_from_row(row) for row in conn.execute(_SELECT_ALL)]
+        if include_inactive:
+            return grants
+        moment = now if now is not None else datetime.now(UTC)
+        return [g for g in grants if g.state_at(moment) in ("active", "pending")]
+
+    def reserve_use(self, grant_id: str, now: datetime) -> ReserveResult:
+        with self._transaction() as conn:
+            if conn.execute(_RESERVE, (grant_id, _to_micros(now))).rowcount == 1:
+                return ReserveResult.RESERVED
+            # Read inside the same transaction, so the reason is the one that refused the use.
+            grant = _select(conn, grant_id)
+        if grant is None:
+            return ReserveResult.NOT_FOUND
+        return reserve_result_for(grant.state_at(now))
+
+    def approve(self, grant_id: str, by: str, now: datetime) -> Grant:
+        return self._transition(
+            grant_id, now, "approve", _DECIDABLE, _APPROVE, (by, _to_micros(now))
+        )
+
+    def deny(self, grant_id: str, by: str, now: datetime) -> Grant:
+        return self._transition(grant_id, now, "deny", _DECIDABLE, _DENY, (by, _to_micros(now)))
+
+    def revoke(self, grant_id: str, now: datetime) -> Grant:
+        return self._transition(grant_id, now, "revoke", _REVOCABLE, _REVOKE, (_to_micros(now),))
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def __enter__(self) -> SqliteGrantStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _transition(
+        self,
+        grant_id: str,
+        now: datetime,
+        action: str,
+        allowed: frozenset[str],
+        statement: str,
+        params: tuple[object, ...],
+    ) -> Grant:
+        # Check and write under one IMMEDIATE transaction: no other process can change the
+        # grant between the state we judged and the row we update.
+        with self._transaction() as conn:
+            grant = _select(conn, grant_id)
+            if grant is None:
+                raise GrantNotFound(grant_id)
+            state = grant.state_at(now)
+            if state not in allowed:
+                raise GrantStateError(grant_id, state, action)
+            conn.execute(statement, (*params, grant_id))
+            updated = _select(conn, grant_id)
+        assert updated is not None  # same transaction, the row cannot have gone
+        return updated
+
+    def _enable_wal(self, conn: sqlite3.Connection) -> None:
+        # Switching a fresh file to WAL needs an exclusive lock, and when several processes
+        # open the file at once SQLite answers "database is locked" at once instead of running
+        # the busy handler. Retry within the same deadline busy_timeout would have given.
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        while True:
+            try:
+                (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
+                break
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.005)
+        if str(mode).lower() != "wal":
+            raise GrantStoreError(f"grant store {self._path} cannot use WAL journal mode")
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        if _user_version(conn) == SCHEMA_VERSION:
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            # Read again under the write lock: another process may have migrated meanwhile.
+            version = _user_version(conn)
+            if version == 0:
+                for statement in _SCHEMA_V1:
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            elif version != SCHEMA_VERSION:
+                raise GrantStoreError(
+                    f"grant store {self._path} has schema version {version};"
+                    f" this broker-proxy knows version {SCHEMA_VERSION}"
+                )
+            conn.execute("COMMIT")
+        except BaseException:
+            with suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise GrantStoreError(f"grant store {self._path} is closed")
+        return self._conn
+
+    @contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            try:
+                yield self._connection()
+            except sqlite3.Error as exc:
+                raise self._unusable(exc) from exc
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One IMMEDIATE transaction; commits on success, rolls back on any exception.
+
+        sqlite3.IntegrityError passes through unchanged so `create` can say what it means;
+        every other sqlite3 error means the store is unusable.
+        """
+        with self._lock:
+            conn = self._connection()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise self._unusable(exc) from exc
+            try:
+                yield conn
+            except BaseException as exc:
+                with suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error) and not isinstance(exc, sqlite3.IntegrityError):
+                    raise self._unusable(exc) from exc
+                raise
+            try:
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                with suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                raise self._unusable(exc) from exc
+
+    def _unusable(self, exc: BaseException) -> GrantStoreError:
+        # sqlite3 messages name the failure ("database is locked", "file is not a database");
+        # they never carry row values, so they are safe to show.
+        return GrantStoreError(f"grant store {self._path} is unusable: {exc}")
+
+
+def _create_private_file(path: Path) -> None:
+    """Create the database file 0600 before SQLite does (it would use the umask).
+
+    SQLite gives the -wal and -shm files the main file's mode, so they stay private too.
+    O_NOFOLLOW: a symlink planted at the path must not redirect the grant store.
+    """
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, 0o600)
+    except OSError as exc:
+        raise GrantStoreError(f"grant store {path} cannot be opened: {exc.strerror}") from exc
+    os.close(fd)
+
+
+def _is_busy(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
+def _user_version(conn: sqlite3.Connection) -> int:
+    (version,) = conn.execute("PRAGMA user_version").fetchone()
+    return int(version)
+
+
+def _select(conn: sqlite3.Connection, grant_id: str) -> Grant | None:
+    row = conn.execute(_SELECT_ONE, (grant_id,)).fetchone()
+    return None if row is None else _grant_from_row(row)
+
+
+def _to_micros(moment: datetime) -> int:
+    if moment.utcoffset() is None:
+        raise ValueError("grant store times must be timezone-aware")
+    return (moment - _EPOCH) // _MICROSECOND
+
+
+def _from_micros(micros: int | None) -> datetime | None:
+    return None if micros is None else _EPOCH + timedelta(microseconds=micros)
+
+
+def _row_from_grant(grant: Grant) -> tuple[object, ...]:
+    return (
+        grant.id,
+        grant.agent,
+        grant.task,
+        json.dumps(list(grant.secrets)),
+        _to_micros(grant.created_at),
+        _to_micros(grant.expires_at),
+        grant.max_uses,
+        grant.uses,
+        str(grant.status),
+        grant.approved_by,
+        None if grant.approved_at is None else _to_micros(grant.approved_at),
+        None if grant.revoked_at is None else _to_micros(grant.revoked_at),
+        grant.token_hash,
+    )
+
+
+def _grant_from_row(row: tuple[Any, ...]) -> Grant:
+    (gid, agent, task, secrets_json, created, expires, max_uses, uses, status,
+     approved_by, approved_at, revoked_at, hashed) = row
+    try:
+        return Grant(
+            id=str(gid),
+            agent=str(agent),
+            task=str(task),
+            secrets=tuple(json.loads(str(secrets_json))),
+            created_at=_EPOCH + timedelta(microseconds=int(created)),
+            expires_at=_EPOCH + timedelta(microseconds=int(expires)),
+            max_uses=None if max_uses is None else int(max_uses),
+            uses=int(uses),
+            status=GrantStatus(status),
+            approved_by=None if approved_by is None else str(approved_by),
+            approved_at=_from_micros(approved_at),
+            revoked_at=_from_micros(revoked_at),
+            token_hash=bytes(hashed),
+        )
+    except (TypeError, ValueError) as exc:
+        raise GrantStoreError(f"grant store row {gid} is corrupt: {exc}") from exc
