@@ -291,7 +291,7 @@ def _set_many(path: str, key: bytes, worker: int) -> None:
 def test_concurrent_writers_do_not_lose_each_others_secrets(tmp_path: Path) -> None:
     key = AESGCM.generate_key(bit_length=256)
     path = tmp_path / "vault.bin"
-    context = multiprocessing.get_context("fork")
+    context = multiprocessing.get_context("spawn")
     workers = [context.Process(target=_set_many, args=(str(path), key, n)) for n in range(6)]
     for worker in workers:
         worker.start()
@@ -396,7 +396,7 @@ def _first_key(root: str, queue) -> None:
 
 
 def test_concurrent_first_runs_agree_on_one_key(home: Home) -> None:
-    context = multiprocessing.get_context("fork")
+    context = multiprocessing.get_context("spawn")
     queue = context.Queue()
     workers = [context.Process(target=_first_key, args=(str(home.root), queue)) for _ in range(6)]
     for worker in workers:

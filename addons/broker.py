@@ -1,0 +1,108 @@
+"""Entry point for ``mitmdump -s addons/broker.py``.
+
+    mitmdump -s addons/broker.py --set broker_home=~/.broker-proxy \
+        --set broker_policy=policies/example.yaml --set listen_host=127.0.0.1
+
+`broker-proxy run` is the recommended way to run the broker: it drops mitmproxy's default
+addons, some of which (MapRemote, ModifyHeaders, the dumper) run after a script and could change
+or print a request after it was checked. This entry point exists for setups that already run
+mitmdump. If the broker cannot start (bad policy, unusable store or audit log), every request is
+refused with 503: mitmdump would otherwise run as an open proxy.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from mitmproxy import ctx, http, tcp
+from mitmproxy.proxy import server_hooks
+
+from addons import flow_adapter
+from addons.broker_addon import BrokerAddon
+from broker_proxy import outbound as codes
+from broker_proxy.assembly import open_broker, policy_path
+from broker_proxy.home import Home
+from broker_proxy.outbound import Denied
+
+log = logging.getLogger("broker_proxy.script")
+
+BROKER_OPTIONS = {"broker_home", "broker_policy", "broker_resolve"}
+
+
+class BrokerScript:
+    def __init__(self) -> None:
+        self.inner: BrokerAddon | None = None
+        self.startup_error = "the broker has not started"
+
+    def load(self, loader) -> None:  # type: ignore[no-untyped-def]
+        loader.add_option("broker_home", str, "",
+                          "broker-proxy home (default $BROKER_PROXY_HOME or ~/.broker-proxy)")
+        loader.add_option("broker_policy", str, "",
+                          "policy file (default $BROKER_PROXY_POLICY or <home>/policy.yaml)")
+        loader.add_option("broker_resolve", Sequence[str], [],
+                          "HOST=IP pins: connect to IP for HOST (split DNS, tests)")
+
+    def configure(self, updated: set[str]) -> None:
+        if self.inner is None or updated & BROKER_OPTIONS:
+            self._start()
+        if ctx.options.connection_strategy != "lazy":
+            # Dial upstream only after the request was decided.
+            ctx.options.connection_strategy = "lazy"
+        if self.inner is not None:
+            self.inner.configure(updated)
+
+    def _start(self) -> None:
+        from broker_proxy.cli.errors import describe_error
+        from broker_proxy.cli.run_cmd import parse_resolve
+
+        try:
+            home = Home.resolve(ctx.options.broker_home or None)
+            resolve = parse_resolve(list(ctx.options.broker_resolve))
+            broker = open_broker(home, policy_path(home, ctx.options.broker_policy or None))
+        except Exception as error:
+            self.inner = None
+            self.startup_error = describe_error(error) or type(error).__name__
+            log.error("broker-proxy refuses all requests: %s", self.startup_error)
+            return
+        self.inner = BrokerAddon(broker, resolve)
+
+    def _refuse(self, flow: http.HTTPFlow) -> None:
+        flow_adapter.deny(flow, Denied(503, codes.INTERNAL_ERROR,
+                                       "the broker is not running: " + self.startup_error))
+
+    def http_connect(self, flow: http.HTTPFlow) -> None:
+        if self.inner is None:
+            self._refuse(flow)
+        else:
+            self.inner.http_connect(flow)
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if self.inner is not None:
+            self.inner.requestheaders(flow)
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        if self.inner is None:
+            self._refuse(flow)
+        else:
+            self.inner.request(flow)
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        if self.inner is not None:
+            self.inner.response(flow)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        if self.inner is not None:
+            self.inner.error(flow)
+
+    async def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
+        if self.inner is None:
+            data.server.error = "the broker is not running"
+        else:
+            await self.inner.server_connect(data)
+
+    def tcp_start(self, flow: tcp.TCPFlow) -> None:
+        flow.kill()
+
+
+addons = [BrokerScript()]

@@ -1,0 +1,82 @@
+"""Turning mitmproxy flows into the core's plain values, and verdicts back into flows."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+from mitmproxy import http
+
+from broker_proxy.outbound import Allowed, Denied, OutboundRequest
+
+PROXY_AUTHORIZATION = "Proxy-Authorization"
+
+
+def token_from_proxy_authorization(value: str | None) -> str | None:
+    """The grant token is the password of the proxy URL, sent as Basic credentials."""
+    if not value:
+        return None
+    scheme, _, credentials = value.strip().partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(credentials.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    _user, sep, password = decoded.partition(":")
+    return password if sep and password else None
+
+
+def outbound_request(flow: http.HTTPFlow) -> OutboundRequest:
+    request = flow.request
+    body = request.get_content(strict=False) or b""
+    return OutboundRequest(
+        method=request.method.upper(),
+        scheme=request.scheme,
+        host=request.host,
+        port=request.port,
+        path=request.path.split("?", 1)[0],
+        query=request.path.split("?", 1)[1] if "?" in request.path else "",
+        headers=tuple(
+            (name, value)
+            for name, value in request.headers.items(multi=True)
+            if name.lower() != "proxy-authorization"
+        ),
+        body=body,
+        host_header=request.headers.get("host"),
+        authority=request.authority or None,
+        sni=flow.client_conn.sni,
+    )
+
+
+def connect_request(flow: http.HTTPFlow) -> OutboundRequest:
+    return OutboundRequest(
+        method="CONNECT",
+        scheme="https",
+        host=flow.request.host,
+        port=flow.request.port,
+        path="",
+        query="",
+        headers=(),
+    )
+
+
+def deny(flow: http.HTTPFlow, denied: Denied) -> None:
+    flow.response = http.Response.make(denied.status, denied.body(), denied.headers())
+
+
+def apply(flow: http.HTTPFlow, allowed: Allowed, request: OutboundRequest) -> None:
+    if allowed.headers is not None:
+        flow.request.headers = http.Headers(
+            [(_raw(name), _raw(value)) for name, value in allowed.headers]
+        )
+    if allowed.query is not None:
+        flow.request.path = request.path + "?" + allowed.query
+    if allowed.body is not None:
+        # `content` re-applies any Content-Encoding and fixes Content-Length.
+        flow.request.content = allowed.body
+
+
+def _raw(text: str) -> bytes:
+    # mitmproxy decodes header bytes as UTF-8 with surrogateescape; reverse it exactly.
+    return text.encode("utf-8", "surrogateescape")

@@ -1,0 +1,86 @@
+"""`broker-proxy run`: mitmproxy embedded with only the addons the broker needs.
+
+The broker's addon comes last, so nothing (MapRemote, ModifyHeaders, ...) can change a request
+after it was checked, and no dumper can print an injected header. Dropping the ~30 default
+addons we do not use also roughly doubles throughput (see MITMPROXY-NOTES).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from mitmproxy import ctx, options
+from mitmproxy.addons import (
+    block,
+    core,
+    disable_h2c,
+    next_layer,
+    proxyserver,
+    tlsconfig,
+)
+from mitmproxy.addons.errorcheck import ErrorCheck
+from mitmproxy.master import Master
+
+from addons.broker_addon import BrokerAddon
+from broker_proxy.broker import Broker
+
+
+@dataclass(frozen=True, slots=True)
+class ProxySettings:
+    listen_host: str
+    listen_port: int
+    certs_dir: Path
+    upstream_ca_bundle: Path | None
+    resolve: dict[str, str]
+    body_size_limit: str = "10m"
+
+
+class _Announce:
+    """Reports the bound addresses once the proxy is really listening."""
+
+    def __init__(self, on_ready: Callable[[str, int], None]) -> None:
+        self._on_ready = on_ready
+
+    def running(self) -> None:
+        server = ctx.master.addons.get("proxyserver")
+        host, port = server.listen_addrs()[0][:2]
+        self._on_ready(host, port)
+
+
+async def serve(broker: Broker, settings: ProxySettings,
+                on_ready: Callable[[str, int], None]) -> None:
+    opts = options.Options(
+        listen_host=settings.listen_host,
+        listen_port=settings.listen_port,
+        confdir=str(settings.certs_dir),
+    )
+    master = Master(opts, with_termlog=True)
+    master.addons.add(
+        core.Core(),
+        block.Block(),
+        disable_h2c.DisableH2C(),
+        proxyserver.Proxyserver(),
+        next_layer.NextLayer(),
+        tlsconfig.TlsConfig(),
+        ErrorCheck(),
+        _Announce(on_ready),
+        BrokerAddon(broker, settings.resolve),
+    )
+    # Options owned by addons exist only once the addons are added.
+    opts.update(
+        connection_strategy="lazy",  # dial upstream only after the request was decided
+        validate_inbound_headers=True,
+        body_size_limit=settings.body_size_limit,
+        ssl_insecure=False,
+        termlog_verbosity="warn",
+    )
+    if settings.upstream_ca_bundle is not None:
+        opts.update(ssl_verify_upstream_trusted_ca=str(settings.upstream_ca_bundle))
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, master.shutdown)
+    await master.run()

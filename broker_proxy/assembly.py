@@ -1,0 +1,44 @@
+"""Putting a broker together from a home directory and a policy file.
+
+Shared by `broker-proxy run` and the `mitmdump -s` entry point so both start the same way and
+refuse to start for the same reasons.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from broker_proxy.active_policy import ActivePolicy
+from broker_proxy.audit.log import AuditLog
+from broker_proxy.broker import Broker
+from broker_proxy.grants.sqlite_store import SqliteGrantStore
+from broker_proxy.home import Home
+from broker_proxy.metrics import BrokerMetrics
+from broker_proxy.secrets.backends import SecretResolver
+
+
+def policy_path(home: Home, explicit: str | None) -> Path:
+    """--policy, else $BROKER_PROXY_POLICY, else <home>/policy.yaml."""
+    raw = explicit or os.environ.get("BROKER_PROXY_POLICY")
+    return Path(raw).expanduser() if raw else home.policy
+
+
+def open_audit(home: Home) -> AuditLog:
+    return AuditLog.open(home.audit_log, home.audit_key)
+
+
+def open_broker(home: Home, policy_file: Path) -> Broker:
+    """Raises the loader's PolicyError, GrantStoreError or an audit error: never half-starts."""
+    policy = ActivePolicy.load(str(policy_file))
+    home.ensure()
+    audit = open_audit(home)
+    metrics = BrokerMetrics()
+    metrics.policy_reloads.labels("ok").inc()
+    return Broker(
+        policy=policy,
+        grants=SqliteGrantStore(home.grants_db),
+        secrets=SecretResolver(home, base_dir=policy_file.parent),
+        audit=audit,
+        metrics=metrics,
+    )

@@ -1,0 +1,296 @@
+"""Where the decision is made: one request in, ``Allowed`` or ``Denied`` out.
+
+Read ``Broker.decide`` top to bottom: authenticate the grant, check it is usable now, check the
+request is well formed and names one host, find the placeholders, match each one against the
+grant and the policy, resolve the secrets, reserve a use, write the audit record, and only then
+hand back the rewritten request. Anything unexpected on the way denies (fail closed): a hook that
+raised would otherwise let mitmproxy forward the request untouched.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from broker_proxy import outbound as codes
+from broker_proxy.active_policy import ActivePolicy
+from broker_proxy.audit.log import AuditError, AuditLog
+from broker_proxy.authority import authorities_agree
+from broker_proxy.grants.model import Grant
+from broker_proxy.grants.store import GrantStore, GrantStoreError, ReserveResult
+from broker_proxy.metrics import BrokerMetrics
+from broker_proxy.outbound import Allowed, Denied, OutboundRequest, Verdict
+from broker_proxy.request_scan import PlacedHit, RequestRewriter, find_placeholders
+from broker_proxy.secrets.backends import SecretResolver, SecretUnavailable
+from broker_proxy.secrets.value import SecretValue
+from broker_proxy.time_source import utc_now
+
+log = logging.getLogger("broker_proxy")
+
+MAX_PLACEHOLDERS_PER_REQUEST = 16
+
+# Grant states that are not "active", with the answer each one gets.
+_GRANT_REFUSALS: dict[str, tuple[str, str]] = {
+    "expired": (codes.GRANT_EXPIRED, "the grant has expired"),
+    "revoked": (codes.GRANT_REVOKED, "the grant was revoked"),
+    "used_up": (codes.GRANT_USED_UP, "the grant has no uses left"),
+    "pending": (codes.GRANT_PENDING, "the grant is waiting for approval"),
+    "denied": (codes.GRANT_DENIED, "the grant was denied"),
+}
+_RESERVE_REFUSALS: dict[ReserveResult, str] = {
+    ReserveResult.EXPIRED: "expired",
+    ReserveResult.USED_UP: "used_up",
+    ReserveResult.REVOKED: "revoked",
+    ReserveResult.PENDING: "pending",
+    ReserveResult.DENIED: "denied",
+    ReserveResult.NOT_FOUND: "revoked",
+}
+
+
+@dataclass(slots=True)
+class Broker:
+    policy: ActivePolicy
+    grants: GrantStore
+    secrets: SecretResolver
+    audit: AuditLog
+    metrics: BrokerMetrics
+    clock: Callable[[], datetime] = utc_now
+
+    def decide(self, token: str | None, request: OutboundRequest) -> Verdict:
+        started = time.perf_counter()
+        try:
+            verdict = self._decide(token, request)
+        except Exception as error:  # fail closed: an exception must never forward
+            log.error("decision failed: %s", type(error).__name__)
+            verdict = Denied(503, codes.INTERNAL_ERROR,
+                             "the broker could not decide; nothing was sent")
+        self.metrics.decision_seconds.observe(time.perf_counter() - started)
+        decision = "allow" if isinstance(verdict, Allowed) else "deny"
+        reason = verdict.reason if isinstance(verdict, Allowed) else verdict.error
+        self.metrics.requests.labels(decision, reason).inc()
+        return verdict
+
+    def admit_tunnel(self, token: str | None, request: OutboundRequest) -> Denied | None:
+        """CONNECT: only the credentials are checked here.
+
+        Everything else waits for the requests inside the tunnel, where the agent can read a
+        JSON answer (clients hide the body of a refused CONNECT) and where each request is
+        checked again anyway.
+        """
+        try:
+            grant = self.grants.authenticate(token) if token else None
+        except GrantStoreError:
+            return self._deny(request, None, 503, codes.GRANT_STORE_UNAVAILABLE,
+                              "the grant store cannot be used; nothing was sent")
+        except Exception as error:  # fail closed
+            log.error("tunnel admission failed: %s", type(error).__name__)
+            return Denied(503, codes.INTERNAL_ERROR, "the broker could not decide")
+        if grant is None:
+            self.metrics.requests.labels("deny", codes.PROXY_AUTH_REQUIRED).inc()
+            return self._deny(request, None, 407, codes.PROXY_AUTH_REQUIRED,
+                              "put a valid grant token in the proxy URL's password")
+        return None
+
+    def _decide(self, token: str | None, request: OutboundRequest) -> Verdict:
+        policy = self.policy  # one snapshot for the whole decision, even across a reload
+        now = self.clock()
+
+        try:
+            grant = self.grants.authenticate(token) if token else None
+        except GrantStoreError:
+            return self._deny(request, None, 503, codes.GRANT_STORE_UNAVAILABLE,
+                              "the grant store cannot be used; nothing was sent")
+        if grant is None:
+            return self._deny(request, None, 407, codes.PROXY_AUTH_REQUIRED,
+                              "put a valid grant token in the proxy URL's password")
+
+        if refusal := self._grant_refusal(grant, policy, now, request):
+            return refusal
+
+        if not _well_formed(request):
+            return self._deny(request, grant, 400, codes.MALFORMED_REQUEST,
+                              "control characters in a header name or value")
+        if not authorities_agree(scheme=request.scheme, host=request.host, port=request.port,
+                                 host_header=request.host_header, authority=request.authority,
+                                 sni=request.sni):
+            return self._deny(request, grant, 403, codes.AUTHORITY_MISMATCH,
+                              "the Host header, request line and TLS name must all name the "
+                              "host the connection goes to")
+
+        hits = find_placeholders(policy.scanner, request)
+        if not hits:
+            return self._allow_without_secret(request, grant, policy)
+        if len(hits) > MAX_PLACEHOLDERS_PER_REQUEST:
+            return self._deny(request, grant, 403, codes.TOO_MANY_PLACEHOLDERS,
+                              f"at most {MAX_PLACEHOLDERS_PER_REQUEST} placeholders per request")
+        if not path_is_unambiguous(request.path):
+            # Path rules are matched on the path as written; an upstream that resolves dot
+            # segments or decodes %2F would serve another path than the one we allowed.
+            return self._deny(request, grant, 403, codes.AMBIGUOUS_PATH,
+                              "a path with dot segments, encoded slashes or backslashes "
+                              "cannot carry a secret")
+        if refusal := self._placement_refusal(hits, grant, policy, request):
+            return refusal
+
+        names = sorted({hit.secret for hit in hits if hit.secret})
+        values: dict[str, SecretValue] = {}
+        for name in names:
+            try:
+                values[name] = self.secrets.resolve(policy.policy.secrets[name])
+            except SecretUnavailable as error:
+                return self._deny(request, grant, 503, codes.SECRET_UNAVAILABLE, str(error))
+            if values[name].has_control_chars() and any(
+                    h.place == "header" and h.secret == name for h in hits):
+                return self._deny(request, grant, 503, codes.SECRET_VALUE_UNSAFE,
+                                  f'secret "{name}" holds control characters and cannot go in '
+                                  "a header")
+
+        try:
+            reserved = self.grants.reserve_use(grant.id, now)
+        except GrantStoreError:
+            return self._deny(request, grant, 503, codes.GRANT_STORE_UNAVAILABLE,
+                              "the grant store cannot be used; nothing was sent")
+        if reserved is not ReserveResult.RESERVED:
+            code, message = _GRANT_REFUSALS[_RESERVE_REFUSALS[reserved]]
+            return self._deny(request, grant, 403, code, message)
+
+        # Invariant 5: the record of a secret's use is on disk before the secret leaves.
+        try:
+            self.audit.append("request", durable=True, **_record(
+                request, grant, "allow", codes.INJECTED, None, names))
+        except AuditError:
+            self.metrics.audit_write_errors.inc()
+            return Denied(503, codes.AUDIT_UNAVAILABLE,
+                          "the audit log cannot be written; nothing was sent", grant.id)
+
+        rewriter = RequestRewriter(policy.scanner, {n: v.reveal() for n, v in values.items()})
+        for name in names:
+            self.metrics.injections.labels(name).inc()
+        return Allowed(
+            grant_id=grant.id,
+            injected=tuple(names),
+            headers=rewriter.headers(request.headers),
+            query=rewriter.query(request.query),
+            body=rewriter.body(request.body),
+            reason=codes.INJECTED,
+            scrub={n: (values[n].reveal(), policy.policy.secrets[n].placeholder) for n in names},
+        )
+
+    def _grant_refusal(self, grant: Grant, policy: ActivePolicy, now: datetime,
+                       request: OutboundRequest) -> Denied | None:
+        state = grant.state_at(now)
+        if state != "active":
+            code, message = _GRANT_REFUSALS[state]
+            return self._deny(request, grant, 403, code, message)
+        agent = policy.policy.agents.get(grant.agent)
+        if agent is None or not set(grant.secrets) <= agent.secrets:
+            # The policy changed under the grant: it may not carry more than the policy allows now.
+            return self._deny(request, grant, 403, codes.GRANT_OUTSIDE_POLICY,
+                              "the policy no longer allows this grant")
+        return None
+
+    def _placement_refusal(self, hits: list[PlacedHit], grant: Grant, policy: ActivePolicy,
+                           request: OutboundRequest) -> Denied | None:
+        for hit in hits:
+            secret = policy.policy.secrets.get(hit.secret) if hit.secret else None
+            if secret is None or hit.secret not in grant.secrets:
+                # Same answer whether the name exists or not: no probing of the policy.
+                return self._deny(request, grant, 403, codes.SECRET_NOT_GRANTED,
+                                  "a placeholder names a secret this grant does not hold")
+            if hit.place not in secret.inject:
+                return self._deny(request, grant, 403, codes.PLACEHOLDER_NOT_ALLOWED_HERE,
+                                  f'secret "{secret.name}" may not be placed in the {hit.place}')
+            if request.scheme != "https" and not policy.index.allows(
+                    secret.name, request.scheme, request.host, request.port,
+                    request.method, request.path):
+                return self._deny(request, grant, 403, codes.PLAINTEXT_HTTP,
+                                  f'secret "{secret.name}" is only sent over https')
+            if not policy.index.allows(secret.name, request.scheme, request.host, request.port,
+                                       request.method, request.path):
+                return self._deny(request, grant, 403, codes.DESTINATION_NOT_ALLOWED,
+                                  f'secret "{secret.name}" may not be sent to {request.method} '
+                                  f"{request.scheme}://{request.host}:{request.port}"
+                                  f"{request.path}")
+        return None
+
+    def _allow_without_secret(self, request: OutboundRequest, grant: Grant,
+                              policy: ActivePolicy) -> Verdict:
+        covering = policy.index.secrets_covering(request.scheme, request.host, request.port)
+        if not (covering & set(grant.secrets)) and not policy.index.egress_allows(request.host):
+            return self._deny(request, grant, 403, codes.DESTINATION_NOT_GRANTED,
+                              f"this grant does not cover {request.host}:{request.port}")
+        try:
+            self.audit.append("request", **_record(request, grant, "allow", codes.ALLOWED,
+                                                   None, []))
+        except AuditError:
+            self.metrics.audit_write_errors.inc()
+            return Denied(503, codes.AUDIT_UNAVAILABLE,
+                          "the audit log cannot be written; nothing was sent", grant.id)
+        return Allowed(grant_id=grant.id)
+
+    def _deny(self, request: OutboundRequest, grant: Grant | None, status: int, code: str,
+              message: str) -> Denied:
+        try:
+            self.audit.append("request", **_record(request, grant, "deny", code, status, []))
+        except AuditError:
+            self.metrics.audit_write_errors.inc()  # still denied: nothing to protect upstream
+        return Denied(status, code, message, grant.id if grant else None)
+
+    def record_response(self, allowed: Allowed, request: OutboundRequest, status: int | None,
+                        duration_ms: float, redactions: dict[str, int]) -> None:
+        """The second half of a secret-carrying request's story: what came back."""
+        for name, count in redactions.items():
+            self.metrics.redactions.labels(name).inc(count)
+        try:
+            self.audit.append("response", grant=allowed.grant_id, decision="allow",
+                              reason=allowed.reason, secrets=list(allowed.injected),
+                              method=request.method, scheme=request.scheme, host=request.host,
+                              port=request.port, path=request.path, status=status,
+                              duration_ms=round(duration_ms, 3),
+                              redactions=sum(redactions.values()))
+        except AuditError:
+            self.metrics.audit_write_errors.inc()
+
+
+_AMBIGUOUS_PATH_PARTS = ("%2f", "%5c", "\\", "%2e", "%00", "//")
+
+
+def path_is_unambiguous(path: str) -> bool:
+    """True when every upstream reads this path the same way we matched it."""
+    lowered = path.lower()
+    if any(part in lowered for part in _AMBIGUOUS_PATH_PARTS):
+        return False
+    return not any(segment in (".", "..") for segment in path.split("/"))
+
+
+def _well_formed(request: OutboundRequest) -> bool:
+    """Reject CR, LF, NUL and other controls that an HTTP/1 upstream could read as a new line."""
+    for name, value in request.headers:
+        if _has_controls(name, allow_tab=False) or _has_controls(value, allow_tab=True):
+            return False
+    return True
+
+
+def _has_controls(text: str, *, allow_tab: bool) -> bool:
+    return any((ord(c) < 0x20 and not (allow_tab and c == "\t")) or ord(c) == 0x7F for c in text)
+
+
+def _record(request: OutboundRequest, grant: Grant | None, decision: str, reason: str,
+            status: int | None, secrets: list[str]) -> dict[str, object]:
+    return {
+        "decision": decision,
+        "reason": reason,
+        "grant": grant.id if grant else None,
+        "agent": grant.agent if grant else None,
+        "task": grant.task if grant else None,
+        "secrets": secrets,
+        "method": request.method,
+        "scheme": request.scheme,
+        "host": request.host,
+        "port": request.port,
+        "path": request.path,
+        "status": status,
+    }

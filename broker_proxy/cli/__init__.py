@@ -1,0 +1,71 @@
+"""The `broker-proxy` command line.
+
+Every failure is one clear line on stderr and a non-zero exit, never a traceback: the errors
+the core raises are typed, and each maps to a message written for the operator.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from broker_proxy import __version__
+from broker_proxy.cli import audit_cmd, ca_cmd, env_cmd, grant_cmd, policy_cmd, run_cmd, secret_cmd
+from broker_proxy.cli.errors import CliError, describe_error
+
+EXIT_FAILURE = 1
+EXIT_INTERNAL = 70
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="broker-proxy",
+        description="A credential broker for AI agents: agents send placeholders through this "
+        "proxy, which swaps in real secrets only for the destinations their grant allows.",
+    )
+    parser.add_argument("--version", action="version", version=f"broker-proxy {__version__}")
+    parser.add_argument(
+        "--home",
+        metavar="DIR",
+        help="state directory: vault, grants, audit log, keys, CA "
+        "(default: $BROKER_PROXY_HOME or ~/.broker-proxy)",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in (run_cmd, policy_cmd, secret_cmd, grant_cmd, env_cmd, audit_cmd, ca_cmd):
+        module.register(commands)
+    from broker_proxy.cli import demo_cmd
+
+    demo_cmd.register(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except KeyboardInterrupt:
+        print("broker-proxy: interrupted", file=sys.stderr)
+        return 130
+    except CliError as error:
+        print(f"broker-proxy: {error}", file=sys.stderr)
+        return error.exit_code
+    except Exception as error:
+        message = describe_error(error)
+        if message is None:
+            if os.environ.get("BROKER_PROXY_DEBUG"):
+                raise
+            print(
+                f"broker-proxy: internal error ({type(error).__name__}); "
+                "set BROKER_PROXY_DEBUG=1 for details",
+                file=sys.stderr,
+            )
+            return EXIT_INTERNAL
+        print(message, file=sys.stderr)
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

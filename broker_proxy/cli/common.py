@@ -1,0 +1,55 @@
+"""What several commands share: the home, the policy, and the running proxy's addresses."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from broker_proxy.assembly import policy_path
+from broker_proxy.home import Home
+from broker_proxy.policy.loader import load_policy
+from broker_proxy.policy.model import Policy
+
+DEFAULT_LISTEN = "127.0.0.1:8080"
+
+
+def home_of(args: argparse.Namespace) -> Home:
+    return Home.resolve(getattr(args, "home", None))
+
+
+def add_policy_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--policy",
+        metavar="FILE",
+        help="policy file (default: $BROKER_PROXY_POLICY or <home>/policy.yaml)",
+    )
+
+
+def policy_file_of(args: argparse.Namespace) -> Path:
+    return policy_path(home_of(args), getattr(args, "policy", None))
+
+
+def load_policy_of(args: argparse.Namespace) -> Policy:
+    return load_policy(policy_file_of(args))
+
+
+def running_proxy(home: Home) -> dict[str, Any] | None:
+    """The addresses `run` recorded, if that proxy is still alive."""
+    try:
+        info = json.loads(home.runtime.read_text())
+        os.kill(int(info["pid"]), 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return info if isinstance(info, dict) else None
+
+
+def proxy_address(home: Home) -> str:
+    info = running_proxy(home)
+    return str(info["listen"]) if info else DEFAULT_LISTEN
+
+
+def print_json(value: object) -> None:
+    print(json.dumps(value, indent=2, sort_keys=True))

@@ -1,0 +1,170 @@
+"""`broker-proxy grant issue|list|show|approve|deny|revoke`.
+
+These work on the grant store directly, so they work whether or not the proxy runs; a running
+proxy sees every change on its next request because it reads the grant on every request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+from datetime import datetime
+
+from broker_proxy.audit.log import AuditLog
+from broker_proxy.cli.common import (
+    add_policy_option,
+    home_of,
+    load_policy_of,
+    print_json,
+    proxy_address,
+)
+from broker_proxy.durations import parse_duration
+from broker_proxy.grants.issuer import IssuedGrant, issue_grant
+from broker_proxy.grants.model import Grant
+from broker_proxy.grants.sqlite_store import SqliteGrantStore
+from broker_proxy.grants.store import GrantNotFound
+from broker_proxy.time_source import utc_now
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    grant = commands.add_parser("grant", help="issue, inspect and end task grants")
+    sub = grant.add_subparsers(dest="grant_command", metavar="ACTION", required=True)
+
+    issue = sub.add_parser(
+        "issue",
+        help="issue a grant for one task",
+        description="Issue a task grant. Prints its id, the token (shown once, stored only as a "
+        "hash), the proxy URL for HTTPS_PROXY, the expiry, the status and each secret's "
+        "placeholder. The grant can never exceed the policy.",
+    )
+    issue.add_argument("--agent", required=True, help="agent name from the policy")
+    issue.add_argument("--task", required=True, help="what the task is, for the audit trail")
+    issue.add_argument("--secret", dest="secrets", action="append", required=True,
+                       metavar="NAME", help="a secret to grant (repeat for more)")
+    issue.add_argument("--ttl", help="lifetime, e.g. 15m, 1h (default: 15m or the agent's "
+                       "max_ttl if shorter)")
+    issue.add_argument("--max-uses", type=int, metavar="N",
+                       help="requests that may carry a secret (default: unlimited)")
+    issue.add_argument("--json", action="store_true", help="print JSON for scripts")
+    add_policy_option(issue)
+    issue.set_defaults(handler=issue_command)
+
+    list_ = sub.add_parser("list", help="list grants")
+    list_.add_argument("--pending", action="store_true", help="only grants awaiting approval")
+    list_.add_argument("--json", action="store_true", help="print JSON for scripts")
+    list_.set_defaults(handler=list_command)
+
+    for action, text in (("show", "show one grant"), ("approve", "approve a pending grant"),
+                         ("deny", "deny a pending grant"), ("revoke", "revoke a grant now")):
+        parser = sub.add_parser(action, help=text)
+        parser.add_argument("grant_id", metavar="ID")
+        parser.add_argument("--json", action="store_true", help="print JSON for scripts")
+        parser.set_defaults(handler=change_command, action=action)
+
+
+def open_store(args: argparse.Namespace) -> SqliteGrantStore:
+    return SqliteGrantStore(home_of(args).ensure().grants_db)
+
+
+def issue_command(args: argparse.Namespace) -> int:
+    home = home_of(args)
+    policy = load_policy_of(args)
+    ttl = parse_duration(args.ttl) if args.ttl else None
+    store = open_store(args)
+    with AuditLog.open(home.audit_log, home.audit_key) as audit:
+        issued = issue_grant(policy, store, agent=args.agent, task=args.task,
+                             secrets=args.secrets, ttl=ttl, max_uses=args.max_uses,
+                             now=utc_now(), proxy_url_base=proxy_address(home))
+        audit.append("grant_issued", decision="allow", reason="issued", **_fields(issued.grant),
+                     by=_operator())
+    print_issued(issued, as_json=args.json)
+    return 0
+
+
+def print_issued(issued: IssuedGrant, *, as_json: bool) -> None:
+    grant = issued.grant
+    public = grant.to_public_dict()
+    if as_json:
+        print_json(public | {"token": issued.token, "proxy_url": issued.proxy_url,
+                             "placeholders": issued.placeholders})
+        return
+    print(f"grant {grant.id} issued ({public['state']})")
+    print(f"  agent:       {grant.agent}")
+    print(f"  task:        {grant.task}")
+    print(f"  expires at:  {public['expires_at']}")
+    print(f"  max uses:    {grant.max_uses if grant.max_uses is not None else 'unlimited'}")
+    print(f"  token:       {issued.token}")
+    print("               (shown once: only its hash is stored)")
+    print(f"  proxy URL:   {issued.proxy_url}")
+    print("  placeholders:")
+    for name, placeholder in issued.placeholders.items():
+        print(f"    {name}: {placeholder}")
+    if public["state"] == "pending":
+        print(f"  waiting for approval: broker-proxy grant approve {grant.id}")
+
+
+def list_command(args: argparse.Namespace) -> int:
+    now = utc_now()
+    grants = open_store(args).list()
+    if args.pending:
+        grants = [g for g in grants if g.state_at(now) == "pending"]
+    if args.json:
+        print_json([g.to_public_dict(now) for g in grants])
+        return 0
+    if not grants:
+        print("no grants")
+        return 0
+    for grant in grants:
+        print(_summary(grant, now))
+    return 0
+
+
+def change_command(args: argparse.Namespace) -> int:
+    store = open_store(args)
+    now = utc_now()
+    if args.action == "show":
+        grant = store.get(args.grant_id)
+        if grant is None:
+            raise GrantNotFound(f"no grant {args.grant_id}")
+    else:
+        home = home_of(args)
+        with AuditLog.open(home.audit_log, home.audit_key) as audit:
+            operator = _operator()
+            if args.action == "revoke":
+                grant = store.revoke(args.grant_id, now)
+            elif args.action == "approve":
+                grant = store.approve(args.grant_id, operator, now)
+            else:
+                grant = store.deny(args.grant_id, operator, now)
+            audit.append(f"grant_{args.action}d" if args.action != "deny" else "grant_denied",
+                         decision="allow" if args.action == "approve" else "deny",
+                         reason=args.action, **_fields(grant), by=operator)
+    if args.json:
+        print_json(grant.to_public_dict(now))
+    elif args.action == "show":
+        for key, value in grant.to_public_dict(now).items():
+            print(f"{key + ':':<12} {value}")
+    else:
+        print(_summary(grant, now))
+    return 0
+
+
+def _summary(grant: Grant, now: datetime) -> str:
+    public = grant.to_public_dict(now)
+    uses = f"{grant.uses}/{grant.max_uses}" if grant.max_uses is not None else f"{grant.uses}/-"
+    return (f"{grant.id}  {public['state']:<8} agent={grant.agent} secrets="
+            f"{','.join(grant.secrets)} uses={uses} expires={public['expires_at']} "
+            f"task={grant.task!r}")
+
+
+def _fields(grant: Grant) -> dict[str, object]:
+    return {"grant": grant.id, "agent": grant.agent, "task": grant.task,
+            "secrets": list(grant.secrets)}
+
+
+def _operator() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+

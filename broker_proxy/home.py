@@ -1,0 +1,60 @@
+"""Where broker-proxy keeps its state, so every command of one home finds the same files."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True, slots=True)
+class Home:
+    root: Path
+
+    @classmethod
+    def resolve(cls, explicit: str | None) -> Home:
+        """--home, else $BROKER_PROXY_HOME, else ~/.broker-proxy."""
+        raw = explicit or os.environ.get("BROKER_PROXY_HOME") or "~/.broker-proxy"
+        return cls(Path(raw).expanduser().absolute())
+
+    def ensure(self) -> Home:
+        """Create the home 0700: it holds the vault, its key file and the audit key."""
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return self
+
+    @property
+    def policy(self) -> Path:
+        return self.root / "policy.yaml"
+
+    @property
+    def vault(self) -> Path:
+        return self.root / "vault.bin"
+
+    @property
+    def vault_key(self) -> Path:
+        return self.root / "vault.key"
+
+    @property
+    def grants_db(self) -> Path:
+        return self.root / "grants.sqlite3"
+
+    @property
+    def audit_log(self) -> Path:
+        return self.root / "audit.log"
+
+    @property
+    def audit_key(self) -> Path:
+        return self.root / "audit.key"
+
+    @property
+    def certs(self) -> Path:
+        return self.root / "certs"
+
+    @property
+    def runtime(self) -> Path:
+        """Addresses of the running proxy, written by `run` for `exec`, `env` and `grant`."""
+        return self.root / "run.json"
+
+    @property
+    def upstream_ca_bundle(self) -> Path:
+        return self.root / "upstream-ca-bundle.pem"

@@ -1,0 +1,64 @@
+"""Prometheus metrics of one broker process.
+
+Labels come only from bounded sets (decisions, reason codes, secret names of the policy), never
+from grant ids, tokens, hosts or paths, so a hostile agent cannot blow up the series count.
+Each broker gets its own registry so tests and embedded uses never collide on the global one.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+
+class BrokerMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "broker_requests",
+            "Requests decided, by decision (allow/deny) and stable reason code.",
+            ["decision", "reason"],
+            registry=self.registry,
+        )
+        self.injections = Counter(
+            "broker_injections",
+            "Secrets swapped into requests, by secret name.",
+            ["secret"],
+            registry=self.registry,
+        )
+        self.redactions = Counter(
+            "broker_redactions",
+            "Secret values scrubbed from responses, by secret name.",
+            ["secret"],
+            registry=self.registry,
+        )
+        self.decision_seconds = Histogram(
+            "broker_decision_seconds",
+            "Time to decide on one request, including store, vault and audit.",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+            registry=self.registry,
+        )
+        self.grants_issued = Counter(
+            "broker_grants_issued", "Grants issued through this process.", registry=self.registry
+        )
+        self.grants_revoked = Counter(
+            "broker_grants_revoked", "Grants revoked through this process.", registry=self.registry
+        )
+        self.grants_active = Gauge(
+            "broker_grants_active", "Grants currently usable.", registry=self.registry
+        )
+        self.policy_reloads = Counter(
+            "broker_policy_reloads",
+            "Policy loads, by result (ok/rejected).",
+            ["result"],
+            registry=self.registry,
+        )
+        self.audit_write_errors = Counter(
+            "broker_audit_write_errors",
+            "Audit records that could not be written.",
+            registry=self.registry,
+        )
+
+    def serve(self, host: str, port: int) -> int:
+        """Expose /metrics on its own port (a daemon thread); returns the bound port."""
+        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        return int(server.server_port)

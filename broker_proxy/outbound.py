@@ -1,0 +1,93 @@
+"""Plain values that cross the line between the mitmproxy layer and the core.
+
+The addon turns a flow into an ``OutboundRequest``; the core answers with ``Allowed`` or
+``Denied``. Neither side needs to know the other's types.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+# Stable error codes: scripts and dashboards match on these strings.
+PROXY_AUTH_REQUIRED = "proxy_auth_required"
+GRANT_EXPIRED = "grant_expired"
+GRANT_REVOKED = "grant_revoked"
+GRANT_USED_UP = "grant_used_up"
+GRANT_PENDING = "grant_pending_approval"
+GRANT_DENIED = "grant_denied"
+GRANT_OUTSIDE_POLICY = "grant_outside_policy"
+MALFORMED_REQUEST = "malformed_request"
+AUTHORITY_MISMATCH = "authority_mismatch"
+SECRET_NOT_GRANTED = "secret_not_granted"
+PLACEHOLDER_NOT_ALLOWED_HERE = "placeholder_not_allowed_here"
+PLAINTEXT_HTTP = "plaintext_http"
+DESTINATION_NOT_ALLOWED = "destination_not_allowed"
+DESTINATION_NOT_GRANTED = "destination_not_granted"
+TOO_MANY_PLACEHOLDERS = "too_many_placeholders"
+AMBIGUOUS_PATH = "ambiguous_path"
+SECRET_UNAVAILABLE = "secret_unavailable"
+SECRET_VALUE_UNSAFE = "secret_value_unsafe"
+AUDIT_UNAVAILABLE = "audit_unavailable"
+GRANT_STORE_UNAVAILABLE = "grant_store_unavailable"
+STREAMING_NOT_SUPPORTED = "streaming_not_supported"
+INTERNAL_ERROR = "internal_error"
+ALLOWED = "allowed"
+INJECTED = "injected"
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundRequest:
+    """What the agent asked for and where the bytes would really go."""
+
+    method: str
+    scheme: str  # "https" when the upstream leg is TLS, else "http"
+    host: str  # the connection target: CONNECT host, or the absolute-form host
+    port: int
+    path: str  # without the query string
+    query: str  # raw, without "?"; "" when there is none
+    headers: tuple[tuple[str, str], ...]
+    body: bytes = b""
+    host_header: str | None = None  # the Host header (or HTTP/2 :authority) as sent
+    authority: str | None = None  # absolute-form request target authority, if any
+    sni: str | None = None  # the client's TLS SNI towards the proxy, if any
+
+
+@dataclass(frozen=True, slots=True)
+class Allowed:
+    """Forward the request; ``None`` fields mean "unchanged"."""
+
+    grant_id: str
+    injected: tuple[str, ...] = ()  # secret names swapped in, for scrubbing and audit
+    # The rewritten parts hold the real values: kept out of repr like ``scrub``.
+    headers: tuple[tuple[str, str], ...] | None = field(default=None, repr=False)
+    query: str | None = field(default=None, repr=False)
+    body: bytes | None = field(default=None, repr=False)
+    reason: str = ALLOWED
+    # secret name -> (real value, placeholder) for scrubbing the answer; never logged.
+    scrub: dict[str, tuple[str, str]] = field(default_factory=dict, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Denied:
+    """Answer the agent ourselves; nothing goes upstream."""
+
+    status: int
+    error: str
+    message: str
+    grant_id: str | None = None
+
+    def body(self) -> bytes:
+        # The message is built only from names and codes, never from a secret value.
+        return json.dumps(
+            {"error": self.error, "grant": self.grant_id, "message": self.message}
+        ).encode()
+
+    def headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json", "Cache-Control": "no-store"}
+        if self.status == 407:
+            headers["Proxy-Authenticate"] = 'Basic realm="broker-proxy"'
+        return headers
+
+
+Verdict = Allowed | Denied

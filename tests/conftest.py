@@ -1,0 +1,216 @@
+"""Shared fixtures: isolation from the developer's keyring and home, and the e2e stack.
+
+The end-to-end stack is the real thing: local HTTPS servers with their own CA, a real
+`broker-proxy run` process, and real clients. Secret values are random per test run.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+import shutil
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import keyring
+import pytest
+from keyring.backends import null
+
+from broker_proxy.echo_server import EchoServer
+from broker_proxy.grants.issuer import IssuedGrant, issue_grant
+from broker_proxy.grants.sqlite_store import SqliteGrantStore
+from broker_proxy.home import Home
+from broker_proxy.local_pki import LocalPki, write_pki
+from broker_proxy.policy.loader import load_policy
+from broker_proxy.proxy_process import ProxyProcess
+from broker_proxy.secrets.master_key import load_or_create_master_key
+from broker_proxy.secrets.vault import Vault
+from broker_proxy.time_source import utc_now
+
+API_HOST = "api.test.local"
+OTHER_HOST = "other.test.local"
+EVIL_HOST = "evil.test.local"
+EGRESS_HOST = "pypi.test.local"
+UNTRUSTED_HOST = "untrusted.test.local"
+HOSTS = (API_HOST, OTHER_HOST, EVIL_HOST, EGRESS_HOST, UNTRUSTED_HOST)
+
+# Process-wide isolation: no test may read or write the developer's keyring or home.
+os.environ["PYTHON_KEYRING_BACKEND"] = "keyring.backends.null.Keyring"
+os.environ.pop("BROKER_PROXY_HOME", None)
+os.environ.pop("BROKER_PROXY_POLICY", None)
+for _variable in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
+    os.environ.pop(_variable, None)
+    os.environ.pop(_variable.lower(), None)
+keyring.set_keyring(null.Keyring())
+
+
+def random_master_key() -> str:
+    return base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> LocalPki:
+    return write_pki(tmp_path_factory.mktemp("pki"), list(HOSTS))
+
+
+@dataclass
+class Upstreams:
+    api: EchoServer  # https, allowed for api_key
+    other: EchoServer  # https, allowed for other_key
+    evil: EchoServer  # https, allowed for nothing
+    egress: EchoServer  # https, on the egress allow-list
+    plain: EchoServer  # plain http under API_HOST's name
+    untrusted: EchoServer  # https with a certificate from a CA the proxy does not trust
+
+    def all(self) -> list[EchoServer]:
+        return [self.api, self.other, self.evil, self.egress, self.plain, self.untrusted]
+
+    def clear(self) -> None:
+        for server in self.all():
+            server.clear()
+
+
+@pytest.fixture(scope="session")
+def upstreams(pki: LocalPki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstreams]:
+    rogue = write_pki(tmp_path_factory.mktemp("rogue-pki"), list(HOSTS))
+    servers = Upstreams(
+        api=EchoServer(pki.cert_path, pki.key_path).start(),
+        other=EchoServer(pki.cert_path, pki.key_path).start(),
+        evil=EchoServer(pki.cert_path, pki.key_path).start(),
+        egress=EchoServer(pki.cert_path, pki.key_path).start(),
+        plain=EchoServer().start(),
+        untrusted=EchoServer(rogue.cert_path, rogue.key_path).start(),
+    )
+    yield servers
+    for server in servers.all():
+        server.stop()
+
+
+E2E_POLICY = """\
+version: 1
+secrets:
+  api_key:
+    from: vault
+    destinations:
+      - host: {api}
+        port: {api_port}
+        methods: [GET, POST]
+        paths: ["/v1/**"]
+      - host: {api}
+        port: {plain_port}
+        scheme: https
+      - host: {untrusted}
+        port: {untrusted_port}
+    inject: [header, query]
+    env: API_KEY
+  other_key:
+    from: env:E2E_OTHER_KEY
+    placeholder: "other-PLACEHOLDER-0000"
+    destinations:
+      - host: {other}
+        port: {other_port}
+agents:
+  bot:
+    secrets: [api_key, other_key]
+    max_ttl: 1h
+  careful-bot:
+    secrets: [api_key]
+    max_ttl: 1h
+    approval: [api_key]
+egress:
+  allow: [{egress}]
+network:
+  allow_addresses: [127.0.0.0/8]
+"""
+
+
+@dataclass
+class Stack:
+    """One running proxy with its home, policy, secrets and upstreams."""
+
+    root: Path
+    home: Home
+    policy_file: Path
+    proxy: ProxyProcess
+    upstreams: Upstreams
+    api_key: str
+    other_key: str
+    env: dict[str, str]
+
+    def issue(self, *secret_names: str, ttl: timedelta | None = None, max_uses: int | None = None,
+              agent: str = "bot") -> IssuedGrant:
+        store = SqliteGrantStore(self.home.grants_db)
+        try:
+            return issue_grant(load_policy(self.policy_file), store, agent=agent,
+                               task="e2e test", secrets=list(secret_names or ["api_key"]),
+                               ttl=ttl, max_uses=max_uses, now=utc_now(),
+                               proxy_url_base=self.proxy.info["listen"])
+        finally:
+            store.close()
+
+    def revoke(self, grant_id: str) -> None:
+        store = SqliteGrantStore(self.home.grants_db)
+        try:
+            store.revoke(grant_id, utc_now())
+        finally:
+            store.close()
+
+    def url(self, server: EchoServer, host: str, path: str) -> str:
+        return f"{server.scheme}://{host}:{server.port}{path}"
+
+    def secret_values(self) -> list[str]:
+        return [self.api_key, self.other_key]
+
+
+def start_stack(root: Path, pki: LocalPki, upstreams: Upstreams,
+                extra_args: tuple[str, ...] = ()) -> Stack:
+    root.mkdir(parents=True, exist_ok=True)
+    home = Home(root / "home").ensure()
+    api_key = "sk-e2e-" + secrets.token_urlsafe(24)
+    other_key = "ok-e2e-" + secrets.token_urlsafe(24)
+    env = dict(os.environ, BROKER_PROXY_MASTER_KEY=random_master_key(),
+               E2E_OTHER_KEY=other_key)
+    os.environ["BROKER_PROXY_MASTER_KEY"] = env["BROKER_PROXY_MASTER_KEY"]
+    Vault(home.vault, load_or_create_master_key(home, create=True)).set("api_key", api_key)
+    policy_file = root / "policy.yaml"
+    policy_file.write_text(E2E_POLICY.format(
+        api=API_HOST, api_port=upstreams.api.port, plain_port=upstreams.plain.port,
+        other=OTHER_HOST, other_port=upstreams.other.port, egress=EGRESS_HOST,
+        untrusted=UNTRUSTED_HOST, untrusted_port=upstreams.untrusted.port))
+    proxy = ProxyProcess(home.root, policy_file, upstream_ca=pki.ca_cert_path,
+                         resolve={host: "127.0.0.1" for host in HOSTS}, env=env,
+                         extra_args=extra_args, log_path=root / "proxy.log").start()
+    return Stack(root, home, policy_file, proxy, upstreams, api_key, other_key, env)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, pki: LocalPki,
+          upstreams: Upstreams) -> Iterator[Stack]:
+    running = start_stack(tmp_path_factory.mktemp("stack"), pki, upstreams)
+    yield running
+    running.proxy.stop()
+    # Invariant 1: no secret value in anything the proxy wrote.
+    written = (running.root / "proxy.log").read_text(errors="replace")
+    written += running.home.audit_log.read_text(errors="replace")
+    for value in running.secret_values():
+        assert value not in written, "a secret value reached the proxy's log or audit log"
+
+
+@pytest.fixture(autouse=True)
+def _clear_upstreams(request: pytest.FixtureRequest) -> None:
+    if "stack" in request.fixturenames:
+        request.getfixturevalue("upstreams").clear()
+
+
+def curl_path() -> str:
+    path = shutil.which("curl")
+    if path is None:  # pragma: no cover - curl is part of the machine image
+        pytest.fail("curl is required for the end-to-end tests")
+    return path
+
+
+PYTHON = sys.executable

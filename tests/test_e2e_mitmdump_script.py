@@ -1,0 +1,93 @@
+"""`mitmdump -s addons/broker.py` works as well as `broker-proxy run`."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import API_HOST, EVIL_HOST, HOSTS, Stack
+from tests.e2e_clients import via_requests
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"mitmdump exited with {process.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError("mitmdump did not listen")
+
+
+class ScriptStack:
+    """Looks enough like the ProxyProcess that the e2e clients can use it."""
+
+    def __init__(self, port: int, ca_path: Path) -> None:
+        self.port = port
+        self.host = "127.0.0.1"
+        self.ca_path = ca_path
+
+    def proxy_url(self, token: str, agent: str = "agent") -> str:
+        return f"http://{agent}:{token}@127.0.0.1:{self.port}"
+
+
+def test_mitmdump_script_injects_and_blocks(stack: Stack, tmp_path: Path) -> None:
+    mitmdump = Path(sys.executable).parent / "mitmdump"
+    port = free_port()
+    confdir = tmp_path / "confdir"
+    bundle = stack.home.upstream_ca_bundle  # written by the running `broker-proxy run`
+    args = [str(mitmdump), "-q", "-s", str(REPO / "addons" / "broker.py"),
+            "--listen-host", "127.0.0.1", "--listen-port", str(port),
+            "--set", f"confdir={confdir}",
+            "--set", f"broker_home={stack.home.root}",
+            "--set", f"broker_policy={stack.policy_file}",
+            "--set", f"ssl_verify_upstream_trusted_ca={bundle}"]
+    for host in HOSTS:
+        args += ["--set", f"broker_resolve={host}=127.0.0.1"]
+    log = (tmp_path / "mitmdump.log").open("wb")
+    process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=stack.env,
+                               stdin=subprocess.DEVNULL)
+    try:
+        wait_for_port(port, process)
+        script_stack = Stack(**{**stack.__dict__, "proxy": ScriptStack(
+            port, confdir / "mitmproxy-ca-cert.pem")})
+        grant = stack.issue("api_key")
+        auth = {"Authorization": "Bearer {{secret:api_key}}"}
+        allowed = via_requests(script_stack, grant.token, "GET",
+                               stack.url(stack.upstreams.api, API_HOST, "/v1/script"),
+                               headers=auth)
+        blocked = via_requests(script_stack, grant.token, "GET",
+                               stack.url(stack.upstreams.evil, EVIL_HOST, "/v1/script"),
+                               headers=auth)
+        no_token = via_requests(script_stack, "", "GET",
+                                stack.url(stack.upstreams.api, API_HOST, "/v1/script"))
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        log.close()
+    assert allowed.status == 200, (tmp_path / "mitmdump.log").read_text()
+    (received,) = stack.upstreams.api.requests
+    assert received.header("Authorization") == f"Bearer {stack.api_key}"
+    assert stack.api_key.encode() not in allowed.body
+    assert (blocked.status, blocked.json()["error"]) == (403, "destination_not_allowed")
+    assert no_token.status == -1 and b"407" in no_token.body
+    assert stack.upstreams.evil.requests == []
+    assert stack.api_key not in (tmp_path / "mitmdump.log").read_text()
