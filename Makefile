@@ -19,11 +19,11 @@ run: $(STAMP)
 	$(VENV)/bin/broker-proxy run --certs certs $(ARGS)
 
 test: $(STAMP)
-	$(PY) -m ruff check broker_proxy addons tests benchmarks
+	$(PY) -m ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(PY) -m ruff check broker_proxy addons tests benchmarks
+	$(PY) -m ruff check .
 
 bench: $(STAMP)
 	$(PY) benchmarks/run.py

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from broker_proxy import outbound as codes
@@ -23,6 +23,7 @@ from broker_proxy.grants.model import Grant
 from broker_proxy.grants.store import GrantStore, GrantStoreError, ReserveResult
 from broker_proxy.metrics import BrokerMetrics
 from broker_proxy.outbound import Allowed, Denied, OutboundRequest, Verdict
+from broker_proxy.policy.destinations import canonical_host
 from broker_proxy.request_scan import PlacedHit, RequestRewriter, find_placeholders
 from broker_proxy.secrets.backends import SecretResolver, SecretUnavailable
 from broker_proxy.secrets.value import SecretValue
@@ -67,6 +68,10 @@ class Broker:
             log.error("decision failed: %s", type(error).__name__)
             verdict = Denied(503, codes.INTERNAL_ERROR,
                              "the broker could not decide; nothing was sent")
+            try:
+                self._deny(request, None, verdict.status, verdict.error, verdict.message)
+            except Exception:  # the answer stands even if the record cannot be written
+                self.metrics.audit_write_errors.inc()
         self.metrics.decision_seconds.observe(time.perf_counter() - started)
         decision = "allow" if isinstance(verdict, Allowed) else "deny"
         reason = verdict.reason if isinstance(verdict, Allowed) else verdict.error
@@ -120,6 +125,8 @@ class Broker:
                               "the Host header, request line and TLS name must all name the "
                               "host the connection goes to")
 
+        # Match on one spelling of the host: the one the policy was compiled with.
+        request = replace(request, host=canonical_host(request.host))
         hits = find_placeholders(policy.scanner, request)
         if not hits:
             return self._allow_without_secret(request, grant, policy)
