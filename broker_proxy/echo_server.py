@@ -71,6 +71,9 @@ class _BadRequest(Exception):
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive; every response carries Content-Length
     timeout = HANDLER_TIMEOUT
+    # Headers and body go out in two writes: with Nagle on, the body waits for the client's
+    # delayed ACK (~40 ms) on every kept-alive request.
+    disable_nagle_algorithm = True
     server: _Server
 
     def handle_one_request(self) -> None:

@@ -1,0 +1,162 @@
+"""The core decision path without mitmproxy: decisions per second, and how they scale.
+
+Two paths are timed:
+  match    authenticate the grant, check its state, match the destination, find and swap the
+           placeholders (grant store in memory, no use reservation, no audit write): the pure
+           decision logic, which must not slow down with more grants or destinations;
+  full     the same through the real SQLite grant store (read + atomic use reservation) and
+           the real audit log (fsync before the secret leaves), as `broker-proxy run` does it.
+Grants go from 10 to 100,000 and policy destinations from 10 to 10,000.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import os
+import secrets
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from datetime import datetime
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from broker_proxy.active_policy import ActivePolicy
+from broker_proxy.audit.log import AuditLog
+from broker_proxy.broker import Broker
+from broker_proxy.grants.issuer import issue_grant
+from broker_proxy.grants.model import Grant
+from broker_proxy.grants.sqlite_store import SqliteGrantStore
+from broker_proxy.grants.store import ReserveResult, authenticate_token
+from broker_proxy.home import Home
+from broker_proxy.metrics import BrokerMetrics
+from broker_proxy.outbound import Allowed, OutboundRequest
+from broker_proxy.policy.loader import load_policy_text
+from broker_proxy.secrets.backends import SecretResolver
+from broker_proxy.time_source import utc_now
+
+
+class MemoryGrantStore:
+    """Grants in a dict: isolates the decision logic from storage in the `match` figures."""
+
+    def __init__(self) -> None:
+        self.grants: dict[str, Grant] = {}
+
+    def create(self, grant: Grant) -> None:
+        self.grants[grant.id] = grant
+
+    def get(self, grant_id: str) -> Grant | None:
+        return self.grants.get(grant_id)
+
+    def authenticate(self, token: str) -> Grant | None:
+        return authenticate_token(token, self.get)
+
+    def reserve_use(self, grant_id: str, now: datetime) -> ReserveResult:
+        grant = self.grants[grant_id]
+        self.grants[grant_id] = replace(grant, uses=grant.uses + 1)
+        return ReserveResult.RESERVED
+
+    def close(self) -> None:
+        pass
+
+
+class NullAudit:
+    def fingerprint(self, value: str) -> str:
+        return ""
+
+    def append(self, event: str, *, durable: bool = False, **fields: object) -> dict:
+        return {}
+
+    def close(self) -> None:
+        pass
+
+
+def policy_text(destinations: int) -> str:
+    """`destinations` secrets, one destination each, on distinct hosts under 50 domains."""
+    lines = ["version: 1", "secrets:"]
+    for index in range(destinations):
+        lines += [f"  s{index}:", f"    from: env:CORE_BENCH_{index % 10}", "    destinations:",
+                  f"      - host: api{index}.d{index % 50}.example.com",
+                  '        paths: ["/v1/**", "/v2/items/*"]']
+    names = ", ".join(f"s{i}" for i in range(destinations))
+    lines += ["agents:", "  bot:", f"    secrets: [{names}]", "    max_ttl: 2h"]
+    return "\n".join(lines) + "\n"
+
+
+def build(home: Home, destinations: int, grants: int, full: bool) -> tuple[Broker, str, str]:
+    policy = load_policy_text(policy_text(destinations), "bench.yaml")
+    store = SqliteGrantStore(home.grants_db) if full else MemoryGrantStore()
+    now = utc_now()
+    token = ""
+    for index in range(grants):
+        issued = issue_grant(policy, store, agent="bot", task=f"t{index}",
+                             secrets=[f"s{index % destinations}"], ttl=None, max_uses=None,
+                             now=now)
+        if index == grants // 2:
+            token = issued.token
+            chosen = issued.grant.secrets[0]
+    audit = AuditLog.open(home.audit_log, home.audit_key) if full else NullAudit()
+    broker = Broker(policy=ActivePolicy.build(policy), grants=store,  # type: ignore[arg-type]
+                    secrets=SecretResolver(home), audit=audit,  # type: ignore[arg-type]
+                    metrics=BrokerMetrics())
+    return broker, token, chosen
+
+
+def time_decisions(broker: Broker, token: str, secret: str, seconds: float) -> float:
+    index = int(secret[1:])
+    host = f"api{index}.d{index % 50}.example.com"
+    request = OutboundRequest(
+        method="POST", scheme="https", host=host, port=443, path="/v1/chat/completions",
+        query="", headers=(("Host", host), ("Authorization", f"Bearer {{{{secret:{secret}}}}}"),
+                           ("Content-Type", "application/json"), ("Accept", "*/*"),
+                           ("User-Agent", "agent/1.0")),
+        body=b'{"model":"x","messages":[]}', host_header=host, sni=host)
+    assert isinstance(broker.decide(token, request), Allowed)
+    count = 0
+    started = time.perf_counter()
+    deadline = started + seconds
+    while time.perf_counter() < deadline:
+        for _ in range(100):
+            broker.decide(token, request)
+        count += 100
+    return count / (time.perf_counter() - started)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=2.0)
+    parser.add_argument("--quick", action="store_true", help="skip the 100,000-grant rows")
+    args = parser.parse_args()
+    os.environ["PYTHON_KEYRING_BACKEND"] = "keyring.backends.null.Keyring"
+    os.environ["BROKER_PROXY_MASTER_KEY"] = base64.urlsafe_b64encode(os.urandom(32)).decode()
+    for index in range(10):
+        os.environ[f"CORE_BENCH_{index}"] = secrets.token_urlsafe(24)
+    grant_counts = (10, 1_000, 10_000) if args.quick else (10, 1_000, 100_000)
+    print(f"{'path':<6} {'grants':>8} {'destinations':>12} {'decisions/s':>12} {'us/decision':>12}")
+    results: dict[tuple[str, int, int], float] = {}
+    for path in ("match", "full"):
+        for grants, destinations in [(g, 10) for g in grant_counts] + [(10, 1_000), (10, 10_000),
+                                                                      (grant_counts[-1], 10_000)]:
+            # SQLite build time; the lookup is by primary key either way.
+            grants_used = 10_000 if path == "full" and grants > 10_000 else grants
+            with tempfile.TemporaryDirectory() as scratch:
+                home = Home(Path(scratch)).ensure()
+                broker, token, secret = build(home, destinations, grants_used, path == "full")
+                rate = time_decisions(broker, token, secret, args.seconds)
+                broker.audit.close()
+            results[(path, grants_used, destinations)] = rate
+            print(f"{path:<6} {grants_used:>8} {destinations:>12} {rate:12.0f} "
+                  f"{1e6 / rate:12.1f}", flush=True)
+    base = results[("match", 10, 10)]
+    worst = min(v for (p, _, _), v in results.items() if p == "match")
+    print(f"\nmatch path: slowest configuration is {worst / base:.2f}x the 10-grant, "
+          "10-destination figure")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
