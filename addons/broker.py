@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from mitmproxy import ctx, http, tcp
 from mitmproxy.proxy import server_hooks
 
-from addons import flow_adapter
+from addons import flow_adapter, response_limits
 from addons.broker_addon import BrokerAddon
 from broker_proxy import outbound as codes
 from broker_proxy.assembly import open_broker, policy_path
@@ -87,9 +87,17 @@ class BrokerScript:
         else:
             self.inner.request(flow)
 
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        if self.inner is not None:
+            self.inner.responseheaders(flow)
+
     def response(self, flow: http.HTTPFlow) -> None:
         if self.inner is not None:
             self.inner.response(flow)
+
+    def websocket_message(self, flow: http.HTTPFlow) -> None:
+        if self.inner is not None:
+            self.inner.websocket_message(flow)
 
     def error(self, flow: http.HTTPFlow) -> None:
         if self.inner is not None:
@@ -101,8 +109,13 @@ class BrokerScript:
         else:
             await self.inner.server_connect(data)
 
+    def server_connected(self, data: server_hooks.ServerConnectionHookData) -> None:
+        if self.inner is not None:
+            self.inner.server_connected(data)
+
     def tcp_start(self, flow: tcp.TCPFlow) -> None:
         flow.kill()
 
 
+response_limits.install()
 addons = [BrokerScript()]

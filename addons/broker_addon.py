@@ -16,12 +16,12 @@ from mitmproxy import connection, ctx, http, tcp
 from mitmproxy.exceptions import OptionsError
 from mitmproxy.proxy import server_hooks
 
-from addons import flow_adapter
+from addons import flow_adapter, response_scrubbing
 from broker_proxy import outbound as codes
 from broker_proxy.addresses import address_allowed
 from broker_proxy.broker import Broker
-from broker_proxy.outbound import Denied
-from broker_proxy.redaction import Redactor
+from broker_proxy.outbound import Allowed, Denied
+from broker_proxy.request_checks import upgrade_problem
 
 log = logging.getLogger("broker_proxy.addon")
 
@@ -34,6 +34,13 @@ class BrokerAddon:
         self.resolve = dict(resolve or {})
         # Credentials seen on CONNECT, tied to the client connection like mitmproxy's proxyauth.
         self._tunnel_tokens: WeakKeyDictionary[connection.Client, str] = WeakKeyDictionary()
+        # (host, port) pairs a decision allowed, per client: server_connect dials nothing else.
+        self._allowed_upstreams: WeakKeyDictionary[connection.Client, set[tuple[str, int]]] = (
+            WeakKeyDictionary())
+        # Name-based addresses of upstream connections we dialled by checked IP; see
+        # server_connected for why they are put back.
+        self._dialled_names: WeakKeyDictionary[connection.Server, tuple[str, int]] = (
+            WeakKeyDictionary())
 
     def configure(self, updated: set[str]) -> None:
         # Options of mitmproxy that would undo the broker's guarantees.
@@ -62,6 +69,16 @@ class BrokerAddon:
             # A streamed body reaches the upstream before `request` runs: no decision possible.
             flow_adapter.deny(flow, Denied(403, codes.STREAMING_NOT_SUPPORTED,
                                            "request bodies are not streamed through the broker"))
+            return
+        # Here, not only in `request`: mitmproxy's DisableH2C strips "Upgrade: h2c" in its own
+        # `request` hook, before ours, and would forward the rest of the request.
+        try:
+            problem = upgrade_problem(tuple(flow.request.headers.items(multi=True)))
+        except Exception as error:  # fail closed
+            log.error("requestheaders hook failed: %s", type(error).__name__)
+            problem = "the broker could not check this request"
+        if problem:
+            flow_adapter.deny(flow, Denied(403, codes.UPGRADE_NOT_ALLOWED, problem))
 
     def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live:
@@ -79,6 +96,8 @@ class BrokerAddon:
                 flow_adapter.deny(flow, verdict)
                 return
             flow_adapter.apply(flow, verdict, outbound)
+            self._allowed_upstreams.setdefault(flow.client_conn, set()).add(
+                (flow.request.host.lower(), flow.request.port))
             if verdict.injected:
                 flow.metadata[METADATA_KEY] = (verdict, outbound, time.monotonic())
         except Exception as error:  # fail closed
@@ -86,21 +105,62 @@ class BrokerAddon:
             flow_adapter.deny(flow, Denied(503, codes.INTERNAL_ERROR,
                                            "the broker could not decide; nothing was sent"))
 
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        carried = flow.metadata.get(METADATA_KEY)
+        if flow.response is None:
+            return
+        if carried is None:
+            # Nothing to scrub: stream the body untouched so memory stays bounded.
+            flow.response.stream = True
+            return
+        verdict = carried[0]
+        try:
+            response_scrubbing.on_response_headers(flow, verdict)
+        except Exception as error:  # withhold rather than pass on unscrubbed
+            log.error("response scrub failed: %s", type(error).__name__)
+            self._withhold(flow, verdict)
+            body = flow.response.content or b""
+            flow.response.stream = lambda data: [] if data else [body]
+
     def response(self, flow: http.HTTPFlow) -> None:
         carried = flow.metadata.get(METADATA_KEY)
         if carried is None or flow.response is None:
             return
         verdict, outbound, started = carried
         try:
-            redactions = self._scrub(flow.response, Redactor(verdict.scrub))
+            redactions = response_scrubbing.on_response(flow, verdict)
         except Exception as error:  # withhold rather than pass on unscrubbed
             log.error("response scrub failed: %s", type(error).__name__)
-            flow.response = http.Response.make(
-                502, Denied(502, "response_withheld", "the answer could not be scrubbed",
-                            verdict.grant_id).body(), {"Content-Type": "application/json"})
+            if flow.response.stream:  # headers are gone: abort instead
+                if flow.killable:
+                    flow.kill()
+            else:
+                self._withhold(flow, verdict)
             redactions = {}
         self.broker.record_response(verdict, outbound, flow.response.status_code,
                                     (time.monotonic() - started) * 1000, redactions)
+
+    @staticmethod
+    def _withhold(flow: http.HTTPFlow, verdict: Allowed) -> None:
+        denied = Denied(502, codes.RESPONSE_WITHHELD, "the answer could not be scrubbed",
+                        verdict.grant_id)
+        flow.response = http.Response.make(502, denied.body(), denied.headers())
+
+    def websocket_message(self, flow: http.HTTPFlow) -> None:
+        carried = flow.metadata.get(METADATA_KEY)
+        if carried is None or flow.websocket is None:
+            return
+        verdict, outbound, _ = carried
+        try:
+            redactions = response_scrubbing.on_websocket_message(flow, verdict)
+        except Exception as error:  # never pass a message on unscrubbed
+            log.error("websocket scrub failed: %s", type(error).__name__)
+            flow.websocket.messages[-1].drop()
+            if flow.killable:
+                flow.kill()
+            return
+        if redactions:
+            self.broker.record_response(verdict, outbound, 101, 0.0, redactions)
 
     def error(self, flow: http.HTTPFlow) -> None:
         carried = flow.metadata.get(METADATA_KEY)
@@ -108,32 +168,6 @@ class BrokerAddon:
             verdict, outbound, started = carried
             self.broker.record_response(verdict, outbound, None,
                                         (time.monotonic() - started) * 1000, {})
-
-    @staticmethod
-    def _scrub(response: http.Response, redactor: Redactor) -> dict[str, int]:
-        counts: dict[str, int] = {}
-
-        def add(found: dict[str, int]) -> None:
-            for name, count in found.items():
-                counts[name] = counts.get(name, 0) + count
-
-        reason, found = redactor.scrub(response.data.reason)
-        response.data.reason = reason
-        add(found)
-        fields = []
-        for name, value in response.headers.fields:
-            value, found = redactor.scrub(value)
-            add(found)
-            fields.append((name, value))
-        response.headers = http.Headers(fields)
-        # Raises ValueError on a body that cannot be decoded: the caller withholds it.
-        body = response.get_content(strict=True)
-        if body:
-            scrubbed, found = redactor.scrub(body)
-            if found:
-                response.content = scrubbed
-                add(found)
-        return counts
 
     async def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
         """Resolve once, check the address, and connect to exactly that address.
@@ -144,6 +178,11 @@ class BrokerAddon:
         if data.server.address is None:
             return
         host, port = data.server.address
+        if (host.lower(), port) not in self._allowed_upstreams.get(data.client, ()):
+            # mitmproxy 12.3.1's TCP layer dials the upstream even after tcp_start killed the
+            # flow: only an address a request decision allowed may be dialled at all.
+            data.server.error = "no request to this upstream was allowed by the broker"
+            return
         try:
             addresses = await self._addresses(host, port)
         except OSError as error:
@@ -152,6 +191,7 @@ class BrokerAddon:
         allowed_networks = self.broker.policy.policy.allow_addresses
         for address in addresses:
             if address_allowed(address, allowed_networks):
+                self._dialled_names[data.server] = (host, port)
                 data.server.address = (address, port)
                 if data.server.sni is None:
                     data.server.sni = host
@@ -165,6 +205,19 @@ class BrokerAddon:
         infos = await asyncio.get_running_loop().getaddrinfo(
             host, port, type=socket.SOCK_STREAM)
         return [str(info[4][0]) for info in infos]
+
+    def server_connected(self, data: server_hooks.ServerConnectionHookData) -> None:
+        """Give the open connection its name back.
+
+        mitmproxy reuses an upstream connection only for requests whose (host, port) equals the
+        connection's address. Left as the IP, every request would dial a new connection, and the
+        old ones would pile up against mitmproxy's limit of 5 per address (10 s stalls).
+        """
+        name = self._dialled_names.pop(data.server, None)
+        if name is not None:
+            # Server.__setattr__ refuses address changes on open connections to stop silent
+            # re-routing; this one does not re-route: the socket stays on the address we checked.
+            object.__setattr__(data.server, "address", name)
 
     def tcp_start(self, flow: tcp.TCPFlow) -> None:
         # Bytes inside a tunnel that are not HTTP bypass every request hook: cut them.

@@ -70,8 +70,11 @@ def apply(flow: http.HTTPFlow, allowed: Allowed, request: OutboundRequest) -> No
         flow.request.headers = http.Headers(
             [(_raw(name), _raw(value)) for name, value in allowed.headers]
         )
-    if allowed.query is not None:
-        flow.request.path = request.path + "?" + allowed.query
+    if allowed.query is not None or allowed.path is not None:
+        # Send the path the decision was made on (canonical form), never the agent's spelling.
+        path = allowed.path if allowed.path is not None else request.path
+        query = allowed.query if allowed.query is not None else request.query
+        flow.request.path = path + ("?" + query if query else "")
     if allowed.body is not None:
         # `content` re-applies any Content-Encoding and fixes Content-Length.
         flow.request.content = allowed.body

@@ -25,6 +25,7 @@ from mitmproxy.addons import (
 from mitmproxy.addons.errorcheck import ErrorCheck
 from mitmproxy.master import Master
 
+from addons import response_limits
 from addons.broker_addon import BrokerAddon
 from broker_proxy.broker import Broker
 
@@ -37,6 +38,7 @@ class ProxySettings:
     upstream_ca_bundle: Path | None
     resolve: dict[str, str]
     body_size_limit: str = "10m"
+    on_reload_signal: Callable[[], None] | None = None  # SIGHUP: reload the policy
 
 
 class _Announce:
@@ -58,6 +60,7 @@ async def serve(broker: Broker, settings: ProxySettings,
         listen_port=settings.listen_port,
         confdir=str(settings.certs_dir),
     )
+    response_limits.install()  # long downloads reach responseheaders, which streams them
     master = Master(opts, with_termlog=True)
     master.addons.add(
         core.Core(),
@@ -83,4 +86,6 @@ async def serve(broker: Broker, settings: ProxySettings,
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, master.shutdown)
+    if settings.on_reload_signal is not None:
+        loop.add_signal_handler(signal.SIGHUP, settings.on_reload_signal)
     await master.run()

@@ -12,9 +12,10 @@ from pathlib import Path
 from broker_proxy.active_policy import ActivePolicy
 from broker_proxy.audit.log import AuditLog
 from broker_proxy.broker import Broker
-from broker_proxy.grants.sqlite_store import SqliteGrantStore
+from broker_proxy.grants.factory import open_grant_store, store_url
 from broker_proxy.home import Home
 from broker_proxy.metrics import BrokerMetrics
+from broker_proxy.replica import replica_id
 from broker_proxy.secrets.backends import SecretResolver
 
 
@@ -28,16 +29,20 @@ def open_audit(home: Home) -> AuditLog:
     return AuditLog.open(home.audit_log, home.audit_key)
 
 
-def open_broker(home: Home, policy_file: Path) -> Broker:
+def open_broker(home: Home, policy_file: Path, *, store: str | None = None,
+                replica: str | None = None) -> Broker:
     """Raises the loader's PolicyError, GrantStoreError or an audit error: never half-starts."""
     policy = ActivePolicy.load(str(policy_file))
     home.ensure()
+    grants = open_grant_store(home, store_url(store))  # --store, $BROKER_PROXY_STORE, SQLite
     audit = open_audit(home)
+    # One chain per replica, each record naming it (see README, "Several replicas").
+    audit.stamp_records(replica=replica_id(home, replica))
     metrics = BrokerMetrics()
     metrics.policy_reloads.labels("ok").inc()
     return Broker(
         policy=policy,
-        grants=SqliteGrantStore(home.grants_db),
+        grants=grants,
         secrets=SecretResolver(home, base_dir=policy_file.parent),
         audit=audit,
         metrics=metrics,

@@ -24,6 +24,13 @@ from broker_proxy.grants.store import GrantStore, GrantStoreError, ReserveResult
 from broker_proxy.metrics import BrokerMetrics
 from broker_proxy.outbound import Allowed, Denied, OutboundRequest, Verdict
 from broker_proxy.policy.destinations import canonical_host
+from broker_proxy.request_checks import (
+    AmbiguousPath,
+    canonical_path,
+    header_size_problem,
+    method_override_problem,
+    upgrade_problem,
+)
 from broker_proxy.request_scan import PlacedHit, RequestRewriter, find_placeholders
 from broker_proxy.secrets.backends import SecretResolver, SecretUnavailable
 from broker_proxy.secrets.value import SecretValue
@@ -88,6 +95,7 @@ class Broker:
         try:
             grant = self.grants.authenticate(token) if token else None
         except GrantStoreError:
+            self.metrics.requests.labels("deny", codes.GRANT_STORE_UNAVAILABLE).inc()
             return self._deny(request, None, 503, codes.GRANT_STORE_UNAVAILABLE,
                               "the grant store cannot be used; nothing was sent")
         except Exception as error:  # fail closed
@@ -115,6 +123,9 @@ class Broker:
         if refusal := self._grant_refusal(grant, policy, now, request):
             return refusal
 
+        # Caps first: they bound the cost of every later pass over the headers.
+        if problem := header_size_problem(request.headers):
+            return self._deny(request, grant, 431, codes.HEADERS_TOO_LARGE, problem)
         if not _well_formed(request):
             return self._deny(request, grant, 400, codes.MALFORMED_REQUEST,
                               "control characters in a header name or value")
@@ -125,6 +136,9 @@ class Broker:
                               "the Host header, request line and TLS name must all name the "
                               "host the connection goes to")
 
+        if problem := upgrade_problem(request.headers):
+            return self._deny(request, grant, 403, codes.UPGRADE_NOT_ALLOWED, problem)
+
         # Match on one spelling of the host: the one the policy was compiled with.
         request = replace(request, host=canonical_host(request.host))
         hits = find_placeholders(policy.scanner, request)
@@ -133,12 +147,18 @@ class Broker:
         if len(hits) > MAX_PLACEHOLDERS_PER_REQUEST:
             return self._deny(request, grant, 403, codes.TOO_MANY_PLACEHOLDERS,
                               f"at most {MAX_PLACEHOLDERS_PER_REQUEST} placeholders per request")
-        if not path_is_unambiguous(request.path):
-            # Path rules are matched on the path as written; an upstream that resolves dot
-            # segments or decodes %2F would serve another path than the one we allowed.
+        sent_path = request.path
+        try:
+            # Match on the canonical path and send exactly that path: an upstream that resolves
+            # dot segments, decodes %2F or drops ";" parameters would otherwise serve another
+            # path than the one we allowed.
+            request = replace(request, path=canonical_path(request.path))
+        except AmbiguousPath as error:
             return self._deny(request, grant, 403, codes.AMBIGUOUS_PATH,
-                              "a path with dot segments, encoded slashes or backslashes "
-                              "cannot carry a secret")
+                              f"this path cannot carry a secret: {error}")
+        if problem := method_override_problem(request):
+            # A POST allowed by the policy must not become a DELETE inside the upstream.
+            return self._deny(request, grant, 403, codes.METHOD_OVERRIDE_REFUSED, problem)
         if refusal := self._placement_refusal(hits, grant, policy, request):
             return refusal
 
@@ -166,8 +186,11 @@ class Broker:
 
         # Invariant 5: the record of a secret's use is on disk before the secret leaves.
         try:
+            # Fingerprints (HMAC under the audit key, never a plain hash) tell secret versions
+            # apart after a rotation without the record holding anything a reader could invert.
             self.audit.append("request", durable=True, **_record(
-                request, grant, "allow", codes.INJECTED, None, names))
+                request, grant, "allow", codes.INJECTED, None, names), fingerprints=[
+                    f"{n}:{self.audit.fingerprint(values[n].reveal())}" for n in names])
         except AuditError:
             self.metrics.audit_write_errors.inc()
             return Denied(503, codes.AUDIT_UNAVAILABLE,
@@ -182,6 +205,7 @@ class Broker:
             headers=rewriter.headers(request.headers),
             query=rewriter.query(request.query),
             body=rewriter.body(request.body),
+            path=request.path if request.path != sent_path else None,
             reason=codes.INJECTED,
             scrub={n: (values[n].reveal(), policy.policy.secrets[n].placeholder) for n in names},
         )
@@ -262,15 +286,12 @@ class Broker:
             self.metrics.audit_write_errors.inc()
 
 
-_AMBIGUOUS_PATH_PARTS = ("%2f", "%5c", "\\", "%2e", "%00", "//")
-
-
 def path_is_unambiguous(path: str) -> bool:
     """True when every upstream reads this path the same way we matched it."""
-    lowered = path.lower()
-    if any(part in lowered for part in _AMBIGUOUS_PATH_PARTS):
+    try:
+        return canonical_path(path) == path
+    except AmbiguousPath:
         return False
-    return not any(segment in (".", "..") for segment in path.split("/"))
 
 
 def _well_formed(request: OutboundRequest) -> bool:

@@ -56,5 +56,10 @@ class Home:
         return self.root / "run.json"
 
     @property
+    def admin_token(self) -> Path:
+        """The admin API's bearer token, 0600, created by `run` at its first start."""
+        return self.root / "admin.token"
+
+    @property
     def upstream_ca_bundle(self) -> Path:
         return self.root / "upstream-ca-bundle.pem"

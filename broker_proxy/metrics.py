@@ -7,12 +7,18 @@ Each broker gets its own registry so tests and embedded uses never collide on th
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.metrics_core import Metric
 
 
 class BrokerMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        # Run before any metric is collected, so gauges read from the grant store are fresh.
+        self.scrape_hooks: list[Callable[[], None]] = []
+        self.registry.register(_ScrapeHooks(self.scrape_hooks))
         self.requests = Counter(
             "broker_requests",
             "Requests decided, by decision (allow/deny) and stable reason code.",
@@ -37,14 +43,30 @@ class BrokerMetrics:
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
             registry=self.registry,
         )
+        # The grant counters and gauges are kept by GrantWatcher (grant_watch.py) from the store,
+        # which every process of the home writes to: do not inc them anywhere else.
         self.grants_issued = Counter(
-            "broker_grants_issued", "Grants issued through this process.", registry=self.registry
+            "broker_grants_issued", "Grants issued (seen in the grant store since this process "
+            "started).", registry=self.registry
         )
         self.grants_revoked = Counter(
-            "broker_grants_revoked", "Grants revoked through this process.", registry=self.registry
+            "broker_grants_revoked", "Grants revoked (seen in the grant store since this process "
+            "started).", registry=self.registry
+        )
+        self.grants_expired = Counter(
+            "broker_grants_expired", "Grants that reached their expiry while this process ran.",
+            registry=self.registry
         )
         self.grants_active = Gauge(
             "broker_grants_active", "Grants currently usable.", registry=self.registry
+        )
+        self.grants_pending = Gauge(
+            "broker_grants_pending", "Grants waiting for a human approval.", registry=self.registry
+        )
+        self.grants_expiring_in_use = Gauge(
+            "broker_grants_expiring_in_use",
+            "Active grants that have been used and expire within 5 minutes.",
+            registry=self.registry,
         )
         self.policy_reloads = Counter(
             "broker_policy_reloads",
@@ -57,8 +79,28 @@ class BrokerMetrics:
             "Audit records that could not be written.",
             registry=self.registry,
         )
+        self.audit_records = Counter(
+            "broker_audit_records",
+            "Audit records written by this process (including rotation and recovery records).",
+            registry=self.registry,
+        )
 
     def serve(self, host: str, port: int) -> int:
         """Expose /metrics on its own port (a daemon thread); returns the bound port."""
         server, _thread = start_http_server(port, addr=host, registry=self.registry)
         return int(server.server_port)
+
+
+class _ScrapeHooks:
+    """A collector with no metrics of its own: it runs the hooks when a scrape begins."""
+
+    def __init__(self, hooks: list[Callable[[], None]]) -> None:
+        self._hooks = hooks
+
+    def describe(self) -> Iterable[Metric]:
+        return []  # registration must not run the hooks
+
+    def collect(self) -> Iterable[Metric]:
+        for hook in list(self._hooks):
+            hook()
+        return []

@@ -31,6 +31,10 @@ SECRET_VALUE_UNSAFE = "secret_value_unsafe"
 AUDIT_UNAVAILABLE = "audit_unavailable"
 GRANT_STORE_UNAVAILABLE = "grant_store_unavailable"
 STREAMING_NOT_SUPPORTED = "streaming_not_supported"
+RESPONSE_WITHHELD = "response_withheld"  # 502: the answer could not be scrubbed
+HEADERS_TOO_LARGE = "headers_too_large"
+UPGRADE_NOT_ALLOWED = "upgrade_not_allowed"
+METHOD_OVERRIDE_REFUSED = "method_override_refused"
 INTERNAL_ERROR = "internal_error"
 ALLOWED = "allowed"
 INJECTED = "injected"
@@ -63,6 +67,7 @@ class Allowed:
     headers: tuple[tuple[str, str], ...] | None = field(default=None, repr=False)
     query: str | None = field(default=None, repr=False)
     body: bytes | None = field(default=None, repr=False)
+    path: str | None = None  # the canonical path the decision was made on, when it differs
     reason: str = ALLOWED
     # secret name -> (real value, placeholder) for scrubbing the answer; never logged.
     scrub: dict[str, tuple[str, str]] = field(default_factory=dict, repr=False)

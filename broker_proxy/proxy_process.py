@@ -39,7 +39,7 @@ class ProxyProcess:
         self.log_path = log_path or self.home.parent / f"{self.home.name}-proxy.log"
         args = [sys.executable, "-m", "broker_proxy.cli", "--home", str(self.home), "run",
                 "--policy", str(self.policy), "--listen", "127.0.0.1:0",
-                "--metrics", "127.0.0.1:0"]
+                "--metrics", "127.0.0.1:0", "--admin", "127.0.0.1:0"]
         if upstream_ca is not None:
             args += ["--upstream-ca", str(upstream_ca)]
         for host, address in (resolve or {}).items():
@@ -95,6 +95,10 @@ class ProxyProcess:
     @property
     def metrics_url(self) -> str:
         return f"http://{self.info['metrics']}/metrics"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://{self.info['admin']}"
 
     def proxy_url(self, token: str, agent: str = "agent") -> str:
         return f"http://{quote(agent, safe='')}:{quote(token, safe='')}@{self.info['listen']}"

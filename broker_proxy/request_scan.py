@@ -12,6 +12,7 @@ from collections.abc import Iterator, Mapping
 from typing import NamedTuple
 from urllib.parse import quote, unquote
 
+from broker_proxy.encoded_placeholders import hidden_header_hits
 from broker_proxy.outbound import OutboundRequest
 from broker_proxy.placeholders import PlaceholderScanner
 
@@ -35,6 +36,7 @@ def find_placeholders(scanner: PlaceholderScanner, request: OutboundRequest) -> 
         place = lowered if lowered in NEVER_INJECT_HEADERS else "header"
         hits.extend(PlacedHit(place, hit.secret) for hit in scanner.find(value))
         hits.extend(PlacedHit(lowered, hit.secret) for hit in scanner.find(name))
+        hits.extend(PlacedHit(*hit) for hit in hidden_header_hits(scanner, name, value))
     for component in _query_parts(request.query):
         hits.extend(PlacedHit("query", hit.secret) for hit in scanner.find(unquote(component)))
     for path_form in {request.path, unquote(request.path)}:

@@ -27,6 +27,7 @@ from broker_proxy.home import Home
 from broker_proxy.local_pki import LocalPki, write_pki
 from broker_proxy.policy.loader import load_policy
 from broker_proxy.proxy_process import ProxyProcess
+from broker_proxy.redis_server import RedisServer
 from broker_proxy.secrets.master_key import load_or_create_master_key
 from broker_proxy.secrets.vault import Vault
 from broker_proxy.time_source import utc_now
@@ -204,6 +205,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory, pki: LocalPki,
 def _clear_upstreams(request: pytest.FixtureRequest) -> None:
     if "stack" in request.fixturenames:
         request.getfixturevalue("upstreams").clear()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A private redis-server on a free port; a missing binary fails the tests, never skips."""
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
 
 
 def curl_path() -> str:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from broker_proxy.grants.model import Grant, GrantStatus, new_grant_id
+from broker_proxy.grants.redis_store import RedisGrantStore
 from broker_proxy.grants.sqlite_store import SqliteGrantStore
 from broker_proxy.grants.store import (
     GrantNotFound,
@@ -60,9 +61,16 @@ def db_path(tmp_path: Path) -> Path:
     return tmp_path / "grants.sqlite3"
 
 
-@pytest.fixture
-def store(db_path: Path):
-    with SqliteGrantStore(db_path) as opened:
+@pytest.fixture(params=["sqlite", "redis"])
+def store(request: pytest.FixtureRequest, db_path: Path):
+    """The same contract, run against every store: SQLite here, Redis shared by replicas."""
+    if request.param == "sqlite":
+        with SqliteGrantStore(db_path) as opened:
+            yield opened
+        return
+    server = request.getfixturevalue("redis_server")
+    with RedisGrantStore(server.url) as opened:
+        opened._client.flushdb()  # our own private server: every test starts empty
         yield opened
 
 
@@ -143,6 +151,7 @@ def test_store_file_and_its_wal_files_are_private(db_path: Path):
         os.umask(old_umask)
 
 
+@pytest.mark.parametrize("store", ["sqlite"], indirect=True)  # SQLite files only
 def test_store_uses_wal_and_a_versioned_schema(store: SqliteGrantStore, db_path: Path):
     with sqlite3.connect(db_path) as raw:
         assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -192,6 +201,7 @@ def test_a_closed_store_says_so(db_path: Path):
         store.get("g_0000000000000000")
 
 
+@pytest.mark.parametrize("store", ["sqlite"], indirect=True)  # SQLite files only
 def test_a_store_locked_too_long_is_unusable(store: SqliteGrantStore, db_path: Path):
     grant, _ = stored(store, max_uses=5)
     holder = sqlite3.connect(db_path, isolation_level=None)

@@ -12,11 +12,20 @@ A torn last line (a crash or a full disk in the middle of a write) is never trun
 evidence. The next writer ends it with a newline and appends an `audit_torn_tail` record that
 names the torn bytes' SHA-256 and continues the chain from the last whole record; `verify_chain`
 accepts exactly that and nothing else.
+
+Rotation by size (`max_bytes`): once the live file reaches the limit, it is hard-linked to
+`<name>.NNNNNN` and a new file holding one `audit_rotated` record (seq continues, `prev` is the
+last line's hash of the archived file) is renamed over the live name, so the name never points at
+nothing and the chain runs on across files. A writer (thread or process) that finds the live name
+pointing at another file than the one it holds reopens the name, without creating it: a log moved
+away, deleted or replaced by something that is not a regular file makes every append fail, and
+the proxy fails closed instead of writing into a file nobody will read.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import hmac
@@ -26,7 +35,7 @@ import secrets
 import stat
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, Self
@@ -34,6 +43,10 @@ from typing import Any, Final, Self
 KEY_BYTES: Final = 32
 GENESIS_PREV: Final = "0" * 64
 TORN_TAIL_EVENT: Final = "audit_torn_tail"
+ROTATED_EVENT: Final = "audit_rotated"
+ARCHIVE_DIGITS: Final = 6  # audit.log.000001, audit.log.000002, ... (sorted by number, not text)
+_FINGERPRINT_DOMAIN: Final = b"broker-proxy secret fingerprint v1\x00"
+_REOPEN_ATTEMPTS: Final = 8
 MAX_STRING: Final = 1024
 TRUNCATED_MARK: Final = "…[truncated]"
 FSYNC_MODES: Final = frozenset({"always", "batch"})
@@ -239,7 +252,11 @@ class AuditLog:
         self.path = path
         self._key = key
         self._fd = fd
+        self._identity = _identity(os.fstat(fd))
         self._fsync = fsync
+        self._max_bytes: int | None = None
+        self._observers: list[Callable[[int], None]] = []
+        self._stamp: dict[str, str] = {}  # fields every record of this writer carries
         self._lock = threading.Lock()
         self._next_seq = 0
         self._prev = GENESIS_PREV
@@ -260,8 +277,16 @@ class AuditLog:
         path, key_path = Path(path), Path(key_path)
         key = load_key(key_path, create=True)
         flags = os.O_RDWR | os.O_APPEND | os.O_CLOEXEC
+        from broker_proxy.audit.files import archives_of
+
         try:
             try:
+                if archives_of(path) and not path.exists():
+                    # Starting a new chain at seq 0 here would make the archives look complete.
+                    raise AuditWriteError(
+                        f"audit log {path} is missing but its rotated files exist; "
+                        "run `broker-proxy audit verify`"
+                    )
                 fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o600)
                 created = True
             except FileExistsError:
@@ -274,6 +299,7 @@ class AuditLog:
         log = cls(path, key, fd, fsync)
         try:
             with log._lock, log._file_lock():
+                _drop_unfinished_rotation(path, os.fstat(log._fd))
                 log._sync_tail()
                 if log._pending_torn is not None:
                     log._write_locked([])
@@ -304,9 +330,14 @@ class AuditLog:
             try:
                 with self._file_lock():
                     self._sync_tail()
+                    before = self._next_seq
                     written = self._write_locked([record])
-                self._unsynced += 1
-                self._sync(force=durable or self._fsync == "always")
+                    self._unsynced += 1
+                    self._sync(force=durable or self._fsync == "always")
+                    count = self._next_seq - before
+                    if self._max_bytes is not None and self._end >= self._max_bytes:
+                        self._rotate_locked()
+                        count += 1
             except OSError as exc:
                 self._end = -1
                 raise AuditWriteError(
@@ -314,7 +345,54 @@ class AuditLog:
                 ) from None
         if self._unsynced:
             self._dirty.set()
+        for observer in self._observers:
+            observer(count)
         return written
+
+    def rotate_at(self, max_bytes: int | None) -> None:
+        """Rotate the live file once it holds `max_bytes` or more (None: never rotate)."""
+        if max_bytes is not None and max_bytes < 4096:
+            raise ValueError("audit max bytes must be at least 4096")
+        self._max_bytes = max_bytes
+
+    def stamp_records(self, **fields: str) -> None:
+        """Put these fields in every record this writer writes from now on (`replica=ID`).
+
+        A replica's chain then names the replica in each record, so records merged from many
+        chains still say which broker decided.
+        """
+        reserved = RESERVED_FIELDS.intersection(fields)
+        if reserved:
+            raise AuditRecordError(f"audit fields {sorted(reserved)} are set by the log itself")
+        self._stamp = {name: _clean_string(value) for name, value in fields.items()}
+
+    def add_observer(self, on_written: Callable[[int], None]) -> None:
+        """Call `on_written(n)` after each append that wrote n records (metrics); must not raise."""
+        self._observers.append(on_written)
+
+    def fingerprint(self, value: str) -> str:
+        """A short HMAC of a secret value under the audit key, for telling secret versions apart.
+
+        Never a plain hash: a plain SHA-256 of a low-entropy secret can be brute-forced by
+        anyone who reads the log; this one only by whoever also holds the audit key.
+        """
+        digest = hmac.new(self._key, _FINGERPRINT_DOMAIN + value.encode("utf-8"), hashlib.sha256)
+        return digest.hexdigest()[:16]
+
+    def head(self) -> tuple[int, str]:
+        """(records in the chain so far, hash of the last line) as the file holds them now."""
+        with self._lock:
+            if self._closed:
+                raise AuditWriteError(f"audit log {self.path} is closed")
+            try:
+                with self._file_lock():
+                    self._sync_tail()
+                    return self._next_seq, self._prev
+            except OSError as exc:
+                self._end = -1
+                raise AuditWriteError(
+                    f"cannot read audit log {self.path}: {exc.strerror or exc}"
+                ) from None
 
     def close(self) -> None:
         """Flush to disk and release the file; appends after this raise AuditWriteError."""
@@ -371,11 +449,84 @@ class AuditLog:
 
     @contextlib.contextmanager
     def _file_lock(self) -> Iterator[None]:
-        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        """flock the file the live name points at now, reopening the name if it moved on."""
+        for _attempt in range(_REOPEN_ATTEMPTS):
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            try:
+                current = _identity(os.stat(self.path))
+            except OSError:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+                raise
+            if current == self._identity:
+                break
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            self._reopen()
+        else:
+            raise OSError(errno.EAGAIN, "the audit log keeps being replaced")
+        locked = self._fd
         try:
             yield
         finally:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            fcntl.flock(locked, fcntl.LOCK_UN)
+            if locked != self._fd:  # rotated while locked: the archive is no longer ours
+                os.close(locked)
+
+    def _reopen(self) -> None:
+        """Another writer rotated the file, or someone replaced it: follow the live name.
+
+        Without O_CREAT: if the name is gone, a fresh chain from seq 0 would hide the old one.
+        """
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC)
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            os.close(fd)
+            raise OSError(errno.EISDIR, "not a regular file")
+        old, self._fd = self._fd, fd
+        self._identity, self._end = _identity(info), -1
+        with contextlib.suppress(OSError):
+            os.fsync(old)  # what this writer put in the old file is durable before we let go
+        os.close(old)
+
+    def _rotate_locked(self) -> None:
+        """Under flock of the full file: archive it and put a new file, chained on, in its place.
+
+        link + rename keeps the live name valid at every instant; a crash between the two leaves
+        two names for one file, which the next open (and verify) recognises and undoes.
+        """
+        from broker_proxy.audit.files import next_archive
+
+        os.fsync(self._fd)
+        self._unsynced = 0
+        archive = next_archive(self.path)
+        os.link(self.path, archive)
+        tmp = self.path.with_name(f".{self.path.name}.rotate.{os.getpid()}.tmp")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        fd = os.open(tmp, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # nobody appends before our first record is in
+            old_fd, self._fd = self._fd, fd
+            self._torn_tail, self._pending_torn = False, None
+            self._write_locked([{
+                **dict.fromkeys(STANDARD_FIELDS),
+                "secrets": [],
+                "event": ROTATED_EVENT,
+                "reason": "rotated",
+                "previous_file": archive.name,
+            }])
+            os.fsync(fd)
+            os.rename(tmp, self.path)
+            _fsync_dir(self.path.parent)
+        except BaseException:
+            if self._fd == fd:
+                self._fd = old_fd
+            self._end = -1
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        self._identity = _identity(os.fstat(fd))
+        fcntl.flock(fd, fcntl.LOCK_UN)
 
     def _sync_tail(self) -> None:
         """Under flock: learn seq/prev from the file when another writer appended since us."""
@@ -429,6 +580,8 @@ class AuditLog:
         last: dict[str, Any] = {}
         seq, prev = self._next_seq, self._prev
         for record in records:
+            for name, value in self._stamp.items():
+                record.setdefault(name, value)
             record["seq"] = seq
             record["ts"] = _now_rfc3339()
             record["prev"] = prev
@@ -472,6 +625,21 @@ class AuditLog:
                 # A failure here resurfaces on the next append or close, which report it.
                 with contextlib.suppress(OSError):
                     self._sync(force=True)
+
+
+def _identity(info: os.stat_result) -> tuple[int, int]:
+    return info.st_dev, info.st_ino
+
+
+def _drop_unfinished_rotation(path: Path, live: os.stat_result) -> None:
+    """A crash between link and rename leaves the newest archive naming the live file: undo it."""
+    from broker_proxy.audit.files import archives_of
+
+    archives = archives_of(path)
+    if archives:
+        with contextlib.suppress(OSError):
+            if _identity(os.stat(archives[-1])) == _identity(live):
+                os.unlink(archives[-1])
 
 
 def _fsync_dir(directory: Path) -> None:

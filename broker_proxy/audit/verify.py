@@ -1,17 +1,22 @@
-"""Check an audit log's chain: every record parses, counts up by one, names the previous line's
-hash and carries a MAC made with the audit key. The first record that fails is named by line.
+"""Check an audit chain: every record parses, counts up by one, names the previous line's hash
+and carries a MAC made with the audit key. The first record that fails is named by file, line
+and seq.
 
-The single allowed irregularity is a torn line (see log.py) immediately followed by an
-`audit_torn_tail` record that names that line's SHA-256; it is reported in `recovered`.
+A chain may span rotated files (see files.py): the state (next seq, previous hash) runs on from
+one file into the next, so a removed, reordered or edited archive breaks the chain at the first
+record after it. The single allowed irregularity is a torn line (see log.py) immediately followed
+by an `audit_torn_tail` record that names that line's SHA-256; it is reported in `recovered`.
 """
 
 from __future__ import annotations
 
 import hmac
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from broker_proxy.audit.files import chain_files, chains_in
 from broker_proxy.audit.log import (
     GENESIS_PREV,
     TORN_TAIL_EVENT,
@@ -22,21 +27,27 @@ from broker_proxy.audit.log import (
     record_mac,
 )
 
+# Called with (seq, line hash) for every record that verified; checkpoints use it.
+Observer = Callable[[int, str], None]
+
 
 @dataclass(frozen=True, slots=True)
 class VerifyResult:
     ok: bool
     records: int  # records that verified before the first failure (all of them when ok)
     first_bad: tuple[int, int | None, str] | None  # (line number, seq if known, reason)
-    path: str = ""
+    path: str = ""  # the file the failure is in; the live file when ok
     recovered: tuple[int, ...] = field(default=())  # line numbers of torn lines recovered from
+    files: tuple[str, ...] = field(default=())  # every file checked, in chain order
+    last_hash: str = GENESIS_PREV  # hash of the last line that verified
 
     @property
     def message(self) -> str:
         """`audit.log:17: seq 16: mac does not verify`, or a one-line summary when ok."""
         if self.first_bad is None:
             torn = f", {len(self.recovered)} torn line(s) recovered from" if self.recovered else ""
-            return f"{self.path}: {self.records} records verify{torn}"
+            spread = f" in {len(self.files)} files" if len(self.files) > 1 else ""
+            return f"{self.path}: {self.records} records verify{spread}{torn}"
         line_no, seq, reason = self.first_bad
         where = f"seq {seq}: " if seq is not None else ""
         return f"{self.path}:{line_no}: {where}{reason}"
@@ -48,49 +59,86 @@ class _Bad(Exception):
         self.where = (line_no, seq, reason)
 
 
-def verify_chain(path: Path, key_path: Path) -> VerifyResult:
-    """Verify the whole file; raises AuditKeyError when the key cannot be used at all."""
-    key = load_key(Path(key_path), create=False)
-    name = str(path)
-    try:
-        data = Path(path).read_bytes()
-    except FileNotFoundError:
-        return VerifyResult(False, 0, (0, None, "audit log does not exist"), name)
-    except OSError as exc:
-        raise AuditWriteError(f"cannot read audit log {path}: {exc.strerror}") from None
+@dataclass(slots=True)
+class _State:
+    expected_seq: int = 0
+    prev: str = GENESIS_PREV
+    count: int = 0
 
+
+def verify_chain(path: Path, key_path: Path, observe: Observer | None = None) -> VerifyResult:
+    """Verify the chain whose live file is `path`, with its rotated files.
+
+    Raises AuditKeyError when the key cannot be used at all.
+    """
+    key = load_key(Path(key_path), create=False)
+    path = Path(path)
+    files = chain_files(path)
+    if not files:
+        return VerifyResult(False, 0, (0, None, "audit log does not exist"), str(path))
+    state = _State()
+    names = tuple(str(file) for file in files)
+    recovered: list[int] = []
+    for file in files:
+        try:
+            data = file.read_bytes()
+        except FileNotFoundError:  # removed while we read: that is a gap in the chain
+            return VerifyResult(False, state.count, (0, None, "file vanished during verify"),
+                                str(file), tuple(recovered), names, state.prev)
+        except OSError as exc:
+            raise AuditWriteError(f"cannot read audit log {file}: {exc.strerror}") from None
+        try:
+            recovered += _verify_bytes(key, data, state, observe)
+        except _Bad as bad:
+            return VerifyResult(False, state.count, bad.where, str(file), tuple(recovered),
+                                names, state.prev)
+    return VerifyResult(True, state.count, None, str(path), tuple(recovered), names, state.prev)
+
+
+def verify_path(path: Path, key_path: Path) -> list[VerifyResult]:
+    """A chain's live file, or a directory: then every chain in it (one per replica)."""
+    path = Path(path)
+    if path.is_dir():
+        lives = chains_in(path)
+        if not lives:
+            return [VerifyResult(False, 0, (0, None, "no audit log (*.log) in directory"),
+                                 str(path))]
+        return [verify_chain(live, key_path) for live in lives]
+    return [verify_chain(path, key_path)]
+
+
+def _verify_bytes(key: bytes, data: bytes, state: _State, observe: Observer | None) -> list[int]:
     lines = data.split(b"\n")
     terminated = lines[:-1]  # a file that ends with "\n" leaves an empty last piece
     unterminated = lines[-1]
-    count, recovered = 0, []
-    expected_seq, prev = 0, GENESIS_PREV
+    recovered: list[int] = []
     torn: tuple[int, bytes] | None = None
-    try:
-        for line_no, line in enumerate(terminated, start=1):
-            record = _as_record(line)
-            if record is None:
-                if torn is not None:
-                    raise _Bad(torn[0], None, "line is not a valid record")
-                torn = (line_no, line)
-                continue
-            seq = record["seq"]
-            _check_record(key, line, record, line_no, expected_seq, prev)
+    for line_no, line in enumerate(terminated, start=1):
+        record = _as_record(line)
+        if record is None:
             if torn is not None:
-                if record["event"] != TORN_TAIL_EVENT or not hmac.compare_digest(
-                    str(record.get("torn_sha256", "")), line_hash(torn[1])
-                ):
-                    raise _Bad(torn[0], None, "line is not a valid record")
-                recovered.append(torn[0])
-                torn = None
-            count += 1
-            expected_seq, prev = seq + 1, line_hash(line)
+                raise _Bad(torn[0], None, "line is not a valid record")
+            torn = (line_no, line)
+            continue
+        seq = record["seq"] if type(record.get("seq")) is int else None
+        _check_record(key, line, record, line_no, state.expected_seq, state.prev)
         if torn is not None:
-            raise _Bad(torn[0], None, "line is not a valid record")
-        if unterminated:
-            raise _Bad(len(lines), None, "last line is torn (no trailing newline)")
-    except _Bad as bad:
-        return VerifyResult(False, count, bad.where, name, tuple(recovered))
-    return VerifyResult(True, count, None, name, tuple(recovered))
+            if record["event"] != TORN_TAIL_EVENT or not hmac.compare_digest(
+                str(record.get("torn_sha256", "")), line_hash(torn[1])
+            ):
+                raise _Bad(torn[0], None, "line is not a valid record")
+            recovered.append(torn[0])
+            torn = None
+        assert seq is not None  # _check_record refused records without one
+        state.count += 1
+        state.expected_seq, state.prev = seq + 1, line_hash(line)
+        if observe is not None:
+            observe(seq, state.prev)
+    if torn is not None:
+        raise _Bad(torn[0], None, "line is not a valid record")
+    if unterminated:
+        raise _Bad(len(lines), None, "last line is torn (no trailing newline)")
+    return recovered
 
 
 def _as_record(line: bytes) -> dict | None:

@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     from broker_proxy.cli import demo_cmd
 
     demo_cmd.register(commands)
+    from broker_proxy.cli import exec_cmd
+
+    exec_cmd.register(commands)
     return parser
 
 

@@ -1,22 +1,50 @@
-"""`broker-proxy audit verify|tail`."""
+"""`broker-proxy audit verify|tail|checkpoint`."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
 
+from broker_proxy.audit.checkpoint import (
+    CheckpointPaths,
+    load_signing_key,
+    verify_checkpoints,
+    write_checkpoint,
+)
+from broker_proxy.audit.events import EXTRA_FIELDS
+from broker_proxy.audit.files import chain_files
 from broker_proxy.audit.log import AuditLog
-from broker_proxy.audit.verify import verify_chain
+from broker_proxy.audit.verify import verify_path
 from broker_proxy.cli.common import home_of
 from broker_proxy.cli.errors import CliError
+
+FOLLOW_INTERVAL = 0.25  # seconds between looks at the log in --follow
 
 
 def register(commands: argparse._SubParsersAction) -> None:
     audit = commands.add_parser("audit", help="check and read the audit log")
     sub = audit.add_subparsers(dest="audit_command", metavar="ACTION", required=True)
-    verify = sub.add_parser("verify", help="check the hash chain and every MAC")
+    verify = sub.add_parser(
+        "verify", help="check the hash chain and every MAC (and signed checkpoints)",
+        description="Check the whole chain, across rotated files, and every MAC; name the first "
+        "record that does not verify as FILE:LINE: seq N: reason. PATH may be a log or a "
+        "directory of logs (one chain per *.log). Checkpoints in <home>/audit.checkpoints are "
+        "checked too when present.")
+    verify.add_argument("path", nargs="?", metavar="PATH",
+                        help="audit log or directory (default <home>/audit.log)")
+    verify.add_argument("--checkpoints", metavar="FILE",
+                        help="signed checkpoints to check against (default "
+                        "<home>/audit.checkpoints when it exists)")
+    verify.add_argument("--public-key", metavar="FILE",
+                        help="checkpoint public key (default <home>/audit-checkpoint.pub)")
     verify.set_defaults(handler=verify_command)
+    checkpoint = sub.add_parser("checkpoint", help="write a signed checkpoint of the log now")
+    checkpoint.set_defaults(handler=checkpoint_command)
     tail = sub.add_parser("tail", help="show the latest records")
     tail.add_argument("-n", type=int, default=20, help="records to show (default 20)")
     tail.add_argument("--follow", "-f", action="store_true", help="keep printing new records")
@@ -27,51 +55,159 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 def verify_command(args: argparse.Namespace) -> int:
     home = home_of(args)
-    if not home.audit_log.exists():
-        raise CliError(f"no audit log at {home.audit_log}")
-    result = verify_chain(home.audit_log, home.audit_key)
-    if not result.ok:
-        raise CliError(f"audit log does not verify: {result.message}")
-    print(f"audit log ok: {result.records} records, chain and MACs verify")
+    target = Path(args.path) if args.path else home.audit_log
+    if not target.exists() and not chain_files(target):
+        raise CliError(f"no audit log at {target}")
+    results = verify_path(target, home.audit_key)
+    failed = [result for result in results if not result.ok]
+    for result in results:
+        if result.ok:
+            print(f"audit log ok: {result.message}, chain and MACs verify")
+    if failed:
+        raise CliError(f"audit log does not verify: {failed[0].message}")
+    paths = CheckpointPaths.in_home(home.root)
+    checkpoints = Path(args.checkpoints) if args.checkpoints else paths.file
+    if args.checkpoints or (checkpoints.exists() and target == home.audit_log):
+        if target.is_dir():
+            raise CliError("--checkpoints needs one audit log, not a directory")
+        public = Path(args.public_key) if args.public_key else paths.public
+        held, problem = verify_checkpoints(target, home.audit_key, checkpoints, public)
+        if problem:
+            raise CliError(f"audit checkpoints do not verify: {problem}")
+        print(f"audit checkpoints ok: {held} signed checkpoint(s) match the log")
     return 0
 
 
+def checkpoint_command(args: argparse.Namespace) -> int:
+    home = home_of(args)
+    if not home.audit_log.exists():
+        raise CliError(f"no audit log at {home.audit_log}")
+    paths = CheckpointPaths.in_home(home.root)
+    key = load_signing_key(paths, create=True)
+    with AuditLog.open(home.audit_log, home.audit_key) as log:
+        written = write_checkpoint(log, key, paths.file)
+    if written is None:
+        print("audit log is empty: no checkpoint written")
+    else:
+        print(f"checkpoint: {written['count']} records, last hash {written['last_hash']} "
+              f"-> {paths.file}")
+    return 0
+
+
+def _shown(value: object) -> str:
+    """Printable text only: a task or path from an agent must not drive the terminal."""
+    text = value if isinstance(value, str) else json.dumps(value)
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
 def format_record(record: dict[str, object]) -> str:
-    parts = [str(record.get("ts", "")), f"#{record.get('seq')}", str(record.get("event"))]
+    parts = [_shown(record.get("ts", "")), f"#{record.get('seq')}", _shown(record.get("event"))]
     for key in ("decision", "reason", "grant", "agent"):
         if record.get(key) is not None:
-            parts.append(f"{key}={record[key]}")
+            parts.append(f"{key}={_shown(record[key])}")
     if record.get("secrets"):
-        parts.append("secrets=" + ",".join(map(str, record["secrets"])))  # type: ignore[call-overload]
+        parts.append("secrets=" + ",".join(map(_shown, record["secrets"])))  # type: ignore[call-overload]
     if record.get("host"):
-        parts.append(f"{record.get('method')} {record.get('scheme')}://{record.get('host')}:"
-                     f"{record.get('port')}{record.get('path') or ''}")
+        parts.append(_shown(f"{record.get('method')} {record.get('scheme')}://"
+                            f"{record.get('host')}:{record.get('port')}{record.get('path') or ''}"))
     if record.get("status") is not None:
-        parts.append(f"status={record['status']}")
+        parts.append(f"status={_shown(record['status'])}")
+    for key in EXTRA_FIELDS:
+        if record.get(key) not in (None, [], ""):
+            value = record[key]
+            if isinstance(value, list):
+                value = ",".join(map(str, value))
+            parts.append(f"{key}={_shown(value)}")
     return "  ".join(parts)
 
 
 def tail_command(args: argparse.Namespace) -> int:
     home = home_of(args)
-    if not home.audit_log.exists():
-        raise CliError(f"no audit log at {home.audit_log}")
+    live = home.audit_log
+    if not live.exists():
+        raise CliError(f"no audit log at {live}")
+
+    def wanted(record: dict[str, object]) -> bool:
+        return not args.grant or record.get("grant") == args.grant
 
     def show(record: dict[str, object]) -> None:
-        if args.grant and record.get("grant") != args.grant:
-            return
         print(json.dumps(record, sort_keys=True) if args.json else format_record(record),
               flush=True)
 
-    records = [r for r in AuditLog.read_records(home.audit_log)
-               if not args.grant or r.get("grant") == args.grant]
-    for record in records[-args.n:] if args.n > 0 else []:
+    follower = _Follower(live)
+    latest = [record for record in follower.read_new() if wanted(record)]
+    if len(latest) < args.n:  # reach back into rotated files for the rest
+        for archive in reversed(chain_files(live)[:-1]):
+            older = [r for r in AuditLog.read_records(archive) if wanted(r)]
+            latest = older + latest
+            if len(latest) >= args.n:
+                break
+    for record in latest[-args.n:] if args.n > 0 else []:
         show(record)
     if not args.follow:
         return 0
-    seen = sum(1 for _ in AuditLog.read_records(home.audit_log))
     while True:
-        time.sleep(0.5)
-        all_records = list(AuditLog.read_records(home.audit_log))
-        for record in all_records[seen:]:
-            show(record)
-        seen = len(all_records)
+        time.sleep(FOLLOW_INTERVAL)
+        for record in follower.read_new():
+            if wanted(record):
+                show(record)
+
+
+class _Follower:
+    """Reads a live log's new whole lines, moving on to the new file when the log rotates.
+
+    It keeps the file it has open until the live name points at another regular file, and reads
+    the old one to its end first, so no record is lost or shown twice at a rotation.
+    """
+
+    def __init__(self, live: Path) -> None:
+        self._live = live
+        self._handle: IO[bytes] = open(live, "rb")  # noqa: SIM115 (kept open while following)
+        self._partial = b""
+
+    def read_new(self) -> Iterator[dict[str, object]]:
+        records = list(self._drain())
+        if self._rotated():
+            # Open the new live file first, then read every archive between the one we held and
+            # it: several rotations may have happened since our last look.
+            held = os.fstat(self._handle.fileno())
+            newer = open(self._live, "rb")  # noqa: SIM115
+            now = os.fstat(newer.fileno())
+            between, passed = [], False
+            for file in chain_files(self._live):
+                try:
+                    info = os.stat(file)
+                except OSError:
+                    continue
+                identity = (info.st_dev, info.st_ino)
+                if identity == (now.st_dev, now.st_ino):
+                    break
+                if passed:
+                    between.append(file)
+                passed = passed or identity == (held.st_dev, held.st_ino)
+            self._handle.close()
+            for file in between:
+                records += AuditLog.read_records(file)
+            self._handle, self._partial = newer, b""
+            records += self._drain()
+        return iter(records)
+
+    def _drain(self) -> Iterator[dict[str, object]]:
+        data = self._partial + self._handle.read()
+        *lines, self._partial = data.split(b"\n")
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue  # a torn line: `audit verify` reports it
+            if isinstance(record, dict):
+                yield record
+
+    def _rotated(self) -> bool:
+        try:
+            current = os.stat(self._live)
+        except OSError:
+            return False  # momentarily gone or unreadable: keep the file we have
+        held = os.fstat(self._handle.fileno())
+        return (current.st_dev, current.st_ino) != (held.st_dev, held.st_ino) and \
+            os.path.isfile(self._live)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from broker_proxy.admin_api import AdminApiError
 from broker_proxy.audit.log import AuditError
 from broker_proxy.durations import DurationError
 from broker_proxy.grants.store import GrantError
 from broker_proxy.policy.loader import PolicyError
+from broker_proxy.replica import ReplicaIdError
 from broker_proxy.secrets.backends import SecretUnavailable
 from broker_proxy.secrets.master_key import MasterKeyError
 from broker_proxy.secrets.vault import VaultError
@@ -20,10 +22,12 @@ class CliError(Exception):
 
 
 _KNOWN = (
+    AdminApiError,
     AuditError,
     DurationError,
     GrantError,
     MasterKeyError,
+    ReplicaIdError,
     SecretUnavailable,
     VaultError,
 )

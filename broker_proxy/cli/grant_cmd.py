@@ -7,7 +7,6 @@ proxy sees every change on its next request because it reads the grant on every 
 from __future__ import annotations
 
 import argparse
-import getpass
 from datetime import datetime
 
 from broker_proxy.audit.log import AuditLog
@@ -18,11 +17,13 @@ from broker_proxy.cli.common import (
     print_json,
     proxy_address,
 )
+from broker_proxy.cli.store_option import add_store_option
 from broker_proxy.durations import parse_duration
-from broker_proxy.grants.issuer import IssuedGrant, issue_grant
+from broker_proxy.grant_actions import change_grant, issue_audited, local_operator
+from broker_proxy.grants.factory import open_grant_store, store_url
+from broker_proxy.grants.issuer import IssuedGrant
 from broker_proxy.grants.model import Grant
-from broker_proxy.grants.sqlite_store import SqliteGrantStore
-from broker_proxy.grants.store import GrantNotFound
+from broker_proxy.grants.store import GrantNotFound, GrantStore
 from broker_proxy.time_source import utc_now
 
 
@@ -47,11 +48,13 @@ def register(commands: argparse._SubParsersAction) -> None:
                        help="requests that may carry a secret (default: unlimited)")
     issue.add_argument("--json", action="store_true", help="print JSON for scripts")
     add_policy_option(issue)
+    add_store_option(issue)
     issue.set_defaults(handler=issue_command)
 
     list_ = sub.add_parser("list", help="list grants")
     list_.add_argument("--pending", action="store_true", help="only grants awaiting approval")
     list_.add_argument("--json", action="store_true", help="print JSON for scripts")
+    add_store_option(list_)
     list_.set_defaults(handler=list_command)
 
     for action, text in (("show", "show one grant"), ("approve", "approve a pending grant"),
@@ -59,11 +62,13 @@ def register(commands: argparse._SubParsersAction) -> None:
         parser = sub.add_parser(action, help=text)
         parser.add_argument("grant_id", metavar="ID")
         parser.add_argument("--json", action="store_true", help="print JSON for scripts")
+        add_store_option(parser)
         parser.set_defaults(handler=change_command, action=action)
 
 
-def open_store(args: argparse.Namespace) -> SqliteGrantStore:
-    return SqliteGrantStore(home_of(args).ensure().grants_db)
+def open_store(args: argparse.Namespace) -> GrantStore:
+    """--store, else $BROKER_PROXY_STORE, else the home's SQLite file: the proxy's own rule."""
+    return open_grant_store(home_of(args), store_url(getattr(args, "store", None)))
 
 
 def issue_command(args: argparse.Namespace) -> int:
@@ -72,11 +77,10 @@ def issue_command(args: argparse.Namespace) -> int:
     ttl = parse_duration(args.ttl) if args.ttl else None
     store = open_store(args)
     with AuditLog.open(home.audit_log, home.audit_key) as audit:
-        issued = issue_grant(policy, store, agent=args.agent, task=args.task,
-                             secrets=args.secrets, ttl=ttl, max_uses=args.max_uses,
-                             now=utc_now(), proxy_url_base=proxy_address(home))
-        audit.append("grant_issued", decision="allow", reason="issued", **_fields(issued.grant),
-                     by=_operator())
+        issued = issue_audited(policy, store, audit, agent=args.agent, task=args.task,
+                               secrets=args.secrets, ttl=ttl, max_uses=args.max_uses,
+                               now=utc_now(), proxy_url_base=proxy_address(home),
+                               by=local_operator())
     print_issued(issued, as_json=args.json)
     return 0
 
@@ -129,16 +133,8 @@ def change_command(args: argparse.Namespace) -> int:
     else:
         home = home_of(args)
         with AuditLog.open(home.audit_log, home.audit_key) as audit:
-            operator = _operator()
-            if args.action == "revoke":
-                grant = store.revoke(args.grant_id, now)
-            elif args.action == "approve":
-                grant = store.approve(args.grant_id, operator, now)
-            else:
-                grant = store.deny(args.grant_id, operator, now)
-            audit.append(f"grant_{args.action}d" if args.action != "deny" else "grant_denied",
-                         decision="allow" if args.action == "approve" else "deny",
-                         reason=args.action, **_fields(grant), by=operator)
+            grant = change_grant(store, audit, args.grant_id, args.action,
+                                 by=local_operator(), now=now)
     if args.json:
         print_json(grant.to_public_dict(now))
     elif args.action == "show":
@@ -155,16 +151,3 @@ def _summary(grant: Grant, now: datetime) -> str:
     return (f"{grant.id}  {public['state']:<8} agent={grant.agent} secrets="
             f"{','.join(grant.secrets)} uses={uses} expires={public['expires_at']} "
             f"task={grant.task!r}")
-
-
-def _fields(grant: Grant) -> dict[str, object]:
-    return {"grant": grant.id, "agent": grant.agent, "task": grant.task,
-            "secrets": list(grant.secrets)}
-
-
-def _operator() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "unknown"
-

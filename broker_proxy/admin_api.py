@@ -1,0 +1,356 @@
+"""The admin API: grants over JSON/HTTP for orchestrators, on its own port.
+
+Every route but the probes (/healthz, /readyz) and the OpenAPI document needs the bearer token
+from <home>/admin.token, and the token is checked before the route is even looked at, so an
+unauthenticated caller learns nothing, not even which routes exist. It is the standard library's
+threaded HTTP server: the core stays free of mitmproxy and of any web framework, and the grant
+store and audit log it shares with the proxy are already thread-safe.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import os
+import re
+import secrets
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from broker_proxy.active_policy import ActivePolicy
+from broker_proxy.audit.log import AuditError, AuditLog
+from broker_proxy.durations import DurationError, parse_duration
+from broker_proxy.grant_actions import GRANT_ACTIONS, change_grant, issue_audited
+from broker_proxy.grants.issuer import GrantPolicyError
+from broker_proxy.grants.store import GrantNotFound, GrantStateError, GrantStore, GrantStoreError
+from broker_proxy.time_source import utc_now
+
+log = logging.getLogger("broker_proxy.admin")
+
+MAX_BODY = 64 * 1024
+TOKEN_PREFIX = "bpa_"
+_GRANT_ID = re.compile(r"g_[0-9a-f]{16}")
+_BY = re.compile(r"[A-Za-z0-9._@:+-]{1,64}")
+_ISSUE_FIELDS = frozenset({"agent", "task", "secrets", "ttl", "max_uses"})
+_OPEN_ROUTES = frozenset({"/healthz", "/readyz", "/openapi.json"})
+# The id a readiness probe looks up: well-formed, never issued (ids are random 64-bit hex).
+_PROBE_ID = "g_0000000000000000"
+
+
+class AdminApiError(Exception):
+    """The admin API cannot start; the message is one line for the operator."""
+
+
+class AdminTokenError(AdminApiError):
+    """The admin token file cannot be created or is not private."""
+
+
+def load_or_create_admin_token(path: Path) -> str:
+    """Read the token, creating it 0600 on first use; refuse one that others can read."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, 0o600)
+    except FileExistsError:
+        pass
+    except OSError as error:
+        raise AdminTokenError(f"cannot create admin token {path}: {error.strerror}") from None
+    else:
+        with os.fdopen(fd, "w") as file:
+            file.write(TOKEN_PREFIX + secrets.token_urlsafe(32) + "\n")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        with os.fdopen(fd) as file:
+            if os.fstat(file.fileno()).st_mode & 0o077:
+                # Whoever can read it can issue grants: the same rule ssh applies to its keys.
+                raise AdminTokenError(f"admin token {path} is readable by others; chmod 600 it")
+            token = file.read().strip()
+    except OSError as error:
+        raise AdminTokenError(f"cannot read admin token {path}: {error.strerror}") from None
+    if len(token) < 32:
+        raise AdminTokenError(f"admin token {path} is too short; delete it to make a new one")
+    return token
+
+
+def openapi_document() -> bytes:
+    return resources.files("broker_proxy").joinpath("admin_openapi.json").read_bytes()
+
+
+@dataclass(slots=True)
+class AdminContext:
+    """What the handlers work on; `policy` is read on every request, so reloads apply."""
+
+    token: str
+    policy: Callable[[], ActivePolicy]
+    grants: GrantStore
+    audit: AuditLog
+    proxy_listen: str | None = None  # set once the proxy listens; goes into issued proxy URLs
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, allow: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.allow = allow  # the Allow header of a 405
+
+
+class AdminHandler(BaseHTTPRequestHandler):
+    server_version = "broker-proxy-admin"
+    sys_version = ""
+    protocol_version = "HTTP/1.1"
+    context: AdminContext  # set on the subclass made per server
+
+    def __getattr__(self, name: str) -> Callable[[], None]:
+        # Every method (TRACE, PROPFIND, ...) goes through the same door: token first, then a
+        # JSON 404/405, instead of the stdlib's HTML 501 for methods it has no do_ for.
+        if name.startswith("do_"):
+            return lambda: self._handle(name[3:])
+        raise AttributeError(name)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        # The default writes every request to stderr; the audit log is the record that matters.
+        return
+
+    def _handle(self, method: str) -> None:
+        url = urlsplit(self.path)
+        path = url.path
+        self._allow: str | None = None
+        self._body_read = False
+        try:
+            if method == "GET" and path in _OPEN_ROUTES:
+                self._drain()
+                self._open_route(path)
+                return
+            if not self._authorized():
+                raise ApiError(401, "unauthorized",
+                               "send Authorization: Bearer <the token in admin.token>")
+            status, body = self._route(method, path, url.query)
+        except ApiError as error:
+            status, body = error.status, {"error": error.code, "message": error.message}
+            self._allow = error.allow
+        except GrantStoreError:
+            status, body = 503, {"error": "grant_store_unavailable",
+                                 "message": "the grant store cannot be used"}
+        except AuditError:
+            status, body = 503, {"error": "audit_unavailable",
+                                 "message": "the audit log cannot be written"}
+        except Exception as error:  # one bad request must not take the admin thread down
+            log.error("admin API request failed: %s", type(error).__name__)
+            status, body = 500, {"error": "internal_error", "message": "internal error"}
+        self._drain()
+        self._send_json(status, body)
+
+    def _drain(self) -> None:
+        """Read a body nobody looked at (a 401 never does) before answering.
+
+        Closing a socket with unread bytes makes the kernel send a reset, and the client may
+        then lose the answer; bodies over the limit are not worth reading and are cut off.
+        """
+        if self._body_read:
+            return
+        self._body_read = True
+        length = self.headers.get("Content-Length", "0") or "0"
+        if length.isdigit() and 0 < int(length) <= MAX_BODY:
+            self.rfile.read(int(length))
+
+    def _authorized(self) -> bool:
+        header = self.headers.get("Authorization", "")
+        scheme, _, presented = header.partition(" ")
+        expected = self.context.token.encode()
+        # Always compare (against the real token length) so a missing header takes as long as
+        # a wrong one; compare_digest keeps the comparison itself constant-time.
+        ok = hmac.compare_digest(presented.strip().encode("utf-8", "replace"), expected)
+        return ok and scheme.lower() == "bearer"
+
+    def _open_route(self, path: str) -> None:
+        if path == "/healthz":
+            self._send_json(200, {"status": "ok"})
+        elif path == "/readyz":
+            checks = readiness(self.context)
+            ready = all(check["ok"] for check in checks.values())
+            self._send_json(200 if ready else 503,
+                            {"status": "ready" if ready else "not_ready", "checks": checks})
+        else:
+            self._send(200, "application/json", openapi_document())
+
+    def _route(self, method: str, path: str, query: str) -> tuple[int, object]:
+        parts = path.strip("/").split("/") if path != "/" else []
+        if path in _OPEN_ROUTES:
+            _allow(method, "GET")
+        if parts[:2] != ["v1", "grants"] or len(parts) > 4:
+            raise ApiError(404, "not_found", "no such route")
+        if len(parts) == 2:
+            _allow(method, "GET, POST")
+            return (200, self._list(query)) if method == "GET" else (201, self._issue())
+        if len(parts) == 4 and parts[3] not in GRANT_ACTIONS:
+            raise ApiError(404, "not_found", "no such route")
+        _allow(method, "GET" if len(parts) == 3 else "POST")
+        grant_id = parts[2]
+        if not _GRANT_ID.fullmatch(grant_id):
+            raise ApiError(404, "grant_not_found", "no such grant")
+        if len(parts) == 3:
+            grant = self.context.grants.get(grant_id)
+            if grant is None:
+                raise ApiError(404, "grant_not_found", "no such grant")
+            return 200, grant.to_public_dict(utc_now())
+        action = parts[3]
+        by = self._decider()
+        try:
+            grant = change_grant(self.context.grants, self.context.audit, grant_id, action,
+                                 by=by, now=utc_now())
+        except GrantNotFound:
+            raise ApiError(404, "grant_not_found", "no such grant") from None
+        except GrantStateError as error:
+            raise ApiError(409, "grant_state_conflict", str(error)) from None
+        return 200, grant.to_public_dict(utc_now())
+
+    def _list(self, query: str) -> list[dict[str, Any]]:
+        params = parse_qs(query, keep_blank_values=True)
+        if set(params) - {"pending"}:
+            raise ApiError(400, "invalid_request", "the only query parameter is pending")
+        pending = params.get("pending", ["false"])
+        if len(pending) != 1 or pending[0] not in ("true", "false"):
+            raise ApiError(400, "invalid_request", "pending must be true or false")
+        now = utc_now()
+        grants = self.context.grants.list()
+        if pending[0] == "true":
+            grants = [g for g in grants if g.state_at(now) == "pending"]
+        return [g.to_public_dict(now) for g in grants]
+
+    def _issue(self) -> dict[str, Any]:
+        body = self._json_body(required=True)
+        if set(body) - _ISSUE_FIELDS:
+            raise ApiError(400, "invalid_request",
+                           f"unknown fields: {', '.join(sorted(set(body) - _ISSUE_FIELDS))}")
+        agent, task, names = body.get("agent"), body.get("task"), body.get("secrets")
+        ttl, max_uses = body.get("ttl"), body.get("max_uses")
+        if not isinstance(agent, str) or not isinstance(task, str):
+            raise ApiError(400, "invalid_request", "agent and task must be strings")
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+            raise ApiError(400, "invalid_request", "secrets must be a non-empty list of names")
+        if ttl is not None and not isinstance(ttl, str):
+            raise ApiError(400, "invalid_request", "ttl must be a duration like 15m")
+        if max_uses is not None and (type(max_uses) is not int or max_uses < 1):
+            raise ApiError(400, "invalid_request", "max_uses must be a positive integer")
+        try:
+            lifetime = parse_duration(ttl) if ttl is not None else None
+            issued = issue_audited(
+                self.context.policy().policy, self.context.grants, self.context.audit,
+                agent=agent, task=task, secrets=names, ttl=lifetime, max_uses=max_uses,
+                now=utc_now(), proxy_url_base=self.context.proxy_listen, by="admin-api")
+        except DurationError as error:
+            raise ApiError(400, "invalid_request", str(error)) from None
+        except GrantPolicyError as error:
+            raise ApiError(422, "grant_not_allowed", str(error)) from None
+        return issued.grant.to_public_dict(utc_now()) | {
+            "token": issued.token, "proxy_url": issued.proxy_url,
+            "placeholders": issued.placeholders}
+
+    def _decider(self) -> str:
+        """Who decided, as the caller names itself; the audit record adds that it came here."""
+        body = self._json_body(required=False)
+        if set(body) - {"by"}:
+            raise ApiError(400, "invalid_request", "the only field is by")
+        by = body.get("by", "admin-api")
+        if not isinstance(by, str) or not _BY.fullmatch(by):
+            raise ApiError(400, "invalid_request", "by must be 1-64 letters, digits or ._@:+-")
+        return by if by == "admin-api" else f"admin-api:{by}"
+
+    def _json_body(self, *, required: bool) -> dict[str, Any]:
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            raise ApiError(411, "length_required", "send the body with Content-Length")
+        raw_length = self.headers.get("Content-Length", "0") or "0"
+        if not raw_length.isdigit():
+            raise ApiError(400, "invalid_request", "bad Content-Length")
+        length = int(raw_length)
+        if length > MAX_BODY:
+            raise ApiError(413, "body_too_large", f"at most {MAX_BODY} bytes")
+        raw = self.rfile.read(length) if length else b""
+        self._body_read = True
+        if not raw.strip():
+            if required:
+                raise ApiError(400, "invalid_request", "send a JSON object")
+            return {}
+        try:
+            body = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            raise ApiError(400, "invalid_request", "the body is not JSON") from None
+        if not isinstance(body, dict):
+            raise ApiError(400, "invalid_request", "the body must be a JSON object")
+        return body
+
+    def _send_json(self, status: int, body: object) -> None:
+        self._send(status, "application/json", json.dumps(body).encode() + b"\n")
+
+    def _send(self, status: int, content_type: str, data: bytes) -> None:
+        self.send_response(status, HTTPStatus(status).phrase)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Cache-Control", "no-store")  # answers carry grant tokens
+        if status == 401:
+            self.send_header("WWW-Authenticate", 'Bearer realm="broker-proxy-admin"')
+        if status == 405 and self._allow:
+            self.send_header("Allow", str(self._allow))
+        if status >= 400:
+            # The request body may be unread (a 401 never reads it): do not parse it as the
+            # next request on this connection.
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+
+def _allow(method: str, allowed: str) -> None:
+    if method not in allowed.split(", "):
+        raise ApiError(405, "method_not_allowed", f"use {allowed}", allow=allowed)
+
+
+def readiness(context: AdminContext) -> dict[str, dict[str, object]]:
+    """Can the proxy decide right now: store readable, audit log writable, a policy loaded."""
+    checks: dict[str, dict[str, object]] = {}
+    try:
+        context.grants.get(_PROBE_ID)
+        checks["grant_store"] = {"ok": True}
+    except GrantStoreError:
+        checks["grant_store"] = {"ok": False}
+    audit_ok = os.access(context.audit.path, os.W_OK) and not getattr(context.audit, "_closed",
+                                                                       False)
+    checks["audit_log"] = {"ok": audit_ok}
+    active = context.policy()
+    checks["policy"] = {"ok": active is not None, "digest": active.policy.digest}
+    return checks
+
+
+class AdminServer:
+    """The admin API on its own daemon thread, like the metrics endpoint."""
+
+    def __init__(self, host: str, port: int, context: AdminContext) -> None:
+        handler = type("BoundAdminHandler", (AdminHandler,), {"context": context})
+        self.context = context
+        self._server = ThreadingHTTPServer((host, port), handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, name="admin-api",
+                                        daemon=True)
+
+    @property
+    def address(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"{host}:{port}"
+
+    def start(self) -> AdminServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

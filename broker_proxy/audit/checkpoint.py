@@ -1,0 +1,185 @@
+"""Signed checkpoints of the audit chain: (records, last hash, time) under an Ed25519 key.
+
+The chain alone cannot show that its newest records were cut off at a line boundary. A
+checkpoint copied somewhere else (a SIEM, a ticket, another machine) can: if the log later holds
+fewer records than a checkpoint names, or another line at that position, `audit verify` says so.
+The checkpoint key is Ed25519 rather than the audit HMAC key so that whoever keeps checkpoints
+needs only the public key, which cannot forge them.
+
+Checkpoints are JSON lines in their own file (`audit.checkpoints`), never in the log itself.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import stat
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Self
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from broker_proxy.audit.log import AuditError, AuditLog, canonical_json
+from broker_proxy.audit.verify import verify_chain
+
+CHECKPOINT_VERSION = 1
+
+
+class CheckpointError(AuditError):
+    """The checkpoint key or file cannot be used, or a checkpoint does not match the log."""
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointPaths:
+    key: Path  # private, 0600
+    public: Path
+    file: Path
+
+    @classmethod
+    def in_home(cls, root: Path) -> CheckpointPaths:
+        return cls(root / "audit-checkpoint.key", root / "audit-checkpoint.pub",
+                   root / "audit.checkpoints")
+
+
+def load_signing_key(paths: CheckpointPaths, *, create: bool) -> Ed25519PrivateKey:
+    """The checkpoint key (raw 32 bytes, 0600), created with its public half when asked."""
+    if create and not paths.key.exists():
+        key = Ed25519PrivateKey.generate()
+        raw = key.private_bytes_raw()
+        try:
+            fd = os.open(paths.key, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except FileExistsError:
+            pass  # another process won the race; read theirs below
+        except OSError as exc:
+            raise CheckpointError(f"cannot create checkpoint key {paths.key}: "
+                                  f"{exc.strerror}") from None
+        else:
+            try:
+                os.write(fd, raw)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            paths.public.write_text(base64.b64encode(key.public_key().public_bytes_raw())
+                                    .decode() + "\n")
+    try:
+        info = paths.key.stat()
+        raw = paths.key.read_bytes()
+    except OSError as exc:
+        raise CheckpointError(f"cannot read checkpoint key {paths.key}: {exc.strerror}") from None
+    if info.st_mode & 0o077 or not stat.S_ISREG(info.st_mode):
+        raise CheckpointError(f"checkpoint key {paths.key} is accessible by group or others "
+                              "(run chmod 600)")
+    if len(raw) != 32:
+        raise CheckpointError(f"checkpoint key {paths.key} must be exactly 32 bytes")
+    return Ed25519PrivateKey.from_private_bytes(raw)
+
+
+def load_public_key(path: Path) -> Ed25519PublicKey:
+    try:
+        raw = base64.b64decode(path.read_text().strip(), validate=True)
+        return Ed25519PublicKey.from_public_bytes(raw)
+    except OSError as exc:
+        raise CheckpointError(f"cannot read checkpoint public key {path}: "
+                              f"{exc.strerror}") from None
+    except ValueError:
+        raise CheckpointError(f"checkpoint public key {path} is not a base64 Ed25519 key") from None
+
+
+def write_checkpoint(log: AuditLog, key: Ed25519PrivateKey, file: Path) -> dict[str, Any] | None:
+    """Append a signed checkpoint of the log's current head; None when the log is empty."""
+    count, last_hash = log.head()
+    if count == 0:
+        return None
+    body = {"v": CHECKPOINT_VERSION, "log": log.path.name, "count": count,
+            "last_hash": last_hash,
+            "ts": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")}
+    checkpoint = {**body, "sig": base64.b64encode(key.sign(canonical_json(body))).decode()}
+    try:
+        fd = os.open(file, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, canonical_json(checkpoint) + b"\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise CheckpointError(f"cannot write checkpoint file {file}: {exc.strerror}") from None
+    return checkpoint
+
+
+def verify_checkpoints(log_path: Path, key_path: Path, checkpoints: Path,
+                       public_key: Path) -> tuple[int, str | None]:
+    """(checkpoints that hold, first problem or None): each must be signed and match the chain."""
+    public = load_public_key(public_key)
+    try:
+        lines = checkpoints.read_bytes().splitlines()
+    except OSError as exc:
+        raise CheckpointError(f"cannot read checkpoint file {checkpoints}: "
+                              f"{exc.strerror}") from None
+    wanted: dict[int, tuple[int, str]] = {}  # seq -> (checkpoint line, last_hash)
+    for line_no, line in enumerate(lines, start=1):
+        try:
+            checkpoint = json.loads(line)
+            body = {k: v for k, v in checkpoint.items() if k != "sig"}
+            public.verify(base64.b64decode(checkpoint["sig"]), canonical_json(body))
+            count, last_hash = int(checkpoint["count"]), str(checkpoint["last_hash"])
+        except (ValueError, KeyError, TypeError, AttributeError, InvalidSignature):
+            return line_no - 1, f"{checkpoints}:{line_no}: checkpoint signature does not verify"
+        if checkpoint.get("log") != log_path.name:
+            continue  # another chain's checkpoint (per-replica logs share the file)
+        wanted.setdefault(count - 1, (line_no, last_hash))
+    seen: dict[int, str] = {}
+
+    def observe(seq: int, digest: str) -> None:
+        if seq in wanted:
+            seen[seq] = digest
+
+    result = verify_chain(log_path, key_path, observe)
+    if not result.ok:
+        return 0, result.message
+    for seq, (line_no, last_hash) in sorted(wanted.items()):
+        if seq not in seen:
+            return 0, (f"{checkpoints}:{line_no}: the log has {result.records} records but this "
+                       f"checkpoint counts {seq + 1} (records were removed from the end)")
+        if seen[seq] != last_hash:
+            return 0, (f"{checkpoints}:{line_no}: record seq {seq} differs from the one this "
+                       "checkpoint signed")
+    return len(lines), None
+
+
+class CheckpointWriter:
+    """Writes a checkpoint every `interval` seconds while the log grows (a daemon thread)."""
+
+    def __init__(self, log: AuditLog, key: Ed25519PrivateKey, file: Path,
+                 interval: float) -> None:
+        self._log, self._key, self._file, self._interval = log, key, file, interval
+        self._stop = threading.Event()
+        self._last_count = -1
+        self._thread = threading.Thread(target=self._loop, name="audit-checkpoint", daemon=True)
+
+    def start(self) -> Self:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop, writing a last checkpoint so a clean shutdown is anchored too."""
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.write_once()
+
+    def write_once(self) -> None:
+        # A failing checkpoint must not stop the proxy: the log itself still fails closed.
+        with contextlib.suppress(AuditError):
+            count, _last = self._log.head()
+            if count != self._last_count:
+                write_checkpoint(self._log, self._key, self._file)
+                self._last_count = count
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._interval):
+            self.write_once()

@@ -1,0 +1,33 @@
+"""The audit events: one name per kind of decision, and what each one means.
+
+Writers use these names (`audit.append(EVENT, ...)`); `audit tail` and the README list them.
+Policy reloads (policy_reload.py) write `policy_reloaded` / `policy_reload_rejected`; the
+start-up load writes `policy_loaded`.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+EVENTS: Final[dict[str, str]] = {
+    "request": "a request was decided: allowed or blocked, with its stable reason code",
+    "response": "what came back for an allowed request: status, duration, redactions",
+    "grant_issued": "a grant was issued (by the CLI, exec or the admin API)",
+    "grant_approved": "a pending grant was approved by a person",
+    "grant_denied": "a pending grant was denied by a person",
+    "grant_revoked": "a grant was revoked (by a person, exec, or a policy reload)",
+    "grant_expired": "a grant reached its expiry while the proxy ran (periodic sweep)",
+    "policy_loaded": "the proxy started with this policy (digest)",
+    "policy_reloaded": "a changed policy was loaded live (digest)",
+    "policy_reload_rejected": "a changed policy was refused; the last good one stays",
+    "proxy_started": "the proxy listens",
+    "proxy_stopped": "the proxy stopped cleanly (missing after a crash)",
+    "audit_torn_tail": "the previous line was torn by a crash; it is kept as evidence",
+    "audit_rotated": "first record of a new file; prev is the last hash of the archived file",
+}
+
+# Fields beyond the standard ones that `audit tail` shows for an event when present.
+EXTRA_FIELDS: Final[tuple[str, ...]] = (
+    "by", "fingerprints", "redactions", "expires_at", "uses", "policy", "errors",
+    "revoked_grants", "previous_file", "torn_bytes", "message",
+)

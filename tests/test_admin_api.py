@@ -1,0 +1,173 @@
+"""The admin API of a real `broker-proxy run`: bearer auth first, then grants over JSON."""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+
+import pytest
+import requests
+
+from broker_proxy.admin_api import AdminTokenError, load_or_create_admin_token
+from broker_proxy.audit.log import AuditLog
+from tests.conftest import API_HOST, Stack
+from tests.e2e_clients import CLIENTS
+
+pytestmark = pytest.mark.e2e
+
+AUTH = {"Authorization": "Bearer {{secret:api_key}}"}
+
+
+def admin_token(stack: Stack) -> str:
+    return stack.home.admin_token.read_text().strip()
+
+
+RIGHT = "use the admin token"
+
+
+def call(stack: Stack, method: str, path: str, *, token: str | None = RIGHT,
+         body: object = None, headers: dict[str, str] | None = None) -> requests.Response:
+    sent = dict(headers or {})
+    if token == RIGHT:
+        sent["Authorization"] = f"Bearer {admin_token(stack)}"
+    elif token is not None:
+        sent["Authorization"] = token
+    return requests.request(method, stack.proxy.admin_url + path, headers=sent,
+                            json=body, timeout=10)
+
+
+def snapshot(stack: Stack) -> tuple[list[dict], int]:
+    """Everything a request could change: the grants and the audit log's length."""
+    answer = call(stack, "GET", "/v1/grants")
+    grants = [{k: v for k, v in g.items() if k != "state"} for g in answer.json()]
+    return grants, stack.home.audit_log.stat().st_size
+
+
+def test_admin_token_is_created_private_at_first_start(stack: Stack) -> None:
+    mode = stat.S_IMODE(stack.home.admin_token.stat().st_mode)
+    assert mode == 0o600
+    assert len(admin_token(stack)) >= 40
+    assert stack.proxy.info["admin"].startswith("127.0.0.1:")
+
+
+def test_admin_token_readable_by_others_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "admin.token"
+    token = load_or_create_admin_token(path)
+    assert load_or_create_admin_token(path) == token
+    path.chmod(0o644)
+    with pytest.raises(AdminTokenError, match="readable by others"):
+        load_or_create_admin_token(path)
+
+
+@pytest.mark.parametrize("token", [None, "Bearer wrong-token-0000000000000000000000000000000",
+                                   "Bearer ", "Basic right", "Bearer  right-but-spaced"])
+def test_missing_or_wrong_token_is_401_everywhere_and_changes_nothing(stack: Stack,
+                                                                      token: str | None) -> None:
+    pending = stack.issue("api_key", agent="careful-bot")
+    active = stack.issue("api_key")
+    if token == "Basic right":
+        token = f"Basic {admin_token(stack)}"
+    if token == "Bearer  right-but-spaced":
+        token = f"Bearer {admin_token(stack)}x"
+    before = snapshot(stack)
+    issue_body = {"agent": "bot", "task": "sneaky", "secrets": ["api_key"]}
+    attempts = [
+        ("GET", "/v1/grants", None),
+        ("POST", "/v1/grants", issue_body),
+        ("GET", f"/v1/grants/{active.grant.id}", None),
+        ("POST", f"/v1/grants/{pending.grant.id}/approve", None),
+        ("POST", f"/v1/grants/{pending.grant.id}/deny", None),
+        ("POST", f"/v1/grants/{active.grant.id}/revoke", None),
+        ("GET", "/v1/no-such-route", None),
+        ("DELETE", f"/v1/grants/{active.grant.id}", None),
+        ("POST", "/healthz", None),
+    ]
+    for method, path, body in attempts:
+        answer = call(stack, method, path, token=token, body=body)
+        assert answer.status_code == 401, (method, path)
+        assert answer.json()["error"] == "unauthorized"
+        assert answer.headers["WWW-Authenticate"].startswith("Bearer")
+        assert admin_token(stack) not in answer.text
+    assert snapshot(stack) == before
+
+
+def test_probes_and_openapi_need_no_token(stack: Stack) -> None:
+    assert call(stack, "GET", "/healthz", token=None).json() == {"status": "ok"}
+    ready = call(stack, "GET", "/readyz", token=None)
+    assert ready.status_code == 200
+    assert ready.json()["status"] == "ready"
+    assert set(ready.json()["checks"]) == {"grant_store", "audit_log", "policy"}
+    document = call(stack, "GET", "/openapi.json", token=None).json()
+    shipped = json.loads((Path(__file__).parent.parent / "broker_proxy" /
+                          "admin_openapi.json").read_text())
+    assert document == shipped
+
+
+def test_grant_issued_approved_and_revoked_over_the_api_gates_requests(stack: Stack) -> None:
+    answer = call(stack, "POST", "/v1/grants",
+                  body={"agent": "careful-bot", "task": "api task", "secrets": ["api_key"],
+                        "ttl": "10m", "max_uses": 5})
+    assert answer.status_code == 201
+    issued = answer.json()
+    assert issued["state"] == "pending"
+    assert issued["placeholders"] == {"api_key": "{{secret:api_key}}"}
+    assert issued["proxy_url"].endswith("@" + stack.proxy.info["listen"])
+    grant_id, token = issued["id"], issued["token"]
+    url = stack.url(stack.upstreams.api, API_HOST, "/v1/admin")
+    curl = CLIENTS["curl"]
+
+    refused = curl(stack, token, "GET", url, headers=AUTH)
+    assert (refused.status, refused.json()["error"]) == (403, "grant_pending_approval")
+    pending = call(stack, "GET", "/v1/grants?pending=true").json()
+    assert grant_id in [g["id"] for g in pending]
+
+    approved = call(stack, "POST", f"/v1/grants/{grant_id}/approve", body={"by": "alice"})
+    assert approved.status_code == 200
+    assert (approved.json()["state"], approved.json()["approved_by"]) == ("active",
+                                                                           "admin-api:alice")
+    assert curl(stack, token, "GET", url, headers=AUTH).status == 200
+    assert call(stack, "GET", f"/v1/grants/{grant_id}").json()["uses"] == 1
+
+    assert call(stack, "POST", f"/v1/grants/{grant_id}/revoke").json()["state"] == "revoked"
+    after = curl(stack, token, "GET", url, headers=AUTH)
+    assert (after.status, after.json()["error"]) == (403, "grant_revoked")
+    assert len(stack.upstreams.api.requests) == 1
+
+    records = [r for r in AuditLog.read_records(stack.home.audit_log) if r["grant"] == grant_id]
+    events = [(r["event"], r.get("by")) for r in records if r["event"].startswith("grant_")]
+    assert events == [("grant_issued", "admin-api"), ("grant_approved", "admin-api:alice"),
+                      ("grant_revoked", "admin-api")]
+    assert token not in stack.home.audit_log.read_text()
+
+
+def test_grant_denied_over_the_api_stays_refused(stack: Stack) -> None:
+    issued = call(stack, "POST", "/v1/grants", body={
+        "agent": "careful-bot", "task": "deny me", "secrets": ["api_key"]}).json()
+    denied = call(stack, "POST", f"/v1/grants/{issued['id']}/deny")
+    assert denied.json()["state"] == "denied"
+    answer = CLIENTS["curl"](stack, issued["token"], "GET",
+                             stack.url(stack.upstreams.api, API_HOST, "/v1/x"), headers=AUTH)
+    assert (answer.status, answer.json()["error"]) == (403, "grant_denied")
+    again = call(stack, "POST", f"/v1/grants/{issued['id']}/approve")
+    assert (again.status_code, again.json()["error"]) == (409, "grant_state_conflict")
+
+
+def test_refusals_have_stable_codes(stack: Stack) -> None:
+    unknown = call(stack, "GET", "/v1/grants/g_0123456789abcdef")
+    assert (unknown.status_code, unknown.json()["error"]) == (404, "grant_not_found")
+    outside = call(stack, "POST", "/v1/grants", body={
+        "agent": "careful-bot", "task": "t", "secrets": ["other_key"]})
+    missing = call(stack, "POST", "/v1/grants", body={
+        "agent": "careful-bot", "task": "t", "secrets": ["no_such_secret"]})
+    assert (outside.status_code, outside.json()["error"]) == (422, "grant_not_allowed")
+    # Asking is no way to learn which secrets exist.
+    assert outside.json()["message"].replace("other_key", "X") == (
+        missing.json()["message"].replace("no_such_secret", "X"))
+    extra = call(stack, "POST", "/v1/grants", body={
+        "agent": "bot", "task": "t", "secrets": ["api_key"], "admin": True})
+    assert (extra.status_code, extra.json()["error"]) == (400, "invalid_request")
+    too_long = call(stack, "POST", "/v1/grants", body={
+        "agent": "bot", "task": "t", "secrets": ["api_key"], "ttl": "2h"})
+    assert too_long.status_code == 422
+    assert call(stack, "GET", "/v1/grants?pending=maybe").status_code == 400
