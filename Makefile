@@ -27,6 +27,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/run.py
+	$(PY) benchmarks/core_bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

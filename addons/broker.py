@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 
-from mitmproxy import ctx, http, tcp
+from mitmproxy import ctx, http, tcp, tls
 from mitmproxy.proxy import server_hooks
 
 from addons import flow_adapter, response_limits
@@ -24,6 +25,7 @@ from broker_proxy import outbound as codes
 from broker_proxy.assembly import open_broker, policy_path
 from broker_proxy.home import Home
 from broker_proxy.outbound import Denied
+from broker_proxy.secrets.oauth2 import UpstreamTrust
 
 log = logging.getLogger("broker_proxy.script")
 
@@ -59,7 +61,11 @@ class BrokerScript:
         try:
             home = Home.resolve(ctx.options.broker_home or None)
             resolve = parse_resolve(list(ctx.options.broker_resolve))
-            broker = open_broker(home, policy_path(home, ctx.options.broker_policy or None))
+            # OAuth2 token endpoints get the same trust as upstreams (see secrets/oauth2.py).
+            trusted_ca = getattr(ctx.options, "ssl_verify_upstream_trusted_ca", None)
+            broker = open_broker(home, policy_path(home, ctx.options.broker_policy or None),
+                                 trust=UpstreamTrust(Path(trusted_ca) if trusted_ca else None,
+                                                     resolve))
         except Exception as error:
             self.inner = None
             self.startup_error = describe_error(error) or type(error).__name__
@@ -81,11 +87,11 @@ class BrokerScript:
         if self.inner is not None:
             self.inner.requestheaders(flow)
 
-    def request(self, flow: http.HTTPFlow) -> None:
+    async def request(self, flow: http.HTTPFlow) -> None:
         if self.inner is None:
             self._refuse(flow)
         else:
-            self.inner.request(flow)
+            await self.inner.request(flow)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         if self.inner is not None:
@@ -112,6 +118,10 @@ class BrokerScript:
     def server_connected(self, data: server_hooks.ServerConnectionHookData) -> None:
         if self.inner is not None:
             self.inner.server_connected(data)
+
+    def tls_start_server(self, tls_start: tls.TlsData) -> None:
+        if self.inner is not None:
+            self.inner.tls_start_server(tls_start)
 
     def tcp_start(self, flow: tcp.TCPFlow) -> None:
         flow.kill()

@@ -10,17 +10,19 @@ import asyncio
 import logging
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 from weakref import WeakKeyDictionary
 
-from mitmproxy import connection, ctx, http, tcp
+from mitmproxy import connection, ctx, http, tcp, tls
 from mitmproxy.exceptions import OptionsError
 from mitmproxy.proxy import server_hooks
 
 from addons import flow_adapter, response_scrubbing
+from addons.client_certs import ClientCerts
 from broker_proxy import outbound as codes
 from broker_proxy.addresses import address_allowed
 from broker_proxy.broker import Broker
-from broker_proxy.outbound import Allowed, Denied
+from broker_proxy.outbound import Allowed, Denied, Verdict
 from broker_proxy.request_checks import upgrade_problem
 
 log = logging.getLogger("broker_proxy.addon")
@@ -34,6 +36,7 @@ class BrokerAddon:
         self.resolve = dict(resolve or {})
         # Credentials seen on CONNECT, tied to the client connection like mitmproxy's proxyauth.
         self._tunnel_tokens: WeakKeyDictionary[connection.Client, str] = WeakKeyDictionary()
+        self._audit_sync = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-sync")
         # (host, port) pairs a decision allowed, per client: server_connect dials nothing else.
         self._allowed_upstreams: WeakKeyDictionary[connection.Client, set[tuple[str, int]]] = (
             WeakKeyDictionary())
@@ -41,6 +44,7 @@ class BrokerAddon:
         # server_connected for why they are put back.
         self._dialled_names: WeakKeyDictionary[connection.Server, tuple[str, int]] = (
             WeakKeyDictionary())
+        self._client_certs = ClientCerts(broker)  # mTLS, see addons/client_certs.py
 
     def configure(self, updated: set[str]) -> None:
         # Options of mitmproxy that would undo the broker's guarantees.
@@ -80,7 +84,7 @@ class BrokerAddon:
         if problem:
             flow_adapter.deny(flow, Denied(403, codes.UPGRADE_NOT_ALLOWED, problem))
 
-    def request(self, flow: http.HTTPFlow) -> None:
+    async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live:
             return
         try:
@@ -91,19 +95,29 @@ class BrokerAddon:
             # Never forwarded, whatever the decision, also when sent inside a tunnel.
             flow.request.headers.pop(flow_adapter.PROXY_AUTHORIZATION, None)
             outbound = flow_adapter.outbound_request(flow)
-            verdict = self.broker.decide(token, outbound)
+            verdict = self.broker.decide(token, outbound, defer_durability=True)
+            if isinstance(verdict, Allowed) and verdict.audit_seq is not None:
+                # The audit record's fsync runs on one worker thread: requests waiting at the
+                # same time share one fsync, and the event loop never blocks on the disk.
+                verdict = await asyncio.get_running_loop().run_in_executor(
+                    self._audit_sync, self._durable_or_denied, verdict)
             if isinstance(verdict, Denied):
                 flow_adapter.deny(flow, verdict)
                 return
             flow_adapter.apply(flow, verdict, outbound)
             self._allowed_upstreams.setdefault(flow.client_conn, set()).add(
                 (flow.request.host.lower(), flow.request.port))
+            self._client_certs.request_allowed(flow.client_conn, flow.request.host,
+                                               flow.request.port, verdict.grant_id)
             if verdict.injected:
                 flow.metadata[METADATA_KEY] = (verdict, outbound, time.monotonic())
         except Exception as error:  # fail closed
             log.error("request hook failed: %s", type(error).__name__)
             flow_adapter.deny(flow, Denied(503, codes.INTERNAL_ERROR,
                                            "the broker could not decide; nothing was sent"))
+
+    def _durable_or_denied(self, verdict: Allowed) -> Verdict:
+        return self.broker.make_durable(verdict) or verdict
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         carried = flow.metadata.get(METADATA_KEY)
@@ -128,6 +142,9 @@ class BrokerAddon:
             return
         verdict, outbound, started = carried
         try:
+            # A 401 to an OAuth2 access token drops it: the next request mints a fresh one.
+            if note_status := getattr(self.broker.secrets, "upstream_answered", None):
+                note_status(flow.response.status_code, verdict.scrub)
             redactions = response_scrubbing.on_response(flow, verdict)
         except Exception as error:  # withhold rather than pass on unscrubbed
             log.error("response scrub failed: %s", type(error).__name__)
@@ -218,6 +235,12 @@ class BrokerAddon:
             # Server.__setattr__ refuses address changes on open connections to stop silent
             # re-routing; this one does not re-route: the socket stays on the address we checked.
             object.__setattr__(data.server, "address", name)
+
+    def tls_start_server(self, tls_start: tls.TlsData) -> None:
+        try:
+            self._client_certs.tls_start_server(tls_start)
+        except Exception as error:  # no certificate then: the upstream refuses, nothing leaks
+            log.error("client certificate hook failed: %s", type(error).__name__)
 
     def tcp_start(self, flow: tcp.TCPFlow) -> None:
         # Bytes inside a tunnel that are not HTTP bypass every request hook: cut them.

@@ -27,6 +27,7 @@ from mitmproxy.master import Master
 
 from addons import response_limits
 from addons.broker_addon import BrokerAddon
+from addons.reuse_port import enable_reuse_port
 from broker_proxy.broker import Broker
 
 
@@ -39,6 +40,7 @@ class ProxySettings:
     resolve: dict[str, str]
     body_size_limit: str = "10m"
     on_reload_signal: Callable[[], None] | None = None  # SIGHUP: reload the policy
+    reuse_port: bool = False  # one of several worker processes on the same port
 
 
 class _Announce:
@@ -55,6 +57,8 @@ class _Announce:
 
 async def serve(broker: Broker, settings: ProxySettings,
                 on_ready: Callable[[str, int], None]) -> None:
+    if settings.reuse_port:
+        enable_reuse_port()
     opts = options.Options(
         listen_host=settings.listen_host,
         listen_port=settings.listen_port,

@@ -64,13 +64,29 @@ async def _read_response(reader: asyncio.StreamReader) -> int:
     lines = head.split(b"\r\n")
     status = int(lines[0].split()[1])
     length = 0
+    chunked = False
     for line in lines[1:]:
         name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
+        name = name.strip().lower()
+        if name == b"content-length":
             length = int(value.strip())
-    if length:
+        elif name == b"transfer-encoding" and b"chunked" in value.lower():
+            chunked = True
+    if chunked:
+        while True:
+            size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+            if size == 0:
+                await _skip_trailers(reader)
+                break
+            await reader.readexactly(size + 2)
+    elif length:
         await reader.readexactly(length)
     return status
+
+
+async def _skip_trailers(reader: asyncio.StreamReader) -> None:
+    while (await reader.readuntil(b"\r\n")) != b"\r\n":
+        pass
 
 
 def _request_bytes(target: Target, *, absolute: bool, proxy_auth: str | None) -> bytes:

@@ -20,3 +20,27 @@ def memory_kib(pid: int, field: str) -> int:
             if line.startswith(field + ":"):
                 return int(line.split()[1])
     raise LookupError(field)
+
+
+def children(pid: int) -> list[int]:
+    """Direct children of a process (the extra workers of `run --workers N`)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                parent = int(stat.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if parent == pid:
+            found.append(int(entry))
+    return found
+
+
+def group_cpu_seconds(pid: int) -> float:
+    return cpu_seconds(pid) + sum(cpu_seconds(child) for child in children(pid))
+
+
+def group_peak_kib(pid: int) -> int:
+    return memory_kib(pid, "VmHWM") + sum(memory_kib(c, "VmHWM") for c in children(pid))

@@ -6,6 +6,7 @@ Setups (each a real process on this machine):
   mitmdump -s      `mitmdump -q -s benchmarks/minimal_inject.py` (the common way to inject)
   broker           `broker-proxy run`, policy of 1,000 secrets and 100 agents, 10,000 active
                    grants, placeholder injection, response scrubbing and audit log on
+  broker x2        the same with `--workers 2` (CPU and memory summed over both processes)
 Workloads:
   https-keepalive       10 clients, one CONNECT tunnel each, requests back to back
   https-new-connection  4 clients, a new CONNECT + TLS handshake per request
@@ -36,7 +37,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.loadgen import ProxySpec, Result, Target, run_load
-from benchmarks.proc_stats import cpu_seconds, memory_kib
+from benchmarks.proc_stats import group_cpu_seconds, group_peak_kib
 from broker_proxy.echo_server import EchoServer, ReceivedRequest
 from broker_proxy.grants.issuer import issue_grant
 from broker_proxy.grants.sqlite_store import SqliteGrantStore
@@ -108,12 +109,12 @@ def measure(setup: str, pid: int | None, proxy: ProxySpec | None, targets: dict[
             ca_file: str, seconds: float) -> list[Row]:
     rows = []
     for workload, concurrency in WORKLOADS.items():
-        before = cpu_seconds(pid) if pid else 0.0
+        before = group_cpu_seconds(pid) if pid else 0.0
         result = asyncio.run(run_load(workload, proxy, targets[workload], ca_file,
                                       concurrency=concurrency, seconds=seconds))
-        used = (cpu_seconds(pid) - before) if pid else float("nan")
+        used = (group_cpu_seconds(pid) - before) if pid else float("nan")
         per_request = used * 1000 / result.requests if result.requests else float("nan")
-        peak = memory_kib(pid, "VmHWM") / 1024 if pid else float("nan")
+        peak = group_peak_kib(pid) / 1024 if pid else float("nan")
         rows.append(Row(setup, workload, result, per_request, peak))
         print(f"  {setup:<12} {workload:<21} {result.rate:8.0f} req/s", flush=True)
     return rows
@@ -141,6 +142,10 @@ def print_table(rows: list[Row]) -> None:
                 print(f"broker / {baseline:<11} {workload:<21} throughput "
                       f"{broker.result.rate / base.result.rate:5.2f}x   cpu per request "
                       f"{broker.cpu_ms_per_request / base.cpu_ms_per_request:5.2f}x")
+        doubled = by_key.get(("broker x2", workload))
+        if broker and doubled and broker.result.rate:
+            print(f"broker x2 / broker       {workload:<21} throughput "
+                  f"{doubled.result.rate / broker.result.rate:5.2f}x")
 
 
 def main() -> int:
@@ -150,7 +155,7 @@ def main() -> int:
     parser.add_argument("--secrets", type=int, default=1000)
     parser.add_argument("--agents", type=int, default=100)
     parser.add_argument("--grants", type=int, default=10_000)
-    parser.add_argument("--setups", default="direct,mitmdump,mitmdump -s,broker")
+    parser.add_argument("--setups", default="direct,mitmdump,mitmdump -s,broker,broker x2")
     args = parser.parse_args()
     setups = args.setups.split(",")
     rows: list[Row] = []
@@ -196,16 +201,18 @@ def main() -> int:
                 finally:
                     process.terminate()
                     process.wait(timeout=10)
-            if "broker" in setups:
-                rows += run_broker(root, pki.ca_cert_path, env, targets, https_upstream.port,
-                                   http_upstream.port, args)
+            for name, workers in (("broker", 1), ("broker x2", 2)):
+                if name in setups:
+                    rows += run_broker(root, pki.ca_cert_path, env, targets, https_upstream.port,
+                                       http_upstream.port, args, name, workers)
     print_table(rows)
     return 0
 
 
 def run_broker(root: Path, upstream_ca: Path, env: dict[str, str], targets: dict[str, Target],
-               https_port: int, http_port: int, args: argparse.Namespace) -> list[Row]:
-    home = Home(root / "broker-home").ensure()
+               https_port: int, http_port: int, args: argparse.Namespace, name: str,
+               workers: int) -> list[Row]:
+    home = Home(root / f"broker-home-{workers}").ensure()
     policy_file = root / "bench-policy.yaml"
     policy_file.write_text(broker_policy(https_port, http_port, args.secrets, args.agents))
     policy = load_policy(policy_file)
@@ -225,10 +232,11 @@ def run_broker(root: Path, upstream_ca: Path, env: dict[str, str], targets: dict
     print(f"  broker: {args.secrets} secrets, {args.agents} agents, {args.grants} active grants "
           f"prepared in {time.monotonic() - started:.1f} s", flush=True)
     proxy = ProxyProcess(home.root, policy_file, upstream_ca=upstream_ca, env=env,
-                         log_path=root / "broker.log").start()
+                         extra_args=["--workers", str(workers)],
+                         log_path=root / f"broker-{workers}.log").start()
     try:
         spec = ProxySpec(proxy.host, proxy.port, "bench-agent", grant.token)
-        return measure("broker", proxy.process.pid if proxy.process else None, spec, targets,
+        return measure(name, proxy.process.pid if proxy.process else None, spec, targets,
                        str(proxy.ca_path), args.seconds)
     finally:
         proxy.stop()

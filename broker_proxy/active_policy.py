@@ -21,7 +21,10 @@ class ActivePolicy:
         return cls(
             policy=policy,
             index=DestinationIndex(policy),
-            scanner=PlaceholderScanner({n: s.placeholder for n, s in policy.secrets.items()}),
+            scanner=PlaceholderScanner(
+                {n: s.placeholder for n, s in policy.secrets.items()},
+                {n: s.placeholder_format for n, s in policy.secrets.items()
+                 if s.placeholder_format is not None}),
         )
 
     @classmethod

@@ -17,6 +17,8 @@ from broker_proxy.home import Home
 from broker_proxy.metrics import BrokerMetrics
 from broker_proxy.replica import replica_id
 from broker_proxy.secrets.backends import SecretResolver
+from broker_proxy.secrets.credentials import CredentialResolver
+from broker_proxy.secrets.oauth2 import TokenMinter, UpstreamTrust
 
 
 def policy_path(home: Home, explicit: str | None) -> Path:
@@ -30,8 +32,12 @@ def open_audit(home: Home) -> AuditLog:
 
 
 def open_broker(home: Home, policy_file: Path, *, store: str | None = None,
-                replica: str | None = None) -> Broker:
-    """Raises the loader's PolicyError, GrantStoreError or an audit error: never half-starts."""
+                replica: str | None = None, trust: UpstreamTrust | None = None) -> Broker:
+    """Raises the loader's PolicyError, GrantStoreError or an audit error: never half-starts.
+
+    ``trust`` is what the proxy trusts upstream (--upstream-ca, --resolve): the OAuth2 token
+    endpoints are called with the same trust as the upstreams themselves.
+    """
     policy = ActivePolicy.load(str(policy_file))
     home.ensure()
     grants = open_grant_store(home, store_url(store))  # --store, $BROKER_PROXY_STORE, SQLite
@@ -43,7 +49,8 @@ def open_broker(home: Home, policy_file: Path, *, store: str | None = None,
     return Broker(
         policy=policy,
         grants=grants,
-        secrets=SecretResolver(home, base_dir=policy_file.parent),
+        secrets=CredentialResolver(SecretResolver(home, base_dir=policy_file.parent),
+                                   TokenMinter(trust)),
         audit=audit,
         metrics=metrics,
     )

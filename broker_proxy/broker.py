@@ -10,17 +10,20 @@ raised would otherwise let mitmproxy forward the request untouched.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
 
+from broker_proxy import aws_resign
 from broker_proxy import outbound as codes
 from broker_proxy.active_policy import ActivePolicy
 from broker_proxy.audit.log import AuditError, AuditLog
 from broker_proxy.authority import authorities_agree
 from broker_proxy.grants.model import Grant
 from broker_proxy.grants.store import GrantStore, GrantStoreError, ReserveResult
+from broker_proxy.header_templates import applicable_templates, apply_templates, template_conflict
 from broker_proxy.metrics import BrokerMetrics
 from broker_proxy.outbound import Allowed, Denied, OutboundRequest, Verdict
 from broker_proxy.policy.destinations import canonical_host
@@ -67,10 +70,18 @@ class Broker:
     metrics: BrokerMetrics
     clock: Callable[[], datetime] = utc_now
 
-    def decide(self, token: str | None, request: OutboundRequest) -> Verdict:
+    def decide(self, token: str | None, request: OutboundRequest, *,
+               defer_durability: bool = False) -> Verdict:
+        """Decide on one request.
+
+        With `defer_durability`, an allowed secret-carrying request comes back with
+        `audit_seq` set and its record written but not yet fsynced: the caller must get
+        `make_durable(verdict)` to succeed before the request leaves (the proxy does that off
+        the event loop, so concurrent requests share one fsync).
+        """
         started = time.perf_counter()
         try:
-            verdict = self._decide(token, request)
+            verdict = self._decide(token, request, defer_durability)
         except Exception as error:  # fail closed: an exception must never forward
             log.error("decision failed: %s", type(error).__name__)
             verdict = Denied(503, codes.INTERNAL_ERROR,
@@ -107,7 +118,8 @@ class Broker:
                               "put a valid grant token in the proxy URL's password")
         return None
 
-    def _decide(self, token: str | None, request: OutboundRequest) -> Verdict:
+    def _decide(self, token: str | None, request: OutboundRequest,
+                defer_durability: bool = False) -> Verdict:
         policy = self.policy  # one snapshot for the whole decision, even across a reload
         now = self.clock()
 
@@ -141,8 +153,15 @@ class Broker:
 
         # Match on one spelling of the host: the one the policy was compiled with.
         request = replace(request, host=canonical_host(request.host))
-        hits = find_placeholders(policy.scanner, request)
-        if not hits:
+        # AWS SigV4 (issue 7): signed by the agent's SDK with a placeholder key, signed again here.
+        if resigned := self._aws_resigning(request, grant, policy, now, defer_durability):
+            return resigned
+        # Per-grant placeholders (placeholder_format) name a secret only in their own grant.
+        scanner = policy.scanner.for_grant(dict(grant.placeholders))
+        hits = find_placeholders(scanner, request)
+        # Header templates: set by the proxy for the grant's secrets' destinations (issue 7).
+        templates = applicable_templates(policy, grant, request)
+        if not hits and not templates:
             return self._allow_without_secret(request, grant, policy)
         if len(hits) > MAX_PLACEHOLDERS_PER_REQUEST:
             return self._deny(request, grant, 403, codes.TOO_MANY_PLACEHOLDERS,
@@ -161,16 +180,20 @@ class Broker:
             return self._deny(request, grant, 403, codes.METHOD_OVERRIDE_REFUSED, problem)
         if refusal := self._placement_refusal(hits, grant, policy, request):
             return refusal
+        if problem := template_conflict(templates, request.headers):
+            return self._deny(request, grant, 403, codes.HEADER_ALREADY_SET, problem)
 
-        names = sorted({hit.secret for hit in hits if hit.secret})
+        names = sorted({hit.secret for hit in hits if hit.secret}
+                       | {use.secret for use in templates})
         values: dict[str, SecretValue] = {}
         for name in names:
             try:
                 values[name] = self.secrets.resolve(policy.policy.secrets[name])
             except SecretUnavailable as error:
                 return self._deny(request, grant, 503, codes.SECRET_UNAVAILABLE, str(error))
-            if values[name].has_control_chars() and any(
-                    h.place == "header" and h.secret == name for h in hits):
+            if values[name].has_control_chars() and (any(
+                    h.place == "header" and h.secret == name for h in hits)
+                    or any(use.secret == name for use in templates)):
                 return self._deny(request, grant, 503, codes.SECRET_VALUE_UNSAFE,
                                   f'secret "{name}" holds control characters and cannot go in '
                                   "a header")
@@ -188,7 +211,7 @@ class Broker:
         try:
             # Fingerprints (HMAC under the audit key, never a plain hash) tell secret versions
             # apart after a rotation without the record holding anything a reader could invert.
-            self.audit.append("request", durable=True, **_record(
+            audit_record = self.audit.append("request", durable=not defer_durability, **_record(
                 request, grant, "allow", codes.INJECTED, None, names), fingerprints=[
                     f"{n}:{self.audit.fingerprint(values[n].reveal())}" for n in names])
         except AuditError:
@@ -196,19 +219,44 @@ class Broker:
             return Denied(503, codes.AUDIT_UNAVAILABLE,
                           "the audit log cannot be written; nothing was sent", grant.id)
 
-        rewriter = RequestRewriter(policy.scanner, {n: v.reveal() for n, v in values.items()})
+        revealed = {n: v.reveal() for n, v in values.items()}
+        usernames = {n: policy.policy.secrets[n].basic_username for n in names}
+        rewriter = RequestRewriter(scanner, revealed, basic_usernames={
+            n: user for n, user in usernames.items() if user is not None})
+        headers = rewriter.headers(request.headers)
+        if templates:
+            headers = apply_templates(headers or request.headers, templates, revealed, usernames)
         for name in names:
             self.metrics.injections.labels(name).inc()
         return Allowed(
             grant_id=grant.id,
             injected=tuple(names),
-            headers=rewriter.headers(request.headers),
+            headers=headers,
             query=rewriter.query(request.query),
             body=rewriter.body(request.body),
             path=request.path if request.path != sent_path else None,
             reason=codes.INJECTED,
-            scrub={n: (values[n].reveal(), policy.policy.secrets[n].placeholder) for n in names},
+            audit_seq=audit_record["seq"] if defer_durability else None,
+            scrub={n: (values[n].reveal(),
+                       grant.placeholder_of(n) or policy.policy.secrets[n].placeholder)
+                   for n in names},
         )
+
+    def make_durable(self, allowed: Allowed) -> Denied | None:
+        """Invariant 5 for deferred records: on disk before the secret leaves, or refused."""
+        if allowed.audit_seq is None:
+            return None
+        try:
+            self.audit.ensure_durable(allowed.audit_seq)
+        except AuditError:
+            self.metrics.audit_write_errors.inc()
+            return Denied(503, codes.AUDIT_UNAVAILABLE,
+                          "the audit log cannot be written; nothing was sent", allowed.grant_id)
+        except Exception as error:  # fail closed
+            log.error("audit sync failed: %s", type(error).__name__)
+            return Denied(503, codes.AUDIT_UNAVAILABLE,
+                          "the audit log cannot be written; nothing was sent", allowed.grant_id)
+        return None
 
     def _grant_refusal(self, grant: Grant, policy: ActivePolicy, now: datetime,
                        request: OutboundRequest) -> Denied | None:
@@ -246,6 +294,35 @@ class Broker:
                                   f"{request.scheme}://{request.host}:{request.port}"
                                   f"{request.path}")
         return None
+
+    def _aws_resigning(self, request: OutboundRequest, grant: Grant, policy: ActivePolicy,
+                       now: datetime, defer_durability: bool) -> Verdict | None:
+        """None unless the request is SigV4-signed with a placeholder key id (aws_resign.py)."""
+        plan = aws_resign.plan(request, grant.secrets, policy, now, self.secrets.resolve)
+        if plan is None:
+            return None
+        if isinstance(plan, aws_resign.Refusal):
+            return self._deny(request, grant, plan.status, plan.code, plan.message)
+        try:
+            reserved = self.grants.reserve_use(grant.id, now)
+        except GrantStoreError:
+            return self._deny(request, grant, 503, codes.GRANT_STORE_UNAVAILABLE,
+                              "the grant store cannot be used; nothing was sent")
+        if reserved is not ReserveResult.RESERVED:
+            code, message = _GRANT_REFUSALS[_RESERVE_REFUSALS[reserved]]
+            return self._deny(request, grant, 403, code, message)
+        try:  # invariant 5, as for injection: the record is on disk before the signature leaves
+            audit_record = self.audit.append("request", durable=not defer_durability, **_record(
+                request, grant, "allow", codes.RESIGNED, None, [plan.secret]), fingerprints=[
+                    f"{plan.secret}:{self.audit.fingerprint(plan.fingerprint_of)}"])
+        except AuditError:
+            self.metrics.audit_write_errors.inc()
+            return Denied(503, codes.AUDIT_UNAVAILABLE,
+                          "the audit log cannot be written; nothing was sent", grant.id)
+        self.metrics.injections.labels(plan.secret).inc()
+        return Allowed(grant_id=grant.id, injected=(plan.secret,), headers=plan.headers,
+                       query=plan.query, reason=codes.RESIGNED, scrub=plan.scrub,
+                       audit_seq=audit_record["seq"] if defer_durability else None)
 
     def _allow_without_secret(self, request: OutboundRequest, grant: Grant,
                               policy: ActivePolicy) -> Verdict:
@@ -302,8 +379,12 @@ def _well_formed(request: OutboundRequest) -> bool:
     return True
 
 
+_CONTROLS_IN_NAME = re.compile("[\x00-\x1f\x7f]")
+_CONTROLS_IN_VALUE = re.compile("[\x00-\x08\x0a-\x1f\x7f]")  # HTAB is legal in values
+
+
 def _has_controls(text: str, *, allow_tab: bool) -> bool:
-    return any((ord(c) < 0x20 and not (allow_tab and c == "\t")) or ord(c) == 0x7F for c in text)
+    return (_CONTROLS_IN_VALUE if allow_tab else _CONTROLS_IN_NAME).search(text) is not None
 
 
 def _record(request: OutboundRequest, grant: Grant | None, decision: str, reason: str,

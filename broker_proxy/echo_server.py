@@ -182,8 +182,15 @@ class _Server(ThreadingHTTPServer):
             return
         request.settimeout(HANDLER_TIMEOUT)
         try:
-            tls_request = self.tls.wrap_socket(request, server_side=True)
+            tls_request = self.tls.wrap_socket(request, server_side=True,
+                                               do_handshake_on_connect=False)
         except OSError:
+            return
+        try:
+            tls_request.do_handshake()
+        except OSError:
+            # A refused client certificate (mTLS) must hang up, not leave the client waiting.
+            tls_request.close()
             return
         try:
             super().finish_request(tls_request, client_address)
@@ -223,6 +230,7 @@ class EchoServer:
         key_path: Path | None = None,
         *,
         reply: Reply | None = None,
+        client_ca: Path | None = None,
     ) -> None:
         if (cert_path is None) != (key_path is None):
             raise ValueError("EchoServer needs both cert_path and key_path, or neither")
@@ -233,6 +241,9 @@ class EchoServer:
             tls.load_cert_chain(cert_path, key_path)
             tls.set_alpn_protocols(["http/1.1"])
             tls.sni_callback = _remember_sni
+            if client_ca is not None:  # mTLS: refuse clients without a certificate from it
+                tls.verify_mode = ssl.CERT_REQUIRED
+                tls.load_verify_locations(client_ca)
         self._server = _Server(tls, reply or echo_reply)
         self._thread: threading.Thread | None = None
 

@@ -4,6 +4,8 @@ The swap only ever replaces a placeholder as written, so an encoded one is never
 still reported: ``Authorization: Basic base64(user:{{secret:x}})`` or a percent-encoded
 placeholder is an attempt to make the upstream (or a later hop) decode it into a place the
 policy never allowed, and such a request is refused rather than forwarded half-understood.
+The one exception is clean Basic credentials for a secret whose policy has ``basic:`` (see
+basic_credentials.py): reported as the "basic" place, which only such a secret allows.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ import re
 from collections.abc import Iterator
 from urllib.parse import unquote
 
+from broker_proxy.basic_credentials import basic_secret
 from broker_proxy.placeholders import PlaceholderScanner
+from broker_proxy.policy.model import BASIC_PLACE
 
 # Tokens long enough to hold an encoded "{{secret:x}}"; shorter runs cannot, and skipping them
 # keeps the cost per header to a few decode attempts.
@@ -31,6 +35,12 @@ def hidden_header_hits(scanner: PlaceholderScanner, name: str,
     """
     plain = len(scanner.find(value))
     place = "basic_credentials" if _is_basic(name, value) else "encoded_header"
+    if place == "basic_credentials" and not plain:
+        # The one encoding that is understood and swapped (basic_credentials.py): it is
+        # reported as the "basic" place, which only secrets with `basic:` in the policy allow.
+        secret = basic_secret(scanner, name, value)
+        if secret is not None:
+            return [(BASIC_PLACE, secret)]
     for decoded in _decodings(value):
         found = scanner.find(decoded)
         if len(found) > plain:

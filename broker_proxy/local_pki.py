@@ -129,6 +129,36 @@ def make_server_cert(
     return cert.public_bytes(serialization.Encoding.PEM), _key_pem(key)
 
 
+def make_client_cert(ca_cert_pem: bytes, ca_key_pem: bytes,
+                     common_name: str) -> tuple[bytes, bytes]:
+    """A clientAuth leaf signed by the CA, for mTLS upstreams: (cert PEM, key PEM)."""
+    ca_cert = x509.load_pem_x509_certificate(ca_cert_pem)
+    ca_key = serialization.load_pem_private_key(ca_key_pem, password=None)
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+        raise LocalPkiError("the CA key must be an EC private key")
+    key = ec.generate_private_key(ec.SECP256R1())
+    not_before = datetime.now(UTC) - BACKDATE
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_before + VALIDITY)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
+                       critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM), _key_pem(key)
+
+
 def write_pki(
     directory: Path, hostnames: Sequence[str], ip_addresses: Sequence[str] = ()
 ) -> LocalPki:

@@ -36,8 +36,14 @@ HEADERS_TOO_LARGE = "headers_too_large"
 UPGRADE_NOT_ALLOWED = "upgrade_not_allowed"
 METHOD_OVERRIDE_REFUSED = "method_override_refused"
 INTERNAL_ERROR = "internal_error"
+HEADER_ALREADY_SET = "header_already_set"  # the agent sent a header a policy template sets
+SIGV4_MALFORMED = "sigv4_malformed"  # 400: a placeholder-key SigV4 signature we cannot read
+SIGV4_UNSUPPORTED = "sigv4_unsupported"  # 400: e.g. chunk-signed uploads (cannot be re-signed)
+SIGV4_DATE_OUT_OF_RANGE = "sigv4_date_out_of_range"
+AWS_SCOPE_NOT_ALLOWED = "aws_scope_not_allowed"  # service or region outside the destination
 ALLOWED = "allowed"
 INJECTED = "injected"
+RESIGNED = "resigned"  # an AWS request signed again with the real key
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +75,9 @@ class Allowed:
     body: bytes | None = field(default=None, repr=False)
     path: str | None = None  # the canonical path the decision was made on, when it differs
     reason: str = ALLOWED
+    # The audit record of this use, when its fsync was left to the caller (group commit):
+    # the request must not leave before Broker.make_durable succeeded for it.
+    audit_seq: int | None = None
     # secret name -> (real value, placeholder) for scrubbing the answer; never logged.
     scrub: dict[str, tuple[str, str]] = field(default_factory=dict, repr=False)
 

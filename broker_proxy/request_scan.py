@@ -12,6 +12,7 @@ from collections.abc import Iterator, Mapping
 from typing import NamedTuple
 from urllib.parse import quote, unquote
 
+from broker_proxy.basic_credentials import swap_basic
 from broker_proxy.encoded_placeholders import hidden_header_hits
 from broker_proxy.outbound import OutboundRequest
 from broker_proxy.placeholders import PlaceholderScanner
@@ -55,16 +56,27 @@ def _query_parts(query: str) -> Iterator[str]:
 class RequestRewriter:
     """Swaps placeholders for values, in one pass per field, only where hits were checked."""
 
-    def __init__(self, scanner: PlaceholderScanner, values: Mapping[str, str]) -> None:
+    def __init__(self, scanner: PlaceholderScanner, values: Mapping[str, str],
+                 basic_usernames: Mapping[str, str] | None = None) -> None:
         self._scanner = scanner
         self._values = values
+        # secret -> Basic user-id, for secrets whose "basic" hits were checked (issue 7).
+        self._basic_usernames = basic_usernames or {}
 
     def _swap(self, text: str) -> str:
         return self._scanner.substitute(text, self._values.__getitem__)
 
     def headers(self, headers: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...] | None:
-        rewritten = tuple((name, self._swap(value)) for name, value in headers)
+        rewritten = tuple((name, self._swap_header(name, value)) for name, value in headers)
         return rewritten if rewritten != headers else None
+
+    def _swap_header(self, name: str, value: str) -> str:
+        if self._basic_usernames:
+            swapped = swap_basic(self._scanner, name, value, self._values,
+                                 self._basic_usernames)
+            if swapped is not None:
+                return swapped
+        return self._swap(value)
 
     def query(self, query: str) -> str | None:
         if not query or not self._scanner.might_contain(unquote(query)):

@@ -37,6 +37,9 @@ def _resolve(schema: dict, node: dict) -> dict:
 def _unknown_keys(schema: dict, node: dict, value: object, path: str) -> list[str]:
     """Walk ``value`` along ``node``'s properties; keys the schema does not describe."""
     node = _resolve(schema, node)
+    if "oneOf" in node and isinstance(value, dict):  # e.g. inject: a place or a template
+        objects = [_resolve(schema, option) for option in node["oneOf"]]
+        node = next((option for option in objects if "properties" in option), node)
     found = []
     if isinstance(value, dict):
         properties = node.get("properties")
@@ -77,7 +80,15 @@ def test_schema_fields_are_the_loaders_fields():
         "agent": schema["$defs"]["agent"]["properties"],
         "egress": schema["properties"]["egress"]["properties"],
         "network": schema["properties"]["network"]["properties"],
+        "header_template": schema["$defs"]["header_template"]["properties"],
+        "basic": schema["$defs"]["secret"]["properties"]["basic"]["properties"],
+        "placeholder_format":
+            schema["$defs"]["secret"]["properties"]["placeholder_format"]["properties"],
     }
+    if "oauth2" in FIELDS:  # issue 7, OAuth2 part
+        described["oauth2"] = schema["$defs"]["secret"]["properties"]["oauth2"]["properties"]
+    if "aws" in FIELDS:  # issue 7, AWS SigV4 part
+        described["aws"] = schema["$defs"]["destination"]["properties"]["aws"]["properties"]
     assert {kind: set(fields) for kind, fields in described.items()} == \
         {kind: set(fields) for kind, fields in FIELDS.items()}
     assert schema["$defs"]["secret"]["required"] == ["from", "destinations"]

@@ -258,6 +258,8 @@ class AuditLog:
         self._observers: list[Callable[[int], None]] = []
         self._stamp: dict[str, str] = {}  # fields every record of this writer carries
         self._lock = threading.Lock()
+        self._durable_lock = threading.Lock()  # serialises group-commit fsyncs
+        self._durable_seq = -1  # every record up to this seq is known to be on disk
         self._next_seq = 0
         self._prev = GENESIS_PREV
         self._end = -1  # file size after our last write; -1 forces a re-read of the tail
@@ -348,6 +350,36 @@ class AuditLog:
         for observer in self._observers:
             observer(count)
         return written
+
+    def ensure_durable(self, seq: int) -> None:
+        """Return once the record `seq` this writer appended is on disk (group commit).
+
+        The proxy appends a secret-carrying request's record without waiting, then calls this
+        from a worker thread before the request leaves: one fsync covers every record written
+        before it, so concurrent requests share it and the event loop never waits on the disk.
+        The fsync runs on a duplicate of the descriptor so a rotation meanwhile cannot close it
+        under us (a rotation fsyncs the file it retires itself).
+        """
+        with self._durable_lock:
+            if self._durable_seq >= seq:
+                return
+            with self._lock:
+                if self._closed:
+                    raise AuditWriteError(f"audit log {self.path} is closed")
+                target = self._next_seq - 1
+                try:
+                    fd = os.dup(self._fd)
+                except OSError as exc:
+                    raise AuditWriteError(
+                        f"cannot write audit log {self.path}: {exc.strerror or exc}") from None
+            try:
+                os.fsync(fd)
+            except OSError as exc:
+                raise AuditWriteError(
+                    f"cannot write audit log {self.path}: {exc.strerror or exc}") from None
+            finally:
+                os.close(fd)
+            self._durable_seq = max(self._durable_seq, target)
 
     def rotate_at(self, max_bytes: int | None) -> None:
         """Rotate the live file once it holds `max_bytes` or more (None: never rotate)."""

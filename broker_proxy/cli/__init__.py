@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # `run --workers` starts more workers with the same command line.
+    args.raw_argv = list(argv) if argv is not None else sys.argv[1:]
     try:
         return int(args.handler(args) or 0)
     except KeyboardInterrupt:

@@ -31,6 +31,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--admin", default="127.0.0.1:8081", metavar="HOST:PORT",
                      help="admin API address (default 127.0.0.1:8081; 'off' disables); bearer "
                      "token in <home>/admin.token")
+    run.add_argument("--workers", type=int, default=1, metavar="N",
+                     help="proxy processes sharing the listening port (default 1); the first "
+                     "serves metrics and the admin API")
+    run.add_argument("--worker-of-group", action="store_true", help=argparse.SUPPRESS)
     run.add_argument("--certs", metavar="DIR",
                      help="directory of the proxy's CA (default <home>/certs)")
     run.add_argument("--upstream-ca", metavar="PEM", action="append", default=[],
@@ -105,26 +109,57 @@ def run_command(args: argparse.Namespace) -> int:
 
     home = home_of(args)
     listen = parse_address(args.listen, "--listen")
+    if args.workers < 1:
+        raise CliError(f"--workers must be at least 1, got {args.workers}")
+    if args.workers > 1 and listen[1] == 0:
+        from broker_proxy.cli.workers import free_port
+
+        listen = (listen[0], free_port(listen[0]))
+    worker = args.worker_of_group
     metrics = None if args.metrics == "off" else parse_address(args.metrics, "--metrics")
     admin = None if args.admin == "off" else parse_address(args.admin, "--admin")
     resolve = parse_resolve(args.resolve)
+    from broker_proxy.secrets.oauth2 import UpstreamTrust
+
+    # The bundle file is written below, before any request can make the proxy mint a token.
+    trust = UpstreamTrust(home.upstream_ca_bundle if args.upstream_ca else None, resolve)
     broker = open_broker(home, policy_file_of(args), store=args.store,
-                         replica=args.replica_id)
+                         replica=args.replica_id, trust=trust)
     from broker_proxy.durations import parse_duration
     from broker_proxy.observability import start_observability
 
     every = args.audit_checkpoint_every
+    # One process of a worker group sweeps grants and writes checkpoints, not each of them.
     observability = start_observability(
         broker, home, audit_max_bytes=args.audit_max_bytes,
-        checkpoint_every=parse_duration(every).total_seconds() if every else None)
+        checkpoint_every=parse_duration(every).total_seconds() if every else None,
+    ) if not worker else None
     from broker_proxy.run_services import start_services
 
     services = start_services(broker, home, policy_file_of(args), admin)
     certs = Path(args.certs).absolute() if args.certs else home.certs
     certs.mkdir(mode=0o700, parents=True, exist_ok=True)
+    workers: list = []
+
+    def on_reload() -> None:
+        services.reloader.request_reload()
+        if workers:
+            import signal
+
+            from broker_proxy.cli.workers import forward_signal
+
+            forward_signal(workers, signal.SIGHUP)
+
     settings = ProxySettings(listen_host=listen[0], listen_port=listen[1], certs_dir=certs,
                              upstream_ca_bundle=upstream_bundle(home, args.upstream_ca),
-                             resolve=resolve, on_reload_signal=services.reloader.request_reload)
+                             resolve=resolve, on_reload_signal=on_reload,
+                             reuse_port=args.workers > 1 or worker)
+    if args.workers > 1:
+        from addons.ca import ensure_ca
+        from broker_proxy.cli.workers import spawn_workers
+
+        ensure_ca(certs)  # before the workers start, or each would make its own CA
+        workers.extend(spawn_workers(args.raw_argv, listen[0], listen[1], args.workers - 1))
     metrics_address = None
     if metrics is not None:
         try:
@@ -134,7 +169,12 @@ def run_command(args: argparse.Namespace) -> int:
                            f"{error.strerror}") from None
 
     def on_ready(host: str, port: int) -> None:
+        if worker:
+            broker.audit.append("proxy_started", decision="allow", reason="worker_started",
+                                policy=broker.policy.policy.digest)
+            return
         info = {"pid": os.getpid(), "listen": f"{host}:{port}", "metrics": metrics_address,
+                "workers": args.workers,
                 "ca": str(certs / "mitmproxy-ca-cert.pem")} | services.runtime_info()
         services.proxy_ready(f"{host}:{port}")
         home.runtime.write_text(json.dumps(info))
@@ -146,9 +186,15 @@ def run_command(args: argparse.Namespace) -> int:
     try:
         asyncio.run(serve(broker, settings, on_ready))
     finally:
+        if workers:
+            from broker_proxy.cli.workers import stop_workers
+
+            stop_workers(workers)
         services.stop()
-        observability.stop()
-        home.runtime.unlink(missing_ok=True)
+        if observability is not None:
+            observability.stop()
+        if not worker:
+            home.runtime.unlink(missing_ok=True)
         broker.audit.append("proxy_stopped", decision="allow", reason="stopped")
         broker.audit.close()
         print("broker-proxy stopped", file=sys.stderr, flush=True)

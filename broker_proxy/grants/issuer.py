@@ -8,6 +8,7 @@ learn which secrets exist.
 from __future__ import annotations
 
 import json
+import secrets as secrets_module
 import unicodedata
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -102,14 +103,27 @@ def issue_grant(
         approved_at=None,
         revoked_at=None,
         token_hash=token_hash(token),
+        placeholders=own_placeholders(policy, names),
     )
     store.create(grant)
     return IssuedGrant(
         grant=grant,
         token=token,
-        placeholders={name: policy.secrets[name].placeholder for name in names},
+        placeholders={name: grant.placeholder_of(name) or policy.secrets[name].placeholder
+                      for name in names},
         proxy_url=None if proxy_url_base is None else _url_from_base(proxy_url_base, agent, token),
     )
+
+
+def own_placeholders(policy: Policy, names: list[str]) -> tuple[tuple[str, str], ...]:
+    """A fresh placeholder for each secret with a placeholder_format, drawn with `secrets`."""
+    drawn = []
+    for name in names:
+        shape = policy.secrets[name].placeholder_format
+        if shape is not None:
+            tail = "".join(secrets_module.choice(shape.alphabet) for _ in range(shape.length))
+            drawn.append((name, shape.prefix + tail))
+    return tuple(drawn)
 
 
 def proxy_url(agent: str, token: str, listen_host: str, listen_port: int) -> str:

@@ -57,6 +57,9 @@ class Grant:
     revoked_at: datetime | None
     # Kept out of repr so that logging a grant can never leak what authenticates it.
     token_hash: bytes = field(repr=False)
+    # (secret, placeholder) for secrets with a policy placeholder_format: drawn at issue time,
+    # so a placeholder copied out of one grant names nothing in any other.
+    placeholders: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         # Naive datetimes would compare wrongly against the proxy's aware clock (or raise
@@ -67,6 +70,12 @@ class Grant:
                 raise ValueError(f"grant {self.id}: {name} must be timezone-aware")
         if list(self.secrets) != sorted(set(self.secrets)):
             raise ValueError(f"grant {self.id}: secrets must be sorted and unique")
+        if any(name not in self.secrets for name, _ in self.placeholders):
+            raise ValueError(f"grant {self.id}: a placeholder names a secret it does not hold")
+
+    def placeholder_of(self, secret: str) -> str | None:
+        """This grant's own placeholder for ``secret``, if the policy gives it one."""
+        return dict(self.placeholders).get(secret)
 
     def state_at(self, now: datetime) -> str:
         """The state a request at `now` sees.

@@ -326,6 +326,9 @@ def _fields_from_grant(grant: Grant) -> dict[str, str | int | bytes]:
         "approved_at": None if grant.approved_at is None else _to_micros(grant.approved_at),
         "revoked_at": None if grant.revoked_at is None else _to_micros(grant.revoked_at),
         "token_hash": grant.token_hash,
+        # Absent for grants without per-grant placeholders (and for grants stored before).
+        "placeholders": json.dumps(dict(grant.placeholders), sort_keys=True)
+        if grant.placeholders else None,
     }
     return {name: value for name, value in fields.items() if value is not None}
 
@@ -360,6 +363,7 @@ def _grant_from_fields(grant_id: str, raw: dict[bytes, bytes]) -> Grant:
             approved_at=moment("approved_at"),
             revoked_at=moment("revoked_at"),
             token_hash=fields["token_hash"],
+            placeholders=tuple(sorted(json.loads(text("placeholders") or "{}").items())),
         )
     except (TypeError, ValueError, UnicodeDecodeError) as exc:
         raise GrantStoreError(f"grant store entry {grant_id} is corrupt: {exc}") from exc

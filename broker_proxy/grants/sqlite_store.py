@@ -29,7 +29,7 @@ from broker_proxy.grants.store import (
     reserve_result_for,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 5000
 
 _SCHEMA_V1 = (
@@ -55,14 +55,16 @@ _SCHEMA_V1 = (
     """,
     "CREATE INDEX grants_by_created ON grants (created_at, id)",
 )
+# Version 2 (issue 7): per-grant placeholders, a JSON object secret -> placeholder.
+_SCHEMA_V2 = ("ALTER TABLE grants ADD COLUMN placeholders TEXT NOT NULL DEFAULT '{}'",)
 
 _COLUMNS = (
     "id, agent, task, secrets, created_at, expires_at, max_uses, uses, status,"
-    " approved_by, approved_at, revoked_at, token_hash"
+    " approved_by, approved_at, revoked_at, token_hash, placeholders"
 )
 _SELECT_ONE = f"SELECT {_COLUMNS} FROM grants WHERE id = ?"  # noqa: S608 (constant columns)
 _SELECT_ALL = f"SELECT {_COLUMNS} FROM grants ORDER BY created_at, id"  # noqa: S608
-_INSERT = f"INSERT INTO grants ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"  # noqa: S608
+_INSERT = f"INSERT INTO grants ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"  # noqa: S608
 _RESERVE = (
     "UPDATE grants SET uses = uses + 1 WHERE id = ? AND status = 'active'"
     " AND expires_at > ? AND (max_uses IS NULL OR uses < max_uses)"
@@ -223,6 +225,12 @@ class SqliteGrantStore:
             if version == 0:
                 for statement in _SCHEMA_V1:
                     conn.execute(statement)
+                version = 1
+            if version == 1:
+                # A store written by an older broker-proxy keeps its grants; they have no
+                # per-grant placeholders, which is what they were issued with.
+                for statement in _SCHEMA_V2:
+                    conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             elif version != SCHEMA_VERSION:
                 raise GrantStoreError(
@@ -336,12 +344,13 @@ def _row_from_grant(grant: Grant) -> tuple[object, ...]:
         None if grant.approved_at is None else _to_micros(grant.approved_at),
         None if grant.revoked_at is None else _to_micros(grant.revoked_at),
         grant.token_hash,
+        json.dumps(dict(grant.placeholders), sort_keys=True),
     )
 
 
 def _grant_from_row(row: tuple[Any, ...]) -> Grant:
     (gid, agent, task, secrets_json, created, expires, max_uses, uses, status,
-     approved_by, approved_at, revoked_at, hashed) = row
+     approved_by, approved_at, revoked_at, hashed, placeholders_json) = row
     try:
         return Grant(
             id=str(gid),
@@ -357,6 +366,7 @@ def _grant_from_row(row: tuple[Any, ...]) -> Grant:
             approved_at=_from_micros(approved_at),
             revoked_at=_from_micros(revoked_at),
             token_hash=bytes(hashed),
+            placeholders=tuple(sorted(json.loads(str(placeholders_json)).items())),
         )
     except (TypeError, ValueError) as exc:
         raise GrantStoreError(f"grant store row {gid} is corrupt: {exc}") from exc

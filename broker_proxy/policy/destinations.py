@@ -12,6 +12,7 @@ per request); anything else simply matches nothing, which fails closed.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import re
@@ -38,6 +39,7 @@ class GlobError(ValueError):
     """A path pattern that is not a valid glob."""
 
 
+@functools.lru_cache(maxsize=4096)  # every request canonicalises the same few hosts
 def canonical_host(raw: str) -> str:
     """The one spelling of a host that policy and requests are compared in.
 

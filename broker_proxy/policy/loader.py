@@ -22,6 +22,24 @@ from typing import NamedTuple
 import yaml
 
 from broker_proxy.durations import DurationError, parse_duration
+from broker_proxy.policy.aws_fields import (
+    AWS_SCOPE_FIELDS,
+    check_sigv4_secret,
+    parse_aws_scope,
+    parse_sign,
+)
+from broker_proxy.policy.credential_fields import (
+    OAUTH2_FIELDS,
+    covers_token_url,
+    parse_client_cert,
+    parse_oauth2,
+)
+from broker_proxy.policy.credential_kinds import (
+    parse_basic,
+    parse_duration_field,
+    parse_inject,
+    parse_placeholder_format,
+)
 from broker_proxy.policy.destinations import (
     GlobError,
     HostError,
@@ -29,11 +47,15 @@ from broker_proxy.policy.destinations import (
     compile_path_glob,
 )
 from broker_proxy.policy.model import (
+    BASIC_PLACE,
     DEFAULT_METHODS,
     INJECT_PLACES,
     NEVER_METHODS,
     AgentPolicy,
     Destination,
+    HeaderTemplate,
+    OAuth2Config,
+    PlaceholderFormat,
     Policy,
     SecretPolicy,
 )
@@ -45,8 +67,15 @@ DEFAULT_PORTS = {"https": 443, "http": 80}
 # The fields each mapping may hold; schema.py describes the same names (a test keeps them equal).
 FIELDS: dict[str, tuple[str, ...]] = {
     "policy": ("version", "secrets", "agents", "egress", "network"),
-    "secret": ("from", "command", "placeholder", "destinations", "inject", "env"),
-    "destination": ("host", "port", "scheme", "methods", "paths"),
+    "secret": ("from", "command", "placeholder", "destinations", "inject", "env",
+               "oauth2", "client_cert",
+               "basic", "placeholder_format", "cache_ttl", "timeout", "sign"),
+    "oauth2": OAUTH2_FIELDS,
+    "header_template": ("header", "value", "overwrite"),
+    "basic": ("username",),
+    "placeholder_format": ("prefix", "alphabet", "length"),
+    "destination": ("host", "port", "scheme", "methods", "paths", "aws"),
+    "aws": AWS_SCOPE_FIELDS,
     "agent": ("secrets", "max_ttl", "approval"),
     "egress": ("allow",),
     "network": ("allow_addresses",),
@@ -468,9 +497,10 @@ def _secret(name: str, key: yaml.Node, node: yaml.Node, path: str,
             if destination is not None:
                 destinations.append(destination)
     inject = frozenset({"header"})
+    templates: tuple[HeaderTemplate, ...] = ()
     if "inject" in fields:
-        inject = _choices(fields["inject"][1], _join(path, "inject"), _INJECT_ORDER,
-                          "place", checker)
+        inject, templates = parse_inject(fields["inject"][1], _join(path, "inject"),
+                                         _INJECT_ORDER, checker)
     env = None
     if "env" in fields:
         env_path = _join(path, "env")
@@ -478,10 +508,90 @@ def _secret(name: str, key: yaml.Node, node: yaml.Node, path: str,
         if env is not None and not _ENV.fullmatch(env):
             checker.report(fields["env"][1], env_path, f"invalid variable name {_quoted(env)}: "
                                                        "use A-Z, 0-9 and _, e.g. GITHUB_TOKEN")
+    oauth2, client_cert = _credential_kind(fields, path, destinations, checker)
+    kinds = _template_kinds(fields, path, source, templates, checker)
+    if kinds.basic_username is not None:
+        inject = inject | {BASIC_PLACE}
+    if client_cert is not None:
+        inject = frozenset()  # a private key is presented in the handshake, never placed
+    sign = parse_sign(fields["sign"][1], _join(path, "sign"), checker) if "sign" in fields \
+        else None
+    check_sigv4_secret(fields, key, path, sign, destinations, checker)
+    if sign is not None:
+        inject = frozenset()  # a SigV4 key only signs; a placeholder found elsewhere is refused
     if source is None or placeholder is None:
         return None
     return SecretPolicy(name=name, source=source, command=command, placeholder=placeholder,
-                        destinations=tuple(destinations), inject=inject, env=env)
+                        destinations=tuple(destinations), inject=inject, env=env,
+                        oauth2=oauth2, client_cert=client_cert, templates=templates,
+                        basic_username=kinds.basic_username,
+                        placeholder_format=kinds.placeholder_format,
+                        cache_ttl=kinds.cache_ttl, timeout=kinds.timeout, sign=sign)
+
+
+class _TemplateKinds(NamedTuple):
+    basic_username: str | None
+    placeholder_format: PlaceholderFormat | None
+    cache_ttl: timedelta | None
+    timeout: timedelta | None
+
+
+def _template_kinds(fields: dict[str, tuple[yaml.Node, yaml.Node]], path: str,
+                    source: str | None, templates: tuple[HeaderTemplate, ...],
+                    checker: _Checker) -> _TemplateKinds:
+    """``basic``, ``placeholder_format``, ``cache_ttl``, ``timeout`` (credential_kinds.py)."""
+    basic_username = placeholder_format = cache_ttl = timeout = None
+    if "basic" in fields:
+        basic_username = parse_basic(fields["basic"][1], _join(path, "basic"), checker)
+    for template in templates:
+        if "{basic}" in template.value and "basic" not in fields:
+            checker.report(fields["inject"][1], _join(path, "inject"),
+                           'a "{basic}" template needs basic: {username: NAME}')
+    if "placeholder_format" in fields:
+        key, node = fields["placeholder_format"]
+        placeholder_format = parse_placeholder_format(node, _join(path, "placeholder_format"),
+                                                      checker)
+        if "placeholder" in fields:
+            checker.report(key, _join(path, "placeholder_format"),
+                           "use either placeholder or placeholder_format, not both")
+    if "cache_ttl" in fields:
+        key, node = fields["cache_ttl"]
+        cache_ttl = parse_duration_field(node, _join(path, "cache_ttl"), checker)
+        if source is not None and source != "command" and not source.startswith("keyring:"):
+            checker.report(key, _join(path, "cache_ttl"),
+                           "only used with from: command or keyring:SERVICE/USER")
+    if "timeout" in fields:
+        key, node = fields["timeout"]
+        timeout = parse_duration_field(node, _join(path, "timeout"), checker)
+        if source is not None and source != "command":
+            checker.report(key, _join(path, "timeout"), 'only used with "from: command"')
+    return _TemplateKinds(basic_username, placeholder_format, cache_ttl, timeout)
+
+
+def _credential_kind(fields: dict[str, tuple[yaml.Node, yaml.Node]], path: str,
+                     destinations: list[Destination], checker: _Checker
+                     ) -> tuple[OAuth2Config | None, str | None]:
+    """``oauth2`` / ``client_cert``: the secret is minted from, or presented, not swapped in."""
+    oauth2 = client_cert = None
+    if "oauth2" in fields:
+        oauth2 = parse_oauth2(fields["oauth2"][1], fields["oauth2"][0],
+                              _join(path, "oauth2"), checker)
+        # The client secret must not be sendable to its own token endpoint by the agent.
+        if oauth2 is not None and any(covers_token_url(d, oauth2) for d in destinations):
+            checker.report(fields["oauth2"][1], _join(path, "oauth2.token_url"),
+                           "a destination of this secret covers its token endpoint; the agent "
+                           "must not reach it: narrow the destination's host, port or paths")
+    if "client_cert" in fields:
+        key, node = fields["client_cert"]
+        client_cert = parse_client_cert(node, _join(path, "client_cert"), checker)
+        if "oauth2" in fields:
+            checker.report(key, _join(path, "client_cert"),
+                           "a secret is either an oauth2 client or a client certificate key")
+        if "inject" in fields:
+            checker.report(fields["inject"][0], _join(path, "inject"),
+                           "a client certificate key is never placed in a request: "
+                           "remove inject")
+    return oauth2, client_cert
 
 
 def _source(node: yaml.Node, path: str, checker: _Checker) -> str | None:
@@ -545,9 +655,12 @@ def _destination(node: yaml.Node, path: str, checker: _Checker) -> Destination |
     paths: tuple[str, ...] = ()
     if "paths" in fields:
         paths = _paths(fields["paths"][1], _join(path, "paths"), checker)
+    aws = parse_aws_scope(fields["aws"][1], _join(path, "aws"), checker) if "aws" in fields \
+        else None
     if host is None or len(checker.issues) > before:
         return None
-    return Destination(scheme=scheme, host=host, port=port, methods=methods, paths=paths)
+    return Destination(scheme=scheme, host=host, port=port, methods=methods, paths=paths,
+                       aws=aws)
 
 
 def _host_pattern(node: yaml.Node, path: str, checker: _Checker) -> str | None:

@@ -16,6 +16,8 @@ DEFAULT_METHODS: frozenset[str] = frozenset(
 )
 NEVER_METHODS: frozenset[str] = frozenset({"TRACE", "TRACK", "CONNECT"})
 INJECT_PLACES: frozenset[str] = frozenset({"header", "query", "body"})
+# Not listed in `inject`: a secret with `basic:` may be swapped inside Basic credentials.
+BASIC_PLACE = "basic"
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +29,44 @@ class Destination:
     port: int
     methods: frozenset[str]
     paths: tuple[str, ...]  # glob patterns ("/repos/acme/**"); empty means every path
+    aws: AwsScope | None = None  # for a `sign: aws-sigv4` secret: what it may sign for
+
+
+@dataclass(frozen=True, slots=True)
+class AwsScope:
+    """The SigV4 credential scopes a destination accepts: services and regions, both bounded."""
+
+    services: frozenset[str]  # "s3", "sts", ...
+    regions: frozenset[str]  # "us-east-1", ...
+
+
+@dataclass(frozen=True, slots=True)
+class OAuth2Config:
+    """How the proxy mints access tokens for one secret (RFC 6749 sections 4.4 and 6)."""
+
+    token_url: str  # https only
+    grant_type: str  # "client_credentials" or "refresh_token"
+    client_id: str
+    scope: str | None
+    auth: str  # "basic" (client_secret_basic, the default) or "body" (client_secret_post)
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderTemplate:
+    """A header the proxy sets itself for the secret's destinations (``inject`` mapping item)."""
+
+    header: str  # as written in the policy; matched case-insensitively
+    value: str  # contains "{secret}" (or "{basic}" for a Basic secret) exactly once
+    overwrite: bool  # replace a header the agent sent; else such a request is refused
+
+
+@dataclass(frozen=True, slots=True)
+class PlaceholderFormat:
+    """How per-grant placeholders look: ``prefix`` then ``length`` characters of ``alphabet``."""
+
+    prefix: str
+    alphabet: str
+    length: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +78,21 @@ class SecretPolicy:
     destinations: tuple[Destination, ...]
     inject: frozenset[str]  # subset of INJECT_PLACES; default {"header"}
     env: str | None  # variable that carries the placeholder for `exec`/`env`
+    # Credential kinds (issue 7); defaults keep every older construction valid.
+    templates: tuple[HeaderTemplate, ...] = ()  # headers set even without a placeholder
+    basic_username: str | None = None  # set: the value is the password of Basic credentials
+    placeholder_format: PlaceholderFormat | None = None  # set: each grant gets its own
+    cache_ttl: timedelta | None = None  # command/keyring: how long a fetched value is reused
+    timeout: timedelta | None = None  # command: how long it may run (default 10 s)
+    # The secret's value is an OAuth2 client secret (or refresh token): the placeholder is
+    # swapped for an access token minted with it, never for the value itself.
+    oauth2: OAuth2Config | None = None
+    # The secret's value is the private key (PEM) of this client certificate, presented in the
+    # TLS handshake to the secret's destinations; it is never placed in a request.
+    client_cert: str | None = None  # a source for the certificate PEM: "file:PATH", "env:VAR"
+    # "aws-sigv4": the value is AWS credentials (JSON) and the placeholder is an access key id;
+    # requests the agent's SDK signed with it are signed again, the value is never placed.
+    sign: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

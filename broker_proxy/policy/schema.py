@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from broker_proxy.policy.aws_fields import SCOPE_PART_PATTERN
+from broker_proxy.policy.credential_kinds import HEADER_NAME_PATTERN
 from broker_proxy.policy.loader import (
     ENV_PATTERN,
     FIELDS,
@@ -64,6 +66,15 @@ def policy_json_schema() -> dict[str, Any]:
             "items": {"type": "string", "pattern": "^/[^\\s?#]*$"},
             "description": '"*" within one segment, "**" as a whole segment for any depth',
         },
+        "aws": _closed("aws", {
+            "services": {"type": "array", "minItems": 1,
+                         "items": {"type": "string", "pattern": SCOPE_PART_PATTERN},
+                         "description": "SigV4 services this key may sign for, e.g. s3, sts"},
+            "regions": {"type": "array", "minItems": 1,
+                        "items": {"type": "string", "pattern": SCOPE_PART_PATTERN},
+                        "description": "SigV4 regions, e.g. us-east-1 (global sts/iam sign "
+                                       "with us-east-1)"},
+        }, required=("services", "regions")),
     }, required=("host",))
     secret = _closed("secret", {
         "from": {
@@ -77,8 +88,43 @@ def policy_json_schema() -> dict[str, Any]:
                         "description": 'default "{{secret:NAME}}"'},
         "destinations": {"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/destination"}},
         "inject": {"type": "array", "minItems": 1, "uniqueItems": True,
-                   "items": {"enum": ["header", "query", "body"]}, "default": ["header"]},
+                   "items": {"oneOf": [{"enum": ["header", "query", "body"]},
+                                       {"$ref": "#/$defs/header_template"}]},
+                   "default": ["header"],
+                   "description": "places a placeholder may be swapped in, and headers the "
+                                  "proxy sets itself ({header, value, overwrite})"},
+        "basic": _closed("basic", {
+            "username": {"type": "string", "pattern": "^[^:\\x00-\\x1f\\x7f]+$",
+                         "description": "Basic user-id; the secret's value is the password"},
+        }, required=("username",)),
+        "placeholder_format": _closed("placeholder_format", {
+            "prefix": {"type": "string", "pattern": "^[!-z|~]+$", "minLength": 2,
+                       "maxLength": 32},
+            "alphabet": {"type": "string", "pattern": "^[!-~]+$", "minLength": 2,
+                         "description": "default A-Z, a-z, 0-9"},
+            "length": {"type": "integer", "minimum": 1, "maximum": 256,
+                       "description": "random characters after the prefix (>= 96 bits)"},
+        }, required=("prefix", "length")),
+        "cache_ttl": {"$ref": "#/$defs/duration",
+                      "description": "command/keyring: reuse a fetched value this long"},
+        "timeout": {"$ref": "#/$defs/duration",
+                    "description": "command: how long it may run (default 10s)"},
         "env": {"type": "string", "pattern": ENV_PATTERN},
+        "sign": {"enum": ["aws-sigv4"],
+                 "description": "re-sign AWS SigV4 requests made with the placeholder key id; "
+                                'the value is JSON {"access_key_id", "secret_access_key", '
+                                '"session_token"?}'},
+        "oauth2": _closed("oauth2", {
+            "token_url": {"type": "string", "pattern": "^https://",
+                          "description": "the token endpoint; no destination may cover it"},
+            "grant_type": {"enum": ["client_credentials", "refresh_token"]},
+            "client_id": {"type": "string", "minLength": 1},
+            "scope": {"type": "string"},
+            "auth": {"enum": ["basic", "body"], "default": "basic",
+                     "description": "client_secret_basic or client_secret_post"},
+        }, required=("token_url", "grant_type", "client_id")),
+        "client_cert": {"type": "string", "pattern": "^(file:.+|env:[A-Za-z_][A-Za-z0-9_]*)$",
+                        "description": "certificate PEM source; the secret's value is its key"},
     }, required=("from", "destinations"))
     agent = _closed("agent", {
         "secrets": {**_STRINGS, "description": "secrets this agent may ever be granted"},
@@ -105,6 +151,13 @@ def policy_json_schema() -> dict[str, Any]:
             "duration": {"type": "string", "pattern": "^([0-9]+d)?([0-9]+h)?([0-9]+m)?([0-9]+s)?$",
                          "minLength": 2},
             "destination": destination,
+            "header_template": _closed("header_template", {
+                "header": {"type": "string", "pattern": HEADER_NAME_PATTERN},
+                "value": {"type": "string", "pattern": "\\{(secret|basic)\\}",
+                          "description": 'e.g. "Bearer {secret}" or "Basic {basic}"'},
+                "overwrite": {"type": "boolean", "default": False,
+                              "description": "replace a header the agent sent (else refuse)"},
+            }, required=("header", "value")),
             "secret": secret,
             "agent": agent,
         },

@@ -10,8 +10,11 @@ Sources (the policy's ``from:``):
   ``PATH`` is relative to ``base_dir`` (the CLI passes the policy file's directory), else to
   the home directory.
 - ``keyring:SERVICE/USER``: the OS keyring entry; split at the last ``/``.
-- ``command``: run the policy's argv (no shell, 10 s timeout); its stdout without one trailing
-  newline. On failure only the exit status is reported: stdout may hold a partial secret.
+- ``command``: run the policy's argv (no shell; ``timeout``, default 10 s); its stdout without
+  one trailing newline. On failure only the exit status is reported: stdout may hold a partial
+  secret.
+
+With ``cache_ttl`` (command, keyring) a value is reused that long; fetched lazily either way.
 
 Every failure is a ``SecretUnavailable`` whose message never contains the value or any output
 that might hold it, because these messages reach logs, audit reasons and `secret list`.
@@ -22,6 +25,7 @@ from __future__ import annotations
 import os
 import subprocess
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -70,8 +74,19 @@ class SecretResolver:
         self._vault_key: bytes | None = None
         self._vault_header: bytes | None = None
         self._vault_secrets: dict[str, SecretValue] = {}
+        self._cache_lock = threading.Lock()
+        self._cache: dict[tuple[str, str, tuple[str, ...] | None],
+                          tuple[float, SecretValue]] = {}
 
     def resolve(self, secret: SecretPolicy) -> SecretValue:
+        # cache_ttl (command, keyring): `op read` and friends can take seconds; a value is
+        # reused for at most the TTL. Failures are never cached: each request asks again.
+        cache_key = (secret.name, secret.source, secret.command)
+        if secret.cache_ttl is not None:
+            with self._cache_lock:
+                cached = self._cache.get(cache_key)
+            if cached is not None and time.monotonic() < cached[0]:
+                return cached[1]
         try:
             value = self._fetch(secret)
         except _Unavailable as exc:
@@ -80,7 +95,12 @@ class SecretResolver:
             return value
         if not value:
             raise SecretUnavailable(secret.name, f"{secret.source} gave an empty value")
-        return SecretValue(secret.name, value)
+        resolved = SecretValue(secret.name, value)
+        if secret.cache_ttl is not None:
+            with self._cache_lock:
+                self._cache[cache_key] = (
+                    time.monotonic() + secret.cache_ttl.total_seconds(), resolved)
+        return resolved
 
     def check(self, secret: SecretPolicy) -> tuple[bool, str]:
         """Does it resolve, and a one-line reason; for `secret list`, never showing the value."""
@@ -160,18 +180,20 @@ class SecretResolver:
         if not argv:
             raise _Unavailable("command source has no argv")
         program = argv[0]
+        timeout = (secret.timeout.total_seconds() if secret.timeout is not None
+                   else COMMAND_TIMEOUT_SECONDS)
         try:
             completed = subprocess.run(
                 list(argv),
                 stdin=subprocess.DEVNULL,
                 capture_output=True,
-                timeout=COMMAND_TIMEOUT_SECONDS,
+                timeout=timeout,
                 check=False,
             )
         except subprocess.TimeoutExpired:
             # Not str(exc): TimeoutExpired carries whatever stdout was captured so far.
             raise _Unavailable(
-                f"command {program} timed out after {COMMAND_TIMEOUT_SECONDS:g} s"
+                f"command {program} timed out after {timeout:g} s"
             ) from None
         except FileNotFoundError:
             raise _Unavailable(f"command {program} not found") from None

@@ -1,0 +1,50 @@
+"""What a placeholder is swapped for, whatever kind of credential the secret is.
+
+The broker asks ``resolve(secret)`` for the value that goes into the request. For a plain secret
+that is the backend's value; for an ``oauth2`` secret it is an access token minted with the
+backend's value (the client secret never goes into a request); a ``client_cert`` secret's value
+is a private key and never goes into a request at all (the policy gives it no inject places, and
+this refuses as well, in case a later change gives it some). Everything else is the wrapped
+``SecretResolver``'s, so `secret list` still checks the stored value, not the token endpoint.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from broker_proxy.policy.model import SecretPolicy
+from broker_proxy.secrets.backends import SecretResolver, SecretUnavailable
+from broker_proxy.secrets.oauth2 import TokenMinter
+from broker_proxy.secrets.value import SecretValue
+
+
+class CredentialResolver:
+    """A ``SecretResolver`` that mints OAuth2 access tokens and keeps client keys in."""
+
+    def __init__(self, backends: SecretResolver, minter: TokenMinter) -> None:
+        self.backends = backends
+        self.minter = minter
+
+    def resolve(self, secret: SecretPolicy) -> SecretValue:
+        if secret.client_cert is not None:
+            raise SecretUnavailable(secret.name, "a client certificate key is only presented "
+                                                 "in the TLS handshake")
+        value = self.backends.resolve(secret)
+        if secret.oauth2 is None:
+            return value
+        return self.minter.access_token(secret, value)
+
+    def stored_value(self, secret: SecretPolicy) -> SecretValue:
+        """The backend's value itself (a client key for the TLS layer), never for a request."""
+        return self.backends.resolve(secret)
+
+    def upstream_answered(self, status: int, scrub: dict[str, tuple[str, str]]) -> None:
+        """A 401 means the access tokens the request carried are no good: mint new ones next."""
+        if status != 401:
+            return
+        for name, (value, _placeholder) in scrub.items():
+            self.minter.token_rejected(name, value)
+
+    def __getattr__(self, name: str) -> Any:
+        # check() and whatever else the backends offer, unchanged.
+        return getattr(self.backends, name)

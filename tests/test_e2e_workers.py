@@ -1,0 +1,85 @@
+"""`broker-proxy run --workers N`: several processes on one port, one truth."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from benchmarks.proc_stats import cpu_seconds
+from broker_proxy.proxy_process import ProxyProcess
+from tests.conftest import API_HOST, HOSTS, Stack, start_stack
+from tests.e2e_clients import CLIENTS
+
+pytestmark = pytest.mark.e2e
+
+AUTH = {"Authorization": "Bearer {{secret:api_key}}"}
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.fixture(scope="module")
+def two_workers(tmp_path_factory: pytest.TempPathFactory, pki, upstreams) -> Stack:
+    stack = start_stack(tmp_path_factory.mktemp("workers"), pki, upstreams)
+    stack.proxy.stop()
+    proxy = ProxyProcess(stack.home.root, stack.policy_file, upstream_ca=pki.ca_cert_path,
+                         resolve={host: "127.0.0.1" for host in HOSTS}, env=stack.env,
+                         extra_args=["--workers", "2"],
+                         log_path=stack.root / "workers.log").start()
+    stack.proxy = proxy
+    yield stack
+    proxy.stop()
+
+
+def test_two_workers_share_the_port_and_max_uses(two_workers: Stack) -> None:
+    stack = two_workers
+    assert stack.proxy.process is not None
+    parent = stack.proxy.process.pid
+    (child,) = children_of(parent)
+    before = {pid: cpu_seconds(pid) for pid in (parent, child)}
+    grant = stack.issue("api_key", max_uses=30)
+    client = CLIENTS["curl"]  # a new connection per request, so the kernel spreads them
+    url = stack.url(stack.upstreams.api, API_HOST, "/v1/workers")
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        answers = list(pool.map(lambda _: client(stack, grant.token, "GET", url, headers=AUTH),
+                                range(60)))
+    assert sorted(a.status for a in answers) == [200] * 30 + [403] * 30
+    carried = [r for r in stack.upstreams.api.requests
+               if r.header("Authorization") == f"Bearer {stack.api_key}"]
+    assert len(carried) == 30
+    used = {pid: cpu_seconds(pid) - before[pid] for pid in (parent, child)}
+    assert all(seconds > 0.05 for seconds in used.values()), used
+
+
+def test_stopping_the_first_worker_stops_the_group(two_workers: Stack) -> None:
+    stack = two_workers
+    assert stack.proxy.process is not None
+    (child,) = children_of(stack.proxy.process.pid)
+    stack.proxy.process.send_signal(signal.SIGTERM)
+    stack.proxy.process.wait(timeout=15)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("the second worker outlived the first")
+    assert not stack.home.runtime.exists()
