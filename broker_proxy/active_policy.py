@@ -15,11 +15,19 @@ class ActivePolicy:
     policy: Policy
     index: DestinationIndex
     scanner: PlaceholderScanner
+    # Placeholder key id -> secret name for the secrets the proxy re-signs (AWS SigV4): built
+    # once per policy so a request never scans every secret.
+    sigv4_placeholders: dict[str, str]
 
     @classmethod
     def build(cls, policy: Policy) -> ActivePolicy:
+        from broker_proxy.aws_resign import SIGN_AWS_SIGV4
+
         return cls(
             policy=policy,
+            sigv4_placeholders={secret.placeholder: name
+                                for name, secret in policy.secrets.items()
+                                if secret.sign == SIGN_AWS_SIGV4},
             index=DestinationIndex(policy),
             scanner=PlaceholderScanner(
                 {n: s.placeholder for n, s in policy.secrets.items()},

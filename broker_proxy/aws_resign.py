@@ -125,8 +125,7 @@ class Resigned:
 
 def sigv4_placeholders(policy: ActivePolicy) -> dict[str, str]:
     """Placeholder key id -> secret name, for the secrets the proxy signs for."""
-    return {secret.placeholder: name for name, secret in policy.policy.secrets.items()
-            if getattr(secret, "sign", None) == SIGN_AWS_SIGV4}
+    return policy.sigv4_placeholders
 
 
 def plan(request: OutboundRequest, grant_secrets: frozenset[str] | tuple[str, ...],
