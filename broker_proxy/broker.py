@@ -198,28 +198,12 @@ class Broker:
                                   f'secret "{name}" holds control characters and cannot go in '
                                   "a header")
 
-        try:
-            reserved = self.grants.reserve_use(grant.id, now)
-        except GrantStoreError:
-            return self._deny(request, grant, 503, codes.GRANT_STORE_UNAVAILABLE,
-                              "the grant store cannot be used; nothing was sent")
-        if reserved is not ReserveResult.RESERVED:
-            code, message = _GRANT_REFUSALS[_RESERVE_REFUSALS[reserved]]
-            return self._deny(request, grant, 403, code, message)
-
-        # Invariant 5: the record of a secret's use is on disk before the secret leaves.
-        try:
-            # Fingerprints (HMAC under the audit key, never a plain hash) tell secret versions
-            # apart after a rotation without the record holding anything a reader could invert.
-            audit_record = self.audit.append("request", durable=not defer_durability, **_record(
-                request, grant, "allow", codes.INJECTED, None, names), fingerprints=[
-                    f"{n}:{self.audit.fingerprint(values[n].reveal())}" for n in names])
-        except AuditError:
-            self.metrics.audit_write_errors.inc()
-            return Denied(503, codes.AUDIT_UNAVAILABLE,
-                          "the audit log cannot be written; nothing was sent", grant.id)
-
         revealed = {n: v.reveal() for n, v in values.items()}
+        audit_record = self._spend_use(request, grant, now, codes.INJECTED, revealed,
+                                       defer_durability)
+        if isinstance(audit_record, Denied):
+            return audit_record
+
         usernames = {n: policy.policy.secrets[n].basic_username for n in names}
         rewriter = RequestRewriter(scanner, revealed, basic_usernames={
             n: user for n, user in usernames.items() if user is not None})
@@ -303,6 +287,23 @@ class Broker:
             return None
         if isinstance(plan, aws_resign.Refusal):
             return self._deny(request, grant, plan.status, plan.code, plan.message)
+        audit_record = self._spend_use(request, grant, now, codes.RESIGNED,
+                                       {plan.secret: plan.fingerprint_of}, defer_durability)
+        if isinstance(audit_record, Denied):
+            return audit_record
+        self.metrics.injections.labels(plan.secret).inc()
+        return Allowed(grant_id=grant.id, injected=(plan.secret,), headers=plan.headers,
+                       query=plan.query, reason=codes.RESIGNED, scrub=plan.scrub,
+                       audit_seq=audit_record["seq"] if defer_durability else None)
+
+    def _spend_use(self, request: OutboundRequest, grant: Grant, now: datetime, reason: str,
+                   values: dict[str, str], defer_durability: bool) -> dict[str, object] | Denied:
+        """Reserve one of the grant's uses, then write the record of the secrets' use.
+
+        Invariant 5: the record is written before the secret leaves (fsynced here, or by
+        `make_durable` when the caller deferred it). `values` maps each secret name to the
+        value its fingerprint is taken of.
+        """
         try:
             reserved = self.grants.reserve_use(grant.id, now)
         except GrantStoreError:
@@ -311,18 +312,17 @@ class Broker:
         if reserved is not ReserveResult.RESERVED:
             code, message = _GRANT_REFUSALS[_RESERVE_REFUSALS[reserved]]
             return self._deny(request, grant, 403, code, message)
-        try:  # invariant 5, as for injection: the record is on disk before the signature leaves
-            audit_record = self.audit.append("request", durable=not defer_durability, **_record(
-                request, grant, "allow", codes.RESIGNED, None, [plan.secret]), fingerprints=[
-                    f"{plan.secret}:{self.audit.fingerprint(plan.fingerprint_of)}"])
+        names = sorted(values)
+        try:
+            # Fingerprints (HMAC under the audit key, never a plain hash) tell secret versions
+            # apart after a rotation without the record holding anything a reader could invert.
+            return self.audit.append("request", durable=not defer_durability, **_record(
+                request, grant, "allow", reason, None, names), fingerprints=[
+                    f"{n}:{self.audit.fingerprint(values[n])}" for n in names])
         except AuditError:
             self.metrics.audit_write_errors.inc()
             return Denied(503, codes.AUDIT_UNAVAILABLE,
                           "the audit log cannot be written; nothing was sent", grant.id)
-        self.metrics.injections.labels(plan.secret).inc()
-        return Allowed(grant_id=grant.id, injected=(plan.secret,), headers=plan.headers,
-                       query=plan.query, reason=codes.RESIGNED, scrub=plan.scrub,
-                       audit_seq=audit_record["seq"] if defer_durability else None)
 
     def _allow_without_secret(self, request: OutboundRequest, grant: Grant,
                               policy: ActivePolicy) -> Verdict:
