@@ -26,7 +26,6 @@ import asyncio
 import base64
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import tempfile
@@ -43,6 +42,7 @@ from broker_proxy.grants.issuer import issue_grant
 from broker_proxy.grants.sqlite_store import SqliteGrantStore
 from broker_proxy.home import Home
 from broker_proxy.local_pki import write_pki
+from broker_proxy.local_ports import free_port, wait_for_port
 from broker_proxy.policy.loader import load_policy
 from broker_proxy.proxy_process import ProxyProcess
 from broker_proxy.time_source import utc_now
@@ -55,25 +55,6 @@ PLACEHOLDER = "{{secret:bench}}"
 
 def small_reply(request: ReceivedRequest) -> tuple[int, list[tuple[str, str]], bytes]:
     return 200, [("Content-Type", "application/json")], b'{"ok":true,"items":[1,2,3]}'
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"proxy exited with {process.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError("proxy did not listen")
 
 
 @dataclass

@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Self
 
+from broker_proxy.local_ports import free_port
+
 _FALLBACK_BINARY = Path("/usr/bin/redis-server")
 
 
@@ -32,12 +34,6 @@ def redis_server_binary() -> str:
         "redis-server is not installed (apt-get install -y redis-server); the Redis grant "
         "store tests need it"
     )
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 class RedisServer:

@@ -6,10 +6,10 @@ import os
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 
+from benchmarks.proc_stats import children as children_of
 from benchmarks.proc_stats import cpu_seconds
 from broker_proxy.proxy_process import ProxyProcess
 from tests.conftest import API_HOST, HOSTS, Stack, start_stack
@@ -18,20 +18,6 @@ from tests.e2e_clients import CLIENTS
 pytestmark = pytest.mark.e2e
 
 AUTH = {"Authorization": "Bearer {{secret:api_key}}"}
-
-
-def children_of(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-            found.append(int(entry.name))
-    return found
 
 
 @pytest.fixture(scope="module")

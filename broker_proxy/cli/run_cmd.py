@@ -112,7 +112,7 @@ def run_command(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise CliError(f"--workers must be at least 1, got {args.workers}")
     if args.workers > 1 and listen[1] == 0:
-        from broker_proxy.cli.workers import free_port
+        from broker_proxy.local_ports import free_port
 
         listen = (listen[0], free_port(listen[0]))
     worker = args.worker_of_group

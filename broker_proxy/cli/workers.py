@@ -12,20 +12,11 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Sequence
 
 PR_SET_PDEATHSIG = 1
-
-
-def free_port(host: str) -> int:
-    """A port for all workers to share when --listen asked for port 0."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.bind((host, 0))
-        return int(probe.getsockname()[1])
 
 
 def _die_with_parent() -> None:
