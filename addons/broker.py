@@ -77,11 +77,11 @@ class BrokerScript:
         flow_adapter.deny(flow, Denied(503, codes.INTERNAL_ERROR,
                                        "the broker is not running: " + self.startup_error))
 
-    def http_connect(self, flow: http.HTTPFlow) -> None:
+    async def http_connect(self, flow: http.HTTPFlow) -> None:
         if self.inner is None:
             self._refuse(flow)
         else:
-            self.inner.http_connect(flow)
+            await self.inner.http_connect(flow)
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         if self.inner is not None:

@@ -22,12 +22,13 @@ from addons.client_certs import ClientCerts
 from broker_proxy import outbound as codes
 from broker_proxy.addresses import address_allowed
 from broker_proxy.broker import Broker
-from broker_proxy.outbound import Allowed, Denied, Verdict
+from broker_proxy.outbound import Allowed, Denied, OutboundRequest, Verdict
 from broker_proxy.request_checks import upgrade_problem
 
 log = logging.getLogger("broker_proxy.addon")
 
 METADATA_KEY = "broker_proxy"
+DECISION_THREADS = 4  # decisions in flight at once when they may block (see Broker.may_block)
 
 
 class BrokerAddon:
@@ -37,6 +38,8 @@ class BrokerAddon:
         # Credentials seen on CONNECT, tied to the client connection like mitmproxy's proxyauth.
         self._tunnel_tokens: WeakKeyDictionary[connection.Client, str] = WeakKeyDictionary()
         self._audit_sync = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-sync")
+        self._decisions = ThreadPoolExecutor(max_workers=DECISION_THREADS,
+                                             thread_name_prefix="broker-decide")
         # (host, port) pairs a decision allowed, per client: server_connect dials nothing else.
         self._allowed_upstreams: WeakKeyDictionary[connection.Client, set[tuple[str, int]]] = (
             WeakKeyDictionary())
@@ -55,11 +58,16 @@ class BrokerAddon:
             raise OptionsError("broker-proxy decides on whole requests: unset "
                                "stream_large_bodies")
 
-    def http_connect(self, flow: http.HTTPFlow) -> None:
+    async def http_connect(self, flow: http.HTTPFlow) -> None:
         token = flow_adapter.token_from_proxy_authorization(
             flow.request.headers.get(flow_adapter.PROXY_AUTHORIZATION))
         flow.request.headers.pop(flow_adapter.PROXY_AUTHORIZATION, None)
-        denied = self.broker.admit_tunnel(token, flow_adapter.connect_request(flow))
+        connect = flow_adapter.connect_request(flow)
+        if token and self.broker.may_block():  # a store lookup over the network: off the loop
+            denied = await asyncio.get_running_loop().run_in_executor(
+                self._decisions, self.broker.admit_tunnel, token, connect)
+        else:
+            denied = self.broker.admit_tunnel(token, connect)
         if denied is not None:
             flow_adapter.deny(flow, denied)
             return
@@ -95,12 +103,19 @@ class BrokerAddon:
             # Never forwarded, whatever the decision, also when sent inside a tunnel.
             flow.request.headers.pop(flow_adapter.PROXY_AUTHORIZATION, None)
             outbound = flow_adapter.outbound_request(flow)
-            verdict = self.broker.decide(token, outbound, defer_durability=True)
-            if isinstance(verdict, Allowed) and verdict.audit_seq is not None:
-                # The audit record's fsync runs on one worker thread: requests waiting at the
-                # same time share one fsync, and the event loop never blocks on the disk.
-                verdict = await asyncio.get_running_loop().run_in_executor(
-                    self._audit_sync, self._durable_or_denied, verdict)
+            loop = asyncio.get_running_loop()
+            if self.broker.may_block():
+                # Redis, an OAuth2 token endpoint or a command may wait: decide on a worker
+                # thread so the event loop keeps serving every other connection.
+                verdict = await loop.run_in_executor(self._decisions, self._decide_durably,
+                                                     token, outbound)
+            else:
+                verdict = self.broker.decide(token, outbound, defer_durability=True)
+                if isinstance(verdict, Allowed) and verdict.audit_seq is not None:
+                    # The audit fsync runs on a worker thread: requests waiting at the same
+                    # time share one fsync, and the event loop never blocks on the disk.
+                    verdict = await loop.run_in_executor(self._audit_sync,
+                                                         self._durable_or_denied, verdict)
             if isinstance(verdict, Denied):
                 flow_adapter.deny(flow, verdict)
                 return
@@ -118,6 +133,12 @@ class BrokerAddon:
 
     def _durable_or_denied(self, verdict: Allowed) -> Verdict:
         return self.broker.make_durable(verdict) or verdict
+
+    def _decide_durably(self, token: str | None, outbound: OutboundRequest) -> Verdict:
+        verdict = self.broker.decide(token, outbound, defer_durability=True)
+        if isinstance(verdict, Allowed) and verdict.audit_seq is not None:
+            return self._durable_or_denied(verdict)
+        return verdict
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         carried = flow.metadata.get(METADATA_KEY)

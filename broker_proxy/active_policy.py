@@ -18,6 +18,9 @@ class ActivePolicy:
     # Placeholder key id -> secret name for the secrets the proxy re-signs (AWS SigV4): built
     # once per policy so a request never scans every secret.
     sigv4_placeholders: dict[str, str]
+    # Some secret can take long to resolve (an OAuth2 token endpoint, a command, the OS
+    # keyring): decisions should then run off the proxy's event loop.
+    slow_secrets: bool
 
     @classmethod
     def build(cls, policy: Policy) -> ActivePolicy:
@@ -28,6 +31,9 @@ class ActivePolicy:
             sigv4_placeholders={secret.placeholder: name
                                 for name, secret in policy.secrets.items()
                                 if secret.sign == SIGN_AWS_SIGV4},
+            slow_secrets=any(secret.oauth2 is not None or secret.source == "command"
+                             or secret.source.startswith("keyring:")
+                             for secret in policy.secrets.values()),
             index=DestinationIndex(policy),
             scanner=PlaceholderScanner(
                 {n: s.placeholder for n, s in policy.secrets.items()},

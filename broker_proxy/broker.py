@@ -226,6 +226,15 @@ class Broker:
                    for n in names},
         )
 
+    def may_block(self) -> bool:
+        """Whether a decision can wait on the network or another process.
+
+        True with a remote grant store (Redis) or a policy with slow secret sources. The proxy
+        then decides on worker threads so one slow call cannot stall every connection; otherwise
+        it decides on its event loop, which costs less CPU per request.
+        """
+        return bool(getattr(self.grants, "remote", False)) or self.policy.slow_secrets
+
     def make_durable(self, allowed: Allowed) -> Denied | None:
         """Invariant 5 for deferred records: on disk before the secret leaves, or refused."""
         if allowed.audit_seq is None:

@@ -290,3 +290,41 @@ def test_each_replica_writes_its_own_verified_chain_naming_itself(replicas: Repl
         [sys.executable, "-m", "broker_proxy.cli", "--home", str(replicas.a.home), "audit",
          "verify", str(chains)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
+
+
+def test_a_hung_redis_does_not_stall_the_proxy_for_other_connections(
+    replicas: Replicas,
+) -> None:
+    """With a remote store, decisions run on worker threads: while some wait on a frozen Redis
+    (up to its timeouts), the event loop still answers everyone else at once."""
+    import signal
+    from concurrent.futures import ThreadPoolExecutor
+
+    grant = replicas.issue(replicas.b)
+    tunnels = [Tunnel(replicas.b, replicas.upstreams.api.port, grant["token"])
+               for _ in range(3)]
+    try:
+        for tunnel in tunnels:
+            assert tunnel.get("/v1/warm")[0] == 200
+        assert replicas.redis.process is not None
+        replicas.redis.process.send_signal(signal.SIGSTOP)
+        try:
+            with ThreadPoolExecutor(max_workers=3) as pool:
+                waiting = [pool.submit(tunnel.get, "/v1/while-frozen") for tunnel in tunnels]
+                time.sleep(0.1)  # the three decisions are now waiting on Redis
+                timings = []
+                for _ in range(5):
+                    started = time.monotonic()
+                    status, _ = replicas.get(replicas.b, "", "/v1/no-credentials")
+                    timings.append(time.monotonic() - started)
+                    assert status == 407
+                answers = [future.result(timeout=30) for future in waiting]
+        finally:
+            replicas.redis.process.send_signal(signal.SIGCONT)
+    finally:
+        for tunnel in tunnels:
+            tunnel.close()
+    assert all(status == 503 and body["error"] == "grant_store_unavailable"
+               for status, body in answers)
+    # Redis answers nothing for 0.5 s per call; the loop answered without waiting for it.
+    assert max(timings) < 0.4, timings

@@ -122,6 +122,10 @@ _URL_FORMS = "redis://[:PASSWORD@]HOST:PORT/DB or rediss://[:PASSWORD@]HOST:PORT
 class RedisGrantStore:
     """A `GrantStore` in one Redis database; thread-safe (redis-py pools its connections)."""
 
+    # Every call is a network round trip (up to the 0.5 s timeout): callers on an event loop
+    # should make them from a worker thread.
+    remote = True
+
     def __init__(self, url: str) -> None:
         options, self._where = _parse_url(url)
         self._closed = False
