@@ -55,6 +55,7 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def test_every_command_has_help(home: Path) -> None:
     for command in (["run"], ["demo"], ["policy", "check"], ["policy", "schema"],
+                    ["policy", "explain"], ["exec"],
                     ["secret", "set"], ["secret", "list"], ["secret", "rm"], ["grant", "issue"],
                     ["grant", "list"], ["grant", "show"], ["grant", "revoke"], ["env"],
                     ["audit", "verify"], ["audit", "tail"], ["ca", "path"], ["ca", "export"]):
