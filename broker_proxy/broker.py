@@ -372,13 +372,6 @@ class Broker:
             self.metrics.audit_write_errors.inc()
 
 
-def path_is_unambiguous(path: str) -> bool:
-    """True when every upstream reads this path the same way we matched it."""
-    try:
-        return canonical_path(path) == path
-    except AmbiguousPath:
-        return False
-
 
 def _well_formed(request: OutboundRequest) -> bool:
     """Reject CR, LF, NUL and other controls that an HTTP/1 upstream could read as a new line."""

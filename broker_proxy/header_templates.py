@@ -36,19 +36,19 @@ def applicable_templates(policy: ActivePolicy, grant: Grant,
     Matched on the canonical path, as placeholders are; a path that has none gets no
     templated header (the request then goes on as one without a secret).
     """
+    templated = [(name, secret) for name in grant.secrets
+                 if (secret := policy.policy.secrets.get(name)) is not None and secret.templates]
+    if not templated:  # the common case: no work per request, not even the path
+        return []
     try:
         path = canonical_path(request.path)
     except AmbiguousPath:
         return []
     uses = []
-    for name in grant.secrets:
-        secret = policy.policy.secrets.get(name)
-        if secret is None or not secret.templates:
-            continue
-        if not policy.index.allows(name, request.scheme, request.host, request.port,
-                                   request.method, path):
-            continue
-        uses.extend(TemplateUse(name, template) for template in secret.templates)
+    for name, secret in templated:
+        if policy.index.allows(name, request.scheme, request.host, request.port,
+                               request.method, path):
+            uses.extend(TemplateUse(name, template) for template in secret.templates)
     return uses
 
 

@@ -64,6 +64,18 @@ def _strip_one_newline(text: str) -> str:
     return text
 
 
+def _text_value(data: bytes, *, not_text: str, empty: str) -> str:
+    """The value in `data` (UTF-8, one trailing newline dropped); errors never quote it."""
+    try:
+        value = _strip_one_newline(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        # Not the exception's text: it quotes bytes of the value.
+        raise _Unavailable(not_text) from None
+    if not value:
+        raise _Unavailable(empty)
+    return value
+
+
 class SecretResolver:
     """Resolve ``SecretPolicy`` objects of one home to ``SecretValue`` objects."""
 
@@ -150,15 +162,8 @@ class SecretResolver:
             raise _Unavailable(f"cannot read file {path}: {exc.strerror}") from None
         if len(data) > MAX_VALUE_BYTES + 2:
             raise _Unavailable(f"file {path} is larger than {MAX_VALUE_BYTES} bytes")
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError:
-            # Not the exception's text: it quotes bytes of the file.
-            raise _Unavailable(f"file {path} is not UTF-8 text") from None
-        value = _strip_one_newline(text)
-        if not value:
-            raise _Unavailable(f"file {path} is empty")
-        return value
+        return _text_value(data, not_text=f"file {path} is not UTF-8 text",
+                           empty=f"file {path} is empty")
 
     def _from_keyring(self, secret: SecretPolicy, entry: str) -> str:
         service, _, username = entry.rpartition("/")
@@ -203,14 +208,9 @@ class SecretResolver:
             raise _Unavailable(f"command {program} was killed by signal {-completed.returncode}")
         if completed.returncode != 0:
             raise _Unavailable(f"command {program} exited with status {completed.returncode}")
-        try:
-            text = completed.stdout.decode("utf-8")
-        except UnicodeDecodeError:
-            raise _Unavailable(f"command {program} printed something that is not UTF-8") from None
-        value = _strip_one_newline(text)
-        if not value:
-            raise _Unavailable(f"command {program} printed nothing")
-        return value
+        return _text_value(completed.stdout,
+                           not_text=f"command {program} printed something that is not UTF-8",
+                           empty=f"command {program} printed nothing")
 
     def _from_vault(self, secret: SecretPolicy, _argument: str) -> SecretValue:
         with self._lock:
