@@ -5,8 +5,10 @@ right after ``responseheaders``, so they are scrubbed there; the body passes thr
 ``flow.response.stream`` chunk by chunk; trailers leave after ``response``, so they are scrubbed
 there. Choices, each for a reason:
 
-* The body is scrubbed as a stream (bounded memory, no waiting for the end of a download or of
-  server-sent events). Its length changes, so Content-Length goes and HTTP/1 uses chunked.
+* A body of unknown or large length is scrubbed as a stream (bounded memory, no waiting for the
+  end of a download or of server-sent events). Its length changes, so Content-Length goes and
+  HTTP/1 uses chunked. A body whose Content-Length is at most 1 MiB is scrubbed whole in
+  ``response`` and keeps an exact Content-Length.
 * An encoded body is sent decoded (Content-Encoding and digest headers removed): re-encoding
   would cost CPU for no safety. When its encoded length is known and small it is buffered and
   decoded in ``response``, so a body that cannot be decoded within bounds is replaced by a 502
@@ -42,6 +44,9 @@ log = logging.getLogger("broker_proxy.addon")
 STATE_KEY = "broker_proxy.scrub"
 # An encoded body up to this size is buffered, so that failing to decode it can be a clean 502.
 BUFFER_ENCODED_UP_TO = 8 * 1024 * 1024
+# A short plain body is buffered too: it keeps its Content-Length, and mitmproxy's streaming
+# path (chunked framing, a call per chunk) costs more CPU than scrubbing it whole.
+BUFFER_PLAIN_UP_TO = 1024 * 1024
 BUFFERED_LIMITS = DecodeLimits(max_output=64 * 1024 * 1024)
 STREAMED_LIMITS = DecodeLimits()
 # Digests of the encoded or unscrubbed body would no longer match what the client gets.
@@ -143,8 +148,10 @@ def on_response_headers(flow: http.HTTPFlow, verdict: Allowed) -> None:
         _withhold(flow, state, verdict, f"the answer could not be scrubbed: {error}")
         return
     length = response.headers.get("content-length", "")
-    if codings and length.isdigit() and int(length) <= BUFFER_ENCODED_UP_TO:
-        state.buffered_codings = codings  # decoded whole in ``response``; 502 if it fails
+    if length.isdigit() and int(length) <= (BUFFER_ENCODED_UP_TO if codings
+                                            else BUFFER_PLAIN_UP_TO):
+        # Scrubbed whole in ``response`` (an encoded body decoded first, 502 if that fails).
+        state.buffered_codings = codings
         return
     decoder = StreamDecoder(codings, STREAMED_LIMITS) if codings else None
     for name in ("content-encoding", "content-length", *_DIGEST_HEADERS):

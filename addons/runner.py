@@ -23,10 +23,12 @@ from mitmproxy.addons import (
     tlsconfig,
 )
 from mitmproxy.addons.errorcheck import ErrorCheck
+from mitmproxy.addons.termlog import TermLog
 from mitmproxy.master import Master
 
-from addons import response_limits
+from addons import debug_checks, response_limits
 from addons.broker_addon import BrokerAddon
+from addons.hook_dispatch import IndexedAddonManager
 from addons.reuse_port import enable_reuse_port
 from broker_proxy.broker import Broker
 
@@ -65,8 +67,12 @@ async def serve(broker: Broker, settings: ProxySettings,
         confdir=str(settings.certs_dir),
     )
     response_limits.install()  # long downloads reach responseheaders, which streams them
-    master = Master(opts, with_termlog=True)
+    debug_checks.install()
+    master = Master(opts, with_termlog=False)
+    master.addons = IndexedAddonManager(master)
+    master._termlog_addon = TermLog()  # Master uninstalls it when it stops
     master.addons.add(
+        master._termlog_addon,
         core.Core(),
         block.Block(),
         disable_h2c.DisableH2C(),

@@ -137,7 +137,15 @@ def main() -> int:
     parser.add_argument("--agents", type=int, default=100)
     parser.add_argument("--grants", type=int, default=10_000)
     parser.add_argument("--setups", default="direct,mitmdump,mitmdump -s,broker,broker x2")
+    parser.add_argument("--workloads", default=",".join(WORKLOADS),
+                        help="comma-separated subset of: " + ", ".join(WORKLOADS))
     args = parser.parse_args()
+    unknown = set(args.workloads.split(",")) - set(WORKLOADS)
+    if unknown:
+        parser.error(f"unknown workload(s): {', '.join(sorted(unknown))}")
+    for workload in list(WORKLOADS):
+        if workload not in args.workloads.split(","):
+            del WORKLOADS[workload]
     setups = args.setups.split(",")
     rows: list[Row] = []
     bench_secret = "bench-" + secrets.token_urlsafe(24)

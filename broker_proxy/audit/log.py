@@ -89,6 +89,10 @@ class AuditRecordError(AuditError, ValueError):
     """A caller passed a field the record cannot hold (a programming error, not an attack)."""
 
 
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True,
+                              allow_nan=False)
+
+
 def canonical_json(record: dict[str, Any]) -> bytes:
     """The one byte form a record is hashed, MAC'd and stored in.
 
@@ -96,15 +100,37 @@ def canonical_json(record: dict[str, Any]) -> bytes:
     surrogates in agent-controlled strings are all escaped, so `audit tail` cannot be used to
     inject terminal sequences or fake line breaks.
     """
-    return json.dumps(
-        record, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
-    ).encode("ascii")
+    return _CANONICAL.encode(record).encode("ascii")
 
 
 def record_mac(key: bytes, record: dict[str, Any]) -> str:
     """HMAC-SHA256 over the canonical JSON of the record without its `mac`."""
     body = {name: value for name, value in record.items() if name != "mac"}
-    return hmac.new(key, canonical_json(body), hashlib.sha256).hexdigest()
+    return hmac.digest(key, canonical_json(body), "sha256").hex()
+
+
+_MAC_SLOT = '"mac":"' + "0" * 64 + '"'
+
+
+def seal(key: bytes, record: dict[str, Any]) -> bytes:
+    """Set the record's `mac` and return its canonical line, serialising it once, not twice.
+
+    The line is rendered with a stand-in MAC; without that one member it is byte for byte the
+    canonical JSON of the record without `mac` (keys are sorted, so only that member and its
+    comma differ), which is what the MAC covers. `record_mac` stays the reference that
+    `audit verify` recomputes, so a divergence here could not go unnoticed.
+    """
+    record["mac"] = "0" * 64
+    text = _CANONICAL.encode(record)
+    at = text.find(_MAC_SLOT)
+    # A string value cannot hold the slot: its quotes are escaped. "mac" is never the first
+    # key (every record has "agent"), so a comma always precedes the member.
+    if at <= 1 or text[at - 1] != "," or text.find(_MAC_SLOT, at + 1) != -1:
+        raise AuditRecordError("audit record cannot be sealed")
+    body = text[: at - 1] + text[at + len(_MAC_SLOT):]
+    mac = hmac.digest(key, body.encode("ascii"), "sha256").hex()
+    record["mac"] = mac
+    return (text[:at] + '"mac":"' + mac + '"' + text[at + len(_MAC_SLOT):]).encode("ascii")
 
 
 def line_hash(line: bytes) -> str:
@@ -617,8 +643,7 @@ class AuditLog:
             record["seq"] = seq
             record["ts"] = _now_rfc3339()
             record["prev"] = prev
-            record["mac"] = record_mac(self._key, record)
-            line = canonical_json(record)
+            line = seal(self._key, record)
             out += line + b"\n"
             seq, prev, last = seq + 1, line_hash(line), record
         written = os.write(self._fd, bytes(out))
