@@ -241,6 +241,11 @@ def _max_match_length(value: bytes) -> int:
     return max(text_form, base64_form, 2 * len(value) + 2, 4 * len(text) + 4)
 
 
+def _min_width(pattern: bytes) -> int:
+    """The fewest bytes `pattern` can match, as re's own parser computes it."""
+    return int(re._parser.parse(pattern).getwidth()[0])  # type: ignore[attr-defined]
+
+
 _Found = tuple[int, int, _Form]  # start, end, form
 
 
@@ -263,12 +268,18 @@ class Scrubber:
             self._matchers.extend(_matchers_of(name, raw, placeholder.encode()))
             longest = max(longest, _max_match_length(raw))
         self.max_match_length = longest
+        # No match is shorter than this, so a shorter value (most response headers) is clean
+        # without running a single pattern.
+        self.min_match_length = min((_min_width(pattern) for m in self._matchers
+                                     for pattern in (m.full, m.search.pattern)), default=0)
         self._partial = (regex.compile(b"|".join(b"(?:" + m.full + b")"
                                                  for m in self._matchers))
                          if self._matchers else None)
 
     def scrub(self, data: bytes) -> tuple[bytes, dict[str, int]]:
         """Scrub a whole value (a header, a reason, a buffered body)."""
+        if len(data) < self.min_match_length:
+            return data, {}
         counts: dict[str, int] = {}
         out, _ = self._scrub(data, counts, final=True)
         return out, counts

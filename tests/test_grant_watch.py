@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from broker_proxy.audit import AuditLog, verify_chain
 from broker_proxy.grant_watch import GrantWatcher
 from broker_proxy.grants.issuer import issue_grant
+from broker_proxy.grants.model import Grant
 from broker_proxy.grants.sqlite_store import SqliteGrantStore
 from broker_proxy.metrics import BrokerMetrics
 from broker_proxy.policy.loader import load_policy_text
@@ -105,3 +107,26 @@ def test_grants_issued_before_the_watcher_started_are_not_counted(tmp_path: Path
         assert metrics.grants_issued._value.get() == 0
         assert metrics.grants_active._value.get() == 1
     store.close()
+
+
+class SlowStore:
+    """A store whose listing takes a known time, as a large one would."""
+
+    def __init__(self, inner: SqliteGrantStore, seconds: float) -> None:
+        self._inner, self._seconds = inner, seconds
+
+    def list(self, include_inactive: bool = False) -> list[Grant]:
+        time.sleep(self._seconds)
+        return self._inner.list(include_inactive=include_inactive)
+
+
+def test_periodic_sweeps_back_off_when_a_sweep_is_costly(tmp_path: Path) -> None:
+    store = SqliteGrantStore(tmp_path / "grants.sqlite3")
+    audit = AuditLog.open(tmp_path / "audit.log", tmp_path / "audit.key")
+    cheap = GrantWatcher(store, audit, BrokerMetrics(), interval=5.0, min_gap=0)
+    cheap.sweep()
+    assert cheap.next_wait() == 5.0
+    costly = GrantWatcher(SlowStore(store, 0.1), audit, BrokerMetrics(),  # type: ignore[arg-type]
+                          interval=5.0, min_gap=0, max_share=0.01)
+    costly.sweep()
+    assert costly.next_wait() >= 10.0  # 0.1 s of work at most 1% of the time
