@@ -22,6 +22,7 @@ from addons.client_certs import ClientCerts
 from broker_proxy import outbound as codes
 from broker_proxy.addresses import address_allowed
 from broker_proxy.broker import Broker
+from broker_proxy.durability_waiter import DurabilityWaiter
 from broker_proxy.outbound import Allowed, Denied, OutboundRequest, Verdict
 from broker_proxy.request_checks import upgrade_problem
 
@@ -37,7 +38,9 @@ class BrokerAddon:
         self.resolve = dict(resolve or {})
         # Credentials seen on CONNECT, tied to the client connection like mitmproxy's proxyauth.
         self._tunnel_tokens: WeakKeyDictionary[connection.Client, str] = WeakKeyDictionary()
-        self._audit_sync = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-sync")
+        # Secret-carrying requests wait here for their audit record's fsync, in batches.
+        self._audit_sync: DurabilityWaiter[Allowed, Verdict] = DurabilityWaiter(
+            self._durable_or_denied)
         self._decisions = ThreadPoolExecutor(max_workers=DECISION_THREADS,
                                              thread_name_prefix="broker-decide")
         # (host, port) pairs a decision allowed, per client: server_connect dials nothing else.
@@ -112,10 +115,9 @@ class BrokerAddon:
             else:
                 verdict = self.broker.decide(token, outbound, defer_durability=True)
                 if isinstance(verdict, Allowed) and verdict.audit_seq is not None:
-                    # The audit fsync runs on a worker thread: requests waiting at the same
-                    # time share one fsync, and the event loop never blocks on the disk.
-                    verdict = await loop.run_in_executor(self._audit_sync,
-                                                         self._durable_or_denied, verdict)
+                    # Invariant 5: its record on disk before it leaves. Inline while fsyncs
+                    # are fast, on a thread (in batches) when the disk is slow.
+                    verdict = await self._audit_sync.wait(verdict)
             if isinstance(verdict, Denied):
                 flow_adapter.deny(flow, verdict)
                 return
@@ -130,6 +132,9 @@ class BrokerAddon:
             log.error("request hook failed: %s", type(error).__name__)
             flow_adapter.deny(flow, Denied(503, codes.INTERNAL_ERROR,
                                            "the broker could not decide; nothing was sent"))
+
+    def done(self) -> None:
+        self._audit_sync.stop()
 
     def _durable_or_denied(self, verdict: Allowed) -> Verdict:
         return self.broker.make_durable(verdict) or verdict
