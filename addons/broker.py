@@ -80,8 +80,8 @@ class BrokerScript:
     async def http_connect(self, flow: http.HTTPFlow) -> None:
         if self.inner is None:
             self._refuse(flow)
-        else:
-            await self.inner.http_connect(flow)
+        elif (waiting := self.inner.http_connect(flow)) is not None:
+            await waiting
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         if self.inner is not None:
@@ -90,12 +90,16 @@ class BrokerScript:
     async def request(self, flow: http.HTTPFlow) -> None:
         if self.inner is None:
             self._refuse(flow)
-        else:
-            await self.inner.request(flow)
+        elif (waiting := self.inner.request(flow)) is not None:
+            await waiting
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         if self.inner is not None:
             self.inner.responseheaders(flow)
+
+    def done(self) -> None:
+        if self.inner is not None:
+            self.inner.done()
 
     def response(self, flow: http.HTTPFlow) -> None:
         if self.inner is not None:

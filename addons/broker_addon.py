@@ -10,7 +10,9 @@ import asyncio
 import logging
 import socket
 import time
+from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 from weakref import WeakKeyDictionary
 
 from mitmproxy import connection, ctx, http, tcp, tls
@@ -61,16 +63,23 @@ class BrokerAddon:
             raise OptionsError("broker-proxy decides on whole requests: unset "
                                "stream_large_bodies")
 
-    async def http_connect(self, flow: http.HTTPFlow) -> None:
+    def http_connect(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
         token = flow_adapter.token_from_proxy_authorization(
             flow.request.headers.get(flow_adapter.PROXY_AUTHORIZATION))
         flow.request.headers.pop(flow_adapter.PROXY_AUTHORIZATION, None)
         connect = flow_adapter.connect_request(flow)
         if token and self.broker.may_block():  # a store lookup over the network: off the loop
-            denied = await asyncio.get_running_loop().run_in_executor(
-                self._decisions, self.broker.admit_tunnel, token, connect)
-        else:
-            denied = self.broker.admit_tunnel(token, connect)
+            return self._admit_off_loop(flow, token, connect)
+        self._admitted(flow, token, self.broker.admit_tunnel(token, connect))
+        return None
+
+    async def _admit_off_loop(self, flow: http.HTTPFlow, token: str,
+                              connect: OutboundRequest) -> None:
+        denied = await asyncio.get_running_loop().run_in_executor(
+            self._decisions, self.broker.admit_tunnel, token, connect)
+        self._admitted(flow, token, denied)
+
+    def _admitted(self, flow: http.HTTPFlow, token: str | None, denied: Denied | None) -> None:
         if denied is not None:
             flow_adapter.deny(flow, denied)
             return
@@ -95,9 +104,15 @@ class BrokerAddon:
         if problem:
             flow_adapter.deny(flow, Denied(403, codes.UPGRADE_NOT_ALLOWED, problem))
 
-    async def request(self, flow: http.HTTPFlow) -> None:
+    def request(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
+        """Decide, then deny or rewrite the flow.
+
+        A plain function that returns a coroutine only when it has to wait (a decision that may
+        block, or an fsync while the disk is slow): mitmproxy awaits what a hook returns, and
+        the common case finishes in place without a task (see addons/inline_hooks.py).
+        """
         if flow.response or flow.error or not flow.live:
-            return
+            return None
         try:
             token = self._tunnel_tokens.get(flow.client_conn)
             if token is None:  # plain-HTTP proxy request: credentials ride on each request
@@ -106,32 +121,56 @@ class BrokerAddon:
             # Never forwarded, whatever the decision, also when sent inside a tunnel.
             flow.request.headers.pop(flow_adapter.PROXY_AUTHORIZATION, None)
             outbound = flow_adapter.outbound_request(flow)
-            loop = asyncio.get_running_loop()
             if self.broker.may_block():
                 # Redis, an OAuth2 token endpoint or a command may wait: decide on a worker
                 # thread so the event loop keeps serving every other connection.
-                verdict = await loop.run_in_executor(self._decisions, self._decide_durably,
-                                                     token, outbound)
-            else:
-                verdict = self.broker.decide(token, outbound, defer_durability=True)
-                if isinstance(verdict, Allowed) and verdict.audit_seq is not None:
-                    # Invariant 5: its record on disk before it leaves. Inline while fsyncs
-                    # are fast, on a thread (in batches) when the disk is slow.
-                    verdict = await self._audit_sync.wait(verdict)
-            if isinstance(verdict, Denied):
-                flow_adapter.deny(flow, verdict)
-                return
-            flow_adapter.apply(flow, verdict, outbound)
-            self._allowed_upstreams.setdefault(flow.client_conn, set()).add(
-                (flow.request.host.lower(), flow.request.port))
-            self._client_certs.request_allowed(flow.client_conn, flow.request.host,
-                                               flow.request.port, verdict.grant_id)
-            if verdict.injected:
-                flow.metadata[METADATA_KEY] = (verdict, outbound, time.monotonic())
+                return self._decide_off_loop(flow, token, outbound)
+            verdict = self.broker.decide(token, outbound, defer_durability=True)
+            if isinstance(verdict, Allowed) and verdict.audit_seq is not None:
+                # Invariant 5: its record on disk before it leaves. Inline while fsyncs are
+                # fast, on a thread (in batches) when the disk is slow.
+                if not self._audit_sync.inline:
+                    return self._conclude_after_sync(flow, verdict, outbound)
+                verdict = self._audit_sync.settle_inline(verdict)
+            self._conclude(flow, verdict, outbound)
         except Exception as error:  # fail closed
-            log.error("request hook failed: %s", type(error).__name__)
-            flow_adapter.deny(flow, Denied(503, codes.INTERNAL_ERROR,
-                                           "the broker could not decide; nothing was sent"))
+            self._failed(flow, error)
+        return None
+
+    async def _decide_off_loop(self, flow: http.HTTPFlow, token: str | None,
+                               outbound: OutboundRequest) -> None:
+        try:
+            verdict = await asyncio.get_running_loop().run_in_executor(
+                self._decisions, self._decide_durably, token, outbound)
+            self._conclude(flow, verdict, outbound)
+        except Exception as error:  # fail closed
+            self._failed(flow, error)
+
+    async def _conclude_after_sync(self, flow: http.HTTPFlow, verdict: Allowed,
+                                   outbound: OutboundRequest) -> None:
+        try:
+            self._conclude(flow, await self._audit_sync.wait(verdict), outbound)
+        except Exception as error:  # fail closed
+            self._failed(flow, error)
+
+    def _conclude(self, flow: http.HTTPFlow, verdict: Verdict,
+                  outbound: OutboundRequest) -> None:
+        if isinstance(verdict, Denied):
+            flow_adapter.deny(flow, verdict)
+            return
+        flow_adapter.apply(flow, verdict, outbound)
+        self._allowed_upstreams.setdefault(flow.client_conn, set()).add(
+            (flow.request.host.lower(), flow.request.port))
+        self._client_certs.request_allowed(flow.client_conn, flow.request.host,
+                                           flow.request.port, verdict.grant_id)
+        if verdict.injected:
+            flow.metadata[METADATA_KEY] = (verdict, outbound, time.monotonic())
+
+    @staticmethod
+    def _failed(flow: http.HTTPFlow, error: Exception) -> None:
+        log.error("request hook failed: %s", type(error).__name__)
+        flow_adapter.deny(flow, Denied(503, codes.INTERNAL_ERROR,
+                                       "the broker could not decide; nothing was sent"))
 
     def done(self) -> None:
         self._audit_sync.stop()

@@ -152,7 +152,8 @@ class Broker:
             return self._deny(request, grant, 403, codes.UPGRADE_NOT_ALLOWED, problem)
 
         # Match on one spelling of the host: the one the policy was compiled with.
-        request = replace(request, host=canonical_host(request.host))
+        if (host := canonical_host(request.host)) != request.host:
+            request = replace(request, host=host)
         # AWS SigV4 (issue 7): signed by the agent's SDK with a placeholder key, signed again here.
         if resigned := self._aws_resigning(request, grant, policy, now, defer_durability):
             return resigned
@@ -171,7 +172,8 @@ class Broker:
             # Match on the canonical path and send exactly that path: an upstream that resolves
             # dot segments, decodes %2F or drops ";" parameters would otherwise serve another
             # path than the one we allowed.
-            request = replace(request, path=canonical_path(request.path))
+            if (path := canonical_path(request.path)) != request.path:
+                request = replace(request, path=path)
         except AmbiguousPath as error:
             return self._deny(request, grant, 403, codes.AMBIGUOUS_PATH,
                               f"this path cannot carry a secret: {error}")
@@ -375,10 +377,10 @@ class Broker:
 
 def _well_formed(request: OutboundRequest) -> bool:
     """Reject CR, LF, NUL and other controls that an HTTP/1 upstream could read as a new line."""
-    for name, value in request.headers:
-        if _has_controls(name, allow_tab=False) or _has_controls(value, allow_tab=True):
-            return False
-    return True
+    # Joined, a control character is in the whole exactly when it is in one of the parts.
+    names = "".join(name for name, _ in request.headers)
+    values = "".join(value for _, value in request.headers)
+    return not (_has_controls(names, allow_tab=False) or _has_controls(values, allow_tab=True))
 
 
 _CONTROLS_IN_NAME = re.compile("[\x00-\x1f\x7f]")

@@ -40,14 +40,23 @@ class DurabilityWaiter[Item, Outcome]:
         self._thread: threading.Thread | None = None
         self.batches = 0  # how many hand-offs back to the loop so far
 
+    @property
+    def inline(self) -> bool:
+        """Whether settling runs on the caller's thread now (fsyncs have been fast)."""
+        return self.average < self._inline_below and not self._stopped
+
+    def settle_inline(self, item: Item) -> Outcome:
+        """`settle(item)` on the caller's thread, timed for the moving average."""
+        started = time.perf_counter()
+        try:
+            return self._settle(item)
+        finally:
+            self._note(time.perf_counter() - started)
+
     async def wait(self, item: Item) -> Outcome:
         """`settle(item)`'s result: at once while settling is fast, else from the thread."""
-        if self.average < self._inline_below and not self._stopped:
-            started = time.perf_counter()
-            try:
-                return self._settle(item)
-            finally:
-                self._note(time.perf_counter() - started)
+        if self.inline:
+            return self.settle_inline(item)
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         with self._wake:
             if self._stopped:

@@ -26,14 +26,16 @@ _BASE64_TOKEN = re.compile(r"[A-Za-z0-9+/_\-]{16,}={0,2}")
 MAX_DECODE_ROUNDS = 3  # "%25257B" and base64-in-base64: decode a few times, then stop
 
 
-def hidden_header_hits(scanner: PlaceholderScanner, name: str,
-                       value: str) -> list[tuple[str, str | None]]:
+def hidden_header_hits(scanner: PlaceholderScanner, name: str, value: str,
+                       plain: int | None = None) -> list[tuple[str, str | None]]:
     """(place, secret) for each placeholder of the first decoding that reveals more of them.
 
     Every hit of that decoding is reported under the encoded place, which no policy allows, so
-    the whole request is refused.
+    the whole request is refused. `plain` is how many placeholders `value` holds as written,
+    when the caller has counted them already.
     """
-    plain = len(scanner.find(value))
+    if plain is None:
+        plain = len(scanner.find(value))
     place = "basic_credentials" if _is_basic(name, value) else "encoded_header"
     if place == "basic_credentials" and not plain:
         # The one encoding that is understood and swapped (basic_credentials.py): it is
@@ -41,6 +43,8 @@ def hidden_header_hits(scanner: PlaceholderScanner, name: str,
         secret = basic_secret(scanner, name, value)
         if secret is not None:
             return [(BASIC_PLACE, secret)]
+    if "%" not in value and _BASE64_TOKEN.search(value) is None:
+        return []  # _decodings would yield nothing: no percent-escape, no base64 run
     for decoded in _decodings(value):
         found = scanner.find(decoded)
         if len(found) > plain:

@@ -62,6 +62,8 @@ class PlaceholderScanner:
         # A fast pre-check: most requests carry no placeholder at all.
         prefixes = sorted({shape.prefix for shape in (formats or {}).values()})
         self._markers = ("{{secret:", *custom, *prefixes)
+        # One C-level search instead of a generator over the markers, per header and field.
+        self._marker_search = re.compile("|".join(re.escape(m) for m in self._markers)).search
 
     def for_grant(self, placeholders: Mapping[str, str]) -> PlaceholderScanner:
         """The same scanner, reading per-grant placeholders as this grant's (name -> text).
@@ -75,7 +77,7 @@ class PlaceholderScanner:
         return bound
 
     def might_contain(self, text: str) -> bool:
-        return any(marker in text for marker in self._markers)
+        return self._marker_search(text) is not None
 
     def find(self, text: str) -> list[PlaceholderHit]:
         if not self.might_contain(text):

@@ -8,6 +8,7 @@ run before any secret is looked up.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from urllib.parse import unquote_plus
 
 from broker_proxy.outbound import OutboundRequest
@@ -84,6 +85,25 @@ def method_override_problem(request: OutboundRequest) -> str | None:
 
 
 def canonical_path(path: str) -> str:
+    """The one spelling of ``path`` that the policy is matched on and that is sent upstream.
+
+    Agents call the same few endpoints, so short paths are remembered (at most 4,096 of up to
+    256 characters: 1 MiB however many distinct paths an agent sends).
+    """
+    if len(path) <= _CACHED_PATH_LENGTH:
+        return _cached_canonical_path(path)
+    return _canonical_path(path)
+
+
+_CACHED_PATH_LENGTH = 256
+
+
+@lru_cache(maxsize=4096)
+def _cached_canonical_path(path: str) -> str:
+    return _canonical_path(path)
+
+
+def _canonical_path(path: str) -> str:
     """The one spelling of ``path`` that the policy is matched on and that is sent upstream.
 
     Escapes of unreserved characters are decoded ("/v%31" is "/v1") and other escapes are put in

@@ -34,17 +34,24 @@ def find_placeholders(scanner: PlaceholderScanner, request: OutboundRequest) -> 
     hits: list[PlacedHit] = []
     for name, value in request.headers:
         lowered = name.lower()
-        place = lowered if lowered in NEVER_INJECT_HEADERS else "header"
-        hits.extend(PlacedHit(place, hit.secret) for hit in scanner.find(value))
-        hits.extend(PlacedHit(lowered, hit.secret) for hit in scanner.find(name))
-        hits.extend(PlacedHit(*hit) for hit in hidden_header_hits(scanner, name, value))
-    for component in _query_parts(request.query):
-        hits.extend(PlacedHit("query", hit.secret) for hit in scanner.find(unquote(component)))
+        if in_value := scanner.find(value):
+            place = lowered if lowered in NEVER_INJECT_HEADERS else "header"
+            hits.extend(PlacedHit(place, hit.secret) for hit in in_value)
+        if in_name := scanner.find(name):
+            hits.extend(PlacedHit(lowered, hit.secret) for hit in in_name)
+        if hidden := hidden_header_hits(scanner, name, value, plain=len(in_value)):
+            hits.extend(PlacedHit(*hit) for hit in hidden)
+    if request.query:
+        for component in _query_parts(request.query):
+            if found := scanner.find(unquote(component)):
+                hits.extend(PlacedHit("query", hit.secret) for hit in found)
     for path_form in {request.path, unquote(request.path)}:
-        hits.extend(PlacedHit("path", hit.secret) for hit in scanner.find(path_form))
+        if found := scanner.find(path_form):
+            hits.extend(PlacedHit("path", hit.secret) for hit in found)
     if request.body:
         text = request.body.decode("latin-1")  # byte-for-byte, whatever the charset
-        hits.extend(PlacedHit("body", hit.secret) for hit in scanner.find(text))
+        if found := scanner.find(text):
+            hits.extend(PlacedHit("body", hit.secret) for hit in found)
     return hits
 
 

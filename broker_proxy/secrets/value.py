@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from typing import Any, NoReturn
 
 # C0 controls and DEL. CR/LF split headers (request smuggling, header injection), NUL truncates
 # in C-based parsers; the rest have no business in a credential and are refused as well.
 _CONTROL_CODEPOINTS = frozenset([*range(0x20), 0x7F])
+_CONTROL_CHAR = re.compile("[\x00-\x1f\x7f]")
 
 
 def _digest(value: str) -> bytes:
@@ -49,7 +51,7 @@ class SecretValue:
 
     def has_control_chars(self) -> bool:
         """True if the value must never be written into an HTTP header (CR, LF, NUL, C0, DEL)."""
-        return any(ord(char) in _CONTROL_CODEPOINTS for char in self._value)
+        return _CONTROL_CHAR.search(self._value) is not None
 
     def __repr__(self) -> str:
         return f"<SecretValue {self._name}>"
