@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import hashlib
 import hmac
 import json
@@ -194,7 +195,15 @@ def _create_key(key_path: Path) -> None:
 
 
 def _now_rfc3339() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    now = time.time()
+    second = int(now)
+    return f"{_second_rfc3339(second)}.{int((now - second) * 1000):03d}Z"
+
+
+@functools.lru_cache(maxsize=4)
+def _second_rfc3339(second: int) -> str:
+    """"2026-11-28T19:12:05" for a Unix second; formatted once per second, not per record."""
+    return datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def _clean_string(value: str) -> str:
@@ -434,8 +443,8 @@ class AuditLog:
         Never a plain hash: a plain SHA-256 of a low-entropy secret can be brute-forced by
         anyone who reads the log; this one only by whoever also holds the audit key.
         """
-        digest = hmac.new(self._key, _FINGERPRINT_DOMAIN + value.encode("utf-8"), hashlib.sha256)
-        return digest.hexdigest()[:16]
+        return hmac.digest(self._key, _FINGERPRINT_DOMAIN + value.encode("utf-8"),
+                           "sha256").hex()[:16]
 
     def head(self) -> tuple[int, str]:
         """(records in the chain so far, hash of the last line) as the file holds them now."""

@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -326,7 +327,24 @@ def _to_micros(moment: datetime) -> int:
 
 
 def _from_micros(micros: int | None) -> datetime | None:
-    return None if micros is None else _EPOCH + timedelta(microseconds=micros)
+    return None if micros is None else _moment(int(micros))
+
+
+# A grant is read on every request; its JSON columns and instants never change, so each is
+# parsed once (bounded caches of immutable values: tuples and datetimes).
+@lru_cache(maxsize=4096)
+def _moment(micros: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=micros)
+
+
+@lru_cache(maxsize=4096)
+def _secrets_from_json(text: str) -> tuple[str, ...]:
+    return tuple(json.loads(text))
+
+
+@lru_cache(maxsize=4096)
+def _placeholders_from_json(text: str) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted(json.loads(text).items()))
 
 
 def _row_from_grant(grant: Grant) -> tuple[object, ...]:
@@ -356,9 +374,9 @@ def _grant_from_row(row: tuple[Any, ...]) -> Grant:
             id=str(gid),
             agent=str(agent),
             task=str(task),
-            secrets=tuple(json.loads(str(secrets_json))),
-            created_at=_EPOCH + timedelta(microseconds=int(created)),
-            expires_at=_EPOCH + timedelta(microseconds=int(expires)),
+            secrets=_secrets_from_json(str(secrets_json)),
+            created_at=_moment(int(created)),
+            expires_at=_moment(int(expires)),
             max_uses=None if max_uses is None else int(max_uses),
             uses=int(uses),
             status=GrantStatus(status),
@@ -366,7 +384,7 @@ def _grant_from_row(row: tuple[Any, ...]) -> Grant:
             approved_at=_from_micros(approved_at),
             revoked_at=_from_micros(revoked_at),
             token_hash=bytes(hashed),
-            placeholders=tuple(sorted(json.loads(str(placeholders_json)).items())),
+            placeholders=_placeholders_from_json(str(placeholders_json)),
         )
     except (TypeError, ValueError) as exc:
         raise GrantStoreError(f"grant store row {gid} is corrupt: {exc}") from exc
