@@ -127,11 +127,10 @@ class BrokerAddon:
                 return self._decide_off_loop(flow, token, outbound)
             verdict = self.broker.decide(token, outbound, defer_durability=True)
             if isinstance(verdict, Allowed) and verdict.audit_seq is not None:
-                # Invariant 5: its record on disk before it leaves. Inline while fsyncs are
-                # fast, on a thread (in batches) when the disk is slow.
-                if not self._audit_sync.inline:
-                    return self._conclude_after_sync(flow, verdict, outbound)
-                verdict = self._audit_sync.settle_inline(verdict)
+                # Invariant 5: its record on disk before it leaves. Fsyncs are shared by the
+                # requests of one pass of the event loop, or of one batch on a thread when
+                # the disk is slow (see DurabilityWaiter).
+                return self._conclude_after_sync(flow, verdict, outbound)
             self._conclude(flow, verdict, outbound)
         except Exception as error:  # fail closed
             self._failed(flow, error)

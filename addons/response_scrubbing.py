@@ -207,6 +207,8 @@ def _scrub_buffered_body(flow: http.HTTPFlow, state: ScrubState, verdict: Allowe
         flow.response = http.Response.make(502, denied.body(), denied.headers())
         return
     scrubbed, found = state.scrubber.scrub(body)
+    if not found and not state.buffered_codings:
+        return  # nothing to take out of a plain body: it goes on as it came (digests hold)
     _add(state.counts, found)
     for name in ("content-encoding", *_DIGEST_HEADERS):
         response.headers.pop(name, None)

@@ -6,7 +6,9 @@ request in thread switches and GIL hand-offs, far more than the fsync itself (~0
 machine's disk). So the fsync runs on the event loop while fsyncs are fast, and moves to one
 thread as soon as they are not (a slow or stalling disk must not stall every connection):
 
-* inline while the moving average of recent fsyncs is under `inline_below` (1 ms);
+* on the loop while the moving average of recent fsyncs is under `inline_below` (1 ms): the
+  requests that asked during one pass of the loop are settled together right after it, so
+  under load one fsync covers several of them;
 * otherwise one thread takes every request waiting at the time as one batch, makes them
   durable (the first fsync covers the rest: `AuditLog.ensure_durable` is a group commit) and
   wakes the loop once for the whole batch. Its timings keep the average current, so the loop
@@ -38,25 +40,22 @@ class DurabilityWaiter[Item, Outcome]:
         self._wake = threading.Condition()
         self._stopped = False
         self._thread: threading.Thread | None = None
-        self.batches = 0  # how many hand-offs back to the loop so far
+        self.batches = 0  # how many batches were settled so far
+        self._loop_batch: list[tuple[Item, asyncio.Future[Outcome]]] = []
 
     @property
     def inline(self) -> bool:
         """Whether settling runs on the caller's thread now (fsyncs have been fast)."""
         return self.average < self._inline_below and not self._stopped
 
-    def settle_inline(self, item: Item) -> Outcome:
-        """`settle(item)` on the caller's thread, timed for the moving average."""
-        started = time.perf_counter()
-        try:
-            return self._settle(item)
-        finally:
-            self._note(time.perf_counter() - started)
-
     async def wait(self, item: Item) -> Outcome:
-        """`settle(item)`'s result: at once while settling is fast, else from the thread."""
+        """`settle(item)`'s result, settled on the loop while that is fast, else by the thread.
+
+        On the loop, every item that starts waiting during one pass of the event loop is
+        settled together right after it: under load, several requests share each fsync.
+        """
         if self.inline:
-            return self.settle_inline(item)
+            return await self._join_loop_batch(item)
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         with self._wake:
             if self._stopped:
@@ -67,6 +66,31 @@ class DurabilityWaiter[Item, Outcome]:
             self._waiting.append((item, future))
             self._wake.notify()
         return await future
+
+    def _join_loop_batch(self, item: Item) -> asyncio.Future[Outcome]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Outcome] = loop.create_future()
+        self._loop_batch.append((item, future))
+        if len(self._loop_batch) == 1:
+            loop.call_soon(self._settle_loop_batch)
+        return future
+
+    def _settle_loop_batch(self) -> None:
+        batch, self._loop_batch = self._loop_batch, []
+        self.batches += 1
+        started = time.perf_counter()
+        try:
+            for item, future in batch:
+                try:
+                    outcome = self._settle(item)
+                except Exception as error:  # handed to the waiter, which fails closed
+                    if not future.done():
+                        future.set_exception(error)
+                    continue
+                if not future.done():
+                    future.set_result(outcome)
+        finally:
+            self._note(time.perf_counter() - started)
 
     def _note(self, seconds: float) -> None:
         self.average += (seconds - self.average) * 0.2

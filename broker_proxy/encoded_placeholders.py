@@ -13,7 +13,8 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from functools import lru_cache
 from urllib.parse import unquote
 
 from broker_proxy.basic_credentials import basic_secret
@@ -45,7 +46,7 @@ def hidden_header_hits(scanner: PlaceholderScanner, name: str, value: str,
             return [(BASIC_PLACE, secret)]
     if "%" not in value and _BASE64_TOKEN.search(value) is None:
         return []  # _decodings would yield nothing: no percent-escape, no base64 run
-    for decoded in _decodings(value):
+    for decoded in _decodings_of(value):
         found = scanner.find(decoded)
         if len(found) > plain:
             return [(place, hit.secret) for hit in found]
@@ -55,6 +56,22 @@ def hidden_header_hits(scanner: PlaceholderScanner, name: str, value: str,
 def _is_basic(name: str, value: str) -> bool:
     return name.lower() in ("authorization", "proxy-authorization") and \
         value.strip().lower().startswith("basic ")
+
+
+def _decodings_of(value: str) -> Iterable[str]:
+    """`_decodings(value)`, remembered for short values: the same few header values
+    (Content-Type, Accept, User-Agent) come with every request."""
+    if len(value) <= _CACHED_VALUE_LENGTH:
+        return _cached_decodings(value)
+    return _decodings(value)
+
+
+_CACHED_VALUE_LENGTH = 256
+
+
+@lru_cache(maxsize=1024)  # at most 1,024 values of 256 characters and their decodings
+def _cached_decodings(value: str) -> tuple[str, ...]:
+    return tuple(_decodings(value))
 
 
 def _decodings(value: str) -> Iterator[str]:

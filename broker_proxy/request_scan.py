@@ -83,6 +83,8 @@ class RequestRewriter:
                                  self._basic_usernames)
             if swapped is not None:
                 return swapped
+        if not self._scanner.might_contain(value):
+            return value
         return self._swap(value)
 
     def query(self, query: str) -> str | None:

@@ -100,3 +100,23 @@ def test_no_wait_after_stop() -> None:
     waiter.stop()
     with pytest.raises(RuntimeError, match="stopped"):
         asyncio.run(waiter.wait(2))
+
+
+def test_waiters_of_one_loop_pass_are_settled_together_on_the_loop() -> None:
+    settled_on: list[str] = []
+
+    def settle(item: int) -> int:
+        settled_on.append(threading.current_thread().name)
+        return item
+
+    waiter: DurabilityWaiter[int, int] = DurabilityWaiter(settle)
+
+    async def main() -> list[int]:
+        return await asyncio.gather(*(waiter.wait(n) for n in range(30)))
+
+    try:
+        assert asyncio.run(main()) == list(range(30))
+    finally:
+        waiter.stop()
+    assert waiter.batches == 1  # all 30 asked during one pass: one batch, one fsync
+    assert set(settled_on) == {threading.main_thread().name}
