@@ -212,8 +212,15 @@ def _clean_string(value: str) -> str:
     return value[: MAX_STRING - len(TRUNCATED_MARK)] + TRUNCATED_MARK
 
 
+_SEQUENCES = (list, tuple, frozenset, set)
+_SETS = (frozenset, set)
+
+
 def _clean_value(name: str, value: object) -> object:
-    if value is None or isinstance(value, bool | int):
+    kind = type(value)
+    if kind is str:  # the usual case first: every record has a dozen of these
+        return _clean_string(value)  # type: ignore[arg-type]
+    if value is None or isinstance(value, int):  # bool is an int
         return value
     if isinstance(value, float):
         if value != value or value in (float("inf"), float("-inf")):
@@ -221,10 +228,10 @@ def _clean_value(name: str, value: object) -> object:
         return value
     if isinstance(value, str):
         return _clean_string(value)
-    if isinstance(value, list | tuple | frozenset | set):
+    if isinstance(value, _SEQUENCES):
         if not all(isinstance(item, str) for item in value):
             raise AuditRecordError(f"audit field {name!r} must be a list of strings")
-        items = sorted(value) if isinstance(value, frozenset | set) else list(value)
+        items = sorted(value) if isinstance(value, _SETS) else list(value)
         return [_clean_string(item) for item in items]
     raise AuditRecordError(
         f"audit field {name!r} must be a JSON scalar or a list of strings, "
@@ -390,8 +397,8 @@ class AuditLog:
         """Return once the record `seq` this writer appended is on disk (group commit).
 
         The proxy appends a secret-carrying request's record without waiting, then calls this
-        from a worker thread before the request leaves: one fsync covers every record written
-        before it, so concurrent requests share it and the event loop never waits on the disk.
+        before the request leaves (see DurabilityWaiter): one fsync covers every record written
+        before it, so the requests waiting at the same time share it.
         The fsync runs on a duplicate of the descriptor so a rotation meanwhile cannot close it
         under us (a rotation fsyncs the file it retires itself).
         """
@@ -415,6 +422,10 @@ class AuditLog:
             finally:
                 os.close(fd)
             self._durable_seq = max(self._durable_seq, target)
+            with self._lock:
+                if self._next_seq - 1 == target:  # nothing written since: batch mode is even
+                    self._unsynced = 0
+                    self._last_sync = time.monotonic()
 
     def rotate_at(self, max_bytes: int | None) -> None:
         """Rotate the live file once it holds `max_bytes` or more (None: never rotate)."""
@@ -676,6 +687,7 @@ class AuditLog:
             os.fsync(self._fd)
             self._unsynced = 0
             self._last_sync = time.monotonic()
+            self._durable_seq = max(self._durable_seq, self._next_seq - 1)
 
     def _flush_loop(self) -> None:
         """Bound the loss window in batch mode when appends stop: fsync within ~50 ms."""
