@@ -108,8 +108,8 @@ class BrokerAddon:
         """Decide, then deny or rewrite the flow.
 
         A plain function that returns a coroutine only when it has to wait (a decision that may
-        block, or an fsync while the disk is slow): mitmproxy awaits what a hook returns, and
-        the common case finishes in place without a task (see addons/inline_hooks.py).
+        block, or a secret-carrying request waiting for its audit record's fsync): mitmproxy
+        awaits what a hook returns, and every other request is decided without one.
         """
         if flow.response or flow.error or not flow.live:
             return None

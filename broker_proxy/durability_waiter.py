@@ -1,4 +1,4 @@
-"""Wait on the event loop for audit records to reach the disk: inline while the disk is fast.
+"""Wait on the event loop for audit records to reach the disk, one fsync per batch of requests.
 
 Invariant 5 makes a secret-carrying request wait until its audit record is on disk. Measured
 (`make bench`, HTTPS keep-alive): handing each fsync to a thread cost about 0.3 ms of CPU per
@@ -27,14 +27,16 @@ from collections.abc import Callable
 
 log = logging.getLogger("broker_proxy")
 
+
 class DurabilityWaiter[Item, Outcome]:
-    """Runs `settle(item)` on one thread for batches of waiting items; awaited on the loop."""
+    """Settles waiting items in batches: per event-loop pass while that is fast, else on a thread.
+    """
 
     def __init__(self, settle: Callable[[Item], Outcome], name: str = "audit-sync", *,
                  inline_below: float = 0.001) -> None:
         self._settle = settle
         self._inline_below = inline_below
-        self.average = 0.0  # seconds per settle (inline) or per batch (thread), smoothed
+        self.average = 0.0  # seconds per batch (on the loop or the thread), smoothed
         self._name = name
         self._waiting: list[tuple[Item, asyncio.Future[Outcome]]] = []
         self._wake = threading.Condition()
@@ -45,7 +47,7 @@ class DurabilityWaiter[Item, Outcome]:
 
     @property
     def inline(self) -> bool:
-        """Whether settling runs on the caller's thread now (fsyncs have been fast)."""
+        """Whether batches are settled on the event loop now (fsyncs have been fast)."""
         return self.average < self._inline_below and not self._stopped
 
     async def wait(self, item: Item) -> Outcome:
