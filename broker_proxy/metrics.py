@@ -3,14 +3,46 @@
 Labels come only from bounded sets (decisions, reason codes, secret names of the policy), never
 from grant ids, tokens, hosts or paths, so a hostile agent cannot blow up the series count.
 Each broker gets its own registry so tests and embedded uses never collide on the global one.
+
+With `run --workers N` the processes keep their metrics in one directory (prometheus_client's
+multiprocess mode, see `share_between_processes`) and the first process serves the sum, so
+/metrics counts every worker's traffic, not only its own.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import values as metric_values
 from prometheus_client.metrics_core import Metric
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+
+MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def share_between_processes(directory: Path) -> None:
+    """Keep this process's metric values in `directory`, shared with the other workers.
+
+    Must run before the process creates its BrokerMetrics (values are bound at creation). The
+    variable is inherited by the workers it starts, which call this with the same directory.
+    """
+    os.environ[MULTIPROCESS_DIR_ENV] = str(directory)
+    metric_values.ValueClass = metric_values.MultiProcessValue()
+
+
+def shared_directory() -> Path | None:
+    """The directory of `share_between_processes`, when this process uses one."""
+    directory = os.environ.get(MULTIPROCESS_DIR_ENV)
+    return Path(directory) if directory else None
+
+
+def forget_process(pid: int) -> None:
+    """A worker stopped: drop its gauges (its counts stay in the sums)."""
+    if (directory := shared_directory()) is not None:
+        mark_process_dead(pid, str(directory))
 
 
 class BrokerMetrics:
@@ -57,16 +89,20 @@ class BrokerMetrics:
             "broker_grants_expired", "Grants that reached their expiry while this process ran.",
             registry=self.registry
         )
+        # Set by the first process only (its grant watcher); with workers the others hold 0,
+        # so the largest live value is the one to serve.
         self.grants_active = Gauge(
-            "broker_grants_active", "Grants currently usable.", registry=self.registry
+            "broker_grants_active", "Grants currently usable.", registry=self.registry,
+            multiprocess_mode="livemax",
         )
         self.grants_pending = Gauge(
-            "broker_grants_pending", "Grants waiting for a human approval.", registry=self.registry
+            "broker_grants_pending", "Grants waiting for a human approval.",
+            registry=self.registry, multiprocess_mode="livemax",
         )
         self.grants_expiring_in_use = Gauge(
             "broker_grants_expiring_in_use",
             "Active grants that have been used and expire within 5 minutes.",
-            registry=self.registry,
+            registry=self.registry, multiprocess_mode="livemax",
         )
         self.policy_reloads = Counter(
             "broker_policy_reloads",
@@ -86,8 +122,17 @@ class BrokerMetrics:
         )
 
     def serve(self, host: str, port: int) -> int:
-        """Expose /metrics on its own port (a daemon thread); returns the bound port."""
-        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        """Expose /metrics on its own port (a daemon thread); returns the bound port.
+
+        With workers, the served registry sums every worker's values from the shared directory
+        (the hooks still run first, so this process's gauges are fresh).
+        """
+        registry = self.registry
+        if (directory := shared_directory()) is not None:
+            registry = CollectorRegistry(auto_describe=True)
+            registry.register(_ScrapeHooks(self.scrape_hooks))
+            MultiProcessCollector(registry, path=str(directory))
+        server, _thread = start_http_server(port, addr=host, registry=registry)
         return int(server.server_port)
 
 

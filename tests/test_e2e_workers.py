@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 import signal
 import time
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.proc_stats import children as children_of
 from benchmarks.proc_stats import cpu_seconds
@@ -51,6 +53,49 @@ def test_two_workers_share_the_port_and_max_uses(two_workers: Stack) -> None:
     assert len(carried) == 30
     used = {pid: cpu_seconds(pid) - before[pid] for pid in (parent, child)}
     assert all(seconds > 0.05 for seconds in used.values()), used
+
+
+def requests_counted(stack: Stack) -> dict[str, float]:
+    """broker_requests_total by decision, and the injections, as /metrics serves them."""
+    text = urllib.request.urlopen(stack.proxy.metrics_url, timeout=10).read().decode()
+    counted: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "broker_requests_total":
+                decision = sample.labels["decision"]
+                counted[decision] = counted.get(decision, 0) + sample.value
+            elif sample.name == "broker_injections_total":
+                counted["injections"] = counted.get("injections", 0) + sample.value
+    return counted
+
+
+def test_metrics_count_every_workers_requests(two_workers: Stack) -> None:
+    stack = two_workers
+    assert stack.proxy.process is not None
+    parent = stack.proxy.process.pid
+    (child,) = children_of(parent)
+    served_before = cpu_seconds(child)
+    before = requests_counted(stack)
+    grant = stack.issue("api_key", max_uses=25)
+    client = CLIENTS["curl"]  # a new connection per request: both workers answer some
+    url = stack.url(stack.upstreams.api, API_HOST, "/v1/workers-metrics")
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        answers = list(pool.map(lambda _: client(stack, grant.token, "GET", url, headers=AUTH),
+                                range(40)))
+    assert sorted(a.status for a in answers) == [200] * 25 + [403] * 15
+    assert cpu_seconds(child) - served_before > 0.05  # the second worker served too
+    after = requests_counted(stack)
+    # Without shared metrics the first worker would report only the requests it decided.
+    assert sum(after.get(d, 0) - before.get(d, 0) for d in ("allow", "deny")) == 40
+    assert after.get("allow", 0) - before.get("allow", 0) == 25
+    assert after.get("deny", 0) - before.get("deny", 0) == 15
+    assert after.get("injections", 0) - before.get("injections", 0) == 25
+    stack.issue("api_key", max_uses=5)  # unused, so active
+    time.sleep(0.3)  # scrapes closer together than 0.2 s reuse the last grant sweep
+    grants = {sample.name: sample.value for family in text_string_to_metric_families(
+        urllib.request.urlopen(stack.proxy.metrics_url, timeout=10).read().decode())
+        for sample in family.samples}
+    assert grants["broker_grants_active"] >= 1  # the first worker's gauge, served once
 
 
 def test_stopping_the_first_worker_stops_the_group(two_workers: Stack) -> None:

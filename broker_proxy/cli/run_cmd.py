@@ -6,7 +6,9 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 from broker_proxy.assembly import open_broker
@@ -104,6 +106,21 @@ def upstream_bundle(home: Home, extra_cas: list[str]) -> Path | None:
     return home.upstream_ca_bundle
 
 
+def _share_metrics(workers: int, worker: bool) -> Path | None:
+    """With workers, one metrics directory for the group (made and removed by the first)."""
+    from broker_proxy.metrics import share_between_processes, shared_directory
+
+    if worker:
+        if (directory := shared_directory()) is not None:
+            share_between_processes(directory)
+        return None
+    if workers < 2:
+        return None
+    directory = Path(tempfile.mkdtemp(prefix="broker-proxy-metrics-"))
+    share_between_processes(directory)  # inherited by the workers through the environment
+    return directory
+
+
 def run_command(args: argparse.Namespace) -> int:
     from addons.runner import ProxySettings, serve
 
@@ -123,6 +140,7 @@ def run_command(args: argparse.Namespace) -> int:
 
     # The bundle file is written below, before any request can make the proxy mint a token.
     trust = UpstreamTrust(home.upstream_ca_bundle if args.upstream_ca else None, resolve)
+    shared_metrics = _share_metrics(args.workers, worker)  # before any metric exists
     broker = open_broker(home, policy_file_of(args), store=args.store,
                          replica=args.replica_id, trust=trust)
     from broker_proxy.durations import parse_duration
@@ -190,6 +208,8 @@ def run_command(args: argparse.Namespace) -> int:
             from broker_proxy.cli.workers import stop_workers
 
             stop_workers(workers)
+        if shared_metrics is not None:
+            shutil.rmtree(shared_metrics, ignore_errors=True)
         services.stop()
         if observability is not None:
             observability.stop()
