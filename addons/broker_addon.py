@@ -75,8 +75,12 @@ class BrokerAddon:
 
     async def _admit_off_loop(self, flow: http.HTTPFlow, token: str,
                               connect: OutboundRequest) -> None:
-        denied = await asyncio.get_running_loop().run_in_executor(
-            self._decisions, self.broker.admit_tunnel, token, connect)
+        try:
+            denied = await asyncio.get_running_loop().run_in_executor(
+                self._decisions, self.broker.admit_tunnel, token, connect)
+        except Exception as error:  # fail closed: no tunnel without an admission
+            log.error("http_connect hook failed: %s", type(error).__name__)
+            denied = Denied(503, codes.INTERNAL_ERROR, "the broker could not decide")
         self._admitted(flow, token, denied)
 
     def _admitted(self, flow: http.HTTPFlow, token: str | None, denied: Denied | None) -> None:
