@@ -28,15 +28,13 @@ MAX_DECODE_ROUNDS = 3  # "%25257B" and base64-in-base64: decode a few times, the
 
 
 def hidden_header_hits(scanner: PlaceholderScanner, name: str, value: str,
-                       plain: int | None = None) -> list[tuple[str, str | None]]:
+                       plain: int) -> list[tuple[str, str | None]]:
     """(place, secret) for each placeholder of the first decoding that reveals more of them.
 
     Every hit of that decoding is reported under the encoded place, which no policy allows, so
-    the whole request is refused. `plain` is how many placeholders `value` holds as written,
-    when the caller has counted them already.
+    the whole request is refused. `plain` is how many placeholders `value` holds as written
+    (the caller has scanned it already).
     """
-    if plain is None:
-        plain = len(scanner.find(value))
     place = "basic_credentials" if _is_basic(name, value) else "encoded_header"
     if place == "basic_credentials" and not plain:
         # The one encoding that is understood and swapped (basic_credentials.py): it is

@@ -18,7 +18,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client import values as metric_values
 from prometheus_client.metrics_core import Metric
-from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+from prometheus_client.multiprocess import MultiProcessCollector
 
 MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -37,12 +37,6 @@ def shared_directory() -> Path | None:
     """The directory of `share_between_processes`, when this process uses one."""
     directory = os.environ.get(MULTIPROCESS_DIR_ENV)
     return Path(directory) if directory else None
-
-
-def forget_process(pid: int) -> None:
-    """A worker stopped: drop its gauges (its counts stay in the sums)."""
-    if (directory := shared_directory()) is not None:
-        mark_process_dead(pid, str(directory))
 
 
 class BrokerMetrics:

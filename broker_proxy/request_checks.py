@@ -104,7 +104,7 @@ def _cached_canonical_path(path: str) -> str:
 
 
 def _canonical_path(path: str) -> str:
-    """The one spelling of ``path`` that the policy is matched on and that is sent upstream.
+    """`canonical_path` without the cache.
 
     Escapes of unreserved characters are decoded ("/v%31" is "/v1") and other escapes are put in
     upper case; anything an upstream could resolve to another path (dot segments, empty

@@ -242,8 +242,14 @@ def _max_match_length(value: bytes) -> int:
 
 
 def _min_width(pattern: bytes) -> int:
-    """The fewest bytes `pattern` can match, as re's own parser computes it."""
-    return int(re._parser.parse(pattern).getwidth()[0])  # type: ignore[attr-defined]
+    """The fewest bytes `pattern` can match, as re's own parser computes it.
+
+    The parser is a private module of `re`: on a Python without it, 0 (no value is skipped).
+    """
+    try:
+        return int(re._parser.parse(pattern).getwidth()[0])  # type: ignore[attr-defined]
+    except AttributeError:
+        return 0
 
 
 _Found = tuple[int, int, _Form]  # start, end, form

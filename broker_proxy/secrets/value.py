@@ -15,7 +15,6 @@ from typing import Any, NoReturn
 
 # C0 controls and DEL. CR/LF split headers (request smuggling, header injection), NUL truncates
 # in C-based parsers; the rest have no business in a credential and are refused as well.
-_CONTROL_CODEPOINTS = frozenset([*range(0x20), 0x7F])
 _CONTROL_CHAR = re.compile("[\x00-\x1f\x7f]")
 
 
