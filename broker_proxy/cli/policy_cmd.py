@@ -1,4 +1,4 @@
-"""`broker-proxy policy check|schema`."""
+"""`broker-proxy policy check|schema|explain|test|diff|replay`."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from broker_proxy.cli.common import add_policy_option, load_policy_of
+from broker_proxy.cli.common import add_policy_option, load_policy_of, policy_file_of
 from broker_proxy.cli.errors import CliError
 from broker_proxy.policy.loader import PolicyError, load_policy
 from broker_proxy.policy.schema import policy_json_schema
@@ -38,6 +38,21 @@ def register(commands: argparse._SubParsersAction) -> None:
     explain.add_argument("--json", action="store_true", help="print JSON for scripts")
     add_policy_option(explain)
     explain.set_defaults(handler=explain_request)
+    policy_test = sub.add_parser(
+        "test",
+        help="run a policy's tests (*.policy-test.yaml)",
+        description="Run each case of the test files through the proxy's own decision code "
+        "(a throwaway grant store and audit log, random fake secret values, no network) and "
+        "compare with what the case expects. One line per case, then 'N passed, M failed'; "
+        "exits 1 if any case failed. Without TESTS, runs the *.policy-test.yaml files in the "
+        "policy file's directory.",
+    )
+    policy_test.add_argument("tests", nargs="*", metavar="TESTS",
+                             help="test files or directories of them")
+    policy_test.add_argument("--policy", metavar="FILE",
+                             help="test this policy instead of the one each test file names")
+    policy_test.add_argument("--junit", metavar="FILE", help="also write JUnit XML here")
+    policy_test.set_defaults(handler=run_policy_tests)
 
 
 def check_policies(args: argparse.Namespace) -> int:
@@ -79,3 +94,45 @@ def explain_request(args: argparse.Namespace) -> int:
                else "refused (destination_not_granted)")
     print(f"  without a secret: {verdict}")
     return 0
+
+
+def run_policy_tests(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from broker_proxy.policy_tools.cases import TestFileError, find_test_files, read_test_file
+    from broker_proxy.policy_tools.junit import write_junit
+    from broker_proxy.policy_tools.runner import CaseResult, run_file
+
+    override = Path(args.policy) if args.policy else None
+    if args.tests:
+        roots = [Path(item) for item in args.tests]
+    else:
+        roots = [(override or policy_file_of(args)).parent]
+    files = find_test_files(roots)
+    if not files:
+        raise CliError("no *.policy-test.yaml files found in " + ", ".join(map(str, roots)))
+    results: list[CaseResult] = []
+    for path in files:
+        try:
+            test_file = read_test_file(path)
+        except TestFileError as error:
+            results.append(CaseResult(path, None, False, "error", str(error)))
+            print(f"ERROR {error}")
+            continue
+        for result in run_file(test_file, override):
+            results.append(result)
+            print(_result_line(result))
+    failed = sum(not result.passed for result in results)
+    if args.junit:
+        write_junit(results, Path(args.junit))
+    print(f"{len(results) - failed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+def _result_line(result) -> str:
+    where = f"{result.file}::{result.name}"
+    if result.passed:
+        return f"PASS {where}"
+    expected = str(result.case.expect) if result.case else "a runnable policy"
+    detail = f" ({result.detail})" if result.detail else ""
+    return f"FAIL {where}: expected {expected}, got {result.got}{detail}"

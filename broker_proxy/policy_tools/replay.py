@@ -1,0 +1,180 @@
+"""`policy replay --audit LOG NEW`: every decision the log records, decided again under NEW.
+
+The audit record keeps the request's facts (agent, grant, method, scheme, host, port, path
+without query) and, for a use, the secrets swapped in; `grant_issued` records give each grant's
+secrets. Each distinct set of facts is decided once more by ``Broker.decide`` (harness.py) under
+NEW, with the placeholders put where NEW lets them sit, and the answer is reused for every record
+with the same facts: logs repeat themselves, which is what makes a million records fast.
+
+What the log does not keep cannot be replayed: where the placeholder sat (a narrower ``inject``
+is not seen), the headers and body, and, for a refusal, which secret's placeholder was refused
+(each secret of the grant is tried; "now allowed" then names the one that would pass).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from broker_proxy import outbound as codes
+from broker_proxy.audit.files import chain_files, chains_in
+from broker_proxy.outbound import Allowed, Denied, Verdict
+from broker_proxy.policy.model import Policy
+from broker_proxy.policy_tools.harness import DecisionHarness, TestGrant, throwaway_harness
+from broker_proxy.policy_tools.requests import Placement, build_request
+
+# Refusals that depend on the policy, and so may change under NEW. Every other recorded reason
+# (grant expired or revoked, bad token, malformed request, a backend down, ...) is about the
+# grant or the request, not the policy, and is kept as recorded.
+_ALLOWS = frozenset({codes.INJECTED, codes.RESIGNED, codes.ALLOWED})
+_PLACEMENT_REFUSALS = frozenset({codes.DESTINATION_NOT_ALLOWED, codes.PLAINTEXT_HTTP,
+                                 codes.PLACEHOLDER_NOT_ALLOWED_HERE, codes.AWS_SCOPE_NOT_ALLOWED,
+                                 codes.HEADER_ALREADY_SET})
+_PLAIN_REFUSALS = frozenset({codes.DESTINATION_NOT_GRANTED, codes.GRANT_OUTSIDE_POLICY})
+_PLACE_ORDER = ("header", "query", "body", "basic")
+_REGION = re.compile(r"[a-z]{2}(?:-[a-z]+)+-[0-9]+")
+MAX_EXAMPLES = 3
+
+
+@dataclass
+class ReplayReport:
+    records: int = 0  # request records read
+    unchanged: int = 0
+    kept: int = 0  # not policy decisions: counted as unchanged, not re-decided
+    now_refused: Counter[str] = field(default_factory=Counter)
+    now_allowed: Counter[str] = field(default_factory=Counter)
+    examples: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+    assumed_grants: int = 0  # records whose grant's secrets were not in the log
+
+    def as_dict(self) -> dict[str, object]:
+        return {"records": self.records, "unchanged": self.unchanged, "kept": self.kept,
+                "now_refused": dict(self.now_refused), "now_allowed": dict(self.now_allowed),
+                "examples": dict(self.examples), "assumed_grants": self.assumed_grants}
+
+
+_Key = tuple[str, tuple[str, ...], str, str, tuple[str, ...], str, str, str, int, str]
+
+
+class Replayer:
+    def __init__(self, harness: DecisionHarness) -> None:
+        self._harness = harness
+        self._policy = harness.policy
+        self._answers: dict[_Key, tuple[str, str] | None] = {}
+
+    def replay(self, paths: list[Path]) -> ReplayReport:
+        report = ReplayReport()
+        grant_secrets: dict[str, tuple[str, ...]] = {}
+        for path in paths:
+            with open(path, "rb") as handle:
+                for line in handle:
+                    if b'"event":"request"' in line:
+                        self._one(json.loads(line), grant_secrets, report)
+                    elif b'"event":"grant_issued"' in line:
+                        record = json.loads(line)
+                        grant_secrets[record.get("grant")] = tuple(record.get("secrets") or ())
+        return report
+
+    def _one(self, record: dict, grant_secrets: dict[str, tuple[str, ...]],
+             report: ReplayReport) -> None:
+        report.records += 1
+        reason = record.get("reason") or ""
+        agent = record.get("agent")
+        if agent is None or not (reason in _ALLOWS or reason in _PLACEMENT_REFUSALS
+                                 or reason in _PLAIN_REFUSALS):
+            report.unchanged += 1
+            report.kept += 1
+            return
+        secrets = tuple(record.get("secrets") or ())
+        held = grant_secrets.get(record.get("grant"))
+        if held is None:
+            report.assumed_grants += 1
+            agent_policy = self._policy.agents.get(agent)
+            held = tuple(sorted(set(secrets) | (agent_policy.secrets if agent_policy else set())))
+        key: _Key = (agent, held, record.get("decision") or "", reason, secrets,
+                     record.get("method") or "", record.get("scheme") or "",
+                     record.get("host") or "", int(record.get("port") or 0),
+                     record.get("path") or "/")
+        if key not in self._answers:
+            self._answers[key] = self._redecide(key)
+        answer = self._answers[key]
+        if answer is None:
+            report.unchanged += 1
+            return
+        bucket, label = answer
+        counter = report.now_refused if bucket == "refused" else report.now_allowed
+        counter[label] += 1
+        examples = report.examples[f"{bucket}:{label}"]
+        if len(examples) < MAX_EXAMPLES:
+            examples.append(f"{key[5]} {key[6]}://{key[7]}:{key[8]}{key[9]} "
+                            f"(agent {agent}, grant {record.get('grant')}, was {reason})")
+
+    def _redecide(self, key: _Key) -> tuple[str, str] | None:
+        """None when NEW decides as the log says; else ("refused"|"allowed", label)."""
+        agent, held, decision, reason, secrets, method, scheme, host, port, path = key
+        grant = self._harness.grant(agent, held)
+        url = f"{scheme}://{_authority(host, port)}{path}"
+        if decision == "allow":
+            verdict = grant if isinstance(grant, Denied) else self._decide(grant, method, url,
+                                                                           secrets)
+            if isinstance(verdict, Denied):
+                return ("refused", verdict.error)
+            if tuple(sorted(verdict.injected)) != tuple(sorted(secrets)):
+                return ("allowed", "injects " + (", ".join(sorted(verdict.injected)) or
+                                                 "nothing"))
+            return None
+        if isinstance(grant, Denied):
+            return None  # still refused, for the grant this time
+        tries = [()] if reason in _PLAIN_REFUSALS else [(name,) for name in held]
+        for names in tries:
+            verdict = self._decide(grant, method, url, names)
+            if isinstance(verdict, Allowed):
+                label = ("injects " + ", ".join(verdict.injected)) if verdict.injected \
+                    else "without secret"
+                return ("allowed", label)
+        return None
+
+    def _decide(self, grant: TestGrant, method: str, url: str,
+                secrets: tuple[str, ...]) -> Verdict:
+        placements = tuple(p for p in (self._placement(grant, name, url) for name in secrets)
+                           if p is not None)
+        return self._harness.decide(grant, build_request(method, url, placements=placements))
+
+    def _placement(self, grant: TestGrant, name: str, url: str) -> Placement | None:
+        secret = self._policy.secrets.get(name)
+        if secret is None:
+            return None
+        placeholder = grant.placeholders.get(name) or secret.placeholder
+        if secret.sign is not None:
+            service, region = _aws_scope(url)
+            return Placement(placeholder, "sigv4", aws_service=service, aws_region=region)
+        place = next((p for p in _PLACE_ORDER if p in secret.inject), None)
+        # A secret placed only by a header template needs no placeholder at all.
+        return Placement(placeholder, place) if place else None
+
+
+def _authority(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _aws_scope(url: str) -> tuple[str, str]:
+    """The service and region an SDK would sign for at this AWS host, as far as it shows."""
+    labels = url.split("://", 1)[1].split("/", 1)[0].split(":")[0].split(".")
+    for index, label in enumerate(labels):
+        if _REGION.fullmatch(label):
+            return (labels[index - 1] if index else "s3"), label
+    return labels[0], "us-east-1"  # global endpoints (sts.amazonaws.com) sign for us-east-1
+
+
+def replay_log(policy: Policy, log: Path) -> ReplayReport:
+    """Replay ``log`` (a file, with its rotated archives, or a directory of chains)."""
+    with throwaway_harness(policy) as harness:
+        return Replayer(harness).replay(_log_files(log))
+
+
+def _log_files(log: Path) -> list[Path]:
+    if log.is_dir():
+        return [path for live in chains_in(log) for path in chain_files(live)]
+    return chain_files(log) or [log]
