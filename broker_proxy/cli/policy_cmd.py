@@ -53,6 +53,31 @@ def register(commands: argparse._SubParsersAction) -> None:
                              help="test this policy instead of the one each test file names")
     policy_test.add_argument("--junit", metavar="FILE", help="also write JUnit XML here")
     policy_test.set_defaults(handler=run_policy_tests)
+    diff = sub.add_parser(
+        "diff",
+        help="what changes from OLD to NEW, widenings flagged",
+        description="Agents and secrets added or removed, destinations widened or narrowed "
+        "(host, port, method, path), approvals added or dropped, max_ttl, inject places, "
+        "egress hosts. Each widening is flagged WIDENS (JSON: widening: true).",
+    )
+    diff.add_argument("old", metavar="OLD")
+    diff.add_argument("new", metavar="NEW")
+    diff.add_argument("--json", action="store_true", help="print JSON for scripts")
+    diff.add_argument("--fail-on-widening", action="store_true",
+                      help="exit 1 if NEW widens anything (for CI gates)")
+    diff.set_defaults(handler=diff_policies_cmd)
+    replay = sub.add_parser(
+        "replay",
+        help="decide every request of an audit log again under a policy",
+        description="Re-decide each request record of the audit LOG (with its rotated "
+        "archives; a directory: every chain in it) under NEW with the proxy's own decision "
+        "code, and count what is unchanged, now refused (by reason, with examples) and now "
+        "allowed.",
+    )
+    replay.add_argument("new", metavar="NEW", help="the candidate policy")
+    replay.add_argument("--audit", required=True, metavar="LOG", help="audit log or directory")
+    replay.add_argument("--json", action="store_true", help="print JSON for scripts")
+    replay.set_defaults(handler=replay_audit)
 
 
 def check_policies(args: argparse.Namespace) -> int:
@@ -136,3 +161,53 @@ def _result_line(result) -> str:
     expected = str(result.case.expect) if result.case else "a runnable policy"
     detail = f" ({result.detail})" if result.detail else ""
     return f"FAIL {where}: expected {expected}, got {result.got}{detail}"
+
+
+def diff_policies_cmd(args: argparse.Namespace) -> int:
+    from broker_proxy.policy.diff import as_json, diff_policies
+
+    changes = diff_policies(load_policy(args.old), load_policy(args.new))
+    widening = any(change.widening for change in changes)
+    if args.json:
+        print(json.dumps(as_json(changes), indent=2))
+    else:
+        for change in changes:
+            print(change)
+        count = sum(change.widening for change in changes)
+        print(f"{len(changes)} changes, {count} widening" if changes else "no changes")
+    return 1 if widening and args.fail_on_widening else 0
+
+
+def replay_audit(args: argparse.Namespace) -> int:
+    import time
+    from pathlib import Path
+
+    from broker_proxy.policy_tools.replay import replay_log
+
+    log = Path(args.audit)
+    if not log.exists():
+        raise CliError(f"no audit log at {log}")
+    started = time.perf_counter()
+    report = replay_log(load_policy(args.new), log)
+    seconds = time.perf_counter() - started
+    if args.json:
+        print(json.dumps({**report.as_dict(), "seconds": round(seconds, 3)}, indent=2))
+        return 0
+    refused, allowed = sum(report.now_refused.values()), sum(report.now_allowed.values())
+    print(f"{report.records} requests replayed in {seconds:.2f}s "
+          f"({report.records / seconds if seconds else 0:,.0f} records/s)")
+    print(f"  unchanged: {report.unchanged} ({report.kept} not policy decisions, kept)")
+    print(f"  now refused: {refused}")
+    for reason, count in report.now_refused.most_common():
+        print(f"    {reason}: {count}")
+        for example in report.examples[f"refused:{reason}"]:
+            print(f"      e.g. {example}")
+    print(f"  now allowed: {allowed}")
+    for label, count in report.now_allowed.most_common():
+        print(f"    {label}: {count}")
+        for example in report.examples[f"allowed:{label}"]:
+            print(f"      e.g. {example}")
+    if report.assumed_grants:
+        print(f"  ({report.assumed_grants} records of grants issued before the log began: "
+              "assumed to hold all their agent's secrets)")
+    return 0

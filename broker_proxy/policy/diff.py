@@ -9,6 +9,7 @@ private address range. Everything else is a narrowing or a neutral change; each 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from datetime import timedelta
 
 from broker_proxy.policy.coverage import destination_covers, host_covers, uncovered_globs
 from broker_proxy.policy.model import Destination, Policy, SecretPolicy
@@ -71,8 +72,14 @@ def _agent_changes(name: str, old: Policy, new: Policy) -> list[Change]:
     if after.max_ttl != before.max_ttl:
         longer = after.max_ttl > before.max_ttl
         found.append(Change("max_ttl_raised" if longer else "max_ttl_lowered", subject,
-                            f"max_ttl {before.max_ttl} -> {after.max_ttl}", longer))
+                            f"max_ttl {_duration(before.max_ttl)} -> {_duration(after.max_ttl)}", longer))
     return found
+
+
+def _duration(span: timedelta) -> str:
+    seconds = int(span.total_seconds())
+    parts = [(seconds // 3600, "h"), (seconds % 3600 // 60, "m"), (seconds % 60, "s")]
+    return "".join(f"{value}{unit}" for value, unit in parts if value) or "0s"
 
 
 def _secret_changes(before: SecretPolicy, after: SecretPolicy) -> list[Change]:
