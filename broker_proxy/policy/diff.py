@@ -71,8 +71,9 @@ def _agent_changes(name: str, old: Policy, new: Policy) -> list[Change]:
                      False) for secret in sorted(after.approval - before.approval)]
     if after.max_ttl != before.max_ttl:
         longer = after.max_ttl > before.max_ttl
-        found.append(Change("max_ttl_raised" if longer else "max_ttl_lowered", subject,
-                            f"max_ttl {_duration(before.max_ttl)} -> {_duration(after.max_ttl)}", longer))
+        detail = f"max_ttl {_duration(before.max_ttl)} -> {_duration(after.max_ttl)}"
+        found.append(Change("max_ttl_raised" if longer else "max_ttl_lowered", subject, detail,
+                            longer))
     return found
 
 
