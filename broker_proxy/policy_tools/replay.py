@@ -6,6 +6,12 @@ secrets. Each distinct set of facts is decided once more by ``Broker.decide`` (h
 NEW, with the placeholders put where NEW lets them sit, and the answer is reused for every record
 with the same facts: logs repeat themselves, which is what makes a million records fast.
 
+A path takes part in the decision only through NEW's destination index (does each secret of the
+grant match it?) and through whether it is canonical. So two records that differ only in a path
+with the same answers share one decision: the key holds those answers, not the path (an
+ambiguous path keeps its own key). Without that, every issue number in a URL would cost a full
+decision.
+
 What the log does not keep cannot be replayed: where the placeholder sat (a narrower ``inject``
 is not seen), the headers and body, and, for a refusal, which secret's placeholder was refused
 (each secret of the grant is tried; "now allowed" then names the one that would pass).
@@ -17,6 +23,7 @@ import json
 import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 from broker_proxy import outbound as codes
@@ -25,6 +32,7 @@ from broker_proxy.outbound import Allowed, Denied, Verdict
 from broker_proxy.policy.model import Policy
 from broker_proxy.policy_tools.harness import DecisionHarness, TestGrant, throwaway_harness
 from broker_proxy.policy_tools.requests import Placement, build_request
+from broker_proxy.request_checks import AmbiguousPath, canonical_path
 
 # Refusals that depend on the policy, and so may change under NEW. Every other recorded reason
 # (grant expired or revoked, bad token, malformed request, a backend down, ...) is about the
@@ -37,6 +45,7 @@ _PLAIN_REFUSALS = frozenset({codes.DESTINATION_NOT_GRANTED, codes.GRANT_OUTSIDE_
 _PLACE_ORDER = ("header", "query", "body", "basic")
 _REGION = re.compile(r"[a-z]{2}(?:-[a-z]+)+-[0-9]+")
 MAX_EXAMPLES = 3
+_PATH_MEMO_SIZE = 200_000
 
 
 @dataclass
@@ -55,14 +64,16 @@ class ReplayReport:
                 "examples": dict(self.examples), "assumed_grants": self.assumed_grants}
 
 
-_Key = tuple[str, tuple[str, ...], str, str, tuple[str, ...], str, str, str, int, str]
+_Key = tuple[str, tuple[str, ...], str, str, tuple[str, ...], str, str, str, int, object]
 
 
 class Replayer:
     def __init__(self, harness: DecisionHarness) -> None:
         self._harness = harness
         self._policy = harness.policy
+        self._index = harness.broker.policy.index
         self._answers: dict[_Key, tuple[str, str] | None] = {}
+        self._path_memo: dict[tuple[tuple[str, ...], str, str, str, int, str], object] = {}
 
     def replay(self, paths: list[Path]) -> ReplayReport:
         report = ReplayReport()
@@ -71,7 +82,7 @@ class Replayer:
             with open(path, "rb") as handle:
                 for line in handle:
                     if b'"event":"request"' in line:
-                        self._one(json.loads(line), grant_secrets, report)
+                        self._one(json.loads(line.decode()), grant_secrets, report)
                     elif b'"event":"grant_issued"' in line:
                         record = json.loads(line)
                         grant_secrets[record.get("grant")] = tuple(record.get("secrets") or ())
@@ -93,13 +104,14 @@ class Replayer:
             report.assumed_grants += 1
             agent_policy = self._policy.agents.get(agent)
             held = tuple(sorted(set(secrets) | (agent_policy.secrets if agent_policy else set())))
-        key: _Key = (agent, held, record.get("decision") or "", reason, secrets,
-                     record.get("method") or "", record.get("scheme") or "",
-                     record.get("host") or "", int(record.get("port") or 0),
-                     record.get("path") or "/")
-        if key not in self._answers:
-            self._answers[key] = self._redecide(key)
-        answer = self._answers[key]
+        method, scheme = record.get("method") or "", record.get("scheme") or ""
+        host, port = record.get("host") or "", int(record.get("port") or 0)
+        path = record.get("path") or "/"
+        key: _Key = (agent, held, record.get("decision") or "", reason, secrets, method, scheme,
+                     host, port, self._path_answers(held, method, scheme, host, port, path))
+        answer = self._answers.get(key, _UNSEEN)
+        if answer is _UNSEEN:
+            answer = self._answers[key] = self._redecide(key, path)
         if answer is None:
             report.unchanged += 1
             return
@@ -108,12 +120,29 @@ class Replayer:
         counter[label] += 1
         examples = report.examples[f"{bucket}:{label}"]
         if len(examples) < MAX_EXAMPLES:
-            examples.append(f"{key[5]} {key[6]}://{key[7]}:{key[8]}{key[9]} "
+            examples.append(f"{method} {scheme}://{host}:{port}{path} "
                             f"(agent {agent}, grant {record.get('grant')}, was {reason})")
 
-    def _redecide(self, key: _Key) -> tuple[str, str] | None:
+    def _path_answers(self, held: tuple[str, ...], method: str, scheme: str, host: str,
+                      port: int, path: str) -> object:
+        """What the decision needs to know of ``path``: see the module docstring."""
+        memo_key = (held, method, scheme, host, port, path)
+        found = self._path_memo.get(memo_key)
+        if found is not None:
+            return found
+        if len(self._path_memo) >= _PATH_MEMO_SIZE:
+            self._path_memo.clear()  # bounded memory on a log of endlessly varied paths
+        if not _is_canonical(path):
+            found = path
+        else:
+            allows = self._index.allows
+            found = tuple(allows(name, scheme, host, port, method, path) for name in held)
+        self._path_memo[memo_key] = found
+        return found
+
+    def _redecide(self, key: _Key, path: str) -> tuple[str, str] | None:
         """None when NEW decides as the log says; else ("refused"|"allowed", label)."""
-        agent, held, decision, reason, secrets, method, scheme, host, port, path = key
+        agent, held, decision, reason, secrets, method, scheme, host, port, _ = key
         grant = self._harness.grant(agent, held)
         url = f"{scheme}://{_authority(host, port)}{path}"
         if decision == "allow":
@@ -153,6 +182,17 @@ class Replayer:
         place = next((p for p in _PLACE_ORDER if p in secret.inject), None)
         # A secret placed only by a header template needs no placeholder at all.
         return Placement(placeholder, place) if place else None
+
+
+_UNSEEN = ("", "")
+
+
+@lru_cache(maxsize=65536)
+def _is_canonical(path: str) -> bool:
+    try:
+        return canonical_path(path) == path
+    except AmbiguousPath:
+        return False
 
 
 def _authority(host: str, port: int) -> str:
