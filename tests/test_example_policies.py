@@ -10,7 +10,9 @@ from broker_proxy.policy.destinations import DestinationIndex
 from broker_proxy.policy.loader import FIELDS, load_policy
 from broker_proxy.policy.schema import policy_json_schema
 
-POLICIES = sorted((Path(__file__).resolve().parent.parent / "policies").glob("*.yaml"))
+# The policies themselves, not their tests (*.policy-test.yaml) that sit beside them.
+POLICIES = sorted(path for path in (Path(__file__).resolve().parent.parent / "policies")
+                  .glob("*.yaml") if not path.name.endswith(".policy-test.yaml"))
 
 
 def test_the_three_examples_exist():

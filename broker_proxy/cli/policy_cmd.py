@@ -18,10 +18,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     check = sub.add_parser(
         "check",
         help="validate policy files",
-        description="Validate each FILE and print every error as FILE:LINE:COL: field: message. "
-        "Exits non-zero if any file has an error.",
+        description="Validate each FILE and print every error as FILE:LINE:COL: field: message, "
+        "then warnings (FILE:LINE:COL: field: warning: message) for what is suspicious but "
+        "allowed. Exits non-zero if any file has an error (with --strict, or a warning).",
     )
     check.add_argument("files", nargs="+", metavar="FILE")
+    check.add_argument("--strict", action="store_true", help="warnings are errors too")
     check.set_defaults(handler=check_policies)
     schema = sub.add_parser("schema", help="print the policy's JSON Schema")
     schema.set_defaults(handler=print_schema)
@@ -81,15 +83,23 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def check_policies(args: argparse.Namespace) -> int:
+    from broker_proxy.policy.lint import check_file
+
     failed = False
     for path in args.files:
         try:
-            policy = load_policy(path)
+            policy, warnings = check_file(path)
         except PolicyError as error:
             print(error, file=sys.stderr)
             failed = True
             continue
-        print(f"{path}: ok ({len(policy.secrets)} secrets, {len(policy.agents)} agents)")
+        for warning in warnings:
+            print(warning, file=sys.stderr)
+        if warnings and args.strict:
+            failed = True
+            continue
+        suffix = f", {len(warnings)} warnings" if warnings else ""
+        print(f"{path}: ok ({len(policy.secrets)} secrets, {len(policy.agents)} agents{suffix})")
     return 1 if failed else 0
 
 

@@ -59,6 +59,7 @@ from broker_proxy.policy.model import (
     Policy,
     SecretPolicy,
 )
+from broker_proxy.policy.path_reach import unreachable_reason
 
 VERSION = 1
 DEFAULT_MAX_TTL = timedelta(hours=1)
@@ -711,6 +712,9 @@ def _paths(node: yaml.Node, path: str, checker: _Checker) -> tuple[str, ...]:
             compile_path_glob(glob)
         except GlobError as error:
             checker.report(item, item_path, str(error))
+            continue
+        if problem := unreachable_reason(glob):
+            checker.report(item, item_path, f"path pattern {_quoted(glob)} {problem}")
             continue
         globs.append(glob)
     return tuple(dict.fromkeys(globs))
