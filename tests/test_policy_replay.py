@@ -98,3 +98,10 @@ def test_cli_prints_counts_and_speed(recorded, tmp_path, capsys):
     assert main(["policy", "replay", "--audit", str(recorded), "--json", str(new)]) == 0
     answer = json.loads(capsys.readouterr().out)
     assert answer["now_refused"] == {"destination_not_allowed": 5, "destination_not_granted": 2}
+
+
+def test_a_torn_line_is_counted_not_fatal(recorded):
+    with open(recorded, "ab") as log:
+        log.write(b'{"event":"request","agent":"bot","reason":"inj')
+    report = replay_log(load_policy_text(POLICY), recorded)
+    assert report.unreadable == 1 and report.records == 22

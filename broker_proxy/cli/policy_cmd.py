@@ -217,6 +217,8 @@ def replay_audit(args: argparse.Namespace) -> int:
         print(f"    {label}: {count}")
         for example in report.examples[f"allowed:{label}"]:
             print(f"      e.g. {example}")
+    if report.unreadable:
+        print(f"  ({report.unreadable} lines were not audit records and were skipped)")
     if report.assumed_grants:
         print(f"  ({report.assumed_grants} records of grants issued before the log began: "
               "assumed to hold all their agent's secrets)")

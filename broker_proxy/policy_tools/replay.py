@@ -57,11 +57,13 @@ class ReplayReport:
     now_allowed: Counter[str] = field(default_factory=Counter)
     examples: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
     assumed_grants: int = 0  # records whose grant's secrets were not in the log
+    unreadable: int = 0  # lines that are not audit records
 
     def as_dict(self) -> dict[str, object]:
         return {"records": self.records, "unchanged": self.unchanged, "kept": self.kept,
                 "now_refused": dict(self.now_refused), "now_allowed": dict(self.now_allowed),
-                "examples": dict(self.examples), "assumed_grants": self.assumed_grants}
+                "examples": dict(self.examples), "assumed_grants": self.assumed_grants,
+                "unreadable": self.unreadable}
 
 
 _Key = tuple[str, tuple[str, ...], str, str, tuple[str, ...], str, str, str, int, object]
@@ -81,11 +83,16 @@ class Replayer:
         for path in paths:
             with open(path, "rb") as handle:
                 for line in handle:
-                    if b'"event":"request"' in line:
-                        self._one(json.loads(line.decode()), grant_secrets, report)
-                    elif b'"event":"grant_issued"' in line:
-                        record = json.loads(line)
-                        grant_secrets[record.get("grant")] = tuple(record.get("secrets") or ())
+                    try:
+                        if b'"event":"request"' in line:
+                            self._one(json.loads(line.decode()), grant_secrets, report)
+                        elif b'"event":"grant_issued"' in line:
+                            record = json.loads(line)
+                            grant_secrets[record.get("grant")] = tuple(record.get("secrets")
+                                                                       or ())
+                    except (ValueError, TypeError, AttributeError):
+                        # A torn last line or a foreign one: counted, never guessed at.
+                        report.unreadable += 1
         return report
 
     def _one(self, record: dict, grant_secrets: dict[str, tuple[str, ...]],
