@@ -149,8 +149,16 @@ def test_without_tests_the_policy_directory_is_searched(tmp_path, capsys):
     secret: api
     expect: inject api
 """)
+    (tmp_path / "other.policy-test.yaml").write_text(
+        "cases:\n  - {name: o, agent: x, url: 'https://o.example/', expect: inject nothing}\n")
     assert main(["policy", "test", "--policy", str(tmp_path / "api.yaml")]) == 0
-    assert capsys.readouterr().out.splitlines()[-1] == "1 passed, 0 failed"
+    assert capsys.readouterr().out.splitlines() == [
+        f"PASS {tmp_path / 'api.policy-test.yaml'}::v1", "1 passed, 0 failed"]
+
+
+def test_no_test_files_is_one_clear_error(tmp_path, capsys):
+    assert main(["policy", "test", str(tmp_path)]) == 1
+    assert "no *.policy-test.yaml files found" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("case", "message"), [

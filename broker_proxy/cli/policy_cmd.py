@@ -138,25 +138,29 @@ def run_policy_tests(args: argparse.Namespace) -> int:
     from broker_proxy.policy_tools.junit import write_junit
     from broker_proxy.policy_tools.runner import CaseResult, run_file
 
-    override = Path(args.policy) if args.policy else None
-    if args.tests:
-        roots = [Path(item) for item in args.tests]
-    else:
-        roots = [(override or policy_file_of(args)).parent]
-    files = find_test_files(roots)
-    if not files:
-        raise CliError("no *.policy-test.yaml files found in " + ", ".join(map(str, roots)))
+    # With TESTS, --policy replaces the policy each file names (try a candidate against the
+    # tests); without, the tests beside the policy that name it are run.
+    override = Path(args.policy) if args.policy and args.tests else None
+    policy = None if args.tests else (Path(args.policy) if args.policy else policy_file_of(args))
+    roots = [Path(item) for item in args.tests] if args.tests else [policy.parent]
     results: list[CaseResult] = []
-    for path in files:
+    found = 0
+    for path in find_test_files(roots):
         try:
             test_file = read_test_file(path)
         except TestFileError as error:
             results.append(CaseResult(path, None, False, "error", str(error)))
             print(f"ERROR {error}")
+            found += 1
             continue
+        if policy is not None and test_file.policy.resolve() != policy.resolve():
+            continue
+        found += 1
         for result in run_file(test_file, override):
             results.append(result)
             print(_result_line(result))
+    if not found:
+        raise CliError("no *.policy-test.yaml files found in " + ", ".join(map(str, roots)))
     failed = sum(not result.passed for result in results)
     if args.junit:
         write_junit(results, Path(args.junit))
