@@ -31,7 +31,7 @@ from broker_proxy.audit.files import chain_files, chains_in
 from broker_proxy.outbound import Allowed, Denied, Verdict
 from broker_proxy.policy.model import Policy
 from broker_proxy.policy_tools.harness import DecisionHarness, TestGrant, throwaway_harness
-from broker_proxy.policy_tools.requests import Placement, build_request
+from broker_proxy.policy_tools.requests import Placement, RequestError, build_request
 from broker_proxy.request_checks import AmbiguousPath, canonical_path
 
 # Refusals that depend on the policy, and so may change under NEW. Every other recorded reason
@@ -118,7 +118,15 @@ class Replayer:
                      host, port, self._path_answers(held, method, scheme, host, port, path))
         answer = self._answers.get(key, _UNSEEN)
         if answer is _UNSEEN:
-            answer = self._answers[key] = self._redecide(key, path)
+            try:
+                answer = self._redecide(key, path)
+            except RequestError:  # facts no request can be built from: kept as recorded
+                answer = _KEPT
+            self._answers[key] = answer
+        if answer is _KEPT:
+            report.unchanged += 1
+            report.kept += 1
+            return
         if answer is None:
             report.unchanged += 1
             return
@@ -192,6 +200,7 @@ class Replayer:
 
 
 _UNSEEN = ("", "")
+_KEPT = ("kept", "")
 
 
 @lru_cache(maxsize=65536)
