@@ -23,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from broker_proxy.policy_tools.requests import PLACES
+from broker_proxy.policy_tools.request_builder import PLACES
 
 SUFFIX = ".policy-test.yaml"
 _CASE_KEYS = frozenset({"name", "agent", "method", "url", "secret", "in", "header", "aws",

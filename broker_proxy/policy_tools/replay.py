@@ -31,7 +31,7 @@ from broker_proxy.audit.files import chain_files, chains_in
 from broker_proxy.outbound import Allowed, Denied, Verdict
 from broker_proxy.policy.model import Policy
 from broker_proxy.policy_tools.harness import DecisionHarness, TestGrant, throwaway_harness
-from broker_proxy.policy_tools.requests import Placement, RequestError, build_request
+from broker_proxy.policy_tools.request_builder import Placement, RequestError, build_request
 from broker_proxy.request_checks import AmbiguousPath, canonical_path
 
 # Refusals that depend on the policy, and so may change under NEW. Every other recorded reason

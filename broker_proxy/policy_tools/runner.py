@@ -14,7 +14,7 @@ from broker_proxy.policy.loader import PolicyError, load_policy
 from broker_proxy.policy.model import Policy
 from broker_proxy.policy_tools.cases import Expectation, TestCase, TestFile
 from broker_proxy.policy_tools.harness import DecisionHarness, TestGrant, throwaway_harness
-from broker_proxy.policy_tools.requests import Placement, RequestError, build_request
+from broker_proxy.policy_tools.request_builder import Placement, RequestError, build_request
 
 PLACEHOLDER_MARK = "{placeholder}"
 
