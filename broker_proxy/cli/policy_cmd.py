@@ -5,11 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import TYPE_CHECKING
 
 from broker_proxy.cli.common import add_policy_option, load_policy_of, policy_file_of
 from broker_proxy.cli.errors import CliError
 from broker_proxy.policy.loader import PolicyError, load_policy
 from broker_proxy.policy.schema import policy_json_schema
+
+if TYPE_CHECKING:
+    from broker_proxy.policy_tools.runner import CaseResult
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -168,7 +172,7 @@ def run_policy_tests(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _result_line(result) -> str:
+def _result_line(result: CaseResult) -> str:
     where = f"{result.file}::{result.name}"
     if result.passed:
         return f"PASS {where}"
