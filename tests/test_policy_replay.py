@@ -105,3 +105,15 @@ def test_a_torn_line_is_counted_not_fatal(recorded):
         log.write(b'{"event":"request","agent":"bot","reason":"inj')
     report = replay_log(load_policy_text(POLICY), recorded)
     assert report.unreadable == 1 and report.records == 22
+
+
+def test_grouping_paths_gives_the_answers_of_deciding_each_path(tmp_path):
+    """The speed-up keys a path on the index's answers; it must not change a single count."""
+    from benchmarks.replay_bench import policy_text, write_log
+
+    log = tmp_path / "audit.log"
+    write_log(log, 3000)
+    new = load_policy_text(policy_text(drop=True))
+    grouped, each = replay_log(new, log), replay_log(new, log, group_paths=False)
+    assert grouped.as_dict() == each.as_dict()
+    assert sum(grouped.now_refused.values()) > 0 and grouped.unchanged > 0

@@ -70,8 +70,10 @@ _Key = tuple[str, tuple[str, ...], str, str, tuple[str, ...], str, str, str, int
 
 
 class Replayer:
-    def __init__(self, harness: DecisionHarness) -> None:
+    def __init__(self, harness: DecisionHarness, *, group_paths: bool = True) -> None:
+        """``group_paths=False`` keys every distinct path on its own (slower; for checking)."""
         self._harness = harness
+        self._group_paths = group_paths
         self._policy = harness.policy
         self._index = harness.broker.policy.index
         self._answers: dict[_Key, tuple[str, str] | None] = {}
@@ -147,7 +149,7 @@ class Replayer:
             return found
         if len(self._path_memo) >= _PATH_MEMO_SIZE:
             self._path_memo.clear()  # bounded memory on a log of endlessly varied paths
-        if not _is_canonical(path):
+        if not self._group_paths or not _is_canonical(path):
             found = path
         else:
             allows = self._index.allows
@@ -224,10 +226,10 @@ def _aws_scope(url: str) -> tuple[str, str]:
     return labels[0], "us-east-1"  # global endpoints (sts.amazonaws.com) sign for us-east-1
 
 
-def replay_log(policy: Policy, log: Path) -> ReplayReport:
+def replay_log(policy: Policy, log: Path, *, group_paths: bool = True) -> ReplayReport:
     """Replay ``log`` (a file, with its rotated archives, or a directory of chains)."""
     with throwaway_harness(policy) as harness:
-        return Replayer(harness).replay(_log_files(log))
+        return Replayer(harness, group_paths=group_paths).replay(_log_files(log))
 
 
 def _log_files(log: Path) -> list[Path]:
