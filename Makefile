@@ -20,6 +20,7 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m ruff check .
+	$(VENV)/bin/broker-proxy policy test policies/
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)

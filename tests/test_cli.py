@@ -89,7 +89,8 @@ def test_unreadable_policy_file_is_one_line(home: Path, tmp_path: Path) -> None:
 
 
 def test_policy_check_accepts_every_shipped_policy(home: Path) -> None:
-    shipped = sorted(str(p) for p in (Path(__file__).parent.parent / "policies").glob("*.yaml"))
+    shipped = sorted(str(p) for p in (Path(__file__).parent.parent / "policies").glob("*.yaml")
+                     if not p.name.endswith(".policy-test.yaml"))
     assert shipped
     done = run_cli(home, "policy", "check", *shipped)
     assert done.returncode == 0, done.stderr

@@ -44,7 +44,7 @@ def parse_sign(node: yaml.Node, path: str, checker: _Checker) -> str | None:
 def parse_aws_scope(node: yaml.Node, path: str, checker: _Checker) -> AwsScope | None:
     """``aws: {services: [s3, sts], regions: [us-east-1]}``; both lists are required."""
     before = len(checker.issues)
-    fields = checker.fields(node, path, "aws", node, required=AWS_SCOPE_FIELDS)
+    fields = checker.fields(node, path, "aws", node)
     if fields is None:
         return None
     found: dict[str, frozenset[str]] = {}

@@ -66,8 +66,7 @@ def covers_token_url(destination: Destination, oauth2: OAuth2Config) -> bool:
 def parse_oauth2(node: yaml.Node, key: yaml.Node, path: str,
                  checker: Any) -> OAuth2Config | None:
     """The ``oauth2:`` mapping of a secret; problems go to the loader's checker."""
-    fields = checker.fields(node, path, "oauth2", key,
-                            required=("token_url", "grant_type", "client_id"))
+    fields = checker.fields(node, path, "oauth2", key)
     if fields is None:
         return None
     before = len(checker.issues)

@@ -34,6 +34,7 @@ SECRET_SLOT, BASIC_SLOT = "{secret}", "{basic}"
 # Per-grant placeholders must be unguessable from one another: at least this many random bits.
 MIN_FORMAT_BITS = 96
 FORMAT_PREFIX_MIN, FORMAT_PREFIX_MAX = 2, 32
+FORMAT_LENGTH_MAX = 256
 USERNAME_MAX = 256
 
 
@@ -81,7 +82,7 @@ def parse_inject(node: yaml.Node, path: str, places: tuple[str, ...],
 
 def _template(node: yaml.Node, path: str, checker: _Checker) -> HeaderTemplate | None:
     before = len(checker.issues)
-    fields = checker.fields(node, path, "header_template", node, required=("header", "value"))
+    fields = checker.fields(node, path, "header_template", node)
     if fields is None:
         return None
     header = value = None
@@ -118,7 +119,7 @@ def _template(node: yaml.Node, path: str, checker: _Checker) -> HeaderTemplate |
 
 def parse_basic(node: yaml.Node, path: str, checker: _Checker) -> str | None:
     """``basic: {username: NAME}``: the secret's value is the password."""
-    fields = checker.fields(node, path, "basic", node, required=("username",))
+    fields = checker.fields(node, path, "basic", node)
     if fields is None or "username" not in fields:
         return None
     username_node = fields["username"][1]
@@ -138,8 +139,7 @@ def parse_basic(node: yaml.Node, path: str, checker: _Checker) -> str | None:
 def parse_placeholder_format(node: yaml.Node, path: str,
                              checker: _Checker) -> PlaceholderFormat | None:
     before = len(checker.issues)
-    fields = checker.fields(node, path, "placeholder_format", node,
-                            required=("prefix", "length"))
+    fields = checker.fields(node, path, "placeholder_format", node)
     if fields is None:
         return None
     prefix = alphabet = None
@@ -167,8 +167,9 @@ def parse_placeholder_format(node: yaml.Node, path: str,
     if "length" in fields:
         length_node = fields["length"][1]
         length = checker.integer(length_node, f"{path}.length")
-        if length is not None and not 1 <= length <= 256:
-            checker.report(length_node, f"{path}.length", "must be between 1 and 256")
+        if length is not None and not 1 <= length <= FORMAT_LENGTH_MAX:
+            checker.report(length_node, f"{path}.length",
+                           f"must be between 1 and {FORMAT_LENGTH_MAX}")
             length = None
     if prefix is None or length is None or len(checker.issues) > before:
         return None

@@ -23,13 +23,11 @@ import yaml
 
 from broker_proxy.durations import DurationError, parse_duration
 from broker_proxy.policy.aws_fields import (
-    AWS_SCOPE_FIELDS,
     check_sigv4_secret,
     parse_aws_scope,
     parse_sign,
 )
 from broker_proxy.policy.credential_fields import (
-    OAUTH2_FIELDS,
     covers_token_url,
     parse_client_cert,
     parse_oauth2,
@@ -59,37 +57,28 @@ from broker_proxy.policy.model import (
     Policy,
     SecretPolicy,
 )
+from broker_proxy.policy.path_reach import unreachable_reason
+from broker_proxy.policy.spec import (
+    ENV_PATTERN,
+    FIELDS,
+    NAME_PATTERN,
+    PLACEHOLDER_MAX,
+    PLACEHOLDER_MIN,
+    PORT_MAX,
+    PORT_MIN,
+    REQUIRED,
+    VERSION,
+)
 
-VERSION = 1
 DEFAULT_MAX_TTL = timedelta(hours=1)
 DEFAULT_PORTS = {"https": 443, "http": 80}
 
-# The fields each mapping may hold; schema.py describes the same names (a test keeps them equal).
-FIELDS: dict[str, tuple[str, ...]] = {
-    "policy": ("version", "secrets", "agents", "egress", "network"),
-    "secret": ("from", "command", "placeholder", "destinations", "inject", "env",
-               "oauth2", "client_cert",
-               "basic", "placeholder_format", "cache_ttl", "timeout", "sign"),
-    "oauth2": OAUTH2_FIELDS,
-    "header_template": ("header", "value", "overwrite"),
-    "basic": ("username",),
-    "placeholder_format": ("prefix", "alphabet", "length"),
-    "destination": ("host", "port", "scheme", "methods", "paths", "aws"),
-    "aws": AWS_SCOPE_FIELDS,
-    "agent": ("secrets", "max_ttl", "approval"),
-    "egress": ("allow",),
-    "network": ("allow_addresses",),
-}
-
-NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$"
-ENV_PATTERN = r"^[A-Z_][A-Z0-9_]*$"
 METHOD_PATTERN = r"^[A-Z][A-Z0-9_-]*$"
 _NAME = re.compile(NAME_PATTERN)
 _ENV = re.compile(ENV_PATTERN)
 _ENV_SOURCE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # env:VAR reads any variable name
 _METHOD = re.compile(METHOD_PATTERN)
 _DECIMAL = re.compile(r"0|[1-9][0-9]*")
-PLACEHOLDER_MIN, PLACEHOLDER_MAX = 8, 256
 
 _YAML = "tag:yaml.org,2002:"
 _STR, _INT, _NULL, _MERGE = _YAML + "str", _YAML + "int", _YAML + "null", _YAML + "merge"
@@ -336,10 +325,11 @@ class _Checker:
             found.append((name, key, value))
         return found
 
-    def fields(self, node: yaml.Node, path: str, kind: str, where: yaml.Node,
-               required: tuple[str, ...] = ()) -> dict[str, tuple[yaml.Node, yaml.Node]] | None:
-        """A fixed-field mapping; unknown fields (with a close suggestion) and missing ones
-        reported. ``where`` is the node a missing field is reported at."""
+    def fields(self, node: yaml.Node, path: str, kind: str, where: yaml.Node
+               ) -> dict[str, tuple[yaml.Node, yaml.Node]] | None:
+        """A fixed-field mapping of ``kind`` (spec.py); unknown fields (with a close suggestion)
+        and missing required ones reported. ``where`` is the node a missing field is reported
+        at."""
         if not self.kind(node, path, yaml.MappingNode, "a mapping"):
             return None
         known = FIELDS[kind]
@@ -350,7 +340,7 @@ class _Checker:
                             f"unknown field {_quoted(name)}{_suggestion(name, known)}")
                 continue
             found[name] = (key, value)
-        for name in required:
+        for name in REQUIRED[kind]:
             if name not in found:
                 self.report(where, path, f"missing required field {_quoted(name)}")
         return found
@@ -387,7 +377,7 @@ def _build_policy(root: yaml.Node | None, checker: _Checker) -> _Sections | None
                 checker.report(value, "version", f"unsupported version {value.value}: "
                                                  f"this broker-proxy reads version {VERSION}")
                 return None
-    top = checker.fields(root, "", "policy", root, required=("version",))
+    top = checker.fields(root, "", "policy", root)
     if top is None:
         return None
     if "version" in top:
@@ -463,7 +453,7 @@ def _check_placeholders_apart(placeholders: list[tuple[str, str, yaml.Node, str]
 
 def _secret(name: str, key: yaml.Node, node: yaml.Node, path: str,
             checker: _Checker) -> SecretPolicy | None:
-    fields = checker.fields(node, path, "secret", key, required=("from", "destinations"))
+    fields = checker.fields(node, path, "secret", key)
     if fields is None:
         return None
     source = _source(fields["from"][1], _join(path, "from"), checker) if "from" in fields else None
@@ -629,7 +619,7 @@ def _placeholder(node: yaml.Node, path: str, checker: _Checker) -> str | None:
 
 def _destination(node: yaml.Node, path: str, checker: _Checker) -> Destination | None:
     before = len(checker.issues)
-    fields = checker.fields(node, path, "destination", node, required=("host",))
+    fields = checker.fields(node, path, "destination", node)
     if fields is None:
         return None
     host = None
@@ -646,8 +636,9 @@ def _destination(node: yaml.Node, path: str, checker: _Checker) -> Destination |
     if "port" in fields:
         port_node = fields["port"][1]
         given = checker.integer(port_node, _join(path, "port"))
-        if given is not None and not 1 <= given <= 65535:
-            checker.report(port_node, _join(path, "port"), "must be between 1 and 65535")
+        if given is not None and not PORT_MIN <= given <= PORT_MAX:
+            checker.report(port_node, _join(path, "port"),
+                           f"must be between {PORT_MIN} and {PORT_MAX}")
         port = given or port
     methods = DEFAULT_METHODS
     if "methods" in fields:
@@ -711,6 +702,9 @@ def _paths(node: yaml.Node, path: str, checker: _Checker) -> tuple[str, ...]:
             compile_path_glob(glob)
         except GlobError as error:
             checker.report(item, item_path, str(error))
+            continue
+        if problem := unreachable_reason(glob):
+            checker.report(item, item_path, f"path pattern {_quoted(glob)} {problem}")
             continue
         globs.append(glob)
     return tuple(dict.fromkeys(globs))

@@ -1,0 +1,89 @@
+"""Warnings for a policy that loads but is probably not what its author meant.
+
+The loader refuses what is wrong; these are merely suspicious, so the proxy runs with them and
+`policy check` prints them (`--strict` makes them errors): a destination another destination of
+the same secret already covers (editing one then silently changes nothing), a secret no agent
+may hold, an agent that can be granted nothing, a scheme on the other scheme's usual port.
+Each points at the line and column to look at, like the loader's errors.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from broker_proxy.policy.coverage import destination_covers
+from broker_proxy.policy.loader import PolicyIssue, load_policy
+from broker_proxy.policy.model import Policy
+
+_USUAL_PORTS = {"https": 443, "http": 80}
+
+
+class _Positions:
+    """Line and column of a field, found by walking the composed YAML."""
+
+    def __init__(self, text: str, source: str) -> None:
+        self.source = source
+        try:
+            self.root = yaml.compose(text, Loader=yaml.SafeLoader)
+        except yaml.YAMLError:  # the loader accepted it, so this does not happen
+            self.root = None
+
+    def issue(self, steps: tuple[str | int, ...], field: str, message: str) -> PolicyIssue:
+        node = self.root
+        for step in steps:
+            node = _child(node, step)
+        mark = node.start_mark if node is not None else None
+        line, column = (mark.line + 1, mark.column + 1) if mark else (0, 0)
+        return PolicyIssue(self.source, line, column, field, "warning: " + message)
+
+
+def _child(node: yaml.Node | None, step: str | int) -> yaml.Node | None:
+    if isinstance(node, yaml.MappingNode) and isinstance(step, str):
+        if step.startswith("key:"):  # the key itself, where a named entry starts
+            return next((k for k, _ in node.value if k.value == step[4:]), None)
+        return next((v for k, v in node.value if k.value == step), None)
+    if isinstance(node, yaml.SequenceNode) and isinstance(step, int) and step < len(node.value):
+        return node.value[step]
+    return None
+
+
+def policy_warnings(policy: Policy, text: str, source: str) -> list[PolicyIssue]:
+    where = _Positions(text, source)
+    found: list[PolicyIssue] = []
+    held = set().union(*(agent.secrets for agent in policy.agents.values()))
+    for name, secret in policy.secrets.items():
+        base = ("secrets", name)
+        if name not in held:
+            found.append(where.issue(("secrets", f"key:{name}"), f"secrets.{name}",
+                                     "no agent holds this secret, so no grant can use it"))
+        for index, destination in enumerate(secret.destinations):
+            path = f"secrets.{name}.destinations[{index}]"
+            wider = next((other for other, candidate in enumerate(secret.destinations)
+                          if other != index and destination_covers(candidate, destination)
+                          and not (candidate == destination and other > index)), None)
+            if wider is not None:
+                found.append(where.issue((*base, "destinations", index), path,
+                                         f"shadowed by destinations[{wider}], which covers "
+                                         "everything this one allows"))
+            usual = _USUAL_PORTS.get(destination.scheme)
+            other_scheme = next((s for s, p in _USUAL_PORTS.items()
+                                 if p == destination.port and s != destination.scheme), None)
+            if other_scheme is not None and destination.port != usual:
+                found.append(where.issue((*base, "destinations", index, "port"), path + ".port",
+                                         f"{destination.scheme} on port {destination.port}, "
+                                         f"the usual port of {other_scheme}"))
+    for name, agent in policy.agents.items():
+        if not any(policy.secrets[s].destinations for s in agent.secrets if s in policy.secrets):
+            found.append(where.issue(("agents", f"key:{name}"), f"agents.{name}",
+                                     "none of this agent's secrets has a destination: "
+                                     "it can be granted nothing"))
+    return sorted(found, key=lambda issue: (issue.line, issue.column))
+
+
+def check_file(path: str | Path) -> tuple[Policy, list[PolicyIssue]]:
+    """Load (raising the loader's PolicyError) and return the policy with its warnings."""
+    policy = load_policy(path)
+    text = Path(path).read_text(encoding="utf-8")
+    return policy, policy_warnings(policy, text, str(path))

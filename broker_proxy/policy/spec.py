@@ -1,0 +1,194 @@
+"""The policy format (version 1), defined once: every mapping, its fields, which are required,
+and what each value may be.
+
+The loader takes its field names and required fields from here (``FIELDS``, ``REQUIRED``), and
+``broker-proxy policy schema`` is generated from here (``schema.py``), so an editor's completion
+and the loader cannot disagree about the shape of a file. The value rules below are written as
+JSON Schema and use the same constants the loader checks with; what a schema cannot say
+(canonical hosts, placeholders that overlap, agents naming defined secrets, paths that can never
+match) stays in the loader, and a test replays the loader's error cases against the schema to
+keep the two in step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from broker_proxy.policy.aws_fields import AWS_SCOPE_FIELDS, SCOPE_PART_PATTERN, SIGN_KINDS
+from broker_proxy.policy.credential_fields import CLIENT_AUTH, GRANT_TYPES, OAUTH2_FIELDS
+from broker_proxy.policy.credential_kinds import (
+    FORMAT_LENGTH_MAX,
+    FORMAT_PREFIX_MAX,
+    FORMAT_PREFIX_MIN,
+    HEADER_NAME_PATTERN,
+    USERNAME_MAX,
+)
+from broker_proxy.policy.model import INJECT_PLACES, NEVER_METHODS
+
+VERSION = 1
+NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$"
+ENV_PATTERN = r"^[A-Z_][A-Z0-9_]*$"
+PLACEHOLDER_MIN, PLACEHOLDER_MAX = 8, 256
+PORT_MIN, PORT_MAX = 1, 65535
+SCHEMES = ("https", "http")
+# Exact host, "*.suffix", or an IP literal; the loader canonicalises and checks it further.
+HOST_PATTERN = r"^(\*\.)?[^\s/@\\%*]+$|^\[?[0-9A-Fa-f:.]+\]?$"
+DURATION_PATTERN = "^([0-9]+d)?([0-9]+h)?([0-9]+m)?([0-9]+s)?$"
+# A method as the loader reads it before its own checks (upper-cased first).
+_METHOD_TEXT = "^[A-Za-z][A-Za-z0-9_-]*$"
+_INJECT_ORDER = ("header", "query", "body")
+assert set(_INJECT_ORDER) == INJECT_PLACES
+
+
+def _any_case(words: frozenset[str]) -> str:
+    """A pattern for these words in any letter case (the loader upper-cases methods first)."""
+    return "^(" + "|".join("".join(f"[{c.upper()}{c.lower()}]" for c in word)
+                           for word in sorted(words)) + ")$"
+
+
+def kind(name: str) -> dict[str, Any]:
+    """A value that is one of the mappings below."""
+    return {"$ref": f"#/$defs/{name}"}
+
+
+def _named(entry: str) -> dict[str, Any]:
+    """A section of named entries ("secrets:", "agents:"); empty means none."""
+    return {"type": ["object", "null"], "propertyNames": {"pattern": NAME_PATTERN},
+            "additionalProperties": kind(entry)}
+
+
+_STRINGS = {"type": "array", "items": {"type": "string"}}
+
+
+@dataclass(frozen=True, slots=True)
+class Mapping:
+    """One kind of mapping: its fields (JSON Schema of each value), the required ones."""
+
+    fields: dict[str, dict[str, Any]]
+    required: tuple[str, ...] = ()
+    nullable: bool = False  # "egress:" with everything under it commented out means none
+    description: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+MAPPINGS: dict[str, Mapping] = {
+    "policy": Mapping({
+        "version": {"const": VERSION},
+        "secrets": _named("secret"),
+        "agents": _named("agent"),
+        "egress": kind("egress"),
+        "network": kind("network"),
+    }, required=("version",)),
+    "secret": Mapping({
+        "from": {
+            "type": "string",
+            "pattern": "^(vault|command|env:[A-Za-z_][A-Za-z0-9_]*|file:.+|keyring:.+/[^/]+)$",
+            "description": "vault | env:VAR | file:PATH | keyring:SERVICE/USER | command",
+        },
+        "command": {**_STRINGS, "minItems": 1, "description": "argv, with from: command"},
+        "placeholder": {"type": "string", "pattern": "^[!-~]+$",
+                        "minLength": PLACEHOLDER_MIN, "maxLength": PLACEHOLDER_MAX,
+                        "description": 'default "{{secret:NAME}}"'},
+        "destinations": {"type": "array", "minItems": 1, "items": kind("destination")},
+        "inject": {"type": "array", "minItems": 1, "uniqueItems": True,
+                   "items": {"oneOf": [{"enum": list(_INJECT_ORDER)}, kind("header_template")]},
+                   "default": ["header"],
+                   "description": "places a placeholder may be swapped in, and headers the "
+                                  "proxy sets itself ({header, value, overwrite})"},
+        "env": {"type": "string", "pattern": ENV_PATTERN},
+        "oauth2": kind("oauth2"),
+        "client_cert": {"type": "string", "pattern": "^(file:.+|env:[A-Za-z_][A-Za-z0-9_]*)$",
+                        "description": "certificate PEM source; the secret's value is its key"},
+        "basic": kind("basic"),
+        "placeholder_format": kind("placeholder_format"),
+        "cache_ttl": {**kind("duration"),
+                      "description": "command/keyring: reuse a fetched value this long"},
+        "timeout": {**kind("duration"),
+                    "description": "command: how long it may run (default 10s)"},
+        "sign": {"enum": list(SIGN_KINDS),
+                 "description": "re-sign AWS SigV4 requests made with the placeholder key id; "
+                                'the value is JSON {"access_key_id", "secret_access_key", '
+                                '"session_token"?}'},
+    }, required=("from", "destinations")),
+    "oauth2": Mapping({
+        "token_url": {"type": "string", "pattern": "^https://",
+                      "description": "the token endpoint; no destination may cover it"},
+        "grant_type": {"enum": list(GRANT_TYPES)},
+        "client_id": {"type": "string", "minLength": 1},
+        "scope": {"type": "string"},
+        "auth": {"enum": list(CLIENT_AUTH), "default": "basic",
+                 "description": "client_secret_basic or client_secret_post"},
+    }, required=("token_url", "grant_type", "client_id")),
+    "header_template": Mapping({
+        "header": {"type": "string", "pattern": HEADER_NAME_PATTERN},
+        "value": {"type": "string", "pattern": "\\{(secret|basic)\\}",
+                  "description": 'e.g. "Bearer {secret}" or "Basic {basic}"'},
+        "overwrite": {"type": "boolean", "default": False,
+                      "description": "replace a header the agent sent (else refuse)"},
+    }, required=("header", "value")),
+    "basic": Mapping({
+        "username": {"type": "string", "pattern": "^[^:\\x00-\\x1f\\x7f]+$",
+                     "maxLength": USERNAME_MAX,
+                     "description": "Basic user-id; the secret's value is the password"},
+    }, required=("username",)),
+    "placeholder_format": Mapping({
+        "prefix": {"type": "string", "pattern": "^[!-z|~]+$", "minLength": FORMAT_PREFIX_MIN,
+                   "maxLength": FORMAT_PREFIX_MAX},
+        "alphabet": {"type": "string", "pattern": "^[!-~]+$", "minLength": 2,
+                     "description": "default A-Z, a-z, 0-9"},
+        "length": {"type": "integer", "minimum": 1, "maximum": FORMAT_LENGTH_MAX,
+                   "description": "random characters after the prefix (>= 96 bits)"},
+    }, required=("prefix", "length")),
+    "destination": Mapping({
+        "host": {**kind("host"), "description": 'exact host, or "*.example.com"'},
+        "port": {"type": "integer", "minimum": PORT_MIN, "maximum": PORT_MAX,
+                 "description": "default 443 for https, 80 for http"},
+        "scheme": {"enum": list(SCHEMES), "default": "https"},
+        "methods": {
+            "type": "array", "minItems": 1,
+            "items": {"type": "string", "pattern": _METHOD_TEXT,
+                      "not": {"pattern": _any_case(NEVER_METHODS)}},
+            "description": "default: every method but TRACE, TRACK and CONNECT",
+        },
+        "paths": {
+            "type": "array", "minItems": 1,
+            "items": {"type": "string", "pattern": "^/[!-~]*$", "not": {"pattern": "[?#]"}},
+            "description": '"*" within one segment, "**" as a whole segment for any depth',
+        },
+        "aws": kind("aws"),
+    }, required=("host",)),
+    "aws": Mapping({
+        "services": {"type": "array", "minItems": 1,
+                     "items": {"type": "string", "pattern": SCOPE_PART_PATTERN},
+                     "description": "SigV4 services this key may sign for, e.g. s3, sts"},
+        "regions": {"type": "array", "minItems": 1,
+                    "items": {"type": "string", "pattern": SCOPE_PART_PATTERN},
+                    "description": "SigV4 regions, e.g. us-east-1 (global sts/iam sign with "
+                                   "us-east-1)"},
+    }, required=("services", "regions")),
+    "agent": Mapping({
+        "secrets": {**_STRINGS, "description": "secrets this agent may ever be granted"},
+        "max_ttl": {**kind("duration"), "default": "1h"},
+        "approval": {**_STRINGS, "description": "secrets whose grants wait for a human"},
+    }),
+    "egress": Mapping({
+        "allow": {"type": "array", "items": kind("host"),
+                  "description": "hosts any grant may reach without secrets"},
+    }, nullable=True),
+    "network": Mapping({
+        "allow_addresses": {**_STRINGS, "description": "CIDRs such as 127.0.0.0/8"},
+    }, nullable=True),
+}
+
+# Value shapes several fields share.
+SHARED: dict[str, dict[str, Any]] = {
+    "host": {"type": "string", "pattern": HOST_PATTERN},
+    "duration": {"type": "string", "pattern": DURATION_PATTERN, "minLength": 2},
+}
+
+FIELDS: dict[str, tuple[str, ...]] = {name: tuple(m.fields) for name, m in MAPPINGS.items()}
+REQUIRED: dict[str, tuple[str, ...]] = {name: m.required for name, m in MAPPINGS.items()}
+
+# The two sub-parsers iterate their own field lists; they must be these.
+assert FIELDS["oauth2"] == OAUTH2_FIELDS and FIELDS["aws"] == AWS_SCOPE_FIELDS
