@@ -19,8 +19,9 @@ from pathlib import Path
 from mitmproxy import ctx, http, tcp, tls
 from mitmproxy.proxy import server_hooks
 
-from addons import flow_adapter, response_limits
+from addons import flow_adapter, response_limits, server_names
 from addons.broker_addon import BrokerAddon
+from addons.mitmproxy_compat import IncompatibleMitmproxy
 from broker_proxy import outbound as codes
 from broker_proxy.assembly import open_broker, policy_path
 from broker_proxy.home import Home
@@ -58,6 +59,11 @@ class BrokerScript:
         from broker_proxy.cli.errors import describe_error
         from broker_proxy.cli.run_cmd import parse_resolve
 
+        if _INCOMPATIBLE is not None:
+            self.inner = None
+            self.startup_error = _INCOMPATIBLE
+            log.error("broker-proxy refuses all requests: %s", self.startup_error)
+            return
         try:
             home = Home.resolve(ctx.options.broker_home or None)
             resolve = parse_resolve(list(ctx.options.broker_resolve))
@@ -131,5 +137,15 @@ class BrokerScript:
         flow.kill()
 
 
-response_limits.install()
+def _patch_mitmproxy() -> str | None:
+    """Patch what the script needs; the reason to refuse every request if mitmproxy changed."""
+    try:
+        server_names.check()
+        response_limits.install()
+    except IncompatibleMitmproxy as error:
+        return str(error)
+    return None
+
+
+_INCOMPATIBLE = _patch_mitmproxy()
 addons = [BrokerScript()]

@@ -19,7 +19,7 @@ from mitmproxy import connection, ctx, http, tcp, tls
 from mitmproxy.exceptions import OptionsError
 from mitmproxy.proxy import server_hooks
 
-from addons import flow_adapter, response_scrubbing
+from addons import flow_adapter, response_scrubbing, server_names
 from addons.client_certs import ClientCerts
 from broker_proxy import outbound as codes
 from broker_proxy.addresses import address_allowed
@@ -300,9 +300,7 @@ class BrokerAddon:
         """
         name = self._dialled_names.pop(data.server, None)
         if name is not None:
-            # Server.__setattr__ refuses address changes on open connections to stop silent
-            # re-routing; this one does not re-route: the socket stays on the address we checked.
-            object.__setattr__(data.server, "address", name)
+            server_names.restore_name(data.server, name)
 
     def tls_start_server(self, tls_start: tls.TlsData) -> None:
         try:

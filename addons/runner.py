@@ -26,10 +26,9 @@ from mitmproxy.addons.errorcheck import ErrorCheck
 from mitmproxy.addons.termlog import TermLog
 from mitmproxy.master import Master
 
-from addons import debug_checks, response_limits
+from addons import debug_checks, hook_dispatch, response_limits, reuse_port, server_names
 from addons.broker_addon import BrokerAddon
 from addons.hook_dispatch import IndexedAddonManager
-from addons.reuse_port import enable_reuse_port
 from broker_proxy.broker import Broker
 
 
@@ -57,17 +56,27 @@ class _Announce:
         self._on_ready(host, port)
 
 
+def patch_mitmproxy(*, with_reuse_port: bool) -> None:
+    """Check every mitmproxy internal `run` changes, then change them; idempotent.
+
+    Raises IncompatibleMitmproxy (one line) when one of them is not as read from 12.3.
+    """
+    hook_dispatch.check()
+    server_names.check()
+    response_limits.install()  # long downloads reach responseheaders, which streams them
+    debug_checks.install()
+    if with_reuse_port:
+        reuse_port.enable_reuse_port()
+
+
 async def serve(broker: Broker, settings: ProxySettings,
                 on_ready: Callable[[str, int], None]) -> None:
-    if settings.reuse_port:
-        enable_reuse_port()
+    patch_mitmproxy(with_reuse_port=settings.reuse_port)
     opts = options.Options(
         listen_host=settings.listen_host,
         listen_port=settings.listen_port,
         confdir=str(settings.certs_dir),
     )
-    response_limits.install()  # long downloads reach responseheaders, which streams them
-    debug_checks.install()
     master = Master(opts, with_termlog=False)
     master.addons = IndexedAddonManager(master)
     master._termlog_addon = TermLog()  # Master uninstalls it when it stops

@@ -122,8 +122,13 @@ def _share_metrics(workers: int, worker: bool) -> Path | None:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from addons.runner import ProxySettings, serve
+    from addons.mitmproxy_compat import IncompatibleMitmproxy
+    from addons.runner import ProxySettings, patch_mitmproxy, serve
 
+    try:  # before anything starts: refuse a mitmproxy whose patched internals changed
+        patch_mitmproxy(with_reuse_port=args.workers > 1 or args.worker_of_group)
+    except IncompatibleMitmproxy as error:
+        raise CliError(str(error)) from None
     home = home_of(args)
     listen = parse_address(args.listen, "--listen")
     if args.workers < 1:
