@@ -170,5 +170,5 @@ def test_check_accepts_the_installed_mitmproxy_and_refuses_a_changed_one(
 
     hook_dispatch.check()
     monkeypatch.setattr(AddonManager, "trigger_event", lambda self, event: None)
-    with pytest.raises(IncompatibleMitmproxy, match="AddonManager.trigger_event changed"):
+    with pytest.raises(IncompatibleMitmproxy, match=r"AddonManager\.trigger_event changed"):
         hook_dispatch.check()

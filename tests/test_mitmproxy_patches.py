@@ -30,7 +30,7 @@ def test_the_installed_mitmproxy_passes_every_check() -> None:
 
 def test_server_address_guard_that_changed_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(connection.Server, "__setattr__", object.__setattr__)
-    with pytest.raises(IncompatibleMitmproxy, match="Server.address"):
+    with pytest.raises(IncompatibleMitmproxy, match=r"Server\.address"):
         server_names.check()
 
 
@@ -44,7 +44,7 @@ def test_debug_check_that_is_no_longer_a_type_check_is_refused(
 def test_listener_that_no_longer_uses_asyncio_start_server_is_refused(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(reuse_port.inspect, "getsource", lambda module: "trio.serve_tcp(")
-    with pytest.raises(IncompatibleMitmproxy, match="asyncio.start_server"):
+    with pytest.raises(IncompatibleMitmproxy, match=r"asyncio\.start_server"):
         reuse_port.check()
 
 
