@@ -29,7 +29,9 @@ def token_from_proxy_authorization(value: str | None) -> str | None:
 
 def outbound_request(flow: http.HTTPFlow) -> OutboundRequest:
     request = flow.request
-    body = request.get_content(strict=False) or b""
+    # As received: the broker decodes it within bounds, and only for an authenticated grant.
+    body = request.raw_content or b""
+    encoding = request.headers.get("content-encoding") if body else None
     return OutboundRequest(
         method=request.method.upper(),
         scheme=request.scheme,
@@ -43,6 +45,7 @@ def outbound_request(flow: http.HTTPFlow) -> OutboundRequest:
             if name.lower() != "proxy-authorization"
         ),
         body=body,
+        body_encoding=encoding if encoding and encoding.strip().lower() != "identity" else None,
         host_header=request.headers.get("host"),
         authority=request.authority or None,
         sni=flow.client_conn.sni,

@@ -21,6 +21,12 @@ from broker_proxy import outbound as codes
 from broker_proxy.active_policy import ActivePolicy
 from broker_proxy.audit.log import AuditError, AuditLog
 from broker_proxy.authority import authorities_agree
+from broker_proxy.content_decoding import (
+    BodyNotDecodable,
+    DecodeLimits,
+    decode_whole,
+    parse_content_encoding,
+)
 from broker_proxy.grants.model import Grant
 from broker_proxy.grants.store import GrantStore, GrantStoreError, ReserveResult
 from broker_proxy.header_templates import applicable_templates, apply_templates, template_conflict
@@ -42,6 +48,8 @@ from broker_proxy.time_source import utc_now
 log = logging.getLogger("broker_proxy")
 
 MAX_PLACEHOLDERS_PER_REQUEST = 16
+# An encoded request body is decoded to be scanned for placeholders, never past these bounds.
+REQUEST_DECODE_LIMITS = DecodeLimits(max_output=16 * 1024 * 1024)
 
 # Grant states that are not "active", with the answer each one gets.
 _GRANT_REFUSALS: dict[str, tuple[str, str]] = {
@@ -151,6 +159,13 @@ class Broker:
         if problem := upgrade_problem(request.headers):
             return self._deny(request, grant, 403, codes.UPGRADE_NOT_ALLOWED, problem)
 
+        if request.body_encoding is not None:
+            # Only now, for an authenticated grant, and within bounds.
+            decoded = self._decoded_body(request, grant)
+            if isinstance(decoded, Denied):
+                return decoded
+            request = decoded
+
         # Match on one spelling of the host: the one the policy was compiled with.
         if (host := canonical_host(request.host)) != request.host:
             request = replace(request, host=host)
@@ -227,6 +242,18 @@ class Broker:
                        grant.placeholder_of(n) or policy.policy.secrets[n].placeholder)
                    for n in names},
         )
+
+    def _decoded_body(self, request: OutboundRequest, grant: Grant) -> OutboundRequest | Denied:
+        try:
+            body = decode_whole(request.body, parse_content_encoding(request.body_encoding),
+                                REQUEST_DECODE_LIMITS)
+        except BodyNotDecodable as error:
+            if "exceeds" in str(error):
+                return self._deny(request, grant, 413, codes.BODY_TOO_LARGE,
+                                  "the decoded request body is too large to be checked")
+            return self._deny(request, grant, 415, codes.BODY_NOT_DECODABLE,
+                              f"the request body cannot be decoded to be checked: {error}")
+        return replace(request, body=body, body_encoding=None)
 
     def may_block(self) -> bool:
         """Whether a decision can wait on the network or another process.
