@@ -67,10 +67,15 @@ class BrokerAddon:
         token = flow_adapter.token_from_proxy_authorization(
             flow.request.headers.get(flow_adapter.PROXY_AUTHORIZATION))
         flow.request.headers.pop(flow_adapter.PROXY_AUTHORIZATION, None)
-        connect = flow_adapter.connect_request(flow)
-        if token and self.broker.may_block():  # a store lookup over the network: off the loop
-            return self._admit_off_loop(flow, token, connect)
-        self._admitted(flow, token, self.broker.admit_tunnel(token, connect))
+        try:
+            connect = flow_adapter.connect_request(flow)
+            if token and self.broker.may_block():  # a store lookup over the network: off the loop
+                return self._admit_off_loop(flow, token, connect)
+            denied = self.broker.admit_tunnel(token, connect)
+        except Exception as error:  # fail closed: no tunnel without an admission
+            log.error("http_connect hook failed: %s", type(error).__name__)
+            denied = Denied(503, codes.INTERNAL_ERROR, "the broker could not decide")
+        self._admitted(flow, token, denied)
         return None
 
     async def _admit_off_loop(self, flow: http.HTTPFlow, token: str,
@@ -260,6 +265,13 @@ class BrokerAddon:
         Connecting to the checked address closes the DNS-rebinding window between check and
         connect.
         """
+        try:
+            await self._connect_checked(data)
+        except Exception as error:  # fail closed: an unchecked address is never dialled
+            log.error("server_connect hook failed: %s", type(error).__name__)
+            data.server.error = "the broker could not check the upstream address"
+
+    async def _connect_checked(self, data: server_hooks.ServerConnectionHookData) -> None:
         if data.server.address is None:
             return
         host, port = data.server.address
