@@ -17,11 +17,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mitmproxy import ctx, http, tcp, tls
+from mitmproxy.exceptions import OptionsError
 from mitmproxy.proxy import server_hooks
 
 from addons import flow_adapter, response_limits, server_names
-from addons.broker_addon import BrokerAddon
+from addons.broker_addon import AGENT_VIEW_KEY, BrokerAddon
 from addons.mitmproxy_compat import IncompatibleMitmproxy
+from addons.option_guards import unsafe_option
 from broker_proxy import outbound as codes
 from broker_proxy.assembly import open_broker, policy_path
 from broker_proxy.home import Home
@@ -47,6 +49,13 @@ class BrokerScript:
                           "HOST=IP pins: connect to IP for HOST (split DNS, tests)")
 
     def configure(self, updated: set[str]) -> None:
+        if problem := unsafe_option(ctx.options):
+            # Refuse every request until the option is gone, then say why; mitmproxy rolls a
+            # change at run time back (and calls configure again), or stops at start-up.
+            self.inner = None
+            self.startup_error = problem
+            log.error("broker-proxy refuses all requests: %s", problem)
+            raise OptionsError(problem)
         if self.inner is None or updated & BROKER_OPTIONS:
             self._start()
         if ctx.options.connection_strategy != "lazy":
@@ -77,7 +86,7 @@ class BrokerScript:
             self.startup_error = describe_error(error) or type(error).__name__
             log.error("broker-proxy refuses all requests: %s", self.startup_error)
             return
-        self.inner = BrokerAddon(broker, resolve)
+        self.inner = BrokerAddon(broker, resolve, keep_agent_view=True)
 
     def _refuse(self, flow: http.HTTPFlow) -> None:
         flow_adapter.deny(flow, Denied(503, codes.INTERNAL_ERROR,
@@ -110,6 +119,7 @@ class BrokerScript:
     def response(self, flow: http.HTTPFlow) -> None:
         if self.inner is not None:
             self.inner.response(flow)
+        _show_agent_view(flow)
 
     def websocket_message(self, flow: http.HTTPFlow) -> None:
         if self.inner is not None:
@@ -118,6 +128,7 @@ class BrokerScript:
     def error(self, flow: http.HTTPFlow) -> None:
         if self.inner is not None:
             self.inner.error(flow)
+        _show_agent_view(flow)
 
     async def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
         if self.inner is None:
@@ -135,6 +146,17 @@ class BrokerScript:
 
     def tcp_start(self, flow: tcp.TCPFlow) -> None:
         flow.kill()
+
+
+def _show_agent_view(flow: http.HTTPFlow) -> None:
+    """Put back the request as the agent sent it, now that the real one has left.
+
+    The script runs before mitmdump's dumper and event log: what they print of the request
+    (the URL at flow_detail 1) must show the placeholders, never an injected value.
+    """
+    agent_view = flow.metadata.pop(AGENT_VIEW_KEY, None)
+    if agent_view is not None:
+        flow.request = agent_view
 
 
 def _patch_mitmproxy() -> str | None:

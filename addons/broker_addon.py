@@ -21,6 +21,7 @@ from mitmproxy.proxy import server_hooks
 
 from addons import flow_adapter, response_scrubbing, server_names
 from addons.client_certs import ClientCerts
+from addons.option_guards import unsafe_option
 from broker_proxy import outbound as codes
 from broker_proxy.addresses import address_allowed
 from broker_proxy.broker import Broker
@@ -31,13 +32,18 @@ from broker_proxy.request_checks import upgrade_problem
 log = logging.getLogger("broker_proxy.addon")
 
 METADATA_KEY = "broker_proxy"
+AGENT_VIEW_KEY = "broker_proxy.agent_view"  # the request before injection (mitmdump only)
 DECISION_THREADS = 4  # decisions in flight at once when they may block (see Broker.may_block)
 
 
 class BrokerAddon:
-    def __init__(self, broker: Broker, resolve: dict[str, str] | None = None) -> None:
+    def __init__(self, broker: Broker, resolve: dict[str, str] | None = None, *,
+                 keep_agent_view: bool = False) -> None:
         self.broker = broker
         self.resolve = dict(resolve or {})
+        # Under mitmdump, addons after ours print and save the flow: keep the request as the
+        # agent sent it (placeholders) so the script can put it back once it has been sent.
+        self.keep_agent_view = keep_agent_view
         # Credentials seen on CONNECT, tied to the client connection like mitmproxy's proxyauth.
         self._tunnel_tokens: WeakKeyDictionary[connection.Client, str] = WeakKeyDictionary()
         # Secret-carrying requests wait here for their audit record's fsync, in batches.
@@ -56,12 +62,8 @@ class BrokerAddon:
 
     def configure(self, updated: set[str]) -> None:
         # Options of mitmproxy that would undo the broker's guarantees.
-        if getattr(ctx.options, "ssl_insecure", False):
-            raise OptionsError("broker-proxy never sends secrets to unverified upstreams: "
-                               "unset ssl_insecure")
-        if getattr(ctx.options, "stream_large_bodies", None):
-            raise OptionsError("broker-proxy decides on whole requests: unset "
-                               "stream_large_bodies")
+        if problem := unsafe_option(ctx.options):
+            raise OptionsError(problem)
 
     def http_connect(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
         token = flow_adapter.token_from_proxy_authorization(
@@ -166,6 +168,8 @@ class BrokerAddon:
         if isinstance(verdict, Denied):
             flow_adapter.deny(flow, verdict)
             return
+        if verdict.injected and self.keep_agent_view:
+            flow.metadata[AGENT_VIEW_KEY] = flow.request.copy()
         flow_adapter.apply(flow, verdict, outbound)
         self._allowed_upstreams.setdefault(flow.client_conn, set()).add(
             (flow.request.host.lower(), flow.request.port))
