@@ -8,6 +8,7 @@ import binascii
 from mitmproxy import http
 
 from broker_proxy.outbound import Allowed, Denied, OutboundRequest
+from broker_proxy.policy.destinations import canonical_host
 
 PROXY_AUTHORIZATION = "Proxy-Authorization"
 
@@ -69,6 +70,10 @@ def deny(flow: http.HTTPFlow, denied: Denied) -> None:
 
 
 def apply(flow: http.HTTPFlow, allowed: Allowed, request: OutboundRequest) -> None:
+    if (host := canonical_host(request.host)) != request.host:
+        # One spelling for matching, dialling, SNI and the certificate check: the one the
+        # decision was made on ("api.example.com." and "API.example.com" are that host).
+        flow.request.host = host
     if allowed.headers is not None:
         flow.request.headers = http.Headers(
             [(_raw(name), _raw(value)) for name, value in allowed.headers]

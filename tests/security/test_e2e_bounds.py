@@ -41,3 +41,19 @@ def test_gzip_bomb_with_a_grant_is_refused_413_within_bounds(stack: Stack) -> No
     assert answer.status == 413 and b'"body_too_large"' in answer.body
     assert memory_kib(pid, "VmHWM") - before < 200 * 1024
     assert stack.upstreams.plain.requests == []
+
+
+@pytest.mark.parametrize("client", ["curl", "requests", "httpx"])
+def test_trailing_dot_host_is_the_canonical_host_for_matching_dialling_and_tls(
+        stack: Stack, client: str) -> None:
+    from tests.e2e_clients import via_curl, via_httpx, via_requests
+
+    send = {"curl": via_curl, "requests": via_requests, "httpx": via_httpx}[client]
+    grant = stack.issue("api_key")
+    answer = send(stack, grant.token, "GET",
+                  stack.url(stack.upstreams.api, API_HOST + ".", "/v1/dotted"),
+                  headers={"Authorization": "Bearer {{secret:api_key}}"})
+    assert answer.status == 200, answer.body
+    (received,) = stack.upstreams.api.requests
+    assert received.header("Authorization") == f"Bearer {stack.api_key}"
+    assert stack.api_key.encode() not in answer.body
