@@ -27,7 +27,7 @@ from broker_proxy.addresses import address_allowed
 from broker_proxy.broker import Broker
 from broker_proxy.durability_waiter import DurabilityWaiter
 from broker_proxy.outbound import Allowed, Denied, OutboundRequest, Verdict
-from broker_proxy.request_checks import upgrade_problem
+from broker_proxy.request_checks import header_size_problem, upgrade_problem
 
 log = logging.getLogger("broker_proxy.addon")
 
@@ -66,6 +66,10 @@ class BrokerAddon:
             raise OptionsError(problem)
 
     def http_connect(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
+        # The same caps as any request's head, before anything else reads it.
+        if problem := header_size_problem(tuple(flow.request.headers.items(multi=True))):
+            flow_adapter.deny(flow, Denied(431, codes.HEADERS_TOO_LARGE, problem))
+            return None
         token = flow_adapter.token_from_proxy_authorization(
             flow.request.headers.get(flow_adapter.PROXY_AUTHORIZATION))
         flow.request.headers.pop(flow_adapter.PROXY_AUTHORIZATION, None)

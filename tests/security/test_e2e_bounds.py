@@ -57,3 +57,18 @@ def test_trailing_dot_host_is_the_canonical_host_for_matching_dialling_and_tls(
     (received,) = stack.upstreams.api.requests
     assert received.header("Authorization") == f"Bearer {stack.api_key}"
     assert stack.api_key.encode() not in answer.body
+
+
+def test_connect_request_head_over_the_header_caps_is_431(stack: Stack) -> None:
+    import socket
+
+    from tests.security.raw_proxy import read_answer
+
+    grant = stack.issue("api_key")
+    target = f"{API_HOST}:{stack.upstreams.api.port}"
+    with socket.create_connection((stack.proxy.host, stack.proxy.port), timeout=10) as sock:
+        sock.sendall((f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n"
+                      f"Proxy-Authorization: {proxy_authorization(grant.token)}\r\n"
+                      f"X-Pad: {'a' * 1_000_000}\r\n\r\n").encode())
+        answer = read_answer(sock)
+    assert answer.status == 431 and b'"headers_too_large"' in answer.body
