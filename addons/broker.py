@@ -20,8 +20,9 @@ from mitmproxy import ctx, http, tcp, tls
 from mitmproxy.exceptions import OptionsError
 from mitmproxy.proxy import server_hooks
 
-from addons import flow_adapter, response_limits, server_names
+from addons import connection_limits, flow_adapter, response_limits, server_names
 from addons.broker_addon import AGENT_VIEW_KEY, BrokerAddon
+from addons.connection_limits import ConnectionLimits
 from addons.mitmproxy_compat import IncompatibleMitmproxy
 from addons.option_guards import unsafe_option
 from broker_proxy import outbound as codes
@@ -37,6 +38,8 @@ BROKER_OPTIONS = {"broker_home", "broker_policy", "broker_resolve"}
 
 class BrokerScript:
     def __init__(self) -> None:
+        # Request-head and upstream-connect deadlines, close after 413 (a child addon).
+        self.addons = [ConnectionLimits()]
         self.inner: BrokerAddon | None = None
         self.startup_error = "the broker has not started"
 
@@ -163,6 +166,7 @@ def _patch_mitmproxy() -> str | None:
     """Patch what the script needs; the reason to refuse every request if mitmproxy changed."""
     try:
         server_names.check()
+        connection_limits.check()
         response_limits.install()
     except IncompatibleMitmproxy as error:
         return str(error)
