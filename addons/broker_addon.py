@@ -24,7 +24,7 @@ from addons.client_certs import ClientCerts
 from addons.option_guards import unsafe_option
 from broker_proxy import outbound as codes
 from broker_proxy.addresses import address_allowed
-from broker_proxy.broker import Broker
+from broker_proxy.broker import Broker, DecisionMustWait
 from broker_proxy.durability_waiter import DurabilityWaiter
 from broker_proxy.outbound import Allowed, Denied, OutboundRequest, Verdict
 from broker_proxy.request_checks import header_size_problem, upgrade_problem
@@ -140,7 +140,13 @@ class BrokerAddon:
                 # Redis, an OAuth2 token endpoint or a command may wait: decide on a worker
                 # thread so the event loop keeps serving every other connection.
                 return self._decide_off_loop(flow, token, outbound)
-            verdict = self.broker.decide(token, outbound, defer_durability=True)
+            try:
+                verdict = self.broker.decide(token, outbound, defer_durability=True,
+                                             wait=False)
+            except DecisionMustWait:
+                # Another writer holds the grant store's lock (SQLite waits up to 5 s for
+                # it): wait on a worker thread, not on the loop every connection shares.
+                return self._decide_off_loop(flow, token, outbound)
             if isinstance(verdict, Allowed) and verdict.audit_seq is not None:
                 # Invariant 5: its record on disk before it leaves. Fsyncs are shared by the
                 # requests of one pass of the event loop, or of one batch on a thread when

@@ -28,7 +28,7 @@ from broker_proxy.content_decoding import (
     parse_content_encoding,
 )
 from broker_proxy.grants.model import Grant
-from broker_proxy.grants.store import GrantStore, GrantStoreError, ReserveResult
+from broker_proxy.grants.store import GrantStore, GrantStoreBusy, GrantStoreError, ReserveResult
 from broker_proxy.header_templates import applicable_templates, apply_templates, template_conflict
 from broker_proxy.metrics import BrokerMetrics
 from broker_proxy.outbound import Allowed, Denied, OutboundRequest, Verdict
@@ -69,6 +69,10 @@ _RESERVE_REFUSALS: dict[ReserveResult, str] = {
 }
 
 
+class DecisionMustWait(Exception):
+    """The decision needs the grant store's write lock, which another writer holds."""
+
+
 @dataclass(slots=True)
 class Broker:
     policy: ActivePolicy
@@ -79,17 +83,23 @@ class Broker:
     clock: Callable[[], datetime] = utc_now
 
     def decide(self, token: str | None, request: OutboundRequest, *,
-               defer_durability: bool = False) -> Verdict:
+               defer_durability: bool = False, wait: bool = True) -> Verdict:
         """Decide on one request.
 
         With `defer_durability`, an allowed secret-carrying request comes back with
         `audit_seq` set and its record written but not yet fsynced: the caller must get
         `make_durable(verdict)` to succeed before the request leaves (the proxy does that off
         the event loop, so concurrent requests share one fsync).
+
+        Without `wait` (a caller on the event loop), a decision that would have to wait for the
+        grant store's write lock raises DecisionMustWait before anything was written or
+        spent: decide again where waiting is allowed.
         """
         started = time.perf_counter()
         try:
-            verdict = self._decide(token, request, defer_durability)
+            verdict = self._decide(token, request, defer_durability, wait)
+        except DecisionMustWait:
+            raise
         except Exception as error:  # fail closed: an exception must never forward
             log.error("decision failed: %s", type(error).__name__)
             verdict = Denied(503, codes.INTERNAL_ERROR,
@@ -127,7 +137,7 @@ class Broker:
         return None
 
     def _decide(self, token: str | None, request: OutboundRequest,
-                defer_durability: bool = False) -> Verdict:
+                defer_durability: bool = False, wait: bool = True) -> Verdict:
         policy = self.policy  # one snapshot for the whole decision, even across a reload
         now = self.clock()
 
@@ -170,7 +180,8 @@ class Broker:
         if (host := canonical_host(request.host)) != request.host:
             request = replace(request, host=host)
         # AWS SigV4 (issue 7): signed by the agent's SDK with a placeholder key, signed again here.
-        if resigned := self._aws_resigning(request, grant, policy, now, defer_durability):
+        if resigned := self._aws_resigning(request, grant, policy, now, defer_durability,
+                                           wait):
             return resigned
         # Per-grant placeholders (placeholder_format) name a secret only in their own grant.
         scanner = policy.scanner.for_grant(dict(grant.placeholders))
@@ -217,7 +228,7 @@ class Broker:
 
         revealed = {n: v.reveal() for n, v in values.items()}
         audit_record = self._spend_use(request, grant, now, codes.INJECTED, revealed,
-                                       defer_durability)
+                                       defer_durability, wait)
         if isinstance(audit_record, Denied):
             return audit_record
 
@@ -318,7 +329,7 @@ class Broker:
         return None
 
     def _aws_resigning(self, request: OutboundRequest, grant: Grant, policy: ActivePolicy,
-                       now: datetime, defer_durability: bool) -> Verdict | None:
+                       now: datetime, defer_durability: bool, wait: bool) -> Verdict | None:
         """None unless the request is SigV4-signed with a placeholder key id (aws_resign.py)."""
         plan = aws_resign.plan(request, grant.secrets, policy, now, self.secrets.resolve)
         if plan is None:
@@ -326,7 +337,7 @@ class Broker:
         if isinstance(plan, aws_resign.Refusal):
             return self._deny(request, grant, plan.status, plan.code, plan.message)
         audit_record = self._spend_use(request, grant, now, codes.RESIGNED,
-                                       {plan.secret: plan.fingerprint_of}, defer_durability)
+                                       {plan.secret: plan.fingerprint_of}, defer_durability, wait)
         if isinstance(audit_record, Denied):
             return audit_record
         self.metrics.injections.labels(plan.secret).inc()
@@ -335,7 +346,8 @@ class Broker:
                        audit_seq=audit_record["seq"] if defer_durability else None)
 
     def _spend_use(self, request: OutboundRequest, grant: Grant, now: datetime, reason: str,
-                   values: dict[str, str], defer_durability: bool) -> dict[str, object] | Denied:
+                   values: dict[str, str], defer_durability: bool,
+                   wait: bool = True) -> dict[str, object] | Denied:
         """Reserve one of the grant's uses, then write the record of the secrets' use.
 
         Invariant 5: the record is written before the secret leaves (fsynced here, or by
@@ -343,7 +355,9 @@ class Broker:
         value its fingerprint is taken of.
         """
         try:
-            reserved = self.grants.reserve_use(grant.id, now)
+            reserved = self.grants.reserve_use(grant.id, now, wait=wait)
+        except GrantStoreBusy:
+            raise DecisionMustWait from None  # nothing written or spent yet
         except GrantStoreError:
             return self._deny(request, grant, 503, codes.GRANT_STORE_UNAVAILABLE,
                               "the grant store cannot be used; nothing was sent")
