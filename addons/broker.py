@@ -143,9 +143,10 @@ class BrokerScript:
         if self.inner is not None:
             self.inner.server_connected(data)
 
-    def tls_start_server(self, tls_start: tls.TlsData) -> None:
-        if self.inner is not None:
-            self.inner.tls_start_server(tls_start)
+    async def tls_start_server(self, tls_start: tls.TlsData) -> None:
+        if self.inner is not None and (
+                waiting := self.inner.tls_start_server(tls_start)) is not None:
+            await waiting
 
     def tcp_start(self, flow: tcp.TCPFlow) -> None:
         flow.kill()

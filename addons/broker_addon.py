@@ -20,7 +20,7 @@ from mitmproxy.exceptions import OptionsError
 from mitmproxy.proxy import server_hooks
 
 from addons import flow_adapter, response_scrubbing, server_names
-from addons.client_certs import ClientCerts
+from addons.client_certs import ClientCerts, Upstream
 from addons.option_guards import unsafe_option
 from broker_proxy import outbound as codes
 from broker_proxy.addresses import address_allowed
@@ -328,9 +328,21 @@ class BrokerAddon:
         if name is not None:
             server_names.restore_name(data.server, name)
 
-    def tls_start_server(self, tls_start: tls.TlsData) -> None:
+    def tls_start_server(self, tls_start: tls.TlsData) -> Coroutine[Any, Any, None] | None:
         try:
-            self._client_certs.tls_start_server(tls_start)
+            wanted = self._client_certs.wanted(tls_start)
+        except Exception as error:  # no certificate then: the upstream refuses, nothing leaks
+            log.error("client certificate hook failed: %s", type(error).__name__)
+            return None
+        if wanted is None:
+            return None
+        # The grant store, the key's backend and the audit fsync may all block: off the loop.
+        return self._present_client_cert(tls_start, wanted)
+
+    async def _present_client_cert(self, tls_start: tls.TlsData, wanted: Upstream) -> None:
+        try:
+            await asyncio.get_running_loop().run_in_executor(
+                self._decisions, self._client_certs.present, tls_start, wanted)
         except Exception as error:  # no certificate then: the upstream refuses, nothing leaks
             log.error("client certificate hook failed: %s", type(error).__name__)
 
