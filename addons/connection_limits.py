@@ -64,7 +64,9 @@ class ConnectionLimits:
         self._disarm(client)
 
     def http_connect(self, flow: http.HTTPFlow) -> None:
-        self._disarm(flow.client_conn)
+        # A new deadline, not none: a refused CONNECT (407) leaves the connection open for
+        # another request head, which must come in time too.
+        self._arm(flow.client_conn)
 
     def http_connected(self, flow: http.HTTPFlow) -> None:
         self._arm(flow.client_conn)  # the tunnel is open: the first request is due

@@ -256,8 +256,13 @@ class Broker:
 
     def _decoded_body(self, request: OutboundRequest, grant: Grant) -> OutboundRequest | Denied:
         try:
-            body = decode_whole(request.body, parse_content_encoding(request.body_encoding),
-                                REQUEST_DECODE_LIMITS)
+            codings = parse_content_encoding(request.body_encoding)
+        except BodyNotDecodable:
+            # A coding no HTTP library decodes either (aws-chunked, compress): its bytes are
+            # scanned as sent, as mitmproxy itself would have given them.
+            return replace(request, body_encoding=None)
+        try:
+            body = decode_whole(request.body, codings, REQUEST_DECODE_LIMITS)
         except BodyNotDecodable as error:
             if "exceeds" in str(error):
                 return self._deny(request, grant, 413, codes.BODY_TOO_LARGE,

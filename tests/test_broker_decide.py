@@ -719,9 +719,13 @@ def test_encoded_body_is_decoded_only_after_authentication_and_within_bounds(set
     denied(setup.broker.decide(grant.token, replace_body(request(method="POST", headers=encoded),
                                                          bomb, "gzip")),
            413, codes.BODY_TOO_LARGE)
-    denied(setup.broker.decide(grant.token, replace_body(request(method="POST", headers=(
-        ("Content-Encoding", "compress"),)), b"\x1f\x9d junk", "compress")),
+    denied(setup.broker.decide(grant.token, replace_body(request(method="POST", headers=encoded),
+                                                         b"\x1f\x8b not gzip", "gzip")),
            415, codes.BODY_NOT_DECODABLE)
+    # A coding nobody decodes (aws-chunked, compress) is scanned as sent: still refused here.
+    denied(setup.broker.decide(grant.token, replace_body(request(method="POST", headers=(
+        ("Content-Encoding", "aws-chunked"),)), b'{"k": "{{secret:nope}}"}', "aws-chunked")),
+           403, codes.SECRET_NOT_GRANTED)
     assert setup.uses(grant) == 0
 
     # A well-formed gzip body is still scanned: its placeholder is found and swapped.

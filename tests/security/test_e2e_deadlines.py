@@ -120,3 +120,11 @@ def test_connection_is_closed_after_413_for_an_oversized_upload(quick: Stack) ->
         refused.set()
         assert answer.status == 413
         assert _closed_within(sock, 10) is not None, "the proxy left the connection open"
+
+
+def test_connection_refused_at_connect_cannot_then_drip_a_head(quick: Stack) -> None:
+    with socket.create_connection((quick.proxy.host, quick.proxy.port), timeout=5) as sock:
+        sock.sendall(b"CONNECT api.test.local:443 HTTP/1.1\r\nHost: api.test.local:443\r\n\r\n")
+        assert read_answer(sock).status == 407
+        sock.sendall(b"GET http://api.test.local/ HTTP/1.1\r\nX-Slow: ")
+        assert _closed_within(sock, HEAD * 5) is not None
