@@ -17,10 +17,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mitmproxy import ctx, http, tcp, tls
+from mitmproxy.exceptions import OptionsError
 from mitmproxy.proxy import server_hooks
 
-from addons import flow_adapter, response_limits
-from addons.broker_addon import BrokerAddon
+from addons import connection_limits, flow_adapter, response_limits, server_names
+from addons.broker_addon import AGENT_VIEW_KEY, BrokerAddon
+from addons.connection_limits import ConnectionLimits
+from addons.mitmproxy_compat import IncompatibleMitmproxy
+from addons.option_guards import unsafe_option
 from broker_proxy import outbound as codes
 from broker_proxy.assembly import open_broker, policy_path
 from broker_proxy.home import Home
@@ -34,6 +38,8 @@ BROKER_OPTIONS = {"broker_home", "broker_policy", "broker_resolve"}
 
 class BrokerScript:
     def __init__(self) -> None:
+        # Request-head and upstream-connect deadlines, close after 413 (a child addon).
+        self.addons = [ConnectionLimits()]
         self.inner: BrokerAddon | None = None
         self.startup_error = "the broker has not started"
 
@@ -46,6 +52,13 @@ class BrokerScript:
                           "HOST=IP pins: connect to IP for HOST (split DNS, tests)")
 
     def configure(self, updated: set[str]) -> None:
+        if problem := unsafe_option(ctx.options):
+            # Refuse every request until the option is gone, then say why; mitmproxy rolls a
+            # change at run time back (and calls configure again), or stops at start-up.
+            self.inner = None
+            self.startup_error = problem
+            log.error("broker-proxy refuses all requests: %s", problem)
+            raise OptionsError(problem)
         if self.inner is None or updated & BROKER_OPTIONS:
             self._start()
         if ctx.options.connection_strategy != "lazy":
@@ -58,6 +71,11 @@ class BrokerScript:
         from broker_proxy.cli.errors import describe_error
         from broker_proxy.cli.run_cmd import parse_resolve
 
+        if _INCOMPATIBLE is not None:
+            self.inner = None
+            self.startup_error = _INCOMPATIBLE
+            log.error("broker-proxy refuses all requests: %s", self.startup_error)
+            return
         try:
             home = Home.resolve(ctx.options.broker_home or None)
             resolve = parse_resolve(list(ctx.options.broker_resolve))
@@ -71,7 +89,7 @@ class BrokerScript:
             self.startup_error = describe_error(error) or type(error).__name__
             log.error("broker-proxy refuses all requests: %s", self.startup_error)
             return
-        self.inner = BrokerAddon(broker, resolve)
+        self.inner = BrokerAddon(broker, resolve, keep_agent_view=True)
 
     def _refuse(self, flow: http.HTTPFlow) -> None:
         flow_adapter.deny(flow, Denied(503, codes.INTERNAL_ERROR,
@@ -104,6 +122,7 @@ class BrokerScript:
     def response(self, flow: http.HTTPFlow) -> None:
         if self.inner is not None:
             self.inner.response(flow)
+        _show_agent_view(flow)
 
     def websocket_message(self, flow: http.HTTPFlow) -> None:
         if self.inner is not None:
@@ -112,6 +131,7 @@ class BrokerScript:
     def error(self, flow: http.HTTPFlow) -> None:
         if self.inner is not None:
             self.inner.error(flow)
+        _show_agent_view(flow)
 
     async def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
         if self.inner is None:
@@ -123,13 +143,36 @@ class BrokerScript:
         if self.inner is not None:
             self.inner.server_connected(data)
 
-    def tls_start_server(self, tls_start: tls.TlsData) -> None:
-        if self.inner is not None:
-            self.inner.tls_start_server(tls_start)
+    async def tls_start_server(self, tls_start: tls.TlsData) -> None:
+        if self.inner is not None and (
+                waiting := self.inner.tls_start_server(tls_start)) is not None:
+            await waiting
 
     def tcp_start(self, flow: tcp.TCPFlow) -> None:
         flow.kill()
 
 
-response_limits.install()
+def _show_agent_view(flow: http.HTTPFlow) -> None:
+    """Put back the request as the agent sent it, now that the real one has left.
+
+    The script runs before mitmdump's dumper and event log: what they print of the request
+    (the URL at flow_detail 1) must show the placeholders, never an injected value.
+    """
+    agent_view = flow.metadata.pop(AGENT_VIEW_KEY, None)
+    if agent_view is not None:
+        flow.request = agent_view
+
+
+def _patch_mitmproxy() -> str | None:
+    """Patch what the script needs; the reason to refuse every request if mitmproxy changed."""
+    try:
+        server_names.check()
+        connection_limits.check()
+        response_limits.install()
+    except IncompatibleMitmproxy as error:
+        return str(error)
+    return None
+
+
+_INCOMPATIBLE = _patch_mitmproxy()
 addons = [BrokerScript()]

@@ -19,25 +19,31 @@ from mitmproxy import connection, ctx, http, tcp, tls
 from mitmproxy.exceptions import OptionsError
 from mitmproxy.proxy import server_hooks
 
-from addons import flow_adapter, response_scrubbing
-from addons.client_certs import ClientCerts
+from addons import flow_adapter, response_scrubbing, server_names
+from addons.client_certs import ClientCerts, Upstream
+from addons.option_guards import unsafe_option
 from broker_proxy import outbound as codes
 from broker_proxy.addresses import address_allowed
-from broker_proxy.broker import Broker
+from broker_proxy.broker import Broker, DecisionMustWait
 from broker_proxy.durability_waiter import DurabilityWaiter
 from broker_proxy.outbound import Allowed, Denied, OutboundRequest, Verdict
-from broker_proxy.request_checks import upgrade_problem
+from broker_proxy.request_checks import header_size_problem, upgrade_problem
 
 log = logging.getLogger("broker_proxy.addon")
 
 METADATA_KEY = "broker_proxy"
+AGENT_VIEW_KEY = "broker_proxy.agent_view"  # the request before injection (mitmdump only)
 DECISION_THREADS = 4  # decisions in flight at once when they may block (see Broker.may_block)
 
 
 class BrokerAddon:
-    def __init__(self, broker: Broker, resolve: dict[str, str] | None = None) -> None:
+    def __init__(self, broker: Broker, resolve: dict[str, str] | None = None, *,
+                 keep_agent_view: bool = False) -> None:
         self.broker = broker
         self.resolve = dict(resolve or {})
+        # Under mitmdump, addons after ours print and save the flow: keep the request as the
+        # agent sent it (placeholders) so the script can put it back once it has been sent.
+        self.keep_agent_view = keep_agent_view
         # Credentials seen on CONNECT, tied to the client connection like mitmproxy's proxyauth.
         self._tunnel_tokens: WeakKeyDictionary[connection.Client, str] = WeakKeyDictionary()
         # Secret-carrying requests wait here for their audit record's fsync, in batches.
@@ -56,21 +62,26 @@ class BrokerAddon:
 
     def configure(self, updated: set[str]) -> None:
         # Options of mitmproxy that would undo the broker's guarantees.
-        if getattr(ctx.options, "ssl_insecure", False):
-            raise OptionsError("broker-proxy never sends secrets to unverified upstreams: "
-                               "unset ssl_insecure")
-        if getattr(ctx.options, "stream_large_bodies", None):
-            raise OptionsError("broker-proxy decides on whole requests: unset "
-                               "stream_large_bodies")
+        if problem := unsafe_option(ctx.options):
+            raise OptionsError(problem)
 
     def http_connect(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
+        # The same caps as any request's head, before anything else reads it.
+        if problem := header_size_problem(tuple(flow.request.headers.items(multi=True))):
+            flow_adapter.deny(flow, Denied(431, codes.HEADERS_TOO_LARGE, problem))
+            return None
         token = flow_adapter.token_from_proxy_authorization(
             flow.request.headers.get(flow_adapter.PROXY_AUTHORIZATION))
         flow.request.headers.pop(flow_adapter.PROXY_AUTHORIZATION, None)
-        connect = flow_adapter.connect_request(flow)
-        if token and self.broker.may_block():  # a store lookup over the network: off the loop
-            return self._admit_off_loop(flow, token, connect)
-        self._admitted(flow, token, self.broker.admit_tunnel(token, connect))
+        try:
+            connect = flow_adapter.connect_request(flow)
+            if token and self.broker.may_block():  # a store lookup over the network: off the loop
+                return self._admit_off_loop(flow, token, connect)
+            denied = self.broker.admit_tunnel(token, connect)
+        except Exception as error:  # fail closed: no tunnel without an admission
+            log.error("http_connect hook failed: %s", type(error).__name__)
+            denied = Denied(503, codes.INTERNAL_ERROR, "the broker could not decide")
+        self._admitted(flow, token, denied)
         return None
 
     async def _admit_off_loop(self, flow: http.HTTPFlow, token: str,
@@ -129,7 +140,13 @@ class BrokerAddon:
                 # Redis, an OAuth2 token endpoint or a command may wait: decide on a worker
                 # thread so the event loop keeps serving every other connection.
                 return self._decide_off_loop(flow, token, outbound)
-            verdict = self.broker.decide(token, outbound, defer_durability=True)
+            try:
+                verdict = self.broker.decide(token, outbound, defer_durability=True,
+                                             wait=False)
+            except DecisionMustWait:
+                # Another writer holds the grant store's lock (SQLite waits up to 5 s for
+                # it): wait on a worker thread, not on the loop every connection shares.
+                return self._decide_off_loop(flow, token, outbound)
             if isinstance(verdict, Allowed) and verdict.audit_seq is not None:
                 # Invariant 5: its record on disk before it leaves. Fsyncs are shared by the
                 # requests of one pass of the event loop, or of one batch on a thread when
@@ -161,6 +178,8 @@ class BrokerAddon:
         if isinstance(verdict, Denied):
             flow_adapter.deny(flow, verdict)
             return
+        if verdict.injected and self.keep_agent_view:
+            flow.metadata[AGENT_VIEW_KEY] = flow.request.copy()
         flow_adapter.apply(flow, verdict, outbound)
         self._allowed_upstreams.setdefault(flow.client_conn, set()).add(
             (flow.request.host.lower(), flow.request.port))
@@ -260,6 +279,13 @@ class BrokerAddon:
         Connecting to the checked address closes the DNS-rebinding window between check and
         connect.
         """
+        try:
+            await self._connect_checked(data)
+        except Exception as error:  # fail closed: an unchecked address is never dialled
+            log.error("server_connect hook failed: %s", type(error).__name__)
+            data.server.error = "the broker could not check the upstream address"
+
+    async def _connect_checked(self, data: server_hooks.ServerConnectionHookData) -> None:
         if data.server.address is None:
             return
         host, port = data.server.address
@@ -300,13 +326,23 @@ class BrokerAddon:
         """
         name = self._dialled_names.pop(data.server, None)
         if name is not None:
-            # Server.__setattr__ refuses address changes on open connections to stop silent
-            # re-routing; this one does not re-route: the socket stays on the address we checked.
-            object.__setattr__(data.server, "address", name)
+            server_names.restore_name(data.server, name)
 
-    def tls_start_server(self, tls_start: tls.TlsData) -> None:
+    def tls_start_server(self, tls_start: tls.TlsData) -> Coroutine[Any, Any, None] | None:
         try:
-            self._client_certs.tls_start_server(tls_start)
+            wanted = self._client_certs.wanted(tls_start)
+        except Exception as error:  # no certificate then: the upstream refuses, nothing leaks
+            log.error("client certificate hook failed: %s", type(error).__name__)
+            return None
+        if wanted is None:
+            return None
+        # The grant store, the key's backend and the audit fsync may all block: off the loop.
+        return self._present_client_cert(tls_start, wanted)
+
+    async def _present_client_cert(self, tls_start: tls.TlsData, wanted: Upstream) -> None:
+        try:
+            await asyncio.get_running_loop().run_in_executor(
+                self._decisions, self._client_certs.present, tls_start, wanted)
         except Exception as error:  # no certificate then: the upstream refuses, nothing leaks
             log.error("client certificate hook failed: %s", type(error).__name__)
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import NamedTuple
 from weakref import WeakKeyDictionary
 
 from cryptography import x509
@@ -37,6 +38,12 @@ from broker_proxy.policy.model import SecretPolicy
 from broker_proxy.secrets.backends import SecretUnavailable
 
 log = logging.getLogger("broker_proxy.client_certs")
+
+
+class Upstream(NamedTuple):
+    grant_id: str
+    host: str
+    port: int
 
 
 class ClientCertError(Exception):
@@ -55,19 +62,31 @@ class ClientCerts:
         self._grants.setdefault(client, {})[(host.lower(), port)] = grant_id
 
     def tls_start_server(self, tls_start: tls.TlsData) -> None:
+        if (wanted := self.wanted(tls_start)) is not None:
+            self.present(tls_start, wanted)
+
+    def wanted(self, tls_start: tls.TlsData) -> Upstream | None:
+        """Whether this handshake may need a certificate: memory only, cheap on the loop."""
         server = tls_start.conn
         if tls_start.ssl_conn is None or not isinstance(server, connection.Server):
-            return
+            return None
         if server.address is None:
-            return
+            return None
         try:
             host = canonical_host(server.sni or server.address[0])
         except HostError:
-            return
+            return None
         port = server.address[1]
         grant_id = self._grants.get(tls_start.context.client, {}).get((host, port))
-        if grant_id is None:
-            return
+        return None if grant_id is None else Upstream(grant_id, host, port)
+
+    def present(self, tls_start: tls.TlsData, upstream: Upstream) -> None:
+        """Read the grant, resolve the key, write the durable audit record, then present.
+
+        Blocking (store, keyring or command, fsync): the addon runs it on a worker thread.
+        """
+        assert tls_start.ssl_conn is not None
+        grant_id, host, port = upstream
         secret = self._secret_for(grant_id, host, port)
         if secret is None:
             return

@@ -8,6 +8,7 @@ import binascii
 from mitmproxy import http
 
 from broker_proxy.outbound import Allowed, Denied, OutboundRequest
+from broker_proxy.policy.destinations import canonical_host
 
 PROXY_AUTHORIZATION = "Proxy-Authorization"
 
@@ -29,7 +30,9 @@ def token_from_proxy_authorization(value: str | None) -> str | None:
 
 def outbound_request(flow: http.HTTPFlow) -> OutboundRequest:
     request = flow.request
-    body = request.get_content(strict=False) or b""
+    # As received: the broker decodes it within bounds, and only for an authenticated grant.
+    body = request.raw_content or b""
+    encoding = request.headers.get("content-encoding") if body else None
     return OutboundRequest(
         method=request.method.upper(),
         scheme=request.scheme,
@@ -43,6 +46,7 @@ def outbound_request(flow: http.HTTPFlow) -> OutboundRequest:
             if name.lower() != "proxy-authorization"
         ),
         body=body,
+        body_encoding=encoding if encoding and encoding.strip().lower() != "identity" else None,
         host_header=request.headers.get("host"),
         authority=request.authority or None,
         sni=flow.client_conn.sni,
@@ -66,6 +70,10 @@ def deny(flow: http.HTTPFlow, denied: Denied) -> None:
 
 
 def apply(flow: http.HTTPFlow, allowed: Allowed, request: OutboundRequest) -> None:
+    if (host := canonical_host(request.host)) != request.host:
+        # One spelling for matching, dialling, SNI and the certificate check: the one the
+        # decision was made on ("api.example.com." and "API.example.com" are that host).
+        flow.request.host = host
     if allowed.headers is not None:
         flow.request.headers = http.Headers(
             [(_raw(name), _raw(value)) for name, value in allowed.headers]

@@ -4,24 +4,58 @@ mitmproxy's AddonManager walks the whole chain with `getattr` and a `contextlib`
 hook of every flow, and follows each flow hook with an `update` hook that walks it again. With the
 broker's short chain that walk is still a large share of the per-request cost, so `broker-proxy
 run` uses this manager: handlers are collected per hook name when first needed, the table is
-dropped whenever the chain changes, and a hook nobody handles costs one dict lookup. Error
-handling matches mitmproxy's: a failing handler is logged and the next addon still runs,
-`AddonHalt` stops the chain, `OptionsError` propagates.
+dropped whenever the chain changes, and a hook nobody handles costs one dict lookup.
+
+It must dispatch exactly as mitmproxy does (a test compares both on the same addon trees):
+
+- handlers are grouped by top-level addon; an exception in one is logged and ends the rest of
+  *that* addon's group (its children), the next top-level addon still runs;
+- `AddonHalt` stops the chain, `OptionsError` propagates;
+- a top-level addon that has children (`addons`) may change them at any time (mitmproxy's
+  script loader does), so such an addon's tree is walked on each event, as mitmproxy does;
+- a hook attribute that is neither callable nor a module is an error, logged like a failure.
+
+``check`` verifies at start-up that the methods this class overrides still have the shape it
+was written against (mitmproxy 12.3).
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
+import types
 from collections.abc import Callable
 from typing import Any
 
-from mitmproxy import exceptions, flow, hooks
+from mitmproxy import addonmanager, exceptions, flow, hooks
 from mitmproxy.addonmanager import AddonManager, traverse
+
+from addons.mitmproxy_compat import require
 
 logger = logging.getLogger(__name__)
 
 Handler = Callable[..., Any]
+
+
+class _Tree:
+    """A top-level addon with children: walked on every event, as mitmproxy does."""
+
+    __slots__ = ("addon",)
+
+    def __init__(self, addon: Any) -> None:
+        self.addon = addon
+
+
+class _NotCallable:
+    """A hook attribute mitmproxy refuses (AddonManagerError, logged): kept to refuse alike."""
+
+    __slots__ = ("message",)
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+
+Entry = Handler | _Tree | _NotCallable
 
 
 class IndexedAddonManager(AddonManager):
@@ -29,7 +63,7 @@ class IndexedAddonManager(AddonManager):
 
     def __init__(self, master: Any) -> None:
         super().__init__(master)
-        self._handlers: dict[str, tuple[Handler, ...]] = {}
+        self._handlers: dict[str, tuple[Entry, ...]] = {}
 
     def clear(self) -> None:
         self._handlers.clear()
@@ -43,36 +77,63 @@ class IndexedAddonManager(AddonManager):
         self._handlers.clear()
         super().remove(addon)
 
-    def handlers(self, name: str) -> tuple[Handler, ...]:
-        """Every callable for hook `name`, in chain order (children after their parent)."""
+    def handlers(self, name: str) -> tuple[Entry, ...]:
+        """One entry per top-level addon that may handle hook `name`, in chain order."""
         found = self._handlers.get(name)
         if found is None:
-            collected = []
-            for addon in traverse(self.chain):
+            collected: list[Entry] = []
+            for addon in self.chain:
+                if hasattr(addon, "addons"):
+                    collected.append(_Tree(addon))
+                    continue
                 func = getattr(addon, name, None)
-                if callable(func):
-                    collected.append(func)
+                if not func or isinstance(func, types.ModuleType):
+                    continue
+                collected.append(func if callable(func) else _NotCallable(
+                    f"Addon handler {name} ({addon}) not callable"))
             found = self._handlers[name] = tuple(collected)
         return found
 
     async def handle_lifecycle(self, event: hooks.Hook) -> None:
         await self.trigger_event(event)
-        if self.handlers("update") and isinstance(event.args()[0], flow.Flow):
-            await self.trigger_event(hooks.UpdateHook([event.args()[0]]))
+        message = event.args()[0]
+        if isinstance(message, flow.Flow) and self.handlers("update"):
+            await self.trigger_event(hooks.UpdateHook([message]))
 
     async def trigger_event(self, event: hooks.Hook) -> None:
-        handlers = self.handlers(event.name)
-        if not handlers:
+        entries = self.handlers(event.name)
+        if not entries:
             return
         args = event.args()
-        for func in handlers:
+        for entry in entries:
             try:
-                result = func(*args)
-                if result is not None and inspect.isawaitable(result):
-                    await result
-            except (exceptions.AddonHalt, exceptions.OptionsError) as stop:
-                if isinstance(stop, exceptions.AddonHalt):
-                    return
+                if isinstance(entry, _Tree):
+                    await self.invoke_addon(entry.addon, event)
+                elif isinstance(entry, _NotCallable):
+                    raise exceptions.AddonManagerError(entry.message)
+                else:
+                    result = entry(*args)
+                    if result is not None and inspect.isawaitable(result):
+                        await result
+            except exceptions.AddonHalt:
+                return
+            except exceptions.OptionsError:
                 raise
             except Exception as error:
                 logger.error(f"Addon error: {error}", exc_info=True)
+
+
+def check() -> None:
+    """Refuse a mitmproxy whose AddonManager no longer has what this class builds on."""
+    for name in ("trigger_event", "handle_lifecycle", "invoke_addon"):
+        method = getattr(AddonManager, name, None)
+        require(inspect.iscoroutinefunction(method)
+                and list(inspect.signature(method).parameters)[:2] in (["self", "event"],
+                                                                       ["self", "addon"]),
+                f"AddonManager.{name} changed")
+    for name in ("add", "remove", "clear", "register", "invoke_addon_sync", "trigger"):
+        require(callable(getattr(AddonManager, name, None)), f"AddonManager.{name} is missing")
+    require(callable(getattr(addonmanager, "safecall", None)) and callable(traverse),
+            "mitmproxy.addonmanager.safecall or traverse is missing")
+    probe = [types.SimpleNamespace(addons=[types.SimpleNamespace()])]
+    require(len(list(traverse(probe))) == 2, "mitmproxy.addonmanager.traverse changed")

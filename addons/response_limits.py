@@ -17,11 +17,11 @@ from typing import Any
 
 from mitmproxy.proxy.layers.http import HttpStream
 
+from addons.mitmproxy_compat import IncompatibleMitmproxy
+
+__all__ = ["IncompatibleMitmproxy", "install"]
+
 _MARK = "_broker_proxy_streams_large_responses"
-
-
-class IncompatibleMitmproxy(Exception):
-    """mitmproxy's HTTP layer no longer has the check this module adjusts."""
 
 
 def install() -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mitmproxy import ctx, options
@@ -26,10 +26,17 @@ from mitmproxy.addons.errorcheck import ErrorCheck
 from mitmproxy.addons.termlog import TermLog
 from mitmproxy.master import Master
 
-from addons import debug_checks, response_limits
+from addons import (
+    connection_limits,
+    debug_checks,
+    hook_dispatch,
+    response_limits,
+    reuse_port,
+    server_names,
+)
 from addons.broker_addon import BrokerAddon
+from addons.connection_limits import ConnectionLimits, Deadlines
 from addons.hook_dispatch import IndexedAddonManager
-from addons.reuse_port import enable_reuse_port
 from broker_proxy.broker import Broker
 
 
@@ -43,6 +50,7 @@ class ProxySettings:
     body_size_limit: str = "10m"
     on_reload_signal: Callable[[], None] | None = None  # SIGHUP: reload the policy
     reuse_port: bool = False  # one of several worker processes on the same port
+    deadlines: Deadlines = field(default_factory=Deadlines)  # request head, upstream connect, idle
 
 
 class _Announce:
@@ -57,17 +65,28 @@ class _Announce:
         self._on_ready(host, port)
 
 
+def patch_mitmproxy(*, with_reuse_port: bool) -> None:
+    """Check every mitmproxy internal `run` changes, then change them; idempotent.
+
+    Raises IncompatibleMitmproxy (one line) when one of them is not as read from 12.3.
+    """
+    hook_dispatch.check()
+    server_names.check()
+    connection_limits.check()
+    response_limits.install()  # long downloads reach responseheaders, which streams them
+    debug_checks.install()
+    if with_reuse_port:
+        reuse_port.enable_reuse_port()
+
+
 async def serve(broker: Broker, settings: ProxySettings,
                 on_ready: Callable[[str, int], None]) -> None:
-    if settings.reuse_port:
-        enable_reuse_port()
+    patch_mitmproxy(with_reuse_port=settings.reuse_port)
     opts = options.Options(
         listen_host=settings.listen_host,
         listen_port=settings.listen_port,
         confdir=str(settings.certs_dir),
     )
-    response_limits.install()  # long downloads reach responseheaders, which streams them
-    debug_checks.install()
     master = Master(opts, with_termlog=False)
     master.addons = IndexedAddonManager(master)
     master._termlog_addon = TermLog()  # Master uninstalls it when it stops
@@ -81,6 +100,7 @@ async def serve(broker: Broker, settings: ProxySettings,
         tlsconfig.TlsConfig(),
         ErrorCheck(),
         _Announce(on_ready),
+        ConnectionLimits(settings.deadlines),
         BrokerAddon(broker, settings.resolve),
     )
     # Options owned by addons exist only once the addons are added.
@@ -90,6 +110,7 @@ async def serve(broker: Broker, settings: ProxySettings,
         body_size_limit=settings.body_size_limit,
         ssl_insecure=False,
         termlog_verbosity="warn",
+        tcp_timeout=max(1, round(settings.deadlines.idle)),
     )
     if settings.upstream_ca_bundle is not None:
         opts.update(ssl_verify_upstream_trusted_ca=str(settings.upstream_ca_bundle))

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from broker_proxy import strict_json
 from broker_proxy.active_policy import ActivePolicy
 from broker_proxy.audit.log import AuditError, AuditLog
 from broker_proxy.durations import DurationError, parse_duration
@@ -39,6 +40,7 @@ MAX_BODY = 64 * 1024
 TOKEN_PREFIX = "bpa_"
 _GRANT_ID = re.compile(r"g_[0-9a-f]{16}")
 _BY = re.compile(r"[A-Za-z0-9._@:+-]{1,64}")
+MAX_USES = 10**9  # far above any task's need; bounded so every store can count it
 _ISSUE_FIELDS = frozenset({"agent", "task", "secrets", "ttl", "max_uses"})
 _OPEN_ROUTES = frozenset({"/healthz", "/readyz", "/openapi.json"})
 # The id a readiness probe looks up: well-formed, never issued (ids are random 64-bit hex).
@@ -239,8 +241,10 @@ class AdminHandler(BaseHTTPRequestHandler):
             raise ApiError(400, "invalid_request", "secrets must be a non-empty list of names")
         if ttl is not None and not isinstance(ttl, str):
             raise ApiError(400, "invalid_request", "ttl must be a duration like 15m")
-        if max_uses is not None and (type(max_uses) is not int or max_uses < 1):
-            raise ApiError(400, "invalid_request", "max_uses must be a positive integer")
+        if max_uses is not None and (type(max_uses) is not int
+                                     or not 1 <= max_uses <= MAX_USES):
+            raise ApiError(400, "invalid_request",
+                           f"max_uses must be an integer from 1 to {MAX_USES}")
         try:
             lifetime = parse_duration(ttl) if ttl is not None else None
             issued = issue_audited(
@@ -281,7 +285,9 @@ class AdminHandler(BaseHTTPRequestHandler):
                 raise ApiError(400, "invalid_request", "send a JSON object")
             return {}
         try:
-            body = json.loads(raw)
+            body = strict_json.loads(raw)
+        except strict_json.JsonRefused as error:
+            raise ApiError(400, "invalid_request", f"the body is refused: {error}") from None
         except (ValueError, UnicodeDecodeError):
             raise ApiError(400, "invalid_request", "the body is not JSON") from None
         if not isinstance(body, dict):

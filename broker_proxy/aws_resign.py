@@ -20,7 +20,6 @@ The secret's value is JSON: ``{"access_key_id": "...", "secret_access_key": "...
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, NamedTuple
 
 from broker_proxy import outbound as codes
-from broker_proxy import sigv4
+from broker_proxy import sigv4, strict_json
 from broker_proxy.outbound import OutboundRequest
 from broker_proxy.policy.aws_fields import ACCESS_KEY_ID_PATTERN
 from broker_proxy.policy.destinations import path_matches
@@ -78,7 +77,7 @@ class AwsCredentialsError(ValueError):
 
 def parse_credentials(name: str, value: SecretValue) -> AwsCredentials:
     try:
-        data = json.loads(value.reveal())
+        data = strict_json.loads(value.reveal())
     except ValueError:
         raise AwsCredentialsError(name) from None
     if not isinstance(data, dict) or set(data) - {"access_key_id", "secret_access_key",

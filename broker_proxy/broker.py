@@ -21,8 +21,14 @@ from broker_proxy import outbound as codes
 from broker_proxy.active_policy import ActivePolicy
 from broker_proxy.audit.log import AuditError, AuditLog
 from broker_proxy.authority import authorities_agree
+from broker_proxy.content_decoding import (
+    BodyNotDecodable,
+    DecodeLimits,
+    decode_whole,
+    parse_content_encoding,
+)
 from broker_proxy.grants.model import Grant
-from broker_proxy.grants.store import GrantStore, GrantStoreError, ReserveResult
+from broker_proxy.grants.store import GrantStore, GrantStoreBusy, GrantStoreError, ReserveResult
 from broker_proxy.header_templates import applicable_templates, apply_templates, template_conflict
 from broker_proxy.metrics import BrokerMetrics
 from broker_proxy.outbound import Allowed, Denied, OutboundRequest, Verdict
@@ -42,6 +48,8 @@ from broker_proxy.time_source import utc_now
 log = logging.getLogger("broker_proxy")
 
 MAX_PLACEHOLDERS_PER_REQUEST = 16
+# An encoded request body is decoded to be scanned for placeholders, never past these bounds.
+REQUEST_DECODE_LIMITS = DecodeLimits(max_output=16 * 1024 * 1024)
 
 # Grant states that are not "active", with the answer each one gets.
 _GRANT_REFUSALS: dict[str, tuple[str, str]] = {
@@ -61,6 +69,10 @@ _RESERVE_REFUSALS: dict[ReserveResult, str] = {
 }
 
 
+class DecisionMustWait(Exception):
+    """The decision needs the grant store's write lock, which another writer holds."""
+
+
 @dataclass(slots=True)
 class Broker:
     policy: ActivePolicy
@@ -71,17 +83,23 @@ class Broker:
     clock: Callable[[], datetime] = utc_now
 
     def decide(self, token: str | None, request: OutboundRequest, *,
-               defer_durability: bool = False) -> Verdict:
+               defer_durability: bool = False, wait: bool = True) -> Verdict:
         """Decide on one request.
 
         With `defer_durability`, an allowed secret-carrying request comes back with
         `audit_seq` set and its record written but not yet fsynced: the caller must get
         `make_durable(verdict)` to succeed before the request leaves (the proxy does that off
         the event loop, so concurrent requests share one fsync).
+
+        Without `wait` (a caller on the event loop), a decision that would have to wait for the
+        grant store's write lock raises DecisionMustWait before anything was written or
+        spent: decide again where waiting is allowed.
         """
         started = time.perf_counter()
         try:
-            verdict = self._decide(token, request, defer_durability)
+            verdict = self._decide(token, request, defer_durability, wait)
+        except DecisionMustWait:
+            raise
         except Exception as error:  # fail closed: an exception must never forward
             log.error("decision failed: %s", type(error).__name__)
             verdict = Denied(503, codes.INTERNAL_ERROR,
@@ -119,7 +137,7 @@ class Broker:
         return None
 
     def _decide(self, token: str | None, request: OutboundRequest,
-                defer_durability: bool = False) -> Verdict:
+                defer_durability: bool = False, wait: bool = True) -> Verdict:
         policy = self.policy  # one snapshot for the whole decision, even across a reload
         now = self.clock()
 
@@ -151,11 +169,19 @@ class Broker:
         if problem := upgrade_problem(request.headers):
             return self._deny(request, grant, 403, codes.UPGRADE_NOT_ALLOWED, problem)
 
+        if request.body_encoding is not None:
+            # Only now, for an authenticated grant, and within bounds.
+            decoded = self._decoded_body(request, grant)
+            if isinstance(decoded, Denied):
+                return decoded
+            request = decoded
+
         # Match on one spelling of the host: the one the policy was compiled with.
         if (host := canonical_host(request.host)) != request.host:
             request = replace(request, host=host)
         # AWS SigV4 (issue 7): signed by the agent's SDK with a placeholder key, signed again here.
-        if resigned := self._aws_resigning(request, grant, policy, now, defer_durability):
+        if resigned := self._aws_resigning(request, grant, policy, now, defer_durability,
+                                           wait):
             return resigned
         # Per-grant placeholders (placeholder_format) name a secret only in their own grant.
         scanner = policy.scanner.for_grant(dict(grant.placeholders))
@@ -202,7 +228,7 @@ class Broker:
 
         revealed = {n: v.reveal() for n, v in values.items()}
         audit_record = self._spend_use(request, grant, now, codes.INJECTED, revealed,
-                                       defer_durability)
+                                       defer_durability, wait)
         if isinstance(audit_record, Denied):
             return audit_record
 
@@ -227,6 +253,23 @@ class Broker:
                        grant.placeholder_of(n) or policy.policy.secrets[n].placeholder)
                    for n in names},
         )
+
+    def _decoded_body(self, request: OutboundRequest, grant: Grant) -> OutboundRequest | Denied:
+        try:
+            codings = parse_content_encoding(request.body_encoding)
+        except BodyNotDecodable:
+            # A coding no HTTP library decodes either (aws-chunked, compress): its bytes are
+            # scanned as sent, as mitmproxy itself would have given them.
+            return replace(request, body_encoding=None)
+        try:
+            body = decode_whole(request.body, codings, REQUEST_DECODE_LIMITS)
+        except BodyNotDecodable as error:
+            if "exceeds" in str(error):
+                return self._deny(request, grant, 413, codes.BODY_TOO_LARGE,
+                                  "the decoded request body is too large to be checked")
+            return self._deny(request, grant, 415, codes.BODY_NOT_DECODABLE,
+                              f"the request body cannot be decoded to be checked: {error}")
+        return replace(request, body=body, body_encoding=None)
 
     def may_block(self) -> bool:
         """Whether a decision can wait on the network or another process.
@@ -291,7 +334,7 @@ class Broker:
         return None
 
     def _aws_resigning(self, request: OutboundRequest, grant: Grant, policy: ActivePolicy,
-                       now: datetime, defer_durability: bool) -> Verdict | None:
+                       now: datetime, defer_durability: bool, wait: bool) -> Verdict | None:
         """None unless the request is SigV4-signed with a placeholder key id (aws_resign.py)."""
         plan = aws_resign.plan(request, grant.secrets, policy, now, self.secrets.resolve)
         if plan is None:
@@ -299,7 +342,7 @@ class Broker:
         if isinstance(plan, aws_resign.Refusal):
             return self._deny(request, grant, plan.status, plan.code, plan.message)
         audit_record = self._spend_use(request, grant, now, codes.RESIGNED,
-                                       {plan.secret: plan.fingerprint_of}, defer_durability)
+                                       {plan.secret: plan.fingerprint_of}, defer_durability, wait)
         if isinstance(audit_record, Denied):
             return audit_record
         self.metrics.injections.labels(plan.secret).inc()
@@ -308,7 +351,8 @@ class Broker:
                        audit_seq=audit_record["seq"] if defer_durability else None)
 
     def _spend_use(self, request: OutboundRequest, grant: Grant, now: datetime, reason: str,
-                   values: dict[str, str], defer_durability: bool) -> dict[str, object] | Denied:
+                   values: dict[str, str], defer_durability: bool,
+                   wait: bool = True) -> dict[str, object] | Denied:
         """Reserve one of the grant's uses, then write the record of the secrets' use.
 
         Invariant 5: the record is written before the secret leaves (fsynced here, or by
@@ -316,7 +360,9 @@ class Broker:
         value its fingerprint is taken of.
         """
         try:
-            reserved = self.grants.reserve_use(grant.id, now)
+            reserved = self.grants.reserve_use(grant.id, now, wait=wait)
+        except GrantStoreBusy:
+            raise DecisionMustWait from None  # nothing written or spent yet
         except GrantStoreError:
             return self._deny(request, grant, 503, codes.GRANT_STORE_UNAVAILABLE,
                               "the grant store cannot be used; nothing was sent")

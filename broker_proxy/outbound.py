@@ -31,6 +31,8 @@ SECRET_VALUE_UNSAFE = "secret_value_unsafe"
 AUDIT_UNAVAILABLE = "audit_unavailable"
 GRANT_STORE_UNAVAILABLE = "grant_store_unavailable"
 STREAMING_NOT_SUPPORTED = "streaming_not_supported"
+BODY_TOO_LARGE = "body_too_large"  # 413: an encoded body inflates past the decoding bounds
+BODY_NOT_DECODABLE = "body_not_decodable"  # 415: unknown or corrupt Content-Encoding
 RESPONSE_WITHHELD = "response_withheld"  # 502: the answer could not be scrubbed
 HEADERS_TOO_LARGE = "headers_too_large"
 UPGRADE_NOT_ALLOWED = "upgrade_not_allowed"
@@ -57,7 +59,10 @@ class OutboundRequest:
     path: str  # without the query string
     query: str  # raw, without "?"; "" when there is none
     headers: tuple[tuple[str, str], ...]
-    body: bytes = b""
+    body: bytes = b""  # decoded, unless body_encoding says otherwise
+    # The Content-Encoding of `body` when it is still encoded: the broker decodes it, within
+    # bounds, only once the grant is authenticated (a compressed body can inflate a thousandfold).
+    body_encoding: str | None = None
     host_header: str | None = None  # the Host header (or HTTP/2 :authority) as sent
     authority: str | None = None  # absolute-form request target authority, if any
     sni: str | None = None  # the client's TLS SNI towards the proxy, if any

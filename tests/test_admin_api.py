@@ -171,3 +171,27 @@ def test_refusals_have_stable_codes(stack: Stack) -> None:
         "agent": "bot", "task": "t", "secrets": ["api_key"], "ttl": "2h"})
     assert too_long.status_code == 422
     assert call(stack, "GET", "/v1/grants?pending=maybe").status_code == 400
+
+
+@pytest.mark.parametrize(("raw", "reason"), [
+    (b'{"agent": "bot", "task": "t", "secrets": ["api_key"], "max_uses": '
+     b'100000000000000000000000000}', "out of range"),
+    (b'{"agent": "bot", "task": "t", "secrets": ["api_key"], "max_uses": 1000000001}',
+     "max_uses"),
+    (b'{"agent": "bot", "agent": "careful-bot", "task": "t", "secrets": ["api_key"]}',
+     "duplicate key"),
+    (b'{"agent": "bot", "task": "t", "secrets": ["api_key"], "x": ' + b"[" * 30000
+     + b"]" * 30000 + b"}", "nested deeper"),
+    (b'{"agent": "bot", "task": "t", "secrets": ["api_key"], "max_uses": NaN}',
+     "not a number"),
+])
+def test_json_out_of_bounds_is_a_clear_400_and_changes_nothing(stack: Stack, raw: bytes,
+                                                               reason: str) -> None:
+    before = snapshot(stack)
+    answer = requests.post(stack.proxy.admin_url + "/v1/grants", data=raw, timeout=10,
+                           headers={"Authorization": f"Bearer {admin_token(stack)}",
+                                    "Content-Type": "application/json"})
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"] == "invalid_request"
+    assert reason in answer.json()["message"]
+    assert snapshot(stack) == before

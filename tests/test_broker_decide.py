@@ -693,3 +693,49 @@ def test_every_denial_body_is_json_with_error_grant_message_and_no_secret(setup,
     verdict = setup.broker.decide(issued.token, request(headers=bearer()))
     assert isinstance(verdict, Denied)
     setup.assert_no_secret_in(verdict.body())
+
+
+def test_encoded_body_is_decoded_only_after_authentication_and_within_bounds(setup):
+    import gzip
+    import tracemalloc
+
+    from tests.gzip_bomb import gzip_bomb
+
+    bomb = gzip_bomb()
+    encoded = (("Content-Encoding", "gzip"),)
+    tracemalloc.start()
+    try:
+        unauthenticated = setup.broker.decide(None, replace_body(request(
+            method="POST", headers=encoded), bomb, "gzip"))
+        wrong_token = setup.broker.decide("bpt_nope_" + "x" * 43, replace_body(request(
+            method="POST", headers=encoded), bomb, "gzip"))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert unauthenticated.status == wrong_token.status == 407  # type: ignore[union-attr]
+    assert peak < 8 * 1024 * 1024, "the body was inflated before the grant was checked"
+
+    grant = setup.issue("api_key")
+    denied(setup.broker.decide(grant.token, replace_body(request(method="POST", headers=encoded),
+                                                         bomb, "gzip")),
+           413, codes.BODY_TOO_LARGE)
+    denied(setup.broker.decide(grant.token, replace_body(request(method="POST", headers=encoded),
+                                                         b"\x1f\x8b not gzip", "gzip")),
+           415, codes.BODY_NOT_DECODABLE)
+    # A coding nobody decodes (aws-chunked, compress) is scanned as sent: still refused here.
+    denied(setup.broker.decide(grant.token, replace_body(request(method="POST", headers=(
+        ("Content-Encoding", "aws-chunked"),)), b'{"k": "{{secret:nope}}"}', "aws-chunked")),
+           403, codes.SECRET_NOT_GRANTED)
+    assert setup.uses(grant) == 0
+
+    # A well-formed gzip body is still scanned: its placeholder is found and swapped.
+    allowed = setup.broker.decide(grant.token, replace_body(request(
+        method="POST", headers=encoded), gzip.compress(b'{"key": "{{secret:api_key}}"}'), "gzip"))
+    assert isinstance(allowed, Allowed) and allowed.body == (
+        b'{"key": "' + setup.values["api_key"].encode() + b'"}')
+
+
+def replace_body(outbound: OutboundRequest, body: bytes, encoding: str) -> OutboundRequest:
+    from dataclasses import replace
+
+    return replace(outbound, body=body, body_encoding=encoding)

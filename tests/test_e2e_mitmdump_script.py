@@ -29,19 +29,24 @@ class ScriptStack:
         return f"http://{agent}:{token}@127.0.0.1:{self.port}"
 
 
-def test_mitmdump_script_injects_and_blocks(stack: Stack, tmp_path: Path) -> None:
+def _mitmdump_args(stack: Stack, tmp_path: Path, port: int, *extra: str) -> list[str]:
     mitmdump = Path(sys.executable).parent / "mitmdump"
-    port = free_port()
-    confdir = tmp_path / "confdir"
     bundle = stack.home.upstream_ca_bundle  # written by the running `broker-proxy run`
-    args = [str(mitmdump), "-q", "-s", str(REPO / "addons" / "broker.py"),
+    args = [str(mitmdump), *extra, "-s", str(REPO / "addons" / "broker.py"),
             "--listen-host", "127.0.0.1", "--listen-port", str(port),
-            "--set", f"confdir={confdir}",
+            "--set", f"confdir={tmp_path / 'confdir'}",
             "--set", f"broker_home={stack.home.root}",
             "--set", f"broker_policy={stack.policy_file}",
             "--set", f"ssl_verify_upstream_trusted_ca={bundle}"]
     for host in HOSTS:
         args += ["--set", f"broker_resolve={host}=127.0.0.1"]
+    return args
+
+
+def test_mitmdump_script_injects_and_blocks(stack: Stack, tmp_path: Path) -> None:
+    port = free_port()
+    confdir = tmp_path / "confdir"
+    args = _mitmdump_args(stack, tmp_path, port, "-q")
     log = (tmp_path / "mitmdump.log").open("wb")
     process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=stack.env,
                                stdin=subprocess.DEVNULL)
@@ -71,3 +76,45 @@ def test_mitmdump_script_injects_and_blocks(stack: Stack, tmp_path: Path) -> Non
     assert no_token.status == -1 and b"407" in no_token.body
     assert stack.upstreams.evil.requests == []
     assert stack.api_key not in (tmp_path / "mitmdump.log").read_text()
+
+
+@pytest.mark.parametrize("option", [
+    ["--flow-detail", "2"], ["--flow-detail", "4"], ["-w", "{tmp}/flows"],
+    ["--set", "hardump={tmp}/flows.har"], ["--set", "proxy_debug=true"],
+])
+def test_mitmdump_refuses_options_that_would_show_or_store_injected_secrets(
+        stack: Stack, tmp_path: Path, option: list[str]) -> None:
+    extra = [part.replace("{tmp}", str(tmp_path)) for part in option]
+    completed = subprocess.run(_mitmdump_args(stack, tmp_path, free_port(), *extra),
+                               capture_output=True, text=True, timeout=60, env=stack.env,
+                               stdin=subprocess.DEVNULL)
+    assert completed.returncode != 0
+    assert "broker-proxy refuses all requests" in completed.stdout + completed.stderr
+    assert all(path.stat().st_size == 0 for path in tmp_path.glob("flows*"))  # nothing saved
+
+
+def test_mitmdump_dump_shows_the_placeholder_never_the_injected_value(
+        stack: Stack, tmp_path: Path) -> None:
+    port = free_port()
+    log_path = tmp_path / "mitmdump.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(_mitmdump_args(stack, tmp_path, port, "--flow-detail", "1"),
+                                   stdout=log, stderr=subprocess.STDOUT, env=stack.env,
+                                   stdin=subprocess.DEVNULL)
+        try:
+            wait_for_port(port, process)
+            script_stack = Stack(**{**stack.__dict__, "proxy": ScriptStack(
+                port, tmp_path / "confdir" / "mitmproxy-ca-cert.pem")})
+            grant = stack.issue("api_key")
+            answer = via_requests(script_stack, grant.token, "GET", stack.url(
+                stack.upstreams.api, API_HOST, "/v1/dumped?key={{secret:api_key}}"),
+                headers={"Authorization": "Bearer {{secret:api_key}}"})
+        finally:
+            process.terminate()
+            process.wait(timeout=10)
+    dumped = log_path.read_text()
+    assert answer.status == 200, dumped
+    (received,) = stack.upstreams.api.requests
+    assert stack.api_key in received.path  # injected in the query that left
+    assert "/v1/dumped?key=%7B%7Bsecret" in dumped  # the agent's placeholder is what is shown
+    assert stack.api_key not in dumped

@@ -29,7 +29,7 @@ POLICY = """\
 version: 1
 secrets:
   partner_cert:
-    from: env:PARTNER_KEY_PEM
+    {key_from}
     client_cert: file:client.pem
     destinations:
       - host: {partner}
@@ -75,9 +75,7 @@ class MtlsStack:
                             verify=str(self.proxy.ca_path))
 
 
-@pytest.fixture(scope="module")
-def mtls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MtlsStack]:
-    root = tmp_path_factory.mktemp("mtls")
+def _start(root: Path, key_from: str) -> Iterator[MtlsStack]:
     ca_cert, ca_key = make_ca("mtls test CA")
     server_cert, server_key = make_server_cert(ca_cert, ca_key, [PARTNER, ELSEWHERE])
     client_cert, client_key = make_client_cert(ca_cert, ca_key, "broker-proxy client")
@@ -92,7 +90,7 @@ def mtls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MtlsStack]:
     home = Home(root / "home").ensure()
     policy_file = root / "policy.yaml"
     policy_file.write_text(POLICY.format(partner=PARTNER, partner_port=partner.port,
-                                         elsewhere=ELSEWHERE))
+                                         elsewhere=ELSEWHERE, key_from=key_from))
     env = dict(os.environ, BROKER_PROXY_MASTER_KEY=random_master_key(),
                PARTNER_KEY_PEM=client_key.decode(), PLAIN_KEY="pk-unused")
     proxy = ProxyProcess(home.root, policy_file, upstream_ca=root / "ca.pem",
@@ -105,6 +103,11 @@ def mtls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MtlsStack]:
     written = (root / "proxy.log").read_text(errors="replace")
     written += home.audit_log.read_text(errors="replace")
     assert "PRIVATE KEY" not in written
+
+
+@pytest.fixture(scope="module")
+def mtls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MtlsStack]:
+    yield from _start(tmp_path_factory.mktemp("mtls"), "from: env:PARTNER_KEY_PEM")
 
 
 def test_client_certificate_is_presented_to_its_destination(mtls: MtlsStack) -> None:
@@ -152,3 +155,38 @@ def test_client_key_placeholder_is_never_swapped_in(mtls: MtlsStack) -> None:
     assert answer.status_code == 403
     assert answer.json()["error"] == "placeholder_not_allowed_here"
     assert not mtls.partner.received_any("PRIVATE KEY")
+
+
+SLOW = 3.0  # seconds the key's command takes
+
+
+@pytest.fixture(scope="module")
+def slow_key_mtls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MtlsStack]:
+    key_from = ("from: command\n    timeout: 20s\n    command: [sh, -c, "
+                f"'sleep {SLOW:g}; printf %s \"$PARTNER_KEY_PEM\"']")
+    yield from _start(tmp_path_factory.mktemp("slow-mtls"), key_from)
+
+
+def test_slow_client_certificate_stalls_no_other_connection(slow_key_mtls: MtlsStack) -> None:
+    import socket
+    import threading
+    import time
+
+    token = slow_key_mtls.token("partner_cert")
+    answers: list[requests.Response] = []
+    slow = threading.Thread(target=lambda: answers.append(slow_key_mtls.get(
+        token, f"https://{PARTNER}:{slow_key_mtls.partner.port}/v1/slow")))
+    slow.start()
+    time.sleep(1.0)  # the handshake now waits for the key's command
+    started = time.monotonic()
+    proxy = slow_key_mtls.proxy
+    with socket.create_connection((proxy.host, proxy.port), timeout=10) as sock:
+        sock.sendall(f"GET http://{ELSEWHERE}/ HTTP/1.1\r\nHost: {ELSEWHERE}\r\n\r\n".encode())
+        first = sock.recv(100)
+    took = time.monotonic() - started
+    still_waiting = slow.is_alive()
+    slow.join(timeout=30)
+    assert first.startswith(b"HTTP/1.1 407")
+    assert took < SLOW / 2, f"another connection waited {took:.1f} s behind the key's command"
+    assert still_waiting
+    assert answers and answers[0].status_code == 200  # and the certificate was presented

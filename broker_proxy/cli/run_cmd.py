@@ -10,12 +10,16 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from broker_proxy.assembly import open_broker
 from broker_proxy.cli.common import add_policy_option, home_of, policy_file_of
 from broker_proxy.cli.errors import CliError
 from broker_proxy.cli.store_option import add_store_option
 from broker_proxy.home import Home
+
+if TYPE_CHECKING:
+    from addons.connection_limits import Deadlines
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -52,6 +56,14 @@ def register(commands: argparse._SubParsersAction) -> None:
                      "at least 4096; K/M/G suffixes)")
     run.add_argument("--audit-checkpoint-every", default=None, metavar="DURATION",
                      help="write a signed audit checkpoint this often, e.g. 5m (default: off)")
+    run.add_argument("--request-head-timeout", default="30s", metavar="DURATION",
+                     help="a client must send a whole request head within this long of "
+                     "connecting or of its last answer (default 30s)")
+    run.add_argument("--upstream-connect-timeout", default="10s", metavar="DURATION",
+                     help="give up connecting upstream after this long (default 10s)")
+    run.add_argument("--idle-timeout", default="10m", metavar="DURATION",
+                     help="close a connection with no byte either way for this long, e.g. an "
+                     "upstream gone silent (default 10m: LLM answers can pause for minutes)")
     run.set_defaults(handler=run_command)
 
 
@@ -61,6 +73,24 @@ def _audit_max_bytes(text: str) -> int:
     if not digits.isdigit() or int(digits) * scale < 4096:
         raise argparse.ArgumentTypeError(f"must be a size of at least 4096 bytes, got {text!r}")
     return int(digits) * scale
+
+
+def _deadlines(args: argparse.Namespace) -> Deadlines:
+    from addons.connection_limits import Deadlines
+    from broker_proxy.durations import DurationError, parse_duration
+
+    seconds = {}
+    for option in ("request_head_timeout", "upstream_connect_timeout", "idle_timeout"):
+        text = getattr(args, option)
+        try:
+            seconds[option] = parse_duration(text).total_seconds()
+        except DurationError as error:
+            raise CliError(f"--{option.replace('_', '-')}: {error}") from None
+        if seconds[option] <= 0:
+            raise CliError(f"--{option.replace('_', '-')} must be positive, got {text!r}")
+    return Deadlines(request_head=seconds["request_head_timeout"],
+                     upstream_connect=seconds["upstream_connect_timeout"],
+                     idle=seconds["idle_timeout"])
 
 
 def parse_address(text: str, option: str) -> tuple[str, int]:
@@ -122,8 +152,13 @@ def _share_metrics(workers: int, worker: bool) -> Path | None:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from addons.runner import ProxySettings, serve
+    from addons.mitmproxy_compat import IncompatibleMitmproxy
+    from addons.runner import ProxySettings, patch_mitmproxy, serve
 
+    try:  # before anything starts: refuse a mitmproxy whose patched internals changed
+        patch_mitmproxy(with_reuse_port=args.workers > 1 or args.worker_of_group)
+    except IncompatibleMitmproxy as error:
+        raise CliError(str(error)) from None
     home = home_of(args)
     listen = parse_address(args.listen, "--listen")
     if args.workers < 1:
@@ -171,7 +206,8 @@ def run_command(args: argparse.Namespace) -> int:
     settings = ProxySettings(listen_host=listen[0], listen_port=listen[1], certs_dir=certs,
                              upstream_ca_bundle=upstream_bundle(home, args.upstream_ca),
                              resolve=resolve, on_reload_signal=on_reload,
-                             reuse_port=args.workers > 1 or worker)
+                             reuse_port=args.workers > 1 or worker,
+                             deadlines=_deadlines(args))
     if args.workers > 1:
         from addons.ca import ensure_ca
         from broker_proxy.cli.workers import spawn_workers

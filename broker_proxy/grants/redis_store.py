@@ -197,7 +197,8 @@ class RedisGrantStore:
         moment = now if now is not None else datetime.now(UTC)
         return [g for g in grants if g.state_at(moment) in ("active", "pending")]
 
-    def reserve_use(self, grant_id: str, now: datetime) -> ReserveResult:
+    def reserve_use(self, grant_id: str, now: datetime, *, wait: bool = True) -> ReserveResult:
+        # `wait` is ignored: a remote store is only ever used off the event loop.
         with self._talking():
             outcome = self._reserve(keys=[_grant_key(grant_id)], args=[_to_micros(now)])
         try:

@@ -24,6 +24,7 @@ from broker_proxy.grants.model import Grant, GrantStatus
 from broker_proxy.grants.store import (
     GrantNotFound,
     GrantStateError,
+    GrantStoreBusy,
     GrantStoreError,
     ReserveResult,
     authenticate_token,
@@ -89,7 +90,9 @@ class SqliteGrantStore:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self._path = Path(path)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the write connection
+        self._read_lock = threading.Lock()
+        self._reader: sqlite3.Connection | None = None
         _create_private_file(self._path)
         try:
             conn = sqlite3.connect(
@@ -142,8 +145,8 @@ class SqliteGrantStore:
         moment = now if now is not None else datetime.now(UTC)
         return [g for g in grants if g.state_at(moment) in ("active", "pending")]
 
-    def reserve_use(self, grant_id: str, now: datetime) -> ReserveResult:
-        with self._transaction() as conn:
+    def reserve_use(self, grant_id: str, now: datetime, *, wait: bool = True) -> ReserveResult:
+        with self._transaction(wait=wait) as conn:
             if conn.execute(_RESERVE, (grant_id, _to_micros(now))).rowcount == 1:
                 return ReserveResult.RESERVED
             # Read inside the same transaction, so the reason is the one that refused the use.
@@ -164,10 +167,13 @@ class SqliteGrantStore:
         return self._transition(grant_id, now, "revoke", _REVOCABLE, _REVOKE, (_to_micros(now),))
 
     def close(self) -> None:
-        with self._lock:
+        with self._lock, self._read_lock:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
 
     def __enter__(self) -> SqliteGrantStore:
         return self
@@ -251,24 +257,46 @@ class SqliteGrantStore:
 
     @contextmanager
     def _reading(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
+        # Its own connection and lock: in WAL mode a read never waits for a writer, so reads
+        # (every request authenticates) must not queue behind a write waiting for the lock.
+        with self._read_lock:
             try:
-                yield self._connection()
+                yield self._read_connection()
             except sqlite3.Error as exc:
                 raise self._unusable(exc) from exc
 
+    def _read_connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise GrantStoreError(f"grant store {self._path} is closed")
+        if self._reader is None:
+            self._reader = sqlite3.connect(self._path, timeout=BUSY_TIMEOUT_MS / 1000,
+                                           isolation_level=None, check_same_thread=False)
+            self._reader.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        return self._reader
+
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
+    def _transaction(self, *, wait: bool = True) -> Iterator[sqlite3.Connection]:
         """One IMMEDIATE transaction; commits on success, rolls back on any exception.
 
         sqlite3.IntegrityError passes through unchanged so `create` can say what it means;
-        every other sqlite3 error means the store is unusable.
+        every other sqlite3 error means the store is unusable. Without `wait`, a lock held by
+        another thread or process raises GrantStoreBusy at once.
         """
-        with self._lock:
+        if not self._lock.acquire(blocking=wait):
+            raise GrantStoreBusy(f"grant store {self._path} is busy")
+        try:
             conn = self._connection()
             try:
-                conn.execute("BEGIN IMMEDIATE")
+                if not wait:
+                    conn.execute("PRAGMA busy_timeout = 0")
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                finally:
+                    if not wait:
+                        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             except sqlite3.Error as exc:
+                if not wait and _is_busy(exc):
+                    raise GrantStoreBusy(f"grant store {self._path} is busy") from None
                 raise self._unusable(exc) from exc
             try:
                 yield conn
@@ -284,6 +312,8 @@ class SqliteGrantStore:
                 with suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
                 raise self._unusable(exc) from exc
+        finally:
+            self._lock.release()
 
     def _unusable(self, exc: BaseException) -> GrantStoreError:
         # sqlite3 messages name the failure ("database is locked", "file is not a database");

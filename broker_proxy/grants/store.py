@@ -23,6 +23,10 @@ class GrantStoreError(GrantError):
     """The store cannot be used (cannot open, locked too long, corrupt): the proxy answers 503."""
 
 
+class GrantStoreBusy(GrantStoreError):
+    """`reserve_use(wait=False)` found the store locked: call again where waiting is allowed."""
+
+
 class GrantNotFound(GrantError, LookupError):
     def __init__(self, grant_id: str) -> None:
         super().__init__(f"grant {grant_id} not found")
@@ -66,8 +70,13 @@ class GrantStore(Protocol):
         """Oldest first; without `include_inactive`, only grants active or pending at `now`."""
         ...
 
-    def reserve_use(self, grant_id: str, now: datetime) -> ReserveResult:
-        """Spend one use, atomically across threads, processes and (for shared stores) hosts."""
+    def reserve_use(self, grant_id: str, now: datetime, *, wait: bool = True) -> ReserveResult:
+        """Spend one use, atomically across threads, processes and (for shared stores) hosts.
+
+        With `wait=False`, a store that would have to wait for a lock (another writer holds
+        it) raises GrantStoreBusy at once instead; a remote store, always called off the event
+        loop, may ignore it.
+        """
         ...
 
     def revoke(self, grant_id: str, now: datetime) -> Grant: ...

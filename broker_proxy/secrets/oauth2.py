@@ -24,7 +24,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import http.client
-import json
 import socket
 import ssl
 import threading
@@ -34,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote, urlencode, urlsplit
 
+from broker_proxy import strict_json
 from broker_proxy.policy.destinations import canonical_host
 from broker_proxy.policy.model import OAuth2Config, SecretPolicy
 from broker_proxy.secrets.backends import SecretUnavailable
@@ -196,7 +196,7 @@ def _refresh_parts(name: str, credential: SecretValue) -> tuple[str, str | None]
     if not value.lstrip().startswith("{"):
         return value, None
     try:
-        parsed = json.loads(value)
+        parsed = strict_json.loads(value)
     except ValueError:
         raise SecretUnavailable(name, "the stored value is not valid JSON") from None
     refresh_token = parsed.get("refresh_token") if isinstance(parsed, dict) else None
@@ -212,7 +212,7 @@ def _parse_answer(name: str, answer: bytes) -> tuple[SecretValue, float, str | N
     if len(answer) > MAX_ANSWER_BYTES:
         raise SecretUnavailable(name, "the token endpoint's answer is too large")
     try:
-        parsed = json.loads(answer)
+        parsed = strict_json.loads(answer)
     except ValueError:
         raise SecretUnavailable(name, "the token endpoint's answer is not JSON") from None
     if not isinstance(parsed, dict):

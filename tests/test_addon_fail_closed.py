@@ -1,0 +1,145 @@
+"""The addon's `except` paths: a raise anywhere ends in a refusal, never a forwarded flow.
+
+mitmproxy logs an exception from a hook and lets the flow go on, so each of these handlers is
+all that stands between a bug and a request forwarded untouched. Each test injects a fault into
+the real broker (a real grant store, audit log and policy) and runs the hook as mitmproxy would,
+with its own test helpers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import pytest
+from mitmproxy import connection
+from mitmproxy.proxy import server_hooks
+from mitmproxy.test import taddons, tflow, tutils
+
+from addons.broker_addon import BrokerAddon
+from broker_proxy.broker import Broker
+from broker_proxy.grants.sqlite_store import SqliteGrantStore
+from tests import test_broker_decide
+from tests.security.raw_proxy import proxy_authorization
+from tests.test_broker_decide import API, Setup
+
+setup = test_broker_decide.setup  # the real broker of the decision tests, as a fixture here
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+def _boom(*args: object, **kwargs: object) -> Any:
+    raise RuntimeError("injected fault")
+
+
+def _run(addon: BrokerAddon, hook: Callable[[], Any]) -> None:
+    async def main() -> None:
+        with taddons.context(addon):
+            result = hook()
+            if isinstance(result, Coroutine):
+                await result
+        addon.done()
+
+    asyncio.run(main())
+
+
+def _flow(token: str, *, body: bytes = b"") -> Any:
+    flow = tflow.tflow(req=tutils.treq(host=API, port=443, scheme=b"https", path=b"/v1/things",
+                                       content=body))
+    flow.request.headers["Host"] = API
+    flow.request.headers["Authorization"] = "Bearer {{secret:api_key}}"
+    flow.request.headers["Proxy-Authorization"] = proxy_authorization(token)
+    flow.client_conn.sni = API
+    return flow
+
+
+def _refused(flow: Any, status: int = 503, error: str = "internal_error") -> None:
+    assert flow.response is not None, "the flow would have been forwarded"
+    assert flow.response.status_code == status
+    assert json.loads(flow.response.content)["error"] == error
+    assert "Proxy-Authorization" not in flow.request.headers
+
+
+def test_request_decided_inline_fails_closed(setup: Setup, monkeypatch: pytest.MonkeyPatch
+                                             ) -> None:
+    grant = setup.issue("api_key")
+    monkeypatch.setattr("addons.flow_adapter.outbound_request", _boom)
+    addon, flow = BrokerAddon(setup.broker), _flow(grant.token)
+    _run(addon, lambda: addon.request(flow))
+    _refused(flow)
+    assert setup.uses(grant) == 0
+
+
+def test_request_decided_off_the_loop_fails_closed(setup: Setup,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    grant = setup.issue("api_key")
+    monkeypatch.setattr(Broker, "may_block", lambda self: True)
+    monkeypatch.setattr(Broker, "decide", _boom)
+    addon, flow = BrokerAddon(setup.broker), _flow(grant.token)
+    _run(addon, lambda: addon.request(flow))
+    _refused(flow)
+
+
+def test_request_whose_audit_fsync_raises_fails_closed(setup: Setup,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    grant = setup.issue("api_key")
+    monkeypatch.setattr(Broker, "make_durable", _boom)
+    addon, flow = BrokerAddon(setup.broker), _flow(grant.token)
+    _run(addon, lambda: addon.request(flow))
+    _refused(flow)
+    assert setup.values["api_key"] not in str(flow.request.headers)
+
+
+def test_request_whose_rewrite_raises_after_an_allow_fails_closed(
+        setup: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
+    grant = setup.issue("api_key")
+    monkeypatch.setattr("addons.flow_adapter.apply", _boom)
+    addon, flow = BrokerAddon(setup.broker), _flow(grant.token)
+    _run(addon, lambda: addon.request(flow))
+    _refused(flow)
+
+
+@pytest.mark.parametrize("off_the_loop", [False, True])
+def test_tunnel_admission_that_raises_opens_no_tunnel(setup: Setup,
+                                                      monkeypatch: pytest.MonkeyPatch,
+                                                      off_the_loop: bool) -> None:
+    grant = setup.issue("api_key")
+    monkeypatch.setattr(Broker, "may_block", lambda self: off_the_loop)
+    monkeypatch.setattr(Broker, "admit_tunnel", _boom)
+    addon = BrokerAddon(setup.broker)
+    connect = tflow.tflow(req=tutils.treq(method=b"CONNECT", host=API, port=443,
+                                          authority=f"{API}:443".encode(), path=b""))
+    connect.request.headers["Proxy-Authorization"] = proxy_authorization(grant.token)
+    _run(addon, lambda: addon.http_connect(connect))
+    _refused(connect)
+    assert connect.client_conn not in addon._tunnel_tokens
+
+
+def test_grant_store_that_raises_in_a_decision_fails_closed(
+        setup: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
+    grant = setup.issue("api_key")
+    monkeypatch.setattr(SqliteGrantStore, "reserve_use", _boom)
+    addon, flow = BrokerAddon(setup.broker), _flow(grant.token)
+    _run(addon, lambda: addon.request(flow))
+    _refused(flow)
+
+
+@pytest.mark.parametrize("fault", [UnicodeError("label too long"), RuntimeError("bug")])
+def test_server_connect_that_raises_dials_nothing(setup: Setup,
+                                                  monkeypatch: pytest.MonkeyPatch,
+                                                  fault: Exception) -> None:
+    addon = BrokerAddon(setup.broker)
+    client = tflow.tclient_conn()
+    addon._allowed_upstreams[client] = {(API, 443)}
+
+    async def failing(*args: object) -> list[str]:
+        raise fault
+
+    monkeypatch.setattr(addon, "_addresses", failing)
+    server = connection.Server(address=(API, 443))
+    data = server_hooks.ServerConnectionHookData(server=server, client=client)
+    _run(addon, lambda: addon.server_connect(data))
+    assert server.error, "the unchecked name would have been dialled"
+    assert server.address == (API, 443)
