@@ -323,9 +323,10 @@ def readiness(context: AdminContext) -> dict[str, dict[str, object]]:
         checks["grant_store"] = {"ok": True}
     except GrantStoreError:
         checks["grant_store"] = {"ok": False}
-    audit_ok = os.access(context.audit.path, os.W_OK) and not getattr(context.audit, "_closed",
-                                                                       False)
-    checks["audit_log"] = {"ok": audit_ok}
+    # Look at the file as an append would (identity, size, last record) and at whether the last
+    # append failed (a full disk): a writable path alone says nothing about either.
+    problem = context.audit.problem()
+    checks["audit_log"] = {"ok": problem is None} | ({"problem": problem} if problem else {})
     active = context.policy()
     checks["policy"] = {"ok": active is not None, "digest": active.policy.digest}
     return checks

@@ -109,6 +109,24 @@ class BrokerMetrics:
             "Audit records that could not be written.",
             registry=self.registry,
         )
+        # Set at each scrape by the first process (observability.py), like the grant gauges.
+        self.audit_log_unusable = Gauge(
+            "broker_audit_log_unusable",
+            "1 while appends to the audit log fail or the writer refuses a log it did not write "
+            "(requests needing a record get 503 audit_unavailable).",
+            registry=self.registry, multiprocess_mode="livemax",
+        )
+        self.policy_file_rejected = Gauge(
+            "broker_policy_file_rejected",
+            "1 while the policy file on disk is rejected and the last good policy serves.",
+            registry=self.registry, multiprocess_mode="livemax",
+        )
+        self.build_info = Gauge(
+            "broker_build_info", "Always 1; the labels say which versions run.",
+            ["version", "mitmproxy", "python"], registry=self.registry,
+            multiprocess_mode="livemax",
+        )
+        self.build_info.labels(*_versions()).set(1)
         self.audit_records = Counter(
             "broker_audit_records",
             "Audit records written by this process (including rotation and recovery records).",
@@ -128,6 +146,21 @@ class BrokerMetrics:
             MultiProcessCollector(registry, path=str(directory))
         server, _thread = start_http_server(port, addr=host, registry=registry)
         return int(server.server_port)
+
+
+def _versions() -> tuple[str, str, str]:
+    """(broker-proxy, mitmproxy, Python): read from package metadata, so the core still imports
+    nothing from mitmproxy."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = []
+    for package in ("broker-proxy", "mitmproxy"):
+        try:
+            found.append(version(package))
+        except PackageNotFoundError:
+            found.append("unknown")
+    return found[0], found[1], platform.python_version()
 
 
 class _ScrapeHooks:

@@ -330,7 +330,7 @@ def test_cli_verify_names_file_line_and_seq_across_rotated_files(tmp_path: Path)
     checkpoint = subprocess.run([sys.executable, "-m", "broker_proxy.cli", "--home", str(home),
                                  "audit", "checkpoint"], capture_output=True, text=True, timeout=60)
     assert checkpoint.returncode == 0, checkpoint.stderr
-    assert "audit checkpoints ok: 1" in verify().stdout
+    assert "checkpoints: 1 signed" in verify().stdout
     lines = files[2].read_bytes().splitlines()
     seq = json.loads(lines[1])["seq"]
     lines[1] = lines[1].replace(b'"port":443', b'"port":444')
@@ -341,3 +341,56 @@ def test_cli_verify_names_file_line_and_seq_across_rotated_files(tmp_path: Path)
         f"broker-proxy: audit log does not verify: {files[2]}:2: seq {seq}: mac does not verify"]
     done = verify(str(home))  # a directory: every chain in it
     assert done.returncode != 0 and f"{files[2]}:2: seq {seq}" in done.stderr
+
+
+def _cli(home: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "broker_proxy.cli", "--home", str(home), *argv],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_checkpoint_binds_to_the_log_not_its_file_name(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    with AuditLog.open(home / "audit.log", home / "audit.key") as log:
+        fill(log, 30)
+    assert _cli(home, "audit", "checkpoint").returncode == 0
+    checkpoints = home / "audit.checkpoints"
+    copy = tmp_path / "copy.log"
+    copy.write_bytes(b"".join(line + b"\n" for line in
+                              (home / "audit.log").read_bytes().splitlines()[:-3]))
+    done = _cli(home, "audit", "verify", "--checkpoints", str(checkpoints), str(copy))
+    assert done.returncode != 0
+    assert "records were removed from the end" in done.stderr
+    assert "ok" not in done.stdout
+    whole = tmp_path / "whole.log"
+    whole.write_bytes((home / "audit.log").read_bytes())
+    done = _cli(home, "audit", "verify", "--checkpoints", str(checkpoints), str(whole))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "audit log ok"
+
+
+def test_checkpoint_of_another_log_is_a_failure_not_a_skip(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    with AuditLog.open(home / "audit.log", home / "audit.key") as log:
+        fill(log, 5)
+    assert _cli(home, "audit", "checkpoint").returncode == 0
+    other = tmp_path / "other.log"
+    with AuditLog.open(other, home / "audit.key") as log:
+        fill(log, 8, grant="other")
+    done = _cli(home, "audit", "verify", "--checkpoints", str(home / "audit.checkpoints"),
+                str(other))
+    assert done.returncode != 0
+    assert "checkpoint is of another log" in done.stderr
+
+
+def test_verify_of_a_directory_with_checkpoints_prints_no_ok_before_failing(
+        tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    with AuditLog.open(home / "audit.log", home / "audit.key") as log:
+        fill(log, 5)
+    assert _cli(home, "audit", "checkpoint").returncode == 0
+    done = _cli(home, "audit", "verify", str(home), "--checkpoints",
+                str(home / "audit.checkpoints"))
+    assert done.returncode != 0 and done.stdout == ""

@@ -50,8 +50,15 @@ def register(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--audit-max-bytes", type=_audit_max_bytes, default=None, metavar="BYTES",
                      help="rotate the audit log when it reaches this size (default: never; "
                      "at least 4096; K/M/G suffixes)")
-    run.add_argument("--audit-checkpoint-every", default=None, metavar="DURATION",
-                     help="write a signed audit checkpoint this often, e.g. 5m (default: off)")
+    run.add_argument("--audit-checkpoint-every", default="5m", metavar="DURATION",
+                     help="write a signed audit checkpoint this often while the log grows "
+                     "(default 5m; 'off' turns checkpoints off)")
+    run.add_argument("--audit-checkpoint-records", type=int, default=1000, metavar="N",
+                     help="also write one after every N records (default 1000; 0: by time only)")
+    run.add_argument("--audit-checkpoint-copy", action="append", default=[], metavar="FILE",
+                     help="also append every checkpoint to FILE (another disk or machine), "
+                     "so a log cut together with <home>/audit.checkpoints is still caught; "
+                     "repeatable")
     run.set_defaults(handler=run_command)
 
 
@@ -150,7 +157,9 @@ def run_command(args: argparse.Namespace) -> int:
     # One process of a worker group sweeps grants and writes checkpoints, not each of them.
     observability = start_observability(
         broker, home, audit_max_bytes=args.audit_max_bytes,
-        checkpoint_every=parse_duration(every).total_seconds() if every else None,
+        checkpoint_every=None if every == "off" else parse_duration(every).total_seconds(),
+        checkpoint_records=args.audit_checkpoint_records or None,
+        checkpoint_copies=tuple(Path(copy) for copy in args.audit_checkpoint_copy),
     ) if not worker else None
     from broker_proxy.run_services import start_services
 
