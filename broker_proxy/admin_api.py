@@ -92,6 +92,8 @@ class AdminContext:
     grants: GrantStore
     audit: AuditLog
     proxy_listen: str | None = None  # set once the proxy listens; goes into issued proxy URLs
+    # Why the policy file on disk is rejected while the last good policy serves, or None.
+    policy_file_problem: Callable[[], str | None] = lambda: None
 
 
 class ApiError(Exception):
@@ -329,6 +331,9 @@ def readiness(context: AdminContext) -> dict[str, dict[str, object]]:
     checks["audit_log"] = {"ok": problem is None} | ({"problem": problem} if problem else {})
     active = context.policy()
     checks["policy"] = {"ok": active is not None, "digest": active.policy.digest}
+    if (rejected := context.policy_file_problem()) is not None:
+        # Still ready (the last good policy serves), but the file on disk is not what runs.
+        checks["policy"] |= {"file_rejected": True, "problem": rejected}
     return checks
 
 

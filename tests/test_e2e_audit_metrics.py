@@ -352,3 +352,19 @@ def test_signed_checkpoints_are_written_by_default_and_catch_a_cut_of_the_log(
     log.write_bytes(b"".join(line + b"\n" for line in log.read_bytes().splitlines()[:-2]))
     done = subprocess.run(cli, capture_output=True, text=True, timeout=60)
     assert done.returncode != 0 and "records were removed from the end" in done.stderr
+
+
+def test_a_wrong_master_key_is_said_in_the_proxy_log(fresh: Stack, pki: LocalPki) -> None:
+    from tests.conftest import random_master_key
+
+    stack = fresh
+    stack.proxy.stop()
+    stack.env = dict(stack.env, BROKER_PROXY_MASTER_KEY=random_master_key())
+    restart(stack, pki)
+    grant = stack.issue("api_key")
+    answer = CLIENTS["requests"](stack, grant.token, "GET",
+                                 stack.url(stack.upstreams.api, API_HOST, "/v1/k"), headers=AUTH)
+    assert (answer.status, answer.json()["error"]) == (503, "secret_unavailable")
+    stack.proxy.stop()
+    logged = (stack.root / "proxy.log").read_text()
+    assert "cannot decrypt vault" in logged and "api_key" in logged
