@@ -128,6 +128,16 @@ def _share_metrics(workers: int, worker: bool) -> Path | None:
     return directory
 
 
+def _remove_own_runtime(home: Home) -> None:
+    """run.json goes only with the process that wrote it, never another proxy's."""
+    try:
+        info = json.loads(home.runtime.read_text())
+    except (OSError, ValueError):
+        return
+    if isinstance(info, dict) and info.get("pid") == os.getpid():
+        home.runtime.unlink(missing_ok=True)
+
+
 def run_command(args: argparse.Namespace) -> int:
     from addons.runner import ProxySettings, serve
 
@@ -140,6 +150,17 @@ def run_command(args: argparse.Namespace) -> int:
 
         listen = (listen[0], free_port(listen[0]))
     worker = args.worker_of_group
+    from broker_proxy.home_lock import HomeBusy, HomeLock
+
+    lock = None
+    if not worker:  # the workers run under the lock their parent holds for the group
+        home.ensure()
+        try:
+            lock = HomeLock.acquire(home.root)
+        except HomeBusy as busy:
+            raise CliError(str(busy)) from None
+        except OSError as error:
+            raise CliError(f"cannot lock the home {home.root}: {error.strerror}") from None
     metrics = None if args.metrics == "off" else parse_address(args.metrics, "--metrics")
     admin = None if args.admin == "off" else parse_address(args.admin, "--admin")
     resolve = parse_resolve(args.resolve)
@@ -223,8 +244,10 @@ def run_command(args: argparse.Namespace) -> int:
         if observability is not None:
             observability.stop()
         if not worker:
-            home.runtime.unlink(missing_ok=True)
+            _remove_own_runtime(home)
         broker.audit.append("proxy_stopped", decision="allow", reason="stopped")
         broker.audit.close()
+        if lock is not None:
+            lock.release()
         print("broker-proxy stopped", file=sys.stderr, flush=True)
     return 0
