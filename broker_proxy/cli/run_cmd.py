@@ -128,6 +128,28 @@ def _share_metrics(workers: int, worker: bool) -> Path | None:
     return directory
 
 
+def home_certs(home: Home, explicit: str | None) -> Path:
+    """The home's one CA directory; --certs moves it only while no CA exists where it is.
+
+    Agents trust one CA per home: a second one made elsewhere would make `ca path` and `env`
+    point them at a CA the proxy does not sign with.
+    """
+    current = home.ca_dir()
+    certs = Path(explicit).absolute() if explicit else current
+    if certs != current.absolute():
+        from broker_proxy.cli.ca_cmd import CA_FILE
+
+        if (current / CA_FILE).exists():
+            raise CliError(f"this home's CA is in {current}; run with --certs {current} (or "
+                           f"move it and remove {home.ca_record})")
+        if certs != home.certs:
+            home.ca_record.write_text(f"{certs}\n")
+        else:
+            home.ca_record.unlink(missing_ok=True)
+    certs.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return certs
+
+
 def _remove_own_runtime(home: Home) -> None:
     """run.json goes only with the process that wrote it, never another proxy's."""
     try:
@@ -169,7 +191,12 @@ def run_command(args: argparse.Namespace) -> int:
     # The bundle file is written below, before any request can make the proxy mint a token.
     trust = UpstreamTrust(home.upstream_ca_bundle if args.upstream_ca else None, resolve)
     shared_metrics = _share_metrics(args.workers, worker)  # before any metric exists
-    broker = open_broker(home, policy_file_of(args), store=args.store,
+    policy_file = policy_file_of(args)
+    if not policy_file.exists():
+        raise CliError(f"no policy file at {policy_file}: start from an example, e.g. "
+                       f"`cp policies/example.yaml {policy_file}` in a checkout (then edit it "
+                       "and `broker-proxy policy check` it), or pass --policy FILE")
+    broker = open_broker(home, policy_file, store=args.store,
                          replica=args.replica_id, trust=trust)
     from broker_proxy.durations import parse_duration
     from broker_proxy.observability import start_observability
@@ -185,8 +212,7 @@ def run_command(args: argparse.Namespace) -> int:
     from broker_proxy.run_services import start_services
 
     services = start_services(broker, home, policy_file_of(args), admin)
-    certs = Path(args.certs).absolute() if args.certs else home.certs
-    certs.mkdir(mode=0o700, parents=True, exist_ok=True)
+    certs = home_certs(home, args.certs)
     workers: list = []
 
     def on_reload() -> None:
