@@ -10,17 +10,19 @@ from broker_proxy.cli.common import home_of, running_proxy
 from broker_proxy.home import Home
 
 CA_FILE = "mitmproxy-ca-cert.pem"
+_CERTS_HELP = "CA directory (default: the home's one CA, <home>/certs unless run --certs made it "\
+    "elsewhere)"
 
 
 def register(commands: argparse._SubParsersAction) -> None:
     ca = commands.add_parser("ca", help="where the proxy's CA certificate is")
     sub = ca.add_subparsers(dest="ca_command", metavar="ACTION", required=True)
     path = sub.add_parser("path", help="print the CA certificate's path (creates the CA if new)")
-    path.add_argument("--certs", metavar="DIR", help="CA directory (default: the home's, <home>/certs unless run --certs put it elsewhere)")
+    path.add_argument("--certs", metavar="DIR", help=_CERTS_HELP)
     path.set_defaults(handler=path_command)
     export = sub.add_parser("export", help="copy the CA certificate (public part) to FILE")
     export.add_argument("file", metavar="FILE")
-    export.add_argument("--certs", metavar="DIR", help="CA directory (default: the home's, <home>/certs unless run --certs put it elsewhere)")
+    export.add_argument("--certs", metavar="DIR", help=_CERTS_HELP)
     export.set_defaults(handler=export_command)
 
 

@@ -92,8 +92,9 @@ def env_command(args: argparse.Namespace) -> int:
     if info is None:
         print(f"broker-proxy: no proxy is running for home {home.root}; these exports are for "
               f"`broker-proxy run` on {proxy_address(home)}", file=sys.stderr)
-    from broker_proxy.cli.ca_cmd import home_ca_path
     from urllib.parse import quote
+
+    from broker_proxy.cli.ca_cmd import home_ca_path
 
     ca = str(info["ca"]) if info else str(home_ca_path(home))
     agent = args.agent or grant.agent
