@@ -31,6 +31,7 @@ from addons.broker_addon import BrokerAddon
 from addons.hook_dispatch import IndexedAddonManager
 from addons.reuse_port import enable_reuse_port
 from broker_proxy.broker import Broker
+from broker_proxy.resolve_pins import ResolvePins
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +40,7 @@ class ProxySettings:
     listen_port: int
     certs_dir: Path
     upstream_ca_bundle: Path | None
-    resolve: dict[str, str]
+    resolve: ResolvePins
     body_size_limit: str = "10m"
     on_reload_signal: Callable[[], None] | None = None  # SIGHUP: reload the policy
     reuse_port: bool = False  # one of several worker processes on the same port

@@ -12,10 +12,14 @@ multiprocess mode, see `share_between_processes`) and the first process serves t
 from __future__ import annotations
 
 import os
+import socket
+import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from socketserver import ThreadingMixIn
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 from prometheus_client import values as metric_values
 from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -144,8 +148,35 @@ class BrokerMetrics:
             registry = CollectorRegistry(auto_describe=True)
             registry.register(_ScrapeHooks(self.scrape_hooks))
             MultiProcessCollector(registry, path=str(directory))
-        server, _thread = start_http_server(port, addr=host, registry=registry)
-        return int(server.server_port)
+        return _serve(host, port, registry)
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        """Scrapes are not worth a line each on stderr."""
+
+
+def _serve(host: str, port: int, registry: CollectorRegistry) -> int:
+    """/metrics on a daemon thread, answering HEAD like GET without the body.
+
+    prometheus_client's own server answers HEAD with 405, which breaks probes and load
+    balancers that check an endpoint with HEAD.
+    """
+    app = make_wsgi_app(registry)
+
+    def metrics_app(environ: dict, start_response: Callable) -> Iterable[bytes]:
+        if environ.get("REQUEST_METHOD") == "HEAD":
+            list(app(dict(environ, REQUEST_METHOD="GET"), start_response))
+            return [b""]
+        return app(environ, start_response)
+
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    server_class = type("MetricsServer", (ThreadingMixIn, WSGIServer),
+                        {"daemon_threads": True, "address_family": family})
+    server = make_server(host, port, metrics_app, server_class=server_class,
+                         handler_class=_QuietHandler)
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    return int(server.server_port)
 
 
 def _versions() -> tuple[str, str, str]:

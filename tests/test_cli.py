@@ -261,3 +261,41 @@ def test_audit_verify_names_the_first_tampered_record(home: Path) -> None:
     assert_one_line_failure(done, "audit.log:2")
     tail = run_cli(home, "audit", "tail")
     assert tail.returncode == 0 and "grant_issued" in tail.stdout
+
+
+APPROVAL_POLICY = POLICY.replace("    max_ttl: 1h\n", "    max_ttl: 1h\n    approval: [github]\n")
+
+
+def test_grant_show_of_an_unknown_id_says_so_once(home: Path) -> None:
+    done = run_cli(home, "grant", "show", "g_0000000000000000")
+    assert_one_line_failure(done, "grant g_0000000000000000 not found")
+    assert "no grant" not in done.stderr
+
+
+def test_a_denied_grant_names_its_denier_as_denier_never_as_approver(home: Path) -> None:
+    (home / "policy.yaml").write_text(APPROVAL_POLICY)
+    issued = _issue(home)
+    assert run_cli(home, "grant", "deny", issued["id"]).returncode == 0
+    shown = json.loads(run_cli(home, "grant", "show", issued["id"], "--json").stdout)
+    assert shown["approved_by"] is None and shown["approved_at"] is None
+    assert shown["denied_by"] and shown["denied_at"]
+    assert shown["decided_by"] == shown["denied_by"]
+    text = run_cli(home, "grant", "show", issued["id"]).stdout
+    assert "denied_by:" in text and "approved_by:" not in text
+
+
+def test_grant_show_reads_like_text_and_tells_who_revoked_and_why(home: Path) -> None:
+    issued = _issue(home)
+    assert run_cli(home, "grant", "revoke", issued["id"]).returncode == 0
+    text = run_cli(home, "grant", "show", issued["id"]).stdout
+    assert "['" not in text and "None" not in text
+    assert "secrets:     github" in text
+    history = text.split("history:\n", 1)[1]
+    lines = history.strip().splitlines()
+    assert "issued by " in lines[0] and "revoked by " in lines[-1]
+
+
+def test_exec_usage_names_every_option(home: Path) -> None:
+    usage = run_cli(home, "exec", "--help").stdout.split("\n\n", 1)[0]
+    for option in ("--policy", "--store", "--ttl", "--max-uses", "--wait-approval"):
+        assert option in usage

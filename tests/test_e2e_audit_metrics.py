@@ -368,3 +368,10 @@ def test_a_wrong_master_key_is_said_in_the_proxy_log(fresh: Stack, pki: LocalPki
     stack.proxy.stop()
     logged = (stack.root / "proxy.log").read_text()
     assert "cannot decrypt vault" in logged and "api_key" in logged
+
+
+def test_head_on_metrics_answers_like_get_without_a_body(fresh: Stack) -> None:
+    answer = requests.head(fresh.proxy.metrics_url, timeout=10)
+    assert answer.status_code == 200 and answer.content == b""
+    assert answer.headers["Content-Type"].startswith("text/plain")
+    assert "broker_requests_total" in requests.get(fresh.proxy.metrics_url, timeout=10).text

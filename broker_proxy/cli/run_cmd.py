@@ -16,6 +16,7 @@ from broker_proxy.cli.common import add_policy_option, home_of, policy_file_of
 from broker_proxy.cli.errors import CliError
 from broker_proxy.cli.store_option import add_store_option
 from broker_proxy.home import Home
+from broker_proxy.resolve_pins import PinError, ResolvePins
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -41,8 +42,9 @@ def register(commands: argparse._SubParsersAction) -> None:
                      help="directory of the proxy's CA (default <home>/certs)")
     run.add_argument("--upstream-ca", metavar="PEM", action="append", default=[],
                      help="also trust this CA for upstream servers (private APIs, tests)")
-    run.add_argument("--resolve", metavar="HOST=IP", action="append", default=[],
-                     help="connect to IP for HOST (split DNS, tests); repeatable")
+    run.add_argument("--resolve", metavar="HOST[:PORT]=IP[:PORT]", action="append", default=[],
+                     help="connect to IP (and PORT) for HOST (and PORT), like curl's "
+                     "--connect-to: split DNS, a local stand-in for an API; repeatable")
     add_store_option(run)
     run.add_argument("--replica-id", metavar="ID",
                      help="name of this replica in every audit record (default: one made "
@@ -75,23 +77,6 @@ def parse_address(text: str, option: str) -> tuple[str, int]:
     if not sep or not port.isdigit() or not 0 <= int(port) < 65536 or not host:
         raise CliError(f"{option} must be HOST:PORT, got {text!r}")
     return host.strip("[]"), int(port)
-
-
-def parse_resolve(pins: list[str]) -> dict[str, str]:
-    from ipaddress import ip_address
-
-    from broker_proxy.policy.destinations import HostError, canonical_host
-
-    resolved: dict[str, str] = {}
-    for pin in pins:
-        host, sep, address = pin.partition("=")
-        try:
-            resolved[canonical_host(host)] = str(ip_address(address))
-        except (HostError, ValueError):
-            raise CliError(f"--resolve must be HOST=IP, got {pin!r}") from None
-        if not sep:
-            raise CliError(f"--resolve must be HOST=IP, got {pin!r}")
-    return resolved
 
 
 def upstream_bundle(home: Home, extra_cas: list[str]) -> Path | None:
@@ -185,7 +170,10 @@ def run_command(args: argparse.Namespace) -> int:
             raise CliError(f"cannot lock the home {home.root}: {error.strerror}") from None
     metrics = None if args.metrics == "off" else parse_address(args.metrics, "--metrics")
     admin = None if args.admin == "off" else parse_address(args.admin, "--admin")
-    resolve = parse_resolve(args.resolve)
+    try:
+        resolve = ResolvePins.parse(args.resolve)
+    except PinError as error:
+        raise CliError(str(error)) from None
     from broker_proxy.secrets.oauth2 import UpstreamTrust
 
     # The bundle file is written below, before any request can make the proxy mint a token.
