@@ -142,7 +142,8 @@ def change_command(args: argparse.Namespace) -> int:
     elif args.action == "show":
         public = grant.to_public_dict(now)
         for key, value in public.items():
-            if key.startswith(("approved_", "denied_", "decided_")) and value is None:
+            if key.startswith("decided_") or (key.startswith(("approved_", "denied_"))
+                                               and value is None):
                 continue  # said once, by the decision that was taken (or not shown at all)
             print(f"{key + ':':<12} {_shown_value(value)}")
         history = grant_history(home_of(args), grant.id)
