@@ -466,3 +466,21 @@ def test_another_writer_appending_is_not_mistaken_for_tampering(
             other.append("request", grant=f"b{index}")
         assert first.problem() is None and other.problem() is None
     assert verify_chain(log_path, key_path).ok
+
+
+def test_a_hard_linked_archive_and_a_forged_rotation_record_are_not_a_rotation(
+        paths: tuple[Path, Path]) -> None:
+    from broker_proxy.audit.log import ROTATED_EVENT, AuditTamperedError
+
+    log_path, key_path = paths
+    with AuditLog.open(log_path, key_path) as log:
+        for index in range(5):
+            log.append("request", grant=f"g{index}")
+        last = lines_of(log_path)[-1]
+        os.link(log_path, log_path.with_name("audit.log.000001"))
+        forged = {"seq": 5, "event": ROTATED_EVENT, "prev": line_hash(last), "mac": "0" * 64}
+        spare = log_path.with_name("spare")
+        spare.write_bytes(json.dumps(forged).encode() + b"\n")
+        os.replace(spare, log_path)
+        with pytest.raises(AuditTamperedError):
+            log.append("request", grant="after")

@@ -631,7 +631,7 @@ class AuditLog:
         last, _torn = _read_tail(before, os.fstat(before).st_size)
         first = _parse_record(os.pread(after, _TAIL_CHUNK, 0).split(b"\n", 1)[0])
         if (last is None or first is None or first.get("event") != ROTATED_EVENT
-                or first.get("prev") != line_hash(last)):
+                or first.get("prev") != line_hash(last) or not _mac_holds(self._key, first)):
             raise self._tamper("was replaced by a file that is not its rotation")
 
     def _build(self, event: str, fields: dict[str, object]) -> dict[str, Any]:
@@ -872,6 +872,16 @@ class AuditLog:
                 self._durable_seq = max(self._durable_seq, target)
                 self._unsynced = max(0, self._unsynced - covered)
                 self._last_sync = time.monotonic()
+
+
+def _mac_holds(key: bytes, record: dict[str, Any]) -> bool:
+    """A rotation record made with our key: a hard-linked old file plus a forged first record
+    is not a rotation."""
+    mac = record.get("mac")
+    try:
+        return isinstance(mac, str) and hmac.compare_digest(mac, record_mac(key, record))
+    except ValueError:
+        return False
 
 
 def _identity(info: os.stat_result) -> tuple[int, int]:
