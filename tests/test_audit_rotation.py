@@ -394,3 +394,18 @@ def test_verify_of_a_directory_with_checkpoints_prints_no_ok_before_failing(
     done = _cli(home, "audit", "verify", str(home), "--checkpoints",
                 str(home / "audit.checkpoints"))
     assert done.returncode != 0 and done.stdout == ""
+
+
+def test_a_checkpoint_goes_to_every_copy_and_the_copy_alone_catches_a_cut(tmp_path: Path) -> None:
+    log_path, key_path = tmp_path / "audit.log", tmp_path / "audit.key"
+    cp = CheckpointPaths.in_home(tmp_path)
+    key = load_signing_key(cp, create=True)
+    elsewhere = tmp_path / "elsewhere.checkpoints"
+    with AuditLog.open(log_path, key_path) as log:
+        fill(log, 10)
+        write_checkpoint(log, key, cp.file, (elsewhere,))
+    assert elsewhere.read_bytes() == cp.file.read_bytes()
+    cp.file.unlink()  # whoever cut the log removed the checkpoints beside it too
+    rewrite(log_path, log_path.read_bytes().splitlines()[:7])
+    _held, problem = verify_checkpoints(log_path, key_path, elsewhere, cp.public)
+    assert problem is not None and "records were removed from the end" in problem
