@@ -18,6 +18,7 @@ import pytest
 from broker_proxy.audit import AuditLog, AuditWriteError, verify_chain
 from broker_proxy.audit.checkpoint import (
     CheckpointPaths,
+    CheckpointWriter,
     load_signing_key,
     verify_checkpoints,
     write_checkpoint,
@@ -409,3 +410,19 @@ def test_a_checkpoint_goes_to_every_copy_and_the_copy_alone_catches_a_cut(tmp_pa
     rewrite(log_path, log_path.read_bytes().splitlines()[:7])
     _held, problem = verify_checkpoints(log_path, key_path, elsewhere, cp.public)
     assert problem is not None and "records were removed from the end" in problem
+
+
+def test_checkpoint_writer_also_writes_after_every_n_records(tmp_path: Path) -> None:
+    cp = CheckpointPaths.in_home(tmp_path)
+    key = load_signing_key(cp, create=True)
+    with AuditLog.open(tmp_path / "audit.log", tmp_path / "audit.key") as log:
+        writer = CheckpointWriter(log, key, cp.file, 3600, records=5).start()
+        for _round in range(2):
+            fill(log, 5)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and len(cp.file.read_bytes().splitlines()
+                                                      if cp.file.exists() else []) <= _round:
+                time.sleep(0.02)
+        counts = [json.loads(line)["count"] for line in cp.file.read_bytes().splitlines()]
+        writer.stop()
+    assert counts == [5, 10]  # by count, long before the hour is up
