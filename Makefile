@@ -14,6 +14,7 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	@$(VENV)/bin/broker-proxy demo
+	@echo "broker-proxy is installed in $(VENV)/bin only: 'source $(VENV)/bin/activate' puts it on PATH"
 
 run: $(STAMP)
 	$(VENV)/bin/broker-proxy run --certs certs $(ARGS)

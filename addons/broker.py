@@ -27,8 +27,10 @@ from addons.mitmproxy_compat import IncompatibleMitmproxy
 from addons.option_guards import unsafe_option
 from broker_proxy import outbound as codes
 from broker_proxy.assembly import open_broker, policy_path
+from broker_proxy.error_text import describe_error
 from broker_proxy.home import Home
 from broker_proxy.outbound import Denied
+from broker_proxy.resolve_pins import ResolvePins
 from broker_proxy.secrets.oauth2 import UpstreamTrust
 
 log = logging.getLogger("broker_proxy.script")
@@ -49,7 +51,8 @@ class BrokerScript:
         loader.add_option("broker_policy", str, "",
                           "policy file (default $BROKER_PROXY_POLICY or <home>/policy.yaml)")
         loader.add_option("broker_resolve", Sequence[str], [],
-                          "HOST=IP pins: connect to IP for HOST (split DNS, tests)")
+                          "HOST[:PORT]=IP[:PORT] pins: connect to IP (and PORT) for HOST (and "
+                          "PORT), like curl's --connect-to (split DNS, tests)")
 
     def configure(self, updated: set[str]) -> None:
         if problem := unsafe_option(ctx.options):
@@ -68,9 +71,6 @@ class BrokerScript:
             self.inner.configure(updated)
 
     def _start(self) -> None:
-        from broker_proxy.cli.errors import describe_error
-        from broker_proxy.cli.run_cmd import parse_resolve
-
         if _INCOMPATIBLE is not None:
             self.inner = None
             self.startup_error = _INCOMPATIBLE
@@ -78,7 +78,7 @@ class BrokerScript:
             return
         try:
             home = Home.resolve(ctx.options.broker_home or None)
-            resolve = parse_resolve(list(ctx.options.broker_resolve))
+            resolve = ResolvePins.parse(ctx.options.broker_resolve, "broker_resolve")
             # OAuth2 token endpoints get the same trust as upstreams (see secrets/oauth2.py).
             trusted_ca = getattr(ctx.options, "ssl_verify_upstream_trusted_ca", None)
             broker = open_broker(home, policy_path(home, ctx.options.broker_policy or None),

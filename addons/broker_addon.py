@@ -28,6 +28,7 @@ from broker_proxy.broker import Broker, DecisionMustWait
 from broker_proxy.durability_waiter import DurabilityWaiter
 from broker_proxy.outbound import Allowed, Denied, OutboundRequest, Verdict
 from broker_proxy.request_checks import header_size_problem, upgrade_problem
+from broker_proxy.resolve_pins import ResolvePins
 
 log = logging.getLogger("broker_proxy.addon")
 
@@ -37,10 +38,10 @@ DECISION_THREADS = 4  # decisions in flight at once when they may block (see Bro
 
 
 class BrokerAddon:
-    def __init__(self, broker: Broker, resolve: dict[str, str] | None = None, *,
+    def __init__(self, broker: Broker, resolve: ResolvePins | None = None, *,
                  keep_agent_view: bool = False) -> None:
         self.broker = broker
-        self.resolve = dict(resolve or {})
+        self.resolve = resolve or ResolvePins()
         # Under mitmdump, addons after ours print and save the flow: keep the request as the
         # agent sent it (placeholders) so the script can put it back once it has been sent.
         self.keep_agent_view = keep_agent_view
@@ -295,7 +296,7 @@ class BrokerAddon:
             data.server.error = "no request to this upstream was allowed by the broker"
             return
         try:
-            addresses = await self._addresses(host, port)
+            addresses, dial_port = await self._addresses(host, port)
         except OSError as error:
             data.server.error = f"cannot resolve {host}: {error.strerror or error}"
             return
@@ -303,19 +304,20 @@ class BrokerAddon:
         for address in addresses:
             if address_allowed(address, allowed_networks):
                 self._dialled_names[data.server] = (host, port)
-                data.server.address = (address, port)
+                data.server.address = (address, dial_port)
                 if data.server.sni is None:
                     data.server.sni = host
                 return
         data.server.error = (f"{host} resolves only to addresses the policy does not allow "
                              "(loopback, private, link-local or metadata)")
 
-    async def _addresses(self, host: str, port: int) -> list[str]:
-        if host in self.resolve:
-            return [self.resolve[host]]
+    async def _addresses(self, host: str, port: int) -> tuple[list[str], int]:
+        """The addresses to try and the port to dial (a --resolve pin may change both)."""
+        if (pinned := self.resolve.lookup(host, port)) is not None:
+            return [pinned[0]], pinned[1]
         infos = await asyncio.get_running_loop().getaddrinfo(
             host, port, type=socket.SOCK_STREAM)
-        return [str(info[4][0]) for info in infos]
+        return [str(info[4][0]) for info in infos], port
 
     def server_connected(self, data: server_hooks.ServerConnectionHookData) -> None:
         """Give the open connection its name back.

@@ -38,6 +38,7 @@ from addons.broker_addon import BrokerAddon
 from addons.connection_limits import ConnectionLimits, Deadlines
 from addons.hook_dispatch import IndexedAddonManager
 from broker_proxy.broker import Broker
+from broker_proxy.resolve_pins import ResolvePins
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +47,7 @@ class ProxySettings:
     listen_port: int
     certs_dir: Path
     upstream_ca_bundle: Path | None
-    resolve: dict[str, str]
+    resolve: ResolvePins
     body_size_limit: str = "10m"
     on_reload_signal: Callable[[], None] | None = None  # SIGHUP: reload the policy
     reuse_port: bool = False  # one of several worker processes on the same port

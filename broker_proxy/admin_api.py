@@ -94,6 +94,8 @@ class AdminContext:
     grants: GrantStore
     audit: AuditLog
     proxy_listen: str | None = None  # set once the proxy listens; goes into issued proxy URLs
+    # Why the policy file on disk is rejected while the last good policy serves, or None.
+    policy_file_problem: Callable[[], str | None] = lambda: None
 
 
 class ApiError(Exception):
@@ -329,11 +331,15 @@ def readiness(context: AdminContext) -> dict[str, dict[str, object]]:
         checks["grant_store"] = {"ok": True}
     except GrantStoreError:
         checks["grant_store"] = {"ok": False}
-    audit_ok = os.access(context.audit.path, os.W_OK) and not getattr(context.audit, "_closed",
-                                                                       False)
-    checks["audit_log"] = {"ok": audit_ok}
+    # Look at the file as an append would (identity, size, last record) and at whether the last
+    # append failed (a full disk): a writable path alone says nothing about either.
+    problem = context.audit.problem()
+    checks["audit_log"] = {"ok": problem is None} | ({"problem": problem} if problem else {})
     active = context.policy()
     checks["policy"] = {"ok": active is not None, "digest": active.policy.digest}
+    if (rejected := context.policy_file_problem()) is not None:
+        # Still ready (the last good policy serves), but the file on disk is not what runs.
+        checks["policy"] |= {"file_rejected": True, "problem": rejected}
     return checks
 
 

@@ -218,6 +218,9 @@ class Broker:
             try:
                 values[name] = self.secrets.resolve(policy.policy.secrets[name])
             except SecretUnavailable as error:
+                # The operator reads the proxy's log, not the agent's 503: a wrong master key
+                # or a broken backend must show up there. The reasons are fixed texts, no values.
+                log.warning("%s", error)
                 return self._deny(request, grant, 503, codes.SECRET_UNAVAILABLE, str(error))
             if values[name].has_control_chars() and (any(
                     h.place == "header" and h.secret == name for h in hits)

@@ -51,6 +51,23 @@ class Home:
         return self.root / "certs"
 
     @property
+    def ca_record(self) -> Path:
+        """Names the CA directory when `run --certs DIR` put it elsewhere than <home>/certs."""
+        return self.root / "ca-dir"
+
+    def ca_dir(self) -> Path:
+        """This home's one CA directory: where `run --certs` made it, else <home>/certs.
+
+        `ca path` and `env` read it too, so they never make a second CA that agents would
+        trust in vain.
+        """
+        try:
+            recorded = self.ca_record.read_text().strip()
+        except OSError:
+            return self.certs
+        return Path(recorded) if recorded else self.certs
+
+    @property
     def runtime(self) -> Path:
         """Addresses of the running proxy, written by `run` for `exec`, `env` and `grant`."""
         return self.root / "run.json"

@@ -12,10 +12,14 @@ multiprocess mode, see `share_between_processes`) and the first process serves t
 from __future__ import annotations
 
 import os
+import socket
+import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from socketserver import ThreadingMixIn
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 from prometheus_client import values as metric_values
 from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -109,6 +113,24 @@ class BrokerMetrics:
             "Audit records that could not be written.",
             registry=self.registry,
         )
+        # Set at each scrape by the first process (observability.py), like the grant gauges.
+        self.audit_log_unusable = Gauge(
+            "broker_audit_log_unusable",
+            "1 while appends to the audit log fail or the writer refuses a log it did not write "
+            "(requests needing a record get 503 audit_unavailable).",
+            registry=self.registry, multiprocess_mode="livemax",
+        )
+        self.policy_file_rejected = Gauge(
+            "broker_policy_file_rejected",
+            "1 while the policy file on disk is rejected and the last good policy serves.",
+            registry=self.registry, multiprocess_mode="livemax",
+        )
+        self.build_info = Gauge(
+            "broker_build_info", "Always 1; the labels say which versions run.",
+            ["version", "mitmproxy", "python"], registry=self.registry,
+            multiprocess_mode="livemax",
+        )
+        self.build_info.labels(*_versions()).set(1)
         self.audit_records = Counter(
             "broker_audit_records",
             "Audit records written by this process (including rotation and recovery records).",
@@ -126,8 +148,50 @@ class BrokerMetrics:
             registry = CollectorRegistry(auto_describe=True)
             registry.register(_ScrapeHooks(self.scrape_hooks))
             MultiProcessCollector(registry, path=str(directory))
-        server, _thread = start_http_server(port, addr=host, registry=registry)
-        return int(server.server_port)
+        return _serve(host, port, registry)
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        """Scrapes are not worth a line each on stderr."""
+
+
+def _serve(host: str, port: int, registry: CollectorRegistry) -> int:
+    """/metrics on a daemon thread, answering HEAD like GET without the body.
+
+    prometheus_client's own server answers HEAD with 405, which breaks probes and load
+    balancers that check an endpoint with HEAD.
+    """
+    app = make_wsgi_app(registry)
+
+    def metrics_app(environ: dict, start_response: Callable) -> Iterable[bytes]:
+        if environ.get("REQUEST_METHOD") == "HEAD":
+            list(app(dict(environ, REQUEST_METHOD="GET"), start_response))
+            return [b""]
+        return app(environ, start_response)
+
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    server_class = type("MetricsServer", (ThreadingMixIn, WSGIServer),
+                        {"daemon_threads": True, "address_family": family})
+    server = make_server(host, port, metrics_app, server_class=server_class,
+                         handler_class=_QuietHandler)
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    return int(server.server_port)
+
+
+def _versions() -> tuple[str, str, str]:
+    """(broker-proxy, mitmproxy, Python): read from package metadata, so the core still imports
+    nothing from mitmproxy."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = []
+    for package in ("broker-proxy", "mitmproxy"):
+        try:
+            found.append(version(package))
+        except PackageNotFoundError:
+            found.append("unknown")
+    return found[0], found[1], platform.python_version()
 
 
 class _ScrapeHooks:

@@ -54,6 +54,7 @@ class PolicyReloader:
         self._wake = threading.Event()
         self._forced = False
         self._stopping = False
+        self.file_problem: str | None = None  # why the file on disk is rejected, while it is
         self._thread = threading.Thread(target=self._watch, name="policy-reload", daemon=True)
 
     def start(self) -> PolicyReloader:
@@ -87,6 +88,8 @@ class PolicyReloader:
                 return self._reject(trigger, error)
             self._broker.policy = candidate  # the atomic swap
             self._broker.metrics.policy_reloads.labels("ok").inc()
+            self.file_problem = None
+            self._broker.metrics.policy_file_rejected.set(0)
             revoked = self._revoke_uncovered(candidate.policy)
             self._audit("policy_reloaded", decision="allow", reason=trigger,
                         policy=candidate.policy.digest, revoked_grants=len(revoked))
@@ -100,6 +103,8 @@ class PolicyReloader:
         first = str(error.issues[0]) if error.issues else str(error)
         first = " ".join(first.split())
         more = len(error.issues) - 1
+        self.file_problem = first
+        self._broker.metrics.policy_file_rejected.set(1)
         # Only the count goes into the audit record: the file's text is not ours to archive.
         self._audit("policy_reload_rejected", decision="deny", reason="invalid_policy",
                     errors=len(error.issues))

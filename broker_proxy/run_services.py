@@ -49,15 +49,17 @@ def start_services(broker: Broker, home: Home, policy_file: Path,
                    admin: tuple[str, int] | None) -> RunServices:
     """Raises AdminApiError (token file, address) before anything is left running."""
     server = None
+    reloader = PolicyReloader(broker, policy_file)
     if admin is not None:
         token = load_or_create_admin_token(home.admin_token)
         context = AdminContext(token=token, policy=lambda: broker.policy, grants=broker.grants,
-                               audit=broker.audit)
+                               audit=broker.audit,
+                               policy_file_problem=lambda: reloader.file_problem)
         try:
             server = AdminServer(admin[0], admin[1], context)
         except OSError as error:
             raise AdminListenError(f"cannot listen for the admin API on {admin[0]}:{admin[1]}: "
                                    f"{error.strerror or error}") from None
         server.start()
-    reloader = PolicyReloader(broker, policy_file).start()
+    reloader.start()
     return RunServices(server, reloader, policy_file)

@@ -403,3 +403,84 @@ def test_log_ending_in_a_whole_line_that_is_not_a_record_refuses_to_open(
         handle.write(b"not a record\n")
     with pytest.raises(AuditWriteError, match="ends with a line that is not a record"):
         AuditLog.open(log_path, key_path)
+
+
+def _truncate_to_nothing(log_path: Path) -> None:
+    os.truncate(log_path, 0)
+
+
+def _replace_with_an_empty_file(log_path: Path) -> None:
+    spare = log_path.with_name("spare")
+    spare.write_bytes(b"")
+    os.replace(spare, log_path)
+
+
+def _replace_with_its_first_ten_lines(log_path: Path) -> None:
+    spare = log_path.with_name("spare")
+    spare.write_bytes(b"".join(line + b"\n" for line in lines_of(log_path)[:10]))
+    os.replace(spare, log_path)
+
+
+def _cut_in_place_to_its_first_ten_lines(log_path: Path) -> None:
+    head = b"".join(line + b"\n" for line in lines_of(log_path)[:10])
+    with open(log_path, "r+b") as handle:
+        handle.truncate(0)
+        handle.write(head)
+
+
+def _rewrite_in_place_with_the_same_size(log_path: Path) -> None:
+    data = bytearray(log_path.read_bytes())
+    data[-30] = ord("0") if data[-30] != ord("0") else ord("1")
+    log_path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("tamper", [
+    _truncate_to_nothing, _replace_with_an_empty_file, _replace_with_its_first_ten_lines,
+    _cut_in_place_to_its_first_ten_lines, _rewrite_in_place_with_the_same_size,
+])
+def test_running_writer_refuses_a_log_it_did_not_write(
+        paths: tuple[Path, Path], tamper, caplog: pytest.LogCaptureFixture) -> None:
+    from broker_proxy.audit.log import AuditTamperedError
+
+    log_path, key_path = paths
+    with AuditLog.open(log_path, key_path) as log:
+        for index in range(20):
+            log.append("request", grant=f"g{index}")
+        tamper(log_path)
+        with pytest.raises(AuditTamperedError):
+            log.append("request", grant="after")
+        assert log.problem() is not None
+        # It sticks: the operator acts, not the next request.
+        with pytest.raises(AuditTamperedError):
+            log.append("request", grant="again")
+    assert b'"after"' not in log_path.read_bytes()
+    assert "refusing to write" in caplog.text
+
+
+def test_another_writer_appending_is_not_mistaken_for_tampering(
+        paths: tuple[Path, Path]) -> None:
+    log_path, key_path = paths
+    with AuditLog.open(log_path, key_path) as first, AuditLog.open(log_path, key_path) as other:
+        for index in range(5):
+            first.append("request", grant=f"a{index}")
+            other.append("request", grant=f"b{index}")
+        assert first.problem() is None and other.problem() is None
+    assert verify_chain(log_path, key_path).ok
+
+
+def test_a_hard_linked_archive_and_a_forged_rotation_record_are_not_a_rotation(
+        paths: tuple[Path, Path]) -> None:
+    from broker_proxy.audit.log import ROTATED_EVENT, AuditTamperedError
+
+    log_path, key_path = paths
+    with AuditLog.open(log_path, key_path) as log:
+        for index in range(5):
+            log.append("request", grant=f"g{index}")
+        last = lines_of(log_path)[-1]
+        os.link(log_path, log_path.with_name("audit.log.000001"))
+        forged = {"seq": 5, "event": ROTATED_EVENT, "prev": line_hash(last), "mac": "0" * 64}
+        spare = log_path.with_name("spare")
+        spare.write_bytes(json.dumps(forged).encode() + b"\n")
+        os.replace(spare, log_path)
+        with pytest.raises(AuditTamperedError):
+            log.append("request", grant="after")

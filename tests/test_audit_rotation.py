@@ -18,6 +18,7 @@ import pytest
 from broker_proxy.audit import AuditLog, AuditWriteError, verify_chain
 from broker_proxy.audit.checkpoint import (
     CheckpointPaths,
+    CheckpointWriter,
     load_signing_key,
     verify_checkpoints,
     write_checkpoint,
@@ -330,7 +331,7 @@ def test_cli_verify_names_file_line_and_seq_across_rotated_files(tmp_path: Path)
     checkpoint = subprocess.run([sys.executable, "-m", "broker_proxy.cli", "--home", str(home),
                                  "audit", "checkpoint"], capture_output=True, text=True, timeout=60)
     assert checkpoint.returncode == 0, checkpoint.stderr
-    assert "audit checkpoints ok: 1" in verify().stdout
+    assert "checkpoints: 1 signed" in verify().stdout
     lines = files[2].read_bytes().splitlines()
     seq = json.loads(lines[1])["seq"]
     lines[1] = lines[1].replace(b'"port":443', b'"port":444')
@@ -341,3 +342,87 @@ def test_cli_verify_names_file_line_and_seq_across_rotated_files(tmp_path: Path)
         f"broker-proxy: audit log does not verify: {files[2]}:2: seq {seq}: mac does not verify"]
     done = verify(str(home))  # a directory: every chain in it
     assert done.returncode != 0 and f"{files[2]}:2: seq {seq}" in done.stderr
+
+
+def _cli(home: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "broker_proxy.cli", "--home", str(home), *argv],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_checkpoint_binds_to_the_log_not_its_file_name(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    with AuditLog.open(home / "audit.log", home / "audit.key") as log:
+        fill(log, 30)
+    assert _cli(home, "audit", "checkpoint").returncode == 0
+    checkpoints = home / "audit.checkpoints"
+    copy = tmp_path / "copy.log"
+    copy.write_bytes(b"".join(line + b"\n" for line in
+                              (home / "audit.log").read_bytes().splitlines()[:-3]))
+    done = _cli(home, "audit", "verify", "--checkpoints", str(checkpoints), str(copy))
+    assert done.returncode != 0
+    assert "records were removed from the end" in done.stderr
+    assert "ok" not in done.stdout
+    whole = tmp_path / "whole.log"
+    whole.write_bytes((home / "audit.log").read_bytes())
+    done = _cli(home, "audit", "verify", "--checkpoints", str(checkpoints), str(whole))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "audit log ok"
+
+
+def test_checkpoint_of_another_log_is_a_failure_not_a_skip(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    with AuditLog.open(home / "audit.log", home / "audit.key") as log:
+        fill(log, 5)
+    assert _cli(home, "audit", "checkpoint").returncode == 0
+    other = tmp_path / "other.log"
+    with AuditLog.open(other, home / "audit.key") as log:
+        fill(log, 8, grant="other")
+    done = _cli(home, "audit", "verify", "--checkpoints", str(home / "audit.checkpoints"),
+                str(other))
+    assert done.returncode != 0
+    assert "checkpoint is of another log" in done.stderr
+
+
+def test_verify_of_a_directory_with_checkpoints_prints_no_ok_before_failing(
+        tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    with AuditLog.open(home / "audit.log", home / "audit.key") as log:
+        fill(log, 5)
+    assert _cli(home, "audit", "checkpoint").returncode == 0
+    done = _cli(home, "audit", "verify", str(home), "--checkpoints",
+                str(home / "audit.checkpoints"))
+    assert done.returncode != 0 and done.stdout == ""
+
+
+def test_a_checkpoint_goes_to_every_copy_and_the_copy_alone_catches_a_cut(tmp_path: Path) -> None:
+    log_path, key_path = tmp_path / "audit.log", tmp_path / "audit.key"
+    cp = CheckpointPaths.in_home(tmp_path)
+    key = load_signing_key(cp, create=True)
+    elsewhere = tmp_path / "elsewhere.checkpoints"
+    with AuditLog.open(log_path, key_path) as log:
+        fill(log, 10)
+        write_checkpoint(log, key, cp.file, (elsewhere,))
+    assert elsewhere.read_bytes() == cp.file.read_bytes()
+    cp.file.unlink()  # whoever cut the log removed the checkpoints beside it too
+    rewrite(log_path, log_path.read_bytes().splitlines()[:7])
+    _held, problem = verify_checkpoints(log_path, key_path, elsewhere, cp.public)
+    assert problem is not None and "records were removed from the end" in problem
+
+
+def test_checkpoint_writer_also_writes_after_every_n_records(tmp_path: Path) -> None:
+    cp = CheckpointPaths.in_home(tmp_path)
+    key = load_signing_key(cp, create=True)
+    with AuditLog.open(tmp_path / "audit.log", tmp_path / "audit.key") as log:
+        writer = CheckpointWriter(log, key, cp.file, 3600, records=5).start()
+        for _round in range(2):
+            fill(log, 5)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and len(cp.file.read_bytes().splitlines()
+                                                      if cp.file.exists() else []) <= _round:
+                time.sleep(0.02)
+        counts = [json.loads(line)["count"] for line in cp.file.read_bytes().splitlines()]
+        writer.stop()
+    assert counts == [5, 10]  # by count, long before the hour is up

@@ -163,14 +163,83 @@ def test_unknown_grant_id_is_one_line(home: Path) -> None:
                             "g_0000000000000000")
 
 
-def test_env_prints_the_exports_an_agent_needs(home: Path) -> None:
-    token = "bpt_g_0123456789abcdef_" + "x" * 43
-    done = run_cli(home, "env", "--token", token)
+def _issue(home: Path) -> dict:
+    done = run_cli(home, "grant", "issue", "--agent", "research-bot", "--task", "t",
+                   "--secret", "github", "--json")
     assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def _exports(stdout: str) -> dict[str, str]:
+    import shlex
+
+    pairs = [shlex.split(line.removeprefix("export "))[0] for line in stdout.splitlines()]
+    return dict(pair.split("=", 1) for pair in pairs)
+
+
+def test_env_prints_the_exports_an_agent_needs(home: Path) -> None:
+    issued = _issue(home)
+    caller = dict(os.environ, NO_PROXY="db.internal,.corp", no_proxy="cache.local",
+                  AWS_CA_BUNDLE="/etc/ssl/other-ca.pem")
+    done = run_cli(home, "env", "--token", issued["token"], env=caller)
+    assert done.returncode == 0, done.stderr
+    exports = _exports(done.stdout)
     for variable in ("HTTPS_PROXY", "HTTP_PROXY", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE",
-                     "CURL_CA_BUNDLE", "NODE_EXTRA_CA_CERTS"):
-        assert f"export {variable}=" in done.stdout
-    assert_one_line_failure(run_cli(home, "env", "--token", "nonsense"), "not a grant token")
+                     "CURL_CA_BUNDLE", "NODE_EXTRA_CA_CERTS", "GIT_SSL_CAINFO", "AWS_CA_BUNDLE",
+                     "DENO_CERT", "PIP_CERT"):
+        assert variable in exports
+    assert exports["AWS_CA_BUNDLE"] == exports["SSL_CERT_FILE"]
+    # The grant's agent, not a generic name, is the user part of the proxy URL.
+    assert exports["HTTPS_PROXY"].startswith("http://research-bot:bpt_")
+    for name in ("NO_PROXY", "no_proxy"):
+        assert exports[name].split(",") == ["db.internal", ".corp", "cache.local", "localhost",
+                                            "127.0.0.1", "::1"]
+    assert "no proxy is running" in done.stderr
+    through = run_cli(home, "env", "--token", issued["token"], "--no-loopback-bypass",
+                      env=caller)
+    assert _exports(through.stdout)["NO_PROXY"] == "db.internal,.corp,cache.local"
+
+
+@pytest.mark.parametrize("token", ["bpt_bogus", "nonsense",
+                                   "bpt_g_0123456789abcdef_" + "x" * 43])
+def test_env_with_an_unknown_token_says_it_is_unknown(home: Path, token: str) -> None:
+    assert_one_line_failure(run_cli(home, "env", "--token", token), "unknown grant token")
+
+
+def test_env_with_a_revoked_grant_is_an_error_not_exports(home: Path) -> None:
+    issued = _issue(home)
+    assert run_cli(home, "grant", "revoke", issued["id"]).returncode == 0
+    done = run_cli(home, "env", "--token", issued["token"])
+    assert_one_line_failure(done, issued["id"], "revoked")
+    assert done.stdout == ""
+
+
+def test_ca_path_names_the_ca_run_made_elsewhere_not_a_second_one(home: Path,
+                                                                  tmp_path: Path) -> None:
+    from broker_proxy.cli.run_cmd import home_certs
+    from broker_proxy.home import Home
+
+    elsewhere = tmp_path / "repo-certs"
+    assert home_certs(Home(home), str(elsewhere)) == elsewhere  # what `run --certs` does
+    done = run_cli(home, "ca", "path")
+    assert done.returncode == 0, done.stderr
+    assert Path(done.stdout.strip()).parent == elsewhere
+    assert not (home / "certs").exists()
+    issued = _issue(home)
+    exports = _exports(run_cli(home, "env", "--token", issued["token"]).stdout)
+    assert Path(exports["SSL_CERT_FILE"]).parent == elsewhere
+    # A CA exists now: another --certs would make a second one.
+    from broker_proxy.cli.errors import CliError
+
+    with pytest.raises(CliError, match="this home's CA is in"):
+        home_certs(Home(home), str(tmp_path / "third"))
+
+
+def test_run_without_a_policy_file_says_how_to_start(tmp_path: Path) -> None:
+    empty = tmp_path / "fresh-home"
+    done = run_cli(empty, "run", "--listen", "127.0.0.1:0", "--metrics", "off",
+                   "--admin", "off")
+    assert_one_line_failure(done, "no policy file at", "policies/example.yaml")
 
 
 def test_ca_path_creates_and_prints_the_ca(home: Path) -> None:
@@ -193,3 +262,41 @@ def test_audit_verify_names_the_first_tampered_record(home: Path) -> None:
     assert_one_line_failure(done, "audit.log:2")
     tail = run_cli(home, "audit", "tail")
     assert tail.returncode == 0 and "grant_issued" in tail.stdout
+
+
+APPROVAL_POLICY = POLICY.replace("    max_ttl: 1h\n", "    max_ttl: 1h\n    approval: [github]\n")
+
+
+def test_grant_show_of_an_unknown_id_says_so_once(home: Path) -> None:
+    done = run_cli(home, "grant", "show", "g_0000000000000000")
+    assert_one_line_failure(done, "grant g_0000000000000000 not found")
+    assert "no grant" not in done.stderr
+
+
+def test_a_denied_grant_names_its_denier_as_denier_never_as_approver(home: Path) -> None:
+    (home / "policy.yaml").write_text(APPROVAL_POLICY)
+    issued = _issue(home)
+    assert run_cli(home, "grant", "deny", issued["id"]).returncode == 0
+    shown = json.loads(run_cli(home, "grant", "show", issued["id"], "--json").stdout)
+    assert shown["approved_by"] is None and shown["approved_at"] is None
+    assert shown["denied_by"] and shown["denied_at"]
+    assert shown["decided_by"] == shown["denied_by"]
+    text = run_cli(home, "grant", "show", issued["id"]).stdout
+    assert "denied_by:" in text and "approved_by:" not in text
+
+
+def test_grant_show_reads_like_text_and_tells_who_revoked_and_why(home: Path) -> None:
+    issued = _issue(home)
+    assert run_cli(home, "grant", "revoke", issued["id"]).returncode == 0
+    text = run_cli(home, "grant", "show", issued["id"]).stdout
+    assert "['" not in text and "None" not in text
+    assert "secrets:     github" in text
+    history = text.split("history:\n", 1)[1]
+    lines = history.strip().splitlines()
+    assert "issued by " in lines[0] and "revoked by " in lines[-1]
+
+
+def test_exec_usage_names_every_option(home: Path) -> None:
+    usage = run_cli(home, "exec", "--help").stdout.split("\n\n", 1)[0]
+    for option in ("--policy", "--store", "--ttl", "--max-uses", "--wait-approval"):
+        assert option in usage

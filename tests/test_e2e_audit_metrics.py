@@ -194,7 +194,10 @@ def test_requests_fail_closed_on_a_full_disk_and_recover_when_space_returns(
                     break
             assert (answers[-1].status, answers[-1].json()["error"]) == (503, "audit_unavailable")
             assert upstreams.api.requests == []
+            status, body = _readyz(stack)
+            assert status == 503 and body["checks"]["audit_log"]["ok"] is False
             filler.unlink()
+            assert _readyz(stack)[0] == 200
             url = stack.url(upstreams.api, API_HOST, "/v1/again")
             assert client(stack, grant.token, "GET", url, headers=AUTH).status == 200
         finally:
@@ -278,3 +281,97 @@ def test_no_secret_value_in_any_file_the_broker_wrote_or_anything_it_printed(
             needle = form.encode()
             assert [str(path) for path, data in written if needle in data] == []
             assert not any(needle in output for output in printed)
+
+
+def _readyz(stack: Stack) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(stack.proxy.admin_url + "/readyz", timeout=10) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def _truncate(log: Path) -> None:
+    os.truncate(log, 0)
+
+
+def _swap_for_its_first_lines(log: Path) -> None:
+    spare = log.with_name("spare.log")
+    spare.write_bytes(b"".join(line + b"\n" for line in log.read_bytes().splitlines()[:3]))
+    os.replace(spare, log)
+
+
+def _swap_for_junk(log: Path) -> None:
+    spare = log.with_name("spare.log")
+    spare.write_bytes(b"not an audit record\n")
+    os.replace(spare, log)
+
+
+@pytest.mark.parametrize("tamper", [_truncate, _swap_for_its_first_lines, _swap_for_junk])
+def test_a_log_cut_or_swapped_under_the_running_proxy_gets_503_until_restart(
+        fresh: Stack, tamper) -> None:
+    stack = fresh
+    client = CLIENTS["requests"]
+    grant = stack.issue("api_key")
+    for index in range(4):
+        url = stack.url(stack.upstreams.api, API_HOST, f"/v1/before{index}")
+        assert client(stack, grant.token, "GET", url, headers=AUTH).status == 200
+    assert _readyz(stack)[0] == 200
+    tamper(stack.home.audit_log)
+    stack.upstreams.clear()
+    for index in range(2):
+        answer = client(stack, grant.token, "GET",
+                        stack.url(stack.upstreams.api, API_HOST, f"/v1/after{index}"),
+                        headers=AUTH)
+        assert (answer.status, answer.json()["error"]) == (503, "audit_unavailable")
+    assert stack.upstreams.api.requests == []
+    status, body = _readyz(stack)
+    assert status == 503 and body["checks"]["audit_log"]["ok"] is False
+    metrics = scrape(stack)
+    assert metrics[("broker_audit_log_unusable", ())] == 1
+    assert metrics[("broker_audit_write_errors_total", ())] >= 2
+    stack.proxy.stop()
+    assert "refusing to write" in (stack.root / "proxy.log").read_text()
+    assert b"/v1/after" not in stack.home.audit_log.read_bytes()
+
+
+def test_signed_checkpoints_are_written_by_default_and_catch_a_cut_of_the_log(
+        fresh: Stack) -> None:
+    stack = fresh
+    grant = stack.issue("api_key")
+    for index in range(3):
+        url = stack.url(stack.upstreams.api, API_HOST, f"/v1/cp{index}")
+        assert CLIENTS["requests"](stack, grant.token, "GET", url, headers=AUTH).status == 200
+    stack.proxy.stop()
+    checkpoints = stack.home.root / "audit.checkpoints"
+    assert checkpoints.exists()  # the final one at stop, with no flag asking for it
+    cli = [PYTHON, "-m", "broker_proxy.cli", "--home", str(stack.home.root), "audit", "verify"]
+    done = subprocess.run(cli, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.splitlines()[-1] == "audit log ok"
+    log = stack.home.audit_log
+    log.write_bytes(b"".join(line + b"\n" for line in log.read_bytes().splitlines()[:-2]))
+    done = subprocess.run(cli, capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and "records were removed from the end" in done.stderr
+
+
+def test_a_wrong_master_key_is_said_in_the_proxy_log(fresh: Stack, pki: LocalPki) -> None:
+    from tests.conftest import random_master_key
+
+    stack = fresh
+    stack.proxy.stop()
+    stack.env = dict(stack.env, BROKER_PROXY_MASTER_KEY=random_master_key())
+    restart(stack, pki)
+    grant = stack.issue("api_key")
+    answer = CLIENTS["requests"](stack, grant.token, "GET",
+                                 stack.url(stack.upstreams.api, API_HOST, "/v1/k"), headers=AUTH)
+    assert (answer.status, answer.json()["error"]) == (503, "secret_unavailable")
+    stack.proxy.stop()
+    logged = (stack.root / "proxy.log").read_text()
+    assert "cannot decrypt vault" in logged and "api_key" in logged
+
+
+def test_head_on_metrics_answers_like_get_without_a_body(fresh: Stack) -> None:
+    answer = requests.head(fresh.proxy.metrics_url, timeout=10)
+    assert answer.status_code == 200 and answer.content == b""
+    assert answer.headers["Content-Type"].startswith("text/plain")
+    assert "broker_requests_total" in requests.get(fresh.proxy.metrics_url, timeout=10).text

@@ -118,3 +118,34 @@ def test_mitmdump_dump_shows_the_placeholder_never_the_injected_value(
     assert stack.api_key in received.path  # injected in the query that left
     assert "/v1/dumped?key=%7B%7Bsecret" in dumped  # the agent's placeholder is what is shown
     assert stack.api_key not in dumped
+
+
+def test_mitmdump_script_with_a_bad_resolve_pin_says_why_it_refuses(
+        stack: Stack, tmp_path: Path) -> None:
+    mitmdump = Path(sys.executable).parent / "mitmdump"
+    port = free_port()
+    confdir = tmp_path / "confdir"
+    args = [str(mitmdump), "-q", "-s", str(REPO / "addons" / "broker.py"),
+            "--listen-host", "127.0.0.1", "--listen-port", str(port),
+            "--set", f"confdir={confdir}",
+            "--set", f"broker_home={stack.home.root}",
+            "--set", f"broker_policy={stack.policy_file}",
+            "--set", f"broker_resolve={API_HOST}=not-an-address"]
+    log = (tmp_path / "mitmdump.log").open("wb")
+    process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=stack.env,
+                               stdin=subprocess.DEVNULL)
+    try:
+        wait_for_port(port, process)
+        script_stack = Stack(**{**stack.__dict__, "proxy": ScriptStack(
+            port, confdir / "mitmproxy-ca-cert.pem")})
+        grant = stack.issue("api_key")
+        # Plain HTTP: the refusal's body is readable (a refused CONNECT hides it).
+        answer = via_requests(script_stack, grant.token, "GET",
+                              stack.url(stack.upstreams.plain, API_HOST, "/v1/script"))
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        log.close()
+    text = answer.body.decode() + (tmp_path / "mitmdump.log").read_text()
+    assert "broker_resolve must be HOST[:PORT]=IP[:PORT]" in text
+    assert "CliError" not in text

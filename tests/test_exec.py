@@ -165,3 +165,21 @@ def test_exec_without_a_running_proxy_is_one_clear_line(stack: Stack, tmp_path: 
     assert done.stdout == ""
     assert done.stderr.startswith("broker-proxy: no broker-proxy is running for home ")
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_exec_keeps_the_callers_no_proxy_adds_loopback_and_points_every_ca_variable_at_ours(
+        stack: Stack, tmp_path: Path) -> None:
+    import dataclasses
+
+    caller = dataclasses.replace(stack, env=dict(stack.env, NO_PROXY="db.internal",
+                                                 no_proxy="cache.local",
+                                                 AWS_CA_BUNDLE="/etc/ssl/other.pem"))
+    process, _task, out = start_exec(caller, tmp_path)
+    _stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 0, stderr
+    report = json.loads(out.read_text())
+    assert report["status"] == 200  # the API still goes through the proxy
+    env = report["env"]
+    assert env["NO_PROXY"] == env["no_proxy"] == "db.internal,cache.local,localhost,127.0.0.1,::1"
+    for variable in ("AWS_CA_BUNDLE", "DENO_CERT", "PIP_CERT"):
+        assert env[variable] == str(stack.proxy.ca_path)

@@ -62,3 +62,11 @@ def test_every_exported_metric_has_a_dashboard_panel() -> None:
     bases = {re.sub(r"_(total|bucket|sum|count)$", "", name) for name in used}
     families = {family.name for family in BrokerMetrics().registry.collect()}
     assert families <= bases, sorted(families - bases)
+
+
+def test_policy_reload_alert_follows_the_file_state_not_a_time_window() -> None:
+    rules = yaml.safe_load((MONITORING / "alerts.yml").read_text())
+    by_name = {rule["alert"]: rule for group in rules["groups"] for rule in group["rules"]}
+    assert "broker_policy_file_rejected" in by_name["BrokerPolicyReloadFailed"]["expr"]
+    assert "[" not in by_name["BrokerPolicyReloadFailed"]["expr"]  # no range that lapses
+    assert "broker_audit_log_unusable" in by_name["BrokerAuditLogUnusable"]["expr"]

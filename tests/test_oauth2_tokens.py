@@ -15,11 +15,13 @@ from broker_proxy.echo_server import EchoServer, ReceivedRequest
 from broker_proxy.local_pki import LocalPki, write_pki
 from broker_proxy.policy.loader import PolicyError, load_policy_text
 from broker_proxy.policy.model import SecretPolicy
+from broker_proxy.resolve_pins import ResolvePins
 from broker_proxy.secrets.backends import SecretUnavailable
 from broker_proxy.secrets.oauth2 import TokenMinter, UpstreamTrust
 from broker_proxy.secrets.value import SecretValue
 
 HOST = "auth.unit.test.local"
+PINS = ResolvePins.of_hosts({HOST: "127.0.0.1"})
 
 
 def _policy(oauth2: str, destination: str = "{host: api.example.com}") -> str:
@@ -95,7 +97,7 @@ def _secret(port: int, grant_type: str = "client_credentials", auth: str = "basi
 
 
 def _minter(pki: LocalPki, clock: list[float]) -> TokenMinter:
-    return TokenMinter(UpstreamTrust(Path(pki.ca_cert_path), {HOST: "127.0.0.1"}),
+    return TokenMinter(UpstreamTrust(Path(pki.ca_cert_path), PINS),
                        clock=lambda: clock[0])
 
 
@@ -171,6 +173,6 @@ def test_bad_answers_are_unavailable_without_the_body(endpoint, unit_pki, status
 def test_untrusted_token_endpoint_is_unavailable(endpoint, tmp_path: Path) -> None:
     _, server = endpoint
     other = write_pki(tmp_path, [HOST])  # a CA the minter is not told about
-    minter = TokenMinter(UpstreamTrust(other.ca_cert_path, {HOST: "127.0.0.1"}))
+    minter = TokenMinter(UpstreamTrust(other.ca_cert_path, PINS))
     with pytest.raises(SecretUnavailable, match="not trusted"):
         minter.access_token(_secret(server.port), SecretValue("svc", "cs"))

@@ -783,3 +783,17 @@ def test_unknown_egress_and_network_fields(in_tmp):
         'policy.yaml:3:3: egress.allwo: unknown field "allwo"; did you mean "allow"?',
         'policy.yaml:5:3: network.allow: unknown field "allow"',
     ]
+
+
+def test_a_method_outside_the_http_registry_is_refused_with_a_suggestion(in_tmp):
+    found = one_problem("""
+        version: 1
+        secrets:
+          s:
+            from: vault
+            destinations:
+              - {host: a.example, methods: [GET, POTS]}
+    """)
+    assert 'unknown HTTP method "POTS"' in found
+    assert 'did you mean "POST"?' in found
+    assert "secrets.s.destinations[0].methods[1]" in found

@@ -131,6 +131,35 @@ def test_bad_policy_is_rejected_counted_and_the_last_good_one_stays(reload_stack
     assert reload_count(reload_stack, "rejected") == rejected + 1
 
 
+def _gauge(stack: Stack, name: str) -> str:
+    metrics = requests.get(stack.proxy.metrics_url, timeout=5).text
+    found = re.search(rf"^{name}(?:{{[^}}]*}})? (\S+)$", metrics, re.MULTILINE)
+    assert found is not None, f"{name} is not exported"
+    return found.group(0)
+
+
+def test_a_rejected_policy_file_stays_visible_in_a_gauge_and_readyz_until_fixed(
+        reload_stack: Stack) -> None:
+    assert _gauge(reload_stack, "broker_policy_file_rejected").endswith(" 0.0")
+    assert "version=" in _gauge(reload_stack, "broker_build_info")
+    rejected = reload_count(reload_stack, "rejected")
+    write_policy(reload_stack, policy_text(reload_stack).replace("max_ttl: 1h", "max_ttl: often",
+                                                                 1))
+    wait_for_reloads(reload_stack, "rejected", at_least=1, since=rejected)
+    assert _gauge(reload_stack, "broker_policy_file_rejected").endswith(" 1.0")
+    ready = requests.get(reload_stack.proxy.admin_url + "/readyz", timeout=5)
+    assert ready.status_code == 200  # the last good policy serves
+    policy = ready.json()["checks"]["policy"]
+    assert policy["ok"] is True and policy["file_rejected"] is True
+    assert "max_ttl" in policy["problem"]
+    oks = reload_count(reload_stack, "ok")
+    write_policy(reload_stack, policy_text(reload_stack))
+    wait_for_reloads(reload_stack, "ok", at_least=1, since=oks)
+    assert _gauge(reload_stack, "broker_policy_file_rejected").endswith(" 0.0")
+    assert "file_rejected" not in requests.get(reload_stack.proxy.admin_url + "/readyz",
+                                               timeout=5).json()["checks"]["policy"]
+
+
 def test_removed_secret_blocks_the_next_request_and_never_comes_back(reload_stack: Stack) -> None:
     grant = reload_stack.issue("api_key", "other_key")
     curl = CLIENTS["curl"]

@@ -7,6 +7,11 @@ The checkpoint key is Ed25519 rather than the audit HMAC key so that whoever kee
 needs only the public key, which cannot forge them.
 
 Checkpoints are JSON lines in their own file (`audit.checkpoints`), never in the log itself.
+
+A checkpoint is bound to the log by its content, not its file name: it names the chain (the hash
+of the chain's first record) and the hash of its record number `count`. A copy of the log under
+any name is checked against it the same way, and a checkpoint the log being verified cannot
+match is a failure, never skipped: a log cut short, or another log, fails.
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ from typing import Any, Self
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from broker_proxy.audit.log import AuditError, AuditLog, canonical_json
+from broker_proxy.audit.files import chain_files
+from broker_proxy.audit.log import AuditError, AuditLog, canonical_json, line_hash
 from broker_proxy.audit.verify import verify_chain
 
 CHECKPOINT_VERSION = 1
@@ -91,37 +97,71 @@ def load_public_key(path: Path) -> Ed25519PublicKey:
         raise CheckpointError(f"checkpoint public key {path} is not a base64 Ed25519 key") from None
 
 
-def write_checkpoint(log: AuditLog, key: Ed25519PrivateKey, file: Path) -> dict[str, Any] | None:
-    """Append a signed checkpoint of the log's current head; None when the log is empty."""
+def chain_of(live: Path) -> str | None:
+    """The chain's identity: the hash of its first record (seq 0), None if that is not there."""
+    files = chain_files(live)
+    if not files:
+        return None
+    try:
+        with open(files[0], "rb") as handle:
+            first = handle.readline()
+    except OSError:
+        return None
+    if not first.endswith(b"\n"):
+        return None
+    try:
+        record = json.loads(first)
+    except ValueError:
+        return None
+    if not isinstance(record, dict) or record.get("seq") != 0:
+        return None
+    return line_hash(first[:-1])
+
+
+def write_checkpoint(log: AuditLog, key: Ed25519PrivateKey, file: Path,
+                     copies: tuple[Path, ...] = ()) -> dict[str, Any] | None:
+    """Append a signed checkpoint of the log's current head to `file` and each copy.
+
+    None when the log is empty. A copy that cannot be written is an error after the main file
+    got the checkpoint.
+    """
     count, last_hash = log.head()
     if count == 0:
         return None
-    body = {"v": CHECKPOINT_VERSION, "log": log.path.name, "count": count,
-            "last_hash": last_hash,
+    body = {"v": CHECKPOINT_VERSION, "log": log.path.name, "chain": chain_of(log.path),
+            "count": count, "last_hash": last_hash,
             "ts": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")}
     checkpoint = {**body, "sig": base64.b64encode(key.sign(canonical_json(body))).decode()}
-    try:
-        fd = os.open(file, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    for target in (file, *copies):
         try:
-            os.write(fd, canonical_json(checkpoint) + b"\n")
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError as exc:
-        raise CheckpointError(f"cannot write checkpoint file {file}: {exc.strerror}") from None
+            fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                os.write(fd, canonical_json(checkpoint) + b"\n")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise CheckpointError(f"cannot write checkpoint file {target}: "
+                                  f"{exc.strerror}") from None
     return checkpoint
 
 
 def verify_checkpoints(log_path: Path, key_path: Path, checkpoints: Path,
                        public_key: Path) -> tuple[int, str | None]:
-    """(checkpoints that hold, first problem or None): each must be signed and match the chain."""
+    """(checkpoints that hold, first problem or None): each must be signed and match the chain.
+
+    Every checkpoint in the file must match the log being verified, whatever the log's name.
+    """
     public = load_public_key(public_key)
     try:
         lines = checkpoints.read_bytes().splitlines()
     except OSError as exc:
         raise CheckpointError(f"cannot read checkpoint file {checkpoints}: "
                               f"{exc.strerror}") from None
-    wanted: dict[int, tuple[int, str]] = {}  # seq -> (checkpoint line, last_hash)
+    if not lines:
+        return 0, f"{checkpoints}: holds no checkpoint"
+    chain = chain_of(log_path)
+    wanted: dict[int, list[tuple[int, str]]] = {}  # seq -> [(checkpoint line, last_hash)]
     for line_no, line in enumerate(lines, start=1):
         try:
             checkpoint = json.loads(line)
@@ -130,9 +170,11 @@ def verify_checkpoints(log_path: Path, key_path: Path, checkpoints: Path,
             count, last_hash = int(checkpoint["count"]), str(checkpoint["last_hash"])
         except (ValueError, KeyError, TypeError, AttributeError, InvalidSignature):
             return line_no - 1, f"{checkpoints}:{line_no}: checkpoint signature does not verify"
-        if checkpoint.get("log") != log_path.name:
-            continue  # another chain's checkpoint (per-replica logs share the file)
-        wanted.setdefault(count - 1, (line_no, last_hash))
+        named = checkpoint.get("chain")
+        if named is not None and named != chain:
+            return 0, (f"{checkpoints}:{line_no}: this checkpoint is of another log (its first "
+                       f"record differs from the first record of {log_path})")
+        wanted.setdefault(count - 1, []).append((line_no, last_hash))
     seen: dict[int, str] = {}
 
     def observe(seq: int, digest: str) -> None:
@@ -142,33 +184,50 @@ def verify_checkpoints(log_path: Path, key_path: Path, checkpoints: Path,
     result = verify_chain(log_path, key_path, observe)
     if not result.ok:
         return 0, result.message
-    for seq, (line_no, last_hash) in sorted(wanted.items()):
-        if seq not in seen:
-            return 0, (f"{checkpoints}:{line_no}: the log has {result.records} records but this "
-                       f"checkpoint counts {seq + 1} (records were removed from the end)")
-        if seen[seq] != last_hash:
-            return 0, (f"{checkpoints}:{line_no}: record seq {seq} differs from the one this "
-                       "checkpoint signed")
+    for seq, marks in sorted(wanted.items()):
+        for line_no, last_hash in marks:
+            if seq not in seen:
+                return 0, (f"{checkpoints}:{line_no}: the log has {result.records} records but "
+                           f"this checkpoint counts {seq + 1} (records were removed from the "
+                           "end)")
+            if seen[seq] != last_hash:
+                return 0, (f"{checkpoints}:{line_no}: record seq {seq} differs from the one "
+                           "this checkpoint signed")
     return len(lines), None
 
 
 class CheckpointWriter:
-    """Writes a checkpoint every `interval` seconds while the log grows (a daemon thread)."""
+    """Writes a checkpoint every `interval` seconds, and after every `records` new records,
+    while the log grows (a daemon thread)."""
 
-    def __init__(self, log: AuditLog, key: Ed25519PrivateKey, file: Path,
-                 interval: float) -> None:
+    def __init__(self, log: AuditLog, key: Ed25519PrivateKey, file: Path, interval: float,
+                 *, records: int | None = None, copies: tuple[Path, ...] = ()) -> None:
         self._log, self._key, self._file, self._interval = log, key, file, interval
+        self._copies = copies
+        self._records = records
+        self._since = 0
         self._stop = threading.Event()
+        self._due = threading.Event()
         self._last_count = -1
         self._thread = threading.Thread(target=self._loop, name="audit-checkpoint", daemon=True)
 
     def start(self) -> Self:
+        if self._records:
+            self._log.add_observer(self._count)
         self._thread.start()
         return self
+
+    def _count(self, written: int) -> None:
+        """On the appending thread: only count and wake the writer, never sign here."""
+        self._since += written
+        if self._records and self._since >= self._records:
+            self._since = 0
+            self._due.set()
 
     def stop(self) -> None:
         """Stop, writing a last checkpoint so a clean shutdown is anchored too."""
         self._stop.set()
+        self._due.set()
         self._thread.join(timeout=5)
         self.write_once()
 
@@ -177,9 +236,13 @@ class CheckpointWriter:
         with contextlib.suppress(AuditError):
             count, _last = self._log.head()
             if count != self._last_count:
-                write_checkpoint(self._log, self._key, self._file)
+                write_checkpoint(self._log, self._key, self._file, self._copies)
                 self._last_count = count
 
     def _loop(self) -> None:
-        while not self._stop.wait(self._interval):
+        while True:
+            self._due.wait(self._interval)
+            self._due.clear()
+            if self._stop.is_set():
+                return
             self.write_once()

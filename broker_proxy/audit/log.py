@@ -20,6 +20,14 @@ nothing and the chain runs on across files. A writer (thread or process) that fi
 pointing at another file than the one it holds reopens the name, without creating it: a log moved
 away, deleted or replaced by something that is not a regular file makes every append fail, and
 the proxy fails closed instead of writing into a file nobody will read.
+
+A writer also refuses to go on with a log that is not the one it wrote: a file that shrank, whose
+last line is not the one it last saw, whose next record does not chain onto it, or a new file
+under the live name that is not a rotation of the one it held (the old file must be an archive
+and the new one must start with an `audit_rotated` record chained onto it). Adopting such a file
+would restart or rewind the chain, and `audit verify` would then call the cut log complete. The
+refusal sticks (AuditTamperedError on every append) until the process is restarted by an
+operator who has looked.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ import functools
 import hashlib
 import hmac
 import json
+import logging
 import os
 import secrets
 import stat
@@ -41,13 +50,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, Self
 
+_log = logging.getLogger("broker_proxy.audit")
+
 KEY_BYTES: Final = 32
 GENESIS_PREV: Final = "0" * 64
 TORN_TAIL_EVENT: Final = "audit_torn_tail"
 ROTATED_EVENT: Final = "audit_rotated"
 ARCHIVE_DIGITS: Final = 6  # audit.log.000001, audit.log.000002, ... (sorted by number, not text)
 _FINGERPRINT_DOMAIN: Final = b"broker-proxy secret fingerprint v1\x00"
-_REOPEN_ATTEMPTS: Final = 8
+_REOPEN_ATTEMPTS: Final = 64  # many writers rotating at once may move the name on several times
 MAX_STRING: Final = 1024
 TRUNCATED_MARK: Final = "…[truncated]"
 FSYNC_MODES: Final = frozenset({"always", "batch"})
@@ -75,6 +86,7 @@ STANDARD_FIELDS: Final = (
 )
 RESERVED_FIELDS: Final = frozenset({"seq", "ts", "event", "prev", "mac"})
 _TAIL_CHUNK: Final = 65536
+_ROOM_FOR_RECORDS: Final = 65536  # free bytes that make a full disk count as usable again
 
 
 class AuditError(Exception):
@@ -83,6 +95,10 @@ class AuditError(Exception):
 
 class AuditWriteError(AuditError):
     """The log could not be opened, read back or written."""
+
+
+class AuditTamperedError(AuditWriteError):
+    """The file under the log's name is not the log this writer wrote; it refuses from now on."""
 
 
 class AuditKeyError(AuditError):
@@ -313,6 +329,11 @@ class AuditLog:
         self._unsynced = 0
         self._last_sync = time.monotonic()
         self._closed = False
+        # (file size, next seq, hash and length of the last line) as this writer last saw them,
+        # checked on every look at the file; None until the first look and after a rotation.
+        self._known: tuple[int, int, str, int] | None = None
+        self._tampered: str | None = None
+        self._last_write_error: str | None = None
         self._dirty = threading.Event()
         self._flusher: threading.Thread | None = None
 
@@ -372,8 +393,7 @@ class AuditLog:
         """
         record = self._build(event, fields)
         with self._lock:
-            if self._closed:
-                raise AuditWriteError(f"audit log {self.path} is closed")
+            self._refuse_if_unusable()
             try:
                 with self._file_lock():
                     self._sync_tail()
@@ -387,9 +407,10 @@ class AuditLog:
                         count += 1
             except OSError as exc:
                 self._end = -1
-                raise AuditWriteError(
-                    f"cannot write audit log {self.path}: {exc.strerror or exc}"
-                ) from None
+                self._last_write_error = f"cannot write audit log {self.path}: " \
+                                         f"{exc.strerror or exc}"
+                raise AuditWriteError(self._last_write_error) from None
+            self._last_write_error = None
         if self._unsynced:
             self._dirty.set()
         for observer in self._observers:
@@ -409,8 +430,7 @@ class AuditLog:
             if self._durable_seq >= seq:
                 return
             with self._lock:
-                if self._closed:
-                    raise AuditWriteError(f"audit log {self.path} is closed")
+                self._refuse_if_unusable()
                 target = self._next_seq - 1
                 try:
                     fd = os.dup(self._fd)
@@ -463,8 +483,7 @@ class AuditLog:
     def head(self) -> tuple[int, str]:
         """(records in the chain so far, hash of the last line) as the file holds them now."""
         with self._lock:
-            if self._closed:
-                raise AuditWriteError(f"audit log {self.path} is closed")
+            self._refuse_if_unusable()
             try:
                 with self._file_lock():
                     self._sync_tail()
@@ -474,6 +493,25 @@ class AuditLog:
                 raise AuditWriteError(
                     f"cannot read audit log {self.path}: {exc.strerror or exc}"
                 ) from None
+
+    def problem(self) -> str | None:
+        """Why appends would fail now (for /readyz), or None when the log is usable.
+
+        Looks at the file (identity, size, last line) as an append would, and remembers the last
+        append's failure (a full disk) until an append succeeds again.
+        """
+        try:
+            self.head()
+        except AuditError as exc:
+            return str(exc)
+        if self._last_write_error is not None:
+            # Space came back (someone cleaned up): say ready, or a load balancer that waits for
+            # readiness would never send the request whose append proves it.
+            with contextlib.suppress(OSError):
+                room = os.statvfs(self.path)
+                if room.f_bavail * room.f_frsize >= _ROOM_FOR_RECORDS:
+                    return None
+        return self._last_write_error
 
     def close(self) -> None:
         """Flush to disk and release the file; appends after this raise AuditWriteError."""
@@ -514,6 +552,88 @@ class AuditLog:
         except OSError as exc:
             raise AuditWriteError(f"cannot read audit log {path}: {exc.strerror}") from None
 
+    def _refuse_if_unusable(self) -> None:
+        """Under the lock: a closed writer, or one that saw its log replaced, writes nothing."""
+        if self._closed:
+            raise AuditWriteError(f"audit log {self.path} is closed")
+        if self._tampered is not None:
+            raise AuditTamperedError(self._tampered)
+
+    def _tamper(self, what: str) -> AuditTamperedError:
+        """Remember (for good) that the file is not the log we wrote, and say it once."""
+        if self._tampered is None:
+            self._tampered = (f"audit log {self.path} {what}; refusing to write until an "
+                              "operator checks it (`broker-proxy audit verify`) and restarts")
+            _log.error("%s", self._tampered)
+        return AuditTamperedError(self._tampered)
+
+    def _check_known(self, size: int) -> None:
+        """Under flock: the file still holds what we last saw, and only appends follow it."""
+        if self._known is None:
+            return
+        end, seq, prev, last_len = self._known
+        if size < end:
+            raise self._tamper(f"shrank from {end} to {size} bytes (truncated or rewritten)")
+        if prev != GENESIS_PREV:
+            # One small read: the line we last saw, still in its place (a same-size rewrite).
+            last = os.pread(self._fd, last_len, end - 1 - last_len)
+            if line_hash(last) != prev:
+                raise self._tamper("no longer ends, where it did, with the record last written")
+        if size == end:
+            return
+        step = min(size - end, _TAIL_CHUNK)
+        after = os.pread(self._fd, step, end).split(b"\n")
+        if len(after) < 2:
+            return  # only a torn line follows (a crash mid-write): recovered as usual
+        following = _parse_record(after[0])
+        if following is None and len(after) >= 3:
+            following = _parse_record(after[1])  # a torn line, then its audit_torn_tail record
+            if following is not None and following.get("event") != TORN_TAIL_EVENT:
+                following = None
+        if following is None or following["seq"] != seq or following.get("prev") != prev:
+            raise self._tamper("holds records that do not continue the chain this writer wrote")
+
+    def _check_rotation(self, old_fd: int, new_fd: int) -> None:
+        """The new live file must be a rotation of the one we held, chained onto its end.
+
+        Other writers may have rotated more than once since: every archive after ours must chain
+        onto the one before it too.
+        """
+        from broker_proxy.audit.files import archives_of
+
+        held = _identity(os.fstat(old_fd))
+        later: list[Path] | None = None
+        for archive in archives_of(self.path):
+            if later is not None:
+                later.append(archive)
+                continue
+            with contextlib.suppress(OSError):
+                if _identity(os.stat(archive)) == held:
+                    later = []
+        if later is None:
+            raise self._tamper("was replaced by a file that is not its rotation")
+        previous = old_fd
+        try:
+            for archive in later:
+                fd = os.open(archive, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    self._check_chained_on(previous, fd)
+                finally:
+                    if previous != old_fd:
+                        os.close(previous)
+                previous = fd
+            self._check_chained_on(previous, new_fd)
+        finally:
+            if previous != old_fd:
+                os.close(previous)
+
+    def _check_chained_on(self, before: int, after: int) -> None:
+        last, _torn = _read_tail(before, os.fstat(before).st_size)
+        first = _parse_record(os.pread(after, _TAIL_CHUNK, 0).split(b"\n", 1)[0])
+        if (last is None or first is None or first.get("event") != ROTATED_EVENT
+                or first.get("prev") != line_hash(last) or not _mac_holds(self._key, first)):
+            raise self._tamper("was replaced by a file that is not its rotation")
+
     def _build(self, event: str, fields: dict[str, object]) -> dict[str, Any]:
         if not isinstance(event, str) or not event:
             raise AuditRecordError("audit event must be a non-empty string")
@@ -530,20 +650,39 @@ class AuditLog:
 
     @contextlib.contextmanager
     def _file_lock(self) -> Iterator[None]:
-        """flock the file the live name points at now, reopening the name if it moved on."""
-        for _attempt in range(_REOPEN_ATTEMPTS):
-            fcntl.flock(self._fd, fcntl.LOCK_EX)
-            try:
-                current = _identity(os.stat(self.path))
-            except OSError:
+        """flock the file the live name points at now, reopening the name if it moved on.
+
+        A file we follow is checked to be a rotation of the one we held only once it is locked:
+        nobody can rotate it meanwhile, so the archives between the two stand still.
+        """
+        held: int | None = None  # the file we held before following the name, kept open
+        try:
+            for _attempt in range(_REOPEN_ATTEMPTS):
+                fcntl.flock(self._fd, fcntl.LOCK_EX)
+                try:
+                    current = _identity(os.stat(self.path))
+                except OSError:
+                    fcntl.flock(self._fd, fcntl.LOCK_UN)
+                    raise
+                if current == self._identity:
+                    break
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
-                raise
-            if current == self._identity:
-                break
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            self._reopen()
-        else:
-            raise OSError(errno.EAGAIN, "the audit log keeps being replaced")
+                old = self._reopen()
+                if held is None:
+                    held = old
+                else:
+                    os.close(old)
+            else:
+                raise OSError(errno.EAGAIN, "the audit log keeps being replaced")
+            if held is not None:
+                try:
+                    self._check_rotation(held, self._fd)
+                except BaseException:
+                    fcntl.flock(self._fd, fcntl.LOCK_UN)
+                    raise
+        finally:
+            if held is not None:
+                os.close(held)
         locked = self._fd
         try:
             yield
@@ -552,9 +691,10 @@ class AuditLog:
             if locked != self._fd:  # rotated while locked: the archive is no longer ours
                 os.close(locked)
 
-    def _reopen(self) -> None:
+    def _reopen(self) -> int:
         """Another writer rotated the file, or someone replaced it: follow the live name.
 
+        Returns the descriptor of the file held until now, for the caller to check and close.
         Without O_CREAT: if the name is gone, a fresh chain from seq 0 would hide the old one.
         """
         fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC)
@@ -562,11 +702,12 @@ class AuditLog:
         if not stat.S_ISREG(info.st_mode):
             os.close(fd)
             raise OSError(errno.EISDIR, "not a regular file")
+        self._known = None
         old, self._fd = self._fd, fd
         self._identity, self._end = _identity(info), -1
         with contextlib.suppress(OSError):
             os.fsync(old)  # what this writer put in the old file is durable before we let go
-        os.close(old)
+        return old
 
     def _rotate_locked(self) -> None:
         """Under flock of the full file: archive it and put a new file, chained on, in its place.
@@ -601,7 +742,7 @@ class AuditLog:
         except BaseException:
             if self._fd == fd:
                 self._fd = old_fd
-            self._end = -1
+            self._end, self._known = -1, None
             os.close(fd)
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
@@ -612,6 +753,7 @@ class AuditLog:
     def _sync_tail(self) -> None:
         """Under flock: learn seq/prev from the file when another writer appended since us."""
         size = os.fstat(self._fd).st_size
+        self._check_known(size)
         if size == self._end:
             return
         self._pending_torn, self._torn_tail = None, False
@@ -639,6 +781,9 @@ class AuditLog:
                 )
             self._next_seq, self._prev = last["seq"] + 1, line_hash(last_line)
         self._end = size
+        if self._pending_torn is None and not self._torn_tail:
+            self._known = (size, self._next_seq, self._prev,
+                           len(last_line) if last_line is not None else 0)
 
     def _write_locked(self, records: list[dict[str, Any]]) -> dict[str, Any]:
         """Under flock: chain, MAC and write the records in one write(2); return the last."""
@@ -660,6 +805,7 @@ class AuditLog:
             ]
         last: dict[str, Any] = {}
         seq, prev = self._next_seq, self._prev
+        line = b""
         for record in records:
             for name, value in self._stamp.items():
                 record.setdefault(name, value)
@@ -676,6 +822,7 @@ class AuditLog:
         self._pending_torn, self._torn_tail = None, False
         self._next_seq, self._prev = seq, prev
         self._end = os.fstat(self._fd).st_size
+        self._known = (self._end, seq, prev, len(line))
         return last
 
     def _sync(self, *, force: bool) -> None:
@@ -725,6 +872,16 @@ class AuditLog:
                 self._durable_seq = max(self._durable_seq, target)
                 self._unsynced = max(0, self._unsynced - covered)
                 self._last_sync = time.monotonic()
+
+
+def _mac_holds(key: bytes, record: dict[str, Any]) -> bool:
+    """A rotation record made with our key: a hard-linked old file plus a forged first record
+    is not a rotation."""
+    mac = record.get("mac")
+    try:
+        return isinstance(mac, str) and hmac.compare_digest(mac, record_mac(key, record))
+    except ValueError:
+        return False
 
 
 def _identity(info: os.stat_result) -> tuple[int, int]:

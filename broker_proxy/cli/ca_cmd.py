@@ -7,19 +7,22 @@ import shutil
 from pathlib import Path
 
 from broker_proxy.cli.common import home_of, running_proxy
+from broker_proxy.home import Home
 
 CA_FILE = "mitmproxy-ca-cert.pem"
+_CERTS_HELP = "CA directory (default: the home's one CA, <home>/certs unless run --certs made it "\
+    "elsewhere)"
 
 
 def register(commands: argparse._SubParsersAction) -> None:
     ca = commands.add_parser("ca", help="where the proxy's CA certificate is")
     sub = ca.add_subparsers(dest="ca_command", metavar="ACTION", required=True)
     path = sub.add_parser("path", help="print the CA certificate's path (creates the CA if new)")
-    path.add_argument("--certs", metavar="DIR", help="CA directory (default <home>/certs)")
+    path.add_argument("--certs", metavar="DIR", help=_CERTS_HELP)
     path.set_defaults(handler=path_command)
     export = sub.add_parser("export", help="copy the CA certificate (public part) to FILE")
     export.add_argument("file", metavar="FILE")
-    export.add_argument("--certs", metavar="DIR", help="CA directory (default <home>/certs)")
+    export.add_argument("--certs", metavar="DIR", help=_CERTS_HELP)
     export.set_defaults(handler=export_command)
 
 
@@ -30,10 +33,15 @@ def ca_certificate(args: argparse.Namespace) -> Path:
     elif info := running_proxy(home):
         certs = Path(str(info["ca"])).parent
     else:
-        certs = home.certs
+        certs = home.ca_dir()
     from addons.ca import ensure_ca
 
     return ensure_ca(certs)
+
+
+def home_ca_path(home: Home) -> Path:
+    """The certificate of the home's one CA (see Home.ca_dir), made or not."""
+    return home.ca_dir() / CA_FILE
 
 
 def path_command(args: argparse.Namespace) -> int:

@@ -21,7 +21,7 @@ from types import FrameType
 
 from broker_proxy.audit.log import AuditError, AuditLog
 from broker_proxy.cli.common import add_policy_option, home_of, policy_file_of, running_proxy
-from broker_proxy.cli.env_cmd import agent_environment
+from broker_proxy.cli.env_cmd import add_loopback_option, agent_environment, no_proxy_value
 from broker_proxy.cli.errors import CliError
 from broker_proxy.cli.store_option import add_store_option
 from broker_proxy.durations import parse_duration
@@ -49,7 +49,8 @@ def register(commands: argparse._SubParsersAction) -> None:
         "(env:), and revoke the grant when CMD exits, is killed or exec is interrupted. "
         "Exits with CMD's exit code (128+N if a signal N ended it).",
         usage="broker-proxy exec --agent A --task TEXT --secret NAME... [--ttl T] "
-        "[--max-uses N] [--wait-approval T] -- CMD...",
+        "[--max-uses N] [--wait-approval T] [--no-loopback-bypass] [--policy FILE] "
+        "[--store URL] -- CMD...",
     )
     run.add_argument("--agent", required=True, help="agent name from the policy")
     run.add_argument("--task", required=True, help="what the task is, for the approver and audit")
@@ -60,6 +61,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--wait-approval", default="5m", metavar="T",
                      help="how long to wait for a human approval when the policy wants one "
                      "(default 5m)")
+    add_loopback_option(run)
     add_policy_option(run)
     add_store_option(run)
     run.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD",
@@ -119,7 +121,8 @@ def exec_command(args: argparse.Namespace) -> int:
             _wait_for_approval(store, grant_id, wait_limit, signals)
         if signals.received:
             return 128 + signals.received[0]
-        environment = child_environment(policy, issued, str(info["ca"]))
+        environment = child_environment(policy, issued, str(info["ca"]),
+                                        loopback_bypass=args.loopback_bypass)
         try:
             signals.child = subprocess.Popen(command, env=environment)
         except OSError as error:
@@ -139,9 +142,11 @@ def exec_command(args: argparse.Namespace) -> int:
             signal.signal(signum, handler)
 
 
-def child_environment(policy: Policy, issued: IssuedGrant, ca_path: str) -> dict[str, str]:
+def child_environment(policy: Policy, issued: IssuedGrant, ca_path: str, *,
+                      loopback_bypass: bool = True) -> dict[str, str]:
     """The caller's environment minus anything that could hold a real secret, plus the proxy
-    settings and the placeholders."""
+    settings and the placeholders. The caller's NO_PROXY is kept (and loopback added)."""
+    no_proxy = no_proxy_value(os.environ, loopback=loopback_bypass)
     dropped = {MASTER_KEY_VARIABLE, *_PROXY_VARIABLES}
     # A secret the proxy reads from an env: source may sit in the caller's environment too.
     dropped |= {s.source.removeprefix("env:") for s in policy.secrets.values()
@@ -149,7 +154,7 @@ def child_environment(policy: Policy, issued: IssuedGrant, ca_path: str) -> dict
     environment = {name: value for name, value in os.environ.items()
                    if name.upper() not in {d.upper() for d in dropped}}
     assert issued.proxy_url is not None  # issued with the running proxy's address
-    environment.update(agent_environment(issued.proxy_url, ca_path))
+    environment.update(agent_environment(issued.proxy_url, ca_path, no_proxy=no_proxy))
     for name, placeholder in issued.placeholders.items():
         variable = policy.secrets[name].env
         if variable:

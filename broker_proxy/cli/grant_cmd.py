@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 from datetime import datetime
 
-from broker_proxy.audit.log import AuditLog
+from broker_proxy.audit.files import chain_files
+from broker_proxy.audit.log import AuditError, AuditLog
 from broker_proxy.cli.common import (
     add_policy_option,
     home_of,
@@ -24,6 +25,7 @@ from broker_proxy.grants.factory import open_grant_store, store_url
 from broker_proxy.grants.issuer import IssuedGrant
 from broker_proxy.grants.model import Grant
 from broker_proxy.grants.store import GrantNotFound, GrantStore
+from broker_proxy.home import Home
 from broker_proxy.time_source import utc_now
 
 
@@ -129,7 +131,7 @@ def change_command(args: argparse.Namespace) -> int:
     if args.action == "show":
         grant = store.get(args.grant_id)
         if grant is None:
-            raise GrantNotFound(f"no grant {args.grant_id}")
+            raise GrantNotFound(args.grant_id)
     else:
         home = home_of(args)
         with AuditLog.open(home.audit_log, home.audit_key) as audit:
@@ -138,11 +140,59 @@ def change_command(args: argparse.Namespace) -> int:
     if args.json:
         print_json(grant.to_public_dict(now))
     elif args.action == "show":
-        for key, value in grant.to_public_dict(now).items():
-            print(f"{key + ':':<12} {value}")
+        public = grant.to_public_dict(now)
+        for key, value in public.items():
+            if key.startswith("decided_") or (key.startswith(("approved_", "denied_"))
+                                               and value is None):
+                continue  # said once, by the decision that was taken (or not shown at all)
+            print(f"{key + ':':<12} {_shown_value(value)}")
+        history = grant_history(home_of(args), grant.id)
+        if history:
+            print("history:")
+            for line in history:
+                print(f"  {line}")
     else:
         print(_summary(grant, now))
     return 0
+
+
+def _shown_value(value: object) -> str:
+    """A value as an operator reads it: lists joined, nothing as "-", never a Python repr."""
+    if value is None:
+        return "-"
+    if isinstance(value, list | tuple):
+        return ", ".join(map(str, value)) if value else "-"
+    return str(value)
+
+
+def grant_history(home: Home, grant_id: str) -> list[str]:
+    """Who issued, decided and revoked the grant, and why, from this home's audit chain.
+
+    The store keeps states, not reasons: the audit records (`by`, `reason`) are the record of
+    the actors. A proxy writing another home's chain (replicas) is not seen from here.
+    """
+    lines = []
+    files = chain_files(home.audit_log) if home.audit_log.exists() else []
+    for file in files:
+        try:
+            records = list(AuditLog.read_records(file))
+        except AuditError:
+            return lines
+        for record in records:
+            if record.get("grant") != grant_id or record.get("event") not in _HISTORY_EVENTS:
+                continue
+            verb = _HISTORY_EVENTS[str(record["event"])]
+            by = f" by {record['by']}" if record.get("by") else ""
+            why = record.get("reason")
+            because = f" ({why})" if why and why not in ("issued", verb, "approve", "deny",
+                                                          "revoke") else ""
+            lines.append(f"{record.get('ts')}  {verb}{by}{because}")
+    return lines
+
+
+_HISTORY_EVENTS = {"grant_issued": "issued", "grant_approved": "approved",
+                   "grant_denied": "denied", "grant_revoked": "revoked",
+                   "grant_expired": "expired"}
 
 
 def _summary(grant: Grant, now: datetime) -> str:

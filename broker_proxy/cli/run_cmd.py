@@ -17,6 +17,7 @@ from broker_proxy.cli.common import add_policy_option, home_of, policy_file_of
 from broker_proxy.cli.errors import CliError
 from broker_proxy.cli.store_option import add_store_option
 from broker_proxy.home import Home
+from broker_proxy.resolve_pins import PinError, ResolvePins
 
 if TYPE_CHECKING:
     from addons.connection_limits import Deadlines
@@ -45,8 +46,9 @@ def register(commands: argparse._SubParsersAction) -> None:
                      help="directory of the proxy's CA (default <home>/certs)")
     run.add_argument("--upstream-ca", metavar="PEM", action="append", default=[],
                      help="also trust this CA for upstream servers (private APIs, tests)")
-    run.add_argument("--resolve", metavar="HOST=IP", action="append", default=[],
-                     help="connect to IP for HOST (split DNS, tests); repeatable")
+    run.add_argument("--resolve", metavar="HOST[:PORT]=IP[:PORT]", action="append", default=[],
+                     help="connect to IP (and PORT) for HOST (and PORT), like curl's "
+                     "--connect-to: split DNS, a local stand-in for an API; repeatable")
     add_store_option(run)
     run.add_argument("--replica-id", metavar="ID",
                      help="name of this replica in every audit record (default: one made "
@@ -54,8 +56,15 @@ def register(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--audit-max-bytes", type=_audit_max_bytes, default=None, metavar="BYTES",
                      help="rotate the audit log when it reaches this size (default: never; "
                      "at least 4096; K/M/G suffixes)")
-    run.add_argument("--audit-checkpoint-every", default=None, metavar="DURATION",
-                     help="write a signed audit checkpoint this often, e.g. 5m (default: off)")
+    run.add_argument("--audit-checkpoint-every", default="5m", metavar="DURATION",
+                     help="write a signed audit checkpoint this often while the log grows "
+                     "(default 5m; 'off' turns checkpoints off)")
+    run.add_argument("--audit-checkpoint-records", type=int, default=1000, metavar="N",
+                     help="also write one after every N records (default 1000; 0: by time only)")
+    run.add_argument("--audit-checkpoint-copy", action="append", default=[], metavar="FILE",
+                     help="also append every checkpoint to FILE (another disk or machine), "
+                     "so a log cut together with <home>/audit.checkpoints is still caught; "
+                     "repeatable")
     run.add_argument("--request-head-timeout", default="30s", metavar="DURATION",
                      help="a client must send a whole request head within this long of "
                      "connecting or of its last answer (default 30s)")
@@ -100,23 +109,6 @@ def parse_address(text: str, option: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def parse_resolve(pins: list[str]) -> dict[str, str]:
-    from ipaddress import ip_address
-
-    from broker_proxy.policy.destinations import HostError, canonical_host
-
-    resolved: dict[str, str] = {}
-    for pin in pins:
-        host, sep, address = pin.partition("=")
-        try:
-            resolved[canonical_host(host)] = str(ip_address(address))
-        except (HostError, ValueError):
-            raise CliError(f"--resolve must be HOST=IP, got {pin!r}") from None
-        if not sep:
-            raise CliError(f"--resolve must be HOST=IP, got {pin!r}")
-    return resolved
-
-
 def upstream_bundle(home: Home, extra_cas: list[str]) -> Path | None:
     """mitmproxy's trusted-CA option replaces the system roots; we add to them instead."""
     if not extra_cas:
@@ -151,6 +143,38 @@ def _share_metrics(workers: int, worker: bool) -> Path | None:
     return directory
 
 
+def home_certs(home: Home, explicit: str | None) -> Path:
+    """The home's one CA directory; --certs moves it only while no CA exists where it is.
+
+    Agents trust one CA per home: a second one made elsewhere would make `ca path` and `env`
+    point them at a CA the proxy does not sign with.
+    """
+    current = home.ca_dir()
+    certs = Path(explicit).absolute() if explicit else current
+    if certs != current.absolute():
+        from broker_proxy.cli.ca_cmd import CA_FILE
+
+        if (current / CA_FILE).exists():
+            raise CliError(f"this home's CA is in {current}; run with --certs {current} (or "
+                           f"move it and remove {home.ca_record})")
+        if certs != home.certs:
+            home.ca_record.write_text(f"{certs}\n")
+        else:
+            home.ca_record.unlink(missing_ok=True)
+    certs.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return certs
+
+
+def _remove_own_runtime(home: Home) -> None:
+    """run.json goes only with the process that wrote it, never another proxy's."""
+    try:
+        info = json.loads(home.runtime.read_text())
+    except (OSError, ValueError):
+        return
+    if isinstance(info, dict) and info.get("pid") == os.getpid():
+        home.runtime.unlink(missing_ok=True)
+
+
 def run_command(args: argparse.Namespace) -> int:
     from addons.mitmproxy_compat import IncompatibleMitmproxy
     from addons.runner import ProxySettings, patch_mitmproxy, serve
@@ -168,15 +192,34 @@ def run_command(args: argparse.Namespace) -> int:
 
         listen = (listen[0], free_port(listen[0]))
     worker = args.worker_of_group
+    from broker_proxy.home_lock import HomeBusy, HomeLock
+
+    lock = None
+    if not worker:  # the workers run under the lock their parent holds for the group
+        home.ensure()
+        try:
+            lock = HomeLock.acquire(home.root)
+        except HomeBusy as busy:
+            raise CliError(str(busy)) from None
+        except OSError as error:
+            raise CliError(f"cannot lock the home {home.root}: {error.strerror}") from None
     metrics = None if args.metrics == "off" else parse_address(args.metrics, "--metrics")
     admin = None if args.admin == "off" else parse_address(args.admin, "--admin")
-    resolve = parse_resolve(args.resolve)
+    try:
+        resolve = ResolvePins.parse(args.resolve)
+    except PinError as error:
+        raise CliError(str(error)) from None
     from broker_proxy.secrets.oauth2 import UpstreamTrust
 
     # The bundle file is written below, before any request can make the proxy mint a token.
     trust = UpstreamTrust(home.upstream_ca_bundle if args.upstream_ca else None, resolve)
     shared_metrics = _share_metrics(args.workers, worker)  # before any metric exists
-    broker = open_broker(home, policy_file_of(args), store=args.store,
+    policy_file = policy_file_of(args)
+    if not policy_file.exists():
+        raise CliError(f"no policy file at {policy_file}: start from an example, e.g. "
+                       f"`cp policies/example.yaml {policy_file}` in a checkout (then edit it "
+                       "and `broker-proxy policy check` it), or pass --policy FILE")
+    broker = open_broker(home, policy_file, store=args.store,
                          replica=args.replica_id, trust=trust)
     from broker_proxy.durations import parse_duration
     from broker_proxy.observability import start_observability
@@ -185,13 +228,14 @@ def run_command(args: argparse.Namespace) -> int:
     # One process of a worker group sweeps grants and writes checkpoints, not each of them.
     observability = start_observability(
         broker, home, audit_max_bytes=args.audit_max_bytes,
-        checkpoint_every=parse_duration(every).total_seconds() if every else None,
+        checkpoint_every=None if every == "off" else parse_duration(every).total_seconds(),
+        checkpoint_records=args.audit_checkpoint_records or None,
+        checkpoint_copies=tuple(Path(copy) for copy in args.audit_checkpoint_copy),
     ) if not worker else None
     from broker_proxy.run_services import start_services
 
     services = start_services(broker, home, policy_file_of(args), admin)
-    certs = Path(args.certs).absolute() if args.certs else home.certs
-    certs.mkdir(mode=0o700, parents=True, exist_ok=True)
+    certs = home_certs(home, args.certs)
     workers: list = []
 
     def on_reload() -> None:
@@ -250,8 +294,10 @@ def run_command(args: argparse.Namespace) -> int:
         if observability is not None:
             observability.stop()
         if not worker:
-            home.runtime.unlink(missing_ok=True)
+            _remove_own_runtime(home)
         broker.audit.append("proxy_stopped", decision="allow", reason="stopped")
         broker.audit.close()
+        if lock is not None:
+            lock.release()
         print("broker-proxy stopped", file=sys.stderr, flush=True)
     return 0

@@ -39,8 +39,9 @@ def isoformat_z(moment: datetime) -> str:
 class Grant:
     """One issued grant as the store holds it.
 
-    `approved_by`/`approved_at` record the human decision on a grant that needed one: for a
-    denied grant they name who denied it and when (`status` says which way it went).
+    `approved_by`/`approved_at` hold the human decision on a grant that needed one, whichever
+    way it went (the stores keep one pair of fields); `to_public_dict` shows it as `decided_*`
+    and as `approved_*` or `denied_*`, so a denier is never shown as an approver.
     """
 
     id: str
@@ -96,6 +97,7 @@ class Grant:
     def to_public_dict(self, now: datetime | None = None) -> dict[str, Any]:
         """Everything about the grant that may be shown: no token, no token hash."""
         moment = now if now is not None else datetime.now(UTC)
+        denied = self.status is GrantStatus.DENIED
         return {
             "id": self.id,
             "agent": self.agent,
@@ -107,8 +109,12 @@ class Grant:
             "expires_at": isoformat_z(self.expires_at),
             "max_uses": self.max_uses,
             "uses": self.uses,
-            "approved_by": self.approved_by,
-            "approved_at": _iso_or_none(self.approved_at),
+            "approved_by": None if denied else self.approved_by,
+            "approved_at": None if denied else _iso_or_none(self.approved_at),
+            "denied_by": self.approved_by if denied else None,
+            "denied_at": _iso_or_none(self.approved_at) if denied else None,
+            "decided_by": self.approved_by,
+            "decided_at": _iso_or_none(self.approved_at),
             "revoked_at": _iso_or_none(self.revoked_at),
         }
 

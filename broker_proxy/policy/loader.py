@@ -44,6 +44,7 @@ from broker_proxy.policy.destinations import (
     canonical_host_pattern,
     compile_path_glob,
 )
+from broker_proxy.policy.http_methods import REGISTERED_METHODS
 from broker_proxy.policy.model import (
     BASIC_PLACE,
     DEFAULT_METHODS,
@@ -682,6 +683,9 @@ def _methods(node: yaml.Node, path: str, checker: _Checker) -> frozenset[str]:
             checker.report(item, item_path, f"{method} is never allowed: {_WHY_NEVER}")
         elif not _METHOD.fullmatch(method):
             checker.report(item, item_path, f"invalid method {_quoted(value)}")
+        elif method not in REGISTERED_METHODS and method not in NEVER_METHODS:
+            checker.report(item, item_path, f"unknown HTTP method {_quoted(value)} (not in the "
+                           "IANA method registry)" + _suggestion(method, REGISTERED_METHODS))
         else:
             methods.add(method)
     return frozenset(methods)

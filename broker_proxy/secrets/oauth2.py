@@ -28,14 +28,14 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote, urlencode, urlsplit
 
 from broker_proxy import strict_json
-from broker_proxy.policy.destinations import canonical_host
 from broker_proxy.policy.model import OAuth2Config, SecretPolicy
+from broker_proxy.resolve_pins import ResolvePins
 from broker_proxy.secrets.backends import SecretUnavailable
 from broker_proxy.secrets.value import SecretValue
 
@@ -52,7 +52,7 @@ class UpstreamTrust:
     """What the proxy trusts upstream: the same settings mitmproxy gets from `run`."""
 
     ca_bundle: Path | None = None  # None: certifi's roots, like mitmproxy's default
-    resolve: Mapping[str, str] = field(default_factory=dict)  # --resolve pins, canonical hosts
+    resolve: ResolvePins = field(default_factory=ResolvePins)  # --resolve pins
 
     def tls_context(self) -> ssl.SSLContext:
         if self.ca_bundle is not None:
@@ -75,14 +75,14 @@ class _Cached:
 class _PinnedHTTPSConnection(http.client.HTTPSConnection):
     """Connects to the pinned address but verifies the certificate for the URL's host."""
 
-    def __init__(self, host: str, port: int, address: str | None, context: ssl.SSLContext,
-                 timeout: float) -> None:
+    def __init__(self, host: str, port: int, address: tuple[str, int] | None,
+                 context: ssl.SSLContext, timeout: float) -> None:
         super().__init__(host, port, timeout=timeout, context=context)
         self._pinned_address = address
         self._tls = context
 
     def connect(self) -> None:
-        sock = socket.create_connection((self._pinned_address or self.host, self.port),
+        sock = socket.create_connection(self._pinned_address or (self.host, self.port),
                                         self.timeout)
         self.sock = self._tls.wrap_socket(sock, server_hostname=self.host)
 
@@ -173,8 +173,8 @@ class TokenMinter:
         port = parts.port or 443
         if self._context is None:
             self._context = self._trust.tls_context()
-        address = self._trust.resolve.get(canonical_host(host))
-        connection = _PinnedHTTPSConnection(host, port, address, self._context, self._timeout)
+        connection = _PinnedHTTPSConnection(host, port, self._trust.resolve.lookup(host, port),
+                                            self._context, self._timeout)
         try:
             connection.request("POST", parts.path or "/", body=body, headers=headers)
             response = connection.getresponse()
