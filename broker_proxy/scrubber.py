@@ -266,62 +266,51 @@ def _min_width(pattern: bytes) -> int:
 
 _Found = tuple[int, int, _Form]  # start, end, form
 
-# Cache keys are keyed digests of the values under a key drawn at start-up: a cache key (in a
-# debugger, a traceback, a heap dump) says nothing about a value, not even to a guesser.
-_KEY_SALT = secrets.token_bytes(32)
-
-
-def _value_key(values: Mapping[str, bytes]) -> tuple[tuple[str, bytes], ...]:
-    return tuple(sorted((name, hmac.new(_KEY_SALT, raw, hashlib.sha256).digest())
-                        for name, raw in values.items()))
-
 
 class _Compiled:
-    """The patterns for a set of secret values, without placeholders.
+    """The patterns of one secret value, without its placeholder.
 
-    Building one costs 20-100 ms of CPU; it depends only on the values, so every grant holding
-    the same secrets (each with its own placeholders) shares one, and it is built once per
-    value set rather than per grant. The patterns spell the values out: the repr counts them.
+    Building them costs 20-35 ms of CPU. They depend only on the value, so every grant holding
+    the secret (each with its own placeholder) shares them, and a secret is compiled once per
+    value for the life of the process, not per grant. The patterns spell the value out: the
+    repr counts them.
     """
 
     __slots__ = ("matchers", "max_match_length", "min_match_length", "partial")
 
-    def __init__(self, values: Mapping[str, bytes]) -> None:
-        self.matchers: list[_Matcher] = []
-        longest = 0
-        for name, raw in values.items():
-            self.matchers.extend(_matchers_of(name, raw))
-            longest = max(longest, _max_match_length(raw))
-        self.max_match_length = longest
-        # No match is shorter than this, so a shorter value (most response headers) is clean
-        # without running a single pattern.
-        self.min_match_length = min((_min_width(pattern) for m in self.matchers
-                                     for pattern in (m.full, m.search.pattern)), default=0)
-        self.partial = (regex.compile(b"|".join(b"(?:" + m.full + b")"
-                                                for m in self.matchers))
-                        if self.matchers else None)
+    def __init__(self, name: str, raw: bytes) -> None:
+        self.matchers = tuple(_matchers_of(name, raw))
+        self.max_match_length = _max_match_length(raw)
+        self.min_match_length = min(_min_width(pattern) for m in self.matchers
+                                    for pattern in (m.full, m.search.pattern))
+        self.partial = regex.compile(b"|".join(b"(?:" + m.full + b")" for m in self.matchers))
 
     def __repr__(self) -> str:
         return f"<_Compiled {len(self.matchers)} patterns>"
 
 
 class _CompiledCache:
-    """A small LRU of compiled value sets, safe to share between the loop and worker threads."""
+    """A small LRU of compiled values, shared by the event loop and the decision threads.
+
+    Keys are keyed digests under a key drawn at start-up, so a key (in a debugger, a traceback,
+    a heap dump) says nothing about a value, not even to someone who guesses it.
+    """
 
     def __init__(self, size: int) -> None:
         self._size = size
+        self._salt = secrets.token_bytes(32)
         self._lock = threading.Lock()
-        self._entries: OrderedDict[tuple[tuple[str, bytes], ...], _Compiled] = OrderedDict()
-        self.builds = 0  # how many value sets were compiled (the costly part), for tests
+        self._entries: OrderedDict[bytes, _Compiled] = OrderedDict()
+        self.builds = 0  # how many values were compiled (the costly part), for tests
 
-    def get(self, values: Mapping[str, bytes]) -> _Compiled:
-        key = _value_key(values)
+    def get(self, name: str, raw: bytes) -> _Compiled:
+        key = hmac.new(self._salt, name.encode() + b"\0" + raw, hashlib.sha256).digest()
         with self._lock:
             compiled = self._entries.get(key)
             if compiled is not None:
                 self._entries.move_to_end(key)
                 return compiled
-        compiled = _Compiled(values)  # outside the lock: a slow build blocks no other lookup
+        compiled = _Compiled(name, raw)  # outside the lock: a build blocks no other lookup
         with self._lock:
             self.builds += 1
             self._entries[key] = compiled
@@ -330,58 +319,56 @@ class _CompiledCache:
         return compiled
 
     def __repr__(self) -> str:
-        return f"<_CompiledCache {len(self._entries)} value sets>"
+        return f"<_CompiledCache {len(self._entries)} values>"
 
 
-_COMPILED = _CompiledCache(256)
+_COMPILED = _CompiledCache(1024)
 
 
 class Scrubber:
     """The patterns for one grant's secrets with that grant's placeholders.
 
-    Cheap to make: the compiled patterns are shared by value set (see ``_Compiled``); only the
+    Cheap to make: the compiled patterns are shared per value (see ``_Compiled``); only the
     placeholders are this scrubber's own. Two engines, one set of patterns: ``re`` finds
     complete matches fast (one pattern per form, each starting with a literal), and ``regex``
     finds the partial match a stream may end with, only over the last ``max_match_length``
     bytes.
     """
 
-    __slots__ = ("_compiled", "_placeholders")
+    __slots__ = ("_matchers", "_partials", "_placeholders", "max_match_length",
+                 "min_match_length")
 
     def __init__(self, scrub: Mapping[str, tuple[str, str]]) -> None:
         """``scrub`` maps secret name -> (real value, placeholder the agent used)."""
-        values: dict[str, bytes] = {}
+        compiled: list[_Compiled] = []
         self._placeholders: dict[str, bytes] = {}
         for name, (value, placeholder) in scrub.items():
             raw = value.encode("utf-8", "surrogateescape")
             if len(raw) < MIN_SECRET_LENGTH:
                 continue
-            values[name] = raw
+            compiled.append(_COMPILED.get(name, raw))
             self._placeholders[name] = placeholder.encode()
-        self._compiled = _COMPILED.get(values)
+        self._matchers = [m for part in compiled for m in part.matchers]
+        self._partials = [part.partial for part in compiled]
+        self.max_match_length = max((part.max_match_length for part in compiled), default=0)
+        # No match is shorter than this, so a shorter value (most response headers) is clean
+        # without running a single pattern.
+        self.min_match_length = min((part.min_match_length for part in compiled), default=0)
 
     def __repr__(self) -> str:
         return f"<Scrubber {sorted(self._placeholders)}>"
 
     @property
-    def max_match_length(self) -> int:
-        return self._compiled.max_match_length
-
-    @property
-    def min_match_length(self) -> int:
-        return self._compiled.min_match_length
-
-    @property
     def empty(self) -> bool:
         """Nothing to find: every value passes unchanged."""
-        return self._compiled.partial is None
+        return not self._matchers
 
     def placeholder_of(self, secret: str) -> bytes:
         return self._placeholders[secret]
 
     def scrub(self, data: bytes) -> tuple[bytes, dict[str, int]]:
         """Scrub a whole value (a header, a reason, a buffered body)."""
-        if len(data) < self._compiled.min_match_length or self._compiled.partial is None:
+        if len(data) < self.min_match_length or not self._matchers:
             return data, {}
         counts: dict[str, int] = {}
         out, _ = self._scrub(data, counts, final=True)
@@ -394,7 +381,7 @@ class Scrubber:
         """Every complete match, leftmost first, longest first at one position, no overlaps."""
         found: list[_Found] = []
         escapes = b"%" in data or b"\\" in data or b"+" in data
-        for matcher in self._compiled.matchers:
+        for matcher in self._matchers:
             pattern = matcher.search
             if matcher.literal is not None and not escapes:
                 pattern = matcher.literal  # same matches, found with a fast literal search
@@ -424,7 +411,7 @@ class Scrubber:
 
     def _scrub(self, data: bytes, counts: dict[str, int], *, final: bool) -> tuple[bytes, int]:
         """Scrub ``data``; return the output and how many trailing bytes were held back."""
-        if self._compiled.partial is None:
+        if not self._matchers:
             return data, 0
         found = self._find(data)
         cut = len(data)
@@ -453,13 +440,14 @@ class Scrubber:
         for start, end, _ in found:  # never cut through a complete match
             if start < window < end:
                 window = end
-        partial = self._compiled.partial
-        assert partial is not None
-        for match in partial.finditer(data, pos=window, partial=True):
-            # A match that ends with the data could still grow (base64 padding).
-            if match.partial or (may_grow and match.end() == len(data)):
-                return match.start()
-        return len(data)
+        hold = len(data)
+        for partial in self._partials:  # one pattern per value: the earliest start wins
+            for match in partial.finditer(data, pos=window, partial=True):
+                # A match that ends with the data could still grow (base64 padding).
+                if match.partial or (may_grow and match.end() == len(data)):
+                    hold = min(hold, match.start())
+                    break
+        return hold
 
 
 
