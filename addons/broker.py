@@ -19,7 +19,7 @@ from pathlib import Path
 from mitmproxy import ctx, http, tcp, tls
 from mitmproxy.proxy import server_hooks
 
-from addons import flow_adapter, response_limits
+from addons import flow_adapter, mitmproxy_patches
 from addons.broker_addon import BrokerAddon
 from broker_proxy import outbound as codes
 from broker_proxy.assembly import open_broker, policy_path
@@ -131,5 +131,5 @@ class BrokerScript:
         flow.kill()
 
 
-response_limits.install()
+mitmproxy_patches.install()
 addons = [BrokerScript()]

@@ -26,7 +26,7 @@ from mitmproxy.addons.errorcheck import ErrorCheck
 from mitmproxy.addons.termlog import TermLog
 from mitmproxy.master import Master
 
-from addons import debug_checks, response_limits
+from addons import debug_checks, mitmproxy_patches
 from addons.broker_addon import BrokerAddon
 from addons.hook_dispatch import IndexedAddonManager
 from addons.reuse_port import enable_reuse_port
@@ -66,7 +66,7 @@ async def serve(broker: Broker, settings: ProxySettings,
         listen_port=settings.listen_port,
         confdir=str(settings.certs_dir),
     )
-    response_limits.install()  # long downloads reach responseheaders, which streams them
+    mitmproxy_patches.install()  # see addons/mitmproxy_patches.py
     debug_checks.install()
     master = Master(opts, with_termlog=False)
     master.addons = IndexedAddonManager(master)
