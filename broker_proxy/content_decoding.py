@@ -1,8 +1,9 @@
 """Undoing Content-Encoding within bounds, so a compressed echo of a secret can be scrubbed.
 
 A secret inside a gzip body is invisible to the scrubber, so a flow with secrets to scrub has its
-body decoded before scrubbing; transfer codings other than chunked are undone on every flow. Decoding is where a hostile or broken upstream hurts most (a
-kilobyte of zstd can inflate to gigabytes), so every decoder produces output in bounded slices
+body decoded before scrubbing; transfer codings other than chunked are undone on every flow.
+Decoding is where a hostile or broken upstream hurts most (a kilobyte of zstd can inflate to
+gigabytes), so every decoder produces output in bounded slices
 and the whole is held to a size limit and a ratio limit: past either, decoding stops with
 ``BodyNotDecodable`` and the caller withholds the body rather than pass it on unscrubbed.
 
