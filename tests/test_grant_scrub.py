@@ -10,6 +10,7 @@ import gc
 import types
 from datetime import timedelta
 
+from addons.response_scrubbing import ScrubState
 from broker_proxy import scrubber as scrubber_module
 from broker_proxy.grant_scrub import GrantScrubValues
 from broker_proxy.grants.model import Grant, GrantStatus
@@ -127,11 +128,12 @@ def test_nothing_the_broker_holds_after_an_injection_shows_a_secret(setup):  # n
     stream.feed(b"x" + setup.values["api_key"].encode()[:10])
     messages = MessageScrubber(scrubber)
     messages.message(b"y" + setup.values["api_key"].encode()[:10])
-    roots = [setup.broker, verdict, scrubber, stream, messages, scrubber_module._COMPILED]
+    state = ScrubState(scrubber, verdict.grant_id, messages=messages)
+    roots = [setup.broker, verdict, scrubber, stream, messages, state, scrubber_module._COMPILED]
     objects = _our_objects(roots)
     kinds = {type(o).__name__ for o in objects}
     assert {"Broker", "Allowed", "Scrubber", "_Matcher", "_Compiled", "_CompiledCache",
-            "GrantScrubValues", "StreamScrubber", "MessageScrubber"} <= kinds
+            "GrantScrubValues", "StreamScrubber", "MessageScrubber", "ScrubState"} <= kinds
     for value in setup.values.values():
         forms = [value, value.encode().hex(), base64.b64encode(value.encode()).decode()[4:-4],
                  repr(value.encode())[2:-1]]
