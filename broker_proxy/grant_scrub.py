@@ -15,9 +15,11 @@ What each kind of secret contributes (what an upstream could have received):
   ever receives it.
 
 Values are resolved with the proxy's own resolver and cached for ``ttl`` seconds, so a
-request costs a few dict lookups. A value that cannot be had makes the set incomplete (fail
-closed: the caller withholds the answer); a failure is remembered for ``failure_ttl`` seconds
-so a broken backend is not asked again by every answer.
+request costs a few dict lookups; a request that injects a value the cache does not hold (a
+rotated secret, a new token) drops the entry, so the next answer already scrubs the new value.
+A value that cannot be had makes the set incomplete (fail closed: the caller withholds the
+answer); a failure is remembered for ``failure_ttl`` seconds so a broken backend is not asked
+again by every answer.
 """
 
 from __future__ import annotations
@@ -87,6 +89,12 @@ class GrantScrubValues:
             for label, value in resolved:
                 values[label] = (value.reveal(), placeholder)
         return GrantScrub(values, complete)
+
+    def forget(self, name: str) -> None:
+        """A request was just given another value of ``name`` (rotated in its backend, or a
+        freshly minted token): resolve it again for the next answer, not after the TTL."""
+        with self._lock:
+            self._entries.pop(name, None)
 
     def _values_of(self, secret: SecretPolicy) -> tuple[tuple[str, SecretValue], ...] | None:
         now = self._clock()

@@ -34,6 +34,18 @@ def test_an_answer_is_scrubbed_for_every_secret_of_the_grant_also_without_inject
     assert injected.injected == ("api_key",) and plain.injected == ()
 
 
+def test_a_rotated_secret_is_scrubbed_at_once_also_in_answers_that_inject_nothing(
+        setup, monkeypatch):  # noqa: F811
+    issued = setup.issue("api_key")
+    setup.broker.decide(issued.token, request(headers=bearer()))  # the old value is cached
+    rotated = setup.values["api_key"] + "-rotated"
+    monkeypatch.setenv("BP_TEST_API_KEY", rotated)
+    injected = setup.broker.decide(issued.token, request(headers=bearer()))
+    plain = setup.broker.decide(issued.token, request(path="/v1/read"))
+    assert isinstance(injected, Allowed) and isinstance(plain, Allowed)
+    assert injected.scrub["api_key"][0] == rotated and plain.scrub["api_key"][0] == rotated
+
+
 def test_a_grant_secret_that_cannot_be_resolved_marks_the_scrub_incomplete(setup, monkeypatch):  # noqa: F811
     issued = setup.issue("api_key", "spare")
     monkeypatch.delenv("BP_TEST_SPARE")
