@@ -248,7 +248,7 @@ class Broker:
         held = self.scrub_values.for_grant(grant, policy.policy)
         for name, (value, _) in verdict.scrub.items():
             if name in held.values and held.values[name][0] != value:
-                self.scrub_values.forget(name.partition(".")[0])  # rotated: resolve it anew
+                self.scrub_values.forget(name)  # rotated: resolve it anew
         scrub = {**held.values, **verdict.scrub}
         if self.may_block():
             # Decided on a worker thread: compile a new value's patterns (20-35 ms) here, so the

@@ -90,11 +90,14 @@ class GrantScrubValues:
                 values[label] = (value.reveal(), placeholder)
         return GrantScrub(values, complete)
 
-    def forget(self, name: str) -> None:
-        """A request was just given another value of ``name`` (rotated in its backend, or a
-        freshly minted token): resolve it again for the next answer, not after the TTL."""
+    def forget(self, label: str) -> None:
+        """A request was just given another value under ``label`` (rotated in its backend, or a
+        freshly minted token): resolve its secret again for the next answer, not after the TTL.
+        """
         with self._lock:
-            self._entries.pop(name, None)
+            for name, entry in list(self._entries.items()):
+                if entry.values and any(known == label for known, _ in entry.values):
+                    del self._entries[name]
 
     def _values_of(self, secret: SecretPolicy) -> tuple[tuple[str, SecretValue], ...] | None:
         now = self._clock()
