@@ -15,7 +15,7 @@ import pytest
 import wsproto
 import wsproto.events
 
-from tests.conftest import API_HOST, Stack, Upstreams, start_stack
+from tests.conftest import API_HOST, E2E_POLICY, Stack, Upstreams, start_stack
 from tests.hostile_upstream import HostileUpstream
 from tests.security.raw_proxy import h2_exchange, open_tunnel, read_answer
 from tests.test_e2e_scrubbing import client
@@ -254,3 +254,52 @@ def test_a_withheld_answer_without_a_body_is_complete(
     status, body = h2_get(hostile_stack, grant.token, "/v1/empty-206")
     assert status == 502
     assert_error_body(body, "response_withheld", hostile_stack)
+
+
+# Per-grant placeholders come back as that grant's own.
+
+# The e2e policy plus a secret whose placeholder each grant draws (other_key's value).
+SHAPED_POLICY = E2E_POLICY.replace("""agents:
+""", """  shaped_key:
+    from: env:E2E_OTHER_KEY
+    placeholder_format: {{prefix: "sk-bp-", length: 32}}
+    destinations:
+      - host: {api}
+        port: {api_port}
+agents:
+""").replace("secrets: [api_key, other_key]", "secrets: [api_key, other_key, shaped_key]")
+
+
+@pytest.fixture(scope="module")
+def shaped_stack(tmp_path_factory: pytest.TempPathFactory, pki, upstreams: Upstreams
+                 ) -> Iterator[Stack]:
+    hostile = HostileUpstream(pki.cert_path, pki.key_path).start()
+    mixed = Upstreams(api=hostile, other=upstreams.other, evil=upstreams.evil,  # type: ignore[arg-type]
+                      egress=upstreams.egress, plain=upstreams.plain,
+                      untrusted=upstreams.untrusted)
+    running = start_stack(tmp_path_factory.mktemp("shaped-stack"), pki, mixed,
+                          policy=SHAPED_POLICY)
+    yield running
+    running.proxy.stop()
+    hostile.stop()
+    written = (running.root / "proxy.log").read_text(errors="replace")
+    written += running.home.audit_log.read_text(errors="replace")
+    assert running.other_key not in written, "a secret value reached the proxy's log or audit"
+
+
+def test_per_grant_placeholders_come_back_as_each_grants_own(shaped_stack: Stack) -> None:
+    hostile = shaped_stack.upstreams.api
+    assert isinstance(hostile, HostileUpstream)
+    first = shaped_stack.issue("shaped_key")
+    second = shaped_stack.issue("shaped_key")
+    mine, theirs = first.placeholders["shaped_key"], second.placeholders["shaped_key"]
+    assert mine != theirs and mine.startswith("sk-bp-")
+    with client(shaped_stack, first.token) as agent:
+        agent.get(url(shaped_stack, "/v1/store"), headers={"X-Reflect": mine})
+    assert hostile.received[-1].headers["x-reflect"] == shaped_stack.other_key  # injected
+    answers = {}
+    for grant in (first, second):
+        with client(shaped_stack, grant.token) as agent:
+            answers[grant.placeholders["shaped_key"]] = agent.get(
+                url(shaped_stack, "/v1/read")).content  # no placeholder
+    assert answers == {mine: b"keys=" + mine.encode(), theirs: b"keys=" + theirs.encode()}
