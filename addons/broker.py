@@ -20,7 +20,7 @@ from mitmproxy import ctx, http, tcp, tls
 from mitmproxy.exceptions import OptionsError
 from mitmproxy.proxy import server_hooks
 
-from addons import connection_limits, flow_adapter, response_limits, server_names
+from addons import connection_limits, flow_adapter, mitmproxy_patches, server_names
 from addons.broker_addon import AGENT_VIEW_KEY, BrokerAddon
 from addons.connection_limits import ConnectionLimits
 from addons.mitmproxy_compat import IncompatibleMitmproxy
@@ -168,7 +168,7 @@ def _patch_mitmproxy() -> str | None:
     try:
         server_names.check()
         connection_limits.check()
-        response_limits.install()
+        mitmproxy_patches.install()  # see addons/mitmproxy_patches.py
     except IncompatibleMitmproxy as error:
         return str(error)
     return None

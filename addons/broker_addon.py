@@ -186,8 +186,8 @@ class BrokerAddon:
             (flow.request.host.lower(), flow.request.port))
         self._client_certs.request_allowed(flow.client_conn, flow.request.host,
                                            flow.request.port, verdict.grant_id)
-        if verdict.injected:
-            flow.metadata[METADATA_KEY] = (verdict, outbound, time.monotonic())
+        # Every allowed flow: its answer is scrubbed for every secret of its grant.
+        flow.metadata[METADATA_KEY] = (verdict, outbound, time.monotonic())
 
     @staticmethod
     def _failed(flow: http.HTTPFlow, error: Exception) -> None:
@@ -208,31 +208,26 @@ class BrokerAddon:
         return verdict
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
-        carried = flow.metadata.get(METADATA_KEY)
         if flow.response is None:
             return
-        if carried is None:
-            # Nothing to scrub: stream the body untouched so memory stays bounded.
-            flow.response.stream = True
-            return
-        verdict = carried[0]
+        verdict = self._verdict(flow)
         try:
             response_scrubbing.on_response_headers(flow, verdict)
         except Exception as error:  # withhold rather than pass on unscrubbed
             log.error("response scrub failed: %s", type(error).__name__)
-            self._withhold(flow, verdict)
-            body = flow.response.content or b""
-            flow.response.stream = lambda data: [] if data else [body]
+            response_scrubbing.withhold_after_error(flow, verdict)
 
     def response(self, flow: http.HTTPFlow) -> None:
-        carried = flow.metadata.get(METADATA_KEY)
-        if carried is None or flow.response is None:
+        if flow.response is None:
             return
-        verdict, outbound, started = carried
+        carried = flow.metadata.get(METADATA_KEY)
+        verdict = carried[0] if carried is not None else None
         try:
             # A 401 to an OAuth2 access token drops it: the next request mints a fresh one.
-            if note_status := getattr(self.broker.secrets, "upstream_answered", None):
-                note_status(flow.response.status_code, verdict.scrub)
+            note_status = getattr(self.broker.secrets, "upstream_answered", None)
+            if note_status and verdict is not None and verdict.injected:
+                note_status(flow.response.status_code,
+                            {n: verdict.scrub[n] for n in verdict.injected if n in verdict.scrub})
             redactions = response_scrubbing.on_response(flow, verdict)
         except Exception as error:  # withhold rather than pass on unscrubbed
             log.error("response scrub failed: %s", type(error).__name__)
@@ -242,13 +237,20 @@ class BrokerAddon:
             else:
                 self._withhold(flow, verdict)
             redactions = {}
-        self.broker.record_response(verdict, outbound, flow.response.status_code,
-                                    (time.monotonic() - started) * 1000, redactions)
+        if carried is not None and (verdict.injected or redactions):
+            _, outbound, started = carried
+            self.broker.record_response(verdict, outbound, flow.response.status_code,
+                                        (time.monotonic() - started) * 1000, redactions)
 
     @staticmethod
-    def _withhold(flow: http.HTTPFlow, verdict: Allowed) -> None:
+    def _verdict(flow: http.HTTPFlow) -> Allowed | None:
+        carried = flow.metadata.get(METADATA_KEY)
+        return carried[0] if carried is not None else None
+
+    @staticmethod
+    def _withhold(flow: http.HTTPFlow, verdict: Allowed | None) -> None:
         denied = Denied(502, codes.RESPONSE_WITHHELD, "the answer could not be scrubbed",
-                        verdict.grant_id)
+                        verdict.grant_id if verdict else None)
         flow.response = http.Response.make(502, denied.body(), denied.headers())
 
     def websocket_message(self, flow: http.HTTPFlow) -> None:
@@ -269,7 +271,7 @@ class BrokerAddon:
 
     def error(self, flow: http.HTTPFlow) -> None:
         carried = flow.metadata.get(METADATA_KEY)
-        if carried is not None:
+        if carried is not None and carried[0].injected:
             verdict, outbound, started = carried
             self.broker.record_response(verdict, outbound, None,
                                         (time.monotonic() - started) * 1000, {})

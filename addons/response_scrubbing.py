@@ -1,4 +1,10 @@
-"""The mitmproxy half of scrubbing answers to requests that carried a secret.
+"""The mitmproxy half of scrubbing every answer on a grant's connections.
+
+Per grant, not per flow: every allowed request's verdict carries every secret its grant holds
+(``Allowed.scrub``), so an answer is scrubbed whether or not its own request injected anything.
+A grant whose values could not all be resolved (``Allowed.scrub_complete`` false) has its
+answers withheld. An answer with nothing to scrub and no transfer coding to undo streams through
+untouched.
 
 Order matters with mitmproxy: a streamed response's status line and headers leave for the client
 right after ``responseheaders``, so they are scrubbed there; the body passes through a callable
@@ -17,8 +23,14 @@ there. Choices, each for a reason:
   response, never unscrubbed bytes.
 * A 206 (or any Content-Range) answer is withheld with a 502: ranges could fetch a secret
   piecewise, each piece too short to be recognised. (The request side could also drop Range.)
+* A transfer coding other than chunked (``Transfer-Encoding: gzip, chunked``) is undone like a
+  content coding, within the same bounds, on every flow, also one with nothing to scrub: the
+  agent's client never gets encoded bytes under a label that no longer says so. One that cannot
+  be undone (``compress``) is withheld.
+* A withheld answer is complete: the 502 body its headers announce is sent, also when the
+  upstream's answer had no body at all.
 * WebSocket messages from the server are scrubbed across message boundaries (see
-  ``MessageScrubber``).
+  ``MessageScrubber``); close reasons and ping/pong payloads through ``websocket_controls``.
 """
 
 from __future__ import annotations
@@ -28,6 +40,7 @@ from dataclasses import dataclass, field
 
 from mitmproxy import http
 
+from addons import websocket_controls
 from broker_proxy import outbound as codes
 from broker_proxy.content_decoding import (
     BodyNotDecodable,
@@ -35,6 +48,7 @@ from broker_proxy.content_decoding import (
     StreamDecoder,
     decode_whole,
     parse_content_encoding,
+    parse_transfer_encoding,
 )
 from broker_proxy.outbound import Allowed, Denied
 from broker_proxy.scrubber import MessageScrubber, Scrubber, StreamScrubber, scrubber_for
@@ -92,20 +106,35 @@ class _BodyStream:
 @dataclass
 class ScrubState:
     scrubber: Scrubber
+    grant_id: str | None
     counts: dict[str, int] = field(default_factory=dict)
     body: _BodyStream | None = None
     buffered_codings: list[str] | None = None
     withheld: bytes | None = None  # the 502 body that replaced the answer
     messages: MessageScrubber | None = None
 
+    def control_payload(self, payload: bytes) -> bytes:
+        """A WebSocket close reason or ping/pong payload from the server, scrubbed whole."""
+        scrubbed, found = self.scrubber.scrub(payload)
+        _add(self.counts, found)
+        return scrubbed
 
-def _withhold(flow: http.HTTPFlow, state: ScrubState, verdict: Allowed, message: str) -> None:
-    denied = Denied(502, codes.RESPONSE_WITHHELD, message, verdict.grant_id)
+
+def _withhold(flow: http.HTTPFlow, state: ScrubState, message: str) -> None:
+    denied = Denied(502, codes.RESPONSE_WITHHELD, message, state.grant_id)
     state.withheld = denied.body()
     flow.response = http.Response.make(502, state.withheld, denied.headers())
-    # Streamed, mitmproxy sends only what the callable returns: the 502 body, at the end.
+    # Streamed, mitmproxy sends only what the callable returns: the 502 body, at the end. An
+    # upstream answer without a body never streams: ``on_response`` puts the body back then.
     withheld = state.withheld
     flow.response.stream = lambda data: [] if data else [withheld]
+
+
+def withhold_after_error(flow: http.HTTPFlow, verdict: Allowed | None) -> None:
+    """``responseheaders`` failed: answer 502 rather than pass anything on unscrubbed."""
+    state = ScrubState(scrubber_for({}), verdict.grant_id if verdict else None)
+    flow.metadata[STATE_KEY] = state
+    _withhold(flow, state, "the answer could not be scrubbed")
 
 
 def _scrub_head(response: http.Response, state: ScrubState) -> None:
@@ -129,32 +158,52 @@ def _has_body(flow: http.HTTPFlow) -> bool:
     return not (flow.request.method.upper() == "HEAD" or status < 200 or status in (204, 304))
 
 
-def on_response_headers(flow: http.HTTPFlow, verdict: Allowed) -> None:
-    """``responseheaders`` for a flow that carried a secret: scrub the head, plan the body."""
+def on_response_headers(flow: http.HTTPFlow, verdict: Allowed | None) -> None:
+    """``responseheaders``: scrub the head for the grant's secrets, plan the body."""
     response = flow.response
     assert response is not None
-    state = ScrubState(scrubber_for(verdict.scrub))
+    scrub = verdict.scrub if verdict is not None else {}
+    complete = verdict is None or verdict.scrub_complete
+    transfer = response.headers.get("transfer-encoding")
+    if not scrub and complete and (transfer is None or transfer.strip().lower() == "chunked"):
+        # Nothing to scrub: stream the body untouched so memory stays bounded.
+        response.stream = True
+        return
+    state = ScrubState(scrubber_for(scrub), verdict.grant_id if verdict else None)
     flow.metadata[STATE_KEY] = state
-    if response.status_code == 206 or "content-range" in response.headers:
-        _withhold(flow, state, verdict, "partial content is not passed on for a request "
-                  "that carried a secret")
+    if not complete:
+        _withhold(flow, state, "a secret of this grant cannot be resolved, so the answer "
+                  "cannot be scrubbed")
+        return
+    if scrub and (response.status_code == 206 or "content-range" in response.headers):
+        _withhold(flow, state, "partial content is not passed on for a grant that holds "
+                  "secrets")
         return
     _scrub_head(response, state)
+    if response.status_code == 101:
+        flow.metadata[websocket_controls.SCRUB_KEY] = state.control_payload
     if not _has_body(flow):
         return
     try:
-        codings = parse_content_encoding(response.headers.get("content-encoding"))
+        # Content codings are undone only to scrub; transfer codings always (they were applied
+        # after the content codings, so they are undone first: last in the list).
+        codings = parse_content_encoding(response.headers.get("content-encoding")) if scrub \
+            else []
+        codings += parse_transfer_encoding(transfer)
     except BodyNotDecodable as error:
-        _withhold(flow, state, verdict, f"the answer could not be scrubbed: {error}")
+        _withhold(flow, state, f"the answer could not be scrubbed: {error}")
         return
     length = response.headers.get("content-length", "")
-    if length.isdigit() and int(length) <= (BUFFER_ENCODED_UP_TO if codings
-                                            else BUFFER_PLAIN_UP_TO):
+    if transfer is None and length.isdigit() and int(length) <= (
+            BUFFER_ENCODED_UP_TO if codings else BUFFER_PLAIN_UP_TO):
         # Scrubbed whole in ``response`` (an encoded body decoded first, 502 if that fails).
         state.buffered_codings = codings
         return
     decoder = StreamDecoder(codings, STREAMED_LIMITS) if codings else None
-    for name in ("content-encoding", "content-length", *_DIGEST_HEADERS):
+    dropped = ("content-length", "transfer-encoding")
+    if scrub:
+        dropped += ("content-encoding", *_DIGEST_HEADERS)
+    for name in dropped:
         response.headers.pop(name, None)
     if not (response.is_http2 or response.is_http3):
         response.headers["transfer-encoding"] = "chunked"
@@ -162,28 +211,38 @@ def on_response_headers(flow: http.HTTPFlow, verdict: Allowed) -> None:
     response.stream = state.body
 
 
-def on_response(flow: http.HTTPFlow, verdict: Allowed) -> dict[str, int]:
-    """``response`` for a flow that carried a secret; returns the redactions by secret."""
+def on_response(flow: http.HTTPFlow, verdict: Allowed | None) -> dict[str, int]:
+    """``response``: the buffered body and trailers; returns the redactions by secret."""
     response = flow.response
     assert response is not None
     state = flow.metadata.get(STATE_KEY)
-    if state is None:  # ``responseheaders`` did not run (an embedding without it): buffered
-        state = ScrubState(scrubber_for(verdict.scrub))
-        _scrub_head(response, state)
-        try:
-            state.buffered_codings = parse_content_encoding(
-                response.headers.get("content-encoding"))
-        except BodyNotDecodable as error:
-            _withhold(flow, state, verdict, f"the answer could not be scrubbed: {error}")
-            flow.response.stream = False
+    if state is None:
+        if verdict is None or not verdict.scrub:
+            return {}
+        # ``responseheaders`` did not run (an embedding without it): scrub it buffered.
+        state = ScrubState(scrubber_for(verdict.scrub), verdict.grant_id)
+        if not verdict.scrub_complete:
+            _withhold(flow, state, "a secret of this grant cannot be resolved, so the answer "
+                      "cannot be scrubbed")
+        else:
+            _scrub_head(response, state)
+            try:
+                state.buffered_codings = parse_content_encoding(
+                    response.headers.get("content-encoding"))
+            except BodyNotDecodable as error:
+                _withhold(flow, state, f"the answer could not be scrubbed: {error}")
     if state.withheld is not None:
-        if not response.stream:
-            response.content = state.withheld
+        assert flow.response is not None
+        if flow.response.raw_content != state.withheld:
+            # Never streamed (the upstream's answer had no body): without this, headers that
+            # announce the 502 body would be followed by none, and the client would hang.
+            flow.response.stream = False
+            flow.response.content = state.withheld
         return state.counts
     if state.body is not None:
         _add(state.counts, state.body.scrubbing.counts)
     elif response.raw_content:
-        _scrub_buffered_body(flow, state, verdict)
+        _scrub_buffered_body(flow, state)
     if response.trailers:
         fields = []
         for name, value in response.trailers.fields:
@@ -194,7 +253,7 @@ def on_response(flow: http.HTTPFlow, verdict: Allowed) -> dict[str, int]:
     return state.counts
 
 
-def _scrub_buffered_body(flow: http.HTTPFlow, state: ScrubState, verdict: Allowed) -> None:
+def _scrub_buffered_body(flow: http.HTTPFlow, state: ScrubState) -> None:
     response = flow.response
     assert response is not None and response.raw_content is not None
     try:
@@ -203,7 +262,7 @@ def _scrub_buffered_body(flow: http.HTTPFlow, state: ScrubState, verdict: Allowe
             body = decode_whole(body, state.buffered_codings, BUFFERED_LIMITS)
     except BodyNotDecodable as error:
         denied = Denied(502, codes.RESPONSE_WITHHELD,
-                        f"the answer could not be scrubbed: {error}", verdict.grant_id)
+                        f"the answer could not be scrubbed: {error}", state.grant_id)
         flow.response = http.Response.make(502, denied.body(), denied.headers())
         return
     scrubbed, found = state.scrubber.scrub(body)
@@ -219,11 +278,11 @@ def on_websocket_message(flow: http.HTTPFlow, verdict: Allowed) -> dict[str, int
     """Scrub the newest server message; returns the redactions it made."""
     assert flow.websocket is not None
     message = flow.websocket.messages[-1]
-    if message.from_client:
+    if message.from_client or not verdict.scrub:
         return {}
     state = flow.metadata.get(STATE_KEY)
     if state is None:
-        state = ScrubState(scrubber_for(verdict.scrub))
+        state = ScrubState(scrubber_for(verdict.scrub), verdict.grant_id)
         flow.metadata[STATE_KEY] = state
     if state.messages is None:
         state.messages = MessageScrubber(state.scrubber)

@@ -30,7 +30,7 @@ from addons import (
     connection_limits,
     debug_checks,
     hook_dispatch,
-    response_limits,
+    mitmproxy_patches,
     reuse_port,
     server_names,
 )
@@ -74,7 +74,7 @@ def patch_mitmproxy(*, with_reuse_port: bool) -> None:
     hook_dispatch.check()
     server_names.check()
     connection_limits.check()
-    response_limits.install()  # long downloads reach responseheaders, which streams them
+    mitmproxy_patches.install()  # see addons/mitmproxy_patches.py
     debug_checks.install()
     if with_reuse_port:
         reuse_port.enable_reuse_port()

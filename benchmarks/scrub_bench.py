@@ -7,9 +7,10 @@
    ``StreamDecoder`` + ``StreamScrubber``. Prints MB/s of decoded body.
 2. The real proxy (`broker-proxy run`) with a local HTTPS upstream: one client downloads a
    1 GiB response with Content-Length (ten times the proxy's 10 MB body_size_limit) without a
-   secret (streamed untouched), then one that carried a secret and reflects it in every 64 KiB
-   (streamed and scrubbed). The proxy's RSS is sampled every 50 ms; a quarter-size download first
-   shows that the peak does not grow with the body size.
+   secret (streamed and scanned: every answer on a grant is scrubbed for the grant's secrets,
+   whether its request carried one or not), then one that carried a secret and reflects it in
+   every 64 KiB (streamed and scrubbed). The proxy's RSS is sampled every 50 ms; a quarter-size
+   download first shows that the peak does not grow with the body size.
 
 Runs in about 1-3 minutes on 2 slow vCPUs. Run by hand (`make bench`), not by `make test`.
 """
@@ -141,7 +142,7 @@ def proxy_memory(size: int) -> None:
             baseline = memory_kib(stack.proxy.process.pid, "VmRSS")
             print(f"proxy RSS at rest: {baseline / 1024:.0f} MiB")
             for with_secret in (False, True):
-                label = "with a secret (scrubbed)" if with_secret else "no secret (untouched)"
+                label = "with a secret (scrubbed)" if with_secret else "no secret (scanned)"
                 for body in (size // 4, size):
                     elapsed, received, peak = download(stack, token, body, with_secret)
                     assert received >= body * 0.99

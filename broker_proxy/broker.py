@@ -13,7 +13,7 @@ import logging
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from broker_proxy import aws_resign
@@ -27,6 +27,7 @@ from broker_proxy.content_decoding import (
     decode_whole,
     parse_content_encoding,
 )
+from broker_proxy.grant_scrub import GrantScrubValues
 from broker_proxy.grants.model import Grant
 from broker_proxy.grants.store import GrantStore, GrantStoreBusy, GrantStoreError, ReserveResult
 from broker_proxy.header_templates import applicable_templates, apply_templates, template_conflict
@@ -41,6 +42,7 @@ from broker_proxy.request_checks import (
     upgrade_problem,
 )
 from broker_proxy.request_scan import PlacedHit, RequestRewriter, find_placeholders
+from broker_proxy.scrubber import Scrubber
 from broker_proxy.secrets.backends import SecretResolver, SecretUnavailable
 from broker_proxy.secrets.value import SecretValue
 from broker_proxy.time_source import utc_now
@@ -81,6 +83,11 @@ class Broker:
     audit: AuditLog
     metrics: BrokerMetrics
     clock: Callable[[], datetime] = utc_now
+    # Every secret of a grant, for scrubbing all its answers (see grant_scrub.py).
+    scrub_values: GrantScrubValues = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.scrub_values = GrantScrubValues(self.secrets)
 
     def decide(self, token: str | None, request: OutboundRequest, *,
                defer_durability: bool = False, wait: bool = True) -> Verdict:
@@ -182,14 +189,15 @@ class Broker:
         # AWS SigV4 (issue 7): signed by the agent's SDK with a placeholder key, signed again here.
         if resigned := self._aws_resigning(request, grant, policy, now, defer_durability,
                                            wait):
-            return resigned
+            return self._scrubbing_the_grant(resigned, grant, policy)
         # Per-grant placeholders (placeholder_format) name a secret only in their own grant.
         scanner = policy.scanner.for_grant(dict(grant.placeholders))
         hits = find_placeholders(scanner, request)
         # Header templates: set by the proxy for the grant's secrets' destinations (issue 7).
         templates = applicable_templates(policy, grant, request)
         if not hits and not templates:
-            return self._allow_without_secret(request, grant, policy)
+            return self._scrubbing_the_grant(
+                self._allow_without_secret(request, grant, policy), grant, policy)
         if len(hits) > MAX_PLACEHOLDERS_PER_REQUEST:
             return self._deny(request, grant, 403, codes.TOO_MANY_PLACEHOLDERS,
                               f"at most {MAX_PLACEHOLDERS_PER_REQUEST} placeholders per request")
@@ -243,7 +251,7 @@ class Broker:
             headers = apply_templates(headers or request.headers, templates, revealed, usernames)
         for name in names:
             self.metrics.injections.labels(name).inc()
-        return Allowed(
+        return self._scrubbing_the_grant(Allowed(
             grant_id=grant.id,
             injected=tuple(names),
             headers=headers,
@@ -255,7 +263,27 @@ class Broker:
             scrub={n: (values[n].reveal(),
                        grant.placeholder_of(n) or policy.policy.secrets[n].placeholder)
                    for n in names},
-        )
+        ), grant, policy)
+
+    def _scrubbing_the_grant(self, verdict: Verdict, grant: Grant,
+                             policy: ActivePolicy) -> Verdict:
+        """Invariant 6: the answer is scrubbed for every secret the grant holds.
+
+        The values this request injected (just resolved, or a fresh OAuth2 token) win over the
+        cached ones under the same name.
+        """
+        if not isinstance(verdict, Allowed):
+            return verdict
+        held = self.scrub_values.for_grant(grant, policy.policy)
+        for name, (value, _) in verdict.scrub.items():
+            if name in held.values and held.values[name][0] != value:
+                self.scrub_values.forget(name)  # rotated: resolve it anew
+        scrub = {**held.values, **verdict.scrub}
+        if self.may_block():
+            # Decided on a worker thread: compile a new value's patterns (20-35 ms) here, so the
+            # event loop only looks them up when the answer comes (see scrubber._Compiled).
+            Scrubber(scrub)
+        return replace(verdict, scrub=scrub, scrub_complete=held.complete)
 
     def _decoded_body(self, request: OutboundRequest, grant: Grant) -> OutboundRequest | Denied:
         try:

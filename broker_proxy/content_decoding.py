@@ -1,8 +1,9 @@
 """Undoing Content-Encoding within bounds, so a compressed echo of a secret can be scrubbed.
 
-A secret inside a gzip body is invisible to the scrubber, so a flow that carried a secret has its
-body decoded before scrubbing. Decoding is where a hostile or broken upstream hurts most (a
-kilobyte of zstd can inflate to gigabytes), so every decoder produces output in bounded slices
+A secret inside a gzip body is invisible to the scrubber, so a flow with secrets to scrub has its
+body decoded before scrubbing; transfer codings other than chunked are undone on every flow.
+Decoding is where a hostile or broken upstream hurts most (a kilobyte of zstd can inflate to
+gigabytes), so every decoder produces output in bounded slices
 and the whole is held to a size limit and a ratio limit: past either, decoding stops with
 ``BodyNotDecodable`` and the caller withholds the body rather than pass it on unscrubbed.
 
@@ -45,6 +46,22 @@ def parse_content_encoding(header: str | None) -> list[str]:
     for coding in codings:
         if coding not in _STAGES:
             raise BodyNotDecodable(f"unsupported content-encoding {coding!r}")
+    return codings
+
+
+def parse_transfer_encoding(header: str | None) -> list[str]:
+    """The transfer codings to undo besides chunked (which mitmproxy already undid).
+
+    An upstream may answer ``Transfer-Encoding: gzip, chunked``: the body is gzip under the
+    chunk framing. Such codings are undone like content codings, within the same bounds, so
+    that no client is handed encoded bytes under a label that says otherwise.
+    """
+    codings = [c.strip().lower() for c in (header or "").split(",") if c.strip()]
+    codings = ["gzip" if c == "x-gzip" else c for c in codings
+               if c not in ("chunked", "identity")]
+    for coding in codings:
+        if coding not in _STAGES or coding in ("br", "zstd"):  # not transfer codings
+            raise BodyNotDecodable(f"unsupported transfer-encoding {coding!r}")
     return codings
 
 

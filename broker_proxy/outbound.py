@@ -83,8 +83,12 @@ class Allowed:
     # The audit record of this use, when its fsync was left to the caller (group commit):
     # the request must not leave before Broker.make_durable succeeded for it.
     audit_seq: int | None = None
-    # secret name -> (real value, placeholder) for scrubbing the answer; never logged.
+    # secret name -> (real value, placeholder) for scrubbing the answer: every secret the
+    # grant holds, not only the injected ones; never logged.
     scrub: dict[str, tuple[str, str]] = field(default_factory=dict, repr=False)
+    # False when a value of the grant could not be resolved for scrubbing: the answer is
+    # withheld rather than passed on partly scrubbed.
+    scrub_complete: bool = True
 
 
 @dataclass(frozen=True, slots=True)

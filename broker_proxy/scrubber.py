@@ -40,9 +40,13 @@ that wants to leak a value it received can always do so; this guards against ech
 from __future__ import annotations
 
 import base64
-import functools
+import hashlib
+import hmac
 import json
 import re
+import secrets
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import quote
@@ -171,31 +175,36 @@ def _base64_replacement(matched: bytes, shape: _Base64Shape, placeholder: bytes)
 
 @dataclass(frozen=True, slots=True)
 class _Form:
+    """One encoding family of one secret. The placeholder is not here: the compiled patterns
+    depend only on the value, so grants with their own placeholders share them."""
+
     secret: str
     kind: str  # "text" | "hex" | "utf-16-le" | "utf-16-be" | "base64"
-    placeholder: bytes
     base64_shape: _Base64Shape | None = None
 
-    def replacement(self, matched: bytes) -> bytes:
+    def replacement(self, matched: bytes, placeholder: bytes) -> bytes:
         if self.kind == "text":
             if b"\\" in matched:  # JSON context: the placeholder must stay a valid string
-                return json.dumps(self.placeholder.decode("utf-8", "replace"))[1:-1].encode()
+                return json.dumps(placeholder.decode("utf-8", "replace"))[1:-1].encode()
             if b"%" in matched:
-                return quote(self.placeholder, safe="").encode()
-            return self.placeholder
+                return quote(placeholder, safe="").encode()
+            return placeholder
         if self.kind == "hex":
             upper = any(c in b"ABCDEF" for c in matched)
-            encoded = self.placeholder.hex()
+            encoded = placeholder.hex()
             return (encoded.upper() if upper else encoded).encode()
         if self.kind.startswith("utf-16"):
-            return self.placeholder.decode("utf-8", "replace").encode(self.kind)
+            return placeholder.decode("utf-8", "replace").encode(self.kind)
         assert self.base64_shape is not None
-        return _base64_replacement(matched, self.base64_shape, self.placeholder)
+        return _base64_replacement(matched, self.base64_shape, placeholder)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)
 class _Matcher:
-    """One form's patterns: ``search`` finds complete matches fast with ``re``."""
+    """One form's patterns: ``search`` finds complete matches fast with ``re``.
+
+    The patterns spell the secret out, so the repr names the form only.
+    """
 
     form: _Form
     full: bytes  # the whole pattern, for partial matching at a stream's end
@@ -203,20 +212,23 @@ class _Matcher:
     lead: frozenset[int] = frozenset()  # base64 edge character before ``search``'s match
     literal: re.Pattern[bytes] | None = None  # the text form when no escape can be present
 
+    def __repr__(self) -> str:
+        return f"<_Matcher {self.form.secret} {self.form.kind}>"
 
-def _matchers_of(name: str, value: bytes, placeholder: bytes) -> list[_Matcher]:
+
+def _matchers_of(name: str, value: bytes) -> list[_Matcher]:
     text = value.decode("utf-8", "surrogateescape")
     text_pattern = b"".join(_text_char_pattern(c) for c in text)
     matchers = [
-        _Matcher(_Form(name, "text", placeholder), text_pattern, re.compile(text_pattern),
+        _Matcher(_Form(name, "text"), text_pattern, re.compile(text_pattern),
                  literal=re.compile(_literal(value))),
-        _Matcher(_Form(name, "hex", placeholder), _hex_pattern(value),
+        _Matcher(_Form(name, "hex"), _hex_pattern(value),
                  re.compile(_hex_pattern(value))),
     ]
     try:
         for codec in ("utf-16-le", "utf-16-be"):
             pattern = _literal(value.decode("utf-8").encode(codec))
-            matchers.append(_Matcher(_Form(name, codec, placeholder), pattern,
+            matchers.append(_Matcher(_Form(name, codec), pattern,
                                      re.compile(pattern)))
     except UnicodeDecodeError:
         pass  # not text: it has no UTF-16 form
@@ -228,7 +240,7 @@ def _matchers_of(name: str, value: bytes, placeholder: bytes) -> list[_Matcher]:
                 continue
             full, core_first, lead = patterns
             seen.add(full)
-            form = _Form(name, "base64", placeholder, _Base64Shape(offset, len(value)))
+            form = _Form(name, "base64", _Base64Shape(offset, len(value)))
             matchers.append(_Matcher(form, full, re.compile(core_first), lead))
     return matchers
 
@@ -255,36 +267,108 @@ def _min_width(pattern: bytes) -> int:
 _Found = tuple[int, int, _Form]  # start, end, form
 
 
-class Scrubber:
-    """The compiled patterns for one flow's secrets; build once, use for every part of it.
+class _Compiled:
+    """The patterns of one secret value, without its placeholder.
 
-    Two engines, one set of patterns: ``re`` finds complete matches fast (one pattern per form,
-    each starting with a literal), and ``regex`` finds the partial match a stream may end with,
-    only over the last ``max_match_length`` bytes.
+    Building them costs 20-35 ms of CPU. They depend only on the value, so every grant holding
+    the secret (each with its own placeholder) shares them, and a secret is compiled once per
+    value for the life of the process, not per grant. The patterns spell the value out: the
+    repr counts them.
     """
+
+    __slots__ = ("matchers", "max_match_length", "min_match_length", "partial")
+
+    def __init__(self, name: str, raw: bytes) -> None:
+        self.matchers = tuple(_matchers_of(name, raw))
+        self.max_match_length = _max_match_length(raw)
+        self.min_match_length = min(_min_width(pattern) for m in self.matchers
+                                    for pattern in (m.full, m.search.pattern))
+        self.partial = regex.compile(b"|".join(b"(?:" + m.full + b")" for m in self.matchers))
+
+    def __repr__(self) -> str:
+        return f"<_Compiled {len(self.matchers)} patterns>"
+
+
+class _CompiledCache:
+    """A small LRU of compiled values, shared by the event loop and the decision threads.
+
+    Keys are keyed digests under a key drawn at start-up, so a key (in a debugger, a traceback,
+    a heap dump) says nothing about a value, not even to someone who guesses it.
+    """
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._salt = secrets.token_bytes(32)
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[bytes, _Compiled] = OrderedDict()
+        self.builds = 0  # how many values were compiled (the costly part), for tests
+
+    def get(self, name: str, raw: bytes) -> _Compiled:
+        key = hmac.new(self._salt, name.encode() + b"\0" + raw, hashlib.sha256).digest()
+        with self._lock:
+            compiled = self._entries.get(key)
+            if compiled is not None:
+                self._entries.move_to_end(key)
+                return compiled
+        compiled = _Compiled(name, raw)  # outside the lock: a build blocks no other lookup
+        with self._lock:
+            self.builds += 1
+            self._entries[key] = compiled
+            while len(self._entries) > self._size:
+                self._entries.popitem(last=False)
+        return compiled
+
+    def __repr__(self) -> str:
+        return f"<_CompiledCache {len(self._entries)} values>"
+
+
+_COMPILED = _CompiledCache(1024)
+
+
+class Scrubber:
+    """The patterns for one grant's secrets with that grant's placeholders.
+
+    Cheap to make: the compiled patterns are shared per value (see ``_Compiled``); only the
+    placeholders are this scrubber's own. Two engines, one set of patterns: ``re`` finds
+    complete matches fast (one pattern per form, each starting with a literal), and ``regex``
+    finds the partial match a stream may end with, only over the last ``max_match_length``
+    bytes.
+    """
+
+    __slots__ = ("_matchers", "_partials", "_placeholders", "max_match_length",
+                 "min_match_length")
 
     def __init__(self, scrub: Mapping[str, tuple[str, str]]) -> None:
         """``scrub`` maps secret name -> (real value, placeholder the agent used)."""
-        self._matchers: list[_Matcher] = []
-        longest = 0
+        compiled: list[_Compiled] = []
+        self._placeholders: dict[str, bytes] = {}
         for name, (value, placeholder) in scrub.items():
             raw = value.encode("utf-8", "surrogateescape")
             if len(raw) < MIN_SECRET_LENGTH:
                 continue
-            self._matchers.extend(_matchers_of(name, raw, placeholder.encode()))
-            longest = max(longest, _max_match_length(raw))
-        self.max_match_length = longest
+            compiled.append(_COMPILED.get(name, raw))
+            self._placeholders[name] = placeholder.encode()
+        self._matchers = [m for part in compiled for m in part.matchers]
+        self._partials = [part.partial for part in compiled]
+        self.max_match_length = max((part.max_match_length for part in compiled), default=0)
         # No match is shorter than this, so a shorter value (most response headers) is clean
         # without running a single pattern.
-        self.min_match_length = min((_min_width(pattern) for m in self._matchers
-                                     for pattern in (m.full, m.search.pattern)), default=0)
-        self._partial = (regex.compile(b"|".join(b"(?:" + m.full + b")"
-                                                 for m in self._matchers))
-                         if self._matchers else None)
+        self.min_match_length = min((part.min_match_length for part in compiled), default=0)
+
+    def __repr__(self) -> str:
+        return f"<Scrubber {sorted(self._placeholders)}>"
+
+    @property
+    def empty(self) -> bool:
+        """Nothing to find: every value passes unchanged."""
+        return not self._matchers
+
+    def placeholder_of(self, secret: str) -> bytes:
+        return self._placeholders[secret]
 
     def scrub(self, data: bytes) -> tuple[bytes, dict[str, int]]:
         """Scrub a whole value (a header, a reason, a buffered body)."""
-        if len(data) < self.min_match_length:
+        if len(data) < self.min_match_length or not self._matchers:
             return data, {}
         counts: dict[str, int] = {}
         out, _ = self._scrub(data, counts, final=True)
@@ -327,7 +411,7 @@ class Scrubber:
 
     def _scrub(self, data: bytes, counts: dict[str, int], *, final: bool) -> tuple[bytes, int]:
         """Scrub ``data``; return the output and how many trailing bytes were held back."""
-        if self._partial is None:
+        if not self._matchers:
             return data, 0
         found = self._find(data)
         cut = len(data)
@@ -339,7 +423,7 @@ class Scrubber:
             if start >= cut:
                 break  # found again, whole, once more bytes came
             out.append(data[position:start])
-            out.append(form.replacement(data[start:end]))
+            out.append(form.replacement(data[start:end], self._placeholders[form.secret]))
             counts[form.secret] = counts.get(form.secret, 0) + 1
             position = end
         cut = max(cut, position)  # a match found by ``re`` may reach past a partial one
@@ -356,25 +440,20 @@ class Scrubber:
         for start, end, _ in found:  # never cut through a complete match
             if start < window < end:
                 window = end
-        assert self._partial is not None
-        for match in self._partial.finditer(data, pos=window, partial=True):
-            # A match that ends with the data could still grow (base64 padding).
-            if match.partial or (may_grow and match.end() == len(data)):
-                return match.start()
-        return len(data)
+        hold = len(data)
+        for partial in self._partials:  # one pattern per value: the earliest start wins
+            for match in partial.finditer(data, pos=window, partial=True):
+                # A match that ends with the data could still grow (base64 padding).
+                if match.partial or (may_grow and match.end() == len(data)):
+                    hold = min(hold, match.start())
+                    break
+        return hold
+
 
 
 def scrubber_for(scrub: Mapping[str, tuple[str, str]]) -> Scrubber:
-    """The (cached) scrubber for these secrets: compiling one costs ~0.1 s, a flow cannot wait.
-
-    The cache holds values the process already holds (the broker resolved them to inject).
-    """
-    return _cached_scrubber(tuple(sorted(scrub.items())))
-
-
-@functools.lru_cache(maxsize=64)
-def _cached_scrubber(items: tuple[tuple[str, tuple[str, str]], ...]) -> Scrubber:
-    return Scrubber(dict(items))
+    """The scrubber for these secrets and placeholders; only a new value set compiles."""
+    return Scrubber(scrub)
 
 
 class StreamScrubber:
@@ -383,10 +462,15 @@ class StreamScrubber:
     Chunk boundaries may fall anywhere, also inside a secret; the counts add up over the stream.
     """
 
+    __slots__ = ("_held", "_scrubber", "counts")
+
     def __init__(self, scrubber: Scrubber) -> None:
         self._scrubber = scrubber
         self._held = b""
         self.counts: dict[str, int] = {}
+
+    def __repr__(self) -> str:
+        return f"<StreamScrubber holding {len(self._held)} bytes>"
 
     def feed(self, chunk: bytes) -> bytes:
         data = self._held + chunk if self._held else chunk
@@ -404,13 +488,17 @@ class StreamScrubber:
 class MessageScrubber:
     """Scrubs a sequence of messages (WebSocket frames) whose boundaries must be kept.
 
-    A secret split across two messages is found by scanning each message after the tail of the
+    A secret split across messages is found by scanning each message after the tail of the
     ones before. Bytes already delivered cannot be recalled, so a message never ends with a
-    partial match of ``MIN_SECRET_LENGTH`` bytes or more: those are moved to the next message.
-    A shorter partial match is delivered, and if the next message completes the secret, its
-    part of the secret is replaced by the placeholder: at most a few leading characters of
-    one form of a secret can reach the client.
+    partial match of ``MIN_SECRET_LENGTH`` bytes or more, counted from where the match starts,
+    also when that start was delivered in an earlier message: the undelivered part is moved to
+    the next message. So however the upstream slices a secret (down to one byte per message),
+    at most its first ``MIN_SECRET_LENGTH - 1`` bytes (of one form) reach the client; the rest
+    becomes the placeholder. A shorter partial match is delivered (holding every message that
+    ends like the start of a secret would cut ordinary messages in two).
     """
+
+    __slots__ = ("_context", "_held", "_scrubber", "counts")
 
     def __init__(self, scrubber: Scrubber) -> None:
         self._scrubber = scrubber
@@ -418,15 +506,21 @@ class MessageScrubber:
         self._held = b""  # bytes not delivered yet: a long partial match
         self.counts: dict[str, int] = {}
 
+    def __repr__(self) -> str:
+        return f"<MessageScrubber holding {len(self._held)} bytes>"
+
     def message(self, content: bytes) -> bytes:
         scrubber = self._scrubber
+        if scrubber.empty:
+            return content
         data = self._context + self._held + content
         skip = len(self._context)
         found = scrubber._find(data)
-        cut = (scrubber._hold_from(data, found, may_grow=False)
-               if scrubber._partial is not None else len(data))
-        if len(data) - cut < MIN_SECRET_LENGTH or cut < skip:
-            cut = len(data)
+        cut = scrubber._hold_from(data, found, may_grow=False)
+        if len(data) - cut < MIN_SECRET_LENGTH:
+            cut = len(data)  # a short partial match is delivered
+        # A long partial match that began in a delivered message: hold what is not delivered.
+        cut = max(cut, skip)
         out: list[bytes] = []
         position = skip
         for start, end, form in found:
@@ -435,7 +529,9 @@ class MessageScrubber:
             if start >= cut:
                 break
             out.append(data[position:max(start, skip)])
-            out.append(form.replacement(data[start:end]) if start >= skip else form.placeholder)
+            placeholder = scrubber.placeholder_of(form.secret)
+            out.append(form.replacement(data[start:end], placeholder) if start >= skip
+                       else placeholder)
             self.counts[form.secret] = self.counts.get(form.secret, 0) + 1
             position = end
         cut = max(cut, position)

@@ -168,7 +168,7 @@ class Stack:
 
 
 def start_stack(root: Path, pki: LocalPki, upstreams: Upstreams,
-                extra_args: tuple[str, ...] = ()) -> Stack:
+                extra_args: tuple[str, ...] = (), policy: str = E2E_POLICY) -> Stack:
     root.mkdir(parents=True, exist_ok=True)
     home = Home(root / "home").ensure()
     api_key = "sk-e2e-" + secrets.token_urlsafe(24)
@@ -178,7 +178,7 @@ def start_stack(root: Path, pki: LocalPki, upstreams: Upstreams,
     os.environ["BROKER_PROXY_MASTER_KEY"] = env["BROKER_PROXY_MASTER_KEY"]
     Vault(home.vault, load_or_create_master_key(home, create=True)).set("api_key", api_key)
     policy_file = root / "policy.yaml"
-    policy_file.write_text(E2E_POLICY.format(
+    policy_file.write_text(policy.format(
         api=API_HOST, api_port=upstreams.api.port, plain_port=upstreams.plain.port,
         other=OTHER_HOST, other_port=upstreams.other.port, egress=EGRESS_HOST,
         untrusted=UNTRUSTED_HOST, untrusted_port=upstreams.untrusted.port))

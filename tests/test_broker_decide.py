@@ -4,7 +4,7 @@ import json
 import secrets
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -440,7 +440,9 @@ def test_request_without_placeholder_to_a_granted_or_egress_host_is_allowed_unch
     for target in (request(path="/anything"), request(host=EGRESS, path="/simple/"),
                    request(host=EGRESS, scheme="http", port=80)):
         verdict = setup.broker.decide(issued.token, target)
-        assert verdict == Allowed(grant_id=issued.grant.id)
+        # Unchanged, and its answer scrubbed for the grant's secret all the same.
+        assert isinstance(verdict, Allowed) and set(verdict.scrub) == {"api_key"}
+        assert replace(verdict, scrub={}) == Allowed(grant_id=issued.grant.id)
     assert setup.uses(issued) == 0  # only secret-carrying requests spend uses
     assert setup.requests_total("allow", codes.ALLOWED) == 3
 

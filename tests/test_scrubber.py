@@ -12,6 +12,7 @@ from urllib.parse import quote
 import brotli
 import pytest
 
+from broker_proxy import scrubber as scrubber_module
 from broker_proxy.content_decoding import (
     BodyNotDecodable,
     DecodeLimits,
@@ -19,7 +20,7 @@ from broker_proxy.content_decoding import (
     decode_whole,
     parse_content_encoding,
 )
-from broker_proxy.scrubber import MessageScrubber, Scrubber, scrubber_for
+from broker_proxy.scrubber import MIN_SECRET_LENGTH, MessageScrubber, Scrubber, scrubber_for
 from tests.reflect_upstream import FORMS, encode_body, reflected_body
 
 try:
@@ -143,9 +144,17 @@ def test_unrelated_data_passes_unchanged() -> None:
     assert scrubber(random_value()).scrub(data) == (data, {})
 
 
-def test_compiled_scrubbers_are_reused_for_the_same_secrets() -> None:
+def test_per_grant_placeholders_reuse_the_compiled_patterns() -> None:
+    """Compiling costs 20-100 ms on the event loop: a grant's own placeholders must not."""
     value = random_value()
-    assert scrubber_for({"k": (value, PLACEHOLDER)}) is scrubber_for({"k": (value, PLACEHOLDER)})
+    before = scrubber_module._COMPILED.builds
+    first = scrubber_for({"k": (value, PLACEHOLDER)})
+    second = Scrubber({"k": (value, "sk-bp-grant0000000000000000000002")})
+    assert scrubber_module._COMPILED.builds == before + 1
+    assert first._matchers == second._matchers
+    assert first.scrub(value.encode()) == (PLACEHOLDER.encode(), {"k": 1})
+    assert second.scrub(b"<" + value.encode() + b">") == (
+        b"<sk-bp-grant0000000000000000000002>", {"k": 1})
 
 
 def test_websocket_messages_keep_their_boundaries_and_a_split_secret_is_found() -> None:
@@ -162,6 +171,56 @@ def test_websocket_messages_keep_their_boundaries_and_a_split_secret_is_found() 
     second = messages.message(value[3:].encode())
     assert first == b"x" + value[:3].encode() and second == PLACEHOLDER.encode()
     assert messages.counts == {"api_key": 3}
+
+
+def test_a_secret_dripped_one_byte_per_message_never_passes() -> None:
+    value = random_value()
+    messages = MessageScrubber(scrubber(value))
+    out = [messages.message(bytes([byte])) for byte in b"echo:" + value.encode() + b":done"]
+    joined = b"".join(out)
+    assert joined == b"echo:" + value[:3].encode() + PLACEHOLDER.encode() + b":done"
+    assert len(out) == len(b"echo:" + value.encode() + b":done")  # one answer per message
+
+
+def _leaks(value: bytes, form: str, output: bytes) -> list[bytes]:
+    """Windows of the secret's own bytes in the form that are in ``output``.
+
+    The secret's own bytes are those that change when the value does (a base64 blob also
+    encodes its neighbours). 4 bytes of the raw value (the most a message may show is its
+    first 3), 8 of an encoded form (its alphabet is smaller, so 4 would match by chance).
+    """
+    alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    other = bytes(alphabet[(alphabet.index(b) + 1) % 64] for b in value)  # same escaping
+    encoded, control = FORMS[form](value), FORMS[form](other)
+    width = MIN_SECRET_LENGTH if form == "raw" else 8
+    runs, run = [], b""
+    for mine, theirs in zip(encoded, control, strict=True):
+        if mine != theirs:
+            run += bytes([mine])
+        elif run:
+            runs.append(run)
+            run = b""
+    runs.append(run)
+    return [r[i:i + width] for r in runs for i in range(len(r) - width + 1)
+            if r[i:i + width] in output]
+
+
+def test_every_message_and_chunk_size_for_every_form_hides_the_secret() -> None:
+    """Each form, cut into pieces of every size from 1 byte to twice its longest encoding."""
+    value = random_value().encode()
+    scrub = Scrubber({"api_key": (value.decode(), PLACEHOLDER)})
+    bodies = {form: b"before " + FORMS[form](value) + b" after" for form in FORMS}
+    longest = max(len(FORMS[form](value)) for form in FORMS)
+    for form, body in bodies.items():
+        whole, _ = scrub.scrub(body)
+        for size in range(1, 2 * longest + 1):
+            pieces = [body[i:i + size] for i in range(0, len(body), size)]
+            stream = scrub.stream()
+            streamed = b"".join(stream.feed(piece) for piece in pieces) + stream.finish()
+            assert streamed == whole, (form, size)
+            messages = MessageScrubber(scrub)
+            delivered = [messages.message(piece) for piece in pieces]
+            assert not _leaks(value, form, b"".join(delivered) + messages.finish()), (form, size)
 
 
 PLAIN = b"the secret goes here " * 500 + secrets.token_bytes(3000)

@@ -38,6 +38,10 @@ class CredentialResolver:
         """The backend's value itself (a client key for the TLS layer), never for a request."""
         return self.backends.resolve(secret)
 
+    def minted_token(self, secret: SecretPolicy) -> SecretValue | None:
+        """The access token currently held for an ``oauth2`` secret, without minting one."""
+        return self.minter.cached_token(secret) if secret.oauth2 is not None else None
+
     def upstream_answered(self, status: int, scrub: dict[str, tuple[str, str]]) -> None:
         """A 401 means the access tokens the request carried are no good: mint new ones next."""
         if status != 401:

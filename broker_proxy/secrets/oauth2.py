@@ -120,6 +120,13 @@ class TokenMinter:
             self._cache[key] = _Cached(token, now + lifetime - margin, now)
             return token
 
+    def cached_token(self, secret: SecretPolicy) -> SecretValue | None:
+        """The token held for ``secret`` (also one due for refresh), or None; never mints."""
+        assert secret.oauth2 is not None
+        with self._lock:
+            cached = self._cache.get((secret.name, secret.oauth2))
+        return cached.token if cached is not None else None
+
     def token_rejected(self, secret_name: str, token: str) -> bool:
         """An upstream answered 401 to ``token``: drop it so the next request mints afresh.
 

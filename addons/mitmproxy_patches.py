@@ -1,0 +1,21 @@
+"""Every patch of mitmproxy's internals the broker relies on, installed before the proxy starts.
+
+Each lives in its own module with the reason it exists, and each refuses to start (with one
+clear line) on a mitmproxy that lacks what it patches, rather than silently doing nothing.
+"""
+
+from __future__ import annotations
+
+from addons import (
+    informational_responses,
+    response_limits,
+    upstream_error_pages,
+    websocket_controls,
+)
+
+
+def install() -> None:
+    response_limits.install()  # long downloads reach responseheaders, which streams them
+    upstream_error_pages.install()  # no upstream bytes in the error pages mitmproxy writes
+    informational_responses.install()  # a 1xx never answers a request, nor the next one
+    websocket_controls.install()  # close reasons and ping/pong payloads are scrubbed
