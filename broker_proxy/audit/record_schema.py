@@ -1,0 +1,82 @@
+"""The published JSON Schema of an audit record, and a fast check of records against it.
+
+The schema (schemas/audit-record.v1.json) is the contract for anyone reading the log or the
+jsonl export. `audit verify` checks every record against it, so a writer that starts producing
+another shape is caught. A general JSON Schema validator costs tens of microseconds a record; a
+log has millions, so the check here interprets only what the schema uses (required members,
+`type`, `enum`, array `items`), compiled once into plain type tests. The tests hold it to
+agreement with a full validator.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from functools import cache
+from importlib import resources
+from typing import Any
+
+RECORD_SCHEMA_FILE = "audit-record.v1.json"
+REPORT_SCHEMA_FILE = "audit-report.v1.json"
+
+_JSON_TYPES: dict[str, Callable[[object], bool]] = {
+    "string": lambda v: isinstance(v, str),
+    "integer": lambda v: type(v) is int,
+    "number": lambda v: type(v) in (int, float),
+    "boolean": lambda v: type(v) is bool,
+    "null": lambda v: v is None,
+    "array": lambda v: isinstance(v, list),
+    "object": lambda v: isinstance(v, dict),
+}
+
+
+def load_schema(name: str) -> dict[str, Any]:
+    """A schema shipped in the package (broker_proxy/audit/schemas/NAME)."""
+    text = resources.files("broker_proxy.audit").joinpath("schemas", name).read_text()
+    return json.loads(text)
+
+
+def _compile(spec: dict[str, Any]) -> Callable[[object], bool]:
+    kinds = spec.get("type")
+    tests = [_JSON_TYPES[k] for k in ([kinds] if isinstance(kinds, str) else kinds or [])]
+    enum = spec.get("enum")
+    items = _compile(spec["items"]) if "items" in spec else None
+
+    def check(value: object) -> bool:
+        if enum is not None and value not in enum:
+            return False
+        if tests and not any(test(value) for test in tests):
+            return False
+        return items is None or not isinstance(value, list) or all(map(items, value))
+
+    return check
+
+
+@cache
+def _record_checker() -> tuple[tuple[str, ...], dict[str, Callable[[object], bool]],
+                               Callable[[object], bool]]:
+    schema = load_schema(RECORD_SCHEMA_FILE)
+    properties = {name: _compile(spec) for name, spec in schema["properties"].items()}
+    return tuple(schema["required"]), properties, _compile(schema["additionalProperties"])
+
+
+def record_problem(record: dict[str, Any]) -> str | None:
+    """Why this record does not match the audit record schema, or None when it does."""
+    required, properties, other = _record_checker()
+    for name in required:
+        if name not in record:
+            return f"lacks {name!r}"
+    for name, value in record.items():
+        check = properties.get(name, other)
+        if not check(value):
+            return f"field {name!r} does not match the audit record schema"
+    return None
+
+
+def first_schema_problem(records: Iterable[dict[str, Any]]) -> str | None:
+    """`seq N: why` for the first record that does not match, or None."""
+    for record in records:
+        problem = record_problem(record)
+        if problem is not None:
+            return f"seq {record.get('seq')}: {problem}"
+    return None
