@@ -63,12 +63,12 @@ def render_html(report: dict[str, Any]) -> str:
     integrity = report["integrity"]
     banner_class = "ok" if integrity["ok"] else "bad"
     out = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
+        # The verdict is on the file's first line, as in every format.
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        f"<title>{_e(integrity['headline'])}</title>",
         # Nothing may be fetched: the file must be complete evidence by itself.
         '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; '
         "style-src 'unsafe-inline'; img-src data:\">",
-        f"<title>{_e(integrity['headline'])}</title>",
         f"<style>{_STYLE}</style></head><body>",
         f'<div class="banner {banner_class}" id="integrity">{_e(integrity["headline"])}</div>',
         f"<p>Re-verify: <code>{_e(integrity['reverify'])}</code></p>",
