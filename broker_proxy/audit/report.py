@@ -195,6 +195,8 @@ class ReportBuilder:
         event = record.get("event")
         grant_id = record.get("grant")
         facts = self._grants.get(grant_id) if isinstance(grant_id, str) else None
+        if not isinstance(grant_id, str) and self._unfiltered() and self._scope_time(record):
+            self._count(record)  # proxy and policy records belong to a report on everything
         if event in ("policy_reloaded", "policy_loaded"):
             if self._scope_time(record):
                 self._policy_changes.append({"ts": record.get("ts"), "event": event,
@@ -203,7 +205,8 @@ class ReportBuilder:
         if not isinstance(grant_id, str):
             if event == "request" and record.get("decision") == "deny" and self._in_scope(
                     record, None):
-                self._count(record)
+                if not self._unfiltered():
+                    self._count(record)
                 self._refuse(None, record)
             return
         if facts is None:
@@ -225,6 +228,11 @@ class ReportBuilder:
             self._request(facts, record)
         elif event == "response":
             self._response(facts, record)
+
+    def _unfiltered(self) -> bool:
+        scope = self.scope
+        return scope.agent is None and scope.task is None and scope.grant is None and \
+            scope.secret is None
 
     def _scope_time(self, record: dict[str, Any]) -> bool:
         ts = record.get("ts") or ""
@@ -306,7 +314,8 @@ class ReportBuilder:
                           "secret used outside the usual hours", record)
         if facts.max_uses is not None and facts.uses == facts.max_uses:
             self._anomaly("grant_used_up", facts.grant_id, "",
-                          f"all {facts.max_uses} uses spent", record)
+                          f"all {facts.max_uses} uses spent (the last use, then any "
+                          "refusals for it)", record)
 
     def _response(self, facts: _GrantFacts, record: dict[str, Any]) -> None:
         status = record.get("status")
