@@ -43,6 +43,9 @@ _CLASS_NAME: Final = {API_ACTIVITY: "API Activity", AUTHORIZE_SESSION: "Authoriz
 _API_ACTIVITY_BY_METHOD: Final = {"POST": (1, "Create"), "GET": (2, "Read"), "HEAD": (2, "Read"),
                                   "OPTIONS": (2, "Read"), "PUT": (3, "Update"),
                                   "PATCH": (3, "Update"), "DELETE": (4, "Delete")}
+# http_request.http_method is an enum in OCSF 1.1.0.
+_OCSF_HTTP_METHODS: Final = frozenset({"OPTIONS", "GET", "HEAD", "POST", "PUT", "DELETE", "TRACE",
+                                       "CONNECT"})
 _MAPPED: Final = frozenset({"seq", "ts", "event", "decision", "agent", "task", "method", "scheme",
                             "host", "port", "path", "status", "duration_ms", "prev", "mac",
                             LOG_TAG})
@@ -114,7 +117,12 @@ def to_ocsf(record: dict[str, Any]) -> dict[str, Any]:
                    "scheme": str(record.get("scheme") or "https")}
             if isinstance(record.get("port"), int):
                 url["port"] = record["port"]
-            out["http_request"] = {"http_method": str(record.get("method")), "url": url}
+            out["http_request"] = {"url": url}
+            method = str(record.get("method")).upper()
+            if method in _OCSF_HTTP_METHODS:
+                out["http_request"]["http_method"] = method
+            else:  # OCSF 1.1 has no PATCH (nor WebDAV verbs): api.operation still names it
+                out["unmapped_method"] = method
         if secrets:
             out["resources"] = [{"name": name, "type": "secret"} for name in secrets]
         if record.get("status") is not None:
@@ -131,7 +139,10 @@ def to_ocsf(record: dict[str, Any]) -> dict[str, Any]:
             out["policy"] = {"name": f"grant {grant}", "uid": str(grant)}
     else:
         out["app"] = _PRODUCT
+    unmapped_method = out.pop("unmapped_method", None)
     out["unmapped"] = {name: value for name, value in record.items()
                        if name not in _MAPPED and value not in (None, [], "")}
     out["unmapped"]["event"] = event
+    if unmapped_method is not None:
+        out["unmapped"]["method"] = unmapped_method
     return out
