@@ -196,6 +196,11 @@ def test_filters_narrow_the_report(scenario: Scenario) -> None:
     assert {g["id"] for g in by_secret["grants"]} == {scenario.bot, scenario.dropped}
     by_grant = json.loads(report(scenario, "json", "--grant", scenario.bot))
     assert [g["id"] for g in by_grant["grants"]] == [scenario.bot]
+    templated = json.loads(report(scenario, "json", "--grant", scenario.careful,
+                                  "--policy", str(scenario.stack.policy_file)))
+    assert [(u["method"], u["path"], u["count"], u["statuses"])
+            for u in templated["grants"][0]["uses_by_target"]] == [
+        ("GET", "/v1/**", 2, {"200": 2}), ("POST", "/v1/**", 1, {"200": 1})]
     later = json.loads(report(scenario, "json", "--since", "2999-01-01"))
     assert later["grants"] == [] and later["records"] == 0
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, time
 from typing import Any, Final
 
+from broker_proxy.audit.path_templates import PathTemplate
 from broker_proxy.audit.reading import LOG_TAG
 
 REPORT_SCHEMA: Final = "broker-proxy/audit-report/v1"
@@ -153,8 +154,10 @@ class _GrantFacts:
 class ReportBuilder:
     """Feed records in log order with `feed`; `result()` gives the report dict."""
 
-    def __init__(self, scope: Scope | None = None) -> None:
+    def __init__(self, scope: Scope | None = None,
+                 path_template: PathTemplate | None = None) -> None:
         self.scope = scope or Scope()
+        self._template = path_template
         self._grants: dict[str, _GrantFacts] = {}
         self._anomalies: dict[tuple[str, str, str], tuple[str, _Evidence]] = {}
         self._refusals: dict[str, Counter] = {}
@@ -287,8 +290,7 @@ class ReportBuilder:
             return
         self._daily.setdefault(day, Counter())["uses"] += 1
         facts.uses += 1
-        key = (tuple(record.get("secrets") or ()), record.get("scheme"), record.get("host"),
-               record.get("port"), record.get("method"), record.get("path"))
+        key = self._group_key(record)
         group = facts.groups.get(key)
         if group is None:
             group = facts.groups[key] = _UseGroup(first=ts)
@@ -317,11 +319,16 @@ class ReportBuilder:
                           f"all {facts.max_uses} uses spent (the last use, then any "
                           "refusals for it)", record)
 
+    def _group_key(self, record: dict[str, Any]) -> tuple:
+        names = tuple(record.get("secrets") or ())
+        host, port, path = record.get("host"), record.get("port"), record.get("path")
+        if self._template is not None:
+            path = self._template(names, host, port, path) or path
+        return (names, record.get("scheme"), host, port, record.get("method"), path)
+
     def _response(self, facts: _GrantFacts, record: dict[str, Any]) -> None:
         status = record.get("status")
-        key = (tuple(record.get("secrets") or ()), record.get("scheme"), record.get("host"),
-               record.get("port"), record.get("method"), record.get("path"))
-        group = facts.groups.get(key)
+        group = facts.groups.get(self._group_key(record))
         if group is not None:
             group.statuses["none" if status is None else str(status)] += 1
         redactions = record.get("redactions") or 0
@@ -442,8 +449,9 @@ class ReportBuilder:
         }
 
 
-def build_report(records: Iterable[dict[str, Any]], scope: Scope | None = None) -> dict[str, Any]:
-    builder = ReportBuilder(scope)
+def build_report(records: Iterable[dict[str, Any]], scope: Scope | None = None,
+                 path_template: PathTemplate | None = None) -> dict[str, Any]:
+    builder = ReportBuilder(scope, path_template)
     for record in records:
         builder.feed(record)
     return builder.result()

@@ -13,12 +13,14 @@ from broker_proxy.audit.checkpoint import CheckpointPaths
 from broker_proxy.audit.export import FORMATS, Exporter, ExportError, resume_point
 from broker_proxy.audit.files import chain_files
 from broker_proxy.audit.integrity import integrity_statement
+from broker_proxy.audit.path_templates import templater
 from broker_proxy.audit.reading import chains_of, read_merged
 from broker_proxy.audit.report import ReportBuilder, Scope, normalise_time, parse_window
 from broker_proxy.audit.report_html import render_html
 from broker_proxy.audit.report_text import render_csv, render_text
 from broker_proxy.cli.common import home_of
 from broker_proxy.cli.errors import CliError
+from broker_proxy.policy.loader import load_policy
 
 REPORT_FORMATS = ("text", "json", "html", "csv")
 FOLLOW_INTERVAL = 0.25
@@ -44,6 +46,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     report.add_argument("--until", metavar="TIME", help="up to this time, exclusive")
     report.add_argument("--window", metavar="HH:MM-HH:MM",
                         help="usual hours (UTC); activity outside them is an anomaly")
+    report.add_argument("--policy", metavar="FILE",
+                        help="group paths under this policy's path patterns (default: the "
+                        "paths as sent)")
     report.add_argument("--key", metavar="FILE", help="audit key (default <home>/audit.key)")
     report.add_argument("--checkpoints", metavar="FILE",
                         help="signed checkpoints to check (default <home>/audit.checkpoints "
@@ -97,7 +102,8 @@ def report_command(args: argparse.Namespace) -> int:
     with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
         verifying = pool.submit(integrity_statement, paths, key, checkpoints=checkpoints,
                                 public_key=public, home=home.root)
-        builder = ReportBuilder(scope)
+        builder = ReportBuilder(scope, templater(load_policy(args.policy))
+                                if args.policy else None)
         for record in read_merged(chains_of(paths)):
             builder.feed(record)
         report = {"integrity": verifying.result(), **builder.result()}
