@@ -11,13 +11,12 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
 from broker_proxy.audit.export_ocsf import to_ocsf
-from broker_proxy.audit.files import chain_files
-from broker_proxy.audit.reading import LOG_TAG, read_chain
+from broker_proxy.audit.reading import LOG_TAG, ChainTail
 
 FORMATS = ("jsonl", "ocsf")
 _TAIL_BYTES = 1 << 20
@@ -87,12 +86,12 @@ class Exporter:
             raise ValueError(f"format must be one of {FORMATS}")
         self._live, self._fmt, self._sink = live, fmt, sink
         self.next_seq = start
-        self._held: tuple[int, int, int] | None = None  # live file (dev, ino) and offset read
+        self._tail = ChainTail(live)
 
     def run_once(self) -> int:
         """Export what the log holds now; returns the number of records written."""
         written, batch = 0, bytearray()
-        for record in self._new_records():
+        for record in self._tail.new_records():
             if record["seq"] < self.next_seq:
                 continue
             if record["seq"] != self.next_seq:
@@ -104,46 +103,6 @@ class Exporter:
                 self._flush(batch)
         self._flush(batch)
         return written
-
-    def _new_records(self) -> Iterator[dict[str, Any]]:
-        """From where the last look ended in the same live file, else the whole chain again."""
-        if self._held is not None:
-            try:
-                info = os.stat(self._live)
-            except OSError:
-                return  # momentarily gone (a rotation renames over it): look again later
-            if (info.st_dev, info.st_ino) == self._held[:2]:
-                yield from self._read_live(self._held[2])
-                return
-        for file in chain_files(self._live):
-            if file == self._live:
-                yield from self._read_live(0)
-            else:
-                yield from read_chain(file, tag=self._live.name)
-
-    def _read_live(self, offset: int) -> Iterator[dict[str, Any]]:
-        try:
-            handle = open(self._live, "rb")  # noqa: SIM115 (closed in finally)
-        except FileNotFoundError:
-            return
-        try:
-            info = os.fstat(handle.fileno())
-            handle.seek(offset)
-            for line in handle:
-                if not line.endswith(b"\n"):
-                    break  # being written: read it whole next time
-                offset += len(line)
-                self._held = (info.st_dev, info.st_ino, offset)
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(record, dict) and type(record.get("seq")) is int:
-                    record[LOG_TAG] = self._live.name
-                    yield record
-            self._held = (info.st_dev, info.st_ino, offset)
-        finally:
-            handle.close()
 
     def follow(self, interval: float, stop: Callable[[], bool] = lambda: False) -> None:
         while not stop():

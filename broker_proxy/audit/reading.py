@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import heapq
 import json
+import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -73,3 +74,55 @@ def _distinct_names(lives: list[Path]) -> list[str]:
     if len(set(names)) == len(names):
         return names
     return [str(live) for live in lives]
+
+
+class ChainTail:
+    """Reads a chain's new records as it grows, across rotations, for exporters that follow it.
+
+    It remembers the live file (device, inode) and how far it read; while the name still points
+    at that file it reads on from there, and after a rotation it reads the whole chain again
+    (the caller skips the seqs it has), so nothing is missed however many rotations happened.
+    """
+
+    def __init__(self, live: Path) -> None:
+        self._live = live
+        self._held: tuple[int, int, int] | None = None  # live file (dev, ino) and offset read
+
+    def new_records(self) -> Iterator[dict[str, Any]]:
+        if self._held is not None:
+            try:
+                info = os.stat(self._live)
+            except OSError:
+                return  # momentarily gone (a rotation renames over it): look again later
+            if (info.st_dev, info.st_ino) == self._held[:2]:
+                yield from self._read_live(self._held[2])
+                return
+        for file in chain_files(self._live):
+            if file == self._live:
+                yield from self._read_live(0)
+            else:
+                yield from read_chain(file, tag=self._live.name)
+
+    def _read_live(self, offset: int) -> Iterator[dict[str, Any]]:
+        try:
+            handle = open(self._live, "rb")  # noqa: SIM115 (closed in finally)
+        except FileNotFoundError:
+            return
+        try:
+            info = os.fstat(handle.fileno())
+            handle.seek(offset)
+            for line in handle:
+                if not line.endswith(b"\n"):
+                    break  # being written: read it whole next time
+                offset += len(line)
+                self._held = (info.st_dev, info.st_ino, offset)
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(record, dict) and type(record.get("seq")) is int:
+                    record[LOG_TAG] = self._live.name
+                    yield record
+            self._held = (info.st_dev, info.st_ino, offset)
+        finally:
+            handle.close()

@@ -10,12 +10,17 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from broker_proxy.assembly import open_broker
 from broker_proxy.cli.common import add_policy_option, home_of, policy_file_of
 from broker_proxy.cli.errors import CliError
 from broker_proxy.cli.store_option import add_store_option
 from broker_proxy.home import Home
+
+if TYPE_CHECKING:
+    from broker_proxy.audit.otlp import OtlpShipper
+    from broker_proxy.broker import Broker
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -52,6 +57,9 @@ def register(commands: argparse._SubParsersAction) -> None:
                      "at least 4096; K/M/G suffixes)")
     run.add_argument("--audit-checkpoint-every", default=None, metavar="DURATION",
                      help="write a signed audit checkpoint this often, e.g. 5m (default: off)")
+    run.add_argument("--otlp-endpoint", default=None, metavar="URL",
+                     help="also send every audit record to this OTLP/HTTP collector, e.g. "
+                     "http://127.0.0.1:4318 (from the log, on its own thread; default: off)")
     run.set_defaults(handler=run_command)
 
 
@@ -121,6 +129,25 @@ def _share_metrics(workers: int, worker: bool) -> Path | None:
     return directory
 
 
+def _start_otlp(broker: Broker, home: Home, endpoint: str, replica: str | None) -> OtlpShipper:
+    """Ship the audit log to a collector; one process of a worker group does it."""
+    # Imported here: the OpenTelemetry SDK is an optional extra, loaded only for this option.
+    try:
+        from broker_proxy.audit.otlp import OtlpShipper, logs_url
+    except ImportError:
+        raise CliError("--otlp-endpoint needs the OpenTelemetry SDK: "
+                       "pip install 'broker-proxy[otlp]'") from None
+
+    try:
+        logs_url(endpoint)
+    except ValueError as error:
+        raise CliError(f"--otlp-endpoint: {error}") from None
+    return OtlpShipper(home.audit_log, home.root / "otlp.position", endpoint,
+                       on_sent=broker.metrics.otlp_records_sent.inc,
+                       on_unsent=broker.metrics.otlp_records_unsent.inc,
+                       instance=replica).start()
+
+
 def run_command(args: argparse.Namespace) -> int:
     from addons.runner import ProxySettings, serve
 
@@ -152,6 +179,8 @@ def run_command(args: argparse.Namespace) -> int:
         broker, home, audit_max_bytes=args.audit_max_bytes,
         checkpoint_every=parse_duration(every).total_seconds() if every else None,
     ) if not worker else None
+    shipper = _start_otlp(broker, home, args.otlp_endpoint, args.replica_id) \
+        if args.otlp_endpoint and not worker else None
     from broker_proxy.run_services import start_services
 
     services = start_services(broker, home, policy_file_of(args), admin)
@@ -213,6 +242,8 @@ def run_command(args: argparse.Namespace) -> int:
         services.stop()
         if observability is not None:
             observability.stop()
+        if shipper is not None:
+            shipper.stop()
         if not worker:
             home.runtime.unlink(missing_ok=True)
         broker.audit.append("proxy_stopped", decision="allow", reason="stopped")
