@@ -19,6 +19,9 @@ from typing import Any
 from broker_proxy.audit.files import chain_files, chains_in
 
 LOG_TAG = "_log"  # added by the reader, never written to the log
+# Lines are ASCII (the writer escapes everything else): decode them directly, without
+# json.loads's per-call encoding detection, which is a tenth of a report's time.
+_decode = json.JSONDecoder().decode
 
 
 def chains_of(paths: Iterable[Path]) -> list[Path]:
@@ -47,8 +50,8 @@ def read_chain(live: Path, *, tag: str | None = None,
                 if not line.endswith(b"\n"):
                     break  # a torn tail: not a record (yet)
                 try:
-                    record = json.loads(line)
-                except ValueError:
+                    record = _decode(line.decode("utf-8"))
+                except ValueError:  # also UnicodeDecodeError: not a line the writer wrote
                     continue
                 if isinstance(record, dict) and type(record.get("seq")) is int:
                     if tagged:
