@@ -21,6 +21,7 @@ import pytest
 
 from broker_proxy.audit.export import resume_point
 from broker_proxy.audit.log import AuditLog
+from broker_proxy.audit.record_schema import OCSF_EXPORT_SCHEMA_FILE, load_schema
 
 OCSF = json.loads((Path(__file__).parent / "data" / "ocsf-1.1.0-excerpt.json").read_text())
 GRANT = {"grant": "g_1", "agent": "bot", "task": "sync"}
@@ -75,10 +76,12 @@ def test_ocsf_export_validates_against_the_ocsf_schema(tmp_path: Path) -> None:
     assert [e["metadata"]["sequence"] for e in events] == list(range(len(events)))
     validators = {uid: jsonschema.Draft202012Validator(schema)
                   for uid, schema in OCSF["classes"].items()}
+    ours = jsonschema.Draft202012Validator(load_schema(OCSF_EXPORT_SCHEMA_FILE))
     seen = set()
     for event in events:
         errors = [e.message for e in validators[str(event["class_uid"])].iter_errors(event)]
         assert errors == [], (event["unmapped"]["event"], errors)
+        ours.validate(event)
         seen.add((event["unmapped"]["event"], event["class_uid"], event["activity_id"]))
     assert {("request", 6003, 2), ("request", 6003, 1), ("request", 6003, 3),
             ("request", 6003, 4), ("request", 6003, 99), ("response", 6003, 2),

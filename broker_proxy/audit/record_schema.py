@@ -18,6 +18,7 @@ from typing import Any
 
 RECORD_SCHEMA_FILE = "audit-record.v1.json"
 REPORT_SCHEMA_FILE = "audit-report.v1.json"
+OCSF_EXPORT_SCHEMA_FILE = "audit-export-ocsf.v1.json"
 
 _JSON_TYPES: dict[str, Callable[[object], bool]] = {
     "string": lambda v: isinstance(v, str),
