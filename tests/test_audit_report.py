@@ -262,3 +262,23 @@ def test_report_builder_feeds_in_bounded_state() -> None:
                       "port": 443, "path": "/v1/x", **GRANT})
     [grant] = builder.result()["grants"]
     assert grant["uses"] == 20000 and len(grant["uses_by_target"]) == 1
+
+
+def test_signed_checkpoints_are_named_in_the_integrity_statement(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write(tmp_path / "audit.log", tmp_path / "audit.key", 4)
+    assert main(["--home", str(tmp_path), "audit", "checkpoint"]) == 0
+    public = (tmp_path / "audit-checkpoint.pub").read_text().strip()
+    capsys.readouterr()
+    assert main(["--home", str(tmp_path), "audit", "report", "--format", "json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["integrity"]["checkpoints"]["key"] == public
+    assert data["integrity"]["checkpoints"]["count"] == 1
+    assert data["headline"].endswith(f"1 signed checkpoint(s) match (key {public})")
+    assert "--checkpoints" in data["integrity"]["reverify"]
+    # Cut the newest record at a line boundary: only the checkpoint can tell.
+    lines = (tmp_path / "audit.log").read_bytes().splitlines(keepends=True)
+    (tmp_path / "audit.log").write_bytes(b"".join(lines[:-1]))
+    assert main(["--home", str(tmp_path), "audit", "report"]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith("INTEGRITY FAILED") and "checkpoint" in first
