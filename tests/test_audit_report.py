@@ -282,3 +282,14 @@ def test_signed_checkpoints_are_named_in_the_integrity_statement(
     assert main(["--home", str(tmp_path), "audit", "report"]) == 0
     first = capsys.readouterr().out.splitlines()[0]
     assert first.startswith("INTEGRITY FAILED") and "checkpoint" in first
+
+
+def test_csv_cells_an_agent_controls_never_start_a_formula(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    log = AuditLog.open(tmp_path / "audit.log", tmp_path / "audit.key")
+    log.append("grant_issued", decision="allow", reason="issued", by="ops", secrets=["github"],
+               grant="g_9", agent="bot", task='=HYPERLINK("http://evil.example","x")')
+    log.close()
+    assert main(["--home", str(tmp_path), "audit", "report", "--format", "csv"]) == 0
+    text = capsys.readouterr().out
+    assert "'=HYPERLINK" in text and ',=HYPERLINK' not in text
