@@ -214,8 +214,10 @@ class BrokerAddon:
             if note_status := getattr(self.broker.secrets, "upstream_answered", None):
                 note_status(flow.response.status_code, verdict.scrub)
             redactions = response_scrubbing.on_response(flow, verdict)
+            withheld = response_scrubbing.was_withheld(flow)
         except Exception as error:  # withhold rather than pass on unscrubbed
             log.error("response scrub failed: %s", type(error).__name__)
+            withheld = not flow.response.stream
             if flow.response.stream:  # headers are gone: abort instead
                 if flow.killable:
                     flow.kill()
@@ -223,7 +225,8 @@ class BrokerAddon:
                 self._withhold(flow, verdict)
             redactions = {}
         self.broker.record_response(verdict, outbound, flow.response.status_code,
-                                    (time.monotonic() - started) * 1000, redactions)
+                                    (time.monotonic() - started) * 1000, redactions,
+                                    withheld=withheld)
 
     @staticmethod
     def _withhold(flow: http.HTTPFlow, verdict: Allowed) -> None:

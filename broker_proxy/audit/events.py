@@ -30,4 +30,5 @@ EVENTS: Final[dict[str, str]] = {
 EXTRA_FIELDS: Final[tuple[str, ...]] = (
     "by", "fingerprints", "redactions", "expires_at", "uses", "policy", "errors",
     "revoked_grants", "previous_file", "torn_bytes", "message", "max_uses", "grant_status",
+    "withheld",
 )
