@@ -20,14 +20,10 @@ RECORD_SCHEMA_FILE = "audit-record.v1.json"
 REPORT_SCHEMA_FILE = "audit-report.v1.json"
 OCSF_EXPORT_SCHEMA_FILE = "audit-export-ocsf.v1.json"
 
-_JSON_TYPES: dict[str, Callable[[object], bool]] = {
-    "string": lambda v: isinstance(v, str),
-    "integer": lambda v: type(v) is int,
-    "number": lambda v: type(v) in (int, float),
-    "boolean": lambda v: type(v) is bool,
-    "null": lambda v: v is None,
-    "array": lambda v: isinstance(v, list),
-    "object": lambda v: isinstance(v, dict),
+# Decoded JSON has exact types, so a type test is one set lookup (bool is not an integer here).
+_PY_TYPES: dict[str, tuple[type, ...]] = {
+    "string": (str,), "integer": (int,), "number": (int, float), "boolean": (bool,),
+    "null": (type(None),), "array": (list,), "object": (dict,),
 }
 
 
@@ -39,18 +35,16 @@ def load_schema(name: str) -> dict[str, Any]:
 
 def _compile(spec: dict[str, Any]) -> Callable[[object], bool]:
     kinds = spec.get("type")
-    tests = [_JSON_TYPES[k] for k in ([kinds] if isinstance(kinds, str) else kinds or [])]
+    allowed = frozenset(t for kind in ([kinds] if isinstance(kinds, str) else kinds or [])
+                        for t in _PY_TYPES[kind])
     enum = spec.get("enum")
     items = _compile(spec["items"]) if "items" in spec else None
-
-    def check(value: object) -> bool:
-        if enum is not None and value not in enum:
-            return False
-        if tests and not any(test(value) for test in tests):
-            return False
-        return items is None or not isinstance(value, list) or all(map(items, value))
-
-    return check
+    if enum is not None:
+        return lambda value: any(value == e and type(value) is type(e) for e in enum)
+    if items is None:
+        return lambda value: type(value) in allowed
+    return lambda value: type(value) in allowed and (
+        type(value) is not list or all(map(items, value)))
 
 
 @cache
