@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shlex
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -195,6 +196,12 @@ def test_rotated_files_are_one_chain_in_the_report(tmp_path: Path,
     assert chain["rotations"] >= 5 and chain["ok"]
     assert data["grants"][0]["uses"] == 120
     jsonschema.Draft202012Validator(load_schema(REPORT_SCHEMA_FILE)).validate(data)
+    # The command the report gives to re-verify works as printed.
+    argv = shlex.split(data["integrity"]["reverify"])
+    assert argv[0] == "broker-proxy"
+    done = subprocess.run([sys.executable, "-m", "broker_proxy.cli", *argv[1:]],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "records verify in" in done.stdout, done.stderr
 
 
 def test_missing_key_is_not_reported_as_verified(tmp_path: Path,

@@ -47,14 +47,19 @@ def integrity_statement(paths: list[Path], key_path: Path, *, checkpoints: Path 
         checkpoint_info = _checkpoints(paths, key_path, checkpoints, public_key)
         if checkpoint_info["problem"] and problem is None:
             problem = checkpoint_info["problem"]
-    command = ["broker-proxy"]
-    if home is not None:
-        command += ["--home", str(home)]
-    command += ["audit", "verify", *(str(path) for path in paths[:1])]
-    if checkpoints is not None and len(paths) == 1:
-        command += ["--checkpoints", str(checkpoints)]
-        if public_key is not None:
-            command += ["--public-key", str(public_key)]
+    commands = []
+    # `audit verify` reads <home>/audit.key: name the home that holds the key used here.
+    key_home = Path(key_path).parent if Path(key_path).name == "audit.key" else home
+    for path in paths:  # `audit verify` takes one log or directory
+        command = ["broker-proxy"]
+        if key_home is not None:
+            command += ["--home", str(key_home)]
+        command += ["audit", "verify", str(path)]
+        if checkpoints is not None and len(paths) == 1:
+            command += ["--checkpoints", str(checkpoints)]
+            if public_key is not None:
+                command += ["--public-key", str(public_key)]
+        commands.append(shlex.join(command))
     ok = problem is None
     if ok:
         total = sum(chain["records"] for chain in chains)
@@ -69,7 +74,7 @@ def integrity_statement(paths: list[Path], key_path: Path, *, checkpoints: Path 
     else:
         headline = f"INTEGRITY FAILED: the audit log does not verify: {problem}"
     return {"ok": ok, "headline": headline, "chains": chains, "checkpoints": checkpoint_info,
-            "reverify": shlex.join(command)}
+            "reverify": " && ".join(commands)}
 
 
 def _checkpoints(paths: list[Path], key_path: Path, checkpoints: Path,
