@@ -229,18 +229,21 @@ class BrokerAddon:
                 note_status(flow.response.status_code,
                             {n: verdict.scrub[n] for n in verdict.injected if n in verdict.scrub})
             redactions = response_scrubbing.on_response(flow, verdict)
+            withheld = response_scrubbing.was_withheld(flow)
         except Exception as error:  # withhold rather than pass on unscrubbed
             log.error("response scrub failed: %s", type(error).__name__)
+            withheld = not flow.response.stream
             if flow.response.stream:  # headers are gone: abort instead
                 if flow.killable:
                     flow.kill()
             else:
                 self._withhold(flow, verdict)
             redactions = {}
-        if carried is not None and (verdict.injected or redactions):
+        if carried is not None and (verdict.injected or redactions or withheld):
             _, outbound, started = carried
             self.broker.record_response(verdict, outbound, flow.response.status_code,
-                                        (time.monotonic() - started) * 1000, redactions)
+                                        (time.monotonic() - started) * 1000, redactions,
+                                        withheld=withheld)
 
     @staticmethod
     def _verdict(flow: http.HTTPFlow) -> Allowed | None:

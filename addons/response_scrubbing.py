@@ -290,3 +290,9 @@ def on_websocket_message(flow: http.HTTPFlow, verdict: Allowed) -> dict[str, int
     message.content = state.messages.message(message.content)
     return {name: count - before.get(name, 0) for name, count in state.messages.counts.items()
             if count != before.get(name, 0)}
+
+
+def was_withheld(flow: http.HTTPFlow) -> bool:
+    """Did the scrubber replace this flow's answer with a 502 (for the audit record)?"""
+    state = flow.metadata.get(STATE_KEY)
+    return state is not None and state.withheld is not None

@@ -436,8 +436,13 @@ class Broker:
         return Denied(status, code, message, grant.id if grant else None)
 
     def record_response(self, allowed: Allowed, request: OutboundRequest, status: int | None,
-                        duration_ms: float, redactions: dict[str, int]) -> None:
-        """The second half of a secret-carrying request's story: what came back."""
+                        duration_ms: float, redactions: dict[str, int], *,
+                        withheld: bool = False) -> None:
+        """The second half of a secret-carrying request's story: what came back.
+
+        `withheld`: the answer could not be scrubbed and the agent got a 502 instead; a reviewer
+        must be able to tell that from a 502 the upstream sent.
+        """
         for name, count in redactions.items():
             self.metrics.redactions.labels(name).inc(count)
         try:
@@ -446,7 +451,8 @@ class Broker:
                               method=request.method, scheme=request.scheme, host=request.host,
                               port=request.port, path=request.path, status=status,
                               duration_ms=round(duration_ms, 3),
-                              redactions=sum(redactions.values()))
+                              redactions=sum(redactions.values()),
+                              **({"withheld": True} if withheld else {}))
         except AuditError:
             self.metrics.audit_write_errors.inc()
 

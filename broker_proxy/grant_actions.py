@@ -13,7 +13,7 @@ from typing import Literal
 
 from broker_proxy.audit.log import AuditLog
 from broker_proxy.grants.issuer import IssuedGrant, issue_grant
-from broker_proxy.grants.model import Grant
+from broker_proxy.grants.model import Grant, isoformat_z
 from broker_proxy.grants.store import GrantStore
 from broker_proxy.policy.model import Policy
 
@@ -44,8 +44,12 @@ def issue_audited(policy: Policy, store: GrantStore, audit: AuditLog, *, agent: 
     """Issue a grant bounded by `policy` and record who issued it."""
     issued = issue_grant(policy, store, agent=agent, task=task, secrets=secrets, ttl=ttl,
                          max_uses=max_uses, now=now, proxy_url_base=proxy_url_base)
-    audit.append("grant_issued", decision="allow", reason="issued", **grant_fields(issued.grant),
-                 by=by)
+    grant = issued.grant
+    # What a reviewer asks of an issuance: how long, how many uses, and whether it waits for a
+    # person (grant_status "pending").
+    audit.append("grant_issued", decision="allow", reason="issued", **grant_fields(grant),
+                 by=by, expires_at=isoformat_z(grant.expires_at), max_uses=grant.max_uses,
+                 grant_status=str(grant.status))
     return issued
 
 

@@ -136,6 +136,17 @@ class BrokerMetrics:
             "Audit records written by this process (including rotation and recovery records).",
             registry=self.registry,
         )
+        self.otlp_records_sent = Counter(
+            "broker_otlp_records_sent",
+            "Audit records an OTLP collector accepted (run --otlp-endpoint).",
+            registry=self.registry,
+        )
+        self.otlp_records_unsent = Counter(
+            "broker_otlp_records_unsent",
+            "Audit records a send to the OTLP collector failed for; they are sent again from "
+            "the log, so this counts attempts, not losses.",
+            registry=self.registry,
+        )
 
     def serve(self, host: str, port: int) -> int:
         """Expose /metrics on its own port (a daemon thread); returns the bound port.

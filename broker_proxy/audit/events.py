@@ -29,5 +29,6 @@ EVENTS: Final[dict[str, str]] = {
 # Fields beyond the standard ones that `audit tail` shows for an event when present.
 EXTRA_FIELDS: Final[tuple[str, ...]] = (
     "by", "fingerprints", "redactions", "expires_at", "uses", "policy", "errors",
-    "revoked_grants", "previous_file", "torn_bytes", "message",
+    "revoked_grants", "previous_file", "torn_bytes", "message", "max_uses", "grant_status",
+    "withheld",
 )

@@ -19,7 +19,10 @@ from broker_proxy.audit.checkpoint import (
 from broker_proxy.audit.events import EXTRA_FIELDS
 from broker_proxy.audit.files import chain_files
 from broker_proxy.audit.log import AuditLog
+from broker_proxy.audit.reading import chains_of, read_chain
+from broker_proxy.audit.record_schema import RECORD_SCHEMA_FILE, first_schema_problem
 from broker_proxy.audit.verify import verify_path
+from broker_proxy.cli import audit_report_cmd
 from broker_proxy.cli.common import home_of
 from broker_proxy.cli.errors import CliError
 
@@ -51,6 +54,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     tail.add_argument("--grant", metavar="ID", help="only records of this grant")
     tail.add_argument("--json", action="store_true", help="raw JSON lines")
     tail.set_defaults(handler=tail_command)
+    audit_report_cmd.register(sub)
 
 
 def verify_command(args: argparse.Namespace) -> int:
@@ -66,6 +70,11 @@ def verify_command(args: argparse.Namespace) -> int:
     if failed:
         raise CliError(f"audit log does not verify: {failed[0].message}")
     details = [f"chain: {result.message}, chain and MACs verify" for result in results]
+    for live in chains_of([target]):
+        problem = first_schema_problem(read_chain(live, tagged=False))
+        if problem:
+            raise CliError(f"audit log {live}: {problem} ({RECORD_SCHEMA_FILE})")
+    details.append(f"records: every record matches {RECORD_SCHEMA_FILE}")
     paths = CheckpointPaths.in_home(home.root)
     checkpoints = Path(args.checkpoints) if args.checkpoints else paths.file
     if args.checkpoints or (checkpoints.exists() and target == home.audit_log):

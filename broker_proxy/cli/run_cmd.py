@@ -22,6 +22,10 @@ from broker_proxy.resolve_pins import PinError, ResolvePins
 if TYPE_CHECKING:
     from addons.connection_limits import Deadlines
 
+if TYPE_CHECKING:
+    from broker_proxy.audit.otlp import OtlpShipper
+    from broker_proxy.broker import Broker
+
 
 def register(commands: argparse._SubParsersAction) -> None:
     run = commands.add_parser(
@@ -73,6 +77,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--idle-timeout", default="10m", metavar="DURATION",
                      help="close a connection with no byte either way for this long, e.g. an "
                      "upstream gone silent (default 10m: LLM answers can pause for minutes)")
+    run.add_argument("--otlp-endpoint", default=None, metavar="URL",
+                     help="also send every audit record to this OTLP/HTTP collector, e.g. "
+                     "http://127.0.0.1:4318 (from the log, on its own thread; default: off)")
     run.set_defaults(handler=run_command)
 
 
@@ -141,6 +148,26 @@ def _share_metrics(workers: int, worker: bool) -> Path | None:
     directory = Path(tempfile.mkdtemp(prefix="broker-proxy-metrics-"))
     share_between_processes(directory)  # inherited by the workers through the environment
     return directory
+
+
+def _start_otlp(broker: Broker, home: Home, endpoint: str, replica: str | None) -> OtlpShipper:
+    """Ship the audit log to a collector; one process of a worker group does it."""
+    # Imported here: the OpenTelemetry SDK is an optional extra, loaded only for this option.
+    try:
+        from broker_proxy.audit.otlp import OtlpShipper, logs_url
+    except ImportError:
+        raise CliError("--otlp-endpoint needs the OpenTelemetry SDK: "
+                       "pip install 'broker-proxy[otlp]'") from None
+
+    try:
+        logs_url(endpoint)
+    except ValueError as error:
+        raise CliError(f"--otlp-endpoint: {error}") from None
+    return OtlpShipper(home.audit_log, home.root / "otlp.position", endpoint,
+                       on_sent=broker.metrics.otlp_records_sent.inc,
+                       on_unsent=broker.metrics.otlp_records_unsent.inc,
+                       instance=replica).start()
+
 
 
 def home_certs(home: Home, explicit: str | None) -> Path:
@@ -232,6 +259,8 @@ def run_command(args: argparse.Namespace) -> int:
         checkpoint_records=args.audit_checkpoint_records or None,
         checkpoint_copies=tuple(Path(copy) for copy in args.audit_checkpoint_copy),
     ) if not worker else None
+    shipper = _start_otlp(broker, home, args.otlp_endpoint, args.replica_id) \
+        if args.otlp_endpoint and not worker else None
     from broker_proxy.run_services import start_services
 
     services = start_services(broker, home, policy_file_of(args), admin)
@@ -293,6 +322,8 @@ def run_command(args: argparse.Namespace) -> int:
         services.stop()
         if observability is not None:
             observability.stop()
+        if shipper is not None:
+            shipper.stop()
         if not worker:
             _remove_own_runtime(home)
         broker.audit.append("proxy_stopped", decision="allow", reason="stopped")

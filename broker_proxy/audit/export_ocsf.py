@@ -1,0 +1,148 @@
+"""Audit records as OCSF 1.1.0 events, for SIEMs that speak OCSF.
+
+The mapping (also in the README):
+
+| audit event | OCSF class | activity |
+|---|---|---|
+| `request`, `response` | API Activity (6003) | by method: Create (POST), Read (GET, HEAD, |
+|  |  | OPTIONS), Update (PUT, PATCH), Delete (DELETE), Other (99) |
+| `grant_issued`, `grant_approved`, `grant_denied` | Authorize Session (3003) | Assign |
+|  |  | Privileges (1); denied is status Failure |
+| `grant_revoked`, `grant_expired` | Account Change (3001) | Detach Policy (8) |
+| everything else (proxy, policy, audit) | Application Lifecycle (6002) | Start (3), |
+|  |  | Stop (4), Other (99) |
+
+The agent is the actor/user (`name`), the grant is the session (`uid`), the secrets are
+`resources` (API Activity) or `privileges` (Authorize Session); the fields OCSF has no place for
+(grant, reason, secrets, fingerprints, replica, redactions, ...) are kept in `unmapped`.
+`metadata.uid` is `<log>#<seq>` and `metadata.sequence` the record's seq, so a consumer can
+de-duplicate and resume.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Final
+
+from broker_proxy import __version__
+from broker_proxy.audit.events import EVENTS
+from broker_proxy.audit.reading import LOG_TAG
+
+OCSF_VERSION: Final = "1.1.0"
+API_ACTIVITY: Final = 6003
+AUTHORIZE_SESSION: Final = 3003
+ACCOUNT_CHANGE: Final = 3001
+APPLICATION_LIFECYCLE: Final = 6002
+_CATEGORY: Final = {API_ACTIVITY: (6, "Application Activity"),
+                    APPLICATION_LIFECYCLE: (6, "Application Activity"),
+                    AUTHORIZE_SESSION: (3, "Identity & Access Management"),
+                    ACCOUNT_CHANGE: (3, "Identity & Access Management")}
+_CLASS_NAME: Final = {API_ACTIVITY: "API Activity", AUTHORIZE_SESSION: "Authorize Session",
+                      ACCOUNT_CHANGE: "Account Change",
+                      APPLICATION_LIFECYCLE: "Application Lifecycle"}
+_API_ACTIVITY_BY_METHOD: Final = {"POST": (1, "Create"), "GET": (2, "Read"), "HEAD": (2, "Read"),
+                                  "OPTIONS": (2, "Read"), "PUT": (3, "Update"),
+                                  "PATCH": (3, "Update"), "DELETE": (4, "Delete")}
+# http_request.http_method is an enum in OCSF 1.1.0.
+_OCSF_HTTP_METHODS: Final = frozenset({"OPTIONS", "GET", "HEAD", "POST", "PUT", "DELETE", "TRACE",
+                                       "CONNECT"})
+_MAPPED: Final = frozenset({"seq", "ts", "event", "decision", "agent", "task", "method", "scheme",
+                            "host", "port", "path", "status", "duration_ms", "prev", "mac",
+                            LOG_TAG})
+_PRODUCT: Final = {"name": "broker-proxy", "vendor_name": "broker-proxy", "version": __version__}
+
+
+def _epoch_ms(ts: object) -> int:
+    try:
+        return int(datetime.fromisoformat(str(ts).replace("Z", "+00:00")).timestamp() * 1000)
+    except ValueError:
+        return 0
+
+
+def _class_of(event: str, method: str | None) -> tuple[int, int, str]:
+    """(class_uid, activity_id, activity_name) for an audit event."""
+    if event in ("request", "response"):
+        activity, name = _API_ACTIVITY_BY_METHOD.get((method or "").upper(), (99, "Other"))
+        return API_ACTIVITY, activity, name
+    if event in ("grant_issued", "grant_approved", "grant_denied"):
+        return AUTHORIZE_SESSION, 1, "Assign Privileges"
+    if event in ("grant_revoked", "grant_expired"):
+        return ACCOUNT_CHANGE, 8, "Detach Policy"
+    if event == "proxy_started":
+        return APPLICATION_LIFECYCLE, 3, "Start"
+    if event == "proxy_stopped":
+        return APPLICATION_LIFECYCLE, 4, "Stop"
+    return APPLICATION_LIFECYCLE, 99, "Other"
+
+
+def to_ocsf(record: dict[str, Any]) -> dict[str, Any]:
+    """One OCSF event for one audit record."""
+    event = str(record.get("event"))
+    class_uid, activity_id, activity_name = _class_of(event, record.get("method"))
+    category_uid, category_name = _CATEGORY[class_uid]
+    # A revocation is recorded as decision "deny" but it is a change that succeeded.
+    denied = record.get("decision") == "deny" and class_uid != ACCOUNT_CHANGE
+    log_name = str(record.get(LOG_TAG, "audit.log"))
+    out: dict[str, Any] = {
+        "category_uid": category_uid, "category_name": category_name,
+        "class_uid": class_uid, "class_name": _CLASS_NAME[class_uid],
+        "activity_id": activity_id, "activity_name": activity_name,
+        "type_uid": class_uid * 100 + activity_id,
+        "type_name": f"{_CLASS_NAME[class_uid]}: {activity_name}",
+        "time": _epoch_ms(record.get("ts")),
+        "severity_id": 3 if denied else 1, "severity": "Medium" if denied else "Informational",
+        "status_id": 2 if denied else 1, "status": "Failure" if denied else "Success",
+        "message": EVENTS.get(event, event),
+        "metadata": {"version": OCSF_VERSION, "product": _PRODUCT, "log_name": log_name,
+                     "uid": f"{log_name}#{record.get('seq')}", "sequence": record.get("seq"),
+                     "original_time": str(record.get("ts"))},
+    }
+    if record.get("reason") is not None:
+        out["status_detail"] = str(record["reason"])
+    agent = record.get("agent")
+    user = {"name": str(agent)} if agent is not None else {"name": "unknown"}
+    grant = record.get("grant")
+    secrets = [str(name) for name in record.get("secrets") or []]
+    if class_uid == API_ACTIVITY:
+        out["actor"] = {"user": user, **({"session": {"uid": str(grant)}} if grant else {})}
+        out["api"] = {"operation": f"{record.get('method')} {record.get('path')}",
+                      "service": {"name": str(record.get("host"))},
+                      "request": {"uid": f"{log_name}#{record.get('seq')}"}}
+        out["src_endpoint"] = {"name": user["name"]}
+        if record.get("host") is not None:
+            out["dst_endpoint"] = {"hostname": str(record["host"]),
+                                   **({"port": record["port"]}
+                                      if isinstance(record.get("port"), int) else {})}
+            url = {"hostname": str(record["host"]), "path": str(record.get("path") or "/"),
+                   "scheme": str(record.get("scheme") or "https")}
+            if isinstance(record.get("port"), int):
+                url["port"] = record["port"]
+            out["http_request"] = {"url": url}
+            method = str(record.get("method")).upper()
+            if method in _OCSF_HTTP_METHODS:
+                out["http_request"]["http_method"] = method
+            else:  # OCSF 1.1 has no PATCH (nor WebDAV verbs): api.operation still names it
+                out["unmapped_method"] = method
+        if secrets:
+            out["resources"] = [{"name": name, "type": "secret"} for name in secrets]
+        if record.get("status") is not None:
+            out["status_code"] = str(record["status"])
+        if isinstance(record.get("duration_ms"), int | float):
+            out["duration"] = int(record["duration_ms"])
+    elif class_uid in (AUTHORIZE_SESSION, ACCOUNT_CHANGE):
+        out["user"] = user
+        if class_uid == AUTHORIZE_SESSION:
+            if grant:
+                out["session"] = {"uid": str(grant)}
+            out["privileges"] = secrets
+        else:
+            out["policy"] = {"name": f"grant {grant}", "uid": str(grant)}
+    else:
+        out["app"] = _PRODUCT
+    unmapped_method = out.pop("unmapped_method", None)
+    out["unmapped"] = {name: value for name, value in record.items()
+                       if name not in _MAPPED and value not in (None, [], "")}
+    out["unmapped"]["event"] = event
+    if unmapped_method is not None:
+        out["unmapped"]["method"] = unmapped_method
+    return out

@@ -1,0 +1,143 @@
+"""The report as one self-contained HTML file an auditor can archive or print.
+
+No script, no external stylesheet, font or image: the charts are inline SVG drawn here, and a
+Content-Security-Policy forbids loading anything, so the file renders the same offline in ten
+years. Every string from the log is HTML-escaped (tasks and paths are agent-controlled).
+"""
+
+from __future__ import annotations
+
+from html import escape
+from typing import Any
+
+_STYLE = """
+body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#1b1f24;max-width:1200px}
+h1{font-size:20px;margin:8px 0}h2{font-size:17px;margin:22px 0 6px;border-bottom:1px solid #ccd}
+h3{font-size:15px;margin:14px 0 4px}
+.banner{padding:10px 14px;border-radius:6px;font-weight:600}
+.ok{background:#e6f4ea;color:#14532d}.bad{background:#fde8e8;color:#7f1d1d}
+table{border-collapse:collapse;margin:4px 0 10px}td,th{border:1px solid #d0d4da;padding:3px 7px;
+text-align:left;vertical-align:top}th{background:#f3f4f6}code{font-size:12px}
+.charts{display:flex;gap:24px;flex-wrap:wrap}.muted{color:#5b6470}
+@media print{.charts{break-inside:avoid}}
+"""
+
+
+def _e(value: object) -> str:
+    return escape("-" if value is None else str(value))
+
+
+def _table(headers: list[str], rows: list[list[object]]) -> str:
+    if not rows:
+        return '<p class="muted">none</p>'
+    head = "".join(f"<th>{_e(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def bar_chart(title: str, items: list[tuple[str, int]], colour: str) -> str:
+    """A horizontal bar chart as inline SVG (labels left, bars scaled to the largest value)."""
+    rows = items[:20]
+    height = 28 + 22 * max(len(rows), 1)
+    width, label_w, bar_w = 460, 170, 230
+    top = max((value for _, value in rows), default=0) or 1
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+             f'role="img" aria-label="{_e(title)}">',
+             f'<text x="0" y="16" font-size="14" font-weight="600">{_e(title)}</text>']
+    if not rows:
+        parts.append('<text x="0" y="40" font-size="12" fill="#5b6470">no data</text>')
+    for index, (label, value) in enumerate(rows):
+        y = 28 + 22 * index
+        length = round(bar_w * value / top)
+        parts.append(f'<text x="{label_w - 6}" y="{y + 14}" font-size="12" '
+                     f'text-anchor="end">{_e(label)}</text>')
+        parts.append(f'<rect x="{label_w}" y="{y + 2}" width="{max(length, 1)}" height="16" '
+                     f'fill="{colour}"/>')
+        parts.append(f'<text x="{label_w + length + 4}" y="{y + 14}" '
+                     f'font-size="12">{value}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def render_html(report: dict[str, Any]) -> str:
+    integrity = report["integrity"]
+    banner_class = "ok" if integrity["ok"] else "bad"
+    out = [
+        # The verdict is on the file's first line, as in every format.
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        f"<title>{_e(integrity['headline'])}</title>",
+        # Nothing may be fetched: the file must be complete evidence by itself.
+        '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; '
+        "style-src 'unsafe-inline'; img-src data:\">",
+        f"<style>{_STYLE}</style></head><body>",
+        f'<div class="banner {banner_class}" id="integrity">{_e(integrity["headline"])}</div>',
+        f"<p>Re-verify: <code>{_e(integrity['reverify'])}</code></p>",
+        "<h1>broker-proxy access review</h1>",
+        f"<p class=\"muted\">{_e(report['schema'])}; {report['records']} records in scope; "
+        f"period {_e(report['period']['first'])} .. {_e(report['period']['last'])}; scope "
+        + _e(", ".join(f"{k}={v}" for k, v in report["scope"].items() if v is not None)
+             or "everything") + "</p>",
+    ]
+    daily = [(row["day"], row["uses"]) for row in report["daily"]]
+    refusals = [(row["reason"], row["count"]) for row in report["refusals"]]
+    out.append('<div class="charts">'
+               + bar_chart("Secret uses per day", daily, "#2563eb")
+               + bar_chart("Refusals per reason", refusals, "#dc2626") + "</div>")
+    out.append("<h2>Per agent</h2>")
+    out.append(_table(["agent", "grants", "uses", "refusals", "scrubbed", "revoked"],
+                      [[r["agent"], r["grants"], r["uses"], r["refusals"], r["scrubbed"],
+                        r["revoked"]] for r in report["summary"]["agents"]]))
+    out.append("<h2>Per secret</h2>")
+    out.append(_table(["secret", "grants", "uses", "destinations"],
+                      [[r["secret"], r["grants"], r["uses"], " ".join(r["destinations"])]
+                       for r in report["summary"]["secrets"]]))
+    out.append(f"<h2>Anomalies ({len(report['anomalies'])})</h2>")
+    out.append(_table(["kind", "grant", "what", "count", "first", "records"],
+                      [[a["kind"], a["grant"], a["message"], a["count"], a["first"],
+                        " ".join(a["records"])] for a in report["anomalies"]]))
+    out.append("<h2>Refusals</h2>")
+    out.append(_table(["reason", "count", "destinations"],
+                      [[r["reason"], r["count"],
+                        ", ".join(f"{d['target']} x{d['count']}" for d in r["destinations"])]
+                       for r in report["refusals"]]))
+    out.append(f"<h2>Grants ({len(report['grants'])})</h2>")
+    for grant in report["grants"]:
+        out.append(f"<h3>{_e(grant['id'])} &middot; {_e(grant['agent'])} &middot; "
+                   f"{_e(grant['task'])}</h3>")
+        approval = grant["approval"] or {}
+        revoked = grant["revoked"] or {}
+        out.append(_table(
+            ["issued", "by", "secrets", "expires", "max uses", "uses", "left", "approval",
+             "revoked"],
+            [[grant["issued_at"], grant["issued_by"], " ".join(grant["secrets"]),
+              grant["expires_at"], grant["max_uses"], grant["uses"], grant["uses_left"],
+              (f"{approval.get('decision') or 'pending'} by {approval.get('by')} "
+               f"after {approval.get('waited_seconds')} s") if approval else None,
+              (f"{revoked.get('at')} by {revoked.get('by')} ({revoked.get('reason')})")
+              if revoked else None]]))
+        out.append(_table(["secret", "method", "destination", "path", "count", "first", "last",
+                           "statuses"],
+                          [[u["secret"], u["method"], f"{u['scheme']}://{u['host']}:{u['port']}",
+                            u["path"], u["count"], u["first"], u["last"],
+                            " ".join(f"{k}x{v}" for k, v in u["statuses"].items())]
+                           for u in grant["uses_by_target"]]))
+        if grant["refusals"] or grant["scrubbed"]["responses"] or grant["withheld"]:
+            out.append(_table(["refused", "count", "destinations"],
+                              [[r["reason"], r["count"],
+                                ", ".join(f"{d['target']} x{d['count']}"
+                                          for d in r["destinations"])]
+                               for r in grant["refusals"]]))
+            out.append(f"<p>Scrubbed responses: {grant['scrubbed']['responses']} "
+                       f"({grant['scrubbed']['occurrences']} occurrences); withheld answers: "
+                       f"{grant['withheld']}</p>")
+    chains = integrity["chains"]
+    out.append("<h2>Integrity</h2>")
+    out.append(_table(["log", "verifies", "records", "files", "torn lines recovered", "problem"],
+                      [[c["log"], c["ok"], c["records"], len(c["files"]),
+                        c["torn_lines_recovered"], c["problem"]] for c in chains]))
+    if integrity["checkpoints"]:
+        cp = integrity["checkpoints"]
+        out.append(f"<p>Signed checkpoints: {cp['count']} in {_e(cp['file'])}, key "
+                   f"<code>{_e(cp['key'])}</code>; {_e(cp['problem'] or 'all match')}</p>")
+    out.append("</body></html>")
+    return "\n".join(out) + "\n"

@@ -1,0 +1,179 @@
+"""The report as text (for a terminal or a ticket) and as CSV (for a spreadsheet).
+
+Both start with the integrity headline: a reviewer who reads one line knows whether the rest can
+be trusted. Strings from the log (tasks, paths: agent-controlled) are shown printable only.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from typing import Any
+
+
+def _shown(value: object) -> str:
+    text = "-" if value is None else str(value)
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
+def _statuses(statuses: dict[str, int]) -> str:
+    return ",".join(f"{code}x{count}" for code, count in statuses.items()) or "-"
+
+
+def render_text(report: dict[str, Any]) -> str:
+    integrity = report["integrity"]
+    out = [integrity["headline"], f"re-verify: {integrity['reverify']}", ""]
+    scope = {k: v for k, v in report["scope"].items() if v is not None}
+    out.append("broker-proxy access review "
+               f"({report['schema']}), {report['records']} records in scope"
+               + (", " + ", ".join(f"{k}={_shown(v)}" for k, v in scope.items()) if scope else ""))
+    out.append(f"period: {_shown(report['period']['first'])} .. {_shown(report['period']['last'])}")
+    out.append("")
+    out.append(f"GRANTS ({len(report['grants'])})")
+    for grant in report["grants"]:
+        out.append(f"grant {grant['id']}  agent={_shown(grant['agent'])}  "
+                   f"task={_shown(grant['task'])}")
+        out.append(f"  issued {_shown(grant['issued_at'])} by {_shown(grant['issued_by'])}; "
+                   f"secrets {','.join(map(_shown, grant['secrets'])) or '-'}; "
+                   f"expires {_shown(grant['expires_at'])}; max uses {_shown(grant['max_uses'])}")
+        approval = grant["approval"]
+        if approval:
+            out.append(f"  approval: {_shown(approval['decision'] or 'pending')} by "
+                       f"{_shown(approval['by'])} at {_shown(approval['at'])} "
+                       f"(waited {_shown(approval['waited_seconds'])} s)")
+        out.append(f"  uses: {grant['uses']} (left {_shown(grant['uses_left'])}); "
+                   f"requests without a secret: {grant['requests_without_secret']}")
+        for use in grant["uses_by_target"]:
+            out.append(f"    {_shown(use['secret'])} -> {_shown(use['method'])} "
+                       f"{_shown(use['scheme'])}://{_shown(use['host'])}:{_shown(use['port'])}"
+                       f"{_shown(use['path'])}  x{use['count']}  {_shown(use['first'])} .. "
+                       f"{_shown(use['last'])}  status {_statuses(use['statuses'])}")
+        for refusal in grant["refusals"]:
+            targets = ", ".join(f"{_shown(d['target'])} x{d['count']}"
+                                for d in refusal["destinations"])
+            out.append(f"  refused {refusal['reason']} x{refusal['count']}: {targets}")
+        scrubbed = grant["scrubbed"]
+        if scrubbed["responses"] or grant["withheld"]:
+            out.append(f"  scrubbed: {scrubbed['responses']} response(s), "
+                       f"{scrubbed['occurrences']} occurrence(s); withheld: {grant['withheld']}")
+        if grant["revoked"]:
+            revoked = grant["revoked"]
+            out.append(f"  revoked {_shown(revoked['at'])} by {_shown(revoked['by'])} "
+                       f"({_shown(revoked['reason'])})")
+        if grant["expired_at"]:
+            out.append(f"  expired {_shown(grant['expired_at'])}")
+    out += ["", f"REFUSALS ({sum(r['count'] for r in report['refusals'])})"]
+    for refusal in report["refusals"]:
+        targets = ", ".join(f"{_shown(d['target'])} x{d['count']}"
+                            for d in refusal["destinations"])
+        out.append(f"  {refusal['reason']} x{refusal['count']}: {targets}")
+    out += ["", f"ANOMALIES ({len(report['anomalies'])})"]
+    for anomaly in report["anomalies"]:
+        out.append(f"  [{anomaly['kind']}] grant {_shown(anomaly['grant'])}: "
+                   f"{_shown(anomaly['message'])} (x{anomaly['count']}; records "
+                   f"{' '.join(map(_shown, anomaly['records']))})")
+    if report["policy_changes"]:
+        out += ["", "POLICY"]
+        for change in report["policy_changes"]:
+            out.append(f"  {_shown(change['ts'])} {change['event']} {_shown(change['policy'])}")
+    out += ["", "PER AGENT", "  agent  grants  uses  refusals  scrubbed  revoked"]
+    for row in report["summary"]["agents"]:
+        out.append(f"  {_shown(row['agent'])}  {row['grants']}  {row['uses']}  "
+                   f"{row['refusals']}  {row['scrubbed']}  {row['revoked']}")
+    out += ["", "PER SECRET", "  secret  grants  uses  destinations"]
+    for row in report["summary"]["secrets"]:
+        out.append(f"  {_shown(row['secret'])}  {row['grants']}  {row['uses']}  "
+                   f"{' '.join(map(_shown, row['destinations'])) or '-'}")
+    return "\n".join(out) + "\n"
+
+
+CSV_COLUMNS = ("section", "grant", "agent", "task", "secret", "method", "scheme", "host", "port",
+               "path", "reason", "count", "first", "last", "detail")
+
+
+def render_csv(report: dict[str, Any]) -> str:
+    """One table: a `section` column says what each row is; the first row is the integrity."""
+    buffer = io.StringIO()
+    writer = _SafeWriter(csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n"))
+    integrity = report["integrity"]
+    # The headline first, before the header row, so the file's first line says it.
+    buffer.write(_csv_line(["integrity", "ok" if integrity["ok"] else "FAILED",
+                            integrity["headline"], integrity["reverify"]]))
+    writer.writeheader()
+    for grant in report["grants"]:
+        base = {"grant": grant["id"], "agent": grant["agent"], "task": grant["task"]}
+        writer.writerow({**base, "section": "grant", "secret": " ".join(grant["secrets"]),
+                         "count": grant["uses"], "first": grant["issued_at"],
+                         "detail": f"issued_by={grant['issued_by']} max_uses={grant['max_uses']}"
+                                   f" uses_left={grant['uses_left']}"})
+        if grant["approval"]:
+            approval = grant["approval"]
+            writer.writerow({**base, "section": "approval", "reason": approval["decision"],
+                             "first": approval["at"],
+                             "detail": f"by={approval['by']} waited={approval['waited_seconds']}"})
+        for use in grant["uses_by_target"]:
+            writer.writerow({**base, "section": "use", "secret": use["secret"],
+                             "method": use["method"], "scheme": use["scheme"],
+                             "host": use["host"], "port": use["port"], "path": use["path"],
+                             "count": use["count"], "first": use["first"], "last": use["last"],
+                             "detail": _statuses(use["statuses"])})
+        for refusal in grant["refusals"]:
+            for destination in refusal["destinations"]:
+                host, _, port = destination["target"].rpartition(":")
+                writer.writerow({**base, "section": "refusal", "reason": refusal["reason"],
+                                 "host": host, "port": port, "count": destination["count"]})
+        if grant["scrubbed"]["responses"]:
+            writer.writerow({**base, "section": "scrubbed",
+                             "count": grant["scrubbed"]["responses"],
+                             "detail": f"occurrences={grant['scrubbed']['occurrences']}"})
+        if grant["withheld"]:
+            writer.writerow({**base, "section": "withheld", "count": grant["withheld"]})
+        if grant["revoked"]:
+            writer.writerow({**base, "section": "revoked", "reason": grant["revoked"]["reason"],
+                             "first": grant["revoked"]["at"],
+                             "detail": f"by={grant['revoked']['by']}"})
+    for refusal in report["refusals"]:
+        writer.writerow({"section": "refusals_total", "reason": refusal["reason"],
+                         "count": refusal["count"]})
+    for anomaly in report["anomalies"]:
+        writer.writerow({"section": "anomaly", "grant": anomaly["grant"],
+                         "reason": anomaly["kind"], "count": anomaly["count"],
+                         "first": anomaly["first"], "last": anomaly["last"],
+                         "detail": f"{anomaly['message']}; records "
+                                   + " ".join(anomaly["records"])})
+    for row in report["summary"]["agents"]:
+        writer.writerow({"section": "agent", "agent": row["agent"], "count": row["uses"],
+                         "detail": f"grants={row['grants']} refusals={row['refusals']} "
+                                   f"scrubbed={row['scrubbed']} revoked={row['revoked']}"})
+    for row in report["summary"]["secrets"]:
+        writer.writerow({"section": "secret", "secret": row["secret"], "count": row["uses"],
+                         "detail": f"grants={row['grants']} destinations="
+                                   + " ".join(row["destinations"])})
+    return buffer.getvalue()
+
+
+def _csv_line(cells: list[str]) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerow(cells)
+    return buffer.getvalue()
+
+
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _cell(value: object) -> object:
+    """A task or path from an agent must not become a spreadsheet formula when opened."""
+    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+class _SafeWriter:
+    def __init__(self, writer: csv.DictWriter) -> None:
+        self._writer = writer
+
+    def writeheader(self) -> None:
+        self._writer.writeheader()
+
+    def writerow(self, row: dict[str, object]) -> None:
+        self._writer.writerow({name: _cell(value) for name, value in row.items()})
