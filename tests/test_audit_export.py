@@ -187,3 +187,38 @@ def test_from_seq_that_disagrees_with_the_output_is_refused(tmp_path: Path) -> N
     done = export(tmp_path, "--output", str(output), "--from-seq", "3")
     assert done.returncode == 1
     assert b"would lose or repeat records" in done.stderr and b"Traceback" not in done.stderr
+
+
+def test_a_rotation_while_the_chain_is_read_again_loses_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The live name can point at a newer file than the list of files read just before it."""
+    from broker_proxy.audit import reading
+    from broker_proxy.audit.export import Exporter
+
+    log = AuditLog.open(tmp_path / "audit.log", tmp_path / "audit.key")
+    log.rotate_at(4096)
+
+    def fill(count: int) -> None:
+        for index in range(count):
+            log.append("request", decision="allow", reason="allowed", method="GET",
+                       scheme="https", host="pypi.org", port=443, path=f"/{index}")
+
+    fill(30)
+    listed = reading.chain_files
+
+    def rotating_after_listing(live: Path) -> list[Path]:
+        files = listed(live)
+        fill(30)  # enough to rotate: the name now points past what `files` knows
+        monkeypatch.setattr(reading, "chain_files", listed)
+        return files
+
+    sink = (tmp_path / "out.jsonl").open("wb")
+    exporter = Exporter(tmp_path / "audit.log", "jsonl", sink, 0)
+    monkeypatch.setattr(reading, "chain_files", rotating_after_listing)
+    for _ in range(3):
+        exporter.run_once()
+    sink.close()
+    count, _last = log.head()
+    log.close()
+    assert len(list(tmp_path.glob("audit.log.*"))) >= 2, "the test must rotate"
+    assert seqs_in(tmp_path / "out.jsonl", "jsonl") == list(range(count))

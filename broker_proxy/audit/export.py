@@ -95,7 +95,10 @@ class Exporter:
             if record["seq"] < self.next_seq:
                 continue
             if record["seq"] != self.next_seq:
-                break  # a gap (records removed?): stop rather than skip; verify will say why
+                # A gap: a rotation during the read (read the chain again next time), or records
+                # removed (then this stops here every time rather than skip; verify says why).
+                self._tail.reread()
+                break
             batch += render(record, self._fmt)
             self.next_seq += 1
             written += 1

@@ -106,6 +106,21 @@ class ChainTail:
             else:
                 yield from read_chain(file, tag=self._live.name)
 
+    def reread(self) -> None:
+        """Start again from the chain's first file on the next read.
+
+        For a caller that met a gap: a rotation that happened while the whole chain was being
+        read makes the live name point at a newer file than the list of files taken before it,
+        so the records of the file rotated away in between were not read yet. Reading on from
+        the remembered offset would never return to them.
+        """
+        self._held = None
+
+    @property
+    def reads_whole_chain(self) -> bool:
+        """Whether the next read starts from the chain's first file (a gap there is real)."""
+        return self._held is None
+
     def _read_live(self, offset: int) -> Iterator[dict[str, Any]]:
         try:
             handle = open(self._live, "rb")  # noqa: SIM115 (closed in finally)
