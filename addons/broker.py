@@ -16,21 +16,21 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+from broker_proxy.addons import connection_limits, flow_adapter, mitmproxy_patches, server_names
+from broker_proxy.addons.broker_addon import AGENT_VIEW_KEY, BrokerAddon
+from broker_proxy.addons.connection_limits import ConnectionLimits
+from broker_proxy.addons.mitmproxy_compat import IncompatibleMitmproxy
+from broker_proxy.addons.option_guards import unsafe_option
 from mitmproxy import ctx, http, tcp, tls
 from mitmproxy.exceptions import OptionsError
 from mitmproxy.proxy import server_hooks
 
-from addons import connection_limits, flow_adapter, mitmproxy_patches, server_names
-from addons.broker_addon import AGENT_VIEW_KEY, BrokerAddon
-from addons.connection_limits import ConnectionLimits
-from addons.mitmproxy_compat import IncompatibleMitmproxy
-from addons.option_guards import unsafe_option
-from broker_proxy import outbound as codes
-from broker_proxy.assembly import open_broker, policy_path
+from broker_proxy.decision import outbound as codes
+from broker_proxy.decision.outbound import Denied
 from broker_proxy.error_text import describe_error
 from broker_proxy.home import Home
-from broker_proxy.outbound import Denied
-from broker_proxy.resolve_pins import ResolvePins
+from broker_proxy.runtime.assembly import open_broker, policy_path
+from broker_proxy.runtime.resolve_pins import ResolvePins
 from broker_proxy.secrets.oauth2 import UpstreamTrust
 
 log = logging.getLogger("broker_proxy.script")

@@ -15,20 +15,20 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from weakref import WeakKeyDictionary
 
+from broker_proxy.addons import flow_adapter, response_scrubbing, server_names
+from broker_proxy.addons.client_certs import ClientCerts, Upstream
+from broker_proxy.addons.option_guards import unsafe_option
 from mitmproxy import connection, ctx, http, tcp, tls
 from mitmproxy.exceptions import OptionsError
 from mitmproxy.proxy import server_hooks
 
-from addons import flow_adapter, response_scrubbing, server_names
-from addons.client_certs import ClientCerts, Upstream
-from addons.option_guards import unsafe_option
-from broker_proxy import outbound as codes
-from broker_proxy.addresses import address_allowed
-from broker_proxy.broker import Broker, DecisionMustWait
-from broker_proxy.durability_waiter import DurabilityWaiter
-from broker_proxy.outbound import Allowed, Denied, OutboundRequest, Verdict
-from broker_proxy.request_checks import header_size_problem, upgrade_problem
-from broker_proxy.resolve_pins import ResolvePins
+from broker_proxy.decision import outbound as codes
+from broker_proxy.decision.addresses import address_allowed
+from broker_proxy.decision.broker import Broker, DecisionMustWait
+from broker_proxy.decision.outbound import Allowed, Denied, OutboundRequest, Verdict
+from broker_proxy.decision.request_checks import header_size_problem, upgrade_problem
+from broker_proxy.runtime.durability_waiter import DurabilityWaiter
+from broker_proxy.runtime.resolve_pins import ResolvePins
 
 log = logging.getLogger("broker_proxy.addon")
 

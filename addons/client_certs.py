@@ -32,7 +32,7 @@ from mitmproxy import connection, tls
 from OpenSSL import crypto
 
 from broker_proxy.audit.log import AuditError
-from broker_proxy.broker import Broker
+from broker_proxy.decision.broker import Broker
 from broker_proxy.policy.destinations import HostError, canonical_host
 from broker_proxy.policy.model import SecretPolicy
 from broker_proxy.secrets.backends import SecretUnavailable

@@ -26,10 +26,10 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from broker_proxy import strict_json
-from broker_proxy.active_policy import ActivePolicy
 from broker_proxy.audit.log import AuditError, AuditLog
+from broker_proxy.decision.active_policy import ActivePolicy
 from broker_proxy.durations import DurationError, parse_duration
-from broker_proxy.grant_actions import GRANT_ACTIONS, change_grant, issue_audited
+from broker_proxy.grants.actions import GRANT_ACTIONS, change_grant, issue_audited
 from broker_proxy.grants.issuer import GrantPolicyError
 from broker_proxy.grants.store import GrantNotFound, GrantStateError, GrantStore, GrantStoreError
 from broker_proxy.time_source import utc_now

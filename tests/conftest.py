@@ -20,14 +20,14 @@ import keyring
 import pytest
 from keyring.backends import null
 
-from broker_proxy.echo_server import EchoServer
+from broker_proxy.devtools.echo_server import EchoServer
+from broker_proxy.devtools.local_pki import LocalPki, write_pki
+from broker_proxy.devtools.proxy_process import ProxyProcess
+from broker_proxy.devtools.redis_server import RedisServer
 from broker_proxy.grants.issuer import IssuedGrant, issue_grant
 from broker_proxy.grants.sqlite_store import SqliteGrantStore
 from broker_proxy.home import Home
-from broker_proxy.local_pki import LocalPki, write_pki
 from broker_proxy.policy.loader import load_policy
-from broker_proxy.proxy_process import ProxyProcess
-from broker_proxy.redis_server import RedisServer
 from broker_proxy.secrets.master_key import load_or_create_master_key
 from broker_proxy.secrets.vault import Vault
 from broker_proxy.time_source import utc_now

@@ -14,12 +14,12 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 import pytest
+from broker_proxy.addons.broker_addon import BrokerAddon
 from mitmproxy import connection
 from mitmproxy.proxy import server_hooks
 from mitmproxy.test import taddons, tflow, tutils
 
-from addons.broker_addon import BrokerAddon
-from broker_proxy.broker import Broker
+from broker_proxy.decision.broker import Broker
 from broker_proxy.grants.sqlite_store import SqliteGrantStore
 from tests import test_broker_decide
 from tests.security.raw_proxy import proxy_authorization
@@ -65,7 +65,7 @@ def _refused(flow: Any, status: int = 503, error: str = "internal_error") -> Non
 def test_request_decided_inline_fails_closed(setup: Setup, monkeypatch: pytest.MonkeyPatch
                                              ) -> None:
     grant = setup.issue("api_key")
-    monkeypatch.setattr("addons.flow_adapter.outbound_request", _boom)
+    monkeypatch.setattr("broker_proxy.addons.flow_adapter.outbound_request", _boom)
     addon, flow = BrokerAddon(setup.broker), _flow(grant.token)
     _run(addon, lambda: addon.request(flow))
     _refused(flow)
@@ -95,7 +95,7 @@ def test_request_whose_audit_fsync_raises_fails_closed(setup: Setup,
 def test_request_whose_rewrite_raises_after_an_allow_fails_closed(
         setup: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
     grant = setup.issue("api_key")
-    monkeypatch.setattr("addons.flow_adapter.apply", _boom)
+    monkeypatch.setattr("broker_proxy.addons.flow_adapter.apply", _boom)
     addon, flow = BrokerAddon(setup.broker), _flow(grant.token)
     _run(addon, lambda: addon.request(flow))
     _refused(flow)

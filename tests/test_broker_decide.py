@@ -10,17 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from broker_proxy import outbound as codes
-from broker_proxy.active_policy import ActivePolicy
 from broker_proxy.audit.log import AuditLog
 from broker_proxy.audit.verify import verify_chain
-from broker_proxy.broker import MAX_PLACEHOLDERS_PER_REQUEST, Broker
+from broker_proxy.decision import outbound as codes
+from broker_proxy.decision.active_policy import ActivePolicy
+from broker_proxy.decision.broker import MAX_PLACEHOLDERS_PER_REQUEST, Broker
+from broker_proxy.decision.outbound import Allowed, Denied, OutboundRequest
 from broker_proxy.grants.issuer import IssuedGrant, issue_grant
 from broker_proxy.grants.model import Grant
 from broker_proxy.grants.sqlite_store import SqliteGrantStore
 from broker_proxy.home import Home
 from broker_proxy.metrics import BrokerMetrics
-from broker_proxy.outbound import Allowed, Denied, OutboundRequest
 from broker_proxy.policy.loader import load_policy_text
 from broker_proxy.policy.model import SecretPolicy
 from broker_proxy.secrets.backends import SecretResolver

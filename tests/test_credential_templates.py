@@ -16,18 +16,18 @@ from pathlib import Path
 
 import pytest
 
-from broker_proxy import outbound as codes
-from broker_proxy.active_policy import ActivePolicy
 from broker_proxy.audit.log import AuditLog
-from broker_proxy.basic_credentials import encode_basic, parse_basic
-from broker_proxy.broker import Broker
+from broker_proxy.decision import outbound as codes
+from broker_proxy.decision.active_policy import ActivePolicy
+from broker_proxy.decision.basic_credentials import encode_basic, parse_basic
+from broker_proxy.decision.broker import Broker
+from broker_proxy.decision.outbound import Allowed, Denied, OutboundRequest
+from broker_proxy.decision.placeholders import PlaceholderScanner
 from broker_proxy.grants.issuer import IssuedGrant, issue_grant
 from broker_proxy.grants.redis_store import RedisGrantStore
 from broker_proxy.grants.sqlite_store import SqliteGrantStore
 from broker_proxy.home import Home
 from broker_proxy.metrics import BrokerMetrics
-from broker_proxy.outbound import Allowed, Denied, OutboundRequest
-from broker_proxy.placeholders import PlaceholderScanner
 from broker_proxy.policy.loader import PolicyError, load_policy_text
 from broker_proxy.policy.model import HeaderTemplate, PlaceholderFormat
 from broker_proxy.secrets.backends import SecretResolver, SecretUnavailable

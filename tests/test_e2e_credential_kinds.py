@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import requests
 
+from broker_proxy.devtools.local_pki import LocalPki
+from broker_proxy.devtools.proxy_process import ProxyProcess
 from broker_proxy.home import Home
-from broker_proxy.local_pki import LocalPki
-from broker_proxy.proxy_process import ProxyProcess
 from tests.conftest import (
     API_HOST,
     HOSTS,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from broker_proxy.local_ports import free_port, wait_for_port
+from broker_proxy.runtime.local_ports import free_port, wait_for_port
 from tests.conftest import API_HOST, EVIL_HOST, HOSTS, Stack
 from tests.e2e_clients import via_requests
 

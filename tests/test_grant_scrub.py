@@ -10,14 +10,15 @@ import gc
 import types
 from datetime import timedelta
 
-from addons.response_scrubbing import ScrubState
-from broker_proxy import scrubber as scrubber_module
-from broker_proxy.grant_scrub import GrantScrubValues
+from broker_proxy.addons.response_scrubbing import ScrubState
+
+from broker_proxy.decision.outbound import Allowed
 from broker_proxy.grants.model import Grant, GrantStatus
-from broker_proxy.outbound import Allowed
 from broker_proxy.policy.loader import load_policy_text
 from broker_proxy.policy.model import SecretPolicy
-from broker_proxy.scrubber import MessageScrubber, Scrubber
+from broker_proxy.scrubbing import scrubber as scrubber_module
+from broker_proxy.scrubbing.grant_scrub import GrantScrubValues
+from broker_proxy.scrubbing.scrubber import MessageScrubber, Scrubber
 from broker_proxy.secrets.value import SecretValue
 from broker_proxy.time_source import utc_now
 from tests.test_broker_decide import bearer, request, setup  # noqa: F401

@@ -5,7 +5,7 @@ from urllib.parse import quote, unquote_to_bytes
 
 import pytest
 
-from broker_proxy.redaction import Redactor
+from broker_proxy.scrubbing.redaction import Redactor
 
 PLACEHOLDER = "{{secret:api_key}}"
 

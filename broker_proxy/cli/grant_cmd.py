@@ -20,7 +20,7 @@ from broker_proxy.cli.common import (
 )
 from broker_proxy.cli.store_option import add_store_option
 from broker_proxy.durations import parse_duration
-from broker_proxy.grant_actions import change_grant, issue_audited, local_operator
+from broker_proxy.grants.actions import change_grant, issue_audited, local_operator
 from broker_proxy.grants.factory import open_grant_store, store_url
 from broker_proxy.grants.issuer import IssuedGrant
 from broker_proxy.grants.model import Grant

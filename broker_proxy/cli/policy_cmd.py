@@ -113,8 +113,8 @@ def print_schema(args: argparse.Namespace) -> int:
 
 
 def explain_request(args: argparse.Namespace) -> int:
-    from broker_proxy.active_policy import ActivePolicy
-    from broker_proxy.policy_explain import ExplainError, explain
+    from broker_proxy.decision.active_policy import ActivePolicy
+    from broker_proxy.policy_tools.explain import ExplainError, explain
 
     policy = ActivePolicy.build(load_policy_of(args))
     try:

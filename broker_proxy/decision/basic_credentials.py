@@ -18,7 +18,7 @@ import binascii
 from collections.abc import Mapping
 from typing import NamedTuple
 
-from broker_proxy.placeholders import PlaceholderScanner
+from broker_proxy.decision.placeholders import PlaceholderScanner
 
 
 class BasicCredentials(NamedTuple):

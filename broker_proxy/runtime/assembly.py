@@ -9,13 +9,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from broker_proxy.active_policy import ActivePolicy
 from broker_proxy.audit.log import AuditLog
-from broker_proxy.broker import Broker
+from broker_proxy.decision.active_policy import ActivePolicy
+from broker_proxy.decision.broker import Broker
 from broker_proxy.grants.factory import open_grant_store, store_url
 from broker_proxy.home import Home
 from broker_proxy.metrics import BrokerMetrics
-from broker_proxy.replica import replica_id
+from broker_proxy.runtime.replica import replica_id
 from broker_proxy.secrets.backends import SecretResolver
 from broker_proxy.secrets.credentials import CredentialResolver
 from broker_proxy.secrets.oauth2 import TokenMinter, UpstreamTrust

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Self
 
-from broker_proxy.local_ports import free_port
+from broker_proxy.runtime.local_ports import free_port
 
 _FALLBACK_BINARY = Path("/usr/bin/redis-server")
 

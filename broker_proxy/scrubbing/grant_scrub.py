@@ -30,11 +30,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from broker_proxy.aws_resign import parse_credentials
 from broker_proxy.grants.model import Grant
 from broker_proxy.policy.model import Policy, SecretPolicy
 from broker_proxy.secrets.backends import SecretResolver
 from broker_proxy.secrets.value import SecretValue
+from broker_proxy.signing.aws_resign import parse_credentials
 
 log = logging.getLogger("broker_proxy")
 

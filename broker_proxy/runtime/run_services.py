@@ -14,9 +14,9 @@ from broker_proxy.admin_api import (
     AdminServer,
     load_or_create_admin_token,
 )
-from broker_proxy.broker import Broker
+from broker_proxy.decision.broker import Broker
 from broker_proxy.home import Home
-from broker_proxy.policy_reload import PolicyReloader
+from broker_proxy.runtime.policy_reload import PolicyReloader
 
 
 class AdminListenError(AdminApiError):

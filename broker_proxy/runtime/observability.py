@@ -11,9 +11,9 @@ from pathlib import Path
 
 from broker_proxy.audit.checkpoint import CheckpointPaths, CheckpointWriter, load_signing_key
 from broker_proxy.audit.log import AuditError
-from broker_proxy.broker import Broker
-from broker_proxy.grant_watch import GrantWatcher
+from broker_proxy.decision.broker import Broker
 from broker_proxy.home import Home
+from broker_proxy.runtime.grant_watch import GrantWatcher
 
 
 @dataclass(slots=True)

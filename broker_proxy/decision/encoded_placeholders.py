@@ -17,8 +17,8 @@ from collections.abc import Iterable, Iterator
 from functools import lru_cache
 from urllib.parse import unquote
 
-from broker_proxy.basic_credentials import basic_secret
-from broker_proxy.placeholders import PlaceholderScanner
+from broker_proxy.decision.basic_credentials import basic_secret
+from broker_proxy.decision.placeholders import PlaceholderScanner
 from broker_proxy.policy.model import BASIC_PLACE
 
 # Tokens long enough to hold an encoded "{{secret:x}}"; shorter runs cannot, and skipping them

@@ -26,17 +26,18 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, NamedTuple
 
-from broker_proxy import outbound as codes
-from broker_proxy import sigv4, strict_json
-from broker_proxy.outbound import OutboundRequest
+from broker_proxy import strict_json
+from broker_proxy.decision import outbound as codes
+from broker_proxy.decision.outbound import OutboundRequest
+from broker_proxy.decision.request_checks import AmbiguousPath, canonical_path
 from broker_proxy.policy.aws_fields import ACCESS_KEY_ID_PATTERN
 from broker_proxy.policy.destinations import path_matches
-from broker_proxy.request_checks import AmbiguousPath, canonical_path
 from broker_proxy.secrets.backends import SecretUnavailable
-from broker_proxy.sigv4 import CredentialScope, SigV4FormatError
+from broker_proxy.signing import sigv4
+from broker_proxy.signing.sigv4 import CredentialScope, SigV4FormatError
 
 if TYPE_CHECKING:
-    from broker_proxy.active_policy import ActivePolicy
+    from broker_proxy.decision.active_policy import ActivePolicy
     from broker_proxy.policy.model import SecretPolicy
     from broker_proxy.secrets.value import SecretValue
 

@@ -16,35 +16,39 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
-from broker_proxy import aws_resign
-from broker_proxy import outbound as codes
-from broker_proxy.active_policy import ActivePolicy
 from broker_proxy.audit.log import AuditError, AuditLog
-from broker_proxy.authority import authorities_agree
-from broker_proxy.content_decoding import (
-    BodyNotDecodable,
-    DecodeLimits,
-    decode_whole,
-    parse_content_encoding,
+from broker_proxy.decision import outbound as codes
+from broker_proxy.decision.active_policy import ActivePolicy
+from broker_proxy.decision.authority import authorities_agree
+from broker_proxy.decision.header_templates import (
+    applicable_templates,
+    apply_templates,
+    template_conflict,
 )
-from broker_proxy.grant_scrub import GrantScrubValues
-from broker_proxy.grants.model import Grant
-from broker_proxy.grants.store import GrantStore, GrantStoreBusy, GrantStoreError, ReserveResult
-from broker_proxy.header_templates import applicable_templates, apply_templates, template_conflict
-from broker_proxy.metrics import BrokerMetrics
-from broker_proxy.outbound import Allowed, Denied, OutboundRequest, Verdict
-from broker_proxy.policy.destinations import canonical_host
-from broker_proxy.request_checks import (
+from broker_proxy.decision.outbound import Allowed, Denied, OutboundRequest, Verdict
+from broker_proxy.decision.request_checks import (
     AmbiguousPath,
     canonical_path,
     header_size_problem,
     method_override_problem,
     upgrade_problem,
 )
-from broker_proxy.request_scan import PlacedHit, RequestRewriter, find_placeholders
-from broker_proxy.scrubber import Scrubber
+from broker_proxy.decision.request_scan import PlacedHit, RequestRewriter, find_placeholders
+from broker_proxy.grants.model import Grant
+from broker_proxy.grants.store import GrantStore, GrantStoreBusy, GrantStoreError, ReserveResult
+from broker_proxy.metrics import BrokerMetrics
+from broker_proxy.policy.destinations import canonical_host
+from broker_proxy.scrubbing.content_decoding import (
+    BodyNotDecodable,
+    DecodeLimits,
+    decode_whole,
+    parse_content_encoding,
+)
+from broker_proxy.scrubbing.grant_scrub import GrantScrubValues
+from broker_proxy.scrubbing.scrubber import Scrubber
 from broker_proxy.secrets.backends import SecretResolver, SecretUnavailable
 from broker_proxy.secrets.value import SecretValue
+from broker_proxy.signing import aws_resign
 from broker_proxy.time_source import utc_now
 
 log = logging.getLogger("broker_proxy")

@@ -19,17 +19,17 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from broker_proxy.active_policy import ActivePolicy
 from broker_proxy.audit.log import AuditError
-from broker_proxy.broker import Broker
-from broker_proxy.grant_actions import change_grant
+from broker_proxy.decision.active_policy import ActivePolicy
+from broker_proxy.decision.broker import Broker
+from broker_proxy.grants.actions import change_grant
 from broker_proxy.grants.model import Grant
 from broker_proxy.grants.store import GrantError
 from broker_proxy.policy.loader import PolicyError
 from broker_proxy.policy.model import Policy
 from broker_proxy.time_source import utc_now
 
-log = logging.getLogger("broker_proxy.policy_reload")
+log = logging.getLogger("broker_proxy.runtime.policy_reload")
 
 POLL_INTERVAL = 1.0  # seconds between looks at the file
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from broker_proxy.scrubber import Scrubber
+from broker_proxy.scrubbing.scrubber import Scrubber
 
 
 class Redactor:

@@ -11,7 +11,7 @@ import re
 from functools import lru_cache
 from urllib.parse import unquote_plus
 
-from broker_proxy.outbound import OutboundRequest
+from broker_proxy.decision.outbound import OutboundRequest
 
 # Header caps, checked before the placeholder scan and before any secret lookup: a huge header
 # costs us CPU for every regex pass and is never needed to call an API.

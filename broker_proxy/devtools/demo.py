@@ -17,16 +17,16 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from broker_proxy.agent_client import AgentResponse, request_through_proxy
 from broker_proxy.audit.log import AuditLog
 from broker_proxy.audit.verify import verify_chain
-from broker_proxy.echo_server import EchoServer, ReceivedRequest, echo_reply
+from broker_proxy.devtools.agent_client import AgentResponse, request_through_proxy
+from broker_proxy.devtools.echo_server import EchoServer, ReceivedRequest, echo_reply
+from broker_proxy.devtools.local_pki import write_pki
+from broker_proxy.devtools.proxy_process import ProxyProcess
 from broker_proxy.grants.issuer import issue_grant
 from broker_proxy.grants.sqlite_store import SqliteGrantStore
 from broker_proxy.home import Home
-from broker_proxy.local_pki import write_pki
 from broker_proxy.policy.loader import load_policy
-from broker_proxy.proxy_process import ProxyProcess
 from broker_proxy.secrets.master_key import load_or_create_master_key
 from broker_proxy.secrets.vault import Vault
 from broker_proxy.time_source import utc_now
