@@ -20,10 +20,13 @@ certificate and key are added to it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+from collections.abc import Coroutine
+from concurrent.futures import Executor
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 from weakref import WeakKeyDictionary
 
 from cryptography import x509
@@ -51,8 +54,9 @@ class ClientCertError(Exception):
 
 
 class ClientCerts:
-    def __init__(self, broker: Broker) -> None:
+    def __init__(self, broker: Broker, decisions: Executor | None = None) -> None:
         self.broker = broker
+        self._decisions = decisions  # None: asyncio's default executor
         # client connection -> (host, port) -> id of the grant a request there was allowed for.
         self._grants: WeakKeyDictionary[connection.Client, dict[tuple[str, int], str]] = (
             WeakKeyDictionary())
@@ -61,9 +65,23 @@ class ClientCerts:
                         grant_id: str) -> None:
         self._grants.setdefault(client, {})[(host.lower(), port)] = grant_id
 
-    def tls_start_server(self, tls_start: tls.TlsData) -> None:
-        if (wanted := self.wanted(tls_start)) is not None:
-            self.present(tls_start, wanted)
+    def tls_start_server(self, tls_start: tls.TlsData) -> Coroutine[Any, Any, None] | None:
+        try:
+            wanted = self.wanted(tls_start)
+        except Exception as error:  # no certificate then: the upstream refuses, nothing leaks
+            log.error("client certificate hook failed: %s", type(error).__name__)
+            return None
+        if wanted is None:
+            return None
+        # The grant store, the key's backend and the audit fsync may all block: off the loop.
+        return self._present_off_loop(tls_start, wanted)
+
+    async def _present_off_loop(self, tls_start: tls.TlsData, wanted: Upstream) -> None:
+        try:
+            await asyncio.get_running_loop().run_in_executor(
+                self._decisions, self.present, tls_start, wanted)
+        except Exception as error:  # no certificate then: the upstream refuses, nothing leaks
+            log.error("client certificate hook failed: %s", type(error).__name__)
 
     def wanted(self, tls_start: tls.TlsData) -> Upstream | None:
         """Whether this handshake may need a certificate: memory only, cheap on the loop."""
