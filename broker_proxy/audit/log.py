@@ -50,13 +50,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, Self
 
+from broker_proxy.audit.files import ARCHIVE_DIGITS, archives_of  # noqa: F401 (public name kept here)
+
 _log = logging.getLogger("broker_proxy.audit")
 
 KEY_BYTES: Final = 32
 GENESIS_PREV: Final = "0" * 64
 TORN_TAIL_EVENT: Final = "audit_torn_tail"
 ROTATED_EVENT: Final = "audit_rotated"
-ARCHIVE_DIGITS: Final = 6  # audit.log.000001, audit.log.000002, ... (sorted by number, not text)
 _FINGERPRINT_DOMAIN: Final = b"broker-proxy secret fingerprint v1\x00"
 _REOPEN_ATTEMPTS: Final = 64  # many writers rotating at once may move the name on several times
 MAX_STRING: Final = 1024
@@ -345,8 +346,6 @@ class AuditLog:
         path, key_path = Path(path), Path(key_path)
         key = load_key(key_path, create=True)
         flags = os.O_RDWR | os.O_APPEND | os.O_CLOEXEC
-        from broker_proxy.audit.files import archives_of
-
         try:
             try:
                 if archives_of(path) and not path.exists():
@@ -599,8 +598,6 @@ class AuditLog:
         Other writers may have rotated more than once since: every archive after ours must chain
         onto the one before it too.
         """
-        from broker_proxy.audit.files import archives_of
-
         held = _identity(os.fstat(old_fd))
         later: list[Path] | None = None
         for archive in archives_of(self.path):
@@ -890,8 +887,6 @@ def _identity(info: os.stat_result) -> tuple[int, int]:
 
 def _drop_unfinished_rotation(path: Path, live: os.stat_result) -> None:
     """A crash between link and rename leaves the newest archive naming the live file: undo it."""
-    from broker_proxy.audit.files import archives_of
-
     archives = archives_of(path)
     if archives:
         with contextlib.suppress(OSError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from broker_proxy.decision.placeholders import PlaceholderScanner
+from broker_proxy.policy.aws_fields import SIGN_AWS_SIGV4
 from broker_proxy.policy.destinations import DestinationIndex
 from broker_proxy.policy.loader import load_policy
 from broker_proxy.policy.model import Policy
@@ -24,8 +25,6 @@ class ActivePolicy:
 
     @classmethod
     def build(cls, policy: Policy) -> ActivePolicy:
-        from broker_proxy.signing.aws_resign import SIGN_AWS_SIGV4
-
         return cls(
             policy=policy,
             sigv4_placeholders={secret.placeholder: name

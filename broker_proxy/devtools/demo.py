@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from broker_proxy.audit.display import format_record
 from broker_proxy.audit.log import AuditLog
 from broker_proxy.audit.verify import verify_chain
 from broker_proxy.devtools.agent_client import AgentResponse, request_through_proxy
@@ -145,8 +146,6 @@ def run_demo(say: Callable[[str], None] = print) -> int:
                   and real_key.encode() not in answer.body + echoed.body + stolen.body)
 
         say("7. the audit trail (hash-chained, HMAC'd, no secret values):")
-        from broker_proxy.cli.audit_cmd import format_record
-
         for record in AuditLog.read_records(home.audit_log):
             say("   " + format_record(record))
         verdict = verify_chain(home.audit_log, home.audit_key)

@@ -18,7 +18,7 @@ from broker_proxy.durations import DurationError, parse_duration
 from broker_proxy.policy.model import HeaderTemplate, PlaceholderFormat
 
 if TYPE_CHECKING:
-    from broker_proxy.policy.loader import _Checker
+    from broker_proxy.policy.checking import NodeChecker
 
 # RFC 9110 token characters: a header name the proxy writes must be one an upstream parses.
 HEADER_NAME_PATTERN = r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$"
@@ -47,7 +47,7 @@ def _printable(text: str) -> bool:
 
 
 def parse_inject(node: yaml.Node, path: str, places: tuple[str, ...],
-                 checker: _Checker) -> tuple[frozenset[str], tuple[HeaderTemplate, ...]]:
+                 checker: NodeChecker) -> tuple[frozenset[str], tuple[HeaderTemplate, ...]]:
     """``inject`` items: a place name, or a mapping ``{header, value, overwrite}``."""
     chosen: set[str] = set()
     templates: list[HeaderTemplate] = []
@@ -80,7 +80,7 @@ def parse_inject(node: yaml.Node, path: str, places: tuple[str, ...],
     return frozenset(chosen), tuple(templates)
 
 
-def _template(node: yaml.Node, path: str, checker: _Checker) -> HeaderTemplate | None:
+def _template(node: yaml.Node, path: str, checker: NodeChecker) -> HeaderTemplate | None:
     before = len(checker.issues)
     fields = checker.fields(node, path, "header_template", node)
     if fields is None:
@@ -117,7 +117,7 @@ def _template(node: yaml.Node, path: str, checker: _Checker) -> HeaderTemplate |
     return HeaderTemplate(header=header, value=value, overwrite=overwrite)
 
 
-def parse_basic(node: yaml.Node, path: str, checker: _Checker) -> str | None:
+def parse_basic(node: yaml.Node, path: str, checker: NodeChecker) -> str | None:
     """``basic: {username: NAME}``: the secret's value is the password."""
     fields = checker.fields(node, path, "basic", node)
     if fields is None or "username" not in fields:
@@ -137,7 +137,7 @@ def parse_basic(node: yaml.Node, path: str, checker: _Checker) -> str | None:
 
 
 def parse_placeholder_format(node: yaml.Node, path: str,
-                             checker: _Checker) -> PlaceholderFormat | None:
+                             checker: NodeChecker) -> PlaceholderFormat | None:
     before = len(checker.issues)
     fields = checker.fields(node, path, "placeholder_format", node)
     if fields is None:
@@ -182,7 +182,7 @@ def parse_placeholder_format(node: yaml.Node, path: str,
     return PlaceholderFormat(prefix=prefix, alphabet=alphabet, length=length)
 
 
-def parse_duration_field(node: yaml.Node, path: str, checker: _Checker) -> timedelta | None:
+def parse_duration_field(node: yaml.Node, path: str, checker: NodeChecker) -> timedelta | None:
     text = checker.string(node, path, "a duration such as 5m")
     if text is None:
         return None

@@ -30,7 +30,10 @@ from broker_proxy import strict_json
 from broker_proxy.decision import outbound as codes
 from broker_proxy.decision.outbound import OutboundRequest
 from broker_proxy.decision.request_checks import AmbiguousPath, canonical_path
-from broker_proxy.policy.aws_fields import ACCESS_KEY_ID_PATTERN
+from broker_proxy.policy.aws_fields import (  # noqa: F401 (public name kept here)
+    ACCESS_KEY_ID_PATTERN,
+    SIGN_AWS_SIGV4,
+)
 from broker_proxy.policy.destinations import path_matches
 from broker_proxy.secrets.backends import SecretUnavailable
 from broker_proxy.signing import sigv4
@@ -41,7 +44,6 @@ if TYPE_CHECKING:
     from broker_proxy.policy.model import SecretPolicy
     from broker_proxy.secrets.value import SecretValue
 
-SIGN_AWS_SIGV4 = "aws-sigv4"
 _ACCESS_KEY_ID = re.compile(ACCESS_KEY_ID_PATTERN)
 # AWS refuses a header-signed request whose date is more than 15 minutes off; so do we, so a
 # re-signed request cannot be replayed later than AWS would allow anyway.
