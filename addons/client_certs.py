@@ -152,9 +152,7 @@ class ClientCerts:
                 cert_pem = path.read_bytes()
             except OSError as error:
                 raise ClientCertError(f"cannot read {path}: {error.strerror}") from None
-        stored = self.broker.secrets
-        key_value = (stored.stored_value(secret) if hasattr(stored, "stored_value")
-                     else stored.resolve(secret))
+        key_value = self.broker.secrets.stored_value(secret)
         try:
             certificate = x509.load_pem_x509_certificate(cert_pem)
             private_key = load_pem_private_key(key_value.reveal().encode(), password=None)

@@ -42,11 +42,11 @@ class ScrubAnswers:
         record = flow_record(flow)
         verdict = record.verdict if record is not None else None
         try:
-            # A 401 to an OAuth2 access token drops it: the next request mints a fresh one.
-            note_status = getattr(self.broker.secrets, "upstream_answered", None)
-            if note_status and verdict is not None and verdict.injected:
-                note_status(flow.response.status_code,
-                            {n: verdict.scrub[n] for n in verdict.injected if n in verdict.scrub})
+            if verdict is not None and verdict.injected:
+                # A 401 to an OAuth2 access token drops it: the next request mints a fresh one.
+                self.broker.secrets.upstream_answered(
+                    flow.response.status_code,
+                    {n: verdict.scrub[n] for n in verdict.injected if n in verdict.scrub})
             redactions = response_scrubbing.on_response(flow, verdict)
         except Exception as error:  # withhold rather than pass on unscrubbed
             log.error("response scrub failed: %s", type(error).__name__)

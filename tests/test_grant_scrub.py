@@ -79,6 +79,11 @@ class _CountingResolver:
             raise RuntimeError("backend down")
         return SecretValue(secret.name, self.value)
 
+    stored_value = resolve
+
+    def minted_token(self, secret: SecretPolicy) -> SecretValue | None:
+        return None
+
 
 def _grant(placeholder: str) -> Grant:
     now = utc_now()

@@ -171,7 +171,7 @@ def grant_history(home: Home, grant_id: str) -> list[str]:
     The store keeps states, not reasons: the audit records (`by`, `reason`) are the record of
     the actors. A proxy writing another home's chain (replicas) is not seen from here.
     """
-    lines = []
+    lines: list[str] = []
     files = chain_files(home.audit_log) if home.audit_log.exists() else []
     for file in files:
         try:

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from typing import Any
 
 from broker_proxy.audit.log import AuditError, AuditLog
 from broker_proxy.decision import outbound as codes
@@ -46,7 +47,8 @@ from broker_proxy.scrubbing.content_decoding import (
 )
 from broker_proxy.scrubbing.grant_scrub import GrantScrubValues
 from broker_proxy.scrubbing.scrubber import Scrubber
-from broker_proxy.secrets.backends import SecretResolver, SecretUnavailable
+from broker_proxy.secrets.backends import SecretUnavailable
+from broker_proxy.secrets.source import SecretSource
 from broker_proxy.secrets.value import SecretValue
 from broker_proxy.signing import aws_resign
 from broker_proxy.time_source import utc_now
@@ -83,7 +85,7 @@ class DecisionMustWait(Exception):
 class Broker:
     policy: ActivePolicy
     grants: GrantStore
-    secrets: SecretResolver
+    secrets: SecretSource
     audit: AuditLog
     metrics: BrokerMetrics
     clock: Callable[[], datetime] = utc_now
@@ -313,7 +315,7 @@ class Broker:
         then decides on worker threads so one slow call cannot stall every connection; otherwise
         it decides on its event loop, which costs less CPU per request.
         """
-        return bool(getattr(self.grants, "remote", False)) or self.policy.slow_secrets
+        return self.grants.remote or self.policy.slow_secrets
 
     def make_durable(self, allowed: Allowed) -> Denied | None:
         """Invariant 5 for deferred records: on disk before the secret leaves, or refused."""
@@ -387,7 +389,7 @@ class Broker:
 
     def _spend_use(self, request: OutboundRequest, grant: Grant, now: datetime, reason: str,
                    values: dict[str, str], defer_durability: bool,
-                   wait: bool = True) -> dict[str, object] | Denied:
+                   wait: bool = True) -> dict[str, Any] | Denied:
         """Reserve one of the grant's uses, then write the record of the secrets' use.
 
         Invariant 5: the record is written before the secret leaves (fsynced here, or by
@@ -473,7 +475,7 @@ def _has_controls(text: str, *, allow_tab: bool) -> bool:
 
 
 def _record(request: OutboundRequest, grant: Grant | None, decision: str, reason: str,
-            status: int | None, secrets: list[str]) -> dict[str, object]:
+            status: int | None, secrets: list[str]) -> dict[str, Any]:
     return {
         "decision": decision,
         "reason": reason,

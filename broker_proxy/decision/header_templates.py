@@ -44,7 +44,7 @@ def applicable_templates(policy: ActivePolicy, grant: Grant,
         path = canonical_path(request.path)
     except AmbiguousPath:
         return []
-    uses = []
+    uses: list[TemplateUse] = []
     for name, secret in templated:
         if policy.index.allows(name, request.scheme, request.host, request.port,
                                request.method, path):

@@ -240,7 +240,7 @@ class EchoServer:
             tls.minimum_version = ssl.TLSVersion.TLSv1_2
             tls.load_cert_chain(cert_path, key_path)
             tls.set_alpn_protocols(["http/1.1"])
-            tls.sni_callback = _remember_sni
+            tls.sni_callback = _remember_sni  # type: ignore[assignment]  # typeshed: SSLObject
             if client_ca is not None:  # mTLS: refuse clients without a certificate from it
                 tls.verify_mode = ssl.CERT_REQUIRED
                 tls.load_verify_locations(client_ca)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import getpass
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Any, Literal
 
 from broker_proxy.audit.log import AuditLog
 from broker_proxy.grants.issuer import IssuedGrant, issue_grant
@@ -24,7 +24,7 @@ _EVENTS: dict[str, str] = {"approve": "grant_approved", "deny": "grant_denied",
                            "revoke": "grant_revoked"}
 
 
-def grant_fields(grant: Grant) -> dict[str, object]:
+def grant_fields(grant: Grant) -> dict[str, Any]:
     """The standard audit fields that describe a grant (never its token or hash)."""
     return {"grant": grant.id, "agent": grant.agent, "task": grant.task,
             "secrets": list(grant.secrets)}

@@ -88,6 +88,8 @@ _MICROSECOND = timedelta(microseconds=1)
 class SqliteGrantStore:
     """A `GrantStore` on one SQLite file; one connection, shared by threads under a lock."""
 
+    remote = False  # a local file: short calls, made on the event loop unless they must wait
+
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self._path = Path(path)
         self._lock = threading.Lock()  # the write connection

@@ -56,6 +56,9 @@ class ReserveResult(StrEnum):
 
 
 class GrantStore(Protocol):
+    # Every call is a network round trip: the broker then decides off the event loop.
+    remote: bool
+
     def create(self, grant: Grant) -> None: ...
 
     def get(self, grant_id: str) -> Grant | None: ...

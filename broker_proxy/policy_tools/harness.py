@@ -12,7 +12,7 @@ import base64
 import json
 import secrets
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -55,6 +55,14 @@ class FakeSecrets:
             value = self._values[secret.name] = SecretValue(secret.name, text)
         return value
 
+    stored_value = resolve  # nothing is minted from a fake: what is stored is what is sent
+
+    def minted_token(self, secret: SecretPolicy) -> SecretValue | None:
+        return None
+
+    def upstream_answered(self, status: int, scrub: Mapping[str, tuple[str, str]]) -> None:
+        return None
+
 
 @dataclass(frozen=True, slots=True)
 class TestGrant:
@@ -72,7 +80,7 @@ class DecisionHarness:
         self.store = SqliteGrantStore(workdir / "grants.sqlite3")
         self.audit = AuditLog.open(workdir / "audit.log", workdir / "audit.key")
         self.broker = Broker(policy=ActivePolicy.build(policy), grants=self.store,
-                             secrets=FakeSecrets(), audit=self.audit,  # type: ignore[arg-type]
+                             secrets=FakeSecrets(), audit=self.audit,
                              metrics=BrokerMetrics())
         self._grants: dict[tuple[str, tuple[str, ...], bool], TestGrant | Denied] = {}
 

@@ -108,7 +108,7 @@ class Replayer:
             report.kept += 1
             return
         secrets = tuple(record.get("secrets") or ())
-        held = grant_secrets.get(record.get("grant"))
+        held = grant_secrets.get(str(record.get("grant")))
         if held is None:
             report.assumed_grants += 1
             agent_policy = self._policy.agents.get(agent)

@@ -18,6 +18,7 @@ import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from broker_proxy.audit.log import AuditError
 from broker_proxy.decision.active_policy import ActivePolicy
@@ -134,7 +135,7 @@ class PolicyReloader:
             revoked.append(grant.id)  # counted by the grant watcher, like every revocation
         return tuple(revoked)
 
-    def _audit(self, event: str, **fields: object) -> None:
+    def _audit(self, event: str, **fields: Any) -> None:
         try:
             self._broker.audit.append(event, **fields)
         except AuditError:

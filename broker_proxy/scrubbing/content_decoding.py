@@ -23,7 +23,7 @@ import brotli
 try:  # Python 3.14 ships zstd; before that the backport has the same API.
     from compression import zstd  # type: ignore[import-not-found]
 except ImportError:  # pragma: no cover - depends on the interpreter
-    from backports import zstd  # type: ignore[import-not-found,no-redef]
+    from backports import zstd
 
 _SLICE = 64 * 1024  # the most any decoder step may produce at once
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 from broker_proxy.grants.model import Grant
 from broker_proxy.policy.model import Policy, SecretPolicy
-from broker_proxy.secrets.backends import SecretResolver
+from broker_proxy.secrets.source import SecretSource
 from broker_proxy.secrets.value import SecretValue
 from broker_proxy.signing.aws_resign import parse_credentials
 
@@ -61,7 +61,7 @@ class _Entry:
 class GrantScrubValues:
     """A cache of each secret's scrub values, shared by every grant that holds the secret."""
 
-    def __init__(self, resolver: SecretResolver, *, ttl: float = VALUES_TTL_SECONDS,
+    def __init__(self, resolver: SecretSource, *, ttl: float = VALUES_TTL_SECONDS,
                  failure_ttl: float = FAILURE_TTL_SECONDS,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._resolver = resolver
@@ -121,8 +121,7 @@ class GrantScrubValues:
         name = secret.name
         if secret.client_cert is not None:
             return ()
-        stored: Callable[[SecretPolicy], SecretValue] = getattr(
-            resolver, "stored_value", resolver.resolve)
+        stored = resolver.stored_value
         if secret.sign is not None:
             credentials = parse_credentials(name, stored(secret))
             found = [(name, credentials.secret_access_key),
@@ -132,8 +131,7 @@ class GrantScrubValues:
             return tuple((label, SecretValue(label, text)) for label, text in found)
         if secret.oauth2 is not None:
             found_values = [(f"{name}.credential", stored(secret))]
-            minted = getattr(resolver, "minted_token", None)
-            token = minted(secret) if minted is not None else None
+            token = resolver.minted_token(secret)
             if token is not None:
                 found_values.append((name, token))
             return tuple(found_values)
