@@ -21,11 +21,8 @@ from mitmproxy.test import taddons, tflow, tutils
 
 from broker_proxy.decision.broker import Broker
 from broker_proxy.grants.sqlite_store import SqliteGrantStore
-from tests import test_broker_decide
+from tests.decision_setup import API, Setup
 from tests.security.raw_proxy import proxy_authorization
-from tests.test_broker_decide import API, Setup
-
-setup = test_broker_decide.setup  # the real broker of the decision tests, as a fixture here
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
