@@ -1,4 +1,4 @@
-"""Header templates, Basic credentials, per-grant placeholders and command caching (issue 7).
+"""Header templates, Basic credentials, per-grant placeholders and command caching.
 
 Policy parsing, the scanner and Broker.decide on real parts: SQLite grants, the audit log, env
 secrets. The proxy-level versions of these are in test_e2e_credential_kinds.py.

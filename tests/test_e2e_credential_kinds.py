@@ -1,5 +1,5 @@
 """End to end: header templates, Basic, per-grant placeholders and the command and keyring
-backends, through the real proxy process with real clients (issue 7)."""
+backends, through the real proxy process with real clients."""
 
 from __future__ import annotations
 

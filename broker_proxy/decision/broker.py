@@ -192,14 +192,14 @@ class Broker:
         # Match on one spelling of the host: the one the policy was compiled with.
         if (host := canonical_host(request.host)) != request.host:
             request = replace(request, host=host)
-        # AWS SigV4 (issue 7): signed by the agent's SDK with a placeholder key, signed again here.
+        # AWS SigV4: signed by the agent's SDK with a placeholder key, signed again here.
         if resigned := self._aws_resigning(request, grant, policy, now, defer_durability,
                                            wait):
             return self._scrubbing_the_grant(resigned, grant, policy)
         # Per-grant placeholders (placeholder_format) name a secret only in their own grant.
         scanner = policy.scanner.for_grant(dict(grant.placeholders))
         hits = find_placeholders(scanner, request)
-        # Header templates: set by the proxy for the grant's secrets' destinations (issue 7).
+        # Header templates: set by the proxy for the grant's secrets' destinations.
         templates = applicable_templates(policy, grant, request)
         if not hits and not templates:
             return self._scrubbing_the_grant(

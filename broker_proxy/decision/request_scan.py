@@ -67,7 +67,7 @@ class RequestRewriter:
                  basic_usernames: Mapping[str, str] | None = None) -> None:
         self._scanner = scanner
         self._values = values
-        # secret -> Basic user-id, for secrets whose "basic" hits were checked (issue 7).
+        # secret -> Basic user-id, for secrets whose "basic" hits were checked.
         self._basic_usernames = basic_usernames or {}
 
     def _swap(self, text: str) -> str:

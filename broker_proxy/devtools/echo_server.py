@@ -259,10 +259,6 @@ class EchoServer:
     def url(self) -> str:
         return f"{self.scheme}://127.0.0.1:{self.port}"
 
-    def url_for(self, hostname: str) -> str:
-        """The URL under another name (pinned to 127.0.0.1 with the proxy's --resolve)."""
-        return f"{self.scheme}://{hostname}:{self.port}"
-
     @property
     def requests(self) -> list[ReceivedRequest]:
         """A copy of the requests received so far, oldest first."""

@@ -57,7 +57,7 @@ _SCHEMA_V1 = (
     """,
     "CREATE INDEX grants_by_created ON grants (created_at, id)",
 )
-# Version 2 (issue 7): per-grant placeholders, a JSON object secret -> placeholder.
+# Version 2: per-grant placeholders, a JSON object secret -> placeholder.
 _SCHEMA_V2 = ("ALTER TABLE grants ADD COLUMN placeholders TEXT NOT NULL DEFAULT '{}'",)
 
 _COLUMNS = (

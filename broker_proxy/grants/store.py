@@ -1,4 +1,4 @@
-"""What every grant store (SQLite now, Redis later) offers, and the errors it speaks in.
+"""What every grant store (SQLite, Redis) offers, and the errors it speaks in.
 
 The surface is deliberately small: each verb is one atomic step, so a second backend only has
 to make the same few steps atomic in its own terms.

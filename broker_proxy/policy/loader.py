@@ -225,10 +225,6 @@ def _quoted(value: str) -> str:
     return json.dumps(shown, ensure_ascii=False)
 
 
-def _either(options: tuple[str, ...]) -> str:
-    return ", ".join(options[:-1]) + " or " + options[-1] if len(options) > 1 else options[0]
-
-
 def _suggestion(name: str, known: tuple[str, ...] | list[str]) -> str:
     close = difflib.get_close_matches(name, known, n=1, cutoff=0.7)
     return f'; did you mean "{close[0]}"?' if close else ""
@@ -712,21 +708,6 @@ def _paths(node: yaml.Node, path: str, checker: _Checker) -> tuple[str, ...]:
             continue
         globs.append(glob)
     return tuple(dict.fromkeys(globs))
-
-
-def _choices(node: yaml.Node, path: str, options: tuple[str, ...], what: str,
-             checker: _Checker) -> frozenset[str]:
-    listed = checker.strings(node, path)
-    if listed == []:
-        checker.report(node, path, f"must name at least one {what}")
-    chosen = set()
-    for item_path, item, value in listed or ():
-        if value in options:
-            chosen.add(value)
-        else:
-            checker.report(item, item_path,
-                           f"unknown {what} {_quoted(value)}: use {_either(options)}")
-    return frozenset(chosen)
 
 
 def _agents(node: yaml.Node, checker: _Checker, secret_names: set[str]) -> dict[str, AgentPolicy]:
