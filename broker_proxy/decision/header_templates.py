@@ -20,7 +20,7 @@ from broker_proxy.decision.basic_credentials import encode_basic
 from broker_proxy.decision.outbound import OutboundRequest
 from broker_proxy.decision.request_checks import AmbiguousPath, canonical_path
 from broker_proxy.grants.model import Grant
-from broker_proxy.policy.credential_kinds import BASIC_SLOT, SECRET_SLOT
+from broker_proxy.policy.inject_fields import BASIC_SLOT, SECRET_SLOT
 from broker_proxy.policy.model import HeaderTemplate
 
 

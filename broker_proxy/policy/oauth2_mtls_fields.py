@@ -1,5 +1,5 @@
-"""The policy fields of credentials that are not swapped in as they are: ``oauth2`` and
-``client_cert`` (owner: the OAuth2/mTLS part of issue 7).
+"""The policy fields of credentials that are never swapped in as they are: ``oauth2`` (a
+token is minted from them) and ``client_cert`` (presented in the TLS handshake).
 
 Kept apart from the loader so the loader stays about the policy's shape; the loader calls
 these with its own checker, so messages carry ``FILE:LINE:COL: path: message`` like any other.

@@ -1,4 +1,5 @@
-"""Reading the credential-kind fields of a secret: header templates, Basic, per-grant formats.
+"""Reading the fields that say how a secret goes into a request: header templates, Basic,
+per-grant placeholder formats (the OAuth2 and client-certificate fields are oauth2_mtls_fields).
 
 Kept apart from loader.py so the loader stays a walk over the file; the checker passed in is
 the loader's, so every problem here is reported with the same FILE:LINE:COL form.
