@@ -21,6 +21,7 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m ruff check .
+	$(PY) -m mypy
 	$(VENV)/bin/broker-proxy policy test policies/
 	$(PY) -m pytest $(PYTEST_ARGS)
 

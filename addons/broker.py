@@ -16,21 +16,22 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from mitmproxy import ctx, http, tcp, tls
+from broker_proxy.addons import connection_limits, flow_adapter, mitmproxy_patches, server_names
+from broker_proxy.addons.broker_addon import BrokerAddon
+from broker_proxy.addons.connection_limits import ConnectionLimits
+from broker_proxy.addons.flow_record import flow_record
+from broker_proxy.addons.mitmproxy_compat import IncompatibleMitmproxy
+from broker_proxy.addons.option_guards import unsafe_option
+from mitmproxy import ctx, http, tcp
 from mitmproxy.exceptions import OptionsError
 from mitmproxy.proxy import server_hooks
 
-from addons import connection_limits, flow_adapter, mitmproxy_patches, server_names
-from addons.broker_addon import AGENT_VIEW_KEY, BrokerAddon
-from addons.connection_limits import ConnectionLimits
-from addons.mitmproxy_compat import IncompatibleMitmproxy
-from addons.option_guards import unsafe_option
-from broker_proxy import outbound as codes
-from broker_proxy.assembly import open_broker, policy_path
+from broker_proxy.decision import outbound as codes
+from broker_proxy.decision.outbound import Denied
 from broker_proxy.error_text import describe_error
 from broker_proxy.home import Home
-from broker_proxy.outbound import Denied
-from broker_proxy.resolve_pins import ResolvePins
+from broker_proxy.runtime.assembly import open_broker, policy_path
+from broker_proxy.runtime.resolve_pins import ResolvePins
 from broker_proxy.secrets.oauth2 import UpstreamTrust
 
 log = logging.getLogger("broker_proxy.script")
@@ -39,11 +40,25 @@ BROKER_OPTIONS = {"broker_home", "broker_policy", "broker_resolve"}
 
 
 class BrokerScript:
+    """Options, start-up and refusals; the broker's own addons are its children once started.
+
+    mitmproxy calls a parent's hook before its children's, and reads ``addons`` on every event,
+    so the children change when the broker (re)starts: before, and after a failed start, only
+    the refusals below run.
+    """
+
     def __init__(self) -> None:
-        # Request-head and upstream-connect deadlines, close after 413 (a child addon).
-        self.addons = [ConnectionLimits()]
+        # Request-head and upstream-connect deadlines, close after 413.
+        self.limits = ConnectionLimits()
+        self.agent_view = AgentView()
         self.inner: BrokerAddon | None = None
         self.startup_error = "the broker has not started"
+
+    @property
+    def addons(self) -> list[object]:
+        inner = [self.inner] if self.inner is not None else []
+        # AgentView last: it puts the agent's request back once the others are done with it.
+        return [self.limits, *inner, self.agent_view]
 
     def load(self, loader) -> None:  # type: ignore[no-untyped-def]
         loader.add_option("broker_home", str, "",
@@ -58,7 +73,7 @@ class BrokerScript:
         if problem := unsafe_option(ctx.options):
             # Refuse every request until the option is gone, then say why; mitmproxy rolls a
             # change at run time back (and calls configure again), or stops at start-up.
-            self.inner = None
+            self._stop()
             self.startup_error = problem
             log.error("broker-proxy refuses all requests: %s", problem)
             raise OptionsError(problem)
@@ -67,12 +82,10 @@ class BrokerScript:
         if ctx.options.connection_strategy != "lazy":
             # Dial upstream only after the request was decided.
             ctx.options.connection_strategy = "lazy"
-        if self.inner is not None:
-            self.inner.configure(updated)
 
     def _start(self) -> None:
+        self._stop()
         if _INCOMPATIBLE is not None:
-            self.inner = None
             self.startup_error = _INCOMPATIBLE
             log.error("broker-proxy refuses all requests: %s", self.startup_error)
             return
@@ -85,82 +98,53 @@ class BrokerScript:
                                  trust=UpstreamTrust(Path(trusted_ca) if trusted_ca else None,
                                                      resolve))
         except Exception as error:
-            self.inner = None
             self.startup_error = describe_error(error) or type(error).__name__
             log.error("broker-proxy refuses all requests: %s", self.startup_error)
             return
         self.inner = BrokerAddon(broker, resolve, keep_agent_view=True)
 
+    def _stop(self) -> None:
+        self.inner = None
+
     def _refuse(self, flow: http.HTTPFlow) -> None:
         flow_adapter.deny(flow, Denied(503, codes.INTERNAL_ERROR,
                                        "the broker is not running: " + self.startup_error))
 
-    async def http_connect(self, flow: http.HTTPFlow) -> None:
+    def http_connect(self, flow: http.HTTPFlow) -> None:
         if self.inner is None:
             self._refuse(flow)
-        elif (waiting := self.inner.http_connect(flow)) is not None:
-            await waiting
 
-    def requestheaders(self, flow: http.HTTPFlow) -> None:
-        if self.inner is not None:
-            self.inner.requestheaders(flow)
-
-    async def request(self, flow: http.HTTPFlow) -> None:
+    def request(self, flow: http.HTTPFlow) -> None:
         if self.inner is None:
             self._refuse(flow)
-        elif (waiting := self.inner.request(flow)) is not None:
-            await waiting
 
-    def responseheaders(self, flow: http.HTTPFlow) -> None:
-        if self.inner is not None:
-            self.inner.responseheaders(flow)
-
-    def done(self) -> None:
-        if self.inner is not None:
-            self.inner.done()
-
-    def response(self, flow: http.HTTPFlow) -> None:
-        if self.inner is not None:
-            self.inner.response(flow)
-        _show_agent_view(flow)
-
-    def websocket_message(self, flow: http.HTTPFlow) -> None:
-        if self.inner is not None:
-            self.inner.websocket_message(flow)
-
-    def error(self, flow: http.HTTPFlow) -> None:
-        if self.inner is not None:
-            self.inner.error(flow)
-        _show_agent_view(flow)
-
-    async def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
+    def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
         if self.inner is None:
             data.server.error = "the broker is not running"
-        else:
-            await self.inner.server_connect(data)
-
-    def server_connected(self, data: server_hooks.ServerConnectionHookData) -> None:
-        if self.inner is not None:
-            self.inner.server_connected(data)
-
-    async def tls_start_server(self, tls_start: tls.TlsData) -> None:
-        if self.inner is not None and (
-                waiting := self.inner.tls_start_server(tls_start)) is not None:
-            await waiting
 
     def tcp_start(self, flow: tcp.TCPFlow) -> None:
-        flow.kill()
+        if self.inner is None:  # else the broker's UpstreamGuard cuts it
+            flow.kill()
 
 
-def _show_agent_view(flow: http.HTTPFlow) -> None:
+class AgentView:
     """Put back the request as the agent sent it, now that the real one has left.
 
     The script runs before mitmdump's dumper and event log: what they print of the request
     (the URL at flow_detail 1) must show the placeholders, never an injected value.
     """
-    agent_view = flow.metadata.pop(AGENT_VIEW_KEY, None)
-    if agent_view is not None:
-        flow.request = agent_view
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        self._restore(flow)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        self._restore(flow)
+
+    @staticmethod
+    def _restore(flow: http.HTTPFlow) -> None:
+        record = flow_record(flow)
+        if record is not None and record.agent_view is not None:
+            flow.request, record.agent_view = record.agent_view, None
 
 
 def _patch_mitmproxy() -> str | None:

@@ -20,10 +20,13 @@ certificate and key are added to it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+from collections.abc import Coroutine
+from concurrent.futures import Executor
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 from weakref import WeakKeyDictionary
 
 from cryptography import x509
@@ -32,7 +35,7 @@ from mitmproxy import connection, tls
 from OpenSSL import crypto
 
 from broker_proxy.audit.log import AuditError
-from broker_proxy.broker import Broker
+from broker_proxy.decision.broker import Broker
 from broker_proxy.policy.destinations import HostError, canonical_host
 from broker_proxy.policy.model import SecretPolicy
 from broker_proxy.secrets.backends import SecretUnavailable
@@ -51,8 +54,9 @@ class ClientCertError(Exception):
 
 
 class ClientCerts:
-    def __init__(self, broker: Broker) -> None:
+    def __init__(self, broker: Broker, decisions: Executor | None = None) -> None:
         self.broker = broker
+        self._decisions = decisions  # None: asyncio's default executor
         # client connection -> (host, port) -> id of the grant a request there was allowed for.
         self._grants: WeakKeyDictionary[connection.Client, dict[tuple[str, int], str]] = (
             WeakKeyDictionary())
@@ -61,9 +65,23 @@ class ClientCerts:
                         grant_id: str) -> None:
         self._grants.setdefault(client, {})[(host.lower(), port)] = grant_id
 
-    def tls_start_server(self, tls_start: tls.TlsData) -> None:
-        if (wanted := self.wanted(tls_start)) is not None:
-            self.present(tls_start, wanted)
+    def tls_start_server(self, tls_start: tls.TlsData) -> Coroutine[Any, Any, None] | None:
+        try:
+            wanted = self.wanted(tls_start)
+        except Exception as error:  # no certificate then: the upstream refuses, nothing leaks
+            log.error("client certificate hook failed: %s", type(error).__name__)
+            return None
+        if wanted is None:
+            return None
+        # The grant store, the key's backend and the audit fsync may all block: off the loop.
+        return self._present_off_loop(tls_start, wanted)
+
+    async def _present_off_loop(self, tls_start: tls.TlsData, wanted: Upstream) -> None:
+        try:
+            await asyncio.get_running_loop().run_in_executor(
+                self._decisions, self.present, tls_start, wanted)
+        except Exception as error:  # no certificate then: the upstream refuses, nothing leaks
+            log.error("client certificate hook failed: %s", type(error).__name__)
 
     def wanted(self, tls_start: tls.TlsData) -> Upstream | None:
         """Whether this handshake may need a certificate: memory only, cheap on the loop."""
@@ -134,9 +152,7 @@ class ClientCerts:
                 cert_pem = path.read_bytes()
             except OSError as error:
                 raise ClientCertError(f"cannot read {path}: {error.strerror}") from None
-        stored = self.broker.secrets
-        key_value = (stored.stored_value(secret) if hasattr(stored, "stored_value")
-                     else stored.resolve(secret))
+        key_value = self.broker.secrets.stored_value(secret)
         try:
             certificate = x509.load_pem_x509_certificate(cert_pem)
             private_key = load_pem_private_key(key_value.reveal().encode(), password=None)

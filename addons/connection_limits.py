@@ -27,13 +27,12 @@ import inspect
 from dataclasses import dataclass
 from weakref import WeakKeyDictionary
 
+from broker_proxy.addons.mitmproxy_compat import require
 from mitmproxy import connection, ctx, http
 from mitmproxy.addons.proxyserver import Proxyserver
 from mitmproxy.proxy import server_hooks
 from mitmproxy.proxy.layers.http import HttpStream
 from mitmproxy.proxy.server import ConnectionHandler, ConnectionIO
-
-from addons.mitmproxy_compat import require
 
 _BODY_TOO_LARGE = "body exceeds mitmproxy's body_size_limit"
 _CLOSE_AFTER_ANSWER = 0.2  # seconds: the refusal is written before the connection closes

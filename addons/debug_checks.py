@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import copy
 
+from broker_proxy.addons.mitmproxy_compat import require
 from mitmproxy import http
 from mitmproxy.http import MessageData
-
-from addons.mitmproxy_compat import require
 
 
 def _no_type_check(self: MessageData) -> None:

@@ -7,7 +7,7 @@ import binascii
 
 from mitmproxy import http
 
-from broker_proxy.outbound import Allowed, Denied, OutboundRequest
+from broker_proxy.decision.outbound import Allowed, Denied, OutboundRequest
 from broker_proxy.policy.destinations import canonical_host
 
 PROXY_AUTHORIZATION = "Proxy-Authorization"

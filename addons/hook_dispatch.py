@@ -27,10 +27,9 @@ import types
 from collections.abc import Callable
 from typing import Any
 
+from broker_proxy.addons.mitmproxy_compat import require
 from mitmproxy import addonmanager, exceptions, flow, hooks
 from mitmproxy.addonmanager import AddonManager, traverse
-
-from addons.mitmproxy_compat import require
 
 logger = logging.getLogger(__name__)
 

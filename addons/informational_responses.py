@@ -15,11 +15,10 @@ from __future__ import annotations
 from collections.abc import Generator
 from typing import Any
 
+from broker_proxy.addons.mitmproxy_compat import IncompatibleMitmproxy
 from h11._receivebuffer import ReceiveBuffer
 from mitmproxy.proxy import events
 from mitmproxy.proxy.layers.http import _http1
-
-from addons.mitmproxy_compat import IncompatibleMitmproxy
 
 _MARK = "_broker_proxy_drops_informational"
 

@@ -6,7 +6,7 @@ clear line) on a mitmproxy that lacks what it patches, rather than silently doin
 
 from __future__ import annotations
 
-from addons import (
+from broker_proxy.addons import (
     informational_responses,
     response_limits,
     upstream_error_pages,

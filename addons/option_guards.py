@@ -13,6 +13,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from mitmproxy import ctx
+from mitmproxy.exceptions import OptionsError
+
 MAX_FLOW_DETAIL = 1
 
 
@@ -37,3 +40,11 @@ def unsafe_option(options: Any) -> str | None:
         return ("mitmweb and the mitmproxy console show every request with the real secrets the "
                 "broker injected: run the broker under mitmdump or broker-proxy run")
     return None
+
+
+class OptionGuard:
+    """Refuses, at start-up and on every change, the options above (an ``OptionsError``)."""
+
+    def configure(self, updated: set[str]) -> None:
+        if problem := unsafe_option(ctx.options):
+            raise OptionsError(problem)

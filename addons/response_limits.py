@@ -15,9 +15,8 @@ from __future__ import annotations
 from collections.abc import Generator
 from typing import Any
 
+from broker_proxy.addons.mitmproxy_compat import IncompatibleMitmproxy
 from mitmproxy.proxy.layers.http import HttpStream
-
-from addons.mitmproxy_compat import IncompatibleMitmproxy
 
 __all__ = ["IncompatibleMitmproxy", "install"]
 

@@ -38,11 +38,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+from broker_proxy.addons import websocket_controls
 from mitmproxy import http
 
-from addons import websocket_controls
-from broker_proxy import outbound as codes
-from broker_proxy.content_decoding import (
+from broker_proxy.decision import outbound as codes
+from broker_proxy.decision.outbound import Allowed, Denied
+from broker_proxy.scrubbing.content_decoding import (
     BodyNotDecodable,
     DecodeLimits,
     StreamDecoder,
@@ -50,8 +51,7 @@ from broker_proxy.content_decoding import (
     parse_content_encoding,
     parse_transfer_encoding,
 )
-from broker_proxy.outbound import Allowed, Denied
-from broker_proxy.scrubber import MessageScrubber, Scrubber, StreamScrubber, scrubber_for
+from broker_proxy.scrubbing.scrubber import MessageScrubber, Scrubber, StreamScrubber, scrubber_for
 
 log = logging.getLogger("broker_proxy.addon")
 

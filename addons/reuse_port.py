@@ -13,9 +13,8 @@ import asyncio
 import functools
 import inspect
 
+from broker_proxy.addons.mitmproxy_compat import require
 from mitmproxy.proxy import mode_servers
-
-from addons.mitmproxy_compat import require
 
 _original_start_server = asyncio.start_server
 

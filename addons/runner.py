@@ -13,6 +13,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from broker_proxy.addons import (
+    connection_limits,
+    debug_checks,
+    hook_dispatch,
+    mitmproxy_patches,
+    reuse_port,
+    server_names,
+)
+from broker_proxy.addons.broker_addon import BrokerAddon
+from broker_proxy.addons.connection_limits import ConnectionLimits, Deadlines
+from broker_proxy.addons.hook_dispatch import IndexedAddonManager
 from mitmproxy import ctx, options
 from mitmproxy.addons import (
     block,
@@ -26,19 +37,8 @@ from mitmproxy.addons.errorcheck import ErrorCheck
 from mitmproxy.addons.termlog import TermLog
 from mitmproxy.master import Master
 
-from addons import (
-    connection_limits,
-    debug_checks,
-    hook_dispatch,
-    mitmproxy_patches,
-    reuse_port,
-    server_names,
-)
-from addons.broker_addon import BrokerAddon
-from addons.connection_limits import ConnectionLimits, Deadlines
-from addons.hook_dispatch import IndexedAddonManager
-from broker_proxy.broker import Broker
-from broker_proxy.resolve_pins import ResolvePins
+from broker_proxy.decision.broker import Broker
+from broker_proxy.runtime.resolve_pins import ResolvePins
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +102,7 @@ async def serve(broker: Broker, settings: ProxySettings,
         ErrorCheck(),
         _Announce(on_ready),
         ConnectionLimits(settings.deadlines),
-        BrokerAddon(broker, settings.resolve),
+        *BrokerAddon(broker, settings.resolve).addons,
     )
     # Options owned by addons exist only once the addons are added.
     opts.update(

@@ -10,9 +10,8 @@ the guard and the plain attribute it protects are still as read from mitmproxy 1
 
 from __future__ import annotations
 
+from broker_proxy.addons.mitmproxy_compat import require
 from mitmproxy import connection
-
-from addons.mitmproxy_compat import require
 
 Address = tuple[str, int]
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Generator
 from typing import Any
 
+from broker_proxy.addons.mitmproxy_compat import IncompatibleMitmproxy
 from mitmproxy import http
 from mitmproxy.connection import ConnectionState
 from mitmproxy.net.http import http1
@@ -24,8 +25,7 @@ from mitmproxy.proxy import commands
 from mitmproxy.proxy.layers.http import _http1, _http2
 from mitmproxy.proxy.layers.http._events import ErrorCode, ResponseProtocolError
 
-from addons.mitmproxy_compat import IncompatibleMitmproxy
-from broker_proxy.outbound import Denied
+from broker_proxy.decision.outbound import Denied
 
 _MARK = "_broker_proxy_error_pages"
 UPSTREAM_ERROR = "upstream_error"

@@ -17,9 +17,8 @@ from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
 import wsproto.events
+from broker_proxy.addons.mitmproxy_compat import IncompatibleMitmproxy
 from mitmproxy.proxy.layers import websocket
-
-from addons.mitmproxy_compat import IncompatibleMitmproxy
 
 SCRUB_KEY = "broker_proxy.websocket_controls"
 _MARK = "_broker_proxy_scrubs_controls"

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from benchmarks.proc_stats import memory_kib
-from broker_proxy.proxy_process import ProxyProcess
+from broker_proxy.devtools.proxy_process import ProxyProcess
 from tests.gzip_bomb import gzip_bomb
 
 POLICY = """\

@@ -37,14 +37,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.loadgen import ProxySpec, Result, Target, run_load
 from benchmarks.proc_stats import group_cpu_seconds, group_peak_kib
-from broker_proxy.echo_server import EchoServer, ReceivedRequest
+from broker_proxy.devtools.echo_server import EchoServer, ReceivedRequest
+from broker_proxy.devtools.local_pki import write_pki
+from broker_proxy.devtools.proxy_process import ProxyProcess
 from broker_proxy.grants.issuer import issue_grant
 from broker_proxy.grants.sqlite_store import SqliteGrantStore
 from broker_proxy.home import Home
-from broker_proxy.local_pki import write_pki
-from broker_proxy.local_ports import free_port, wait_for_port
 from broker_proxy.policy.loader import load_policy
-from broker_proxy.proxy_process import ProxyProcess
+from broker_proxy.runtime.local_ports import free_port, wait_for_port
 from broker_proxy.time_source import utc_now
 
 HERE = Path(__file__).resolve().parent

@@ -33,10 +33,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import httpx
 
 from benchmarks.proc_stats import memory_kib
-from broker_proxy.content_decoding import DecodeLimits, StreamDecoder
-from broker_proxy.echo_server import EchoServer
-from broker_proxy.local_pki import write_pki
-from broker_proxy.scrubber import Scrubber
+from broker_proxy.devtools.echo_server import EchoServer
+from broker_proxy.devtools.local_pki import write_pki
+from broker_proxy.scrubbing.content_decoding import DecodeLimits, StreamDecoder
+from broker_proxy.scrubbing.scrubber import Scrubber
 from tests.conftest import API_HOST, HOSTS, Upstreams, start_stack
 from tests.reflect_upstream import ReflectServer
 

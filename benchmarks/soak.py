@@ -21,13 +21,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.loadgen import ProxySpec, Target, run_load
 from benchmarks.proc_stats import memory_kib
 from benchmarks.run import PLACEHOLDER, broker_policy, small_reply
-from broker_proxy.echo_server import EchoServer
+from broker_proxy.devtools.echo_server import EchoServer
+from broker_proxy.devtools.local_pki import write_pki
+from broker_proxy.devtools.proxy_process import ProxyProcess
 from broker_proxy.grants.issuer import issue_grant
 from broker_proxy.grants.sqlite_store import SqliteGrantStore
 from broker_proxy.home import Home
-from broker_proxy.local_pki import write_pki
 from broker_proxy.policy.loader import load_policy
-from broker_proxy.proxy_process import ProxyProcess
 from broker_proxy.time_source import utc_now
 
 

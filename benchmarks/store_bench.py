@@ -28,17 +28,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from broker_proxy.active_policy import ActivePolicy
 from broker_proxy.audit.log import AuditLog
-from broker_proxy.broker import Broker
+from broker_proxy.decision.active_policy import ActivePolicy
+from broker_proxy.decision.broker import Broker
+from broker_proxy.decision.outbound import Allowed, OutboundRequest
+from broker_proxy.devtools.redis_server import RedisServer
 from broker_proxy.grants.factory import open_grant_store
 from broker_proxy.grants.issuer import issue_grant
 from broker_proxy.grants.store import GrantStore
 from broker_proxy.home import Home
 from broker_proxy.metrics import BrokerMetrics
-from broker_proxy.outbound import Allowed, OutboundRequest
 from broker_proxy.policy.loader import load_policy_text
-from broker_proxy.redis_server import RedisServer
 from broker_proxy.secrets.backends import SecretResolver
 from broker_proxy.time_source import utc_now
 

@@ -22,14 +22,14 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qs, urlsplit
 
 from broker_proxy import strict_json
-from broker_proxy.active_policy import ActivePolicy
 from broker_proxy.audit.log import AuditError, AuditLog
+from broker_proxy.decision.active_policy import ActivePolicy
 from broker_proxy.durations import DurationError, parse_duration
-from broker_proxy.grant_actions import GRANT_ACTIONS, change_grant, issue_audited
+from broker_proxy.grants.actions import GRANT_ACTIONS, GrantAction, change_grant, issue_audited
 from broker_proxy.grants.issuer import GrantPolicyError
 from broker_proxy.grants.store import GrantNotFound, GrantStateError, GrantStore, GrantStoreError
 from broker_proxy.time_source import utc_now
@@ -209,7 +209,8 @@ class AdminHandler(BaseHTTPRequestHandler):
         action = parts[3]
         by = self._decider()
         try:
-            grant = change_grant(self.context.grants, self.context.audit, grant_id, action,
+            grant = change_grant(self.context.grants, self.context.audit, grant_id,
+                                 cast(GrantAction, action),
                                  by=by, now=utc_now())
         except GrantNotFound:
             raise ApiError(404, "grant_not_found", "no such grant") from None
@@ -357,7 +358,7 @@ class AdminServer:
     @property
     def address(self) -> str:
         host, port = self._server.server_address[:2]
-        return f"{host}:{port}"
+        return f"{host!s}:{port}"
 
     def start(self) -> AdminServer:
         self._thread.start()

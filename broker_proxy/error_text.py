@@ -10,10 +10,10 @@ from broker_proxy.admin_api import AdminApiError
 from broker_proxy.audit.log import AuditError
 from broker_proxy.durations import DurationError
 from broker_proxy.grants.store import GrantError
-from broker_proxy.home_lock import HomeBusy
 from broker_proxy.policy.loader import PolicyError
-from broker_proxy.replica import ReplicaIdError
-from broker_proxy.resolve_pins import PinError
+from broker_proxy.runtime.home_lock import HomeBusy
+from broker_proxy.runtime.replica import ReplicaIdError
+from broker_proxy.runtime.resolve_pins import PinError
 from broker_proxy.secrets.backends import SecretUnavailable
 from broker_proxy.secrets.master_key import MasterKeyError
 from broker_proxy.secrets.vault import VaultError

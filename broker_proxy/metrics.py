@@ -184,7 +184,7 @@ def _serve(host: str, port: int, registry: CollectorRegistry) -> int:
     family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
     server_class = type("MetricsServer", (ThreadingMixIn, WSGIServer),
                         {"daemon_threads": True, "address_family": family})
-    server = make_server(host, port, metrics_app, server_class=server_class,
+    server: WSGIServer = make_server(host, port, metrics_app, server_class=server_class,
                          handler_class=_QuietHandler)
     threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
     return int(server.server_port)

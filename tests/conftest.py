@@ -6,7 +6,6 @@ The end-to-end stack is the real thing: local HTTPS servers with their own CA, a
 
 from __future__ import annotations
 
-import base64
 import os
 import secrets
 import shutil
@@ -20,17 +19,20 @@ import keyring
 import pytest
 from keyring.backends import null
 
-from broker_proxy.echo_server import EchoServer
+from broker_proxy.devtools.echo_server import EchoServer
+from broker_proxy.devtools.local_pki import LocalPki, write_pki
+from broker_proxy.devtools.proxy_process import ProxyProcess
+from broker_proxy.devtools.redis_server import RedisServer
 from broker_proxy.grants.issuer import IssuedGrant, issue_grant
 from broker_proxy.grants.sqlite_store import SqliteGrantStore
 from broker_proxy.home import Home
-from broker_proxy.local_pki import LocalPki, write_pki
 from broker_proxy.policy.loader import load_policy
-from broker_proxy.proxy_process import ProxyProcess
-from broker_proxy.redis_server import RedisServer
+from broker_proxy.secrets.master_key import ENV_VAR as MASTER_KEY_ENV
 from broker_proxy.secrets.master_key import load_or_create_master_key
 from broker_proxy.secrets.vault import Vault
 from broker_proxy.time_source import utc_now
+from tests.decision_setup import setup  # noqa: F401 (the decision tests' broker, for every module)
+from tests.master_keys import random_master_key
 
 API_HOST = "api.test.local"
 OTHER_HOST = "other.test.local"
@@ -49,8 +51,16 @@ for _variable in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
 keyring.set_keyring(null.Keyring())
 
 
-def random_master_key() -> str:
-    return base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
+@pytest.fixture
+def no_real_keyring(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The null keyring and no master key from the environment, for tests that install their
+    own keyring backend or key: whatever they install is undone after each test."""
+    monkeypatch.setenv("PYTHON_KEYRING_BACKEND", "keyring.backends.null.Keyring")
+    monkeypatch.delenv(MASTER_KEY_ENV, raising=False)
+    previous = keyring.get_keyring()
+    keyring.set_keyring(null.Keyring())
+    yield
+    keyring.set_keyring(previous)
 
 
 @pytest.fixture(scope="session")

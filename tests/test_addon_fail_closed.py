@@ -14,18 +14,15 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 import pytest
+from broker_proxy.addons.broker_addon import BrokerAddon
 from mitmproxy import connection
 from mitmproxy.proxy import server_hooks
 from mitmproxy.test import taddons, tflow, tutils
 
-from addons.broker_addon import BrokerAddon
-from broker_proxy.broker import Broker
+from broker_proxy.decision.broker import Broker
 from broker_proxy.grants.sqlite_store import SqliteGrantStore
-from tests import test_broker_decide
+from tests.decision_setup import API, Setup
 from tests.security.raw_proxy import proxy_authorization
-from tests.test_broker_decide import API, Setup
-
-setup = test_broker_decide.setup  # the real broker of the decision tests, as a fixture here
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -40,7 +37,7 @@ def _run(addon: BrokerAddon, hook: Callable[[], Any]) -> None:
             result = hook()
             if isinstance(result, Coroutine):
                 await result
-        addon.done()
+        addon.decide.done()
 
     asyncio.run(main())
 
@@ -65,9 +62,9 @@ def _refused(flow: Any, status: int = 503, error: str = "internal_error") -> Non
 def test_request_decided_inline_fails_closed(setup: Setup, monkeypatch: pytest.MonkeyPatch
                                              ) -> None:
     grant = setup.issue("api_key")
-    monkeypatch.setattr("addons.flow_adapter.outbound_request", _boom)
+    monkeypatch.setattr("broker_proxy.addons.flow_adapter.outbound_request", _boom)
     addon, flow = BrokerAddon(setup.broker), _flow(grant.token)
-    _run(addon, lambda: addon.request(flow))
+    _run(addon, lambda: addon.decide.request(flow))
     _refused(flow)
     assert setup.uses(grant) == 0
 
@@ -78,7 +75,7 @@ def test_request_decided_off_the_loop_fails_closed(setup: Setup,
     monkeypatch.setattr(Broker, "may_block", lambda self: True)
     monkeypatch.setattr(Broker, "decide", _boom)
     addon, flow = BrokerAddon(setup.broker), _flow(grant.token)
-    _run(addon, lambda: addon.request(flow))
+    _run(addon, lambda: addon.decide.request(flow))
     _refused(flow)
 
 
@@ -87,7 +84,7 @@ def test_request_whose_audit_fsync_raises_fails_closed(setup: Setup,
     grant = setup.issue("api_key")
     monkeypatch.setattr(Broker, "make_durable", _boom)
     addon, flow = BrokerAddon(setup.broker), _flow(grant.token)
-    _run(addon, lambda: addon.request(flow))
+    _run(addon, lambda: addon.decide.request(flow))
     _refused(flow)
     assert setup.values["api_key"] not in str(flow.request.headers)
 
@@ -95,9 +92,9 @@ def test_request_whose_audit_fsync_raises_fails_closed(setup: Setup,
 def test_request_whose_rewrite_raises_after_an_allow_fails_closed(
         setup: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
     grant = setup.issue("api_key")
-    monkeypatch.setattr("addons.flow_adapter.apply", _boom)
+    monkeypatch.setattr("broker_proxy.addons.flow_adapter.apply", _boom)
     addon, flow = BrokerAddon(setup.broker), _flow(grant.token)
-    _run(addon, lambda: addon.request(flow))
+    _run(addon, lambda: addon.decide.request(flow))
     _refused(flow)
 
 
@@ -112,9 +109,9 @@ def test_tunnel_admission_that_raises_opens_no_tunnel(setup: Setup,
     connect = tflow.tflow(req=tutils.treq(method=b"CONNECT", host=API, port=443,
                                           authority=f"{API}:443".encode(), path=b""))
     connect.request.headers["Proxy-Authorization"] = proxy_authorization(grant.token)
-    _run(addon, lambda: addon.http_connect(connect))
+    _run(addon, lambda: addon.tunnels.http_connect(connect))
     _refused(connect)
-    assert connect.client_conn not in addon._tunnel_tokens
+    assert connect.client_conn not in addon.tunnels._tunnel_tokens
 
 
 def test_grant_store_that_raises_in_a_decision_fails_closed(
@@ -122,7 +119,7 @@ def test_grant_store_that_raises_in_a_decision_fails_closed(
     grant = setup.issue("api_key")
     monkeypatch.setattr(SqliteGrantStore, "reserve_use", _boom)
     addon, flow = BrokerAddon(setup.broker), _flow(grant.token)
-    _run(addon, lambda: addon.request(flow))
+    _run(addon, lambda: addon.decide.request(flow))
     _refused(flow)
 
 
@@ -132,14 +129,14 @@ def test_server_connect_that_raises_dials_nothing(setup: Setup,
                                                   fault: Exception) -> None:
     addon = BrokerAddon(setup.broker)
     client = tflow.tclient_conn()
-    addon._allowed_upstreams[client] = {(API, 443)}
+    addon.upstreams._allowed_upstreams[client] = {(API, 443)}
 
     async def failing(*args: object) -> list[str]:
         raise fault
 
-    monkeypatch.setattr(addon, "_addresses", failing)
+    monkeypatch.setattr(addon.upstreams, "_addresses", failing)
     server = connection.Server(address=(API, 443))
     data = server_hooks.ServerConnectionHookData(server=server, client=client)
-    _run(addon, lambda: addon.server_connect(data))
+    _run(addon, lambda: addon.upstreams.server_connect(data))
     assert server.error, "the unchecked name would have been dialled"
     assert server.address == (API, 443)

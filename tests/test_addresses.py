@@ -2,7 +2,7 @@ from ipaddress import ip_network
 
 import pytest
 
-from broker_proxy.addresses import address_allowed
+from broker_proxy.decision.addresses import address_allowed
 
 NONE: tuple = ()
 LOOPBACK_ALLOWED = (ip_network("127.0.0.0/8"),)

@@ -1,6 +1,6 @@
 import pytest
 
-from broker_proxy.authority import AuthorityError, authorities_agree, split_authority
+from broker_proxy.decision.authority import AuthorityError, authorities_agree, split_authority
 
 # --- split_authority ----------------------------------------------------------------------------
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import secrets
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import keyring
@@ -42,15 +41,8 @@ class MemoryKeyring(keyring.backend.KeyringBackend):
         self.entries.pop((service, username), None)
 
 
-@pytest.fixture(autouse=True)
-def no_real_keyring(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Never touch the user's keyring, and start with no key from the environment."""
-    monkeypatch.setenv("PYTHON_KEYRING_BACKEND", "keyring.backends.null.Keyring")
-    monkeypatch.delenv(ENV_VAR, raising=False)
-    previous = keyring.get_keyring()
-    keyring.set_keyring(keyring.backends.null.Keyring())
-    yield
-    keyring.set_keyring(previous)
+# The null keyring and no master key from the environment, for every test here (conftest.py).
+pytestmark = pytest.mark.usefixtures("no_real_keyring")
 
 
 @pytest.fixture

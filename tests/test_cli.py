@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from broker_proxy.cli import main
 from tests.conftest import random_master_key
 
 POLICY = """\
@@ -53,15 +54,27 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path / "home"
 
 
-def test_every_command_has_help(home: Path) -> None:
+def test_every_command_has_help(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # In this process: argparse prints the help and exits, the same as from a shell, without
+    # starting one interpreter per command (the entry point itself is run by the other tests).
     for command in (["run"], ["demo"], ["policy", "check"], ["policy", "schema"],
                     ["policy", "explain"], ["exec"],
                     ["secret", "set"], ["secret", "list"], ["secret", "rm"], ["grant", "issue"],
                     ["grant", "list"], ["grant", "show"], ["grant", "revoke"], ["env"],
-                    ["audit", "verify"], ["audit", "tail"], ["ca", "path"], ["ca", "export"]):
-        done = run_cli(home, *command, "--help")
-        assert done.returncode == 0, (command, done.stderr)
-        assert "usage: broker-proxy" in done.stdout
+                    ["audit", "verify"], ["audit", "tail"], ["ca", "path"], ["ca", "export"],
+                    ["mitmdump-script"]):
+        with pytest.raises(SystemExit) as exited:
+            main(["--home", str(home), *command, "--help"])
+        assert exited.value.code == 0, command
+        assert "usage: broker-proxy" in capsys.readouterr().out
+
+
+def test_mitmdump_script_prints_the_installed_entry_point(home: Path) -> None:
+    done = run_cli(home, "mitmdump-script")
+    assert done.returncode == 0, done.stderr
+    script = Path(done.stdout.strip())
+    assert script.is_file() and script.name == "broker.py"
+    assert script.parent.name == "addons"
 
 
 def test_malformed_yaml_is_one_located_line(home: Path, tmp_path: Path) -> None:

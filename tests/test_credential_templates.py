@@ -1,4 +1,4 @@
-"""Header templates, Basic credentials, per-grant placeholders and command caching (issue 7).
+"""Header templates, Basic credentials, per-grant placeholders and command caching.
 
 Policy parsing, the scanner and Broker.decide on real parts: SQLite grants, the audit log, env
 secrets. The proxy-level versions of these are in test_e2e_credential_kinds.py.
@@ -11,27 +11,27 @@ import sqlite3
 import sys
 import textwrap
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from broker_proxy import outbound as codes
-from broker_proxy.active_policy import ActivePolicy
 from broker_proxy.audit.log import AuditLog
-from broker_proxy.basic_credentials import encode_basic, parse_basic
-from broker_proxy.broker import Broker
-from broker_proxy.grants.issuer import IssuedGrant, issue_grant
+from broker_proxy.decision import outbound as codes
+from broker_proxy.decision.active_policy import ActivePolicy
+from broker_proxy.decision.basic_credentials import encode_basic, parse_basic
+from broker_proxy.decision.broker import Broker
+from broker_proxy.decision.outbound import Allowed, Denied, OutboundRequest
+from broker_proxy.decision.placeholders import PlaceholderScanner
+from broker_proxy.grants.issuer import issue_grant
 from broker_proxy.grants.redis_store import RedisGrantStore
 from broker_proxy.grants.sqlite_store import SqliteGrantStore
 from broker_proxy.home import Home
 from broker_proxy.metrics import BrokerMetrics
-from broker_proxy.outbound import Allowed, Denied, OutboundRequest
-from broker_proxy.placeholders import PlaceholderScanner
 from broker_proxy.policy.loader import PolicyError, load_policy_text
 from broker_proxy.policy.model import HeaderTemplate, PlaceholderFormat
 from broker_proxy.secrets.backends import SecretResolver, SecretUnavailable
 from broker_proxy.time_source import utc_now
+from tests.decision_setup import Setup
 
 API = "api.example.com"
 EVIL = "evil.example.com"
@@ -182,26 +182,6 @@ def test_basic_credentials_round_trip():
 
 
 # --- Broker.decide -----------------------------------------------------------------------------
-
-
-@dataclass
-class Setup:
-    home: Home
-    broker: Broker
-    store: SqliteGrantStore
-    values: dict[str, str]
-
-    def issue(self, *names: str) -> IssuedGrant:
-        return issue_grant(self.broker.policy.policy, self.store, agent="bot", task="unit",
-                           secrets=list(names), ttl=None, max_uses=None, now=utc_now())
-
-    def uses(self, issued: IssuedGrant) -> int:
-        stored = self.store.get(issued.grant.id)
-        assert stored is not None
-        return stored.uses
-
-    def records(self) -> list[dict]:
-        return list(AuditLog.read_records(self.home.audit_log))
 
 
 @pytest.fixture

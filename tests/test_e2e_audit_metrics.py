@@ -21,8 +21,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from broker_proxy.audit import AuditLog, verify_chain
 from broker_proxy.audit.files import chain_files
-from broker_proxy.local_pki import LocalPki
-from broker_proxy.proxy_process import ProxyProcess
+from broker_proxy.devtools.local_pki import LocalPki
+from broker_proxy.devtools.proxy_process import ProxyProcess
 from tests.conftest import (
     API_HOST,
     EGRESS_HOST,

@@ -21,8 +21,8 @@ import jsonschema
 import pytest
 
 from broker_proxy.audit.record_schema import REPORT_SCHEMA_FILE, load_schema
-from broker_proxy.grant_actions import local_operator
-from broker_proxy.local_pki import LocalPki
+from broker_proxy.devtools.local_pki import LocalPki
+from broker_proxy.grants.actions import local_operator
 from tests.conftest import API_HOST, EVIL_HOST, OTHER_HOST, Stack, Upstreams, start_stack
 from tests.e2e_clients import CLIENTS
 from tests.test_cli import run_cli

@@ -31,12 +31,12 @@ from moto.moto_server.werkzeug_app import (
 )
 from werkzeug.serving import BaseWSGIServer, make_server
 
+from broker_proxy.devtools.local_pki import write_pki
+from broker_proxy.devtools.proxy_process import ProxyProcess
 from broker_proxy.grants.issuer import issue_grant
 from broker_proxy.grants.sqlite_store import SqliteGrantStore
 from broker_proxy.home import Home
-from broker_proxy.local_pki import write_pki
 from broker_proxy.policy.loader import load_policy
-from broker_proxy.proxy_process import ProxyProcess
 from broker_proxy.time_source import utc_now
 from tests.conftest import random_master_key
 

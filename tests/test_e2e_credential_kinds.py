@@ -1,5 +1,5 @@
 """End to end: header templates, Basic, per-grant placeholders and the command and keyring
-backends, through the real proxy process with real clients (issue 7)."""
+backends, through the real proxy process with real clients."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import requests
 
+from broker_proxy.devtools.local_pki import LocalPki
+from broker_proxy.devtools.proxy_process import ProxyProcess
 from broker_proxy.home import Home
-from broker_proxy.local_pki import LocalPki
-from broker_proxy.proxy_process import ProxyProcess
 from tests.conftest import (
     API_HOST,
     HOSTS,

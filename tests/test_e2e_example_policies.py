@@ -23,10 +23,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from broker_proxy.echo_server import EchoServer, ReceivedRequest
+from broker_proxy.devtools.echo_server import EchoServer, ReceivedRequest
+from broker_proxy.devtools.local_pki import LocalPki, write_pki
+from broker_proxy.devtools.proxy_process import ProxyProcess
 from broker_proxy.home import Home
-from broker_proxy.local_pki import LocalPki, write_pki
-from broker_proxy.proxy_process import ProxyProcess
 from broker_proxy.secrets.master_key import load_or_create_master_key
 from broker_proxy.secrets.vault import Vault
 from tests.conftest import random_master_key

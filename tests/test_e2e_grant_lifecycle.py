@@ -14,6 +14,7 @@ from datetime import timedelta
 import pytest
 import requests
 
+from broker_proxy.time_source import utc_now
 from tests.conftest import API_HOST, Stack
 from tests.e2e_clients import CLIENTS
 
@@ -59,12 +60,17 @@ def test_revocation_applies_to_the_next_request_on_an_open_connection(stack: Sta
     assert [r.path for r in stack.upstreams.api.requests] == ["/v1/one"]
 
 
+EXPIRY_TTL_SECONDS = 6
+
+
 def test_expiry_applies_to_the_next_request_on_an_open_connection(stack: Stack) -> None:
-    grant = stack.issue("api_key", ttl=timedelta(seconds=2))
+    # Long enough for the tunnel's TLS handshake and first request on a loaded machine; the
+    # wait is for the grant's own expiry, not for a fixed time.
+    grant = stack.issue("api_key", ttl=timedelta(seconds=EXPIRY_TTL_SECONDS))
     tunnel = Tunnel(stack, grant.token)
     try:
-        assert tunnel.get("/v1/one")[0] == 200
-        time.sleep(2.2)
+        assert tunnel.get("/v1/one")[0] == 200, "the first request did not finish before expiry"
+        time.sleep(max(0.0, (grant.grant.expires_at - utc_now()).total_seconds()) + 0.2)
         status, body = tunnel.get("/v1/two")
     finally:
         tunnel.close()

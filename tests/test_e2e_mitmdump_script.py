@@ -1,4 +1,8 @@
-"""`mitmdump -s addons/broker.py` works as well as `broker-proxy run`."""
+"""`mitmdump -s addons/broker.py` works as well as `broker-proxy run`.
+
+Most tests load the script from the path `broker-proxy mitmdump-script` prints (what a user of a
+plain pip install runs); the bad-pin test loads it from the checkout's addons/ folder.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from broker_proxy.local_ports import free_port, wait_for_port
+from broker_proxy.runtime.local_ports import free_port, wait_for_port
 from tests.conftest import API_HOST, EVIL_HOST, HOSTS, Stack
 from tests.e2e_clients import via_requests
 
@@ -29,10 +33,18 @@ class ScriptStack:
         return f"http://{agent}:{token}@127.0.0.1:{self.port}"
 
 
+def _installed_script() -> str:
+    done = subprocess.run([str(Path(sys.executable).parent / "broker-proxy"), "mitmdump-script"],
+                          capture_output=True, text=True, check=True, timeout=60)
+    script = done.stdout.strip()
+    assert Path(script).name == "broker.py" and Path(script).is_file()
+    return script
+
+
 def _mitmdump_args(stack: Stack, tmp_path: Path, port: int, *extra: str) -> list[str]:
     mitmdump = Path(sys.executable).parent / "mitmdump"
     bundle = stack.home.upstream_ca_bundle  # written by the running `broker-proxy run`
-    args = [str(mitmdump), *extra, "-s", str(REPO / "addons" / "broker.py"),
+    args = [str(mitmdump), *extra, "-s", _installed_script(),
             "--listen-host", "127.0.0.1", "--listen-port", str(port),
             "--set", f"confdir={tmp_path / 'confdir'}",
             "--set", f"broker_home={stack.home.root}",

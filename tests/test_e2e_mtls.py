@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 import requests
 
-from broker_proxy.echo_server import EchoServer
+from broker_proxy.devtools.echo_server import EchoServer
+from broker_proxy.devtools.local_pki import make_ca, make_client_cert, make_server_cert
+from broker_proxy.devtools.proxy_process import ProxyProcess
 from broker_proxy.grants.issuer import issue_grant
 from broker_proxy.grants.sqlite_store import SqliteGrantStore
 from broker_proxy.home import Home
-from broker_proxy.local_pki import make_ca, make_client_cert, make_server_cert
 from broker_proxy.policy.loader import load_policy
-from broker_proxy.proxy_process import ProxyProcess
 from broker_proxy.time_source import utc_now
 from tests.conftest import random_master_key
 

@@ -24,7 +24,7 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
 
 from broker_proxy.audit.log import AuditLog
 from broker_proxy.audit.otlp import OtlpShipper
-from broker_proxy.local_pki import LocalPki
+from broker_proxy.devtools.local_pki import LocalPki
 from tests.conftest import API_HOST, Stack, Upstreams, start_stack
 from tests.e2e_clients import CLIENTS
 

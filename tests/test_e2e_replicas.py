@@ -2,7 +2,7 @@
 fail closed while Redis is gone, recover by themselves when it is back.
 
 The Redis server is this module's own, on a free port, so it can be stopped and restarted; a
-missing redis-server fails these tests loudly (see broker_proxy/redis_server.py).
+missing redis-server fails these tests loudly (see broker_proxy/devtools/redis_server.py).
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ import requests
 
 from broker_proxy.audit.log import AuditLog, load_key
 from broker_proxy.audit.verify import verify_path
+from broker_proxy.devtools.local_pki import LocalPki
+from broker_proxy.devtools.proxy_process import ProxyProcess
+from broker_proxy.devtools.redis_server import RedisServer
 from broker_proxy.home import Home
-from broker_proxy.local_pki import LocalPki
-from broker_proxy.proxy_process import ProxyProcess
-from broker_proxy.redis_server import RedisServer
 from broker_proxy.secrets.master_key import load_or_create_master_key
 from broker_proxy.secrets.vault import Vault
 from tests.conftest import (

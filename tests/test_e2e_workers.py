@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.proc_stats import children as children_of
 from benchmarks.proc_stats import cpu_seconds
-from broker_proxy.proxy_process import ProxyProcess
+from broker_proxy.devtools.proxy_process import ProxyProcess
 from tests.conftest import API_HOST, HOSTS, Stack, start_stack
 from tests.e2e_clients import CLIENTS
 

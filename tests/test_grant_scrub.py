@@ -10,20 +10,21 @@ import gc
 import types
 from datetime import timedelta
 
-from addons.response_scrubbing import ScrubState
-from broker_proxy import scrubber as scrubber_module
-from broker_proxy.grant_scrub import GrantScrubValues
+from broker_proxy.addons.response_scrubbing import ScrubState
+
+from broker_proxy.decision.outbound import Allowed
 from broker_proxy.grants.model import Grant, GrantStatus
-from broker_proxy.outbound import Allowed
 from broker_proxy.policy.loader import load_policy_text
 from broker_proxy.policy.model import SecretPolicy
-from broker_proxy.scrubber import MessageScrubber, Scrubber
+from broker_proxy.scrubbing import scrubber as scrubber_module
+from broker_proxy.scrubbing.grant_scrub import GrantScrubValues
+from broker_proxy.scrubbing.scrubber import MessageScrubber, Scrubber
 from broker_proxy.secrets.value import SecretValue
 from broker_proxy.time_source import utc_now
-from tests.test_broker_decide import bearer, request, setup  # noqa: F401
+from tests.decision_setup import bearer, request
 
 
-def test_an_answer_is_scrubbed_for_every_secret_of_the_grant_also_without_injection(setup):  # noqa: F811
+def test_an_answer_is_scrubbed_for_every_secret_of_the_grant_also_without_injection(setup):
     issued = setup.issue("api_key", "spare")
     injected = setup.broker.decide(issued.token, request(headers=bearer()))
     plain = setup.broker.decide(issued.token, request(path="/v1/session"))
@@ -35,7 +36,7 @@ def test_an_answer_is_scrubbed_for_every_secret_of_the_grant_also_without_inject
 
 
 def test_a_rotated_secret_is_scrubbed_at_once_also_in_answers_that_inject_nothing(
-        setup, monkeypatch):  # noqa: F811
+        setup, monkeypatch):
     issued = setup.issue("api_key")
     setup.broker.decide(issued.token, request(headers=bearer()))  # the old value is cached
     rotated = setup.values["api_key"] + "-rotated"
@@ -46,7 +47,7 @@ def test_a_rotated_secret_is_scrubbed_at_once_also_in_answers_that_inject_nothin
     assert injected.scrub["api_key"][0] == rotated and plain.scrub["api_key"][0] == rotated
 
 
-def test_a_grant_secret_that_cannot_be_resolved_marks_the_scrub_incomplete(setup, monkeypatch):  # noqa: F811
+def test_a_grant_secret_that_cannot_be_resolved_marks_the_scrub_incomplete(setup, monkeypatch):
     issued = setup.issue("api_key", "spare")
     monkeypatch.delenv("BP_TEST_SPARE")
     verdict = setup.broker.decide(issued.token, request(headers=bearer()))
@@ -77,6 +78,11 @@ class _CountingResolver:
         if self.fail:
             raise RuntimeError("backend down")
         return SecretValue(secret.name, self.value)
+
+    stored_value = resolve
+
+    def minted_token(self, secret: SecretPolicy) -> SecretValue | None:
+        return None
 
 
 def _grant(placeholder: str) -> Grant:
@@ -131,7 +137,7 @@ def _our_objects(roots: list[object], limit: int = 200_000) -> list[object]:
     return found
 
 
-def test_nothing_the_broker_holds_after_an_injection_shows_a_secret(setup):  # noqa: F811
+def test_nothing_the_broker_holds_after_an_injection_shows_a_secret(setup):
     issued = setup.issue("api_key", "spare")
     verdict = setup.broker.decide(issued.token, request(headers=bearer()))
     assert isinstance(verdict, Allowed)

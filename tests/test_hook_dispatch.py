@@ -6,12 +6,11 @@ import asyncio
 import logging
 
 import pytest
+from broker_proxy.addons.hook_dispatch import IndexedAddonManager
 from mitmproxy import exceptions, options
 from mitmproxy.master import Master
 from mitmproxy.proxy.layers.http import HttpRequestHook, HttpResponseHook
 from mitmproxy.test import tflow
-
-from addons.hook_dispatch import IndexedAddonManager
 
 
 class Recorder:
@@ -163,10 +162,9 @@ def test_indexed_dispatch_matches_mitmproxys_addon_manager(tree: str,
 
 def test_check_accepts_the_installed_mitmproxy_and_refuses_a_changed_one(
         monkeypatch: pytest.MonkeyPatch) -> None:
+    from broker_proxy.addons import hook_dispatch
+    from broker_proxy.addons.mitmproxy_compat import IncompatibleMitmproxy
     from mitmproxy.addonmanager import AddonManager
-
-    from addons import hook_dispatch
-    from addons.mitmproxy_compat import IncompatibleMitmproxy
 
     hook_dispatch.check()
     monkeypatch.setattr(AddonManager, "trigger_event", lambda self, event: None)

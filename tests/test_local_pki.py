@@ -18,8 +18,14 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from broker_proxy.echo_server import EchoServer, ReceivedRequest
-from broker_proxy.local_pki import LocalPki, LocalPkiError, make_ca, make_server_cert, write_pki
+from broker_proxy.devtools.echo_server import EchoServer, ReceivedRequest
+from broker_proxy.devtools.local_pki import (
+    LocalPki,
+    LocalPkiError,
+    make_ca,
+    make_server_cert,
+    write_pki,
+)
 
 
 @pytest.fixture(scope="module")

@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from broker_proxy.addons import debug_checks, reuse_port, server_names
+from broker_proxy.addons.mitmproxy_compat import IncompatibleMitmproxy
 from mitmproxy import connection
 from mitmproxy.http import MessageData
 
-from addons import debug_checks, reuse_port, server_names
-from addons.mitmproxy_compat import IncompatibleMitmproxy
 from broker_proxy.cli import main
 
 PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"

@@ -2,7 +2,7 @@ import secrets
 
 import pytest
 
-from broker_proxy.placeholders import (
+from broker_proxy.decision.placeholders import (
     PlaceholderHit,
     PlaceholderScanner,
     default_placeholder,

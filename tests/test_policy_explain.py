@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from broker_proxy.active_policy import ActivePolicy
+from broker_proxy.decision.active_policy import ActivePolicy
 from broker_proxy.policy.loader import load_policy, load_policy_text
-from broker_proxy.policy_explain import ExplainError, explain
+from broker_proxy.policy_tools.explain import ExplainError, explain
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "policies" / "example.yaml"
 

@@ -11,9 +11,9 @@ import pytest
 import requests
 
 from broker_proxy.audit.log import AuditLog
+from broker_proxy.devtools.local_pki import LocalPki
 from broker_proxy.grants.model import GrantStatus
 from broker_proxy.grants.sqlite_store import SqliteGrantStore
-from broker_proxy.local_pki import LocalPki
 from tests.conftest import (
     API_HOST,
     E2E_POLICY,

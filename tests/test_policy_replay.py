@@ -5,14 +5,14 @@ from datetime import timedelta
 
 import pytest
 
-from broker_proxy import outbound as codes
 from broker_proxy.cli import main
-from broker_proxy.grant_actions import issue_audited
-from broker_proxy.outbound import Allowed, Denied
+from broker_proxy.decision import outbound as codes
+from broker_proxy.decision.outbound import Allowed, Denied
+from broker_proxy.grants.actions import issue_audited
 from broker_proxy.policy.loader import load_policy_text
 from broker_proxy.policy_tools.replay import replay_log
 from broker_proxy.time_source import utc_now
-from tests.test_broker_decide import (  # noqa: F401 (setup is a fixture)
+from tests.decision_setup import (
     API,
     EGRESS,
     EVIL,
@@ -21,7 +21,6 @@ from tests.test_broker_decide import (  # noqa: F401 (setup is a fixture)
     VAULT_PLACEHOLDER,
     bearer,
     request,
-    setup,
 )
 
 # The vault key's only destination moves elsewhere: every request that went to VAULT_HOST
@@ -32,7 +31,7 @@ WIDER = POLICY.replace(f"      - host: {VAULT_HOST}\n",
 
 
 @pytest.fixture
-def recorded(setup):  # noqa: F811
+def recorded(setup):
     """A real log: a grant issued and audited, then requests decided by the real Broker."""
     issued = issue_audited(setup.broker.policy.policy, setup.store, setup.broker.audit,
                            agent="bot", task="replay", secrets=["api_key", "vault_key"],

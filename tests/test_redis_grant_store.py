@@ -17,6 +17,7 @@ import pytest
 import redis
 
 from broker_proxy.audit.log import AuditLog
+from broker_proxy.devtools.redis_server import RedisServer, free_port
 from broker_proxy.grants.factory import STORE_ENV, open_grant_store, store_url
 from broker_proxy.grants.model import GrantStatus
 from broker_proxy.grants.redis_store import RETENTION, RedisGrantStore, _parse_url
@@ -24,8 +25,7 @@ from broker_proxy.grants.sqlite_store import SqliteGrantStore
 from broker_proxy.grants.store import GrantStoreError, ReserveResult
 from broker_proxy.grants.tokens import parse_token
 from broker_proxy.home import Home
-from broker_proxy.redis_server import RedisServer, free_port
-from broker_proxy.replica import ReplicaIdError, replica_id
+from broker_proxy.runtime.replica import ReplicaIdError, replica_id
 from tests.test_grant_store import NOW, make_grant
 
 # How long a request may wait on a Redis that is gone or hung before it is refused.

@@ -8,13 +8,12 @@ import json
 
 import pytest
 import wsproto.events
+from broker_proxy.addons import informational_responses, upstream_error_pages, websocket_controls
+from broker_proxy.addons.mitmproxy_compat import IncompatibleMitmproxy
 from h11._receivebuffer import ReceiveBuffer
 from mitmproxy.proxy.layers import websocket
 from mitmproxy.proxy.layers.http import _http1, _http2
 from mitmproxy.proxy.layers.http._events import ErrorCode
-
-from addons import informational_responses, upstream_error_pages, websocket_controls
-from addons.mitmproxy_compat import IncompatibleMitmproxy
 
 
 def test_informational_heads_are_dropped_and_the_final_head_stays_whole() -> None:

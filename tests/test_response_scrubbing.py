@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 
+from broker_proxy.addons import response_scrubbing
 from mitmproxy import http
 from mitmproxy.test import tflow
 
-from addons import response_scrubbing
-from broker_proxy.outbound import Allowed
+from broker_proxy.decision.outbound import Allowed
 
 VALUE = "sk-unit-0123456789abcdefghij"
 

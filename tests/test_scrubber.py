@@ -12,15 +12,20 @@ from urllib.parse import quote
 import brotli
 import pytest
 
-from broker_proxy import scrubber as scrubber_module
-from broker_proxy.content_decoding import (
+from broker_proxy.scrubbing import scrubber as scrubber_module
+from broker_proxy.scrubbing.content_decoding import (
     BodyNotDecodable,
     DecodeLimits,
     StreamDecoder,
     decode_whole,
     parse_content_encoding,
 )
-from broker_proxy.scrubber import MIN_SECRET_LENGTH, MessageScrubber, Scrubber, scrubber_for
+from broker_proxy.scrubbing.scrubber import (
+    MIN_SECRET_LENGTH,
+    MessageScrubber,
+    Scrubber,
+    scrubber_for,
+)
 from tests.reflect_upstream import FORMS, encode_body, reflected_body
 
 try:

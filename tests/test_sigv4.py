@@ -1,7 +1,7 @@
 """The SigV4 signer and the re-signing of SDK requests, checked against botocore's own signer.
 
 Each case lets botocore sign a request the way the SDK does (placeholder key), re-signs it with
-broker_proxy.aws_resign (real key), and asks botocore to compute the signature the real key
+broker_proxy.signing.aws_resign (real key), and asks botocore to compute the signature the real key
 gives for the request as it leaves: the two must be equal, as AWS would check.
 """
 
@@ -18,12 +18,12 @@ from botocore.auth import S3SigV4Auth, S3SigV4QueryAuth, SigV4Auth, SigV4QueryAu
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from broker_proxy import aws_resign, sigv4
-from broker_proxy import outbound as codes
-from broker_proxy.active_policy import ActivePolicy
-from broker_proxy.outbound import OutboundRequest
+from broker_proxy.decision import outbound as codes
+from broker_proxy.decision.active_policy import ActivePolicy
+from broker_proxy.decision.outbound import OutboundRequest
 from broker_proxy.policy.loader import PolicyError, load_policy_text
 from broker_proxy.secrets.value import SecretValue
+from broker_proxy.signing import aws_resign, sigv4
 
 PLACEHOLDER_ID = "AKIAPLACEHOLDER23456"
 _ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"

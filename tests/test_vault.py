@@ -8,7 +8,6 @@ import multiprocessing
 import os
 import secrets
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 import keyring
@@ -74,15 +73,8 @@ class EmptyChainer(keyring.backends.chainer.ChainerBackend):
     backends = []  # type: ignore[assignment]  # noqa: RUF012
 
 
-@pytest.fixture(autouse=True)
-def no_real_keyring(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Never touch the user's keyring, and start with no key from the environment."""
-    monkeypatch.setenv("PYTHON_KEYRING_BACKEND", "keyring.backends.null.Keyring")
-    monkeypatch.delenv(ENV_VAR, raising=False)
-    previous = keyring.get_keyring()
-    keyring.set_keyring(keyring.backends.null.Keyring())
-    yield
-    keyring.set_keyring(previous)
+# The null keyring and no master key from the environment, for every test here (conftest.py).
+pytestmark = pytest.mark.usefixtures("no_real_keyring")
 
 
 @pytest.fixture

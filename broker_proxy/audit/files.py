@@ -9,8 +9,9 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import Final
 
-from broker_proxy.audit.log import ARCHIVE_DIGITS
+ARCHIVE_DIGITS: Final = 6  # audit.log.000001, audit.log.000002, ... (sorted by number, not text)
 
 
 def _archive_pattern(live: Path) -> re.Pattern[str]:

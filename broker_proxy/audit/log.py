@@ -35,32 +35,73 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import functools
-import hashlib
 import hmac
-import json
 import logging
 import os
-import secrets
 import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, Self
 
+from broker_proxy.audit.errors import (
+    AuditError,
+    AuditKeyError,
+    AuditRecordError,
+    AuditTamperedError,
+    AuditWriteError,
+)
+from broker_proxy.audit.files import ARCHIVE_DIGITS, archives_of
+from broker_proxy.audit.key_file import KEY_BYTES, load_key
+from broker_proxy.audit.record_fields import (
+    MAX_STRING,
+    RESERVED_FIELDS,
+    STANDARD_FIELDS,
+    TRUNCATED_MARK,
+    clean_string,
+    clean_value,
+    now_rfc3339,
+    strip_query,
+)
+from broker_proxy.audit.sealing import canonical_json, line_hash, mac_holds, record_mac, seal
+from broker_proxy.audit.tail import TAIL_CHUNK, parse_record, read_tail
+
+# The names this module has always offered, wherever they live now.
+__all__ = [
+    "ARCHIVE_DIGITS",
+    "BATCH_BACKSTOP_INTERVAL",
+    "BATCH_INTERVAL",
+    "BATCH_RECORDS",
+    "FSYNC_MODES",
+    "GENESIS_PREV",
+    "KEY_BYTES",
+    "MAX_STRING",
+    "RESERVED_FIELDS",
+    "ROTATED_EVENT",
+    "STANDARD_FIELDS",
+    "TORN_TAIL_EVENT",
+    "TRUNCATED_MARK",
+    "AuditError",
+    "AuditKeyError",
+    "AuditLog",
+    "AuditRecordError",
+    "AuditTamperedError",
+    "AuditWriteError",
+    "canonical_json",
+    "line_hash",
+    "load_key",
+    "record_mac",
+    "seal",
+]
+
 _log = logging.getLogger("broker_proxy.audit")
 
-KEY_BYTES: Final = 32
 GENESIS_PREV: Final = "0" * 64
 TORN_TAIL_EVENT: Final = "audit_torn_tail"
 ROTATED_EVENT: Final = "audit_rotated"
-ARCHIVE_DIGITS: Final = 6  # audit.log.000001, audit.log.000002, ... (sorted by number, not text)
 _FINGERPRINT_DOMAIN: Final = b"broker-proxy secret fingerprint v1\x00"
 _REOPEN_ATTEMPTS: Final = 64  # many writers rotating at once may move the name on several times
-MAX_STRING: Final = 1024
-TRUNCATED_MARK: Final = "…[truncated]"
 FSYNC_MODES: Final = frozenset({"always", "batch"})
 BATCH_INTERVAL: Final = 0.050  # seconds between fsyncs in "batch" mode, at most
 # Unsynced records that make an append fsync itself in "batch" mode: a backstop for when the
@@ -68,237 +109,7 @@ BATCH_INTERVAL: Final = 0.050  # seconds between fsyncs in "batch" mode, at most
 BATCH_RECORDS: Final = 1024
 BATCH_BACKSTOP_INTERVAL: Final = 4 * BATCH_INTERVAL
 
-# Present in every record, null when they do not apply, so readers see one shape.
-STANDARD_FIELDS: Final = (
-    "decision",
-    "reason",
-    "grant",
-    "agent",
-    "task",
-    "secrets",
-    "method",
-    "scheme",
-    "host",
-    "port",
-    "path",
-    "status",
-    "duration_ms",
-)
-RESERVED_FIELDS: Final = frozenset({"seq", "ts", "event", "prev", "mac"})
-_TAIL_CHUNK: Final = 65536
 _ROOM_FOR_RECORDS: Final = 65536  # free bytes that make a full disk count as usable again
-
-
-class AuditError(Exception):
-    """Base of audit failures; whoever gets one must fail closed (503), never send unaudited."""
-
-
-class AuditWriteError(AuditError):
-    """The log could not be opened, read back or written."""
-
-
-class AuditTamperedError(AuditWriteError):
-    """The file under the log's name is not the log this writer wrote; it refuses from now on."""
-
-
-class AuditKeyError(AuditError):
-    """The audit key is missing, malformed or readable by others."""
-
-
-class AuditRecordError(AuditError, ValueError):
-    """A caller passed a field the record cannot hold (a programming error, not an attack)."""
-
-
-_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True,
-                              allow_nan=False)
-
-
-def canonical_json(record: dict[str, Any]) -> bytes:
-    """The one byte form a record is hashed, MAC'd and stored in.
-
-    ensure_ascii keeps every line pure ASCII: C0, DEL, C1 (a terminal's CSI), U+2028 and lone
-    surrogates in agent-controlled strings are all escaped, so `audit tail` cannot be used to
-    inject terminal sequences or fake line breaks.
-    """
-    return _CANONICAL.encode(record).encode("ascii")
-
-
-def record_mac(key: bytes, record: dict[str, Any]) -> str:
-    """HMAC-SHA256 over the canonical JSON of the record without its `mac`."""
-    body = {name: value for name, value in record.items() if name != "mac"}
-    return hmac.digest(key, canonical_json(body), "sha256").hex()
-
-
-_MAC_SLOT = '"mac":"' + "0" * 64 + '"'
-
-
-def seal(key: bytes, record: dict[str, Any]) -> bytes:
-    """Set the record's `mac` and return its canonical line, serialising it once, not twice.
-
-    The line is rendered with a stand-in MAC; without that one member it is byte for byte the
-    canonical JSON of the record without `mac` (keys are sorted, so only that member and its
-    comma differ), which is what the MAC covers. `record_mac` stays the reference that
-    `audit verify` recomputes, so a divergence here could not go unnoticed.
-    """
-    record["mac"] = "0" * 64
-    text = _CANONICAL.encode(record)
-    at = text.find(_MAC_SLOT)
-    # A string value cannot hold the slot: its quotes are escaped. "mac" is never the first
-    # key (every record has "agent"), so a comma always precedes the member.
-    if at <= 1 or text[at - 1] != "," or text.find(_MAC_SLOT, at + 1) != -1:
-        raise AuditRecordError("audit record cannot be sealed")
-    body = text[: at - 1] + text[at + len(_MAC_SLOT):]
-    mac = hmac.digest(key, body.encode("ascii"), "sha256").hex()
-    record["mac"] = mac
-    return (text[:at] + '"mac":"' + mac + '"' + text[at + len(_MAC_SLOT):]).encode("ascii")
-
-
-def line_hash(line: bytes) -> str:
-    """What the next record's `prev` holds: SHA-256 of this line's bytes, newline excluded."""
-    return hashlib.sha256(line).hexdigest()
-
-
-def load_key(key_path: Path, *, create: bool) -> bytes:
-    """Read the 32-byte audit key, creating it (0600) first when `create` and it is missing."""
-    if create:
-        _create_key(key_path)
-    try:
-        fd = os.open(key_path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise AuditKeyError(f"audit key {key_path} does not exist") from None
-    except OSError as exc:
-        raise AuditKeyError(f"cannot read audit key {key_path}: {exc.strerror}") from None
-    try:
-        info = os.fstat(fd)
-        # Anyone who can read the key can forge records that verify; anyone who can write it can
-        # make every record fail.
-        if info.st_mode & 0o077:
-            raise AuditKeyError(
-                f"audit key {key_path} is accessible by group or others (run chmod 600)"
-            )
-        if not stat.S_ISREG(info.st_mode):
-            raise AuditKeyError(f"audit key {key_path} is not a regular file")
-        key = os.read(fd, KEY_BYTES + 1)
-    except OSError as exc:
-        raise AuditKeyError(f"cannot read audit key {key_path}: {exc.strerror}") from None
-    finally:
-        os.close(fd)
-    if len(key) != KEY_BYTES:
-        raise AuditKeyError(f"audit key {key_path} must be exactly {KEY_BYTES} bytes")
-    return key
-
-
-def _create_key(key_path: Path) -> None:
-    """Write a fresh key beside the target, then link it into place.
-
-    link() fails if the name exists, so two processes creating the key at once both end up
-    reading the same complete key, never a half-written one.
-    """
-    if key_path.exists():
-        return
-    tmp = key_path.with_name(f".{key_path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        try:
-            os.write(fd, secrets.token_bytes(KEY_BYTES))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        with contextlib.suppress(FileExistsError):
-            os.link(tmp, key_path)
-    except OSError as exc:
-        raise AuditKeyError(f"cannot create audit key {key_path}: {exc.strerror}") from None
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-
-
-def _now_rfc3339() -> str:
-    now = time.time()
-    second = int(now)
-    return f"{_second_rfc3339(second)}.{int((now - second) * 1000):03d}Z"
-
-
-@functools.lru_cache(maxsize=4)
-def _second_rfc3339(second: int) -> str:
-    """"2026-11-28T19:12:05" for a Unix second; formatted once per second, not per record."""
-    return datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-
-
-def _clean_string(value: str) -> str:
-    if len(value) <= MAX_STRING:
-        return value
-    return value[: MAX_STRING - len(TRUNCATED_MARK)] + TRUNCATED_MARK
-
-
-_SEQUENCES = (list, tuple, frozenset, set)
-_SETS = (frozenset, set)
-
-
-def _clean_value(name: str, value: object) -> object:
-    kind = type(value)
-    if kind is str:  # the usual case first: every record has a dozen of these
-        return _clean_string(value)  # type: ignore[arg-type]
-    if value is None or isinstance(value, int):  # bool is an int
-        return value
-    if isinstance(value, float):
-        if value != value or value in (float("inf"), float("-inf")):
-            raise AuditRecordError(f"audit field {name!r} must be a finite number")
-        return value
-    if isinstance(value, str):
-        return _clean_string(value)
-    if isinstance(value, _SEQUENCES):
-        if not all(isinstance(item, str) for item in value):
-            raise AuditRecordError(f"audit field {name!r} must be a list of strings")
-        items = sorted(value) if isinstance(value, _SETS) else list(value)
-        return [_clean_string(item) for item in items]
-    raise AuditRecordError(
-        f"audit field {name!r} must be a JSON scalar or a list of strings, "
-        f"not {type(value).__name__}"
-    )
-
-
-def _strip_query(path: object) -> object:
-    # A query string may carry a secret (inject: [query]) or personal data; the record keeps
-    # only the path. A fragment is never sent, but drop it too in case a caller passes a URL tail.
-    if isinstance(path, str):
-        for mark in ("?", "#"):
-            path = path.split(mark, 1)[0]
-    return path
-
-
-def _read_tail(fd: int, size: int) -> tuple[bytes | None, bytes]:
-    """Return (last whole line or None, the bytes after the last newline) of the file's end."""
-    pos, buf = size, b""
-    while True:
-        if pos > 0:
-            step = min(_TAIL_CHUNK, pos)
-            pos -= step
-            chunk = os.pread(fd, step, pos)
-            if len(chunk) != step:
-                raise OSError(5, "short read")
-            buf = chunk + buf
-        last_nl = buf.rfind(b"\n")
-        if last_nl == -1:
-            if pos == 0:
-                return None, buf
-            continue
-        torn = buf[last_nl + 1 :]
-        prev_nl = buf.rfind(b"\n", 0, last_nl)
-        if prev_nl == -1 and pos > 0:
-            continue
-        return buf[prev_nl + 1 : last_nl], torn
-
-
-def _parse_record(line: bytes) -> dict[str, Any] | None:
-    """The record on a line, or None when the line is not one (torn, garbage)."""
-    try:
-        record = json.loads(line)
-    except ValueError:
-        return None
-    if not isinstance(record, dict) or type(record.get("seq")) is not int:
-        return None
-    return record
 
 
 class AuditLog:
@@ -345,8 +156,6 @@ class AuditLog:
         path, key_path = Path(path), Path(key_path)
         key = load_key(key_path, create=True)
         flags = os.O_RDWR | os.O_APPEND | os.O_CLOEXEC
-        from broker_proxy.audit.files import archives_of
-
         try:
             try:
                 if archives_of(path) and not path.exists():
@@ -465,7 +274,7 @@ class AuditLog:
         reserved = RESERVED_FIELDS.intersection(fields)
         if reserved:
             raise AuditRecordError(f"audit fields {sorted(reserved)} are set by the log itself")
-        self._stamp = {name: _clean_string(value) for name, value in fields.items()}
+        self._stamp = {name: clean_string(value) for name, value in fields.items()}
 
     def add_observer(self, on_written: Callable[[int], None]) -> None:
         """Call `on_written(n)` after each append that wrote n records (metrics); must not raise."""
@@ -546,7 +355,7 @@ class AuditLog:
                 for line in handle:
                     if not line.endswith(b"\n"):
                         return  # a torn or still-being-written last line
-                    record = _parse_record(line[:-1])
+                    record = parse_record(line[:-1])
                     if record is not None:
                         yield record
         except OSError as exc:
@@ -581,13 +390,13 @@ class AuditLog:
                 raise self._tamper("no longer ends, where it did, with the record last written")
         if size == end:
             return
-        step = min(size - end, _TAIL_CHUNK)
+        step = min(size - end, TAIL_CHUNK)
         after = os.pread(self._fd, step, end).split(b"\n")
         if len(after) < 2:
             return  # only a torn line follows (a crash mid-write): recovered as usual
-        following = _parse_record(after[0])
+        following = parse_record(after[0])
         if following is None and len(after) >= 3:
-            following = _parse_record(after[1])  # a torn line, then its audit_torn_tail record
+            following = parse_record(after[1])  # a torn line, then its audit_torn_tail record
             if following is not None and following.get("event") != TORN_TAIL_EVENT:
                 following = None
         if following is None or following["seq"] != seq or following.get("prev") != prev:
@@ -599,8 +408,6 @@ class AuditLog:
         Other writers may have rotated more than once since: every archive after ours must chain
         onto the one before it too.
         """
-        from broker_proxy.audit.files import archives_of
-
         held = _identity(os.fstat(old_fd))
         later: list[Path] | None = None
         for archive in archives_of(self.path):
@@ -628,10 +435,10 @@ class AuditLog:
                 os.close(previous)
 
     def _check_chained_on(self, before: int, after: int) -> None:
-        last, _torn = _read_tail(before, os.fstat(before).st_size)
-        first = _parse_record(os.pread(after, _TAIL_CHUNK, 0).split(b"\n", 1)[0])
+        last, _torn = read_tail(before, os.fstat(before).st_size)
+        first = parse_record(os.pread(after, TAIL_CHUNK, 0).split(b"\n", 1)[0])
         if (last is None or first is None or first.get("event") != ROTATED_EVENT
-                or first.get("prev") != line_hash(last) or not _mac_holds(self._key, first)):
+                or first.get("prev") != line_hash(last) or not mac_holds(self._key, first)):
             raise self._tamper("was replaced by a file that is not its rotation")
 
     def _build(self, event: str, fields: dict[str, object]) -> dict[str, Any]:
@@ -643,9 +450,9 @@ class AuditLog:
         record: dict[str, Any] = dict.fromkeys(STANDARD_FIELDS)
         record["secrets"] = []
         for name, value in fields.items():
-            record[name] = _clean_value(name, value)
-        record["path"] = _strip_query(record["path"])
-        record["event"] = _clean_string(event)
+            record[name] = clean_value(name, value)
+        record["path"] = strip_query(record["path"])
+        record["event"] = clean_string(event)
         return record
 
     @contextlib.contextmanager
@@ -760,10 +567,10 @@ class AuditLog:
         if size == 0:
             self._next_seq, self._prev, self._end = 0, GENESIS_PREV, 0
             return
-        last_line, torn = _read_tail(self._fd, size)
+        last_line, torn = read_tail(self._fd, size)
         if torn:
             self._torn_tail = True
-            whole = _parse_record(torn)
+            whole = parse_record(torn)
             if whole is None:
                 self._pending_torn = torn
             else:
@@ -772,7 +579,7 @@ class AuditLog:
         if last_line is None:
             self._next_seq, self._prev = 0, GENESIS_PREV
         else:
-            last = _parse_record(last_line)
+            last = parse_record(last_line)
             if last is None:
                 # Continuing past a record we cannot read would hide where the damage is.
                 raise AuditWriteError(
@@ -810,7 +617,7 @@ class AuditLog:
             for name, value in self._stamp.items():
                 record.setdefault(name, value)
             record["seq"] = seq
-            record["ts"] = _now_rfc3339()
+            record["ts"] = now_rfc3339()
             record["prev"] = prev
             line = seal(self._key, record)
             out += line + b"\n"
@@ -874,24 +681,12 @@ class AuditLog:
                 self._last_sync = time.monotonic()
 
 
-def _mac_holds(key: bytes, record: dict[str, Any]) -> bool:
-    """A rotation record made with our key: a hard-linked old file plus a forged first record
-    is not a rotation."""
-    mac = record.get("mac")
-    try:
-        return isinstance(mac, str) and hmac.compare_digest(mac, record_mac(key, record))
-    except ValueError:
-        return False
-
-
 def _identity(info: os.stat_result) -> tuple[int, int]:
     return info.st_dev, info.st_ino
 
 
 def _drop_unfinished_rotation(path: Path, live: os.stat_result) -> None:
     """A crash between link and rename leaves the newest archive naming the live file: undo it."""
-    from broker_proxy.audit.files import archives_of
-
     archives = archives_of(path)
     if archives:
         with contextlib.suppress(OSError):

@@ -461,12 +461,12 @@ def build_report(records: Iterable[dict[str, Any]], scope: Scope | None = None,
 
 
 def _refusal_list(refusals: dict[str, Counter]) -> list[dict[str, Any]]:
-    rows = [{"reason": reason, "count": sum(targets.values()),
+    rows: list[dict[str, Any]] = [{"reason": reason, "count": sum(targets.values()),
              "destinations": [{"target": target, "count": count}
                               for target, count in sorted(targets.items(),
                                                           key=lambda kv: (-kv[1], kv[0]))]}
             for reason, targets in refusals.items()]
-    rows.sort(key=lambda row: (-row["count"], row["reason"]))
+    rows.sort(key=lambda row: (-int(row["count"]), str(row["reason"])))
     return rows
 
 

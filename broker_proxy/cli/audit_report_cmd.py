@@ -8,6 +8,7 @@ import multiprocessing
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import BinaryIO
 
 from broker_proxy.audit.checkpoint import CheckpointPaths
 from broker_proxy.audit.export import FORMATS, Exporter, ExportError, resume_point
@@ -142,7 +143,7 @@ def export_command(args: argparse.Namespace) -> int:
                     raise CliError(f"{args.output} ends before seq {resumed}; --from-seq "
                                    f"{args.from_seq} would lose or repeat records")
                 start = resumed
-            sink = open(args.output, "ab")  # noqa: SIM115 (open for the command's life)
+            sink: BinaryIO = open(args.output, "ab")  # noqa: SIM115 (open for the command's life)
         else:
             sink = sys.stdout.buffer
         exporter = Exporter(live, args.format, sink, start)

@@ -34,7 +34,7 @@ def ca_certificate(args: argparse.Namespace) -> Path:
         certs = Path(str(info["ca"])).parent
     else:
         certs = home.ca_dir()
-    from addons.ca import ensure_ca
+    from broker_proxy.addons.ca import ensure_ca
 
     return ensure_ca(certs)
 

@@ -8,10 +8,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from broker_proxy.assembly import policy_path
 from broker_proxy.home import Home
 from broker_proxy.policy.loader import load_policy
 from broker_proxy.policy.model import Policy
+from broker_proxy.runtime.assembly import policy_path
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
 

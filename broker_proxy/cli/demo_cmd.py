@@ -17,6 +17,6 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def demo_command(args: argparse.Namespace) -> int:
-    from broker_proxy.demo import run_demo
+    from broker_proxy.devtools.demo import run_demo
 
     return run_demo()

@@ -25,7 +25,7 @@ from broker_proxy.cli.env_cmd import add_loopback_option, agent_environment, no_
 from broker_proxy.cli.errors import CliError
 from broker_proxy.cli.store_option import add_store_option
 from broker_proxy.durations import parse_duration
-from broker_proxy.grant_actions import change_grant, issue_audited, local_operator
+from broker_proxy.grants.actions import change_grant, issue_audited, local_operator
 from broker_proxy.grants.factory import open_grant_store, store_url
 from broker_proxy.grants.issuer import IssuedGrant, format_duration
 from broker_proxy.grants.store import GrantError, GrantStateError, GrantStore

@@ -20,7 +20,7 @@ from broker_proxy.cli.common import (
 )
 from broker_proxy.cli.store_option import add_store_option
 from broker_proxy.durations import parse_duration
-from broker_proxy.grant_actions import change_grant, issue_audited, local_operator
+from broker_proxy.grants.actions import change_grant, issue_audited, local_operator
 from broker_proxy.grants.factory import open_grant_store, store_url
 from broker_proxy.grants.issuer import IssuedGrant
 from broker_proxy.grants.model import Grant
@@ -171,7 +171,7 @@ def grant_history(home: Home, grant_id: str) -> list[str]:
     The store keeps states, not reasons: the audit records (`by`, `reason`) are the record of
     the actors. A proxy writing another home's chain (replicas) is not seen from here.
     """
-    lines = []
+    lines: list[str] = []
     files = chain_files(home.audit_log) if home.audit_log.exists() else []
     for file in files:
         try:

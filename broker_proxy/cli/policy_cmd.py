@@ -113,8 +113,8 @@ def print_schema(args: argparse.Namespace) -> int:
 
 
 def explain_request(args: argparse.Namespace) -> int:
-    from broker_proxy.active_policy import ActivePolicy
-    from broker_proxy.policy_explain import ExplainError, explain
+    from broker_proxy.decision.active_policy import ActivePolicy
+    from broker_proxy.policy_tools.explain import ExplainError, explain
 
     policy = ActivePolicy.build(load_policy_of(args))
     try:
@@ -146,7 +146,8 @@ def run_policy_tests(args: argparse.Namespace) -> int:
     # tests); without, the tests beside the policy that name it are run.
     override = Path(args.policy) if args.policy and args.tests else None
     policy = None if args.tests else (Path(args.policy) if args.policy else policy_file_of(args))
-    roots = [Path(item) for item in args.tests] if args.tests else [policy.parent]
+    roots = ([Path(item) for item in args.tests] if args.tests or policy is None
+             else [policy.parent])
     results: list[CaseResult] = []
     found = 0
     for path in find_test_files(roots):

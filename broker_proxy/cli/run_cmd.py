@@ -12,19 +12,19 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from broker_proxy.assembly import open_broker
 from broker_proxy.cli.common import add_policy_option, home_of, policy_file_of
 from broker_proxy.cli.errors import CliError
 from broker_proxy.cli.store_option import add_store_option
 from broker_proxy.home import Home
-from broker_proxy.resolve_pins import PinError, ResolvePins
+from broker_proxy.runtime.assembly import open_broker
+from broker_proxy.runtime.resolve_pins import PinError, ResolvePins
 
 if TYPE_CHECKING:
-    from addons.connection_limits import Deadlines
+    from broker_proxy.addons.connection_limits import Deadlines
 
 if TYPE_CHECKING:
     from broker_proxy.audit.otlp import OtlpShipper
-    from broker_proxy.broker import Broker
+    from broker_proxy.decision.broker import Broker
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -92,7 +92,7 @@ def _audit_max_bytes(text: str) -> int:
 
 
 def _deadlines(args: argparse.Namespace) -> Deadlines:
-    from addons.connection_limits import Deadlines
+    from broker_proxy.addons.connection_limits import Deadlines
     from broker_proxy.durations import DurationError, parse_duration
 
     seconds = {}
@@ -203,8 +203,8 @@ def _remove_own_runtime(home: Home) -> None:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from addons.mitmproxy_compat import IncompatibleMitmproxy
-    from addons.runner import ProxySettings, patch_mitmproxy, serve
+    from broker_proxy.addons.mitmproxy_compat import IncompatibleMitmproxy
+    from broker_proxy.addons.runner import ProxySettings, patch_mitmproxy, serve
 
     try:  # before anything starts: refuse a mitmproxy whose patched internals changed
         patch_mitmproxy(with_reuse_port=args.workers > 1 or args.worker_of_group)
@@ -215,11 +215,11 @@ def run_command(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise CliError(f"--workers must be at least 1, got {args.workers}")
     if args.workers > 1 and listen[1] == 0:
-        from broker_proxy.local_ports import free_port
+        from broker_proxy.runtime.local_ports import free_port
 
         listen = (listen[0], free_port(listen[0]))
     worker = args.worker_of_group
-    from broker_proxy.home_lock import HomeBusy, HomeLock
+    from broker_proxy.runtime.home_lock import HomeBusy, HomeLock
 
     lock = None
     if not worker:  # the workers run under the lock their parent holds for the group
@@ -249,7 +249,7 @@ def run_command(args: argparse.Namespace) -> int:
     broker = open_broker(home, policy_file, store=args.store,
                          replica=args.replica_id, trust=trust)
     from broker_proxy.durations import parse_duration
-    from broker_proxy.observability import start_observability
+    from broker_proxy.runtime.observability import start_observability
 
     every = args.audit_checkpoint_every
     # One process of a worker group sweeps grants and writes checkpoints, not each of them.
@@ -261,7 +261,7 @@ def run_command(args: argparse.Namespace) -> int:
     ) if not worker else None
     shipper = _start_otlp(broker, home, args.otlp_endpoint, args.replica_id) \
         if args.otlp_endpoint and not worker else None
-    from broker_proxy.run_services import start_services
+    from broker_proxy.runtime.run_services import start_services
 
     services = start_services(broker, home, policy_file_of(args), admin)
     certs = home_certs(home, args.certs)
@@ -282,7 +282,7 @@ def run_command(args: argparse.Namespace) -> int:
                              reuse_port=args.workers > 1 or worker,
                              deadlines=_deadlines(args))
     if args.workers > 1:
-        from addons.ca import ensure_ca
+        from broker_proxy.addons.ca import ensure_ca
         from broker_proxy.cli.workers import spawn_workers
 
         ensure_ca(certs)  # before the workers start, or each would make its own CA

@@ -57,7 +57,7 @@ _SCHEMA_V1 = (
     """,
     "CREATE INDEX grants_by_created ON grants (created_at, id)",
 )
-# Version 2 (issue 7): per-grant placeholders, a JSON object secret -> placeholder.
+# Version 2: per-grant placeholders, a JSON object secret -> placeholder.
 _SCHEMA_V2 = ("ALTER TABLE grants ADD COLUMN placeholders TEXT NOT NULL DEFAULT '{}'",)
 
 _COLUMNS = (
@@ -87,6 +87,8 @@ _MICROSECOND = timedelta(microseconds=1)
 
 class SqliteGrantStore:
     """A `GrantStore` on one SQLite file; one connection, shared by threads under a lock."""
+
+    remote = False  # a local file: short calls, made on the event loop unless they must wait
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self._path = Path(path)

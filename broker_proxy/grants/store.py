@@ -1,4 +1,4 @@
-"""What every grant store (SQLite now, Redis later) offers, and the errors it speaks in.
+"""What every grant store (SQLite, Redis) offers, and the errors it speaks in.
 
 The surface is deliberately small: each verb is one atomic step, so a second backend only has
 to make the same few steps atomic in its own terms.
@@ -56,6 +56,9 @@ class ReserveResult(StrEnum):
 
 
 class GrantStore(Protocol):
+    # Every call is a network round trip: the broker then decides off the event loop.
+    remote: bool
+
     def create(self, grant: Grant) -> None: ...
 
     def get(self, grant_id: str) -> Grant | None: ...

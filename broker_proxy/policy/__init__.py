@@ -2,8 +2,8 @@
 
 Loading and compiling are two steps: ``load_policy`` returns the immutable ``Policy`` (or raises
 ``PolicyError`` listing every problem), and the request path builds a ``DestinationIndex(policy)``
-once per loaded policy (``broker_proxy.active_policy.ActivePolicy`` does that, together with the
-placeholder scanner), then asks it per request with hosts from ``canonical_host``.
+once per loaded policy (``broker_proxy.decision.active_policy.ActivePolicy`` does that,
+together with the placeholder scanner), then asks it per request with hosts from ``canonical_host``.
 """
 
 from broker_proxy.policy.destinations import (

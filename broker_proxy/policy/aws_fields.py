@@ -20,9 +20,10 @@ import yaml
 from broker_proxy.policy.model import AwsScope, Destination
 
 if TYPE_CHECKING:
-    from broker_proxy.policy.loader import _Checker
+    from broker_proxy.policy.checking import NodeChecker
 
-SIGN_KINDS = ("aws-sigv4",)
+SIGN_AWS_SIGV4 = "aws-sigv4"
+SIGN_KINDS = (SIGN_AWS_SIGV4,)
 AWS_SCOPE_FIELDS = ("services", "regions")
 # AWS access key ids are 16 to 128 word characters; real ones are AKIA/ASIA + 16 of [A-Z2-7].
 ACCESS_KEY_ID_PATTERN = r"^[A-Z0-9]{16,128}$"
@@ -33,7 +34,7 @@ _SCOPE_PART = re.compile(SCOPE_PART_PATTERN)
 _OTHER_KINDS = ("inject", "basic", "placeholder_format", "oauth2", "client_cert")
 
 
-def parse_sign(node: yaml.Node, path: str, checker: _Checker) -> str | None:
+def parse_sign(node: yaml.Node, path: str, checker: NodeChecker) -> str | None:
     sign = checker.string(node, path)
     if sign is not None and sign not in SIGN_KINDS:
         checker.report(node, path, f'unknown signing scheme "{sign}": use aws-sigv4')
@@ -41,7 +42,7 @@ def parse_sign(node: yaml.Node, path: str, checker: _Checker) -> str | None:
     return sign
 
 
-def parse_aws_scope(node: yaml.Node, path: str, checker: _Checker) -> AwsScope | None:
+def parse_aws_scope(node: yaml.Node, path: str, checker: NodeChecker) -> AwsScope | None:
     """``aws: {services: [s3, sts], regions: [us-east-1]}``; both lists are required."""
     before = len(checker.issues)
     fields = checker.fields(node, path, "aws", node)
@@ -70,7 +71,7 @@ def parse_aws_scope(node: yaml.Node, path: str, checker: _Checker) -> AwsScope |
 
 def check_sigv4_secret(fields: dict[str, tuple[yaml.Node, yaml.Node]], key: yaml.Node,
                        path: str, sign: str | None, destinations: list[Destination],
-                       checker: _Checker) -> None:
+                       checker: NodeChecker) -> None:
     """The cross-field rules of a ``sign: aws-sigv4`` secret (and of ``aws:`` without it)."""
     where = fields.get("destinations", (key, key))[1]
     if sign is None:

@@ -27,17 +27,6 @@ from broker_proxy.policy.aws_fields import (
     parse_aws_scope,
     parse_sign,
 )
-from broker_proxy.policy.credential_fields import (
-    covers_token_url,
-    parse_client_cert,
-    parse_oauth2,
-)
-from broker_proxy.policy.credential_kinds import (
-    parse_basic,
-    parse_duration_field,
-    parse_inject,
-    parse_placeholder_format,
-)
 from broker_proxy.policy.destinations import (
     GlobError,
     HostError,
@@ -45,6 +34,12 @@ from broker_proxy.policy.destinations import (
     compile_path_glob,
 )
 from broker_proxy.policy.http_methods import REGISTERED_METHODS
+from broker_proxy.policy.inject_fields import (
+    parse_basic,
+    parse_duration_field,
+    parse_inject,
+    parse_placeholder_format,
+)
 from broker_proxy.policy.model import (
     BASIC_PLACE,
     DEFAULT_METHODS,
@@ -57,6 +52,11 @@ from broker_proxy.policy.model import (
     PlaceholderFormat,
     Policy,
     SecretPolicy,
+)
+from broker_proxy.policy.oauth2_mtls_fields import (
+    covers_token_url,
+    parse_client_cert,
+    parse_oauth2,
 )
 from broker_proxy.policy.path_reach import unreachable_reason
 from broker_proxy.policy.spec import (
@@ -223,10 +223,6 @@ def _join(path: str, name: str) -> str:
 def _quoted(value: str) -> str:
     shown = value if len(value) <= 100 else value[:100] + "..."
     return json.dumps(shown, ensure_ascii=False)
-
-
-def _either(options: tuple[str, ...]) -> str:
-    return ", ".join(options[:-1]) + " or " + options[-1] if len(options) > 1 else options[0]
 
 
 def _suggestion(name: str, known: tuple[str, ...] | list[str]) -> str:
@@ -530,7 +526,7 @@ class _TemplateKinds(NamedTuple):
 def _template_kinds(fields: dict[str, tuple[yaml.Node, yaml.Node]], path: str,
                     source: str | None, templates: tuple[HeaderTemplate, ...],
                     checker: _Checker) -> _TemplateKinds:
-    """``basic``, ``placeholder_format``, ``cache_ttl``, ``timeout`` (credential_kinds.py)."""
+    """``basic``, ``placeholder_format``, ``cache_ttl``, ``timeout`` (inject_fields.py)."""
     basic_username = placeholder_format = cache_ttl = timeout = None
     if "basic" in fields:
         basic_username = parse_basic(fields["basic"][1], _join(path, "basic"), checker)
@@ -712,21 +708,6 @@ def _paths(node: yaml.Node, path: str, checker: _Checker) -> tuple[str, ...]:
             continue
         globs.append(glob)
     return tuple(dict.fromkeys(globs))
-
-
-def _choices(node: yaml.Node, path: str, options: tuple[str, ...], what: str,
-             checker: _Checker) -> frozenset[str]:
-    listed = checker.strings(node, path)
-    if listed == []:
-        checker.report(node, path, f"must name at least one {what}")
-    chosen = set()
-    for item_path, item, value in listed or ():
-        if value in options:
-            chosen.add(value)
-        else:
-            checker.report(item, item_path,
-                           f"unknown {what} {_quoted(value)}: use {_either(options)}")
-    return frozenset(chosen)
 
 
 def _agents(node: yaml.Node, checker: _Checker, secret_names: set[str]) -> dict[str, AgentPolicy]:

@@ -78,7 +78,7 @@ class SecretPolicy:
     destinations: tuple[Destination, ...]
     inject: frozenset[str]  # subset of INJECT_PLACES; default {"header"}
     env: str | None  # variable that carries the placeholder for `exec`/`env`
-    # Credential kinds (issue 7); defaults keep every older construction valid.
+    # Credential kinds; defaults keep every older construction valid.
     templates: tuple[HeaderTemplate, ...] = ()  # headers set even without a placeholder
     basic_username: str | None = None  # set: the value is the password of Basic credentials
     placeholder_format: PlaceholderFormat | None = None  # set: each grant gets its own

@@ -10,7 +10,7 @@ character and asking the proxy's own canonicaliser.
 
 from __future__ import annotations
 
-from broker_proxy.request_checks import AmbiguousPath, canonical_path
+from broker_proxy.decision.request_checks import AmbiguousPath, canonical_path
 
 
 def unreachable_reason(glob: str) -> str | None:

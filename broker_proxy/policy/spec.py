@@ -16,8 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from broker_proxy.policy.aws_fields import AWS_SCOPE_FIELDS, SCOPE_PART_PATTERN, SIGN_KINDS
-from broker_proxy.policy.credential_fields import CLIENT_AUTH, GRANT_TYPES, OAUTH2_FIELDS
-from broker_proxy.policy.credential_kinds import (
+from broker_proxy.policy.inject_fields import (
     FORMAT_LENGTH_MAX,
     FORMAT_PREFIX_MAX,
     FORMAT_PREFIX_MIN,
@@ -25,6 +24,7 @@ from broker_proxy.policy.credential_kinds import (
     USERNAME_MAX,
 )
 from broker_proxy.policy.model import INJECT_PLACES, NEVER_METHODS
+from broker_proxy.policy.oauth2_mtls_fields import CLIENT_AUTH, GRANT_TYPES, OAUTH2_FIELDS
 
 VERSION = 1
 NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$"

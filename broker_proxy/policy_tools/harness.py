@@ -12,19 +12,19 @@ import base64
 import json
 import secrets
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from broker_proxy.active_policy import ActivePolicy
 from broker_proxy.audit.log import AuditLog
-from broker_proxy.broker import Broker
+from broker_proxy.decision.active_policy import ActivePolicy
+from broker_proxy.decision.broker import Broker
+from broker_proxy.decision.outbound import GRANT_OUTSIDE_POLICY, Denied, OutboundRequest, Verdict
 from broker_proxy.grants.issuer import GrantPolicyError, issue_grant
 from broker_proxy.grants.sqlite_store import SqliteGrantStore
 from broker_proxy.metrics import BrokerMetrics
-from broker_proxy.outbound import GRANT_OUTSIDE_POLICY, Denied, OutboundRequest, Verdict
 from broker_proxy.policy.model import Policy, SecretPolicy
 from broker_proxy.secrets.value import SecretValue
 from broker_proxy.time_source import utc_now
@@ -55,6 +55,14 @@ class FakeSecrets:
             value = self._values[secret.name] = SecretValue(secret.name, text)
         return value
 
+    stored_value = resolve  # nothing is minted from a fake: what is stored is what is sent
+
+    def minted_token(self, secret: SecretPolicy) -> SecretValue | None:
+        return None
+
+    def upstream_answered(self, status: int, scrub: Mapping[str, tuple[str, str]]) -> None:
+        return None
+
 
 @dataclass(frozen=True, slots=True)
 class TestGrant:
@@ -72,7 +80,7 @@ class DecisionHarness:
         self.store = SqliteGrantStore(workdir / "grants.sqlite3")
         self.audit = AuditLog.open(workdir / "audit.log", workdir / "audit.key")
         self.broker = Broker(policy=ActivePolicy.build(policy), grants=self.store,
-                             secrets=FakeSecrets(), audit=self.audit,  # type: ignore[arg-type]
+                             secrets=FakeSecrets(), audit=self.audit,
                              metrics=BrokerMetrics())
         self._grants: dict[tuple[str, tuple[str, ...], bool], TestGrant | Denied] = {}
 

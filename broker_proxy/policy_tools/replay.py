@@ -26,13 +26,13 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from broker_proxy import outbound as codes
 from broker_proxy.audit.files import chain_files, chains_in
-from broker_proxy.outbound import Allowed, Denied, Verdict
+from broker_proxy.decision import outbound as codes
+from broker_proxy.decision.outbound import Allowed, Denied, Verdict
+from broker_proxy.decision.request_checks import AmbiguousPath, canonical_path
 from broker_proxy.policy.model import Policy
 from broker_proxy.policy_tools.harness import DecisionHarness, TestGrant, throwaway_harness
 from broker_proxy.policy_tools.request_builder import Placement, RequestError, build_request
-from broker_proxy.request_checks import AmbiguousPath, canonical_path
 
 # Refusals that depend on the policy, and so may change under NEW. Every other recorded reason
 # (grant expired or revoked, bad token, malformed request, a backend down, ...) is about the
@@ -108,7 +108,7 @@ class Replayer:
             report.kept += 1
             return
         secrets = tuple(record.get("secrets") or ())
-        held = grant_secrets.get(record.get("grant"))
+        held = grant_secrets.get(str(record.get("grant")))
         if held is None:
             report.assumed_grants += 1
             agent_policy = self._policy.agents.get(agent)

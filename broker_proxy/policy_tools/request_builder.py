@@ -11,8 +11,8 @@ import json
 from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
 
-from broker_proxy.authority import AuthorityError, split_authority
-from broker_proxy.outbound import OutboundRequest
+from broker_proxy.decision.authority import AuthorityError, split_authority
+from broker_proxy.decision.outbound import OutboundRequest
 from broker_proxy.policy_tools.harness import amz_date, basic_credentials
 
 # Where a placeholder can sit in a request. "sigv4": the placeholder is the access key id of an

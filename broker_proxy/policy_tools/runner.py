@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from broker_proxy.outbound import Denied, Verdict
+from broker_proxy.decision.outbound import Denied, Verdict
 from broker_proxy.policy.loader import PolicyError, load_policy
 from broker_proxy.policy.model import Policy
 from broker_proxy.policy_tools.cases import Expectation, TestCase, TestFile

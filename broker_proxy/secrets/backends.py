@@ -26,7 +26,7 @@ import os
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from broker_proxy.home import Home
@@ -113,6 +113,16 @@ class SecretResolver:
                 self._cache[cache_key] = (
                     time.monotonic() + secret.cache_ttl.total_seconds(), resolved)
         return resolved
+
+    def stored_value(self, secret: SecretPolicy) -> SecretValue:
+        """The backends hold no derived values: what is stored is what a request carries."""
+        return self.resolve(secret)
+
+    def minted_token(self, secret: SecretPolicy) -> SecretValue | None:
+        return None  # no OAuth2 here: see CredentialResolver
+
+    def upstream_answered(self, status: int, scrub: Mapping[str, tuple[str, str]]) -> None:
+        return None  # nothing minted, nothing to drop
 
     def check(self, secret: SecretPolicy) -> tuple[bool, str]:
         """Does it resolve, and a one-line reason; for `secret list`, never showing the value."""

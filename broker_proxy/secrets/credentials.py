@@ -4,13 +4,13 @@ The broker asks ``resolve(secret)`` for the value that goes into the request. Fo
 that is the backend's value; for an ``oauth2`` secret it is an access token minted with the
 backend's value (the client secret never goes into a request); a ``client_cert`` secret's value
 is a private key and never goes into a request at all (the policy gives it no inject places, and
-this refuses as well, in case a later change gives it some). Everything else is the wrapped
+this refuses as well, in case a later change gives it some). `check` is the wrapped
 ``SecretResolver``'s, so `secret list` still checks the stored value, not the token endpoint.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
 
 from broker_proxy.policy.model import SecretPolicy
 from broker_proxy.secrets.backends import SecretResolver, SecretUnavailable
@@ -19,7 +19,7 @@ from broker_proxy.secrets.value import SecretValue
 
 
 class CredentialResolver:
-    """A ``SecretResolver`` that mints OAuth2 access tokens and keeps client keys in."""
+    """A ``SecretSource`` that mints OAuth2 access tokens and keeps client keys in."""
 
     def __init__(self, backends: SecretResolver, minter: TokenMinter) -> None:
         self.backends = backends
@@ -42,13 +42,13 @@ class CredentialResolver:
         """The access token currently held for an ``oauth2`` secret, without minting one."""
         return self.minter.cached_token(secret) if secret.oauth2 is not None else None
 
-    def upstream_answered(self, status: int, scrub: dict[str, tuple[str, str]]) -> None:
+    def upstream_answered(self, status: int, scrub: Mapping[str, tuple[str, str]]) -> None:
         """A 401 means the access tokens the request carried are no good: mint new ones next."""
         if status != 401:
             return
         for name, (value, _placeholder) in scrub.items():
             self.minter.token_rejected(name, value)
 
-    def __getattr__(self, name: str) -> Any:
-        # check() and whatever else the backends offer, unchanged.
-        return getattr(self.backends, name)
+    def check(self, secret: SecretPolicy) -> tuple[bool, str]:
+        """Does the stored value resolve (for `secret list`); minting is not tried."""
+        return self.backends.check(secret)

@@ -10,11 +10,11 @@ import base64
 
 import pytest
 
-from broker_proxy import outbound as codes
-from broker_proxy.outbound import Allowed
-from broker_proxy.request_checks import MAX_HEADER_BYTES, MAX_HEADER_FIELD_BYTES
+from broker_proxy.decision import outbound as codes
+from broker_proxy.decision.outbound import Allowed
+from broker_proxy.decision.request_checks import MAX_HEADER_BYTES, MAX_HEADER_FIELD_BYTES
 from broker_proxy.secrets.backends import SecretResolver
-from tests.test_broker_decide import bearer, denied, request
+from tests.decision_setup import bearer, denied, request
 
 PLACEHOLDER = "{{secret:api_key}}"
 

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from broker_proxy.local_pki import LocalPki
+from broker_proxy.devtools.local_pki import LocalPki
 from tests.conftest import EGRESS_HOST, Stack, Upstreams, start_stack
 from tests.security.raw_proxy import proxy_authorization, read_answer
 

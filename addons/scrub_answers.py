@@ -1,0 +1,92 @@
+"""The answer's side: scrub every answer on an allowed flow, and record what was scrubbed.
+
+The scrubbing itself is in ``response_scrubbing`` (bodies, streams, WebSocket messages); this
+addon wires it to the hooks and fails closed around it: an answer that could not be scrubbed is
+withheld (502) or, once its headers are gone, cut.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from broker_proxy.addons import response_scrubbing
+from broker_proxy.addons.flow_record import flow_record
+from mitmproxy import http
+
+from broker_proxy.decision import outbound as codes
+from broker_proxy.decision.broker import Broker
+from broker_proxy.decision.outbound import Allowed, Denied
+
+log = logging.getLogger("broker_proxy.addon")
+
+
+class ScrubAnswers:
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        if flow.response is None:
+            return
+        record = flow_record(flow)
+        verdict = record.verdict if record is not None else None
+        try:
+            response_scrubbing.on_response_headers(flow, verdict)
+        except Exception as error:  # withhold rather than pass on unscrubbed
+            log.error("response scrub failed: %s", type(error).__name__)
+            response_scrubbing.withhold_after_error(flow, verdict)
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        if flow.response is None:
+            return
+        record = flow_record(flow)
+        verdict = record.verdict if record is not None else None
+        try:
+            if verdict is not None and verdict.injected:
+                # A 401 to an OAuth2 access token drops it: the next request mints a fresh one.
+                self.broker.secrets.upstream_answered(
+                    flow.response.status_code,
+                    {n: verdict.scrub[n] for n in verdict.injected if n in verdict.scrub})
+            redactions = response_scrubbing.on_response(flow, verdict)
+            withheld = response_scrubbing.was_withheld(flow)
+        except Exception as error:  # withhold rather than pass on unscrubbed
+            log.error("response scrub failed: %s", type(error).__name__)
+            withheld = not flow.response.stream
+            if flow.response.stream:  # headers are gone: abort instead
+                if flow.killable:
+                    flow.kill()
+            else:
+                self._withhold(flow, verdict)
+            redactions = {}
+        if record is not None and (record.verdict.injected or redactions or withheld):
+            self.broker.record_response(record.verdict, record.outbound,
+                                        flow.response.status_code,
+                                        (time.monotonic() - record.started) * 1000, redactions,
+                                        withheld=withheld)
+
+    @staticmethod
+    def _withhold(flow: http.HTTPFlow, verdict: Allowed | None) -> None:
+        denied = Denied(502, codes.RESPONSE_WITHHELD, "the answer could not be scrubbed",
+                        verdict.grant_id if verdict else None)
+        flow.response = http.Response.make(502, denied.body(), denied.headers())
+
+    def websocket_message(self, flow: http.HTTPFlow) -> None:
+        record = flow_record(flow)
+        if record is None or flow.websocket is None:
+            return
+        try:
+            redactions = response_scrubbing.on_websocket_message(flow, record.verdict)
+        except Exception as error:  # never pass a message on unscrubbed
+            log.error("websocket scrub failed: %s", type(error).__name__)
+            flow.websocket.messages[-1].drop()
+            if flow.killable:
+                flow.kill()
+            return
+        if redactions:
+            self.broker.record_response(record.verdict, record.outbound, 101, 0.0, redactions)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        record = flow_record(flow)
+        if record is not None and record.verdict.injected:
+            self.broker.record_response(record.verdict, record.outbound, None,
+                                        (time.monotonic() - record.started) * 1000, {})

@@ -1,0 +1,45 @@
+"""A policy ready for the request path: the model plus the indexes built from it once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from broker_proxy.decision.placeholders import PlaceholderScanner
+from broker_proxy.policy.aws_fields import SIGN_AWS_SIGV4
+from broker_proxy.policy.destinations import DestinationIndex
+from broker_proxy.policy.loader import load_policy
+from broker_proxy.policy.model import Policy
+
+
+@dataclass(frozen=True, slots=True)
+class ActivePolicy:
+    policy: Policy
+    index: DestinationIndex
+    scanner: PlaceholderScanner
+    # Placeholder key id -> secret name for the secrets the proxy re-signs (AWS SigV4): built
+    # once per policy so a request never scans every secret.
+    sigv4_placeholders: dict[str, str]
+    # Some secret can take long to resolve (an OAuth2 token endpoint, a command, the OS
+    # keyring): decisions should then run off the proxy's event loop.
+    slow_secrets: bool
+
+    @classmethod
+    def build(cls, policy: Policy) -> ActivePolicy:
+        return cls(
+            policy=policy,
+            sigv4_placeholders={secret.placeholder: name
+                                for name, secret in policy.secrets.items()
+                                if secret.sign == SIGN_AWS_SIGV4},
+            slow_secrets=any(secret.oauth2 is not None or secret.source == "command"
+                             or secret.source.startswith("keyring:")
+                             for secret in policy.secrets.values()),
+            index=DestinationIndex(policy),
+            scanner=PlaceholderScanner(
+                {n: s.placeholder for n, s in policy.secrets.items()},
+                {n: s.placeholder_format for n, s in policy.secrets.items()
+                 if s.placeholder_format is not None}),
+        )
+
+    @classmethod
+    def load(cls, path: str) -> ActivePolicy:
+        return cls.build(load_policy(path))

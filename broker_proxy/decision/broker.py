@@ -1,0 +1,498 @@
+"""Where the decision is made: one request in, ``Allowed`` or ``Denied`` out.
+
+Read ``Broker.decide`` top to bottom: authenticate the grant, check it is usable now, check the
+request is well formed and names one host, find the placeholders, match each one against the
+grant and the policy, resolve the secrets, reserve a use, write the audit record, and only then
+hand back the rewritten request. Anything unexpected on the way denies (fail closed): a hook that
+raised would otherwise let mitmproxy forward the request untouched.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any
+
+from broker_proxy.audit.log import AuditError, AuditLog
+from broker_proxy.decision import outbound as codes
+from broker_proxy.decision.active_policy import ActivePolicy
+from broker_proxy.decision.authority import authorities_agree
+from broker_proxy.decision.header_templates import (
+    applicable_templates,
+    apply_templates,
+    template_conflict,
+)
+from broker_proxy.decision.outbound import Allowed, Denied, OutboundRequest, Verdict
+from broker_proxy.decision.request_checks import (
+    AmbiguousPath,
+    canonical_path,
+    header_size_problem,
+    method_override_problem,
+    upgrade_problem,
+)
+from broker_proxy.decision.request_scan import PlacedHit, RequestRewriter, find_placeholders
+from broker_proxy.grants.model import Grant
+from broker_proxy.grants.store import GrantStore, GrantStoreBusy, GrantStoreError, ReserveResult
+from broker_proxy.metrics import BrokerMetrics
+from broker_proxy.policy.destinations import canonical_host
+from broker_proxy.scrubbing.content_decoding import (
+    BodyNotDecodable,
+    DecodeLimits,
+    decode_whole,
+    parse_content_encoding,
+)
+from broker_proxy.scrubbing.grant_scrub import GrantScrubValues
+from broker_proxy.scrubbing.scrubber import Scrubber
+from broker_proxy.secrets.backends import SecretUnavailable
+from broker_proxy.secrets.source import SecretSource
+from broker_proxy.secrets.value import SecretValue
+from broker_proxy.signing import aws_resign
+from broker_proxy.time_source import utc_now
+
+log = logging.getLogger("broker_proxy")
+
+MAX_PLACEHOLDERS_PER_REQUEST = 16
+# An encoded request body is decoded to be scanned for placeholders, never past these bounds.
+REQUEST_DECODE_LIMITS = DecodeLimits(max_output=16 * 1024 * 1024)
+
+# Grant states that are not "active", with the answer each one gets.
+_GRANT_REFUSALS: dict[str, tuple[str, str]] = {
+    "expired": (codes.GRANT_EXPIRED, "the grant has expired"),
+    "revoked": (codes.GRANT_REVOKED, "the grant was revoked"),
+    "used_up": (codes.GRANT_USED_UP, "the grant has no uses left"),
+    "pending": (codes.GRANT_PENDING, "the grant is waiting for approval"),
+    "denied": (codes.GRANT_DENIED, "the grant was denied"),
+}
+_RESERVE_REFUSALS: dict[ReserveResult, str] = {
+    ReserveResult.EXPIRED: "expired",
+    ReserveResult.USED_UP: "used_up",
+    ReserveResult.REVOKED: "revoked",
+    ReserveResult.PENDING: "pending",
+    ReserveResult.DENIED: "denied",
+    ReserveResult.NOT_FOUND: "revoked",
+}
+
+
+class DecisionMustWait(Exception):
+    """The decision needs the grant store's write lock, which another writer holds."""
+
+
+@dataclass(slots=True)
+class Broker:
+    policy: ActivePolicy
+    grants: GrantStore
+    secrets: SecretSource
+    audit: AuditLog
+    metrics: BrokerMetrics
+    clock: Callable[[], datetime] = utc_now
+    # Every secret of a grant, for scrubbing all its answers (see grant_scrub.py).
+    scrub_values: GrantScrubValues = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.scrub_values = GrantScrubValues(self.secrets)
+
+    def decide(self, token: str | None, request: OutboundRequest, *,
+               defer_durability: bool = False, wait: bool = True) -> Verdict:
+        """Decide on one request.
+
+        With `defer_durability`, an allowed secret-carrying request comes back with
+        `audit_seq` set and its record written but not yet fsynced: the caller must get
+        `make_durable(verdict)` to succeed before the request leaves (the proxy does that off
+        the event loop, so concurrent requests share one fsync).
+
+        Without `wait` (a caller on the event loop), a decision that would have to wait for the
+        grant store's write lock raises DecisionMustWait before anything was written or
+        spent: decide again where waiting is allowed.
+        """
+        started = time.perf_counter()
+        try:
+            verdict = self._decide(token, request, defer_durability, wait)
+        except DecisionMustWait:
+            raise
+        except Exception as error:  # fail closed: an exception must never forward
+            log.error("decision failed: %s", type(error).__name__)
+            verdict = Denied(503, codes.INTERNAL_ERROR,
+                             "the broker could not decide; nothing was sent")
+            try:
+                self._deny(request, None, verdict.status, verdict.error, verdict.message)
+            except Exception:  # the answer stands even if the record cannot be written
+                self.metrics.audit_write_errors.inc()
+        self.metrics.decision_seconds.observe(time.perf_counter() - started)
+        decision = "allow" if isinstance(verdict, Allowed) else "deny"
+        reason = verdict.reason if isinstance(verdict, Allowed) else verdict.error
+        self.metrics.requests.labels(decision, reason).inc()
+        return verdict
+
+    def admit_tunnel(self, token: str | None, request: OutboundRequest) -> Denied | None:
+        """CONNECT: only the credentials are checked here.
+
+        Everything else waits for the requests inside the tunnel, where the agent can read a
+        JSON answer (clients hide the body of a refused CONNECT) and where each request is
+        checked again anyway.
+        """
+        try:
+            grant = self.grants.authenticate(token) if token else None
+        except GrantStoreError:
+            self.metrics.requests.labels("deny", codes.GRANT_STORE_UNAVAILABLE).inc()
+            return self._deny(request, None, 503, codes.GRANT_STORE_UNAVAILABLE,
+                              "the grant store cannot be used; nothing was sent")
+        except Exception as error:  # fail closed
+            log.error("tunnel admission failed: %s", type(error).__name__)
+            return Denied(503, codes.INTERNAL_ERROR, "the broker could not decide")
+        if grant is None:
+            self.metrics.requests.labels("deny", codes.PROXY_AUTH_REQUIRED).inc()
+            return self._deny(request, None, 407, codes.PROXY_AUTH_REQUIRED,
+                              "put a valid grant token in the proxy URL's password")
+        return None
+
+    def _decide(self, token: str | None, request: OutboundRequest,
+                defer_durability: bool = False, wait: bool = True) -> Verdict:
+        policy = self.policy  # one snapshot for the whole decision, even across a reload
+        now = self.clock()
+
+        try:
+            grant = self.grants.authenticate(token) if token else None
+        except GrantStoreError:
+            return self._deny(request, None, 503, codes.GRANT_STORE_UNAVAILABLE,
+                              "the grant store cannot be used; nothing was sent")
+        if grant is None:
+            return self._deny(request, None, 407, codes.PROXY_AUTH_REQUIRED,
+                              "put a valid grant token in the proxy URL's password")
+
+        if refusal := self._grant_refusal(grant, policy, now, request):
+            return refusal
+
+        # Caps first: they bound the cost of every later pass over the headers.
+        if problem := header_size_problem(request.headers):
+            return self._deny(request, grant, 431, codes.HEADERS_TOO_LARGE, problem)
+        if not _well_formed(request):
+            return self._deny(request, grant, 400, codes.MALFORMED_REQUEST,
+                              "control characters in a header name or value")
+        if not authorities_agree(scheme=request.scheme, host=request.host, port=request.port,
+                                 host_header=request.host_header, authority=request.authority,
+                                 sni=request.sni):
+            return self._deny(request, grant, 403, codes.AUTHORITY_MISMATCH,
+                              "the Host header, request line and TLS name must all name the "
+                              "host the connection goes to")
+
+        if problem := upgrade_problem(request.headers):
+            return self._deny(request, grant, 403, codes.UPGRADE_NOT_ALLOWED, problem)
+
+        if request.body_encoding is not None:
+            # Only now, for an authenticated grant, and within bounds.
+            decoded = self._decoded_body(request, grant)
+            if isinstance(decoded, Denied):
+                return decoded
+            request = decoded
+
+        # Match on one spelling of the host: the one the policy was compiled with.
+        if (host := canonical_host(request.host)) != request.host:
+            request = replace(request, host=host)
+        # AWS SigV4: signed by the agent's SDK with a placeholder key, signed again here.
+        if resigned := self._aws_resigning(request, grant, policy, now, defer_durability,
+                                           wait):
+            return self._scrubbing_the_grant(resigned, grant, policy)
+        # Per-grant placeholders (placeholder_format) name a secret only in their own grant.
+        scanner = policy.scanner.for_grant(dict(grant.placeholders))
+        hits = find_placeholders(scanner, request)
+        # Header templates: set by the proxy for the grant's secrets' destinations.
+        templates = applicable_templates(policy, grant, request)
+        if not hits and not templates:
+            return self._scrubbing_the_grant(
+                self._allow_without_secret(request, grant, policy), grant, policy)
+        if len(hits) > MAX_PLACEHOLDERS_PER_REQUEST:
+            return self._deny(request, grant, 403, codes.TOO_MANY_PLACEHOLDERS,
+                              f"at most {MAX_PLACEHOLDERS_PER_REQUEST} placeholders per request")
+        sent_path = request.path
+        try:
+            # Match on the canonical path and send exactly that path: an upstream that resolves
+            # dot segments, decodes %2F or drops ";" parameters would otherwise serve another
+            # path than the one we allowed.
+            if (path := canonical_path(request.path)) != request.path:
+                request = replace(request, path=path)
+        except AmbiguousPath as error:
+            return self._deny(request, grant, 403, codes.AMBIGUOUS_PATH,
+                              f"this path cannot carry a secret: {error}")
+        if problem := method_override_problem(request):
+            # A POST allowed by the policy must not become a DELETE inside the upstream.
+            return self._deny(request, grant, 403, codes.METHOD_OVERRIDE_REFUSED, problem)
+        if refusal := self._placement_refusal(hits, grant, policy, request):
+            return refusal
+        if problem := template_conflict(templates, request.headers):
+            return self._deny(request, grant, 403, codes.HEADER_ALREADY_SET, problem)
+
+        names = sorted({hit.secret for hit in hits if hit.secret}
+                       | {use.secret for use in templates})
+        values: dict[str, SecretValue] = {}
+        for name in names:
+            try:
+                values[name] = self.secrets.resolve(policy.policy.secrets[name])
+            except SecretUnavailable as error:
+                # The operator reads the proxy's log, not the agent's 503: a wrong master key
+                # or a broken backend must show up there. The reasons are fixed texts, no values.
+                log.warning("%s", error)
+                return self._deny(request, grant, 503, codes.SECRET_UNAVAILABLE, str(error))
+            if values[name].has_control_chars() and (any(
+                    h.place == "header" and h.secret == name for h in hits)
+                    or any(use.secret == name for use in templates)):
+                return self._deny(request, grant, 503, codes.SECRET_VALUE_UNSAFE,
+                                  f'secret "{name}" holds control characters and cannot go in '
+                                  "a header")
+
+        revealed = {n: v.reveal() for n, v in values.items()}
+        audit_record = self._spend_use(request, grant, now, codes.INJECTED, revealed,
+                                       defer_durability, wait)
+        if isinstance(audit_record, Denied):
+            return audit_record
+
+        usernames = {n: policy.policy.secrets[n].basic_username for n in names}
+        rewriter = RequestRewriter(scanner, revealed, basic_usernames={
+            n: user for n, user in usernames.items() if user is not None})
+        headers = rewriter.headers(request.headers)
+        if templates:
+            headers = apply_templates(headers or request.headers, templates, revealed, usernames)
+        for name in names:
+            self.metrics.injections.labels(name).inc()
+        return self._scrubbing_the_grant(Allowed(
+            grant_id=grant.id,
+            injected=tuple(names),
+            headers=headers,
+            query=rewriter.query(request.query),
+            body=rewriter.body(request.body),
+            path=request.path if request.path != sent_path else None,
+            reason=codes.INJECTED,
+            audit_seq=audit_record["seq"] if defer_durability else None,
+            scrub={n: (values[n].reveal(),
+                       grant.placeholder_of(n) or policy.policy.secrets[n].placeholder)
+                   for n in names},
+        ), grant, policy)
+
+    def _scrubbing_the_grant(self, verdict: Verdict, grant: Grant,
+                             policy: ActivePolicy) -> Verdict:
+        """Invariant 6: the answer is scrubbed for every secret the grant holds.
+
+        The values this request injected (just resolved, or a fresh OAuth2 token) win over the
+        cached ones under the same name.
+        """
+        if not isinstance(verdict, Allowed):
+            return verdict
+        held = self.scrub_values.for_grant(grant, policy.policy)
+        for name, (value, _) in verdict.scrub.items():
+            if name in held.values and held.values[name][0] != value:
+                self.scrub_values.forget(name)  # rotated: resolve it anew
+        scrub = {**held.values, **verdict.scrub}
+        if self.may_block():
+            # Decided on a worker thread: compile a new value's patterns (20-35 ms) here, so the
+            # event loop only looks them up when the answer comes (see scrubber._Compiled).
+            Scrubber(scrub)
+        return replace(verdict, scrub=scrub, scrub_complete=held.complete)
+
+    def _decoded_body(self, request: OutboundRequest, grant: Grant) -> OutboundRequest | Denied:
+        try:
+            codings = parse_content_encoding(request.body_encoding)
+        except BodyNotDecodable:
+            # A coding no HTTP library decodes either (aws-chunked, compress): its bytes are
+            # scanned as sent, as mitmproxy itself would have given them.
+            return replace(request, body_encoding=None)
+        try:
+            body = decode_whole(request.body, codings, REQUEST_DECODE_LIMITS)
+        except BodyNotDecodable as error:
+            if "exceeds" in str(error):
+                return self._deny(request, grant, 413, codes.BODY_TOO_LARGE,
+                                  "the decoded request body is too large to be checked")
+            return self._deny(request, grant, 415, codes.BODY_NOT_DECODABLE,
+                              f"the request body cannot be decoded to be checked: {error}")
+        return replace(request, body=body, body_encoding=None)
+
+    def may_block(self) -> bool:
+        """Whether a decision can wait on the network or another process.
+
+        True with a remote grant store (Redis) or a policy with slow secret sources. The proxy
+        then decides on worker threads so one slow call cannot stall every connection; otherwise
+        it decides on its event loop, which costs less CPU per request.
+        """
+        return self.grants.remote or self.policy.slow_secrets
+
+    def make_durable(self, allowed: Allowed) -> Denied | None:
+        """Invariant 5 for deferred records: on disk before the secret leaves, or refused."""
+        if allowed.audit_seq is None:
+            return None
+        try:
+            self.audit.ensure_durable(allowed.audit_seq)
+        except AuditError:
+            self.metrics.audit_write_errors.inc()
+            return Denied(503, codes.AUDIT_UNAVAILABLE,
+                          "the audit log cannot be written; nothing was sent", allowed.grant_id)
+        except Exception as error:  # fail closed
+            log.error("audit sync failed: %s", type(error).__name__)
+            return Denied(503, codes.AUDIT_UNAVAILABLE,
+                          "the audit log cannot be written; nothing was sent", allowed.grant_id)
+        return None
+
+    def _grant_refusal(self, grant: Grant, policy: ActivePolicy, now: datetime,
+                       request: OutboundRequest) -> Denied | None:
+        state = grant.state_at(now)
+        if state != "active":
+            code, message = _GRANT_REFUSALS[state]
+            return self._deny(request, grant, 403, code, message)
+        agent = policy.policy.agents.get(grant.agent)
+        if agent is None or not set(grant.secrets) <= agent.secrets:
+            # The policy changed under the grant: it may not carry more than the policy allows now.
+            return self._deny(request, grant, 403, codes.GRANT_OUTSIDE_POLICY,
+                              "the policy no longer allows this grant")
+        return None
+
+    def _placement_refusal(self, hits: list[PlacedHit], grant: Grant, policy: ActivePolicy,
+                           request: OutboundRequest) -> Denied | None:
+        for hit in hits:
+            secret = policy.policy.secrets.get(hit.secret) if hit.secret else None
+            if secret is None or hit.secret not in grant.secrets:
+                # Same answer whether the name exists or not: no probing of the policy.
+                return self._deny(request, grant, 403, codes.SECRET_NOT_GRANTED,
+                                  "a placeholder names a secret this grant does not hold")
+            if hit.place not in secret.inject:
+                return self._deny(request, grant, 403, codes.PLACEHOLDER_NOT_ALLOWED_HERE,
+                                  f'secret "{secret.name}" may not be placed in the {hit.place}')
+            if request.scheme != "https" and not policy.index.allows(
+                    secret.name, request.scheme, request.host, request.port,
+                    request.method, request.path):
+                return self._deny(request, grant, 403, codes.PLAINTEXT_HTTP,
+                                  f'secret "{secret.name}" is only sent over https')
+            if not policy.index.allows(secret.name, request.scheme, request.host, request.port,
+                                       request.method, request.path):
+                return self._deny(request, grant, 403, codes.DESTINATION_NOT_ALLOWED,
+                                  f'secret "{secret.name}" may not be sent to {request.method} '
+                                  f"{request.scheme}://{request.host}:{request.port}"
+                                  f"{request.path}")
+        return None
+
+    def _aws_resigning(self, request: OutboundRequest, grant: Grant, policy: ActivePolicy,
+                       now: datetime, defer_durability: bool, wait: bool) -> Verdict | None:
+        """None unless the request is SigV4-signed with a placeholder key id (aws_resign.py)."""
+        plan = aws_resign.plan(request, grant.secrets, policy, now, self.secrets.resolve)
+        if plan is None:
+            return None
+        if isinstance(plan, aws_resign.Refusal):
+            return self._deny(request, grant, plan.status, plan.code, plan.message)
+        audit_record = self._spend_use(request, grant, now, codes.RESIGNED,
+                                       {plan.secret: plan.fingerprint_of}, defer_durability, wait)
+        if isinstance(audit_record, Denied):
+            return audit_record
+        self.metrics.injections.labels(plan.secret).inc()
+        return Allowed(grant_id=grant.id, injected=(plan.secret,), headers=plan.headers,
+                       query=plan.query, reason=codes.RESIGNED, scrub=plan.scrub,
+                       audit_seq=audit_record["seq"] if defer_durability else None)
+
+    def _spend_use(self, request: OutboundRequest, grant: Grant, now: datetime, reason: str,
+                   values: dict[str, str], defer_durability: bool,
+                   wait: bool = True) -> dict[str, Any] | Denied:
+        """Reserve one of the grant's uses, then write the record of the secrets' use.
+
+        Invariant 5: the record is written before the secret leaves (fsynced here, or by
+        `make_durable` when the caller deferred it). `values` maps each secret name to the
+        value its fingerprint is taken of.
+        """
+        try:
+            reserved = self.grants.reserve_use(grant.id, now, wait=wait)
+        except GrantStoreBusy:
+            raise DecisionMustWait from None  # nothing written or spent yet
+        except GrantStoreError:
+            return self._deny(request, grant, 503, codes.GRANT_STORE_UNAVAILABLE,
+                              "the grant store cannot be used; nothing was sent")
+        if reserved is not ReserveResult.RESERVED:
+            code, message = _GRANT_REFUSALS[_RESERVE_REFUSALS[reserved]]
+            return self._deny(request, grant, 403, code, message)
+        names = sorted(values)
+        try:
+            # Fingerprints (HMAC under the audit key, never a plain hash) tell secret versions
+            # apart after a rotation without the record holding anything a reader could invert.
+            return self.audit.append("request", durable=not defer_durability, **_record(
+                request, grant, "allow", reason, None, names), fingerprints=[
+                    f"{n}:{self.audit.fingerprint(values[n])}" for n in names])
+        except AuditError:
+            self.metrics.audit_write_errors.inc()
+            return Denied(503, codes.AUDIT_UNAVAILABLE,
+                          "the audit log cannot be written; nothing was sent", grant.id)
+
+    def _allow_without_secret(self, request: OutboundRequest, grant: Grant,
+                              policy: ActivePolicy) -> Verdict:
+        covering = policy.index.secrets_covering(request.scheme, request.host, request.port)
+        if not (covering & set(grant.secrets)) and not policy.index.egress_allows(request.host):
+            return self._deny(request, grant, 403, codes.DESTINATION_NOT_GRANTED,
+                              f"this grant does not cover {request.host}:{request.port}")
+        try:
+            self.audit.append("request", **_record(request, grant, "allow", codes.ALLOWED,
+                                                   None, []))
+        except AuditError:
+            self.metrics.audit_write_errors.inc()
+            return Denied(503, codes.AUDIT_UNAVAILABLE,
+                          "the audit log cannot be written; nothing was sent", grant.id)
+        return Allowed(grant_id=grant.id)
+
+    def _deny(self, request: OutboundRequest, grant: Grant | None, status: int, code: str,
+              message: str) -> Denied:
+        try:
+            self.audit.append("request", **_record(request, grant, "deny", code, status, []))
+        except AuditError:
+            self.metrics.audit_write_errors.inc()  # still denied: nothing to protect upstream
+        return Denied(status, code, message, grant.id if grant else None)
+
+    def record_response(self, allowed: Allowed, request: OutboundRequest, status: int | None,
+                        duration_ms: float, redactions: dict[str, int], *,
+                        withheld: bool = False) -> None:
+        """The second half of a secret-carrying request's story: what came back.
+
+        `withheld`: the answer could not be scrubbed and the agent got a 502 instead; a reviewer
+        must be able to tell that from a 502 the upstream sent.
+        """
+        for name, count in redactions.items():
+            self.metrics.redactions.labels(name).inc(count)
+        try:
+            self.audit.append("response", grant=allowed.grant_id, decision="allow",
+                              reason=allowed.reason, secrets=list(allowed.injected),
+                              method=request.method, scheme=request.scheme, host=request.host,
+                              port=request.port, path=request.path, status=status,
+                              duration_ms=round(duration_ms, 3),
+                              redactions=sum(redactions.values()),
+                              **({"withheld": True} if withheld else {}))
+        except AuditError:
+            self.metrics.audit_write_errors.inc()
+
+
+
+def _well_formed(request: OutboundRequest) -> bool:
+    """Reject CR, LF, NUL and other controls that an HTTP/1 upstream could read as a new line."""
+    # Joined, a control character is in the whole exactly when it is in one of the parts.
+    names = "".join(name for name, _ in request.headers)
+    values = "".join(value for _, value in request.headers)
+    return not (_has_controls(names, allow_tab=False) or _has_controls(values, allow_tab=True))
+
+
+_CONTROLS_IN_NAME = re.compile("[\x00-\x1f\x7f]")
+_CONTROLS_IN_VALUE = re.compile("[\x00-\x08\x0a-\x1f\x7f]")  # HTAB is legal in values
+
+
+def _has_controls(text: str, *, allow_tab: bool) -> bool:
+    return (_CONTROLS_IN_VALUE if allow_tab else _CONTROLS_IN_NAME).search(text) is not None
+
+
+def _record(request: OutboundRequest, grant: Grant | None, decision: str, reason: str,
+            status: int | None, secrets: list[str]) -> dict[str, Any]:
+    return {
+        "decision": decision,
+        "reason": reason,
+        "grant": grant.id if grant else None,
+        "agent": grant.agent if grant else None,
+        "task": grant.task if grant else None,
+        "secrets": secrets,
+        "method": request.method,
+        "scheme": request.scheme,
+        "host": request.host,
+        "port": request.port,
+        "path": request.path,
+        "status": status,
+    }

@@ -1,0 +1,36 @@
+"""What a field parser needs from the policy loader's checker: read a YAML node, report a problem.
+
+The loader owns the checker (it collects every issue of one file, with its line and column);
+the parsers of the credential kinds and AWS fields only call it. They name it by this protocol,
+not by the loader's class, so the loader can import them without them importing the loader.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sized
+from typing import Protocol
+
+import yaml
+
+
+class NodeChecker(Protocol):
+    @property
+    def issues(self) -> Sized:
+        """The problems reported so far: a parser compares counts to see whether it added one."""
+
+    def report(self, where: yaml.Node | yaml.Mark, path: str, message: str) -> None: ...
+
+    def kind(self, node: yaml.Node, path: str, node_type: type, expected: str) -> bool: ...
+
+    def string(self, node: yaml.Node, path: str, expected: str = "a string") -> str | None: ...
+
+    def integer(self, node: yaml.Node, path: str) -> int | None: ...
+
+    def items(self, node: yaml.Node, path: str, expected: str
+              ) -> list[tuple[str, yaml.Node]]: ...
+
+    def strings(self, node: yaml.Node, path: str, expected: str = "a list of strings"
+                ) -> list[tuple[str, yaml.Node, str]] | None: ...
+
+    def fields(self, node: yaml.Node, path: str, kind: str, where: yaml.Node
+               ) -> dict[str, tuple[yaml.Node, yaml.Node]] | None: ...

@@ -1,0 +1,56 @@
+"""Putting a broker together from a home directory and a policy file.
+
+Shared by `broker-proxy run` and the `mitmdump -s` entry point so both start the same way and
+refuse to start for the same reasons.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from broker_proxy.audit.log import AuditLog
+from broker_proxy.decision.active_policy import ActivePolicy
+from broker_proxy.decision.broker import Broker
+from broker_proxy.grants.factory import open_grant_store, store_url
+from broker_proxy.home import Home
+from broker_proxy.metrics import BrokerMetrics
+from broker_proxy.runtime.replica import replica_id
+from broker_proxy.secrets.backends import SecretResolver
+from broker_proxy.secrets.credentials import CredentialResolver
+from broker_proxy.secrets.oauth2 import TokenMinter, UpstreamTrust
+
+
+def policy_path(home: Home, explicit: str | None) -> Path:
+    """--policy, else $BROKER_PROXY_POLICY, else <home>/policy.yaml."""
+    raw = explicit or os.environ.get("BROKER_PROXY_POLICY")
+    return Path(raw).expanduser() if raw else home.policy
+
+
+def open_audit(home: Home) -> AuditLog:
+    return AuditLog.open(home.audit_log, home.audit_key)
+
+
+def open_broker(home: Home, policy_file: Path, *, store: str | None = None,
+                replica: str | None = None, trust: UpstreamTrust | None = None) -> Broker:
+    """Raises the loader's PolicyError, GrantStoreError or an audit error: never half-starts.
+
+    ``trust`` is what the proxy trusts upstream (--upstream-ca, --resolve): the OAuth2 token
+    endpoints are called with the same trust as the upstreams themselves.
+    """
+    policy = ActivePolicy.load(str(policy_file))
+    home.ensure()
+    grants = open_grant_store(home, store_url(store))  # --store, $BROKER_PROXY_STORE, SQLite
+    audit = open_audit(home)
+    # One chain per replica, each record naming it (see README, "Several replicas").
+    audit.stamp_records(replica=replica_id(home, replica))
+    metrics = BrokerMetrics()
+    metrics.policy_reloads.labels("ok").inc()
+    return Broker(
+        policy=policy,
+        grants=grants,
+        secrets=CredentialResolver(SecretResolver(home, base_dir=policy_file.parent),
+                                   TokenMinter(trust)),
+        audit=audit,
+        metrics=metrics,
+    )

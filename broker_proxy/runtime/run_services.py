@@ -1,0 +1,65 @@
+"""What `broker-proxy run` starts next to the proxy: the admin API and the policy watcher.
+
+Kept out of the CLI module so `run` needs only a few lines to start, announce and stop them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from broker_proxy.admin_api import (
+    AdminApiError,
+    AdminContext,
+    AdminServer,
+    load_or_create_admin_token,
+)
+from broker_proxy.decision.broker import Broker
+from broker_proxy.home import Home
+from broker_proxy.runtime.policy_reload import PolicyReloader
+
+
+class AdminListenError(AdminApiError):
+    """The admin API's address cannot be bound."""
+
+
+@dataclass(slots=True)
+class RunServices:
+    admin: AdminServer | None
+    reloader: PolicyReloader
+    policy_file: Path
+
+    def proxy_ready(self, listen: str) -> None:
+        """Grants issued over the admin API carry the proxy URL from now on."""
+        if self.admin is not None:
+            self.admin.context.proxy_listen = listen
+
+    def runtime_info(self) -> dict[str, str | None]:
+        """Extra run.json fields: `exec` finds the admin API and the policy the proxy uses."""
+        return {"admin": self.admin.address if self.admin else None,
+                "policy": str(self.policy_file.absolute())}
+
+    def stop(self) -> None:
+        self.reloader.stop()
+        if self.admin is not None:
+            self.admin.stop()
+
+
+def start_services(broker: Broker, home: Home, policy_file: Path,
+                   admin: tuple[str, int] | None) -> RunServices:
+    """Raises AdminApiError (token file, address) before anything is left running."""
+    server = None
+    reloader = PolicyReloader(broker, policy_file)
+    if admin is not None:
+        token = load_or_create_admin_token(home.admin_token)
+        context = AdminContext(token=token, policy=lambda: broker.policy, grants=broker.grants,
+                               audit=broker.audit,
+                               policy_file_problem=lambda: reloader.file_problem)
+        try:
+            server = AdminServer(admin[0], admin[1], context)
+        except OSError as error:
+            raise AdminListenError(f"cannot listen for the admin API on {admin[0]}:{admin[1]}: "
+                                   f"{error.strerror or error}") from None
+        server.start()
+    reloader.start()
+    return RunServices(server, reloader, policy_file)
