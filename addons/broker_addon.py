@@ -23,7 +23,7 @@ from broker_proxy.addons.tunnel_auth import TunnelAuth
 from broker_proxy.addons.upstream_guard import UpstreamGuard
 
 from broker_proxy.decision.broker import Broker
-from broker_proxy.runtime.resolve_pins import ResolvePins
+from broker_proxy.policy.resolve_pins import ResolvePins
 
 DECISION_THREADS = 4  # decisions in flight at once when they may block (see Broker.may_block)
 

@@ -38,7 +38,7 @@ from mitmproxy.addons.termlog import TermLog
 from mitmproxy.master import Master
 
 from broker_proxy.decision.broker import Broker
-from broker_proxy.runtime.resolve_pins import ResolvePins
+from broker_proxy.policy.resolve_pins import ResolvePins
 
 
 @dataclass(frozen=True, slots=True)

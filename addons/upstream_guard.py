@@ -20,7 +20,7 @@ from mitmproxy.proxy import server_hooks
 
 from broker_proxy.decision.addresses import address_allowed
 from broker_proxy.decision.broker import Broker
-from broker_proxy.runtime.resolve_pins import ResolvePins
+from broker_proxy.policy.resolve_pins import ResolvePins
 
 log = logging.getLogger("broker_proxy.addon")
 
@@ -76,8 +76,14 @@ class UpstreamGuard:
                              "(loopback, private, link-local or metadata)")
 
     async def _addresses(self, host: str, port: int) -> tuple[list[str], int]:
-        """The addresses to try and the port to dial (a --resolve pin may change both)."""
-        if (pinned := self.resolve.lookup(host, port)) is not None:
+        """The addresses to try and the port to dial (a pin may change both).
+
+        `run --resolve` pins first, then the policy's `network.resolve`, read at each dial so a
+        reload changes where new connections go.
+        """
+        pinned = (self.resolve.lookup(host, port)
+                  or ResolvePins(self.broker.policy.policy.resolve).lookup(host, port))
+        if pinned is not None:
             return [pinned[0]], pinned[1]
         infos = await asyncio.get_running_loop().getaddrinfo(
             host, port, type=socket.SOCK_STREAM)

@@ -11,9 +11,9 @@ from broker_proxy.audit.log import AuditError
 from broker_proxy.durations import DurationError
 from broker_proxy.grants.store import GrantError
 from broker_proxy.policy.loader import PolicyError
+from broker_proxy.policy.resolve_pins import PinError
 from broker_proxy.runtime.home_lock import HomeBusy
 from broker_proxy.runtime.replica import ReplicaIdError
-from broker_proxy.runtime.resolve_pins import PinError
 from broker_proxy.secrets.backends import SecretUnavailable
 from broker_proxy.secrets.master_key import MasterKeyError
 from broker_proxy.secrets.vault import VaultError

@@ -178,7 +178,8 @@ class Stack:
 
 
 def start_stack(root: Path, pki: LocalPki, upstreams: Upstreams,
-                extra_args: tuple[str, ...] = (), policy: str = E2E_POLICY) -> Stack:
+                extra_args: tuple[str, ...] = (), policy: str = E2E_POLICY,
+                resolve_hosts: tuple[str, ...] = HOSTS) -> Stack:
     root.mkdir(parents=True, exist_ok=True)
     home = Home(root / "home").ensure()
     api_key = "sk-e2e-" + secrets.token_urlsafe(24)
@@ -193,7 +194,7 @@ def start_stack(root: Path, pki: LocalPki, upstreams: Upstreams,
         other=OTHER_HOST, other_port=upstreams.other.port, egress=EGRESS_HOST,
         untrusted=UNTRUSTED_HOST, untrusted_port=upstreams.untrusted.port))
     proxy = ProxyProcess(home.root, policy_file, upstream_ca=pki.ca_cert_path,
-                         resolve={host: "127.0.0.1" for host in HOSTS}, env=env,
+                         resolve={host: "127.0.0.1" for host in resolve_hosts}, env=env,
                          extra_args=extra_args, log_path=root / "proxy.log").start()
     return Stack(root, home, policy_file, proxy, upstreams, api_key, other_key, env)
 

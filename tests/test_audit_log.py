@@ -484,3 +484,22 @@ def test_a_hard_linked_archive_and_a_forged_rotation_record_are_not_a_rotation(
         os.replace(spare, log_path)
         with pytest.raises(AuditTamperedError):
             log.append("request", grant="after")
+
+
+def test_verify_refuses_a_last_line_whose_mac_member_was_moved(tmp_path) -> None:
+    """Same object, other bytes: the fast MAC check must not accept what the writer never wrote."""
+    from broker_proxy.audit.verify import verify_chain
+
+    log_path, key_path = tmp_path / "audit.log", tmp_path / "audit.key"
+    with AuditLog.open(log_path, key_path) as log:
+        log.append("request", grant="g_1")
+        log.append("request", grant="g_2")
+    lines = log_path.read_bytes().splitlines()
+    last = lines[-1]
+    start = last.index(b',"mac":"')
+    member = last[start:start + len(b',"mac":"') + 64 + 1]
+    moved = last.replace(member, b"")[:-1] + member + b"}"
+    assert json.loads(moved) == json.loads(last)
+    log_path.write_bytes(b"\n".join([*lines[:-1], moved]) + b"\n")
+    result = verify_chain(log_path, key_path)
+    assert not result.ok and result.first_bad[2] == "line is not in canonical form"

@@ -15,7 +15,7 @@ from broker_proxy.devtools.echo_server import EchoServer, ReceivedRequest
 from broker_proxy.devtools.local_pki import LocalPki, write_pki
 from broker_proxy.policy.loader import PolicyError, load_policy_text
 from broker_proxy.policy.model import SecretPolicy
-from broker_proxy.runtime.resolve_pins import ResolvePins
+from broker_proxy.policy.resolve_pins import ResolvePins
 from broker_proxy.secrets.backends import SecretUnavailable
 from broker_proxy.secrets.oauth2 import TokenMinter, UpstreamTrust
 from broker_proxy.secrets.value import SecretValue

@@ -126,3 +126,16 @@ def test_cli_text_json_and_gate(tmp_path, capsys):
     assert answer["changes"][0]["kind"] == "destination_widened"
     assert main(["policy", "diff", "--fail-on-widening", str(old), str(new)]) == 1
     assert main(["policy", "diff", "--fail-on-widening", str(new), str(old)]) == 0
+
+
+def test_a_new_or_moved_pin_is_flagged_as_widening(tmp_path) -> None:
+    from broker_proxy.policy.diff import diff_policies
+    from broker_proxy.policy.loader import load_policy_text
+
+    old = load_policy_text("version: 1\nnetwork:\n  resolve: [\"a.example.com=10.0.0.1\"]\n")
+    new = load_policy_text("version: 1\nnetwork:\n  resolve: [\"a.example.com=10.0.0.2\", "
+                           "\"b.example.com:443=[::1]:8443\"]\n")
+    changes = diff_policies(old, new)
+    added = sorted(c.detail for c in changes if c.widening)
+    assert added == ["pin a.example.com=10.0.0.2 added", "pin b.example.com:443=[::1]:8443 added"]
+    assert [c.detail for c in changes if not c.widening] == ["pin a.example.com=10.0.0.1 removed"]

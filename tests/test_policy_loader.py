@@ -797,3 +797,14 @@ def test_a_method_outside_the_http_registry_is_refused_with_a_suggestion(in_tmp)
     assert 'unknown HTTP method "POTS"' in found
     assert 'did you mean "POST"?' in found
     assert "secrets.s.destinations[0].methods[1]" in found
+
+
+def test_network_resolve_pins_load_and_a_bad_one_is_named_where_it_is(in_tmp):
+    policy = load_policy(write(
+        "version: 1\nnetwork:\n  resolve: [\"api.example.com:443=127.0.0.1:8443\", "
+        "\"Other.Example.com.=[::1]\"]\n"))
+    assert dict(policy.resolve) == {("api.example.com", 443): ("127.0.0.1", 8443),
+                                    ("other.example.com", None): ("::1", None)}
+    assert one_problem("version: 1\nnetwork:\n  resolve: [api.example.com=not-an-address]\n") == (
+        'policy.yaml:3:13: network.resolve[0]: invalid pin "api.example.com=not-an-address": '
+        "use HOST[:PORT]=IP[:PORT], such as api.example.com:443=127.0.0.1:8443")

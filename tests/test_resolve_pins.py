@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from broker_proxy.runtime.resolve_pins import PinError, ResolvePins
+from broker_proxy.policy.resolve_pins import PinError, ResolvePins
 
 
 def test_a_pin_without_ports_keeps_the_request_port() -> None:

@@ -16,8 +16,8 @@ from broker_proxy.cli.common import add_policy_option, home_of, policy_file_of
 from broker_proxy.cli.errors import CliError
 from broker_proxy.cli.store_option import add_store_option
 from broker_proxy.home import Home
+from broker_proxy.policy.resolve_pins import PinError, ResolvePins
 from broker_proxy.runtime.assembly import open_broker
-from broker_proxy.runtime.resolve_pins import PinError, ResolvePins
 
 if TYPE_CHECKING:
     from broker_proxy.addons.connection_limits import Deadlines

@@ -13,6 +13,7 @@ from datetime import timedelta
 
 from broker_proxy.policy.coverage import destination_covers, host_covers, uncovered_globs
 from broker_proxy.policy.model import Destination, Policy, SecretPolicy
+from broker_proxy.policy.resolve_pins import ResolvePins
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +46,9 @@ def diff_policies(old: Policy, new: Policy) -> list[Change]:
     changes += _list_changes("network.allow_addresses", "address range",
                              tuple(map(str, old.allow_addresses)),
                              tuple(map(str, new.allow_addresses)))
+    # A pin decides which server gets a host's traffic (and its secrets): any new one widens.
+    changes += _list_changes("network.resolve", "pin", ResolvePins(old.resolve).spelled(),
+                             ResolvePins(new.resolve).spelled())
     return changes
 
 

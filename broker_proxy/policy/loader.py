@@ -59,6 +59,8 @@ from broker_proxy.policy.oauth2_mtls_fields import (
     parse_oauth2,
 )
 from broker_proxy.policy.path_reach import unreachable_reason
+from broker_proxy.policy.resolve_pins import SPELLING as PIN_SPELLING
+from broker_proxy.policy.resolve_pins import PinError, ResolvePins
 from broker_proxy.policy.spec import (
     ENV_PATTERN,
     FIELDS,
@@ -150,7 +152,8 @@ def _load(text: str, source: str, digest: str) -> Policy:
         raise PolicyError(sorted(checker.issues, key=lambda issue: (issue.line, issue.column)))
     return Policy(
         secrets=policy.secrets, agents=policy.agents, egress_allow=policy.egress_allow,
-        allow_addresses=policy.allow_addresses, source=source, digest=digest,
+        allow_addresses=policy.allow_addresses, resolve=policy.resolve, source=source,
+        digest=digest,
     )
 
 
@@ -358,6 +361,7 @@ class _Sections(NamedTuple):
     agents: dict[str, AgentPolicy]
     egress_allow: tuple[str, ...]
     allow_addresses: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+    resolve: dict[tuple[str, int | None], tuple[str, int | None]]
 
 
 def _build_policy(root: yaml.Node | None, checker: _Checker) -> _Sections | None:
@@ -396,11 +400,14 @@ def _build_policy(root: yaml.Node | None, checker: _Checker) -> _Sections | None
         if "allow" in egress:
             egress_allow = _host_patterns(egress["allow"][1], "egress.allow", checker)
     allow_addresses: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    resolve: dict[tuple[str, int | None], tuple[str, int | None]] = {}
     if (network_node := section("network")) is not None:
         network = checker.fields(network_node, "network", "network", network_node) or {}
         if "allow_addresses" in network:
             allow_addresses = _networks(network["allow_addresses"][1], checker)
-    return _Sections(secrets, agents, egress_allow, allow_addresses)
+        if "resolve" in network:
+            resolve = _pins(network["resolve"][1], checker)
+    return _Sections(secrets, agents, egress_allow, allow_addresses, resolve)
 
 
 def _secrets(node: yaml.Node, checker: _Checker, names: set[str]) -> dict[str, SecretPolicy]:
@@ -762,6 +769,20 @@ def _agent(name: str, key: yaml.Node, node: yaml.Node, path: str, checker: _Chec
         return None
     return AgentPolicy(name=name, secrets=frozenset(secrets), max_ttl=max_ttl,
                        approval=frozenset(approval))
+
+
+def _pins(node: yaml.Node, checker: _Checker
+          ) -> dict[tuple[str, int | None], tuple[str, int | None]]:
+    path = "network.resolve"
+    pins: dict[tuple[str, int | None], tuple[str, int | None]] = {}
+    for item_path, item, value in checker.strings(node, path, f"a list of {PIN_SPELLING}") or ():
+        try:
+            pins.update(ResolvePins.parse([value], path).pins)
+        except PinError:
+            checker.report(item, item_path,
+                           f"invalid pin {_quoted(value)}: use {PIN_SPELLING}, such as "
+                           "api.example.com:443=127.0.0.1:8443")
+    return pins
 
 
 def _networks(node: yaml.Node, checker: _Checker

@@ -5,6 +5,7 @@ Everything here is plain data: the loader builds it once, the request path only 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from ipaddress import IPv4Network, IPv6Network
@@ -109,5 +110,8 @@ class Policy:
     agents: dict[str, AgentPolicy]
     egress_allow: tuple[str, ...]  # host patterns, same grammar as Destination.host
     allow_addresses: tuple[IPv4Network | IPv6Network, ...]
+    # network.resolve: (host, port or None) -> (address, port or None), read by ResolvePins
+    resolve: Mapping[tuple[str, int | None], tuple[str, int | None]] = field(
+        default_factory=dict)
     source: str = ""  # the file it came from, for messages
     digest: str = field(default="", compare=False)  # sha256 of the file's bytes

@@ -178,6 +178,8 @@ MAPPINGS: dict[str, Mapping] = {
     }, nullable=True),
     "network": Mapping({
         "allow_addresses": {**_STRINGS, "description": "CIDRs such as 127.0.0.0/8"},
+        "resolve": {**_STRINGS, "description": "HOST[:PORT]=IP[:PORT] pins, like run --resolve; "
+                    "a reload changes them; run's own --resolve wins for the same name"},
     }, nullable=True),
 }
 

@@ -35,7 +35,7 @@ from urllib.parse import quote, urlencode, urlsplit
 
 from broker_proxy import strict_json
 from broker_proxy.policy.model import OAuth2Config, SecretPolicy
-from broker_proxy.runtime.resolve_pins import ResolvePins
+from broker_proxy.policy.resolve_pins import ResolvePins
 from broker_proxy.secrets.backends import SecretUnavailable
 from broker_proxy.secrets.value import SecretValue
 

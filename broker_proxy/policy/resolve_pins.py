@@ -66,6 +66,16 @@ class ResolvePins:
     def __bool__(self) -> bool:
         return bool(self.pins)
 
+    def spelled(self) -> tuple[str, ...]:
+        """Each pin as HOST[:PORT]=IP[:PORT], sorted: for diffs and messages."""
+        return tuple(sorted(f"{_joined(host, port)}={_joined(address, to_port)}"
+                            for (host, port), (address, to_port) in self.pins.items()))
+
+
+def _joined(host: str, port: int | None) -> str:
+    shown = f"[{host}]" if ":" in host else host
+    return shown if port is None else f"{shown}:{port}"
+
 
 def _host_and_port(text: str) -> tuple[str, int | None]:
     host, sep, port = text.rpartition(":")
