@@ -14,7 +14,8 @@ Forms found, and what replaces them:
   escaping when the match holds a backslash.
 * hex, either case (replaced by the placeholder's hex, upper case when the match had upper case).
 * UTF-16, little and big endian (replaced by the placeholder in the same UTF-16).
-* base64, standard and URL-safe, with or without padding, wrapped at any width with LF or CRLF,
+* base64, standard and URL-safe, with or without padding, wrapped with LF or CRLF at any width
+  of two characters or more,
   and at any of the three byte offsets inside a larger blob. A secret at offset 1 or 2 of a
   blob shares its first and last base64 characters with its neighbours; those edge characters
   are matched by the set of characters that carry the secret's known bits, so no bit of the
@@ -25,11 +26,18 @@ Forms found, and what replaces them:
   a match are dropped. URL-safe output is used when the match holds ``-`` or ``_``, or
   is unpadded and holds neither ``+`` nor ``/`` (JWT-style); else standard.
 
+Speed: every form that is not escaped or line-wrapped is a fixed string, so one multi-literal
+pass (``literal_search``, Hyperscan) finds where a match can be, and the patterns run only
+there: at a hit, around a hit for line-wrapped base64 (a literal spans its first line break,
+for lines two or more characters wide), and within reach of a ``%`` or ``\\`` for the text
+form's escaped spellings. A body unlike any secret is read once, at memory speed.
+
 Streaming: ``StreamScrubber.feed`` returns every byte that can no longer be the start of a
 match, and holds back only a suffix that is a *partial* match (found with the ``regex``
-module's partial matching). A secret split across chunks is found, memory is bounded by the
-longest possible match, and a stream that does not look like a secret (server-sent events,
-heartbeats) is never delayed.
+module's partial matching, tried only where the tail's first two bytes can begin a form, and
+over the literal length of a form unless the tail holds an escape or a line break). A secret
+split across chunks is found, memory is bounded by the longest possible match, and a stream
+that does not look like a secret (server-sent events, heartbeats) is never delayed.
 
 Not found: a secret shorter than ``MIN_SECRET_LENGTH`` bytes (it would match unrelated bytes all
 over a response), encodings not listed here (compression is undone before scrubbing, see
@@ -53,7 +61,14 @@ from urllib.parse import quote
 
 import regex
 
+from broker_proxy.literal_search import Literal, LiteralSearch
+
 MIN_SECRET_LENGTH = 4
+# What a literal hit means: the match is the literal; the pattern matches from the literal's
+# start (base64: edge characters and padding around a fixed core); the pattern runs around it.
+_EXACT, _AT_START, _AROUND = "exact", "at-start", "around"
+# Bytes that begin a percent or JSON escape: the text form's other spellings hold one.
+_ESCAPES = (b"%", b"\\")
 _B64_STD = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 _B64_URL = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 _LINE_BREAK = rb"(?:\r?\n)?"
@@ -105,11 +120,12 @@ class _Base64Shape:
 
 
 def _base64_pattern(value: bytes, offset: int,
-                    alphabet: bytes) -> tuple[bytes, bytes, frozenset[int]] | None:
+                    alphabet: bytes) -> tuple[bytes, bytes, frozenset[int], bytes] | None:
     """The base64 characters that can only come from ``value`` at ``offset`` (mod 3).
 
     Returns the whole pattern, the same without its leading edge character (a literal first
-    character lets ``re`` search fast), and the set of bytes that edge character may be.
+    character lets ``re`` search fast), the set of bytes that edge character may be, and the
+    characters every match holds in order (line breaks aside), for the literal prefilter.
     """
     n = len(value)
     encoded = base64.b64encode(b"\0" * offset + value).rstrip(b"=")
@@ -135,9 +151,9 @@ def _base64_pattern(value: bytes, offset: int,
     if trailing:
         core_first += b"(?:" + _LINE_BREAK + b"={1,2})?"
     if not lead:
-        return core_first, core_first, frozenset()
+        return core_first, core_first, frozenset(), core
     lead_class = b"[" + b"".join(_literal(bytes([c])) for c in sorted(set(lead))) + b"]"
-    return lead_class + _LINE_BREAK + core_first, core_first, frozenset(lead)
+    return lead_class + _LINE_BREAK + core_first, core_first, frozenset(lead), core
 
 
 def _base64_replacement(matched: bytes, shape: _Base64Shape, placeholder: bytes) -> bytes:
@@ -210,7 +226,8 @@ class _Matcher:
     full: bytes  # the whole pattern, for partial matching at a stream's end
     search: re.Pattern[bytes]  # starts with a literal where possible, so ``re`` scans fast
     lead: frozenset[int] = frozenset()  # base64 edge character before ``search``'s match
-    literal: re.Pattern[bytes] | None = None  # the text form when no escape can be present
+    # Fixed strings every match (of the kinds that matter) holds, and what a hit means.
+    anchors: tuple[tuple[Literal, str], ...] = ()
 
     def __repr__(self) -> str:
         return f"<_Matcher {self.form.secret} {self.form.kind}>"
@@ -219,17 +236,21 @@ class _Matcher:
 def _matchers_of(name: str, value: bytes) -> list[_Matcher]:
     text = value.decode("utf-8", "surrogateescape")
     text_pattern = b"".join(_text_char_pattern(c) for c in text)
+    # The raw text is a literal; its escaped spellings are searched near an escape only.
     matchers = [
         _Matcher(_Form(name, "text"), text_pattern, re.compile(text_pattern),
-                 literal=re.compile(_literal(value))),
+                 anchors=((Literal(value), _EXACT),)),
         _Matcher(_Form(name, "hex"), _hex_pattern(value),
-                 re.compile(_hex_pattern(value))),
+                 re.compile(_hex_pattern(value)),
+                 anchors=((Literal(value.hex().encode(), caseless=True), _EXACT),)),
     ]
     try:
         for codec in ("utf-16-le", "utf-16-be"):
-            pattern = _literal(value.decode("utf-8").encode(codec))
+            encoded = value.decode("utf-8").encode(codec)
+            pattern = _literal(encoded)
             matchers.append(_Matcher(_Form(name, codec), pattern,
-                                     re.compile(pattern)))
+                                     re.compile(pattern),
+                                     anchors=((Literal(encoded), _EXACT),)))
     except UnicodeDecodeError:
         pass  # not text: it has no UTF-16 form
     seen: set[bytes] = set()
@@ -238,11 +259,28 @@ def _matchers_of(name: str, value: bytes) -> list[_Matcher]:
             patterns = _base64_pattern(value, offset, alphabet)
             if patterns is None or patterns[0] in seen:
                 continue
-            full, core_first, lead = patterns
+            full, core_first, lead, core = patterns
             seen.add(full)
             form = _Form(name, "base64", _Base64Shape(offset, len(value)))
-            matchers.append(_Matcher(form, full, re.compile(core_first), lead))
+            matchers.append(_Matcher(form, full, re.compile(core_first), lead,
+                                     _base64_anchors(core)))
     return matchers
+
+
+def _base64_anchors(core: bytes) -> tuple[tuple[Literal, str], ...]:
+    """The core unwrapped, and the characters around each place a line break may split it.
+
+    A wrapped match holds a first line break inside its core; two characters before it are on
+    the same line, and two after it are too when lines are at least two characters wide (or
+    the core ends there). So one of these literals is in every match wrapped at a width of two
+    or more; the pattern then runs around the hit.
+    """
+    anchors: list[tuple[Literal, str]] = [(Literal(core), _AT_START)]
+    for i in range(len(core) - 1):
+        left, right = core[max(0, i - 1):i + 1], core[i + 1:i + 3]
+        for line_break in (b"\n", b"\r\n"):
+            anchors.append((Literal(left + line_break + right), _AROUND))
+    return tuple(anchors)
 
 
 def _max_match_length(value: bytes) -> int:
@@ -267,6 +305,21 @@ def _min_width(pattern: bytes) -> int:
 _Found = tuple[int, int, _Form]  # start, end, form
 
 
+def _starts_of(partial: regex.Pattern[bytes]) -> tuple[frozenset[int], frozenset[bytes]]:
+    """Every byte and pair of bytes a match of ``partial`` may begin with.
+
+    Found by asking ``partial`` itself, so the answer is exact: a stream's tail is tried as
+    the start of a secret only where its first two bytes say it could be one. Only bytes the
+    pattern spells (a byte a match holds is written in the pattern, escaped or in a class;
+    NUL, tab and line breaks are written as escapes) are probed.
+    """
+    alphabet = sorted(set(partial.pattern) | {0, 9, 10, 13})
+    first = frozenset(b for b in alphabet if partial.match(bytes([b]), partial=True))
+    pairs = frozenset(bytes([b, c]) for b in first for c in alphabet
+                      if partial.match(bytes([b, c]), partial=True))
+    return first, pairs
+
+
 class _Compiled:
     """The patterns of one secret value, without its placeholder.
 
@@ -276,14 +329,17 @@ class _Compiled:
     repr counts them.
     """
 
-    __slots__ = ("matchers", "max_match_length", "min_match_length", "partial")
+    __slots__ = ("first_bytes", "first_pairs", "matchers", "max_match_length",
+                 "min_match_length", "partial", "raw_length")
 
     def __init__(self, name: str, raw: bytes) -> None:
         self.matchers = tuple(_matchers_of(name, raw))
         self.max_match_length = _max_match_length(raw)
+        self.raw_length = len(raw)
         self.min_match_length = min(_min_width(pattern) for m in self.matchers
                                     for pattern in (m.full, m.search.pattern))
         self.partial = regex.compile(b"|".join(b"(?:" + m.full + b")" for m in self.matchers))
+        self.first_bytes, self.first_pairs = _starts_of(self.partial)
 
     def __repr__(self) -> str:
         return f"<_Compiled {len(self.matchers)} patterns>"
@@ -325,6 +381,104 @@ class _CompiledCache:
 _COMPILED = _CompiledCache(1024)
 
 
+class _Plan:
+    """The search over a set of values: one literal pass, then patterns only near its hits.
+
+    Building it compiles a Hyperscan database (about 1 ms per value), so scrubbers holding the
+    same values (grants of one policy entry, each with its own placeholders) share one.
+    """
+
+    __slots__ = ("anchors", "escapes", "literals", "max_match_length", "pair_starts",
+                 "plain_match_length", "single_starts", "text_matchers", "widening")
+
+    def __init__(self, compiled: tuple[_Compiled, ...]) -> None:
+        self.anchors: list[tuple[_Matcher, str, int]] = []
+        literals: list[Literal] = []
+        for part in compiled:
+            for matcher in part.matchers:
+                for literal, kind in matcher.anchors:
+                    self.anchors.append((matcher, kind, len(literal.data)))
+                    literals.append(literal)
+        self.literals = LiteralSearch(literals)
+        self.text_matchers = [m for part in compiled for m in part.matchers
+                              if m.form.kind == "text"]
+        escapes = list(_ESCAPES)
+        if any(b" " in m.full for m in self.text_matchers):
+            escapes.append(b"+")  # a space may be spelt "+"
+        self.escapes = tuple(escapes)
+        self.max_match_length = max((part.max_match_length for part in compiled), default=0)
+        # A match without an escape or a line break is a literal of a few extra bytes at most:
+        # hex and UTF-16 take twice the value's bytes, base64 4/3 of it plus edges and padding.
+        self.plain_match_length = max((2 * part.raw_length + 6 for part in compiled),
+                                      default=0)
+        self.widening = (*self.escapes, b"\n", b"\r")
+        singles: dict[int, list[regex.Pattern[bytes]]] = {}
+        pairs: dict[bytes, list[regex.Pattern[bytes]]] = {}
+        for part in compiled:
+            for byte in part.first_bytes:
+                singles.setdefault(byte, []).append(part.partial)
+            for pair in part.first_pairs:
+                pairs.setdefault(pair, []).append(part.partial)
+        self.single_starts = {k: tuple(v) for k, v in singles.items()}
+        self.pair_starts = {k: tuple(v) for k, v in pairs.items()}
+
+    def __repr__(self) -> str:
+        return f"<_Plan {len(self.anchors)} anchors>"
+
+
+class _PlanCache:
+    """A small LRU of plans by the values they search (the compiled objects themselves)."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[tuple[_Compiled, ...], _Plan] = OrderedDict()
+
+    def get(self, compiled: tuple[_Compiled, ...]) -> _Plan:
+        with self._lock:
+            plan = self._entries.get(compiled)
+            if plan is not None:
+                self._entries.move_to_end(compiled)
+                return plan
+        plan = _Plan(compiled)
+        with self._lock:
+            self._entries[compiled] = plan
+            while len(self._entries) > self._size:
+                self._entries.popitem(last=False)
+        return plan
+
+    def __repr__(self) -> str:
+        return f"<_PlanCache {len(self._entries)} plans>"
+
+
+_PLANS = _PlanCache(256)
+
+
+def _escape_windows(data: bytes, escapes: tuple[bytes, ...],
+                    reach: int) -> list[tuple[int, int]]:
+    """Spans of ``data`` within ``reach`` of an escape byte, merged; the rest holds none."""
+    def last_in(lo: int, hi: int) -> int:
+        return max(data.rfind(e, lo, hi) for e in escapes)
+
+    def next_from(lo: int) -> int:
+        found = [at for at in (data.find(e, lo) for e in escapes) if at >= 0]
+        return min(found, default=-1)
+
+    windows: list[tuple[int, int]] = []
+    at = next_from(0)
+    while at >= 0:
+        low, high = max(0, at - reach), at + reach + 1
+        # Dense escapes (JSON): jump to the last escape inside the window, not the next one.
+        while (later := last_in(at + 1, high)) >= 0:
+            at, high = later, later + reach + 1
+        if windows and low <= windows[-1][1]:
+            windows[-1] = (windows[-1][0], min(high, len(data)))
+        else:
+            windows.append((low, min(high, len(data))))
+        at = next_from(high)
+    return windows
+
+
 class Scrubber:
     """The patterns for one grant's secrets with that grant's placeholders.
 
@@ -335,7 +489,7 @@ class Scrubber:
     bytes.
     """
 
-    __slots__ = ("_matchers", "_partials", "_placeholders", "max_match_length",
+    __slots__ = ("_matchers", "_placeholders", "_plan", "max_match_length",
                  "min_match_length")
 
     def __init__(self, scrub: Mapping[str, tuple[str, str]]) -> None:
@@ -349,7 +503,7 @@ class Scrubber:
             compiled.append(_COMPILED.get(name, raw))
             self._placeholders[name] = placeholder.encode()
         self._matchers = [m for part in compiled for m in part.matchers]
-        self._partials = [part.partial for part in compiled]
+        self._plan = _PLANS.get(tuple(compiled)) if compiled else None
         self.max_match_length = max((part.max_match_length for part in compiled), default=0)
         # No match is shorter than this, so a shorter value (most response headers) is clean
         # without running a single pattern.
@@ -378,25 +532,50 @@ class Scrubber:
         return StreamScrubber(self)
 
     def _find(self, data: bytes) -> list[_Found]:
-        """Every complete match, leftmost first, longest first at one position, no overlaps."""
-        found: list[_Found] = []
-        escapes = b"%" in data or b"\\" in data or b"+" in data
-        for matcher in self._matchers:
-            pattern = matcher.search
-            if matcher.literal is not None and not escapes:
-                pattern = matcher.literal  # same matches, found with a fast literal search
-            for match in pattern.finditer(data):
-                start = self._lead_start(data, match.start(), matcher.lead)
-                if start is not None:
-                    found.append((start, match.end(), matcher.form))
-        found.sort(key=lambda f: (f[0], f[0] - f[1]))
+        """Every complete match, leftmost first, longest first at one position, no overlaps.
+
+        One literal pass finds where a match can be; the patterns run only there, and the
+        text form's escaped spellings only within reach of an escape byte.
+        """
+        plan = self._plan
+        if plan is None:
+            return []
+        found: set[_Found] = set()
+        around: list[tuple[_Matcher, int]] = []
+        for index, end in plan.literals.find(data):
+            matcher, kind, length = plan.anchors[index]
+            start = end - length
+            if kind == _EXACT:
+                found.add((start, end, matcher.form))
+            elif kind == _AT_START:
+                match = matcher.search.match(data, start)
+                if match is not None:
+                    self._add(found, data, matcher, match)
+            else:
+                around.append((matcher, end))
+        reach = plan.max_match_length
+        for matcher, end in around:
+            for match in matcher.search.finditer(data, max(0, end - reach), end + reach):
+                self._add(found, data, matcher, match)
+        if plan.text_matchers and any(e in data for e in plan.escapes):
+            for low, high in _escape_windows(data, plan.escapes, reach):
+                for matcher in plan.text_matchers:
+                    for match in matcher.search.finditer(data, low, high):
+                        found.add((match.start(), match.end(), matcher.form))
+        ordered = sorted(found, key=lambda f: (f[0], f[0] - f[1]))
         chosen: list[_Found] = []
-        end = 0
-        for item in found:
-            if item[0] >= end:
+        last = 0
+        for item in ordered:
+            if item[0] >= last:
                 chosen.append(item)
-                end = item[1]
+                last = item[1]
         return chosen
+
+    def _add(self, found: set[_Found], data: bytes, matcher: _Matcher,
+             match: re.Match[bytes]) -> None:
+        start = self._lead_start(data, match.start(), matcher.lead)
+        if start is not None:
+            found.add((start, match.end(), matcher.form))
 
     @staticmethod
     def _lead_start(data: bytes, start: int, lead: frozenset[int]) -> int | None:
@@ -436,19 +615,33 @@ class Scrubber:
         ``may_grow``: also hold a complete match that ends with the data (more base64 padding
         may follow in a stream; a message is complete, so it is not held for that).
         """
+        plan = self._plan
+        if plan is None:
+            return len(data)
         window = max(0, len(data) - self.max_match_length)
+        if not any(data.find(b, window) >= 0 for b in plan.widening):
+            # Nothing here can stretch a match beyond its literal length.
+            window = max(window, len(data) - plan.plain_match_length)
         for start, end, _ in found:  # never cut through a complete match
             if start < window < end:
                 window = end
-        hold = len(data)
-        for partial in self._partials:  # one pattern per value: the earliest start wins
-            for match in partial.finditer(data, pos=window, partial=True):
+        size = len(data)
+        pair_starts, single_starts = plan.pair_starts, plan.single_starts
+        # The earliest start of a partial match wins; only a start whose first two bytes can
+        # begin some form is tried, so a tail unlike any secret costs a dict lookup per byte.
+        for at in range(window, size):
+            if at + 1 < size:
+                partials = pair_starts.get(data[at:at + 2])
+            else:
+                partials = single_starts.get(data[at])
+            if not partials:
+                continue
+            for partial in partials:
+                match = partial.match(data, at, partial=True)
                 # A match that ends with the data could still grow (base64 padding).
-                if match.partial or (may_grow and match.end() == len(data)):
-                    hold = min(hold, match.start())
-                    break
-        return hold
-
+                if match is not None and (match.partial or (may_grow and match.end() == size)):
+                    return at
+        return size
 
 
 def scrubber_for(scrub: Mapping[str, tuple[str, str]]) -> Scrubber:
