@@ -29,14 +29,15 @@ Forms found, and what replaces them:
 Speed: every form that is not escaped or line-wrapped is a fixed string, so one multi-literal
 pass (``literal_search``, Hyperscan) finds where a match can be, and the patterns run only
 there: at a hit, around a hit for line-wrapped base64 (a literal spans its first line break,
-for lines two or more characters wide), and within reach of a ``%`` or ``\\`` for the text
-form's escaped spellings. A body unlike any secret is read once, at memory speed.
+for lines two or more characters wide), and around a percent or JSON escape of one of the
+value's characters for the text form's escaped spellings. A body unlike any secret is read
+once, at memory speed.
 
 Streaming: ``StreamScrubber.feed`` returns every byte that can no longer be the start of a
 match, and holds back only a suffix that is a *partial* match (found with the ``regex``
 module's partial matching, tried only where the tail's first two bytes can begin a form, and
-over the literal length of a form unless the tail holds an escape or a line break). A secret
-split across chunks is found, memory is bounded by the longest possible match, and a stream
+over the unescaped length of a form unless the tail holds an escape of a secret's character).
+A secret split across chunks is found, memory is bounded by the longest possible match, and a stream
 that does not look like a secret (server-sent events, heartbeats) is never delayed.
 
 Not found: a secret shorter than ``MIN_SECRET_LENGTH`` bytes (it would match unrelated bytes all
@@ -65,10 +66,9 @@ from broker_proxy.literal_search import Literal, LiteralSearch
 
 MIN_SECRET_LENGTH = 4
 # What a literal hit means: the match is the literal; the pattern matches from the literal's
-# start (base64: edge characters and padding around a fixed core); the pattern runs around it.
-_EXACT, _AT_START, _AROUND = "exact", "at-start", "around"
-# Bytes that begin a percent or JSON escape: the text form's other spellings hold one.
-_ESCAPES = (b"%", b"\\")
+# start (base64: edge characters and padding around a fixed core); the pattern runs around it;
+# an escape of one of the value's characters, so the text form's pattern runs around it.
+_EXACT, _AT_START, _AROUND, _ESCAPE = "exact", "at-start", "around", "escape"
 _B64_STD = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 _B64_URL = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 _LINE_BREAK = rb"(?:\r?\n)?"
@@ -106,6 +106,34 @@ def _text_char_pattern(char: str) -> bytes:
     if char in _JSON_SHORT_ESCAPES:
         options.append(_literal(_JSON_SHORT_ESCAPES[char].encode()))
     return b"(?:" + b"|".join(options) + b")"
+
+
+def _escape_literals(text: str) -> list[Literal]:
+    """Every percent or JSON escape of a character of ``text``, as literals.
+
+    A spelling of the value other than the raw one holds at least one of them, so the text
+    pattern runs only near one: an escape of a character no secret holds (``\\n``, ``%20`` in
+    most bodies) costs nothing.
+    """
+    literals: set[Literal] = set()
+    for char in set(text):
+        encoded = char.encode("utf-8", "surrogateescape")
+        literals.update(Literal(b"%%%02x" % b, caseless=True) for b in encoded)
+        if char == " ":
+            literals.add(Literal(b"+"))
+        code = ord(char)
+        if 0xDC80 <= code <= 0xDCFF:
+            continue  # an undecodable byte: no JSON escape exists for it
+        if code > 0xFFFF:
+            high, low = divmod(code - 0x10000, 0x400)
+            units = [0xD800 + high, 0xDC00 + low]
+        else:
+            units = [code]
+        # Caseless also folds the "u": a few more hits, never one less.
+        literals.add(Literal(b"".join(b"\\u%04x" % unit for unit in units), caseless=True))
+        if char in _JSON_SHORT_ESCAPES:
+            literals.add(Literal(_JSON_SHORT_ESCAPES[char].encode()))
+    return sorted(literals, key=lambda lit: (lit.data, lit.caseless))
 
 
 def _b64_class(alphabet: bytes, values: list[int]) -> bytes:
@@ -239,7 +267,8 @@ def _matchers_of(name: str, value: bytes) -> list[_Matcher]:
     # The raw text is a literal; its escaped spellings are searched near an escape only.
     matchers = [
         _Matcher(_Form(name, "text"), text_pattern, re.compile(text_pattern),
-                 anchors=((Literal(value), _EXACT),)),
+                 anchors=((Literal(value), _EXACT),
+                          *((lit, _ESCAPE) for lit in _escape_literals(text)))),
         _Matcher(_Form(name, "hex"), _hex_pattern(value),
                  re.compile(_hex_pattern(value)),
                  anchors=((Literal(value.hex().encode(), caseless=True), _EXACT),)),
@@ -388,8 +417,8 @@ class _Plan:
     same values (grants of one policy entry, each with its own placeholders) share one.
     """
 
-    __slots__ = ("anchors", "escapes", "literals", "max_match_length", "pair_starts",
-                 "plain_match_length", "single_starts", "text_matchers", "widening")
+    __slots__ = ("anchors", "literals", "max_match_length", "pair_starts",
+                 "plain_match_length", "single_starts")
 
     def __init__(self, compiled: tuple[_Compiled, ...]) -> None:
         self.anchors: list[tuple[_Matcher, str, int]] = []
@@ -400,18 +429,14 @@ class _Plan:
                     self.anchors.append((matcher, kind, len(literal.data)))
                     literals.append(literal)
         self.literals = LiteralSearch(literals)
-        self.text_matchers = [m for part in compiled for m in part.matchers
-                              if m.form.kind == "text"]
-        escapes = list(_ESCAPES)
-        if any(b" " in m.full for m in self.text_matchers):
-            escapes.append(b"+")  # a space may be spelt "+"
-        self.escapes = tuple(escapes)
         self.max_match_length = max((part.max_match_length for part in compiled), default=0)
-        # A match without an escape or a line break is a literal of a few extra bytes at most:
-        # hex and UTF-16 take twice the value's bytes, base64 4/3 of it plus edges and padding.
-        self.plain_match_length = max((2 * part.raw_length + 6 for part in compiled),
-                                      default=0)
-        self.widening = (*self.escapes, b"\n", b"\r")
+        # Without an escape a match is short: hex and UTF-16 take twice the value's bytes,
+        # base64 its core plus edges and padding, and a line break at most every two
+        # characters of the core (lines narrower than that are not looked for).
+        self.plain_match_length = max(
+            [2 * part.raw_length + 6 for part in compiled]
+            + [2 * length + 12 for _, kind, length in self.anchors if kind == _AT_START],
+            default=0)
         singles: dict[int, list[regex.Pattern[bytes]]] = {}
         pairs: dict[bytes, list[regex.Pattern[bytes]]] = {}
         for part in compiled:
@@ -454,29 +479,16 @@ class _PlanCache:
 _PLANS = _PlanCache(256)
 
 
-def _escape_windows(data: bytes, escapes: tuple[bytes, ...],
-                    reach: int) -> list[tuple[int, int]]:
-    """Spans of ``data`` within ``reach`` of an escape byte, merged; the rest holds none."""
-    def last_in(lo: int, hi: int) -> int:
-        return max(data.rfind(e, lo, hi) for e in escapes)
-
-    def next_from(lo: int) -> int:
-        found = [at for at in (data.find(e, lo) for e in escapes) if at >= 0]
-        return min(found, default=-1)
-
-    windows: list[tuple[int, int]] = []
-    at = next_from(0)
-    while at >= 0:
-        low, high = max(0, at - reach), at + reach + 1
-        # Dense escapes (JSON): jump to the last escape inside the window, not the next one.
-        while (later := last_in(at + 1, high)) >= 0:
-            at, high = later, later + reach + 1
-        if windows and low <= windows[-1][1]:
-            windows[-1] = (windows[-1][0], min(high, len(data)))
+def _merged(ends: list[int], reach: int, size: int) -> list[tuple[int, int]]:
+    """The spans within ``reach`` of any of ``ends``, merged where they meet."""
+    spans: list[tuple[int, int]] = []
+    for end in sorted(ends):
+        low, high = max(0, end - reach), min(size, end + reach)
+        if spans and low <= spans[-1][1]:
+            spans[-1] = (spans[-1][0], high)
         else:
-            windows.append((low, min(high, len(data))))
-        at = next_from(high)
-    return windows
+            spans.append((low, high))
+    return spans
 
 
 class Scrubber:
@@ -532,16 +544,20 @@ class Scrubber:
         return StreamScrubber(self)
 
     def _find(self, data: bytes) -> list[_Found]:
-        """Every complete match, leftmost first, longest first at one position, no overlaps.
+        """Every complete match, leftmost first, longest first at one position, no overlaps."""
+        return self._search(data)[0]
 
-        One literal pass finds where a match can be; the patterns run only there, and the
-        text form's escaped spellings only within reach of an escape byte.
+    def _search(self, data: bytes) -> tuple[list[_Found], int]:
+        """``_find``'s matches, and where the last escape of a secret's character ends (-1).
+
+        One literal pass finds where a match can be; the patterns run only there.
         """
         plan = self._plan
         if plan is None:
-            return []
+            return [], -1
         found: set[_Found] = set()
-        around: list[tuple[_Matcher, int]] = []
+        around: dict[_Matcher, list[int]] = {}
+        last_escape = -1
         for index, end in plan.literals.find(data):
             matcher, kind, length = plan.anchors[index]
             start = end - length
@@ -552,16 +568,13 @@ class Scrubber:
                 if match is not None:
                     self._add(found, data, matcher, match)
             else:
-                around.append((matcher, end))
-        reach = plan.max_match_length
-        for matcher, end in around:
-            for match in matcher.search.finditer(data, max(0, end - reach), end + reach):
-                self._add(found, data, matcher, match)
-        if plan.text_matchers and any(e in data for e in plan.escapes):
-            for low, high in _escape_windows(data, plan.escapes, reach):
-                for matcher in plan.text_matchers:
-                    for match in matcher.search.finditer(data, low, high):
-                        found.add((match.start(), match.end(), matcher.form))
+                around.setdefault(matcher, []).append(end)
+                if kind == _ESCAPE:
+                    last_escape = max(last_escape, end)
+        for matcher, ends in around.items():
+            for low, high in _merged(ends, plan.max_match_length, len(data)):
+                for match in matcher.search.finditer(data, low, high):
+                    self._add(found, data, matcher, match)
         ordered = sorted(found, key=lambda f: (f[0], f[0] - f[1]))
         chosen: list[_Found] = []
         last = 0
@@ -569,7 +582,7 @@ class Scrubber:
             if item[0] >= last:
                 chosen.append(item)
                 last = item[1]
-        return chosen
+        return chosen, last_escape
 
     def _add(self, found: set[_Found], data: bytes, matcher: _Matcher,
              match: re.Match[bytes]) -> None:
@@ -592,10 +605,10 @@ class Scrubber:
         """Scrub ``data``; return the output and how many trailing bytes were held back."""
         if not self._matchers:
             return data, 0
-        found = self._find(data)
+        found, last_escape = self._search(data)
         cut = len(data)
         if not final:
-            cut = self._hold_from(data, found)
+            cut = self._hold_from(data, found, last_escape=last_escape)
         out: list[bytes] = []
         position = 0
         for start, end, form in found:
@@ -609,18 +622,22 @@ class Scrubber:
         out.append(data[position:cut])
         return b"".join(out), len(data) - cut
 
-    def _hold_from(self, data: bytes, found: list[_Found], *, may_grow: bool = True) -> int:
+    def _hold_from(self, data: bytes, found: list[_Found], *, may_grow: bool = True,
+                   last_escape: int | None = None) -> int:
         """The first byte that could still be part of a secret once more bytes arrive.
 
         ``may_grow``: also hold a complete match that ends with the data (more base64 padding
         may follow in a stream; a message is complete, so it is not held for that).
+        ``last_escape``: where the last escape of a secret's character ends, -1 for none, None
+        when not known.
         """
         plan = self._plan
         if plan is None:
             return len(data)
         window = max(0, len(data) - self.max_match_length)
-        if not any(data.find(b, window) >= 0 for b in plan.widening):
-            # Nothing here can stretch a match beyond its literal length.
+        if last_escape is not None and last_escape <= window:
+            # No escape in reach: a partial match is as short as an unescaped one (an escape
+            # cut by the end of the data is short too).
             window = max(window, len(data) - plan.plain_match_length)
         for start, end, _ in found:  # never cut through a complete match
             if start < window < end:
@@ -708,8 +725,8 @@ class MessageScrubber:
             return content
         data = self._context + self._held + content
         skip = len(self._context)
-        found = scrubber._find(data)
-        cut = scrubber._hold_from(data, found, may_grow=False)
+        found, last_escape = scrubber._search(data)
+        cut = scrubber._hold_from(data, found, may_grow=False, last_escape=last_escape)
         if len(data) - cut < MIN_SECRET_LENGTH:
             cut = len(data)  # a short partial match is delivered
         # A long partial match that began in a delivered message: hold what is not delivered.
