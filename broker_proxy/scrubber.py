@@ -609,6 +609,8 @@ class Scrubber:
         cut = len(data)
         if not final:
             cut = self._hold_from(data, found, last_escape=last_escape)
+        if not found:  # the common case: hand the bytes on without copying them
+            return (data if cut == len(data) else data[:cut]), len(data) - cut
         out: list[bytes] = []
         position = 0
         for start, end, form in found:
