@@ -334,19 +334,22 @@ def _min_width(pattern: bytes) -> int:
 _Found = tuple[int, int, _Form]  # start, end, form
 
 
-def _starts_of(partial: regex.Pattern[bytes]) -> tuple[frozenset[int], frozenset[bytes]]:
-    """Every byte and pair of bytes a match of ``partial`` may begin with.
+def _starts_of(partial: regex.Pattern[bytes]) -> frozenset[bytes]:
+    """Every one, two and three bytes a match of ``partial`` may begin with.
 
     Found by asking ``partial`` itself, so the answer is exact: a stream's tail is tried as
-    the start of a secret only where its first two bytes say it could be one. Only bytes the
+    the start of a secret only where its first bytes say it could be one. Only bytes the
     pattern spells (a byte a match holds is written in the pattern, escaped or in a class;
     NUL, tab and line breaks are written as escapes) are probed.
     """
-    alphabet = sorted(set(partial.pattern) | {0, 9, 10, 13})
-    first = frozenset(b for b in alphabet if partial.match(bytes([b]), partial=True))
-    pairs = frozenset(bytes([b, c]) for b in first for c in alphabet
-                      if partial.match(bytes([b, c]), partial=True))
-    return first, pairs
+    alphabet = [bytes([b]) for b in sorted(set(partial.pattern) | {0, 9, 10, 13})]
+    starts: set[bytes] = set()
+    level = [b""]
+    for _ in range(3):
+        level = [head + byte for head in level for byte in alphabet
+                 if partial.match(head + byte, partial=True)]
+        starts.update(level)
+    return frozenset(starts)
 
 
 class _Compiled:
@@ -358,8 +361,8 @@ class _Compiled:
     repr counts them.
     """
 
-    __slots__ = ("first_bytes", "first_pairs", "matchers", "max_match_length",
-                 "min_match_length", "partial", "raw_length")
+    __slots__ = ("matchers", "max_match_length", "min_match_length", "partial", "raw_length",
+                 "starts")
 
     def __init__(self, name: str, raw: bytes) -> None:
         self.matchers = tuple(_matchers_of(name, raw))
@@ -368,7 +371,7 @@ class _Compiled:
         self.min_match_length = min(_min_width(pattern) for m in self.matchers
                                     for pattern in (m.full, m.search.pattern))
         self.partial = regex.compile(b"|".join(b"(?:" + m.full + b")" for m in self.matchers))
-        self.first_bytes, self.first_pairs = _starts_of(self.partial)
+        self.starts = _starts_of(self.partial)
 
     def __repr__(self) -> str:
         return f"<_Compiled {len(self.matchers)} patterns>"
@@ -417,8 +420,7 @@ class _Plan:
     same values (grants of one policy entry, each with its own placeholders) share one.
     """
 
-    __slots__ = ("anchors", "literals", "max_match_length", "pair_starts",
-                 "plain_match_length", "single_starts")
+    __slots__ = ("anchors", "literals", "max_match_length", "plain_match_length", "starts")
 
     def __init__(self, compiled: tuple[_Compiled, ...]) -> None:
         self.anchors: list[tuple[_Matcher, str, int]] = []
@@ -437,15 +439,11 @@ class _Plan:
             [2 * part.raw_length + 6 for part in compiled]
             + [2 * length + 12 for _, kind, length in self.anchors if kind == _AT_START],
             default=0)
-        singles: dict[int, list[regex.Pattern[bytes]]] = {}
-        pairs: dict[bytes, list[regex.Pattern[bytes]]] = {}
+        starts: dict[bytes, list[regex.Pattern[bytes]]] = {}
         for part in compiled:
-            for byte in part.first_bytes:
-                singles.setdefault(byte, []).append(part.partial)
-            for pair in part.first_pairs:
-                pairs.setdefault(pair, []).append(part.partial)
-        self.single_starts = {k: tuple(v) for k, v in singles.items()}
-        self.pair_starts = {k: tuple(v) for k, v in pairs.items()}
+            for start in part.starts:
+                starts.setdefault(start, []).append(part.partial)
+        self.starts = {k: tuple(v) for k, v in starts.items()}
 
     def __repr__(self) -> str:
         return f"<_Plan {len(self.anchors)} anchors>"
@@ -645,14 +643,11 @@ class Scrubber:
             if start < window < end:
                 window = end
         size = len(data)
-        pair_starts, single_starts = plan.pair_starts, plan.single_starts
-        # The earliest start of a partial match wins; only a start whose first two bytes can
-        # begin some form is tried, so a tail unlike any secret costs a dict lookup per byte.
+        starts = plan.starts
+        # The earliest start of a partial match wins; only a start whose first three bytes (or
+        # fewer, at the end) can begin some form is tried.
         for at in range(window, size):
-            if at + 1 < size:
-                partials = pair_starts.get(data[at:at + 2])
-            else:
-                partials = single_starts.get(data[at])
+            partials = starts.get(data[at:at + 3])
             if not partials:
                 continue
             for partial in partials:
