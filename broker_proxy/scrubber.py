@@ -56,7 +56,7 @@ import re
 import secrets
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from urllib.parse import quote
 
@@ -254,8 +254,10 @@ class _Matcher:
     full: bytes  # the whole pattern, for partial matching at a stream's end
     search: re.Pattern[bytes]  # starts with a literal where possible, so ``re`` scans fast
     lead: frozenset[int] = frozenset()  # base64 edge character before ``search``'s match
-    # Fixed strings every match (of the kinds that matter) holds, and what a hit means.
-    anchors: tuple[tuple[Literal, str], ...] = ()
+    # Makes the fixed strings every match (of the kinds that matter) holds, and says what a
+    # hit means. A function (a closure: its repr names no value), not a tuple: a plan needs
+    # them once, a cached value never.
+    anchors: Callable[[], list[tuple[Literal, str]]] = list
 
     def __repr__(self) -> str:
         return f"<_Matcher {self.form.secret} {self.form.kind}>"
@@ -267,11 +269,11 @@ def _matchers_of(name: str, value: bytes) -> list[_Matcher]:
     # The raw text is a literal; its escaped spellings are searched near an escape only.
     matchers = [
         _Matcher(_Form(name, "text"), text_pattern, re.compile(text_pattern),
-                 anchors=((Literal(value), _EXACT),
-                          *((lit, _ESCAPE) for lit in _escape_literals(text)))),
+                 anchors=lambda: [(Literal(value), _EXACT),
+                                  *((lit, _ESCAPE) for lit in _escape_literals(text))]),
         _Matcher(_Form(name, "hex"), _hex_pattern(value),
                  re.compile(_hex_pattern(value)),
-                 anchors=((Literal(value.hex().encode(), caseless=True), _EXACT),)),
+                 anchors=lambda: [(Literal(value.hex().encode(), caseless=True), _EXACT)]),
     ]
     try:
         for codec in ("utf-16-le", "utf-16-be"):
@@ -279,7 +281,7 @@ def _matchers_of(name: str, value: bytes) -> list[_Matcher]:
             pattern = _literal(encoded)
             matchers.append(_Matcher(_Form(name, codec), pattern,
                                      re.compile(pattern),
-                                     anchors=((Literal(encoded), _EXACT),)))
+                                     anchors=lambda encoded=encoded: _exact_anchor(encoded)))
     except UnicodeDecodeError:
         pass  # not text: it has no UTF-16 form
     seen: set[bytes] = set()
@@ -292,11 +294,15 @@ def _matchers_of(name: str, value: bytes) -> list[_Matcher]:
             seen.add(full)
             form = _Form(name, "base64", _Base64Shape(offset, len(value)))
             matchers.append(_Matcher(form, full, re.compile(core_first), lead,
-                                     _base64_anchors(core)))
+                                     lambda core=core: _base64_anchors(core)))
     return matchers
 
 
-def _base64_anchors(core: bytes) -> tuple[tuple[Literal, str], ...]:
+def _exact_anchor(encoded: bytes) -> list[tuple[Literal, str]]:
+    return [(Literal(encoded), _EXACT)]
+
+
+def _base64_anchors(core: bytes) -> list[tuple[Literal, str]]:
     """The core unwrapped, and the characters around each place a line break may split it.
 
     A wrapped match holds a first line break inside its core; two characters before it are on
@@ -309,7 +315,7 @@ def _base64_anchors(core: bytes) -> tuple[tuple[Literal, str], ...]:
         left, right = core[max(0, i - 1):i + 1], core[i + 1:i + 3]
         for line_break in (b"\n", b"\r\n"):
             anchors.append((Literal(left + line_break + right), _AROUND))
-    return tuple(anchors)
+    return anchors
 
 
 def _max_match_length(value: bytes) -> int:
@@ -424,11 +430,14 @@ class _Plan:
 
     def __init__(self, compiled: tuple[_Compiled, ...]) -> None:
         self.anchors: list[tuple[_Matcher, str, int]] = []
+        shared: dict[tuple[int, str, int], tuple[_Matcher, str, int]] = {}
         literals: list[Literal] = []
         for part in compiled:
             for matcher in part.matchers:
-                for literal, kind in matcher.anchors:
-                    self.anchors.append((matcher, kind, len(literal.data)))
+                for literal, kind in matcher.anchors():
+                    entry = (matcher, kind, len(literal.data))
+                    # Hundreds of base64 anchors share a few entries: a plan stays small.
+                    self.anchors.append(shared.setdefault((id(matcher), kind, entry[2]), entry))
                     literals.append(literal)
         self.literals = LiteralSearch(literals)
         self.max_match_length = max((part.max_match_length for part in compiled), default=0)
