@@ -797,3 +797,39 @@ def test_a_method_outside_the_http_registry_is_refused_with_a_suggestion(in_tmp)
     assert 'unknown HTTP method "POTS"' in found
     assert 'did you mean "POST"?' in found
     assert "secrets.s.destinations[0].methods[1]" in found
+
+
+def _pairwise_clashes(placeholders: list[str]) -> list[tuple[int, int, bool]]:
+    """The plain check: each placeholder against every earlier one, first clash reported."""
+    found = []
+    for index, placeholder in enumerate(placeholders):
+        for other_index, other in enumerate(placeholders[:index]):
+            if placeholder in other or other in placeholder:
+                found.append((index, other_index, placeholder == other))
+                break
+    return found
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_the_placeholder_index_reports_what_the_pairwise_check_does(seed: int) -> None:
+    import random
+
+    import yaml
+
+    from broker_proxy.policy.loader import _check_placeholders_apart, _Checker
+
+    rng = random.Random(seed)
+    names = ["a", "ab", "b", "key", "key.2", "k-1"]
+    pool = [*("{{secret:" + n + "}}" for n in names), "{{secret:a", "secret:ab}}", "ab",
+            "PLACEHOLDER-1", "PLACEHOLDER-12", "x{{secret:key}}y", "{{secret:b}}"]
+    placeholders = [rng.choice(pool) for _ in range(rng.randint(1, 12))]
+    checker = _Checker("policy.yaml")
+    entries = [(f"s{i}", p, yaml.Mark("", 0, i, 0, None, None), f"secrets.s{i}.placeholder")
+               for i, p in enumerate(placeholders)]
+    _check_placeholders_apart(entries, checker)
+    reported = [(issue.line - 1, issue.message) for issue in checker.issues]
+    expected = [(index, (f'placeholder is already used by secret "s{other}"' if equal else
+                         f'placeholder overlaps the placeholder of secret "s{other}": '
+                         "neither may contain the other"))
+                for index, other, equal in _pairwise_clashes(placeholders)]
+    assert reported == expected
