@@ -833,3 +833,30 @@ def test_the_placeholder_index_reports_what_the_pairwise_check_does(seed: int) -
                          "neither may contain the other"))
                 for index, other, equal in _pairwise_clashes(placeholders)]
     assert reported == expected
+
+
+_MISTAKES = [
+    "version: 1\nsecrets:\n  k:\n    from: vault\n    destinations: [{host: a.example}]\n"
+    "    inject: [nowhere]\nagents: {}\n",
+    "version: 1\nsecrets:\n  k:\n    from: vault\n    destinations:\n      - host: a.example\n"
+    "        port: 99999\nagents:\n  bot: {secrets: [k, missing]}\n",
+    "version: 1\nsecrets:\n  k: {from: vault, destinations: [{host: a.example}]}\n"
+    "  k: {from: vault}\n",
+    "version: 1\nsecrets: [unclosed\n",
+]
+
+
+@pytest.mark.parametrize("text", _MISTAKES)
+def test_libyaml_and_pure_python_yaml_report_the_same_lines_and_columns(
+        in_tmp, monkeypatch, text: str) -> None:
+    import yaml
+
+    from broker_proxy.policy import loader
+
+    if not yaml.__with_libyaml__:
+        pytest.skip("PyYAML without libyaml")
+    assert (loader._compose_fast(text) is False) == ("unclosed" in text)  # the fast path ran
+    fast = problems(text)
+    monkeypatch.setattr(loader, "_compose_fast", lambda text: False)
+    assert problems(text) == fast
+    assert fast

@@ -179,7 +179,30 @@ class _NodeLoader(yaml.SafeLoader):
         return super().compose_node(parent, index)
 
 
+def _compose_fast(text: str) -> yaml.Node | bool | None:
+    """libyaml's composer, where it is there and can be trusted with this text; else False.
+
+    It is ten times faster than the pure-Python one on a large policy and gives nodes the same
+    line and column marks. It cannot see anchors, so a text that may hold one ("&") goes the
+    slow way, as does one the pure-Python reader would refuse; so does any error, to be
+    reported in the pure-Python loader's words.
+    """
+    if not getattr(yaml, "__with_libyaml__", False) or "&" in text \
+            or yaml.reader.Reader.NON_PRINTABLE.search(text):
+        return False
+    loader = yaml.CSafeLoader(text)
+    try:
+        return loader.get_single_node()
+    except (yaml.YAMLError, RecursionError):
+        return False
+    finally:
+        loader.dispose()
+
+
 def _compose(text: str, checker: _Checker) -> yaml.Node | None:
+    fast = _compose_fast(text)
+    if fast is not False:
+        return fast  # type: ignore[return-value]
     loader = None
     try:
         # The reader rejects control characters as soon as it is built, hence inside the try.
