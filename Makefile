@@ -28,9 +28,17 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check .
 
+# Scrubbing sizes are modest so `make bench` takes minutes; the 1 GB runs:
+#   make bench SCRUB_ARGS="--size-mib 1024" SCRUB_CORE_ARGS="--core-mib 1000 --size-mib 1024"
+SCRUB_ARGS ?= --size-mib 100 --rounds 2
+SCRUB_CORE_ARGS ?= --core-mib 50 --size-mib 256
 bench: $(STAMP)
 	$(PY) benchmarks/run.py
 	$(PY) benchmarks/core_bench.py
+	@echo "== scrubbing: the scrubber alone, and the proxy's memory on a long download"
+	$(PY) benchmarks/scrub_bench.py $(SCRUB_CORE_ARGS)
+	@echo "== scrubbing: downloads and server-sent events through broker-proxy run"
+	$(PY) benchmarks/scrub_download_bench.py $(SCRUB_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

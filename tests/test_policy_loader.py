@@ -808,3 +808,66 @@ def test_network_resolve_pins_load_and_a_bad_one_is_named_where_it_is(in_tmp):
     assert one_problem("version: 1\nnetwork:\n  resolve: [api.example.com=not-an-address]\n") == (
         'policy.yaml:3:13: network.resolve[0]: invalid pin "api.example.com=not-an-address": '
         "use HOST[:PORT]=IP[:PORT], such as api.example.com:443=127.0.0.1:8443")
+
+
+def _pairwise_clashes(placeholders: list[str]) -> list[tuple[int, int, bool]]:
+    """The plain check: each placeholder against every earlier one, first clash reported."""
+    found = []
+    for index, placeholder in enumerate(placeholders):
+        for other_index, other in enumerate(placeholders[:index]):
+            if placeholder in other or other in placeholder:
+                found.append((index, other_index, placeholder == other))
+                break
+    return found
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_the_placeholder_index_reports_what_the_pairwise_check_does(seed: int) -> None:
+    import random
+
+    import yaml
+
+    from broker_proxy.policy.loader import _check_placeholders_apart, _Checker
+
+    rng = random.Random(seed)
+    names = ["a", "ab", "b", "key", "key.2", "k-1"]
+    pool = [*("{{secret:" + n + "}}" for n in names), "{{secret:a", "secret:ab}}", "ab",
+            "PLACEHOLDER-1", "PLACEHOLDER-12", "x{{secret:key}}y", "{{secret:b}}"]
+    placeholders = [rng.choice(pool) for _ in range(rng.randint(1, 12))]
+    checker = _Checker("policy.yaml")
+    entries = [(f"s{i}", p, yaml.Mark("", 0, i, 0, None, None), f"secrets.s{i}.placeholder")
+               for i, p in enumerate(placeholders)]
+    _check_placeholders_apart(entries, checker)
+    reported = [(issue.line - 1, issue.message) for issue in checker.issues]
+    expected = [(index, (f'placeholder is already used by secret "s{other}"' if equal else
+                         f'placeholder overlaps the placeholder of secret "s{other}": '
+                         "neither may contain the other"))
+                for index, other, equal in _pairwise_clashes(placeholders)]
+    assert reported == expected
+
+
+_MISTAKES = [
+    "version: 1\nsecrets:\n  k:\n    from: vault\n    destinations: [{host: a.example}]\n"
+    "    inject: [nowhere]\nagents: {}\n",
+    "version: 1\nsecrets:\n  k:\n    from: vault\n    destinations:\n      - host: a.example\n"
+    "        port: 99999\nagents:\n  bot: {secrets: [k, missing]}\n",
+    "version: 1\nsecrets:\n  k: {from: vault, destinations: [{host: a.example}]}\n"
+    "  k: {from: vault}\n",
+    "version: 1\nsecrets: [unclosed\n",
+]
+
+
+@pytest.mark.parametrize("text", _MISTAKES)
+def test_libyaml_and_pure_python_yaml_report_the_same_lines_and_columns(
+        in_tmp, monkeypatch, text: str) -> None:
+    import yaml
+
+    from broker_proxy.policy import loader
+
+    if not yaml.__with_libyaml__:
+        pytest.skip("PyYAML without libyaml")
+    assert (loader._compose_fast(text) is False) == ("unclosed" in text)  # the fast path ran
+    fast = problems(text)
+    monkeypatch.setattr(loader, "_compose_fast", lambda text: False)
+    assert problems(text) == fast
+    assert fast

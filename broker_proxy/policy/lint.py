@@ -25,18 +25,37 @@ class _Positions:
 
     def __init__(self, text: str, source: str) -> None:
         self.source = source
+        # The loader accepted the text, so libyaml (same marks, ten times faster) may read it.
+        loader = yaml.CSafeLoader if getattr(yaml, "__with_libyaml__", False) else yaml.SafeLoader
         try:
-            self.root = yaml.compose(text, Loader=yaml.SafeLoader)
+            self.root = yaml.compose(text, Loader=loader)
         except yaml.YAMLError:  # the loader accepted it, so this does not happen
             self.root = None
+        # Keys of each mapping met, by name: a warning per secret of a large policy would
+        # otherwise walk the whole mapping each time.
+        self._keys: dict[int, dict[str, tuple[yaml.Node, yaml.Node]]] = {}
 
     def issue(self, steps: tuple[str | int, ...], field: str, message: str) -> PolicyIssue:
         node = self.root
         for step in steps:
-            node = _child(node, step)
+            node = self._child(node, step)
         mark = node.start_mark if node is not None else None
         line, column = (mark.line + 1, mark.column + 1) if mark else (0, 0)
         return PolicyIssue(self.source, line, column, field, "warning: " + message)
+
+    def _child(self, node: yaml.Node | None, step: str | int) -> yaml.Node | None:
+        if isinstance(node, yaml.MappingNode) and isinstance(step, str):
+            keys = self._keys.get(id(node))
+            if keys is None:
+                keys = self._keys[id(node)] = {}
+                for key, value in node.value:  # the first of a repeated key, as before
+                    if isinstance(key.value, str):
+                        keys.setdefault(key.value, (key, value))
+            entry = keys.get(step.removeprefix("key:"))
+            if entry is None:
+                return None
+            return entry[0] if step.startswith("key:") else entry[1]
+        return _child(node, step)
 
 
 def _child(node: yaml.Node | None, step: str | int) -> yaml.Node | None:

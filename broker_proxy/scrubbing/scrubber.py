@@ -14,7 +14,8 @@ Forms found, and what replaces them:
   escaping when the match holds a backslash.
 * hex, either case (replaced by the placeholder's hex, upper case when the match had upper case).
 * UTF-16, little and big endian (replaced by the placeholder in the same UTF-16).
-* base64, standard and URL-safe, with or without padding, wrapped at any width with LF or CRLF,
+* base64, standard and URL-safe, with or without padding, wrapped with LF or CRLF at any width
+  of two characters or more,
   and at any of the three byte offsets inside a larger blob. A secret at offset 1 or 2 of a
   blob shares its first and last base64 characters with its neighbours; those edge characters
   are matched by the set of characters that carry the secret's known bits, so no bit of the
@@ -25,11 +26,19 @@ Forms found, and what replaces them:
   a match are dropped. URL-safe output is used when the match holds ``-`` or ``_``, or
   is unpadded and holds neither ``+`` nor ``/`` (JWT-style); else standard.
 
+Speed: every form that is not escaped or line-wrapped is a fixed string, so one multi-literal
+pass (``literal_search``, Hyperscan) finds where a match can be, and the patterns run only
+there: at a hit, around a hit for line-wrapped base64 (a literal spans its first line break,
+for lines two or more characters wide), and around a percent or JSON escape of one of the
+value's characters for the text form's escaped spellings. A body unlike any secret is read
+once, at memory speed.
+
 Streaming: ``StreamScrubber.feed`` returns every byte that can no longer be the start of a
 match, and holds back only a suffix that is a *partial* match (found with the ``regex``
-module's partial matching). A secret split across chunks is found, memory is bounded by the
-longest possible match, and a stream that does not look like a secret (server-sent events,
-heartbeats) is never delayed.
+module's partial matching, tried only where the tail's first two bytes can begin a form, and
+over the unescaped length of a form unless the tail holds an escape of a secret's character).
+A secret split across chunks is found, memory is bounded by the longest possible match, and a stream
+that does not look like a secret (server-sent events, heartbeats) is never delayed.
 
 Not found: a secret shorter than ``MIN_SECRET_LENGTH`` bytes (it would match unrelated bytes all
 over a response), encodings not listed here (compression is undone before scrubbing, see
@@ -40,6 +49,7 @@ that wants to leak a value it received can always do so; this guards against ech
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import json
@@ -47,13 +57,19 @@ import re
 import secrets
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from urllib.parse import quote
 
 import regex
 
+from broker_proxy.scrubbing.literal_search import Literal, LiteralSearch
+
 MIN_SECRET_LENGTH = 4
+# What a literal hit means: the match is the literal; the pattern matches from the literal's
+# start (base64: edge characters and padding around a fixed core); the pattern runs around it;
+# an escape of one of the value's characters, so the text form's pattern runs around it.
+_EXACT, _AT_START, _AROUND, _ESCAPE = "exact", "at-start", "around", "escape"
 _B64_STD = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 _B64_URL = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 _LINE_BREAK = rb"(?:\r?\n)?"
@@ -93,6 +109,34 @@ def _text_char_pattern(char: str) -> bytes:
     return b"(?:" + b"|".join(options) + b")"
 
 
+def _escape_literals(text: str) -> list[Literal]:
+    """Every percent or JSON escape of a character of ``text``, as literals.
+
+    A spelling of the value other than the raw one holds at least one of them, so the text
+    pattern runs only near one: an escape of a character no secret holds (``\\n``, ``%20`` in
+    most bodies) costs nothing.
+    """
+    literals: set[Literal] = set()
+    for char in set(text):
+        encoded = char.encode("utf-8", "surrogateescape")
+        literals.update(Literal(b"%%%02x" % b, caseless=True) for b in encoded)
+        if char == " ":
+            literals.add(Literal(b"+"))
+        code = ord(char)
+        if 0xDC80 <= code <= 0xDCFF:
+            continue  # an undecodable byte: no JSON escape exists for it
+        if code > 0xFFFF:
+            high, low = divmod(code - 0x10000, 0x400)
+            units = [0xD800 + high, 0xDC00 + low]
+        else:
+            units = [code]
+        # Caseless also folds the "u": a few more hits, never one less.
+        literals.add(Literal(b"".join(b"\\u%04x" % unit for unit in units), caseless=True))
+        if char in _JSON_SHORT_ESCAPES:
+            literals.add(Literal(_JSON_SHORT_ESCAPES[char].encode()))
+    return sorted(literals, key=lambda lit: (lit.data, lit.caseless))
+
+
 def _b64_class(alphabet: bytes, values: list[int]) -> bytes:
     chars = sorted({alphabet[v] for v in values})
     return b"[" + b"".join(_literal(bytes([c])) for c in chars) + b"]"
@@ -105,11 +149,12 @@ class _Base64Shape:
 
 
 def _base64_pattern(value: bytes, offset: int,
-                    alphabet: bytes) -> tuple[bytes, bytes, frozenset[int]] | None:
+                    alphabet: bytes) -> tuple[bytes, bytes, frozenset[int], bytes] | None:
     """The base64 characters that can only come from ``value`` at ``offset`` (mod 3).
 
     Returns the whole pattern, the same without its leading edge character (a literal first
-    character lets ``re`` search fast), and the set of bytes that edge character may be.
+    character lets ``re`` search fast), the set of bytes that edge character may be, and the
+    characters every match holds in order (line breaks aside), for the literal prefilter.
     """
     n = len(value)
     encoded = base64.b64encode(b"\0" * offset + value).rstrip(b"=")
@@ -135,9 +180,9 @@ def _base64_pattern(value: bytes, offset: int,
     if trailing:
         core_first += b"(?:" + _LINE_BREAK + b"={1,2})?"
     if not lead:
-        return core_first, core_first, frozenset()
+        return core_first, core_first, frozenset(), core
     lead_class = b"[" + b"".join(_literal(bytes([c])) for c in sorted(set(lead))) + b"]"
-    return lead_class + _LINE_BREAK + core_first, core_first, frozenset(lead)
+    return lead_class + _LINE_BREAK + core_first, core_first, frozenset(lead), core
 
 
 def _base64_replacement(matched: bytes, shape: _Base64Shape, placeholder: bytes) -> bytes:
@@ -210,7 +255,10 @@ class _Matcher:
     full: bytes  # the whole pattern, for partial matching at a stream's end
     search: re.Pattern[bytes]  # starts with a literal where possible, so ``re`` scans fast
     lead: frozenset[int] = frozenset()  # base64 edge character before ``search``'s match
-    literal: re.Pattern[bytes] | None = None  # the text form when no escape can be present
+    # Makes the fixed strings every match (of the kinds that matter) holds, and says what a
+    # hit means. A function (a closure: its repr names no value), not a tuple: a plan needs
+    # them once, a cached value never.
+    anchors: Callable[[], list[tuple[Literal, str]]] = list
 
     def __repr__(self) -> str:
         return f"<_Matcher {self.form.secret} {self.form.kind}>"
@@ -219,17 +267,22 @@ class _Matcher:
 def _matchers_of(name: str, value: bytes) -> list[_Matcher]:
     text = value.decode("utf-8", "surrogateescape")
     text_pattern = b"".join(_text_char_pattern(c) for c in text)
+    # The raw text is a literal; its escaped spellings are searched near an escape only.
     matchers = [
         _Matcher(_Form(name, "text"), text_pattern, re.compile(text_pattern),
-                 literal=re.compile(_literal(value))),
+                 anchors=lambda: [(Literal(value), _EXACT),
+                                  *((lit, _ESCAPE) for lit in _escape_literals(text))]),
         _Matcher(_Form(name, "hex"), _hex_pattern(value),
-                 re.compile(_hex_pattern(value))),
+                 re.compile(_hex_pattern(value)),
+                 anchors=lambda: [(Literal(value.hex().encode(), caseless=True), _EXACT)]),
     ]
     try:
         for codec in ("utf-16-le", "utf-16-be"):
-            pattern = _literal(value.decode("utf-8").encode(codec))
+            encoded = value.decode("utf-8").encode(codec)
+            pattern = _literal(encoded)
             matchers.append(_Matcher(_Form(name, codec), pattern,
-                                     re.compile(pattern)))
+                                     re.compile(pattern),
+                                     anchors=functools.partial(_exact_anchor, encoded)))
     except UnicodeDecodeError:
         pass  # not text: it has no UTF-16 form
     seen: set[bytes] = set()
@@ -238,11 +291,32 @@ def _matchers_of(name: str, value: bytes) -> list[_Matcher]:
             patterns = _base64_pattern(value, offset, alphabet)
             if patterns is None or patterns[0] in seen:
                 continue
-            full, core_first, lead = patterns
+            full, core_first, lead, core = patterns
             seen.add(full)
             form = _Form(name, "base64", _Base64Shape(offset, len(value)))
-            matchers.append(_Matcher(form, full, re.compile(core_first), lead))
+            matchers.append(_Matcher(form, full, re.compile(core_first), lead,
+                                     functools.partial(_base64_anchors, core)))
     return matchers
+
+
+def _exact_anchor(encoded: bytes) -> list[tuple[Literal, str]]:
+    return [(Literal(encoded), _EXACT)]
+
+
+def _base64_anchors(core: bytes) -> list[tuple[Literal, str]]:
+    """The core unwrapped, and the characters around each place a line break may split it.
+
+    A wrapped match holds a first line break inside its core; two characters before it are on
+    the same line, and two after it are too when lines are at least two characters wide (or
+    the core ends there). So one of these literals is in every match wrapped at a width of two
+    or more; the pattern then runs around the hit.
+    """
+    anchors: list[tuple[Literal, str]] = [(Literal(core), _AT_START)]
+    for i in range(len(core) - 1):
+        left, right = core[max(0, i - 1):i + 1], core[i + 1:i + 3]
+        for line_break in (b"\n", b"\r\n"):
+            anchors.append((Literal(left + line_break + right), _AROUND))
+    return anchors
 
 
 def _max_match_length(value: bytes) -> int:
@@ -267,6 +341,24 @@ def _min_width(pattern: bytes) -> int:
 _Found = tuple[int, int, _Form]  # start, end, form
 
 
+def _starts_of(partial: regex.Pattern[bytes]) -> frozenset[bytes]:
+    """Every one, two and three bytes a match of ``partial`` may begin with.
+
+    Found by asking ``partial`` itself, so the answer is exact: a stream's tail is tried as
+    the start of a secret only where its first bytes say it could be one. Only bytes the
+    pattern spells (a byte a match holds is written in the pattern, escaped or in a class;
+    NUL, tab and line breaks are written as escapes) are probed.
+    """
+    alphabet = [bytes([b]) for b in sorted(set(partial.pattern) | {0, 9, 10, 13})]
+    starts: set[bytes] = set()
+    level = [b""]
+    for _ in range(3):
+        level = [head + byte for head in level for byte in alphabet
+                 if partial.match(head + byte, partial=True)]
+        starts.update(level)
+    return frozenset(starts)
+
+
 class _Compiled:
     """The patterns of one secret value, without its placeholder.
 
@@ -276,14 +368,17 @@ class _Compiled:
     repr counts them.
     """
 
-    __slots__ = ("matchers", "max_match_length", "min_match_length", "partial")
+    __slots__ = ("matchers", "max_match_length", "min_match_length", "partial", "raw_length",
+                 "starts")
 
     def __init__(self, name: str, raw: bytes) -> None:
         self.matchers = tuple(_matchers_of(name, raw))
         self.max_match_length = _max_match_length(raw)
+        self.raw_length = len(raw)
         self.min_match_length = min(_min_width(pattern) for m in self.matchers
                                     for pattern in (m.full, m.search.pattern))
         self.partial = regex.compile(b"|".join(b"(?:" + m.full + b")" for m in self.matchers))
+        self.starts = _starts_of(self.partial)
 
     def __repr__(self) -> str:
         return f"<_Compiled {len(self.matchers)} patterns>"
@@ -325,6 +420,85 @@ class _CompiledCache:
 _COMPILED = _CompiledCache(1024)
 
 
+class _Plan:
+    """The search over a set of values: one literal pass, then patterns only near its hits.
+
+    Building it compiles a Hyperscan database (about 1 ms per value), so scrubbers holding the
+    same values (grants of one policy entry, each with its own placeholders) share one.
+    """
+
+    __slots__ = ("anchors", "literals", "max_match_length", "plain_match_length", "starts")
+
+    def __init__(self, compiled: tuple[_Compiled, ...]) -> None:
+        self.anchors: list[tuple[_Matcher, str, int]] = []
+        shared: dict[tuple[int, str, int], tuple[_Matcher, str, int]] = {}
+        literals: list[Literal] = []
+        for part in compiled:
+            for matcher in part.matchers:
+                for literal, kind in matcher.anchors():
+                    entry = (matcher, kind, len(literal.data))
+                    # Hundreds of base64 anchors share a few entries: a plan stays small.
+                    self.anchors.append(shared.setdefault((id(matcher), kind, entry[2]), entry))
+                    literals.append(literal)
+        self.literals = LiteralSearch(literals)
+        self.max_match_length = max((part.max_match_length for part in compiled), default=0)
+        # Without an escape a match is short: hex and UTF-16 take twice the value's bytes,
+        # base64 its core plus edges and padding, and a line break at most every two
+        # characters of the core (lines narrower than that are not looked for).
+        self.plain_match_length = max(
+            [2 * part.raw_length + 6 for part in compiled]
+            + [2 * length + 12 for _, kind, length in self.anchors if kind == _AT_START],
+            default=0)
+        starts: dict[bytes, list[regex.Pattern[bytes]]] = {}
+        for part in compiled:
+            for start in part.starts:
+                starts.setdefault(start, []).append(part.partial)
+        self.starts = {k: tuple(v) for k, v in starts.items()}
+
+    def __repr__(self) -> str:
+        return f"<_Plan {len(self.anchors)} anchors>"
+
+
+class _PlanCache:
+    """A small LRU of plans by the values they search (the compiled objects themselves)."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[tuple[_Compiled, ...], _Plan] = OrderedDict()
+
+    def get(self, compiled: tuple[_Compiled, ...]) -> _Plan:
+        with self._lock:
+            plan = self._entries.get(compiled)
+            if plan is not None:
+                self._entries.move_to_end(compiled)
+                return plan
+        plan = _Plan(compiled)
+        with self._lock:
+            self._entries[compiled] = plan
+            while len(self._entries) > self._size:
+                self._entries.popitem(last=False)
+        return plan
+
+    def __repr__(self) -> str:
+        return f"<_PlanCache {len(self._entries)} plans>"
+
+
+_PLANS = _PlanCache(256)
+
+
+def _merged(ends: list[int], reach: int, size: int) -> list[tuple[int, int]]:
+    """The spans within ``reach`` of any of ``ends``, merged where they meet."""
+    spans: list[tuple[int, int]] = []
+    for end in sorted(ends):
+        low, high = max(0, end - reach), min(size, end + reach)
+        if spans and low <= spans[-1][1]:
+            spans[-1] = (spans[-1][0], high)
+        else:
+            spans.append((low, high))
+    return spans
+
+
 class Scrubber:
     """The patterns for one grant's secrets with that grant's placeholders.
 
@@ -335,7 +509,7 @@ class Scrubber:
     bytes.
     """
 
-    __slots__ = ("_matchers", "_partials", "_placeholders", "max_match_length",
+    __slots__ = ("_matchers", "_placeholders", "_plan", "max_match_length",
                  "min_match_length")
 
     def __init__(self, scrub: Mapping[str, tuple[str, str]]) -> None:
@@ -349,7 +523,7 @@ class Scrubber:
             compiled.append(_COMPILED.get(name, raw))
             self._placeholders[name] = placeholder.encode()
         self._matchers = [m for part in compiled for m in part.matchers]
-        self._partials = [part.partial for part in compiled]
+        self._plan = _PLANS.get(tuple(compiled)) if compiled else None
         self.max_match_length = max((part.max_match_length for part in compiled), default=0)
         # No match is shorter than this, so a shorter value (most response headers) is clean
         # without running a single pattern.
@@ -379,24 +553,50 @@ class Scrubber:
 
     def _find(self, data: bytes) -> list[_Found]:
         """Every complete match, leftmost first, longest first at one position, no overlaps."""
-        found: list[_Found] = []
-        escapes = b"%" in data or b"\\" in data or b"+" in data
-        for matcher in self._matchers:
-            pattern = matcher.search
-            if matcher.literal is not None and not escapes:
-                pattern = matcher.literal  # same matches, found with a fast literal search
-            for match in pattern.finditer(data):
-                start = self._lead_start(data, match.start(), matcher.lead)
-                if start is not None:
-                    found.append((start, match.end(), matcher.form))
-        found.sort(key=lambda f: (f[0], f[0] - f[1]))
+        return self._search(data)[0]
+
+    def _search(self, data: bytes) -> tuple[list[_Found], int]:
+        """``_find``'s matches, and where the last escape of a secret's character ends (-1).
+
+        One literal pass finds where a match can be; the patterns run only there.
+        """
+        plan = self._plan
+        if plan is None:
+            return [], -1
+        found: set[_Found] = set()
+        around: dict[_Matcher, list[int]] = {}
+        last_escape = -1
+        for index, end in plan.literals.find(data):
+            matcher, kind, length = plan.anchors[index]
+            start = end - length
+            if kind == _EXACT:
+                found.add((start, end, matcher.form))
+            elif kind == _AT_START:
+                match = matcher.search.match(data, start)
+                if match is not None:
+                    self._add(found, data, matcher, match)
+            else:
+                around.setdefault(matcher, []).append(end)
+                if kind == _ESCAPE:
+                    last_escape = max(last_escape, end)
+        for matcher, ends in around.items():
+            for low, high in _merged(ends, plan.max_match_length, len(data)):
+                for match in matcher.search.finditer(data, low, high):
+                    self._add(found, data, matcher, match)
+        ordered = sorted(found, key=lambda f: (f[0], f[0] - f[1]))
         chosen: list[_Found] = []
-        end = 0
-        for item in found:
-            if item[0] >= end:
+        last = 0
+        for item in ordered:
+            if item[0] >= last:
                 chosen.append(item)
-                end = item[1]
-        return chosen
+                last = item[1]
+        return chosen, last_escape
+
+    def _add(self, found: set[_Found], data: bytes, matcher: _Matcher,
+             match: re.Match[bytes]) -> None:
+        start = self._lead_start(data, match.start(), matcher.lead)
+        if start is not None:
+            found.add((start, match.end(), matcher.form))
 
     @staticmethod
     def _lead_start(data: bytes, start: int, lead: frozenset[int]) -> int | None:
@@ -413,10 +613,12 @@ class Scrubber:
         """Scrub ``data``; return the output and how many trailing bytes were held back."""
         if not self._matchers:
             return data, 0
-        found = self._find(data)
+        found, last_escape = self._search(data)
         cut = len(data)
         if not final:
-            cut = self._hold_from(data, found)
+            cut = self._hold_from(data, found, last_escape=last_escape)
+        if not found:  # the common case: hand the bytes on without copying them
+            return (data if cut == len(data) else data[:cut]), len(data) - cut
         out: list[bytes] = []
         position = 0
         for start, end, form in found:
@@ -430,25 +632,40 @@ class Scrubber:
         out.append(data[position:cut])
         return b"".join(out), len(data) - cut
 
-    def _hold_from(self, data: bytes, found: list[_Found], *, may_grow: bool = True) -> int:
+    def _hold_from(self, data: bytes, found: list[_Found], *, may_grow: bool = True,
+                   last_escape: int | None = None) -> int:
         """The first byte that could still be part of a secret once more bytes arrive.
 
         ``may_grow``: also hold a complete match that ends with the data (more base64 padding
         may follow in a stream; a message is complete, so it is not held for that).
+        ``last_escape``: where the last escape of a secret's character ends, -1 for none, None
+        when not known.
         """
+        plan = self._plan
+        if plan is None:
+            return len(data)
         window = max(0, len(data) - self.max_match_length)
+        if last_escape is not None and last_escape <= window:
+            # No escape in reach: a partial match is as short as an unescaped one (an escape
+            # cut by the end of the data is short too).
+            window = max(window, len(data) - plan.plain_match_length)
         for start, end, _ in found:  # never cut through a complete match
             if start < window < end:
                 window = end
-        hold = len(data)
-        for partial in self._partials:  # one pattern per value: the earliest start wins
-            for match in partial.finditer(data, pos=window, partial=True):
+        size = len(data)
+        starts = plan.starts
+        # The earliest start of a partial match wins; only a start whose first three bytes (or
+        # fewer, at the end) can begin some form is tried.
+        for at in range(window, size):
+            partials = starts.get(data[at:at + 3])
+            if not partials:
+                continue
+            for partial in partials:
+                match = partial.match(data, at, partial=True)
                 # A match that ends with the data could still grow (base64 padding).
-                if match.partial or (may_grow and match.end() == len(data)):
-                    hold = min(hold, match.start())
-                    break
-        return hold
-
+                if match is not None and (match.partial or (may_grow and match.end() == size)):
+                    return at
+        return size
 
 
 def scrubber_for(scrub: Mapping[str, tuple[str, str]]) -> Scrubber:
@@ -515,8 +732,8 @@ class MessageScrubber:
             return content
         data = self._context + self._held + content
         skip = len(self._context)
-        found = scrubber._find(data)
-        cut = scrubber._hold_from(data, found, may_grow=False)
+        found, last_escape = scrubber._search(data)
+        cut = scrubber._hold_from(data, found, may_grow=False, last_escape=last_escape)
         if len(data) - cut < MIN_SECRET_LENGTH:
             cut = len(data)  # a short partial match is delivered
         # A long partial match that began in a delivered message: hold what is not delivered.
