@@ -27,6 +27,8 @@ from urllib.parse import parse_qs, urlsplit
 
 from broker_proxy import strict_json
 from broker_proxy.active_policy import ActivePolicy
+from broker_proxy.approvals import admin_routes
+from broker_proxy.approvals.desk import ApprovalDesk
 from broker_proxy.audit.log import AuditError, AuditLog
 from broker_proxy.durations import DurationError, parse_duration
 from broker_proxy.grant_actions import GRANT_ACTIONS, change_grant, issue_audited
@@ -96,6 +98,7 @@ class AdminContext:
     proxy_listen: str | None = None  # set once the proxy listens; goes into issued proxy URLs
     # Why the policy file on disk is rejected while the last good policy serves, or None.
     policy_file_problem: Callable[[], str | None] = lambda: None
+    approvals: ApprovalDesk | None = None  # requests held for approval, in the proxy process
 
 
 class ApiError(Exception):
@@ -138,7 +141,7 @@ class AdminHandler(BaseHTTPRequestHandler):
                 raise ApiError(401, "unauthorized",
                                "send Authorization: Bearer <the token in admin.token>")
             status, body = self._route(method, path, url.query)
-        except ApiError as error:
+        except (ApiError, admin_routes.RouteError) as error:
             status, body = error.status, {"error": error.code, "message": error.message}
             self._allow = error.allow
         except GrantStoreError:
@@ -190,6 +193,9 @@ class AdminHandler(BaseHTTPRequestHandler):
         parts = path.strip("/").split("/") if path != "/" else []
         if path in _OPEN_ROUTES:
             _allow(method, "GET")
+        if parts[:2] == ["v1", "requests"] and self.context.approvals is not None:
+            return admin_routes.route(self.context.approvals, method, parts, query,
+                                      lambda: self._json_body(required=False), self._by)
         if parts[:2] != ["v1", "grants"] or len(parts) > 4:
             raise ApiError(404, "not_found", "no such route")
         if len(parts) == 2:
@@ -266,6 +272,10 @@ class AdminHandler(BaseHTTPRequestHandler):
         body = self._json_body(required=False)
         if set(body) - {"by"}:
             raise ApiError(400, "invalid_request", "the only field is by")
+        return self._by(body)
+
+    @staticmethod
+    def _by(body: dict[str, Any]) -> str:
         by = body.get("by", "admin-api")
         if not isinstance(by, str) or not _BY.fullmatch(by):
             raise ApiError(400, "invalid_request", "by must be 1-64 letters, digits or ._@:+-")

@@ -14,6 +14,7 @@ from broker_proxy.admin_api import (
     AdminServer,
     load_or_create_admin_token,
 )
+from broker_proxy.approvals.webhook import WebhookNotifier
 from broker_proxy.broker import Broker
 from broker_proxy.home import Home
 from broker_proxy.policy_reload import PolicyReloader
@@ -54,12 +55,24 @@ def start_services(broker: Broker, home: Home, policy_file: Path,
         token = load_or_create_admin_token(home.admin_token)
         context = AdminContext(token=token, policy=lambda: broker.policy, grants=broker.grants,
                                audit=broker.audit,
-                               policy_file_problem=lambda: reloader.file_problem)
+                               policy_file_problem=lambda: reloader.file_problem,
+                               approvals=broker.approvals)
         try:
             server = AdminServer(admin[0], admin[1], context)
         except OSError as error:
             raise AdminListenError(f"cannot listen for the admin API on {admin[0]}:{admin[1]}: "
                                    f"{error.strerror or error}") from None
         server.start()
+        start_approvals(broker, server)
     reloader.start()
     return RunServices(server, reloader, policy_file)
+
+
+def start_approvals(broker: Broker, server: AdminServer) -> None:
+    """Requests can be held for a person now that the admin API serves to decide them."""
+    metrics = broker.metrics
+    broker.approvals.notifier = WebhookNotifier(
+        url=lambda: broker.policy.policy.approval_webhook,
+        console_url=lambda: f"http://{server.address}",
+        on_failure=metrics.approval_webhook_failures.inc)
+    broker.approvals.accepting = True
