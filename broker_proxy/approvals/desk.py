@@ -97,7 +97,9 @@ class ApprovalDesk:
         self._pending: dict[str, HeldRequest] = {}
         self._decided: OrderedDict[str, HeldRequest] = OrderedDict()
         self._allowances: dict[tuple[str, str], _Allowance] = {}
-        self.version = 0  # bumped on every change, for live views (wait_for_change)
+        # Bumped on every change, for live views (wait_for_change). It starts at a random
+        # number so that a version a client never saw (0, an old process's) answers at once.
+        self.version = secrets.randbelow(2**40) + 1
 
     # --- the broker's side -------------------------------------------------------------------
 
