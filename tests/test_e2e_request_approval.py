@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -13,7 +14,7 @@ import pytest
 
 from broker_proxy.local_pki import LocalPki
 from tests.approval_desk_client import Approver
-from tests.conftest import API_HOST, EGRESS_HOST, Stack, Upstreams, start_stack
+from tests.conftest import API_HOST, EGRESS_HOST, PYTHON, Stack, Upstreams, start_stack
 from tests.e2e_clients import Answer, via_curl, via_httpx
 
 pytestmark = pytest.mark.e2e
@@ -275,3 +276,36 @@ def test_nobody_deciding_ends_in_its_own_error(tmp_path: Path, pki: LocalPki,
                 if r["event"] == "request_timed_out"] == ["request_timed_out"]
     finally:
         stack.proxy.stop()
+
+
+def _cli(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([PYTHON, "-m", "broker_proxy.cli", "--home", str(stack.home.root),
+                           "request", *args], capture_output=True, text=True, timeout=60,
+                          env=stack.env)
+
+
+def test_the_cli_lists_approves_and_denies_held_requests(held_stack: Stack,
+                                                         pool: ThreadPoolExecutor) -> None:
+    grant = held_stack.issue("api_key")
+    approver = Approver(held_stack)
+    first = _post(held_stack, via_curl, grant.token, b"by cli", pool)
+    [item] = approver.wait_for(grant.grant.id)
+    listed = _cli(held_stack, "list")
+    assert listed.returncode == 0, listed.stderr
+    assert item["id"] in listed.stdout and f"POST https://{API_HOST}" in listed.stdout
+    assert json.loads(_cli(held_stack, "list", "--json").stdout)[0]["id"] == item["id"]
+    approved = _cli(held_stack, "approve", item["id"], "--uses", "2", "--reason", "cli ok")
+    assert approved.returncode == 0, approved.stderr
+    assert first.result(timeout=20).status == 200
+    assert via_curl(held_stack, grant.token, "POST",
+                    f"https://{API_HOST}:{held_stack.upstreams.api.port}/v1/items", AUTH,
+                    b"by cli").status == 200
+    third = _post(held_stack, via_curl, grant.token, b"by cli", pool)
+    [again] = approver.wait_for(grant.grant.id)
+    denied = _cli(held_stack, "deny", again["id"], "--reason", "enough")
+    assert denied.returncode == 0, denied.stderr
+    assert third.result(timeout=20).json()["error"] == "request_denied"
+    assert _injected(held_stack) == [b"by cli", b"by cli"]
+    again_denied = _cli(held_stack, "deny", again["id"])
+    assert again_denied.returncode == 1
+    assert "already denied" in again_denied.stderr and "Traceback" not in again_denied.stderr
