@@ -6,6 +6,7 @@ Kept out of the CLI module so `run` needs only a few lines to start, announce an
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 from broker_proxy.admin_api import (
@@ -15,7 +16,10 @@ from broker_proxy.admin_api import (
     load_or_create_admin_token,
 )
 from broker_proxy.approvals.webhook import WebhookNotifier
+from broker_proxy.audit.checkpoint import CheckpointPaths
 from broker_proxy.broker import Broker
+from broker_proxy.console.routes import Console
+from broker_proxy.console.sessions import DEFAULT_SESSION_TTL, ConsoleSessions
 from broker_proxy.home import Home
 from broker_proxy.policy_reload import PolicyReloader
 
@@ -47,7 +51,8 @@ class RunServices:
 
 
 def start_services(broker: Broker, home: Home, policy_file: Path,
-                   admin: tuple[str, int] | None) -> RunServices:
+                   admin: tuple[str, int] | None,
+                   console_session_ttl: timedelta = DEFAULT_SESSION_TTL) -> RunServices:
     """Raises AdminApiError (token file, address) before anything is left running."""
     server = None
     reloader = PolicyReloader(broker, policy_file)
@@ -56,7 +61,11 @@ def start_services(broker: Broker, home: Home, policy_file: Path,
         context = AdminContext(token=token, policy=lambda: broker.policy, grants=broker.grants,
                                audit=broker.audit,
                                policy_file_problem=lambda: reloader.file_problem,
-                               approvals=broker.approvals)
+                               approvals=broker.approvals,
+                               console=Console.for_home(home.audit_log, home.audit_key,
+                                                        CheckpointPaths.in_home(home.root).file,
+                                                        ConsoleSessions(console_session_ttl)))
+        context.console.policy_loaded_at = lambda: broker.policy.loaded_at
         try:
             server = AdminServer(admin[0], admin[1], context)
         except OSError as error:

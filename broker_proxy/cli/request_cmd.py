@@ -49,7 +49,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def list_command(args: argparse.Namespace) -> int:
-    held = _call(home_of(args), "GET", "/v1/requests")["requests"]
+    held = admin_call(home_of(args), "GET", "/v1/requests")["requests"]
     if args.json:
         print_json(held)
         return 0
@@ -68,7 +68,7 @@ def decide_command(args: argparse.Namespace) -> int:
     if args.action == "approve":
         body |= {k: v for k, v in (("uses", args.uses), ("minutes", args.minutes))
                  if v is not None}
-    item = _call(home_of(args), "POST", f"/v1/requests/{args.hold_id}/{args.action}", body)
+    item = admin_call(home_of(args), "POST", f"/v1/requests/{args.hold_id}/{args.action}", body)
     if args.json:
         print_json(item)
     else:
@@ -85,7 +85,7 @@ def describe(item: dict[str, Any]) -> str:
             f"grant {item['grant']}  until {item['expires_at']}")
 
 
-def _call(home: Home, method: str, path: str, body: dict[str, Any] | None = None
+def admin_call(home: Home, method: str, path: str, body: dict[str, Any] | None = None
           ) -> dict[str, Any]:
     info = running_proxy(home)
     if info is None or not info.get("admin"):

@@ -73,6 +73,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--idle-timeout", default="10m", metavar="DURATION",
                      help="close a connection with no byte either way for this long, e.g. an "
                      "upstream gone silent (default 10m: LLM answers can pause for minutes)")
+    run.add_argument("--console-session-ttl", default="8h", metavar="DURATION",
+                     help="how long a web console sign-in lasts (default 8h)")
     run.set_defaults(handler=run_command)
 
 
@@ -234,7 +236,11 @@ def run_command(args: argparse.Namespace) -> int:
     ) if not worker else None
     from broker_proxy.run_services import start_services
 
-    services = start_services(broker, home, policy_file_of(args), admin)
+    try:
+        session_ttl = parse_duration(args.console_session_ttl)
+    except ValueError as error:
+        raise CliError(f"--console-session-ttl: {error}") from None
+    services = start_services(broker, home, policy_file_of(args), admin, session_ttl)
     certs = home_certs(home, args.certs)
     workers: list = []
 
