@@ -309,3 +309,21 @@ def test_the_cli_lists_approves_and_denies_held_requests(held_stack: Stack,
     again_denied = _cli(held_stack, "deny", again["id"])
     assert again_denied.returncode == 1
     assert "already denied" in again_denied.stderr and "Traceback" not in again_denied.stderr
+
+
+def test_a_hold_longer_than_the_request_head_timeout_still_completes(
+        tmp_path: Path, pki: LocalPki, upstreams: Upstreams, pool: ThreadPoolExecutor) -> None:
+    """The head deadline bounds a client that sends slowly, not one waiting for a person."""
+    stack = start_stack(tmp_path, pki, upstreams, extra_args=("--request-head-timeout", "1s"),
+                        policy=APPROVAL_POLICY.replace("TIMEOUT", "60s"))
+    try:
+        grant = stack.issue("api_key")
+        approver = Approver(stack)
+        answer = _post(stack, via_curl, grant.token, b"slow person", pool)
+        [item] = approver.wait_for(grant.grant.id)
+        time.sleep(3)
+        approver.decide(item["id"], "approve")
+        assert answer.result(timeout=20).status == 200
+        assert _injected(stack) == [b"slow person"]
+    finally:
+        stack.proxy.stop()
