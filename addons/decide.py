@@ -15,13 +15,14 @@ from collections.abc import Coroutine
 from concurrent.futures import Executor
 from typing import Any
 
-from broker_proxy.addons import flow_adapter
+from broker_proxy.addons import flow_adapter, held_flow
 from broker_proxy.addons.client_certs import ClientCerts
 from broker_proxy.addons.flow_record import FLOW_KEY, FlowRecord
 from broker_proxy.addons.tunnel_auth import TunnelAuth
 from broker_proxy.addons.upstream_guard import UpstreamGuard
 from mitmproxy import http
 
+from broker_proxy.approvals.verdict import Held
 from broker_proxy.decision import outbound as codes
 from broker_proxy.decision.broker import Broker, DecisionMustWait
 from broker_proxy.decision.outbound import Allowed, Denied, OutboundRequest, Verdict
@@ -85,6 +86,8 @@ class Decide:
                 # Another writer holds the grant store's lock (SQLite waits up to 5 s for
                 # it): wait on a worker thread, not on the loop every connection shares.
                 return self._decide_off_loop(flow, token, outbound)
+            if isinstance(verdict, Held):  # a person decides: wait without blocking the loop
+                return self._decide_off_loop(flow, token, outbound, verdict)
             if isinstance(verdict, Allowed) and verdict.audit_seq is not None:
                 # Invariant 5: its record on disk before it leaves. Fsyncs are shared by the
                 # requests of one pass of the event loop, or of one batch on a thread when
@@ -96,10 +99,14 @@ class Decide:
         return None
 
     async def _decide_off_loop(self, flow: http.HTTPFlow, token: str | None,
-                               outbound: OutboundRequest) -> None:
+                               outbound: OutboundRequest, held: Held | None = None) -> None:
         try:
-            verdict = await asyncio.get_running_loop().run_in_executor(
+            verdict: Verdict = held or await asyncio.get_running_loop().run_in_executor(
                 self._decisions, self._decide_durably, token, outbound)
+            if isinstance(verdict, Held):
+                verdict = await held_flow.verdict_after_approval(
+                    self.broker.approvals, verdict,
+                    lambda hold_id: self._decide_durably(token, outbound, hold_id))
             self._conclude(flow, verdict, outbound)
         except Exception as error:  # fail closed
             self._failed(flow, error)
@@ -136,8 +143,10 @@ class Decide:
     def _durable_or_denied(self, verdict: Allowed) -> Verdict:
         return self.broker.make_durable(verdict) or verdict
 
-    def _decide_durably(self, token: str | None, outbound: OutboundRequest) -> Verdict:
-        verdict = self.broker.decide(token, outbound, defer_durability=True)
+    def _decide_durably(self, token: str | None, outbound: OutboundRequest,
+                        approved_hold: str | None = None) -> Verdict:
+        verdict = self.broker.decide(token, outbound, defer_durability=True,
+                                     approved_hold=approved_hold)
         if isinstance(verdict, Allowed) and verdict.audit_seq is not None:
             return self._durable_or_denied(verdict)
         return verdict

@@ -26,7 +26,11 @@ from typing import Any, cast
 from urllib.parse import parse_qs, urlsplit
 
 from broker_proxy import strict_json
+from broker_proxy.approvals import admin_routes
+from broker_proxy.approvals.desk import ApprovalDesk
 from broker_proxy.audit.log import AuditError, AuditLog
+from broker_proxy.console import routes as console_routes
+from broker_proxy.console.views import GRANT_STATES, MAX_GRANT_PAGE, filter_grants
 from broker_proxy.decision.active_policy import ActivePolicy
 from broker_proxy.durations import DurationError, parse_duration
 from broker_proxy.grants.actions import GRANT_ACTIONS, GrantAction, change_grant, issue_audited
@@ -96,6 +100,8 @@ class AdminContext:
     proxy_listen: str | None = None  # set once the proxy listens; goes into issued proxy URLs
     # Why the policy file on disk is rejected while the last good policy serves, or None.
     policy_file_problem: Callable[[], str | None] = lambda: None
+    approvals: ApprovalDesk | None = None  # requests held for approval, in the proxy process
+    console: console_routes.Console | None = None  # the web console at /ui/ and its sessions
 
 
 class ApiError(Exception):
@@ -129,16 +135,22 @@ class AdminHandler(BaseHTTPRequestHandler):
         path = url.path
         self._allow: str | None = None
         self._body_read = False
+        self._total: int | None = None  # a paged list's size before paging
         try:
             if method == "GET" and path in _OPEN_ROUTES:
                 self._drain()
                 self._open_route(path)
                 return
-            if not self._authorized():
+            if path == "/ui" or path.startswith("/ui/"):
+                self._console_page(method, path)
+                return
+            # The bearer token, or a console session with its CSRF token (console/routes.py).
+            if not self._authorized() and not console_routes.session_allows(
+                    self.context.console, self.headers):
                 raise ApiError(401, "unauthorized",
                                "send Authorization: Bearer <the token in admin.token>")
             status, body = self._route(method, path, url.query)
-        except ApiError as error:
+        except (ApiError, admin_routes.RouteError) as error:
             status, body = error.status, {"error": error.code, "message": error.message}
             self._allow = error.allow
         except GrantStoreError:
@@ -152,6 +164,15 @@ class AdminHandler(BaseHTTPRequestHandler):
             status, body = 500, {"error": "internal_error", "message": "internal error"}
         self._drain()
         self._send_json(status, body)
+
+    def _console_page(self, method: str, path: str) -> None:
+        if self.context.console is None:
+            raise ApiError(404, "not_found", "the console is off")
+        answer = console_routes.ui_route(self.context.console, method, path, self.headers,
+                                         lambda: self._json_body(required=False),
+                                         self.context.token)
+        self._drain()
+        self._send(answer.status, answer.content_type, answer.body, answer.headers)
 
     def _drain(self) -> None:
         """Read a body nobody looked at (a 401 never does) before answering.
@@ -190,6 +211,14 @@ class AdminHandler(BaseHTTPRequestHandler):
         parts = path.strip("/").split("/") if path != "/" else []
         if path in _OPEN_ROUTES:
             _allow(method, "GET")
+        if (len(parts) >= 2 and parts[0] == "v1" and parts[1] in ("audit", "policy", "console")
+                and self.context.console is not None):
+            return console_routes.api_route(self.context.console, method, parts, query,
+                                            self.context.policy,
+                                            self.context.policy_file_problem)
+        if parts[:2] == ["v1", "requests"] and self.context.approvals is not None:
+            return admin_routes.route(self.context.approvals, method, parts, query,
+                                      lambda: self._json_body(required=False), self._by)
         if parts[:2] != ["v1", "grants"] or len(parts) > 4:
             raise ApiError(404, "not_found", "no such route")
         if len(parts) == 2:
@@ -207,11 +236,11 @@ class AdminHandler(BaseHTTPRequestHandler):
                 raise ApiError(404, "grant_not_found", "no such grant")
             return 200, grant.to_public_dict(utc_now())
         action = parts[3]
-        by = self._decider()
+        by, reason = self._decider()
         try:
             grant = change_grant(self.context.grants, self.context.audit, grant_id,
                                  cast(GrantAction, action),
-                                 by=by, now=utc_now())
+                                 by=by, now=utc_now(), reason=reason)
         except GrantNotFound:
             raise ApiError(404, "grant_not_found", "no such grant") from None
         except GrantStateError as error:
@@ -220,6 +249,8 @@ class AdminHandler(BaseHTTPRequestHandler):
 
     def _list(self, query: str) -> list[dict[str, Any]]:
         params = parse_qs(query, keep_blank_values=True)
+        if set(params) & {"agent", "secret", "state", "limit", "offset"}:
+            return self._filtered(params)
         if set(params) - {"pending"}:
             raise ApiError(400, "invalid_request", "the only query parameter is pending")
         pending = params.get("pending", ["false"])
@@ -230,6 +261,29 @@ class AdminHandler(BaseHTTPRequestHandler):
         if pending[0] == "true":
             grants = [g for g in grants if g.state_at(now) == "pending"]
         return [g.to_public_dict(now) for g in grants]
+
+    def _filtered(self, params: dict[str, list[str]]) -> list[dict[str, Any]]:
+        """Newest first, filtered and paged: the console's grants page (10,000 grants)."""
+        if unknown := set(params) - {"agent", "secret", "state", "limit", "offset"}:
+            raise ApiError(400, "invalid_request", f"unknown parameters: {sorted(unknown)}")
+        if any(len(values) != 1 for values in params.values()):
+            raise ApiError(400, "invalid_request", "each parameter at most once")
+        value = {name: values[0] or None for name, values in params.items()}
+        if value.get("state") not in (None, *GRANT_STATES):
+            raise ApiError(400, "invalid_request", f"state is one of {', '.join(GRANT_STATES)}")
+        numbers = {}
+        for name, default in (("limit", 50), ("offset", 0)):
+            text = value.get(name) or str(default)
+            if not text.isdigit() or len(text) > 9:
+                raise ApiError(400, "invalid_request", f"{name} must be a whole number")
+            numbers[name] = int(text)
+        limit = max(1, min(numbers["limit"], MAX_GRANT_PAGE))
+        now = utc_now()
+        chosen = filter_grants(self.context.grants.list(), agent=value.get("agent"),
+                               secret=value.get("secret"), state=value.get("state"), now=now)
+        self._total = len(chosen)
+        return [g.to_public_dict(now)
+                for g in chosen[numbers["offset"]:numbers["offset"] + limit]]
 
     def _issue(self) -> dict[str, Any]:
         body = self._json_body(required=True)
@@ -262,11 +316,20 @@ class AdminHandler(BaseHTTPRequestHandler):
             "token": issued.token, "proxy_url": issued.proxy_url,
             "placeholders": issued.placeholders}
 
-    def _decider(self) -> str:
-        """Who decided, as the caller names itself; the audit record adds that it came here."""
+    def _decider(self) -> tuple[str, str | None]:
+        """Who decided, as the caller names itself (the audit record adds that it came here),
+        and why, in their words."""
         body = self._json_body(required=False)
-        if set(body) - {"by"}:
-            raise ApiError(400, "invalid_request", "the only field is by")
+        if set(body) - {"by", "reason"}:
+            raise ApiError(400, "invalid_request", "the only fields are by and reason")
+        reason = body.get("reason")
+        if reason is not None and (not isinstance(reason, str) or not 0 < len(reason) <= 500
+                                   or any(ord(c) < 0x20 for c in reason)):
+            raise ApiError(400, "invalid_request", "reason must be one line, 1-500 characters")
+        return self._by(body), reason
+
+    @staticmethod
+    def _by(body: dict[str, Any]) -> str:
         by = body.get("by", "admin-api")
         if not isinstance(by, str) or not _BY.fullmatch(by):
             raise ApiError(400, "invalid_request", "by must be 1-64 letters, digits or ._@:+-")
@@ -300,9 +363,14 @@ class AdminHandler(BaseHTTPRequestHandler):
     def _send_json(self, status: int, body: object) -> None:
         self._send(status, "application/json", json.dumps(body).encode() + b"\n")
 
-    def _send(self, status: int, content_type: str, data: bytes) -> None:
+    def _send(self, status: int, content_type: str, data: bytes,
+              headers: dict[str, str] | None = None) -> None:
         self.send_response(status, HTTPStatus(status).phrase)
         self.send_header("Content-Type", content_type)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        if (total := getattr(self, "_total", None)) is not None:
+            self.send_header("X-Total-Count", str(total))
         self.send_header("Content-Length", str(len(data)))
         self.send_header("Cache-Control", "no-store")  # answers carry grant tokens
         if status == 401:

@@ -131,6 +131,12 @@ class BrokerMetrics:
             multiprocess_mode="livemax",
         )
         self.build_info.labels(*_versions()).set(1)
+        self.approval_webhook_failures = Counter(
+            "broker_approval_webhook_failures",
+            "Notices about held requests that the approval webhook did not accept (or that "
+            "were dropped because its queue was full).",
+            registry=self.registry,
+        )
         self.audit_records = Counter(
             "broker_audit_records",
             "Audit records written by this process (including rotation and recovery records).",

@@ -53,6 +53,9 @@ def test_wheel_installs_the_addons_under_the_project_name_only(wheel: Path) -> N
     assert {n for n in top_level if not n.endswith(".dist-info")} == {"broker_proxy"}
     assert "broker_proxy/addons/broker.py" in names
     assert "broker_proxy/admin_openapi.json" in names
+    # The console's pages are package data: without them /ui/ answers 404 once installed.
+    assert {f"broker_proxy/console/static/{page}"
+            for page in ("index.html", "console.js", "console.css")} <= set(names)
     packages = {".".join(Path(n).parent.parts) for n in names if n.endswith("/__init__.py")}
     assert _packages_in_checkout() <= packages, "a package is missing from pyproject.toml"
 

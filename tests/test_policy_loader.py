@@ -871,3 +871,38 @@ def test_libyaml_and_pure_python_yaml_report_the_same_lines_and_columns(
     monkeypatch.setattr(loader, "_compose_fast", lambda text: False)
     assert problems(text) == fast
     assert fast
+
+
+def test_per_request_approval_fields(in_tmp):
+    policy = load_policy(write(textwrap.dedent("""\
+        version: 1
+        approval_timeout: 90s
+        approval_webhook: https://hooks.example.com/services/T0/B0/abc
+        secrets:
+          pay:
+            from: vault
+            approval: per_request
+            destinations: [{host: api.example.com}]
+          plain:
+            from: vault
+            destinations: [{host: api.example.com}]
+        """)))
+    assert policy.secrets["pay"].per_request_approval
+    assert not policy.secrets["plain"].per_request_approval
+    assert policy.approval_timeout == timedelta(seconds=90)
+    assert policy.approval_webhook == "https://hooks.example.com/services/T0/B0/abc"
+    assert load_policy_text("version: 1\n").approval_timeout == timedelta(minutes=2)
+
+
+@pytest.mark.parametrize(("snippet", "message"), [
+    ("approval_timeout: 2h\n", "approval_timeout: must be at most 1h"),
+    ("approval_webhook: ftp://x/secret-path\n",
+     "approval_webhook: must be an http:// or https:// URL with a host"),
+    ("secrets:\n  s:\n    from: vault\n    approval: always\n"
+     "    destinations: [{host: a.example.com}]\n",
+     'secrets.s.approval: unknown approval "always": the only one is "per_request"'),
+])
+def test_per_request_approval_field_errors(in_tmp, snippet, message):
+    found = one_problem("version: 1\n" + snippet)
+    assert found.endswith(message), found
+    assert "secret-path" not in found

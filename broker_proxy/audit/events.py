@@ -12,6 +12,9 @@ from typing import Final
 EVENTS: Final[dict[str, str]] = {
     "request": "a request was decided: allowed or blocked, with its stable reason code",
     "response": "what came back for an allowed request: status, duration, redactions",
+    "request_approved": "a person allowed a held request (once, N uses or M minutes)",
+    "request_denied": "a person denied a held request",
+    "request_timed_out": "nobody decided a held request before the policy's approval_timeout",
     "grant_issued": "a grant was issued (by the CLI, exec or the admin API)",
     "grant_approved": "a pending grant was approved by a person",
     "grant_denied": "a pending grant was denied by a person",
@@ -30,5 +33,5 @@ EVENTS: Final[dict[str, str]] = {
 EXTRA_FIELDS: Final[tuple[str, ...]] = (
     "by", "fingerprints", "redactions", "expires_at", "uses", "policy", "errors",
     "revoked_grants", "previous_file", "torn_bytes", "message", "max_uses", "grant_status",
-    "withheld",
+    "withheld", "hold", "digest", "minutes",
 )

@@ -15,10 +15,12 @@ from broker_proxy import __version__
 from broker_proxy.cli import (
     audit_cmd,
     ca_cmd,
+    console_cmd,
     env_cmd,
     grant_cmd,
     mitmdump_script_cmd,
     policy_cmd,
+    request_cmd,
     run_cmd,
     secret_cmd,
 )
@@ -42,8 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: $BROKER_PROXY_HOME or ~/.broker-proxy)",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (run_cmd, policy_cmd, secret_cmd, grant_cmd, env_cmd, audit_cmd, ca_cmd,
-                   mitmdump_script_cmd):
+    for module in (run_cmd, policy_cmd, secret_cmd, grant_cmd, request_cmd, console_cmd, env_cmd,
+                   audit_cmd, ca_cmd, mitmdump_script_cmd):
         module.register(commands)
     from broker_proxy.cli import demo_cmd
 

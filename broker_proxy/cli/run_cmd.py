@@ -80,6 +80,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--otlp-endpoint", default=None, metavar="URL",
                      help="also send every audit record to this OTLP/HTTP collector, e.g. "
                      "http://127.0.0.1:4318 (from the log, on its own thread; default: off)")
+    run.add_argument("--console-session-ttl", default="8h", metavar="DURATION",
+                     help="how long a web console sign-in lasts (default 8h)")
     run.set_defaults(handler=run_command)
 
 
@@ -263,7 +265,11 @@ def run_command(args: argparse.Namespace) -> int:
         if args.otlp_endpoint and not worker else None
     from broker_proxy.runtime.run_services import start_services
 
-    services = start_services(broker, home, policy_file_of(args), admin)
+    try:
+        session_ttl = parse_duration(args.console_session_ttl)
+    except ValueError as error:
+        raise CliError(f"--console-session-ttl: {error}") from None
+    services = start_services(broker, home, policy_file_of(args), admin, session_ttl)
     certs = home_certs(home, args.certs)
     workers: list = []
 

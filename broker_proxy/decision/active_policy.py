@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 
 from broker_proxy.decision.placeholders import PlaceholderScanner
 from broker_proxy.policy.aws_fields import SIGN_AWS_SIGV4
 from broker_proxy.policy.destinations import DestinationIndex
 from broker_proxy.policy.loader import load_policy
 from broker_proxy.policy.model import Policy
+from broker_proxy.time_source import utc_now
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +24,8 @@ class ActivePolicy:
     # Some secret can take long to resolve (an OAuth2 token endpoint, a command, the OS
     # keyring): decisions should then run off the proxy's event loop.
     slow_secrets: bool
+    # When this policy started to serve (start-up or reload), for the console's policy page.
+    loaded_at: datetime = field(default_factory=utc_now, compare=False)
 
     @classmethod
     def build(cls, policy: Policy) -> ActivePolicy:

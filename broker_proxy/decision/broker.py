@@ -17,6 +17,14 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
+from broker_proxy.approvals.desk import ApprovalDesk
+from broker_proxy.approvals.digest import request_shape
+from broker_proxy.approvals.verdict import (
+    APPROVAL_QUEUE_FULL,
+    APPROVAL_REQUIRED,
+    APPROVAL_UNAVAILABLE,
+    Held,
+)
 from broker_proxy.audit.log import AuditError, AuditLog
 from broker_proxy.decision import outbound as codes
 from broker_proxy.decision.active_policy import ActivePolicy
@@ -91,12 +99,16 @@ class Broker:
     clock: Callable[[], datetime] = utc_now
     # Every secret of a grant, for scrubbing all its answers (see grant_scrub.py).
     scrub_values: GrantScrubValues = field(init=False, repr=False)
+    # Requests held for a person's approval (approvals/desk.py).
+    approvals: ApprovalDesk = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.scrub_values = GrantScrubValues(self.secrets)
+        self.approvals = ApprovalDesk(self.audit, self.clock)
 
     def decide(self, token: str | None, request: OutboundRequest, *,
-               defer_durability: bool = False, wait: bool = True) -> Verdict:
+               defer_durability: bool = False, wait: bool = True,
+               approved_hold: str | None = None) -> Verdict:
         """Decide on one request.
 
         With `defer_durability`, an allowed secret-carrying request comes back with
@@ -107,10 +119,13 @@ class Broker:
         Without `wait` (a caller on the event loop), a decision that would have to wait for the
         grant store's write lock raises DecisionMustWait before anything was written or
         spent: decide again where waiting is allowed.
+
+        A request that needs a person's approval comes back as `Held` (a 403 to any caller
+        that cannot wait); once the person allowed it, decide again with its `approved_hold`.
         """
         started = time.perf_counter()
         try:
-            verdict = self._decide(token, request, defer_durability, wait)
+            verdict = self._decide(token, request, defer_durability, wait, approved_hold)
         except DecisionMustWait:
             raise
         except Exception as error:  # fail closed: an exception must never forward
@@ -122,7 +137,8 @@ class Broker:
             except Exception:  # the answer stands even if the record cannot be written
                 self.metrics.audit_write_errors.inc()
         self.metrics.decision_seconds.observe(time.perf_counter() - started)
-        decision = "allow" if isinstance(verdict, Allowed) else "deny"
+        decision = ("allow" if isinstance(verdict, Allowed)
+                    else "held" if isinstance(verdict, Held) else "deny")
         reason = verdict.reason if isinstance(verdict, Allowed) else verdict.error
         self.metrics.requests.labels(decision, reason).inc()
         return verdict
@@ -150,7 +166,8 @@ class Broker:
         return None
 
     def _decide(self, token: str | None, request: OutboundRequest,
-                defer_durability: bool = False, wait: bool = True) -> Verdict:
+                defer_durability: bool = False, wait: bool = True,
+                approved_hold: str | None = None) -> Verdict:
         policy = self.policy  # one snapshot for the whole decision, even across a reload
         now = self.clock()
 
@@ -227,6 +244,9 @@ class Broker:
 
         names = sorted({hit.secret for hit in hits if hit.secret}
                        | {use.secret for use in templates})
+        # A person's yes comes before anything is resolved, spent or recorded with a secret.
+        if held := self._held_for_approval(request, grant, policy, names, approved_hold):
+            return held
         values: dict[str, SecretValue] = {}
         for name in names:
             try:
@@ -270,6 +290,36 @@ class Broker:
                        grant.placeholder_of(n) or policy.policy.secrets[n].placeholder)
                    for n in names},
         ), grant, policy)
+
+    def _held_for_approval(self, request: OutboundRequest, grant: Grant, policy: ActivePolicy,
+                           names: list[str], approved_hold: str | None) -> Denied | None:
+        """None when no secret here needs approval, or this exact request was approved."""
+        gated = [n for n in names if policy.policy.secrets[n].per_request_approval]
+        if not gated:
+            return None
+        shape = request_shape(request)
+        if (self.approvals.redeem(approved_hold, grant.id, shape.digest)
+                or self.approvals.take_allowance(grant.id, shape.digest)):
+            return None
+        if not self.approvals.accepting:
+            return self._deny(request, grant, 403, APPROVAL_UNAVAILABLE,
+                              "this request needs a person's approval, and this proxy process "
+                              "has no admin API to ask one")
+        if self.approvals.full():
+            return self._deny(request, grant, 503, APPROVAL_QUEUE_FULL,
+                              "too many requests are waiting for approval")
+        timeout = policy.policy.approval_timeout
+        try:
+            item = self.approvals.hold(
+                grant=grant.id, agent=grant.agent, task=grant.task, secrets_=tuple(gated),
+                shape=shape, timeout=timeout, audit_fields=_record(
+                    request, grant, "held", APPROVAL_REQUIRED, None, gated))
+        except AuditError:
+            self.metrics.audit_write_errors.inc()
+            return Denied(503, codes.AUDIT_UNAVAILABLE,
+                          "the audit log cannot be written; nothing was sent", grant.id)
+        return Held(403, APPROVAL_REQUIRED, "this request waits for a person's approval",
+                    grant.id, hold_id=item.id, timeout_s=timeout.total_seconds())
 
     def _scrubbing_the_grant(self, verdict: Verdict, grant: Grant,
                              policy: ActivePolicy) -> Verdict:

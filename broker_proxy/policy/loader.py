@@ -22,6 +22,12 @@ from typing import NamedTuple
 import yaml
 
 from broker_proxy.durations import DurationError, parse_duration
+from broker_proxy.policy.approval_fields import (
+    DEFAULT_APPROVAL_TIMEOUT,
+    parse_approval_timeout,
+    parse_approval_webhook,
+    parse_secret_approval,
+)
 from broker_proxy.policy.aws_fields import (
     check_sigv4_secret,
     parse_aws_scope,
@@ -153,7 +159,8 @@ def _load(text: str, source: str, digest: str) -> Policy:
     return Policy(
         secrets=policy.secrets, agents=policy.agents, egress_allow=policy.egress_allow,
         allow_addresses=policy.allow_addresses, resolve=policy.resolve, source=source,
-        digest=digest,
+        digest=digest, approval_timeout=policy.approval_timeout,
+        approval_webhook=policy.approval_webhook,
     )
 
 
@@ -385,6 +392,8 @@ class _Sections(NamedTuple):
     egress_allow: tuple[str, ...]
     allow_addresses: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
     resolve: dict[tuple[str, int | None], tuple[str, int | None]]
+    approval_timeout: timedelta = DEFAULT_APPROVAL_TIMEOUT
+    approval_webhook: str | None = None
 
 
 def _build_policy(root: yaml.Node | None, checker: _Checker) -> _Sections | None:
@@ -430,7 +439,17 @@ def _build_policy(root: yaml.Node | None, checker: _Checker) -> _Sections | None
             allow_addresses = _networks(network["allow_addresses"][1], checker)
         if "resolve" in network:
             resolve = _pins(network["resolve"][1], checker)
-    return _Sections(secrets, agents, egress_allow, allow_addresses, resolve)
+    # Per-request approval (approval_fields.py).
+    approval_timeout = DEFAULT_APPROVAL_TIMEOUT
+    if "approval_timeout" in top:
+        approval_timeout = parse_approval_timeout(top["approval_timeout"][1],
+                                                  "approval_timeout", checker)
+    approval_webhook = None
+    if "approval_webhook" in top:
+        approval_webhook = parse_approval_webhook(top["approval_webhook"][1],
+                                                  "approval_webhook", checker)
+    return _Sections(secrets, agents, egress_allow, allow_addresses, resolve, approval_timeout,
+                     approval_webhook)
 
 
 def _secrets(node: yaml.Node, checker: _Checker, names: set[str]) -> dict[str, SecretPolicy]:
@@ -561,6 +580,9 @@ def _secret(name: str, key: yaml.Node, node: yaml.Node, path: str,
     check_sigv4_secret(fields, key, path, sign, destinations, checker)
     if sign is not None:
         inject = frozenset()  # a SigV4 key only signs; a placeholder found elsewhere is refused
+    per_request = "approval" in fields and parse_secret_approval(
+        fields["approval"][1], _join(path, "approval"), checker,
+        "client_cert" if client_cert is not None else "sign" if sign is not None else None)
     if source is None or placeholder is None:
         return None
     return SecretPolicy(name=name, source=source, command=command, placeholder=placeholder,
@@ -568,7 +590,8 @@ def _secret(name: str, key: yaml.Node, node: yaml.Node, path: str,
                         oauth2=oauth2, client_cert=client_cert, templates=templates,
                         basic_username=kinds.basic_username,
                         placeholder_format=kinds.placeholder_format,
-                        cache_ttl=kinds.cache_ttl, timeout=kinds.timeout, sign=sign)
+                        cache_ttl=kinds.cache_ttl, timeout=kinds.timeout, sign=sign,
+                        per_request_approval=per_request)
 
 
 class _TemplateKinds(NamedTuple):

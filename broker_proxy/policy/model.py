@@ -94,6 +94,8 @@ class SecretPolicy:
     # "aws-sigv4": the value is AWS credentials (JSON) and the placeholder is an access key id;
     # requests the agent's SDK signed with it are signed again, the value is never placed.
     sign: str | None = None
+    # Every request that would carry this secret waits for a person's yes (approvals/).
+    per_request_approval: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,3 +117,6 @@ class Policy:
         default_factory=dict)
     source: str = ""  # the file it came from, for messages
     digest: str = field(default="", compare=False)  # sha256 of the file's bytes
+    # Per-request approval: how long a held request waits, and who is told about it.
+    approval_timeout: timedelta = timedelta(minutes=2)
+    approval_webhook: str | None = None

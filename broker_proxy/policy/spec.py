@@ -79,6 +79,11 @@ MAPPINGS: dict[str, Mapping] = {
         "agents": _named("agent"),
         "egress": kind("egress"),
         "network": kind("network"),
+        "approval_timeout": {**kind("duration"),
+                             "description": "how long a request held for approval waits "
+                                            "(default 2m, at most 1h)"},
+        "approval_webhook": {"type": "string", "pattern": "^https?://",
+                             "description": "POSTed a JSON notice for each held request"},
     }, required=("version",)),
     "secret": Mapping({
         "from": {
@@ -110,6 +115,9 @@ MAPPINGS: dict[str, Mapping] = {
                  "description": "re-sign AWS SigV4 requests made with the placeholder key id; "
                                 'the value is JSON {"access_key_id", "secret_access_key", '
                                 '"session_token"?}'},
+        "approval": {"enum": ["per_request"],
+                     "description": "per_request: every request that would carry this "
+                                    "secret waits for a person's yes"},
     }, required=("from", "destinations")),
     "oauth2": Mapping({
         "token_url": {"type": "string", "pattern": "^https://",

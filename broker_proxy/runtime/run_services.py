@@ -5,7 +5,9 @@ Kept out of the CLI module so `run` needs only a few lines to start, announce an
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 from broker_proxy.admin_api import (
@@ -14,6 +16,10 @@ from broker_proxy.admin_api import (
     AdminServer,
     load_or_create_admin_token,
 )
+from broker_proxy.approvals.webhook import WebhookNotifier
+from broker_proxy.audit.checkpoint import CheckpointPaths
+from broker_proxy.console.routes import Console
+from broker_proxy.console.sessions import DEFAULT_SESSION_TTL, ConsoleSessions
 from broker_proxy.decision.broker import Broker
 from broker_proxy.home import Home
 from broker_proxy.runtime.policy_reload import PolicyReloader
@@ -46,20 +52,40 @@ class RunServices:
 
 
 def start_services(broker: Broker, home: Home, policy_file: Path,
-                   admin: tuple[str, int] | None) -> RunServices:
+                   admin: tuple[str, int] | None,
+                   console_session_ttl: timedelta = DEFAULT_SESSION_TTL) -> RunServices:
     """Raises AdminApiError (token file, address) before anything is left running."""
     server = None
     reloader = PolicyReloader(broker, policy_file)
     if admin is not None:
         token = load_or_create_admin_token(home.admin_token)
+        console = Console.for_home(home.audit_log, home.audit_key,
+                                   CheckpointPaths.in_home(home.root).file,
+                                   ConsoleSessions(console_session_ttl))
+        console.policy_loaded_at = lambda: broker.policy.loaded_at
         context = AdminContext(token=token, policy=lambda: broker.policy, grants=broker.grants,
                                audit=broker.audit,
-                               policy_file_problem=lambda: reloader.file_problem)
+                               policy_file_problem=lambda: reloader.file_problem,
+                               approvals=broker.approvals, console=console)
+        # Index the audit log now, not on the first page a person opens (~4 s per million).
+        threading.Thread(target=console.audit.page, args=({}, None, 1),
+                         name="audit-index", daemon=True).start()
         try:
             server = AdminServer(admin[0], admin[1], context)
         except OSError as error:
             raise AdminListenError(f"cannot listen for the admin API on {admin[0]}:{admin[1]}: "
                                    f"{error.strerror or error}") from None
         server.start()
+        start_approvals(broker, server)
     reloader.start()
     return RunServices(server, reloader, policy_file)
+
+
+def start_approvals(broker: Broker, server: AdminServer) -> None:
+    """Requests can be held for a person now that the admin API serves to decide them."""
+    metrics = broker.metrics
+    broker.approvals.notifier = WebhookNotifier(
+        url=lambda: broker.policy.policy.approval_webhook,
+        console_url=lambda: f"http://{server.address}",
+        on_failure=metrics.approval_webhook_failures.inc)
+    broker.approvals.accepting = True

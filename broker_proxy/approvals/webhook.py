@@ -1,0 +1,73 @@
+"""Tell a chat room or a pager that a request waits: one JSON POST per held request.
+
+Sent from one daemon thread through a bounded queue, so a slow or dead webhook never delays a
+decision or the request it is about. Failures are logged (by host only: a chat service's
+webhook URL carries its own secret in the path) and counted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import urllib.request
+from collections.abc import Callable
+from urllib.parse import urlsplit
+
+from broker_proxy.approvals.desk import HeldRequest
+
+log = logging.getLogger("broker_proxy.approvals")
+
+QUEUE_SIZE = 100
+TIMEOUT_S = 5.0
+
+
+class WebhookNotifier:
+    def __init__(self, url: Callable[[], str | None], console_url: Callable[[], str | None],
+                 on_failure: Callable[[], None]) -> None:
+        # Callables: the policy's URL may change on reload, the console's address once it binds.
+        self._url = url
+        self._console_url = console_url
+        self._on_failure = on_failure
+        self._queue: queue.Queue[dict[str, object]] = queue.Queue(QUEUE_SIZE)
+        self._thread = threading.Thread(target=self._run, name="approval-webhook",
+                                        daemon=True)
+        self._thread.start()
+
+    def notify(self, item: HeldRequest) -> None:
+        if self._url() is None:
+            return
+        console = self._console_url()
+        notice: dict[str, object] = {"event": "request_held", "request": item.to_public_dict(),
+                  "console": f"{console}/ui/#/approvals/{item.id}" if console else None,
+                  "text": f"{item.agent} ({item.task}) waits for approval: "
+                          f"{item.shape.method} {item.shape.host}{item.shape.path} "
+                          f"with {', '.join(item.secrets)}"}
+        try:
+            self._queue.put_nowait(notice)
+        except queue.Full:
+            log.warning("approval webhook queue is full; a notice was dropped")
+            self._on_failure()
+
+    def _run(self) -> None:
+        while True:
+            notice = self._queue.get()
+            url = self._url()
+            if url is None:
+                continue
+            self._send(url, notice)
+
+    def _send(self, url: str, notice: dict[str, object]) -> None:
+        # The policy loader only lets http(s) URLs through, hence the S310 exemptions.
+        request = urllib.request.Request(  # noqa: S310
+            url, data=json.dumps(notice).encode(), method="POST",
+            headers={"Content-Type": "application/json", "User-Agent": "broker-proxy"})
+        try:
+            with urllib.request.urlopen(request, timeout=TIMEOUT_S) as answer:  # noqa: S310
+                if answer.status >= 300:
+                    raise OSError(f"status {answer.status}")
+        except Exception as error:  # every failure is the same to the decision: none
+            log.warning("approval webhook to %s failed: %s", urlsplit(url).hostname,
+                        type(error).__name__)
+            self._on_failure()

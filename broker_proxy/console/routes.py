@@ -1,0 +1,204 @@
+"""The console's routes on the admin listener, and the door the console's cookie opens.
+
+`/ui/...` serves the static pages (no secrets in them: anyone may load the page, only a signed-in
+session can call the API) and the session endpoints. `/v1/audit`, `/v1/policy` and
+`/v1/console/login-links` are ordinary admin API routes, used by the console and by scripts.
+An API call may be authenticated by the bearer token or by a console session cookie together
+with that session's CSRF token in `X-CSRF-Token`, on every method: a page of another site can
+neither read that token nor, with SameSite=Strict, make the browser send the cookie.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from http.cookies import CookieError, SimpleCookie
+from importlib import resources
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import parse_qs
+
+from broker_proxy.approvals.admin_routes import RouteError
+from broker_proxy.console.audit_index import FILTERS, AuditIndex
+from broker_proxy.console.sessions import COOKIE, ConsoleSessions
+from broker_proxy.console.views import ChainStatus, policy_view
+
+CSRF_HEADER = "X-CSRF-Token"
+STATIC = {"index.html": "text/html; charset=utf-8", "console.js": "text/javascript",
+          "console.css": "text/css"}
+SECURITY_HEADERS = {
+    # Everything comes from this origin; no inline script, no framing (clickjacking).
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
+                               "img-src 'self'; connect-src 'self'; frame-ancestors 'none'; "
+                               "base-uri 'none'; form-action 'self'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+}
+
+
+@dataclass(slots=True)
+class Console:
+    sessions: ConsoleSessions
+    audit: AuditIndex
+    chain: ChainStatus
+    policy_loaded_at: Callable[[], datetime | None] = lambda: None
+    _static: dict[str, bytes] = field(default_factory=dict)
+
+    @classmethod
+    def for_home(cls, audit_log: Path, audit_key: Path, checkpoints: Path,
+                 sessions: ConsoleSessions | None = None) -> Console:
+        return cls(sessions or ConsoleSessions(), AuditIndex(audit_log),
+                   ChainStatus(audit_log, audit_key, checkpoints))
+
+
+@dataclass(frozen=True, slots=True)
+class UiAnswer:
+    status: int
+    content_type: str
+    body: bytes
+    headers: dict[str, str]
+
+
+class Headers(Protocol):
+    """A request's headers: the admin server's email.message.Message, or a dict in tests."""
+
+    def get(self, name: str, /) -> str | None: ...
+
+
+def cookie_of(headers: Headers) -> str | None:
+    raw = headers.get("Cookie")
+    if not raw:
+        return None
+    try:
+        jar = SimpleCookie(raw)
+    except CookieError:
+        return None
+    morsel = jar.get(COOKIE)
+    return morsel.value if morsel else None
+
+
+def session_allows(console: Console | None, headers: Headers) -> bool:
+    """True for a live session with its CSRF token; raises 403 for a session without it."""
+    if console is None:
+        return False
+    session = console.sessions.get(cookie_of(headers))
+    if session is None:
+        return False
+    if not session.csrf_matches(headers.get(CSRF_HEADER)):
+        raise RouteError(403, "csrf_token_invalid",
+                         f"a console request must carry its session's {CSRF_HEADER}")
+    return True
+
+
+def ui_route(console: Console, method: str, path: str, headers: Headers,
+             body: Callable[[], dict[str, Any]], admin_token: str) -> UiAnswer:
+    if path in ("/ui", "/ui/"):
+        path = "/ui/index.html"
+    name = path.removeprefix("/ui/")
+    if name == "session":
+        return _session(console, method, headers, body, admin_token)
+    if name not in STATIC:
+        return _json(404, {"error": "not_found", "message": "no such page"})
+    if method not in ("GET", "HEAD"):
+        return _json(405, {"error": "method_not_allowed", "message": "use GET"},
+                     {"Allow": "GET"})
+    if name not in console._static:
+        console._static[name] = resources.files("broker_proxy.console").joinpath(
+            "static", name).read_bytes()
+    return UiAnswer(200, STATIC[name], console._static[name], dict(SECURITY_HEADERS))
+
+
+def _session(console: Console, method: str, headers: Headers,
+             body: Callable[[], dict[str, Any]], admin_token: str) -> UiAnswer:
+    sessions = console.sessions
+    if method == "GET":  # a reloaded page asks whether its cookie still holds
+        session = sessions.get(cookie_of(headers))
+        if session is None:
+            return _json(401, {"error": "unauthorized", "message": "sign in"})
+        return _json(200, {"csrf": session.csrf, "expires_at": _iso(session.expires_at)})
+    if method == "DELETE":
+        current = sessions.get(cookie_of(headers))
+        if current is not None and not current.csrf_matches(headers.get(CSRF_HEADER)):
+            return _json(403, {"error": "csrf_token_invalid", "message": "no CSRF token"})
+        sessions.end(cookie_of(headers))
+        return _json(200, {"status": "signed_out"}, {"Set-Cookie": _cookie("", 0)})
+    if method != "POST":
+        return _json(405, {"error": "method_not_allowed", "message": "use GET, POST, DELETE"},
+                     {"Allow": "GET, POST, DELETE"})
+    fields = body()
+    token, code = fields.get("token"), fields.get("code")
+    signed_in = (isinstance(token, str) and hmac.compare_digest(
+        token.strip().encode("utf-8", "replace"), admin_token.encode())) or (
+        isinstance(code, str) and sessions.redeem_login_link(code))
+    if not signed_in:
+        return _json(401, {"error": "unauthorized",
+                           "message": "wrong admin token or used/expired login link"})
+    cookie, session = sessions.start()
+    max_age = int(sessions.ttl.total_seconds())
+    return _json(200, {"csrf": session.csrf, "expires_at": _iso(session.expires_at)},
+                 {"Set-Cookie": _cookie(cookie, max_age)})
+
+
+def _cookie(value: str, max_age: int) -> str:
+    return (f"{COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}")
+
+
+def api_route(console: Console, method: str, parts: list[str], query: str,
+              active_policy: Callable[[], Any], file_problem: Callable[[], str | None]
+              ) -> tuple[int, object]:
+    """/v1/audit, /v1/audit/status, /v1/audit/verify, /v1/policy, /v1/console/login-links."""
+    route = "/".join(parts)
+    if route == "v1/audit":
+        _allow(method, "GET")
+        return 200, _audit_page(console, query)
+    if route == "v1/audit/status":
+        _allow(method, "GET")
+        return 200, console.chain.status()
+    if route == "v1/audit/verify":
+        _allow(method, "POST")
+        return 200, console.chain.verify()
+    if route == "v1/policy":
+        _allow(method, "GET")
+        return 200, policy_view(active_policy(), console.policy_loaded_at(), file_problem())
+    if route == "v1/console/login-links":
+        _allow(method, "POST")
+        code = console.sessions.new_login_link()
+        return 201, {"path": f"/ui/#login={code}", "expires_in_s": 120}
+    raise RouteError(404, "not_found", "no such route")
+
+
+def _audit_page(console: Console, query: str) -> dict[str, object]:
+    params = parse_qs(query, keep_blank_values=False)
+    allowed = {*FILTERS, "before", "limit"}
+    if unknown := set(params) - allowed:
+        raise RouteError(400, "invalid_request", f"unknown parameters: {sorted(unknown)}")
+    if any(len(values) != 1 for values in params.values()):
+        raise RouteError(400, "invalid_request", "each parameter at most once")
+    values = {name: v[0] for name, v in params.items()}
+    numbers: dict[str, int] = {}
+    for name in ("before", "limit"):
+        if name in values:
+            if not values[name].isdigit() or len(values[name]) > 12:
+                raise RouteError(400, "invalid_request", f"{name} must be a whole number")
+            numbers[name] = int(values.pop(name))
+    page = console.audit.page(values, numbers.get("before"), numbers.get("limit", 50))
+    return {"records": page.records, "next_before": page.next_before,
+            "total_lines": page.total_lines}
+
+
+def _allow(method: str, allowed: str) -> None:
+    if method != allowed:
+        raise RouteError(405, "method_not_allowed", f"use {allowed}", allow=allowed)
+
+
+def _json(status: int, body: object, headers: dict[str, str] | None = None) -> UiAnswer:
+    return UiAnswer(status, "application/json", json.dumps(body).encode() + b"\n",
+                    {**SECURITY_HEADERS, **(headers or {})})
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")

@@ -1,0 +1,372 @@
+// The broker-proxy console: a client of the admin API, signed in with a session cookie.
+// Every value from the API goes into the page as text (textContent), never as HTML.
+"use strict";
+
+let csrf = null;
+let pageController = null; // aborts the long polls and timers of the page being left
+const POLL_MS = 1500;
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(attrs)) {
+    if (name === "on") for (const [ev, fn] of Object.entries(value)) node.addEventListener(ev, fn);
+    else if (value !== null && value !== undefined && value !== false) node.setAttribute(name, value);
+  }
+  for (const child of children.flat(Infinity)) {
+    if (child === null || child === undefined) continue;
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+class ApiError extends Error {
+  constructor(status, body) { super(body && body.message || `HTTP ${status}`); this.status = status; this.body = body; }
+}
+
+async function api(method, path, body, signal) {
+  const headers = { "X-CSRF-Token": csrf || "" };
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  const response = await fetch(path, { method, headers, credentials: "same-origin", signal,
+    body: body === undefined ? undefined : JSON.stringify(body) });
+  const text = await response.text();
+  const data = text ? JSON.parse(text) : null;
+  if (response.status === 401) { showSignIn("Your session ended; sign in again."); throw new ApiError(401, data); }
+  if (!response.ok) throw new ApiError(response.status, data);
+  return { data, total: response.headers.get("X-Total-Count") };
+}
+
+function say(text, isError = false) {
+  const status = document.getElementById("status");
+  status.textContent = text;
+  status.className = isError ? "error" : "";
+}
+
+function showSignIn(message = "") {
+  csrf = null;
+  if (pageController) pageController.abort();
+  document.getElementById("nav").hidden = true;
+  document.getElementById("page").replaceChildren();
+  document.getElementById("sign-in").hidden = false;
+  document.getElementById("sign-in-error").textContent = message;
+}
+
+function signedIn(session) {
+  csrf = session.csrf;
+  document.getElementById("sign-in").hidden = true;
+  document.getElementById("nav").hidden = false;
+  route();
+}
+
+async function signIn(body) {
+  const response = await fetch("/ui/session", { method: "POST", credentials: "same-origin",
+    headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+  const data = await response.json();
+  if (!response.ok) { showSignIn(data.message || "sign-in refused"); return; }
+  signedIn(data);
+}
+
+async function boot() {
+  document.getElementById("sign-in").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const input = document.getElementById("token");
+    const token = input.value;
+    input.value = "";
+    signIn({ token });
+  });
+  document.getElementById("sign-out").addEventListener("click", async () => {
+    await fetch("/ui/session", { method: "DELETE", credentials: "same-origin",
+      headers: { "X-CSRF-Token": csrf || "" } });
+    showSignIn("Signed out.");
+  });
+  window.addEventListener("hashchange", () => { if (csrf) route(); });
+  const login = /^#login=([A-Za-z0-9_-]+)$/.exec(location.hash);
+  if (login) {
+    // The one-time code must not stay in the address bar or the history.
+    history.replaceState(null, "", "/ui/#/approvals");
+    await signIn({ code: login[1] });
+    return;
+  }
+  const response = await fetch("/ui/session", { credentials: "same-origin" });
+  if (response.ok) signedIn(await response.json()); else showSignIn();
+}
+
+function route() {
+  if (pageController) pageController.abort();
+  pageController = new AbortController();
+  const signal = pageController.signal;
+  const hash = location.hash || "#/approvals";
+  const parts = hash.replace(/^#\//, "").split("/");
+  for (const link of document.querySelectorAll("#nav a")) {
+    link.classList.toggle("current", link.dataset.page === parts[0]);
+  }
+  const page = document.getElementById("page");
+  page.replaceChildren();
+  const pages = { approvals: approvalsPage, grants: parts[1] ? grantPage : grantsPage,
+                  audit: auditPage, policy: policyPage };
+  (pages[parts[0]] || approvalsPage)(page, signal, decodeURIComponent(parts[1] || ""));
+}
+
+function every(signal, fn) {
+  let timer = null;
+  const tick = async () => {
+    if (signal.aborted) return;
+    try { await fn(); } catch (error) { if (error.name !== "AbortError") say(error.message, true); }
+    if (!signal.aborted) timer = setTimeout(tick, POLL_MS);
+  };
+  signal.addEventListener("abort", () => clearTimeout(timer));
+  tick();
+}
+
+function dl(pairs) {
+  return el("dl", {}, pairs.map(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
+}
+
+function left(until) {
+  const seconds = Math.round((Date.parse(until) - Date.now()) / 1000);
+  if (seconds <= 0) return "over";
+  if (seconds < 120) return `${seconds} s`;
+  if (seconds < 7200) return `${Math.round(seconds / 60)} min`;
+  return `${Math.round(seconds / 3600)} h`;
+}
+
+// --- Approvals ---------------------------------------------------------------------------
+
+function approvalsPage(page, signal) {
+  const held = el("div", { id: "held" });
+  const grants = el("div", { id: "pending-grants" });
+  page.append(el("h1", {}, "Approvals"), el("h2", {}, "Held requests"), held,
+              el("h2", {}, "Grants waiting for approval"), grants);
+  (async () => {
+    let version = null;
+    while (!signal.aborted) {
+      try {
+        const query = version === null ? "" : `?after=${version}`;
+        const { data } = await api("GET", `/v1/requests${query}`, undefined, signal);
+        version = data.version;
+        renderHeld(held, data.requests);
+      } catch (error) {
+        if (error.name === "AbortError" || error.status === 401) return;
+        say(error.message, true);
+        await new Promise((resolve) => setTimeout(resolve, POLL_MS));
+      }
+    }
+  })();
+  every(signal, async () => {
+    const { data } = await api("GET", "/v1/grants?state=pending&limit=100", undefined, signal);
+    renderPendingGrants(grants, data);
+  });
+}
+
+function renderHeld(box, items) {
+  if (!items.length) { box.replaceChildren(el("p", { class: "empty" }, "No request is waiting.")); return; }
+  box.replaceChildren(...items.map((item) => {
+    const r = item.request;
+    const reason = el("input", { placeholder: "reason (optional)", "aria-label": "reason" });
+    const uses = el("input", { type: "number", min: "2", value: "3", "aria-label": "uses" });
+    const minutes = el("input", { type: "number", min: "1", value: "10", "aria-label": "minutes" });
+    const decide = (action, extra = {}) => async () => {
+      const body = { ...extra };
+      if (reason.value) body.reason = reason.value;
+      try { await api("POST", `/v1/requests/${item.id}/${action}`, body); say(`${item.id}: ${action}d`); }
+      catch (error) { say(error.message, true); }
+    };
+    return el("div", { class: "card held", "data-id": item.id },
+      el("strong", {}, `${r.method} ${r.scheme}://${r.host}:${r.port}${r.path}`),
+      dl([["agent", item.agent], ["task", item.task], ["secrets", item.secrets.join(", ")],
+          ["grant", el("a", { href: `#/grants/${item.grant}` }, item.grant)],
+          ["query", `${r.query_size} B, sha256 ${r.query_sha256.slice(0, 16)}…`],
+          ["body", `${r.body_size} B, sha256 ${r.body_sha256.slice(0, 16)}…`],
+          ["request digest", el("span", { class: "mono" }, r.digest)],
+          ["waits until", `${item.expires_at} (${left(item.expires_at)} left)`]]),
+      el("div", { class: "actions" },
+        el("button", { class: "allow", on: { click: decide("approve") } }, "Allow once"),
+        el("span", {}, el("button", { class: "allow", on: { click: () => decide("approve", { uses: Number(uses.value) })() } }, "Allow N uses"), " N=", uses),
+        el("span", {}, el("button", { class: "allow", on: { click: () => decide("approve", { minutes: Number(minutes.value) })() } }, "Allow for M minutes"), " M=", minutes),
+        reason,
+        el("button", { class: "deny", on: { click: decide("deny") } }, "Deny")));
+  }));
+}
+
+function renderPendingGrants(box, grants) {
+  if (!grants.length) { box.replaceChildren(el("p", { class: "empty" }, "No grant is waiting.")); return; }
+  const focused = document.activeElement && box.contains(document.activeElement);
+  if (focused) return; // do not redraw under someone typing a reason
+  box.replaceChildren(...grants.map((grant) => {
+    const reason = el("input", { placeholder: "reason (optional)", "aria-label": "reason" });
+    const decide = (action) => async () => {
+      const body = reason.value ? { reason: reason.value } : {};
+      try { await api("POST", `/v1/grants/${grant.id}/${action}`, body); say(`${grant.id}: ${action}`); }
+      catch (error) { say(error.message, true); }
+    };
+    return el("div", { class: "card pending-grant", "data-id": grant.id },
+      el("strong", {}, `${grant.agent}: ${grant.task}`),
+      dl([["grant", el("a", { href: `#/grants/${grant.id}` }, grant.id)],
+          ["secrets", grant.secrets.join(", ")],
+          ["expires", `${grant.expires_at} (${left(grant.expires_at)})`],
+          ["max uses", grant.max_uses === null ? "unlimited" : grant.max_uses],
+          ["issued", grant.created_at]]),
+      el("div", { class: "actions" },
+        el("button", { class: "allow", on: { click: decide("approve") } }, "Approve"),
+        reason,
+        el("button", { class: "deny", on: { click: decide("deny") } }, "Deny")));
+  }));
+}
+
+// --- Grants ------------------------------------------------------------------------------
+
+function grantsPage(page, signal) {
+  const params = new URLSearchParams(sessionStorage.getItem("grant-filters") || "");
+  const field = (name, options) => options
+    ? el("label", {}, name, el("select", { name }, options.map((o) => el("option", { value: o, selected: params.get(name) === o }, o || "any"))))
+    : el("label", {}, name, el("input", { name, value: params.get(name) || "" }));
+  const form = el("form", { class: "filters" }, field("agent"), field("secret"),
+    field("state", ["", "active", "pending", "revoked", "denied", "expired", "used_up"]),
+    el("button", { type: "submit" }, "Filter"));
+  const table = el("div");
+  let offset = 0;
+  const pager = el("div", { class: "actions" });
+  page.append(el("h1", {}, "Grants"), form, table, pager);
+  const load = async () => {
+    const query = new URLSearchParams();
+    for (const [k, v] of new FormData(form)) if (v) query.set(k, v);
+    sessionStorage.setItem("grant-filters", query.toString());
+    query.set("limit", "50"); query.set("offset", String(offset));
+    const { data, total } = await api("GET", `/v1/grants?${query}`, undefined, signal);
+    renderGrants(table, data, load);
+    pager.replaceChildren(
+      el("span", { class: "muted" }, `${total === null ? data.length : total} grants; showing ${offset + 1}–${offset + data.length}`),
+      el("button", { disabled: offset === 0 || null, on: { click: () => { offset = Math.max(0, offset - 50); load(); } } }, "Newer"),
+      el("button", { disabled: offset + 50 >= Number(total) || null, on: { click: () => { offset += 50; load(); } } }, "Older"));
+  };
+  form.addEventListener("submit", (event) => { event.preventDefault(); offset = 0; load(); });
+  load().catch((error) => say(error.message, true));
+}
+
+function renderGrants(box, grants, reload) {
+  if (!grants.length) { box.replaceChildren(el("p", { class: "empty" }, "No grant matches.")); return; }
+  box.replaceChildren(el("table", { id: "grants" },
+    el("tr", {}, ["grant", "agent", "task", "secrets", "state", "uses left", "time left", ""].map((h) => el("th", {}, h))),
+    grants.map((g) => {
+      const reason = el("input", { placeholder: "reason", "aria-label": "revoke reason" });
+      const revoke = async () => {
+        try { await api("POST", `/v1/grants/${g.id}/revoke`, reason.value ? { reason: reason.value } : {}); say(`${g.id} revoked`); reload(); }
+        catch (error) { say(error.message, true); }
+      };
+      const live = g.state === "active" || g.state === "pending";
+      return el("tr", { "data-id": g.id },
+        el("td", {}, el("a", { href: `#/grants/${g.id}`, class: "mono" }, g.id)),
+        el("td", {}, g.agent), el("td", {}, g.task), el("td", {}, g.secrets.join(", ")),
+        el("td", { class: `state-${g.state}` }, g.state),
+        el("td", {}, g.max_uses === null ? "∞" : String(Math.max(0, g.max_uses - g.uses))),
+        el("td", {}, live ? left(g.expires_at) : "–"),
+        el("td", {}, live ? el("span", { class: "actions" }, reason, el("button", { class: "deny", on: { click: revoke } }, "Revoke")) : ""));
+    })));
+}
+
+async function grantPage(page, signal, id) {
+  page.append(el("p", {}, el("a", { href: "#/grants" }, "← all grants")));
+  try {
+    const { data: g } = await api("GET", `/v1/grants/${encodeURIComponent(id)}`, undefined, signal);
+    page.append(el("h1", {}, `Grant ${g.id}`), el("div", { class: "card" }, dl([
+      ["agent", g.agent], ["task", g.task], ["secrets", g.secrets.join(", ")],
+      ["state", el("span", { class: `state-${g.state}` }, g.state)],
+      ["uses", `${g.uses} of ${g.max_uses === null ? "unlimited" : g.max_uses}`],
+      ["issued", g.created_at], ["expires", g.expires_at],
+      ["decided by", g.decided_by || "–"], ["revoked at", g.revoked_at || "–"]])));
+  } catch (error) { page.append(el("p", { class: "error" }, error.message)); return; }
+  const records = el("div");
+  page.append(el("h2", {}, "Audit records"), records);
+  auditTable(records, signal, { grant: id });
+}
+
+// --- Audit -------------------------------------------------------------------------------
+
+function auditPage(page, signal) {
+  const chain = el("div", { class: "card", id: "chain" }, "Chain status: not checked yet.");
+  const fields = ["agent", "grant", "secret", "decision", "reason", "event"];
+  const form = el("form", { class: "filters" },
+    fields.map((name) => el("label", {}, name, el("input", { name }))),
+    el("button", { type: "submit" }, "Filter"));
+  const records = el("div");
+  page.append(el("h1", {}, "Audit"), chain, form, records);
+  const showChain = (status) => {
+    const v = status.verify;
+    const cp = status.checkpoint;
+    chain.replaceChildren(
+      el("strong", {}, "Chain: "),
+      v ? el("span", { class: v.ok ? "ok" : "error" }, v.ok ? `verified, ${v.records} records (${v.checked_at})`
+        : `BROKEN at ${v.first_bad.path} line ${v.first_bad.line}: ${v.first_bad.reason}`) : "not verified yet",
+      el("span", { class: "muted" }, cp ? ` · last checkpoint: ${cp.count} records at ${cp.ts}` : " · no checkpoint yet"),
+      " ", el("button", { type: "button", on: { click: async () => {
+        chain.querySelector("button").disabled = true;
+        try { await api("POST", "/v1/audit/verify"); showChain((await api("GET", "/v1/audit/status")).data); }
+        catch (error) { say(error.message, true); }
+      } } }, "Verify now"));
+  };
+  api("GET", "/v1/audit/status", undefined, signal).then(({ data }) => showChain(data)).catch(() => {});
+  let inner = null;
+  const load = () => {
+    if (inner) inner.abort();
+    inner = new AbortController();
+    signal.addEventListener("abort", () => inner.abort());
+    const filters = {};
+    for (const [k, v] of new FormData(form)) if (v) filters[k] = v;
+    auditTable(records, inner.signal, filters);
+  };
+  form.addEventListener("submit", (event) => { event.preventDefault(); load(); });
+  load();
+}
+
+function auditTable(box, signal, filters) {
+  // The newest page follows the log live; "Older" pages stay put.
+  let before = null;
+  const render = (data) => {
+    const rows = data.records.map((r) => el("tr", { class: `decision-${r.decision}` },
+      el("td", { class: "mono" }, r.seq), el("td", {}, r.ts), el("td", {}, r.event),
+      el("td", { class: r.decision === "deny" ? "deny-text" : "" }, r.decision || ""),
+      el("td", {}, r.reason || ""), el("td", {}, r.agent || ""),
+      el("td", {}, r.grant ? el("a", { href: `#/grants/${r.grant}`, class: "mono" }, r.grant) : ""),
+      el("td", {}, (r.secrets || []).join(", ")),
+      el("td", {}, r.method ? `${r.method} ${r.host || ""}${r.path || ""}` : ""),
+      el("td", {}, r.by || "")));
+    box.replaceChildren(
+      el("table", { id: "audit" }, el("tr", {}, ["seq", "time", "event", "decision", "reason", "agent", "grant", "secrets", "request", "by"].map((h) => el("th", {}, h))), rows),
+      data.records.length ? "" : el("p", { class: "empty" }, "No record matches."),
+      el("div", { class: "actions" },
+        el("span", { class: "muted" }, `${data.total_lines} records in the live file${before === null ? " · live" : ""}`),
+        before !== null ? el("button", { on: { click: () => { before = null; tick(); } } }, "Newest") : "",
+        data.next_before !== null ? el("button", { on: { click: () => { before = data.next_before; tick(); } } }, "Older") : ""));
+  };
+  const tick = async () => {
+    const query = new URLSearchParams({ ...filters, limit: "50" });
+    if (before !== null) query.set("before", String(before));
+    const { data } = await api("GET", `/v1/audit?${query}`, undefined, signal);
+    render(data);
+  };
+  every(signal, async () => { if (before === null) await tick(); });
+}
+
+// --- Policy ------------------------------------------------------------------------------
+
+async function policyPage(page, signal) {
+  page.append(el("h1", {}, "Policy"));
+  const { data: p } = await api("GET", "/v1/policy", undefined, signal);
+  page.append(el("div", { class: "card", id: "policy-status" }, dl([
+    ["file", p.source], ["digest", el("span", { class: "mono" }, p.digest)], ["loaded at", p.loaded_at],
+    ["file on disk", p.file_rejected ? el("span", { class: "error" }, `REJECTED: ${p.problem} (the last good policy serves)`) : el("span", { class: "ok" }, "in force")],
+    ["approval timeout", `${p.approval_timeout_s} s`], ["approval webhook", p.approval_webhook_host || "none"]])));
+  page.append(el("h2", {}, "Secrets"), el("table", { id: "policy-secrets" },
+    el("tr", {}, ["secret", "from", "destinations", "inject", "approval"].map((h) => el("th", {}, h))),
+    Object.entries(p.secrets).map(([name, s]) => el("tr", {},
+      el("td", {}, name), el("td", { class: "mono" }, s.from),
+      el("td", {}, s.destinations.map((d) => el("div", { class: "mono" }, `${d.methods.join(",")} ${d.scheme}://${d.host}:${d.port} ${d.paths.join(" ") || "/**"}`))),
+      el("td", {}, s.inject.join(", ")), el("td", {}, s.per_request_approval ? "per request" : "")))));
+  page.append(el("h2", {}, "Agents"), el("table", { id: "policy-agents" },
+    el("tr", {}, ["agent", "secrets", "max TTL", "grant approval"].map((h) => el("th", {}, h))),
+    Object.entries(p.agents).map(([name, a]) => el("tr", {},
+      el("td", {}, name), el("td", {}, a.secrets.join(", ")), el("td", {}, `${a.max_ttl_s / 60} min`),
+      el("td", {}, a.approval.join(", "))))));
+  page.append(el("h2", {}, "Egress without secrets"), el("p", { class: "mono" }, p.egress_allow.join(", ") || "none"));
+}
+
+boot();
