@@ -6,6 +6,7 @@ The end-to-end stack is the real thing: local HTTPS servers with their own CA, a
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -177,6 +178,24 @@ class Stack:
         return [self.api_key, self.other_key]
 
 
+@contextlib.contextmanager
+def master_key_in_environment(key: str) -> Iterator[None]:
+    """The master key where `load_or_create_master_key` looks, only while the vault is set up.
+
+    The proxy process gets the key in its own environment; this process's environment is left
+    as it was, so no test depends on what an earlier module's stack left behind.
+    """
+    previous = os.environ.get("BROKER_PROXY_MASTER_KEY")
+    os.environ["BROKER_PROXY_MASTER_KEY"] = key
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ["BROKER_PROXY_MASTER_KEY"]
+        else:
+            os.environ["BROKER_PROXY_MASTER_KEY"] = previous
+
+
 def start_stack(root: Path, pki: LocalPki, upstreams: Upstreams,
                 extra_args: tuple[str, ...] = (), policy: str = E2E_POLICY,
                 resolve_hosts: tuple[str, ...] = HOSTS) -> Stack:
@@ -186,8 +205,8 @@ def start_stack(root: Path, pki: LocalPki, upstreams: Upstreams,
     other_key = "ok-e2e-" + secrets.token_urlsafe(24)
     env = dict(os.environ, BROKER_PROXY_MASTER_KEY=random_master_key(),
                E2E_OTHER_KEY=other_key)
-    os.environ["BROKER_PROXY_MASTER_KEY"] = env["BROKER_PROXY_MASTER_KEY"]
-    Vault(home.vault, load_or_create_master_key(home, create=True)).set("api_key", api_key)
+    with master_key_in_environment(env["BROKER_PROXY_MASTER_KEY"]):
+        Vault(home.vault, load_or_create_master_key(home, create=True)).set("api_key", api_key)
     policy_file = root / "policy.yaml"
     policy_file.write_text(policy.format(
         api=API_HOST, api_port=upstreams.api.port, plain_port=upstreams.plain.port,

@@ -29,7 +29,7 @@ from broker_proxy.devtools.proxy_process import ProxyProcess
 from broker_proxy.home import Home
 from broker_proxy.secrets.master_key import load_or_create_master_key
 from broker_proxy.secrets.vault import Vault
-from tests.conftest import random_master_key
+from tests.conftest import master_key_in_environment, random_master_key
 
 pytestmark = pytest.mark.e2e
 
@@ -136,15 +136,8 @@ def start_example(root: Path, name: str, agent: str, grant: list[str],
 
 def _master_key(home: Home, env: dict[str, str]) -> bytes:
     """The vault key the proxy will find in its environment (the variable is read here too)."""
-    previous = os.environ.get("BROKER_PROXY_MASTER_KEY")
-    os.environ["BROKER_PROXY_MASTER_KEY"] = env["BROKER_PROXY_MASTER_KEY"]
-    try:
+    with master_key_in_environment(env["BROKER_PROXY_MASTER_KEY"]):
         return load_or_create_master_key(home, create=True)
-    finally:
-        if previous is None:
-            del os.environ["BROKER_PROXY_MASTER_KEY"]
-        else:
-            os.environ["BROKER_PROXY_MASTER_KEY"] = previous
 
 
 def run_agent(example: Example, script: str, extra_env: dict[str, str] | None = None) -> dict:

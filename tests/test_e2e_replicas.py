@@ -42,6 +42,7 @@ from tests.conftest import (
     OTHER_HOST,
     UNTRUSTED_HOST,
     Upstreams,
+    master_key_in_environment,
     random_master_key,
 )
 
@@ -140,8 +141,6 @@ def replicas(tmp_path_factory: pytest.TempPathFactory, pki: LocalPki,
     env = dict(os.environ, BROKER_PROXY_MASTER_KEY=random_master_key(),
                E2E_OTHER_KEY="ok-replica-" + secrets.token_urlsafe(24))
     env.pop("BROKER_PROXY_STORE", None)
-    saved_master = os.environ.get("BROKER_PROXY_MASTER_KEY")
-    os.environ["BROKER_PROXY_MASTER_KEY"] = env["BROKER_PROXY_MASTER_KEY"]
     policy_file = root / "policy.yaml"
     policy_file.write_text(E2E_POLICY.format(
         api=API_HOST, api_port=upstreams.api.port, plain_port=upstreams.plain.port,
@@ -151,8 +150,9 @@ def replicas(tmp_path_factory: pytest.TempPathFactory, pki: LocalPki,
     # home itself (its audit chain and run.json are the replica's own).
     ca_dir = root / "ca"
     homes = [Home(root / "replica-a"), Home(root / "replica-b")]
-    for home in homes:
-        _home_with_vault(home, api_key)
+    with master_key_in_environment(env["BROKER_PROXY_MASTER_KEY"]):
+        for home in homes:
+            _home_with_vault(home, api_key)
     load_key(homes[0].audit_key, create=True)
     shutil.copy2(homes[0].audit_key, homes[1].audit_key)
     proxies: list[ProxyProcess] = []
@@ -170,10 +170,6 @@ def replicas(tmp_path_factory: pytest.TempPathFactory, pki: LocalPki,
         for proxy in proxies:
             proxy.stop()
         redis_server.stop()
-        if saved_master is None:
-            os.environ.pop("BROKER_PROXY_MASTER_KEY", None)
-        else:
-            os.environ["BROKER_PROXY_MASTER_KEY"] = saved_master
     # Invariant 1, for both replicas: no secret value in anything they wrote.
     for name in ("replica-a", "replica-b"):
         written = (root / f"{name}.log").read_text(errors="replace")
