@@ -268,12 +268,14 @@ class AdminHandler(BaseHTTPRequestHandler):
             raise ApiError(400, "invalid_request", f"unknown parameters: {sorted(unknown)}")
         if any(len(values) != 1 for values in params.values()):
             raise ApiError(400, "invalid_request", "each parameter at most once")
+        if "state" in params and params["state"][0] not in GRANT_STATES:  # "" is no state
+            raise ApiError(400, "invalid_request", f"state is one of {', '.join(GRANT_STATES)}")
         value = {name: values[0] or None for name, values in params.items()}
         if value.get("state") not in (None, *GRANT_STATES):
             raise ApiError(400, "invalid_request", f"state is one of {', '.join(GRANT_STATES)}")
         numbers = {}
         for name, default in (("limit", 50), ("offset", 0)):
-            text = value.get(name) or str(default)
+            text = params[name][0] if name in params else str(default)  # "" is no number
             if not text.isdigit() or len(text) > 9:
                 raise ApiError(400, "invalid_request", f"{name} must be a whole number")
             numbers[name] = int(text)

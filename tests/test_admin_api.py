@@ -171,6 +171,13 @@ def test_refusals_have_stable_codes(stack: Stack) -> None:
         "agent": "bot", "task": "t", "secrets": ["api_key"], "ttl": "2h"})
     assert too_long.status_code == 422
     assert call(stack, "GET", "/v1/grants?pending=maybe").status_code == 400
+    # A state filter names a state: empty or unknown is refused, as the OpenAPI enum says.
+    assert call(stack, "GET", "/v1/grants?state=").status_code == 400
+    assert call(stack, "GET", "/v1/grants?state=gone").status_code == 400
+    assert call(stack, "GET", "/v1/grants?state=active").status_code == 200
+    assert call(stack, "GET", "/v1/grants?limit=").status_code == 400
+    assert call(stack, "GET", "/v1/audit?agent=&=").status_code == 400  # a nameless parameter
+    assert call(stack, "GET", "/v1/audit?agent=").status_code == 200  # an empty filter: none
 
 
 @pytest.mark.parametrize(("raw", "reason"), [

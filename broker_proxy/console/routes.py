@@ -172,13 +172,15 @@ def api_route(console: Console, method: str, parts: list[str], query: str,
 
 
 def _audit_page(console: Console, query: str) -> dict[str, object]:
-    params = parse_qs(query, keep_blank_values=False)
+    # Blank values kept, so a nameless or misspelt parameter is refused even when empty; an
+    # empty filter means no filter.
+    params = parse_qs(query, keep_blank_values=True)
     allowed = {*FILTERS, "before", "limit"}
     if unknown := set(params) - allowed:
         raise RouteError(400, "invalid_request", f"unknown parameters: {sorted(unknown)}")
     if any(len(values) != 1 for values in params.values()):
         raise RouteError(400, "invalid_request", "each parameter at most once")
-    values = {name: v[0] for name, v in params.items()}
+    values = {name: v[0] for name, v in params.items() if v[0] or name not in FILTERS}
     numbers: dict[str, int] = {}
     for name in ("before", "limit"):
         if name in values:
