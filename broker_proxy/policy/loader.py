@@ -137,14 +137,27 @@ def load_policy_and_tree(path: str | Path) -> tuple[Policy, yaml.Node]:
 
     A large file is composed once for both: composing is a third of a large policy's load.
     """
-    source = str(path)
+    return _load_bytes(read_policy_bytes(path), str(path))
+
+
+def read_policy_bytes(path: str | Path) -> bytes:
+    """The file's bytes, or the PolicyError ``load_policy`` raises when it cannot be read."""
     try:
-        data = Path(path).read_bytes()
+        return Path(path).read_bytes()
     except OSError as error:
         reason = error.strerror or type(error).__name__
         raise PolicyError(
-            [PolicyIssue(source, 0, 0, "policy", f"cannot read file: {reason}")]
+            [PolicyIssue(str(path), 0, 0, "policy", f"cannot read file: {reason}")]
         ) from None
+
+
+def load_policy_bytes(data: bytes, source: str) -> Policy:
+    """``load_policy`` of bytes already read from ``source`` (the reload worker gets them on
+    its stdin, so it reads exactly the content the watcher saw)."""
+    return _load_bytes(data, source)[0]
+
+
+def _load_bytes(data: bytes, source: str) -> tuple[Policy, yaml.Node]:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as error:

@@ -1,0 +1,168 @@
+"""Load a policy in a child process, so a reload never takes the proxy's interpreter with it.
+
+Parsing and validating a large policy is seconds of pure Python and hundreds of megabytes of
+YAML nodes. On a thread of the proxy it held the GIL against the event loop (5 s probe latency
+while a 13 MB policy loaded), the cycle collector walked every node from whichever thread
+allocated next, and the peak stayed in the proxy's RSS for good. In a child the parse runs on
+the other core, its memory is returned to the system when it exits, and it can be killed the
+moment a newer file makes it pointless.
+
+The watcher hands the child the file's bytes on stdin (so it reads exactly the content whose
+digest the watcher compares) and the file's name as the only argument (for FILE:LINE:COL in
+messages). The child answers on stdout with a stream of pickles:
+
+    ("rejected", [PolicyIssue, ...])             the loader's PolicyError, issues as they are
+    ("too_large", limit_mib)                      the load needed more memory than it may use
+    ("policy", Policy without its secrets), then ("secrets", [(name, SecretPolicy), ...]) in
+    batches of SECRETS_PER_FRAME, then ("end", number of secrets)
+
+Batches keep each ``pickle.loads`` in the proxy short (one call holds the GIL throughout), so
+the loop runs between them. The stream comes from our own code in a process we started, with
+our own interpreter and package; even so it is read with an unpickler that only builds the
+policy model's own types.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import pickle
+import resource
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any, BinaryIO
+
+from broker_proxy.policy.loader import PolicyError, PolicyIssue, collector_paused, load_policy_bytes
+from broker_proxy.policy.model import Policy, SecretPolicy
+
+SECRETS_PER_FRAME = 250  # ~10 ms of unpickling per frame on this machine's slower core
+# Address space the child may use. A 100,000-secret policy (15 MB) peaks near 0.9 GB of it; a
+# file that needs more than this is refused with its own line instead of pushing the host into
+# swap or the OOM killer's hands (which may well pick the proxy, the largest process).
+MEMORY_LIMIT_MIB = 3072
+
+
+class WorkerFailed(Exception):
+    """The child did not answer with a policy or a rejection (it crashed, or was killed)."""
+
+
+def command() -> list[str]:
+    """The child's argv: this interpreter, this package (what the proxy itself runs on)."""
+    return [sys.executable, "-m", "broker_proxy.runtime.policy_worker"]
+
+
+def start(source: str, argv: list[str] | None = None) -> subprocess.Popen[bytes]:
+    """Start a child loading the bytes the caller then passes to ``communicate``."""
+    return subprocess.Popen([*(argv or command()), source], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, close_fds=True)
+
+
+def read_answer(output: bytes, source: str, returncode: int, stderr: bytes) -> Policy:
+    """The child's policy, or the PolicyError it found; WorkerFailed for anything else.
+
+    Meant for a thread of the proxy: the collector is paused while the batches come in, so it
+    does not walk the growing model (and the old one) once per few thousand objects.
+    """
+    stream = io.BytesIO(output)
+    try:
+        with collector_paused():
+            return _policy_of(_frames(stream), source)
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
+            ImportError, IndexError) as error:
+        last = stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or [""]
+        raise WorkerFailed(f"the policy loader process exited with code {returncode}"
+                           + (f": {last[0][:200]}" if last[0] else "")
+                           + ("" if returncode else f" ({type(error).__name__})")) from None
+
+
+# What a policy model is made of: the unpickler builds nothing else, whatever the stream says.
+_MODEL_MODULES = frozenset({"broker_proxy.policy.model", "broker_proxy.policy.loader",
+                            "datetime", "ipaddress"})
+_BUILTINS = frozenset({"frozenset", "set", "dict", "list", "tuple", "str", "int", "bytes",
+                       "getattr"})
+
+
+class _ModelUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module in _MODEL_MODULES and not name.startswith("_")) \
+                or (module == "builtins" and name in _BUILTINS):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"{module}.{name} is not part of a policy")
+
+
+def _frames(stream: BinaryIO) -> Iterator[tuple[Any, ...]]:
+    while True:
+        frame = _ModelUnpickler(stream).load()  # one per frame: each was pickled on its own
+        if not isinstance(frame, tuple) or not frame:
+            raise ValueError("not a frame")
+        yield frame
+
+
+def _policy_of(frames: Iterator[tuple[Any, ...]], source: str) -> Policy:
+    kind, *rest = next(frames)
+    if kind == "rejected":
+        raise PolicyError(list(rest[0]))
+    if kind == "too_large":
+        raise PolicyError([PolicyIssue(
+            source, 0, 0, "policy", f"too large to load: it needs more than {rest[0]} MiB "
+            "of memory; split it or remove unused secrets")])
+    if kind != "policy" or not isinstance(rest[0], Policy):
+        raise ValueError(f"unexpected frame {kind!r}")
+    head: Policy = rest[0]
+    secrets: dict[str, SecretPolicy] = {}
+    for kind, *rest in frames:
+        if kind == "end":
+            if rest[0] != len(secrets):
+                raise ValueError("secrets missing")
+            return dataclasses.replace(head, secrets=secrets)
+        if kind != "secrets":
+            raise ValueError(f"unexpected frame {kind!r}")
+        secrets.update(rest[0])
+    raise ValueError("no end frame")  # pragma: no cover - _frames ends only by raising
+
+
+def write_answer(data: bytes, source: str, out: BinaryIO) -> None:
+    """The child's side: load ``data`` and write the frames described above to ``out``."""
+    def put(*frame: Any) -> None:
+        pickle.dump(frame, out, protocol=pickle.HIGHEST_PROTOCOL)
+
+    try:
+        policy = load_policy_bytes(data, source)
+    except PolicyError as error:
+        put("rejected", error.issues)
+        return
+    except MemoryError:
+        put("too_large", MEMORY_LIMIT_MIB)
+        return
+    put("policy", dataclasses.replace(policy, secrets={}))
+    items = list(policy.secrets.items())
+    for start_at in range(0, len(items), SECRETS_PER_FRAME):
+        put("secrets", items[start_at:start_at + SECRETS_PER_FRAME])
+    put("end", len(items))
+
+
+def _limit_memory() -> None:
+    limit = MEMORY_LIMIT_MIB * 1024 * 1024
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    if soft == resource.RLIM_INFINITY or soft > limit:
+        resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print("usage: python -m broker_proxy.runtime.policy_worker SOURCE < POLICY",
+              file=sys.stderr)
+        return 2
+    _limit_memory()
+    data = sys.stdin.buffer.read()
+    out = sys.stdout.buffer
+    write_answer(data, argv[0], out)
+    out.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
