@@ -5,6 +5,12 @@ one attribute assignment (`Broker.decide` snapshots `broker.policy` once per req
 request sees either the old policy or the new one, never a mix). A policy that does not load is
 logged on one line, counted, audited, and the last good one stays in force.
 
+The parse and validation run in a child process (policy_worker.py), so a large policy does not
+take the GIL, the collector and hundreds of megabytes from the proxy. The newest file wins: the
+watcher keeps looking while the child works, kills it when the file changes under it and reads
+the new content, and looks once more before the swap, so an answer for bytes that are no longer
+on disk never serves.
+
 After a good reload, grants the new policy no longer covers (their agent is gone or may no longer
 hold one of their secrets) are revoked in the store. The broker already refuses them on the next
 request; revoking makes that permanent, so putting the secret back later does not bring old
