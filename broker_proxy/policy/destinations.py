@@ -145,25 +145,32 @@ def host_matches(pattern: str, host: str) -> bool:
     return pattern == host
 
 
+def check_path_glob(glob: str) -> None:
+    """Raise GlobError unless ``glob`` is a path glob (what the loader needs, nothing built)."""
+    if not glob.startswith("/"):
+        raise GlobError(f"invalid path pattern {_quoted(glob)}: it must start with /")
+    if "**" in glob and any("**" in segment and segment != "**"
+                            for segment in glob.split("/")):
+        raise GlobError(
+            f'invalid path pattern {_quoted(glob)}: "**" must be a whole segment, e.g. /a/**'
+        )
+
+
 def path_glob_regex(glob: str) -> str:
-    """The anchored regex source of a path glob, checked but not compiled.
+    """The anchored regex source of a path glob, compiled by whoever needs to match.
 
     ``*`` is any run of characters inside one segment, a whole ``**`` segment is any number of
     segments (zero included, so "/repos/acme/**" also covers "/repos/acme"), and everything
     else is literal: "?", "[" and "." mean themselves, so a glob can never smuggle in a regex.
-    Only escaped text and fixed pieces go in, so the source always compiles: the loader checks
-    globs with this alone, since compiling 100,000 of them took most of a large policy's load.
+    Only escaped text and fixed pieces go in, so the source always compiles: the loader only
+    checks globs (``check_path_glob``), since compiling 100,000 of them took most of a large
+    policy's load.
     """
-    if not glob.startswith("/"):
-        raise GlobError(f"invalid path pattern {_quoted(glob)}: it must start with /")
+    check_path_glob(glob)
     parts = []
     for segment in glob.split("/")[1:]:
         if segment == "**":
             parts.append("(?:/.*)?")
-        elif "**" in segment:
-            raise GlobError(
-                f'invalid path pattern {_quoted(glob)}: "**" must be a whole segment, e.g. /a/**'
-            )
         else:
             parts.append("/" + "[^/]*".join(re.escape(piece) for piece in segment.split("*")))
     return "".join(parts)
