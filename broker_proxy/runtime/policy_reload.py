@@ -22,7 +22,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import subprocess
+import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -152,14 +155,16 @@ class PolicyReloader:
             output, errors = self._wait_for(child, data, digest)
         finally:
             self._loading = None
-        try:
-            policy = policy_worker.read_answer(output, str(self._path), child.returncode, errors)
-        except policy_worker.WorkerFailed as error:
-            raise PolicyError([PolicyIssue(str(self._path), 0, 0, "policy",
-                                           f"cannot load: {error}")]) from None
-        self._raise_if_superseded(digest)
-        with collector_paused():
-            candidate = ActivePolicy.build(policy)
+        with _gil_handed_over_often():
+            try:
+                policy = policy_worker.read_answer(output, str(self._path), child.returncode,
+                                                   errors)
+            except policy_worker.WorkerFailed as error:
+                raise PolicyError([PolicyIssue(str(self._path), 0, 0, "policy",
+                                               f"cannot load: {error}")]) from None
+            self._raise_if_superseded(digest)
+            with collector_paused():
+                candidate = ActivePolicy.build(policy)
         # The last look before the swap: an answer for bytes no longer on disk never serves.
         self._raise_if_superseded(digest)
         return candidate
@@ -244,6 +249,26 @@ class PolicyReloader:
                     self.check()
             except Exception as error:  # the watcher must outlive any one bad reload
                 log.error("policy reload failed: %s", type(error).__name__)
+
+
+# While this thread rebuilds a large model, the event loop waits for the GIL each time it wakes;
+# by default up to 5 ms (sys.getswitchinterval), several times per request.
+RELOAD_SWITCH_INTERVAL = 0.0005
+
+
+@contextmanager
+def _gil_handed_over_often() -> Iterator[None]:
+    """Hand the GIL over every 0.5 ms while a reload works in this process, then as before.
+
+    Process-wide, like the GIL itself; reloads are serialised by the reloader's lock, so two
+    never interleave their restores.
+    """
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(min(before, RELOAD_SWITCH_INTERVAL))
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(before)
 
 
 class _Superseded(Exception):
