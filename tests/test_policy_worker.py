@@ -191,3 +191,15 @@ def test_a_crashed_child_is_a_rejection_and_the_last_good_policy_stays(
                                    "process exited with code 3")
     assert setup.broker.policy is before
     assert reloader.file_problem == result.error
+
+
+def test_the_child_gets_no_secret_from_the_proxys_environment(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BROKER_PROXY_MASTER_KEY", "not-for-the-child")
+    monkeypatch.setenv("API_TOKEN", "not-for-the-child-either")
+    child = policy_worker.start("p.yaml", [sys.executable, "-c",
+                                           "import os; print(sorted(os.environ))"])
+    output, _ = child.communicate(b"", timeout=60)
+    names = output.decode()
+    assert "BROKER_PROXY_MASTER_KEY" not in names and "API_TOKEN" not in names
+    assert "PATH" in names

@@ -115,6 +115,8 @@ class PolicyReloader:
                 except PolicyError as error:
                     return self._reject(trigger, error)
                 except _Superseded:
+                    if self._stopping:
+                        return ReloadResult(False, None, error="stopped while loading")
                     # The newest file wins: what was being read is out of date, read that.
                     self._broker.metrics.policy_reloads.labels("superseded").inc()
                     log.warning("policy reload (%s): %s changed while it was being read; "

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import os
 import pickle
 import resource
 import subprocess
@@ -52,10 +53,18 @@ def command() -> list[str]:
     return [sys.executable, "-m", "broker_proxy.runtime.policy_worker"]
 
 
+# All the child's environment: it reads YAML and needs no secret, master key or token that
+# the proxy's environment may hold.
+_ENVIRONMENT = ("PATH", "PYTHONPATH", "PYTHONHOME", "PYTHONHASHSEED", "LANG", "LC_ALL",
+                "LC_CTYPE", "TMPDIR")
+
+
 def start(source: str, argv: list[str] | None = None) -> subprocess.Popen[bytes]:
     """Start a child loading the bytes the caller then passes to ``communicate``."""
+    environment = {name: os.environ[name] for name in _ENVIRONMENT if name in os.environ}
     return subprocess.Popen([*(argv or command()), source], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, close_fds=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, close_fds=True,
+                            env=environment)
 
 
 def read_answer(output: bytes, source: str, returncode: int, stderr: bytes) -> Policy:
