@@ -94,8 +94,8 @@ def test_a_policy_needing_more_memory_than_allowed_is_refused_on_its_own_line(
                "def fail(data, source):\n    raise MemoryError\n"
                "w.load_policy_bytes = fail\n"
                "sys.exit(w.main(sys.argv[1:]))\n"]
-    child = policy_worker.start("big.yaml", command)
-    output, errors = child.communicate(b"version: 1\n", timeout=60)
+    child = policy_worker.start("big.yaml", b"version: 1\n", command)
+    output, errors = child.communicate(timeout=60)
     with pytest.raises(PolicyError, match=r"^big.yaml:0:0: policy: too large to load: it needs "
                                           r"more than 1 MiB of memory"):
         policy_worker.read_answer(output, "big.yaml", child.returncode, errors)
@@ -197,9 +197,24 @@ def test_the_child_gets_no_secret_from_the_proxys_environment(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BROKER_PROXY_MASTER_KEY", "not-for-the-child")
     monkeypatch.setenv("API_TOKEN", "not-for-the-child-either")
-    child = policy_worker.start("p.yaml", [sys.executable, "-c",
-                                           "import os; print(sorted(os.environ))"])
-    output, _ = child.communicate(b"", timeout=60)
+    child = policy_worker.start("p.yaml", b"", [sys.executable, "-c",
+                                                "import os; print(sorted(os.environ))"])
+    output, _ = child.communicate(timeout=60)
     names = output.decode()
     assert "BROKER_PROXY_MASTER_KEY" not in names and "API_TOKEN" not in names
     assert "PATH" in names
+
+
+def test_a_large_policy_reaches_a_child_that_reads_it_slowly(setup: Setup, tmp_path: Path) -> None:
+    """More bytes than a pipe holds, read only after several of the watcher's looks: the child
+    must still get all of them (a pipe fed by a retried communicate() stopped half-way)."""
+    path = tmp_path / "policy.yaml"
+    slow_reader = [sys.executable, "-c",
+                   "import sys, time\n"
+                   "from broker_proxy.runtime.policy_worker import write_answer\n"
+                   "time.sleep(0.5)\n"
+                   "write_answer(sys.stdin.buffer.read(), sys.argv[1], sys.stdout.buffer)\n"]
+    reloader = _reloader(setup, path, slow_reader)
+    digest = _write(path, POLICY + "#" + "x" * (4 << 20) + "\n")
+    result = reloader.reload("file_changed")
+    assert result.ok and result.digest == digest

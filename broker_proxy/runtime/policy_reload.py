@@ -146,7 +146,7 @@ class PolicyReloader:
         with the collector paused. Where no child can be started, it loads here as before.
         """
         try:
-            child = policy_worker.start(str(self._path), self._worker_command)
+            child = policy_worker.start(str(self._path), data, self._worker_command)
         except OSError as error:
             log.error("policy reload: cannot start the loader process (%s); loading in the "
                       "proxy", type(error).__name__)
@@ -154,7 +154,7 @@ class PolicyReloader:
                 return ActivePolicy.build(load_policy_bytes(data, str(self._path)))
         self._loading = child.pid
         try:
-            output, errors = self._wait_for(child, data, digest)
+            output, errors = self._wait_for(child, digest)
         finally:
             self._loading = None
         with _gil_handed_over_often():
@@ -171,16 +171,13 @@ class PolicyReloader:
         self._raise_if_superseded(digest)
         return candidate
 
-    def _wait_for(self, child: subprocess.Popen[bytes], data: bytes, digest: str
-                  ) -> tuple[bytes, bytes]:
+    def _wait_for(self, child: subprocess.Popen[bytes], digest: str) -> tuple[bytes, bytes]:
         """The child's output; it is killed (and _Superseded raised) when the file changes."""
-        given: bytes | None = data
         while True:
             try:
-                output, errors = child.communicate(given, timeout=self._interval)
-                return output, errors
+                return child.communicate(timeout=self._interval)
             except subprocess.TimeoutExpired:
-                given = None  # sent already; communicate() goes on where it was
+                pass  # communicate() goes on where it was, output kept
             try:
                 if self._stopping:
                     raise _Superseded()

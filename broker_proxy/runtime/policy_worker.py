@@ -31,6 +31,7 @@ import pickle
 import resource
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
@@ -59,12 +60,21 @@ _ENVIRONMENT = ("PATH", "PYTHONPATH", "PYTHONHOME", "PYTHONHASHSEED", "LANG", "L
                 "LC_CTYPE", "TMPDIR")
 
 
-def start(source: str, argv: list[str] | None = None) -> subprocess.Popen[bytes]:
-    """Start a child loading the bytes the caller then passes to ``communicate``."""
+def start(source: str, data: bytes, argv: list[str] | None = None) -> subprocess.Popen[bytes]:
+    """Start a child loading ``data``; its answer comes from ``communicate()`` (no input).
+
+    The bytes go through an unlinked temporary file, not a pipe: ``communicate(input,
+    timeout)`` retried after a timeout stops writing the input (CPython registers stdin only
+    when given input again, which it then refuses), so on a busy machine a child still waiting
+    for the end of a large policy hung the reload for good.
+    """
     environment = {name: os.environ[name] for name in _ENVIRONMENT if name in os.environ}
-    return subprocess.Popen([*(argv or command()), source], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, close_fds=True,
-                            env=environment)
+    with tempfile.TemporaryFile() as given:
+        given.write(data)
+        given.seek(0)
+        return subprocess.Popen([*(argv or command()), source], stdin=given,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                close_fds=True, env=environment)
 
 
 def read_answer(output: bytes, source: str, returncode: int, stderr: bytes) -> Policy:
