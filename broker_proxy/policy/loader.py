@@ -336,7 +336,8 @@ class _Checker:
         return False
 
     def kind(self, node: yaml.Node, path: str, node_type: type, expected: str) -> bool:
-        if not self.standard(node, path):
+        # The set test first: this runs for every node of the file.
+        if node.tag not in _STANDARD_TAGS and not self.standard(node, path):
             return False
         if isinstance(node, node_type):
             return True
@@ -394,7 +395,7 @@ class _Checker:
                 self.report(key, path, 'YAML merge keys ("<<") are not supported; '
                                        "write the fields out")
                 continue
-            if not self.standard(key, path):
+            if key.tag not in _STANDARD_TAGS and not self.standard(key, path):
                 continue
             if not isinstance(key, yaml.ScalarNode) or key.tag == _NULL:
                 self.report(key, path, "expected a plain name as the key")
