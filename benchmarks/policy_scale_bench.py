@@ -11,6 +11,7 @@ source, one destination with methods and a path glob each, ten filler agents).
                  to its digest in /readyz, i.e. the new policy in force
   probes         HTTPS requests through the proxy with a placeholder swapped, one after
                  another: p50/p99 idle, and while the largest policy reloads
+  start-up       `broker-proxy run` started on the largest policy: until it listens, and its RSS
 
 Sizes are interleaved round by round (the machine is shared: compare within one run) and the
 load average is printed with the figures. Each reload writes a distinct file (a comment with the
@@ -39,7 +40,9 @@ import requests
 
 from benchmarks.proc_stats import memory_kib
 from broker_proxy.devtools.echo_server import EchoServer
-from broker_proxy.devtools.local_pki import write_pki
+from broker_proxy.devtools.local_pki import LocalPki, write_pki
+from broker_proxy.devtools.proxy_process import ProxyProcess
+from broker_proxy.home import Home
 from tests.conftest import API_HOST, E2E_POLICY, HOSTS, Stack, Upstreams, start_stack
 from tests.policy_scale import standalone, with_filler
 
@@ -134,6 +137,24 @@ def reload_time(stack: Stack, text: str, timeout: float) -> float | None:
     return None
 
 
+def start_up(root: Path, pki: LocalPki, policy: str, timeout: float) -> str:
+    """Start `broker-proxy run` on ``policy``: seconds until it listens, and its RSS then."""
+    home = Home(root / "home").ensure()
+    policy_file = root / "policy.yaml"
+    policy_file.write_text(policy)
+    proxy = ProxyProcess(home.root, policy_file, upstream_ca=pki.ca_cert_path,
+                         log_path=root / "proxy.log")
+    started = time.perf_counter()
+    proxy.start(timeout=timeout)
+    took = time.perf_counter() - started
+    try:
+        pid = proxy.process.pid  # type: ignore[union-attr]
+        return (f"{took:6.2f} s to listen, RSS {memory_kib(pid, 'VmRSS') / 1024:.0f} MiB "
+                f"(peak {memory_kib(pid, 'VmHWM') / 1024:.0f} MiB)")
+    finally:
+        proxy.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 100_000])
@@ -200,8 +221,11 @@ def main() -> None:
                 print(f"probes during the {largest:,} reload, round {number}: "
                       f"{prober.summary()}")
             pid = stack.proxy.process.pid
-            print(f"proxy RSS now {memory_kib(pid, 'VmRSS') / 1024:.0f} MiB, peak (VmHWM) "
-                  f"{memory_kib(pid, 'VmHWM') / 1024:.0f} MiB")
+            print(f"proxy RSS after the reloads {memory_kib(pid, 'VmRSS') / 1024:.0f} MiB, peak "
+                  f"(VmHWM) {memory_kib(pid, 'VmHWM') / 1024:.0f} MiB")
+            started = start_up(root / "start-up", pki, with_filler(base, largest), args.timeout)
+            print(f"start-up on {largest:,} secrets: {started}   (load average "
+                  f"{load_average()})")
         finally:
             stack.proxy.stop()
             for server in [*servers, plain]:
