@@ -1,7 +1,7 @@
 """Large policies: `policy check` time, reload time and request latency during a reload.
 
     .venv/bin/python benchmarks/policy_scale_bench.py [--sizes 1000 100000] [--rounds 2]
-        [--probes 40] [--timeout 180]
+        [--probes 40] [--timeout 180] [--parts check reload start-up]
 
 Policies are the end-to-end tests' policy plus filler secrets (tests/policy_scale.py: a vault
 source, one destination with methods and a path glob each, ten filler agents).
@@ -47,6 +47,7 @@ from tests.conftest import API_HOST, E2E_POLICY, HOSTS, Stack, Upstreams, start_
 from tests.policy_scale import standalone, with_filler
 
 API_AUTH = {"Authorization": "Bearer {{secret:api_key}}"}
+PARTS = ("check", "reload", "start-up")
 
 
 def load_average() -> str:
@@ -162,6 +163,8 @@ def main() -> None:
     parser.add_argument("--probes", type=int, default=40, help="idle probes")
     parser.add_argument("--timeout", type=float, default=180.0,
                         help="seconds a reload may take before it counts as not done")
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS),
+                        help="what to measure (default: all)")
     args = parser.parse_args()
     print(f"policy scale: sizes {args.sizes}, {args.rounds} rounds, load average "
           f"{load_average()}")
@@ -172,13 +175,13 @@ def main() -> None:
             files[size] = root / f"policy-{size}.yaml"
             files[size].write_text(standalone(size))
         checks: dict[int, list[tuple[float, float]]] = {size: [] for size in args.sizes}
-        for _ in range(args.rounds):
+        for _ in range(args.rounds if "check" in args.parts else 0):
             for size in args.sizes:
                 wall, cpu, ok = check_time(files[size])
                 if not ok:
                     sys.exit(f"policy check of {size} secrets failed")
                 checks[size].append((wall, cpu))
-        for size in args.sizes:
+        for size in args.sizes if "check" in args.parts else ():
             walls = [wall for wall, _ in checks[size]]
             cpus = [cpu for _, cpu in checks[size]]
             print(f"policy check {size:>7,} secrets ({files[size].stat().st_size / 2**20:5.1f} "
@@ -201,7 +204,7 @@ def main() -> None:
             largest = max(args.sizes)
             times: dict[int, list[float | None]] = {size: [] for size in args.sizes}
             during: list[Prober] = []  # one per round, probing while the largest reloads
-            for round_number in range(args.rounds):
+            for round_number in range(args.rounds if "reload" in args.parts else 0):
                 for size in args.sizes:
                     text = with_filler(base, size) + f"# round {round_number}\n"
                     if size == largest:
@@ -210,7 +213,7 @@ def main() -> None:
                     times[size].append(reload_time(stack, text, args.timeout))
                     if size == largest:
                         during[-1].stop()
-            for size in args.sizes:
+            for size in args.sizes if "reload" in args.parts else ():
                 done = [value for value in times[size] if value is not None]
                 shown = (f"{min(done):6.2f}-{max(done):6.2f} s" if done else "never")
                 missed = len(times[size]) - len(done)
@@ -223,9 +226,11 @@ def main() -> None:
             pid = stack.proxy.process.pid
             print(f"proxy RSS after the reloads {memory_kib(pid, 'VmRSS') / 1024:.0f} MiB, peak "
                   f"(VmHWM) {memory_kib(pid, 'VmHWM') / 1024:.0f} MiB")
-            started = start_up(root / "start-up", pki, with_filler(base, largest), args.timeout)
-            print(f"start-up on {largest:,} secrets: {started}   (load average "
-                  f"{load_average()})")
+            if "start-up" in args.parts:
+                started = start_up(root / "start-up", pki, with_filler(base, largest),
+                                   args.timeout)
+                print(f"start-up on {largest:,} secrets: {started}   (load average "
+                      f"{load_average()})")
         finally:
             stack.proxy.stop()
             for server in [*servers, plain]:
