@@ -218,3 +218,39 @@ def test_a_large_policy_reaches_a_child_that_reads_it_slowly(setup: Setup, tmp_p
     digest = _write(path, POLICY + "#" + "x" * (4 << 20) + "\n")
     result = reloader.reload("file_changed")
     assert result.ok and result.digest == digest
+
+
+def _large(text: str) -> str:
+    """``text`` past the size above which start-up loads in a child (a comment fills it)."""
+    return text + "#" + "x" * policy_worker.START_IN_CHILD_ABOVE + "\n"
+
+
+def test_start_up_loads_a_large_file_in_a_child_and_a_small_one_in_process(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    started = []
+    real_start = policy_worker.start
+    monkeypatch.setattr(policy_worker, "start",
+                        lambda *args: started.append(args[0]) or real_start(*args))
+    small, large = tmp_path / "small.yaml", tmp_path / "large.yaml"
+    small.write_text(POLICY)
+    large.write_text(_large(POLICY))
+    assert policy_worker.load_at_start(small) == load_policy(small)
+    assert started == []
+    assert policy_worker.load_at_start(large) == load_policy(large)
+    assert started == [str(large)]
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(_large(POLICY.replace("version: 1", "version: 1\nbogus: 2", 1)))
+    with pytest.raises(PolicyError) as in_child:
+        policy_worker.load_at_start(broken)
+    with pytest.raises(PolicyError) as in_process:
+        load_policy(broken)
+    assert in_child.value.issues == in_process.value.issues
+
+
+def test_start_up_loads_in_process_when_the_child_fails(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(policy_worker, "command",
+                        lambda: [sys.executable, "-c", "import sys; sys.exit(3)"])
+    large = tmp_path / "large.yaml"
+    large.write_text(_large(POLICY))
+    assert policy_worker.load_at_start(large) == load_policy(large)
