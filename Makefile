@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo run test lint bench clean
+.PHONY: demo run test lint bench bench-scale clean
 
 $(STAMP): pyproject.toml
 	@interp=$$(scripts/find-python) || exit 1; \
@@ -39,6 +39,11 @@ bench: $(STAMP)
 	$(PY) benchmarks/scrub_bench.py $(SCRUB_CORE_ARGS)
 	@echo "== scrubbing: downloads and server-sent events through broker-proxy run"
 	$(PY) benchmarks/scrub_download_bench.py $(SCRUB_ARGS)
+
+# Figures that grow with the size of the store or the policy (minutes; not part of `make bench`).
+bench-scale: $(STAMP)
+	@echo "== policy scale: policy check and reload at 1,000 and 100,000 secrets"
+	$(PY) benchmarks/policy_scale_bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -104,7 +104,7 @@ class BrokerMetrics:
         )
         self.policy_reloads = Counter(
             "broker_policy_reloads",
-            "Policy loads, by result (ok/rejected).",
+            "Policy loads, by result (ok/rejected/superseded by a newer file).",
             ["result"],
             registry=self.registry,
         )

@@ -332,3 +332,22 @@ def test_index_answers_exactly_like_a_scan_of_every_rule():
             host_matches(p, host) for p in policy.egress_allow), context
         checked_hits += bool(expected)
     assert checked_hits > 500, f"seed={seed}: the random policy hardly ever matched"
+
+
+def test_the_plain_pattern_shortcut_agrees_with_the_full_reachability_check() -> None:
+    import random
+
+    from broker_proxy.policy import path_reach
+
+    rng = random.Random(7)
+    alphabet = ["a", "Z", "0", ".", "..", "-", "_", "~", "*", "**", "/", "%41", "%2F", ";",
+                " ", "é", "\\", "//", "x.y"]
+    full = path_reach._PLAIN
+    for _ in range(5000):
+        glob = "/" + "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 6)))
+        shortcut = path_reach.unreachable_reason(glob)
+        path_reach._PLAIN = path_reach.re.compile(r"(?!)")  # never matches: the full check
+        try:
+            assert path_reach.unreachable_reason(glob) == shortcut, glob
+        finally:
+            path_reach._PLAIN = full

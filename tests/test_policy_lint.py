@@ -99,3 +99,29 @@ def test_check_passes_with_warnings_and_strict_fails(tmp_path, capsys):
 @pytest.mark.parametrize("path", POLICIES, ids=lambda path: path.name)
 def test_shipped_policies_have_no_warnings(path):
     assert check_file(path)[1] == []
+
+
+def test_check_reads_and_composes_the_file_once(tmp_path, monkeypatch):
+    """Loader and linter share one composed tree: a large policy is not parsed twice."""
+    import yaml
+
+    path = tmp_path / "p.yaml"
+    path.write_text(SUSPICIOUS)
+    expected = [str(w) for w in check_file(path)[1]]
+    composed = []
+    real = yaml.CSafeLoader.get_single_node if yaml.__with_libyaml__ else None
+
+    def counting(self):
+        composed.append(1)
+        return real(self)
+
+    if real is None:
+        pytest.skip("PyYAML without libyaml")
+    monkeypatch.setattr(yaml.CSafeLoader, "get_single_node", counting)
+
+    def no_second_compose(*args, **kwargs):
+        raise AssertionError("composed again")
+
+    monkeypatch.setattr(yaml, "compose", no_second_compose)
+    assert [str(w) for w in check_file(path)[1]] == expected
+    assert composed == [1]

@@ -8,7 +8,7 @@ from datetime import datetime
 from broker_proxy.decision.placeholders import PlaceholderScanner
 from broker_proxy.policy.aws_fields import SIGN_AWS_SIGV4
 from broker_proxy.policy.destinations import DestinationIndex
-from broker_proxy.policy.loader import load_policy
+from broker_proxy.policy.loader import collector_paused, load_policy
 from broker_proxy.policy.model import Policy
 from broker_proxy.time_source import utc_now
 
@@ -46,4 +46,5 @@ class ActivePolicy:
 
     @classmethod
     def load(cls, path: str) -> ActivePolicy:
-        return cls.build(load_policy(path))
+        with collector_paused():  # see there: a large policy's objects all live to the end
+            return cls.build(load_policy(path))

@@ -145,26 +145,40 @@ def host_matches(pattern: str, host: str) -> bool:
     return pattern == host
 
 
-def compile_path_glob(glob: str) -> re.Pattern[str]:
-    """Turn a path glob into an anchored regex, once.
+def check_path_glob(glob: str) -> None:
+    """Raise GlobError unless ``glob`` is a path glob (what the loader needs, nothing built)."""
+    if not glob.startswith("/"):
+        raise GlobError(f"invalid path pattern {_quoted(glob)}: it must start with /")
+    if "**" in glob and any("**" in segment and segment != "**"
+                            for segment in glob.split("/")):
+        raise GlobError(
+            f'invalid path pattern {_quoted(glob)}: "**" must be a whole segment, e.g. /a/**'
+        )
+
+
+def path_glob_regex(glob: str) -> str:
+    """The anchored regex source of a path glob, compiled by whoever needs to match.
 
     ``*`` is any run of characters inside one segment, a whole ``**`` segment is any number of
     segments (zero included, so "/repos/acme/**" also covers "/repos/acme"), and everything
     else is literal: "?", "[" and "." mean themselves, so a glob can never smuggle in a regex.
+    Only escaped text and fixed pieces go in, so the source always compiles: the loader only
+    checks globs (``check_path_glob``), since compiling 100,000 of them took most of a large
+    policy's load.
     """
-    if not glob.startswith("/"):
-        raise GlobError(f"invalid path pattern {_quoted(glob)}: it must start with /")
+    check_path_glob(glob)
     parts = []
     for segment in glob.split("/")[1:]:
         if segment == "**":
             parts.append("(?:/.*)?")
-        elif "**" in segment:
-            raise GlobError(
-                f'invalid path pattern {_quoted(glob)}: "**" must be a whole segment, e.g. /a/**'
-            )
         else:
             parts.append("/" + "[^/]*".join(re.escape(piece) for piece in segment.split("*")))
-    return re.compile("".join(parts), re.DOTALL)
+    return "".join(parts)
+
+
+def compile_path_glob(glob: str) -> re.Pattern[str]:
+    """Turn a path glob into an anchored regex (see ``path_glob_regex``)."""
+    return re.compile(path_glob_regex(glob), re.DOTALL)
 
 
 @lru_cache(maxsize=1024)
@@ -189,14 +203,11 @@ def parent_suffixes(host: str) -> Iterator[str]:
         dot = host.find(".", dot + 1)
 
 
-def _paths_regex(destination: Destination) -> re.Pattern[str] | None:
+def _paths_source(destination: Destination) -> str | None:
     """All of a destination's globs as one alternation, so a check is one regex call."""
     if not destination.paths:
         return None
-    return re.compile(
-        "|".join(f"(?:{compile_path_glob(glob).pattern})" for glob in destination.paths),
-        re.DOTALL,
-    )
+    return "|".join(f"(?:{path_glob_regex(glob)})" for glob in destination.paths)
 
 
 class DestinationIndex:
@@ -208,15 +219,19 @@ class DestinationIndex:
     whether plain http is acceptable at all.
     """
 
-    __slots__ = ("_covering", "_egress_exact", "_egress_suffixes", "_exact", "_paths", "_wild",
-                 "_wild_covering")
+    __slots__ = ("_compiled", "_covering", "_egress_exact", "_egress_suffixes", "_exact",
+                 "_paths", "_wild", "_wild_covering")
 
     def __init__(self, policy: Policy) -> None:
         exact: dict[tuple[str, str, str, int], list[Destination]] = defaultdict(list)
         wild: dict[tuple[str, str, str, int], list[Destination]] = defaultdict(list)
         covering: dict[tuple[str, str, int], set[str]] = defaultdict(set)
         wild_covering: dict[tuple[str, str, int], set[str]] = defaultdict(set)
-        self._paths: dict[Destination, re.Pattern[str] | None] = {}
+        # Regex sources, compiled on a destination's first request: a policy of 100,000
+        # secrets is mostly destinations no request will ask about before the next reload, and
+        # compiling them all took seconds. Equal sources share one compiled pattern.
+        self._paths: dict[Destination, str | None] = {}
+        self._compiled: dict[str, re.Pattern[str]] = {}
         for secret in policy.secrets.values():
             for destination in secret.destinations:
                 scheme, host, port = destination.scheme, destination.host, destination.port
@@ -227,7 +242,7 @@ class DestinationIndex:
                     exact[(secret.name, scheme, host, port)].append(destination)
                     covering[(scheme, host, port)].add(secret.name)
                 if destination not in self._paths:
-                    self._paths[destination] = _paths_regex(destination)
+                    self._paths[destination] = _paths_source(destination)
         self._exact = {key: tuple(found) for key, found in exact.items()}
         self._wild = {key: tuple(found) for key, found in wild.items()}
         self._covering = {key: frozenset(names) for key, names in covering.items()}
@@ -256,10 +271,17 @@ class DestinationIndex:
         for destination in self.destinations_for(secret_name, scheme, host, port):
             if method not in destination.methods:
                 continue
-            paths = self._paths[destination]
-            if paths is None or paths.fullmatch(path):
+            source = self._paths[destination]
+            if source is None or self._paths_pattern(source).fullmatch(path):
                 return True
         return False
+
+    def _paths_pattern(self, source: str) -> re.Pattern[str]:
+        # Two threads compiling the same source at once both store an equal pattern: harmless.
+        pattern = self._compiled.get(source)
+        if pattern is None:
+            pattern = self._compiled[source] = re.compile(source, re.DOTALL)
+        return pattern
 
     def secrets_covering(self, scheme: str, host: str, port: int) -> frozenset[str]:
         """Names of the secrets with any destination on scheme://host:port."""

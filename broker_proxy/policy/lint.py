@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from broker_proxy.policy.coverage import destination_covers
-from broker_proxy.policy.loader import PolicyIssue, load_policy
+from broker_proxy.policy.loader import PolicyIssue, collector_paused, load_policy_and_tree
 from broker_proxy.policy.model import Policy
 
 _USUAL_PORTS = {"https": 443, "http": 80}
@@ -23,14 +23,18 @@ _USUAL_PORTS = {"https": 443, "http": 80}
 class _Positions:
     """Line and column of a field, found by walking the composed YAML."""
 
-    def __init__(self, text: str, source: str) -> None:
+    def __init__(self, text: str, source: str, root: yaml.Node | None = None) -> None:
         self.source = source
-        # The loader accepted the text, so libyaml (same marks, ten times faster) may read it.
-        loader = yaml.CSafeLoader if getattr(yaml, "__with_libyaml__", False) else yaml.SafeLoader
-        try:
-            self.root = yaml.compose(text, Loader=loader)
-        except yaml.YAMLError:  # the loader accepted it, so this does not happen
-            self.root = None
+        self.root = root
+        if root is None:
+            # The loader accepted the text, so libyaml (same marks, ten times faster) may read
+            # it; `check_file` passes the loader's own tree instead and skips this.
+            loader = yaml.CSafeLoader if getattr(yaml, "__with_libyaml__", False) \
+                else yaml.SafeLoader
+            try:
+                self.root = yaml.compose(text, Loader=loader)
+            except yaml.YAMLError:  # the loader accepted it, so this does not happen
+                self.root = None
         # Keys of each mapping met, by name: a warning per secret of a large policy would
         # otherwise walk the whole mapping each time.
         self._keys: dict[int, dict[str, tuple[yaml.Node, yaml.Node]]] = {}
@@ -68,8 +72,10 @@ def _child(node: yaml.Node | None, step: str | int) -> yaml.Node | None:
     return None
 
 
-def policy_warnings(policy: Policy, text: str, source: str) -> list[PolicyIssue]:
-    where = _Positions(text, source)
+def policy_warnings(policy: Policy, text: str, source: str,
+                    root: yaml.Node | None = None) -> list[PolicyIssue]:
+    """The warnings of a loaded policy; ``root``, when given, is the YAML it was loaded from."""
+    where = _Positions(text, source, root)
     found: list[PolicyIssue] = []
     held = set().union(*(agent.secrets for agent in policy.agents.values()))
     for name, secret in policy.secrets.items():
@@ -103,6 +109,6 @@ def policy_warnings(policy: Policy, text: str, source: str) -> list[PolicyIssue]
 
 def check_file(path: str | Path) -> tuple[Policy, list[PolicyIssue]]:
     """Load (raising the loader's PolicyError) and return the policy with its warnings."""
-    policy = load_policy(path)
-    text = Path(path).read_text(encoding="utf-8")
-    return policy, policy_warnings(policy, text, str(path))
+    policy, root = load_policy_and_tree(path)
+    with collector_paused():
+        return policy, policy_warnings(policy, "", str(path), root)

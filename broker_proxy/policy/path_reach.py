@@ -10,11 +10,20 @@ character and asking the proxy's own canonicaliser.
 
 from __future__ import annotations
 
+import re
+
 from broker_proxy.decision.request_checks import AmbiguousPath, canonical_path
+
+# Segments of unreserved characters and wildcards, none of them "." or "..": the canonical
+# form of such a pattern is the pattern itself, so most patterns skip the sample (a policy of
+# 100,000 secrets spent a second here). Anything else takes the full check below.
+_PLAIN = re.compile(r"(?:/(?!\.\.?(?:/|$))[A-Za-z0-9._~*-]+)+/?")
 
 
 def unreachable_reason(glob: str) -> str | None:
     """Why ``glob`` can never match a canonical request path, or None if it can."""
+    if _PLAIN.fullmatch(glob):
+        return None
     sample = "/".join("x" if segment == "**" else segment.replace("*", "x")
                       for segment in glob.split("/"))
     try:

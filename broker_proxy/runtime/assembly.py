@@ -15,6 +15,8 @@ from broker_proxy.decision.broker import Broker
 from broker_proxy.grants.factory import open_grant_store, store_url
 from broker_proxy.home import Home
 from broker_proxy.metrics import BrokerMetrics
+from broker_proxy.policy.loader import collector_paused
+from broker_proxy.runtime.policy_worker import load_at_start
 from broker_proxy.runtime.replica import replica_id
 from broker_proxy.secrets.backends import SecretResolver
 from broker_proxy.secrets.credentials import CredentialResolver
@@ -38,7 +40,8 @@ def open_broker(home: Home, policy_file: Path, *, store: str | None = None,
     ``trust`` is what the proxy trusts upstream (--upstream-ca, --resolve): the OAuth2 token
     endpoints are called with the same trust as the upstreams themselves.
     """
-    policy = ActivePolicy.load(str(policy_file))
+    with collector_paused():
+        policy = ActivePolicy.build(load_at_start(policy_file))
     home.ensure()
     grants = open_grant_store(home, store_url(store))  # --store, $BROKER_PROXY_STORE, SQLite
     audit = open_audit(home)
