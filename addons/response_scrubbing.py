@@ -162,14 +162,17 @@ def on_response_headers(flow: http.HTTPFlow, verdict: Allowed | None) -> None:
     """``responseheaders``: scrub the head for the grant's secrets, plan the body."""
     response = flow.response
     assert response is not None
-    scrub = verdict.scrub if verdict is not None else {}
     complete = verdict is None or verdict.scrub_complete
+    # A grant whose every value is too short to be looked for (``Scrubber.empty``) has nothing
+    # to scrub either: its answers take the same path as a grant without secrets.
+    scrubber = scrubber_for(verdict.scrub if verdict is not None else {})
+    scrub = not scrubber.empty
     transfer = response.headers.get("transfer-encoding")
     if not scrub and complete and (transfer is None or transfer.strip().lower() == "chunked"):
         # Nothing to scrub: stream the body untouched so memory stays bounded.
         response.stream = True
         return
-    state = ScrubState(scrubber_for(scrub), verdict.grant_id if verdict else None)
+    state = ScrubState(scrubber, verdict.grant_id if verdict else None)
     flow.metadata[STATE_KEY] = state
     if not complete:
         _withhold(flow, state, "a secret of this grant cannot be resolved, so the answer "
@@ -217,8 +220,8 @@ def on_response(flow: http.HTTPFlow, verdict: Allowed | None) -> dict[str, int]:
     assert response is not None
     state = flow.metadata.get(STATE_KEY)
     if state is None:
-        if verdict is None or not verdict.scrub:
-            return {}
+        if verdict is None or (scrubber_for(verdict.scrub).empty and verdict.scrub_complete):
+            return {}  # nothing to scrub (the body, if any, streamed through untouched)
         # ``responseheaders`` did not run (an embedding without it): scrub it buffered.
         state = ScrubState(scrubber_for(verdict.scrub), verdict.grant_id)
         if not verdict.scrub_complete:
