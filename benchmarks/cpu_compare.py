@@ -66,7 +66,12 @@ grant = issue_grant(policy, store, agent="bench-agent", task="benchmark", secret
                     ttl=policy.agents["bench-agent"].max_ttl, max_uses=None, now=now)
 store.close()
 import broker_proxy
-print(Path(broker_proxy.__file__).resolve().parent.parent, grant.token)
+try:
+    import broker_proxy.addons as addons
+except ImportError:  # before the layout that installs addons/ as broker_proxy.addons
+    import addons  # type: ignore[no-redef]
+sources = {Path(m.__file__).resolve().parent.parent for m in (broker_proxy, addons)}
+print(*sources, grant.token)
 """
 
 
@@ -90,6 +95,10 @@ def export(revision: str, into: Path) -> str:
     subprocess.run(["tar", "-x", "-C", str(into)], stdin=archive.stdout, check=True)
     if archive.wait() != 0:
         raise SystemExit(f"git archive {sha} failed")
+    # A tree that installs addons/ as broker_proxy.addons: without this link this virtualenv's
+    # editable install would serve that package from this checkout instead.
+    if (into / "addons").is_dir() and not (into / "broker_proxy" / "addons").exists():
+        (into / "broker_proxy" / "addons").symlink_to("../addons")
     return sha
 
 
@@ -129,13 +138,13 @@ def main() -> None:
                     if tree is not None:  # its modules first, not the current directory's
                         env |= {"PYTHONPATH": str(tree), "PYTHONSAFEPATH": "1"}
                     home = root / f"home-{index}"
-                    source, token = subprocess.run(
+                    *sources, token = subprocess.run(
                         [sys.executable, "-c", _PREPARE, str(home), str(policy_file),
                          str(args.grants)], env=env, check=True, capture_output=True,
-                        text=True, cwd=root).stdout.split()[-2:]
+                        text=True, cwd=root).stdout.split()
                     # The proxy starts with the same environment, so it imports the same tree.
-                    if Path(source) != (tree or HERE):
-                        raise SystemExit(f"{name} would run the modules in {source}")
+                    if {Path(source) for source in sources} != {tree or HERE}:
+                        raise SystemExit(f"{name} would run the modules in {sources}")
                     proxy = ProxyProcess(home, policy_file, upstream_ca=pki.ca_cert_path,
                                          env=env, log_path=root / f"proxy-{index}.log")
                     proxy.start()
