@@ -53,3 +53,19 @@ def test_nothing_to_scrub_and_no_transfer_coding_streams_untouched() -> None:
     response_scrubbing.on_response_headers(flow, Allowed(grant_id="g_1"))
     assert flow.response is not None and flow.response.stream is True
     assert response_scrubbing.STATE_KEY not in flow.metadata
+
+
+def test_a_grant_whose_values_are_all_too_short_to_look_for_streams_untouched() -> None:
+    # Such a value is never found (Scrubber.empty): the answer is not decoded, not re-framed.
+    verdict = Allowed(grant_id="g_1", scrub={"k": ("xyz", "{{secret:k}}")})
+    flow = _flow(200, b"a body", {"Content-Encoding": "gzip"})  # stored gzip-encoded
+    assert flow.response is not None
+    body = flow.response.raw_content
+    assert body is not None and body.startswith(b"\x1f\x8b")
+    response_scrubbing.on_response_headers(flow, verdict)
+    assert flow.response.stream is True
+    assert flow.response.headers["content-encoding"] == "gzip"
+    assert flow.response.headers["content-length"] == str(len(body))
+    assert response_scrubbing.STATE_KEY not in flow.metadata
+    assert response_scrubbing.on_response(flow, verdict) == {}
+    assert flow.response.raw_content == body
