@@ -1,6 +1,6 @@
 """CPU per request on https-keepalive: this checkout against an older revision, in one run.
 
-    .venv/bin/python benchmarks/cpu_compare.py [--before REV | --checkout DIR]
+    .venv/bin/python benchmarks/cpu_compare.py [--before REV | --checkout DIR] [--after REV]
         [--rounds 6] [--seconds 4] [--grants 1000]
 
 Scrubbing every answer on a grant's connections (not only those whose request injected a
@@ -8,7 +8,8 @@ value) must not make the common request dearer. ``--before`` defaults to the com
 that change (the parent of the commit that added ``grant_scrub.py``); its tree is exported with
 ``git archive`` into a temporary directory (the repository is not touched) and run with this
 virtualenv's packages, its own modules first (``PYTHONPATH``, ``PYTHONSAFEPATH``). ``--checkout``
-runs an existing tree instead.
+runs an existing tree instead. ``--after REV`` runs that revision in place of this checkout, so
+one change can be measured alone (``--before X^ --after Y``, X..Y being the change).
 
 Both proxies run at once, each with the same policy (1,000 secrets, 100 agents; ``run.py``'s),
 ``--grants`` active grants and the same local HTTPS upstream. Rounds alternate: each round
@@ -106,6 +107,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--before", help="git revision to compare with (default: see above)")
     parser.add_argument("--checkout", help="an existing source tree to compare with instead")
+    parser.add_argument("--after", help="git revision to run instead of this checkout (to "
+                        "isolate one change: --before A^ --after B)")
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--grants", type=int, default=1000)
@@ -124,7 +127,12 @@ def main() -> None:
             revision = args.before or before_revision()
             old_tree = root / "before"
             old_name = f"before ({export(revision, old_tree)})"
-        trees = {"this checkout": None, old_name: old_tree}
+        new_tree: Path | None = None
+        new_name = "this checkout"
+        if args.after:
+            new_tree = root / "after"
+            new_name = f"after ({export(args.after, new_tree)})"
+        trees = {new_name: new_tree, old_name: old_tree}
         pki = write_pki(root / "pki", [HOST], ["127.0.0.1"])
         with EchoServer(pki.cert_path, pki.key_path, reply=small_reply) as upstream:
             policy_file = root / "policy.yaml"
@@ -159,7 +167,7 @@ def main() -> None:
         print(f"{name:24s}: CPU {statistics.median(runs):.3f} ms/request "
               f"({min(runs):.3f}-{max(runs):.3f}, {len(runs)} rounds)")
     ratio = statistics.median(a / b for a, b in zip(new, old, strict=True))
-    print(f"CPU per request, this checkout / {old_name}: {ratio:.2f}x "
+    print(f"CPU per request, {new_name} / {old_name}: {ratio:.2f}x "
           f"(median of per-round ratios); load average at the end: {os.getloadavg()[0]:.2f}")
 
 

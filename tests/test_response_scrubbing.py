@@ -69,3 +69,20 @@ def test_a_grant_whose_values_are_all_too_short_to_look_for_streams_untouched() 
     assert response_scrubbing.STATE_KEY not in flow.metadata
     assert response_scrubbing.on_response(flow, verdict) == {}
     assert flow.response.raw_content == body
+
+
+def test_a_grants_scrubber_is_reused_while_its_values_stay_and_renewed_when_one_changes(
+) -> None:
+    first = Allowed(grant_id="g_reuse", scrub={"k": (VALUE, "{{secret:k}}")})
+    again = Allowed(grant_id="g_reuse", scrub={"k": (VALUE, "{{secret:k}}")})
+    rotated = Allowed(grant_id="g_reuse", scrub={"k": (VALUE + "-rotated", "{{secret:k}}")})
+    states = []
+    for verdict in (first, again, rotated):
+        flow = _flow(200, b"body " + verdict.scrub["k"][0].encode())
+        response_scrubbing.on_response_headers(flow, verdict)
+        assert response_scrubbing.on_response(flow, verdict) == {"k": 1}
+        assert flow.response is not None and flow.response.content == b"body {{secret:k}}"
+        states.append(flow.metadata[response_scrubbing.STATE_KEY])
+    assert states[0].scrubber is states[1].scrubber
+    assert states[2].scrubber is not states[1].scrubber  # the rotated value is looked for
+    assert VALUE not in repr(response_scrubbing._SCRUBBERS)
