@@ -32,9 +32,11 @@ import json
 import os
 import random
 import secrets
+import shutil
 import ssl
 import statistics
 import struct
+import subprocess
 import sys
 import tempfile
 import threading
@@ -209,6 +211,23 @@ class BulkServer:
         self._server.server_close()
 
 
+def _curl_download(stack, token: str, size: int, packed: bool) -> float:
+    """The download by curl, its own process, body to /dev/null (not decoded by curl)."""
+    url = (f"https://{API_HOST}:{stack.upstreams.api.port}/v1/big?size={size}"
+           f"&gzip={int(packed)}")
+    command = ["curl", "--silent", "--show-error", "--fail", "--output", "/dev/null",
+               "--write-out", "%{size_download} %{time_total}", "--proxy",
+               stack.proxy.proxy_url(token, "bot"), "--cacert", str(stack.proxy.ca_path),
+               "--http1.1", url]
+    if packed:
+        command[-1:-1] = ["--header", "Accept-Encoding: gzip"]
+    out = subprocess.run(command, check=True, capture_output=True, text=True,
+                         timeout=600).stdout.split()
+    received, elapsed = int(out[0]), float(out[1])
+    assert received >= size * 0.99 or packed, received
+    return size / elapsed / 1e6
+
+
 def _download(stack, token: str, size: int, packed: bool) -> float:
     context = ssl.create_default_context(cafile=str(stack.proxy.ca_path))
     url = f"https://{API_HOST}:{stack.upstreams.api.port}/v1/big"
@@ -288,7 +307,8 @@ def _rounds(cases: dict[str, Callable[[], float]], rounds: int,
     return results
 
 
-def _downloads(stack, grants: dict[str, str], size_mib: int, rounds: int) -> None:
+def _downloads(stack, grants: dict[str, str], size_mib: int, rounds: int,
+               client: str) -> None:
     size = size_mib << 20
     pid = stack.proxy.process.pid
     at_rest = memory_kib(pid, "VmRSS")
@@ -300,9 +320,10 @@ def _downloads(stack, grants: dict[str, str], size_mib: int, rounds: int) -> Non
         cpu_ms_per_mb = (cpu_seconds(pid) - before) * 1000 / (size / 1e6)
         return rate, cpu_ms_per_mb, rss.peak_kib / 1024
 
+    download = _curl_download if client == "curl" else _download
     for packed in (False, True):
         label = "gzip" if packed else "identity"
-        cases = {name: (lambda token=token, packed=packed: _download(stack, token, size, packed))
+        cases = {name: (lambda token=token, packed=packed: download(stack, token, size, packed))
                  for name, token in grants.items()}
         results = _rounds(cases, rounds, measure)
         base = results["nothing"]
@@ -334,12 +355,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--events", type=int, default=200, help="SSE events per stream")
     parser.add_argument("--messages", type=int, default=200, help="WebSocket messages")
+    parser.add_argument("--client", choices=["curl", "httpx"],
+                        default="curl" if shutil.which("curl") else "httpx",
+                        help="who downloads (default curl: a process of its own that reads "
+                        "chunked framing in C; httpx shares this process with the upstream)")
     args = parser.parse_args()
     values = {name: f"bench-{name}-" + secrets.token_urlsafe(24) for name in SECRETS}
     for name, value in values.items():
         os.environ[f"BENCH_{name.upper()}"] = value
     os.environ["BENCH_SHORT"] = "xyz"  # shorter than the scrubber looks for: nothing to scrub
-    print(f"load average at start: {os.getloadavg()[0]:.2f}")
+    print(f"load average at start: {os.getloadavg()[0]:.2f}; downloads by {args.client}")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         pki = write_pki(root / "pki", list(HOSTS))
@@ -354,7 +379,7 @@ def main() -> None:
                       "1 secret": stack.issue("s00").token,
                       "20 secrets": stack.issue(*SECRETS).token}
             for size_mib in args.size_mib:
-                _downloads(stack, grants, size_mib, args.rounds)
+                _downloads(stack, grants, size_mib, args.rounds, args.client)
             streams = {"SSE": lambda token: _sse_delays(stack, token, args.events),
                        "WebSocket": lambda token: _ws_delays(stack, token, args.messages)}
             for label, stream in streams.items():

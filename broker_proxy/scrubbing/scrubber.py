@@ -661,17 +661,19 @@ class Scrubber:
             cut = self._hold_from(data, found, last_escape=last_escape)
         if not found:  # the common case: hand the bytes on without copying them
             return (data if cut == len(data) else data[:cut]), len(data) - cut
-        out: list[bytes] = []
+        # The spans between matches are views, not slices: the join is the one copy made.
+        view = memoryview(data)
+        out: list[bytes | memoryview] = []
         position = 0
         for start, end, form in found:
             if start >= cut:
                 break  # found again, whole, once more bytes came
-            out.append(data[position:start])
+            out.append(view[position:start])
             out.append(form.replacement(data[start:end], self._placeholders[form.secret]))
             counts[form.secret] = counts.get(form.secret, 0) + 1
             position = end
         cut = max(cut, position)  # a match found by ``re`` may reach past a partial one
-        out.append(data[position:cut])
+        out.append(view[position:cut])
         return b"".join(out), len(data) - cut
 
     def _hold_from(self, data: bytes, found: list[_Found], *, may_grow: bool = True,
