@@ -28,17 +28,20 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check .
 
-# Scrubbing sizes are modest so `make bench` takes minutes; the 1 GB runs:
-#   make bench SCRUB_ARGS="--size-mib 1024" SCRUB_CORE_ARGS="--core-mib 1000 --size-mib 1024"
-SCRUB_ARGS ?= --size-mib 100 --rounds 2
+# Scrubbing sizes are modest so `make bench` takes minutes; with the 1 GB runs:
+#   make bench SCRUB_ARGS="--size-mib 100 1024" SCRUB_CORE_ARGS="--core-mib 1000 --size-mib 1024"
+SCRUB_ARGS ?= --size-mib 100 --rounds 3
 SCRUB_CORE_ARGS ?= --core-mib 50 --size-mib 256
+CPU_COMPARE_ARGS ?= --rounds 6 --seconds 4
 bench: $(STAMP)
 	$(PY) benchmarks/run.py
 	$(PY) benchmarks/core_bench.py
 	@echo "== scrubbing: the scrubber alone, and the proxy's memory on a long download"
 	$(PY) benchmarks/scrub_bench.py $(SCRUB_CORE_ARGS)
-	@echo "== scrubbing: downloads and server-sent events through broker-proxy run"
+	@echo "== scrubbing: downloads, server-sent events and WebSocket messages through broker-proxy run"
 	$(PY) benchmarks/scrub_download_bench.py $(SCRUB_ARGS)
+	@echo "== CPU per request (https-keepalive) against the commit before every grant answer was scrubbed"
+	$(PY) benchmarks/cpu_compare.py $(CPU_COMPARE_ARGS)
 
 # Figures that grow with the size of the store or the policy (minutes; not part of `make bench`).
 bench-scale: $(STAMP)

@@ -137,19 +137,77 @@ def withhold_after_error(flow: http.HTTPFlow, verdict: Allowed | None) -> None:
     _withhold(flow, state, "the answer could not be scrubbed")
 
 
-def _scrub_head(response: http.Response, state: ScrubState) -> None:
-    """Status reason and every header (Set-Cookie, Location, WWW-Authenticate, ...)."""
+def _scrub_head(response: http.Response, state: ScrubState) -> bool:
+    """Status reason and every header (Set-Cookie, Location, WWW-Authenticate, ...).
+
+    Returns whether a header changed; the headers are rebuilt only then.
+    """
     reason, found = state.scrubber.scrub(response.data.reason)
     response.data.reason = reason
     _add(state.counts, found)
     fields = []
+    changed = False
     for name, value in response.headers.fields:
-        name, found_name = state.scrubber.scrub(name)
-        value, found_value = state.scrubber.scrub(value)
-        _add(state.counts, found_name)
-        _add(state.counts, found_value)
-        fields.append((name, value))
-    response.headers = http.Headers(fields)
+        new_name, found_name = state.scrubber.scrub(name)
+        new_value, found_value = state.scrubber.scrub(value)
+        if found_name or found_value:
+            changed = True
+            _add(state.counts, found_name)
+            _add(state.counts, found_value)
+        fields.append((new_name, new_value))
+    if changed:
+        response.headers = http.Headers(fields)
+    return changed
+
+
+_PLANNING_HEADERS = (b"transfer-encoding", b"content-encoding", b"content-length",
+                     b"content-range")
+
+
+def _planning_headers(response: http.Response) -> dict[bytes, str]:
+    """The headers the body's plan reads, in one pass over the raw fields.
+
+    As ``Headers.get`` gives them (repeated fields joined with ", "), without its per-lookup
+    walk and conversions: four of those were a good part of an answer's cost on keep-alive.
+    """
+    found: dict[bytes, list[bytes]] = {}
+    for name, value in response.headers.fields:
+        key = name.lower()
+        if key in _PLANNING_HEADERS:
+            found.setdefault(key, []).append(value)
+    return {key: b", ".join(values).decode("utf-8", "surrogateescape")
+            for key, values in found.items()}
+
+
+class _GrantScrubbers:
+    """The last scrubber made for each grant, reused while the grant's values are the same.
+
+    Making one costs a keyed digest and two cache lookups per secret: little, but on every
+    answer. Bounded; the repr names no value.
+    """
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._entries: dict[str, tuple[dict[str, tuple[str, str]], Scrubber]] = {}
+
+    def __repr__(self) -> str:
+        return f"<_GrantScrubbers {len(self._entries)} grants>"
+
+    def get(self, grant_id: str | None, scrub: dict[str, tuple[str, str]]) -> Scrubber:
+        if grant_id is None:
+            return scrubber_for(scrub)
+        entry = self._entries.get(grant_id)
+        if entry is not None and entry[0] == scrub:
+            return entry[1]
+        scrubber = scrubber_for(scrub)
+        self._entries.pop(grant_id, None)
+        self._entries[grant_id] = (dict(scrub), scrubber)
+        while len(self._entries) > self._size:
+            self._entries.pop(next(iter(self._entries)), None)
+        return scrubber
+
+
+_SCRUBBERS = _GrantScrubbers(1024)
 
 
 def _has_body(flow: http.HTTPFlow) -> bool:
@@ -162,24 +220,30 @@ def on_response_headers(flow: http.HTTPFlow, verdict: Allowed | None) -> None:
     """``responseheaders``: scrub the head for the grant's secrets, plan the body."""
     response = flow.response
     assert response is not None
-    scrub = verdict.scrub if verdict is not None else {}
     complete = verdict is None or verdict.scrub_complete
-    transfer = response.headers.get("transfer-encoding")
+    # A grant whose every value is too short to be looked for (``Scrubber.empty``) has nothing
+    # to scrub either: its answers take the same path as a grant without secrets.
+    scrubber = (_SCRUBBERS.get(verdict.grant_id, verdict.scrub) if verdict is not None
+                else scrubber_for({}))
+    scrub = not scrubber.empty
+    head = _planning_headers(response)
+    transfer = head.get(b"transfer-encoding")
     if not scrub and complete and (transfer is None or transfer.strip().lower() == "chunked"):
         # Nothing to scrub: stream the body untouched so memory stays bounded.
         response.stream = True
         return
-    state = ScrubState(scrubber_for(scrub), verdict.grant_id if verdict else None)
+    state = ScrubState(scrubber, verdict.grant_id if verdict else None)
     flow.metadata[STATE_KEY] = state
     if not complete:
         _withhold(flow, state, "a secret of this grant cannot be resolved, so the answer "
                   "cannot be scrubbed")
         return
-    if scrub and (response.status_code == 206 or "content-range" in response.headers):
+    if scrub and (response.status_code == 206 or b"content-range" in head):
         _withhold(flow, state, "partial content is not passed on for a grant that holds "
                   "secrets")
         return
-    _scrub_head(response, state)
+    if _scrub_head(response, state):
+        head = _planning_headers(response)
     if response.status_code == 101:
         flow.metadata[websocket_controls.SCRUB_KEY] = state.control_payload
     if not _has_body(flow):
@@ -187,13 +251,12 @@ def on_response_headers(flow: http.HTTPFlow, verdict: Allowed | None) -> None:
     try:
         # Content codings are undone only to scrub; transfer codings always (they were applied
         # after the content codings, so they are undone first: last in the list).
-        codings = parse_content_encoding(response.headers.get("content-encoding")) if scrub \
-            else []
+        codings = parse_content_encoding(head.get(b"content-encoding")) if scrub else []
         codings += parse_transfer_encoding(transfer)
     except BodyNotDecodable as error:
         _withhold(flow, state, f"the answer could not be scrubbed: {error}")
         return
-    length = response.headers.get("content-length", "")
+    length = head.get(b"content-length", "")
     if transfer is None and length.isdigit() and int(length) <= (
             BUFFER_ENCODED_UP_TO if codings else BUFFER_PLAIN_UP_TO):
         # Scrubbed whole in ``response`` (an encoded body decoded first, 502 if that fails).
@@ -217,8 +280,8 @@ def on_response(flow: http.HTTPFlow, verdict: Allowed | None) -> dict[str, int]:
     assert response is not None
     state = flow.metadata.get(STATE_KEY)
     if state is None:
-        if verdict is None or not verdict.scrub:
-            return {}
+        if verdict is None or (scrubber_for(verdict.scrub).empty and verdict.scrub_complete):
+            return {}  # nothing to scrub (the body, if any, streamed through untouched)
         # ``responseheaders`` did not run (an embedding without it): scrub it buffered.
         state = ScrubState(scrubber_for(verdict.scrub), verdict.grant_id)
         if not verdict.scrub_complete:

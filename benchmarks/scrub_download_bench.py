@@ -1,39 +1,48 @@
-"""Scrubbing through the real proxy: downloads and server-sent events, with and without secrets.
+"""Scrubbing through the real proxy: downloads, server-sent events and WebSocket messages.
 
-    .venv/bin/python benchmarks/scrub_download_bench.py [--size-mib 100] [--rounds 2]
-        [--events 200]                 (--size-mib 1024 for the 1 GB runs)
+    .venv/bin/python benchmarks/scrub_download_bench.py [--size-mib 100 [1024]] [--rounds 3]
+        [--events 200] [--messages 200]
 
 Every answer on a grant's connections is scrubbed for the grant's secrets, so what a grant holds
 decides what a download costs. Three grants of one policy, against one local HTTPS upstream:
 
-  nothing   a grant whose only secret is too short to scrub: the proxy streams the answer as is
+  nothing   a grant whose only secret is too short to scrub: its answers stream through as is
+            (gzip stays encoded, Content-Length kept), like a grant without secrets
   1 secret  a grant holding one secret: every byte is searched for all its encodings
   20        a grant holding twenty
 
 Each downloads the same body (word-like text with one secret's value once per 64 KiB, so the
 scrubbing grants replace it) with Content-Length, identity and gzip (one gzip stream made of
-one compressed 1 MiB block, so the upstream costs nothing), ``--rounds`` times, alternating, through
-``broker-proxy run``; the best round of each is kept and the ratio to "nothing" printed (the
-machine is shared: compare in one run).
-Then a server-sent event stream (one event every 5 ms, each stamped with the upstream's clock)
-through the "nothing" and "1 secret" grants: p50 and p90 of the delay per event, and the added
-p50. The proxy's peak RSS (VmHWM) closes.
+one compressed 1 MiB block, so the upstream costs nothing), in ``--rounds`` interleaved rounds
+through ``broker-proxy run`` (the order turns each round). Per case: the median MB/s of the
+decoded body (and the range), the proxy's CPU time per decoded MB (its own process, not wall:
+the steadier figure on a shared machine), its peak RSS during the downloads of that size, and
+the ratio to "nothing" (median of the per-round ratios: a round's cases ran side by side).
+Then a server-sent event stream and a WebSocket stream (one event or message every 5 ms, each
+stamped with the upstream's clock) through "nothing" and "1 secret", alternating: p50 and p99
+of the delay per event and what scrubbing adds. The proxy's peak RSS (VmHWM) closes.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import hashlib
+import json
 import os
 import random
 import secrets
+import shutil
 import ssl
 import statistics
 import struct
+import subprocess
 import sys
 import tempfile
 import threading
 import time
 import zlib
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -42,15 +51,21 @@ from urllib.parse import parse_qs, urlsplit
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import httpx
+import wsproto
+import wsproto.connection
+import wsproto.events
 
-from benchmarks.proc_stats import memory_kib
+from benchmarks.proc_stats import cpu_seconds, memory_kib
+from benchmarks.scrub_bench import RssSampler
 from broker_proxy.devtools.echo_server import EchoServer
 from broker_proxy.devtools.local_pki import write_pki
 from tests.conftest import API_HOST, HOSTS, Upstreams, start_stack
+from tests.security.raw_proxy import open_tunnel
 
 BLOCK = 64 * 1024
 MEMBER = 1 << 20
 SECRETS = [f"s{i:02d}" for i in range(20)]
+_WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
 def bench_policy() -> str:
@@ -77,18 +92,19 @@ class _Handler(BaseHTTPRequestHandler):
         if url.path == "/v1/sse":
             self._events(int(query["events"]), float(query["gap_ms"]) / 1000)
             return
+        if url.path == "/v1/ws":
+            self._websocket(int(query["messages"]), float(query["gap_ms"]) / 1000)
+            return
         size = int(query["size"])
         packed = query.get("gzip") == "1"
         member = self.server.gzip_member if packed else self.server.block
         count = size // MEMBER
         head = tail = b""
         if packed:
-            crc = 0
-            for _ in range(count):
-                crc = zlib.crc32(self.server.block, crc)
             head = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
             tail = (zlib.compressobj(6, zlib.DEFLATED, -15).flush()
-                    + struct.pack("<II", crc, (count * MEMBER) & 0xFFFFFFFF))
+                    + struct.pack("<II", self.server.crc_of(count),
+                                  (count * MEMBER) & 0xFFFFFFFF))
         self.send_response(200)
         self.send_header("Content-Type", "application/octet-stream")
         if packed:
@@ -101,18 +117,43 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(tail)
         self.wfile.flush()
 
+    def _line(self, n: int) -> bytes:
+        # Word-like text as an API would stream it, stamped with the upstream's clock.
+        words = self.server.block[(n * 4099) % MEMBER:][:120]
+        return b'{"n": %d, "text": "%s", "sent": %.6f}' % (n, words, time.perf_counter())
+
     def _events(self, count: int, gap: float) -> None:
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
         for n in range(count):
-            event = b"id: %d\ndata: {\"sent\": %.6f}\n\n" % (n, time.perf_counter())
+            event = b"id: %d\ndata: %s\n\n" % (n, self._line(n))
             self.wfile.write(b"%x\r\n%s\r\n" % (len(event), event))
             self.wfile.flush()
             time.sleep(gap)
         self.wfile.write(b"0\r\n\r\n")
         self.wfile.flush()
+
+    def _websocket(self, count: int, gap: float) -> None:
+        key = self.headers["Sec-WebSocket-Key"].encode()
+        digest = hashlib.sha1(key + _WS_GUID, usedforsecurity=False).digest()
+        accept = base64.b64encode(digest).decode()
+        self.send_response(101)
+        self.send_header("Upgrade", "websocket")
+        self.send_header("Connection", "Upgrade")
+        self.send_header("Sec-WebSocket-Accept", accept)
+        self.end_headers()
+        self.wfile.flush()
+        connection = wsproto.connection.Connection(wsproto.connection.ConnectionType.SERVER)
+        for n in range(count):
+            self.wfile.write(connection.send(wsproto.events.TextMessage(
+                self._line(n).decode())))
+            self.wfile.flush()
+            time.sleep(gap)
+        self.wfile.write(connection.send(wsproto.events.CloseConnection(1000)))
+        self.wfile.flush()
+        self.close_connection = True
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
@@ -122,10 +163,21 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     block: bytes
     gzip_member: bytes
+    _crcs: dict[int, int]
+
+    def crc_of(self, count: int) -> int:
+        """The CRC-32 of ``count`` blocks, computed once per count (not on every download)."""
+        if count not in self._crcs:
+            crc = 0
+            for _ in range(count):
+                crc = zlib.crc32(self.block, crc)
+            self._crcs[count] = crc
+        return self._crcs[count]
 
 
 class BulkServer:
-    """An HTTPS upstream that serves a fixed body fast, gzip-encoded or not, and an SSE stream."""
+    """An HTTPS upstream that serves a fixed body fast, gzip-encoded or not, an SSE stream and
+    a WebSocket stream."""
 
     def __init__(self, cert: Path, key: Path, value: bytes) -> None:
         # Word-like text (gzip shrinks it ~3x, like prose or JSON), the value once per block.
@@ -140,6 +192,7 @@ class BulkServer:
         self.block = b"".join(blocks)  # 1 MiB, served whole or gzip-compressed
         self._server = _Server(("127.0.0.1", 0), _Handler)
         self._server.block = self.block
+        self._server._crcs = {}
         # One gzip stream of any length from one compressed block: after a full flush deflate
         # forgets its history, so the same block compresses to the same bytes every time.
         deflate = zlib.compressobj(6, zlib.DEFLATED, -15)
@@ -158,7 +211,24 @@ class BulkServer:
         self._server.server_close()
 
 
-def _download(stack, token: str, size: int, packed: bool, value: bytes) -> float:
+def _curl_download(stack, token: str, size: int, packed: bool) -> float:
+    """The download by curl, its own process, body to /dev/null (not decoded by curl)."""
+    url = (f"https://{API_HOST}:{stack.upstreams.api.port}/v1/big?size={size}"
+           f"&gzip={int(packed)}")
+    command = ["curl", "--silent", "--show-error", "--fail", "--output", "/dev/null",
+               "--write-out", "%{size_download} %{time_total}", "--proxy",
+               stack.proxy.proxy_url(token, "bot"), "--cacert", str(stack.proxy.ca_path),
+               "--http1.1", url]
+    if packed:
+        command[-1:-1] = ["--header", "Accept-Encoding: gzip"]
+    out = subprocess.run(command, check=True, capture_output=True, text=True,
+                         timeout=600).stdout.split()
+    received, elapsed = int(out[0]), float(out[1])
+    assert received >= size * 0.99 or packed, received
+    return size / elapsed / 1e6
+
+
+def _download(stack, token: str, size: int, packed: bool) -> float:
     context = ssl.create_default_context(cafile=str(stack.proxy.ca_path))
     url = f"https://{API_HOST}:{stack.upstreams.api.port}/v1/big"
     received = 0
@@ -178,7 +248,7 @@ def _download(stack, token: str, size: int, packed: bool, value: bytes) -> float
     return size / elapsed / 1e6
 
 
-def _event_delays(stack, token: str, events: int) -> list[float]:
+def _sse_delays(stack, token: str, events: int) -> list[float]:
     context = ssl.create_default_context(cafile=str(stack.proxy.ca_path))
     url = f"https://{API_HOST}:{stack.upstreams.api.port}/v1/sse"
     delays: list[float] = []
@@ -191,22 +261,110 @@ def _event_delays(stack, token: str, events: int) -> list[float]:
             buffer += chunk
             while b"\n\n" in buffer:
                 event, buffer = buffer.split(b"\n\n", 1)
-                sent = float(event.split(b'"sent": ')[1].rstrip(b"}"))
+                sent = json.loads(event.split(b"data: ", 1)[1])["sent"]
                 delays.append((now - sent) * 1000)
+    assert len(delays) == events, len(delays)
     return delays[10:]  # the first events ride on the connection's start
+
+
+def _ws_delays(stack, token: str, messages: int) -> list[float]:
+    port = stack.upstreams.api.port
+    delays: list[float] = []
+    with open_tunnel(stack, token, API_HOST, port) as tls:
+        ws = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
+        tls.sendall(ws.send(wsproto.events.Request(
+            host=f"{API_HOST}:{port}", target=f"/v1/ws?messages={messages}&gap_ms=5")))
+        text = ""
+        done = False
+        while not done:
+            data = tls.recv(65536)
+            now = time.perf_counter()
+            if not data:
+                break
+            ws.receive_data(data)
+            for event in ws.events():
+                if isinstance(event, wsproto.events.TextMessage):
+                    text += event.data
+                    if event.message_finished:
+                        delays.append((now - json.loads(text)["sent"]) * 1000)
+                        text = ""
+                elif isinstance(event, wsproto.events.CloseConnection):
+                    tls.sendall(ws.send(event.response()))
+                    done = True
+    assert len(delays) == messages, len(delays)
+    return delays[10:]
+
+
+def _rounds(cases: dict[str, Callable[[], float]], rounds: int,
+            measure: Callable[[Callable[[], float]], tuple[float, ...]]
+            ) -> dict[str, list[tuple[float, ...]]]:
+    """Run every case once per round, the order turning each round; what ``measure`` says."""
+    names = list(cases)
+    results: dict[str, list[tuple[float, ...]]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            results[name].append(measure(cases[name]))
+    return results
+
+
+def _downloads(stack, grants: dict[str, str], size_mib: int, rounds: int,
+               client: str) -> None:
+    size = size_mib << 20
+    pid = stack.proxy.process.pid
+    at_rest = memory_kib(pid, "VmRSS")
+
+    def measure(run: Callable[[], float]) -> tuple[float, ...]:
+        before = cpu_seconds(pid)
+        with RssSampler(pid) as rss:
+            rate = run()
+        cpu_ms_per_mb = (cpu_seconds(pid) - before) * 1000 / (size / 1e6)
+        return rate, cpu_ms_per_mb, rss.peak_kib / 1024
+
+    download = _curl_download if client == "curl" else _download
+    for packed in (False, True):
+        label = "gzip" if packed else "identity"
+        cases = {name: (lambda token=token, packed=packed: download(stack, token, size, packed))
+                 for name, token in grants.items()}
+        results = _rounds(cases, rounds, measure)
+        base = results["nothing"]
+        for name, runs in results.items():
+            rates = [run[0] for run in runs]
+            cpus = [run[1] for run in runs]
+            ratio = statistics.median(run[0] / b[0] for run, b in zip(runs, base, strict=True))
+            cpu_ratio = statistics.median(run[1] / b[1] for run, b in zip(runs, base, strict=True))
+            print(f"download {size_mib} MiB {label:8s} {name:10s}: {statistics.median(rates):6.1f}"
+                  f" MB/s ({min(rates):.0f}-{max(rates):.0f}), ratio to nothing {ratio:.2f}; "
+                  f"proxy CPU {statistics.median(cpus):5.2f} ms/MB (x{cpu_ratio:.2f}); "
+                  f"peak RSS {max(run[2] for run in runs):.0f} MiB")
+    print(f"proxy RSS before the {size_mib} MiB downloads: {at_rest / 1024:.0f} MiB")
+
+
+def _stream_delays(label: str, nothing: list[float], scrubbed: list[float]) -> None:
+    for name, delays in (("nothing", nothing), ("1 secret", scrubbed)):
+        q = statistics.quantiles(delays, n=100)
+        print(f"{label} delay per message, {name:8s}: p50 {statistics.median(delays):.2f} ms, "
+              f"p99 {q[98]:.2f} ms ({len(delays)} messages)")
+    p99 = statistics.quantiles(scrubbed, n=100)[98] - statistics.quantiles(nothing, n=100)[98]
+    print(f"{label} added by scrubbing: p50 "
+          f"{statistics.median(scrubbed) - statistics.median(nothing):+.2f} ms, p99 {p99:+.2f} ms")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size-mib", type=int, default=100)
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--events", type=int, default=200)
+    parser.add_argument("--size-mib", type=int, nargs="+", default=[100])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--events", type=int, default=200, help="SSE events per stream")
+    parser.add_argument("--messages", type=int, default=200, help="WebSocket messages")
+    parser.add_argument("--client", choices=["curl", "httpx"],
+                        default="curl" if shutil.which("curl") else "httpx",
+                        help="who downloads (default curl: a process of its own that reads "
+                        "chunked framing in C; httpx shares this process with the upstream)")
     args = parser.parse_args()
-    size = args.size_mib << 20
     values = {name: f"bench-{name}-" + secrets.token_urlsafe(24) for name in SECRETS}
     for name, value in values.items():
         os.environ[f"BENCH_{name.upper()}"] = value
     os.environ["BENCH_SHORT"] = "xyz"  # shorter than the scrubber looks for: nothing to scrub
+    print(f"load average at start: {os.getloadavg()[0]:.2f}; downloads by {args.client}")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         pki = write_pki(root / "pki", list(HOSTS))
@@ -220,27 +378,19 @@ def main() -> None:
             grants = {"nothing": stack.issue("short").token,
                       "1 secret": stack.issue("s00").token,
                       "20 secrets": stack.issue(*SECRETS).token}
-            for packed in (False, True):
-                label = "gzip" if packed else "identity"
-                best: dict[str, float] = {}
-                for _ in range(args.rounds):
-                    for name, token in grants.items():
-                        rate = _download(stack, token, size, packed, values["s00"].encode())
-                        best[name] = max(best.get(name, 0.0), rate)
-                for name in grants:
-                    ratio = best[name] / best["nothing"]
-                    print(f"download {args.size_mib} MiB {label:8s} {name:10s}: "
-                          f"{best[name]:7.1f} MB/s  ratio to nothing {ratio:.2f}")
-            nothing = _event_delays(stack, grants["nothing"], args.events)
-            scrubbed = _event_delays(stack, grants["1 secret"], args.events)
-            for name, delays in (("nothing", nothing), ("1 secret", scrubbed)):
-                q = statistics.quantiles(delays, n=10)
-                print(f"SSE delay per event, {name:8s}: p50 {statistics.median(delays):.2f} ms, "
-                      f"p90 {q[8]:.2f} ms")
-            print(f"SSE p50 added by scrubbing: "
-                  f"{statistics.median(scrubbed) - statistics.median(nothing):+.2f} ms")
+            for size_mib in args.size_mib:
+                _downloads(stack, grants, size_mib, args.rounds, args.client)
+            streams = {"SSE": lambda token: _sse_delays(stack, token, args.events),
+                       "WebSocket": lambda token: _ws_delays(stack, token, args.messages)}
+            for label, stream in streams.items():
+                pooled: dict[str, list[float]] = {"nothing": [], "1 secret": []}
+                for _ in range(2):  # alternating, pooled
+                    for name in pooled:
+                        pooled[name] += stream(grants[name])
+                _stream_delays(label, pooled["nothing"], pooled["1 secret"])
             print(f"proxy peak RSS (VmHWM): "
-                  f"{memory_kib(stack.proxy.process.pid, 'VmHWM') / 1024:.0f} MiB")
+                  f"{memory_kib(stack.proxy.process.pid, 'VmHWM') / 1024:.0f} MiB; "
+                  f"load average at the end: {os.getloadavg()[0]:.2f}")
         finally:
             stack.proxy.stop()
             bulk.stop()

@@ -53,3 +53,36 @@ def test_nothing_to_scrub_and_no_transfer_coding_streams_untouched() -> None:
     response_scrubbing.on_response_headers(flow, Allowed(grant_id="g_1"))
     assert flow.response is not None and flow.response.stream is True
     assert response_scrubbing.STATE_KEY not in flow.metadata
+
+
+def test_a_grant_whose_values_are_all_too_short_to_look_for_streams_untouched() -> None:
+    # Such a value is never found (Scrubber.empty): the answer is not decoded, not re-framed.
+    verdict = Allowed(grant_id="g_1", scrub={"k": ("xyz", "{{secret:k}}")})
+    flow = _flow(200, b"a body", {"Content-Encoding": "gzip"})  # stored gzip-encoded
+    assert flow.response is not None
+    body = flow.response.raw_content
+    assert body is not None and body.startswith(b"\x1f\x8b")
+    response_scrubbing.on_response_headers(flow, verdict)
+    assert flow.response.stream is True
+    assert flow.response.headers["content-encoding"] == "gzip"
+    assert flow.response.headers["content-length"] == str(len(body))
+    assert response_scrubbing.STATE_KEY not in flow.metadata
+    assert response_scrubbing.on_response(flow, verdict) == {}
+    assert flow.response.raw_content == body
+
+
+def test_a_grants_scrubber_is_reused_while_its_values_stay_and_renewed_when_one_changes(
+) -> None:
+    first = Allowed(grant_id="g_reuse", scrub={"k": (VALUE, "{{secret:k}}")})
+    again = Allowed(grant_id="g_reuse", scrub={"k": (VALUE, "{{secret:k}}")})
+    rotated = Allowed(grant_id="g_reuse", scrub={"k": (VALUE + "-rotated", "{{secret:k}}")})
+    states = []
+    for verdict in (first, again, rotated):
+        flow = _flow(200, b"body " + verdict.scrub["k"][0].encode())
+        response_scrubbing.on_response_headers(flow, verdict)
+        assert response_scrubbing.on_response(flow, verdict) == {"k": 1}
+        assert flow.response is not None and flow.response.content == b"body {{secret:k}}"
+        states.append(flow.metadata[response_scrubbing.STATE_KEY])
+    assert states[0].scrubber is states[1].scrubber
+    assert states[2].scrubber is not states[1].scrubber  # the rotated value is looked for
+    assert VALUE not in repr(response_scrubbing._SCRUBBERS)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Protocol, cast
 
 import brotli
 
@@ -24,6 +25,29 @@ try:  # Python 3.14 ships zstd; before that the backport has the same API.
     from compression import zstd  # type: ignore[import-not-found]
 except ImportError:  # pragma: no cover - depends on the interpreter
     from backports import zstd
+
+try:  # ISA-L's inflate: zlib's API at about 2.7 times its speed (text, 64 KiB slices)
+    from isal import isal_zlib
+except ImportError:  # pragma: no cover - a platform without its wheel: zlib itself
+    isal_zlib = None  # type: ignore[assignment]
+
+_INFLATE_ERRORS: tuple[type[Exception], ...] = (
+    (zlib.error,) if isal_zlib is None else (zlib.error, cast("type[Exception]", isal_zlib.error)))
+
+
+class _Inflater(Protocol):
+    """What both zlib's and ISA-L's decompress objects offer."""
+
+    unconsumed_tail: bytes
+    unused_data: bytes
+    eof: bool
+
+    def decompress(self, data: bytes, max_length: int, /) -> bytes: ...
+
+
+def _inflater(wbits: int) -> _Inflater:
+    return cast(_Inflater, (zlib if isal_zlib is None else isal_zlib).decompressobj(wbits))
+
 
 _SLICE = 64 * 1024  # the most any decoder step may produce at once
 
@@ -79,8 +103,8 @@ class _Zlib(_Stage):
     def __init__(self, coding: str) -> None:
         self._coding = coding
         self._head = b""  # deflate: the first two bytes say whether there is a zlib header
-        self._decoder: zlib._Decompress | None = (
-            zlib.decompressobj(31) if coding == "gzip" else None)
+        self._decoder: _Inflater | None = (
+            _inflater(31) if coding == "gzip" else None)
         self._in_member = False
 
     def feed(self, data: bytes) -> Iterator[bytes]:
@@ -90,7 +114,7 @@ class _Zlib(_Stage):
                 return
             data, self._head = self._head, b""
             zlib_header = data[0] & 0x0F == 8 and (data[0] << 8 | data[1]) % 31 == 0
-            self._decoder = zlib.decompressobj(15 if zlib_header else -15)
+            self._decoder = _inflater(15 if zlib_header else -15)
         try:
             while data:
                 self._in_member = True
@@ -107,9 +131,9 @@ class _Zlib(_Stage):
                     if rest and self._coding != "gzip":
                         raise BodyNotDecodable("data after the end of a deflate stream")
                     if rest:
-                        self._decoder = zlib.decompressobj(31)
+                        self._decoder = _inflater(31)
                     data = rest
-        except zlib.error as error:
+        except _INFLATE_ERRORS as error:
             raise BodyNotDecodable(f"{self._coding} body is corrupt") from error
 
     def finish(self) -> Iterator[bytes]:

@@ -420,6 +420,46 @@ class _CompiledCache:
 _COMPILED = _CompiledCache(1024)
 
 
+def _trie(strings: list[bytes], depth: int) -> bytes:
+    """One ``re`` alternation for the rest of three-byte starts after ``depth`` bytes, shared
+    prefixes factored out (a byte trie). A start that is shorter than three bytes is one only
+    where the data ends: its empty rest is spelled ``\\Z``.
+    """
+    if depth == 3:
+        return b""
+    branches: dict[int, list[bytes]] = {}
+    ends = False
+    for string in strings:
+        if string:
+            branches.setdefault(string[0], []).append(string[1:])
+        else:
+            ends = True
+    parts = [re.escape(bytes([first])) + _trie(sorted(rests), depth + 1)
+             for first, rests in sorted(branches.items())]
+    if ends:
+        parts.append(rb"\Z")
+    return parts[0] if len(parts) == 1 else b"(?:" + b"|".join(parts) + b")"
+
+
+def _tail_starts_pattern(starts: Mapping[bytes, object]) -> re.Pattern[bytes] | None:
+    """Where in a stream's tail a form can begin: a key of ``starts`` at that position (its
+    three bytes, or the last one or two bytes of the data).
+
+    Each match is the first byte, the rest a lookahead, so ``finditer`` reports every such
+    position, overlapping ones too, in one pass in C (``re`` skips bytes that begin no key
+    without entering the pattern); the tail is no longer walked byte by byte in Python.
+    """
+    branches: dict[int, list[bytes]] = {}
+    for start in starts:
+        # A key shorter than three bytes is a start only where the data ends.
+        branches.setdefault(start[0], []).append(start[1:])
+    if not branches:
+        return None
+    parts = [re.escape(bytes([first])) + b"(?=" + _trie(sorted(rests), 1) + b")"
+             for first, rests in sorted(branches.items())]
+    return re.compile(b"(?:" + b"|".join(parts) + b")")
+
+
 class _Plan:
     """The search over a set of values: one literal pass, then patterns only near its hits.
 
@@ -427,7 +467,8 @@ class _Plan:
     same values (grants of one policy entry, each with its own placeholders) share one.
     """
 
-    __slots__ = ("anchors", "literals", "max_match_length", "plain_match_length", "starts")
+    __slots__ = ("anchors", "literals", "max_match_length", "plain_match_length", "starts",
+                 "tail_starts")
 
     def __init__(self, compiled: tuple[_Compiled, ...]) -> None:
         self.anchors: list[tuple[_Matcher, str, int]] = []
@@ -454,6 +495,7 @@ class _Plan:
             for start in part.starts:
                 starts.setdefault(start, []).append(part.partial)
         self.starts = {k: tuple(v) for k, v in starts.items()}
+        self.tail_starts = _tail_starts_pattern(self.starts)
 
     def __repr__(self) -> str:
         return f"<_Plan {len(self.anchors)} anchors>"
@@ -619,17 +661,19 @@ class Scrubber:
             cut = self._hold_from(data, found, last_escape=last_escape)
         if not found:  # the common case: hand the bytes on without copying them
             return (data if cut == len(data) else data[:cut]), len(data) - cut
-        out: list[bytes] = []
+        # The spans between matches are views, not slices: the join is the one copy made.
+        view = memoryview(data)
+        out: list[bytes | memoryview] = []
         position = 0
         for start, end, form in found:
             if start >= cut:
                 break  # found again, whole, once more bytes came
-            out.append(data[position:start])
+            out.append(view[position:start])
             out.append(form.replacement(data[start:end], self._placeholders[form.secret]))
             counts[form.secret] = counts.get(form.secret, 0) + 1
             position = end
         cut = max(cut, position)  # a match found by ``re`` may reach past a partial one
-        out.append(data[position:cut])
+        out.append(view[position:cut])
         return b"".join(out), len(data) - cut
 
     def _hold_from(self, data: bytes, found: list[_Found], *, may_grow: bool = True,
@@ -654,13 +698,13 @@ class Scrubber:
                 window = end
         size = len(data)
         starts = plan.starts
+        if plan.tail_starts is None:
+            return size
         # The earliest start of a partial match wins; only a start whose first three bytes (or
         # fewer, at the end) can begin some form is tried.
-        for at in range(window, size):
-            partials = starts.get(data[at:at + 3])
-            if not partials:
-                continue
-            for partial in partials:
+        for candidate in plan.tail_starts.finditer(data, window):
+            at = candidate.start()
+            for partial in starts[data[at:at + 3]]:
                 match = partial.match(data, at, partial=True)
                 # A match that ends with the data could still grow (base64 padding).
                 if match is not None and (match.partial or (may_grow and match.end() == size)):
