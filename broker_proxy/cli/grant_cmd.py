@@ -18,6 +18,7 @@ from broker_proxy.cli.common import (
     print_json,
     proxy_address,
 )
+from broker_proxy.cli.errors import CliError
 from broker_proxy.cli.store_option import add_store_option
 from broker_proxy.durations import parse_duration
 from broker_proxy.grants.actions import change_grant, issue_audited, local_operator
@@ -131,7 +132,10 @@ def change_command(args: argparse.Namespace) -> int:
     if args.action == "show":
         grant = store.get(args.grant_id)
         if grant is None:
-            raise GrantNotFound(args.grant_id)
+            # Ended grants are purged after `run --grant-retention`; the audit log keeps them.
+            raise CliError(f"{GrantNotFound(args.grant_id)} (an ended grant is purged from the "
+                           "store after the proxy's --grant-retention; its history stays in "
+                           "the audit log: broker-proxy audit tail --grant ID)")
     else:
         home = home_of(args)
         with AuditLog.open(home.audit_log, home.audit_key) as audit:
