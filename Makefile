@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo run test lint bench clean
+.PHONY: demo run test lint bench bench-scale clean
 
 $(STAMP): pyproject.toml
 	@interp=$$(scripts/find-python) || exit 1; \
@@ -39,6 +39,13 @@ bench: $(STAMP)
 	$(PY) benchmarks/scrub_bench.py $(SCRUB_CORE_ARGS)
 	@echo "== scrubbing: downloads and server-sent events through broker-proxy run"
 	$(PY) benchmarks/scrub_download_bench.py $(SCRUB_ARGS)
+	@echo "== cost that grows with the store: make bench-scale (1 vs 1,000,000 grants, minutes)"
+
+# 1 grant against 1,000,000, SQLite and Redis; a quick run: make bench-scale SCALE_ARGS="--grants 10000"
+SCALE_ARGS ?=
+bench-scale: $(STAMP)
+	@echo "== scale: grants (start-up, idle CPU, CPU per request, RSS at 1 and N grants)"
+	$(PY) benchmarks/scale_bench.py $(SCALE_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

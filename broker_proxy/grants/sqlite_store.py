@@ -13,7 +13,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
@@ -229,6 +229,20 @@ class SqliteGrantStore:
 
     def revoke(self, grant_id: str, now: datetime) -> Grant:
         return self._transition(grant_id, now, "revoke", _REVOCABLE, _REVOKE, (_to_micros(now),))
+
+    def load_many(self, grants: Iterable[Grant], *, batch: int = 10_000) -> None:
+        """Insert many grants, `batch` to a transaction, without the existence check of
+        `create`: for benchmarks and restores into an empty store, not for issuing grants."""
+        rows: list[tuple[object, ...]] = []
+        for grant in grants:
+            rows.append(_row_from_grant(grant))
+            if len(rows) == batch:
+                with self._transaction() as conn:
+                    conn.executemany(_INSERT, rows)
+                rows = []
+        if rows:
+            with self._transaction() as conn:
+                conn.executemany(_INSERT, rows)
 
     def close(self) -> None:
         with self._lock, self._read_lock:
