@@ -11,8 +11,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from broker_proxy.audit import AuditLog, verify_chain
 from broker_proxy.grants.issuer import issue_grant
-from broker_proxy.grants.store import GrantCounts
 from broker_proxy.grants.sqlite_store import SqliteGrantStore
+from broker_proxy.grants.store import GrantCounts
 from broker_proxy.metrics import BrokerMetrics
 from broker_proxy.policy.loader import load_policy_text
 from broker_proxy.runtime.grant_watch import GrantWatcher
