@@ -112,7 +112,8 @@ def print_issued(issued: IssuedGrant, *, as_json: bool) -> None:
 
 def list_command(args: argparse.Namespace) -> int:
     now = utc_now()
-    grants = open_store(args).list()
+    # --pending reads only live grants (the store's index), not every grant kept.
+    grants = open_store(args).list(include_inactive=not args.pending, now=now)
     if args.pending:
         grants = [g for g in grants if g.state_at(now) == "pending"]
     if args.json:
