@@ -315,14 +315,19 @@ class RedisGrantStore:
         now_ms = int(datetime.now(UTC).timestamp() * 1000)
         with self._talking():
             pipe = self._client.pipeline(transaction=False)
+            scores: dict[str, dict[str, int]] = {key: {} for key in _INDEX_KEYS}
             for count, grant in enumerate(grants, 1):
                 _check_storable(grant)
                 key = _grant_key(grant.id)
                 pipe.hset(key, mapping=_fields_from_grant(grant))
                 pipe.pexpireat(key, max(_to_micros(grant.expires_at) // 1000, now_ms) + keep)
-                _pipe_indexes(pipe, grant)
+                for index_key, score in _index_scores(grant).items():
+                    if score is not None:
+                        scores[index_key][grant.id] = score
                 if count % batch == 0:
+                    _flush_indexes(pipe, scores)
                     pipe.execute()
+            _flush_indexes(pipe, scores)
             pipe.execute()
 
     def reserve_use(self, grant_id: str, now: datetime, *, wait: bool = True) -> ReserveResult:
@@ -497,6 +502,14 @@ def _pipe_indexes(pipe: Any, grant: Grant) -> None:
     for key, score in _index_scores(grant).items():
         if score is not None:
             pipe.zadd(key, {grant.id: score})
+
+
+def _flush_indexes(pipe: Any, scores: dict[str, dict[str, int]]) -> None:
+    """One ZADD per index for a whole batch, then start the next batch empty."""
+    for key, members in scores.items():
+        if members:
+            pipe.zadd(key, members)
+            members.clear()
 
 
 def _check_storable(grant: Grant) -> None:
