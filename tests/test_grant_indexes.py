@@ -218,3 +218,27 @@ def test_load_many_writes_what_create_would(store: Store) -> None:
     assert (counts.active, counts.expiring_in_use) == (1, 1)
     assert [g.id for g in store.indexed(GrantIndex.REVOKED, (EPOCH, ""), NOW, 10)] == [
         revoked.id]
+
+
+def test_counts_stay_right_as_the_clock_moves_and_other_writers_commit(
+        store: Store, tmp_path: Path, redis_server) -> None:
+    a_mix(store)
+    other: Store = (SqliteGrantStore(tmp_path / "grants.sqlite3")
+                    if isinstance(store, SqliteGrantStore) else RedisGrantStore(redis_server.url))
+    with other:  # another process's store on the same data
+        for step in range(0, 24 * 60, 7):  # every 7 s for 24 minutes
+            now = NOW + timedelta(seconds=step)
+            if step == 70:
+                late, _ = make_grant(created_at=now, ttl=timedelta(minutes=6))
+                other.create(late)
+            if step == 140:
+                other.reserve_use(late.id, now)
+            if step == 420:
+                other.revoke(late.id, now)
+            states = [(g.state_at(now), g) for g in store.list()]
+            expected = (sum(1 for s, _ in states if s == "active"),
+                        sum(1 for s, _ in states if s == "pending"),
+                        sum(1 for s, g in states if s == "active" and g.uses > 0
+                            and g.expires_at - now <= SOON))
+            counts = store.counts(now, SOON)
+            assert (counts.active, counts.pending, counts.expiring_in_use) == expected, step

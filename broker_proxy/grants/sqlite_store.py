@@ -102,6 +102,11 @@ _COUNTS = (
     " FROM grants WHERE status IN ('active', 'pending') AND expires_at > ? GROUP BY status"
 )
 _PURGE = f"DELETE FROM grants WHERE id = ? AND {_ENDED} <= ?"  # noqa: S608
+# The next instant at which the counts change by the clock alone: a live grant expiring, or an
+# active one entering the "expiring within" window. O(log n) each, through grants_live.
+_NEXT_EXPIRY = (
+    "SELECT min(expires_at) FROM grants WHERE status = ? AND expires_at > ?"
+)
 _INSERT = f"INSERT INTO grants ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"  # noqa: S608
 _RESERVE = (
     "UPDATE grants SET uses = uses + 1 WHERE id = ? AND status = 'active'"
@@ -118,6 +123,7 @@ _DECIDABLE = frozenset({"pending"})
 _REVOCABLE = frozenset({"active", "pending", "expired", "used_up"})
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_FOREVER = 2**62  # µs: later than any expiry
 _MICROSECOND = timedelta(microseconds=1)
 
 
@@ -131,6 +137,8 @@ class SqliteGrantStore:
         self._lock = threading.Lock()  # the write connection
         self._read_lock = threading.Lock()
         self._reader: sqlite3.Connection | None = None
+        # (data_version, window), valid from, valid until (µs), the counts: see `counts`.
+        self._counts_cache: tuple[tuple[int, int], int, int, GrantCounts] | None = None
         _create_private_file(self._path)
         try:
             conn = sqlite3.connect(
@@ -196,13 +204,35 @@ class SqliteGrantStore:
             return [_grant_from_row(row) for row in conn.execute(query, params)]
 
     def counts(self, now: datetime, expiring_within: timedelta) -> GrantCounts:
-        params = (_to_micros(now + expiring_within), _to_micros(now))
+        """Counted over the live rows, O(live grants); then kept while nothing can change them.
+
+        They change only when some connection commits (PRAGMA data_version on our reader says
+        so, for other processes and for this one's writer alike) or when the clock reaches a
+        live grant's expiry or an active one's entry into the window. Until then the last
+        answer is returned after one PRAGMA, so an idle proxy does not recount.
+        """
+        moment, window = _to_micros(now), expiring_within // _MICROSECOND
         with self._reading() as conn:
-            rows = {status: (total, usable, expiring)
-                    for status, total, usable, expiring in conn.execute(_COUNTS, params)}
+            (version,) = conn.execute("PRAGMA data_version").fetchone()
+            cached = self._counts_cache
+            if (cached is not None and cached[0] == (version, window)
+                    and cached[1] <= moment < cached[2]):
+                return cached[3]
+            rows = {status: (total, usable, expiring) for status, total, usable, expiring
+                    in conn.execute(_COUNTS, (moment + window, moment))}
+            next_active = conn.execute(_NEXT_EXPIRY, ("active", moment)).fetchone()[0]
+            next_pending = conn.execute(_NEXT_EXPIRY, ("pending", moment)).fetchone()[0]
+            next_entry = conn.execute(_NEXT_EXPIRY, ("active", moment + window)).fetchone()[0]
         active = rows.get("active", (0, 0, 0))
-        return GrantCounts(active=int(active[1]), pending=int(rows.get("pending", (0,))[0]),
-                           expiring_in_use=int(active[2]))
+        counts = GrantCounts(active=int(active[1]), pending=int(rows.get("pending", (0,))[0]),
+                             expiring_in_use=int(active[2]))
+        # Valid for now <= t < the first of: a live grant expiring, an active one entering
+        # the window (at its expiry minus the window).
+        until = min((int(next_active) if next_active is not None else _FOREVER),
+                    (int(next_pending) if next_pending is not None else _FOREVER),
+                    (int(next_entry) - window if next_entry is not None else _FOREVER))
+        self._counts_cache = ((version, window), moment, until, counts)
+        return counts
 
     def purge(self, grant_ids: Sequence[str], ended_before: datetime) -> int:
         cutoff = _to_micros(ended_before)
