@@ -14,10 +14,10 @@ and the ratio N/1 of each (target: within 1.10x; RSS within +100 MB).
 
 The big store is filled straight through the store's own schema (SqliteGrantStore.load_many,
 RedisGrantStore.load_many: executemany / a pipeline), not one CLI call per grant. Its grants
-mix states as a store holding a month of traffic would: mostly ended (expired, revoked, denied,
-used up, all within the default --grant-retention of 30 days, so nothing is purged during the
-run), some active, some pending, and --expiring grants whose expiry falls during the run (the
-watcher writes their `grant_expired` records as it would).
+mix states as a store holding a month of traffic would (see mixed_grants): 0.25% live (active
+or pending), the rest ended (expired, revoked, denied, used up) within the default
+--grant-retention of 30 days, so nothing is purged during the run; and --expiring grants whose
+expiry falls during the run (the watcher writes their `grant_expired` records as it would).
 
 Redis runs as a private redis-server started for the run (devtools.redis_server; nothing on
 disk, stopped at the end), one database per store size, never the system's Redis.
@@ -72,12 +72,14 @@ def policy_text(https_port: int) -> str:
         "network:", '  allow_addresses: [127.0.0.0/8, "::1/128"]', ""])
 
 
-def mixed_grants(count: int, now: datetime, expiring: int, run_seconds: float) -> Iterator[Grant]:
+def mixed_grants(count: int, now: datetime) -> Iterator[Grant]:
     """`count` grants of the "background" agent in the states a month of traffic leaves.
 
-    Per 100: 80 expired, 8 revoked, 2 denied, 4 used up (ended: 94), 5 active, 1 pending; the
-    first `expiring` are active grants whose expiry falls within the run. Ended ones ended in
-    the last 29 days, so the default retention (30 days) purges none of them during the run.
+    1,000,000 grants in 30 days is 33,000 a day; with TTLs of 15 minutes to an hour about
+    1,400 are live at once. So per 10,000: 20 active and 5 pending (2,500 live in a million),
+    and of the ended ones, per 100: 80 expired, 8 revoked, 2 denied, 4 used up, the rest
+    expired too. All ended within the last 29 days: the default retention (30 days) purges
+    none of them during the run.
     """
     day = timedelta(days=1)
     for index in range(count):
@@ -86,9 +88,11 @@ def mixed_grants(count: int, now: datetime, expiring: int, run_seconds: float) -
         expires = created + timedelta(minutes=15)
         status, uses, max_uses = GrantStatus.ACTIVE, 1, None
         decided_by = decided_at = revoked_at = None
-        if index < expiring:
-            created = now - timedelta(minutes=5)
-            expires = now + timedelta(seconds=15 + run_seconds * index / max(expiring, 1))
+        if index % 10_000 < 20:
+            created, expires = now - timedelta(minutes=10), now + day
+        elif index % 10_000 < 25:
+            created, expires = now - timedelta(minutes=10), now + day
+            status, uses = GrantStatus.PENDING, 0
         elif kind < 80:
             pass  # expired
         elif kind < 88:
@@ -97,16 +101,22 @@ def mixed_grants(count: int, now: datetime, expiring: int, run_seconds: float) -
             status, decided_by, decided_at = GrantStatus.DENIED, "ops", created
         elif kind < 94:
             uses, max_uses = 3, 3  # used up, then expired
-        elif kind < 99:
-            created, expires = now - timedelta(minutes=10), now + day
-        else:
-            created, expires = now - timedelta(minutes=10), now + day
-            status, uses = GrantStatus.PENDING, 0
         yield Grant(id=new_grant_id(), agent="background", task=f"background task {index}",
                     secrets=("bench",), created_at=created, expires_at=expires,
                     max_uses=max_uses, uses=uses, status=status, approved_by=decided_by,
                     approved_at=decided_at, revoked_at=revoked_at,
                     token_hash=secrets.token_bytes(32))
+
+
+def expiring_grants(count: int, now: datetime, run_seconds: float) -> Iterator[Grant]:
+    """Active grants whose expiries are spread over the measurements, once the fills are done:
+    the watcher writes their `grant_expired` records as it would."""
+    for index in range(count):
+        yield Grant(id=new_grant_id(), agent="background", task=f"expiring task {index}",
+                    secrets=("bench",), created_at=now - timedelta(minutes=5),
+                    expires_at=now + timedelta(seconds=5 + run_seconds * index / count),
+                    max_uses=None, uses=1, status=GrantStatus.ACTIVE, approved_by=None,
+                    approved_at=None, revoked_at=None, token_hash=secrets.token_bytes(32))
 
 
 @dataclass
@@ -126,20 +136,20 @@ class Store:
     token: str = ""
 
 
-def prepare(store: Store, policy_file: Path, expiring: int, run_seconds: float) -> None:
+def open_store(store: Store) -> SqliteGrantStore | RedisGrantStore:
+    if store.backend == "sqlite":
+        return SqliteGrantStore(store.url.removeprefix("sqlite:///"))
+    return RedisGrantStore(store.url)
+
+
+def prepare(store: Store, policy_file: Path) -> None:
     """Fill the store: `size - 1` background grants and the benchmark's own grant."""
     policy = load_policy(policy_file)
     now = utc_now()
-    opened: SqliteGrantStore | RedisGrantStore
-    if store.backend == "sqlite":
-        opened = SqliteGrantStore(store.url.removeprefix("sqlite:///"))
-    else:
-        opened = RedisGrantStore(store.url)
     started = time.monotonic()
-    with opened:
+    with open_store(store) as opened:
         if store.size > 1:
-            opened.load_many(mixed_grants(store.size - 1, now, min(expiring, store.size - 1),
-                                          run_seconds))
+            opened.load_many(mixed_grants(store.size - 1, now))
         issued = issue_grant(policy, opened, agent="bench-agent", task="benchmark",
                              secrets=["bench"], ttl=timedelta(hours=2), max_uses=None, now=now)
     store.token = issued.token
@@ -151,9 +161,12 @@ def measure(store: Store, home: Path, policy_file: Path, upstream_ca: Path, env:
             target: Target, args: argparse.Namespace, figures: Figures, log: Path) -> None:
     proxy = ProxyProcess(home, policy_file, upstream_ca=upstream_ca, env=env,
                          extra_args=["--store", store.url], log_path=log)
-    started = time.monotonic()
-    proxy.start(timeout=120)
-    figures.startup.append(time.monotonic() - started)
+    for start in range(args.starts):  # start-up is the noisiest figure: take several
+        started = time.monotonic()
+        proxy.start(timeout=120)
+        figures.startup.append(time.monotonic() - started)
+        if start < args.starts - 1:
+            proxy.stop()
     assert proxy.process is not None
     pid = proxy.process.pid
     try:
@@ -219,12 +232,14 @@ def main() -> int:
     parser.add_argument("--grants", type=int, default=1_000_000,
                         help="grants in the big store (default 1,000,000; e.g. 10000 for a "
                         "quick run)")
-    parser.add_argument("--rounds", type=int, default=2, help="measurements of each (default 2)")
+    parser.add_argument("--rounds", type=int, default=3, help="measurements of each (default 3)")
     parser.add_argument("--stores", default="sqlite,redis", help="sqlite, redis or both")
     parser.add_argument("--idle-seconds", type=float, default=20.0)
     parser.add_argument("--settle", type=float, default=3.0,
                         help="seconds between ready and the idle measurement (default 3)")
     parser.add_argument("--seconds", type=float, default=6.0, help="of load (default 6)")
+    parser.add_argument("--starts", type=int, default=3,
+                        help="start-ups timed per measurement (default 3)")
     parser.add_argument("--expiring", type=int, default=200,
                         help="grants of the big store that expire during the run (default 200)")
     args = parser.parse_args()
@@ -233,7 +248,7 @@ def main() -> int:
         parser.error("--stores takes sqlite and/or redis")
     sizes = (1, args.grants)
     run_seconds = args.rounds * len(backends) * 2 * (args.settle + args.idle_seconds
-                                                    + args.seconds + 5)
+                                                    + args.seconds + 4 * args.starts)
     env = dict(os.environ, BENCH_SECRET="bench-" + secrets.token_urlsafe(24),
                BROKER_PROXY_MASTER_KEY=base64.urlsafe_b64encode(os.urandom(32)).decode(),
                PYTHON_KEYRING_BACKEND="keyring.backends.null.Keyring")
@@ -256,10 +271,16 @@ def main() -> int:
                             assert redis is not None
                             url = f"redis://127.0.0.1:{redis.port}/{db}"
                         stores.append(Store(backend, size, url))
-                print(f"filling stores ({args.grants:,} grants: 94% ended, 5% active, 1% "
-                      f"pending, {args.expiring} expiring during the run)", flush=True)
+                print(f"filling stores ({args.grants:,} grants: 0.25% live, the rest ended "
+                      f"within the retention; {args.expiring} more expiring during the run)",
+                      flush=True)
                 for store in stores:
-                    prepare(store, policy_file, args.expiring, run_seconds)
+                    prepare(store, policy_file)
+                for store in stores:
+                    if store.size > 1 and args.expiring:
+                        with open_store(store) as opened:
+                            for grant in expiring_grants(args.expiring, utc_now(), run_seconds):
+                                opened.create(grant)
                 results = {(store.backend, store.size): Figures() for store in stores}
                 for round_no in range(args.rounds):
                     for store in stores:  # 1, N, 1, N: interleaved
@@ -269,7 +290,8 @@ def main() -> int:
                                 root / f"proxy-{store.backend}-{store.size}.log")
                         fig = results[(store.backend, store.size)]
                         print(f"  round {round_no + 1} {store.backend:<6} {store.size:>9,}: "
-                              f"start-up {fig.startup[-1]:.2f} s, idle {fig.idle_pct[-1]:.2f}%, "
+                              f"start-up {min(fig.startup[-args.starts:]):.2f} s, "
+                              f"idle {fig.idle_pct[-1]:.2f}%, "
                               f"{fig.cpu_ms[-1]:.3f} ms/req, RSS {fig.rss_mb[-1]:.0f} MB",
                               flush=True)
                 report(results, sizes)
