@@ -4,7 +4,8 @@ For SQLite and for Redis, the same proxy is measured with 1 grant in its store a
 --grants (default 1,000,000) grants, rounds interleaved (1, N, 1, N, ...) so the load of the
 shared machine falls on both alike:
 
-  start-up   process start to listening (run.json written), in seconds
+  start-up   process start to listening (run.json written), in seconds, and the CPU seconds
+             the process used until then (what the wall figure means on a loaded machine)
   idle CPU   the proxy's CPU seconds over --idle-seconds of no traffic, as % of one core
   cpu/req    the proxy's CPU ms per answered request, https-keepalive (10 clients, one tunnel
              each, a placeholder injected into every request)
@@ -122,6 +123,7 @@ def expiring_grants(count: int, now: datetime, run_seconds: float) -> Iterator[G
 @dataclass
 class Figures:
     startup: list[float] = field(default_factory=list)
+    startup_cpu: list[float] = field(default_factory=list)  # CPU s until ready: load-proof
     idle_pct: list[float] = field(default_factory=list)
     cpu_ms: list[float] = field(default_factory=list)
     rate: list[float] = field(default_factory=list)
@@ -165,9 +167,10 @@ def measure(store: Store, home: Path, policy_file: Path, upstream_ca: Path, env:
         started = time.monotonic()
         proxy.start(timeout=120)
         figures.startup.append(time.monotonic() - started)
+        assert proxy.process is not None
+        figures.startup_cpu.append(cpu_seconds(proxy.process.pid))
         if start < args.starts - 1:
             proxy.stop()
-    assert proxy.process is not None
     pid = proxy.process.pid
     try:
         time.sleep(args.settle)
@@ -200,12 +203,14 @@ def spread(values: list[float], fmt: str) -> str:
 def report(results: dict[tuple[str, int], Figures], sizes: tuple[int, int]) -> None:
     small, big = sizes
     print()
-    header = (f"{'store':<7} {'grants':>9} {'start-up s':>18} {'idle CPU %':>18} "
+    header = (f"{'store':<7} {'grants':>9} {'start-up s':>18} {'start-up CPU s':>18} "
+              f"{'idle CPU %':>18} "
               f"{'cpu ms/req':>18} {'req/s':>8} {'RSS MB':>18}")
     print(header)
     print("-" * len(header))
     for (backend, size), fig in results.items():
         print(f"{backend:<7} {size:>9,} {spread(fig.startup, '.2f'):>18} "
+              f"{spread(fig.startup_cpu, '.2f'):>18} "
               f"{spread(fig.idle_pct, '.2f'):>18} {spread(fig.cpu_ms, '.3f'):>18} "
               f"{statistics.median(fig.rate):8.0f} {spread(fig.rss_mb, '.1f'):>18}")
     print(f"\nratio {big:,} / {small} grants (medians; target <= 1.10, RSS within +100 MB):")
@@ -218,12 +223,14 @@ def report(results: dict[tuple[str, int], Figures], sizes: tuple[int, int]) -> N
         # Idle CPU is counted in 10 ms ticks: near zero a ratio says nothing, so the
         # difference in points of a core is printed too.
         idle_ratio = f"{idle_many / idle_one:5.2f}x" if idle_one >= 0.1 else "  n/a"
-        print(f"  {backend:<7} start-up {med(many.startup) / med(one.startup):5.2f}x   "
+        print(f"  {backend:<7} start-up {med(many.startup) / med(one.startup):5.2f}x "
+              f"(fastest {min(many.startup) / min(one.startup):4.2f}x, CPU "
+              f"{med(many.startup_cpu) / med(one.startup_cpu):4.2f}x)   "
               f"idle CPU {idle_ratio} ({idle_one:.2f}% -> {idle_many:.2f}% of a core, "
               f"{idle_many - idle_one:+.2f} points)   "
               f"cpu/req {med(many.cpu_ms) / med(one.cpu_ms):5.2f}x   "
               f"RSS {med(many.rss_mb) - med(one.rss_mb):+6.1f} MB")
-    print(f"load average: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    print(f"load average at the end: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
 
 
 def main() -> int:
@@ -271,7 +278,8 @@ def main() -> int:
                             assert redis is not None
                             url = f"redis://127.0.0.1:{redis.port}/{db}"
                         stores.append(Store(backend, size, url))
-                print(f"filling stores ({args.grants:,} grants: 0.25% live, the rest ended "
+                print(f"load average: {' '.join(f'{v:.2f}' for v in os.getloadavg())}; "
+                      f"filling stores ({args.grants:,} grants: 0.25% live, the rest ended "
                       f"within the retention; {args.expiring} more expiring during the run)",
                       flush=True)
                 for store in stores:
