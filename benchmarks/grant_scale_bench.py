@@ -242,8 +242,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="measurements of each (default 3)")
     parser.add_argument("--stores", default="sqlite,redis", help="sqlite, redis or both")
     parser.add_argument("--idle-seconds", type=float, default=20.0)
-    parser.add_argument("--settle", type=float, default=3.0,
-                        help="seconds between ready and the idle measurement (default 3)")
+    parser.add_argument("--settle", type=float, default=10.0,
+                        help="seconds between ready and the idle measurement (default 10: past "
+                        "the watcher's first sweep, which warms SQLite's page cache once)")
     parser.add_argument("--seconds", type=float, default=6.0, help="of load (default 6)")
     parser.add_argument("--starts", type=int, default=3,
                         help="start-ups timed per measurement (default 3)")
