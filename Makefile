@@ -42,11 +42,18 @@ bench: $(STAMP)
 	$(PY) benchmarks/scrub_download_bench.py $(SCRUB_ARGS)
 	@echo "== CPU per request (https-keepalive) against the commit before every grant answer was scrubbed"
 	$(PY) benchmarks/cpu_compare.py $(CPU_COMPARE_ARGS)
+	@echo "== cost that grows with the store or the policy: make bench-scale (minutes); the hour-long soak: make bench-soak"
 
-# Figures that grow with the size of the store or the policy (minutes; not part of `make bench`).
+# Figures that grow with the size of the store or the policy (minutes; not part of `make bench`):
+# 1 grant against 1,000,000 (SQLite and Redis), then policy check and reload at 1,000 and
+# 100,000 secrets. A quick run: make bench-scale SCALE_ARGS="--grants 10000"
+SCALE_ARGS ?=
+POLICY_SCALE_ARGS ?=
 bench-scale: $(STAMP)
+	@echo "== scale: grants (start-up, idle CPU, CPU per request, RSS at 1 and N grants)"
+	$(PY) benchmarks/scale_bench.py $(SCALE_ARGS)
 	@echo "== policy scale: policy check and reload at 1,000 and 100,000 secrets"
-	$(PY) benchmarks/policy_scale_bench.py
+	$(PY) benchmarks/policy_scale_bench.py $(POLICY_SCALE_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -257,9 +257,11 @@ class AdminHandler(BaseHTTPRequestHandler):
         if len(pending) != 1 or pending[0] not in ("true", "false"):
             raise ApiError(400, "invalid_request", "pending must be true or false")
         now = utc_now()
-        grants = self.context.grants.list()
-        if pending[0] == "true":
-            grants = [g for g in grants if g.state_at(now) == "pending"]
+        if pending[0] == "true":  # live grants only, through the store's index
+            grants = [g for g in self.context.grants.list(include_inactive=False, now=now)
+                      if g.state_at(now) == "pending"]
+        else:
+            grants = self.context.grants.list()
         return [g.to_public_dict(now) for g in grants]
 
     def _filtered(self, params: dict[str, list[str]]) -> list[dict[str, Any]]:
@@ -281,7 +283,9 @@ class AdminHandler(BaseHTTPRequestHandler):
             numbers[name] = int(text)
         limit = max(1, min(numbers["limit"], MAX_GRANT_PAGE))
         now = utc_now()
-        chosen = filter_grants(self.context.grants.list(), agent=value.get("agent"),
+        live = value.get("state") in ("active", "pending")  # then only live rows are read
+        grants = self.context.grants.list(include_inactive=not live, now=now)
+        chosen = filter_grants(grants, agent=value.get("agent"),
                                secret=value.get("secret"), state=value.get("state"), now=now)
         self._total = len(chosen)
         return [g.to_public_dict(now)

@@ -11,8 +11,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from broker_proxy.audit import AuditLog, verify_chain
 from broker_proxy.grants.issuer import issue_grant
-from broker_proxy.grants.model import Grant
 from broker_proxy.grants.sqlite_store import SqliteGrantStore
+from broker_proxy.grants.store import GrantCounts
 from broker_proxy.metrics import BrokerMetrics
 from broker_proxy.policy.loader import load_policy_text
 from broker_proxy.runtime.grant_watch import GrantWatcher
@@ -110,14 +110,17 @@ def test_grants_issued_before_the_watcher_started_are_not_counted(tmp_path: Path
 
 
 class SlowStore:
-    """A store whose listing takes a known time, as a large one would."""
+    """A store whose answers take a known time, as a slow one would."""
 
     def __init__(self, inner: SqliteGrantStore, seconds: float) -> None:
         self._inner, self._seconds = inner, seconds
 
-    def list(self, include_inactive: bool = False) -> list[Grant]:
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._inner, name)
+
+    def counts(self, now: datetime, within: timedelta) -> GrantCounts:
         time.sleep(self._seconds)
-        return self._inner.list(include_inactive=include_inactive)
+        return self._inner.counts(now, within)
 
 
 def test_periodic_sweeps_back_off_when_a_sweep_is_costly(tmp_path: Path) -> None:

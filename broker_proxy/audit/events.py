@@ -20,6 +20,8 @@ EVENTS: Final[dict[str, str]] = {
     "grant_denied": "a pending grant was denied by a person",
     "grant_revoked": "a grant was revoked (by a person, exec, or a policy reload)",
     "grant_expired": "a grant reached its expiry while the proxy ran (periodic sweep)",
+    "grants_purged": "ended grants older than --grant-retention were deleted from the store "
+                     "(their ids; their history stays in this log)",
     "policy_loaded": "the proxy started with this policy (digest)",
     "policy_reloaded": "a changed policy was loaded live (digest)",
     "policy_reload_rejected": "a changed policy was refused; the last good one stays",
@@ -33,5 +35,5 @@ EVENTS: Final[dict[str, str]] = {
 EXTRA_FIELDS: Final[tuple[str, ...]] = (
     "by", "fingerprints", "redactions", "expires_at", "uses", "policy", "errors",
     "revoked_grants", "previous_file", "torn_bytes", "message", "max_uses", "grant_status",
-    "withheld", "hold", "digest", "minutes",
+    "withheld", "hold", "digest", "minutes", "count", "ended_before",
 )

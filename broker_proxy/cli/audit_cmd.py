@@ -114,7 +114,10 @@ def tail_command(args: argparse.Namespace) -> int:
         raise CliError(f"no audit log at {live}")
 
     def wanted(record: dict[str, object]) -> bool:
-        return not args.grant or record.get("grant") == args.grant
+        if not args.grant or record.get("grant") == args.grant:
+            return True
+        named = record.get("grants")  # a grants_purged record names the batch it deleted
+        return isinstance(named, list) and args.grant in named
 
     def show(record: dict[str, object]) -> None:
         print(json.dumps(record, sort_keys=True) if args.json else format_record(record),

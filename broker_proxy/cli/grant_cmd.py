@@ -18,6 +18,7 @@ from broker_proxy.cli.common import (
     print_json,
     proxy_address,
 )
+from broker_proxy.cli.errors import CliError
 from broker_proxy.cli.store_option import add_store_option
 from broker_proxy.durations import parse_duration
 from broker_proxy.grants.actions import change_grant, issue_audited, local_operator
@@ -111,7 +112,8 @@ def print_issued(issued: IssuedGrant, *, as_json: bool) -> None:
 
 def list_command(args: argparse.Namespace) -> int:
     now = utc_now()
-    grants = open_store(args).list()
+    # --pending reads only live grants (the store's index), not every grant kept.
+    grants = open_store(args).list(include_inactive=not args.pending, now=now)
     if args.pending:
         grants = [g for g in grants if g.state_at(now) == "pending"]
     if args.json:
@@ -131,7 +133,10 @@ def change_command(args: argparse.Namespace) -> int:
     if args.action == "show":
         grant = store.get(args.grant_id)
         if grant is None:
-            raise GrantNotFound(args.grant_id)
+            # Ended grants are purged after `run --grant-retention`; the audit log keeps them.
+            raise CliError(f"{GrantNotFound(args.grant_id)} (an ended grant is purged from the "
+                           "store after the proxy's --grant-retention; its history stays in "
+                           "the audit log: broker-proxy audit tail --grant ID)")
     else:
         home = home_of(args)
         with AuditLog.open(home.audit_log, home.audit_key) as audit:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import ssl
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -34,11 +34,15 @@ from redis.retry import Retry
 
 from broker_proxy.grants.model import Grant, GrantStatus
 from broker_proxy.grants.store import (
+    GrantCounts,
+    GrantIndex,
     GrantNotFound,
+    Grants,
     GrantStateError,
     GrantStoreError,
     ReserveResult,
     authenticate_token,
+    ended_at,
 )
 
 CONNECT_TIMEOUT = 0.5  # seconds to open a connection
@@ -50,6 +54,29 @@ RETENTION = timedelta(days=1)
 # One hash tag for every key, so the multi-key scripts also run on a Redis Cluster.
 _PREFIX = "{broker-proxy}"
 _INDEX_KEY = f"{_PREFIX}:grants"  # sorted set: score created_at (µs), member grant id
+# Sorted sets, member grant id, so periodic work reads what is due (O(log n + due)), not every
+# grant: scores are expires_at for expiry / active / pending / in-use (active and used at least
+# once), revoked_at for revoked, and the instant the grant ended (GrantIndex.ENDED) for ended.
+# The first four are in the order of GrantIndex; the scripts name them by position.
+_INDEX_KEYS = (
+    _INDEX_KEY,
+    f"{_PREFIX}:by-expiry",
+    f"{_PREFIX}:by-revoked",
+    f"{_PREFIX}:by-end",
+    f"{_PREFIX}:active",
+    f"{_PREFIX}:pending",
+    f"{_PREFIX}:in-use",
+)
+_CREATED, _EXPIRY, _REVOKED, _ENDED, _ACTIVE, _PENDING, _IN_USE = _INDEX_KEYS
+_KEY_OF_INDEX = {GrantIndex.CREATED: _CREATED, GrantIndex.EXPIRES: _EXPIRY,
+                 GrantIndex.REVOKED: _REVOKED, GrantIndex.ENDED: _ENDED}
+# Set once the indexes above hold every grant (a store written before they existed is indexed
+# once, when a store of this version first opens it).
+_INDEX_VERSION_KEY = f"{_PREFIX}:index-version"
+_INDEX_VERSION = "1"
+# Live indexes are trimmed of entries this long past their expiry: a replica whose clock runs
+# a little ahead must not drop a grant another replica still counts as live.
+_TRIM_MARGIN = timedelta(minutes=1)
 
 # Lua numbers are doubles: microseconds since 1970 stay exact until about the year 2255.
 _STATE_AT = """
@@ -69,49 +96,91 @@ local function read_state(key, now)
 end
 """
 
-# KEYS: grant, index. ARGV: id, created_at, expires_at, retention (ms), field/value pairs...
+# KEYS: grant, then the _INDEX_KEYS. ARGV: id, expires_at, retention (ms), then one score per
+# index key ('' for "not in that index"), then field/value pairs.
 _CREATE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+local n = #KEYS - 1
+redis.call('HSET', KEYS[1], unpack(ARGV, 4 + n))
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local expires_ms = math.floor(tonumber(ARGV[3]) / 1000)
-redis.call('PEXPIREAT', KEYS[1], math.max(expires_ms, now_ms) + tonumber(ARGV[4]))
-redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+local expires_ms = math.floor(tonumber(ARGV[2]) / 1000)
+redis.call('PEXPIREAT', KEYS[1], math.max(expires_ms, now_ms) + tonumber(ARGV[3]))
+for i = 1, n do
+  if ARGV[3 + i] ~= '' then redis.call('ZADD', KEYS[1 + i], ARGV[3 + i], ARGV[1]) end
+end
 return 1
 """
 
-# KEYS: grant. ARGV: now. The check and the increment are one step: no other client runs
-# between them, so two replicas can never both spend the last use.
+# KEYS: grant, active index, in-use index. ARGV: now, id. The check and the increment are one
+# step: no other client runs between them, so two replicas can never both spend the last use.
+# The first use puts the grant in the in-use index; the last takes it out of both.
 _RESERVE = _STATE_AT + """
 local state = read_state(KEYS[1], tonumber(ARGV[1]))
 if not state then return 'not_found' end
 if state ~= 'active' then return state end
-redis.call('HINCRBY', KEYS[1], 'uses', 1)
+local uses = redis.call('HINCRBY', KEYS[1], 'uses', 1)
+local fields = redis.call('HMGET', KEYS[1], 'expires_at', 'max_uses')
+if fields[2] and uses >= tonumber(fields[2]) then
+  redis.call('ZREM', KEYS[2], ARGV[2])
+  redis.call('ZREM', KEYS[3], ARGV[2])
+elseif uses == 1 then
+  redis.call('ZADD', KEYS[3], fields[1], ARGV[2])
+end
 return 'reserved'
 """
 
-# KEYS: grant. ARGV: now, action, by. Same rules as SqliteGrantStore: approve/deny only a
-# pending grant; revoke one that is active, pending or ran out (so `exec` can always close it).
+# KEYS: grant, revoked, ended, active, pending, in-use indexes. ARGV: now, action, by, id.
+# Same rules as SqliteGrantStore: approve/deny only a pending grant; revoke one that is active,
+# pending or ran out (so `exec` can always close it).
 _TRANSITION = _STATE_AT + """
 local state = read_state(KEYS[1], tonumber(ARGV[1]))
 if not state then return {'not_found'} end
 local action = ARGV[2]
+local expires = tonumber(redis.call('HGET', KEYS[1], 'expires_at'))
+local ended = math.min(expires, tonumber(ARGV[1]))
 if action == 'revoke' then
   if state == 'revoked' or state == 'denied' then return {'refused', state} end
   redis.call('HSET', KEYS[1], 'status', 'revoked', 'revoked_at', ARGV[1])
+  redis.call('ZADD', KEYS[2], ARGV[1], ARGV[4])
+  redis.call('ZADD', KEYS[3], ended, ARGV[4])
+  redis.call('ZREM', KEYS[4], ARGV[4])
+  redis.call('ZREM', KEYS[5], ARGV[4])
+  redis.call('ZREM', KEYS[6], ARGV[4])
 elseif state ~= 'pending' then
   return {'refused', state}
 elseif action == 'approve' then
   redis.call('HSET', KEYS[1], 'status', 'active', 'approved_by', ARGV[3], 'approved_at', ARGV[1])
+  redis.call('ZREM', KEYS[5], ARGV[4])
+  redis.call('ZADD', KEYS[4], expires, ARGV[4])
 elseif action == 'deny' then
   redis.call('HSET', KEYS[1], 'status', 'denied', 'approved_by', ARGV[3], 'approved_at', ARGV[1])
+  redis.call('ZREM', KEYS[5], ARGV[4])
+  redis.call('ZADD', KEYS[3], ended, ARGV[4])
 else
   error('unknown grant action')
 end
 local all = redis.call('HGETALL', KEYS[1])
 table.insert(all, 1, 'ok')
 return all
+"""
+
+# KEYS: the _INDEX_KEYS, then one grant key per id. ARGV: ended_before, then the ids. Deletes
+# only a grant whose end (its score in the ended index) is at or before ended_before.
+_PURGE = """
+local n = #KEYS - #ARGV + 1
+local ended = KEYS[4]
+local cutoff = tonumber(ARGV[1])
+local gone = 0
+for i = 2, #ARGV do
+  local id = ARGV[i]
+  local score = redis.call('ZSCORE', ended, id)
+  if score and tonumber(score) <= cutoff then
+    gone = gone + redis.call('DEL', KEYS[n + i - 1])
+    for k = 1, n do redis.call('ZREM', KEYS[k], id) end
+  end
+end
+return gone
 """
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -143,10 +212,13 @@ class RedisGrantStore:
         self._create = self._client.register_script(_CREATE)
         self._reserve = self._client.register_script(_RESERVE)
         self._transition_script = self._client.register_script(_TRANSITION)
+        self._purge = self._client.register_script(_PURGE)
         try:
             # Refuse to start against a store that is not there or refuses us: a typo in the
             # URL should stop `run` at once, not turn every request into a 503.
             self._client.ping()
+            if self._client.get(_INDEX_VERSION_KEY) != _INDEX_VERSION.encode():
+                self._build_indexes()
         except redis.RedisError as exc:
             self._client.close()
             raise self._unusable(exc) from exc
@@ -159,11 +231,12 @@ class RedisGrantStore:
         for name, value in _fields_from_grant(grant).items():
             pairs += [name, value]
         keep_ms = RETENTION // timedelta(milliseconds=1)
+        scores = [_index_scores(grant)[key] for key in _INDEX_KEYS]
         with self._talking():
             created = self._create(
-                keys=[_grant_key(grant.id), _INDEX_KEY],
-                args=[grant.id, _to_micros(grant.created_at), _to_micros(grant.expires_at),
-                      keep_ms, *pairs],
+                keys=[_grant_key(grant.id), *_INDEX_KEYS],
+                args=[grant.id, _to_micros(grant.expires_at), keep_ms,
+                      *("" if score is None else score for score in scores), *pairs],
             )
         if not created:
             raise GrantStoreError(f"grant {grant.id} already exists in {self._where}")
@@ -179,28 +252,89 @@ class RedisGrantStore:
     def list(
         self, *, include_inactive: bool = True, now: datetime | None = None
     ) -> list[Grant]:
-        with self._talking():
-            ids = [raw.decode() for raw in self._client.zrange(_INDEX_KEY, 0, -1)]
-            pipe = self._client.pipeline(transaction=False)
-            for grant_id in ids:
-                pipe.hgetall(_grant_key(grant_id))
-            rows = pipe.execute()
-            # Hashes Redis expired (RETENTION after expiry) leave their id in the index.
-            gone = [gid for gid, fields in zip(ids, rows, strict=True) if not fields]
-            if gone:
-                self._client.zrem(_INDEX_KEY, *gone)
-        grants = [
-            _grant_from_fields(gid, fields) for gid, fields in zip(ids, rows, strict=True) if fields
-        ]
         if include_inactive:
-            return grants
+            with self._talking():
+                ids = [raw.decode() for raw in self._client.zrange(_INDEX_KEY, 0, -1)]
+            return self._read(ids)
         moment = now if now is not None else datetime.now(UTC)
+        after = f"({_to_micros(moment)}"
+        with self._talking():  # live grants only, through the active and pending indexes
+            ids = [raw.decode() for key in (_ACTIVE, _PENDING)
+                   for raw in self._client.zrangebyscore(key, after, "+inf")]
+        grants = sorted(self._read(ids), key=lambda g: (g.created_at, g.id))
         return [g for g in grants if g.state_at(moment) in ("active", "pending")]
+
+    def indexed(
+        self, index: GrantIndex, after: tuple[datetime, str], until: datetime, limit: int
+    ) -> Grants:
+        key = _KEY_OF_INDEX[index]
+        after_score, after_id = _to_micros(after[0]), after[1].encode()
+        ids: Ids = []
+        offset = 0
+        with self._talking():
+            # Members with equal scores come in id order, as the cursor needs; the few at the
+            # cursor's own score that it already passed are skipped.
+            while len(ids) < limit:
+                page: list[tuple[bytes, float]] = self._client.zrangebyscore(  # type: ignore[assignment]
+                    key, after_score, _to_micros(until), start=offset, num=limit,
+                    withscores=True)
+                ids += [bytes(member).decode() for member, score in page
+                         if float(score) > after_score or bytes(member) > after_id]
+                if len(page) < limit:
+                    break
+                offset += limit
+        return self._read(ids[:limit])
+
+    def counts(self, now: datetime, expiring_within: timedelta) -> GrantCounts:
+        moment = _to_micros(now)
+        with self._talking():
+            pipe = self._client.pipeline(transaction=False)
+            pipe.zcount(_ACTIVE, f"({moment}", "+inf")
+            pipe.zcount(_PENDING, f"({moment}", "+inf")
+            pipe.zcount(_IN_USE, f"({moment}", _to_micros(now + expiring_within))
+            # Clean-up in the same round trip: what expired leaves the live indexes, so they
+            # stay as small as the live grants (O(log n + expired since the last call)).
+            trim = _to_micros(now - _TRIM_MARGIN)
+            for key in (_ACTIVE, _PENDING, _IN_USE):
+                pipe.zremrangebyscore(key, "-inf", trim)
+            active, pending, in_use, *_ = pipe.execute()
+        return GrantCounts(active=int(active), pending=int(pending), expiring_in_use=int(in_use))
+
+    def purge(self, grant_ids: Sequence[str], ended_before: datetime) -> int:
+        if not grant_ids:
+            return 0
+        with self._talking():
+            gone = self._purge(keys=[*_INDEX_KEYS, *(_grant_key(gid) for gid in grant_ids)],
+                               args=[_to_micros(ended_before), *grant_ids])
+        return int(gone)
+
+    def load_many(self, grants: Iterable[Grant], *, batch: int = 10_000) -> None:
+        """Write many grants at once, pipelined, without the existence check of `create`:
+        for benchmarks and restores into an empty store, not for issuing grants."""
+        keep = RETENTION // timedelta(milliseconds=1)
+        now_ms = int(datetime.now(UTC).timestamp() * 1000)
+        with self._talking():
+            pipe = self._client.pipeline(transaction=False)
+            scores: dict[str, dict[str, int]] = {key: {} for key in _INDEX_KEYS}
+            for count, grant in enumerate(grants, 1):
+                _check_storable(grant)
+                key = _grant_key(grant.id)
+                pipe.hset(key, mapping=_fields_from_grant(grant))
+                pipe.pexpireat(key, max(_to_micros(grant.expires_at) // 1000, now_ms) + keep)
+                for index_key, score in _index_scores(grant).items():
+                    if score is not None:
+                        scores[index_key][grant.id] = score
+                if count % batch == 0:
+                    _flush_indexes(pipe, scores)
+                    pipe.execute()
+            _flush_indexes(pipe, scores)
+            pipe.execute()
 
     def reserve_use(self, grant_id: str, now: datetime, *, wait: bool = True) -> ReserveResult:
         # `wait` is ignored: a remote store is only ever used off the event loop.
         with self._talking():
-            outcome = self._reserve(keys=[_grant_key(grant_id)], args=[_to_micros(now)])
+            outcome = self._reserve(keys=[_grant_key(grant_id), _ACTIVE, _IN_USE],
+                                    args=[_to_micros(now), grant_id])
         try:
             # The script answers "reserved" or the state that refused the use, which are
             # exactly ReserveResult's values.
@@ -233,7 +367,8 @@ class RedisGrantStore:
     def _transition(self, grant_id: str, now: datetime, action: str, by: str) -> Grant:
         with self._talking():
             reply = self._transition_script(
-                keys=[_grant_key(grant_id)], args=[_to_micros(now), action, by]
+                keys=[_grant_key(grant_id), _REVOKED, _ENDED, _ACTIVE, _PENDING, _IN_USE],
+                args=[_to_micros(now), action, by, grant_id],
             )
         head = reply[0].decode()
         if head == "not_found":
@@ -242,6 +377,47 @@ class RedisGrantStore:
             raise GrantStateError(grant_id, reply[1].decode(), action)
         flat = reply[1:]
         return _grant_from_fields(grant_id, dict(zip(flat[::2], flat[1::2], strict=True)))
+
+    def _read(self, ids: Ids) -> Grants:
+        """The grants of `ids`, in that order; ids whose hash Redis already expired (RETENTION
+        after expiry) are dropped from every index, so no later read meets them again."""
+        if not ids:
+            return []
+        with self._talking():
+            pipe = self._client.pipeline(transaction=False)
+            for grant_id in ids:
+                pipe.hgetall(_grant_key(grant_id))
+            rows = pipe.execute()
+            gone = [gid for gid, fields in zip(ids, rows, strict=True) if not fields]
+            if gone:
+                pipe = self._client.pipeline(transaction=False)
+                for key in _INDEX_KEYS:
+                    pipe.zrem(key, *gone)
+                pipe.execute()
+        return [_grant_from_fields(gid, fields)
+                for gid, fields in zip(ids, rows, strict=True) if fields]
+
+    def _build_indexes(self) -> None:
+        """Index the grants of a store written before the indexes existed (once; idempotent,
+        so two processes doing it at once do no harm). A transition made by an older version
+        while this runs may leave a stale live entry: it only counts in a gauge until expiry."""
+        start = 0
+        while True:
+            ids = [raw.decode() for raw in self._client.zrange(_INDEX_KEY, start, start + 999)]
+            pipe = self._client.pipeline(transaction=False)
+            for grant_id in ids:
+                pipe.hgetall(_grant_key(grant_id))
+            rows = pipe.execute()
+            for grant_id, fields in zip(ids, rows, strict=True):
+                try:
+                    _pipe_indexes(pipe, _grant_from_fields(grant_id, fields))
+                except GrantStoreError:
+                    continue  # gone or corrupt: reading it says so, indexing it cannot help
+            pipe.execute()
+            if len(ids) < 1000:
+                break
+            start += len(ids)
+        self._client.set(_INDEX_VERSION_KEY, _INDEX_VERSION)
 
     @contextmanager
     def _talking(self) -> Iterator[None]:
@@ -297,8 +473,43 @@ def _parse_url(url: str) -> tuple[dict[str, Any], str]:
     return options, where
 
 
+Ids = list[str]  # `list` is a method name inside the class
+
+
 def _grant_key(grant_id: str) -> str:
     return f"{_PREFIX}:grant:{grant_id}"
+
+
+def _index_scores(grant: Grant) -> dict[str, int | None]:
+    """The score of the grant in each index (None: not in it), as the scripts keep them."""
+    expires = _to_micros(grant.expires_at)
+    status = grant.status
+    used_up = grant.max_uses is not None and grant.uses >= grant.max_uses
+    usable = status is GrantStatus.ACTIVE and not used_up
+    return {
+        _CREATED: _to_micros(grant.created_at),
+        _EXPIRY: expires,
+        _REVOKED: _to_micros(grant.revoked_at)
+        if status is GrantStatus.REVOKED and grant.revoked_at is not None else None,
+        _ENDED: _to_micros(ended_at(grant)),
+        _ACTIVE: expires if usable else None,
+        _PENDING: expires if status is GrantStatus.PENDING else None,
+        _IN_USE: expires if usable and grant.uses > 0 else None,
+    }
+
+
+def _pipe_indexes(pipe: Any, grant: Grant) -> None:
+    for key, score in _index_scores(grant).items():
+        if score is not None:
+            pipe.zadd(key, {grant.id: score})
+
+
+def _flush_indexes(pipe: Any, scores: dict[str, dict[str, int]]) -> None:
+    """One ZADD per index for a whole batch, then start the next batch empty."""
+    for key, members in scores.items():
+        if members:
+            pipe.zadd(key, members)
+            members.clear()
 
 
 def _check_storable(grant: Grant) -> None:

@@ -13,7 +13,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
@@ -22,7 +22,10 @@ from typing import Any
 
 from broker_proxy.grants.model import Grant, GrantStatus
 from broker_proxy.grants.store import (
+    GrantCounts,
+    GrantIndex,
     GrantNotFound,
+    Grants,
     GrantStateError,
     GrantStoreBusy,
     GrantStoreError,
@@ -31,7 +34,7 @@ from broker_proxy.grants.store import (
     reserve_result_for,
 )
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BUSY_TIMEOUT_MS = 5000
 
 _SCHEMA_V1 = (
@@ -59,6 +62,21 @@ _SCHEMA_V1 = (
 )
 # Version 2: per-grant placeholders, a JSON object secret -> placeholder.
 _SCHEMA_V2 = ("ALTER TABLE grants ADD COLUMN placeholders TEXT NOT NULL DEFAULT '{}'",)
+# When a grant ended for good (GrantIndex.ENDED): its expiry, or the revocation or denial if that
+# came first. An expression, not a column, so the writers (older versions too) need not keep it;
+# a query must spell it exactly like this for SQLite to use the index on it.
+_ENDED = (
+    "min(expires_at, CASE status WHEN 'revoked' THEN coalesce(revoked_at, expires_at)"
+    " WHEN 'denied' THEN coalesce(approved_at, expires_at) ELSE expires_at END)"
+)
+# Version 3: indexes for the periodic work (grant_watch.py), so it reads what is due, not every
+# grant: expiries in a window, revocations since a point, ended grants to purge, live counts.
+_SCHEMA_V3 = (
+    "CREATE INDEX grants_by_expiry ON grants (expires_at, id)",
+    "CREATE INDEX grants_by_revoked ON grants (revoked_at, id) WHERE revoked_at IS NOT NULL",
+    f"CREATE INDEX grants_by_end ON grants ({_ENDED}, id)",
+    "CREATE INDEX grants_live ON grants (status, expires_at)",
+)
 
 _COLUMNS = (
     "id, agent, task, secrets, created_at, expires_at, max_uses, uses, status,"
@@ -66,6 +84,32 @@ _COLUMNS = (
 )
 _SELECT_ONE = f"SELECT {_COLUMNS} FROM grants WHERE id = ?"  # noqa: S608 (constant columns)
 _SELECT_ALL = f"SELECT {_COLUMNS} FROM grants ORDER BY created_at, id"  # noqa: S608
+_SELECT_LIVE = (
+    f"SELECT {_COLUMNS} FROM grants WHERE status IN ('active', 'pending')"  # noqa: S608
+    " AND expires_at > ? ORDER BY created_at, id"
+)
+# The instant each GrantIndex orders by, and what makes SQLite pick that index. SQLite seeks
+# to the cursor on a column index, but on the ENDED expression it only stops at `until` and
+# skips rows up to the cursor; the purge always reads ENDED from its start (what it read is
+# gone by the next call), so that costs nothing there.
+_INDEXED = {
+    GrantIndex.CREATED: ("created_at", ""),
+    GrantIndex.EXPIRES: ("expires_at", ""),
+    GrantIndex.REVOKED: ("revoked_at", " AND revoked_at IS NOT NULL"),
+    GrantIndex.ENDED: (_ENDED, ""),
+}
+_COUNTS = (
+    # Only live rows are read (grants_live: status, then expiry after now); ended ones are not.
+    "SELECT status, count(*), coalesce(sum(max_uses IS NULL OR uses < max_uses), 0),"
+    " coalesce(sum(uses > 0 AND (max_uses IS NULL OR uses < max_uses) AND expires_at <= ?), 0)"
+    " FROM grants WHERE status IN ('active', 'pending') AND expires_at > ? GROUP BY status"
+)
+_PURGE = f"DELETE FROM grants WHERE id = ? AND {_ENDED} <= ?"  # noqa: S608
+# The next instant at which the counts change by the clock alone: a live grant expiring, or an
+# active one entering the "expiring within" window. O(log n) each, through grants_live.
+_NEXT_EXPIRY = (
+    "SELECT min(expires_at) FROM grants WHERE status = ? AND expires_at > ?"
+)
 _INSERT = f"INSERT INTO grants ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"  # noqa: S608
 _RESERVE = (
     "UPDATE grants SET uses = uses + 1 WHERE id = ? AND status = 'active'"
@@ -82,6 +126,7 @@ _DECIDABLE = frozenset({"pending"})
 _REVOCABLE = frozenset({"active", "pending", "expired", "used_up"})
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_FOREVER = 2**62  # µs: later than any expiry
 _MICROSECOND = timedelta(microseconds=1)
 
 
@@ -95,6 +140,8 @@ class SqliteGrantStore:
         self._lock = threading.Lock()  # the write connection
         self._read_lock = threading.Lock()
         self._reader: sqlite3.Connection | None = None
+        # (data_version, window), valid from, valid until (µs), the counts: see `counts`.
+        self._counts_cache: tuple[tuple[int, int], int, int, GrantCounts] | None = None
         _create_private_file(self._path)
         try:
             conn = sqlite3.connect(
@@ -140,12 +187,60 @@ class SqliteGrantStore:
     def list(
         self, *, include_inactive: bool = True, now: datetime | None = None
     ) -> list[Grant]:
-        with self._reading() as conn:
-            grants = [_grant_from_row(row) for row in conn.execute(_SELECT_ALL)]
         if include_inactive:
-            return grants
+            with self._reading() as conn:
+                return [_grant_from_row(row) for row in conn.execute(_SELECT_ALL)]
         moment = now if now is not None else datetime.now(UTC)
+        with self._reading() as conn:  # live rows only, through grants_live
+            grants = [_grant_from_row(row)
+                      for row in conn.execute(_SELECT_LIVE, (_to_micros(moment),))]
         return [g for g in grants if g.state_at(moment) in ("active", "pending")]
+
+    def indexed(
+        self, index: GrantIndex, after: tuple[datetime, str], until: datetime, limit: int
+    ) -> Grants:
+        column, extra = _INDEXED[index]
+        query = (f"SELECT {_COLUMNS} FROM grants WHERE ({column}, id) > (?, ?)"  # noqa: S608
+                 f" AND {column} <= ?{extra} ORDER BY {column}, id LIMIT ?")
+        params = (_to_micros(after[0]), after[1], _to_micros(until), limit)
+        with self._reading() as conn:
+            return [_grant_from_row(row) for row in conn.execute(query, params)]
+
+    def counts(self, now: datetime, expiring_within: timedelta) -> GrantCounts:
+        """Counted over the live rows, O(live grants); then kept while nothing can change them.
+
+        They change only when some connection commits (PRAGMA data_version on our reader says
+        so, for other processes and for this one's writer alike) or when the clock reaches a
+        live grant's expiry or an active one's entry into the window. Until then the last
+        answer is returned after one PRAGMA, so an idle proxy does not recount.
+        """
+        moment, window = _to_micros(now), expiring_within // _MICROSECOND
+        with self._reading() as conn:
+            (version,) = conn.execute("PRAGMA data_version").fetchone()
+            cached = self._counts_cache
+            if (cached is not None and cached[0] == (version, window)
+                    and cached[1] <= moment < cached[2]):
+                return cached[3]
+            rows = {status: (total, usable, expiring) for status, total, usable, expiring
+                    in conn.execute(_COUNTS, (moment + window, moment))}
+            next_active = conn.execute(_NEXT_EXPIRY, ("active", moment)).fetchone()[0]
+            next_pending = conn.execute(_NEXT_EXPIRY, ("pending", moment)).fetchone()[0]
+            next_entry = conn.execute(_NEXT_EXPIRY, ("active", moment + window)).fetchone()[0]
+        active = rows.get("active", (0, 0, 0))
+        counts = GrantCounts(active=int(active[1]), pending=int(rows.get("pending", (0,))[0]),
+                             expiring_in_use=int(active[2]))
+        # Valid for now <= t < the first of: a live grant expiring, an active one entering
+        # the window (at its expiry minus the window).
+        until = min((int(next_active) if next_active is not None else _FOREVER),
+                    (int(next_pending) if next_pending is not None else _FOREVER),
+                    (int(next_entry) - window if next_entry is not None else _FOREVER))
+        self._counts_cache = ((version, window), moment, until, counts)
+        return counts
+
+    def purge(self, grant_ids: Sequence[str], ended_before: datetime) -> int:
+        cutoff = _to_micros(ended_before)
+        with self._transaction() as conn:
+            return conn.executemany(_PURGE, [(gid, cutoff) for gid in grant_ids]).rowcount
 
     def reserve_use(self, grant_id: str, now: datetime, *, wait: bool = True) -> ReserveResult:
         with self._transaction(wait=wait) as conn:
@@ -167,6 +262,24 @@ class SqliteGrantStore:
 
     def revoke(self, grant_id: str, now: datetime) -> Grant:
         return self._transition(grant_id, now, "revoke", _REVOCABLE, _REVOKE, (_to_micros(now),))
+
+    def load_many(self, grants: Iterable[Grant], *, batch: int = 10_000) -> None:
+        """Insert many grants, `batch` to a transaction, without the existence check of
+        `create`: for benchmarks and restores into an empty store, not for issuing grants."""
+        rows: list[tuple[object, ...]] = []
+        with self._lock:  # random ids land all over the indexes: a big cache saves re-reads
+            self._connection().execute("PRAGMA cache_size = -262144")
+        for grant in grants:
+            rows.append(_row_from_grant(grant))
+            if len(rows) == batch:
+                with self._transaction() as conn:
+                    conn.executemany(_INSERT, rows)
+                rows = []
+        if rows:
+            with self._transaction() as conn:
+                conn.executemany(_INSERT, rows)
+        with self._lock:
+            self._connection().execute("PRAGMA cache_size = -2000")  # SQLite's default
 
     def close(self) -> None:
         with self._lock, self._read_lock:
@@ -239,6 +352,12 @@ class SqliteGrantStore:
                 # A store written by an older broker-proxy keeps its grants; they have no
                 # per-grant placeholders, which is what they were issued with.
                 for statement in _SCHEMA_V2:
+                    conn.execute(statement)
+                version = 2
+            if version == 2:
+                # Indexes only: the rows are unchanged. Built once over the grants already
+                # there (about 1 s per 100,000), inside this transaction.
+                for statement in _SCHEMA_V3:
                     conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             elif version != SCHEMA_VERSION:

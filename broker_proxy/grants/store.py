@@ -6,12 +6,13 @@ to make the same few steps atomic in its own terms.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from datetime import datetime
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Protocol
 
-from broker_proxy.grants.model import Grant
+from broker_proxy.grants.model import Grant, GrantStatus
 from broker_proxy.grants.tokens import parse_token, token_hash, token_matches
 
 
@@ -55,6 +56,33 @@ class ReserveResult(StrEnum):
     NOT_FOUND = "not_found"
 
 
+# `list` is also a GrantStore verb, so the stores' later annotations say it this way.
+Grants = list[Grant]
+
+
+class GrantIndex(StrEnum):
+    """The instants a store keeps an index on, so that periodic work reads only what is due.
+
+    ENDED is when a grant stopped being usable for good: its expiry, or the revocation or
+    denial if that came first. A used-up grant ends at its expiry (the store does not record
+    when the last use was spent, and it can still be revoked until then).
+    """
+
+    CREATED = "created"
+    EXPIRES = "expires"
+    REVOKED = "revoked"
+    ENDED = "ended"
+
+
+@dataclass(frozen=True, slots=True)
+class GrantCounts:
+    """The grant gauges at one instant, counted by the store without reading every grant."""
+
+    active: int
+    pending: int
+    expiring_in_use: int  # active, used at least once, and expiring within the given window
+
+
 class GrantStore(Protocol):
     # Every call is a network round trip: the broker then decides off the event loop.
     remote: bool
@@ -88,7 +116,41 @@ class GrantStore(Protocol):
 
     def deny(self, grant_id: str, by: str, now: datetime) -> Grant: ...
 
+    def indexed(
+        self, index: GrantIndex, after: tuple[datetime, str], until: datetime, limit: int
+    ) -> Grants:
+        """Grants whose `index` instant and id come after `after` and whose instant is at most
+        `until`, ordered by (instant, id), at most `limit` of them.
+
+        (instant, id) of the last grant returned is the cursor for the next page, so a caller
+        paging through sees every grant once. The cost is O(limit + log n), not O(n).
+        """
+        ...
+
+    def counts(self, now: datetime, expiring_within: timedelta) -> GrantCounts:
+        """Active, pending and "used and expiring within `expiring_within`" grants at `now`;
+        the cost grows with the grants still live, not with the ended ones kept."""
+        ...
+
+    def purge(self, grant_ids: Sequence[str], ended_before: datetime) -> int:
+        """Delete those of `grant_ids` that ended at or before `ended_before`; how many went.
+
+        The condition is checked again as the rows are deleted, so a grant that changed since
+        it was read (it cannot un-end, but a caller may pass any id) is never removed early.
+        """
+        ...
+
     def close(self) -> None: ...
+
+
+def ended_at(grant: Grant) -> datetime:
+    """When the grant ended for good (GrantIndex.ENDED); in the future while it may still run."""
+    decided = None
+    if grant.status is GrantStatus.REVOKED:
+        decided = grant.revoked_at
+    elif grant.status is GrantStatus.DENIED:
+        decided = grant.approved_at
+    return grant.expires_at if decided is None else min(decided, grant.expires_at)
 
 
 # Hashed when the token names no stored grant, so a miss costs the same as a wrong secret

@@ -1,22 +1,30 @@
-"""Grant lifecycle as the proxy sees it: expiry records and the grant metrics.
+"""Grant lifecycle as the proxy sees it: expiry records, the grant metrics, and the purge.
 
 Grants are issued, approved and revoked by other processes (the CLI, `exec`, the admin API) that
 all write the one grant store, and "expired" is not stored at all (model.py derives it from the
-clock). So the proxy learns about them by looking: a sweep reads the store every few seconds and
+clock). So the proxy learns about them by looking: a sweep asks the store every few seconds and
 at the start of every metrics scrape, and
 
 - writes one `grant_expired` audit record for each grant whose expiry passed while this process
   ran (a grant already expired when the proxy started is not recorded again; a grant revoked or
   denied before its expiry never expires);
 - counts grants issued, revoked and expired since this process started (counters), and sets the
-  gauges of active, pending and "used and expiring within 5 minutes" grants.
+  gauges of active, pending and "used and expiring within 5 minutes" grants;
+- every periodic sweep (not on scrapes), when a retention is set, deletes up to PURGE_BATCH
+  grants that ended more than the retention ago, after one `grants_purged` audit record names
+  them (no record, no purge: the audit log is where their history stays).
 
-Cost: one read of the grant rows per sweep (at most one per `min_gap`), O(grants in the store).
-The periodic sweep keeps to about 1% of a core: after a sweep that took t seconds it waits
-max(interval, 100 t) (0.15 s for 10,000 SQLite grants, so every 15 s), which only delays
-`grant_expired` records (they carry `expires_at`; expiry itself is enforced per request).
+Cost: each sweep reads what is due, never every grant, through the store's indexes (see
+GrantStore.indexed/counts): expiries in (last cursor, now], at most EXPIRY_PAGES x BATCH per sweep
+(the rest the next sweep: only the record is delayed; expiry itself is enforced per request),
+the grants created and revoked within CHANGE_WINDOW of the previous sweep, and counts that read
+only live grants. So a store holding a million ended grants costs what a store holding none does.
+A grant whose creation or revocation is committed more than CHANGE_WINDOW after the instant it
+carries (a writer stalled that long) is not counted; nothing else depends on those counters.
+After a sweep that took t seconds the next waits max(interval, 100 t), to keep to ~1% of a core.
 With several replicas each one writes its own `grant_expired` record, which names the replica's
-chain; that is deliberate (each chain is complete on its own).
+chain; that is deliberate (each chain is complete on its own). Purges from several replicas are
+safe (a grant is deleted once), but each replica may record the same batch: let one purge.
 """
 
 from __future__ import annotations
@@ -25,32 +33,47 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Self
+
+from prometheus_client import Counter
 
 from broker_proxy.audit.log import AuditError, AuditLog
 from broker_proxy.grants.model import Grant, GrantStatus, isoformat_z
-from broker_proxy.grants.store import GrantStore, GrantStoreError
+from broker_proxy.grants.store import GrantIndex, GrantStore, GrantStoreError
 from broker_proxy.metrics import BrokerMetrics
 from broker_proxy.time_source import utc_now
 
 log = logging.getLogger("broker_proxy")
 
 GRANT_EXPIRED_EVENT = "grant_expired"
+GRANTS_PURGED_EVENT = "grants_purged"
 EXPIRING_SOON = timedelta(minutes=5)
+BATCH = 500  # grants read per store call
+EXPIRY_PAGES = 4  # expiry pages per sweep: at most 2,000 records, about 0.1 s of audit writes
+PURGE_BATCH = 500  # grants deleted per sweep, and named in one audit record
+# How far before the previous sweep creations and revocations are looked for again: a writer
+# takes its clock, then commits, so a row can appear with an instant already behind us.
+CHANGE_WINDOW = timedelta(minutes=1)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class GrantWatcher:
     def __init__(self, store: GrantStore, audit: AuditLog, metrics: BrokerMetrics, *,
                  clock: Callable[[], datetime] = utc_now, interval: float = 5.0,
-                 min_gap: float = 0.2, max_share: float = 0.01) -> None:
+                 min_gap: float = 0.2, max_share: float = 0.01,
+                 retention: timedelta | None = None) -> None:
         self._store, self._audit, self._metrics, self._clock = store, audit, metrics, clock
         self._interval, self._min_gap, self._max_share = interval, min_gap, max_share
+        self._retention = retention
         self._last_cost = 0.0  # seconds the last sweep took
         self._started_at = clock()
-        self._issued: set[str] = set()
-        self._revoked: set[str] = set()
-        self._expired: set[str] = set()
+        self._previous_sweep = self._started_at  # the clock at the start of the previous sweep
+        # Ids counted within CHANGE_WINDOW, with the instant they carry (to forget them after).
+        self._issued: dict[str, datetime] = {}
+        self._revoked: dict[str, datetime] = {}
+        # Every expiry up to this (expires_at, id) has been handled.
+        self._expiry_cursor: tuple[datetime, str] = (self._started_at, "\uffff")
         self._lock = threading.Lock()
         self._last_sweep = float("-inf")
         self._stop = threading.Event()
@@ -80,48 +103,86 @@ class GrantWatcher:
             finally:
                 self._last_cost = time.monotonic() - started
 
+    def purge(self) -> int:
+        """Delete one batch of grants that ended longer than the retention ago; how many went.
+
+        The `grants_purged` record comes first: if it cannot be written, nothing is deleted.
+        """
+        if self._retention is None:
+            return 0
+        with self._lock:
+            cutoff = self._clock() - self._retention
+            try:
+                due = self._store.indexed(GrantIndex.ENDED, (_EPOCH, ""), cutoff, PURGE_BATCH)
+                if not due:
+                    return 0
+                try:
+                    self._audit.append(
+                        GRANTS_PURGED_EVENT, decision="allow", reason="retention",
+                        count=len(due), ended_before=isoformat_z(cutoff),
+                        grants=[grant.id for grant in due])
+                except AuditError:
+                    self._metrics.audit_write_errors.inc()
+                    return 0  # fail closed: without the record the grants stay
+                return self._store.purge([grant.id for grant in due], cutoff)
+            except GrantStoreError as error:
+                log.warning("grant purge skipped: %s", error)
+                return 0
+
     def _sweep_locked(self) -> None:
         now = self._clock()
+        since = max(self._started_at, self._previous_sweep - CHANGE_WINDOW)
         try:
-            grants = self._store.list(include_inactive=True)
+            self._count_new(GrantIndex.CREATED, self._issued, self._metrics.grants_issued,
+                            since, now)
+            self._count_new(GrantIndex.REVOKED, self._revoked, self._metrics.grants_revoked,
+                            since, now)
+            self._record_expiries(now)
+            counts = self._store.counts(now, EXPIRING_SOON)
         except GrantStoreError as error:
             log.warning("grant sweep skipped: %s", error)
             return
-        active = pending = expiring = 0
-        for grant in grants:
-            self._count_transitions(grant, now)
-            state = grant.state_at(now)
-            if state == "active":
-                active += 1
-                if grant.uses > 0 and grant.expires_at - now <= EXPIRING_SOON:
-                    expiring += 1
-            elif state == "pending":
-                pending += 1
-        self._metrics.grants_active.set(active)
-        self._metrics.grants_pending.set(pending)
-        self._metrics.grants_expiring_in_use.set(expiring)
+        self._previous_sweep = now
+        self._metrics.grants_active.set(counts.active)
+        self._metrics.grants_pending.set(counts.pending)
+        self._metrics.grants_expiring_in_use.set(counts.expiring_in_use)
 
-    def _count_transitions(self, grant: Grant, now: datetime) -> None:
-        if grant.id not in self._issued and grant.created_at >= self._started_at:
-            self._issued.add(grant.id)
-            self._metrics.grants_issued.inc()
-        if (grant.id not in self._revoked and grant.status is GrantStatus.REVOKED
-                and grant.revoked_at is not None and grant.revoked_at >= self._started_at):
-            self._revoked.add(grant.id)
-            self._metrics.grants_revoked.inc()
-        if (grant.id not in self._expired and self._started_at < grant.expires_at <= now
-                and not _decided_before(grant)):
-            try:
-                self._audit.append(
-                    GRANT_EXPIRED_EVENT, decision="deny", reason="grant_expired",
-                    grant=grant.id, agent=grant.agent, task=grant.task,
-                    secrets=list(grant.secrets), expires_at=isoformat_z(grant.expires_at),
-                    uses=grant.uses, max_uses=grant.max_uses)
-            except AuditError:
-                self._metrics.audit_write_errors.inc()
-                return  # not marked: the next sweep tries again
-            self._expired.add(grant.id)
-            self._metrics.grants_expired.inc()
+    def _count_new(self, index: GrantIndex, seen: dict[str, datetime], counter: Counter,
+                   since: datetime, now: datetime) -> None:
+        """Count each grant whose `index` instant is in [since, now] once."""
+        cursor = (since, "")
+        while True:
+            page = self._store.indexed(index, cursor, now, BATCH)
+            for grant in page:
+                instant = _instant(index, grant)
+                cursor = (instant, grant.id)
+                if grant.id not in seen:
+                    seen[grant.id] = instant
+                    counter.inc()
+            if len(page) < BATCH:
+                break
+        for grant_id in [gid for gid, instant in seen.items() if instant < since]:
+            del seen[grant_id]
+
+    def _record_expiries(self, now: datetime) -> None:
+        for _ in range(EXPIRY_PAGES):
+            page = self._store.indexed(GrantIndex.EXPIRES, self._expiry_cursor, now, BATCH)
+            for grant in page:
+                if not _decided_before(grant):
+                    try:
+                        self._audit.append(
+                            GRANT_EXPIRED_EVENT, decision="deny", reason="grant_expired",
+                            grant=grant.id, agent=grant.agent, task=grant.task,
+                            secrets=list(grant.secrets),
+                            expires_at=isoformat_z(grant.expires_at),
+                            uses=grant.uses, max_uses=grant.max_uses)
+                    except AuditError:
+                        self._metrics.audit_write_errors.inc()
+                        return  # the cursor stays before it: the next sweep tries again
+                    self._metrics.grants_expired.inc()
+                self._expiry_cursor = (grant.expires_at, grant.id)
+            if len(page) < BATCH:
+                return
 
     def next_wait(self) -> float:
         """Seconds until the next periodic sweep: `interval`, longer when sweeps are costly."""
@@ -131,8 +192,15 @@ class GrantWatcher:
         while not self._stop.wait(self.next_wait()):
             try:
                 self.sweep()
+                self.purge()
             except Exception as error:  # the watcher must never take the proxy down
                 log.error("grant sweep failed: %s", type(error).__name__)
+
+
+def _instant(index: GrantIndex, grant: Grant) -> datetime:
+    if index is GrantIndex.REVOKED and grant.revoked_at is not None:
+        return grant.revoked_at
+    return grant.created_at
 
 
 def _decided_before(grant: Grant) -> bool:

@@ -7,6 +7,7 @@ Kept out of the CLI module so `run` needs one line to start it and one to stop i
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 from broker_proxy.audit.checkpoint import CheckpointPaths, CheckpointWriter, load_signing_key
@@ -29,7 +30,8 @@ class Observability:
 
 def start_observability(broker: Broker, home: Home, *, audit_max_bytes: int | None,
                         checkpoint_every: float | None, checkpoint_records: int | None = None,
-                        checkpoint_copies: tuple[Path, ...] = ()) -> Observability:
+                        checkpoint_copies: tuple[Path, ...] = (),
+                        grant_retention: timedelta | None = None) -> Observability:
     """Raises CheckpointError (key) or ValueError (too small a size) before starting anything."""
     broker.audit.rotate_at(audit_max_bytes)
     key = None
@@ -44,7 +46,8 @@ def start_observability(broker: Broker, home: Home, *, audit_max_bytes: int | No
                             policy=broker.policy.policy.digest)
     except AuditError:
         broker.metrics.audit_write_errors.inc()
-    watcher = GrantWatcher(broker.grants, broker.audit, broker.metrics).start()
+    watcher = GrantWatcher(broker.grants, broker.audit, broker.metrics,
+                           retention=grant_retention).start()
     checkpoints = None
     if key is not None and checkpoint_every:
         checkpoints = CheckpointWriter(broker.audit, key, paths.file, checkpoint_every,
