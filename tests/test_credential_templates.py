@@ -24,7 +24,7 @@ from broker_proxy.decision.outbound import Allowed, Denied, OutboundRequest
 from broker_proxy.decision.placeholders import PlaceholderScanner
 from broker_proxy.grants.issuer import issue_grant
 from broker_proxy.grants.redis_store import RedisGrantStore
-from broker_proxy.grants.sqlite_store import SqliteGrantStore
+from broker_proxy.grants.sqlite_store import SCHEMA_VERSION, SqliteGrantStore
 from broker_proxy.home import Home
 from broker_proxy.metrics import BrokerMetrics
 from broker_proxy.policy.loader import PolicyError, load_policy_text
@@ -341,9 +341,11 @@ def test_version_1_grant_store_is_migrated_and_keeps_its_grants(tmp_path: Path, 
         old.execute("PRAGMA user_version = 1")
     with SqliteGrantStore(path) as migrated:
         grant = migrated.get(issued.grant.id)
+        live = migrated.list(include_inactive=False)  # read through the newest schema's index
     assert grant is not None and grant.placeholders == () and grant.agent == "bot"
+    assert [g.id for g in live] == [issued.grant.id]
     with sqlite3.connect(path) as raw:
-        assert raw.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
 
 
 @pytest.fixture(params=["sqlite", "redis"])
