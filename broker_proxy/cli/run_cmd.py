@@ -316,9 +316,14 @@ def run_command(args: argparse.Namespace) -> int:
         print(f"broker-proxy listening on http://{host}:{port}"
               f" (metrics: {metrics_address or 'off'}, CA: {info['ca']})", flush=True)
 
+    from broker_proxy.runtime.heap_trim import start_heap_trimmer, trim_interval_from_env
+
+    trimmer = start_heap_trimmer(trim_interval_from_env())  # RSS follows memory in use
     try:
         asyncio.run(serve(broker, settings, on_ready))
     finally:
+        if trimmer is not None:
+            trimmer.stop()
         if workers:
             from broker_proxy.cli.workers import stop_workers
 
