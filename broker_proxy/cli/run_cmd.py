@@ -207,6 +207,9 @@ def _remove_own_runtime(home: Home) -> None:
 def run_command(args: argparse.Namespace) -> int:
     from broker_proxy.addons.mitmproxy_compat import IncompatibleMitmproxy
     from broker_proxy.addons.runner import ProxySettings, patch_mitmproxy, serve
+    from broker_proxy.runtime.memory_trace import install_from_env
+
+    install_from_env()  # diagnostics only: nothing happens unless BROKER_PROXY_TRACEMALLOC is set
 
     try:  # before anything starts: refuse a mitmproxy whose patched internals changed
         patch_mitmproxy(with_reuse_port=args.workers > 1 or args.worker_of_group)
