@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo run test lint bench clean
+.PHONY: demo run test lint bench bench-soak clean
 
 $(STAMP): pyproject.toml
 	@interp=$$(scripts/find-python) || exit 1; \
@@ -39,6 +39,12 @@ bench: $(STAMP)
 	$(PY) benchmarks/scrub_bench.py $(SCRUB_CORE_ARGS)
 	@echo "== scrubbing: downloads and server-sent events through broker-proxy run"
 	$(PY) benchmarks/scrub_download_bench.py $(SCRUB_ARGS)
+
+# An hour of paced mixed traffic (new tunnels, keep-alive, scrubbed and refused requests, audit
+# rotation every 4 MB): the proxy's RSS every 5 minutes and its growth after a 5-minute warm-up.
+SOAK_ARGS ?= --minutes 60 --rate 50
+bench-soak: $(STAMP)
+	$(PY) benchmarks/soak.py --mixed $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache
