@@ -199,17 +199,23 @@ async def _mixed_run(args: argparse.Namespace, traffic: MixedTraffic, pid: int,
 
 
 def _verdict(rows: list[tuple[float, float]], warmup: float) -> int:
-    base = next(((minute, rss) for minute, rss in rows if minute >= warmup - 0.05), None)
-    if base is None or rows[-1][0] - base[0] <= 0:
+    """Growth from the first row at or after the warm-up to the last, and the fitted slope
+    over those rows (less sensitive to one row caught in a burst than the two ends are)."""
+    after = [(minute, rss) for minute, rss in rows if minute >= warmup - 0.05]
+    if len(after) < 2 or after[-1][0] - after[0][0] <= 0:
         print("verdict: too short for a growth figure after the warm-up")
         return 1
-    end = rows[-1]
-    growth = end[1] - base[1]
-    span = end[0] - base[0]
-    peak = max(rss for minute, rss in rows if minute >= base[0]) - base[1]
-    print(f"verdict: RSS {base[1]:.1f} MiB at minute {base[0]:.1f} -> {end[1]:.1f} MiB at minute "
-          f"{end[0]:.1f}: growth {growth:+.1f} MiB ({growth / span:+.3f} MiB/min), highest "
-          f"{peak:+.1f} MiB over the warm-up figure", flush=True)
+    (first_minute, first), (last_minute, last) = after[0], after[-1]
+    growth = last - first
+    mean_minute = sum(minute for minute, _ in after) / len(after)
+    mean_rss = sum(rss for _, rss in after) / len(after)
+    slope = (sum((minute - mean_minute) * (rss - mean_rss) for minute, rss in after)
+             / sum((minute - mean_minute) ** 2 for minute, _ in after))
+    spread = max(rss for _, rss in after) - min(rss for _, rss in after)
+    print(f"verdict: RSS {first:.1f} MiB at minute {first_minute:.1f} -> {last:.1f} MiB at minute "
+          f"{last_minute:.1f}: growth {growth:+.1f} MiB "
+          f"({growth / (last_minute - first_minute):+.3f} MiB/min); fitted slope "
+          f"{slope:+.3f} MiB/min; highest - lowest after warm-up {spread:.1f} MiB", flush=True)
     return 0
 
 
