@@ -305,6 +305,9 @@ def run_command(args: argparse.Namespace) -> int:
                            f"{error.strerror}") from None
 
     def on_ready(host: str, port: int) -> None:
+        from broker_proxy.runtime.gc_freeze import freeze_startup_objects
+
+        freeze_startup_objects()  # before any traffic: see gc_freeze.py
         if worker:
             broker.audit.append("proxy_started", decision="allow", reason="worker_started",
                                 policy=broker.policy.policy.digest)

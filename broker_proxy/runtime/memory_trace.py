@@ -95,7 +95,7 @@ class MemoryReporter:
         lines += [f"c_heap_{key} {value}" for key, value in (c_heap() or {}).items()]
         lines += [f"gc_gen{n} collections {stats['collections']} collected {stats['collected']}"
                   for n, stats in enumerate(gc.get_stats())]
-        lines += [f"heap_trims {trims_done()}"]
+        lines += [f"heap_trims {trims_done()}", f"gc_frozen {gc.get_freeze_count()}"]
         if tracemalloc.is_tracing():
             current, peak = tracemalloc.get_traced_memory()
             lines += [f"traced {current}", f"traced_peak {peak}",
