@@ -25,6 +25,7 @@ import signal
 import sys
 import tempfile
 import time
+from datetime import timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -52,7 +53,8 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=10)
     parser.add_argument("--mixed", action="store_true", help="paced mixed traffic (see above)")
     parser.add_argument("--rate", type=float, default=50.0, help="--mixed: requests per second")
-    parser.add_argument("--minutes", type=float, default=60.0, help="--mixed: how long")
+    parser.add_argument("--minutes", type=float, default=60.0,
+                        help="--mixed: how long (at most 110: the policy's max_ttl is 2 h)")
     parser.add_argument("--report-every", type=float, default=5.0, metavar="MINUTES",
                         help="--mixed: print RSS this often (default 5)")
     parser.add_argument("--warmup", type=float, default=5.0, metavar="MINUTES",
@@ -140,8 +142,10 @@ def mixed_soak(args: argparse.Namespace) -> int:
             policy_file = root / "policy.yaml"
             policy_file.write_text(broker_policy(upstream.port, upstream.port, 11, 3))
             store = SqliteGrantStore(home.grants_db)
+            # The default TTL (15 min) would end the grant mid-soak, refusing all that follows.
             grant = issue_grant(load_policy(policy_file), store, agent="bench-agent",
-                                task="soak", secrets=["bench"], ttl=None, max_uses=None,
+                                task="soak", secrets=["bench"],
+                                ttl=timedelta(minutes=args.minutes + 10), max_uses=None,
                                 now=utc_now())
             store.close()
             auth = (("Authorization", f"Bearer {PLACEHOLDER}"),)
