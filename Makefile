@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo run test lint bench bench-scale clean
+.PHONY: demo run test lint bench bench-scale bench-soak clean
 
 $(STAMP): pyproject.toml
 	@interp=$$(scripts/find-python) || exit 1; \
@@ -54,6 +54,12 @@ bench-scale: $(STAMP)
 	$(PY) benchmarks/scale_bench.py $(SCALE_ARGS)
 	@echo "== policy scale: policy check and reload at 1,000 and 100,000 secrets"
 	$(PY) benchmarks/policy_scale_bench.py $(POLICY_SCALE_ARGS)
+
+# An hour of paced mixed traffic (new tunnels, keep-alive, scrubbed and refused requests, audit
+# rotation every 4 MB): the proxy's RSS every 5 minutes and its growth after a 5-minute warm-up.
+SOAK_ARGS ?= --minutes 60 --rate 50
+bench-soak: $(STAMP)
+	$(PY) benchmarks/soak.py --mixed $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -233,6 +233,9 @@ def _remove_own_runtime(home: Home) -> None:
 def run_command(args: argparse.Namespace) -> int:
     from broker_proxy.addons.mitmproxy_compat import IncompatibleMitmproxy
     from broker_proxy.addons.runner import ProxySettings, patch_mitmproxy, serve
+    from broker_proxy.runtime.memory_trace import install_from_env
+
+    install_from_env()  # diagnostics only: nothing happens unless BROKER_PROXY_TRACEMALLOC is set
 
     try:  # before anything starts: refuse a mitmproxy whose patched internals changed
         patch_mitmproxy(with_reuse_port=args.workers > 1 or args.worker_of_group)
@@ -330,6 +333,9 @@ def run_command(args: argparse.Namespace) -> int:
                            f"{error.strerror}") from None
 
     def on_ready(host: str, port: int) -> None:
+        from broker_proxy.runtime.gc_freeze import freeze_startup_objects
+
+        freeze_startup_objects()  # before any traffic: see gc_freeze.py
         if worker:
             broker.audit.append("proxy_started", decision="allow", reason="worker_started",
                                 policy=broker.policy.policy.digest)
@@ -344,9 +350,14 @@ def run_command(args: argparse.Namespace) -> int:
         print(f"broker-proxy listening on http://{host}:{port}"
               f" (metrics: {metrics_address or 'off'}, CA: {info['ca']})", flush=True)
 
+    from broker_proxy.runtime.heap_trim import start_heap_trimmer, trim_interval_from_env
+
+    trimmer = start_heap_trimmer(trim_interval_from_env())  # RSS follows memory in use
     try:
         asyncio.run(serve(broker, settings, on_ready))
     finally:
+        if trimmer is not None:
+            trimmer.stop()
         if workers:
             from broker_proxy.cli.workers import stop_workers
 
