@@ -43,17 +43,25 @@ def _escaped(data: bytes) -> bytes:
 
 
 class LiteralSearch:
-    """All (literal index, end offset) pairs of the literals in a buffer, overlaps included."""
+    """All (literal id, end offset) pairs of the literals in a buffer, overlaps included.
 
-    def __init__(self, literals: Sequence[Literal], *, use_hyperscan: bool = True) -> None:
+    A literal's id is its index in ``literals`` unless ``ids`` names them (a search over part
+    of a larger set reports the larger set's indexes).
+    """
+
+    def __init__(self, literals: Sequence[Literal], *, ids: Sequence[int] | None = None,
+                 use_hyperscan: bool = True) -> None:
         self._literals = tuple(literals)
+        self._ids = tuple(range(len(self._literals)) if ids is None else ids)
+        if len(self._ids) != len(self._literals):
+            raise ValueError("one id per literal")
         self._database = None
         self._scratch = threading.local()  # a Hyperscan scratch serves one scan at a time
         if use_hyperscan and hyperscan is not None and self._literals:
             database = hyperscan.Database()
             database.compile(
                 expressions=[_escaped(lit.data) for lit in self._literals],
-                ids=list(range(len(self._literals))), elements=len(self._literals),
+                ids=list(self._ids), elements=len(self._literals),
                 flags=[hyperscan.HS_FLAG_CASELESS if lit.caseless else 0
                        for lit in self._literals])
             self._database = database
@@ -86,7 +94,7 @@ class LiteralSearch:
     def _find_slowly(self, data: bytes) -> list[tuple[int, int]]:
         hits: list[tuple[int, int]] = []
         folded: bytes | None = None
-        for index, lit in enumerate(self._literals):
+        for index, lit in zip(self._ids, self._literals, strict=True):
             haystack, needle = data, lit.data
             if lit.caseless:
                 if folded is None:
