@@ -22,6 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks import smoke
 from broker_proxy.audit.log import AuditLog
 from broker_proxy.home import Home
 
@@ -92,12 +93,15 @@ def run_report(home: Home, fmt: str, *extra: str) -> tuple[float, float, int, in
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=1_000_000)
     parser.add_argument("--dir", default=os.environ.get("REPORT_BENCH_DIR"))
     parser.add_argument("--home", help="report on this home's log (written first if it has "
                         "none) and keep it")
+    smoke.add_flag(parser)
     args = parser.parse_args()
+    if args.smoke:
+        args.records = 2000
     with tempfile.TemporaryDirectory(dir=args.dir) as scratch:
         home = Home(Path(args.home or scratch)).ensure()
         if not home.audit_log.exists():

@@ -35,6 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks import smoke
 from benchmarks.loadgen import ProxySpec, Result, Target, run_load
 from benchmarks.proc_stats import group_cpu_seconds, group_peak_kib
 from broker_proxy.devtools.echo_server import EchoServer, ReceivedRequest
@@ -139,7 +140,10 @@ def main() -> int:
     parser.add_argument("--setups", default="direct,mitmdump,mitmdump -s,broker,broker x2")
     parser.add_argument("--workloads", default=",".join(WORKLOADS),
                         help="comma-separated subset of: " + ", ".join(WORKLOADS))
+    smoke.add_flag(parser)
     args = parser.parse_args()
+    if args.smoke:
+        args.seconds, args.secrets, args.agents, args.grants = 0.3, 10, 3, 10
     unknown = set(args.workloads.split(",")) - set(WORKLOADS)
     if unknown:
         parser.error(f"unknown workload(s): {', '.join(sorted(unknown))}")
@@ -195,7 +199,20 @@ def main() -> int:
                     rows += run_broker(root, pki.ca_cert_path, env, targets, https_upstream.port,
                                        http_upstream.port, args, name, workers)
     print_table(rows)
-    return 0
+    return 1 if broken(rows) else 0
+
+
+def broken(rows: list[Row]) -> bool:
+    """Say which setups failed requests: figures of a setup that answers errors mean nothing."""
+    failed = False
+    for row in rows:
+        result = row.result
+        bad = sum(n for status, n in result.statuses.items() if not 200 <= status < 300)
+        if bad or result.errors or not result.requests:
+            print(f"broken: {row.setup} {row.workload}: {result.requests} answered, {bad} not "
+                  f"2xx, {result.errors} errors", file=sys.stderr)
+            failed = True
+    return failed
 
 
 def run_broker(root: Path, upstream_ca: Path, env: dict[str, str], targets: dict[str, Target],

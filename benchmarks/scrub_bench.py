@@ -15,7 +15,7 @@
    every 64 KiB (streamed and scrubbed). The proxy's RSS is sampled every 50 ms; a quarter-size
    download first shows that the peak does not grow with the body size.
 
-Runs in about 1-3 minutes on 2 slow vCPUs. Run by hand (`make bench`), not by `make test`.
+Runs in about 1-3 minutes on 2 slow vCPUs (`make bench`); `make test` runs it with `--smoke`.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ try:
 except ImportError:  # the proxy decodes with zlib then
     isal_zlib = None
 
+from benchmarks import smoke
 from benchmarks.proc_stats import memory_kib
 from broker_proxy.devtools.echo_server import EchoServer
 from broker_proxy.devtools.local_pki import write_pki
@@ -188,7 +189,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--core-mib", type=int, default=100)
     parser.add_argument("--size-mib", type=int, default=1024)
+    smoke.add_flag(parser)
     args = parser.parse_args()
+    if args.smoke:
+        args.core_mib, args.size_mib = 1, 4
     core_throughput(args.core_mib * 1000 * 1000 // CHUNK * CHUNK)
     if args.size_mib:  # 0: the scrubber alone
         proxy_memory(args.size_mib << 20)

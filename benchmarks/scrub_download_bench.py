@@ -55,6 +55,7 @@ import wsproto
 import wsproto.connection
 import wsproto.events
 
+from benchmarks import smoke
 from benchmarks.proc_stats import cpu_seconds, memory_kib
 from benchmarks.scrub_bench import RssSampler
 from broker_proxy.devtools.echo_server import EchoServer
@@ -359,7 +360,10 @@ def main() -> None:
                         default="curl" if shutil.which("curl") else "httpx",
                         help="who downloads (default curl: a process of its own that reads "
                         "chunked framing in C; httpx shares this process with the upstream)")
+    smoke.add_flag(parser)
     args = parser.parse_args()
+    if args.smoke:
+        args.size_mib, args.rounds, args.events, args.messages = [2], 1, 20, 20
     values = {name: f"bench-{name}-" + secrets.token_urlsafe(24) for name in SECRETS}
     for name, value in values.items():
         os.environ[f"BENCH_{name.upper()}"] = value

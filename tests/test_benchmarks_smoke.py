@@ -1,0 +1,71 @@
+"""Every benchmark script still runs: each once, with `--smoke` (tiny sizes, seconds).
+
+Benchmarks that nothing runs rot: a store signature changed, and `core_bench.py` refused every
+decision for weeks, seen only by whoever ran `make bench`. The scripts are found by reading
+benchmarks/*.py (a module with an `if __name__ == "__main__":` block is a script), not from a
+list, so a new benchmark is covered the day it lands, and must take `--smoke` to pass.
+
+Each runs as its own process, as `make bench` runs it, against the real proxy where it drives
+one. Passing means: exit status 0, no traceback, and figures printed. The figures themselves
+mean nothing at these sizes and are not checked; a script that measures a broken setup (errors
+or refusals where it expects answers) must exit non-zero on its own.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+# Scripts the smoke run leaves out, each with the reason (software a test machine lacks).
+# Empty: peers.py runs Squid only where it is installed and says so in one line otherwise.
+SKIPPED: dict[str, str] = {}
+# Per script, on a loaded 2-core machine; a smoke run that needs more has stopped being one.
+TIMEOUT_SECONDS = 120
+
+
+def is_entry_script(path: Path) -> bool:
+    """True for a module with a top-level `if __name__ == "__main__":` block."""
+    for node in ast.parse(path.read_text(), str(path)).body:
+        if (isinstance(node, ast.If) and isinstance(node.test, ast.Compare)
+                and isinstance(node.test.left, ast.Name) and node.test.left.id == "__name__"
+                and any(isinstance(c, ast.Constant) and c.value == "__main__"
+                        for c in node.test.comparators)):
+            return True
+    return False
+
+
+def entry_scripts() -> list[Path]:
+    return sorted(path for path in BENCHMARKS.glob("*.py") if is_entry_script(path))
+
+
+def test_the_benchmark_scripts_are_found() -> None:
+    """The discovery itself: the scripts `make bench` runs are there, the helpers are not."""
+    names = {path.name for path in entry_scripts()}
+    assert {"run.py", "core_bench.py", "scrub_bench.py", "cpu_compare.py", "soak.py"} <= names
+    assert not names & {"loadgen.py", "proc_stats.py", "smoke.py", "minimal_inject.py"}
+    assert set(SKIPPED) <= names, "a skip entry names no script"
+
+
+@pytest.mark.parametrize("script", entry_scripts(), ids=lambda path: path.name)
+def test_benchmark_runs_at_smoke_size(script: Path, tmp_path: Path) -> None:
+    if script.name in SKIPPED:
+        pytest.skip(SKIPPED[script.name])
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, str(script), "--smoke"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=TIMEOUT_SECONDS)
+    took = time.monotonic() - started
+    tail = "\n".join((done.stdout + done.stderr).splitlines()[-15:])
+    assert done.returncode == 0, f"{script.name} --smoke exited {done.returncode}:\n{tail}"
+    assert "Traceback" not in done.stderr, f"{script.name} --smoke:\n{tail}"
+    figures = [line for line in done.stdout.splitlines() if re.search(r"\d", line)]
+    assert len(figures) >= 2, f"{script.name} --smoke printed no figures:\n{tail}"
+    print(f"{script.name} --smoke: {took:.1f} s")
