@@ -117,8 +117,8 @@ def main() -> None:
     args = parser.parse_args()
     secret_count, agent_count, warmup = 1000, 100, 1.0
     if args.smoke:  # this checkout against its own last commit (or itself, outside git)
-        args.rounds, args.seconds, args.grants = 1, 0.3, 10
-        secret_count, agent_count, warmup = 10, 3, 0.2
+        args.rounds, args.seconds, args.grants = 1, 0.2, 10
+        secret_count, agent_count, warmup = 10, 3, 0.1
         if not (args.before or args.checkout):
             in_git = subprocess.run(["git", "-C", str(HERE), "rev-parse", "--verify", "HEAD"],
                                     capture_output=True).returncode == 0

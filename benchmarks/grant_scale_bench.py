@@ -256,8 +256,8 @@ def main() -> int:
     smoke.add_flag(parser)
     args = parser.parse_args()
     if args.smoke:
-        args.grants, args.rounds, args.idle_seconds, args.settle = 50, 1, 0.2, 0.0
-        args.seconds, args.starts, args.expiring = 0.3, 1, 5
+        args.grants, args.rounds, args.idle_seconds, args.settle = 50, 1, 0.1, 0.0
+        args.seconds, args.starts, args.expiring = 0.2, 1, 5
     backends = [name for name in args.stores.split(",") if name]
     if set(backends) - {"sqlite", "redis"}:
         parser.error("--stores takes sqlite and/or redis")

@@ -46,7 +46,7 @@ def _exchange(port: int, raw: bytes) -> bytes:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkout", help="run the proxy from this source tree")
-    smoke.add_flag(parser)  # the bomb is small already: the same run
+    smoke.add_flag(parser)  # a 50 MiB bomb
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as root:
         policy = Path(root) / "policy.yaml"
@@ -61,7 +61,7 @@ def main() -> None:
             probe = b"GET http://api.bomb.test/ HTTP/1.1\r\nHost: api.bomb.test\r\n\r\n"
             _exchange(port, probe)
             baseline = memory_kib(pid, "VmHWM")
-            bomb = gzip_bomb()
+            bomb = gzip_bomb(50 if args.smoke else 500)
             stalls: list[float] = []
             done = threading.Event()
 

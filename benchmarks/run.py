@@ -143,7 +143,7 @@ def main() -> int:
     smoke.add_flag(parser)
     args = parser.parse_args()
     if args.smoke:
-        args.seconds, args.secrets, args.agents, args.grants = 0.3, 10, 3, 10
+        args.seconds, args.secrets, args.agents, args.grants = 0.15, 10, 3, 10
     unknown = set(args.workloads.split(",")) - set(WORKLOADS)
     if unknown:
         parser.error(f"unknown workload(s): {', '.join(sorted(unknown))}")

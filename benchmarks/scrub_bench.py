@@ -192,7 +192,7 @@ def main() -> None:
     smoke.add_flag(parser)
     args = parser.parse_args()
     if args.smoke:
-        args.core_mib, args.size_mib = 1, 4
+        args.core_mib, args.size_mib = 1, 2
     core_throughput(args.core_mib * 1000 * 1000 // CHUNK * CHUNK)
     if args.size_mib:  # 0: the scrubber alone
         proxy_memory(args.size_mib << 20)

@@ -69,10 +69,11 @@ def main() -> int:
                         help="--mixed: the proxy does not trim its C heap (the comparison)")
     smoke.add_flag(parser)  # both modes, a few seconds each
     args = parser.parse_args()
+    args.step_seconds = 2.0  # of load between two looks at the RSS
     if args.smoke:
-        args.requests = 200
+        args.requests, args.step_seconds = 100, 0.5
         plain_soak(args)
-        args.minutes, args.rate, args.report_every, args.warmup = 0.1, 20.0, 0.05, 0.0
+        args.minutes, args.rate, args.report_every, args.warmup = 0.06, 20.0, 0.03, 0.0
         args.audit_max_bytes = "8K"  # a few rotations in the few seconds
         return mixed_soak(args)
     if args.mixed:
@@ -112,7 +113,7 @@ def plain_soak(args: argparse.Namespace) -> int:
                 while done < args.requests:
                     result = asyncio.run(run_load(
                         "https-keepalive", spec, target, str(proxy.ca_path),
-                        concurrency=args.concurrency, seconds=2.0))
+                        concurrency=args.concurrency, seconds=args.step_seconds))
                     bad = sum(n for status, n in result.statuses.items() if status != 200)
                     if bad or result.errors or not result.requests:
                         raise SystemExit(f"{result.requests} answered, {bad} not 200, "

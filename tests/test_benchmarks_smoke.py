@@ -1,14 +1,16 @@
 """Every benchmark script still runs: each once, with `--smoke` (tiny sizes, seconds).
 
-Benchmarks that nothing runs rot: a store signature changed, and `core_bench.py` refused every
-decision for weeks, seen only by whoever ran `make bench`. The scripts are found by reading
+Benchmarks that nothing runs rot: a grant store signature changed and `core_bench.py` refused
+every decision, which only `make bench` showed. The scripts are found by reading
 benchmarks/*.py (a module with an `if __name__ == "__main__":` block is a script), not from a
 list, so a new benchmark is covered the day it lands, and must take `--smoke` to pass.
 
 Each runs as its own process, as `make bench` runs it, against the real proxy where it drives
-one. Passing means: exit status 0, no traceback, and figures printed. The figures themselves
-mean nothing at these sizes and are not checked; a script that measures a broken setup (errors
-or refusals where it expects answers) must exit non-zero on its own.
+one; two at a time (most of a smoke run is processes starting, and the suite has the machine to
+itself meanwhile), about half a minute for the set on 2 idle cores. Passing means: exit status
+0, no traceback, and figures printed. The figures mean nothing at these sizes and are not
+checked; a script that measures a broken setup (errors or refusals where it expects answers)
+must exit non-zero on its own.
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -30,6 +35,7 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 SKIPPED: dict[str, str] = {}
 # Per script, on a loaded 2-core machine; a smoke run that needs more has stopped being one.
 TIMEOUT_SECONDS = 120
+AT_ONCE = 2
 
 
 def is_entry_script(path: Path) -> bool:
@@ -55,17 +61,49 @@ def test_the_benchmark_scripts_are_found() -> None:
     assert set(SKIPPED) <= names, "a skip entry names no script"
 
 
+@dataclass(frozen=True)
+class SmokeRun:
+    returncode: int
+    stdout: str
+    stderr: str
+    seconds: float
+
+
+def run_smoke(script: Path, scratch: Path) -> SmokeRun:
+    started = time.monotonic()
+    try:
+        done = subprocess.run([sys.executable, str(script), "--smoke"], cwd=scratch,
+                              capture_output=True, text=True, timeout=TIMEOUT_SECONDS)
+    except subprocess.TimeoutExpired as expired:
+        return SmokeRun(-1, str(expired.stdout or ""), f"timed out after {TIMEOUT_SECONDS} s",
+                        time.monotonic() - started)
+    return SmokeRun(done.returncode, done.stdout, done.stderr, time.monotonic() - started)
+
+
+@pytest.fixture(scope="module")
+def smoke_runs(request: pytest.FixtureRequest,
+               tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Future[SmokeRun]]]:
+    """Start the smoke runs of the scripts this session selected, AT_ONCE at a time."""
+    selected = [item.callspec.params["script"] for item in request.session.items
+                if item.module is not None and item.module.__name__ == __name__
+                and "script" in getattr(getattr(item, "callspec", None), "params", {})]
+    with ThreadPoolExecutor(max_workers=AT_ONCE) as pool:
+        runs = {script.name: pool.submit(run_smoke, script, tmp_path_factory.mktemp(script.stem))
+                for script in selected if script.name not in SKIPPED}
+        yield runs
+        for run in runs.values():
+            run.cancel()
+
+
 @pytest.mark.parametrize("script", entry_scripts(), ids=lambda path: path.name)
-def test_benchmark_runs_at_smoke_size(script: Path, tmp_path: Path) -> None:
+def test_benchmark_runs_at_smoke_size(script: Path,
+                                      smoke_runs: dict[str, Future[SmokeRun]]) -> None:
     if script.name in SKIPPED:
         pytest.skip(SKIPPED[script.name])
-    started = time.monotonic()
-    done = subprocess.run([sys.executable, str(script), "--smoke"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=TIMEOUT_SECONDS)
-    took = time.monotonic() - started
+    done = smoke_runs[script.name].result()
     tail = "\n".join((done.stdout + done.stderr).splitlines()[-15:])
     assert done.returncode == 0, f"{script.name} --smoke exited {done.returncode}:\n{tail}"
     assert "Traceback" not in done.stderr, f"{script.name} --smoke:\n{tail}"
     figures = [line for line in done.stdout.splitlines() if re.search(r"\d", line)]
     assert len(figures) >= 2, f"{script.name} --smoke printed no figures:\n{tail}"
-    print(f"{script.name} --smoke: {took:.1f} s")
+    print(f"{script.name} --smoke: {done.seconds:.1f} s")
