@@ -216,3 +216,14 @@ async def run_load(workload: str, proxy: ProxySpec | None, target: Target,
     await asyncio.gather(*jobs)
     result.elapsed = time.monotonic() - started
     return result
+
+
+async def one_request(proxy: ProxySpec | None, target: Target, ca_file: str) -> int:
+    """One HTTPS request through a tunnel of its own; its status (for checking a setup)."""
+    context = ssl.create_default_context(cafile=ca_file)
+    reader, writer = await _open_tunnel(proxy, target, context)
+    try:
+        writer.write(_request_bytes(target, absolute=False, proxy_auth=None))
+        return await _read_response(reader)
+    finally:
+        writer.close()

@@ -87,6 +87,25 @@ def broker_policy(https_port: int, http_port: int, secret_count: int, agent_coun
     return "\n".join(lines) + "\n"
 
 
+def issue_bench_grants(home: Home, policy_file: Path, grants: int) -> str:
+    """Fill the home's store: `grants - 1` grants spread over the policy's other agents, then
+    the bench agent's own; returns its token."""
+    policy = load_policy(policy_file)
+    store = SqliteGrantStore(home.grants_db)
+    now = utc_now()
+    other_agents = [name for name in policy.agents if name != "bench-agent"]
+    for index in range(grants - 1):
+        agent = other_agents[index % len(other_agents)]
+        issue_grant(policy, store, agent=agent, task=f"background task {index}",
+                    secrets=sorted(policy.agents[agent].secrets)[:2], ttl=None, max_uses=None,
+                    now=now)
+    grant = issue_grant(policy, store, agent="bench-agent", task="benchmark",
+                        secrets=["bench"], ttl=policy.agents["bench-agent"].max_ttl,
+                        max_uses=None, now=now)
+    store.close()
+    return grant.token
+
+
 def measure(setup: str, pid: int | None, proxy: ProxySpec | None, targets: dict[str, Target],
             ca_file: str, seconds: float) -> list[Row]:
     rows = []
@@ -221,27 +240,15 @@ def run_broker(root: Path, upstream_ca: Path, env: dict[str, str], targets: dict
     home = Home(root / f"broker-home-{workers}").ensure()
     policy_file = root / "bench-policy.yaml"
     policy_file.write_text(broker_policy(https_port, http_port, args.secrets, args.agents))
-    policy = load_policy(policy_file)
     started = time.monotonic()
-    store = SqliteGrantStore(home.grants_db)
-    now = utc_now()
-    other_agents = [name for name in policy.agents if name != "bench-agent"]
-    for index in range(args.grants - 1):
-        agent = other_agents[index % len(other_agents)]
-        issue_grant(policy, store, agent=agent, task=f"background task {index}",
-                    secrets=sorted(policy.agents[agent].secrets)[:2], ttl=None, max_uses=None,
-                    now=now)
-    grant = issue_grant(policy, store, agent="bench-agent", task="benchmark",
-                        secrets=["bench"], ttl=policy.agents["bench-agent"].max_ttl,
-                        max_uses=None, now=now)
-    store.close()
+    token = issue_bench_grants(home, policy_file, args.grants)
     print(f"  broker: {args.secrets} secrets, {args.agents} agents, {args.grants} active grants "
           f"prepared in {time.monotonic() - started:.1f} s", flush=True)
     proxy = ProxyProcess(home.root, policy_file, upstream_ca=upstream_ca, env=env,
                          extra_args=["--workers", str(workers)],
                          log_path=root / f"broker-{workers}.log").start()
     try:
-        spec = ProxySpec(proxy.host, proxy.port, "bench-agent", grant.token)
+        spec = ProxySpec(proxy.host, proxy.port, "bench-agent", token)
         return measure(name, proxy.process.pid if proxy.process else None, spec, targets,
                        str(proxy.ca_path), args.seconds)
     finally:
