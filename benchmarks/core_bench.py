@@ -152,8 +152,8 @@ def main() -> int:
     os.environ["BROKER_PROXY_MASTER_KEY"] = base64.urlsafe_b64encode(os.urandom(32)).decode()
     for index in range(10):
         os.environ[f"CORE_BENCH_{index}"] = secrets.token_urlsafe(24)
-    grant_counts = (10, 1_000, 10_000) if args.quick else (10, 1_000, 100_000)
-    many_destinations = (1_000, 10_000)
+    grant_counts: tuple[int, ...] = (10, 1_000, 10_000) if args.quick else (10, 1_000, 100_000)
+    many_destinations: tuple[int, ...] = (1_000, 10_000)
     if args.smoke:
         grant_counts, many_destinations, args.seconds = (10, 100), (50, 100), 0.05
     print(f"{'path':<6} {'grants':>8} {'destinations':>12} {'decisions/s':>12} {'us/decision':>12}")

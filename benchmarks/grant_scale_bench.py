@@ -171,10 +171,10 @@ def measure(store: Store, home: Path, policy_file: Path, upstream_ca: Path, env:
         proxy.start(timeout=120)
         figures.startup.append(time.monotonic() - started)
         assert proxy.process is not None
-        figures.startup_cpu.append(cpu_seconds(proxy.process.pid))
+        pid = proxy.process.pid
+        figures.startup_cpu.append(cpu_seconds(pid))
         if start < args.starts - 1:
             proxy.stop()
-    pid = proxy.process.pid
     try:
         time.sleep(args.settle)
         before, at = cpu_seconds(pid), time.monotonic()

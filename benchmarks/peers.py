@@ -167,8 +167,8 @@ def report(cells: dict[tuple[str, str], Cell], peers: list[Peer], markdown: bool
             cpu = statistics.median(cell.cpu_ms) if cell.cpu_ms else float("nan")
             rows.append((name, workload.name, rate, cell.p(0.5), cell.p(0.99), cpu, cell.rss_mb))
     print(f"\n{header}\n{'-' * len(header)}")
-    for name, workload, rate, p50, p99, cpu, rss in rows:
-        print(f"{name:<12} {workload:<15} {rate:8.0f} {p50:8.2f} {p99:8.2f} {cpu:10.3f} "
+    for name, label, rate, p50, p99, cpu, rss in rows:
+        print(f"{name:<12} {label:<15} {rate:8.0f} {p50:8.2f} {p99:8.2f} {cpu:10.3f} "
               f"{rss:7.0f}")
     print()
     for base in ("mitmdump", "mitmdump -s", "squid"):
@@ -187,10 +187,10 @@ def report(cells: dict[tuple[str, str], Cell], peers: list[Peer], markdown: bool
     if markdown:
         print("\n| peer | workload | req/s | p50 ms | p99 ms | CPU ms/request | RSS MB |")
         print("|---|---|---:|---:|---:|---:|---:|")
-        for name, workload, rate, p50, p99, cpu, rss in rows:
+        for name, label, rate, p50, p99, cpu, rss in rows:
             cpu_text = "-" if cpu != cpu else f"{cpu:.3f}"  # NaN: direct has no proxy
             rss_text = "-" if rss != rss else f"{rss:.0f}"
-            print(f"| {name} | {workload} | {rate:.0f} | {p50:.2f} | {p99:.2f} | {cpu_text} | "
+            print(f"| {name} | {label} | {rate:.0f} | {p50:.2f} | {p99:.2f} | {cpu_text} | "
                   f"{rss_text} |")
 
 

@@ -227,6 +227,7 @@ def main() -> None:
             for number, prober in enumerate(during, 1):
                 print(f"probes during the {largest:,} reload, round {number}: "
                       f"{prober.summary()}")
+            assert stack.proxy.process is not None
             pid = stack.proxy.process.pid
             print(f"proxy RSS after the reloads {memory_kib(pid, 'VmRSS') / 1024:.0f} MiB, peak "
                   f"(VmHWM) {memory_kib(pid, 'VmHWM') / 1024:.0f} MiB")

@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -59,6 +60,7 @@ def write_log(path: Path, records: int) -> None:
         host = f"h{rng.randrange(HOSTS)}.{secret}.example.com"
         path_ = f"/v1/items/{rng.randrange(PATHS)}"
         roll = rng.random()
+        fields: dict[str, Any]
         if roll < 0.7:
             fields = dict(decision="allow", reason="injected", secrets=[secret], host=host,
                           path=path_, status=None)

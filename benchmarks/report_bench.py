@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -39,7 +40,8 @@ def write_log(home: Home, records: int) -> int:
             grant_no += 1
             grant = f"g-{grant_no:06d}"
             agent = f"agent-{grant_no % 17}"
-            common = {"grant": grant, "agent": agent, "task": f"task {grant_no % 101}"}
+            common: dict[str, Any] = {"grant": grant, "agent": agent,
+                                      "task": f"task {grant_no % 101}"}
             log.append("grant_issued", decision="allow", reason="issued", by="ops",
                        secrets=["github", "openai"], expires_at="2030-01-01T00:00:00Z",
                        max_uses=1000, grant_status="active", **common)

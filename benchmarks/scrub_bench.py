@@ -40,7 +40,7 @@ import httpx
 try:
     from isal import isal_zlib
 except ImportError:  # the proxy decodes with zlib then
-    isal_zlib = None
+    isal_zlib = None  # type: ignore[assignment]
 
 from benchmarks import smoke
 from benchmarks.proc_stats import memory_kib
@@ -168,6 +168,7 @@ def proxy_memory(size: int) -> None:
         stack = start_stack(root / "stack", pki, upstreams)
         try:
             token = stack.issue("api_key").token
+            assert stack.proxy.process is not None
             baseline = memory_kib(stack.proxy.process.pid, "VmRSS")
             print(f"proxy RSS at rest: {baseline / 1024:.0f} MiB")
             for with_secret in (False, True):

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import functools
 import hashlib
 import json
 import os
@@ -324,8 +325,9 @@ def _downloads(stack, grants: dict[str, str], size_mib: int, rounds: int,
     download = _curl_download if client == "curl" else _download
     for packed in (False, True):
         label = "gzip" if packed else "identity"
-        cases = {name: (lambda token=token, packed=packed: download(stack, token, size, packed))
-                 for name, token in grants.items()}
+        cases: dict[str, Callable[[], float]] = {
+            name: functools.partial(download, stack, token, size, packed)
+            for name, token in grants.items()}
         results = _rounds(cases, rounds, measure)
         base = results["nothing"]
         for name, runs in results.items():
@@ -392,6 +394,7 @@ def main() -> None:
                     for name in pooled:
                         pooled[name] += stream(grants[name])
                 _stream_delays(label, pooled["nothing"], pooled["1 secret"])
+            assert stack.proxy.process is not None
             print(f"proxy peak RSS (VmHWM): "
                   f"{memory_kib(stack.proxy.process.pid, 'VmHWM') / 1024:.0f} MiB; "
                   f"load average at the end: {os.getloadavg()[0]:.2f}")
