@@ -77,6 +77,15 @@ print(*sources, grant.token)
 """
 
 
+def _in_git() -> bool:
+    """Whether this checkout is a git work tree with a commit (a CI copy may be neither)."""
+    try:
+        return subprocess.run(["git", "-C", str(HERE), "rev-parse", "--verify", "HEAD"],
+                              capture_output=True).returncode == 0
+    except OSError:  # no git
+        return False
+
+
 def before_revision() -> str:
     """The parent of the commit that added grant_scrub.py (scrub every grant answer)."""
     added = subprocess.run(
@@ -120,9 +129,7 @@ def main() -> None:
         args.rounds, args.seconds, args.grants = 1, 0.2, 10
         secret_count, agent_count, warmup = 10, 3, 0.1
         if not (args.before or args.checkout):
-            in_git = subprocess.run(["git", "-C", str(HERE), "rev-parse", "--verify", "HEAD"],
-                                    capture_output=True).returncode == 0
-            args.before, args.checkout = ("HEAD", None) if in_git else (None, str(HERE))
+            args.before, args.checkout = ("HEAD", None) if _in_git() else (None, str(HERE))
     base_env = dict(os.environ, BENCH_SECRET="bench-" + secrets.token_urlsafe(24),
                     BROKER_PROXY_MASTER_KEY=base64.urlsafe_b64encode(os.urandom(32)).decode(),
                     PYTHON_KEYRING_BACKEND="keyring.backends.null.Keyring")

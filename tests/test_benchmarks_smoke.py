@@ -30,6 +30,7 @@ import pytest
 pytestmark = pytest.mark.e2e
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+DOCS = BENCHMARKS.parent / "docs" / "benchmarks.md"
 # Scripts the smoke run leaves out, each with the reason (software a test machine lacks).
 # Empty: peers.py runs Squid only where it is installed and says so in one line otherwise.
 SKIPPED: dict[str, str] = {}
@@ -59,6 +60,14 @@ def test_the_benchmark_scripts_are_found() -> None:
     assert {"run.py", "core_bench.py", "scrub_bench.py", "cpu_compare.py", "soak.py"} <= names
     assert not names & {"loadgen.py", "proc_stats.py", "smoke.py", "minimal_inject.py"}
     assert set(SKIPPED) <= names, "a skip entry names no script"
+
+
+def test_the_docs_say_what_every_script_prints() -> None:
+    """docs/benchmarks.md has a row for each script: how to run it, what it prints."""
+    rows = {line.split("|")[1].strip().strip("`") for line in DOCS.read_text().splitlines()
+            if line.startswith("| `")}
+    missing = {path.name for path in entry_scripts()} - rows
+    assert not missing, f"docs/benchmarks.md does not describe {sorted(missing)}"
 
 
 @dataclass(frozen=True)
