@@ -16,7 +16,9 @@ expects answers) must exit non-zero on its own.
 from __future__ import annotations
 
 import ast
+import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -79,14 +81,19 @@ class SmokeRun:
 
 
 def run_smoke(script: Path, scratch: Path) -> SmokeRun:
+    """Run one script in a process group of its own: a script stopped for taking too long is
+    stopped with every proxy and server it started, none left running after the suite."""
     started = time.monotonic()
+    process = subprocess.Popen([sys.executable, str(script), "--smoke"], cwd=scratch,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
     try:
-        done = subprocess.run([sys.executable, str(script), "--smoke"], cwd=scratch,
-                              capture_output=True, text=True, timeout=TIMEOUT_SECONDS)
-    except subprocess.TimeoutExpired as expired:
-        return SmokeRun(-1, str(expired.stdout or ""), f"timed out after {TIMEOUT_SECONDS} s",
-                        time.monotonic() - started)
-    return SmokeRun(done.returncode, done.stdout, done.stderr, time.monotonic() - started)
+        stdout, stderr = process.communicate(timeout=TIMEOUT_SECONDS)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, _ = process.communicate()
+        stderr = f"timed out after {TIMEOUT_SECONDS} s"
+    return SmokeRun(process.returncode, stdout, stderr, time.monotonic() - started)
 
 
 @pytest.fixture(scope="module")
