@@ -45,7 +45,7 @@ bench: $(STAMP)
 	@echo "== cost that grows with the store or the policy: make bench-scale (minutes); the hour-long soak: make bench-soak"
 
 # The broker against direct, mitmdump, mitmdump -s and Squid ssl-bump (where squid-openssl is
-# installed), 5 rotated rounds (about 8 minutes); docs/benchmarks.md. A quick run:
+# installed), 5 rotated rounds (about 6 minutes); docs/benchmarks.md. A quick run:
 #   make bench-peers PEERS_ARGS="--rounds 1 --seconds 2"
 PEERS_ARGS ?=
 bench-peers: $(STAMP)
