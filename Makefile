@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo run test lint bench bench-scale bench-soak clean
+.PHONY: demo run test lint bench bench-peers bench-scale bench-soak clean
 
 $(STAMP): pyproject.toml
 	@interp=$$(scripts/find-python) || exit 1; \
@@ -43,6 +43,13 @@ bench: $(STAMP)
 	@echo "== CPU per request (https-keepalive) against the commit before every grant answer was scrubbed"
 	$(PY) benchmarks/cpu_compare.py $(CPU_COMPARE_ARGS)
 	@echo "== cost that grows with the store or the policy: make bench-scale (minutes); the hour-long soak: make bench-soak"
+
+# The broker against direct, mitmdump, mitmdump -s and Squid ssl-bump (where squid-openssl is
+# installed), 5 rotated rounds (about 6 minutes); docs/benchmarks.md. A quick run:
+#   make bench-peers PEERS_ARGS="--rounds 1 --seconds 2"
+PEERS_ARGS ?=
+bench-peers: $(STAMP)
+	$(PY) benchmarks/peers.py --markdown $(PEERS_ARGS)
 
 # Figures that grow with the size of the store or the policy (minutes; not part of `make bench`):
 # 1 grant against 1,000,000 (SQLite and Redis), then policy check and reload at 1,000 and

@@ -25,6 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks import smoke
 from benchmarks.core_bench import NullAudit, build, time_decisions
 from broker_proxy.audit.log import AuditLog
 from broker_proxy.home import Home
@@ -36,7 +37,7 @@ def decisions(mode: str, seconds: float) -> float:
         broker, token, secret = build(home, 10, 10, full=True)
         broker.audit.close()
         if mode == "off":
-            broker.audit = NullAudit()  # type: ignore[assignment]
+            broker.audit = NullAudit.beside(home)
         else:
             broker.audit = AuditLog.open(home.audit_log, home.audit_key, fsync=mode)
         rate = time_decisions(broker, token, secret, seconds)
@@ -66,7 +67,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=2.0)
+    smoke.add_flag(parser)
     args = parser.parse_args()
+    if args.smoke:
+        args.seconds = 0.05
     os.environ["PYTHON_KEYRING_BACKEND"] = "keyring.backends.null.Keyring"
     os.environ["BROKER_PROXY_MASTER_KEY"] = base64.urlsafe_b64encode(os.urandom(32)).decode()
     for index in range(10):

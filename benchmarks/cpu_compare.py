@@ -34,6 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks import smoke
 from benchmarks.loadgen import ProxySpec, Target, run_load
 from benchmarks.proc_stats import cpu_seconds
 from benchmarks.run import PLACEHOLDER, broker_policy, small_reply
@@ -76,6 +77,15 @@ print(*sources, grant.token)
 """
 
 
+def _in_git() -> bool:
+    """Whether this checkout is a git work tree with a commit (a CI copy may be neither)."""
+    try:
+        return subprocess.run(["git", "-C", str(HERE), "rev-parse", "--verify", "HEAD"],
+                              capture_output=True).returncode == 0
+    except OSError:  # no git
+        return False
+
+
 def before_revision() -> str:
     """The parent of the commit that added grant_scrub.py (scrub every grant answer)."""
     added = subprocess.run(
@@ -112,7 +122,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--grants", type=int, default=1000)
+    smoke.add_flag(parser)
     args = parser.parse_args()
+    secret_count, agent_count, warmup = 1000, 100, 1.0
+    if args.smoke:  # this checkout against its own last commit (or itself, outside git)
+        args.rounds, args.seconds, args.grants = 1, 0.2, 10
+        secret_count, agent_count, warmup = 10, 3, 0.1
+        if not (args.before or args.checkout):
+            args.before, args.checkout = ("HEAD", None) if _in_git() else (None, str(HERE))
     base_env = dict(os.environ, BENCH_SECRET="bench-" + secrets.token_urlsafe(24),
                     BROKER_PROXY_MASTER_KEY=base64.urlsafe_b64encode(os.urandom(32)).decode(),
                     PYTHON_KEYRING_BACKEND="keyring.backends.null.Keyring")
@@ -136,7 +153,7 @@ def main() -> None:
         pki = write_pki(root / "pki", [HOST], ["127.0.0.1"])
         with EchoServer(pki.cert_path, pki.key_path, reply=small_reply) as upstream:
             policy_file = root / "policy.yaml"
-            policy_file.write_text(broker_policy(upstream.port, 0, 1000, 100))
+            policy_file.write_text(broker_policy(upstream.port, 0, secret_count, agent_count))
             target = Target(HOST, upstream.port, "/v1/items",
                             (("Authorization", f"Bearer {PLACEHOLDER}"),))
             proxies: dict[str, tuple[ProxyProcess, ProxySpec]] = {}
@@ -158,7 +175,7 @@ def main() -> None:
                     proxy.start()
                     proxies[name] = (proxy, ProxySpec(proxy.host, proxy.port, "bench-agent",
                                                       token))
-                results = _rounds(proxies, target, args.rounds, args.seconds)
+                results = _rounds(proxies, target, args.rounds, args.seconds, warmup)
             finally:
                 for proxy, _ in proxies.values():
                     proxy.stop()
@@ -172,13 +189,13 @@ def main() -> None:
 
 
 def _rounds(proxies: dict[str, tuple[ProxyProcess, ProxySpec]], target: Target, rounds: int,
-            seconds: float) -> dict[str, list[float]]:
+            seconds: float, warmup: float) -> dict[str, list[float]]:
     names = list(proxies)
     results: dict[str, list[float]] = {name: [] for name in names}
     ca = {name: str(proxy.ca_path) for name, (proxy, _) in proxies.items()}
     for name in names:  # warm up: connections, caches, the first compile of a secret
         asyncio.run(run_load("https-keepalive", proxies[name][1], target, ca[name],
-                             concurrency=10, seconds=1.0))
+                             concurrency=10, seconds=warmup))
     for r in range(rounds):
         line = []
         for name in names[r % 2:] + names[:r % 2]:

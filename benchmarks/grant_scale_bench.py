@@ -1,5 +1,7 @@
 """`make bench-scale`, grants: does `broker-proxy run` cost more with a big grant store?
 
+A part of benchmarks/scale_bench.py, run through it (it takes the same arguments).
+
 For SQLite and for Redis, the same proxy is measured with 1 grant in its store and with
 --grants (default 1,000,000) grants, rounds interleaved (1, N, 1, N, ...) so the load of the
 shared machine falls on both alike:
@@ -42,6 +44,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks import smoke
 from benchmarks.loadgen import ProxySpec, Target, run_load
 from benchmarks.proc_stats import cpu_seconds, memory_kib
 from broker_proxy.devtools.echo_server import EchoServer, ReceivedRequest
@@ -168,10 +171,10 @@ def measure(store: Store, home: Path, policy_file: Path, upstream_ca: Path, env:
         proxy.start(timeout=120)
         figures.startup.append(time.monotonic() - started)
         assert proxy.process is not None
-        figures.startup_cpu.append(cpu_seconds(proxy.process.pid))
+        pid = proxy.process.pid
+        figures.startup_cpu.append(cpu_seconds(pid))
         if start < args.starts - 1:
             proxy.stop()
-    pid = proxy.process.pid
     try:
         time.sleep(args.settle)
         before, at = cpu_seconds(pid), time.monotonic()
@@ -250,7 +253,11 @@ def main() -> int:
                         help="start-ups timed per measurement (default 3)")
     parser.add_argument("--expiring", type=int, default=200,
                         help="grants of the big store that expire during the run (default 200)")
+    smoke.add_flag(parser)
     args = parser.parse_args()
+    if args.smoke:
+        args.grants, args.rounds, args.idle_seconds, args.settle = 50, 1, 0.1, 0.0
+        args.seconds, args.starts, args.expiring = 0.2, 1, 5
     backends = [name for name in args.stores.split(",") if name]
     if set(backends) - {"sqlite", "redis"}:
         parser.error("--stores takes sqlite and/or redis")
@@ -309,6 +316,3 @@ def main() -> int:
                 redis.stop()
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import requests
 
+from benchmarks import smoke
 from benchmarks.proc_stats import memory_kib
 from broker_proxy.devtools.echo_server import EchoServer
 from broker_proxy.devtools.local_pki import LocalPki, write_pki
@@ -165,7 +166,10 @@ def main() -> None:
                         help="seconds a reload may take before it counts as not done")
     parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS),
                         help="what to measure (default: all)")
+    smoke.add_flag(parser)
     args = parser.parse_args()
+    if args.smoke:
+        args.sizes, args.rounds, args.probes, args.timeout = [10, 50], 1, 3, 60.0
     print(f"policy scale: sizes {args.sizes}, {args.rounds} rounds, load average "
           f"{load_average()}")
     with tempfile.TemporaryDirectory() as tmp:
@@ -223,6 +227,7 @@ def main() -> None:
             for number, prober in enumerate(during, 1):
                 print(f"probes during the {largest:,} reload, round {number}: "
                       f"{prober.summary()}")
+            assert stack.proxy.process is not None
             pid = stack.proxy.process.pid
             print(f"proxy RSS after the reloads {memory_kib(pid, 'VmRSS') / 1024:.0f} MiB, peak "
                   f"(VmHWM) {memory_kib(pid, 'VmHWM') / 1024:.0f} MiB")

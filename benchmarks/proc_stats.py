@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 
@@ -44,3 +45,12 @@ def group_cpu_seconds(pid: int) -> float:
 
 def group_peak_kib(pid: int) -> int:
     return memory_kib(pid, "VmHWM") + sum(memory_kib(c, "VmHWM") for c in children(pid))
+
+
+def group_rss_kib(pid: int) -> int:
+    """VmRSS of a process and its direct children (workers, or Squid's certificate helpers)."""
+    total = memory_kib(pid, "VmRSS")
+    for child in children(pid):
+        with contextlib.suppress(OSError, LookupError):  # it exited meanwhile
+            total += memory_kib(child, "VmRSS")
+    return total

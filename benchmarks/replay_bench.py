@@ -16,9 +16,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks import smoke
 from broker_proxy.audit.log import AuditLog
 from broker_proxy.policy.loader import load_policy_text
 from broker_proxy.policy_tools.replay import replay_log
@@ -58,6 +60,7 @@ def write_log(path: Path, records: int) -> None:
         host = f"h{rng.randrange(HOSTS)}.{secret}.example.com"
         path_ = f"/v1/items/{rng.randrange(PATHS)}"
         roll = rng.random()
+        fields: dict[str, Any]
         if roll < 0.7:
             fields = dict(decision="allow", reason="injected", secrets=[secret], host=host,
                           path=path_, status=None)
@@ -79,7 +82,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=1_000_000)
     parser.add_argument("--log", type=Path)
+    smoke.add_flag(parser)
     args = parser.parse_args()
+    if args.smoke:
+        args.records = 1000
     with tempfile.TemporaryDirectory() as scratch:
         log = args.log or Path(scratch) / "audit.log"
         if not log.exists():

@@ -19,9 +19,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks import smoke
 from broker_proxy.audit.log import AuditLog
 from broker_proxy.home import Home
 
@@ -38,7 +40,8 @@ def write_log(home: Home, records: int) -> int:
             grant_no += 1
             grant = f"g-{grant_no:06d}"
             agent = f"agent-{grant_no % 17}"
-            common = {"grant": grant, "agent": agent, "task": f"task {grant_no % 101}"}
+            common: dict[str, Any] = {"grant": grant, "agent": agent,
+                                      "task": f"task {grant_no % 101}"}
             log.append("grant_issued", decision="allow", reason="issued", by="ops",
                        secrets=["github", "openai"], expires_at="2030-01-01T00:00:00Z",
                        max_uses=1000, grant_status="active", **common)
@@ -92,12 +95,15 @@ def run_report(home: Home, fmt: str, *extra: str) -> tuple[float, float, int, in
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=1_000_000)
     parser.add_argument("--dir", default=os.environ.get("REPORT_BENCH_DIR"))
     parser.add_argument("--home", help="report on this home's log (written first if it has "
                         "none) and keep it")
+    smoke.add_flag(parser)
     args = parser.parse_args()
+    if args.smoke:
+        args.records = 2000
     with tempfile.TemporaryDirectory(dir=args.dir) as scratch:
         home = Home(Path(args.home or scratch)).ensure()
         if not home.audit_log.exists():

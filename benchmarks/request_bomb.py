@@ -4,8 +4,8 @@ A ~510 KB gzip body (about 500 MiB of zeros) is POSTed through the proxy with no
 while a probe sends small requests one after another and times each answer: the slowest probe
 is the longest the proxy's event loop was unavailable. The proxy's peak RSS is its VmHWM.
 
-    .venv/bin/python -m benchmarks.request_bomb                      # this checkout
-    .venv/bin/python -m benchmarks.request_bomb --checkout /work/main # the proxy of another one
+    .venv/bin/python benchmarks/request_bomb.py                      # this checkout
+    .venv/bin/python benchmarks/request_bomb.py --checkout /work/main # the proxy of another one
 """
 
 from __future__ import annotations
@@ -15,11 +15,15 @@ import base64
 import os
 import secrets
 import socket
+import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks import smoke
 from benchmarks.proc_stats import memory_kib
 from broker_proxy.devtools.proxy_process import ProxyProcess
 from tests.gzip_bomb import gzip_bomb
@@ -42,6 +46,7 @@ def _exchange(port: int, raw: bytes) -> bytes:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkout", help="run the proxy from this source tree")
+    smoke.add_flag(parser)  # a 50 MiB bomb
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as root:
         policy = Path(root) / "policy.yaml"
@@ -50,13 +55,13 @@ def main() -> None:
             base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()))
         if args.checkout:  # its modules first, and not the current directory's
             env |= {"PYTHONPATH": str(Path(args.checkout).absolute()), "PYTHONSAFEPATH": "1"}
-        with ProxyProcess(Path(root) / "home", policy, env=env).start() as proxy:
+        with ProxyProcess(Path(root) / "home", policy, env=env) as proxy:
             assert proxy.process is not None
             pid, port = proxy.process.pid, proxy.port
             probe = b"GET http://api.bomb.test/ HTTP/1.1\r\nHost: api.bomb.test\r\n\r\n"
             _exchange(port, probe)
             baseline = memory_kib(pid, "VmHWM")
-            bomb = gzip_bomb()
+            bomb = gzip_bomb(50 if args.smoke else 500)
             stalls: list[float] = []
             done = threading.Event()
 

@@ -35,6 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks import smoke
 from benchmarks.loadgen import ProxySpec, Result, Target, run_load
 from benchmarks.proc_stats import group_cpu_seconds, group_peak_kib
 from broker_proxy.devtools.echo_server import EchoServer, ReceivedRequest
@@ -84,6 +85,25 @@ def broker_policy(https_port: int, http_port: int, secret_count: int, agent_coun
               '  allow_addresses: [127.0.0.0/8, "::1/128"]']
     del http_port
     return "\n".join(lines) + "\n"
+
+
+def issue_bench_grants(home: Home, policy_file: Path, grants: int) -> str:
+    """Fill the home's store: `grants - 1` grants spread over the policy's other agents, then
+    the bench agent's own; returns its token."""
+    policy = load_policy(policy_file)
+    store = SqliteGrantStore(home.grants_db)
+    now = utc_now()
+    other_agents = [name for name in policy.agents if name != "bench-agent"]
+    for index in range(grants - 1):
+        agent = other_agents[index % len(other_agents)]
+        issue_grant(policy, store, agent=agent, task=f"background task {index}",
+                    secrets=sorted(policy.agents[agent].secrets)[:2], ttl=None, max_uses=None,
+                    now=now)
+    grant = issue_grant(policy, store, agent="bench-agent", task="benchmark",
+                        secrets=["bench"], ttl=policy.agents["bench-agent"].max_ttl,
+                        max_uses=None, now=now)
+    store.close()
+    return grant.token
 
 
 def measure(setup: str, pid: int | None, proxy: ProxySpec | None, targets: dict[str, Target],
@@ -139,7 +159,10 @@ def main() -> int:
     parser.add_argument("--setups", default="direct,mitmdump,mitmdump -s,broker,broker x2")
     parser.add_argument("--workloads", default=",".join(WORKLOADS),
                         help="comma-separated subset of: " + ", ".join(WORKLOADS))
+    smoke.add_flag(parser)
     args = parser.parse_args()
+    if args.smoke:
+        args.seconds, args.secrets, args.agents, args.grants = 0.15, 10, 3, 10
     unknown = set(args.workloads.split(",")) - set(WORKLOADS)
     if unknown:
         parser.error(f"unknown workload(s): {', '.join(sorted(unknown))}")
@@ -195,7 +218,20 @@ def main() -> int:
                     rows += run_broker(root, pki.ca_cert_path, env, targets, https_upstream.port,
                                        http_upstream.port, args, name, workers)
     print_table(rows)
-    return 0
+    return 1 if broken(rows) else 0
+
+
+def broken(rows: list[Row]) -> bool:
+    """Say which setups failed requests: figures of a setup that answers errors mean nothing."""
+    failed = False
+    for row in rows:
+        result = row.result
+        bad = sum(n for status, n in result.statuses.items() if not 200 <= status < 300)
+        if bad or result.errors or not result.requests:
+            print(f"broken: {row.setup} {row.workload}: {result.requests} answered, {bad} not "
+                  f"2xx, {result.errors} errors", file=sys.stderr)
+            failed = True
+    return failed
 
 
 def run_broker(root: Path, upstream_ca: Path, env: dict[str, str], targets: dict[str, Target],
@@ -204,27 +240,15 @@ def run_broker(root: Path, upstream_ca: Path, env: dict[str, str], targets: dict
     home = Home(root / f"broker-home-{workers}").ensure()
     policy_file = root / "bench-policy.yaml"
     policy_file.write_text(broker_policy(https_port, http_port, args.secrets, args.agents))
-    policy = load_policy(policy_file)
     started = time.monotonic()
-    store = SqliteGrantStore(home.grants_db)
-    now = utc_now()
-    other_agents = [name for name in policy.agents if name != "bench-agent"]
-    for index in range(args.grants - 1):
-        agent = other_agents[index % len(other_agents)]
-        issue_grant(policy, store, agent=agent, task=f"background task {index}",
-                    secrets=sorted(policy.agents[agent].secrets)[:2], ttl=None, max_uses=None,
-                    now=now)
-    grant = issue_grant(policy, store, agent="bench-agent", task="benchmark",
-                        secrets=["bench"], ttl=policy.agents["bench-agent"].max_ttl,
-                        max_uses=None, now=now)
-    store.close()
+    token = issue_bench_grants(home, policy_file, args.grants)
     print(f"  broker: {args.secrets} secrets, {args.agents} agents, {args.grants} active grants "
           f"prepared in {time.monotonic() - started:.1f} s", flush=True)
     proxy = ProxyProcess(home.root, policy_file, upstream_ca=upstream_ca, env=env,
                          extra_args=["--workers", str(workers)],
                          log_path=root / f"broker-{workers}.log").start()
     try:
-        spec = ProxySpec(proxy.host, proxy.port, "bench-agent", grant.token)
+        spec = ProxySpec(proxy.host, proxy.port, "bench-agent", token)
         return measure(name, proxy.process.pid if proxy.process else None, spec, targets,
                        str(proxy.ca_path), args.seconds)
     finally:

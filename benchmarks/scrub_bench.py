@@ -15,7 +15,7 @@
    every 64 KiB (streamed and scrubbed). The proxy's RSS is sampled every 50 ms; a quarter-size
    download first shows that the peak does not grow with the body size.
 
-Runs in about 1-3 minutes on 2 slow vCPUs. Run by hand (`make bench`), not by `make test`.
+Runs in about 1-3 minutes on 2 slow vCPUs (`make bench`); `make test` runs it with `--smoke`.
 """
 
 from __future__ import annotations
@@ -40,8 +40,9 @@ import httpx
 try:
     from isal import isal_zlib
 except ImportError:  # the proxy decodes with zlib then
-    isal_zlib = None
+    isal_zlib = None  # type: ignore[assignment]
 
+from benchmarks import smoke
 from benchmarks.proc_stats import memory_kib
 from broker_proxy.devtools.echo_server import EchoServer
 from broker_proxy.devtools.local_pki import write_pki
@@ -167,6 +168,7 @@ def proxy_memory(size: int) -> None:
         stack = start_stack(root / "stack", pki, upstreams)
         try:
             token = stack.issue("api_key").token
+            assert stack.proxy.process is not None
             baseline = memory_kib(stack.proxy.process.pid, "VmRSS")
             print(f"proxy RSS at rest: {baseline / 1024:.0f} MiB")
             for with_secret in (False, True):
@@ -188,7 +190,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--core-mib", type=int, default=100)
     parser.add_argument("--size-mib", type=int, default=1024)
+    smoke.add_flag(parser)
     args = parser.parse_args()
+    if args.smoke:
+        args.core_mib, args.size_mib = 1, 2
     core_throughput(args.core_mib * 1000 * 1000 // CHUNK * CHUNK)
     if args.size_mib:  # 0: the scrubber alone
         proxy_memory(args.size_mib << 20)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import functools
 import hashlib
 import json
 import os
@@ -55,6 +56,7 @@ import wsproto
 import wsproto.connection
 import wsproto.events
 
+from benchmarks import smoke
 from benchmarks.proc_stats import cpu_seconds, memory_kib
 from benchmarks.scrub_bench import RssSampler
 from broker_proxy.devtools.echo_server import EchoServer
@@ -323,8 +325,9 @@ def _downloads(stack, grants: dict[str, str], size_mib: int, rounds: int,
     download = _curl_download if client == "curl" else _download
     for packed in (False, True):
         label = "gzip" if packed else "identity"
-        cases = {name: (lambda token=token, packed=packed: download(stack, token, size, packed))
-                 for name, token in grants.items()}
+        cases: dict[str, Callable[[], float]] = {
+            name: functools.partial(download, stack, token, size, packed)
+            for name, token in grants.items()}
         results = _rounds(cases, rounds, measure)
         base = results["nothing"]
         for name, runs in results.items():
@@ -359,7 +362,10 @@ def main() -> None:
                         default="curl" if shutil.which("curl") else "httpx",
                         help="who downloads (default curl: a process of its own that reads "
                         "chunked framing in C; httpx shares this process with the upstream)")
+    smoke.add_flag(parser)
     args = parser.parse_args()
+    if args.smoke:
+        args.size_mib, args.rounds, args.events, args.messages = [2], 1, 20, 20
     values = {name: f"bench-{name}-" + secrets.token_urlsafe(24) for name in SECRETS}
     for name, value in values.items():
         os.environ[f"BENCH_{name.upper()}"] = value
@@ -388,6 +394,7 @@ def main() -> None:
                     for name in pooled:
                         pooled[name] += stream(grants[name])
                 _stream_delays(label, pooled["nothing"], pooled["1 secret"])
+            assert stack.proxy.process is not None
             print(f"proxy peak RSS (VmHWM): "
                   f"{memory_kib(stack.proxy.process.pid, 'VmHWM') / 1024:.0f} MiB; "
                   f"load average at the end: {os.getloadavg()[0]:.2f}")

@@ -10,18 +10,40 @@ from __future__ import annotations
 import argparse
 import sys
 import tracemalloc
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks import smoke
+
+
+def own_snapshots() -> tuple[tracemalloc.Snapshot, tracemalloc.Snapshot]:
+    """Two snapshots of this process around an allocation that stays: what --smoke compares."""
+    tracemalloc.start(8)
+    before = tracemalloc.take_snapshot()
+    kept = [bytearray(1024) for _ in range(1000)]
+    after = tracemalloc.take_snapshot()
+    tracemalloc.stop()
+    del kept
+    return before, after
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("before")
-    parser.add_argument("after")
+    parser.add_argument("before", nargs="?", help="a snapshot file (not with --smoke)")
+    parser.add_argument("after", nargs="?")
     parser.add_argument("--by", choices=("traceback", "lineno", "filename"), default="traceback")
     parser.add_argument("--top", type=int, default=15)
     parser.add_argument("--frames", type=int, default=8, help="traceback lines to print")
+    smoke.add_flag(parser)  # compares two snapshots of this process, taken for the purpose
     args = parser.parse_args()
-    before = tracemalloc.Snapshot.load(args.before)
-    after = tracemalloc.Snapshot.load(args.after)
+    if args.smoke:
+        before, after = own_snapshots()
+    elif args.before and args.after:
+        before = tracemalloc.Snapshot.load(args.before)
+        after = tracemalloc.Snapshot.load(args.after)
+    else:
+        parser.error("give the two snapshot files to compare")
     total = (sum(t.size for t in after.traces) - sum(t.size for t in before.traces)) / 1024
     print(f"traced memory {total:+.1f} KiB between the snapshots")
     for stat in after.compare_to(before, args.by)[:args.top]:

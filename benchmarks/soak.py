@@ -30,6 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks import smoke
 from benchmarks.loadgen import ProxySpec, Target, run_load
 from benchmarks.proc_stats import memory_kib
 from benchmarks.run import PLACEHOLDER, broker_policy, small_reply
@@ -66,9 +67,21 @@ def main() -> int:
                         "PREFIX-N.snapshot at every report")
     parser.add_argument("--no-heap-trim", action="store_true",
                         help="--mixed: the proxy does not trim its C heap (the comparison)")
+    smoke.add_flag(parser)  # both modes, a few seconds each
     args = parser.parse_args()
+    args.step_seconds = 2.0  # of load between two looks at the RSS
+    if args.smoke:
+        args.requests, args.step_seconds = 100, 0.5
+        plain_soak(args)
+        args.minutes, args.rate, args.report_every, args.warmup = 0.06, 20.0, 0.03, 0.0
+        args.audit_max_bytes = "8K"  # a few rotations in the few seconds
+        return mixed_soak(args)
     if args.mixed:
         return mixed_soak(args)
+    return plain_soak(args)
+
+
+def plain_soak(args: argparse.Namespace) -> int:
     env = dict(os.environ, BENCH_SECRET="soak-" + secrets.token_urlsafe(24),
                BROKER_PROXY_MASTER_KEY=base64.urlsafe_b64encode(os.urandom(32)).decode(),
                PYTHON_KEYRING_BACKEND="keyring.backends.null.Keyring")
@@ -100,7 +113,11 @@ def main() -> int:
                 while done < args.requests:
                     result = asyncio.run(run_load(
                         "https-keepalive", spec, target, str(proxy.ca_path),
-                        concurrency=args.concurrency, seconds=2.0))
+                        concurrency=args.concurrency, seconds=args.step_seconds))
+                    bad = sum(n for status, n in result.statuses.items() if status != 200)
+                    if bad or result.errors or not result.requests:
+                        raise SystemExit(f"{result.requests} answered, {bad} not 200, "
+                                         f"{result.errors} errors: {proxy.log_tail()}")
                     before = done
                     done += result.requests
                     if done // step != before // step or done >= args.requests:

@@ -28,6 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks import smoke
 from broker_proxy.audit.log import AuditLog
 from broker_proxy.decision.active_policy import ActivePolicy
 from broker_proxy.decision.broker import Broker
@@ -110,7 +111,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--threads", default="1,4", help="comma-separated caller counts")
+    smoke.add_flag(parser)
     args = parser.parse_args()
+    if args.smoke:
+        args.seconds, args.threads = 0.05, "1,2"
     thread_counts = [int(n) for n in args.threads.split(",")]
     os.environ["STORE_BENCH_SECRET"] = "bench-" + secrets.token_urlsafe(24)
 
