@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from broker_proxy.scrubbing.grant_scrub import ScrubScope
 
 # Stable error codes: scripts and dashboards match on these strings.
 PROXY_AUTH_REQUIRED = "proxy_auth_required"
@@ -89,6 +93,11 @@ class Allowed:
     # False when a value of the grant could not be resolved for scrubbing: the answer is
     # withheld rather than passed on partly scrubbed.
     scrub_complete: bool = True
+    # Who asks and which host answers (grant_scrub.ScrubScope), and the value generation
+    # ``scrub`` was composed at: a long poll or a stream answered after a rotation asks the
+    # broker for the set again (``Broker.live_scrub``).
+    scrub_scope: ScrubScope | None = field(default=None, repr=False)
+    scrub_generation: int = 0
 
 
 @dataclass(frozen=True, slots=True)
