@@ -203,27 +203,27 @@ class GrantScrubValues:
                     del self._entries[name]
                     self.generation += 1
 
-    def refresh(self, policy: Policy, *, sources: Iterable[str] = ("vault",)) -> list[str]:
+    def refresh(self, policy: Policy, *, sources: Iterable[str] = ("vault",)
+                ) -> dict[str, str]:
         """Resolve the secrets of these sources again now (the vault changed: `secret set`).
 
         Called off the event loop (the vault watcher): once it returns, every new answer and
         every live stream's next chunk scrubs the new values, and the replaced ones as
-        retired. Returns the labels of values seen for the first time, for precompiling.
+        retired. Returns every label and value now scrubbed for these secrets, so the caller
+        can compile their patterns before an answer needs them.
         """
         wanted = set(sources)
-        fresh: list[str] = []
+        found: dict[str, str] = {}
         for secret in policy.secrets.values():
             if secret.source not in wanted:
                 continue
-            with self._lock:
-                before = self._entries.get(secret.name)
             entry = self._resolved_entry(secret, self._clock())
-            known = {value.reveal() for _, value in (before.values or ())} if before else set()
-            fresh += [label for label, value in (entry.values or ())
-                      if value.reveal() not in known]
+            found.update((label, value.reveal()) for label, value in entry.values or ())
+            found.update((label, value.reveal())
+                         for label, value, _ in self._history_of(secret.name))
         with self._lock:
             self.generation += 1
-        return fresh
+        return found
 
     def _history_of(self, name: str) -> list[tuple[str, SecretValue, float]]:
         with self._lock:

@@ -42,7 +42,6 @@ from broker_proxy.secrets.vault import (
     MAGIC,
     MAX_VALUE_BYTES,
     NONCE_BYTES,
-    RetiredValue,
     Vault,
     VaultContents,
     VaultError,
@@ -144,15 +143,6 @@ class SecretResolver:
             return ()
         now = datetime.now(UTC)
         return tuple(entry.value for entry in retired if entry.until > now)
-
-    def retired_entries(self, name: str) -> tuple[RetiredValue, ...]:
-        """For `secret list`: when each retired value of ``name`` was retired (never shown)."""
-        with self._lock:
-            try:
-                self._vault_contents()
-            except _Unavailable:
-                return ()
-            return self._vault.retired.get(name, ())
 
     def upstream_answered(self, status: int, scrub: Mapping[str, tuple[str, str]]) -> None:
         return None  # nothing minted, nothing to drop
