@@ -256,16 +256,25 @@ class GrantScrubValues:
             before = self._entries.get(secret.name)
             self._entries[secret.name] = entry
             if before is not None and before.values != values:
-                self._remember_replaced(secret.name, before.values or (), values or (), now)
+                self._remember_replaced(secret, before.values or (), values or (), now)
                 self.generation += 1
         return entry
 
-    def _remember_replaced(self, name: str, before: Values, after: Values, now: float) -> None:
+    def _remember_replaced(self, secret: SecretPolicy, before: Values, after: Values,
+                           now: float) -> None:
         """Under the lock: values the secret no longer has are kept as this process's history
-        (a backend without history, an OAuth2 token minted anew)."""
+        (a backend without history, an OAuth2 token minted anew).
+
+        Not a vault's own values: the vault keeps them retired itself, and `secret
+        forget-retired` must be able to end that.
+        """
+        name = secret.name
         current = {value.reveal() for _, value in after}
         kept = self._history.setdefault(name, [])
         for label, value in before:
+            if secret.source == "vault" and (
+                    RETIRED_MARK in label or secret.oauth2 is None or label != name):
+                continue  # stored in the vault (retired there); only a minted token is not
             if value.reveal() in current or any(v.reveal() == value.reveal() for _, v, _ in kept):
                 continue
             kept.append((self._retired_label(base_secret(label), value.reveal()), value,
