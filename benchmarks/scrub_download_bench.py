@@ -72,7 +72,8 @@ def bench_policy(shared_host: bool = False) -> str:
     """Answers are scrubbed for the grant's secrets and for every secret the policy may send to
     the answering host. So that the grant alone decides the cost (the three cases), only
     "short" goes to the download's host; the others go to another host, unless ``shared_host``
-    (every secret at the download's host: every grant's answers pay for all of them)."""
+    (every secret at the download's host: every grant's answers pay for all of them). The
+    download's host is on the egress list, so every grant may reach it."""
     names = [*SECRETS, "short"]
     lines = ["version: 1", "secrets:"]
     for name in names:
@@ -84,7 +85,10 @@ def bench_policy(shared_host: bool = False) -> str:
               "      - host: {api}" if shared_host else "      - host: {other}",
               "        port: {api_port}" if shared_host else "        port: {other_port}"]
     lines += ["agents:", "  bot:", f"    secrets: [{', '.join([*names, 'api_key'])}]",
-              "    max_ttl: 1h", "network:", "  allow_addresses: [127.0.0.0/8]", ""]
+              "    max_ttl: 1h", "network:", "  allow_addresses: [127.0.0.0/8]"]
+    if not shared_host:  # the grants whose secrets go elsewhere still download from it
+        lines += ["egress:", "  allow: [{api}]"]
+    lines.append("")
     # The policy is str.format()ed by start_stack: only the host placeholders stay single.
     return "\n".join(lines)
 

@@ -427,7 +427,7 @@ def test_header_placeholder_is_swapped_and_the_use_counted(setup):
                                ("Authorization", f"Bearer {setup.values['api_key']}"))
     assert verdict.query is None and verdict.body is None
     # The grant's secret, and those the policy may send to this host (scrubbed, not injected).
-    assert verdict.scrub == {name: (setup.values[name], "{{secret:%s}}" % name)
+    assert verdict.scrub == {name: (setup.values[name], "{{secret:" + name + "}}")
                              for name in ("api_key", "header_only", "spare")}
     assert setup.values["api_key"] not in repr(verdict)
     assert setup.uses(issued) == 1
