@@ -214,8 +214,11 @@ class GrantScrubValues:
         """
         wanted = set(sources)
         found: dict[str, str] = {}
-        for secret in policy.secrets.values():
-            if secret.source not in wanted:
+        with self._lock:  # only those in use: the others are resolved when first needed
+            names = list(self._entries)
+        for name in names:
+            secret = policy.secrets.get(name)
+            if secret is None or secret.source not in wanted:
                 continue
             entry = self._resolved_entry(secret, self._clock())
             found.update((label, value.reveal()) for label, value in entry.values or ())
