@@ -279,7 +279,7 @@ class _GrantScrubbers:
         return scrubber
 
 
-_SCRUBBERS = _GrantScrubbers(1024)
+_SCRUBBERS = _GrantScrubbers(4096)  # one per (grant, host) in use
 
 
 def _has_body(flow: http.HTTPFlow) -> bool:
