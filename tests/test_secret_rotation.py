@@ -183,3 +183,36 @@ def test_wait_for_proxies_counts_live_processes_that_acked_the_vault_as_written(
     answers = wait_for_proxies(home, 0.2)
     assert answers.confirmed == [] and answers.silent == [os.getpid()]
     assert wait_for_proxies(Home(tmp_path / "none"), 0.2).confirmed == []
+
+
+def test_another_grants_secret_that_cannot_be_had_withholds_nothing_and_slow_ones_are_not_run(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    policy = load_policy_text(POLICY.replace("from: vault", "from: env:ROT_A", 1).replace(
+        "from: vault", "from: env:ROT_B", 1).replace(
+        "from: vault", 'from: command\n    command: ["false"]', 1).replace(
+        "host: other.example.org", "host: api.example.com"))
+    a_value, b_value = value("a"), value("b")
+    monkeypatch.setenv("ROT_A", a_value)
+    monkeypatch.setenv("ROT_B", b_value)
+    calls: list[str] = []
+    resolver = SecretResolver(Home(Path("/nonexistent")))
+    original = resolver.resolve
+
+    def counting(secret):  # type: ignore[no-untyped-def]
+        calls.append(secret.name)
+        return original(secret)
+
+    resolver.resolve = counting  # type: ignore[method-assign]
+    clock = [0.0]
+    values = GrantScrubValues(resolver, clock=lambda: clock[0])
+    index = DestinationIndex(policy)
+    scope = ScrubScope("g_1", (("a_key", None),), "api.example.com")
+    first = values.for_scope(scope, policy, index)
+    assert first.complete and {v for v, _ in first.values.values()} == {a_value, b_value}
+    assert "c_key" not in calls  # a command is run only for the grants that hold it
+    monkeypatch.delenv("ROT_B")
+    clock[0] = 60.0  # the cache expired: b_key is asked again, and fails
+    second = values.for_scope(scope, policy, index)
+    assert calls[-1] == "b_key"
+    assert second.complete  # b_key is another grant's: nothing is withheld for it
+    assert b_value in {v for v, _ in second.values.values()}  # scrubbed with its last value

@@ -49,6 +49,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import overload
 
 from broker_proxy.grants.model import Grant
 from broker_proxy.policy.destinations import DestinationIndex
@@ -69,6 +70,11 @@ SCOPES_CACHED = 4096
 RETIRED_MARK = "#"  # never in a secret name, so a retired label cannot be a secret's own
 
 Values = tuple[tuple[str, SecretValue], ...]
+
+
+def _cheap(secret: SecretPolicy) -> bool:
+    """Resolving it is local and quick: no process to run, no keyring, no network."""
+    return secret.source == "vault" or secret.source.startswith(("env:", "file:"))
 
 
 def base_secret(label: str) -> str:
@@ -106,6 +112,7 @@ class _Entry:
     secret: SecretPolicy  # the policy object the values were resolved for (a reload changes it)
     until: float
     values: Values | None  # None: resolving failed; retired values included
+    last: Values = ()  # the last values resolved, kept through a failure
 
 
 @dataclass(slots=True)
@@ -170,20 +177,37 @@ class GrantScrubValues:
         if index is not None and scope.host is not None:
             for name in index.secrets_sent_to_host(scope.host):
                 placeholders.setdefault(name, None)
-        for name, own in placeholders.items():
+        held = len(scope.held)
+        bumps: list[int] = []  # generations this composition itself caused (first resolutions)
+        for position, (name, own) in enumerate(placeholders.items()):
             secret = policy.secrets.get(name)
             if secret is None:  # outside the policy now: such a grant is refused anyway
                 continue
-            entry = self._entry_of(secret, resolve)
+            if position < held:  # the grant's own: a value missing withholds the answer
+                entry = self._entry_of(secret, resolve, bumps=bumps)
+                found = entry.values
+                if found is None:
+                    complete = False
+            else:
+                # Another grant's, at this host: its backend is asked only when that is cheap
+                # and local (vault, env, file); else the values this process resolved for the
+                # grants that hold it. One that cannot be had now is scrubbed with its last
+                # values, and withholds nothing: a broken backend of one secret must not stop
+                # every answer from its hosts.
+                cached = self._entry_of(secret, resolve and _cheap(secret), fetch=_cheap(secret),
+                                        bumps=bumps)
+                if cached is None:
+                    continue
+                entry, found = cached, cached.values if cached.values is not None else cached.last
             until = min(until, entry.until)
-            if entry.values is None:
-                complete = False
-                continue
             placeholder = own or secret.placeholder
-            for label, value in entry.values:
+            for label, value in found or ():
                 values[label] = (value.reveal(), placeholder)
             for label, value, _ in self._history_of(name):
                 values.setdefault(label, (value.reveal(), placeholder))
+        with self._lock:
+            if self.generation == generation + len(bumps):
+                generation = self.generation  # only this composition's own resolutions
         scrub = GrantScrub(values, complete, generation)
         if index is not None:
             with self._lock:
@@ -238,15 +262,29 @@ class GrantScrubValues:
                 kept = self._history[name] = [item for item in kept if item[2] > now]
             return list(kept)
 
-    def _entry_of(self, secret: SecretPolicy, resolve: bool) -> _Entry:
+    @overload
+    def _entry_of(self, secret: SecretPolicy, resolve: bool, *,
+                  bumps: list[int] | None = None) -> _Entry: ...
+
+    @overload
+    def _entry_of(self, secret: SecretPolicy, resolve: bool, *, fetch: bool,
+                  bumps: list[int] | None = None) -> _Entry | None: ...
+
+    def _entry_of(self, secret: SecretPolicy, resolve: bool, *, fetch: bool = True,
+                  bumps: list[int] | None = None) -> _Entry | None:
+        """The cached entry, resolved anew when it expired (``resolve``) or is missing; without
+        ``fetch``, never resolved: the cached entry as it is, or None."""
         now = self._clock()
         with self._lock:
             entry = self._entries.get(secret.name)
         if entry is not None and entry.secret is secret and (now < entry.until or not resolve):
             return entry
-        return self._resolved_entry(secret, now)
+        if not fetch:
+            return entry
+        return self._resolved_entry(secret, now, bumps)
 
-    def _resolved_entry(self, secret: SecretPolicy, now: float) -> _Entry:
+    def _resolved_entry(self, secret: SecretPolicy, now: float,
+                        bumps: list[int] | None = None) -> _Entry:
         try:
             values: Values | None = self._resolve(secret)
             until = now + self._ttl
@@ -254,13 +292,18 @@ class GrantScrubValues:
             log.warning('secret "%s" cannot be resolved to scrub answers: %s', secret.name,
                         type(error).__name__)
             values, until = None, now + self._failure_ttl
-        entry = _Entry(secret, until, values)
         with self._lock:
             before = self._entries.get(secret.name)
-            self._entries[secret.name] = entry
-            if before is not None and before.values != values:
-                self._remember_replaced(secret, before.values or (), values or (), now)
+            last = values if values is not None else (before.values or before.last
+                                                      if before is not None else ())
+            entry = self._entries[secret.name] = _Entry(secret, until, values, last)
+            if before is None or before.values != values:
+                # New or changed values: every composed set that could hold them is stale.
+                if before is not None and before.values and values is not None:
+                    self._remember_replaced(secret, before.values, values, now)
                 self.generation += 1
+                if bumps is not None:
+                    bumps.append(self.generation)
         return entry
 
     def _remember_replaced(self, secret: SecretPolicy, before: Values, after: Values,
