@@ -17,7 +17,7 @@ import pytest
 
 from broker_proxy.home import Home
 from broker_proxy.policy.destinations import DestinationIndex
-from broker_proxy.policy.loader import load_policy_text
+from broker_proxy.policy.loader import PolicyError, load_policy_text
 from broker_proxy.runtime.vault_watch import acks_dir, vault_mark, wait_for_proxies
 from broker_proxy.scrubbing.grant_scrub import GrantScrubValues, ScrubScope, base_secret
 from broker_proxy.scrubbing.scrubber import MessageScrubber, Scrubber
@@ -216,3 +216,23 @@ def test_another_grants_secret_that_cannot_be_had_withholds_nothing_and_slow_one
     assert calls[-1] == "b_key"
     assert second.complete  # b_key is another grant's: nothing is withheld for it
     assert b_value in {v for v, _ in second.values.values()}  # scrubbed with its last value
+
+
+def test_the_policy_sets_how_long_a_replaced_vault_value_stays_retired(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.test_cli import run_cli
+
+    policy = POLICY.replace("      - host: api.example.com\n",
+                            "      - host: api.example.com\n    retire_for: 2d\n", 1)
+    (tmp_path / "policy.yaml").write_text(policy)
+    monkeypatch.setenv("BROKER_PROXY_MASTER_KEY", random_master_key())
+    for secret_value in (value("one"), value("two")):
+        done = run_cli(tmp_path, "secret", "set", "a_key", "--wait", "1s",
+                       "--policy", str(tmp_path / "policy.yaml"), stdin=secret_value)
+        assert done.returncode == 0, done.stderr
+    key = load_or_create_master_key(Home(tmp_path), create=False)
+    [entry] = Vault(tmp_path / "vault.bin", key).contents().retired["a_key"]
+    assert entry.until - entry.since == timedelta(days=2)
+    # Only the vault keeps history: elsewhere the field is refused.
+    with pytest.raises(PolicyError, match=r"retire_for.*only used with"):
+        load_policy_text(policy.replace("from: vault", "from: env:X", 1))

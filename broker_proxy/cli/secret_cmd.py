@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from broker_proxy.cli.common import add_policy_option, home_of, policy_file_of
 from broker_proxy.cli.errors import CliError
 from broker_proxy.durations import DurationError, format_duration, parse_duration
-from broker_proxy.policy.loader import load_policy
+from broker_proxy.policy.loader import PolicyError, load_policy
 from broker_proxy.secrets.backends import SecretResolver
 from broker_proxy.secrets.master_key import describe_key_location, load_or_create_master_key
 from broker_proxy.secrets.vault import DEFAULT_RETIRE_FOR, Vault, check_secret_name
@@ -36,10 +36,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     set_.add_argument("name", metavar="NAME")
     set_.add_argument("--retire-for", metavar="DURATION",
-                      default=format_duration(DEFAULT_RETIRE_FOR),
                       help="keep the replaced value retired this long: running proxies scrub it "
                       "from answers (it usually stays valid at the provider for a while) and "
-                      "never inject it (default: %(default)s, at most 30d)")
+                      "never inject it (default: the policy's retire_for for NAME, else "
+                      f"{format_duration(DEFAULT_RETIRE_FOR)}; at most 30d)")
+    add_policy_option(set_)
     set_.add_argument("--wait", metavar="DURATION", default=DEFAULT_WAIT,
                       help="wait at most this long for every running proxy of this home to "
                       "confirm it scrubs for the new value (default: %(default)s)")
@@ -54,8 +55,9 @@ def register(commands: argparse._SubParsersAction) -> None:
                         "(scrubbed from answers, never injected) for --retire-for.")
     rm.add_argument("name", metavar="NAME")
     rm.add_argument("--retire-for", metavar="DURATION",
-                    default=format_duration(DEFAULT_RETIRE_FOR),
-                    help="how long the removed value stays retired (default: %(default)s)")
+                    help="how long the removed value stays retired (default: the policy's "
+                    f"retire_for for NAME, else {format_duration(DEFAULT_RETIRE_FOR)})")
+    add_policy_option(rm)
     rm.set_defaults(handler=remove_secret)
     forget = sub.add_parser(
         "forget-retired", help="stop scrubbing NAME's retired values (drop them from the vault)",
@@ -94,6 +96,25 @@ def _duration(text: str, option: str) -> timedelta:
         raise CliError(f"{option}: {error}") from None
 
 
+def _retire_window(args: argparse.Namespace, name: str) -> timedelta:
+    """--retire-for, else the policy's ``retire_for`` for the secret, else 30 days.
+
+    A policy that does not load does not stop a rotation: the default applies, said on stderr.
+    """
+    if args.retire_for is not None:
+        return _duration(args.retire_for, "--retire-for")
+    policy_file = policy_file_of(args)
+    if not policy_file.exists():
+        return DEFAULT_RETIRE_FOR
+    try:
+        secret = load_policy(policy_file).secrets.get(name)
+    except (PolicyError, OSError):
+        print(f"warning: the policy {policy_file} does not load; the replaced value stays "
+              f"retired for the default {format_duration(DEFAULT_RETIRE_FOR)}", file=sys.stderr)
+        return DEFAULT_RETIRE_FOR
+    return secret.retire_for if secret is not None and secret.retire_for else DEFAULT_RETIRE_FOR
+
+
 def _when(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
@@ -102,7 +123,7 @@ def set_secret(args: argparse.Namespace) -> int:
     from broker_proxy.runtime.vault_watch import wait_for_proxies
 
     name = check_secret_name(args.name)
-    retire_for = _duration(args.retire_for, "--retire-for")
+    retire_for = _retire_window(args, name)
     wait = _duration(args.wait, "--wait")
     value = read_value(name)
     now = datetime.now(UTC)
@@ -164,7 +185,7 @@ def list_secrets(args: argparse.Namespace) -> int:
 
 def remove_secret(args: argparse.Namespace) -> int:
     name = check_secret_name(args.name)
-    retire_for = _duration(args.retire_for, "--retire-for")
+    retire_for = _retire_window(args, name)
     if not open_vault(args, create=False).remove(name, retire_for=retire_for):
         raise CliError(f"no secret {name} in the vault")
     print(f"secret {name} removed; its value stays retired (scrubbed from answers) until "
