@@ -56,7 +56,8 @@ from broker_proxy.scrubbing.content_decoding import (
     parse_content_encoding,
     parse_transfer_encoding,
 )
-from broker_proxy.scrubbing.grant_scrub import GrantScrub, ScrubScope
+from broker_proxy.scrubbing.grant_scrub import GrantScrub
+from broker_proxy.scrubbing.scope import ScrubScope
 from broker_proxy.scrubbing.scrubber import MessageScrubber, Scrubber, StreamScrubber, scrubber_for
 
 log = logging.getLogger("broker_proxy.addon")

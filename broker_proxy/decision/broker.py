@@ -53,12 +53,8 @@ from broker_proxy.scrubbing.content_decoding import (
     decode_whole,
     parse_content_encoding,
 )
-from broker_proxy.scrubbing.grant_scrub import (
-    GrantScrub,
-    GrantScrubValues,
-    ScrubScope,
-    base_secret,
-)
+from broker_proxy.scrubbing.grant_scrub import GrantScrub, GrantScrubValues, base_secret
+from broker_proxy.scrubbing.scope import ScrubScope
 from broker_proxy.scrubbing.scrubber import Scrubber
 from broker_proxy.secrets.backends import SecretUnavailable
 from broker_proxy.secrets.source import SecretSource

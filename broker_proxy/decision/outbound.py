@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from broker_proxy.scrubbing.grant_scrub import ScrubScope
+from broker_proxy.scrubbing.scope import ScrubScope
 
 # Stable error codes: scripts and dashboards match on these strings.
 PROXY_AUTH_REQUIRED = "proxy_auth_required"

@@ -54,6 +54,7 @@ from typing import overload
 from broker_proxy.grants.model import Grant
 from broker_proxy.policy.destinations import DestinationIndex
 from broker_proxy.policy.model import Policy, SecretPolicy
+from broker_proxy.scrubbing.scope import ScrubScope
 from broker_proxy.secrets.source import SecretSource
 from broker_proxy.secrets.value import SecretValue
 from broker_proxy.signing.aws_resign import AwsCredentialsError, parse_credentials
@@ -80,21 +81,6 @@ def _cheap(secret: SecretPolicy) -> bool:
 def base_secret(label: str) -> str:
     """The secret a scrub label belongs to (``api_key#1f2e...`` -> ``api_key``)."""
     return label.partition(RETIRED_MARK)[0]
-
-
-@dataclass(frozen=True, slots=True)
-class ScrubScope:
-    """Who asks and where the answer comes from: what decides an answer's scrub set."""
-
-    grant_id: str
-    # The grant's secrets, each with the grant's own placeholder (or None: the policy's).
-    held: tuple[tuple[str, str | None], ...]
-    host: str | None  # canonical; None: the grant's secrets only
-
-    @classmethod
-    def of(cls, grant: Grant, host: str | None) -> ScrubScope:
-        return cls(grant.id, tuple((name, grant.placeholder_of(name)) for name in grant.secrets),
-                   host)
 
 
 @dataclass(frozen=True, slots=True)
