@@ -49,6 +49,7 @@ class ExposureUpstream:
     feed: queue.Queue[str | None] = field(default_factory=queue.Queue)
     # Set once a stream's first event or message was sent (the stream is open end to end).
     opened: threading.Event = field(default_factory=threading.Event)
+    close_reason: str = "done"  # the WebSocket's close reason
 
     scheme = "https"
 
@@ -74,6 +75,7 @@ class ExposureUpstream:
         self.received.clear()
         self.stored.clear()
         self.opened.clear()
+        self.close_reason = "done"
         while not self.feed.empty():
             self.feed.get_nowait()
 
@@ -158,7 +160,8 @@ class ExposureUpstream:
         self.opened.set()
         while (item := self.feed.get(timeout=30)) is not None:
             tls.sendall(connection.send(wsproto.events.TextMessage(item)))
-        tls.sendall(connection.send(wsproto.events.CloseConnection(code=1000, reason="done")))
+        tls.sendall(connection.send(wsproto.events.CloseConnection(code=1000,
+                                                                    reason=self.close_reason)))
         while True:
             data = tls.recv(65536)
             if not data:

@@ -311,6 +311,7 @@ def test_a_websocket_switches_to_the_rotated_set_at_its_next_message(fresh: Expo
     port = fresh.upstream.port
     messages: list[str] = []
     closed = False
+    reason = None
     with open_tunnel(fresh.stack, grant.token, API_HOST, port) as tls:
         ws = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
         tls.sendall(ws.send(wsproto.events.Request(
@@ -325,17 +326,19 @@ def test_a_websocket_switches_to_the_rotated_set_at_its_next_message(fresh: Expo
                 if isinstance(event, wsproto.events.TextMessage):
                     messages.append(event.data)
                 elif isinstance(event, wsproto.events.CloseConnection):
-                    closed = True
+                    closed, reason = True, event.reason
                     tls.sendall(ws.send(event.response()))
             if messages and not rotated:
                 rotated = True
                 fresh.upstream.feed.put(head)  # held back: a partial match of the old value
                 fresh.secret_set("a_key")
+                fresh.upstream.close_reason = "bye " + fresh.current["a_key"]
                 fresh.upstream.feed.put(tail + " new=" + fresh.current["a_key"])
                 fresh.upstream.feed.put(None)
     assert fresh.received("/ws") == [old]
     joined = "".join(messages)
     assert joined == f"open{A} new={A}"
+    assert reason == f"bye {A}"  # the close reason too
     for value in (old, fresh.current["a_key"]):
         assert value not in joined and value[4:] not in joined
 
