@@ -31,7 +31,7 @@ class ScrubAnswers:
         record = flow_record(flow)
         verdict = record.verdict if record is not None else None
         try:
-            response_scrubbing.on_response_headers(flow, verdict)
+            response_scrubbing.on_response_headers(flow, verdict, self.broker.live_scrub)
         except Exception as error:  # withhold rather than pass on unscrubbed
             log.error("response scrub failed: %s", type(error).__name__)
             response_scrubbing.withhold_after_error(flow, verdict)
@@ -75,7 +75,8 @@ class ScrubAnswers:
         if record is None or flow.websocket is None:
             return
         try:
-            redactions = response_scrubbing.on_websocket_message(flow, record.verdict)
+            redactions = response_scrubbing.on_websocket_message(flow, record.verdict,
+                                                                 self.broker.live_scrub)
         except Exception as error:  # never pass a message on unscrubbed
             log.error("websocket scrub failed: %s", type(error).__name__)
             flow.websocket.messages[-1].drop()

@@ -312,9 +312,12 @@ def test_request_without_placeholder_to_a_granted_or_egress_host_is_allowed_unch
     for target in (request(path="/anything"), request(host=EGRESS, path="/simple/"),
                    request(host=EGRESS, scheme="http", port=80)):
         verdict = setup.broker.decide(issued.token, target)
-        # Unchanged, and its answer scrubbed for the grant's secret all the same.
-        assert isinstance(verdict, Allowed) and set(verdict.scrub) == {"api_key"}
-        assert replace(verdict, scrub={}) == Allowed(grant_id=issued.grant.id)
+        # Unchanged, and its answer scrubbed for the grant's secret all the same, and on the
+        # API host for every secret the policy may send there.
+        assert isinstance(verdict, Allowed) and set(verdict.scrub) == (
+            {"api_key"} if target.host == EGRESS else {"api_key", "header_only", "spare"})
+        assert replace(verdict, scrub={}, scrub_scope=None,
+                       scrub_generation=0) == Allowed(grant_id=issued.grant.id)
     assert setup.uses(issued) == 0  # only secret-carrying requests spend uses
     assert setup.requests_total("allow", codes.ALLOWED) == 3
 
@@ -423,7 +426,9 @@ def test_header_placeholder_is_swapped_and_the_use_counted(setup):
     assert verdict.headers == (("Accept", "*/*"),
                                ("Authorization", f"Bearer {setup.values['api_key']}"))
     assert verdict.query is None and verdict.body is None
-    assert verdict.scrub == {"api_key": (setup.values["api_key"], "{{secret:api_key}}")}
+    # The grant's secret, and those the policy may send to this host (scrubbed, not injected).
+    assert verdict.scrub == {name: (setup.values[name], "{{secret:" + name + "}}")
+                             for name in ("api_key", "header_only", "spare")}
     assert setup.values["api_key"] not in repr(verdict)
     assert setup.uses(issued) == 1
 

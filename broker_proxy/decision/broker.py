@@ -53,7 +53,8 @@ from broker_proxy.scrubbing.content_decoding import (
     decode_whole,
     parse_content_encoding,
 )
-from broker_proxy.scrubbing.grant_scrub import GrantScrubValues
+from broker_proxy.scrubbing.grant_scrub import GrantScrub, GrantScrubValues, base_secret
+from broker_proxy.scrubbing.scope import ScrubScope
 from broker_proxy.scrubbing.scrubber import Scrubber
 from broker_proxy.secrets.backends import SecretUnavailable
 from broker_proxy.secrets.source import SecretSource
@@ -212,7 +213,7 @@ class Broker:
         # AWS SigV4: signed by the agent's SDK with a placeholder key, signed again here.
         if resigned := self._aws_resigning(request, grant, policy, now, defer_durability,
                                            wait):
-            return self._scrubbing_the_grant(resigned, grant, policy)
+            return self._scrubbing_the_grant(resigned, grant, policy, request.host)
         # Per-grant placeholders (placeholder_format) name a secret only in their own grant.
         scanner = policy.scanner.for_grant(dict(grant.placeholders))
         hits = find_placeholders(scanner, request)
@@ -220,7 +221,7 @@ class Broker:
         templates = applicable_templates(policy, grant, request)
         if not hits and not templates:
             return self._scrubbing_the_grant(
-                self._allow_without_secret(request, grant, policy), grant, policy)
+                self._allow_without_secret(request, grant, policy), grant, policy, request.host)
         if len(hits) > MAX_PLACEHOLDERS_PER_REQUEST:
             return self._deny(request, grant, 403, codes.TOO_MANY_PLACEHOLDERS,
                               f"at most {MAX_PLACEHOLDERS_PER_REQUEST} placeholders per request")
@@ -289,7 +290,7 @@ class Broker:
             scrub={n: (values[n].reveal(),
                        grant.placeholder_of(n) or policy.policy.secrets[n].placeholder)
                    for n in names},
-        ), grant, policy)
+        ), grant, policy, request.host)
 
     def _held_for_approval(self, request: OutboundRequest, grant: Grant, policy: ActivePolicy,
                            names: list[str], approved_hold: str | None) -> Denied | None:
@@ -321,25 +322,44 @@ class Broker:
         return Held(403, APPROVAL_REQUIRED, "this request waits for a person's approval",
                     grant.id, hold_id=item.id, timeout_s=timeout.total_seconds())
 
-    def _scrubbing_the_grant(self, verdict: Verdict, grant: Grant,
-                             policy: ActivePolicy) -> Verdict:
-        """Invariant 6: the answer is scrubbed for every secret the grant holds.
+    def _scrubbing_the_grant(self, verdict: Verdict, grant: Grant, policy: ActivePolicy,
+                             host: str) -> Verdict:
+        """Invariant 6: the answer is scrubbed for every secret the grant holds and every
+        secret the policy lets any grant send to this host, current and retired values.
 
         The values this request injected (just resolved, or a fresh OAuth2 token) win over the
-        cached ones under the same name.
+        cached ones under the same name; one that differs from the cache means a rotation the
+        cache missed: the set is composed again, so the replaced value is kept as retired.
         """
         if not isinstance(verdict, Allowed):
             return verdict
-        held = self.scrub_values.for_grant(grant, policy.policy)
-        for name, (value, _) in verdict.scrub.items():
-            if name in held.values and held.values[name][0] != value:
+        scope = ScrubScope.of(grant, host)
+        held = self.scrub_values.for_scope(scope, policy.policy, policy.index)
+        stale = [name for name, (value, _) in verdict.scrub.items()
+                 if name in held.values and held.values[name][0] != value]
+        if stale:
+            for name in stale:
                 self.scrub_values.forget(name)  # rotated: resolve it anew
-        scrub = {**held.values, **verdict.scrub}
+            held = self.scrub_values.for_scope(scope, policy.policy, policy.index)
+        scrub = {**held.values, **verdict.scrub} if verdict.scrub else held.values
         if self.may_block():
             # Decided on a worker thread: compile a new value's patterns (20-35 ms) here, so the
             # event loop only looks them up when the answer comes (see scrubber._Compiled).
             Scrubber(scrub)
-        return replace(verdict, scrub=scrub, scrub_complete=held.complete)
+        return replace(verdict, scrub=scrub, scrub_complete=held.complete, scrub_scope=scope,
+                       scrub_generation=held.generation)
+
+    def live_scrub(self, scope: ScrubScope, generation: int) -> GrantScrub | None:
+        """An answer's scrub set again if a value changed since ``generation`` (a long poll
+        answered, or a stream's next chunk or message, after a rotation); else None.
+
+        Never fetches from a backend (this runs on the event loop): what changed reached the
+        cache through the vault watcher or a request that injected the new value.
+        """
+        if self.scrub_values.generation == generation:
+            return None
+        policy = self.policy
+        return self.scrub_values.for_scope(scope, policy.policy, policy.index, resolve=False)
 
     def _decoded_body(self, request: OutboundRequest, grant: Grant) -> OutboundRequest | Denied:
         try:
@@ -500,7 +520,8 @@ class Broker:
         must be able to tell that from a 502 the upstream sent.
         """
         for name, count in redactions.items():
-            self.metrics.redactions.labels(name).inc(count)
+            # A retired value counts under its secret: labels stay a bounded set.
+            self.metrics.redactions.labels(base_secret(name)).inc(count)
         try:
             self.audit.append("response", grant=allowed.grant_id, decision="allow",
                               reason=allowed.reason, secrets=list(allowed.injected),

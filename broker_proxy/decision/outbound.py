@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
+from broker_proxy.scrubbing.scope import ScrubScope
+
 # Stable error codes: scripts and dashboards match on these strings.
 PROXY_AUTH_REQUIRED = "proxy_auth_required"
 GRANT_EXPIRED = "grant_expired"
@@ -89,6 +91,11 @@ class Allowed:
     # False when a value of the grant could not be resolved for scrubbing: the answer is
     # withheld rather than passed on partly scrubbed.
     scrub_complete: bool = True
+    # Who asks and which host answers (grant_scrub.ScrubScope), and the value generation
+    # ``scrub`` was composed at: a long poll or a stream answered after a rotation asks the
+    # broker for the set again (``Broker.live_scrub``).
+    scrub_scope: ScrubScope | None = field(default=None, repr=False)
+    scrub_generation: int = 0
 
 
 @dataclass(frozen=True, slots=True)

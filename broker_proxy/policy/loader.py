@@ -645,7 +645,7 @@ def _secret(name: str, key: yaml.Node, node: yaml.Node, path: str,
                         basic_username=kinds.basic_username,
                         placeholder_format=kinds.placeholder_format,
                         cache_ttl=kinds.cache_ttl, timeout=kinds.timeout, sign=sign,
-                        per_request_approval=per_request)
+                        per_request_approval=per_request, retire_for=kinds.retire_for)
 
 
 class _TemplateKinds(NamedTuple):
@@ -653,13 +653,15 @@ class _TemplateKinds(NamedTuple):
     placeholder_format: PlaceholderFormat | None
     cache_ttl: timedelta | None
     timeout: timedelta | None
+    retire_for: timedelta | None = None
 
 
 def _template_kinds(fields: dict[str, tuple[yaml.Node, yaml.Node]], path: str,
                     source: str | None, templates: tuple[HeaderTemplate, ...],
                     checker: _Checker) -> _TemplateKinds:
-    """``basic``, ``placeholder_format``, ``cache_ttl``, ``timeout`` (inject_fields.py)."""
-    basic_username = placeholder_format = cache_ttl = timeout = None
+    """``basic``, ``placeholder_format``, ``cache_ttl``, ``timeout`` (inject_fields.py),
+    ``retire_for``."""
+    basic_username = placeholder_format = cache_ttl = timeout = retire_for = None
     if "basic" in fields:
         basic_username = parse_basic(fields["basic"][1], _join(path, "basic"), checker)
     for template in templates:
@@ -684,7 +686,13 @@ def _template_kinds(fields: dict[str, tuple[yaml.Node, yaml.Node]], path: str,
         timeout = parse_duration_field(node, _join(path, "timeout"), checker)
         if source is not None and source != "command":
             checker.report(key, _join(path, "timeout"), 'only used with "from: command"')
-    return _TemplateKinds(basic_username, placeholder_format, cache_ttl, timeout)
+    if "retire_for" in fields:
+        key, node = fields["retire_for"]
+        retire_for = parse_duration_field(node, _join(path, "retire_for"), checker)
+        if source is not None and source != "vault":
+            checker.report(key, _join(path, "retire_for"),
+                           'only used with "from: vault" (other backends keep no history)')
+    return _TemplateKinds(basic_username, placeholder_format, cache_ttl, timeout, retire_for)
 
 
 def _credential_kind(fields: dict[str, tuple[yaml.Node, yaml.Node]], path: str,

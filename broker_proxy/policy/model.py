@@ -96,6 +96,8 @@ class SecretPolicy:
     sign: str | None = None
     # Every request that would carry this secret waits for a person's yes (approvals/).
     per_request_approval: bool = False
+    # vault: how long `secret set` keeps a replaced value retired (None: its --retire-for).
+    retire_for: timedelta | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -111,6 +111,10 @@ MAPPINGS: dict[str, Mapping] = {
                       "description": "command/keyring: reuse a fetched value this long"},
         "timeout": {**kind("duration"),
                     "description": "command: how long it may run (default 10s)"},
+        "retire_for": {**kind("duration"),
+                       "description": "vault: how long `secret set` keeps the value it "
+                                      "replaces retired (scrubbed from answers, never "
+                                      "injected); default 30d"},
         "sign": {"enum": list(SIGN_KINDS),
                  "description": "re-sign AWS SigV4 requests made with the placeholder key id; "
                                 'the value is JSON {"access_key_id", "secret_access_key", '

@@ -1,4 +1,5 @@
-"""What `broker-proxy run` starts next to the proxy: the admin API and the policy watcher.
+"""What `broker-proxy run` starts next to the proxy: the admin API, the policy and vault
+watchers.
 
 Kept out of the CLI module so `run` needs only a few lines to start, announce and stop them.
 """
@@ -23,6 +24,7 @@ from broker_proxy.console.sessions import DEFAULT_SESSION_TTL, ConsoleSessions
 from broker_proxy.decision.broker import Broker
 from broker_proxy.home import Home
 from broker_proxy.runtime.policy_reload import PolicyReloader
+from broker_proxy.runtime.vault_watch import VaultWatch
 
 
 class AdminListenError(AdminApiError):
@@ -34,6 +36,7 @@ class RunServices:
     admin: AdminServer | None
     reloader: PolicyReloader
     policy_file: Path
+    vault_watch: VaultWatch | None = None
 
     def proxy_ready(self, listen: str) -> None:
         """Grants issued over the admin API carry the proxy URL from now on."""
@@ -46,6 +49,8 @@ class RunServices:
                 "policy": str(self.policy_file.absolute())}
 
     def stop(self) -> None:
+        if self.vault_watch is not None:
+            self.vault_watch.stop()
         self.reloader.stop()
         if self.admin is not None:
             self.admin.stop()
@@ -78,7 +83,9 @@ def start_services(broker: Broker, home: Home, policy_file: Path,
         server.start()
         start_approvals(broker, server)
     reloader.start()
-    return RunServices(server, reloader, policy_file)
+    # Every process of the home (workers too): `secret set` waits for each one's ack.
+    watch = VaultWatch(broker, home).start()
+    return RunServices(server, reloader, policy_file, watch)
 
 
 def start_approvals(broker: Broker, server: AdminServer) -> None:

@@ -752,6 +752,15 @@ class StreamScrubber:
         out, _ = self._scrubber._scrub(data, self.counts, final=True)
         return out
 
+    def rebind(self, scrubber: Scrubber) -> StreamScrubber:
+        """The same stream, searched for ``scrubber``'s values from the next chunk on (a
+        rotation): the held partial match goes along and is searched again with the next
+        chunk, so a value split across the switch is still found (keep the old values in
+        ``scrubber``)."""
+        moved = StreamScrubber(scrubber)
+        moved._held, moved.counts = self._held, self.counts
+        return moved
+
 
 class MessageScrubber:
     """Scrubs a sequence of messages (WebSocket frames) whose boundaries must be kept.
@@ -807,6 +816,13 @@ class MessageScrubber:
         self._held = data[cut:]
         self._context = data[:cut][-scrubber.max_match_length:]
         return b"".join(out)
+
+    def rebind(self, scrubber: Scrubber) -> MessageScrubber:
+        """The same message sequence, searched for ``scrubber``'s values from the next
+        message on; the delivered context and the held partial match go along."""
+        moved = MessageScrubber(scrubber)
+        moved._context, moved._held, moved.counts = self._context, self._held, self.counts
+        return moved
 
     def finish(self) -> bytes:
         """What is still held when the connection ends, scrubbed."""
