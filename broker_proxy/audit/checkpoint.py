@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from broker_proxy.audit.files import chain_files
 from broker_proxy.audit.log import AuditError, AuditLog, canonical_json, line_hash
-from broker_proxy.audit.verify import verify_chain
+from broker_proxy.audit.verify import Gap, verify_chain
 
 CHECKPOINT_VERSION = 1
 
@@ -162,6 +162,7 @@ def verify_checkpoints(log_path: Path, key_path: Path, checkpoints: Path,
         return 0, f"{checkpoints}: holds no checkpoint"
     chain = chain_of(log_path)
     wanted: dict[int, list[tuple[int, str]]] = {}  # seq -> [(checkpoint line, last_hash)]
+    named_chains: list[tuple[int, int, object]] = []  # (line, count, chain it names)
     for line_no, line in enumerate(lines, start=1):
         try:
             checkpoint = json.loads(line)
@@ -170,10 +171,7 @@ def verify_checkpoints(log_path: Path, key_path: Path, checkpoints: Path,
             count, last_hash = int(checkpoint["count"]), str(checkpoint["last_hash"])
         except (ValueError, KeyError, TypeError, AttributeError, InvalidSignature):
             return line_no - 1, f"{checkpoints}:{line_no}: checkpoint signature does not verify"
-        named = checkpoint.get("chain")
-        if named is not None and named != chain:
-            return 0, (f"{checkpoints}:{line_no}: this checkpoint is of another log (its first "
-                       f"record differs from the first record of {log_path})")
+        named_chains.append((line_no, count, checkpoint.get("chain")))
         wanted.setdefault(count - 1, []).append((line_no, last_hash))
     seen: dict[int, str] = {}
 
@@ -184,8 +182,14 @@ def verify_checkpoints(log_path: Path, key_path: Path, checkpoints: Path,
     result = verify_chain(log_path, key_path, observe)
     if not result.ok:
         return 0, result.message
+    for line_no, count, named in named_chains:
+        if named is not None and named != chain and not _lost_in_gap(result.gaps, count):
+            return 0, (f"{checkpoints}:{line_no}: this checkpoint is of another log (its first "
+                       f"record differs from the first record of {log_path})")
     for seq, marks in sorted(wanted.items()):
         for line_no, last_hash in marks:
+            if seen.get(seq) != last_hash and _lost_in_gap(result.gaps, seq + 1):
+                continue  # the loss is in the log itself, named by an audit_gap record
             if seq not in seen:
                 return 0, (f"{checkpoints}:{line_no}: the log has {result.records} records but "
                            f"this checkpoint counts {seq + 1} (records were removed from the "
@@ -194,6 +198,35 @@ def verify_checkpoints(log_path: Path, key_path: Path, checkpoints: Path,
                 return 0, (f"{checkpoints}:{line_no}: record seq {seq} differs from the one "
                            "this checkpoint signed")
     return len(lines), None
+
+
+def _lost_in_gap(gaps: tuple[Gap, ...], count: int) -> bool:
+    """A checkpoint of `count` records taken before a recorded gap that covers them: the
+    records it signed were lost, and an `audit_gap` record (written by `audit recover`) says
+    so, chained and MAC'd, so the checkpoint is accounted for rather than failed."""
+    return any(count - 1 < gap.seq and count <= gap.expected for gap in gaps)
+
+
+def latest_checkpoint(checkpoints: Path, public_key: Path,
+                      log_path: Path) -> tuple[int, str] | None:
+    """(count, last hash) of the newest signed checkpoint of this log's chain, if any."""
+    try:
+        lines = checkpoints.read_bytes().splitlines()
+        public = load_public_key(public_key)
+    except (OSError, CheckpointError):
+        return None
+    chain = chain_of(log_path)
+    for line in reversed(lines):
+        try:
+            checkpoint = json.loads(line)
+            body = {k: v for k, v in checkpoint.items() if k != "sig"}
+            public.verify(base64.b64decode(checkpoint["sig"]), canonical_json(body))
+            if checkpoint.get("chain") not in (None, chain) and chain is not None:
+                continue
+            return int(checkpoint["count"]), str(checkpoint["last_hash"])
+        except (ValueError, KeyError, TypeError, AttributeError, InvalidSignature):
+            continue
+    return None
 
 
 class CheckpointWriter:
