@@ -102,6 +102,11 @@ class AdminContext:
     policy_file_problem: Callable[[], str | None] = lambda: None
     approvals: ApprovalDesk | None = None  # requests held for approval, in the proxy process
     console: console_routes.Console | None = None  # the web console at /ui/ and its sessions
+    # /readyz probes beyond a look (see readiness.py): each answers a problem or None.
+    store_write_problem: Callable[[], str | None] | None = None
+    vault_problem: Callable[[], str | None] | None = None  # asked when a secret is `from: vault`
+    # Checkpoints (a --audit-checkpoint-copy) that cannot be written: degraded, still ready.
+    checkpoint_problem: Callable[[], str | None] | None = None
 
 
 class ApiError(Exception):
@@ -201,9 +206,10 @@ class AdminHandler(BaseHTTPRequestHandler):
             self._send_json(200, {"status": "ok"})
         elif path == "/readyz":
             checks = readiness(self.context)
-            ready = all(check["ok"] for check in checks.values())
-            self._send_json(200 if ready else 503,
-                            {"status": "ready" if ready else "not_ready", "checks": checks})
+            ready = all(check["ok"] or check.get("degraded") for check in checks.values())
+            status = "not_ready" if not ready else \
+                "degraded" if any(not check["ok"] for check in checks.values()) else "ready"
+            self._send_json(200 if ready else 503, {"status": status, "checks": checks})
         else:
             self._send(200, "application/json", openapi_document())
 
@@ -399,11 +405,15 @@ def _allow(method: str, allowed: str) -> None:
 
 
 def readiness(context: AdminContext) -> dict[str, dict[str, object]]:
-    """Can the proxy decide right now: store readable, audit log writable, a policy loaded."""
+    """Can the proxy decide right now: store readable and writable, vault open, audit log
+    writable, a policy loaded. Not ready while every request needing one of them would be
+    refused; degraded (still 200) while only a checkpoint copy fails."""
     checks: dict[str, dict[str, object]] = {}
     try:
         context.grants.get(_PROBE_ID)
-        checks["grant_store"] = {"ok": True}
+        problem = context.store_write_problem() if context.store_write_problem else None
+        checks["grant_store"] = {"ok": problem is None} | ({"problem": problem} if problem
+                                                            else {})
     except GrantStoreError:
         checks["grant_store"] = {"ok": False}
     # Look at the file as an append would (identity, size, last record) and at whether the last
@@ -411,6 +421,14 @@ def readiness(context: AdminContext) -> dict[str, dict[str, object]]:
     problem = context.audit.problem()
     checks["audit_log"] = {"ok": problem is None} | ({"problem": problem} if problem else {})
     active = context.policy()
+    if context.vault_problem is not None and any(
+            secret.source == "vault" for secret in active.policy.secrets.values()):
+        problem = context.vault_problem()
+        checks["vault"] = {"ok": problem is None} | ({"problem": problem} if problem else {})
+    if context.checkpoint_problem is not None:
+        problem = context.checkpoint_problem()
+        checks["audit_checkpoints"] = {"ok": problem is None} | (
+            {"degraded": True, "problem": problem} if problem else {})
     checks["policy"] = {"ok": active is not None, "digest": active.policy.digest}
     if (rejected := context.policy_file_problem()) is not None:
         # Still ready (the last good policy serves), but the file on disk is not what runs.

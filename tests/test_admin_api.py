@@ -97,7 +97,9 @@ def test_probes_and_openapi_need_no_token(stack: Stack) -> None:
     ready = call(stack, "GET", "/readyz", token=None)
     assert ready.status_code == 200
     assert ready.json()["status"] == "ready"
-    assert set(ready.json()["checks"]) == {"grant_store", "audit_log", "policy"}
+    # vault: the policy has a `from: vault` secret; audit_checkpoints: checkpoints are on.
+    assert set(ready.json()["checks"]) == {"grant_store", "audit_log", "policy", "vault",
+                                          "audit_checkpoints"}
     document = call(stack, "GET", "/openapi.json", token=None).json()
     shipped = json.loads((Path(__file__).parent.parent / "broker_proxy" /
                           "admin_openapi.json").read_text())

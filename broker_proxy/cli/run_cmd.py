@@ -311,7 +311,9 @@ def run_command(args: argparse.Namespace) -> int:
         session_ttl = parse_duration(args.console_session_ttl)
     except ValueError as error:
         raise CliError(f"--console-session-ttl: {error}") from None
-    services = start_services(broker, home, policy_file_of(args), admin, session_ttl)
+    services = start_services(
+        broker, home, policy_file_of(args), admin, session_ttl,
+        checkpoint_problem=observability.checkpoint_problem if observability else None)
     certs = home_certs(home, args.certs)
     workers: list = []
 
