@@ -36,6 +36,7 @@ from broker_proxy.durations import DurationError, parse_duration
 from broker_proxy.grants.actions import GRANT_ACTIONS, GrantAction, change_grant, issue_audited
 from broker_proxy.grants.issuer import GrantPolicyError
 from broker_proxy.grants.store import GrantNotFound, GrantStateError, GrantStore, GrantStoreError
+from broker_proxy.signin_guard import SigninGuard
 from broker_proxy.time_source import utc_now
 
 log = logging.getLogger("broker_proxy.admin")
@@ -107,6 +108,8 @@ class AdminContext:
     vault_problem: Callable[[], str | None] | None = None  # asked when a secret is `from: vault`
     # Checkpoints (a --audit-checkpoint-copy) that cannot be written: degraded, still ready.
     checkpoint_problem: Callable[[], str | None] | None = None
+    # Failed sign-ins (a wrong token, a refused console sign-in): slowed and audited per source.
+    signin_guard: SigninGuard | None = None
 
 
 class ApiError(Exception):
@@ -150,8 +153,7 @@ class AdminHandler(BaseHTTPRequestHandler):
                 self._console_page(method, path)
                 return
             # The bearer token, or a console session with its CSRF token (console/routes.py).
-            if not self._authorized() and not console_routes.session_allows(
-                    self.context.console, self.headers):
+            if not self._signed_in():
                 raise ApiError(401, "unauthorized",
                                "send Authorization: Bearer <the token in admin.token>")
             status, body = self._route(method, path, url.query)
@@ -170,12 +172,38 @@ class AdminHandler(BaseHTTPRequestHandler):
         self._drain()
         self._send_json(status, body)
 
+    def _signed_in(self) -> bool:
+        """The bearer token or a console session; presented credentials that fail are a
+        failed sign-in (slowed, audited). No credentials at all are only a 401."""
+        def verify() -> bool:
+            return self._authorized() or console_routes.session_allows(
+                self.context.console, self.headers)
+
+        guard = self.context.signin_guard
+        presented = "Authorization" in self.headers or \
+            console_routes.cookie_of(self.headers) is not None
+        if guard is None or not presented:
+            return verify()
+        return guard.check(self.client_address[0], "admin_api_token", verify)
+
     def _console_page(self, method: str, path: str) -> None:
-        if self.context.console is None:
+        console = self.context.console
+        if console is None:
             raise ApiError(404, "not_found", "the console is off")
-        answer = console_routes.ui_route(self.context.console, method, path, self.headers,
-                                         lambda: self._json_body(required=False),
-                                         self.context.token)
+        answers: list[console_routes.UiAnswer] = []
+
+        def sign_in() -> bool:
+            answers.append(console_routes.ui_route(
+                console, method, path, self.headers, lambda: self._json_body(required=False),
+                self.context.token))
+            return answers[-1].status != 401
+
+        guard = self.context.signin_guard
+        if guard is not None and method == "POST" and path == "/ui/session":
+            guard.check(self.client_address[0], "console_signin", sign_in)
+        else:
+            sign_in()
+        answer = answers[-1]
         self._drain()
         self._send(answer.status, answer.content_type, answer.body, answer.headers)
 

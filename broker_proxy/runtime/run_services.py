@@ -26,6 +26,7 @@ from broker_proxy.home import Home
 from broker_proxy.readiness import CachedProbe, store_write_problem
 from broker_proxy.runtime.policy_reload import PolicyReloader
 from broker_proxy.secrets.credentials import CredentialResolver
+from broker_proxy.signin_guard import SigninGuard
 
 
 class AdminListenError(AdminApiError):
@@ -52,6 +53,8 @@ class RunServices:
         self.reloader.stop()
         if self.admin is not None:
             self.admin.stop()
+            if self.admin.context.signin_guard is not None:
+                self.admin.context.signin_guard.close()  # counts not yet written go in now
 
 
 def start_services(broker: Broker, home: Home, policy_file: Path,
@@ -74,7 +77,11 @@ def start_services(broker: Broker, home: Home, policy_file: Path,
                                store_write_problem=CachedProbe(
                                    lambda: store_write_problem(broker.grants)),
                                vault_problem=_vault_probe(broker),
-                               checkpoint_problem=checkpoint_problem)
+                               checkpoint_problem=checkpoint_problem,
+                               signin_guard=SigninGuard(
+                                   broker.audit,
+                                   lambda surface: broker.metrics.admin_signin_failures
+                                   .labels(surface).inc()).start())
         # Index the audit log now, not on the first page a person opens (~4 s per million).
         threading.Thread(target=console.audit.page, args=({}, None, 1),
                          name="audit-index", daemon=True).start()
