@@ -197,3 +197,26 @@ def test_a_proxy_that_cannot_start_on_a_cut_log_says_so_and_sends_nothing(
     with pytest.raises(ProxyStartError, match="audit recover"):
         restart(stack, pki)
     assert secrets_sent(stack) == []
+
+
+def test_a_cut_with_the_head_state_deleted_is_still_caught_by_the_last_signed_checkpoint(
+        fresh: Stack, pki: LocalPki) -> None:
+    stack = fresh
+    grant = stack.issue("api_key")
+    for index in range(3):
+        assert send(stack, grant.token, f"use{index}")[0] == 200
+    stack.proxy.stop()  # the checkpoint at stop signs the whole chain, proxy_stopped included
+    (stack.home.root / "audit.log.head").unlink()
+    cut_last_lines(stack.home.audit_log, 2)
+
+    line = refused_start(stack)
+    assert "no head state" in line and "broker-proxy audit recover" in line
+    recover = cli(stack, "audit", "recover")
+    assert recover.returncode == 0, recover.stderr
+    gap = records_of(stack)[-1]
+    assert gap["event"] == "audit_gap" and gap["reason"] == "cut"
+    assert gap["expected_records"] - gap["found_records"] == 2
+    verify = cli(stack, "audit", "verify")
+    assert verify.returncode == 0, verify.stderr
+    restart(stack, pki)
+    assert send(stack, grant.token, "again")[0] == 200

@@ -69,7 +69,7 @@ def recover_log(path: Path, key_path: Path, *,
         except AuditWriteError:
             pass  # the chain check below says what is wrong
         else:
-            if expected is None or _holds(path, key_path, expected):
+            if expected is None or holds(path, key_path, expected.count, expected.last_hash):
                 return Recovery(None, f"audit log {path} matches the chain last written: "
                                       "nothing to recover")
     found_hash: dict[int, str] = {}
@@ -124,13 +124,13 @@ def recover_log(path: Path, key_path: Path, *,
                             f"{record['seq']}")
 
 
-def _holds(path: Path, key_path: Path, expected: Expected) -> bool:
-    """The log holds the expected record (a checkpoint newer than the head state)."""
+def holds(path: Path, key_path: Path, count: int, last_hash: str) -> bool:
+    """The log verifies and holds record `count - 1` with this hash (a checkpoint's)."""
     found: list[str] = []
 
     def observe(seq: int, digest: str) -> None:
-        if seq == expected.count - 1:
+        if seq == count - 1:
             found.append(digest)
 
     result = verify_chain(path, key_path, observe)
-    return result.ok and found == [expected.last_hash]
+    return result.ok and found == [last_hash]
