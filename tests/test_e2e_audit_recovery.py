@@ -109,6 +109,10 @@ def test_a_log_cut_while_running_is_refused_after_sigterm_until_recover_records_
     verify = cli(stack, "audit", "verify")
     assert verify.returncode == 0, verify.stderr
     assert "recorded gap" in verify.stdout and verify.stdout.splitlines()[-1] == "audit log ok"
+    report = cli(stack, "audit", "report", "--format", "text")
+    assert report.returncode == 0, report.stderr
+    headline = report.stdout.splitlines()[0]
+    assert "INTEGRITY OK" in headline and f"seq {kept}.." in headline and "lost" in headline
 
     restart(stack, pki)
     assert send(stack, grant.token, "after-recover")[0] == 200
