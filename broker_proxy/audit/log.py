@@ -208,8 +208,9 @@ class AuditLog:
                 if log._pending_torn is not None and check_head:  # recover names it in its gap
                     log._write_locked([])
                     log._sync(force=True)
-                if check_head:
-                    log._write_head(log._durable_head())
+                if check_head and (known := log._durable_head()) is not None:
+                    os.fsync(log._fd)  # the head never names what may not be on disk
+                    log._write_head(known)
         except OSError as exc:
             os.close(fd)
             log._head.close()
