@@ -4,6 +4,7 @@ line naming `audit recover`, recover writes an `audit_gap` record naming what wa
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -131,7 +132,14 @@ def test_a_mid_line_cut_of_a_completed_record_is_a_gap_not_a_torn_tail(
     grant = stack.issue("api_key")
     for index in range(3):
         assert send(stack, grant.token, f"use{index}")[0] == 200
-    stack.proxy.stop()
+    assert stack.proxy.process is not None
+    stack.proxy.process.send_signal(signal.SIGINT)  # Ctrl-C: a clean stop like SIGTERM
+    stack.proxy.process.wait(timeout=30)
+    written = records_of(stack)
+    assert written[-1]["event"] == "proxy_stopped"
+    # The checkpoint written at stop signs the whole chain, proxy_stopped included.
+    last = json.loads((stack.home.root / "audit.checkpoints").read_bytes().splitlines()[-1])
+    assert last["count"] == written[-1]["seq"] + 1
     log = stack.home.audit_log
     os.truncate(log, log.stat().st_size - 40)  # into the middle of proxy_stopped
 
