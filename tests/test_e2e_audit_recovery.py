@@ -232,3 +232,30 @@ def test_a_cut_with_the_head_state_deleted_is_still_caught_by_the_last_signed_ch
     assert verify.returncode == 0, verify.stderr
     restart(stack, pki)
     assert send(stack, grant.token, "again")[0] == 200
+
+
+def test_workers_share_one_head_a_clean_restart_starts_and_a_cut_is_refused(
+        fresh: Stack, pki: LocalPki) -> None:
+    stack = fresh
+    stack.proxy.stop()
+
+    def workers() -> ProxyProcess:
+        return ProxyProcess(stack.home.root, stack.policy_file, upstream_ca=pki.ca_cert_path,
+                            resolve={host: "127.0.0.1" for host in HOSTS}, env=stack.env,
+                            extra_args=["--workers", "2"],
+                            log_path=stack.root / "workers.log").start()
+
+    grant = stack.issue("api_key")
+    for round_ in range(2):  # each process writes records and moves the shared head on
+        stack.proxy = workers()
+        for index in range(12):  # curl: a new connection each, so both workers answer
+            answer = CLIENTS["curl"](stack, grant.token, "GET", stack.url(
+                stack.upstreams.api, API_HOST, f"/v1/w{round_}-{index}"), headers=AUTH)
+            assert answer.status == 200
+        stack.proxy.stop()
+    assert len(secrets_sent(stack)) == 24
+    assert cli(stack, "audit", "verify").returncode == 0
+    cut_last_lines(stack.home.audit_log, 4)
+    assert "broker-proxy audit recover" in refused_start(stack)
+    assert cli(stack, "audit", "recover").returncode == 0
+    assert cli(stack, "audit", "verify").returncode == 0
