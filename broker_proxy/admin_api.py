@@ -36,6 +36,7 @@ from broker_proxy.durations import DurationError, parse_duration
 from broker_proxy.grants.actions import GRANT_ACTIONS, GrantAction, change_grant, issue_audited
 from broker_proxy.grants.issuer import GrantPolicyError
 from broker_proxy.grants.store import GrantNotFound, GrantStateError, GrantStore, GrantStoreError
+from broker_proxy.signin_guard import SigninGuard
 from broker_proxy.time_source import utc_now
 
 log = logging.getLogger("broker_proxy.admin")
@@ -102,6 +103,13 @@ class AdminContext:
     policy_file_problem: Callable[[], str | None] = lambda: None
     approvals: ApprovalDesk | None = None  # requests held for approval, in the proxy process
     console: console_routes.Console | None = None  # the web console at /ui/ and its sessions
+    # /readyz probes beyond a look (see readiness.py): each answers a problem or None.
+    store_write_problem: Callable[[], str | None] | None = None
+    vault_problem: Callable[[], str | None] | None = None  # asked when a secret is `from: vault`
+    # Checkpoints (a --audit-checkpoint-copy) that cannot be written: degraded, still ready.
+    checkpoint_problem: Callable[[], str | None] | None = None
+    # Failed sign-ins (a wrong token, a refused console sign-in): slowed and audited per source.
+    signin_guard: SigninGuard | None = None
 
 
 class ApiError(Exception):
@@ -145,8 +153,7 @@ class AdminHandler(BaseHTTPRequestHandler):
                 self._console_page(method, path)
                 return
             # The bearer token, or a console session with its CSRF token (console/routes.py).
-            if not self._authorized() and not console_routes.session_allows(
-                    self.context.console, self.headers):
+            if not self._signed_in():
                 raise ApiError(401, "unauthorized",
                                "send Authorization: Bearer <the token in admin.token>")
             status, body = self._route(method, path, url.query)
@@ -165,12 +172,38 @@ class AdminHandler(BaseHTTPRequestHandler):
         self._drain()
         self._send_json(status, body)
 
+    def _signed_in(self) -> bool:
+        """The bearer token or a console session; presented credentials that fail are a
+        failed sign-in (slowed, audited). No credentials at all are only a 401."""
+        def verify() -> bool:
+            return self._authorized() or console_routes.session_allows(
+                self.context.console, self.headers)
+
+        guard = self.context.signin_guard
+        presented = "Authorization" in self.headers or \
+            console_routes.cookie_of(self.headers) is not None
+        if guard is None or not presented:
+            return verify()
+        return guard.check(self.client_address[0], "admin_api_token", verify)
+
     def _console_page(self, method: str, path: str) -> None:
-        if self.context.console is None:
+        console = self.context.console
+        if console is None:
             raise ApiError(404, "not_found", "the console is off")
-        answer = console_routes.ui_route(self.context.console, method, path, self.headers,
-                                         lambda: self._json_body(required=False),
-                                         self.context.token)
+        answers: list[console_routes.UiAnswer] = []
+
+        def sign_in() -> bool:
+            answers.append(console_routes.ui_route(
+                console, method, path, self.headers, lambda: self._json_body(required=False),
+                self.context.token))
+            return answers[-1].status != 401
+
+        guard = self.context.signin_guard
+        if guard is not None and method == "POST" and path == "/ui/session":
+            guard.check(self.client_address[0], "console_signin", sign_in)
+        else:
+            sign_in()
+        answer = answers[-1]
         self._drain()
         self._send(answer.status, answer.content_type, answer.body, answer.headers)
 
@@ -201,9 +234,10 @@ class AdminHandler(BaseHTTPRequestHandler):
             self._send_json(200, {"status": "ok"})
         elif path == "/readyz":
             checks = readiness(self.context)
-            ready = all(check["ok"] for check in checks.values())
-            self._send_json(200 if ready else 503,
-                            {"status": "ready" if ready else "not_ready", "checks": checks})
+            ready = all(check["ok"] or check.get("degraded") for check in checks.values())
+            status = "not_ready" if not ready else \
+                "degraded" if any(not check["ok"] for check in checks.values()) else "ready"
+            self._send_json(200 if ready else 503, {"status": status, "checks": checks})
         else:
             self._send(200, "application/json", openapi_document())
 
@@ -399,11 +433,15 @@ def _allow(method: str, allowed: str) -> None:
 
 
 def readiness(context: AdminContext) -> dict[str, dict[str, object]]:
-    """Can the proxy decide right now: store readable, audit log writable, a policy loaded."""
+    """Can the proxy decide right now: store readable and writable, vault open, audit log
+    writable, a policy loaded. Not ready while every request needing one of them would be
+    refused; degraded (still 200) while only a checkpoint copy fails."""
     checks: dict[str, dict[str, object]] = {}
     try:
         context.grants.get(_PROBE_ID)
-        checks["grant_store"] = {"ok": True}
+        problem = context.store_write_problem() if context.store_write_problem else None
+        checks["grant_store"] = {"ok": problem is None} | ({"problem": problem} if problem
+                                                            else {})
     except GrantStoreError:
         checks["grant_store"] = {"ok": False}
     # Look at the file as an append would (identity, size, last record) and at whether the last
@@ -411,6 +449,14 @@ def readiness(context: AdminContext) -> dict[str, dict[str, object]]:
     problem = context.audit.problem()
     checks["audit_log"] = {"ok": problem is None} | ({"problem": problem} if problem else {})
     active = context.policy()
+    if context.vault_problem is not None and any(
+            secret.source == "vault" for secret in active.policy.secrets.values()):
+        problem = context.vault_problem()
+        checks["vault"] = {"ok": problem is None} | ({"problem": problem} if problem else {})
+    if context.checkpoint_problem is not None:
+        problem = context.checkpoint_problem()
+        checks["audit_checkpoints"] = {"ok": problem is None} | (
+            {"degraded": True, "problem": problem} if problem else {})
     checks["policy"] = {"ok": active is not None, "digest": active.policy.digest}
     if (rejected := context.policy_file_problem()) is not None:
         # Still ready (the last good policy serves), but the file on disk is not what runs.

@@ -29,11 +29,16 @@ EVENTS: Final[dict[str, str]] = {
     "proxy_stopped": "the proxy stopped cleanly (missing after a crash)",
     "audit_torn_tail": "the previous line was torn by a crash; it is kept as evidence",
     "audit_rotated": "first record of a new file; prev is the last hash of the archived file",
+    "audit_gap": "`audit recover` found the log cut or replaced against what its writer had "
+                 "written: names the lost seqs and the hashes expected against found",
+    "signin_failed": "failed admin API or console sign-ins from one source address (counted "
+                     "and written at most once per window per source)",
 }
 
 # Fields beyond the standard ones that `audit tail` shows for an event when present.
 EXTRA_FIELDS: Final[tuple[str, ...]] = (
     "by", "fingerprints", "redactions", "expires_at", "uses", "policy", "errors",
     "revoked_grants", "previous_file", "torn_bytes", "message", "max_uses", "grant_status",
-    "withheld", "hold", "digest", "minutes", "count", "ended_before",
+    "withheld", "hold", "digest", "minutes", "count", "ended_before", "gap_from_seq",
+    "expected_records", "found_records", "failed_signins", "source",
 )

@@ -12,16 +12,20 @@ from typing import IO
 
 from broker_proxy.audit.checkpoint import (
     CheckpointPaths,
+    latest_checkpoint,
     load_signing_key,
     verify_checkpoints,
     write_checkpoint,
 )
 from broker_proxy.audit.display import format_record
+from broker_proxy.audit.errors import AuditError
 from broker_proxy.audit.files import chain_files
+from broker_proxy.audit.head import head_path, read_head
+from broker_proxy.audit.key_file import load_key
 from broker_proxy.audit.log import AuditLog
 from broker_proxy.audit.reading import chains_of, read_chain
 from broker_proxy.audit.record_schema import RECORD_SCHEMA_FILE, first_schema_problem
-from broker_proxy.audit.verify import verify_path
+from broker_proxy.audit.verify import VerifyResult, verify_chain, verify_path
 from broker_proxy.cli import audit_report_cmd
 from broker_proxy.cli.common import home_of
 from broker_proxy.cli.errors import CliError
@@ -48,6 +52,15 @@ def register(commands: argparse._SubParsersAction) -> None:
     verify.set_defaults(handler=verify_command)
     checkpoint = sub.add_parser("checkpoint", help="write a signed checkpoint of the log now")
     checkpoint.set_defaults(handler=checkpoint_command)
+    recover = sub.add_parser(
+        "recover", help="record a cut or replaced log as an audit_gap record, so it can start",
+        description="When the proxy refuses to start because <home>/audit.log is shorter than, "
+        "or different from, the chain it last wrote (its head state, <home>/audit.log.head, "
+        "and the newest signed checkpoint): append one signed audit_gap record naming the "
+        "records lost (seqs and hashes expected against found), move the head state to it and "
+        "write a checkpoint. Nothing in the log is removed or rewritten. Run it with the proxy "
+        "stopped; `audit verify` then reports the gap every time.")
+    recover.set_defaults(handler=recover_command)
     tail = sub.add_parser("tail", help="show the latest records")
     tail.add_argument("-n", type=int, default=20, help="records to show (default 20)")
     tail.add_argument("--follow", "-f", action="store_true", help="keep printing new records")
@@ -86,8 +99,65 @@ def verify_command(args: argparse.Namespace) -> int:
     else:
         details.append("checkpoints: none checked (a cut at a line boundary cannot be seen "
                        "without them; see --checkpoints)")
+    if target.is_file() and head_path(target).exists():
+        details.append(_check_head(target, home.audit_key, results[0]))
     print("\n".join(details))
     print("audit log ok")
+    return 0
+
+
+def _check_head(target: Path, key_path: Path, result: VerifyResult) -> str:
+    """The log must reach the head state its writer left, with the same record there."""
+    try:
+        head = read_head(head_path(target), load_key(key_path, create=False))
+    except AuditError as error:
+        raise CliError(f"audit head state: {error}") from None
+    if head is None:
+        return "head: none"
+    found: list[str] = []
+
+    def observe(seq: int, digest: str) -> None:
+        if seq == head.count - 1:
+            found.append(digest)
+
+    if result.last_seq < head.count - 1:
+        raise CliError(f"audit log was cut: it ends at seq {result.last_seq} but its writer "
+                       f"had written {head.count} records ({head_path(target).name}); the "
+                       "records after it are lost: run `broker-proxy audit recover`")
+    verify_chain(target, key_path, observe)
+    if found != [head.last_hash]:
+        raise CliError(f"audit log differs from the chain its writer last wrote: record seq "
+                       f"{head.count - 1} is not the one in {head_path(target).name}; run "
+                       "`broker-proxy audit recover`")
+    return f"head: the log holds the {head.count} records its writer last made durable"
+
+
+def recover_command(args: argparse.Namespace) -> int:
+    """Runs under the home lock: a proxy writing meanwhile would race the gap record."""
+    from broker_proxy.audit.recover import recover_log
+    from broker_proxy.runtime.home_lock import HomeBusy, HomeLock
+
+    home = home_of(args)
+    if not home.audit_key.exists():
+        raise CliError(f"no audit key at {home.audit_key}")
+    try:
+        lock = HomeLock.acquire(home.root)
+    except HomeBusy as busy:
+        raise CliError(f"{busy}; stop the proxy before `audit recover`") from None
+    try:
+        paths = CheckpointPaths.in_home(home.root)
+        newest = latest_checkpoint(paths.file, paths.public, home.audit_log)
+        recovery = recover_log(home.audit_log, home.audit_key, checkpoint=newest)
+        print(recovery.summary)
+        if recovery.record is not None and paths.key.exists():
+            key = load_signing_key(paths, create=False)
+            with AuditLog.open(home.audit_log, home.audit_key) as log:
+                written = write_checkpoint(log, key, paths.file)
+            if written is not None:
+                print(f"checkpoint: {written['count']} records, last hash "
+                      f"{written['last_hash']} -> {paths.file}")
+    finally:
+        lock.release()
     return 0
 
 

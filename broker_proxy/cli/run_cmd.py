@@ -13,6 +13,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from broker_proxy.audit.errors import AuditError
 from broker_proxy.cli.common import add_policy_option, home_of, policy_file_of
 from broker_proxy.cli.errors import CliError
 from broker_proxy.cli.store_option import add_store_option
@@ -230,6 +231,16 @@ def _remove_own_runtime(home: Home) -> None:
         home.runtime.unlink(missing_ok=True)
 
 
+def _record_stop(broker: Broker) -> None:
+    """A stop on a log found cut or replaced writes nothing: its head state already names
+    what was written, so the next start refuses until `audit recover` records the gap."""
+    try:
+        broker.audit.append("proxy_stopped", decision="allow", reason="stopped")
+    except AuditError as error:
+        print(f"broker-proxy: not recorded: proxy_stopped ({error})", file=sys.stderr,
+              flush=True)
+
+
 def run_command(args: argparse.Namespace) -> int:
     from broker_proxy.addons.mitmproxy_compat import IncompatibleMitmproxy
     from broker_proxy.addons.runner import ProxySettings, patch_mitmproxy, serve
@@ -300,7 +311,9 @@ def run_command(args: argparse.Namespace) -> int:
         session_ttl = parse_duration(args.console_session_ttl)
     except ValueError as error:
         raise CliError(f"--console-session-ttl: {error}") from None
-    services = start_services(broker, home, policy_file_of(args), admin, session_ttl)
+    services = start_services(
+        broker, home, policy_file_of(args), admin, session_ttl,
+        checkpoint_problem=observability.checkpoint_problem if observability else None)
     certs = home_certs(home, args.certs)
     workers: list = []
 
@@ -366,13 +379,18 @@ def run_command(args: argparse.Namespace) -> int:
             shutil.rmtree(shared_metrics, ignore_errors=True)
         services.stop()
         if observability is not None:
-            observability.stop()
-        if shipper is not None:
-            shipper.stop()
+            observability.watcher.stop()
         if not worker:
             _remove_own_runtime(home)
-        broker.audit.append("proxy_stopped", decision="allow", reason="stopped")
-        broker.audit.close()
+        _record_stop(broker)
+        if observability is not None:
+            observability.stop()  # the last signed checkpoint covers proxy_stopped
+        if shipper is not None:
+            shipper.stop()
+        try:
+            broker.audit.close()  # leaves the head state at the last record
+        except AuditError as error:
+            print(f"broker-proxy: {error}", file=sys.stderr, flush=True)
         if lock is not None:
             lock.release()
         print("broker-proxy stopped", file=sys.stderr, flush=True)

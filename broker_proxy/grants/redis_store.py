@@ -308,6 +308,12 @@ class RedisGrantStore:
                                args=[_to_micros(ended_before), *grant_ids])
         return int(gone)
 
+    def probe_write(self) -> None:
+        # A key of its own that expires: a replica that is read-only or out of memory
+        # (maxmemory with noeviction) refuses it as it would refuse a use.
+        with self._talking():
+            self._client.set(f"{_PREFIX}:write-probe", "1", px=60_000)
+
     def load_many(self, grants: Iterable[Grant], *, batch: int = 10_000) -> None:
         """Write many grants at once, pipelined, without the existence check of `create`:
         for benchmarks and restores into an empty store, not for issuing grants."""

@@ -263,6 +263,12 @@ class SqliteGrantStore:
     def revoke(self, grant_id: str, now: datetime) -> Grant:
         return self._transition(grant_id, now, "revoke", _REVOCABLE, _REVOKE, (_to_micros(now),))
 
+    def probe_write(self) -> None:
+        # Setting the schema version to itself rewrites the header page: the commit appends a
+        # frame to the WAL exactly as a grant write does, so a full disk fails it the same way.
+        with self._transaction(wait=False) as conn:
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
     def load_many(self, grants: Iterable[Grant], *, batch: int = 10_000) -> None:
         """Insert many grants, `batch` to a transaction, without the existence check of
         `create`: for benchmarks and restores into an empty store, not for issuing grants."""

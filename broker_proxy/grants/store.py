@@ -142,6 +142,14 @@ class GrantStore(Protocol):
 
     def close(self) -> None: ...
 
+    def probe_write(self) -> None:
+        """Write something that changes nothing, as a grant write would (for /readyz).
+
+        Raises GrantStoreError when the store cannot take a write now (a full disk, a read-only
+        file, a lost server); GrantStoreBusy when another writer holds it (not a failure).
+        """
+        ...
+
 
 def ended_at(grant: Grant) -> datetime:
     """When the grant ended for good (GrantIndex.ENDED); in the future while it may still run."""

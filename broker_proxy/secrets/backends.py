@@ -155,6 +155,19 @@ class SecretResolver:
             return False, exc.reason
         return True, f"resolves from {secret.source}"
 
+    def vault_problem(self) -> str | None:
+        """Why the vault cannot be opened now (missing, unreadable, wrong master key), or None.
+
+        As cheap as a resolve: the vault is decrypted again only when its file changed, and a
+        failure is never cached, so a fixed key shows at once.
+        """
+        try:
+            with self._lock:
+                self._vault_contents()
+        except _Unavailable as exc:
+            return str(exc)
+        return None
+
     def _fetch(self, secret: SecretPolicy) -> str | SecretValue:
         kind, _, argument = secret.source.partition(":")
         fetchers: dict[str, Callable[[SecretPolicy, str], str | SecretValue]] = {
