@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from broker_proxy.addons import (
     informational_responses,
+    request_departure,
     response_limits,
     upstream_error_pages,
     websocket_controls,
@@ -17,5 +18,6 @@ from broker_proxy.addons import (
 def install() -> None:
     response_limits.install()  # long downloads reach responseheaders, which streams them
     upstream_error_pages.install()  # no upstream bytes in the error pages mitmproxy writes
+    request_departure.install()  # whether a request left decides whether its use is spent
     informational_responses.install()  # a 1xx never answers a request, nor the next one
     websocket_controls.install()  # close reasons and ping/pong payloads are scrubbed

@@ -12,6 +12,9 @@ from typing import Final
 EVENTS: Final[dict[str, str]] = {
     "request": "a request was decided: allowed or blocked, with its stable reason code",
     "response": "what came back for an allowed request: status, duration, redactions",
+    "request_not_sent": "an allowed request never reached its upstream (refused, timed out, "
+                        "not allowed, TLS failed, or its agent went away first); its use was "
+                        "given back (use_returned) and upstream_error says why",
     "request_approved": "a person allowed a held request (once, N uses or M minutes)",
     "request_denied": "a person denied a held request",
     "request_timed_out": "nobody decided a held request before the policy's approval_timeout",
@@ -35,5 +38,6 @@ EVENTS: Final[dict[str, str]] = {
 EXTRA_FIELDS: Final[tuple[str, ...]] = (
     "by", "fingerprints", "redactions", "expires_at", "uses", "policy", "errors",
     "revoked_grants", "previous_file", "torn_bytes", "message", "max_uses", "grant_status",
-    "withheld", "hold", "digest", "minutes", "count", "ended_before",
+    "withheld", "hold", "digest", "minutes", "count", "ended_before", "upstream_error",
+    "outcome", "use_returned",
 )

@@ -79,7 +79,12 @@ def register(commands: argparse._SubParsersAction) -> None:
                      help="a client must send a whole request head within this long of "
                      "connecting or of its last answer (default 30s)")
     run.add_argument("--upstream-connect-timeout", default="10s", metavar="DURATION",
-                     help="give up connecting upstream after this long (default 10s)")
+                     help="give up connecting upstream after this long, and again on the "
+                     "upstream TLS handshake; the agent gets 502 upstream_error (default 10s)")
+    run.add_argument("--upstream-read-timeout", default="5m", metavar="DURATION",
+                     help="give up waiting for an upstream's answer (its headers) this long "
+                     "after the request was decided; the agent gets 502 upstream_error, kind "
+                     "read_timeout (default 5m)")
     run.add_argument("--idle-timeout", default="10m", metavar="DURATION",
                      help="close a connection with no byte either way for this long, e.g. an "
                      "upstream gone silent (default 10m: LLM answers can pause for minutes)")
@@ -124,7 +129,8 @@ def _deadlines(args: argparse.Namespace) -> Deadlines:
     from broker_proxy.durations import DurationError, parse_duration
 
     seconds = {}
-    for option in ("request_head_timeout", "upstream_connect_timeout", "idle_timeout"):
+    for option in ("request_head_timeout", "upstream_connect_timeout", "upstream_read_timeout",
+                   "idle_timeout"):
         text = getattr(args, option)
         try:
             seconds[option] = parse_duration(text).total_seconds()
@@ -134,6 +140,7 @@ def _deadlines(args: argparse.Namespace) -> Deadlines:
             raise CliError(f"--{option.replace('_', '-')} must be positive, got {text!r}")
     return Deadlines(request_head=seconds["request_head_timeout"],
                      upstream_connect=seconds["upstream_connect_timeout"],
+                     upstream_read=seconds["upstream_read_timeout"],
                      idle=seconds["idle_timeout"])
 
 
