@@ -42,7 +42,7 @@ class UpstreamFailures:
         self.broker = broker
         self.deadlines = deadlines or Deadlines()
         # Why the latest upstream connection of a client failed, when this addon knows better
-        # than the error text (its own deadlines, a TLS failure hook).
+        # than the error text (its own TLS deadline closed it).
         self._kinds: WeakKeyDictionary[connection.Client, str] = WeakKeyDictionary()
         self._tls_timers: WeakKeyDictionary[connection.Server, asyncio.TimerHandle] = (
             WeakKeyDictionary())
@@ -60,7 +60,6 @@ class UpstreamFailures:
 
     def tls_failed_server(self, data: TlsData) -> None:
         self._tls_done(data.conn)
-        self._kinds.setdefault(data.context.client, "tls_failed")
 
     def server_disconnected(self, data: server_hooks.ServerConnectionHookData) -> None:
         self._tls_done(data.server)
@@ -121,8 +120,8 @@ class UpstreamFailures:
             kind = "read_timeout"
         else:
             kind = upstream_failure.classify(message, sent=sent)
-            if not sent and kind in upstream_failure.CONNECT_KINDS | {"connect_failed"}:
-                # A deadline or TLS hook of ours knows the reason better than the text.
+            if not sent and kind in ("tls_failed", "connect_failed"):
+                # Our TLS deadline knows the reason better than "connection closed".
                 kind = self._kinds.pop(flow.client_conn, None) or kind
         if kind in ("connect_timeout", "tls_timeout") and message in (
                 "connection cancelled", "connection closed"):

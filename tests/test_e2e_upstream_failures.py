@@ -23,7 +23,7 @@ import pytest
 from broker_proxy.audit.verify import verify_chain
 from broker_proxy.devtools.local_pki import LocalPki
 from broker_proxy.grants.sqlite_store import SqliteGrantStore
-from tests.conftest import API_HOST, OTHER_HOST, Stack, Upstreams, start_stack
+from tests.conftest import API_HOST, OTHER_HOST, UNTRUSTED_HOST, Stack, Upstreams, start_stack
 from tests.e2e_clients import CLIENTS
 
 pytestmark = pytest.mark.e2e
@@ -137,6 +137,7 @@ secrets:
       - {{host: {api}, port: {api_port}}}
       - {{host: {other}, port: {api_port}}}
       - {{host: {nx}, port: 443}}
+      - {{host: {untrusted}, port: {untrusted_port}}}
     inject: [header]
 agents:
   bot:
@@ -159,6 +160,7 @@ def failing(tmp_path_factory: pytest.TempPathFactory, pki: LocalPki, upstreams: 
             socketry: Socketry) -> Iterator[Stack]:
     policy = POLICY.format(
         api=API_HOST, other=OTHER_HOST, nx=NX_HOST, api_port=upstreams.api.port,
+        untrusted=UNTRUSTED_HOST, untrusted_port=upstreams.untrusted.port,
         refused=socketry.refused_port, blackhole=socketry.port(socketry.blackhole),
         silent_tls=socketry.port(socketry.silent_tls),
         silent_http=socketry.port(socketry.silent_http))
@@ -168,7 +170,7 @@ def failing(tmp_path_factory: pytest.TempPathFactory, pki: LocalPki, upstreams: 
                                       "--upstream-read-timeout", "3s",
                                       "--resolve", f"{OTHER_HOST}=10.255.0.1"),
                           policy=policy.replace("{", "{{").replace("}", "}}"),
-                          resolve_hosts=(API_HOST,))
+                          resolve_hosts=(API_HOST, UNTRUSTED_HOST))
     yield running
     running.proxy.stop()
     written = (running.root / "proxy.log").read_text(errors="replace")
@@ -201,6 +203,7 @@ NOT_SENT_CASES = [
     ("tls_timeout", lambda s: s.port(s.silent_tls), API_HOST),
     ("address_not_allowed", None, OTHER_HOST),
     ("resolve_failed", None, NX_HOST),
+    ("tls_verify_failed", None, UNTRUSTED_HOST),
 ]
 
 
@@ -211,7 +214,8 @@ def test_an_upstream_that_is_never_reached_is_answered_and_costs_no_use(
         failing: Stack, socketry: Socketry, upstreams: Upstreams, kind: str, port_of,
         host: str, client_name: str) -> None:
     grant = failing.issue("api_key", max_uses=1)
-    port = port_of(socketry) if port_of else (upstreams.api.port if host != NX_HOST else 443)
+    port = (port_of(socketry) if port_of else 443 if host == NX_HOST
+            else upstreams.untrusted.port if host == UNTRUSTED_HOST else upstreams.api.port)
     started = time.monotonic()
     answer = CLIENTS[client_name](failing, grant.token, "GET", f"https://{host}:{port}/v1/x",
                                   headers=AUTH)
@@ -226,7 +230,7 @@ def test_an_upstream_that_is_never_reached_is_answered_and_costs_no_use(
     assert elapsed < 10  # bounded by the 2 s deadlines, not the 10-minute idle timeout
     # What went upstream: nothing the secret could be in.
     assert failing.api_key.encode() not in bytes(socketry.silent_tls_bytes)
-    assert upstreams.other.requests == []
+    assert upstreams.other.requests == [] and upstreams.untrusted.requests == []
     # What the audit says: allowed, then not sent, its use given back.
     events = [(r["event"], r.get("upstream_error"), r.get("use_returned"))
               for r in _records(failing, grant.grant.id)]
