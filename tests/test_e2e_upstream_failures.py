@@ -285,3 +285,54 @@ def test_an_upstream_that_never_answers_gets_a_read_timeout(
 def test_the_log_with_failures_verifies(failing: Stack) -> None:
     result = verify_chain(failing.home.audit_log, failing.home.audit_key)
     assert result.ok, result.message
+
+
+@pytest.mark.parametrize("ending", ["last_stream", "connection_dropped"])
+def test_h2_streams_reset_by_the_agent_spend_only_the_uses_that_left(
+        failing: Stack, upstreams: Upstreams, ending: str) -> None:
+    import h2.config
+    import h2.connection
+    import h2.events
+    import h2.errors
+
+    from tests.security.raw_proxy import open_tunnel
+
+    grant = failing.issue("api_key", max_uses=1000)
+    port = upstreams.api.port
+    upstreams.api.clear()
+
+    def headers(path: str) -> list[tuple[str, str]]:
+        return [(":method", "GET"), (":scheme", "https"), (":authority", f"{API_HOST}:{port}"),
+                (":path", path), ("authorization", "Bearer {{secret:api_key}}")]
+
+    with open_tunnel(failing, grant.token, API_HOST, port, alpn=["h2"]) as tls:
+        connection = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+        connection.initiate_connection()
+        for _ in range(40):  # each stream reset as soon as it was sent
+            stream_id = connection.get_next_available_stream_id()
+            connection.send_headers(stream_id, headers("/v1/reset"), end_stream=True)
+            connection.reset_stream(stream_id, h2.errors.ErrorCodes.CANCEL)
+        last = connection.get_next_available_stream_id()
+        connection.send_headers(last, headers("/v1/last"), end_stream=True)
+        tls.sendall(connection.data_to_send())
+        done = ending == "connection_dropped"  # then: gone before any answer
+        while not done:
+            data = tls.recv(65536)
+            assert data, "the proxy closed the connection"
+            for event in connection.receive_data(data):
+                if isinstance(event, h2.events.StreamEnded) and event.stream_id == last:
+                    done = True
+            tls.sendall(connection.data_to_send())
+    time.sleep(2.0)  # the reset streams' records are written as their flows end
+    sent = len(upstreams.api.requests)
+    records = _records(failing, grant.grant.id)
+    allowed = sum(r["event"] == "request" and r["decision"] == "allow" for r in records)
+    returned = sum(r["event"] == "request_not_sent" and r["use_returned"] for r in records)
+    # Exactly the requests that reached the upstream count as uses: the store, the audit
+    # (allowed minus given back) and the upstream agree.
+    assert _uses(failing, grant.grant.id) == sent
+    assert allowed - returned == sent
+    if ending == "last_stream":
+        assert any(r.path == "/v1/last" for r in upstreams.api.requests)
+    print(f"h2 resets: {allowed} allowed, {returned} given back, {sent} reached the upstream")
