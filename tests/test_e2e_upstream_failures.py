@@ -292,8 +292,8 @@ def test_h2_streams_reset_by_the_agent_spend_only_the_uses_that_left(
         failing: Stack, upstreams: Upstreams, ending: str) -> None:
     import h2.config
     import h2.connection
-    import h2.events
     import h2.errors
+    import h2.events
 
     from tests.security.raw_proxy import open_tunnel
 
