@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from broker_proxy.audit.record_schema import first_schema_problem
 from broker_proxy.audit.verify import verify_chain
 from broker_proxy.devtools.local_pki import LocalPki
 from broker_proxy.grants.sqlite_store import SqliteGrantStore
@@ -285,6 +286,8 @@ def test_an_upstream_that_never_answers_gets_a_read_timeout(
 def test_the_log_with_failures_verifies(failing: Stack) -> None:
     result = verify_chain(failing.home.audit_log, failing.home.audit_key)
     assert result.ok, result.message
+    records = map(json.loads, failing.home.audit_log.read_text().splitlines())
+    assert first_schema_problem(records) is None
 
 
 @pytest.mark.parametrize("ending", ["last_stream", "connection_dropped"])

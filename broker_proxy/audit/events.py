@@ -15,6 +15,9 @@ EVENTS: Final[dict[str, str]] = {
     "request_not_sent": "an allowed request never reached its upstream (refused, timed out, "
                         "not allowed, TLS failed, or its agent went away first); its use was "
                         "given back (use_returned) and upstream_error says why",
+    "request_abandoned": "a held request ended without a decision: its agent disconnected, or "
+                         "the proxy stopped (the agent got 503 approval_interrupted); a later "
+                         "approval finds it ended and spends nothing",
     "request_approved": "a person allowed a held request (once, N uses or M minutes)",
     "request_denied": "a person denied a held request",
     "request_timed_out": "nobody decided a held request before the policy's approval_timeout",

@@ -101,6 +101,7 @@ class Denied:
     grant_id: str | None = None
     # upstream_error only: which failure (broker_proxy/decision/upstream_failure.py).
     kind: str | None = None
+    retry_after: int | None = None  # seconds, for a 503 the agent may simply retry
 
     def body(self) -> bytes:
         # The message is built only from names and codes, never from a secret value.
@@ -113,6 +114,8 @@ class Denied:
         headers = {"Content-Type": "application/json", "Cache-Control": "no-store"}
         if self.status == 407:
             headers["Proxy-Authenticate"] = 'Basic realm="broker-proxy"'
+        if self.retry_after is not None:
+            headers["Retry-After"] = str(self.retry_after)
         return headers
 
 
