@@ -13,6 +13,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from broker_proxy.audit.errors import AuditError
 from broker_proxy.cli.common import add_policy_option, home_of, policy_file_of
 from broker_proxy.cli.errors import CliError
 from broker_proxy.cli.store_option import add_store_option
@@ -309,16 +310,14 @@ def run_command(args: argparse.Namespace) -> int:
         raise CliError(f"--console-session-ttl: {error}") from None
     services = start_services(broker, home, policy_file_of(args), admin, session_ttl)
     certs = home_certs(home, args.certs)
-    workers: list = []
+    workers: list = []  # the WorkerGroup of the extra workers, when there are any
 
     def on_reload() -> None:
         services.reloader.request_reload()
         if workers:
             import signal
 
-            from broker_proxy.cli.workers import forward_signal
-
-            forward_signal(workers, signal.SIGHUP)
+            workers[0].send_signal(signal.SIGHUP)
 
     settings = ProxySettings(listen_host=listen[0], listen_port=listen[1], certs_dir=certs,
                              upstream_ca_bundle=upstream_bundle(home, args.upstream_ca),
@@ -327,10 +326,11 @@ def run_command(args: argparse.Namespace) -> int:
                              deadlines=_deadlines(args))
     if args.workers > 1:
         from broker_proxy.addons.ca import ensure_ca
-        from broker_proxy.cli.workers import spawn_workers
+        from broker_proxy.cli.workers import WorkerGroup, worker_command
 
         ensure_ca(certs)  # before the workers start, or each would make its own CA
-        workers.extend(spawn_workers(args.raw_argv, listen[0], listen[1], args.workers - 1))
+        workers.append(WorkerGroup(worker_command(args.raw_argv, listen[0], listen[1]),
+                                   args.workers - 1, broker.metrics.worker_restarts.inc))
     metrics_address = None
     if metrics is not None:
         try:
@@ -344,8 +344,15 @@ def run_command(args: argparse.Namespace) -> int:
 
         freeze_startup_objects()  # before any traffic: see gc_freeze.py
         if worker:
-            broker.audit.append("proxy_started", decision="allow", reason="worker_started",
-                                policy=broker.policy.policy.digest)
+            try:
+                broker.audit.append("proxy_started", decision="allow", reason="worker_started",
+                                    policy=broker.policy.policy.digest)
+            except AuditError as error:
+                # Listening already: keep the connections the kernel gives us and answer them
+                # (every request needs a record, so each gets 503 audit_unavailable) rather
+                # than exit and have them reset.
+                print(f"broker-proxy worker: {error}; requests are answered 503",
+                      file=sys.stderr, flush=True)
             return
         info = {"pid": os.getpid(), "listen": f"{host}:{port}", "metrics": metrics_address,
                 "workers": args.workers,
@@ -366,9 +373,7 @@ def run_command(args: argparse.Namespace) -> int:
         if trimmer is not None:
             trimmer.stop()
         if workers:
-            from broker_proxy.cli.workers import stop_workers
-
-            stop_workers(workers)
+            workers[0].stop()
         if shared_metrics is not None:
             shutil.rmtree(shared_metrics, ignore_errors=True)
         services.stop()
