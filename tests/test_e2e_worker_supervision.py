@@ -152,3 +152,26 @@ def test_a_worker_that_cannot_start_says_so_backs_off_and_comes_back(group: Stac
             break
         assert time.monotonic() < deadline, "no worker came back after the policy was fixed"
     assert _restarts(stack) >= 3
+
+
+def test_a_worker_that_cannot_open_the_audit_log_leaves_its_connections_answered_503(
+        group: Stack) -> None:
+    stack = group
+    grant = stack.issue("api_key", max_uses=10_000)
+    url = stack.url(stack.upstreams.api, API_HOST, "/v1/supervised")
+    assert CLIENTS["curl"](stack, grant.token, "GET", url, headers=AUTH).status == 200
+    # The live log replaced by something no writer can use: every process must fail closed.
+    os.rename(stack.home.audit_log, f"{stack.home.audit_log}.moved")
+    os.mkdir(stack.home.audit_log)
+    stack.upstreams.clear()
+    first = _child(stack)
+    os.kill(first, signal.SIGKILL)
+    _wait_for_log(stack, r"broker-proxy: cannot open audit log .*audit\.log: Is a directory\n")
+    _wait_for_log(stack, r"worker \d+ exited with status 1; starting another in 1s")
+    answers = [CLIENTS["curl"](stack, grant.token, "GET", url, headers=AUTH)
+               for _ in range(20)]
+    # Answered (503, the proxy's JSON), never reset; nothing left unaudited.
+    assert [answer.status for answer in answers] == [503] * 20
+    assert {answer.json()["error"] for answer in answers} == {"audit_unavailable"}
+    assert stack.upstreams.api.requests == []
+    assert "Traceback" not in _log(stack)
