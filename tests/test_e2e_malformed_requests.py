@@ -51,3 +51,16 @@ def test_inside_a_tunnel_too(stack: Stack) -> None:
                     + MARKER + b"\r\n\r\n")
         _assert_json_400(read_answer(tls))
     assert stack.upstreams.api.requests == []
+
+
+def test_a_header_flood_gets_json_too(stack: Stack) -> None:
+    grant = stack.issue("api_key")
+    flood = b"".join(b"X-Flood-%d: %s\r\n" % (i, MARKER + b"v" * 90) for i in range(3000))
+    with open_tunnel(stack, grant.token, API_HOST, stack.upstreams.api.port) as tls:
+        tls.sendall(b"GET /v1/x HTTP/1.1\r\nHost: api.test.local\r\n" + flood + b"\r\n")
+        answer = read_answer(tls)
+    head, _, body = answer.raw.partition(b"\r\n\r\n")
+    assert answer.status == 431
+    assert b"mitmproxy" not in head.lower() and MARKER not in answer.raw
+    assert json.loads(body)["error"] == "headers_too_large"
+    assert stack.upstreams.api.requests == []
