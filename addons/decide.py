@@ -159,8 +159,10 @@ class Decide:
         if flow.client_conn.timestamp_end is not None:
             # Its agent went away while it was decided (an approval that raced the
             # disconnect): it must not leave, and its use is given back.
-            if verdict.injected:
-                self.broker.record_not_sent(verdict, outbound, None, 0.0, "client_gone")
+            if verdict.injected:  # the grant store may wait: off the event loop
+                asyncio.get_running_loop().run_in_executor(
+                    None, self.broker.record_not_sent, verdict, outbound, None, 0.0,
+                    "client_gone")
             flow_adapter.deny(flow, Denied(503, codes.INTERNAL_ERROR,
                                            "the agent went away", verdict.grant_id))
             return

@@ -19,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Coroutine
+from typing import Any
 from weakref import WeakKeyDictionary
 
 from broker_proxy.addons import connection_limits
@@ -30,7 +32,7 @@ from mitmproxy.tls import TlsData
 
 from broker_proxy.decision import upstream_failure
 from broker_proxy.decision.broker import Broker
-from broker_proxy.decision.outbound import Denied
+from broker_proxy.decision.outbound import Allowed, Denied, OutboundRequest
 
 log = logging.getLogger("broker_proxy.upstream")
 
@@ -93,8 +95,9 @@ class UpstreamFailures:
         record = flow_record(flow)
         if record is None or flow.response is not None or flow.error is not None:
             return
-        if not record.sent:  # still connecting: the connect and TLS deadlines bound that
-            self._arm_read(flow)
+        if not record.sent:
+            if flow.live and flow.client_conn.timestamp_end is None:
+                self._arm_read(flow)  # still connecting: the connect and TLS deadlines bound it
             return
         flow.metadata[_READ_TIMEOUT] = True
         connection_limits.close_server(flow.client_conn, flow.server_conn)
@@ -104,17 +107,19 @@ class UpstreamFailures:
 
     # -- the answer, the log line and the record ---------------------------------------------
 
-    def error(self, flow: http.HTTPFlow) -> None:
+    def error(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
         self._disarm_read(flow)
         record = flow_record(flow)
         if record is None or flow.error is None:
-            return
+            return None
         try:
-            self._failed(flow, record, flow.error.msg)
+            return self._failed(flow, record, flow.error.msg)
         except Exception as error:  # the page mitmproxy writes by itself is still ours
             log.error("upstream failure handling failed: %s", type(error).__name__)
+        return None
 
-    def _failed(self, flow: http.HTTPFlow, record: FlowRecord, message: str) -> None:
+    def _failed(self, flow: http.HTTPFlow, record: FlowRecord,
+                message: str) -> Coroutine[Any, Any, None] | None:
         sent = record.sent
         if flow.metadata.pop(_READ_TIMEOUT, False):
             kind = "read_timeout"
@@ -144,7 +149,19 @@ class UpstreamFailures:
             self.broker.record_upstream_failure(verdict, request, status, elapsed_ms, kind)
         elif not record.returned:
             record.returned = True  # before anything else: it must never leave now
-            self.broker.record_not_sent(verdict, request, status, elapsed_ms, kind)
+            # Giving the use back writes to the grant store, which may wait for its lock or
+            # the network: off the event loop. The answer waits for it, so the record is
+            # there when the agent reads its 502.
+            return self._not_sent(verdict, request, status, elapsed_ms, kind)
+        return None
+
+    async def _not_sent(self, verdict: Allowed, request: OutboundRequest, status: int | None,
+                        elapsed_ms: float, kind: str) -> None:
+        try:
+            await asyncio.get_running_loop().run_in_executor(
+                None, self.broker.record_not_sent, verdict, request, status, elapsed_ms, kind)
+        except Exception as error:  # the use stays spent: never one too few
+            log.error("could not record a request as not sent: %s", type(error).__name__)
 
     def done(self) -> None:
         for timer in self._read_timers.values():

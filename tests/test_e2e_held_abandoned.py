@@ -31,6 +31,7 @@ def _start(root: Path, pki: LocalPki, upstreams: Upstreams) -> Stack:
 @pytest.fixture
 def held_stack(tmp_path: Path, pki: LocalPki, upstreams: Upstreams) -> Iterator[Stack]:
     running = _start(tmp_path, pki, upstreams)
+    upstreams.clear()
     yield running
     running.proxy.stop()
     written = (running.root / "proxy.log").read_text(errors="replace")

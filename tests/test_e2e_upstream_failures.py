@@ -327,11 +327,20 @@ def test_h2_streams_reset_by_the_agent_spend_only_the_uses_that_left(
                 if isinstance(event, h2.events.StreamEnded) and event.stream_id == last:
                     done = True
             tls.sendall(connection.data_to_send())
-    time.sleep(2.0)  # the reset streams' records are written as their flows end
-    sent = len(upstreams.api.requests)
-    records = _records(failing, grant.grant.id)
-    allowed = sum(r["event"] == "request" and r["decision"] == "allow" for r in records)
-    returned = sum(r["event"] == "request_not_sent" and r["use_returned"] for r in records)
+    # The flows of reset streams end one by one: wait until the counts stop moving.
+    deadline = time.monotonic() + 30
+    seen = None
+    while True:
+        time.sleep(1.0)
+        sent = len(upstreams.api.requests)
+        records = _records(failing, grant.grant.id)
+        allowed = sum(r["event"] == "request" and r["decision"] == "allow" for r in records)
+        returned = sum(r["event"] == "request_not_sent" and r["use_returned"] for r in records)
+        ended = sum(r["event"] in ("request_not_sent", "response") for r in records)
+        if (sent, allowed, returned, ended) == seen and ended == allowed:
+            break
+        seen = (sent, allowed, returned, ended)
+        assert time.monotonic() < deadline, seen
     # Exactly the requests that reached the upstream count as uses: the store, the audit
     # (allowed minus given back) and the upstream agree.
     assert _uses(failing, grant.grant.id) == sent
