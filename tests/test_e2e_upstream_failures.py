@@ -348,3 +348,28 @@ def test_h2_streams_reset_by_the_agent_spend_only_the_uses_that_left(
     if ending == "last_stream":
         assert any(r.path == "/v1/last" for r in upstreams.api.requests)
     print(f"h2 resets: {allowed} allowed, {returned} given back, {sent} reached the upstream")
+
+
+def test_max_uses_stays_exact_when_failed_requests_give_their_uses_back(
+        failing: Stack, socketry: Socketry, upstreams: Upstreams) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    grant = failing.issue("api_key", max_uses=5)
+    upstreams.api.clear()
+    good = f"https://{API_HOST}:{upstreams.api.port}/v1/exact"
+    refused = f"https://{API_HOST}:{socketry.refused_port}/v1/exact"
+    client = CLIENTS["curl"]
+    urls = [good if i % 2 else refused for i in range(30)]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        answers = list(pool.map(
+            lambda url: client(failing, grant.token, "GET", url, headers=AUTH), urls))
+    # Then spend what is left, one by one, until the grant says it is used up.
+    for _ in range(10):
+        if client(failing, grant.token, "GET", good, headers=AUTH).status == 403:
+            break
+    carried = [r for r in upstreams.api.requests
+               if r.header("Authorization") == f"Bearer {failing.api_key}"]
+    assert len(carried) == 5  # exactly max_uses reached the upstream, no more, no fewer
+    assert _uses(failing, grant.grant.id) == 5
+    assert {a.status for a, url in zip(answers, urls, strict=True) if url == refused} <= {
+        502, 403}
