@@ -138,9 +138,12 @@ class UpstreamFailures:
         verdict = record.verdict
         # mitmproxy's text only for a request that never left: after, it may quote what the
         # upstream answered, which may echo the secret (invariant 1).
-        log.warning("upstream %s:%d failed for grant %s (%s)%s; the request was %s",
-                    request.host, request.port, verdict.grant_id, kind,
-                    "" if sent else f": {message}", "sent" if sent else "not sent")
+        # An agent that cancels (a closed connection, a reset HTTP/2 stream) is routine, not
+        # an upstream failure: below the proxy's default log level.
+        log.log(logging.INFO if kind == "client_gone" else logging.WARNING,
+                "upstream %s:%d failed for grant %s (%s)%s; the request was %s",
+                request.host, request.port, verdict.grant_id, kind,
+                "" if sent else f": {message}", "sent" if sent else "not sent")
         if status is not None:
             flow.metadata[PAGE_KEY] = Denied(
                 502, upstream_failure.UPSTREAM_ERROR, upstream_failure.description(kind),

@@ -59,7 +59,7 @@ class UpstreamGuard:
         if (host.lower(), port) not in self._allowed_upstreams.get(data.client, ()):
             # mitmproxy 12.3.1's TCP layer dials the upstream even after tcp_start killed the
             # flow: only an address a request decision allowed may be dialled at all.
-            data.server.error = dial_refusal("address_not_allowed",
+            data.server.error = dial_refusal("connect_failed",
                                              "no request to this upstream was allowed")
             return
         try:
