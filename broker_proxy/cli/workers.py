@@ -99,7 +99,10 @@ class WorkerGroup:
         while not self._stopping.wait(WATCH_EVERY_S):
             with self._lock:
                 for slot in self._slots:
-                    self._tend(slot)
+                    try:
+                        self._tend(slot)
+                    except Exception as error:  # the watcher must outlive any one mishap
+                        log.error("worker supervision failed: %s", type(error).__name__)
         self._terminate()
 
     def _tend(self, slot: _Slot) -> None:
