@@ -345,6 +345,10 @@ def test_h2_streams_reset_by_the_agent_spend_only_the_uses_that_left(
     # (allowed minus given back) and the upstream agree.
     assert _uses(failing, grant.grant.id) == sent
     assert allowed - returned == sent
+    # A stream reset while its request was decided is not sent at all (nobody reads the
+    # answer), so its use comes back: nearly all of them, as they were reset at once.
+    assert sum(r.path == "/v1/reset" for r in upstreams.api.requests) <= 5
+    assert returned >= 35
     if ending == "last_stream":
         assert any(r.path == "/v1/last" for r in upstreams.api.requests)
     print(f"h2 resets: {allowed} allowed, {returned} given back, {sent} reached the upstream")
