@@ -14,13 +14,14 @@ import time
 from collections.abc import Coroutine
 from concurrent.futures import Executor
 from typing import Any
+from weakref import WeakKeyDictionary
 
 from broker_proxy.addons import flow_adapter, held_flow
 from broker_proxy.addons.client_certs import ClientCerts
 from broker_proxy.addons.flow_record import FLOW_KEY, FlowRecord
 from broker_proxy.addons.tunnel_auth import TunnelAuth
 from broker_proxy.addons.upstream_guard import UpstreamGuard
-from mitmproxy import http
+from mitmproxy import connection, http
 
 from broker_proxy.approvals.verdict import Held
 from broker_proxy.decision import outbound as codes
@@ -30,6 +31,8 @@ from broker_proxy.decision.request_checks import upgrade_problem
 from broker_proxy.runtime.durability_waiter import DurabilityWaiter
 
 log = logging.getLogger("broker_proxy.addon")
+
+STOP_ANSWER_WAIT_S = 2.0  # at stop, how long held flows get to write their 503
 
 
 class Decide:
@@ -47,6 +50,8 @@ class Decide:
         # Secret-carrying requests wait here for their audit record's fsync, in batches.
         self._audit_sync: DurabilityWaiter[Allowed, Verdict] = DurabilityWaiter(
             self._durable_or_denied)
+        # The held requests each client's flows wait on (see client_disconnected).
+        self._holds: WeakKeyDictionary[connection.Client, set[str]] = WeakKeyDictionary()
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live:
@@ -106,7 +111,8 @@ class Decide:
             if isinstance(verdict, Held):
                 verdict = await held_flow.verdict_after_approval(
                     self.broker.approvals, verdict,
-                    lambda hold_id: self._decide_durably(token, outbound, hold_id))
+                    lambda hold_id: self._decide_durably(token, outbound, hold_id),
+                    lambda hold_id, waits: self._waiting(flow.client_conn, hold_id, waits))
             self._conclude(flow, verdict, outbound)
         except Exception as error:  # fail closed
             self._failed(flow, error)
@@ -118,10 +124,47 @@ class Decide:
         except Exception as error:  # fail closed
             self._failed(flow, error)
 
+    def _waiting(self, client: connection.Client, hold_id: str, waits: bool) -> None:
+        """Which held requests a client's flows wait on, so that they end with their client."""
+        holds = self._holds.setdefault(client, set())
+        if waits:
+            holds.add(hold_id)
+        else:
+            holds.discard(hold_id)
+
+    def client_disconnected(self, client: connection.Client) -> None:
+        """A held request whose agent went away is abandoned: a later approval spends no use."""
+        for hold_id in list(self._holds.pop(client, ())):
+            if self.broker.approvals.abandon(hold_id, "the agent disconnected") is not None:
+                log.warning("held request %s abandoned: its agent disconnected", hold_id)
+
+    async def done(self) -> None:
+        """At stop, every held request is answered 503 approval_interrupted (and recorded)."""
+        self._audit_sync.stop()
+        abandoned = self.broker.approvals.abandon_all("the proxy stopped")
+        if abandoned:
+            log.warning("%d held request(s) answered 503 approval_interrupted: the proxy stops",
+                        len(abandoned))
+            # Let the held flows write their answers before the loop ends.
+            deadline = time.monotonic() + STOP_ANSWER_WAIT_S
+            while any(self._holds.values()) and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(0.2)
+
     def _conclude(self, flow: http.HTTPFlow, verdict: Verdict,
                   outbound: OutboundRequest) -> None:
         if isinstance(verdict, Denied):
             flow_adapter.deny(flow, verdict)
+            return
+        if flow.client_conn.timestamp_end is not None:
+            # Its agent went away while it was decided (an approval that raced the
+            # disconnect): it must not leave, and its use is given back.
+            if verdict.injected:  # the grant store may wait: off the event loop
+                asyncio.get_running_loop().run_in_executor(
+                    None, self.broker.record_not_sent, verdict, outbound, None, 0.0,
+                    "client_gone")
+            flow_adapter.deny(flow, Denied(503, codes.INTERNAL_ERROR,
+                                           "the agent went away", verdict.grant_id))
             return
         agent_view = flow.request.copy() if verdict.injected and self.keep_agent_view else None
         flow_adapter.apply(flow, verdict, outbound)
@@ -136,9 +179,6 @@ class Decide:
         log.error("request hook failed: %s", type(error).__name__)
         flow_adapter.deny(flow, Denied(503, codes.INTERNAL_ERROR,
                                        "the broker could not decide; nothing was sent"))
-
-    def done(self) -> None:
-        self._audit_sync.stop()
 
     def _durable_or_denied(self, verdict: Allowed) -> Verdict:
         return self.broker.make_durable(verdict) or verdict

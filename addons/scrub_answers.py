@@ -86,8 +86,4 @@ class ScrubAnswers:
         if redactions:
             self.broker.record_response(record.verdict, record.outbound, 101, 0.0, redactions)
 
-    def error(self, flow: http.HTTPFlow) -> None:
-        record = flow_record(flow)
-        if record is not None and record.verdict.injected:
-            self.broker.record_response(record.verdict, record.outbound, None,
-                                        (time.monotonic() - record.started) * 1000, {})
+    # A flow that ends in an error is recorded by UpstreamFailures (sent or not sent).

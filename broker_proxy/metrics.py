@@ -160,6 +160,18 @@ class BrokerMetrics:
             ["surface"],
             registry=self.registry,
         )
+        self.upstream_failures = Counter(
+            "broker_upstream_failures",
+            "Allowed requests answered 502 upstream_error (or whose agent went away), by kind "
+            "of failure and whether the request had left (sent/not_sent).",
+            ["kind", "outcome"],
+            registry=self.registry,
+        )
+        self.worker_restarts = Counter(
+            "broker_worker_restarts",
+            "Workers of `run --workers N` that died and were started again.",
+            registry=self.registry,
+        )
         self.otlp_records_sent = Counter(
             "broker_otlp_records_sent",
             "Audit records an OTLP collector accepted (run --otlp-endpoint).",

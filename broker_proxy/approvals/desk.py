@@ -25,7 +25,7 @@ from broker_proxy.approvals.digest import RequestShape
 from broker_proxy.audit.log import AuditLog
 from broker_proxy.time_source import utc_now
 
-HoldState = Literal["pending", "allowed", "denied", "timed_out"]
+HoldState = Literal["pending", "allowed", "denied", "timed_out", "abandoned"]
 MAX_PENDING = 1000  # a runaway agent must not fill memory with held connections
 _KEEP_DECIDED = 500  # decided items stay readable a while (the CLI's "already decided")
 MAX_APPROVED_USES = 10_000
@@ -58,7 +58,7 @@ class HeldRequest:
     decided_by: str | None = None
     decided_at: datetime | None = None
     reason: str | None = None
-    choice: str | None = None  # once | uses | minutes | deny | timeout
+    choice: str | None = None  # once | uses | minutes | deny | timeout | abandoned
     uses: int | None = None
     minutes: int | None = None
     redeemed: bool = False  # its own approval was spent by the request that waited for it
@@ -170,6 +170,22 @@ class ApprovalDesk:
             assert item is not None
             return item
 
+    def abandon(self, hold_id: str, why: str) -> HeldRequest | None:
+        """The held request ended without a decision: its agent went away, or the proxy is
+        stopping. Recorded (`request_abandoned`), and a later approval finds it already ended,
+        so it can neither spend a use nor send anything. None if it was decided first."""
+        try:
+            return self._settle(hold_id, "abandoned", by="broker-proxy", choice="abandoned",
+                                reason=why)
+        except (HoldStateError, HoldNotFound):
+            return None
+
+    def abandon_all(self, why: str) -> list[HeldRequest]:
+        """Every pending request abandoned (the proxy stops); their waiters are answered."""
+        with self._lock:
+            pending = list(self._pending)
+        return [item for hold_id in pending if (item := self.abandon(hold_id, why)) is not None]
+
     # --- the person's side -------------------------------------------------------------------
 
     def decide(self, hold_id: str, allow: bool, *, by: str, reason: str | None = None,
@@ -217,9 +233,11 @@ class ApprovalDesk:
                 raise HoldNotFound(hold_id)
             now = self._clock()
             event = {"allowed": "request_approved", "denied": "request_denied",
-                     "timed_out": "request_timed_out"}[state]
+                     "timed_out": "request_timed_out", "abandoned": "request_abandoned"}[state]
+            decision = ("allow" if state == "allowed" else None if state == "abandoned"
+                        else "deny")
             # Written under the lock: two people deciding at once get one record, one winner.
-            self._audit.append(event, decision="allow" if state == "allowed" else "deny",
+            self._audit.append(event, decision=decision,
                                reason=choice, grant=item.grant, agent=item.agent,
                                task=item.task, secrets=list(item.secrets),
                                method=item.shape.method, scheme=item.shape.scheme,

@@ -12,6 +12,12 @@ from typing import Final
 EVENTS: Final[dict[str, str]] = {
     "request": "a request was decided: allowed or blocked, with its stable reason code",
     "response": "what came back for an allowed request: status, duration, redactions",
+    "request_not_sent": "an allowed request never reached its upstream (refused, timed out, "
+                        "not allowed, TLS failed, or its agent went away first); its use was "
+                        "given back (use_returned) and upstream_error says why",
+    "request_abandoned": "a held request ended without a decision: its agent disconnected, or "
+                         "the proxy stopped (the agent got 503 approval_interrupted); a later "
+                         "approval finds it ended and spends nothing",
     "request_approved": "a person allowed a held request (once, N uses or M minutes)",
     "request_denied": "a person denied a held request",
     "request_timed_out": "nobody decided a held request before the policy's approval_timeout",
@@ -40,5 +46,6 @@ EXTRA_FIELDS: Final[tuple[str, ...]] = (
     "by", "fingerprints", "redactions", "expires_at", "uses", "policy", "errors",
     "revoked_grants", "previous_file", "torn_bytes", "message", "max_uses", "grant_status",
     "withheld", "hold", "digest", "minutes", "count", "ended_before", "gap_from_seq",
-    "expected_records", "found_records", "failed_signins", "source",
+    "expected_records", "found_records", "failed_signins", "source", "upstream_error",
+    "outcome", "use_returned",
 )

@@ -61,7 +61,7 @@ def _epoch_ms(ts: object) -> int:
 
 def _class_of(event: str, method: str | None) -> tuple[int, int, str]:
     """(class_uid, activity_id, activity_name) for an audit event."""
-    if event in ("request", "response"):
+    if event in ("request", "response", "request_not_sent"):
         activity, name = _API_ACTIVITY_BY_METHOD.get((method or "").upper(), (99, "Other"))
         return API_ACTIVITY, activity, name
     if event in ("grant_issued", "grant_approved", "grant_denied"):

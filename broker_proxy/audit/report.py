@@ -234,6 +234,11 @@ class ReportBuilder:
             self._request(facts, record)
         elif event == "response":
             self._response(facts, record)
+        elif event == "request_not_sent" and record.get("use_returned"):
+            # The use its request record counted was given back: the secret never left.
+            facts.uses = max(0, facts.uses - 1)
+            day = (record.get("ts") or "")[:10]
+            self._daily.setdefault(day, Counter())["uses"] -= 1
 
     def _unfiltered(self) -> bool:
         scope = self.scope

@@ -80,7 +80,12 @@ def register(commands: argparse._SubParsersAction) -> None:
                      help="a client must send a whole request head within this long of "
                      "connecting or of its last answer (default 30s)")
     run.add_argument("--upstream-connect-timeout", default="10s", metavar="DURATION",
-                     help="give up connecting upstream after this long (default 10s)")
+                     help="give up connecting upstream after this long, and again on the "
+                     "upstream TLS handshake; the agent gets 502 upstream_error (default 10s)")
+    run.add_argument("--upstream-read-timeout", default="5m", metavar="DURATION",
+                     help="give up waiting for an upstream's answer (its headers) this long "
+                     "after the request was decided; the agent gets 502 upstream_error, kind "
+                     "read_timeout (default 5m)")
     run.add_argument("--idle-timeout", default="10m", metavar="DURATION",
                      help="close a connection with no byte either way for this long, e.g. an "
                      "upstream gone silent (default 10m: LLM answers can pause for minutes)")
@@ -125,7 +130,8 @@ def _deadlines(args: argparse.Namespace) -> Deadlines:
     from broker_proxy.durations import DurationError, parse_duration
 
     seconds = {}
-    for option in ("request_head_timeout", "upstream_connect_timeout", "idle_timeout"):
+    for option in ("request_head_timeout", "upstream_connect_timeout", "upstream_read_timeout",
+                   "idle_timeout"):
         text = getattr(args, option)
         try:
             seconds[option] = parse_duration(text).total_seconds()
@@ -135,6 +141,7 @@ def _deadlines(args: argparse.Namespace) -> Deadlines:
             raise CliError(f"--{option.replace('_', '-')} must be positive, got {text!r}")
     return Deadlines(request_head=seconds["request_head_timeout"],
                      upstream_connect=seconds["upstream_connect_timeout"],
+                     upstream_read=seconds["upstream_read_timeout"],
                      idle=seconds["idle_timeout"])
 
 
@@ -315,16 +322,14 @@ def run_command(args: argparse.Namespace) -> int:
         broker, home, policy_file_of(args), admin, session_ttl,
         checkpoint_problem=observability.checkpoint_problem if observability else None)
     certs = home_certs(home, args.certs)
-    workers: list = []
+    workers: list = []  # the WorkerGroup of the extra workers, when there are any
 
     def on_reload() -> None:
         services.reloader.request_reload()
         if workers:
             import signal
 
-            from broker_proxy.cli.workers import forward_signal
-
-            forward_signal(workers, signal.SIGHUP)
+            workers[0].send_signal(signal.SIGHUP)
 
     settings = ProxySettings(listen_host=listen[0], listen_port=listen[1], certs_dir=certs,
                              upstream_ca_bundle=upstream_bundle(home, args.upstream_ca),
@@ -333,10 +338,11 @@ def run_command(args: argparse.Namespace) -> int:
                              deadlines=_deadlines(args))
     if args.workers > 1:
         from broker_proxy.addons.ca import ensure_ca
-        from broker_proxy.cli.workers import spawn_workers
+        from broker_proxy.cli.workers import WorkerGroup, worker_command
 
         ensure_ca(certs)  # before the workers start, or each would make its own CA
-        workers.extend(spawn_workers(args.raw_argv, listen[0], listen[1], args.workers - 1))
+        workers.append(WorkerGroup(worker_command(args.raw_argv, listen[0], listen[1]),
+                                   args.workers - 1, broker.metrics.worker_restarts.inc))
     metrics_address = None
     if metrics is not None:
         try:
@@ -350,8 +356,15 @@ def run_command(args: argparse.Namespace) -> int:
 
         freeze_startup_objects()  # before any traffic: see gc_freeze.py
         if worker:
-            broker.audit.append("proxy_started", decision="allow", reason="worker_started",
-                                policy=broker.policy.policy.digest)
+            try:
+                broker.audit.append("proxy_started", decision="allow", reason="worker_started",
+                                    policy=broker.policy.policy.digest)
+            except AuditError as error:
+                # Listening already: keep the connections the kernel gives us and answer them
+                # (every request needs a record, so each gets 503 audit_unavailable) rather
+                # than exit and have them reset.
+                print(f"broker-proxy worker: {error}; requests are answered 503",
+                      file=sys.stderr, flush=True)
             return
         info = {"pid": os.getpid(), "listen": f"{host}:{port}", "metrics": metrics_address,
                 "workers": args.workers,
@@ -372,9 +385,7 @@ def run_command(args: argparse.Namespace) -> int:
         if trimmer is not None:
             trimmer.stop()
         if workers:
-            from broker_proxy.cli.workers import stop_workers
-
-            stop_workers(workers)
+            workers[0].stop()
         if shared_metrics is not None:
             shutil.rmtree(shared_metrics, ignore_errors=True)
         services.stop()

@@ -533,6 +533,48 @@ class Broker:
         except AuditError:
             self.metrics.audit_write_errors.inc()
 
+    def record_not_sent(self, allowed: Allowed, request: OutboundRequest, status: int | None,
+                        duration_ms: float, why: str) -> bool:
+        """An allowed request that never left (its upstream could not be reached, or its
+        client went away first): give its use back and say so in the audit log.
+
+        Call only when the request was certainly not written to any upstream. Returns whether
+        a use was given back. Invariant 11: `max_uses` counts requests whose secret left.
+        """
+        returned = False
+        if allowed.injected:
+            try:
+                returned = self.grants.release_use(allowed.grant_id)
+            except GrantStoreError:
+                # The use stays spent: counting one too many never lets a request through.
+                log.warning("could not give back the use of grant %s", allowed.grant_id)
+        try:
+            self.audit.append("request_not_sent", grant=allowed.grant_id, decision="allow",
+                              reason=allowed.reason, secrets=list(allowed.injected),
+                              method=request.method, scheme=request.scheme, host=request.host,
+                              port=request.port, path=request.path, status=status,
+                              duration_ms=round(duration_ms, 3), outcome="not_sent",
+                              upstream_error=why, use_returned=returned)
+        except AuditError:
+            self.metrics.audit_write_errors.inc()
+        self.metrics.upstream_failures.labels(why, "not_sent").inc()
+        return returned
+
+    def record_upstream_failure(self, allowed: Allowed, request: OutboundRequest,
+                                status: int | None, duration_ms: float, why: str) -> None:
+        """An allowed request that left but got no usable answer: the use stays spent."""
+        self.metrics.upstream_failures.labels(why, "sent").inc()
+        if not allowed.injected:
+            return
+        try:
+            self.audit.append("response", grant=allowed.grant_id, decision="allow",
+                              reason=allowed.reason, secrets=list(allowed.injected),
+                              method=request.method, scheme=request.scheme, host=request.host,
+                              port=request.port, path=request.path, status=status,
+                              duration_ms=round(duration_ms, 3), redactions=0,
+                              outcome="sent", upstream_error=why)
+        except AuditError:
+            self.metrics.audit_write_errors.inc()
 
 
 def _well_formed(request: OutboundRequest) -> bool:

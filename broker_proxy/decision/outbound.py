@@ -106,17 +106,23 @@ class Denied:
     error: str
     message: str
     grant_id: str | None = None
+    # upstream_error only: which failure (broker_proxy/decision/upstream_failure.py).
+    kind: str | None = None
+    retry_after: int | None = None  # seconds, for a 503 the agent may simply retry
 
     def body(self) -> bytes:
         # The message is built only from names and codes, never from a secret value.
-        return json.dumps(
-            {"error": self.error, "grant": self.grant_id, "message": self.message}
-        ).encode()
+        answer = {"error": self.error, "grant": self.grant_id, "message": self.message}
+        if self.kind is not None:
+            answer["kind"] = self.kind
+        return json.dumps(answer).encode()
 
     def headers(self) -> dict[str, str]:
         headers = {"Content-Type": "application/json", "Cache-Control": "no-store"}
         if self.status == 407:
             headers["Proxy-Authenticate"] = 'Basic realm="broker-proxy"'
+        if self.retry_after is not None:
+            headers["Retry-After"] = str(self.retry_after)
         return headers
 
 

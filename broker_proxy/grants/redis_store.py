@@ -130,6 +130,27 @@ end
 return 'reserved'
 """
 
+# KEYS: grant, active index, in-use index. ARGV: id. Gives one reserved use back (a request
+# that never left): the grant is live again in the indexes if that use had used it up.
+_RELEASE = """
+local fields = redis.call('HMGET', KEYS[1], 'status', 'expires_at', 'max_uses', 'uses')
+if not fields[1] then return 0 end
+local uses = tonumber(fields[4] or '0')
+if uses <= 0 then return 0 end
+uses = redis.call('HINCRBY', KEYS[1], 'uses', -1)
+if fields[1] == 'active' then
+  if not fields[3] or uses < tonumber(fields[3]) then
+    redis.call('ZADD', KEYS[2], fields[2], ARGV[1])
+  end
+  if uses > 0 and (not fields[3] or uses < tonumber(fields[3])) then
+    redis.call('ZADD', KEYS[3], fields[2], ARGV[1])
+  else
+    redis.call('ZREM', KEYS[3], ARGV[1])
+  end
+end
+return 1
+"""
+
 # KEYS: grant, revoked, ended, active, pending, in-use indexes. ARGV: now, action, by, id.
 # Same rules as SqliteGrantStore: approve/deny only a pending grant; revoke one that is active,
 # pending or ran out (so `exec` can always close it).
@@ -211,6 +232,7 @@ class RedisGrantStore:
         )
         self._create = self._client.register_script(_CREATE)
         self._reserve = self._client.register_script(_RESERVE)
+        self._release = self._client.register_script(_RELEASE)
         self._transition_script = self._client.register_script(_TRANSITION)
         self._purge = self._client.register_script(_PURGE)
         try:
@@ -347,6 +369,12 @@ class RedisGrantStore:
             return ReserveResult(outcome.decode())
         except (AttributeError, ValueError):
             raise GrantStoreError(f"grant store {self._where} gave an unknown answer") from None
+
+    def release_use(self, grant_id: str) -> bool:
+        with self._talking():
+            released = self._release(keys=[_grant_key(grant_id), _ACTIVE, _IN_USE],
+                                     args=[grant_id])
+        return bool(released == 1)
 
     def approve(self, grant_id: str, by: str, now: datetime) -> Grant:
         return self._transition(grant_id, now, "approve", by)

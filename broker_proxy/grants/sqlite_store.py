@@ -115,6 +115,7 @@ _RESERVE = (
     "UPDATE grants SET uses = uses + 1 WHERE id = ? AND status = 'active'"
     " AND expires_at > ? AND (max_uses IS NULL OR uses < max_uses)"
 )
+_RELEASE = "UPDATE grants SET uses = uses - 1 WHERE id = ? AND uses > 0"
 _APPROVE = "UPDATE grants SET status = 'active', approved_by = ?, approved_at = ? WHERE id = ?"
 _DENY = "UPDATE grants SET status = 'denied', approved_by = ?, approved_at = ? WHERE id = ?"
 _REVOKE = "UPDATE grants SET status = 'revoked', revoked_at = ? WHERE id = ?"
@@ -251,6 +252,10 @@ class SqliteGrantStore:
         if grant is None:
             return ReserveResult.NOT_FOUND
         return reserve_result_for(grant.state_at(now))
+
+    def release_use(self, grant_id: str) -> bool:
+        with self._transaction() as conn:
+            return bool(conn.execute(_RELEASE, (grant_id,)).rowcount == 1)
 
     def approve(self, grant_id: str, by: str, now: datetime) -> Grant:
         return self._transition(

@@ -110,6 +110,16 @@ class GrantStore(Protocol):
         """
         ...
 
+    def release_use(self, grant_id: str) -> bool:
+        """Give back one use reserved for a request that never left (its upstream could not be
+        reached, or its client went away first); False when there was none to give back.
+
+        Only a reservation whose request was certainly not sent may be released: `max_uses`
+        bounds the requests that reached an upstream with a secret, and a use given back
+        for a request that did leave would let one more through.
+        """
+        ...
+
     def revoke(self, grant_id: str, now: datetime) -> Grant: ...
 
     def approve(self, grant_id: str, by: str, now: datetime) -> Grant: ...
