@@ -13,8 +13,8 @@ from playwright.sync_api import sync_playwright
 
 from broker_proxy.audit.log import AuditLog
 from broker_proxy.cli import main
+from broker_proxy.devtools.browser import find_chromium
 
-CHROMIUM = Path("/usr/bin/chromium")
 
 
 def write_story(home: Path) -> None:
@@ -41,8 +41,8 @@ def write_story(home: Path) -> None:
 
 
 def test_html_report_renders_in_chromium_without_console_errors(tmp_path: Path) -> None:
-    # A missing browser fails the test rather than skipping it (.ci/run installs it).
-    assert CHROMIUM.exists(), "Debian's chromium is needed: apt-get install -y chromium"
+    # A missing browser fails the test rather than skipping it (make test installs or names it).
+    chromium = find_chromium()
     home = tmp_path / "home"
     write_story(home)
     out = tmp_path / "report.html"
@@ -50,7 +50,7 @@ def test_html_report_renders_in_chromium_without_console_errors(tmp_path: Path) 
     problems: list[str] = []
     requests: list[str] = []
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True)
+        browser = playwright.chromium.launch(executable_path=chromium, headless=True)
         try:
             page = browser.new_page(viewport={"width": 1100, "height": 800})
             page.on("console", lambda message: problems.append(message.text)
