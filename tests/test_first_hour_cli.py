@@ -4,6 +4,7 @@ the command's own output, through `broker-proxy` itself (a subprocess where a pi
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 from pathlib import Path
@@ -62,11 +63,30 @@ def test_top_level_help_names_every_policy_action() -> None:
 
 
 def test_policy_schema_into_head_is_not_an_error() -> None:
-    done = subprocess.run(f"'{sys.executable}' -m broker_proxy.cli policy schema | head -1; "
-                          "exit ${PIPESTATUS[0]}", shell=True, executable="/bin/bash",
-                          capture_output=True, text=True, timeout=60, check=False)
+    done = subprocess.run(  # noqa: S602 (a fixed pipeline, as a user types it)
+        f"'{sys.executable}' -m broker_proxy.cli policy schema | head -1; "
+        "exit ${PIPESTATUS[0]}", shell=True, executable="/bin/bash",
+        capture_output=True, text=True, timeout=60, check=False)
     assert done.stdout == "{\n"
     assert done.stderr == "" and done.returncode == 0
+
+
+class _ClosedPipe(io.StringIO):
+    """stdout whose reader has gone: every write fails as a closed pipe does."""
+
+    def write(self, text: str) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    def fileno(self) -> int:
+        raise io.UnsupportedOperation("no descriptor")
+
+
+def test_a_reader_that_went_away_ends_the_command_quietly(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    # Deterministic: the shell pipeline above only breaks when head wins the race.
+    monkeypatch.setattr(sys, "stdout", _ClosedPipe())
+    assert main(["policy", "schema"]) == 0
+    assert capsys.readouterr().err == ""
 
 
 def test_max_ttl_is_documented_as_a_refusal() -> None:

@@ -16,7 +16,6 @@ from broker_proxy.cli import main
 from broker_proxy.devtools.browser import find_chromium
 
 
-
 def write_story(home: Path) -> None:
     home.mkdir(mode=0o700, exist_ok=True)
     log = AuditLog.open(home / "audit.log", home / "audit.key")

@@ -99,6 +99,9 @@ class Denied:
     error: str
     message: str
     grant_id: str | None = None
+    # A 407 to a client that sent no credentials at all: the first step of HTTP proxy
+    # authentication (git, curl --proxy-anyauth ask that way), not a refusal of anything.
+    challenge: bool = False
 
     def body(self) -> bytes:
         # The message is built only from names and codes, never from a secret value.
