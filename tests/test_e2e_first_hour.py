@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -133,3 +134,46 @@ def test_exec_gives_boto3_placeholder_credentials_out_of_the_box(
     [received] = upstream.requests
     assert f"Credential={real['access_key_id']}/" in (received.header("Authorization") or "")
     assert not received.contains("AKIAZZZZPLACEHOLDER2")
+
+
+NODE_FETCH = """
+fetch(process.argv[1], {headers: {Authorization: "Bearer " + process.env.API_KEY}})
+  .then(async (r) => { console.log(JSON.stringify({status: r.status})); })
+  .catch((e) => { console.log(JSON.stringify({error: String(e.cause && e.cause.code || e)})); });
+"""
+
+
+def _node_version() -> tuple[int, int] | None:
+    node = shutil.which("node")
+    if node is None:
+        return None
+    text = subprocess.run([node, "--version"], capture_output=True, text=True, timeout=30,
+                          check=True).stdout.strip().lstrip("v")
+    major, minor, *_ = (int(part) for part in text.split("."))
+    return major, minor
+
+
+def test_node_follows_the_client_table(stack: Stack) -> None:
+    """The README's Node rows, on the Node this machine has: with NODE_USE_ENV_PROXY on 24 and
+    22.21+, fetch goes through the proxy; before those, Node's fetch ignores the variables."""
+    version = _node_version()
+    if version is None:
+        pytest.skip("no node on PATH")
+    issued = stack.issue("api_key")
+    env = {k: v for k, v in os.environ.items() if "PROXY" not in k.upper()}
+    env |= agent_environment(stack.proxy.proxy_url(issued.token, "bot"),
+                             str(stack.proxy.ca_path))
+    env |= {"NODE_USE_ENV_PROXY": "1", "API_KEY": "{{secret:api_key}}"}
+    url = stack.url(stack.upstreams.api, API_HOST, "/v1/node")
+    done = subprocess.run(["node", "-e", NODE_FETCH, url], env=env, capture_output=True,
+                          text=True, timeout=60, check=True)
+    answer = json.loads(done.stdout.strip().splitlines()[-1])
+    if version >= (24, 0) or (22, 21) <= version < (23, 0):
+        assert answer == {"status": 200}
+        [received] = stack.upstreams.api.requests
+        assert received.header("Authorization") == f"Bearer {stack.api_key}"
+    else:
+        # Direct, not through the proxy: the name only the proxy knows does not resolve.
+        assert "error" in answer and stack.upstreams.api.requests == []
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert "| Node 20, and 22 before 22.21 |" in readme and "NODE_USE_ENV_PROXY=1" in readme
