@@ -85,3 +85,16 @@ def test_an_installed_wheel_carries_the_examples(wheel: Path, tmp_path: Path) ->
                           check=True)
     assert Path(done.stdout.splitlines()[0]).is_relative_to(target)
     assert (tmp_path / "h" / "policy.yaml").read_text() == (POLICIES / "minimal.yaml").read_text()
+
+
+def test_the_wheel_puts_a_mitmdump_of_its_own_on_path(wheel: Path) -> None:  # noqa: F811
+    # pipx and `uv tool install` link only the installed package's commands: the mitmdump -s
+    # route needs one under broker-proxy's name.
+    [entry_points] = [n for n in zipfile.ZipFile(wheel).namelist()
+                      if n.endswith(".dist-info/entry_points.txt")]
+    text = zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert "broker-proxy-mitmdump = mitmproxy.tools.main:mitmdump" in text
+    installed = Path(sys.executable).parent / "broker-proxy-mitmdump"
+    done = subprocess.run([str(installed), "--version"], capture_output=True, text=True,
+                          timeout=60, check=True)
+    assert done.stdout.startswith("Mitmproxy: 12.3")
