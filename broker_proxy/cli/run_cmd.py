@@ -276,8 +276,9 @@ def run_command(args: argparse.Namespace) -> int:
     policy_file = policy_file_of(args)
     if not policy_file.exists():
         raise CliError(f"no policy file at {policy_file}: start from an example with "
-                       "`broker-proxy policy init` (--list shows them; then edit it and "
-                       "`broker-proxy policy check` it), or pass --policy FILE")
+                       "`broker-proxy policy init` (it writes the package's copy of "
+                       "policies/example.yaml there; --list shows the others), edit it and "
+                       "`broker-proxy policy check` it, or pass --policy FILE")
     broker = open_broker(home, policy_file, store=args.store,
                          replica=args.replica_id, trust=trust)
     from broker_proxy.durations import parse_duration
