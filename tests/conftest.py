@@ -34,6 +34,7 @@ from broker_proxy.secrets.vault import Vault
 from broker_proxy.time_source import utc_now
 from tests.decision_setup import setup  # noqa: F401 (the decision tests' broker, for every module)
 from tests.master_keys import random_master_key
+from tests.replay_property import assert_replay_unchanged
 
 API_HOST = "api.test.local"
 OTHER_HOST = "other.test.local"
@@ -229,6 +230,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, pki: LocalPki,
     written += running.home.audit_log.read_text(errors="replace")
     for value in running.secret_values():
         assert value not in written, "a secret value reached the proxy's log or audit log"
+    assert_replay_unchanged(running.home.audit_log, running.policy_file)
 
 
 @pytest.fixture(autouse=True)

@@ -485,10 +485,12 @@ def test_audit_record_is_on_disk_before_decide_returns_and_holds_no_secret(setup
 def test_every_denial_is_audited_with_its_reason(setup):
     issued = setup.issue("api_key")
     setup.broker.decide(issued.token, request(host=EVIL, headers=bearer()))
-    setup.broker.decide(None, request())
+    setup.broker.decide("bpt_nonsense", request())
+    setup.broker.decide(None, request())  # no credentials at all: the 407 is a challenge
     reasons = [(r["decision"], r["reason"], r["status"]) for r in setup.records()]
     assert reasons == [("deny", codes.DESTINATION_NOT_ALLOWED, 403),
-                       ("deny", codes.PROXY_AUTH_REQUIRED, 407)]
+                       ("deny", codes.PROXY_AUTH_REQUIRED, 407),
+                       ("challenge", codes.PROXY_AUTH_REQUIRED, 407)]
 
 
 def test_metrics_count_decisions_and_injections(setup):
@@ -500,7 +502,8 @@ def test_metrics_count_decisions_and_injections(setup):
     registry = setup.broker.metrics.registry
     assert setup.requests_total("allow", codes.INJECTED) == 2
     assert setup.requests_total("deny", codes.DESTINATION_NOT_ALLOWED) == 1
-    assert setup.requests_total("deny", codes.PROXY_AUTH_REQUIRED) == 1
+    assert setup.requests_total("challenge", codes.PROXY_AUTH_REQUIRED) == 1
+    assert setup.requests_total("deny", codes.PROXY_AUTH_REQUIRED) in (0, None)
     assert registry.get_sample_value("broker_injections_total", {"secret": "api_key"}) == 2
     assert registry.get_sample_value("broker_decision_seconds_count") == 4
     exposition = "\n".join(

@@ -1,4 +1,4 @@
-"""The web console in a real browser (Debian's chromium driven by Playwright) against the real
+"""The web console in a real browser (the system's Chromium driven by Playwright) against the real
 proxy: sign in, approve and deny grants and held requests, revoke, read the audit trail.
 
 Screenshots of each page go to the test's tmp dir; with BROKER_PROXY_DOCS_SCREENSHOTS=1 they
@@ -19,6 +19,7 @@ import pytest
 import requests
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
+from broker_proxy.devtools.browser import BrowserNotFound, find_chromium
 from broker_proxy.devtools.local_pki import LocalPki
 from tests.conftest import E2E_POLICY, OTHER_HOST, Stack, Upstreams, start_stack
 from tests.e2e_clients import via_httpx
@@ -26,7 +27,6 @@ from tests.test_exec import grant_of, start_exec, wait_for
 
 pytestmark = pytest.mark.e2e
 
-CHROMIUM = "/usr/bin/chromium"
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 # other_key needs a person's yes for every request; api_key's grants for careful-bot need one.
 CONSOLE_POLICY = E2E_POLICY.replace(
@@ -50,10 +50,12 @@ def console_stack(tmp_path_factory: pytest.TempPathFactory, pki: LocalPki,
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    if not os.path.exists(CHROMIUM):
-        pytest.fail("the console tests need Debian's chromium (apt-get install -y chromium)")
+    try:
+        chromium = find_chromium()
+    except BrowserNotFound as error:  # fails rather than skips: make test installs or names it
+        pytest.fail(str(error))
     with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        launched = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
         yield launched
         launched.close()
 

@@ -16,6 +16,7 @@ from broker_proxy.devtools.local_pki import LocalPki
 from tests.approval_desk_client import Approver
 from tests.conftest import API_HOST, EGRESS_HOST, PYTHON, Stack, Upstreams, start_stack
 from tests.e2e_clients import Answer, via_curl, via_httpx
+from tests.replay_property import assert_replay_unchanged
 
 pytestmark = pytest.mark.e2e
 
@@ -60,6 +61,7 @@ def held_stack(tmp_path_factory: pytest.TempPathFactory, pki: LocalPki,
     written = (running.root / "proxy.log").read_text(errors="replace")
     written += running.home.audit_log.read_text(errors="replace")
     assert running.api_key not in written, "a secret value reached the log or audit log"
+    assert_replay_unchanged(running.home.audit_log, running.policy_file)
 
 
 @pytest.fixture(autouse=True)

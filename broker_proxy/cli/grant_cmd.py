@@ -150,6 +150,8 @@ def change_command(args: argparse.Namespace) -> int:
             if key.startswith("decided_") or (key.startswith(("approved_", "denied_"))
                                                and value is None):
                 continue  # said once, by the decision that was taken (or not shown at all)
+            if key == "status":
+                continue  # the stored status; `state` (as of now) is the one a person needs
             print(f"{key + ':':<12} {_shown_value(value)}")
         history = grant_history(home_of(args), grant.id)
         if history:
@@ -157,8 +159,12 @@ def change_command(args: argparse.Namespace) -> int:
             for line in history:
                 print(f"  {line}")
     else:
+        print(f"grant {grant.id} {_DONE[args.action]}")
         print(_summary(grant, now))
     return 0
+
+
+_DONE = {"approve": "approved", "deny": "denied", "revoke": "revoked"}
 
 
 def _shown_value(value: object) -> str:

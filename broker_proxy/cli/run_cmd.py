@@ -293,9 +293,10 @@ def run_command(args: argparse.Namespace) -> int:
     shared_metrics = _share_metrics(args.workers, worker)  # before any metric exists
     policy_file = policy_file_of(args)
     if not policy_file.exists():
-        raise CliError(f"no policy file at {policy_file}: start from an example, e.g. "
-                       f"`cp policies/example.yaml {policy_file}` in a checkout (then edit it "
-                       "and `broker-proxy policy check` it), or pass --policy FILE")
+        raise CliError(f"no policy file at {policy_file}: start from an example with "
+                       "`broker-proxy policy init` (it writes the package's copy of "
+                       "policies/example.yaml there; --list shows the others), edit it and "
+                       "`broker-proxy policy check` it, or pass --policy FILE")
     broker = open_broker(home, policy_file, store=args.store,
                          replica=args.replica_id, trust=trust)
     from broker_proxy.durations import parse_duration
@@ -373,8 +374,12 @@ def run_command(args: argparse.Namespace) -> int:
         home.runtime.write_text(json.dumps(info))
         broker.audit.append("proxy_started", decision="allow", reason="started",
                             policy=broker.policy.policy.digest)
+        admin = info.get("admin")
+        consoles = (f"admin API: http://{admin}, console: http://{admin}/ui/" if admin
+                    else "admin API: off")
         print(f"broker-proxy listening on http://{host}:{port}"
-              f" (metrics: {metrics_address or 'off'}, CA: {info['ca']})", flush=True)
+              f" (metrics: {metrics_address or 'off'}, {consoles}, CA: {info['ca']})",
+              flush=True)
 
     from broker_proxy.runtime.heap_trim import start_heap_trimmer, trim_interval_from_env
 

@@ -138,8 +138,7 @@ class Broker:
             except Exception:  # the answer stands even if the record cannot be written
                 self.metrics.audit_write_errors.inc()
         self.metrics.decision_seconds.observe(time.perf_counter() - started)
-        decision = ("allow" if isinstance(verdict, Allowed)
-                    else "held" if isinstance(verdict, Held) else "deny")
+        decision = _decision_of(verdict)
         reason = verdict.reason if isinstance(verdict, Allowed) else verdict.error
         self.metrics.requests.labels(decision, reason).inc()
         return verdict
@@ -161,9 +160,9 @@ class Broker:
             log.error("tunnel admission failed: %s", type(error).__name__)
             return Denied(503, codes.INTERNAL_ERROR, "the broker could not decide")
         if grant is None:
-            self.metrics.requests.labels("deny", codes.PROXY_AUTH_REQUIRED).inc()
-            return self._deny(request, None, 407, codes.PROXY_AUTH_REQUIRED,
-                              "put a valid grant token in the proxy URL's password")
+            denied = self._auth_required(request, token)
+            self.metrics.requests.labels(_decision_of(denied), denied.error).inc()
+            return denied
         return None
 
     def _decide(self, token: str | None, request: OutboundRequest,
@@ -178,8 +177,7 @@ class Broker:
             return self._deny(request, None, 503, codes.GRANT_STORE_UNAVAILABLE,
                               "the grant store cannot be used; nothing was sent")
         if grant is None:
-            return self._deny(request, None, 407, codes.PROXY_AUTH_REQUIRED,
-                              "put a valid grant token in the proxy URL's password")
+            return self._auth_required(request, token)
 
         if refusal := self._grant_refusal(grant, policy, now, request):
             return refusal
@@ -503,13 +501,23 @@ class Broker:
                           "the audit log cannot be written; nothing was sent", grant.id)
         return Allowed(grant_id=grant.id)
 
+    def _auth_required(self, request: OutboundRequest, token: str | None) -> Denied:
+        """407. Without any credentials (token None) it is the challenge a client such as git
+        or curl --proxy-anyauth waits for before it sends its token: recorded as decision
+        `challenge`, so it does not count as a refused request. Credentials that are there but
+        name no grant (a guess, a revoked token's typo) stay a `deny`."""
+        return self._deny(request, None, 407, codes.PROXY_AUTH_REQUIRED,
+                          "put a valid grant token in the proxy URL's password",
+                          challenge=token is None)
+
     def _deny(self, request: OutboundRequest, grant: Grant | None, status: int, code: str,
-              message: str) -> Denied:
+              message: str, *, challenge: bool = False) -> Denied:
+        decision = "challenge" if challenge else "deny"
         try:
-            self.audit.append("request", **_record(request, grant, "deny", code, status, []))
+            self.audit.append("request", **_record(request, grant, decision, code, status, []))
         except AuditError:
             self.metrics.audit_write_errors.inc()  # still denied: nothing to protect upstream
-        return Denied(status, code, message, grant.id if grant else None)
+        return Denied(status, code, message, grant.id if grant else None, challenge=challenge)
 
     def record_response(self, allowed: Allowed, request: OutboundRequest, status: int | None,
                         duration_ms: float, redactions: dict[str, int], *,
@@ -591,6 +599,15 @@ _CONTROLS_IN_VALUE = re.compile("[\x00-\x08\x0a-\x1f\x7f]")  # HTAB is legal in 
 
 def _has_controls(text: str, *, allow_tab: bool) -> bool:
     return (_CONTROLS_IN_VALUE if allow_tab else _CONTROLS_IN_NAME).search(text) is not None
+
+
+def _decision_of(verdict: Verdict) -> str:
+    """The `decision` label of the request metrics, as the audit record says it."""
+    if isinstance(verdict, Allowed):
+        return "allow"
+    if isinstance(verdict, Held):
+        return "held"
+    return "challenge" if verdict.challenge else "deny"
 
 
 def _record(request: OutboundRequest, grant: Grant | None, decision: str, reason: str,

@@ -109,6 +109,9 @@ class Denied:
     # upstream_error only: which failure (broker_proxy/decision/upstream_failure.py).
     kind: str | None = None
     retry_after: int | None = None  # seconds, for a 503 the agent may simply retry
+    # A 407 to a client that sent no credentials at all: the first step of HTTP proxy
+    # authentication (git, curl --proxy-anyauth ask that way), not a refusal of anything.
+    challenge: bool = False
 
     def body(self) -> bytes:
         # The message is built only from names and codes, never from a secret value.

@@ -181,7 +181,9 @@ MAPPINGS: dict[str, Mapping] = {
     }, required=("services", "regions")),
     "agent": Mapping({
         "secrets": {**_STRINGS, "description": "secrets this agent may ever be granted"},
-        "max_ttl": {**kind("duration"), "default": "1h"},
+        "max_ttl": {**kind("duration"), "default": "1h",
+                    "description": "the longest TTL a grant of this agent may have: a grant "
+                                   "asking for longer is refused, not shortened"},
         "approval": {**_STRINGS, "description": "secrets whose grants wait for a human"},
     }),
     "egress": Mapping({
