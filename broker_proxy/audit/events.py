@@ -15,6 +15,7 @@ EVENTS: Final[dict[str, str]] = {
     "request_approved": "a person allowed a held request (once, N uses or M minutes)",
     "request_denied": "a person denied a held request",
     "request_timed_out": "nobody decided a held request before the policy's approval_timeout",
+    "client_cert": "a client certificate (secret) was presented to its destination",
     "grant_issued": "a grant was issued (by the CLI, exec or the admin API)",
     "grant_approved": "a pending grant was approved by a person",
     "grant_denied": "a pending grant was denied by a person",

@@ -37,6 +37,12 @@ GRANT_EVENTS: Final = frozenset({
     "grant_issued", "grant_approved", "grant_denied", "grant_revoked", "grant_expired",
 })
 USE_REASONS: Final = frozenset({"injected", "resigned"})
+# How a request held for a person's approval ended (approval: per_request); any other event
+# that names a `hold` ends it too, under its own name (request_abandoned, approval_interrupted).
+HOLD_OUTCOMES: Final = {"request_approved": "approved", "request_denied": "denied",
+                        "request_timed_out": "timed_out"}
+# Ends of a hold that refused the request: shown with the grant's refusals under these codes.
+HOLD_REFUSALS: Final = {"denied": "request_denied", "timed_out": "approval_timed_out"}
 WITHHELD_REASON: Final = "response_withheld"
 
 
@@ -120,6 +126,35 @@ class _UseGroup:
 
 
 @dataclass(slots=True)
+class _Hold:
+    """One request held for a person: what was shown, and how it ended."""
+
+    hold: str
+    held_at: str | None
+    method: str | None
+    target: str
+    path: str | None
+    secrets: list[str]
+    digest: str | None
+    ref: str
+    outcome: str = "pending"
+    choice: str | None = None
+    by: str | None = None
+    decided_at: str | None = None
+    message: str | None = None
+    shown: str | None = None  # the digest of what the person was shown (preview)
+
+    def as_dict(self) -> dict[str, Any]:
+        waited = _seconds_between(self.held_at, self.decided_at)
+        return {"hold": self.hold, "held_at": self.held_at, "method": self.method,
+                "target": self.target, "path": self.path, "secrets": self.secrets,
+                "digest": self.digest, "outcome": self.outcome, "choice": self.choice,
+                "by": self.by, "decided_at": self.decided_at,
+                "waited_seconds": round(waited, 3) if waited is not None else None,
+                "reason": self.message, "shown_digest": self.shown, "record": self.ref}
+
+
+@dataclass(slots=True)
 class _GrantFacts:
     grant_id: str
     agent: str | None = None
@@ -146,6 +181,8 @@ class _GrantFacts:
     withheld: int = 0
     minutes: dict[str, list] = field(default_factory=dict)  # minute -> [count, first, last]
     last_use: tuple[str, str] | None = None  # (ts, ref) of the latest use, for pairing responses
+    holds: dict[str, _Hold] = field(default_factory=dict)  # the first EVIDENCE_LIMIT holds
+    hold_counts: Counter = field(default_factory=Counter)  # outcome -> held requests
 
     def label_target(self, record: dict[str, Any]) -> str:
         return f"{record.get('host')}:{record.get('port')}"
@@ -234,6 +271,8 @@ class ReportBuilder:
             self._request(facts, record)
         elif event == "response":
             self._response(facts, record)
+        elif isinstance(record.get("hold"), str):
+            self._hold_ended(facts, event, record)
 
     def _unfiltered(self) -> bool:
         scope = self.scope
@@ -288,6 +327,9 @@ class ReportBuilder:
             self._refuse(facts, record)
             self._daily.setdefault(day, Counter())["refusals"] += 1
             return
+        if record.get("decision") == "held":
+            self._held(facts, record)
+            return
         if record.get("reason") not in USE_REASONS:
             facts.passthrough += 1
             return
@@ -321,6 +363,36 @@ class ReportBuilder:
             self._anomaly("grant_used_up", facts.grant_id, "",
                           f"all {facts.max_uses} uses spent (the last use, then any "
                           "refusals for it)", record)
+
+    def _held(self, facts: _GrantFacts, record: dict[str, Any]) -> None:
+        hold = record.get("hold")
+        facts.hold_counts["held"] += 1
+        facts.hold_counts["pending"] += 1
+        if not isinstance(hold, str) or len(facts.holds) >= EVIDENCE_LIMIT:
+            return
+        facts.holds[hold] = _Hold(
+            hold, record.get("ts"), record.get("method"),
+            f"{record.get('scheme')}://{record.get('host')}:{record.get('port')}",
+            record.get("path"), list(record.get("secrets") or []), record.get("digest"),
+            _ref(record))
+
+    def _hold_ended(self, facts: _GrantFacts, event: str, record: dict[str, Any]) -> None:
+        outcome = HOLD_OUTCOMES.get(event, event)
+        if facts.hold_counts["pending"] > 0:
+            facts.hold_counts["pending"] -= 1
+        facts.hold_counts[outcome] += 1
+        item = facts.holds.get(record["hold"])
+        if item is not None and item.outcome == "pending":
+            item.outcome, item.choice = outcome, record.get("reason")
+            item.by, item.decided_at = record.get("by"), record.get("ts")
+            item.message = record.get("message")
+            item.shown = record.get("shown_digest")
+        if (code := HOLD_REFUSALS.get(outcome)) is not None:
+            target = f"{record.get('host')}:{record.get('port')}"
+            facts.refusals.setdefault(code, Counter())[target] += 1
+            self._refusals.setdefault(code, Counter())[target] += 1
+            self._refusal_counts[code] += 1
+            self._daily.setdefault((record.get("ts") or "")[:10], Counter())["refusals"] += 1
 
     def _group_key(self, record: dict[str, Any]) -> tuple:
         names = tuple(record.get("secrets") or ())
@@ -396,7 +468,8 @@ class ReportBuilder:
 
     def _grant_in_report(self, facts: _GrantFacts) -> bool:
         touched = (facts.issued_at or facts.decided_at or facts.revoked_at or facts.expired_at
-                   or facts.uses or facts.passthrough or facts.refusals or facts.scrub_events)
+                   or facts.uses or facts.passthrough or facts.refusals or facts.scrub_events
+                   or facts.hold_counts)
         return bool(touched)
 
     def _bursts(self) -> None:
@@ -449,6 +522,11 @@ class ReportBuilder:
             "revoked": ({"at": facts.revoked_at, "by": facts.revoked_by,
                          "reason": facts.revoke_reason} if facts.revoked_at else None),
             "expired_at": facts.expired_at,
+            "held_requests": {
+                "count": facts.hold_counts["held"],
+                "outcomes": {k: v for k, v in sorted(facts.hold_counts.items())
+                             if k != "held" and v},
+                "items": [item.as_dict() for item in facts.holds.values()]},
         }
 
 

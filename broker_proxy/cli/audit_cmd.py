@@ -13,15 +13,12 @@ from typing import IO
 from broker_proxy.audit.checkpoint import (
     CheckpointPaths,
     load_signing_key,
-    verify_checkpoints,
     write_checkpoint,
 )
 from broker_proxy.audit.display import format_record
+from broker_proxy.audit.evidence import default_checkpoints, verify_evidence
 from broker_proxy.audit.files import chain_files
 from broker_proxy.audit.log import AuditLog
-from broker_proxy.audit.reading import chains_of, read_chain
-from broker_proxy.audit.record_schema import RECORD_SCHEMA_FILE, first_schema_problem
-from broker_proxy.audit.verify import verify_path
 from broker_proxy.cli import audit_report_cmd
 from broker_proxy.cli.common import home_of
 from broker_proxy.cli.errors import CliError
@@ -65,29 +62,16 @@ def verify_command(args: argparse.Namespace) -> int:
         raise CliError(f"no audit log at {target}")
     if args.checkpoints and target.is_dir():
         raise CliError("--checkpoints needs one audit log, not a directory")
-    results = verify_path(target, home.audit_key)
-    failed = [result for result in results if not result.ok]
-    if failed:
-        raise CliError(f"audit log does not verify: {failed[0].message}")
-    details = [f"chain: {result.message}, chain and MACs verify" for result in results]
-    for live in chains_of([target]):
-        problem = first_schema_problem(read_chain(live, tagged=False))
-        if problem:
-            raise CliError(f"audit log {live}: {problem} ({RECORD_SCHEMA_FILE})")
-    details.append(f"records: every record matches {RECORD_SCHEMA_FILE}")
-    paths = CheckpointPaths.in_home(home.root)
-    checkpoints = Path(args.checkpoints) if args.checkpoints else paths.file
-    if args.checkpoints or (checkpoints.exists() and target == home.audit_log):
-        public = Path(args.public_key) if args.public_key else paths.public
-        held, problem = verify_checkpoints(target, home.audit_key, checkpoints, public)
-        if problem:
-            raise CliError(f"audit checkpoints do not verify: {problem}")
-        details.append(f"checkpoints: {held} signed checkpoint(s) match the log")
-    else:
-        details.append("checkpoints: none checked (a cut at a line boundary cannot be seen "
-                       "without them; see --checkpoints)")
-    print("\n".join(details))
-    print("audit log ok")
+    checkpoints = (Path(args.checkpoints) if args.checkpoints
+                   else default_checkpoints(home.root, target))
+    public = (Path(args.public_key) if args.public_key
+              else CheckpointPaths.in_home(home.root).public)
+    evidence = verify_evidence(target, home.audit_key, checkpoints=checkpoints,
+                               public_key=public)
+    if not evidence.ok:
+        raise CliError(evidence.verdict)
+    print("\n".join(evidence.details))
+    print(evidence.verdict)
     return 0
 
 
