@@ -75,8 +75,9 @@ def admin_token(stack: Stack) -> str:
     return stack.home.admin_token.read_text().strip()
 
 
-def sign_in(page: Page, stack: Stack) -> None:
+def sign_in(page: Page, stack: Stack, name: str = "alice") -> None:
     page.goto(f"{stack.proxy.admin_url}/ui/")
+    page.fill("#name", name)
     page.fill("#token", admin_token(stack))
     page.click("#sign-in button[type=submit]")
     expect(page.locator("#nav")).to_be_visible()
@@ -101,6 +102,7 @@ def injected(stack: Stack) -> list[bytes]:
 
 def test_wrong_token_is_refused(page: Page, console_stack: Stack) -> None:
     page.goto(f"{console_stack.proxy.admin_url}/ui/")
+    page.fill("#name", "mallory")
     page.fill("#token", "bpa_wrong")
     page.click("#sign-in button[type=submit]")
     expect(page.locator("#sign-in-error")).to_contain_text("wrong admin token")
@@ -286,7 +288,8 @@ def test_an_expired_session_is_refused_and_changes_nothing(
 def test_a_one_time_login_link_signs_in_once_and_leaves_no_code_in_history(
         browser: Browser, console_stack: Stack) -> None:
     made = requests.post(f"{console_stack.proxy.admin_url}/v1/console/login-links", timeout=10,
-                         headers={"Authorization": f"Bearer {admin_token(console_stack)}"})
+                         headers={"Authorization": f"Bearer {admin_token(console_stack)}"},
+                         json={"name": "carol"})
     link = console_stack.proxy.admin_url + made.json()["path"]
     for attempt in ("first", "second"):
         context = browser.new_context()
@@ -295,6 +298,7 @@ def test_a_one_time_login_link_signs_in_once_and_leaves_no_code_in_history(
             page.goto(link)
             if attempt == "first":
                 expect(page.locator("#nav")).to_be_visible()
+                expect(page.locator("#who")).to_have_text("signed in as carol")
                 assert "login=" not in page.url
                 assert "login=" not in json.dumps(page.evaluate("history.length"))
             else:

@@ -111,7 +111,7 @@ def test_held_request_goes_out_once_approved(held_stack: Stack, pool: ThreadPool
     records = [r for r in _audit(held_stack) if r.get("hold") == item["id"]]
     assert [(r["event"], r["decision"]) for r in records] == [
         ("request", "held"), ("request_approved", "allow")]
-    assert records[1]["by"] == "admin-api" and records[1]["reason"] == "once"
+    assert records[1]["by"] == "admin-api:approver-bot" and records[1]["reason"] == "once"
 
 
 def test_approved_once_then_the_same_request_is_held_again(held_stack: Stack,

@@ -54,6 +54,8 @@ function signedIn(session) {
   csrf = session.csrf;
   document.getElementById("sign-in").hidden = true;
   document.getElementById("nav").hidden = false;
+  // Every decision of this session is audited under this name.
+  document.getElementById("who").textContent = session.name ? `signed in as ${session.name}` : "";
   route();
 }
 
@@ -71,7 +73,7 @@ async function boot() {
     const input = document.getElementById("token");
     const token = input.value;
     input.value = "";
-    signIn({ token });
+    signIn({ token, name: document.getElementById("name").value.trim() });
   });
   document.getElementById("sign-out").addEventListener("click", async () => {
     await fetch("/ui/session", { method: "DELETE", credentials: "same-origin",
