@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import secrets
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -449,13 +450,29 @@ def readiness(context: AdminContext) -> dict[str, dict[str, object]]:
     return checks
 
 
+class _QuietServer(ThreadingHTTPServer):
+    """A client that went away (a console tab closed during a long poll) is one debug line.
+
+    The stdlib prints a traceback to stderr for any exception a handler lets out; a closed
+    connection is routine for a live view, and anything else is said in one line.
+    """
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        error = sys.exc_info()[1]
+        if isinstance(error, ConnectionError | TimeoutError):
+            log.debug("admin API client %s went away: %s", client_address[0],
+                      type(error).__name__)
+        else:
+            log.error("admin API connection failed: %s", type(error).__name__)
+
+
 class AdminServer:
     """The admin API on its own daemon thread, like the metrics endpoint."""
 
     def __init__(self, host: str, port: int, context: AdminContext) -> None:
         handler = type("BoundAdminHandler", (AdminHandler,), {"context": context})
         self.context = context
-        self._server = ThreadingHTTPServer((host, port), handler)
+        self._server = _QuietServer((host, port), handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="admin-api",
                                         daemon=True)

@@ -22,6 +22,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
 
 from broker_proxy.approvals.digest import RequestShape
+from broker_proxy.approvals.preview import shown_digest
 from broker_proxy.audit.log import AuditLog
 from broker_proxy.time_source import utc_now
 
@@ -40,6 +41,10 @@ class HoldStateError(Exception):
     """The held request was already decided or timed out; nothing changed."""
 
 
+class ShownMismatch(Exception):
+    """The decision names another preview than this held request's: nothing changed."""
+
+
 class Notifier(Protocol):
     def notify(self, item: HeldRequest) -> None: ...
 
@@ -52,6 +57,8 @@ class HeldRequest:
     task: str
     secrets: tuple[str, ...]
     shape: RequestShape
+    preview: dict[str, Any]  # what the person is shown (preview.py); no secret value
+    shown_digest: str  # its SHA-256, recorded with the hold and the decision
     held_at: datetime
     expires_at: datetime
     state: HoldState = "pending"
@@ -67,7 +74,8 @@ class HeldRequest:
     def to_public_dict(self) -> dict[str, object]:
         return {"id": self.id, "state": self.state, "grant": self.grant, "agent": self.agent,
                 "task": self.task, "secrets": list(self.secrets),
-                "request": self.shape.to_public_dict(), "held_at": _iso(self.held_at),
+                "request": self.shape.to_public_dict(), "preview": self.preview,
+                "shown_digest": self.shown_digest, "held_at": _iso(self.held_at),
                 "expires_at": _iso(self.expires_at), "decided_by": self.decided_by,
                 "decided_at": _iso(self.decided_at) if self.decided_at else None,
                 "choice": self.choice, "reason": self.reason, "uses": self.uses,
@@ -108,13 +116,17 @@ class ApprovalDesk:
             return len(self._pending) >= MAX_PENDING
 
     def hold(self, *, grant: str, agent: str, task: str, secrets_: tuple[str, ...],
-             shape: RequestShape, timeout: timedelta, audit_fields: dict[str, Any]
-             ) -> HeldRequest:
+             shape: RequestShape, timeout: timedelta, audit_fields: dict[str, Any],
+             preview: dict[str, Any] | None = None) -> HeldRequest:
         """Record and queue a held request. Raises the audit log's errors before queueing."""
         now = self._clock()
+        preview = preview if preview is not None else {"level": "none"}
         item = HeldRequest(id="h_" + secrets.token_hex(8), grant=grant, agent=agent, task=task,
-                           secrets=secrets_, shape=shape, held_at=now, expires_at=now + timeout)
-        self._audit.append("request", **audit_fields, hold=item.id, digest=shape.digest)
+                           secrets=secrets_, shape=shape, preview=preview,
+                           shown_digest=shown_digest(preview), held_at=now,
+                           expires_at=now + timeout)
+        self._audit.append("request", **audit_fields, hold=item.id, digest=shape.digest,
+                           carries=list(shape.carries), shown_digest=item.shown_digest)
         with self._lock:
             self._pending[item.id] = item
             self._changed()
@@ -173,12 +185,20 @@ class ApprovalDesk:
     # --- the person's side -------------------------------------------------------------------
 
     def decide(self, hold_id: str, allow: bool, *, by: str, reason: str | None = None,
-               uses: int | None = None, minutes: int | None = None) -> HeldRequest:
+               uses: int | None = None, minutes: int | None = None,
+               shown: str | None = None) -> HeldRequest:
         """Allow (once, or for N uses / M minutes of the same request) or deny.
 
-        Raises HoldNotFound, HoldStateError, ValueError (bad counts) or the audit log's
-        errors; in every case nothing changed.
+        `shown`, when the deciding client gives it, is the `shown_digest` of the preview the
+        person looked at: a decision about another preview is refused (ShownMismatch).
+
+        Raises HoldNotFound, HoldStateError, ShownMismatch, ValueError (bad counts) or the
+        audit log's errors; in every case nothing changed.
         """
+        if shown is not None:
+            item = self.get(hold_id)
+            if item is not None and item.shown_digest != shown:
+                raise ShownMismatch(f"held request {hold_id} is not the request you were shown")
         if not allow and (uses is not None or minutes is not None):
             raise ValueError("uses and minutes only go with approve")
         if uses is not None and not 1 <= uses <= MAX_APPROVED_USES:
@@ -226,7 +246,8 @@ class ApprovalDesk:
                                host=item.shape.host, port=item.shape.port,
                                path=item.shape.path, by=by, hold=item.id,
                                digest=item.shape.digest, uses=uses, minutes=minutes,
-                               message=reason)
+                               message=reason, carries=list(item.shape.carries),
+                               shown_digest=item.shown_digest)
             item.state, item.decided_by, item.decided_at = state, by, now
             item.choice, item.reason, item.uses, item.minutes = choice, reason, uses, minutes
             if state == "allowed" and ((uses or 1) > 1 or minutes):

@@ -78,11 +78,13 @@ def decide_command(args: argparse.Namespace) -> int:
 
 def describe(item: dict[str, Any]) -> str:
     shown = item["request"]
+    carries = shown.get("carries") or item["secrets"]
     return (f"{item['id']}  {item['agent']} ({item['task']})  {shown['method']} "
             f"{shown['scheme']}://{shown['host']}:{shown['port']}{shown['path']}  "
             f"query {shown['query_size']} B, body {shown['body_size']} B "
-            f"sha256 {shown['body_sha256'][:12]}  secrets {','.join(item['secrets'])}  "
-            f"grant {item['grant']}  until {item['expires_at']}")
+            f"sha256 {shown['body_sha256'][:12]}  carries {','.join(carries)}  "
+            f"grant {item['grant']}  until {item['expires_at']} "
+            f"(the whole request: request list --json)")
 
 
 def admin_call(home: Home, method: str, path: str, body: dict[str, Any] | None = None,
