@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from broker_proxy.approvals.digest import carried, request_shape
 from broker_proxy.approvals.preview import (
     MAX_BODY_TEXT,
@@ -12,7 +14,7 @@ from broker_proxy.approvals.preview import (
 from broker_proxy.decision.active_policy import ActivePolicy
 from broker_proxy.decision.outbound import OutboundRequest
 from broker_proxy.decision.request_scan import find_placeholders
-from broker_proxy.policy.loader import load_policy_text
+from broker_proxy.policy.loader import load_policy, load_policy_text
 
 POLICY = """\
 version: 1
@@ -99,3 +101,13 @@ def test_the_digest_binds_the_headers_that_matter_only() -> None:
     retyped = shape_of(request(b"{}", (AUTH, ("Content-Type", "text/plain"))))
     assert base.digest == noisy.digest
     assert base.digest != retyped.digest
+
+
+def test_the_policy_in_docs_approvals_checks(tmp_path: Path) -> None:
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "approvals.md").read_text()
+    block = doc.split("```yaml\n", 1)[1].split("```", 1)[0]
+    policy_file = tmp_path / "policy.yaml"
+    policy_file.write_text(block)
+    policy = load_policy(policy_file)
+    previews = [d.approval_preview for d in policy.secrets["payments"].destinations]
+    assert previews == ["full", "headers"] and policy.secrets["payments"].per_request_approval

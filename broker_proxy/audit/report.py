@@ -272,7 +272,7 @@ class ReportBuilder:
         elif event == "response":
             self._response(facts, record)
         elif isinstance(record.get("hold"), str):
-            self._hold_ended(facts, event, record)
+            self._hold_ended(facts, str(event), record)
 
     def _unfiltered(self) -> bool:
         scope = self.scope
