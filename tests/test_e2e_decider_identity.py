@@ -79,6 +79,9 @@ def test_a_console_link_signs_in_as_the_person_who_asked_for_it(deciding: Stack)
     session = requests.post(f"{deciding.proxy.admin_url}/ui/session", json={"code": code},
                             timeout=10)
     assert session.status_code == 200 and session.json()["name"] == "erin"
+    signed_in = [(r["by"], r["reason"]) for r in AuditLog.read_records(deciding.home.audit_log)
+                 if r["event"] == "console_signed_in"]
+    assert signed_in[-1] == ("console:erin", "login_link")
     token_without_name = requests.post(
         f"{deciding.proxy.admin_url}/ui/session", timeout=10,
         json={"token": deciding.home.admin_token.read_text().strip()})

@@ -23,6 +23,8 @@ EVENTS: Final[dict[str, str]] = {
     "grant_expired": "a grant reached its expiry while the proxy ran (periodic sweep)",
     "grants_purged": "ended grants older than --grant-retention were deleted from the store "
                      "(their ids; their history stays in this log)",
+    "console_signed_in": "someone signed in to the web console (reason: admin_token, the name "
+                         "is theirs to say; login_link, made by `broker-proxy console --as`)",
     "policy_loaded": "the proxy started with this policy (digest)",
     "policy_reloaded": "a changed policy was loaded live (digest)",
     "policy_reload_rejected": "a changed policy was refused; the last good one stays",

@@ -51,6 +51,9 @@ class Console:
     audit: AuditIndex
     chain: ChainStatus
     policy_loaded_at: Callable[[], datetime | None] = lambda: None
+    # Audits a sign-in (name, how: admin_token or login_link) before the session starts; an
+    # audit log that cannot take it refuses the sign-in (its error reaches the admin API).
+    record_sign_in: Callable[[str, str], object] = lambda name, how: None
     _static: dict[str, bytes] = field(default_factory=dict)
 
     @classmethod
@@ -137,6 +140,7 @@ def _session(console: Console, method: str, headers: Headers,
                      {"Allow": "GET, POST, DELETE"})
     fields = body()
     token, code, name = fields.get("token"), fields.get("code"), fields.get("name")
+    how = "admin_token" if isinstance(token, str) else "login_link"
     if isinstance(token, str):
         # The admin token names nobody: whoever holds it says who they are.
         if not isinstance(name, str) or not NAME.fullmatch(name):
@@ -149,6 +153,9 @@ def _session(console: Console, method: str, headers: Headers,
     if name is None:
         return _json(401, {"error": "unauthorized",
                            "message": "wrong admin token or used/expired login link"})
+    # The name is what the person says (with the admin token) or what the link was made for:
+    # the audit says which, so a review can weigh it.
+    console.record_sign_in(name, how)
     cookie, session = sessions.start(name)
     max_age = int(sessions.ttl.total_seconds())
     return _json(200, {"csrf": session.csrf, "expires_at": _iso(session.expires_at),
