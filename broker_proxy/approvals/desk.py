@@ -28,6 +28,8 @@ from broker_proxy.time_source import utc_now
 
 HoldState = Literal["pending", "allowed", "denied", "timed_out"]
 MAX_PENDING = 1000  # a runaway agent must not fill memory with held connections
+# Nor may one grant take the whole queue from every other agent's requests.
+MAX_PENDING_PER_GRANT = 100
 _KEEP_DECIDED = 500  # decided items stay readable a while (the CLI's "already decided")
 MAX_APPROVED_USES = 10_000
 MAX_APPROVED_MINUTES = 24 * 60
@@ -111,9 +113,14 @@ class ApprovalDesk:
 
     # --- the broker's side -------------------------------------------------------------------
 
-    def full(self) -> bool:
+    def full(self, grant: str | None = None) -> bool:
+        """No room for another held request (of `grant`, when given)."""
         with self._lock:
-            return len(self._pending) >= MAX_PENDING
+            if len(self._pending) >= MAX_PENDING:
+                return True
+            return grant is not None and sum(
+                1 for item in self._pending.values() if item.grant == grant
+            ) >= MAX_PENDING_PER_GRANT
 
     def hold(self, *, grant: str, agent: str, task: str, secrets_: tuple[str, ...],
              shape: RequestShape, timeout: timedelta, audit_fields: dict[str, Any],

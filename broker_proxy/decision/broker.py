@@ -317,7 +317,7 @@ class Broker:
             return self._deny(request, grant, 403, APPROVAL_UNAVAILABLE,
                               "this request needs a person's approval, and this proxy process "
                               "has no admin API to ask one")
-        if self.approvals.full():
+        if self.approvals.full(grant.id):
             return self._deny(request, grant, 503, APPROVAL_QUEUE_FULL,
                               "too many requests are waiting for approval")
         timeout = policy.policy.approval_timeout
