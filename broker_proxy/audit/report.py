@@ -19,6 +19,7 @@ from typing import Any, Final
 
 from broker_proxy.audit.path_templates import PathTemplate
 from broker_proxy.audit.reading import LOG_TAG
+from broker_proxy.audit.report_holds import HOLD_OUTCOMES, HOLD_REFUSALS, HeldItem
 
 REPORT_SCHEMA: Final = "broker-proxy/audit-report/v1"
 EVIDENCE_LIMIT: Final = 20
@@ -37,12 +38,7 @@ GRANT_EVENTS: Final = frozenset({
     "grant_issued", "grant_approved", "grant_denied", "grant_revoked", "grant_expired",
 })
 USE_REASONS: Final = frozenset({"injected", "resigned"})
-# How a request held for a person's approval ended (approval: per_request); any other event
-# that names a `hold` ends it too, under its own name (request_abandoned, approval_interrupted).
-HOLD_OUTCOMES: Final = {"request_approved": "approved", "request_denied": "denied",
-                        "request_timed_out": "timed_out"}
-# Ends of a hold that refused the request: shown with the grant's refusals under these codes.
-HOLD_REFUSALS: Final = {"denied": "request_denied", "timed_out": "approval_timed_out"}
+
 WITHHELD_REASON: Final = "response_withheld"
 
 
@@ -126,35 +122,6 @@ class _UseGroup:
 
 
 @dataclass(slots=True)
-class _Hold:
-    """One request held for a person: what was shown, and how it ended."""
-
-    hold: str
-    held_at: str | None
-    method: str | None
-    target: str
-    path: str | None
-    secrets: list[str]
-    digest: str | None
-    ref: str
-    outcome: str = "pending"
-    choice: str | None = None
-    by: str | None = None
-    decided_at: str | None = None
-    message: str | None = None
-    shown: str | None = None  # the digest of what the person was shown (preview)
-
-    def as_dict(self) -> dict[str, Any]:
-        waited = _seconds_between(self.held_at, self.decided_at)
-        return {"hold": self.hold, "held_at": self.held_at, "method": self.method,
-                "target": self.target, "path": self.path, "secrets": self.secrets,
-                "digest": self.digest, "outcome": self.outcome, "choice": self.choice,
-                "by": self.by, "decided_at": self.decided_at,
-                "waited_seconds": round(waited, 3) if waited is not None else None,
-                "reason": self.message, "shown_digest": self.shown, "record": self.ref}
-
-
-@dataclass(slots=True)
 class _GrantFacts:
     grant_id: str
     agent: str | None = None
@@ -181,7 +148,7 @@ class _GrantFacts:
     withheld: int = 0
     minutes: dict[str, list] = field(default_factory=dict)  # minute -> [count, first, last]
     last_use: tuple[str, str] | None = None  # (ts, ref) of the latest use, for pairing responses
-    holds: dict[str, _Hold] = field(default_factory=dict)  # the first EVIDENCE_LIMIT holds
+    holds: dict[str, HeldItem] = field(default_factory=dict)  # the first EVIDENCE_LIMIT holds
     hold_counts: Counter = field(default_factory=Counter)  # outcome -> held requests
 
     def label_target(self, record: dict[str, Any]) -> str:
@@ -370,7 +337,7 @@ class ReportBuilder:
         facts.hold_counts["pending"] += 1
         if not isinstance(hold, str) or len(facts.holds) >= EVIDENCE_LIMIT:
             return
-        facts.holds[hold] = _Hold(
+        facts.holds[hold] = HeldItem(
             hold, record.get("ts"), record.get("method"),
             f"{record.get('scheme')}://{record.get('host')}:{record.get('port')}",
             record.get("path"), list(record.get("secrets") or []), record.get("digest"),
