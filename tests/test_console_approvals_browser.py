@@ -74,6 +74,12 @@ def test_two_held_refunds_are_told_apart_and_the_approved_one_is_released(
             screenshot(page, tmp_path, "held-refunds")
             assert console_stack.upstreams.other.requests == []
 
+            other_id = page.locator(".held", has=page.locator(
+                "pre.body", has_text='"amount": 99999')).get_attribute("data-id")
+            other = page.locator(f'.held[data-id="{other_id}"]')
+            # Typed into one card, then the other is decided: the queue changes under the
+            # person, and what they typed stays where they typed it.
+            other.locator("input[aria-label=reason]").fill("too much")
             chosen = page.locator(".held", has=page.locator("pre.body",
                                                             has_text='"amount": 1200'))
             chosen.get_by_role("button", name="Allow once").click()
@@ -82,10 +88,8 @@ def test_two_held_refunds_are_told_apart_and_the_approved_one_is_released(
             time.sleep(0.5)
             assert _refunds_upstream(console_stack) == [{"amount": 1200, "currency": "eur"}]
             assert not large.done(), "the other refund still waits"
-            other_id = page.locator(".held:not(.decided)", has=page.locator(
-                "pre.body", has_text='"amount": 99999')).get_attribute("data-id")
-            other = page.locator(f'.held[data-id="{other_id}"]')
-            other.locator("input[aria-label=reason]").fill("too much")
+            expect(other.locator(".similar")).to_have_count(0, timeout=10_000)  # updated
+            expect(other.locator("input[aria-label=reason]")).to_have_value("too much")
             other.get_by_role("button", name="Deny").click()
             expect(other.locator(".result")).to_contain_text("Denied by console:alice")
             assert large.result(timeout=20).json()["error"] == "request_denied"

@@ -234,7 +234,14 @@ function renderHeld(box, items) {
       && o.request.host === item.request.host && o.request.port === item.request.port && o.request.path === item.request.path);
     const signature = JSON.stringify([item.id, others.map((o) => o.id)]);
     const existing = cards.get(item.id);
-    if (existing && existing.dataset.signature === signature) return existing; // keep what is typed
+    if (existing) {
+      // Keep the card (what is typed, where the pointer is); only its comparison may change.
+      if (existing.dataset.signature !== signature && !existing.classList.contains("decided")) {
+        existing.querySelector(".preview").replaceWith(previewBlock(item, others));
+        existing.dataset.signature = signature;
+      }
+      return existing;
+    }
     return heldCard(item, others, signature);
   });
   const kept = [...decidedHere.values()].map((k) => k.card);
