@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import secrets
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from broker_proxy.approvals import admin_routes
 from broker_proxy.approvals.desk import ApprovalDesk
 from broker_proxy.audit.log import AuditError, AuditLog
 from broker_proxy.console import routes as console_routes
+from broker_proxy.console.sessions import Session
 from broker_proxy.console.views import GRANT_STATES, MAX_GRANT_PAGE, filter_grants
 from broker_proxy.decision.active_policy import ActivePolicy
 from broker_proxy.durations import DurationError, parse_duration
@@ -46,7 +48,9 @@ TOKEN_PREFIX = "bpa_"
 _GRANT_ID = re.compile(r"g_[0-9a-f]{16}")
 _BY = re.compile(r"[A-Za-z0-9._@:+-]{1,64}")
 MAX_USES = 10**9  # far above any task's need; bounded so every store can count it
-_ISSUE_FIELDS = frozenset({"agent", "task", "secrets", "ttl", "max_uses"})
+_ISSUE_FIELDS = frozenset({"agent", "task", "secrets", "ttl", "max_uses", "by"})
+# The caller's label on a change (or the body's "by"): audited as `admin-api:<label>`.
+ACTOR_HEADER = "X-Broker-Actor"
 _OPEN_ROUTES = frozenset({"/healthz", "/readyz", "/openapi.json"})
 # The id a readiness probe looks up: well-formed, never issued (ids are random 64-bit hex).
 _PROBE_ID = "g_0000000000000000"
@@ -144,7 +148,14 @@ class AdminHandler(BaseHTTPRequestHandler):
         self._allow: str | None = None
         self._body_read = False
         self._total: int | None = None  # a paged list's size before paging
+        self._session: Session | None = None  # the console session that calls, if any
         try:
+            if path == "/favicon.ico" and method in ("GET", "HEAD"):
+                # Browsers ask for it on every console tab: an empty answer, not a refusal in
+                # the proxy's log or the browser's console.
+                self._drain()
+                self._send(204, "image/x-icon", b"")
+                return
             if method == "GET" and path in _OPEN_ROUTES:
                 self._drain()
                 self._open_route(path)
@@ -176,8 +187,11 @@ class AdminHandler(BaseHTTPRequestHandler):
         """The bearer token or a console session; presented credentials that fail are a
         failed sign-in (slowed, audited). No credentials at all are only a 401."""
         def verify() -> bool:
-            return self._authorized() or console_routes.session_allows(
-                self.context.console, self.headers)
+            if self._authorized():
+                self._session = None
+                return True
+            self._session = console_routes.session_allows(self.context.console, self.headers)
+            return self._session is not None
 
         guard = self.context.signin_guard
         presented = "Authorization" in self.headers or \
@@ -249,7 +263,8 @@ class AdminHandler(BaseHTTPRequestHandler):
                 and self.context.console is not None):
             return console_routes.api_route(self.context.console, method, parts, query,
                                             self.context.policy,
-                                            self.context.policy_file_problem)
+                                            self.context.policy_file_problem,
+                                            lambda: self._json_body(required=False))
         if parts[:2] == ["v1", "requests"] and self.context.approvals is not None:
             return admin_routes.route(self.context.approvals, method, parts, query,
                                       lambda: self._json_body(required=False), self._by)
@@ -347,7 +362,7 @@ class AdminHandler(BaseHTTPRequestHandler):
             issued = issue_audited(
                 self.context.policy().policy, self.context.grants, self.context.audit,
                 agent=agent, task=task, secrets=names, ttl=lifetime, max_uses=max_uses,
-                now=utc_now(), proxy_url_base=self.context.proxy_listen, by="admin-api")
+                now=utc_now(), proxy_url_base=self.context.proxy_listen, by=self._by(body))
         except DurationError as error:
             raise ApiError(400, "invalid_request", str(error)) from None
         except GrantPolicyError as error:
@@ -368,12 +383,30 @@ class AdminHandler(BaseHTTPRequestHandler):
             raise ApiError(400, "invalid_request", "reason must be one line, 1-500 characters")
         return self._by(body), reason
 
-    @staticmethod
-    def _by(body: dict[str, Any]) -> str:
-        by = body.get("by", "admin-api")
-        if not isinstance(by, str) or not _BY.fullmatch(by):
+    def _by(self, body: dict[str, Any]) -> str:
+        """Who changes something, for its audit record: never an anonymous `admin-api`.
+
+        A console session decides as the name it signed in with (`console:<name>`); a caller
+        with the bearer token names itself in the `X-Broker-Actor` header or a `by` field
+        (`admin-api:<label>`), and is refused without one.
+        """
+        by = body.get("by")
+        if self._session is not None:
+            if by is not None:
+                raise ApiError(400, "invalid_request",
+                               "a console session decides as the name it signed in with")
+            return f"console:{self._session.name}"
+        header = self.headers.get(ACTOR_HEADER)
+        if header is not None and by is not None and header != by:
+            raise ApiError(400, "invalid_request",
+                           f"{ACTOR_HEADER} and the by field name different callers")
+        label = by if by is not None else header
+        if label is None:
+            raise ApiError(400, "actor_required",
+                           f"say who this is: {ACTOR_HEADER}: NAME, or a \"by\" field")
+        if not isinstance(label, str) or not _BY.fullmatch(label):
             raise ApiError(400, "invalid_request", "by must be 1-64 letters, digits or ._@:+-")
-        return by if by == "admin-api" else f"admin-api:{by}"
+        return f"admin-api:{label}"
 
     def _json_body(self, *, required: bool) -> dict[str, Any]:
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
@@ -464,13 +497,29 @@ def readiness(context: AdminContext) -> dict[str, dict[str, object]]:
     return checks
 
 
+class _QuietServer(ThreadingHTTPServer):
+    """A client that went away (a console tab closed during a long poll) is one debug line.
+
+    The stdlib prints a traceback to stderr for any exception a handler lets out; a closed
+    connection is routine for a live view, and anything else is said in one line.
+    """
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        error = sys.exc_info()[1]
+        if isinstance(error, ConnectionError | TimeoutError):
+            log.debug("admin API client %s went away: %s", client_address[0],
+                      type(error).__name__)
+        else:
+            log.error("admin API connection failed: %s", type(error).__name__)
+
+
 class AdminServer:
     """The admin API on its own daemon thread, like the metrics endpoint."""
 
     def __init__(self, host: str, port: int, context: AdminContext) -> None:
         handler = type("BoundAdminHandler", (AdminHandler,), {"context": context})
         self.context = context
-        self._server = ThreadingHTTPServer((host, port), handler)
+        self._server = _QuietServer((host, port), handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="admin-api",
                                         daemon=True)

@@ -26,9 +26,15 @@ def admin_token(stack: Stack) -> str:
 RIGHT = "use the admin token"
 
 
+ACTOR = "tests"  # every change names its caller (X-Broker-Actor), unless a test says otherwise
+
+
 def call(stack: Stack, method: str, path: str, *, token: str | None = RIGHT,
-         body: object = None, headers: dict[str, str] | None = None) -> requests.Response:
+         body: object = None, headers: dict[str, str] | None = None,
+         actor: str | None = ACTOR) -> requests.Response:
     sent = dict(headers or {})
+    if method == "POST" and actor is not None and not (isinstance(body, dict) and "by" in body):
+        sent.setdefault("X-Broker-Actor", actor)
     if token == RIGHT:
         sent["Authorization"] = f"Bearer {admin_token(stack)}"
     elif token is not None:
@@ -141,9 +147,31 @@ def test_grant_issued_approved_and_revoked_over_the_api_gates_requests(stack: St
 
     records = [r for r in AuditLog.read_records(stack.home.audit_log) if r["grant"] == grant_id]
     events = [(r["event"], r.get("by")) for r in records if r["event"].startswith("grant_")]
-    assert events == [("grant_issued", "admin-api"), ("grant_approved", "admin-api:alice"),
-                      ("grant_revoked", "admin-api")]
+    assert events == [("grant_issued", "admin-api:tests"), ("grant_approved", "admin-api:alice"),
+                      ("grant_revoked", "admin-api:tests")]
     assert token not in stack.home.audit_log.read_text()
+
+
+def test_a_change_without_a_named_caller_is_refused_and_changes_nothing(stack: Stack) -> None:
+    """Nobody decides as an anonymous `admin-api`: the access review must name someone."""
+    issued = call(stack, "POST", "/v1/grants", body={
+        "agent": "careful-bot", "task": "who", "secrets": ["api_key"]}).json()
+    before = snapshot(stack)
+    for path in (f"/v1/grants/{issued['id']}/approve", f"/v1/grants/{issued['id']}/revoke",
+                 "/v1/grants"):
+        body = {"agent": "bot", "task": "t", "secrets": ["api_key"]} if path == "/v1/grants" \
+            else None
+        answer = call(stack, "POST", path, body=body, actor=None)
+        assert (answer.status_code, answer.json()["error"]) == (400, "actor_required"), path
+        assert "X-Broker-Actor" in answer.json()["message"]
+    clash = call(stack, "POST", f"/v1/grants/{issued['id']}/approve", body={"by": "alice"},
+                 headers={"X-Broker-Actor": "mallory"})
+    assert clash.status_code == 400
+    assert snapshot(stack) == before
+    named = call(stack, "POST", f"/v1/grants/{issued['id']}/approve", actor="ci-pipeline")
+    assert named.json()["approved_by"] == "admin-api:ci-pipeline"
+    by = [r.get("by") for r in AuditLog.read_records(stack.home.audit_log)]
+    assert "admin-api" not in by
 
 
 def test_grant_denied_over_the_api_stays_refused(stack: Stack) -> None:
@@ -202,6 +230,7 @@ def test_json_out_of_bounds_is_a_clear_400_and_changes_nothing(stack: Stack, raw
     before = snapshot(stack)
     answer = requests.post(stack.proxy.admin_url + "/v1/grants", data=raw, timeout=10,
                            headers={"Authorization": f"Bearer {admin_token(stack)}",
+                                    "X-Broker-Actor": ACTOR,
                                     "Content-Type": "application/json"})
     assert answer.status_code == 400, answer.text
     assert answer.json()["error"] == "invalid_request"

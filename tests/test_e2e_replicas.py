@@ -85,7 +85,8 @@ class Replicas:
               body: object = None) -> requests.Response:
         token = (proxy.home / "admin.token").read_text().strip()
         return requests.request(method, proxy.admin_url + path, json=body, timeout=10,
-                                headers={"Authorization": f"Bearer {token}"})
+                                headers={"Authorization": f"Bearer {token}",
+                                         "X-Broker-Actor": "replica-tests"})
 
     def url(self, path: str) -> str:
         return f"https://{API_HOST}:{self.upstreams.api.port}{path}"

@@ -21,6 +21,7 @@ EVENTS: Final[dict[str, str]] = {
     "request_approved": "a person allowed a held request (once, N uses or M minutes)",
     "request_denied": "a person denied a held request",
     "request_timed_out": "nobody decided a held request before the policy's approval_timeout",
+    "client_cert": "a client certificate (secret) was presented to its destination",
     "grant_issued": "a grant was issued (by the CLI, exec or the admin API)",
     "grant_approved": "a pending grant was approved by a person",
     "grant_denied": "a pending grant was denied by a person",
@@ -28,6 +29,8 @@ EVENTS: Final[dict[str, str]] = {
     "grant_expired": "a grant reached its expiry while the proxy ran (periodic sweep)",
     "grants_purged": "ended grants older than --grant-retention were deleted from the store "
                      "(their ids; their history stays in this log)",
+    "console_signed_in": "someone signed in to the web console (reason: admin_token, the name "
+                         "is theirs to say; login_link, made by `broker-proxy console --as`)",
     "policy_loaded": "the proxy started with this policy (digest)",
     "policy_reloaded": "a changed policy was loaded live (digest)",
     "policy_reload_rejected": "a changed policy was refused; the last good one stays",

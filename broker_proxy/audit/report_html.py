@@ -84,6 +84,11 @@ def bar_chart(title: str, items: list[tuple[str, int]], colour: str) -> str:
     return "".join(parts)
 
 
+def held_outcomes(held: dict[str, Any]) -> str:
+    """`approved 2, denied 1, timed_out 1`: how the grant's held requests ended."""
+    return ", ".join(f"{k} {v}" for k, v in held["outcomes"].items()) or "none decided"
+
+
 def render_html(report: dict[str, Any]) -> str:
     integrity = report["integrity"]
     banner_class = "ok" if integrity["ok"] else "bad"
@@ -147,6 +152,15 @@ def render_html(report: dict[str, Any]) -> str:
                             u["count"], u["first"], u["last"],
                             statuses_shown(u["statuses"])]
                            for u in grant["uses_by_target"]], empty="no secret used"))
+        if grant["held_requests"]["count"]:
+            out.append(f"<p>Held for approval: {grant['held_requests']['count']} ("
+                       + _e(held_outcomes(grant["held_requests"])) + ")</p>")
+            out.append(_table(["held", "request", "secrets", "outcome", "choice", "by",
+                               "waited s", "reason"],
+                              [[h["held_at"], f"{h['method']} {h['target']}{h['path']}",
+                                " ".join(h["secrets"]), h["outcome"], h["choice"], h["by"],
+                                h["waited_seconds"], h["reason"]]
+                               for h in grant["held_requests"]["items"]]))
         if grant["refusals"] or grant["scrubbed"]["responses"] or grant["withheld"]:
             out.append(_table(["refused", "count", "destinations"],
                               [[r["reason"], r["count"],

@@ -62,6 +62,17 @@ def render_text(report: dict[str, Any]) -> str:
             out.append(f"  approval: {_shown(approval['decision'] or 'pending')} by "
                        f"{_shown(approval['by'])} at {_shown(approval['at'])} "
                        f"(waited {_shown(approval['waited_seconds'])} s)")
+        held = grant["held_requests"]
+        if held["count"]:
+            outcomes = ", ".join(f"{k} {v}" for k, v in held["outcomes"].items())
+            out.append(f"  held for approval: {held['count']} ({outcomes or 'none decided'})")
+            for item in held["items"]:
+                out.append(f"    {_shown(item['held_at'])} {_shown(item['method'])} "
+                           f"{_shown(item['target'])}{_shown(item['path'])} "
+                           f"[{','.join(map(_shown, item['secrets']))}]: "
+                           f"{_shown(item['outcome'])} ({_shown(item['choice'])}) by "
+                           f"{_shown(item['by'])} after {_shown(item['waited_seconds'])} s"
+                           + (f"; {_shown(item['reason'])}" if item["reason"] else ""))
         out.append(f"  uses: {grant['uses']} (left {_shown(grant['uses_left'])}); "
                    f"requests without a secret: {grant['requests_without_secret']}")
         if grant["uses_by_target"]:
@@ -138,6 +149,15 @@ def render_csv(report: dict[str, Any]) -> str:
                              "first": approval["at"],
                              "detail": _csv_detail(by=approval["by"],
                                                    waited=approval["waited_seconds"])})
+        for item in grant["held_requests"]["items"]:
+            host, _, port = item["target"].partition("://")[2].rpartition(":")
+            writer.writerow({**base, "section": "held", "secret": " ".join(item["secrets"]),
+                             "method": item["method"], "host": host, "port": port,
+                             "path": item["path"], "reason": item["outcome"],
+                             "first": item["held_at"], "last": item["decided_at"],
+                             "detail": _csv_detail(hold=item["hold"], choice=item["choice"],
+                                                   by=item["by"],
+                                                   waited=item["waited_seconds"])})
         for use in grant["uses_by_target"]:
             writer.writerow({**base, "section": "use", "secret": use["secret"],
                              "method": use["method"], "scheme": use["scheme"],

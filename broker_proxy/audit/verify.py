@@ -1,6 +1,8 @@
 """Check an audit chain: every record parses, counts up by one, names the previous line's hash
 and carries a MAC made with the audit key. The first record that fails is named by file, line
-and seq.
+and seq. Every record is also checked against the published record schema
+(schemas/audit-record.v1.json): this is the one verifier behind `audit verify`, the report's
+integrity statement and the console's "Verify now", so all three give one verdict.
 
 A chain may span rotated files (see files.py): the state (next seq, previous hash) runs on from
 one file into the next, so a removed, reordered or edited archive breaks the chain at the first
@@ -32,6 +34,7 @@ from broker_proxy.audit.log import (
     load_key,
     record_mac,
 )
+from broker_proxy.audit.record_schema import RECORD_SCHEMA_FILE, record_problem
 
 # Called with (seq, line hash) for every record that verified; checkpoints use it.
 Observer = Callable[[int, str], None]
@@ -166,6 +169,8 @@ def _verify_bytes(key: bytes, data: bytes, state: _State, observe: Observer | No
             recovered.append(torn[0])
             torn = None
         assert seq is not None  # _check_record refused records without one
+        if (problem := record_problem(record)) is not None:
+            raise _Bad(line_no, seq, f"{problem} ({RECORD_SCHEMA_FILE})")
         state.count += 1
         state.expected_seq, state.prev = seq + 1, line_hash(line)
         if observe is not None:

@@ -14,18 +14,12 @@ from broker_proxy.audit.checkpoint import (
     CheckpointPaths,
     latest_checkpoint,
     load_signing_key,
-    verify_checkpoints,
     write_checkpoint,
 )
 from broker_proxy.audit.display import format_record
-from broker_proxy.audit.errors import AuditError
+from broker_proxy.audit.evidence import default_checkpoints, verify_evidence
 from broker_proxy.audit.files import chain_files
-from broker_proxy.audit.head import head_path, read_head
-from broker_proxy.audit.key_file import load_key
 from broker_proxy.audit.log import AuditLog
-from broker_proxy.audit.reading import chains_of, read_chain
-from broker_proxy.audit.record_schema import RECORD_SCHEMA_FILE, first_schema_problem
-from broker_proxy.audit.verify import VerifyResult, verify_chain, verify_path
 from broker_proxy.cli import audit_report_cmd
 from broker_proxy.cli.common import home_of
 from broker_proxy.cli.errors import CliError
@@ -78,58 +72,17 @@ def verify_command(args: argparse.Namespace) -> int:
         raise CliError(f"no audit log at {target}")
     if args.checkpoints and target.is_dir():
         raise CliError("--checkpoints needs one audit log, not a directory")
-    results = verify_path(target, home.audit_key)
-    failed = [result for result in results if not result.ok]
-    if failed:
-        raise CliError(f"audit log does not verify: {failed[0].message}")
-    details = [f"chain: {result.message}, chain and MACs verify" for result in results]
-    for live in chains_of([target]):
-        problem = first_schema_problem(read_chain(live, tagged=False))
-        if problem:
-            raise CliError(f"audit log {live}: {problem} ({RECORD_SCHEMA_FILE})")
-    details.append(f"records: every record matches {RECORD_SCHEMA_FILE}")
-    paths = CheckpointPaths.in_home(home.root)
-    checkpoints = Path(args.checkpoints) if args.checkpoints else paths.file
-    if args.checkpoints or (checkpoints.exists() and target == home.audit_log):
-        public = Path(args.public_key) if args.public_key else paths.public
-        held, problem = verify_checkpoints(target, home.audit_key, checkpoints, public)
-        if problem:
-            raise CliError(f"audit checkpoints do not verify: {problem}")
-        details.append(f"checkpoints: {held} signed checkpoint(s) match the log")
-    else:
-        details.append("checkpoints: none checked (a cut at a line boundary cannot be seen "
-                       "without them; see --checkpoints)")
-    if target.is_file() and head_path(target).exists():
-        details.append(_check_head(target, home.audit_key, results[0]))
-    print("\n".join(details))
-    print("audit log ok")
+    checkpoints = (Path(args.checkpoints) if args.checkpoints
+                   else default_checkpoints(home.root, target))
+    public = (Path(args.public_key) if args.public_key
+              else CheckpointPaths.in_home(home.root).public)
+    evidence = verify_evidence(target, home.audit_key, checkpoints=checkpoints,
+                               public_key=public)
+    if not evidence.ok:
+        raise CliError(evidence.verdict)
+    print("\n".join(evidence.details))
+    print(evidence.verdict)
     return 0
-
-
-def _check_head(target: Path, key_path: Path, result: VerifyResult) -> str:
-    """The log must reach the head state its writer left, with the same record there."""
-    try:
-        head = read_head(head_path(target), load_key(key_path, create=False))
-    except AuditError as error:
-        raise CliError(f"audit head state: {error}") from None
-    if head is None:
-        return "head: none"
-    found: list[str] = []
-
-    def observe(seq: int, digest: str) -> None:
-        if seq == head.count - 1:
-            found.append(digest)
-
-    if result.last_seq < head.count - 1:
-        raise CliError(f"audit log was cut: it ends at seq {result.last_seq} but its writer "
-                       f"had written {head.count} records ({head_path(target).name}); the "
-                       "records after it are lost: run `broker-proxy audit recover`")
-    verify_chain(target, key_path, observe)
-    if found != [head.last_hash]:
-        raise CliError(f"audit log differs from the chain its writer last wrote: record seq "
-                       f"{head.count - 1} is not the one in {head_path(target).name}; run "
-                       "`broker-proxy audit recover`")
-    return f"head: the log holds the {head.count} records its writer last made durable"
 
 
 def recover_command(args: argparse.Namespace) -> int:

@@ -12,6 +12,8 @@ from datetime import datetime
 from broker_proxy.audit.files import chain_files
 from broker_proxy.audit.log import AuditError, AuditLog
 from broker_proxy.cli.common import (
+    actor_of,
+    add_by_option,
     add_policy_option,
     home_of,
     load_policy_of,
@@ -21,7 +23,7 @@ from broker_proxy.cli.common import (
 from broker_proxy.cli.errors import CliError
 from broker_proxy.cli.store_option import add_store_option
 from broker_proxy.durations import parse_duration
-from broker_proxy.grants.actions import change_grant, issue_audited, local_operator
+from broker_proxy.grants.actions import change_grant, issue_audited
 from broker_proxy.grants.factory import open_grant_store, store_url
 from broker_proxy.grants.issuer import IssuedGrant
 from broker_proxy.grants.model import Grant
@@ -50,6 +52,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     issue.add_argument("--max-uses", type=int, metavar="N",
                        help="requests that may carry a secret (default: unlimited)")
     issue.add_argument("--json", action="store_true", help="print JSON for scripts")
+    add_by_option(issue, "issues it")
     add_policy_option(issue)
     add_store_option(issue)
     issue.set_defaults(handler=issue_command)
@@ -65,6 +68,9 @@ def register(commands: argparse._SubParsersAction) -> None:
         parser = sub.add_parser(action, help=text)
         parser.add_argument("grant_id", metavar="ID")
         parser.add_argument("--json", action="store_true", help="print JSON for scripts")
+        if action != "show":
+            add_by_option(parser, {"approve": "approves", "deny": "denies",
+                                   "revoke": "revokes"}[action] + " it")
         add_store_option(parser)
         parser.set_defaults(handler=change_command, action=action)
 
@@ -83,7 +89,7 @@ def issue_command(args: argparse.Namespace) -> int:
         issued = issue_audited(policy, store, audit, agent=args.agent, task=args.task,
                                secrets=args.secrets, ttl=ttl, max_uses=args.max_uses,
                                now=utc_now(), proxy_url_base=proxy_address(home),
-                               by=local_operator())
+                               by=actor_of(args))
     print_issued(issued, as_json=args.json)
     return 0
 
@@ -141,7 +147,7 @@ def change_command(args: argparse.Namespace) -> int:
         home = home_of(args)
         with AuditLog.open(home.audit_log, home.audit_key) as audit:
             grant = change_grant(store, audit, args.grant_id, args.action,
-                                 by=local_operator(), now=now)
+                                 by=actor_of(args), now=now)
     if args.json:
         print_json(grant.to_public_dict(now))
     elif args.action == "show":

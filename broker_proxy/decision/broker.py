@@ -18,7 +18,8 @@ from datetime import datetime
 from typing import Any
 
 from broker_proxy.approvals.desk import ApprovalDesk
-from broker_proxy.approvals.digest import request_shape
+from broker_proxy.approvals.digest import carried, request_shape
+from broker_proxy.approvals.preview import build_preview, preview_level
 from broker_proxy.approvals.verdict import (
     APPROVAL_QUEUE_FULL,
     APPROVAL_REQUIRED,
@@ -30,11 +31,13 @@ from broker_proxy.decision import outbound as codes
 from broker_proxy.decision.active_policy import ActivePolicy
 from broker_proxy.decision.authority import authorities_agree
 from broker_proxy.decision.header_templates import (
+    TemplateUse,
     applicable_templates,
     apply_templates,
     template_conflict,
 )
 from broker_proxy.decision.outbound import Allowed, Denied, OutboundRequest, Verdict
+from broker_proxy.decision.placeholders import PlaceholderScanner
 from broker_proxy.decision.request_checks import (
     AmbiguousPath,
     canonical_path,
@@ -244,7 +247,8 @@ class Broker:
         names = sorted({hit.secret for hit in hits if hit.secret}
                        | {use.secret for use in templates})
         # A person's yes comes before anything is resolved, spent or recorded with a secret.
-        if held := self._held_for_approval(request, grant, policy, names, approved_hold):
+        if held := self._held_for_approval(request, grant, policy, names, approved_hold,
+                                           scanner, hits, templates):
             return held
         values: dict[str, SecretValue] = {}
         for name in names:
@@ -291,12 +295,20 @@ class Broker:
         ), grant, policy, request.host)
 
     def _held_for_approval(self, request: OutboundRequest, grant: Grant, policy: ActivePolicy,
-                           names: list[str], approved_hold: str | None) -> Denied | None:
-        """None when no secret here needs approval, or this exact request was approved."""
+                           names: list[str], approved_hold: str | None,
+                           scanner: PlaceholderScanner, hits: list[PlacedHit],
+                           templates: list[TemplateUse]) -> Denied | None:
+        """None when no secret here needs approval, or this exact request was approved.
+
+        "Exact" includes the secrets it carries and where: an approval shown one set of
+        secrets never lets another set through (digest.py).
+        """
         gated = [n for n in names if policy.policy.secrets[n].per_request_approval]
         if not gated:
             return None
-        shape = request_shape(request)
+        carries = carried(scanner, request, hits,
+                          [(use.secret, use.template.header) for use in templates])
+        shape = request_shape(request, carries, scanner)
         if (self.approvals.redeem(approved_hold, grant.id, shape.digest)
                 or self.approvals.take_allowance(grant.id, shape.digest)):
             return None
@@ -304,15 +316,20 @@ class Broker:
             return self._deny(request, grant, 403, APPROVAL_UNAVAILABLE,
                               "this request needs a person's approval, and this proxy process "
                               "has no admin API to ask one")
-        if self.approvals.full():
+        if self.approvals.full(grant.id):
             return self._deny(request, grant, 503, APPROVAL_QUEUE_FULL,
                               "too many requests are waiting for approval")
         timeout = policy.policy.approval_timeout
+        level = preview_level([
+            destination.approval_preview for name in gated
+            for destination in policy.index.destinations_for(name, request.scheme,
+                                                             request.host, request.port)])
         try:
             item = self.approvals.hold(
-                grant=grant.id, agent=grant.agent, task=grant.task, secrets_=tuple(gated),
-                shape=shape, timeout=timeout, audit_fields=_record(
-                    request, grant, "held", APPROVAL_REQUIRED, None, gated))
+                grant=grant.id, agent=grant.agent, task=grant.task, secrets_=tuple(names),
+                shape=shape, preview=build_preview(request, scanner, carries, level),
+                timeout=timeout, audit_fields=_record(
+                    request, grant, "held", APPROVAL_REQUIRED, None, names))
         except AuditError:
             self.metrics.audit_write_errors.inc()
             return Denied(503, codes.AUDIT_UNAVAILABLE,

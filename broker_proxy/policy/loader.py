@@ -25,6 +25,7 @@ import yaml
 
 from broker_proxy.durations import DurationError, parse_duration
 from broker_proxy.policy.approval_fields import (
+    APPROVAL_PREVIEWS,
     DEFAULT_APPROVAL_TIMEOUT,
     parse_approval_timeout,
     parse_approval_webhook,
@@ -785,10 +786,18 @@ def _destination(node: yaml.Node, path: str, checker: _Checker) -> Destination |
         paths = _paths(fields["paths"][1], _join(path, "paths"), checker)
     aws = parse_aws_scope(fields["aws"][1], _join(path, "aws"), checker) if "aws" in fields \
         else None
+    preview = "full"
+    if "approval_preview" in fields:
+        preview_node = fields["approval_preview"][1]
+        preview = checker.string(preview_node, _join(path, "approval_preview")) or "full"
+        if preview not in APPROVAL_PREVIEWS:
+            checker.report(preview_node, _join(path, "approval_preview"),
+                           f"unknown approval_preview {_quoted(preview)}: use full, headers "
+                           "or none")
     if host is None or len(checker.issues) > before:
         return None
     return Destination(scheme=scheme, host=host, port=port, methods=methods, paths=paths,
-                       aws=aws)
+                       aws=aws, approval_preview=preview)
 
 
 def _host_pattern(node: yaml.Node, path: str, checker: _Checker) -> str | None:

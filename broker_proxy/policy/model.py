@@ -31,6 +31,8 @@ class Destination:
     methods: frozenset[str]
     paths: tuple[str, ...]  # glob patterns ("/repos/acme/**"); empty means every path
     aws: AwsScope | None = None  # for a `sign: aws-sigv4` secret: what it may sign for
+    # What a person deciding a held request sees of it: full, headers (no body text) or none.
+    approval_preview: str = "full"
 
 
 @dataclass(frozen=True, slots=True)

@@ -169,6 +169,11 @@ MAPPINGS: dict[str, Mapping] = {
             "description": '"*" within one segment, "**" as a whole segment for any depth',
         },
         "aws": kind("aws"),
+        "approval_preview": {
+            "enum": ["full", "headers", "none"], "default": "full",
+            "description": "what a person deciding a held request to this destination sees: "
+                           "full (headers and a body preview), headers (no body text), none "
+                           "(method, host and path only)"},
     }, required=("host",)),
     "aws": Mapping({
         "services": {"type": "array", "minItems": 1,

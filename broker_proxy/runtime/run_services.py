@@ -75,6 +75,8 @@ def start_services(broker: Broker, home: Home, policy_file: Path,
                                    CheckpointPaths.in_home(home.root).file,
                                    ConsoleSessions(console_session_ttl))
         console.policy_loaded_at = lambda: broker.policy.loaded_at
+        console.record_sign_in = lambda name, how: broker.audit.append(
+            "console_signed_in", decision="allow", reason=how, by=f"console:{name}")
         context = AdminContext(token=token, policy=lambda: broker.policy, grants=broker.grants,
                                audit=broker.audit,
                                policy_file_problem=lambda: reloader.file_problem,
