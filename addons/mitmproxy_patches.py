@@ -7,6 +7,7 @@ clear line) on a mitmproxy that lacks what it patches, rather than silently doin
 from __future__ import annotations
 
 from broker_proxy.addons import (
+    header_folding,
     informational_responses,
     response_limits,
     upstream_error_pages,
@@ -19,3 +20,4 @@ def install() -> None:
     upstream_error_pages.install()  # no upstream bytes in the error pages mitmproxy writes
     informational_responses.install()  # a 1xx never answers a request, nor the next one
     websocket_controls.install()  # close reasons and ping/pong payloads are scrubbed
+    header_folding.install()  # a folded header (obs-fold) is refused, never forwarded

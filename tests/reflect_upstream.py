@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import gzip
+import hashlib
 import json
 import ssl
 import threading
@@ -51,6 +52,22 @@ FORMS: dict[str, Callable[[bytes], bytes]] = {
     "b64url_offset1": lambda v: base64.urlsafe_b64encode(b"\xff" + v + b"\xfe\xfd").rstrip(b"="),
     "b64_wrapped": lambda v: base64.encodebytes(b"z" * 50 + v + b"z" * 80),
     "b64_wrapped_crlf": lambda v: base64.encodebytes(b"q" * 45 + v).replace(b"\n", b"\r\n"),
+    # Pages, mail and dumps (fixed widths, so that two values of one length give one length).
+    "html_dec": lambda v: "".join(f"&#{ord(c):03d};" for c in v.decode()).encode(),
+    "html_hex": lambda v: "".join(f"&#x{ord(c):02X};" for c in v.decode()).encode(),
+    "html_mixed": lambda v: "".join(
+        (c, f"&#{ord(c):04d};", f"&#x{ord(c):04x};")[i % 3]
+        for i, c in enumerate(v.decode())).encode(),
+    "qp_all": lambda v: "".join(f"={b:02X}" for b in v).encode(),
+    "qp_soft": lambda v: b"=\r\n".join(v[i:i + 7] for i in range(0, len(v), 7)),
+    "lines_lf": lambda v: b"\n".join(v[i:i + 8] for i in range(0, len(v), 8)),
+    "lines_crlf": lambda v: b"\r\n".join(v[i:i + 5] for i in range(0, len(v), 5)),
+    "b32": base64.b32encode,
+    "hex_colon": lambda v: b":".join(b"%02x" % b for b in v),
+    "hex_space": lambda v: b" ".join(b"%02X" % b for b in v),
+    "hex_dash": lambda v: b"-".join(b"%02x" % b for b in v),
+    "utf32le": lambda v: v.decode().encode("utf-32-le"),
+    "utf32be": lambda v: v.decode().encode("utf-32-be"),
 }
 
 
@@ -114,6 +131,8 @@ class _Handler(BaseHTTPRequestHandler):
         body = encode_body(body, codings)
         self.send_response(200, "OK " + value.decode())
         self.send_header("Content-Type", "text/plain")
+        # What the upstream received, as a digest: tests show it was the real value.
+        self.send_header("X-Received-Digest", hashlib.sha256(value).hexdigest())
         self.send_header("Set-Cookie", "sid=" + value.decode() + "; Secure")
         self.send_header("Location", "https://example.test/cb?token=" + quote(value))
         self.send_header("WWW-Authenticate", f'Bearer error="{value.decode()}"')

@@ -63,6 +63,7 @@ from urllib.parse import quote
 
 import regex
 
+from broker_proxy.scrubbing import encodings
 from broker_proxy.scrubbing.literal_search import Literal, LiteralSearch
 
 MIN_SECRET_LENGTH = 4
@@ -90,11 +91,12 @@ def _hex_pattern(data: bytes) -> bytes:
 
 
 def _text_char_pattern(char: str) -> bytes:
-    """One character, raw, percent-encoded or JSON-escaped."""
+    """One character, raw, percent-encoded, JSON-escaped, an HTML reference or QP."""
     encoded = char.encode("utf-8", "surrogateescape")
     options = [_literal(encoded), b"".join(b"%" + _hex_pattern(bytes([b])) for b in encoded)]
     if char == " ":
         options.append(rb"\+")
+    options.extend(encodings.extra_char_options(char))
     code = ord(char)
     if 0xDC80 <= code <= 0xDCFF:  # an undecodable byte: no JSON escape exists for it
         return b"(?:" + b"|".join(options) + b")"
@@ -110,7 +112,7 @@ def _text_char_pattern(char: str) -> bytes:
 
 
 def _escape_literals(text: str) -> list[Literal]:
-    """Every percent or JSON escape of a character of ``text``, as literals.
+    """Every percent, JSON, HTML or quoted-printable escape of a character of ``text``.
 
     A spelling of the value other than the raw one holds at least one of them, so the text
     pattern runs only near one: an escape of a character no secret holds (``\\n``, ``%20`` in
@@ -134,6 +136,8 @@ def _escape_literals(text: str) -> list[Literal]:
         literals.add(Literal(b"".join(b"\\u%04x" % unit for unit in units), caseless=True))
         if char in _JSON_SHORT_ESCAPES:
             literals.add(Literal(_JSON_SHORT_ESCAPES[char].encode()))
+    literals.update(Literal(data, caseless=caseless)
+                    for data, caseless in encodings.extra_escape_literals(text))
     return sorted(literals, key=lambda lit: (lit.data, lit.caseless))
 
 
@@ -224,8 +228,10 @@ class _Form:
     depend only on the value, so grants with their own placeholders share them."""
 
     secret: str
-    kind: str  # "text" | "hex" | "utf-16-le" | "utf-16-be" | "base64"
-    base64_shape: _Base64Shape | None = None
+    # "text" | "hex" | "hex-space" | "hex-colon" | "hex-dash" | "utf-16-le" | "utf-16-be"
+    # | "utf-32-le" | "utf-32-be" | "base64" | "base32"
+    kind: str
+    base64_shape: _Base64Shape | None = None  # base64 and base32: offset and length
 
     def replacement(self, matched: bytes, placeholder: bytes) -> bytes:
         if self.kind == "text":
@@ -233,14 +239,24 @@ class _Form:
                 return json.dumps(placeholder.decode("utf-8", "replace"))[1:-1].encode()
             if b"%" in matched:
                 return quote(placeholder, safe="").encode()
-            return placeholder
+            if b"&" in matched:  # HTML: a reference where the placeholder needs one
+                return encodings.html_replacement(placeholder)
+            if b"=" in matched and encodings.is_quoted_printable(matched):
+                return encodings.quoted_printable_replacement(placeholder)
+            return placeholder  # line breaks inside the match are dropped with it
         if self.kind == "hex":
             upper = any(c in b"ABCDEF" for c in matched)
             encoded = placeholder.hex()
             return (encoded.upper() if upper else encoded).encode()
-        if self.kind.startswith("utf-16"):
+        if self.kind in encodings.HEX_SEPARATORS:
+            return encodings.separated_hex_replacement(
+                matched, encodings.HEX_SEPARATORS[self.kind], placeholder)
+        if self.kind.startswith(("utf-16", "utf-32")):
             return placeholder.decode("utf-8", "replace").encode(self.kind)
         assert self.base64_shape is not None
+        if self.kind == "base32":
+            return encodings.base32_replacement(matched, self.base64_shape.offset,
+                                                self.base64_shape.length, placeholder)
         return _base64_replacement(matched, self.base64_shape, placeholder)
 
 
@@ -266,18 +282,28 @@ class _Matcher:
 
 def _matchers_of(name: str, value: bytes) -> list[_Matcher]:
     text = value.decode("utf-8", "surrogateescape")
-    text_pattern = b"".join(_text_char_pattern(c) for c in text)
-    # The raw text is a literal; its escaped spellings are searched near an escape only.
+    # Between two characters a line break may cut the value (lines, quoted-printable).
+    text_pattern = encodings.LINE_BREAK_BETWEEN.join(_text_char_pattern(c) for c in text)
+    # The raw text is a literal; its escaped spellings are searched near an escape only, and
+    # its spellings cut into lines near a line break between two of its characters.
     matchers = [
         _Matcher(_Form(name, "text"), text_pattern, re.compile(text_pattern),
                  anchors=lambda: [(Literal(value), _EXACT),
-                                  *((lit, _ESCAPE) for lit in _escape_literals(text))]),
+                                  *((lit, _ESCAPE) for lit in _escape_literals(text)),
+                                  *((Literal(anchor), _AROUND)
+                                    for anchor in encodings.line_break_anchors(value))]),
         _Matcher(_Form(name, "hex"), _hex_pattern(value),
                  re.compile(_hex_pattern(value)),
                  anchors=lambda: [(Literal(value.hex().encode(), caseless=True), _EXACT)]),
     ]
+    for kind, separator in encodings.HEX_SEPARATORS.items():
+        pattern = encodings.separated_hex_pattern(value, separator)
+        matchers.append(_Matcher(
+            _Form(name, kind), pattern, re.compile(pattern),
+            anchors=functools.partial(_caseless_anchor,
+                                      encodings.separated_hex(value, separator))))
     try:
-        for codec in ("utf-16-le", "utf-16-be"):
+        for codec in ("utf-16-le", "utf-16-be", "utf-32-le", "utf-32-be"):
             encoded = value.decode("utf-8").encode(codec)
             pattern = _literal(encoded)
             matchers.append(_Matcher(_Form(name, codec), pattern,
@@ -296,11 +322,31 @@ def _matchers_of(name: str, value: bytes) -> list[_Matcher]:
             form = _Form(name, "base64", _Base64Shape(offset, len(value)))
             matchers.append(_Matcher(form, full, re.compile(core_first), lead,
                                      functools.partial(_base64_anchors, core)))
+    # base32 only where the value starts the blob: at the four other offsets its first
+    # character is one of 8 or 16 (in either case, most letters), and a stream's tail would be
+    # tried as the start of a secret at nearly every letter (see ``docs/scrubbing-forms.md``).
+    for offset in (0,):
+        found = encodings.base32_pattern(value, offset, MIN_SECRET_LENGTH)
+        if found is None:
+            continue
+        full, core_first, lead, core = found
+        form = _Form(name, "base32", _Base64Shape(offset, len(value)))
+        matchers.append(_Matcher(form, full, re.compile(core_first), lead,
+                                 functools.partial(_base32_anchors, core)))
     return matchers
 
 
 def _exact_anchor(encoded: bytes) -> list[tuple[Literal, str]]:
     return [(Literal(encoded), _EXACT)]
+
+
+def _caseless_anchor(encoded: bytes) -> list[tuple[Literal, str]]:
+    return [(Literal(encoded, caseless=True), _EXACT)]
+
+
+def _base32_anchors(core: bytes) -> list[tuple[Literal, str]]:
+    """The core; the pattern matches from its start (edges and padding)."""
+    return [(Literal(core), _AT_START)]
 
 
 def _base64_anchors(core: bytes) -> list[tuple[Literal, str]]:
@@ -322,9 +368,12 @@ def _base64_anchors(core: bytes) -> list[tuple[Literal, str]]:
 def _max_match_length(value: bytes) -> int:
     """An upper bound on how long any match of ``value`` can be."""
     text = value.decode("utf-8", "surrogateescape")
-    text_form = sum(max(12, 3 * len(c.encode("utf-8", "surrogateescape"))) for c in text)
+    # Each character in its longest spelling, and a line break (at most 3 bytes) after it.
+    text_form = sum(max(12, 3 * len(c.encode("utf-8", "surrogateescape")),
+                        encodings.extra_char_length(c)) + 3 for c in text)
     base64_form = 3 * (4 * (len(value) + 2) // 3 + 4) + 4
-    return max(text_form, base64_form, 2 * len(value) + 2, 4 * len(text) + 4)
+    base32_form = 8 * len(value) // 5 + 10
+    return max(text_form, base64_form, base32_form, 3 * len(value), 4 * len(text) + 4)
 
 
 def _min_width(pattern: bytes) -> int:
@@ -460,6 +509,22 @@ def _tail_starts_pattern(starts: Mapping[bytes, object]) -> re.Pattern[bytes] | 
     return re.compile(b"(?:" + b"|".join(parts) + b")")
 
 
+_HEX_AND_SEPARATORS = re.compile(rb"[0-9A-Fa-f :\-]{12}\Z")
+
+
+def _may_end_a_long_form(data: bytes) -> bool:
+    """Could ``data`` end with a partial match longer than ``plain_match_length`` (>= 14)?
+
+    Such a match is one of the long forms, and its last 14 bytes show it: UTF-32 has a NUL in
+    every character; text cut into lines that narrow has a line break at least every 15
+    bytes (three characters of up to four bytes, and the break); hex with separators is
+    nothing but hex digits and separators. Cheaper than a pattern (a few C calls).
+    """
+    tail = data[-16:]
+    return (0 in tail or 10 in tail  # NUL or LF: an int is found faster than bytes
+            or _HEX_AND_SEPARATORS.match(data, max(0, len(data) - 12)) is not None)
+
+
 class _Plan:
     """The search over a set of values: one literal pass, then patterns only near its hits.
 
@@ -467,8 +532,8 @@ class _Plan:
     same values (grants of one policy entry, each with its own placeholders) share one.
     """
 
-    __slots__ = ("anchors", "literals", "literals_on_one_line", "max_match_length",
-                 "plain_match_length", "starts", "tail_starts")
+    __slots__ = ("anchors", "literals", "literals_on_one_line", "long_match_length",
+                 "max_match_length", "plain_match_length", "starts", "tail_starts")
 
     def __init__(self, compiled: tuple[_Compiled, ...]) -> None:
         self.anchors: list[tuple[_Matcher, str, int]] = []
@@ -494,8 +559,13 @@ class _Plan:
         # characters of the core (lines narrower than that are not looked for).
         self.plain_match_length = max(
             [2 * part.raw_length + 6 for part in compiled]
-            + [2 * length + 12 for _, kind, length in self.anchors if kind == _AT_START],
+            + [2 * length + 12 for matcher, kind, length in self.anchors
+               if kind == _AT_START and matcher.form.kind == "base64"],
             default=0)
+        # Longer without an escape: hex with separators (three times the bytes), UTF-32 and
+        # text cut into narrow lines (up to four). Such a match longer than the plain length
+        # shows in its last bytes (``_may_end_a_long_form``).
+        self.long_match_length = max([4 * part.raw_length + 6 for part in compiled], default=0)
         starts: dict[bytes, list[regex.Pattern[bytes]]] = {}
         for part in compiled:
             for start in part.starts:
@@ -698,8 +768,12 @@ class Scrubber:
         window = max(0, len(data) - self.max_match_length)
         if last_escape is not None and last_escape <= window:
             # No escape in reach: a partial match is as short as an unescaped one (an escape
-            # cut by the end of the data is short too).
-            window = max(window, len(data) - plan.plain_match_length)
+            # cut by the end of the data is short too), unless its end looks like one of the
+            # long forms.
+            plain = len(data) - plan.plain_match_length
+            if _may_end_a_long_form(data):
+                plain = len(data) - plan.long_match_length
+            window = max(window, plain)
         for start, end, _ in found:  # never cut through a complete match
             if start < window < end:
                 window = end
