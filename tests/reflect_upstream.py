@@ -1,7 +1,8 @@
 """A local HTTPS upstream that reflects the secret it received, in every form the scrubber knows.
 
 The agent sends ``X-Reflect: <placeholder>``; the proxy injects the real value; this server
-answers with that value encoded as asked (``?form=``), compressed as asked (``?enc=``), in its
+answers with that value encoded as asked (``?form=``), compressed as asked (``?enc=``; ``?nest=``
+compresses the body itself, under the media type ``?type=``), in its
 headers too, whole or dripped one byte per chunk (``?drip=1``). ``/v1/big`` streams a long body
 for the benchmark, ``/v1/range`` answers 206. ``WebSocketReflector`` echoes it over WebSocket.
 """
@@ -127,12 +128,18 @@ class _Handler(BaseHTTPRequestHandler):
         if forms == ["all"]:
             forms = sorted(FORMS)
         body = reflected_body(value, forms)
+        if query.get("secret") == "0":  # an answer without the value (a control)
+            body = b"nothing to see here\n" * 20
+        # ``nest``: the body is itself compressed (an archive), before any content coding.
+        nested = [c for c in query.get("nest", "").split(",") if c]
+        body = encode_body(body, nested)
         codings = [c for c in query.get("enc", "").split(",") if c]
         body = encode_body(body, codings)
         self.send_response(200, "OK " + value.decode())
-        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Type", query.get("type", "text/plain"))
         # What the upstream received, as a digest: tests show it was the real value.
         self.send_header("X-Received-Digest", hashlib.sha256(value).hexdigest())
+        self.server.digests.append(hashlib.sha256(value).hexdigest())
         self.send_header("Set-Cookie", "sid=" + value.decode() + "; Secure")
         self.send_header("Location", "https://example.test/cb?token=" + quote(value))
         self.send_header("WWW-Authenticate", f'Bearer error="{value.decode()}"')
@@ -185,11 +192,13 @@ class _Handler(BaseHTTPRequestHandler):
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    digests: list[str]  # of the values received, for controls that see no answer
 
 
 class ReflectServer:
     def __init__(self, cert: Path, key: Path) -> None:
         self._server = _Server(("127.0.0.1", 0), _Handler)
+        self._server.digests = []
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(cert, key)
         self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
@@ -211,6 +220,11 @@ class ReflectServer:
 
     def clear(self) -> None:
         pass
+
+    @property
+    def digests(self) -> list[str]:
+        """sha256 of each value received in ``X-Reflect`` (never the value)."""
+        return self._server.digests
 
 
 class WebSocketReflector:

@@ -814,6 +814,11 @@ class StreamScrubber:
     def __repr__(self) -> str:
         return f"<StreamScrubber holding {len(self._held)} bytes>"
 
+    @property
+    def held_length(self) -> int:
+        """How many bytes are held back as the start of a possible match."""
+        return len(self._held)
+
     def feed(self, chunk: bytes) -> bytes:
         data = self._held + chunk if self._held else chunk
         out, held = self._scrubber._scrub(data, self.counts, final=False)

@@ -12,9 +12,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import html
+import json
 import quopri
+import zlib
 from collections.abc import Iterator
 
+import httpx
 import pytest
 
 from tests.conftest import API_HOST, Stack, Upstreams, start_stack
@@ -28,6 +31,11 @@ from tests.security.test_e2e_response_path import (  # noqa: F401 - fixtures
     url,
 )
 from tests.test_e2e_scrubbing import assert_no_form_of, client
+
+try:
+    from compression import zstd  # type: ignore[import-not-found]
+except ImportError:
+    from backports import zstd  # type: ignore[import-not-found,no-redef]
 
 pytestmark = pytest.mark.e2e
 
@@ -124,3 +132,64 @@ def test_a_request_with_a_folded_header_is_refused_and_never_sent(
                            request("/v1/plain?control", PLACEHOLDER))
     assert sent.status == 200
     assert_injected(hostile_stack, hostile, "/v1/plain?control")
+
+
+# A body that is itself compressed: searched inside, passed unchanged or withheld.
+
+NESTED = {
+    "application-gzip": {"nest": "gzip", "type": "application/gzip"},
+    "gzip-twice": {"nest": "gzip", "enc": "gzip"},  # Content-Encoding: gzip over a gzip body
+    "zstd-sniffed": {"nest": "zstd", "type": "application/octet-stream"},
+}
+
+
+@pytest.mark.parametrize("drip", [False, True], ids=["buffered", "streamed"])
+@pytest.mark.parametrize("case", sorted(NESTED))
+def test_a_secret_inside_a_compressed_body_is_withheld(forms_stack: Stack, case: str,
+                                                       drip: bool) -> None:
+    grant = forms_stack.issue("api_key")
+    value = forms_stack.api_key.encode()
+    params = {"form": "raw,b64", **NESTED[case], "drip": str(int(drip))}
+    received = b""
+    with client(forms_stack, grant.token) as agent, agent.stream(
+            "GET", f"https://{API_HOST}:{forms_stack.upstreams.api.port}/v1/reflect",
+            params=params, headers={"X-Reflect": PLACEHOLDER}) as answer:
+        status = answer.status_code
+        try:
+            for chunk in answer.iter_raw():
+                received += chunk
+        except httpx.HTTPError:
+            pass  # streamed: the proxy cut the answer
+    # The control: the upstream received the real value.
+    reflect = forms_stack.upstreams.api
+    assert isinstance(reflect, ReflectServer)
+    assert reflect.digests[-1] == hashlib.sha256(value).hexdigest()
+    if not drip:
+        assert status == 502
+        assert json.loads(received)["error"] == "response_withheld"
+    # Whatever arrived, undone as far as it goes, holds no part of the value.
+    for decode in (lambda d: d, lambda d: zlib.decompressobj(31).decompress(d),
+                   lambda d: zlib.decompressobj(31).decompress(
+                       zlib.decompressobj(31).decompress(d)),
+                   lambda d: zstd.ZstdDecompressor().decompress(d)):
+        try:
+            seen = decode(received)
+        except (zlib.error, zstd.ZstdError):
+            continue
+        assert value[:8] not in seen and value[-8:] not in seen
+
+
+@pytest.mark.parametrize("drip", [False, True], ids=["buffered", "streamed"])
+def test_a_compressed_body_without_a_secret_arrives_unchanged(forms_stack: Stack,
+                                                              drip: bool) -> None:
+    grant = forms_stack.issue("api_key")
+    with client(forms_stack, grant.token) as agent:
+        answer = agent.get(f"https://{API_HOST}:{forms_stack.upstreams.api.port}/v1/reflect",
+                           params={"secret": "0", "nest": "gzip", "type": "application/gzip",
+                                   "drip": str(int(drip))},
+                           headers={"X-Reflect": PLACEHOLDER})
+    assert answer.headers["x-received-digest"] == hashlib.sha256(
+        forms_stack.api_key.encode()).hexdigest()
+    assert answer.status_code == 200
+    assert answer.content[:3] == b"\x1f\x8b\x08"  # still the archive the agent asked for
+    assert zlib.decompress(answer.content, 31) == b"nothing to see here\n" * 20

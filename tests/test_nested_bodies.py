@@ -1,0 +1,110 @@
+"""A compressed body inside the body: searched within bounds, passed unchanged, or withheld."""
+
+from __future__ import annotations
+
+import gzip
+import secrets
+import zlib
+
+import pytest
+
+from broker_proxy.scrubbing.content_decoding import BodyNotDecodable, DecodeLimits
+from broker_proxy.scrubbing.nested_bodies import (
+    CompressedBodyGuard,
+    SecretInCompressedBody,
+    looks_compressed,
+    media_coding,
+    scan_whole,
+)
+from broker_proxy.scrubbing.scrubber import Scrubber
+
+try:
+    from compression import zstd  # type: ignore[import-not-found]
+except ImportError:
+    from backports import zstd  # type: ignore[import-not-found,no-redef]
+
+LIMITS = DecodeLimits()
+
+
+def _value() -> str:
+    return "sk-nest-" + secrets.token_urlsafe(24)
+
+
+def _scrubber(value: str) -> Scrubber:
+    return Scrubber({"k": (value, "{{secret:k}}")})
+
+
+def _archive(value: str) -> bytes:
+    return b"tar-like header " * 100 + value.encode() + b" more file content " * 100
+
+
+@pytest.mark.parametrize("wrap", [
+    gzip.compress,
+    lambda body: gzip.compress(gzip.compress(body)),  # a content coding applied twice
+    zstd.compress,
+    lambda body: zstd.compress(gzip.compress(body)),
+], ids=["gzip", "gzip-twice", "zstd", "gzip-in-zstd"])
+def test_a_secret_inside_a_compressed_body_withholds_it(wrap) -> None:
+    value = _value()
+    body = wrap(_archive(value))
+    assert looks_compressed(body[:4], None)  # sniffed: no media type needed
+    with pytest.raises(SecretInCompressedBody):
+        scan_whole(body, _scrubber(value), LIMITS, None)
+
+
+def test_a_compressed_body_without_a_secret_passes_byte_for_byte() -> None:
+    value = _value()
+    body = gzip.compress(b"nothing secret here " * 5000)
+    scan_whole(body, _scrubber(value), LIMITS, None)
+    for size in (1, 7, 4096):
+        guard = CompressedBodyGuard(_scrubber(value), LIMITS, None)
+        out = b"".join(guard.feed(body[i:i + size]) for i in range(0, len(body), size))
+        assert out + guard.finish() == body
+
+
+def test_a_secret_in_the_gzip_header_file_name_is_found() -> None:
+    value = _value()
+    compressor = zlib.compressobj(wbits=-15)
+    deflated = compressor.compress(b"clean content") + compressor.flush()
+    header = b"\x1f\x8b\x08\x08" + b"\0" * 4 + b"\0\xff" + value.encode() + b"\0"
+    body = header + deflated + zlib.crc32(b"clean content").to_bytes(4, "little") + (
+        len(b"clean content").to_bytes(4, "little"))
+    assert gzip.decompress(body) == b"clean content"
+    with pytest.raises(SecretInCompressedBody):
+        scan_whole(body, _scrubber(value), LIMITS, None)
+
+
+def test_the_stream_never_releases_bytes_that_decode_to_part_of_the_secret() -> None:
+    value = _value()
+    body = gzip.compress(_archive(value), compresslevel=1)
+    for size in range(1, 200, 3):
+        guard = CompressedBodyGuard(_scrubber(value), LIMITS, None)
+        released = b""
+        with pytest.raises(SecretInCompressedBody):
+            for i in range(0, len(body), size):
+                released += guard.feed(body[i:i + size])
+            guard.finish()
+        prefix = zlib.decompressobj(31).decompress(released)
+        assert value[:8].encode() not in prefix, size
+
+
+def test_a_media_type_names_the_compression_and_a_lie_is_withheld() -> None:
+    assert media_coding("application/gzip; charset=binary") == "gzip"
+    assert media_coding("text/plain") is None
+    assert looks_compressed(b"plai", "application/x-gzip")
+    with pytest.raises(BodyNotDecodable):
+        scan_whole(b"plain text, not gzip at all", _scrubber(_value()), LIMITS, "gzip")
+
+
+def test_a_nested_bomb_stops_at_the_ratio_limit() -> None:
+    bomb = gzip.compress(gzip.compress(b"\0" * (256 << 20)))
+    with pytest.raises(BodyNotDecodable, match="ratio limit"):
+        scan_whole(bomb, _scrubber(_value()), LIMITS, None)
+
+
+def test_too_deep_a_nesting_is_withheld() -> None:
+    body = b"clean"
+    for _ in range(6):
+        body = gzip.compress(body)
+    with pytest.raises(BodyNotDecodable, match="compressed more times"):
+        scan_whole(body, _scrubber(_value()), LIMITS, None)
