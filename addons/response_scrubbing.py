@@ -102,7 +102,7 @@ class _BodyStream:
             if len(self._head) < 4 and not final:
                 return b""
             plain, self._head = self._head, None
-            if looks_compressed(plain, self._content_type):
+            if not self._scrubber.empty and looks_compressed(plain, self._content_type):
                 self._compressed = CompressedBodyGuard(
                     self._scrubber, STREAMED_LIMITS, media_coding(self._content_type))
         if self._compressed is not None:

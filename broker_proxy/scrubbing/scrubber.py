@@ -9,11 +9,16 @@ stays a JSON string) and reads as exactly what the agent sent.
 Forms found, and what replaces them:
 
 * text: the raw bytes, where any character may instead be percent-encoded (``%2F``/``%2f``,
-  ``+`` for a space) or JSON-escaped (``\\u002f``, ``\\/``, ``\\"``, ...), in any mix. Replaced by
-  the raw placeholder; by its percent-encoding when the match holds a ``%``; by its JSON
-  escaping when the match holds a backslash.
-* hex, either case (replaced by the placeholder's hex, upper case when the match had upper case).
-* UTF-16, little and big endian (replaced by the placeholder in the same UTF-16).
+  ``+`` for a space), JSON-escaped (``\\u002f``, ``\\/``, ``\\"``, ...), an HTML character
+  reference (``&#47;``, ``&#x2F;``, ``&sol;``) or quoted-printable (``=2F``), in any mix, and
+  may be cut into lines (LF, CRLF, or a quoted-printable soft break) between two characters
+  (``encodings``). Replaced by the raw placeholder; by its percent-encoding when the match holds
+  a ``%``; by its JSON escaping when the match holds a backslash; HTML-escaped when it holds a
+  ``&``; quoted-printable when it holds ``=XX`` or a soft break.
+* hex, either case (replaced by the placeholder's hex, upper case when the match had upper case);
+  also with a space, colon or dash between bytes (replaced with the same separator).
+* UTF-16 and UTF-32, little and big endian (replaced by the placeholder in the same encoding).
+* base32 (RFC 4648, upper case) where the value starts the blob (replaced on bits, as base64).
 * base64, standard and URL-safe, with or without padding, wrapped with LF or CRLF at any width
   of two characters or more,
   and at any of the three byte offsets inside a larger blob. A secret at offset 1 or 2 of a
@@ -42,7 +47,8 @@ that does not look like a secret (server-sent events, heartbeats) is never delay
 
 Not found: a secret shorter than ``MIN_SECRET_LENGTH`` bytes (it would match unrelated bytes all
 over a response), encodings not listed here (compression is undone before scrubbing, see
-``content_decoding``), and transformations an adversarial upstream could invent (an upstream
+``content_decoding`` and ``nested_bodies``; ``docs/scrubbing-forms.md`` lists what is out of
+reach and why), and transformations an adversarial upstream could invent (an upstream
 that wants to leak a value it received can always do so; this guards against echoes).
 """
 
