@@ -12,9 +12,11 @@ from __future__ import annotations
 import base64
 import gzip
 import hashlib
+import io
 import json
 import ssl
 import threading
+import zipfile
 import zlib
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -80,8 +82,17 @@ def _deflate(data: bytes) -> bytes:
     return zlib.compress(data)
 
 
+def _zip(data: bytes) -> bytes:
+    """A zip archive holding ``data`` as one deflated file (for ``?nest=zip``)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("reflected.txt", data)
+    return buffer.getvalue()
+
+
 ENCODERS: dict[str, Callable[[bytes], bytes]] = {
     "gzip": gzip.compress, "deflate": _deflate, "br": brotli.compress, "zstd": _zstd,
+    "zip": _zip,  # not a content coding: an archive, for ``?nest=``
     "x-unknown": lambda data: data,  # a coding the proxy cannot undo
 }
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import gzip
+import io
 import secrets
+import zipfile
 import zlib
 
 import pytest
@@ -108,3 +110,57 @@ def test_too_deep_a_nesting_is_withheld() -> None:
         body = gzip.compress(body)
     with pytest.raises(BodyNotDecodable, match="compressed more times"):
         scan_whole(body, _scrubber(_value()), LIMITS, None)
+
+
+def _zip(files: dict[str, bytes], *, method: int = zipfile.ZIP_DEFLATED,
+         streamed: bool = False) -> bytes:
+    """A zip as ``zipfile`` writes it; ``streamed``: to an unseekable file (data descriptors)."""
+    buffer = io.BytesIO()
+    target: io.RawIOBase | io.BytesIO = _Unseekable(buffer) if streamed else buffer
+    with zipfile.ZipFile(target, "w", compression=method) as archive:  # type: ignore[arg-type]
+        for name, content in files.items():
+            archive.writestr(name, content)
+    return buffer.getvalue()
+
+
+class _Unseekable(io.RawIOBase):
+    def __init__(self, buffer: io.BytesIO) -> None:
+        self._buffer = buffer
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:  # type: ignore[override]
+        return self._buffer.write(data)
+
+    def flush(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["sizes", "data-descriptors"])
+def test_a_secret_in_a_zip_entry_withholds_the_archive(streamed: bool) -> None:
+    value = _value()
+    body = _zip({"README.md": b"hello " * 300, "src/config.py": _archive(value),
+                 "LICENSE": b"MIT " * 100}, streamed=streamed)
+    assert looks_compressed(body[:4], None)
+    with pytest.raises(SecretInCompressedBody):
+        scan_whole(body, _scrubber(value), LIMITS, None)
+    clean = _zip({"README.md": b"hello " * 300, "a/b.txt": b"nothing " * 1000},
+                 streamed=streamed)
+    for size in (1, 13, 65536):
+        guard = CompressedBodyGuard(_scrubber(value), LIMITS, None)
+        out = b"".join(guard.feed(clean[i:i + size]) for i in range(0, len(clean), size))
+        assert out + guard.finish() == clean
+
+
+def test_a_zip_the_proxy_cannot_read_is_withheld() -> None:
+    value = _value()
+    bzip = _zip({"a.txt": b"clean " * 100}, method=zipfile.ZIP_BZIP2)
+    with pytest.raises(BodyNotDecodable, match="method 12"):
+        scan_whole(bzip, _scrubber(value), LIMITS, None)
+    stored = _zip({"a.txt": _archive(value)}, method=zipfile.ZIP_STORED)
+    with pytest.raises(SecretInCompressedBody):  # stored: found as raw bytes
+        scan_whole(stored, _scrubber(value), LIMITS, None)
+    truncated = _zip({"a.txt": secrets.token_bytes(5000)})[:300]  # inside the entry
+    with pytest.raises(BodyNotDecodable):
+        scan_whole(truncated, _scrubber(value), LIMITS, None)

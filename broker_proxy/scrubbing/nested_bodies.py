@@ -1,14 +1,15 @@
 """A body that is itself compressed: looked inside, passed on unchanged, or withheld.
 
-A ``.tar.gz`` download, an ``application/gzip`` answer, or a body gzip-compressed twice under one
-``Content-Encoding: gzip`` reaches the agent as compressed bytes, which the scrubber cannot read
-and the agent can undo. Such a body is recognised by its media type or by the magic bytes it
-starts with (after the content codings are undone), decoded on the side within the same bomb
-bounds as a content coding (relative to the body as the agent would get it), and every layer
-(the compressed bytes too: a gzip header may carry a file name in clear) is searched for the
-secrets. Found, or not decodable within bounds: the answer is withheld. Not found: the body goes
-on as it came, byte for byte (re-compressing a scrubbed copy would change a file the agent
-asked for, and cost ~36 MB/s of CPU).
+A ``.tar.gz`` or ``.zip`` download, an ``application/gzip`` answer, or a body gzip-compressed
+twice under one ``Content-Encoding: gzip`` reaches the agent as compressed bytes, which the
+scrubber cannot read and the agent can undo. Such a body is recognised by its media type or by
+the magic bytes it starts with (after the content codings are undone), decoded on the side
+within the same bomb bounds as a content coding (relative to the body as the agent would get
+it; a zip's entries through ``zip_entries``), and every layer (the compressed bytes too: a gzip
+header may carry a file name in clear) is searched for the secrets. Found, or not decodable
+within bounds: the answer is withheld. Not found: the body goes on as it came, byte for byte
+(re-compressing a scrubbed copy would change a file the agent asked for, and cost ~36 MB/s of
+CPU).
 
 Streaming: compressed bytes are released only once what they decode to has been searched and
 no layer holds the start of a possible match, so the agent never holds a prefix of the stream
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 from broker_proxy.scrubbing.content_decoding import BodyNotDecodable, DecodeLimits, StreamDecoder
 from broker_proxy.scrubbing.scrubber import Scrubber, StreamScrubber
+from broker_proxy.scrubbing.zip_entries import ZipEntries
 
 # Media types whose body is one compressed stream (a coding the decoder knows).
 COMPRESSED_MEDIA_TYPES = {
@@ -26,9 +28,10 @@ COMPRESSED_MEDIA_TYPES = {
     "application/x-compressed-tar": "gzip", "application/zstd": "zstd",
     "application/x-zstd": "zstd", "application/zlib": "deflate",
     "application/x-brotli": "br", "application/brotli": "br",
+    "application/zip": "zip", "application/x-zip-compressed": "zip",
 }
-# Magic bytes: gzip (RFC 1952, deflate method) and zstd frames.
-_MAGIC = ((b"\x1f\x8b\x08", "gzip"), (b"\x28\xb5\x2f\xfd", "zstd"))
+# Magic bytes: gzip (RFC 1952, deflate method), zstd frames, a zip's first local file header.
+_MAGIC = ((b"\x1f\x8b\x08", "gzip"), (b"\x28\xb5\x2f\xfd", "zstd"), (b"PK\x03\x04", "zip"))
 _SNIFF_LENGTH = 4
 MAX_DEPTH = 4  # compressed inside compressed, at most this deep; deeper is withheld
 MAX_PENDING = 8 * 1024 * 1024  # compressed bytes held back while a partial match is open
@@ -61,7 +64,7 @@ class _Layer:
         self._search: StreamScrubber = scrubber.stream()
         self._coding = coding  # None: sniff the first bytes
         self._head = b""
-        self._decoder: StreamDecoder | None = None
+        self._decoder: StreamDecoder | ZipEntries | None = None
         self._inner: _Layer | None = None
         self._depth = depth
         self.written = 0  # decoded bytes this layer produced
@@ -83,8 +86,12 @@ class _Layer:
         if self._decoder is None:
             if self._depth >= MAX_DEPTH:
                 raise BodyNotDecodable("compressed more times than the proxy looks inside")
-            self._decoder = StreamDecoder([self._coding], self._limits)
-            self._inner = _Layer(self._scrubber, self._limits, None, self._depth + 1)
+            if self._coding == "zip":  # the entries' contents, one after the other
+                self._decoder = ZipEntries(self._limits)
+                self._inner = _Layer(self._scrubber, self._limits, "", self._depth + 1)
+            else:
+                self._decoder = StreamDecoder([self._coding], self._limits)
+                self._inner = _Layer(self._scrubber, self._limits, None, self._depth + 1)
         assert self._inner is not None
         inner = self._decoder.feed(data)
         if final:
