@@ -50,7 +50,7 @@ def forms_of(value: str) -> dict[str, bytes]:
         "utf32_be": value.encode("utf-32-be"),
         # Cut every few characters (not bytes: "é" stays whole).
         "lines_lf": "\n".join(value[i:i + 4] for i in range(0, len(value), 4)).encode(),
-        "lines_crlf": "\r\n".join(value[i:i + 2] for i in range(0, len(value), 2)).encode(),
+        "lines_crlf": "\r\n".join(value[i:i + 3] for i in range(0, len(value), 3)).encode(),
     }
 
 

@@ -9,6 +9,7 @@ looks for, and the bytes that replace a match. Nothing here holds a value beyond
 
 Bounds that keep a match short (the stream holds back at most the longest one): at most four
 leading zeros in a character reference, and a line break between two characters at most once.
+Lines are looked for when they are at least three characters wide (``line_break_anchors``).
 """
 
 from __future__ import annotations
@@ -98,13 +99,15 @@ def extra_escape_literals(text: str) -> list[tuple[bytes, bool]]:
 def line_break_anchors(raw: bytes) -> list[bytes]:
     """The characters around each place a line break may cut ``raw``, with the break.
 
-    As for wrapped base64: in a value cut into lines at least two characters wide, the first
-    break of a match has the two characters before it and the two after it (or the value's
-    end) around it, so one of these strings is in every such match.
+    In a value cut into lines at least three characters wide, the first break of a match has
+    the (up to) three characters of the value before it on its line and the three after it (or
+    the value's end) on the next, so one of these strings is in every such match. Three, not
+    two as for wrapped base64: text lines are common, and a two-character anchor met ordinary
+    text often enough to cost more than the rest of the scan.
     """
     anchors: list[bytes] = []
     for i in range(len(raw) - 1):
-        left, right = raw[max(0, i - 1):i + 1], raw[i + 1:i + 3]
+        left, right = raw[max(0, i - 2):i + 1], raw[i + 1:i + 4]
         anchors.extend(left + line_break + right for line_break in _BREAKS)
     return anchors
 

@@ -11,7 +11,8 @@ Forms found, and what replaces them:
 * text: the raw bytes, where any character may instead be percent-encoded (``%2F``/``%2f``,
   ``+`` for a space), JSON-escaped (``\\u002f``, ``\\/``, ``\\"``, ...), an HTML character
   reference (``&#47;``, ``&#x2F;``, ``&sol;``) or quoted-printable (``=2F``), in any mix, and
-  may be cut into lines (LF, CRLF, or a quoted-printable soft break) between two characters
+  may be cut into lines (LF, CRLF, or a quoted-printable soft break, lines three characters
+  wide or more) between two characters
   (``encodings``). Replaced by the raw placeholder; by its percent-encoding when the match holds
   a ``%``; by its JSON escaping when the match holds a backslash; HTML-escaped when it holds a
   ``&``; quoted-printable when it holds ``=XX`` or a soft break.
