@@ -50,8 +50,8 @@ def extra_char_options(char: str) -> list[bytes]:
     options = []
     if not 0xDC80 <= code <= 0xDCFF:  # an undecodable byte has no character reference
         zeros = b"0{0,%d}" % _MAX_ZEROS
-        options.append(b"&#" + zeros + str(code).encode() + b";?")
-        options.append(b"&#[xX]" + zeros + _hex_digits(code) + b";?")
+        options.append(b"&#(?:" + zeros + str(code).encode() + b"|[xX]" + zeros
+                       + _hex_digits(code) + b");?")
         options.extend(regex.escape(name.encode()) for name in NAMED_REFERENCES.get(char, ()))
     encoded = char.encode("utf-8", "surrogateescape")
     # A soft line break may fall between the bytes of one character too.
