@@ -76,8 +76,11 @@ from broker_proxy.scrubbing.literal_search import Literal, LiteralSearch
 MIN_SECRET_LENGTH = 4
 # What a literal hit means: the match is the literal; the pattern matches from the literal's
 # start (base64: edge characters and padding around a fixed core); the pattern runs around it;
-# an escape of one of the value's characters, so the text form's pattern runs around it.
-_EXACT, _AT_START, _AROUND, _ESCAPE = "exact", "at-start", "around", "escape"
+# an escape of one of the value's characters, so the text form's pattern runs around it; a
+# line break inside the value, so the text form's pattern runs close around it (a match
+# without an escape is at most ``long_match_length`` long; one with an escape is found from
+# the escape).
+_EXACT, _AT_START, _AROUND, _ESCAPE, _LINES = "exact", "at-start", "around", "escape", "lines"
 _B64_STD = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 _B64_URL = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 _LINE_BREAK = rb"(?:\r?\n)?"
@@ -292,13 +295,18 @@ def _matchers_of(name: str, value: bytes) -> list[_Matcher]:
     # Between two characters a line break may cut the value (lines, quoted-printable).
     text_pattern = encodings.LINE_BREAK_BETWEEN.join(_text_char_pattern(c) for c in text)
     # The raw text is a literal; its escaped spellings are searched near an escape only, and
-    # its spellings cut into lines near a line break between two of its characters.
+    # its raw spellings cut into lines near a line break between two of its characters, with
+    # a pattern of raw characters only (it starts with a literal, so ``re`` scans fast; a
+    # spelling with an escape is found from the escape).
+    lines_pattern = encodings.LINE_BREAK_BETWEEN.join(
+        _literal(c.encode("utf-8", "surrogateescape")) for c in text)
     matchers = [
         _Matcher(_Form(name, "text"), text_pattern, re.compile(text_pattern),
                  anchors=lambda: [(Literal(value), _EXACT),
-                                  *((lit, _ESCAPE) for lit in _escape_literals(text)),
-                                  *((Literal(anchor), _AROUND)
-                                    for anchor in encodings.line_break_anchors(value))]),
+                                  *((lit, _ESCAPE) for lit in _escape_literals(text))]),
+        _Matcher(_Form(name, "text"), lines_pattern, re.compile(lines_pattern),
+                 anchors=lambda: [(Literal(anchor), _LINES)
+                                  for anchor in encodings.line_break_anchors(value)]),
         _Matcher(_Form(name, "hex"), _hex_pattern(value),
                  re.compile(_hex_pattern(value)),
                  anchors=lambda: [(Literal(value.hex().encode(), caseless=True), _EXACT)]),
@@ -612,13 +620,13 @@ class _PlanCache:
 _PLANS = _PlanCache(256)
 
 
-def _merged(ends: list[int], reach: int, size: int) -> list[tuple[int, int]]:
-    """The spans within ``reach`` of any of ``ends``, merged where they meet."""
+def _merged(ends: list[tuple[int, int]], size: int) -> list[tuple[int, int]]:
+    """The spans within each (end, reach) of ``ends``, merged where they meet."""
     spans: list[tuple[int, int]] = []
-    for end in sorted(ends):
-        low, high = max(0, end - reach), min(size, end + reach)
+    for low, high in sorted((max(0, end - reach), min(size, end + reach))
+                            for end, reach in ends):
         if spans and low <= spans[-1][1]:
-            spans[-1] = (spans[-1][0], high)
+            spans[-1] = (spans[-1][0], max(high, spans[-1][1]))
         else:
             spans.append((low, high))
     return spans
@@ -689,7 +697,7 @@ class Scrubber:
         if plan is None:
             return [], -1
         found: set[_Found] = set()
-        around: dict[_Matcher, list[int]] = {}
+        around: dict[_Matcher, list[tuple[int, int]]] = {}
         last_escape = -1
         literals = plan.literals if b"\n" in data else plan.literals_on_one_line
         for index, end in literals.find(data):
@@ -702,11 +710,12 @@ class Scrubber:
                 if match is not None:
                     self._add(found, data, matcher, match)
             else:
-                around.setdefault(matcher, []).append(end)
+                reach = plan.long_match_length if kind == _LINES else plan.max_match_length
+                around.setdefault(matcher, []).append((end, reach))
                 if kind == _ESCAPE:
                     last_escape = max(last_escape, end)
         for matcher, ends in around.items():
-            for low, high in _merged(ends, plan.max_match_length, len(data)):
+            for low, high in _merged(ends, len(data)):
                 for match in matcher.search.finditer(data, low, high):
                     self._add(found, data, matcher, match)
         ordered = sorted(found, key=lambda f: (f[0], f[0] - f[1]))
