@@ -52,6 +52,7 @@ from broker_proxy.scrubbing.content_decoding import (
     parse_transfer_encoding,
 )
 from broker_proxy.scrubbing.nested_bodies import (
+    SNIFF_LENGTH,
     CompressedBodyGuard,
     looks_compressed,
     media_coding,
@@ -99,7 +100,7 @@ class _BodyStream:
     def _pass(self, plain: bytes, *, final: bool) -> bytes:
         if self._head is not None:
             self._head += plain
-            if len(self._head) < 4 and not final:
+            if len(self._head) < SNIFF_LENGTH and not final:
                 return b""
             plain, self._head = self._head, None
             if not self._scrubber.empty and looks_compressed(plain, self._content_type):
@@ -354,7 +355,7 @@ def _scrub_buffered_body(flow: http.HTTPFlow, state: ScrubState) -> None:
         if state.buffered_codings:
             body = decode_whole(body, state.buffered_codings, BUFFERED_LIMITS)
         content_type = response.headers.get("content-type")
-        if not state.scrubber.empty and looks_compressed(body[:4], content_type):
+        if not state.scrubber.empty and looks_compressed(body[:SNIFF_LENGTH], content_type):
             # Compressed inside: searched, then passed on as it is (see nested_bodies).
             scan_whole(body, state.scrubber, BUFFERED_LIMITS, media_coding(content_type))
             if state.buffered_codings:

@@ -14,6 +14,7 @@ import gzip
 import hashlib
 import io
 import json
+import lzma
 import ssl
 import threading
 import zipfile
@@ -92,7 +93,7 @@ def _zip(data: bytes) -> bytes:
 
 ENCODERS: dict[str, Callable[[bytes], bytes]] = {
     "gzip": gzip.compress, "deflate": _deflate, "br": brotli.compress, "zstd": _zstd,
-    "zip": _zip,  # not a content coding: an archive, for ``?nest=``
+    "zip": _zip, "xz": lzma.compress,  # not content codings: archives, for ``?nest=``
     "x-unknown": lambda data: data,  # a coding the proxy cannot undo
 }
 

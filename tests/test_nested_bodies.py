@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import bz2
 import gzip
 import io
+import lzma
 import secrets
 import zipfile
 import zlib
@@ -164,3 +166,23 @@ def test_a_zip_the_proxy_cannot_read_is_withheld() -> None:
     truncated = _zip({"a.txt": secrets.token_bytes(5000)})[:300]  # inside the entry
     with pytest.raises(BodyNotDecodable):
         scan_whole(truncated, _scrubber(value), LIMITS, None)
+
+
+@pytest.mark.parametrize("compress", [lzma.compress, bz2.compress,
+                                      lambda body: bz2.compress(body) + bz2.compress(b"more")],
+                         ids=["xz", "bzip2", "bzip2-two-streams"])
+def test_xz_and_bzip2_bodies_are_looked_inside(compress) -> None:
+    value = _value()
+    body = compress(_archive(value))
+    assert looks_compressed(body[:10], None)
+    with pytest.raises(SecretInCompressedBody):
+        scan_whole(body, _scrubber(value), LIMITS, None)
+    clean = compress(b"nothing here " * 1000)
+    guard = CompressedBodyGuard(_scrubber(value), LIMITS, None)
+    out = b"".join(guard.feed(clean[i:i + 100]) for i in range(0, len(clean), 100))
+    assert out + guard.finish() == clean
+
+
+def test_text_that_starts_like_bzip2_is_not_taken_for_it() -> None:
+    assert not looks_compressed(b"BZh, said the bee", None)
+    scan_whole(b"BZh, said the bee", _scrubber(_value()), LIMITS, None)

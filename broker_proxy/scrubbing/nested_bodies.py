@@ -1,8 +1,8 @@
 """A body that is itself compressed: looked inside, passed on unchanged, or withheld.
 
-A ``.tar.gz`` or ``.zip`` download, an ``application/gzip`` answer, or a body gzip-compressed
-twice under one ``Content-Encoding: gzip`` reaches the agent as compressed bytes, which the
-scrubber cannot read and the agent can undo. Such a body is recognised by its media type or by
+A ``.tar.gz``, ``.tar.xz`` or ``.zip`` download, an ``application/gzip`` answer, or a body
+gzip-compressed twice under one ``Content-Encoding: gzip`` reaches the agent as compressed bytes,
+which the scrubber cannot read and the agent can undo. Such a body is recognised by its media type or by
 the magic bytes it starts with (after the content codings are undone), decoded on the side
 within the same bomb bounds as a content coding (relative to the body as the agent would get
 it; a zip's entries through ``zip_entries``), and every layer (the compressed bytes too: a gzip
@@ -18,9 +18,11 @@ that would decode to part of a secret. ``BodyNotDecodable`` says why a body was 
 
 from __future__ import annotations
 
+import re
+
 from broker_proxy.scrubbing.content_decoding import BodyNotDecodable, DecodeLimits, StreamDecoder
 from broker_proxy.scrubbing.scrubber import Scrubber, StreamScrubber
-from broker_proxy.scrubbing.zip_entries import ZipEntries
+from broker_proxy.scrubbing.zip_entries import StdlibStream, ZipEntries
 
 # Media types whose body is one compressed stream (a coding the decoder knows).
 COMPRESSED_MEDIA_TYPES = {
@@ -29,10 +31,15 @@ COMPRESSED_MEDIA_TYPES = {
     "application/x-zstd": "zstd", "application/zlib": "deflate",
     "application/x-brotli": "br", "application/brotli": "br",
     "application/zip": "zip", "application/x-zip-compressed": "zip",
+    "application/x-xz": "xz", "application/x-bzip2": "bzip2", "application/x-bzip": "bzip2",
 }
 # Magic bytes: gzip (RFC 1952, deflate method), zstd frames, a zip's first local file header.
-_MAGIC = ((b"\x1f\x8b\x08", "gzip"), (b"\x28\xb5\x2f\xfd", "zstd"), (b"PK\x03\x04", "zip"))
-_SNIFF_LENGTH = 4
+_MAGIC = ((b"\x1f\x8b\x08", "gzip"), (b"\x28\xb5\x2f\xfd", "zstd"), (b"PK\x03\x04", "zip"),
+          (b"\xfd7zXZ\x00", "xz"))
+# bzip2: "BZh", the block size, then a block's or the stream end's 48-bit magic (plain text
+# may well start with "BZh").
+_BZIP2 = re.compile(rb"BZh[1-9](?:1AY&SY|\x17rE8P\x90)")
+SNIFF_LENGTH = 10  # the bytes a body's kind is told from
 MAX_DEPTH = 4  # compressed inside compressed, at most this deep; deeper is withheld
 MAX_PENDING = 8 * 1024 * 1024  # compressed bytes held back while a partial match is open
 
@@ -51,7 +58,7 @@ def sniffed_coding(head: bytes) -> str | None:
     for magic, coding in _MAGIC:
         if head.startswith(magic):
             return coding
-    return None
+    return "bzip2" if _BZIP2.match(head) else None
 
 
 class _Layer:
@@ -64,7 +71,7 @@ class _Layer:
         self._search: StreamScrubber = scrubber.stream()
         self._coding = coding  # None: sniff the first bytes
         self._head = b""
-        self._decoder: StreamDecoder | ZipEntries | None = None
+        self._decoder: StreamDecoder | ZipEntries | StdlibStream | None = None
         self._inner: _Layer | None = None
         self._depth = depth
         self.written = 0  # decoded bytes this layer produced
@@ -77,7 +84,7 @@ class _Layer:
             raise SecretInCompressedBody("a secret is inside the compressed body")
         if self._decoder is None and self._coding is None:
             self._head += data
-            if len(self._head) < _SNIFF_LENGTH and not final:
+            if len(self._head) < SNIFF_LENGTH and not final:
                 return
             data, self._head = self._head, b""
             self._coding = sniffed_coding(data) or ""
@@ -89,6 +96,9 @@ class _Layer:
             if self._coding == "zip":  # the entries' contents, one after the other
                 self._decoder = ZipEntries(self._limits)
                 self._inner = _Layer(self._scrubber, self._limits, "", self._depth + 1)
+            elif self._coding in ("xz", "bzip2"):
+                self._decoder = StdlibStream(self._coding, self._limits)
+                self._inner = _Layer(self._scrubber, self._limits, None, self._depth + 1)
             else:
                 self._decoder = StreamDecoder([self._coding], self._limits)
                 self._inner = _Layer(self._scrubber, self._limits, None, self._depth + 1)

@@ -1,4 +1,4 @@
-"""The entries of a zip archive as one stream of their contents, read as the archive streams.
+"""Archives that are not content codings, read as they stream: zip entries, xz, bzip2.
 
 A zip (a repository's ``zipball``, an export) stores each file deflated on its own, so the
 scrubber cannot read it and the agent can inflate it. ``ZipEntries`` walks the local file
@@ -11,6 +11,8 @@ deflate, a stored entry of unknown length, bytes that are not a zip.
 
 from __future__ import annotations
 
+import bz2
+import lzma
 import struct
 
 from broker_proxy.scrubbing.content_decoding import (
@@ -168,3 +170,56 @@ class ZipEntries:
         self._buffer = self._buffer[length:]
         self._state = "header"
         return True
+
+
+class StdlibStream:
+    """xz or bzip2 (several streams one after another), decoded in bounded slices.
+
+    Not content codings (no HTTP coding names them), but ``.tar.xz`` and ``.tar.bz2`` are
+    common downloads: looked inside like gzip, within the same bounds.
+    """
+
+    def __init__(self, kind: str, limits: DecodeLimits) -> None:
+        self._kind = kind
+        self._limits = limits
+        self._decoder = self._new()
+        self._read = 0
+        self._written = 0
+        self._in_stream = False
+
+    def _new(self) -> lzma.LZMADecompressor | bz2.BZ2Decompressor:
+        return lzma.LZMADecompressor() if self._kind == "xz" else bz2.BZ2Decompressor()
+
+    def feed(self, data: bytes) -> bytes:
+        self._read += len(data)
+        out: list[bytes] = []
+        try:
+            while data or (self._in_stream and not self._decoder.needs_input
+                           and not self._decoder.eof):
+                self._in_stream = True
+                piece = self._decoder.decompress(data, _SLICE)
+                data = b""
+                self._emit(out, piece)
+                if self._decoder.eof:
+                    self._in_stream = False
+                    data = self._decoder.unused_data
+                    self._decoder = self._new()
+                elif not piece and self._decoder.needs_input:
+                    break
+        except (lzma.LZMAError, OSError, EOFError) as error:
+            raise BodyNotDecodable(f"{self._kind} body is corrupt") from error
+        return b"".join(out)
+
+    def finish(self) -> bytes:
+        if self._in_stream:
+            raise BodyNotDecodable(f"{self._kind} body is truncated")
+        return b""
+
+    def _emit(self, out: list[bytes], piece: bytes) -> None:
+        self._written += len(piece)
+        limits = self._limits
+        if limits.max_output is not None and self._written > limits.max_output:
+            raise BodyNotDecodable("decoded body exceeds the size limit")
+        if self._written > limits.ratio_allowance + limits.max_ratio * self._read:
+            raise BodyNotDecodable("decoded body exceeds the compression ratio limit")
+        out.append(piece)

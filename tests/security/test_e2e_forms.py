@@ -14,6 +14,7 @@ import hashlib
 import html
 import io
 import json
+import lzma
 import quopri
 import zipfile
 import zlib
@@ -143,6 +144,7 @@ NESTED = {
     "gzip-twice": {"nest": "gzip", "enc": "gzip"},  # Content-Encoding: gzip over a gzip body
     "zstd-sniffed": {"nest": "zstd", "type": "application/octet-stream"},
     "zip": {"nest": "zip", "type": "application/zip"},
+    "xz-sniffed": {"nest": "xz", "type": "application/octet-stream"},
 }
 
 
@@ -175,10 +177,12 @@ def test_a_secret_inside_a_compressed_body_is_withheld(forms_stack: Stack, case:
                    lambda d: zlib.decompressobj(31).decompress(
                        zlib.decompressobj(31).decompress(d)),
                    lambda d: zstd.ZstdDecompressor().decompress(d),
-                   lambda d: zipfile.ZipFile(io.BytesIO(d)).read("reflected.txt")):
+                   lambda d: zipfile.ZipFile(io.BytesIO(d)).read("reflected.txt"),
+                   lambda d: lzma.LZMADecompressor().decompress(d)):
         try:
             seen = decode(received)
-        except (zlib.error, zstd.ZstdError, zipfile.BadZipFile, KeyError, EOFError):
+        except (zlib.error, zstd.ZstdError, zipfile.BadZipFile, KeyError, EOFError,
+                lzma.LZMAError):
             continue
         assert value[:8] not in seen and value[-8:] not in seen
 
