@@ -1,15 +1,15 @@
 """A body that is itself compressed: looked inside, passed on unchanged, or withheld.
 
 A ``.tar.gz``, ``.tar.xz`` or ``.zip`` download, an ``application/gzip`` answer, or a body
-gzip-compressed twice under one ``Content-Encoding: gzip`` reaches the agent as compressed bytes,
-which the scrubber cannot read and the agent can undo. Such a body is recognised by its media type or by
-the magic bytes it starts with (after the content codings are undone), decoded on the side
-within the same bomb bounds as a content coding (relative to the body as the agent would get
-it; a zip's entries through ``zip_entries``), and every layer (the compressed bytes too: a gzip
-header may carry a file name in clear) is searched for the secrets. Found, or not decodable
-within bounds: the answer is withheld. Not found: the body goes on as it came, byte for byte
-(re-compressing a scrubbed copy would change a file the agent asked for, and cost ~36 MB/s of
-CPU).
+gzip-compressed twice under one ``Content-Encoding: gzip`` reaches the agent as compressed
+bytes, which the scrubber cannot read and the agent can undo. Such a body is recognised by its
+media type or by the magic bytes it starts with (after the content codings are undone), decoded
+on the side within the same bomb bounds as a content coding (relative to the body as the agent
+would get it; zip, xz and bzip2 through ``zip_entries``), and every layer (the compressed bytes
+too: a gzip header may carry a file name in clear) is searched for the secrets. Found, or not
+decodable within bounds: the answer is withheld. Not found: the body goes on as it came, byte
+for byte (re-compressing a scrubbed copy would change a file the agent asked for, and cost ~36
+MB/s of CPU).
 
 Streaming: compressed bytes are released only once what they decode to has been searched and
 no layer holds the start of a possible match, so the agent never holds a prefix of the stream
