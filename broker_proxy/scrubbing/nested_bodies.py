@@ -5,8 +5,8 @@ gzip-compressed twice under one ``Content-Encoding: gzip`` reaches the agent as 
 bytes, which the scrubber cannot read and the agent can undo. Such a body is recognised by its
 media type or by the magic bytes it starts with (after the content codings are undone), decoded
 on the side within the same bomb bounds as a content coding (relative to the body as the agent
-would get it; zip, xz and bzip2 through ``zip_entries``), and every layer (the compressed bytes
-too: a gzip header may carry a file name in clear) is searched for the secrets. Found, or not
+would get it; zip, xz and bzip2 through ``archive_streams``), and every layer (the compressed
+bytes too: a gzip header may carry a file name in clear) is searched for the secrets. Found, or not
 decodable within bounds: the answer is withheld. Not found: the body goes on as it came, byte
 for byte (re-compressing a scrubbed copy would change a file the agent asked for, and cost ~36
 MB/s of CPU).
@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import re
 
+from broker_proxy.scrubbing.archive_streams import StdlibStream, ZipEntries
 from broker_proxy.scrubbing.content_decoding import BodyNotDecodable, DecodeLimits, StreamDecoder
 from broker_proxy.scrubbing.scrubber import Scrubber, StreamScrubber
-from broker_proxy.scrubbing.zip_entries import StdlibStream, ZipEntries
 
 # Media types whose body is one compressed stream (a coding the decoder knows).
 COMPRESSED_MEDIA_TYPES = {
