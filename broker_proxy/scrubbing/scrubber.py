@@ -426,7 +426,7 @@ def _starts_of(partial: regex.Pattern[bytes]) -> frozenset[bytes]:
 class _Compiled:
     """The patterns of one secret value, without its placeholder.
 
-    Building them costs 20-35 ms of CPU. They depend only on the value, so every grant holding
+    Building them costs 40-60 ms of CPU. They depend only on the value, so every grant holding
     the secret (each with its own placeholder) shares them, and a secret is compiled once per
     value for the life of the process, not per grant. The patterns spell the value out: the
     repr counts them.
