@@ -7,6 +7,7 @@ clear line) on a mitmproxy that lacks what it patches, rather than silently doin
 from __future__ import annotations
 
 from broker_proxy.addons import (
+    header_folding,
     informational_responses,
     malformed_requests,
     request_departure,
@@ -23,3 +24,4 @@ def install() -> None:
     request_departure.install()  # whether a request left decides whether its use is spent
     informational_responses.install()  # a 1xx never answers a request, nor the next one
     websocket_controls.install()  # close reasons and ping/pong payloads are scrubbed
+    header_folding.install()  # a folded header (obs-fold) is refused, never forwarded

@@ -58,6 +58,13 @@ from broker_proxy.scrubbing.content_decoding import (
 )
 from broker_proxy.scrubbing.grant_scrub import GrantScrub
 from broker_proxy.scrubbing.scope import ScrubScope
+from broker_proxy.scrubbing.nested_bodies import (
+    SNIFF_LENGTH,
+    CompressedBodyGuard,
+    looks_compressed,
+    media_coding,
+    scan_whole,
+)
 from broker_proxy.scrubbing.scrubber import MessageScrubber, Scrubber, StreamScrubber, scrubber_for
 
 log = logging.getLogger("broker_proxy.addon")
@@ -127,16 +134,39 @@ def live_set(verdict: Allowed | None, refresh: Refresh | None) -> LiveSet | None
 
 
 class _BodyStream:
-    """``flow.response.stream``: bytes in, scrubbed bytes out; called with b"" at the end."""
+    """``flow.response.stream``: bytes in, scrubbed bytes out; called with b"" at the end.
+
+    A body that is itself compressed (its media type or first bytes say so) is searched inside
+    and passed on unchanged, or cut (``nested_bodies``); its first bytes are held to decide.
+    """
 
     def __init__(self, flow: http.HTTPFlow, scrubber: Scrubber,
-                 decoder: StreamDecoder | None, live: LiveSet | None = None) -> None:
+                 decoder: StreamDecoder | None, live: LiveSet | None = None,
+                 content_type: str | None = None) -> None:
         self._flow = flow
         self._decoder = decoder
         self._live = live
         self.scrubber = scrubber
+        self._content_type = content_type
         self.scrubbing: StreamScrubber = scrubber.stream()
+        self._compressed: CompressedBodyGuard | None = None
+        self._head: bytes | None = b""  # None once the body's kind is known
         self.failed = False
+
+    def _pass(self, plain: bytes, *, final: bool) -> bytes:
+        if self._head is not None:
+            self._head += plain
+            if len(self._head) < SNIFF_LENGTH and not final:
+                return b""
+            plain, self._head = self._head, None
+            if not self.scrubber.empty and looks_compressed(plain, self._content_type):
+                self._compressed = CompressedBodyGuard(
+                    self.scrubber, STREAMED_LIMITS, media_coding(self._content_type))
+        if self._compressed is not None:
+            out = self._compressed.feed(plain)
+            return out + self._compressed.finish() if final else out
+        out = self.scrubbing.feed(plain)
+        return out + self.scrubbing.finish() if final else out
 
     def __call__(self, data: bytes) -> list[bytes]:
         # A list, never b"": mitmproxy frames an empty bytes chunk as HTTP/1's last chunk.
@@ -148,10 +178,10 @@ class _BodyStream:
                 self.scrubbing = self.scrubbing.rebind(switched)
             if data:
                 plain = self._decoder.feed(data) if self._decoder else data
-                out = self.scrubbing.feed(plain)
+                out = self._pass(plain, final=False)
             else:
                 plain = self._decoder.finish() if self._decoder else b""
-                out = self.scrubbing.feed(plain) + self.scrubbing.finish()
+                out = self._pass(plain, final=True)
             return [out] if out else []
         except Exception as error:  # never pass on what could not be scrubbed
             log.warning("response body cut: %s", error if isinstance(error, BodyNotDecodable)
@@ -348,7 +378,8 @@ def on_response_headers(flow: http.HTTPFlow, verdict: Allowed | None,
         response.headers.pop(name, None)
     if not (response.is_http2 or response.is_http3):
         response.headers["transfer-encoding"] = "chunked"
-    state.body = _BodyStream(flow, state.scrubber, decoder, live)
+    content_type = response.headers.get("content-type") if scrub else None
+    state.body = _BodyStream(flow, state.scrubber, decoder, live, content_type)
     response.stream = state.body
 
 
@@ -403,6 +434,15 @@ def _scrub_buffered_body(flow: http.HTTPFlow, state: ScrubState) -> None:
         body = response.raw_content
         if state.buffered_codings:
             body = decode_whole(body, state.buffered_codings, BUFFERED_LIMITS)
+        content_type = response.headers.get("content-type")
+        if not state.scrubber.empty and looks_compressed(body[:SNIFF_LENGTH], content_type):
+            # Compressed inside: searched, then passed on as it is (see nested_bodies).
+            scan_whole(body, state.scrubber, BUFFERED_LIMITS, media_coding(content_type))
+            if state.buffered_codings:
+                for name in ("content-encoding", *_DIGEST_HEADERS):
+                    response.headers.pop(name, None)
+                response.set_content(body)
+            return
     except BodyNotDecodable as error:
         denied = Denied(502, codes.RESPONSE_WITHHELD,
                         f"the answer could not be scrubbed: {error}", state.grant_id)
