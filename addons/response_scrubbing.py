@@ -57,7 +57,6 @@ from broker_proxy.scrubbing.content_decoding import (
     parse_transfer_encoding,
 )
 from broker_proxy.scrubbing.grant_scrub import GrantScrub
-from broker_proxy.scrubbing.scope import ScrubScope
 from broker_proxy.scrubbing.nested_bodies import (
     SNIFF_LENGTH,
     CompressedBodyGuard,
@@ -65,6 +64,7 @@ from broker_proxy.scrubbing.nested_bodies import (
     media_coding,
     scan_whole,
 )
+from broker_proxy.scrubbing.scope import ScrubScope
 from broker_proxy.scrubbing.scrubber import MessageScrubber, Scrubber, StreamScrubber, scrubber_for
 
 log = logging.getLogger("broker_proxy.addon")
