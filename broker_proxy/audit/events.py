@@ -1,6 +1,6 @@
 """The audit events: one name per kind of decision, and what each one means.
 
-Writers use these names (`audit.append(EVENT, ...)`); `audit tail` and the README list them.
+Writers use these names (`audit.append(EVENT, ...)`); `audit tail` and docs/audit.md list them.
 Policy reloads (policy_reload.py) write `policy_reloaded` / `policy_reload_rejected`; the
 start-up load writes `policy_loaded`.
 """

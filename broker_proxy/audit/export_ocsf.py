@@ -1,6 +1,6 @@
 """Audit records as OCSF 1.8.0 events, for SIEMs that speak OCSF.
 
-The mapping (also in the README):
+The mapping (also in docs/audit.md):
 
 | audit event | OCSF class | activity |
 |---|---|---|
