@@ -22,20 +22,23 @@ from typing import Any
 
 from broker_proxy.grants.model import Grant, GrantStatus
 from broker_proxy.grants.store import (
+    STORE_WAIT_SECONDS,
     GrantCounts,
     GrantIndex,
     GrantNotFound,
+    GrantPage,
     Grants,
     GrantStateError,
     GrantStoreBusy,
     GrantStoreError,
+    PageKey,
     ReserveResult,
     authenticate_token,
     reserve_result_for,
 )
 
 SCHEMA_VERSION = 3
-BUSY_TIMEOUT_MS = 5000
+BUSY_TIMEOUT_MS = int(STORE_WAIT_SECONDS * 1000)
 
 _SCHEMA_V1 = (
     # Timestamps are integer microseconds since the epoch, UTC: they compare in SQL exactly as
@@ -84,6 +87,11 @@ _COLUMNS = (
 )
 _SELECT_ONE = f"SELECT {_COLUMNS} FROM grants WHERE id = ?"  # noqa: S608 (constant columns)
 _SELECT_ALL = f"SELECT {_COLUMNS} FROM grants ORDER BY created_at, id"  # noqa: S608
+# Listing pages, through grants_by_created in either direction from a (created_at, id) key.
+_PAGE_OLDEST = (f"SELECT {_COLUMNS} FROM grants WHERE (created_at, id) > (?, ?)"  # noqa: S608
+                " ORDER BY created_at, id LIMIT ?")
+_PAGE_NEWEST = (f"SELECT {_COLUMNS} FROM grants WHERE (created_at, id) < (?, ?)"  # noqa: S608
+                " ORDER BY created_at DESC, id DESC LIMIT ?")
 _SELECT_LIVE = (
     f"SELECT {_COLUMNS} FROM grants WHERE status IN ('active', 'pending')"  # noqa: S608
     " AND expires_at > ? ORDER BY created_at, id"
@@ -196,6 +204,18 @@ class SqliteGrantStore:
                       for row in conn.execute(_SELECT_LIVE, (_to_micros(moment),))]
         return [g for g in grants if g.state_at(moment) in ("active", "pending")]
 
+    def page(self, after: PageKey | None, limit: int, *,
+             newest_first: bool = False) -> GrantPage:
+        # Through grants_by_created (created_at, id), forwards or backwards from the key.
+        query = _PAGE_NEWEST if newest_first else _PAGE_OLDEST
+        key = (_FOREVER, "\uffff") if newest_first else (-1, "")
+        if after is not None:
+            key = (_to_micros(after[0]), after[1])
+        with self._reading() as conn:
+            grants = [_grant_from_row(row) for row in conn.execute(query, (*key, limit))]
+        last = grants[-1] if len(grants) == limit and grants else None
+        return GrantPage(grants, None if last is None else (last.created_at, last.id))
+
     def indexed(
         self, index: GrantIndex, after: tuple[datetime, str], until: datetime, limit: int
     ) -> Grants:
@@ -242,8 +262,9 @@ class SqliteGrantStore:
         with self._transaction() as conn:
             return conn.executemany(_PURGE, [(gid, cutoff) for gid in grant_ids]).rowcount
 
-    def reserve_use(self, grant_id: str, now: datetime, *, wait: bool = True) -> ReserveResult:
-        with self._transaction(wait=wait) as conn:
+    def reserve_use(self, grant_id: str, now: datetime, *, wait: bool = True,
+                    deadline: float | None = None) -> ReserveResult:
+        with self._transaction(wait=wait, deadline=deadline) as conn:
             if conn.execute(_RESERVE, (grant_id, _to_micros(now))).rowcount == 1:
                 return ReserveResult.RESERVED
             # Read inside the same transaction, so the reason is the one that refused the use.
@@ -396,28 +417,39 @@ class SqliteGrantStore:
         return self._reader
 
     @contextmanager
-    def _transaction(self, *, wait: bool = True) -> Iterator[sqlite3.Connection]:
+    def _transaction(self, *, wait: bool = True,
+                     deadline: float | None = None) -> Iterator[sqlite3.Connection]:
         """One IMMEDIATE transaction; commits on success, rolls back on any exception.
 
         sqlite3.IntegrityError passes through unchanged so `create` can say what it means;
         every other sqlite3 error means the store is unusable. Without `wait`, a lock held by
-        another thread or process raises GrantStoreBusy at once.
+        another thread or process raises GrantStoreBusy at once. With a `deadline`
+        (time.monotonic()), both waits (for this process's write connection, then for SQLite's
+        write lock) end by it: GrantStoreError, so the hundredth waiter is answered as soon as
+        the first, instead of each one starting its own BUSY_TIMEOUT_MS after the previous.
         """
-        if not self._lock.acquire(blocking=wait):
+        timeout = -1.0 if deadline is None else max(0.0, deadline - time.monotonic())
+        if not self._lock.acquire(blocking=wait, timeout=timeout if wait else -1):
+            if wait:
+                raise self._busy_too_long()
             raise GrantStoreBusy(f"grant store {self._path} is busy")
         try:
             conn = self._connection()
+            busy_ms = 0 if not wait else (BUSY_TIMEOUT_MS if deadline is None else
+                                         int(max(0.0, deadline - time.monotonic()) * 1000))
             try:
-                if not wait:
-                    conn.execute("PRAGMA busy_timeout = 0")
+                if busy_ms != BUSY_TIMEOUT_MS:
+                    conn.execute(f"PRAGMA busy_timeout = {busy_ms}")
                 try:
                     conn.execute("BEGIN IMMEDIATE")
                 finally:
-                    if not wait:
+                    if busy_ms != BUSY_TIMEOUT_MS:
                         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             except sqlite3.Error as exc:
                 if not wait and _is_busy(exc):
                     raise GrantStoreBusy(f"grant store {self._path} is busy") from None
+                if deadline is not None and _is_busy(exc):
+                    raise self._busy_too_long() from None
                 raise self._unusable(exc) from exc
             try:
                 yield conn
@@ -435,6 +467,10 @@ class SqliteGrantStore:
                 raise self._unusable(exc) from exc
         finally:
             self._lock.release()
+
+    def _busy_too_long(self) -> GrantStoreError:
+        return GrantStoreError(f"grant store {self._path} is unusable: another writer held its"
+                               " lock for the whole time this request may wait")
 
     def _unusable(self, exc: BaseException) -> GrantStoreError:
         # sqlite3 messages name the failure ("database is locked", "file is not a database");
