@@ -54,7 +54,8 @@ class MemoryGrantStore:
     def authenticate(self, token: str) -> Grant | None:
         return authenticate_token(token, self.get)
 
-    def reserve_use(self, grant_id: str, now: datetime) -> ReserveResult:
+    def reserve_use(self, grant_id: str, now: datetime, *, wait: bool = True,
+                    deadline: float | None = None) -> ReserveResult:
         self.uses[grant_id] = self.uses.get(grant_id, 0) + 1  # a counter, as a store would
         return ReserveResult.RESERVED
 

@@ -278,9 +278,11 @@ class RedisGrantStore:
             start = 0 if after is None else self._rank_after(after, newest_first)
             take = self._client.zrevrange if newest_first else self._client.zrange
             members: list[tuple[bytes, float]] = take(  # type: ignore[assignment]
-                _CREATED, start, start + limit - 1, withscores=True)
+                _CREATED, start, start + limit, withscores=True)  # one more: a next page?
+        more = len(members) > limit
+        del members[limit:]
         grants = self._read([bytes(member).decode() for member, _ in members])
-        if len(members) < limit or not members:
+        if not more or not members:
             return GrantPage(grants, None)
         member, score = members[-1]
         return GrantPage(grants, (_EPOCH + timedelta(microseconds=int(score)),

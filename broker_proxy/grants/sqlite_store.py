@@ -211,10 +211,12 @@ class SqliteGrantStore:
         key = (_FOREVER, "\uffff") if newest_first else (-1, "")
         if after is not None:
             key = (_to_micros(after[0]), after[1])
-        with self._reading() as conn:
-            grants = [_grant_from_row(row) for row in conn.execute(query, (*key, limit))]
-        last = grants[-1] if len(grants) == limit and grants else None
-        return GrantPage(grants, None if last is None else (last.created_at, last.id))
+        with self._reading() as conn:  # one more than asked: is there a next page?
+            grants = [_grant_from_row(row) for row in conn.execute(query, (*key, limit + 1))]
+        if len(grants) <= limit:
+            return GrantPage(grants, None)
+        del grants[limit:]
+        return GrantPage(grants, (grants[-1].created_at, grants[-1].id))
 
     def indexed(
         self, index: GrantIndex, after: tuple[datetime, str], until: datetime, limit: int

@@ -123,7 +123,7 @@ class GrantStore(Protocol):
 
         Read through an index on (created_at, id): O(log n + limit) per page, whatever the page's
         position, so a listing of a million grants is walked page by page without holding them.
-        `next` is set whenever the page was full (a last, empty page may follow).
+        `next` is set when more grants follow (as the store stood when the page was read).
         """
         ...
 
