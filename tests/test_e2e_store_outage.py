@@ -5,7 +5,7 @@ Redis is frozen (SIGSTOP: every call would wait its 0.5 s timeout) or gone (kill
 concurrent agents are all answered 503 `grant_store_unavailable` in about the time one is:
 the first failure opens the store's circuit (grants/circuit.py) and the rest are refused
 without waiting. Nothing reaches the upstream meanwhile, and once Redis is back requests flow
-again without restarting the proxy.
+again without restarting the proxy. The listing pages through a Redis store by cursor too.
 """
 
 from __future__ import annotations
@@ -24,12 +24,14 @@ from pathlib import Path
 import pytest
 import requests
 
+from benchmarks.grant_scale_bench import mixed_grants
 from broker_proxy.audit.log import AuditLog
 from broker_proxy.devtools.local_pki import LocalPki
 from broker_proxy.devtools.proxy_process import ProxyProcess
 from broker_proxy.devtools.redis_server import RedisServer
 from broker_proxy.grants.circuit import OPEN_FOR
 from broker_proxy.grants.issuer import IssuedGrant, issue_grant
+from broker_proxy.grants.paging import walk
 from broker_proxy.grants.redis_store import RedisGrantStore
 from broker_proxy.home import Home
 from broker_proxy.policy.loader import load_policy
@@ -55,6 +57,7 @@ AGENTS = 100
 # What one refused request costs while Redis is frozen: one command timeout (0.5 s), plus a
 # loaded two-core machine running 100 client threads. Before the circuit: p50 6.6 s, max 12.6 s.
 ONE_REQUEST_BOUND = 3.0
+LISTED = 5_000
 
 
 @dataclass
@@ -187,3 +190,23 @@ def test_a_stopped_redis_answers_100_concurrent_agents_fast_and_recovers_on_rest
     fresh = redis_stack.issue()
     print(f"recovered {_recovered(redis_stack, fresh.token):.2f} s after restart")
     assert [r.path for r in redis_stack.upstreams.api.requests] == ["/v1/before", "/v1/back"]
+
+
+def test_the_admin_api_pages_through_a_redis_store_by_cursor(redis_stack: RedisStack) -> None:
+    with RedisGrantStore(redis_stack.redis.url) as store:
+        store.load_many(mixed_grants(LISTED, utc_now()))
+        expected = {grant.id for grant in walk(store)}
+    token = (redis_stack.proxy.home / "admin.token").read_text().strip()
+    seen: list[str] = []
+    cursor: str | None = None
+    while True:
+        answer = requests.get(f"{redis_stack.proxy.admin_url}/v1/grants", timeout=30,
+                              params={"limit": 700, **({"after": cursor} if cursor else {})},
+                              headers={"Authorization": f"Bearer {token}"})
+        assert answer.status_code == 200 and len(answer.json()) <= 700
+        seen += [grant["id"] for grant in answer.json()]
+        cursor = answer.headers.get("X-Next-Cursor")
+        if cursor is None:
+            break
+    assert len(seen) == len(set(seen)) and set(seen) == expected
+    assert len(expected) >= LISTED

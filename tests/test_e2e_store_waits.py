@@ -74,13 +74,16 @@ def test_writers_behind_a_held_sqlite_lock_are_each_answered_503_within_the_boun
         time.sleep(0.5)  # the writers now wait for the lock
         plain = [_timed(via_curl, stack, grant.token, "GET", egress_url) for _ in range(5)]
         answers = [future.result(timeout=60) for future in writers]
+    print(f"{WRITERS} writers behind a lock held {HOLD_SECONDS:.0f} s, answered after "
+          f"{', '.join(f'{s:.2f}' for _, s in answers)} s; requests without a placeholder "
+          f"meanwhile {', '.join(f'{s:.2f}' for _, s in plain)} s")
     for answer, seconds in answers:
         assert (answer.status, answer.json()["error"]) == (503, "grant_store_unavailable")
         assert seconds < STORE_WAIT_SECONDS + SLACK, [s for _, s in answers]
     # A request without a placeholder writes nothing to the store: never queued behind those.
     for answer, seconds in plain:
         assert answer.status == 200
-        assert seconds < 1.0, [s for _, s in plain]
+        assert seconds < 1.5, [s for _, s in plain]
     # Nothing carrying the secret went upstream, and the audit says why each was refused.
     assert not any(r.header("Authorization") for r in stack.upstreams.api.requests)
     records = [r for r in AuditLog.read_records(stack.home.audit_log)
