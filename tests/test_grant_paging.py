@@ -119,7 +119,12 @@ def test_the_listing_query_pages_by_cursor_and_keeps_the_old_parameters(
     assert [g.id for g in second.grants] == [g.id for g in grants[::-1][12:]]
     old = list_page(store, parse_query({"limit": ["5"], "offset": ["10"]}), now)
     assert [g.id for g in old.grants] == [g.id for g in grants[::-1][10:15]]
-    assert old.total == 30
+    assert old.total == 30 and old.next_cursor is not None
+    walked = list_page(store, parse_query({"limit": ["5"], "offset": ["10"],
+                                          "agent": ["research-bot"]}), now)
+    assert walked.grants == old.grants and walked.total == 30
+    assert list_page(store, parse_query({"offset": ["29"]}), now).next_cursor is None
+    assert store.total() == 30
     revoked = list_page(store, parse_query({"state": ["revoked"]}), now)
     assert [g.id for g in revoked.grants] == [grants[3].id]
     assert list_page(store, parse_query({"pending": ["true"]}), now).grants == []

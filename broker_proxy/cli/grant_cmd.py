@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import textwrap
 from collections.abc import Iterable
 from datetime import datetime
 
@@ -144,7 +143,9 @@ def _stream_json_array(items: Iterable[dict[str, object]]) -> None:
     out = sys.stdout
     separator = "[\n"
     for item in items:
-        out.write(separator + textwrap.indent(json.dumps(item, indent=2, sort_keys=True), "  "))
+        # JSON text holds no raw line break inside a value, so each one starts a line to indent.
+        out.write(separator + "  " + json.dumps(item, indent=2, sort_keys=True).replace(
+            "\n", "\n  "))
         separator = ",\n"
     out.write("[]\n" if separator == "[\n" else "\n]\n")
 

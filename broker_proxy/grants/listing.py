@@ -11,8 +11,9 @@ Every form of the listing is paged (paging.py), so no answer holds every grant:
   (their number, not the store's, sets the cost); the other filters read pages of every grant,
   at most SCAN_BUDGET per answer (paging.filtered_page): a page may then hold fewer grants than
   `limit`, even none, and still have a next cursor;
-- `offset` still skips that many matches and sets `X-Total-Count`, as before, by walking the
-  store page by page: memory stays one page, the time grows with the store (use `after`).
+- `offset` still skips that many matches and sets `X-Total-Count`, as before: without a filter
+  the store skips by position on its index; with one, the store is walked page by page (memory
+  stays one page, the time grows with the store: use `after`).
 """
 
 from __future__ import annotations
@@ -145,6 +146,13 @@ def _offset_page(store: GrantStore, query: ListingQuery,
                  keep: Callable[[Grant], bool]) -> ListingPage:
     """The old paging: skip `offset` matches, take `limit`, count them all (one page held)."""
     assert query.offset is not None
+    if query.agent is None and query.secret is None and query.state is None:
+        # Every grant matches: the store skips by position on its index and counts there.
+        page = store.page(None, query.limit, newest_first=query.newest_first,
+                          skip=query.offset)
+        cursor = None if page.next is None else encode_cursor(
+            page.next, newest_first=query.newest_first)
+        return ListingPage(page.grants, cursor, store.total())
     chosen: list[Grant] = []
     total = 0
     for grant in walk(store, newest_first=query.newest_first):

@@ -271,11 +271,11 @@ class RedisGrantStore:
         return [g for g in grants if g.state_at(moment) in ("active", "pending")]
 
     def page(self, after: PageKey | None, limit: int, *,
-             newest_first: bool = False) -> GrantPage:
+             newest_first: bool = False, skip: int = 0) -> GrantPage:
         # By rank in the created index (score created_at, ties in id order, as the key is):
         # the cursor's rank is O(log n), then one ZRANGE of `limit` members.
         with self._talking():
-            start = 0 if after is None else self._rank_after(after, newest_first)
+            start = skip + (0 if after is None else self._rank_after(after, newest_first))
             take = self._client.zrevrange if newest_first else self._client.zrange
             members: list[tuple[bytes, float]] = take(  # type: ignore[assignment]
                 _CREATED, start, start + limit, withscores=True)  # one more: a next page?
@@ -287,6 +287,10 @@ class RedisGrantStore:
         member, score = members[-1]
         return GrantPage(grants, (_EPOCH + timedelta(microseconds=int(score)),
                                   bytes(member).decode()))
+
+    def total(self) -> int:
+        with self._talking():
+            return int(self._client.zcard(_CREATED))
 
     def _rank_after(self, after: PageKey, newest_first: bool) -> int:
         """How many members of the created index come before or at `after` in the order."""

@@ -89,9 +89,9 @@ _SELECT_ONE = f"SELECT {_COLUMNS} FROM grants WHERE id = ?"  # noqa: S608 (const
 _SELECT_ALL = f"SELECT {_COLUMNS} FROM grants ORDER BY created_at, id"  # noqa: S608
 # Listing pages, through grants_by_created in either direction from a (created_at, id) key.
 _PAGE_OLDEST = (f"SELECT {_COLUMNS} FROM grants WHERE (created_at, id) > (?, ?)"  # noqa: S608
-                " ORDER BY created_at, id LIMIT ?")
+                " ORDER BY created_at, id LIMIT ? OFFSET ?")
 _PAGE_NEWEST = (f"SELECT {_COLUMNS} FROM grants WHERE (created_at, id) < (?, ?)"  # noqa: S608
-                " ORDER BY created_at DESC, id DESC LIMIT ?")
+                " ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?")
 _SELECT_LIVE = (
     f"SELECT {_COLUMNS} FROM grants WHERE status IN ('active', 'pending')"  # noqa: S608
     " AND expires_at > ? ORDER BY created_at, id"
@@ -205,18 +205,23 @@ class SqliteGrantStore:
         return [g for g in grants if g.state_at(moment) in ("active", "pending")]
 
     def page(self, after: PageKey | None, limit: int, *,
-             newest_first: bool = False) -> GrantPage:
+             newest_first: bool = False, skip: int = 0) -> GrantPage:
         # Through grants_by_created (created_at, id), forwards or backwards from the key.
         query = _PAGE_NEWEST if newest_first else _PAGE_OLDEST
         key = (_FOREVER, "\uffff") if newest_first else (-1, "")
         if after is not None:
             key = (_to_micros(after[0]), after[1])
         with self._reading() as conn:  # one more than asked: is there a next page?
-            grants = [_grant_from_row(row) for row in conn.execute(query, (*key, limit + 1))]
+            grants = [_grant_from_row(row)
+                      for row in conn.execute(query, (*key, limit + 1, skip))]
         if len(grants) <= limit:
             return GrantPage(grants, None)
         del grants[limit:]
         return GrantPage(grants, (grants[-1].created_at, grants[-1].id))
+
+    def total(self) -> int:
+        with self._reading() as conn:
+            return int(conn.execute("SELECT count(*) FROM grants").fetchone()[0])
 
     def indexed(
         self, index: GrantIndex, after: tuple[datetime, str], until: datetime, limit: int

@@ -118,13 +118,19 @@ class GrantStore(Protocol):
         ...
 
     def page(self, after: PageKey | None, limit: int, *,
-             newest_first: bool = False) -> GrantPage:
-        """Up to `limit` grants in (created_at, id) order (or its reverse) after `after`.
+             newest_first: bool = False, skip: int = 0) -> GrantPage:
+        """Up to `limit` grants in (created_at, id) order (or its reverse) after `after`,
+        leaving out the first `skip` of them (the old offset paging: O(skip) in SQLite's index,
+        O(log n) in Redis's sorted set, never grants held in memory).
 
         Read through an index on (created_at, id): O(log n + limit) per page, whatever the page's
         position, so a listing of a million grants is walked page by page without holding them.
         `next` is set when more grants follow (as the store stood when the page was read).
         """
+        ...
+
+    def total(self) -> int:
+        """How many grants the store holds, in whatever state (counted on an index)."""
         ...
 
     def reserve_use(self, grant_id: str, now: datetime, *, wait: bool = True,
