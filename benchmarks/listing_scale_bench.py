@@ -59,7 +59,9 @@ def _fill(url: str, size: int, policy_file: Path) -> str:
               else RedisGrantStore(url))
     with opened:
         now = utc_now()
-        opened.load_many(mixed_grants(size - 1, now))
+        # Small batches: one pipeline's reply must come within Redis's 0.5 s command timeout
+        # on a loaded machine.
+        opened.load_many(mixed_grants(size - 1, now), batch=1000)
         issued = issue_grant(load_policy(policy_file), opened, agent="bench-agent",
                              task="listing benchmark", secrets=["bench"],
                              ttl=timedelta(hours=2), max_uses=None, now=now)

@@ -148,6 +148,10 @@ class SqliteGrantStore:
         self._lock = threading.Lock()  # the write connection
         self._read_lock = threading.Lock()
         self._reader: sqlite3.Connection | None = None
+        # Listings and the watcher's scans read pages of many rows: on a connection of their
+        # own, so a request's one-row read never waits behind a page being read.
+        self._bulk_lock = threading.Lock()
+        self._bulk_reader: sqlite3.Connection | None = None
         # (data_version, window), valid from, valid until (µs), the counts: see `counts`.
         self._counts_cache: tuple[tuple[int, int], int, int, GrantCounts] | None = None
         _create_private_file(self._path)
@@ -196,10 +200,10 @@ class SqliteGrantStore:
         self, *, include_inactive: bool = True, now: datetime | None = None
     ) -> list[Grant]:
         if include_inactive:
-            with self._reading() as conn:
+            with self._reading(bulk=True) as conn:
                 return [_grant_from_row(row) for row in conn.execute(_SELECT_ALL)]
         moment = now if now is not None else datetime.now(UTC)
-        with self._reading() as conn:  # live rows only, through grants_live
+        with self._reading(bulk=True) as conn:  # live rows only, through grants_live
             grants = [_grant_from_row(row)
                       for row in conn.execute(_SELECT_LIVE, (_to_micros(moment),))]
         return [g for g in grants if g.state_at(moment) in ("active", "pending")]
@@ -211,7 +215,7 @@ class SqliteGrantStore:
         key = (_FOREVER, "\uffff") if newest_first else (-1, "")
         if after is not None:
             key = (_to_micros(after[0]), after[1])
-        with self._reading() as conn:  # one more than asked: is there a next page?
+        with self._reading(bulk=True) as conn:  # one more than asked: is there a next page?
             grants = [_grant_from_row(row)
                       for row in conn.execute(query, (*key, limit + 1, skip))]
         if len(grants) <= limit:
@@ -220,7 +224,7 @@ class SqliteGrantStore:
         return GrantPage(grants, (grants[-1].created_at, grants[-1].id))
 
     def total(self) -> int:
-        with self._reading() as conn:
+        with self._reading(bulk=True) as conn:
             return int(conn.execute("SELECT count(*) FROM grants").fetchone()[0])
 
     def indexed(
@@ -230,7 +234,7 @@ class SqliteGrantStore:
         query = (f"SELECT {_COLUMNS} FROM grants WHERE ({column}, id) > (?, ?)"  # noqa: S608
                  f" AND {column} <= ?{extra} ORDER BY {column}, id LIMIT ?")
         params = (_to_micros(after[0]), after[1], _to_micros(until), limit)
-        with self._reading() as conn:
+        with self._reading(bulk=True) as conn:
             return [_grant_from_row(row) for row in conn.execute(query, params)]
 
     def counts(self, now: datetime, expiring_within: timedelta) -> GrantCounts:
@@ -310,7 +314,10 @@ class SqliteGrantStore:
             self._connection().execute("PRAGMA cache_size = -2000")  # SQLite's default
 
     def close(self) -> None:
-        with self._lock, self._read_lock:
+        with self._lock, self._read_lock, self._bulk_lock:
+            if self._bulk_reader is not None:
+                self._bulk_reader.close()
+                self._bulk_reader = None
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
@@ -405,23 +412,28 @@ class SqliteGrantStore:
         return self._conn
 
     @contextmanager
-    def _reading(self) -> Iterator[sqlite3.Connection]:
+    def _reading(self, *, bulk: bool = False) -> Iterator[sqlite3.Connection]:
         # Its own connection and lock: in WAL mode a read never waits for a writer, so reads
         # (every request authenticates) must not queue behind a write waiting for the lock.
-        with self._read_lock:
+        with self._bulk_lock if bulk else self._read_lock:
             try:
-                yield self._read_connection()
+                yield self._read_connection(bulk)
             except sqlite3.Error as exc:
                 raise self._unusable(exc) from exc
 
-    def _read_connection(self) -> sqlite3.Connection:
+    def _read_connection(self, bulk: bool) -> sqlite3.Connection:
         if self._conn is None:
             raise GrantStoreError(f"grant store {self._path} is closed")
-        if self._reader is None:
-            self._reader = sqlite3.connect(self._path, timeout=BUSY_TIMEOUT_MS / 1000,
-                                           isolation_level=None, check_same_thread=False)
-            self._reader.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        return self._reader
+        reader = self._bulk_reader if bulk else self._reader
+        if reader is None:
+            reader = sqlite3.connect(self._path, timeout=BUSY_TIMEOUT_MS / 1000,
+                                     isolation_level=None, check_same_thread=False)
+            reader.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            if bulk:
+                self._bulk_reader = reader
+            else:
+                self._reader = reader
+        return reader
 
     @contextmanager
     def _transaction(self, *, wait: bool = True,
