@@ -106,20 +106,25 @@ class Probes:
             self._stop.wait(0.1)
 
 
-def _walk(admin: str, headers: dict[str, str], page: int) -> tuple[list[float], int, str]:
-    """Seconds per page, grants seen, and a cursor from near the end."""
+def _walk(admin: str, headers: dict[str, str], page: int) -> tuple[list[float], int, str, int]:
+    """Seconds per page, grants seen, a cursor from near the end, and pages answered 503 (the
+    store timed out: tried again after the circuit's second)."""
     times: list[float] = []
-    seen, cursor, late_cursor = 0, None, ""
+    seen, cursor, late_cursor, refused = 0, None, "", 0
     while True:
         started = time.monotonic()
         answer = requests.get(f"{admin}/v1/grants", headers=headers, timeout=600,
                               params={"limit": page, **({"after": cursor} if cursor else {})})
         times.append(time.monotonic() - started)
+        if answer.status_code == 503 and refused < 20:
+            refused += 1
+            time.sleep(1.1)
+            continue
         answer.raise_for_status()
         seen += len(answer.json())
         cursor = answer.headers.get("X-Next-Cursor")
         if cursor is None:
-            return times, seen, late_cursor
+            return times, seen, late_cursor, refused
         late_cursor = cursor
 
 
@@ -163,7 +168,7 @@ def measure(backend: str, url: str, size: int, root: Path, pki_ca: Path, policy_
         rss_before = _mb(pid, "VmRSS")
         with Probes(proxy, token, upstream_port) as probes:
             started = time.monotonic()
-            times, seen, late_cursor = _walk(admin, headers, page)
+            times, seen, late_cursor, refused = _walk(admin, headers, page)
             walk_s = time.monotonic() - started
         rss_after, peak = _mb(pid, "VmRSS"), _mb(pid, "VmHWM")
         deep = _timed_get(admin, headers, {"limit": page, "after": late_cursor})
@@ -173,7 +178,7 @@ def measure(backend: str, url: str, size: int, root: Path, pki_ca: Path, policy_
         p = probes.timings
         print(f"{backend:<6} {seen:>9,} grants, pages of {page}: {len(times)} pages, "
               f"per page p50 {statistics.median(times) * 1000:.0f} ms, "
-              f"max {max(times) * 1000:.0f} ms, whole walk {walk_s:.1f} s")
+              f"max {max(times) * 1000:.0f} ms, whole walk {walk_s:.1f} s, {refused} answered 503")
         print(f"       proxy RSS {rss_before:.0f} -> {rss_after:.0f} MB during the walk "
               f"(peak {peak:.0f} MB); page near the end (after=) {deep * 1000:.0f} ms; "
               f"?offset={max(0, size - page):,} {offset:.2f} s (peak after it "
