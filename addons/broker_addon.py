@@ -41,8 +41,13 @@ class BrokerAddon:
         self.tunnels = TunnelAuth(broker, decisions)
         self.upstreams = UpstreamGuard(broker, resolve or ResolvePins())
         self.client_certs = ClientCerts(broker, decisions)  # mTLS, see client_certs.py
+        # Decisions waiting for the grant store's write lock (another process holds it) wait on
+        # threads of their own, each until its request's deadline, so they never hold up the
+        # decisions above that write nothing.
+        store_writers = ThreadPoolExecutor(max_workers=DECISION_THREADS,
+                                           thread_name_prefix="broker-store-write")
         self.decide = Decide(broker, decisions, self.tunnels, self.upstreams, self.client_certs,
-                             keep_agent_view=keep_agent_view)
+                             store_writers=store_writers, keep_agent_view=keep_agent_view)
         self.scrub = ScrubAnswers(broker)
         self.failures = UpstreamFailures(broker, deadlines)
         # No hook is handled by two of them, so their order is free; OptionGuard first refuses

@@ -9,6 +9,7 @@ hook and lets the flow continue, which would fail open.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Coroutine
@@ -28,6 +29,7 @@ from broker_proxy.decision import outbound as codes
 from broker_proxy.decision.broker import Broker, DecisionMustWait
 from broker_proxy.decision.outbound import Allowed, Denied, OutboundRequest, Verdict
 from broker_proxy.decision.request_checks import upgrade_problem
+from broker_proxy.grants.store import STORE_WAIT_SECONDS
 from broker_proxy.runtime.durability_waiter import DurabilityWaiter
 
 log = logging.getLogger("broker_proxy.addon")
@@ -38,9 +40,13 @@ STOP_ANSWER_WAIT_S = 2.0  # at stop, how long held flows get to write their 503
 class Decide:
     def __init__(self, broker: Broker, decisions: Executor, tunnels: TunnelAuth,
                  upstreams: UpstreamGuard, client_certs: ClientCerts, *,
+                 store_writers: Executor | None = None,
                  keep_agent_view: bool = False) -> None:
         self.broker = broker
         self._decisions = decisions
+        # Decisions that must wait for the grant store's write lock wait here, apart from
+        # `decisions`: a request that writes nothing never queues behind one that waits.
+        self._store_writers = store_writers or decisions
         self._tunnels = tunnels
         self._upstreams = upstreams
         self._client_certs = client_certs
@@ -75,6 +81,8 @@ class Decide:
         """Decide, then deny or rewrite the flow."""
         if flow.response or flow.error or not flow.live:
             return None
+        # Every wait on the grant store ends by this, however many requests wait before it.
+        deadline = time.monotonic() + STORE_WAIT_SECONDS
         try:
             token = self._tunnels.token_for(flow)
             # Never forwarded, whatever the decision, also when sent inside a tunnel.
@@ -83,16 +91,16 @@ class Decide:
             if self.broker.may_block():
                 # Redis, an OAuth2 token endpoint or a command may wait: decide on a worker
                 # thread so the event loop keeps serving every other connection.
-                return self._decide_off_loop(flow, token, outbound)
+                return self._decide_off_loop(flow, token, outbound, deadline)
             try:
                 verdict = self.broker.decide(token, outbound, defer_durability=True,
                                              wait=False)
             except DecisionMustWait:
-                # Another writer holds the grant store's lock (SQLite waits up to 5 s for
-                # it): wait on a worker thread, not on the loop every connection shares.
-                return self._decide_off_loop(flow, token, outbound)
+                # Another writer holds the grant store's lock: wait on a store writer thread
+                # (until the deadline), not on the loop every connection shares.
+                return self._decide_off_loop(flow, token, outbound, deadline, must_wait=True)
             if isinstance(verdict, Held):  # a person decides: wait without blocking the loop
-                return self._decide_off_loop(flow, token, outbound, verdict)
+                return self._decide_off_loop(flow, token, outbound, deadline, verdict)
             if isinstance(verdict, Allowed) and verdict.audit_seq is not None:
                 # Invariant 5: its record on disk before it leaves. Fsyncs are shared by the
                 # requests of one pass of the event loop, or of one batch on a thread when
@@ -104,14 +112,26 @@ class Decide:
         return None
 
     async def _decide_off_loop(self, flow: http.HTTPFlow, token: str | None,
-                               outbound: OutboundRequest, held: Held | None = None) -> None:
+                               outbound: OutboundRequest, deadline: float,
+                               held: Held | None = None, *, must_wait: bool = False) -> None:
+        loop = asyncio.get_running_loop()
         try:
-            verdict: Verdict = held or await asyncio.get_running_loop().run_in_executor(
-                self._decisions, self._decide_durably, token, outbound)
+            verdict: Verdict | None = held
+            if verdict is None and not must_wait:
+                # DecisionMustWait: nothing written or spent; decide again where waiting is.
+                with contextlib.suppress(DecisionMustWait):
+                    verdict = await loop.run_in_executor(
+                        self._decisions, self._decide_durably, token, outbound, None,
+                        deadline, False)
+            if verdict is None:
+                verdict = await loop.run_in_executor(
+                    self._store_writers, self._decide_durably, token, outbound, None, deadline)
             if isinstance(verdict, Held):
+                # The person took their time; the decision after it gets a bound of its own.
                 verdict = await held_flow.verdict_after_approval(
                     self.broker.approvals, verdict,
-                    lambda hold_id: self._decide_durably(token, outbound, hold_id),
+                    lambda hold_id: self._decide_durably(
+                        token, outbound, hold_id, time.monotonic() + STORE_WAIT_SECONDS),
                     lambda hold_id, waits: self._waiting(flow.client_conn, hold_id, waits))
             self._conclude(flow, verdict, outbound)
         except Exception as error:  # fail closed
@@ -184,9 +204,10 @@ class Decide:
         return self.broker.make_durable(verdict) or verdict
 
     def _decide_durably(self, token: str | None, outbound: OutboundRequest,
-                        approved_hold: str | None = None) -> Verdict:
-        verdict = self.broker.decide(token, outbound, defer_durability=True,
-                                     approved_hold=approved_hold)
+                        approved_hold: str | None = None, deadline: float | None = None,
+                        wait: bool = True) -> Verdict:
+        verdict = self.broker.decide(token, outbound, defer_durability=True, wait=wait,
+                                     approved_hold=approved_hold, deadline=deadline)
         if isinstance(verdict, Allowed) and verdict.audit_seq is not None:
             return self._durable_or_denied(verdict)
         return verdict

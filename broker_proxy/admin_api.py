@@ -32,11 +32,11 @@ from broker_proxy.approvals.desk import ApprovalDesk
 from broker_proxy.audit.log import AuditError, AuditLog
 from broker_proxy.console import routes as console_routes
 from broker_proxy.console.sessions import Session
-from broker_proxy.console.views import GRANT_STATES, MAX_GRANT_PAGE, filter_grants
 from broker_proxy.decision.active_policy import ActivePolicy
 from broker_proxy.durations import DurationError, parse_duration
 from broker_proxy.grants.actions import GRANT_ACTIONS, GrantAction, change_grant, issue_audited
 from broker_proxy.grants.issuer import GrantPolicyError
+from broker_proxy.grants.listing import ListingError, list_page, parse_query
 from broker_proxy.grants.store import GrantNotFound, GrantStateError, GrantStore, GrantStoreError
 from broker_proxy.signin_guard import SigninGuard
 from broker_proxy.time_source import utc_now
@@ -151,7 +151,8 @@ class AdminHandler(BaseHTTPRequestHandler):
         path = url.path
         self._allow: str | None = None
         self._body_read = False
-        self._total: int | None = None  # a paged list's size before paging
+        self._total: int | None = None  # a paged list's size before paging (offset paging)
+        self._next: str | None = None  # where a listing's next page starts
         self._session: Session | None = None  # the console session that calls, if any
         try:
             if path == "/favicon.ico" and method in ("GET", "HEAD"):
@@ -301,48 +302,15 @@ class AdminHandler(BaseHTTPRequestHandler):
         return 200, grant.to_public_dict(utc_now())
 
     def _list(self, query: str) -> list[dict[str, Any]]:
-        params = parse_qs(query, keep_blank_values=True)
-        if set(params) & {"agent", "secret", "state", "limit", "offset"}:
-            return self._filtered(params)
-        if set(params) - {"pending"}:
-            raise ApiError(400, "invalid_request", "the only query parameter is pending")
-        pending = params.get("pending", ["false"])
-        if len(pending) != 1 or pending[0] not in ("true", "false"):
-            raise ApiError(400, "invalid_request", "pending must be true or false")
+        """One page of grants (listing.py); the next page's cursor goes in X-Next-Cursor."""
+        try:
+            listing = parse_query(parse_qs(query, keep_blank_values=True))
+        except ListingError as error:
+            raise ApiError(400, "invalid_request", str(error)) from None
         now = utc_now()
-        if pending[0] == "true":  # live grants only, through the store's index
-            grants = [g for g in self.context.grants.list(include_inactive=False, now=now)
-                      if g.state_at(now) == "pending"]
-        else:
-            grants = self.context.grants.list()
-        return [g.to_public_dict(now) for g in grants]
-
-    def _filtered(self, params: dict[str, list[str]]) -> list[dict[str, Any]]:
-        """Newest first, filtered and paged: the console's grants page (10,000 grants)."""
-        if unknown := set(params) - {"agent", "secret", "state", "limit", "offset"}:
-            raise ApiError(400, "invalid_request", f"unknown parameters: {sorted(unknown)}")
-        if any(len(values) != 1 for values in params.values()):
-            raise ApiError(400, "invalid_request", "each parameter at most once")
-        if "state" in params and params["state"][0] not in GRANT_STATES:  # "" is no state
-            raise ApiError(400, "invalid_request", f"state is one of {', '.join(GRANT_STATES)}")
-        value = {name: values[0] or None for name, values in params.items()}
-        if value.get("state") not in (None, *GRANT_STATES):
-            raise ApiError(400, "invalid_request", f"state is one of {', '.join(GRANT_STATES)}")
-        numbers = {}
-        for name, default in (("limit", 50), ("offset", 0)):
-            text = params[name][0] if name in params else str(default)  # "" is no number
-            if not text.isdigit() or len(text) > 9:
-                raise ApiError(400, "invalid_request", f"{name} must be a whole number")
-            numbers[name] = int(text)
-        limit = max(1, min(numbers["limit"], MAX_GRANT_PAGE))
-        now = utc_now()
-        live = value.get("state") in ("active", "pending")  # then only live rows are read
-        grants = self.context.grants.list(include_inactive=not live, now=now)
-        chosen = filter_grants(grants, agent=value.get("agent"),
-                               secret=value.get("secret"), state=value.get("state"), now=now)
-        self._total = len(chosen)
-        return [g.to_public_dict(now)
-                for g in chosen[numbers["offset"]:numbers["offset"] + limit]]
+        page = list_page(self.context.grants, listing, now)
+        self._total, self._next = page.total, page.next_cursor
+        return [g.to_public_dict(now) for g in page.grants]
 
     def _issue(self) -> dict[str, Any]:
         body = self._json_body(required=True)
@@ -449,6 +417,8 @@ class AdminHandler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         if (total := getattr(self, "_total", None)) is not None:
             self.send_header("X-Total-Count", str(total))
+        if next_cursor := getattr(self, "_next", None):
+            self.send_header("X-Next-Cursor", next_cursor)
         self.send_header("Content-Length", str(len(data)))
         self.send_header("Cache-Control", "no-store")  # answers carry grant tokens
         if status == 401:

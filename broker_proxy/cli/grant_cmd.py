@@ -7,6 +7,9 @@ proxy sees every change on its next request because it reads the grant on every 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+from collections.abc import Iterable
 from datetime import datetime
 
 from broker_proxy.audit.files import chain_files
@@ -27,6 +30,7 @@ from broker_proxy.grants.actions import change_grant, issue_audited
 from broker_proxy.grants.factory import open_grant_store, store_url
 from broker_proxy.grants.issuer import IssuedGrant
 from broker_proxy.grants.model import Grant
+from broker_proxy.grants.paging import walk
 from broker_proxy.grants.store import GrantNotFound, GrantStore
 from broker_proxy.home import Home
 from broker_proxy.time_source import utc_now
@@ -117,20 +121,39 @@ def print_issued(issued: IssuedGrant, *, as_json: bool) -> None:
 
 
 def list_command(args: argparse.Namespace) -> int:
+    """Oldest first, streamed: the store is read one page at a time (paging.walk) and each
+    grant printed as it comes, so a million grants never sit in memory at once."""
     now = utc_now()
-    # --pending reads only live grants (the store's index), not every grant kept.
-    grants = open_store(args).list(include_inactive=not args.pending, now=now)
+    store = open_store(args)
+    grants: Iterable[Grant]
     if args.pending:
-        grants = [g for g in grants if g.state_at(now) == "pending"]
+        # Only live grants are read (the store's index), not every grant kept.
+        grants = (g for g in store.list(include_inactive=False, now=now)
+                  if g.state_at(now) == "pending")
+    else:
+        grants = walk(store)
     if args.json:
-        print_json([g.to_public_dict(now) for g in grants])
+        _stream_json_array(g.to_public_dict(now) for g in grants)
         return 0
-    if not grants:
-        print("no grants")
-        return 0
+    empty = True
     for grant in grants:
+        empty = False
         print(_summary(grant, now))
+    if empty:
+        print("no grants")
     return 0
+
+
+def _stream_json_array(items: Iterable[dict[str, object]]) -> None:
+    """One JSON array, written item by item (the layout print_json gives a whole list)."""
+    out = sys.stdout
+    separator = "[\n"
+    for item in items:
+        # JSON text holds no raw line break inside a value, so each one starts a line to indent.
+        out.write(separator + "  " + json.dumps(item, indent=2, sort_keys=True).replace(
+            "\n", "\n  "))
+        separator = ",\n"
+    out.write("[]\n" if separator == "[\n" else "\n]\n")
 
 
 def change_command(args: argparse.Namespace) -> int:

@@ -1,5 +1,6 @@
-"""Read-only views the console needs from the admin API: the active policy as data, the audit
-chain's status, and grants filtered and paged. None of them holds a secret value or a token."""
+"""Read-only views the console needs from the admin API: the active policy as data and the audit
+chain's status (grants, filtered and paged, are grants/listing.py). None of them holds a secret
+value or a token."""
 
 from __future__ import annotations
 
@@ -13,11 +14,7 @@ from urllib.parse import urlsplit
 from broker_proxy.audit.errors import AuditError
 from broker_proxy.audit.evidence import default_checkpoints, verify_evidence
 from broker_proxy.decision.active_policy import ActivePolicy
-from broker_proxy.grants.model import Grant
 from broker_proxy.time_source import utc_now
-
-GRANT_STATES = ("pending", "active", "denied", "revoked", "expired", "used_up")
-MAX_GRANT_PAGE = 500
 
 
 def policy_view(active: ActivePolicy, loaded_at: datetime | None,
@@ -45,16 +42,6 @@ def policy_view(active: ActivePolicy, loaded_at: datetime | None,
         "egress_allow": list(policy.egress_allow),
         "allow_addresses": [str(network) for network in policy.allow_addresses],
     }
-
-
-def filter_grants(grants: list[Grant], *, agent: str | None, secret: str | None,
-                  state: str | None, now: datetime) -> list[Grant]:
-    chosen = [g for g in grants
-              if (agent is None or g.agent == agent)
-              and (secret is None or secret in g.secrets)
-              and (state is None or g.state_at(now) == state)]
-    chosen.sort(key=lambda g: g.created_at, reverse=True)  # newest first for people
-    return chosen
 
 
 class ChainStatus:

@@ -112,7 +112,7 @@ class Broker:
 
     def decide(self, token: str | None, request: OutboundRequest, *,
                defer_durability: bool = False, wait: bool = True,
-               approved_hold: str | None = None) -> Verdict:
+               approved_hold: str | None = None, deadline: float | None = None) -> Verdict:
         """Decide on one request.
 
         With `defer_durability`, an allowed secret-carrying request comes back with
@@ -122,14 +122,16 @@ class Broker:
 
         Without `wait` (a caller on the event loop), a decision that would have to wait for the
         grant store's write lock raises DecisionMustWait before anything was written or
-        spent: decide again where waiting is allowed.
+        spent: decide again where waiting is allowed. With a `deadline` (time.monotonic(), set
+        when the request arrived), a wait for the store's write lock ends by then with a 503.
 
         A request that needs a person's approval comes back as `Held` (a 403 to any caller
         that cannot wait); once the person allowed it, decide again with its `approved_hold`.
         """
         started = time.perf_counter()
         try:
-            verdict = self._decide(token, request, defer_durability, wait, approved_hold)
+            verdict = self._decide(token, request, defer_durability, wait, approved_hold,
+                                   deadline)
         except DecisionMustWait:
             raise
         except Exception as error:  # fail closed: an exception must never forward
@@ -170,7 +172,7 @@ class Broker:
 
     def _decide(self, token: str | None, request: OutboundRequest,
                 defer_durability: bool = False, wait: bool = True,
-                approved_hold: str | None = None) -> Verdict:
+                approved_hold: str | None = None, deadline: float | None = None) -> Verdict:
         policy = self.policy  # one snapshot for the whole decision, even across a reload
         now = self.clock()
 
@@ -213,7 +215,7 @@ class Broker:
             request = replace(request, host=host)
         # AWS SigV4: signed by the agent's SDK with a placeholder key, signed again here.
         if resigned := self._aws_resigning(request, grant, policy, now, defer_durability,
-                                           wait):
+                                           wait, deadline):
             return self._scrubbing_the_grant(resigned, grant, policy, request.host)
         # Per-grant placeholders (placeholder_format) name a secret only in their own grant.
         scanner = policy.scanner.for_grant(dict(grant.placeholders))
@@ -268,7 +270,7 @@ class Broker:
 
         revealed = {n: v.reveal() for n, v in values.items()}
         audit_record = self._spend_use(request, grant, now, codes.INJECTED, revealed,
-                                       defer_durability, wait)
+                                       defer_durability, wait, deadline)
         if isinstance(audit_record, Denied):
             return audit_record
 
@@ -456,7 +458,8 @@ class Broker:
         return None
 
     def _aws_resigning(self, request: OutboundRequest, grant: Grant, policy: ActivePolicy,
-                       now: datetime, defer_durability: bool, wait: bool) -> Verdict | None:
+                       now: datetime, defer_durability: bool, wait: bool,
+                       deadline: float | None) -> Verdict | None:
         """None unless the request is SigV4-signed with a placeholder key id (aws_resign.py)."""
         plan = aws_resign.plan(request, grant.secrets, policy, now, self.secrets.resolve)
         if plan is None:
@@ -464,7 +467,8 @@ class Broker:
         if isinstance(plan, aws_resign.Refusal):
             return self._deny(request, grant, plan.status, plan.code, plan.message)
         audit_record = self._spend_use(request, grant, now, codes.RESIGNED,
-                                       {plan.secret: plan.fingerprint_of}, defer_durability, wait)
+                                       {plan.secret: plan.fingerprint_of}, defer_durability, wait,
+                                       deadline)
         if isinstance(audit_record, Denied):
             return audit_record
         self.metrics.injections.labels(plan.secret).inc()
@@ -474,7 +478,7 @@ class Broker:
 
     def _spend_use(self, request: OutboundRequest, grant: Grant, now: datetime, reason: str,
                    values: dict[str, str], defer_durability: bool,
-                   wait: bool = True) -> dict[str, Any] | Denied:
+                   wait: bool = True, deadline: float | None = None) -> dict[str, Any] | Denied:
         """Reserve one of the grant's uses, then write the record of the secrets' use.
 
         Invariant 5: the record is written before the secret leaves (fsynced here, or by
@@ -482,7 +486,7 @@ class Broker:
         value its fingerprint is taken of.
         """
         try:
-            reserved = self.grants.reserve_use(grant.id, now, wait=wait)
+            reserved = self.grants.reserve_use(grant.id, now, wait=wait, deadline=deadline)
         except GrantStoreBusy:
             raise DecisionMustWait from None  # nothing written or spent yet
         except GrantStoreError:

@@ -32,7 +32,7 @@ async function api(method, path, body, signal) {
   const data = text ? JSON.parse(text) : null;
   if (response.status === 401) { showSignIn("Your session ended; sign in again."); throw new ApiError(401, data); }
   if (!response.ok) throw new ApiError(response.status, data);
-  return { data, total: response.headers.get("X-Total-Count") };
+  return { data, total: response.headers.get("X-Total-Count"), next: response.headers.get("X-Next-Cursor") };
 }
 
 function say(text, isError = false) {
@@ -335,22 +335,27 @@ function grantsPage(page, signal) {
     field("state", ["", "active", "pending", "revoked", "denied", "expired", "used_up"]),
     el("button", { type: "submit" }, "Filter"));
   const table = el("div");
-  let offset = 0;
+  // Paged by cursor (X-Next-Cursor), newest first: cursors[i] is where page i starts, so
+  // "Newer" goes back without the API counting or skipping grants.
+  let cursors = [null];
+  let index = 0;
   const pager = el("div", { class: "actions" });
   page.append(el("h1", {}, "Grants"), form, table, pager);
   const load = async () => {
     const query = new URLSearchParams();
     for (const [k, v] of new FormData(form)) if (v) query.set(k, v);
     sessionStorage.setItem("grant-filters", query.toString());
-    query.set("limit", "50"); query.set("offset", String(offset));
-    const { data, total } = await api("GET", `/v1/grants?${query}`, undefined, signal);
+    query.set("limit", "50");
+    if (cursors[index]) query.set("after", cursors[index]);
+    const { data, next } = await api("GET", `/v1/grants?${query}`, undefined, signal);
     renderGrants(table, data, load);
+    cursors = cursors.slice(0, index + 1).concat(next ? [next] : []);
     pager.replaceChildren(
-      el("span", { class: "muted" }, `${total === null ? data.length : total} grants; showing ${offset + 1}–${offset + data.length}`),
-      el("button", { disabled: offset === 0 || null, on: { click: () => { offset = Math.max(0, offset - 50); load(); } } }, "Newer"),
-      el("button", { disabled: offset + 50 >= Number(total) || null, on: { click: () => { offset += 50; load(); } } }, "Older"));
+      el("span", { class: "muted" }, `page ${index + 1}: ${data.length} grants${next ? "; older ones follow" : ""}`),
+      el("button", { disabled: index === 0 || null, on: { click: () => { index -= 1; load(); } } }, "Newer"),
+      el("button", { disabled: !next || null, on: { click: () => { index += 1; load(); } } }, "Older"));
   };
-  form.addEventListener("submit", (event) => { event.preventDefault(); offset = 0; load(); });
+  form.addEventListener("submit", (event) => { event.preventDefault(); cursors = [null]; index = 0; load(); });
   load().catch((error) => say(error.message, true));
 }
 
