@@ -117,12 +117,12 @@ class SigninGuard:
         if self._on_failure is not None:
             self._on_failure(surface)
         if write:
-            self._record(source, surface, 1)
+            self._write_record(source, surface, 1)
         if failures <= FREE_FAILURES:
             return 0.0
         return min(FIRST_DELAY * 2 ** (failures - FREE_FAILURES - 1), MAX_DELAY)
 
-    def _record(self, source: str, surface: str, count: int) -> None:
+    def _write_record(self, source: str, surface: str, count: int) -> None:
         try:
             self._audit.append("signin_failed", decision="deny", reason=surface,
                                source=source, failed_signins=count)
@@ -142,7 +142,7 @@ class SigninGuard:
                 if not force:
                     state.reported.clear()  # the next failure opens a new window
         for source, surface, count in due:
-            self._record(source, surface, count)
+            self._write_record(source, surface, count)
 
     def _forget_quiet(self) -> None:
         """Under self._lock: drop sources with nothing pending and no failure this window."""

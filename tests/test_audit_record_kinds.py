@@ -93,7 +93,7 @@ def _audit_calls() -> list[tuple[str, int, set[str | None], set[str | None]]]:
             name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
             where = (str(path.relative_to(ROOT)), node.lineno)
             if name == "_record" and len(node.args) >= 3:
-                decisions = _strings(node.args[2], module)
+                decisions = _strings(node.args[2], module, local)
                 assert decisions is not None, f"{where}: decision not known from the source"
                 found.append((*where, {"request"}, decisions))
                 continue
