@@ -6,8 +6,10 @@ verdict that crosses into the mitmproxy layer (decision/outbound.py) carries one
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from broker_proxy.grants.model import Grant
+if TYPE_CHECKING:  # importing the grants package here would close an import cycle via policy
+    from broker_proxy.grants.model import Grant
 
 
 @dataclass(frozen=True, slots=True)
