@@ -60,15 +60,11 @@ def verify_evidence(target: Path, key: Path, *, checkpoints: Path | None = None,
     if bad is not None:
         return Evidence(False, records, results, bad.message, tuple(details), None)
     details.append(f"records: every record matches {RECORD_SCHEMA_FILE}")
-    if Path(target).is_file() and head_path(Path(target)).exists():
-        head_detail, head_problem = check_head(Path(target), key, results[0])
-        if head_problem is not None:
-            return Evidence(False, records, results, head_problem, tuple(details), None)
-        details.append(head_detail)
     if checkpoints is None:
         details.append("checkpoints: none checked (a cut at a line boundary cannot be seen "
                        "without them; see --checkpoints)")
-        return Evidence(True, records, results, None, tuple(details), None)
+        return _with_head(target, key, Evidence(True, records, results, None, tuple(details),
+                                                None))
     public = public_key or checkpoints.with_name("audit-checkpoint.pub")
     try:
         held, problem = verify_checkpoints(target, key, checkpoints, public)
@@ -77,7 +73,19 @@ def verify_evidence(target: Path, key: Path, *, checkpoints: Path | None = None,
     if problem:
         return Evidence(False, records, results, problem, tuple(details), held)
     details.append(f"checkpoints: {held} signed checkpoint(s) match the log")
-    return Evidence(True, records, results, None, tuple(details), held)
+    return _with_head(target, key, Evidence(True, records, results, None, tuple(details), held))
+
+
+def _with_head(target: Path, key: Path, evidence: Evidence) -> Evidence:
+    """Checked last: the checkpoints name a cut more precisely where they cover it."""
+    if not (Path(target).is_file() and head_path(Path(target)).exists()):
+        return evidence
+    detail, problem = check_head(Path(target), key, evidence.chains[0])
+    if problem is not None:
+        return Evidence(False, evidence.records, evidence.chains, problem, evidence.details,
+                        None)
+    return Evidence(True, evidence.records, evidence.chains, None,
+                    (*evidence.details, detail), evidence.checkpoints)
 
 
 def check_head(target: Path, key_path: Path, result: VerifyResult) -> tuple[str, str | None]:

@@ -142,12 +142,14 @@ def _session(console: Console, method: str, headers: Headers,
     token, code, name = fields.get("token"), fields.get("code"), fields.get("name")
     how = "admin_token" if isinstance(token, str) else "login_link"
     if isinstance(token, str):
+        # A wrong token is a failed sign-in whatever name comes with it (slowed, audited).
+        if not hmac.compare_digest(token.strip().encode("utf-8", "replace"),
+                                   admin_token.encode()):
+            return _json(401, {"error": "unauthorized",
+                               "message": "wrong admin token or used/expired login link"})
         # The admin token names nobody: whoever holds it says who they are.
         if not isinstance(name, str) or not NAME.fullmatch(name):
             return _json(400, {"error": "invalid_request", "message": NAME_RULE})
-        if not hmac.compare_digest(token.strip().encode("utf-8", "replace"),
-                                   admin_token.encode()):
-            name = None
     else:
         name = sessions.redeem_login_link(code) if isinstance(code, str) else None
     if name is None:
