@@ -90,6 +90,9 @@ def test_the_label_is_read_without_parameters_in_any_case() -> None:
     assert rule.declared("application/pdfx") is None
     assert rule.declared(None) is None and rule.declared("") is None
     assert rule.declared("garbage") is None
+    # Two Content-Type fields (joined by ", "): either one listed is enough.
+    assert rule.declared("text/plain, application/pdf") == "application/pdf"
+    assert rule.declared("text/plain, text/html") is None
 
 
 @pytest.mark.parametrize(("head", "media"), [

@@ -89,7 +89,16 @@ class WithholdRule:
         return next(p for p in self.patterns if re.fullmatch(_regex(p), media))
 
     def declared(self, content_type: str | None) -> str | None:
-        """The pattern the answer's Content-Type matches, or None."""
+        """The pattern the answer's Content-Type matches, or None.
+
+        Several Content-Type fields arrive joined by ", ": each is matched (a client may take
+        either), so a listed type cannot hide behind a harmless one.
+        """
+        if content_type and "," in content_type:
+            for part in content_type.split(","):
+                if found := self.matching(media_type(part)):
+                    return found
+            return None
         return self.matching(media_type(content_type))
 
     def sniffed(self, head: bytes) -> str | None:
