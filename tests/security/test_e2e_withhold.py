@@ -26,6 +26,7 @@ import pytest
 
 from broker_proxy.audit.log import AuditLog
 from tests.conftest import API_HOST, E2E_POLICY, OTHER_HOST, Stack, Upstreams, start_stack
+from tests.e2e_clients import via_curl, via_httpx, via_requests
 from tests.reflect_upstream import ReflectServer
 from tests.test_cli import run_cli
 from tests.test_e2e_scrubbing import client
@@ -131,6 +132,19 @@ def test_a_listed_media_type_from_the_withholding_host_is_withheld(
     record = _response_record(withhold_stack, grant.grant.id)
     assert (record["status"], record.get("withheld"), record["secrets"]) == (
         502, True, ["api_key"])
+
+
+@pytest.mark.parametrize("fetch", [via_curl, via_requests, via_httpx],
+                         ids=["curl", "requests", "httpx"])
+def test_every_client_gets_the_same_withheld_answer(withhold_stack: Stack, fetch) -> None:
+    grant = withhold_stack.issue("api_key")
+    url = (f"https://{API_HOST}:{withhold_stack.upstreams.api.port}/v1/reflect"
+           "?form=raw&nest=pdf&type=application/pdf")
+    got = fetch(withhold_stack, grant.token, "GET", url, {"X-Reflect": PLACEHOLDER})
+    _assert_received(withhold_stack.upstreams.api, withhold_stack.api_key)
+    assert got.status == 502 and got.json()["error"] == "response_withheld"
+    assert got.headers["content-length"] == str(len(got.body))
+    _assert_nothing_of(withhold_stack.api_key, got.body)
 
 
 @pytest.mark.parametrize("drip", [False, True], ids=["buffered", "streamed"])
