@@ -108,6 +108,14 @@ def test_the_first_bytes_name_a_media_type(head: bytes, media: str) -> None:
     assert WithholdRule([media]).sniffed(head) == media
 
 
+def test_the_response_path_holds_enough_bytes_to_tell() -> None:
+    # The body's first SNIFF_LENGTH bytes are held before anything is passed on.
+    from broker_proxy.policy.media_types import SNIFF_BYTES
+    from broker_proxy.scrubbing.nested_bodies import SNIFF_LENGTH
+
+    assert SNIFF_BYTES <= SNIFF_LENGTH
+
+
 def test_text_is_not_taken_for_an_archive() -> None:
     for head in (b"", b"BZh is a word", b"7z archives", b"{\"a\": 1}", b"%PD"):
         assert sniffed_media_types(head) == ()
