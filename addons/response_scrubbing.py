@@ -48,6 +48,7 @@ from mitmproxy import http
 
 from broker_proxy.decision import outbound as codes
 from broker_proxy.decision.outbound import Allowed, Denied
+from broker_proxy.policy.media_types import WithholdRule
 from broker_proxy.scrubbing.content_decoding import (
     BodyNotDecodable,
     DecodeLimits,
@@ -142,8 +143,10 @@ class _BodyStream:
 
     def __init__(self, flow: http.HTTPFlow, scrubber: Scrubber,
                  decoder: StreamDecoder | None, live: LiveSet | None = None,
-                 content_type: str | None = None) -> None:
+                 content_type: str | None = None, withhold: WithholdRule | None = None
+                 ) -> None:
         self._flow = flow
+        self._withhold = withhold
         self._decoder = decoder
         self._live = live
         self.scrubber = scrubber
@@ -159,6 +162,8 @@ class _BodyStream:
             if len(self._head) < SNIFF_LENGTH and not final:
                 return b""
             plain, self._head = self._head, None
+            if self._withhold is not None and (pattern := self._withhold.sniffed(plain)):
+                raise _WithheldByPolicy(_withheld_message(pattern))  # cut before any byte
             if not self.scrubber.empty and looks_compressed(plain, self._content_type):
                 self._compressed = CompressedBodyGuard(
                     self.scrubber, STREAMED_LIMITS, media_coding(self._content_type))
@@ -202,6 +207,7 @@ class ScrubState:
     withheld: bytes | None = None  # the 502 body that replaced the answer
     messages: MessageScrubber | None = None
     live: LiveSet | None = None
+    withhold: WithholdRule | None = None  # the answer's host withholds these media types
 
     def switch_if_changed(self) -> None:
         """A rotation while the answer is under way: scrub for the new set from here on."""
@@ -220,6 +226,15 @@ class ScrubState:
         scrubbed, found = self.scrubber.scrub(payload)
         _add(self.counts, found)
         return scrubbed
+
+
+class _WithheldByPolicy(BodyNotDecodable):
+    """The body is of a media type its host's ``withhold`` list names."""
+
+
+def _withheld_message(pattern: str) -> str:
+    # Names the policy's pattern, never the upstream's own Content-Type text.
+    return f"answers of media type {pattern} from this host are withheld by the policy"
 
 
 def _withhold(flow: http.HTTPFlow, state: ScrubState, message: str) -> None:
@@ -333,15 +348,22 @@ def on_response_headers(flow: http.HTTPFlow, verdict: Allowed | None,
         _SCRUBBERS.get(verdict.scrub_scope or verdict.grant_id,
                        live.scrub if live is not None else verdict.scrub)
         if verdict is not None else scrubber_for({}))
-    scrub = not scrubber.empty
+    withhold = verdict.withhold if verdict is not None else None
+    # A host with a withhold list: its bodies are looked at (first bytes, codings undone).
+    scrub = not scrubber.empty or withhold is not None
     head = _planning_headers(response)
     transfer = head.get(b"transfer-encoding")
     if not scrub and complete and (transfer is None or transfer.strip().lower() == "chunked"):
         # Nothing to scrub: stream the body untouched so memory stays bounded.
         response.stream = True
         return
-    state = ScrubState(scrubber, verdict.grant_id if verdict else None, live=live)
+    state = ScrubState(scrubber, verdict.grant_id if verdict else None, live=live,
+                       withhold=withhold)
     flow.metadata[STATE_KEY] = state
+    if withhold is not None and _has_body(flow) and (
+            pattern := withhold.declared(response.headers.get("content-type"))):
+        _withhold(flow, state, _withheld_message(pattern))
+        return
     if not complete:
         _withhold(flow, state, "a secret of this grant cannot be resolved, so the answer "
                   "cannot be scrubbed")
@@ -379,7 +401,7 @@ def on_response_headers(flow: http.HTTPFlow, verdict: Allowed | None,
     if not (response.is_http2 or response.is_http3):
         response.headers["transfer-encoding"] = "chunked"
     content_type = response.headers.get("content-type") if scrub else None
-    state.body = _BodyStream(flow, state.scrubber, decoder, live, content_type)
+    state.body = _BodyStream(flow, state.scrubber, decoder, live, content_type, withhold)
     response.stream = state.body
 
 
@@ -435,6 +457,9 @@ def _scrub_buffered_body(flow: http.HTTPFlow, state: ScrubState) -> None:
         if state.buffered_codings:
             body = decode_whole(body, state.buffered_codings, BUFFERED_LIMITS)
         content_type = response.headers.get("content-type")
+        if state.withhold is not None and (pattern := state.withhold.sniffed(
+                body[:SNIFF_LENGTH])):
+            raise _WithheldByPolicy(_withheld_message(pattern))
         if not state.scrubber.empty and looks_compressed(body[:SNIFF_LENGTH], content_type):
             # Compressed inside: searched, then passed on as it is (see nested_bodies).
             scan_whole(body, state.scrubber, BUFFERED_LIMITS, media_coding(content_type))
@@ -444,9 +469,11 @@ def _scrub_buffered_body(flow: http.HTTPFlow, state: ScrubState) -> None:
                 response.set_content(body)
             return
     except BodyNotDecodable as error:
-        denied = Denied(502, codes.RESPONSE_WITHHELD,
-                        f"the answer could not be scrubbed: {error}", state.grant_id)
-        flow.response = http.Response.make(502, denied.body(), denied.headers())
+        message = str(error) if isinstance(error, _WithheldByPolicy) else (
+            f"the answer could not be scrubbed: {error}")
+        denied = Denied(502, codes.RESPONSE_WITHHELD, message, state.grant_id)
+        state.withheld = denied.body()  # the audit record says withheld (``was_withheld``)
+        flow.response = http.Response.make(502, state.withheld, denied.headers())
         return
     scrubbed, found = state.scrubber.scrub(body)
     if not found and not state.buffered_codings:

@@ -91,9 +91,24 @@ def _zip(data: bytes) -> bytes:
     return buffer.getvalue()
 
 
+def _seven_zip(data: bytes) -> bytes:
+    """7z's signature, then ``data`` LZMA-compressed: a container the scrubber cannot open."""
+    return b"7z\xbc\xaf\x27\x1c\x00\x04" + bytes(24) + lzma.compress(
+        data, format=lzma.FORMAT_ALONE)
+
+
+def _pdf(data: bytes) -> bytes:
+    """A PDF whose one stream is ``data`` under FlateDecode, as PDF writers store text."""
+    stream = zlib.compress(data)
+    return (b"%PDF-1.7\n1 0 obj\n<< /Length " + str(len(stream)).encode()
+            + b" /Filter /FlateDecode >>\nstream\n" + stream
+            + b"\nendstream\nendobj\ntrailer\n<< >>\n%%EOF\n")
+
+
 ENCODERS: dict[str, Callable[[bytes], bytes]] = {
     "gzip": gzip.compress, "deflate": _deflate, "br": brotli.compress, "zstd": _zstd,
     "zip": _zip, "xz": lzma.compress,  # not content codings: archives, for ``?nest=``
+    "7z": _seven_zip, "pdf": _pdf,  # containers the scrubber does not open (``withhold``)
     "x-unknown": lambda data: data,  # a coding the proxy cannot undo
 }
 

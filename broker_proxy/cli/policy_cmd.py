@@ -175,6 +175,9 @@ def explain_request(args: argparse.Namespace) -> int:
     verdict = (f"allowed ({answer.without_secret})" if answer.without_secret
                else "refused (destination_not_granted)")
     print(f"  without a secret: {verdict}")
+    if answer.withheld:
+        print("  answers withheld (502 response_withheld) when their media type is: "
+              + ", ".join(answer.withheld))
     return 0
 
 

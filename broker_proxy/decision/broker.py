@@ -364,7 +364,7 @@ class Broker:
             # event loop only looks them up when the answer comes (see scrubber._Compiled).
             Scrubber(scrub)
         return replace(verdict, scrub=scrub, scrub_complete=held.complete, scrub_scope=scope,
-                       scrub_generation=held.generation)
+                       scrub_generation=held.generation, withhold=policy.index.withhold_at(host))
 
     def live_scrub(self, scope: ScrubScope, generation: int) -> GrantScrub | None:
         """An answer's scrub set again if a value changed since ``generation`` (a long poll

@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from broker_proxy.scrubbing.scope import ScrubScope
+
+if TYPE_CHECKING:  # importing the policy package here would close a cycle (see scope.py)
+    from broker_proxy.policy.media_types import WithholdRule
 
 # Stable error codes: scripts and dashboards match on these strings.
 PROXY_AUTH_REQUIRED = "proxy_auth_required"
@@ -96,6 +100,8 @@ class Allowed:
     # broker for the set again (``Broker.live_scrub``).
     scrub_scope: ScrubScope | None = field(default=None, repr=False)
     scrub_generation: int = 0
+    # The media types whose answers from this host are withheld (a destination's `withhold`).
+    withhold: WithholdRule | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

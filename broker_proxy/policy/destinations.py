@@ -20,6 +20,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 from functools import lru_cache
 
+from broker_proxy.policy.media_types import WithholdRule, rule_for
 from broker_proxy.policy.model import NEVER_METHODS, Destination, Policy
 
 MAX_HOST_LENGTH = 253  # RFC 1035 section 2.3.4, without the trailing dot
@@ -220,7 +221,8 @@ class DestinationIndex:
     """
 
     __slots__ = ("_at_host", "_at_suffix", "_compiled", "_covering", "_egress_exact",
-                 "_egress_suffixes", "_exact", "_paths", "_wild", "_wild_covering")
+                 "_egress_suffixes", "_exact", "_paths", "_wild", "_wild_covering",
+                 "_withhold_host", "_withhold_suffix")
 
     def __init__(self, policy: Policy) -> None:
         exact: dict[tuple[str, str, str, int], list[Destination]] = defaultdict(list)
@@ -257,6 +259,7 @@ class DestinationIndex:
             at_suffix[suffix].update(names)
         self._at_host = {key: frozenset(names) for key, names in at_host.items()}
         self._at_suffix = {key: frozenset(names) for key, names in at_suffix.items()}
+        self._withhold_host, self._withhold_suffix = _withhold_maps(policy)
         self._egress_exact = frozenset(p for p in policy.egress_allow if not p.startswith("*."))
         self._egress_suffixes = frozenset(p[2:] for p in policy.egress_allow if p.startswith("*."))
 
@@ -319,11 +322,45 @@ class DestinationIndex:
                 names = names | more if names else more
         return names
 
+    def withhold_at(self, host: str) -> WithholdRule | None:
+        """The media types whose answers from ``host`` are withheld, or None (most hosts).
+
+        By host, like ``secrets_sent_to_host``: every answer from it is scrubbed for the
+        secrets whose destinations list them, whoever asks. A policy without any ``withhold``
+        answers None at once.
+        """
+        if not self._withhold_host and not self._withhold_suffix:
+            return None
+        patterns = self._withhold_host.get(host, frozenset())
+        if self._withhold_suffix:
+            for suffix in parent_suffixes(host):
+                more = self._withhold_suffix.get(suffix)
+                if more:
+                    patterns = patterns | more
+        return rule_for(patterns)
+
     def egress_allows(self, host: str) -> bool:
         """Is ``host`` on the egress allow-list (any port, https or http)?"""
         if host in self._egress_exact:
             return True
         return any(suffix in self._egress_suffixes for suffix in parent_suffixes(host))
+
+
+def _withhold_maps(policy: Policy) -> tuple[dict[str, frozenset[str]],
+                                            dict[str, frozenset[str]]]:
+    """Exact host -> patterns and wildcard suffix -> patterns, any scheme, port or path."""
+    at_host: dict[str, set[str]] = defaultdict(set)
+    at_suffix: dict[str, set[str]] = defaultdict(set)
+    for secret in policy.secrets.values():
+        for destination in secret.destinations:
+            if destination.withhold:
+                host = destination.host
+                if host.startswith("*."):
+                    at_suffix[host[2:]].update(destination.withhold)
+                else:
+                    at_host[host].update(destination.withhold)
+    return ({key: frozenset(found) for key, found in at_host.items()},
+            {key: frozenset(found) for key, found in at_suffix.items()})
 
 
 def _quoted(value: str) -> str:

@@ -3,7 +3,8 @@
 Widening means some request, grant or agent that OLD refused NEW would allow: a new agent, a
 secret an agent may now hold, an approval dropped, a longer max_ttl, a destination (host, port,
 method or path) a secret may now reach, a new place a placeholder may sit, a new egress host or
-private address range. Everything else is a narrowing or a neutral change; each is one line.
+private address range, a media type no longer withheld at a secret's host. Everything else is
+a narrowing or a neutral change; each is one line.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import asdict, dataclass
 from datetime import timedelta
 
 from broker_proxy.policy.coverage import destination_covers, host_covers, uncovered_globs
+from broker_proxy.policy.media_types import pattern_covers
 from broker_proxy.policy.model import Destination, Policy, SecretPolicy
 from broker_proxy.policy.resolve_pins import ResolvePins
 
@@ -110,9 +112,37 @@ def _secret_changes(before: SecretPolicy, after: SecretPolicy) -> list[Change]:
         if template.header.lower() not in old_templates:
             found.append(Change("template_added", subject,
                                 f"the proxy now sets {template.header} itself", True))
+    found += _withhold_changes(subject, before, after)
     if before.source != after.source:
         found.append(Change("source_changed", subject,
                             f"from {before.source} -> {after.source}", False))
+    return found
+
+
+def _withheld_by_host(secret: SecretPolicy) -> dict[str, set[str]]:
+    found: dict[str, set[str]] = {}
+    for destination in secret.destinations:
+        found.setdefault(destination.host, set()).update(destination.withhold)
+    return found
+
+
+def _withhold_changes(subject: str, before: SecretPolicy, after: SecretPolicy) -> list[Change]:
+    """A media type no longer withheld at a host the secret still goes to widens: answers that
+    were replaced by a 502 now reach the agent. One withheld anew narrows. By host, as the
+    proxy applies them."""
+    old, new = _withheld_by_host(before), _withheld_by_host(after)
+    found = []
+    for host in sorted(old.keys() & new.keys()):
+        for pattern in sorted(old[host]):
+            if not any(pattern_covers(kept, pattern) for kept in new[host]):
+                found.append(Change("withhold_removed", subject,
+                                    f"answers of media type {pattern} from {host} are no "
+                                    "longer withheld", True))
+        for pattern in sorted(new[host]):
+            if not any(pattern_covers(kept, pattern) for kept in old[host]):
+                found.append(Change("withhold_added", subject,
+                                    f"answers of media type {pattern} from {host} are "
+                                    "withheld", False))
     return found
 
 

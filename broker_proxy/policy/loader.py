@@ -49,6 +49,7 @@ from broker_proxy.policy.inject_fields import (
     parse_inject,
     parse_placeholder_format,
 )
+from broker_proxy.policy.media_types import parse_withhold
 from broker_proxy.policy.model import (
     BASIC_PLACE,
     DEFAULT_METHODS,
@@ -794,10 +795,12 @@ def _destination(node: yaml.Node, path: str, checker: _Checker) -> Destination |
             checker.report(preview_node, _join(path, "approval_preview"),
                            f"unknown approval_preview {_quoted(preview)}: use full, headers "
                            "or none")
+    withhold = parse_withhold(fields["withhold"][1], _join(path, "withhold"), checker) \
+        if "withhold" in fields else ()
     if host is None or len(checker.issues) > before:
         return None
     return Destination(scheme=scheme, host=host, port=port, methods=methods, paths=paths,
-                       aws=aws, approval_preview=preview)
+                       aws=aws, approval_preview=preview, withhold=withhold)
 
 
 def _host_pattern(node: yaml.Node, path: str, checker: _Checker) -> str | None:

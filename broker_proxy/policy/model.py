@@ -33,6 +33,8 @@ class Destination:
     aws: AwsScope | None = None  # for a `sign: aws-sigv4` secret: what it may sign for
     # What a person deciding a held request sees of it: full, headers (no body text) or none.
     approval_preview: str = "full"
+    # Media types (or globs) of answers from this host never passed on (media_types.py).
+    withhold: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

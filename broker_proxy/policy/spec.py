@@ -23,6 +23,7 @@ from broker_proxy.policy.inject_fields import (
     HEADER_NAME_PATTERN,
     USERNAME_MAX,
 )
+from broker_proxy.policy.media_types import MEDIA_PATTERN_SCHEMA
 from broker_proxy.policy.model import INJECT_PLACES, NEVER_METHODS
 from broker_proxy.policy.oauth2_mtls_fields import CLIENT_AUTH, GRANT_TYPES, OAUTH2_FIELDS
 
@@ -174,6 +175,14 @@ MAPPINGS: dict[str, Mapping] = {
             "description": "what a person deciding a held request to this destination sees: "
                            "full (headers and a body preview), headers (no body text), none "
                            "(method, host and path only)"},
+        "withhold": {
+            "type": "array", "minItems": 1,
+            "items": {"type": "string", "pattern": MEDIA_PATTERN_SCHEMA},
+            "description": "media types (\"*\" for any run of characters) of answers from "
+                           "this host that are withheld (502 response_withheld) rather than "
+                           "passed on: forms the scrubber cannot look inside, e.g. "
+                           "application/x-7z-compressed, application/pdf; the body's first "
+                           "bytes are checked too"},
     }, required=("host",)),
     "aws": Mapping({
         "services": {"type": "array", "minItems": 1,

@@ -38,9 +38,12 @@ class Explanation:
     path: str
     secrets: tuple[SecretAnswer, ...]
     without_secret: str  # "egress", "covered by <names>", or "" when refused
+    # Media types (patterns) whose answers from this host are withheld: a destination's
+    # `withhold`, applied whichever grant asks.
+    withheld: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, object]:
-        return {
+        found: dict[str, object] = {
             "request": {"method": self.method, "scheme": self.scheme, "host": self.host,
                         "port": self.port, "path": self.path},
             "secrets": {a.secret: {"allowed": a.allowed, "reason": a.reason}
@@ -48,6 +51,9 @@ class Explanation:
             "without_secret": {"allowed": bool(self.without_secret),
                                "reason": self.without_secret or "destination_not_granted"},
         }
+        if self.withheld:  # only then: the output for other hosts stays as it was
+            found["withheld_media_types"] = list(self.withheld)
+        return found
 
 
 def explain(policy: ActivePolicy, method: str, url: str, agent: str | None = None) -> Explanation:
@@ -85,8 +91,9 @@ def explain(policy: ActivePolicy, method: str, url: str, agent: str | None = Non
         without = "covered by " + ", ".join(sorted(covering))
     else:
         without = ""
+    rule = policy.index.withhold_at(host)
     return Explanation(method, parts.scheme, host, port, path or raw_path, tuple(answers),
-                       without)
+                       without, rule.patterns if rule is not None else ())
 
 
 def _answer(policy: ActivePolicy, name: str, method: str, scheme: str, host: str, port: int,
