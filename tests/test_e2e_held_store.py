@@ -1,7 +1,8 @@
 """Held requests live in the grant store: any process of a home holds, lists and decides them
-(`run --workers 2`: held in one worker, approved through the admin API the other serves), a
-restart keeps them (the agent's retry finds the decision), and the limits on held requests
-count every process's (1,000 held at once; past that, 503 approval_queue_full)."""
+(`run --workers 2`: held in one worker, approved through the admin API the other serves;
+`mitmdump -s`: decided through the admin API of the home's `run`), a restart keeps them (the
+agent's retry finds the decision), and the limits on held requests count every process's
+(1,000 held at once; past that, 503 approval_queue_full)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import json
 import os
 import socket
 import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -20,9 +22,11 @@ import pytest
 from benchmarks.proc_stats import children as children_of
 from broker_proxy.devtools.local_pki import LocalPki
 from broker_proxy.devtools.proxy_process import ProxyProcess
+from broker_proxy.runtime.local_ports import free_port, wait_for_port
 from tests.approval_desk_client import Approver
 from tests.conftest import API_HOST, HOSTS, Stack, Upstreams, start_stack
 from tests.security.raw_proxy import RawAnswer, open_tunnel, read_answer
+from tests.test_e2e_mitmdump_script import ScriptStack, _mitmdump_args
 from tests.test_e2e_request_approval import APPROVAL_POLICY
 
 pytestmark = pytest.mark.e2e
@@ -222,3 +226,35 @@ def test_1000_held_requests_across_two_workers_then_the_queue_is_full(
             tls.close()
     assert statuses == [503] * 1000
     assert stack.upstreams.api.requests == []
+
+
+def test_mitmdump_script_holds_and_the_run_process_of_its_home_decides(
+        tmp_path: Path, pki: LocalPki, upstreams: Upstreams) -> None:
+    stack = _stack(tmp_path, pki, upstreams)  # `broker-proxy run`: the admin API
+    port = free_port()
+    confdir = tmp_path / "confdir"
+    log = (tmp_path / "mitmdump.log").open("wb")
+    process = subprocess.Popen(_mitmdump_args(stack, tmp_path, port, "-q"), stdout=log,
+                               stderr=subprocess.STDOUT, env=stack.env,
+                               stdin=subprocess.DEVNULL)
+    try:
+        wait_for_port(port, process)
+        script = Stack(**{**stack.__dict__, "proxy": ScriptStack(
+            port, confdir / "mitmproxy-ca-cert.pem")})
+        grant = stack.issue("api_key")
+        approver = Approver(stack)
+        with _tunnel(script, grant.token) as tls:
+            tls.sendall(_request(stack, "/v1/held-by-mitmdump"))
+            [item] = approver.wait_for(grant.grant.id)
+            assert item["request"]["path"] == "/v1/held-by-mitmdump"
+            assert approver.decide(item["id"], "approve").status_code == 200
+            answer = read_answer(tls)
+        assert answer.status == 200, answer.raw[:300]
+        [sent] = stack.upstreams.api.requests
+        assert sent.header("Authorization") == f"Bearer {stack.api_key}"
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        log.close()
+        stack.proxy.stop()
+    assert stack.api_key not in (tmp_path / "mitmdump.log").read_text(errors="replace")
