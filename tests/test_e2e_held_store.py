@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -39,8 +40,13 @@ def _restart(stack: Stack, pki: LocalPki, *extra: str, log: str = "proxy.log") -
                                extra_args=list(extra), log_path=stack.root / log).start()
 
 
-def _stack(root: Path, pki: LocalPki, upstreams: Upstreams, *extra: str) -> Stack:
-    stack = start_stack(root, pki, upstreams, policy=APPROVAL_POLICY.replace("TIMEOUT", "120s"))
+def _stack(root: Path, pki: LocalPki, upstreams: Upstreams, *extra: str,
+           webhook: str | None = None) -> Stack:
+    policy = APPROVAL_POLICY.replace("TIMEOUT", "120s")
+    if webhook is not None:
+        policy = policy.replace("approval_timeout:",
+                                f"approval_webhook: {webhook}\napproval_timeout:")
+    stack = start_stack(root, pki, upstreams, policy=policy)
     upstreams.clear()
     if extra:
         stack.proxy.stop()
@@ -85,16 +91,45 @@ def _serving_pid(client: socket.socket, proxy_port: int, pids: tuple[int, ...]) 
     raise AssertionError("no proxy process holds the connection")
 
 
+class Webhook:
+    """Receives the approval webhook's POSTs."""
+
+    def __init__(self) -> None:
+        self.notices: list[dict] = []
+        notices = self.notices
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                notices.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+
+
 @pytest.fixture
-def workers(tmp_path: Path, pki: LocalPki, upstreams: Upstreams) -> Iterator[Stack]:
-    stack = _stack(tmp_path, pki, upstreams, "--workers", "2")
+def webhook() -> Iterator[Webhook]:
+    receiver = Webhook()
+    yield receiver
+    receiver.server.shutdown()
+
+
+@pytest.fixture
+def workers(tmp_path: Path, pki: LocalPki, upstreams: Upstreams,
+            webhook: Webhook) -> Iterator[Stack]:
+    stack = _stack(tmp_path, pki, upstreams, "--workers", "2", webhook=webhook.url)
     yield stack
     stack.proxy.stop()
     assert stack.api_key not in (stack.root / "workers.log").read_text(errors="replace")
 
 
 def test_held_in_one_worker_approved_through_the_admin_api_the_other_serves(
-        workers: Stack) -> None:
+        workers: Stack, webhook: Webhook) -> None:
     stack = workers
     assert stack.proxy.process is not None
     parent = stack.proxy.process.pid  # serves the admin API
@@ -117,6 +152,13 @@ def test_held_in_one_worker_approved_through_the_admin_api_the_other_serves(
         by_child.sendall(_request(stack, "/v1/held-in-worker"))
         [item] = approver.wait_for(grant.grant.id)
         assert item["request"]["path"] == "/v1/held-in-worker" and item["state"] == "pending"
+        # The worker that held it sends the webhook, linking to the console the other serves.
+        deadline = time.monotonic() + 10
+        while not webhook.notices and time.monotonic() < deadline:
+            time.sleep(0.05)
+        [notice] = webhook.notices
+        assert notice["request"]["id"] == item["id"]
+        assert notice["console"].startswith(stack.proxy.admin_url)
         decided = approver.decide(item["id"], "approve", shown_digest=item["shown_digest"])
         assert decided.status_code == 200, decided.text
         started = time.monotonic()
