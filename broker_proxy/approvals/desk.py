@@ -420,7 +420,7 @@ class ApprovalDesk:
             self._poller.start()
 
     def _poll(self) -> None:
-        seen = -1
+        seen, failing = -1, False
         while True:
             time.sleep(POLL_S)
             with self._lock:
@@ -436,8 +436,12 @@ class ApprovalDesk:
                 ended = [HeldRequest.from_item(raw) for raw in self._table.get_many(waited)
                          if raw["state"] != "pending"]
             except Exception as error:  # the store is away: try again next time
-                log.warning("held requests: cannot read the store (%s)", type(error).__name__)
+                if not failing:  # one line per outage, not five a second
+                    log.warning("held requests: cannot read the store (%s); still trying",
+                                type(error).__name__)
+                failing = True
                 continue
+            failing = False
             for item in ended:
                 self._answer(item)
 
