@@ -271,7 +271,11 @@ class ApprovalDesk:
         """The held request ended without a decision: its agent went away (or, with a table of
         this process alone, the proxy is stopping). Recorded (`request_abandoned`), and a later
         approval finds it already ended, so it can neither spend a use nor send anything. None
-        if it was decided first."""
+        if it was decided first, or if its proxy stopped (abandon_all: it waits for the retry,
+        also when the agent's disconnect is noticed after)."""
+        item = self.get(hold_id)
+        if item is not None and item.interrupted:
+            return None
         try:
             return self._settle(hold_id, "abandoned", by="broker-proxy", choice="abandoned",
                                 reason=why)
