@@ -114,3 +114,33 @@ def test_held_by_one_replica_approved_through_the_others_admin_api(replicas: Rep
     for proxy in (replicas.a, replicas.b):
         assert replicas.admin(proxy, "GET", "/v1/requests").json()["requests"] == []
     print(f"a held request across replicas released {released_in:.2f} s after approval")
+
+
+def test_a_replica_that_stops_leaves_its_held_request_to_the_other(replicas: Replicas) -> None:
+    """Held by replica b, which stops (503 approval_interrupted); approved through a; the
+    agent's retry through a goes out, spending that approval."""
+    grant = replicas.issue(replicas.a)
+    answers: list[tuple[int, dict]] = []
+
+    def agent() -> None:
+        tunnel = Tunnel(replicas.b, replicas.upstreams.api.port, grant["token"])
+        try:
+            answers.append(tunnel.get("/v1/after-stop"))
+        finally:
+            tunnel.close()
+
+    thread = threading.Thread(target=agent)
+    thread.start()
+    [item] = _pending(replicas, replicas.a, 1)
+    assert replicas.b.stop() == 0
+    thread.join(timeout=15)
+    assert answers[0][0] == 503 and answers[0][1]["error"] == "approval_interrupted"
+    assert [i["id"] for i in _pending(replicas, replicas.a, 1)] == [item["id"]]
+    approve = replicas.admin(replicas.a, "POST", f"/v1/requests/{item['id']}/approve", {})
+    assert approve.status_code == 200, approve.text
+    tunnel = Tunnel(replicas.a, replicas.upstreams.api.port, grant["token"])
+    try:
+        assert tunnel.get("/v1/after-stop")[0] == 200
+    finally:
+        tunnel.close()
+    assert replicas.carried() == 1
