@@ -2,9 +2,10 @@
 
 The request hook awaits here: the event loop serves every other connection meanwhile, and the
 agent's client just sees a slow answer. The desk calls back on whichever thread decided (the
-admin API's), so the answer is handed to the loop with call_soon_threadsafe. A request that is
-allowed is decided again in full, with the approval's ticket: the grant may have been revoked or
-used up while it waited, and a held request counted against nothing until then.
+admin API's, or its poller's when another process decided), so the answer is handed to the
+loop with call_soon_threadsafe. A request that is allowed is decided again in full, with the
+approval's ticket: the grant may have been revoked or used up while it
+waited, and a held request counted against nothing until then.
 """
 
 from __future__ import annotations
@@ -56,7 +57,9 @@ async def verdict_after_approval(desk: ApprovalDesk, held: Held,
             item = await decided(desk, hold)
         finally:
             waiting(hold.hold_id, False)
-        if item.state == "abandoned":  # its agent is gone, or the proxy stops
+        if item.state in ("abandoned", "pending"):
+            # Its agent is gone, or the proxy stops (the item stays pending in a shared store,
+            # for the agent's retry to find).
             return interrupted(item.grant)
         if item.state == "denied":
             return denied_by_person(item.grant, item.reason)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -22,6 +23,7 @@ from broker_proxy.approvals.digest import request_shape
 from broker_proxy.approvals.webhook import WebhookNotifier
 from broker_proxy.audit import AuditLog, AuditWriteError, verify_chain
 from broker_proxy.decision.outbound import OutboundRequest
+from broker_proxy.grants.sqlite_store import SqliteGrantStore
 
 
 def _request(body: bytes = b"{}", query: str = "", path: str = "/v1/pay") -> OutboundRequest:
@@ -48,9 +50,18 @@ def clock() -> Clock:
     return Clock()
 
 
-@pytest.fixture
-def desk(audit: AuditLog, clock: Clock) -> ApprovalDesk:
-    return ApprovalDesk(audit, clock)
+@pytest.fixture(params=["memory", "sqlite"])
+def desk(request: pytest.FixtureRequest, audit: AuditLog, clock: Clock, tmp_path: Path
+         ) -> Iterator[ApprovalDesk]:
+    """The same desk on a table of one process and on the home's SQLite file."""
+    if request.param == "memory":
+        yield ApprovalDesk(audit, clock)
+        return
+    store = SqliteGrantStore(tmp_path / "grants.sqlite3")
+    try:
+        yield ApprovalDesk(audit, clock, table=store.hold_table())
+    finally:
+        store.close()
 
 
 def _hold(desk: ApprovalDesk, request: OutboundRequest, grant: str = "g_1") -> HeldRequest:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-from broker_proxy.approvals.desk import ApprovalDesk
+from broker_proxy.approvals.desk import ApprovalDesk, QueueFull
 from broker_proxy.approvals.digest import carried, request_shape
 from broker_proxy.approvals.preview import build_preview, preview_level
 from broker_proxy.approvals.verdict import (
@@ -25,6 +25,7 @@ from broker_proxy.approvals.verdict import (
     APPROVAL_REQUIRED,
     APPROVAL_UNAVAILABLE,
     Held,
+    denied_by_person,
 )
 from broker_proxy.audit.log import AuditError, AuditLog
 from broker_proxy.decision import outbound as codes
@@ -108,7 +109,11 @@ class Broker:
 
     def __post_init__(self) -> None:
         self.scrub_values = GrantScrubValues(self.secrets)
-        self.approvals = ApprovalDesk(self.audit, self.clock)
+        # Held requests live in the grant store, shared by every process and replica using it;
+        # a store without a hold table (a test's fake) keeps them in this process.
+        hold_table = getattr(self.grants, "hold_table", None)
+        self.approvals = ApprovalDesk(self.audit, self.clock,
+                                      table=hold_table() if hold_table is not None else None)
 
     def decide(self, token: str | None, request: OutboundRequest, *,
                defer_durability: bool = False, wait: bool = True,
@@ -314,6 +319,18 @@ class Broker:
         if (self.approvals.redeem(approved_hold, grant.id, shape.digest)
                 or self.approvals.take_allowance(grant.id, shape.digest)):
             return None
+        # The retry of a request its stopped proxy could not answer finds its item again.
+        resumed = self.approvals.resume(grant.id, shape.digest, tuple(names))
+        if resumed is not None:
+            if resumed.state == "allowed":
+                return None
+            if resumed.state == "denied":
+                refusal = denied_by_person(grant.id, resumed.reason)
+                return self._deny(request, grant, refusal.status, refusal.error,
+                                  refusal.message)
+            left = (resumed.expires_at - self.clock()).total_seconds()
+            return Held(403, APPROVAL_REQUIRED, "this request waits for a person's approval",
+                        grant.id, hold_id=resumed.id, timeout_s=max(left, 0.0))
         if not self.approvals.accepting:
             return self._deny(request, grant, 403, APPROVAL_UNAVAILABLE,
                               "this request needs a person's approval, and this proxy process "
@@ -332,6 +349,9 @@ class Broker:
                 shape=shape, preview=build_preview(request, scanner, carries, level),
                 timeout=timeout, audit_fields=_record(
                     request, grant, "held", APPROVAL_REQUIRED, None, names))
+        except QueueFull:
+            return self._deny(request, grant, 503, APPROVAL_QUEUE_FULL,
+                              "too many requests are waiting for approval")
         except AuditError:
             self.metrics.audit_write_errors.inc()
             return Denied(503, codes.AUDIT_UNAVAILABLE,

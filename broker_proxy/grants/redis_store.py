@@ -36,6 +36,7 @@ from redis.retry import Retry
 
 from broker_proxy.grants.circuit import CircuitBreaker, CircuitOpen
 from broker_proxy.grants.model import Grant, GrantStatus
+from broker_proxy.grants.redis_holds import RedisHoldTable
 from broker_proxy.grants.store import (
     GrantCounts,
     GrantIndex,
@@ -226,6 +227,7 @@ class RedisGrantStore:
     def __init__(self, url: str) -> None:
         options, self._where = _parse_url(url)
         self._closed = False
+        self._holds: RedisHoldTable | None = None
         self._client = redis.Redis(
             **options,
             socket_connect_timeout=CONNECT_TIMEOUT,
@@ -431,6 +433,12 @@ class RedisGrantStore:
 
     def revoke(self, grant_id: str, now: datetime) -> Grant:
         return self._transition(grant_id, now, "revoke", "")
+
+    def hold_table(self) -> RedisHoldTable:
+        """Requests held for approval, in keys of their own in this database (redis_holds.py)."""
+        if self._holds is None:
+            self._holds = RedisHoldTable(self._client)
+        return self._holds
 
     def close(self) -> None:
         if not self._closed:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from broker_proxy.grants.model import Grant, GrantStatus
+from broker_proxy.grants.sqlite_holds import SqliteHoldTable
 from broker_proxy.grants.store import (
     STORE_WAIT_SECONDS,
     GrantCounts,
@@ -155,6 +156,7 @@ class SqliteGrantStore:
         self._bulk_reader: sqlite3.Connection | None = None
         # (data_version, window), valid from, valid until (µs), the counts: see `counts`.
         self._counts_cache: tuple[tuple[int, int], int, int, GrantCounts] | None = None
+        self._holds: SqliteHoldTable | None = None
         _create_private_file(self._path)
         try:
             conn = sqlite3.connect(
@@ -324,7 +326,18 @@ class SqliteGrantStore:
         with self._lock:
             self._connection().execute("PRAGMA cache_size = -2000")  # SQLite's default
 
+    def hold_table(self) -> SqliteHoldTable:
+        """Requests held for approval, in tables of their own in this file (sqlite_holds.py)."""
+        with self._lock:
+            if self._holds is None:
+                self._holds = SqliteHoldTable(self._path)
+            return self._holds
+
     def close(self) -> None:
+        with self._lock:
+            if self._holds is not None:
+                self._holds.close()
+                self._holds = None
         with self._lock, self._read_lock, self._bulk_lock:
             if self._bulk_reader is not None:
                 self._bulk_reader.close()

@@ -85,6 +85,9 @@ class DecisionHarness:
         self.broker = Broker(policy=ActivePolicy.build(policy), grants=self.store,
                              secrets=FakeSecrets(), audit=self.audit,
                              metrics=BrokerMetrics())
+        # Nobody decides here: a request that needs a person is answered at once (as before
+        # held requests lived in the grant store), not queued in the throwaway store.
+        self.broker.approvals.accepting = False
         self._grants: dict[tuple[str, tuple[str, ...], bool], TestGrant | Denied] = {}
 
     def close(self) -> None:

@@ -6,6 +6,7 @@ Kept out of the CLI module so `run` needs only a few lines to start, announce an
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -99,10 +100,26 @@ def start_services(broker: Broker, home: Home, policy_file: Path,
                                    f"{error.strerror or error}") from None
         server.start()
         start_approvals(broker, server)
+    elif broker.approvals.shared:
+        # A worker of a group: it holds requests (they live in the grant store) and the first
+        # process's admin API decides them; its webhook links to that console.
+        broker.approvals.notifier = WebhookNotifier(
+            url=lambda: broker.policy.policy.approval_webhook,
+            console_url=lambda: _group_console(home),
+            on_failure=broker.metrics.approval_webhook_failures.inc)
     reloader.start()
     # Every process of the home (workers too): `secret set` waits for each one's ack.
     watch = VaultWatch(broker, home).start()
     return RunServices(server, reloader, policy_file, watch)
+
+
+def _group_console(home: Home) -> str | None:
+    """The admin API of the process that wrote the home's run.json (the group's first)."""
+    try:
+        admin = json.loads(home.runtime.read_text()).get("admin")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return f"http://{admin}" if isinstance(admin, str) and admin else None
 
 
 def _vault_probe(broker: Broker) -> Callable[[], str | None] | None:
