@@ -16,7 +16,13 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from broker_proxy.addons import connection_limits, flow_adapter, mitmproxy_patches, server_names
+from broker_proxy.addons import (
+    connection_limits,
+    fail_closed,
+    flow_adapter,
+    mitmproxy_patches,
+    server_names,
+)
 from broker_proxy.addons.broker_addon import BrokerAddon
 from broker_proxy.addons.connection_limits import ConnectionLimits
 from broker_proxy.addons.flow_record import flow_record
@@ -49,8 +55,10 @@ class BrokerScript:
 
     def __init__(self) -> None:
         # Request-head and upstream-connect deadlines, close after 413.
-        self.limits = ConnectionLimits()
-        self.agent_view = AgentView()
+        # Fail-closed like the broker's own addons; recorded once the broker has started.
+        self.limits, self.agent_view = fail_closed.guard(
+            [ConnectionLimits(), AgentView()],
+            lambda: self.inner.broker.audit if self.inner is not None else None)
         self.inner: BrokerAddon | None = None
         self.startup_error = "the broker has not started"
 

@@ -112,11 +112,9 @@ class UpstreamFailures:
         record = flow_record(flow)
         if record is None or flow.error is None:
             return None
-        try:
-            return self._failed(flow, record, flow.error.msg)
-        except Exception as error:  # the page mitmproxy writes by itself is still ours
-            log.error("upstream failure handling failed: %s", type(error).__name__)
-        return None
+        # A raise is logged and recorded (fail_closed.py); the page mitmproxy writes by itself
+        # is still ours.
+        return self._failed(flow, record, flow.error.msg)
 
     def _failed(self, flow: http.HTTPFlow, record: FlowRecord,
                 message: str) -> Coroutine[Any, Any, None] | None:
@@ -160,11 +158,10 @@ class UpstreamFailures:
 
     async def _not_sent(self, verdict: Allowed, request: OutboundRequest, status: int | None,
                         elapsed_ms: float, kind: str) -> None:
-        try:
-            await asyncio.get_running_loop().run_in_executor(
-                None, self.broker.record_not_sent, verdict, request, status, elapsed_ms, kind)
-        except Exception as error:  # the use stays spent: never one too few
-            log.error("could not record a request as not sent: %s", type(error).__name__)
+        # A raise leaves the use spent (never one too few), logged and recorded by the hook's
+        # wrapper (fail_closed.py).
+        await asyncio.get_running_loop().run_in_executor(
+            None, self.broker.record_not_sent, verdict, request, status, elapsed_ms, kind)
 
     def done(self) -> None:
         for timer in self._read_timers.values():
