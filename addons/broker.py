@@ -28,7 +28,7 @@ from broker_proxy.addons.connection_limits import ConnectionLimits
 from broker_proxy.addons.flow_record import flow_record
 from broker_proxy.addons.mitmproxy_compat import IncompatibleMitmproxy
 from broker_proxy.addons.option_guards import unsafe_option
-from mitmproxy import ctx, http, tcp
+from mitmproxy import addonmanager, ctx, http, tcp
 from mitmproxy.exceptions import OptionsError
 from mitmproxy.proxy import server_hooks
 
@@ -68,7 +68,7 @@ class BrokerScript:
         # AgentView last: it puts the agent's request back once the others are done with it.
         return [self.limits, *inner, self.agent_view]
 
-    def load(self, loader) -> None:  # type: ignore[no-untyped-def]
+    def load(self, loader: addonmanager.Loader) -> None:
         loader.add_option("broker_home", str, "",
                           "broker-proxy home (default $BROKER_PROXY_HOME or ~/.broker-proxy)")
         loader.add_option("broker_policy", str, "",

@@ -30,7 +30,7 @@ import functools
 import inspect
 import logging
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, Protocol
+from typing import Any, Protocol, TypedDict
 
 # Imported for mitmproxy's hook registry: each module registers the hooks it defines.
 import mitmproxy.addonmanager
@@ -63,6 +63,17 @@ class AuditSink(Protocol):
 
 
 Hook = Callable[..., Awaitable[None] | None]
+
+
+class RequestFields(TypedDict, total=False):
+    """The request's fields of a ``hook_failed`` record, as a decision's record has them."""
+
+    method: str
+    scheme: str
+    host: str
+    port: int
+    path: str
+    status: int | None
 
 
 def hook_names() -> frozenset[str]:
@@ -161,7 +172,7 @@ def record(audit: AuditSink | None, where: str, error: BaseException, what: str,
     """The ``hook_failed`` record; a log that cannot write leaves the log line above."""
     if audit is None:
         return
-    fields: dict[str, object] = {}
+    fields: RequestFields = {}
     if isinstance(subject, http.HTTPFlow):
         request = subject.request
         fields = {"method": request.method, "scheme": request.scheme, "host": request.host,

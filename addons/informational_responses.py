@@ -60,4 +60,4 @@ def install() -> None:
         yield from read_headers(self, event)
 
     setattr(read_headers_after_1xx, _MARK, True)
-    _http1.Http1Client.read_headers = read_headers_after_1xx
+    _http1.Http1Client.read_headers = read_headers_after_1xx  # type: ignore[method-assign]

@@ -125,7 +125,7 @@ class UpstreamFailures:
             kind = upstream_failure.classify(message, sent=sent)
             if not sent and kind in ("tls_failed", "connect_failed"):
                 # Our TLS deadline knows the reason better than "connection closed".
-                kind = self._kinds.pop(flow.client_conn, None) or kind
+                kind = self._kinds.pop(flow.client_conn, "") or kind
         if kind in ("connect_timeout", "tls_timeout") and message in (
                 "connection cancelled", "connection closed"):
             message = (f"no {'connection' if kind == 'connect_timeout' else 'TLS handshake'} "
