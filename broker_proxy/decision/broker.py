@@ -341,8 +341,9 @@ class Broker:
 
     def _scrubbing_the_grant(self, verdict: Verdict, grant: Grant, policy: ActivePolicy,
                              host: str) -> Verdict:
-        """Invariant 6: the answer is scrubbed for every secret the grant holds and every
-        secret the policy lets any grant send to this host, current and retired values.
+        """Invariant 6 (docs/architecture.md): the answer is scrubbed for every secret the grant
+        holds and every secret the policy lets any grant send to this host, current and retired
+        values.
 
         The values this request injected (just resolved, or a fresh OAuth2 token) win over the
         cached ones under the same name; one that differs from the cache means a rotation the
@@ -405,7 +406,8 @@ class Broker:
         return self.grants.remote or self.policy.slow_secrets
 
     def make_durable(self, allowed: Allowed) -> Denied | None:
-        """Invariant 5 for deferred records: on disk before the secret leaves, or refused."""
+        """Invariant 5 (docs/architecture.md) for deferred records: on disk before the secret
+        leaves, or refused."""
         if allowed.audit_seq is None:
             return None
         try:
@@ -481,9 +483,9 @@ class Broker:
                    wait: bool = True, deadline: float | None = None) -> dict[str, Any] | Denied:
         """Reserve one of the grant's uses, then write the record of the secrets' use.
 
-        Invariant 5: the record is written before the secret leaves (fsynced here, or by
-        `make_durable` when the caller deferred it). `values` maps each secret name to the
-        value its fingerprint is taken of.
+        Invariant 5 (docs/architecture.md): the record is written before the secret leaves
+        (fsynced here, or by `make_durable` when the caller deferred it). `values` maps each
+        secret name to the value its fingerprint is taken of.
         """
         try:
             reserved = self.grants.reserve_use(grant.id, now, wait=wait, deadline=deadline)
@@ -568,7 +570,8 @@ class Broker:
         client went away first): give its use back and say so in the audit log.
 
         Call only when the request was certainly not written to any upstream. Returns whether
-        a use was given back. Invariant 11: `max_uses` counts requests whose secret left.
+        a use was given back. Invariant 11 (docs/architecture.md): `max_uses` counts requests
+        whose secret left.
         """
         returned = False
         if allowed.injected:
