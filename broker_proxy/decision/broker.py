@@ -52,6 +52,7 @@ from broker_proxy.metrics import BrokerMetrics
 from broker_proxy.policy.destinations import canonical_host
 from broker_proxy.scrubbing.content_decoding import (
     BodyNotDecodable,
+    BodyTooLarge,
     DecodeLimits,
     decode_whole,
     parse_content_encoding,
@@ -388,11 +389,11 @@ class Broker:
             return replace(request, body_encoding=None)
         try:
             body = decode_whole(request.body, codings, REQUEST_DECODE_LIMITS)
-        except BodyNotDecodable as error:
-            if "exceeds" in str(error):
-                return self._deny(request, grant, 413, codes.BODY_TOO_LARGE,
-                                  "the decoded request body is too large to be checked")
-            return self._deny(request, grant, 415, codes.BODY_NOT_DECODABLE,
+        except BodyTooLarge as error:  # 413 body_too_large
+            return self._deny(request, grant, error.status, error.code,
+                              "the decoded request body is too large to be checked")
+        except BodyNotDecodable as error:  # 415 body_not_decodable
+            return self._deny(request, grant, error.status, error.code,
                               f"the request body cannot be decoded to be checked: {error}")
         return replace(request, body=body, body_encoding=None)
 
