@@ -32,6 +32,7 @@ from mitmproxy import addonmanager, ctx, http, tcp
 from mitmproxy.exceptions import OptionsError
 from mitmproxy.proxy import server_hooks
 
+from broker_proxy.audit.log import AuditLog
 from broker_proxy.decision import outbound as codes
 from broker_proxy.decision.outbound import Denied
 from broker_proxy.error_text import describe_error
@@ -55,12 +56,16 @@ class BrokerScript:
 
     def __init__(self) -> None:
         # Request-head and upstream-connect deadlines, close after 413.
-        # Fail-closed like the broker's own addons; recorded once the broker has started.
-        self.limits, self.agent_view = fail_closed.guard(
-            [ConnectionLimits(), AgentView()],
-            lambda: self.inner.broker.audit if self.inner is not None else None)
+        self.limits = ConnectionLimits()
+        self.agent_view = AgentView()
         self.inner: BrokerAddon | None = None
         self.startup_error = "the broker has not started"
+        # Fail-closed like the broker's own addons (its refusals too); recorded once the broker
+        # has started.
+        fail_closed.guard([self, self.limits, self.agent_view], self._audit)
+
+    def _audit(self) -> AuditLog | None:
+        return self.inner.broker.audit if self.inner is not None else None
 
     @property
     def addons(self) -> list[object]:

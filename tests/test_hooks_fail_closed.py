@@ -24,6 +24,7 @@ from mitmproxy import flow, http, options, tls
 from mitmproxy.proxy import context, server_hooks
 from mitmproxy.test import taddons, tflow
 
+from broker_proxy.audit.evidence import verify_evidence
 from broker_proxy.policy.resolve_pins import ResolvePins
 from tests.decision_setup import Setup
 
@@ -42,7 +43,7 @@ def _all_addons(setup: Setup, tmp_path: Path) -> list[Any]:
     settings = ProxySettings("127.0.0.1", 0, tmp_path, None, ResolvePins())
     entry = script.BrokerScript()
     entry.inner = BrokerAddon(setup.broker)  # started: its records go to the broker's log
-    return [*broker_addons(setup.broker, settings), entry.limits, entry.agent_view]
+    return [*broker_addons(setup.broker, settings), entry, entry.limits, entry.agent_view]
 
 
 def _discovered(setup: Setup, tmp_path: Path) -> list[tuple[type, str]]:
@@ -153,6 +154,9 @@ def test_every_hook_of_every_addon_fails_closed_and_is_recorded(
         assert records[-1]["hook_error"] == "RuntimeError"
         assert records[-1]["hook_outcome"] == EXPECTED.get(
             name, "killed" if isinstance(subject, flow.Flow) else "logged")
+    # Every hook_failed record is evidence like any other: schema, chain and MACs verify.
+    evidence = verify_evidence(setup.home.audit_log, setup.home.audit_key)
+    assert evidence.ok, evidence.verdict
 
 
 def test_the_lifecycle_hooks_are_left_to_mitmproxy(setup: Setup, tmp_path: Path) -> None:
