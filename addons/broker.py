@@ -16,16 +16,23 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from broker_proxy.addons import connection_limits, flow_adapter, mitmproxy_patches, server_names
+from broker_proxy.addons import (
+    connection_limits,
+    fail_closed,
+    flow_adapter,
+    mitmproxy_patches,
+    server_names,
+)
 from broker_proxy.addons.broker_addon import BrokerAddon
 from broker_proxy.addons.connection_limits import ConnectionLimits
 from broker_proxy.addons.flow_record import flow_record
 from broker_proxy.addons.mitmproxy_compat import IncompatibleMitmproxy
 from broker_proxy.addons.option_guards import unsafe_option
-from mitmproxy import ctx, http, tcp
+from mitmproxy import addonmanager, ctx, http, tcp
 from mitmproxy.exceptions import OptionsError
 from mitmproxy.proxy import server_hooks
 
+from broker_proxy.audit.log import AuditLog
 from broker_proxy.decision import outbound as codes
 from broker_proxy.decision.outbound import Denied
 from broker_proxy.error_text import describe_error
@@ -53,6 +60,12 @@ class BrokerScript:
         self.agent_view = AgentView()
         self.inner: BrokerAddon | None = None
         self.startup_error = "the broker has not started"
+        # Fail-closed like the broker's own addons (its refusals too); recorded once the broker
+        # has started.
+        fail_closed.guard([self, self.limits, self.agent_view], self._audit)
+
+    def _audit(self) -> AuditLog | None:
+        return self.inner.broker.audit if self.inner is not None else None
 
     @property
     def addons(self) -> list[object]:
@@ -60,7 +73,7 @@ class BrokerScript:
         # AgentView last: it puts the agent's request back once the others are done with it.
         return [self.limits, *inner, self.agent_view]
 
-    def load(self, loader) -> None:  # type: ignore[no-untyped-def]
+    def load(self, loader: addonmanager.Loader) -> None:
         loader.add_option("broker_home", str, "",
                           "broker-proxy home (default $BROKER_PROXY_HOME or ~/.broker-proxy)")
         loader.add_option("broker_policy", str, "",

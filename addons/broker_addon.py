@@ -9,13 +9,16 @@
 
 ``BrokerAddon`` holds them in mitmproxy's nested ``addons`` attribute (``broker-proxy run`` adds
 the same list flat, so its indexed dispatch never walks a tree). What one hook learns for
-later hooks is a ``FlowRecord`` under one metadata key (see flow_record.py).
+later hooks is a ``FlowRecord`` under one metadata key (see flow_record.py). Every hook of
+every one of them is registered through ``fail_closed.guard``: whatever a hook raises ends in a
+refusal, a withheld answer or a cut flow, and a ``hook_failed`` audit record.
 """
 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
+from broker_proxy.addons import fail_closed
 from broker_proxy.addons.client_certs import ClientCerts
 from broker_proxy.addons.connection_limits import Deadlines
 from broker_proxy.addons.decide import Decide
@@ -52,5 +55,6 @@ class BrokerAddon:
         self.failures = UpstreamFailures(broker, deadlines)
         # No hook is handled by two of them, so their order is free; OptionGuard first refuses
         # options that would undo the broker's guarantees before anything else is configured.
-        self.addons = [OptionGuard(), self.tunnels, self.decide, self.upstreams,
-                       self.client_certs, self.scrub, self.failures]
+        self.addons = fail_closed.guard(
+            [OptionGuard(), self.tunnels, self.decide, self.upstreams, self.client_certs,
+             self.scrub, self.failures], lambda: broker.audit)

@@ -11,7 +11,8 @@ field says where the certificate PEM is (``file:PATH`` relative to the policy's 
 The handshake authenticates the whole connection, so method and path rules of the destination
 cannot be applied per request here; keep mTLS destinations to hosts the grant may use wholly.
 The key is loaded into the pyOpenSSL connection in memory, never written to disk, and a durable
-audit record of its use is written first (invariant 5); if it cannot be, nothing is presented.
+audit record of its use is written first (docs/architecture.md, invariant 5); if it cannot be,
+nothing is presented.
 
 mitmproxy's TlsConfig creates ``tls_start.ssl_conn`` in its own ``tls_start_server``; the
 broker's addon is added after it, so by the time this runs the connection exists and only the
@@ -66,22 +67,17 @@ class ClientCerts:
         self._grants.setdefault(client, {})[(host.lower(), port)] = grant_id
 
     def tls_start_server(self, tls_start: tls.TlsData) -> Coroutine[Any, Any, None] | None:
-        try:
-            wanted = self.wanted(tls_start)
-        except Exception as error:  # no certificate then: the upstream refuses, nothing leaks
-            log.error("client certificate hook failed: %s", type(error).__name__)
-            return None
+        # A raise here or off the loop presents no certificate (the upstream refuses, nothing
+        # leaks), logged and recorded by fail_closed.py.
+        wanted = self.wanted(tls_start)
         if wanted is None:
             return None
         # The grant store, the key's backend and the audit fsync may all block: off the loop.
         return self._present_off_loop(tls_start, wanted)
 
     async def _present_off_loop(self, tls_start: tls.TlsData, wanted: Upstream) -> None:
-        try:
-            await asyncio.get_running_loop().run_in_executor(
-                self._decisions, self.present, tls_start, wanted)
-        except Exception as error:  # no certificate then: the upstream refuses, nothing leaks
-            log.error("client certificate hook failed: %s", type(error).__name__)
+        await asyncio.get_running_loop().run_in_executor(
+            self._decisions, self.present, tls_start, wanted)
 
     def wanted(self, tls_start: tls.TlsData) -> Upstream | None:
         """Whether this handshake may need a certificate: memory only, cheap on the loop."""

@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Coroutine
 from concurrent.futures import Executor
-from typing import Any
+from typing import Any, NoReturn
 from weakref import WeakKeyDictionary
 
 from broker_proxy.addons import flow_adapter, held_flow
@@ -102,9 +102,9 @@ class Decide:
             if isinstance(verdict, Held):  # a person decides: wait without blocking the loop
                 return self._decide_off_loop(flow, token, outbound, deadline, verdict)
             if isinstance(verdict, Allowed) and verdict.audit_seq is not None:
-                # Invariant 5: its record on disk before it leaves. Fsyncs are shared by the
-                # requests of one pass of the event loop, or of one batch on a thread when
-                # the disk is slow (see DurabilityWaiter).
+                # docs/architecture.md, invariant 5: its record on disk before it leaves.
+                # Fsyncs are shared by the requests of one pass of the event loop, or of one
+                # batch on a thread when the disk is slow (see DurabilityWaiter).
                 return self._conclude_after_sync(flow, verdict, outbound)
             self._conclude(flow, verdict, outbound)
         except Exception as error:  # fail closed
@@ -195,10 +195,9 @@ class Decide:
         flow.metadata[FLOW_KEY] = FlowRecord(verdict, outbound, time.monotonic(), agent_view)
 
     @staticmethod
-    def _failed(flow: http.HTTPFlow, error: Exception) -> None:
-        log.error("request hook failed: %s", type(error).__name__)
-        flow_adapter.deny(flow, Denied(503, codes.INTERNAL_ERROR,
-                                       "the broker could not decide; nothing was sent"))
+    def _failed(flow: http.HTTPFlow, error: Exception) -> NoReturn:
+        """To the hook's fail-closed wrapper (fail_closed.py): it denies 503 and records."""
+        raise error
 
     def _durable_or_denied(self, verdict: Allowed) -> Verdict:
         return self.broker.make_durable(verdict) or verdict

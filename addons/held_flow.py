@@ -31,7 +31,10 @@ async def decided(desk: ApprovalDesk, held: Held) -> HeldRequest:
         if not answer.done():
             answer.set_result(item)
 
-    desk.on_decided(held.hold_id, lambda item: loop.call_soon_threadsafe(settle, item))
+    def settle_on_the_loop(item: HeldRequest) -> None:  # called on the deciding thread
+        loop.call_soon_threadsafe(settle, item)
+
+    desk.on_decided(held.hold_id, settle_on_the_loop)
     try:
         return await asyncio.wait_for(asyncio.shield(answer), held.timeout_s)
     except TimeoutError:

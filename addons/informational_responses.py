@@ -4,10 +4,11 @@ mitmproxy 12.3's ``Http1Client`` reads a ``103 Early Hints`` (or any 1xx but 101
 complete response: it has no body, so the exchange is marked done and the connection goes back
 to the pool with the real final response still unread. That answer, possibly quoting a secret,
 then became the answer to the next request on the connection, one whose flow injected nothing
-(invariant 8). mitmproxy's HTTP/2 client already swallows informational responses; this does
-the same on HTTP/1: each complete 1xx head (but 101, which switches protocols) is dropped from
-the buffer and reading goes on to the final response. Nothing of a 1xx reaches any hook or the
-client. ``install`` refuses to start on a mitmproxy whose HTTP/1 client looks different.
+(docs/architecture.md, invariant 8). mitmproxy's HTTP/2 client already swallows informational
+responses; this does the same on HTTP/1: each complete 1xx head (but 101, which switches
+protocols) is dropped from the buffer and reading goes on to the final response. Nothing of a
+1xx reaches any hook or the client. ``install`` refuses to start on a mitmproxy whose HTTP/1
+client looks different.
 """
 
 from __future__ import annotations
@@ -60,4 +61,4 @@ def install() -> None:
         yield from read_headers(self, event)
 
     setattr(read_headers_after_1xx, _MARK, True)
-    _http1.Http1Client.read_headers = read_headers_after_1xx
+    _http1.Http1Client.read_headers = read_headers_after_1xx  # type: ignore[method-assign]

@@ -41,7 +41,8 @@ def json_error_response(status_code: int, message: str = "") -> bytes:
     denied = Denied(status_code, code, description)
     response = http.Response.make(status_code, denied.body(),
                                   {**denied.headers(), "Connection": "close"})
-    return http1.assemble_response(response)
+    page: bytes = http1.assemble_response(response)
+    return page
 
 
 def install() -> None:

@@ -13,7 +13,7 @@ its stream reset while the request was being decided. mitmproxy queues the reset
 from __future__ import annotations
 
 import inspect
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import Any
 
 from broker_proxy.addons.flow_record import flow_record
@@ -50,6 +50,8 @@ def install() -> None:
             "the HTTP layer no longer keeps its connections, or HTTP/2 streams their state")
     if getattr(original, _MARK, False):
         return
+    assert original is not None  # require() above said so; mypy cannot see it
+    sends: Callable[[Any], Generator[Any, Any, bool]] = original
 
     def make_server_connection(self: Any) -> Generator[Any, Any, bool]:
         record = flow_record(self.flow)
@@ -58,7 +60,7 @@ def install() -> None:
                 self.stream_id, RETURNED_MESSAGE if record.returned else GONE_MESSAGE,
                 ErrorCode.CONNECT_FAILED))
             return False
-        ok: bool = yield from original(self)
+        ok = yield from sends(self)
         if ok and record is not None:
             record.sent = True
         return ok

@@ -34,7 +34,8 @@ def install() -> None:
     def check_body_size(self: Any, request: bool) -> Generator[Any, Any, bool]:
         if not request and not self.response_body_buf:
             return False  # the early check: responseheaders decides to stream or buffer
-        return (yield from original(self, request))
+        ok: bool = yield from original(self, request)
+        return ok
 
     setattr(check_body_size, _MARK, True)
-    HttpStream.check_body_size = check_body_size
+    HttpStream.check_body_size = check_body_size  # type: ignore[method-assign]  # the patch

@@ -393,7 +393,7 @@ def on_response_headers(flow: http.HTTPFlow, verdict: Allowed | None,
         state.buffered_codings = codings
         return
     decoder = StreamDecoder(codings, STREAMED_LIMITS) if codings else None
-    dropped = ("content-length", "transfer-encoding")
+    dropped: tuple[str, ...] = ("content-length", "transfer-encoding")
     if scrub:
         dropped += ("content-encoding", *_DIGEST_HEADERS)
     for name in dropped:

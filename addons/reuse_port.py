@@ -30,4 +30,4 @@ def enable_reuse_port() -> None:
     check()
     if isinstance(asyncio.start_server, functools.partial):
         return
-    asyncio.start_server = functools.partial(_original_start_server, reuse_port=True)  # type: ignore[assignment]
+    asyncio.start_server = functools.partial(_original_start_server, reuse_port=True)

@@ -12,10 +12,12 @@ import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from broker_proxy.addons import (
     connection_limits,
     debug_checks,
+    fail_closed,
     hook_dispatch,
     mitmproxy_patches,
     reuse_port,
@@ -80,6 +82,12 @@ def patch_mitmproxy(*, with_reuse_port: bool) -> None:
         reuse_port.enable_reuse_port()
 
 
+def broker_addons(broker: Broker, settings: ProxySettings) -> list[Any]:
+    """The broker's addons as `run` adds them, after mitmproxy's own: every hook fail-closed."""
+    limits = fail_closed.guard([ConnectionLimits(settings.deadlines)], lambda: broker.audit)
+    return [*limits, *BrokerAddon(broker, settings.resolve, deadlines=settings.deadlines).addons]
+
+
 async def serve(broker: Broker, settings: ProxySettings,
                 on_ready: Callable[[str, int], None]) -> None:
     patch_mitmproxy(with_reuse_port=settings.reuse_port)
@@ -101,8 +109,7 @@ async def serve(broker: Broker, settings: ProxySettings,
         tlsconfig.TlsConfig(),
         ErrorCheck(),
         _Announce(on_ready),
-        ConnectionLimits(settings.deadlines),
-        *BrokerAddon(broker, settings.resolve, deadlines=settings.deadlines).addons,
+        *broker_addons(broker, settings),
     )
     # Options owned by addons exist only once the addons are added.
     opts.update(

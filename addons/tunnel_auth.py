@@ -46,25 +46,17 @@ class TunnelAuth:
         token = flow_adapter.token_from_proxy_authorization(
             flow.request.headers.get(flow_adapter.PROXY_AUTHORIZATION))
         flow.request.headers.pop(flow_adapter.PROXY_AUTHORIZATION, None)
-        try:
-            connect = flow_adapter.connect_request(flow)
-            if token and self.broker.may_block():  # a store lookup over the network: off the loop
-                return self._admit_off_loop(flow, token, connect)
-            denied = self.broker.admit_tunnel(token, connect)
-        except Exception as error:  # fail closed: no tunnel without an admission
-            log.error("http_connect hook failed: %s", type(error).__name__)
-            denied = Denied(503, codes.INTERNAL_ERROR, "the broker could not decide")
-        self._admitted(flow, token, denied)
+        # A raise here or in the admission off the loop: no tunnel, a 503 (fail_closed.py).
+        connect = flow_adapter.connect_request(flow)
+        if token and self.broker.may_block():  # a store lookup over the network: off the loop
+            return self._admit_off_loop(flow, token, connect)
+        self._admitted(flow, token, self.broker.admit_tunnel(token, connect))
         return None
 
     async def _admit_off_loop(self, flow: http.HTTPFlow, token: str,
                               connect: OutboundRequest) -> None:
-        try:
-            denied = await asyncio.get_running_loop().run_in_executor(
-                self._decisions, self.broker.admit_tunnel, token, connect)
-        except Exception as error:  # fail closed: no tunnel without an admission
-            log.error("http_connect hook failed: %s", type(error).__name__)
-            denied = Denied(503, codes.INTERNAL_ERROR, "the broker could not decide")
+        denied = await asyncio.get_running_loop().run_in_executor(
+            self._decisions, self.broker.admit_tunnel, token, connect)
         self._admitted(flow, token, denied)
 
     def _admitted(self, flow: http.HTTPFlow, token: str | None, denied: Denied | None) -> None:

@@ -84,7 +84,8 @@ def error_page(code: ErrorCode) -> tuple[int, bytes, dict[str, str]] | None:
 
 def _http1_page(status: int, body: bytes, headers: dict[str, str]) -> bytes:
     response = http.Response.make(status, body, {**headers, "Connection": "close"})
-    return http1.assemble_response(response)
+    page: bytes = http1.assemble_response(response)
+    return page
 
 
 def install() -> None:
@@ -151,6 +152,7 @@ def install() -> None:
             reply = yield command
 
     setattr(http1_send, _MARK, True)
-    _http1.Http1Server.send = http1_send
-    _http2.Http2Server._handle_event = http2_handle_event
-    http_layers.HttpStream.handle_protocol_error = handle_protocol_error
+    # The patches themselves: mypy refuses assignments to methods, which is what they are.
+    _http1.Http1Server.send = http1_send  # type: ignore[method-assign]
+    _http2.Http2Server._handle_event = http2_handle_event  # type: ignore[method-assign]
+    http_layers.HttpStream.handle_protocol_error = handle_protocol_error  # type: ignore[method-assign]

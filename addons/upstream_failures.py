@@ -112,11 +112,9 @@ class UpstreamFailures:
         record = flow_record(flow)
         if record is None or flow.error is None:
             return None
-        try:
-            return self._failed(flow, record, flow.error.msg)
-        except Exception as error:  # the page mitmproxy writes by itself is still ours
-            log.error("upstream failure handling failed: %s", type(error).__name__)
-        return None
+        # A raise is logged and recorded (fail_closed.py); the page mitmproxy writes by itself
+        # is still ours.
+        return self._failed(flow, record, flow.error.msg)
 
     def _failed(self, flow: http.HTTPFlow, record: FlowRecord,
                 message: str) -> Coroutine[Any, Any, None] | None:
@@ -127,7 +125,7 @@ class UpstreamFailures:
             kind = upstream_failure.classify(message, sent=sent)
             if not sent and kind in ("tls_failed", "connect_failed"):
                 # Our TLS deadline knows the reason better than "connection closed".
-                kind = self._kinds.pop(flow.client_conn, None) or kind
+                kind = self._kinds.pop(flow.client_conn, "") or kind
         if kind in ("connect_timeout", "tls_timeout") and message in (
                 "connection cancelled", "connection closed"):
             message = (f"no {'connection' if kind == 'connect_timeout' else 'TLS handshake'} "
@@ -137,7 +135,7 @@ class UpstreamFailures:
         status = None if kind == "client_gone" else 502
         verdict = record.verdict
         # mitmproxy's text only for a request that never left: after, it may quote what the
-        # upstream answered, which may echo the secret (invariant 1).
+        # upstream answered, which may echo the secret (docs/architecture.md, invariant 1).
         # An agent that cancels (a closed connection, a reset HTTP/2 stream) is routine, not
         # an upstream failure: below the proxy's default log level.
         log.log(logging.INFO if kind == "client_gone" else logging.WARNING,
@@ -160,11 +158,10 @@ class UpstreamFailures:
 
     async def _not_sent(self, verdict: Allowed, request: OutboundRequest, status: int | None,
                         elapsed_ms: float, kind: str) -> None:
-        try:
-            await asyncio.get_running_loop().run_in_executor(
-                None, self.broker.record_not_sent, verdict, request, status, elapsed_ms, kind)
-        except Exception as error:  # the use stays spent: never one too few
-            log.error("could not record a request as not sent: %s", type(error).__name__)
+        # A raise leaves the use spent (never one too few), logged and recorded by the hook's
+        # wrapper (fail_closed.py).
+        await asyncio.get_running_loop().run_in_executor(
+            None, self.broker.record_not_sent, verdict, request, status, elapsed_ms, kind)
 
     def done(self) -> None:
         for timer in self._read_timers.values():

@@ -44,15 +44,10 @@ class UpstreamGuard:
             (flow.request.host.lower(), flow.request.port))
 
     async def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
-        """Resolve once, check the address, and connect to exactly that address."""
-        try:
-            await self._connect_checked(data)
-        except Exception as error:  # fail closed: an unchecked address is never dialled
-            log.error("server_connect hook failed: %s", type(error).__name__)
-            data.server.error = dial_refusal("connect_failed",
-                                             "the broker could not check the upstream address")
+        """Resolve once, check the address, and connect to exactly that address.
 
-    async def _connect_checked(self, data: server_hooks.ServerConnectionHookData) -> None:
+        A raise refuses the dial (fail_closed.py): an unchecked address is never dialled.
+        """
         if data.server.address is None:
             return
         host, port = data.server.address

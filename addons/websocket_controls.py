@@ -68,13 +68,15 @@ def install() -> None:
                                     "mitmproxy 12.3")
     if getattr(start, _MARK, False):
         return
+    assert start is not None  # checked above, but `or` does not narrow an Any | None
+    starts: Callable[[Any, Any], Generator[Any, Any, None]] = start
 
     def start_scrubbing_controls(self: Any, event: Any) -> Generator[Any, Any, None]:
-        yield from start(self, event)
+        yield from starts(self, event)
         scrub = self.flow.metadata.get(SCRUB_KEY)
         if scrub is not None:
             self.server_ws.events = _scrubbing_events(self.server_ws, scrub)
 
     setattr(start_scrubbing_controls, _MARK, True)
-    layer.start = start_scrubbing_controls
+    layer.start = start_scrubbing_controls  # type: ignore[method-assign]  # the patch itself
     layer._handle_event = start_scrubbing_controls

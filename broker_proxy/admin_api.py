@@ -34,6 +34,7 @@ from broker_proxy.console import routes as console_routes
 from broker_proxy.console.sessions import Session
 from broker_proxy.decision.active_policy import ActivePolicy
 from broker_proxy.durations import DurationError, parse_duration
+from broker_proxy.errors import BrokerError
 from broker_proxy.grants.actions import GRANT_ACTIONS, GrantAction, change_grant, issue_audited
 from broker_proxy.grants.issuer import GrantPolicyError
 from broker_proxy.grants.listing import ListingError, list_page, parse_query
@@ -56,7 +57,7 @@ _OPEN_ROUTES = frozenset({"/healthz", "/readyz", "/openapi.json"})
 _PROBE_ID = "g_0000000000000000"
 
 
-class AdminApiError(Exception):
+class AdminApiError(BrokerError):
     """The admin API cannot start; the message is one line for the operator."""
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 
+from broker_proxy.errors import BrokerError
+
 MAX_DURATION = timedelta(days=30)
 
 _UNIT_SECONDS = {"d": 86_400, "h": 3_600, "m": 60, "s": 1}
@@ -18,7 +20,7 @@ _UNIT_SECONDS = {"d": 86_400, "h": 3_600, "m": 60, "s": 1}
 _DURATION = re.compile("".join(f"(?:([0-9]{{1,9}}){unit})?" for unit in _UNIT_SECONDS))
 
 
-class DurationError(ValueError):
+class DurationError(BrokerError, ValueError):
     """A duration that is not one of the forms above, zero, or longer than MAX_DURATION."""
 
 

@@ -1,9 +1,11 @@
 """The addon's `except` paths: a raise anywhere ends in a refusal, never a forwarded flow.
 
-mitmproxy logs an exception from a hook and lets the flow go on, so each of these handlers is
-all that stands between a bug and a request forwarded untouched. Each test injects a fault into
-the real broker (a real grant store, audit log and policy) and runs the hook as mitmproxy would,
-with its own test helpers.
+mitmproxy logs an exception from a hook and lets the flow go on, so the fail-closed wrapper
+every hook is registered through (addons/fail_closed.py) is all that stands between a bug and a
+request forwarded untouched. Each test injects a fault into the real broker (a real grant store,
+audit log and policy) and runs the hook as mitmproxy would, with its own test helpers; the
+refusal is recorded (`hook_failed`). tests/test_hooks_fail_closed.py finds every hook of every
+addon by introspection and injects a fault into each.
 """
 
 from __future__ import annotations
@@ -49,6 +51,9 @@ def _flow(token: str, *, body: bytes = b"") -> Any:
     flow.request.headers["Authorization"] = "Bearer {{secret:api_key}}"
     flow.request.headers["Proxy-Authorization"] = proxy_authorization(token)
     flow.client_conn.sni = API
+    # tflow's client has disconnected already: an allowed request would end "the agent went
+    # away" before the rewrite, and a fault there would never be reached.
+    flow.client_conn.timestamp_end = None
     return flow
 
 
@@ -59,6 +64,12 @@ def _refused(flow: Any, status: int = 503, error: str = "internal_error") -> Non
     assert "Proxy-Authorization" not in flow.request.headers
 
 
+def _recorded(setup: Setup, hook: str, outcome: str) -> None:
+    records = [r for r in setup.records() if r["event"] == "hook_failed" and r["hook"] == hook]
+    assert records, f"no hook_failed record for {hook}"
+    assert (records[-1]["decision"], records[-1]["hook_outcome"]) == ("deny", outcome)
+
+
 def test_request_decided_inline_fails_closed(setup: Setup, monkeypatch: pytest.MonkeyPatch
                                              ) -> None:
     grant = setup.issue("api_key")
@@ -66,6 +77,7 @@ def test_request_decided_inline_fails_closed(setup: Setup, monkeypatch: pytest.M
     addon, flow = BrokerAddon(setup.broker), _flow(grant.token)
     _run(addon, lambda: addon.decide.request(flow))
     _refused(flow)
+    _recorded(setup, "Decide.request", "denied")
     assert setup.uses(grant) == 0
 
 
@@ -77,6 +89,7 @@ def test_request_decided_off_the_loop_fails_closed(setup: Setup,
     addon, flow = BrokerAddon(setup.broker), _flow(grant.token)
     _run(addon, lambda: addon.decide.request(flow))
     _refused(flow)
+    _recorded(setup, "Decide.request", "denied")
 
 
 def test_request_whose_audit_fsync_raises_fails_closed(setup: Setup,
@@ -86,6 +99,7 @@ def test_request_whose_audit_fsync_raises_fails_closed(setup: Setup,
     addon, flow = BrokerAddon(setup.broker), _flow(grant.token)
     _run(addon, lambda: addon.decide.request(flow))
     _refused(flow)
+    _recorded(setup, "Decide.request", "denied")
     assert setup.values["api_key"] not in str(flow.request.headers)
 
 
@@ -96,6 +110,7 @@ def test_request_whose_rewrite_raises_after_an_allow_fails_closed(
     addon, flow = BrokerAddon(setup.broker), _flow(grant.token)
     _run(addon, lambda: addon.decide.request(flow))
     _refused(flow)
+    _recorded(setup, "Decide.request", "denied")
 
 
 @pytest.mark.parametrize("off_the_loop", [False, True])
@@ -111,6 +126,7 @@ def test_tunnel_admission_that_raises_opens_no_tunnel(setup: Setup,
     connect.request.headers["Proxy-Authorization"] = proxy_authorization(grant.token)
     _run(addon, lambda: addon.tunnels.http_connect(connect))
     _refused(connect)
+    _recorded(setup, "TunnelAuth.http_connect", "denied")
     assert connect.client_conn not in addon.tunnels._tunnel_tokens
 
 
@@ -121,6 +137,9 @@ def test_grant_store_that_raises_in_a_decision_fails_closed(
     addon, flow = BrokerAddon(setup.broker), _flow(grant.token)
     _run(addon, lambda: addon.decide.request(flow))
     _refused(flow)
+    # The broker itself turns this fault into a recorded refusal; the hook never sees it.
+    assert [(r["event"], r["decision"], r["reason"]) for r in setup.records()][-1] == (
+        "request", "deny", "internal_error")
 
 
 @pytest.mark.parametrize("fault", [UnicodeError("label too long"), RuntimeError("bug")])
@@ -140,3 +159,4 @@ def test_server_connect_that_raises_dials_nothing(setup: Setup,
     _run(addon, lambda: addon.upstreams.server_connect(data))
     assert server.error, "the unchecked name would have been dialled"
     assert server.address == (API, 443)
+    _recorded(setup, "UpstreamGuard.server_connect", "refused")

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from broker_proxy.errors import BrokerError
 
-class AuditError(Exception):
+
+class AuditError(BrokerError):
     """Base of audit failures; whoever gets one must fail closed (503), never send unaudited."""
+
+    status, code = 503, "audit_unavailable"
 
 
 class AuditWriteError(AuditError):

@@ -40,6 +40,9 @@ EVENTS: Final[dict[str, str]] = {
     "audit_rotated": "first record of a new file; prev is the last hash of the archived file",
     "audit_gap": "`audit recover` found the log cut or replaced against what its writer had "
                  "written: names the lost seqs and the hashes expected against found",
+    "hook_failed": "a broker hook raised (a bug or a failing dependency): the flow was denied, "
+                   "its answer withheld, or it was cut (hook_outcome), never forwarded "
+                   "unchecked; hook names the addon's hook, hook_error the error's type",
     "signin_failed": "failed admin API or console sign-ins from one source address (counted "
                      "and written at most once per window per source)",
 }
@@ -50,5 +53,5 @@ EXTRA_FIELDS: Final[tuple[str, ...]] = (
     "revoked_grants", "previous_file", "torn_bytes", "message", "max_uses", "grant_status",
     "withheld", "hold", "digest", "minutes", "count", "ended_before", "gap_from_seq",
     "expected_records", "found_records", "failed_signins", "source", "upstream_error",
-    "outcome", "use_returned",
+    "outcome", "use_returned", "hook", "hook_error", "hook_outcome",
 )

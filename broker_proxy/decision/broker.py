@@ -53,6 +53,7 @@ from broker_proxy.metrics import BrokerMetrics
 from broker_proxy.policy.destinations import canonical_host
 from broker_proxy.scrubbing.content_decoding import (
     BodyNotDecodable,
+    BodyTooLarge,
     DecodeLimits,
     decode_whole,
     parse_content_encoding,
@@ -361,8 +362,9 @@ class Broker:
 
     def _scrubbing_the_grant(self, verdict: Verdict, grant: Grant, policy: ActivePolicy,
                              host: str) -> Verdict:
-        """Invariant 6: the answer is scrubbed for every secret the grant holds and every
-        secret the policy lets any grant send to this host, current and retired values.
+        """Invariant 6 (docs/architecture.md): the answer is scrubbed for every secret the grant
+        holds and every secret the policy lets any grant send to this host, current and retired
+        values.
 
         The values this request injected (just resolved, or a fresh OAuth2 token) win over the
         cached ones under the same name; one that differs from the cache means a rotation the
@@ -407,11 +409,11 @@ class Broker:
             return replace(request, body_encoding=None)
         try:
             body = decode_whole(request.body, codings, REQUEST_DECODE_LIMITS)
-        except BodyNotDecodable as error:
-            if "exceeds" in str(error):
-                return self._deny(request, grant, 413, codes.BODY_TOO_LARGE,
-                                  "the decoded request body is too large to be checked")
-            return self._deny(request, grant, 415, codes.BODY_NOT_DECODABLE,
+        except BodyTooLarge as error:  # 413 body_too_large
+            return self._deny(request, grant, error.status, error.code,
+                              "the decoded request body is too large to be checked")
+        except BodyNotDecodable as error:  # 415 body_not_decodable
+            return self._deny(request, grant, error.status, error.code,
                               f"the request body cannot be decoded to be checked: {error}")
         return replace(request, body=body, body_encoding=None)
 
@@ -425,7 +427,8 @@ class Broker:
         return self.grants.remote or self.policy.slow_secrets
 
     def make_durable(self, allowed: Allowed) -> Denied | None:
-        """Invariant 5 for deferred records: on disk before the secret leaves, or refused."""
+        """Invariant 5 (docs/architecture.md) for deferred records: on disk before the secret
+        leaves, or refused."""
         if allowed.audit_seq is None:
             return None
         try:
@@ -501,9 +504,9 @@ class Broker:
                    wait: bool = True, deadline: float | None = None) -> dict[str, Any] | Denied:
         """Reserve one of the grant's uses, then write the record of the secrets' use.
 
-        Invariant 5: the record is written before the secret leaves (fsynced here, or by
-        `make_durable` when the caller deferred it). `values` maps each secret name to the
-        value its fingerprint is taken of.
+        Invariant 5 (docs/architecture.md): the record is written before the secret leaves
+        (fsynced here, or by `make_durable` when the caller deferred it). `values` maps each
+        secret name to the value its fingerprint is taken of.
         """
         try:
             reserved = self.grants.reserve_use(grant.id, now, wait=wait, deadline=deadline)
@@ -588,7 +591,8 @@ class Broker:
         client went away first): give its use back and say so in the audit log.
 
         Call only when the request was certainly not written to any upstream. Returns whether
-        a use was given back. Invariant 11: `max_uses` counts requests whose secret left.
+        a use was given back. Invariant 11 (docs/architecture.md): `max_uses` counts requests
+        whose secret left.
         """
         returned = False
         if allowed.injected:

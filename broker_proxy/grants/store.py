@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Protocol
 
+from broker_proxy.errors import BrokerError
 from broker_proxy.grants.model import Grant, GrantStatus
 from broker_proxy.grants.tokens import parse_token, token_hash, token_matches
 
@@ -20,12 +21,14 @@ from broker_proxy.grants.tokens import parse_token, token_hash, token_matches
 STORE_WAIT_SECONDS = 5.0
 
 
-class GrantError(Exception):
+class GrantError(BrokerError):
     """Base of every grant error, so a caller can catch the family at once."""
 
 
 class GrantStoreError(GrantError):
     """The store cannot be used (cannot open, locked too long, corrupt): the proxy answers 503."""
+
+    status, code = 503, "grant_store_unavailable"
 
 
 class GrantStoreBusy(GrantStoreError):

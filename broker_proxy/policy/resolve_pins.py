@@ -15,12 +15,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from ipaddress import ip_address
 
+from broker_proxy.errors import BrokerError
 from broker_proxy.policy.destinations import HostError, canonical_host
 
 SPELLING = "HOST[:PORT]=IP[:PORT]"
 
 
-class PinError(ValueError):
+class PinError(BrokerError, ValueError):
     """A pin that cannot be read; the message names the option's spelling and the bad value."""
 
 

@@ -15,8 +15,10 @@ import os
 from pathlib import Path
 from typing import Self
 
+from broker_proxy.errors import BrokerError
 
-class HomeBusy(Exception):
+
+class HomeBusy(BrokerError):
     """Another process holds the home's lock."""
 
     def __init__(self, home: Path, pid: int | None) -> None:

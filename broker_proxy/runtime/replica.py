@@ -13,13 +13,14 @@ import re
 import secrets
 import socket
 
+from broker_proxy.errors import BrokerError
 from broker_proxy.home import Home
 
 REPLICA_ID_FILE = "replica.id"
 _REPLICA_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", re.ASCII)
 
 
-class ReplicaIdError(ValueError):
+class ReplicaIdError(BrokerError, ValueError):
     """A replica id that cannot name a chain (empty, too long, odd characters)."""
 
 

@@ -19,6 +19,7 @@ from broker_proxy.scrubbing.content_decoding import (
     _INFLATE_ERRORS,
     _SLICE,
     BodyNotDecodable,
+    BodyTooLarge,
     DecodeLimits,
     _Inflater,
     _inflater,
@@ -74,9 +75,9 @@ class ZipEntries:
         self._written += len(piece)
         limits = self._limits
         if limits.max_output is not None and self._written > limits.max_output:
-            raise BodyNotDecodable("decoded body exceeds the size limit")
+            raise BodyTooLarge("decoded body exceeds the size limit")
         if self._written > limits.ratio_allowance + limits.max_ratio * self._read:
-            raise BodyNotDecodable("decoded body exceeds the compression ratio limit")
+            raise BodyTooLarge("decoded body exceeds the compression ratio limit")
         out.append(piece)
 
     def _step(self, out: list[bytes]) -> bool:
@@ -219,7 +220,7 @@ class StdlibStream:
         self._written += len(piece)
         limits = self._limits
         if limits.max_output is not None and self._written > limits.max_output:
-            raise BodyNotDecodable("decoded body exceeds the size limit")
+            raise BodyTooLarge("decoded body exceeds the size limit")
         if self._written > limits.ratio_allowance + limits.max_ratio * self._read:
-            raise BodyNotDecodable("decoded body exceeds the compression ratio limit")
+            raise BodyTooLarge("decoded body exceeds the compression ratio limit")
         out.append(piece)

@@ -21,6 +21,8 @@ from typing import Protocol, cast
 
 import brotli
 
+from broker_proxy.errors import BrokerError
+
 try:  # Python 3.14 ships zstd; before that the backport has the same API.
     from compression import zstd  # type: ignore[import-not-found]
 except ImportError:  # pragma: no cover - depends on the interpreter
@@ -52,8 +54,16 @@ def _inflater(wbits: int) -> _Inflater:
 _SLICE = 64 * 1024  # the most any decoder step may produce at once
 
 
-class BodyNotDecodable(Exception):
+class BodyNotDecodable(BrokerError):
     """The body's encoding is unknown, corrupt, or inflates past the limits."""
+
+    status, code = 415, "body_not_decodable"
+
+
+class BodyTooLarge(BodyNotDecodable):
+    """The body inflates past the size or compression ratio limit (a request's is a 413)."""
+
+    status, code = 413, "body_too_large"
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,9 +244,9 @@ class StreamDecoder:
         for piece in pieces:
             self._written += len(piece)
             if limits.max_output is not None and self._written > limits.max_output:
-                raise BodyNotDecodable("decoded body exceeds the size limit")
+                raise BodyTooLarge("decoded body exceeds the size limit")
             if self._written > limits.ratio_allowance + limits.max_ratio * self._read:
-                raise BodyNotDecodable("decoded body exceeds the compression ratio limit")
+                raise BodyTooLarge("decoded body exceeds the compression ratio limit")
             out.append(piece)
         return b"".join(out)
 

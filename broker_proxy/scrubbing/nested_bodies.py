@@ -21,7 +21,12 @@ from __future__ import annotations
 import re
 
 from broker_proxy.scrubbing.archive_streams import StdlibStream, ZipEntries
-from broker_proxy.scrubbing.content_decoding import BodyNotDecodable, DecodeLimits, StreamDecoder
+from broker_proxy.scrubbing.content_decoding import (
+    BodyNotDecodable,
+    BodyTooLarge,
+    DecodeLimits,
+    StreamDecoder,
+)
 from broker_proxy.scrubbing.scrubber import Scrubber, StreamScrubber
 
 # Media types whose body is one compressed stream (a coding the decoder knows).
@@ -160,7 +165,7 @@ class CompressedBodyGuard:
         limits = self._limits
         # The bomb bounds hold against the body's own length, however deep the nesting.
         if self._top.deepest_written() > limits.ratio_allowance + limits.max_ratio * self._read:
-            raise BodyNotDecodable("decoded body exceeds the compression ratio limit")
+            raise BodyTooLarge("decoded body exceeds the compression ratio limit")
 
 
 def scan_whole(body: bytes, scrubber: Scrubber, limits: DecodeLimits,

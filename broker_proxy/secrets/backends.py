@@ -30,6 +30,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
+from broker_proxy.errors import BrokerError
 from broker_proxy.home import Home
 from broker_proxy.policy.model import SecretPolicy
 from broker_proxy.secrets.master_key import (
@@ -51,8 +52,10 @@ COMMAND_TIMEOUT_SECONDS = 10.0
 _VAULT_HEADER_BYTES = len(MAGIC) + NONCE_BYTES
 
 
-class SecretUnavailable(Exception):
+class SecretUnavailable(BrokerError):
     """The secret's backend cannot give a value now; the proxy fails closed (503)."""
+
+    status, code = 503, "secret_unavailable"
 
     def __init__(self, name: str, reason: str) -> None:
         super().__init__(f'secret "{name}" is unavailable: {reason}')

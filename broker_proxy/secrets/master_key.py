@@ -21,6 +21,7 @@ import keyring.backend
 import keyring.backends.fail
 import keyring.backends.null
 
+from broker_proxy.errors import BrokerError
 from broker_proxy.home import Home
 from broker_proxy.secrets.vault import KEY_BYTES, vault_lock
 
@@ -30,7 +31,7 @@ _MAX_KEY_FILE_BYTES = 1024
 _URLSAFE_BASE64 = re.compile(r"[A-Za-z0-9_-]+={0,2}")
 
 
-class MasterKeyError(Exception):
+class MasterKeyError(BrokerError):
     """The vault key cannot be found, read or made; one line, never holding key material."""
 
 

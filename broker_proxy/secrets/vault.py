@@ -31,6 +31,7 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from broker_proxy.errors import BrokerError
 from broker_proxy.secrets.value import SecretValue
 
 MAGIC = b"BPV1"
@@ -47,7 +48,7 @@ DEFAULT_RETIRE_FOR = timedelta(days=30)
 MAX_RETIRED_PER_SECRET = 16  # the oldest goes first: a bound on what every answer is searched for
 
 
-class VaultError(Exception):
+class VaultError(BrokerError):
     """The vault cannot be read or written; the message is one line and never holds a value."""
 
 
