@@ -150,6 +150,7 @@ def test_the_console_pages_grants_by_cursor_older_and_back(
     listing_stack: Stack, page: Page,
 ) -> None:
     page.goto(f"{listing_stack.proxy.admin_url}/ui/")
+    page.fill("#name", "alice")
     page.fill("#token", listing_stack.home.admin_token.read_text().strip())
     page.click("#sign-in button[type=submit]")
     expect(page.locator("#nav")).to_be_visible()
