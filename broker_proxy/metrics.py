@@ -61,6 +61,13 @@ class BrokerMetrics:
             ["secret"],
             registry=self.registry,
         )
+        self.rate_limited = Counter(
+            "broker_rate_limited",
+            "Requests refused with 429 rate_limited, by the secret whose per-grant rate was "
+            "spent.",
+            ["secret"],
+            registry=self.registry,
+        )
         self.redactions = Counter(
             "broker_redactions",
             "Secret values scrubbed from responses, by secret name.",

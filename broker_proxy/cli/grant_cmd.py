@@ -49,6 +49,9 @@ def register(commands: argparse._SubParsersAction) -> None:
                        "max_ttl if shorter)")
     issue.add_argument("--max-uses", type=int, metavar="N",
                        help="requests that may carry a secret (default: unlimited)")
+    issue.add_argument("--rate", dest="rates", action="append", default=[],
+                       metavar="[SECRET=]N/PER", help="a stricter rate than the policy's, e.g. "
+                       "30/minute or openai=30/minute (never a looser one; repeat for more)")
     issue.add_argument("--json", action="store_true", help="print JSON for scripts")
     add_policy_option(issue)
     add_store_option(issue)
@@ -83,7 +86,7 @@ def issue_command(args: argparse.Namespace) -> int:
         issued = issue_audited(policy, store, audit, agent=args.agent, task=args.task,
                                secrets=args.secrets, ttl=ttl, max_uses=args.max_uses,
                                now=utc_now(), proxy_url_base=proxy_address(home),
-                               by=local_operator())
+                               by=local_operator(), rates=args.rates)
     print_issued(issued, as_json=args.json)
     return 0
 
@@ -142,10 +145,15 @@ def change_command(args: argparse.Namespace) -> int:
         with AuditLog.open(home.audit_log, home.audit_key) as audit:
             grant = change_grant(store, audit, args.grant_id, args.action,
                                  by=local_operator(), now=now)
+    own_rates = store.own_rates(grant.id) if args.action == "show" else {}
     if args.json:
-        print_json(grant.to_public_dict(now))
+        extra = {"rates": {name: _rate_text(*own) for name, own in own_rates.items()}} \
+            if own_rates else {}
+        print_json(grant.to_public_dict(now) | extra)
     elif args.action == "show":
         public = grant.to_public_dict(now)
+        if own_rates:
+            public["rates"] = [f"{n}={_rate_text(*own)}" for n, own in sorted(own_rates.items())]
         for key, value in public.items():
             if key.startswith("decided_") or (key.startswith(("approved_", "denied_"))
                                                and value is None):
@@ -159,6 +167,15 @@ def change_command(args: argparse.Namespace) -> int:
     else:
         print(_summary(grant, now))
     return 0
+
+
+def _rate_text(interval_us: int, burst: int) -> str:
+    """A rate the grant asked for, as the policy would spell it ("30/minute, burst 5")."""
+    for seconds, per in ((60, "minute"), (3600, "hour"), (86400, "day"), (1, "second")):
+        count, rest = divmod(seconds * 1_000_000, interval_us)
+        if rest == 0 and count >= 1:
+            return f"{count}/{per}, burst {burst}"
+    return f"1/{interval_us / 1_000_000:g}s, burst {burst}"
 
 
 def _shown_value(value: object) -> str:

@@ -24,6 +24,9 @@ class ActivePolicy:
     # Some secret can take long to resolve (an OAuth2 token endpoint, a command, the OS
     # keyring): decisions should then run off the proxy's event loop.
     slow_secrets: bool
+    # Secrets with a per-grant rate: empty, and the request path never asks the store for a
+    # bucket (flows without limits pay nothing for them).
+    rated_secrets: frozenset[str] = frozenset()
     # When this policy started to serve (start-up or reload), for the console's policy page.
     loaded_at: datetime = field(default_factory=utc_now, compare=False)
 
@@ -37,6 +40,8 @@ class ActivePolicy:
             slow_secrets=any(secret.oauth2 is not None or secret.source == "command"
                              or secret.source.startswith("keyring:")
                              for secret in policy.secrets.values()),
+            rated_secrets=frozenset(name for name, secret in policy.secrets.items()
+                                    if secret.rate is not None),
             index=DestinationIndex(policy),
             scanner=PlaceholderScanner(
                 {n: s.placeholder for n, s in policy.secrets.items()},

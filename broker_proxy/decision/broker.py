@@ -10,6 +10,7 @@ raised would otherwise let mitmproxy forward the request untouched.
 from __future__ import annotations
 
 import logging
+import math
 import re
 import time
 from collections.abc import Callable
@@ -263,6 +264,9 @@ class Broker:
                                   f'secret "{name}" holds control characters and cannot go in '
                                   "a header")
 
+        if policy.rated_secrets and (limited := self._rate_refusal(
+                request, grant, policy, names, now, wait)):
+            return limited
         revealed = {n: v.reveal() for n, v in values.items()}
         audit_record = self._spend_use(request, grant, now, codes.INJECTED, revealed,
                                        defer_durability, wait)
@@ -436,6 +440,34 @@ class Broker:
         return Allowed(grant_id=grant.id, injected=(plan.secret,), headers=plan.headers,
                        query=plan.query, reason=codes.RESIGNED, scrub=plan.scrub,
                        audit_seq=audit_record["seq"] if defer_durability else None)
+
+    def _rate_refusal(self, request: OutboundRequest, grant: Grant, policy: ActivePolicy,
+                      names: list[str], now: datetime, wait: bool) -> Denied | None:
+        """429 when a secret this request carries is over the grant's rate (rate_limits.py).
+
+        Checked before the use is spent, so a refused request costs no use; each secret's
+        bucket is taken in turn, so a request refused for its second secret has spent one
+        step of its first (the rate errs on the side of fewer requests, never more).
+        """
+        for name in names:
+            rate = policy.policy.secrets[name].rate
+            if rate is None:
+                continue
+            try:
+                waiting = self.grants.take_rate(grant, name, rate, now, wait=wait)
+            except GrantStoreBusy:
+                raise DecisionMustWait from None  # nothing written or spent yet
+            except GrantStoreError:
+                return self._deny(request, grant, 503, codes.GRANT_STORE_UNAVAILABLE,
+                                  "the grant store cannot be used; nothing was sent")
+            if waiting > 0:
+                self.metrics.rate_limited.labels(name).inc()
+                retry = max(1, math.ceil(waiting))
+                denied = self._deny(request, grant, 429, codes.RATE_LIMITED,
+                                    f'this grant\'s rate for secret "{name}" is spent; '
+                                    f"retry in {retry}s")
+                return replace(denied, retry_after=retry)
+        return None
 
     def _spend_use(self, request: OutboundRequest, grant: Grant, now: datetime, reason: str,
                    values: dict[str, str], defer_durability: bool,

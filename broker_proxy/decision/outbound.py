@@ -43,6 +43,7 @@ SIGV4_MALFORMED = "sigv4_malformed"  # 400: a placeholder-key SigV4 signature we
 SIGV4_UNSUPPORTED = "sigv4_unsupported"  # 400: e.g. chunk-signed uploads (cannot be re-signed)
 SIGV4_DATE_OUT_OF_RANGE = "sigv4_date_out_of_range"
 AWS_SCOPE_NOT_ALLOWED = "aws_scope_not_allowed"  # service or region outside the destination
+RATE_LIMITED = "rate_limited"  # 429: the grant's rate for a secret it carries is spent for now
 ALLOWED = "allowed"
 INJECTED = "injected"
 RESIGNED = "resigned"  # an AWS request signed again with the real key
@@ -99,6 +100,8 @@ class Denied:
     error: str
     message: str
     grant_id: str | None = None
+    # Whole seconds a 429 says to wait (Retry-After, RFC 9110 section 10.2.3).
+    retry_after: int | None = None
 
     def body(self) -> bytes:
         # The message is built only from names and codes, never from a secret value.
@@ -110,6 +113,8 @@ class Denied:
         headers = {"Content-Type": "application/json", "Cache-Control": "no-store"}
         if self.status == 407:
             headers["Proxy-Authenticate"] = 'Basic realm="broker-proxy"'
+        if self.retry_after is not None:
+            headers["Retry-After"] = str(self.retry_after)
         return headers
 
 

@@ -32,6 +32,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from broker_proxy.grants import rate_limits
 from broker_proxy.grants.model import Grant, GrantStatus
 from broker_proxy.grants.store import (
     GrantCounts,
@@ -44,6 +45,7 @@ from broker_proxy.grants.store import (
     authenticate_token,
     ended_at,
 )
+from broker_proxy.policy.model import RateLimit
 
 CONNECT_TIMEOUT = 0.5  # seconds to open a connection
 COMMAND_TIMEOUT = 0.5  # seconds to wait for one reply
@@ -213,6 +215,7 @@ class RedisGrantStore:
         self._reserve = self._client.register_script(_RESERVE)
         self._transition_script = self._client.register_script(_TRANSITION)
         self._purge = self._client.register_script(_PURGE)
+        self._take_rate = self._client.register_script(rate_limits.REDIS_TAKE)
         try:
             # Refuse to start against a store that is not there or refuses us: a typo in the
             # URL should stop `run` at once, not turn every request into a 503.
@@ -341,6 +344,43 @@ class RedisGrantStore:
             return ReserveResult(outcome.decode())
         except (AttributeError, ValueError):
             raise GrantStoreError(f"grant store {self._where} gave an unknown answer") from None
+
+    def take_rate(self, grant: Grant, secret: str, rate: RateLimit, now: datetime, *,
+                  wait: bool = True) -> float:
+        """One request against the grant's bucket for ``secret`` (rate_limits.py): 0.0 when
+        admitted, else the seconds until it would be. One Lua script: atomic across replicas."""
+        keep_until = _to_micros(grant.expires_at) // 1000 + 60_000
+        with self._talking():
+            waiting = self._take_rate(keys=[_rate_key(grant.id, secret)],
+                                      args=[_to_micros(now), rate.interval_us, rate.burst,
+                                            keep_until])
+        try:
+            return int(waiting) / 1_000_000
+        except (TypeError, ValueError):
+            raise GrantStoreError(f"grant store {self._where} gave an unknown answer") from None
+
+    def limit_rate(self, grant: Grant, secret: str, rate: RateLimit) -> None:
+        """Keep the grant's own (stricter) rate for ``secret``: in its bucket, which the take
+        script reads, and in one hash per grant, which `own_rates` reads without a scan."""
+        key, own = _rate_key(grant.id, secret), _own_rates_key(grant.id)
+        keep_until = _to_micros(grant.expires_at) // 1000 + 60_000
+        with self._talking():
+            pipe = self._client.pipeline(transaction=True)
+            pipe.hset(key, mapping={"interval": rate.interval_us, "burst": rate.burst})
+            pipe.hset(own, secret, f"{rate.interval_us}:{rate.burst}")
+            pipe.pexpireat(key, keep_until)
+            pipe.pexpireat(own, keep_until)
+            pipe.execute()
+
+    def own_rates(self, grant_id: str) -> dict[str, tuple[int, int]]:
+        """secret -> (interval µs, burst) the grant asked for at issue."""
+        with self._talking():
+            stored = self._client.hgetall(_own_rates_key(grant_id))
+        found: dict[str, tuple[int, int]] = {}
+        for name, value in stored.items():
+            interval, _, burst = value.decode().partition(":")
+            found[name.decode()] = (int(interval), int(burst))
+        return found
 
     def approve(self, grant_id: str, by: str, now: datetime) -> Grant:
         return self._transition(grant_id, now, "approve", by)
@@ -478,6 +518,14 @@ Ids = list[str]  # `list` is a method name inside the class
 
 def _grant_key(grant_id: str) -> str:
     return f"{_PREFIX}:grant:{grant_id}"
+
+
+def _rate_key(grant_id: str, secret: str) -> str:
+    return f"{_PREFIX}:rate:{grant_id}:{secret}"
+
+
+def _own_rates_key(grant_id: str) -> str:
+    return f"{_PREFIX}:rates-own:{grant_id}"
 
 
 def _index_scores(grant: Grant) -> dict[str, int | None]:

@@ -20,6 +20,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from broker_proxy.grants import rate_limits
 from broker_proxy.grants.model import Grant, GrantStatus
 from broker_proxy.grants.store import (
     GrantCounts,
@@ -33,6 +34,7 @@ from broker_proxy.grants.store import (
     authenticate_token,
     reserve_result_for,
 )
+from broker_proxy.policy.model import RateLimit
 
 SCHEMA_VERSION = 3
 BUSY_TIMEOUT_MS = 5000
@@ -134,6 +136,7 @@ class SqliteGrantStore:
     """A `GrantStore` on one SQLite file; one connection, shared by threads under a lock."""
 
     remote = False  # a local file: short calls, made on the event loop unless they must wait
+    _rates_ready = False  # the grant_rates table is known to exist
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self._path = Path(path)
@@ -251,6 +254,33 @@ class SqliteGrantStore:
         if grant is None:
             return ReserveResult.NOT_FOUND
         return reserve_result_for(grant.state_at(now))
+
+    def take_rate(self, grant: Grant, secret: str, rate: RateLimit, now: datetime, *,
+                  wait: bool = True) -> float:
+        """One request against the grant's bucket for ``secret`` (rate_limits.py): 0.0 when
+        admitted, else the seconds until it would be. Atomic like `reserve_use`."""
+        with self._rates(wait=wait) as conn:
+            waiting = rate_limits.sqlite_take(conn, grant.id, secret, _to_micros(now), rate)
+        return waiting / 1_000_000
+
+    def limit_rate(self, grant: Grant, secret: str, rate: RateLimit) -> None:
+        """Keep the grant's own (stricter) rate for ``secret``."""
+        with self._rates() as conn:
+            rate_limits.sqlite_limit(conn, grant.id, secret, rate)
+
+    def own_rates(self, grant_id: str) -> dict[str, tuple[int, int]]:
+        """secret -> (interval µs, burst) the grant asked for at issue."""
+        with self._rates() as conn:
+            return rate_limits.sqlite_own_rates(conn, grant_id)
+
+    @contextmanager
+    def _rates(self, *, wait: bool = True) -> Iterator[sqlite3.Connection]:
+        """A write transaction with the rate table there (created on first use)."""
+        with self._transaction(wait=wait) as conn:
+            if not self._rates_ready:
+                conn.execute(rate_limits.SQLITE_TABLE)
+                self._rates_ready = True
+            yield conn
 
     def approve(self, grant_id: str, by: str, now: datetime) -> Grant:
         return self._transition(

@@ -14,6 +14,7 @@ from typing import Protocol
 
 from broker_proxy.grants.model import Grant, GrantStatus
 from broker_proxy.grants.tokens import parse_token, token_hash, token_matches
+from broker_proxy.policy.model import RateLimit
 
 
 class GrantError(Exception):
@@ -108,6 +109,21 @@ class GrantStore(Protocol):
         it) raises GrantStoreBusy at once instead; a remote store, always called off the event
         loop, may ignore it.
         """
+        ...
+
+    def take_rate(self, grant: Grant, secret: str, rate: RateLimit, now: datetime, *,
+                  wait: bool = True) -> float:
+        """One request against the grant's rate bucket for `secret` (rate_limits.py), atomic
+        like `reserve_use`: 0.0 when admitted, else the seconds until it would be. `wait`
+        as for `reserve_use`."""
+        ...
+
+    def limit_rate(self, grant: Grant, secret: str, rate: RateLimit) -> None:
+        """Keep a rate the grant asked for at issue, stricter than the policy's."""
+        ...
+
+    def own_rates(self, grant_id: str) -> dict[str, tuple[int, int]]:
+        """secret -> (interval µs, burst) of the rates the grant asked for at issue."""
         ...
 
     def revoke(self, grant_id: str, now: datetime) -> Grant: ...

@@ -48,6 +48,7 @@ from broker_proxy.policy.inject_fields import (
     parse_inject,
     parse_placeholder_format,
 )
+from broker_proxy.policy.limit_fields import parse_rate
 from broker_proxy.policy.model import (
     BASIC_PLACE,
     DEFAULT_METHODS,
@@ -637,6 +638,11 @@ def _secret(name: str, key: yaml.Node, node: yaml.Node, path: str,
     per_request = "approval" in fields and parse_secret_approval(
         fields["approval"][1], _join(path, "approval"), checker,
         "client_cert" if client_cert is not None else "sign" if sign is not None else None)
+    rate = None
+    if "rate" in fields:
+        rate = parse_rate(fields["rate"][1], fields.get("burst", (None, None))[1], path, checker)
+    elif "burst" in fields:
+        checker.report(fields["burst"][0], _join(path, "burst"), 'only used with "rate"')
     if source is None or placeholder is None:
         return None
     return SecretPolicy(name=name, source=source, command=command, placeholder=placeholder,
@@ -645,7 +651,7 @@ def _secret(name: str, key: yaml.Node, node: yaml.Node, path: str,
                         basic_username=kinds.basic_username,
                         placeholder_format=kinds.placeholder_format,
                         cache_ttl=kinds.cache_ttl, timeout=kinds.timeout, sign=sign,
-                        per_request_approval=per_request)
+                        per_request_approval=per_request, rate=rate)
 
 
 class _TemplateKinds(NamedTuple):

@@ -71,6 +71,33 @@ class PlaceholderFormat:
 
 
 @dataclass(frozen=True, slots=True)
+class RateLimit:
+    """At most ``count`` requests per ``period_s`` seconds, ``burst`` of them at once.
+
+    Enforced per grant (each grant has its own bucket) as a generic cell rate: one request is
+    earned every ``period_s / count`` seconds, up to ``burst`` saved.
+    """
+
+    count: int
+    period_s: int
+    burst: int
+
+    @property
+    def interval_us(self) -> int:
+        """Microseconds between two requests at the steady rate (at least 1)."""
+        return max(1, self.period_s * 1_000_000 // self.count)
+
+    def at_most(self, other: RateLimit) -> bool:
+        """Whether this rate is no looser than ``other`` (a grant may only ask for less)."""
+        return self.interval_us >= other.interval_us and self.burst <= other.burst
+
+    def __str__(self) -> str:
+        per = {1: "second", 60: "minute", 3600: "hour", 86400: "day"}.get(self.period_s)
+        text = f"{self.count}/{per}" if per else f"{self.count}/{self.period_s}s"
+        return text if self.burst == self.count else f"{text} (burst {self.burst})"
+
+
+@dataclass(frozen=True, slots=True)
 class SecretPolicy:
     name: str
     source: str  # "vault", "env:VAR", "file:PATH", "keyring:SERVICE/USER", or "command"
@@ -96,6 +123,8 @@ class SecretPolicy:
     sign: str | None = None
     # Every request that would carry this secret waits for a person's yes (approvals/).
     per_request_approval: bool = False
+    # Requests carrying this secret, per grant (limit_fields.py); None: no rate.
+    rate: RateLimit | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,6 +23,7 @@ from broker_proxy.policy.inject_fields import (
     HEADER_NAME_PATTERN,
     USERNAME_MAX,
 )
+from broker_proxy.policy.limit_fields import MAX_BURST, RATE_PATTERN
 from broker_proxy.policy.model import INJECT_PLACES, NEVER_METHODS
 from broker_proxy.policy.oauth2_mtls_fields import CLIENT_AUTH, GRANT_TYPES, OAUTH2_FIELDS
 
@@ -118,6 +119,11 @@ MAPPINGS: dict[str, Mapping] = {
         "approval": {"enum": ["per_request"],
                      "description": "per_request: every request that would carry this "
                                     "secret waits for a person's yes"},
+        "rate": {"type": "string", "pattern": RATE_PATTERN,
+                 "description": 'requests carrying this secret, per grant: "60/minute"; '
+                                "over it the proxy answers 429 rate_limited"},
+        "burst": {"type": "integer", "minimum": 1, "maximum": MAX_BURST,
+                  "description": "with rate: how many may come at once (default: the count)"},
     }, required=("from", "destinations")),
     "oauth2": Mapping({
         "token_url": {"type": "string", "pattern": "^https://",
