@@ -27,6 +27,8 @@ class ActivePolicy:
     # Secrets with a per-grant rate: empty, and the request path never asks the store for a
     # bucket (flows without limits pay nothing for them).
     rated_secrets: frozenset[str] = frozenset()
+    # Secrets limited to some models (model_rules.py): same idea, the body is only read for these.
+    model_limited: frozenset[str] = frozenset()
     # When this policy started to serve (start-up or reload), for the console's policy page.
     loaded_at: datetime = field(default_factory=utc_now, compare=False)
 
@@ -42,6 +44,8 @@ class ActivePolicy:
                              for secret in policy.secrets.values()),
             rated_secrets=frozenset(name for name, secret in policy.secrets.items()
                                     if secret.rate is not None),
+            model_limited=frozenset(name for name, secret in policy.secrets.items()
+                                    if secret.models),
             index=DestinationIndex(policy),
             scanner=PlaceholderScanner(
                 {n: s.placeholder for n, s in policy.secrets.items()},

@@ -35,6 +35,7 @@ from broker_proxy.decision.header_templates import (
     apply_templates,
     template_conflict,
 )
+from broker_proxy.decision.model_rules import MODEL_NOT_ALLOWED, model_problem
 from broker_proxy.decision.outbound import Allowed, Denied, OutboundRequest, Verdict
 from broker_proxy.decision.request_checks import (
     AmbiguousPath,
@@ -245,6 +246,12 @@ class Broker:
 
         names = sorted({hit.secret for hit in hits if hit.secret}
                        | {use.secret for use in templates})
+        # What the request is for (LLM model rules) is judged before any secret is touched.
+        if policy.model_limited:
+            for name in names:
+                allowed = policy.policy.secrets[name].models
+                if allowed and (problem := model_problem(request, allowed, name)):
+                    return self._deny(request, grant, 403, MODEL_NOT_ALLOWED, problem)
         # A person's yes comes before anything is resolved, spent or recorded with a secret.
         if held := self._held_for_approval(request, grant, policy, names, approved_hold):
             return held

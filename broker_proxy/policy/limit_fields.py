@@ -58,3 +58,24 @@ def parse_rate(rate_node: yaml.Node, burst_node: yaml.Node | None, path: str,
         checker.report(rate_node, f"{path}.rate", str(error))
         return None
     return rate if burst_ok else None
+
+
+MODEL_GLOB = re.compile(r"[!-~]{1,200}")
+
+
+def parse_models(node: yaml.Node, path: str, checker: NodeChecker) -> tuple[str, ...]:
+    """The secret's ``models``: a non-empty list of globs ("gpt-4o*", "claude-sonnet-4-*")."""
+    listed = checker.strings(node, path, "a list of model names or globs")
+    if listed is None:
+        return ()
+    if not listed and not len(node.value):
+        checker.report(node, path, "must list at least one model (leave it out for any)")
+        return ()
+    globs = []
+    for item_path, item, value in listed:
+        if not MODEL_GLOB.fullmatch(value):
+            checker.report(item, item_path, "a model glob is 1 to 200 printable characters, "
+                                            "no spaces")
+            continue
+        globs.append(value)
+    return tuple(globs)

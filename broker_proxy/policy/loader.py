@@ -48,7 +48,7 @@ from broker_proxy.policy.inject_fields import (
     parse_inject,
     parse_placeholder_format,
 )
-from broker_proxy.policy.limit_fields import parse_rate
+from broker_proxy.policy.limit_fields import parse_models, parse_rate
 from broker_proxy.policy.model import (
     BASIC_PLACE,
     DEFAULT_METHODS,
@@ -643,6 +643,8 @@ def _secret(name: str, key: yaml.Node, node: yaml.Node, path: str,
         rate = parse_rate(fields["rate"][1], fields.get("burst", (None, None))[1], path, checker)
     elif "burst" in fields:
         checker.report(fields["burst"][0], _join(path, "burst"), 'only used with "rate"')
+    models = parse_models(fields["models"][1], _join(path, "models"), checker) \
+        if "models" in fields else ()
     if source is None or placeholder is None:
         return None
     return SecretPolicy(name=name, source=source, command=command, placeholder=placeholder,
@@ -651,7 +653,8 @@ def _secret(name: str, key: yaml.Node, node: yaml.Node, path: str,
                         basic_username=kinds.basic_username,
                         placeholder_format=kinds.placeholder_format,
                         cache_ttl=kinds.cache_ttl, timeout=kinds.timeout, sign=sign,
-                        per_request_approval=per_request, rate=rate)
+                        per_request_approval=per_request, rate=rate,
+                        models=models)
 
 
 class _TemplateKinds(NamedTuple):

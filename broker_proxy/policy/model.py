@@ -125,6 +125,9 @@ class SecretPolicy:
     per_request_approval: bool = False
     # Requests carrying this secret, per grant (limit_fields.py); None: no rate.
     rate: RateLimit | None = None
+    # Model globs an LLM request carrying this secret may ask for (decision/model_rules.py);
+    # empty: any model.
+    models: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

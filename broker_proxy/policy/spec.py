@@ -122,6 +122,11 @@ MAPPINGS: dict[str, Mapping] = {
         "rate": {"type": "string", "pattern": RATE_PATTERN,
                  "description": 'requests carrying this secret, per grant: "60/minute"; '
                                 "over it the proxy answers 429 rate_limited"},
+        "models": {"type": "array", "minItems": 1,
+                   "items": {"type": "string", "pattern": "^[!-~]{1,200}$"},
+                   "description": 'model globs LLM requests carrying this secret may ask for, '
+                                  'e.g. ["gpt-4o-mini", "claude-*"]; others get 403 '
+                                  "model_not_allowed"},
         "burst": {"type": "integer", "minimum": 1, "maximum": MAX_BURST,
                   "description": "with rate: how many may come at once (default: the count)"},
     }, required=("from", "destinations")),
