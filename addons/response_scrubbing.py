@@ -42,6 +42,7 @@ from broker_proxy.addons import websocket_controls
 from mitmproxy import http
 
 from broker_proxy.decision import outbound as codes
+from broker_proxy.decision.llm_usage import UsageMeter
 from broker_proxy.decision.outbound import Allowed, Denied
 from broker_proxy.scrubbing.content_decoding import (
     BodyNotDecodable,
@@ -76,11 +77,12 @@ class _BodyStream:
     """``flow.response.stream``: bytes in, scrubbed bytes out; called with b"" at the end."""
 
     def __init__(self, flow: http.HTTPFlow, scrubber: Scrubber,
-                 decoder: StreamDecoder | None) -> None:
+                 decoder: StreamDecoder | None, meter: UsageMeter | None = None) -> None:
         self._flow = flow
         self._decoder = decoder
         self.scrubbing: StreamScrubber = scrubber.stream()
         self.failed = False
+        self._meter = meter  # reads LLM usage from the decoded bytes as they pass
 
     def __call__(self, data: bytes) -> list[bytes]:
         # A list, never b"": mitmproxy frames an empty bytes chunk as HTTP/1's last chunk.
@@ -93,6 +95,8 @@ class _BodyStream:
             else:
                 plain = self._decoder.finish() if self._decoder else b""
                 out = self.scrubbing.feed(plain) + self.scrubbing.finish()
+            if self._meter is not None:
+                self._meter.feed(plain)
             return [out] if out else []
         except Exception as error:  # never pass on what could not be scrubbed
             log.warning("response body cut: %s", error if isinstance(error, BodyNotDecodable)
@@ -112,6 +116,7 @@ class ScrubState:
     buffered_codings: list[str] | None = None
     withheld: bytes | None = None  # the 502 body that replaced the answer
     messages: MessageScrubber | None = None
+    meter: UsageMeter | None = None  # an LLM answer under a budget: its usage, as it passes
 
     def control_payload(self, payload: bytes) -> bytes:
         """A WebSocket close reason or ping/pong payload from the server, scrubbed whole."""
@@ -233,6 +238,8 @@ def on_response_headers(flow: http.HTTPFlow, verdict: Allowed | None) -> None:
         response.stream = True
         return
     state = ScrubState(scrubber, verdict.grant_id if verdict else None)
+    if verdict is not None and verdict.budget:
+        state.meter = UsageMeter(response.headers.get("content-type"))
     flow.metadata[STATE_KEY] = state
     if not complete:
         _withhold(flow, state, "a secret of this grant cannot be resolved, so the answer "
@@ -270,7 +277,7 @@ def on_response_headers(flow: http.HTTPFlow, verdict: Allowed | None) -> None:
         response.headers.pop(name, None)
     if not (response.is_http2 or response.is_http3):
         response.headers["transfer-encoding"] = "chunked"
-    state.body = _BodyStream(flow, state.scrubber, decoder)
+    state.body = _BodyStream(flow, state.scrubber, decoder, state.meter)
     response.stream = state.body
 
 
@@ -328,6 +335,8 @@ def _scrub_buffered_body(flow: http.HTTPFlow, state: ScrubState) -> None:
                         f"the answer could not be scrubbed: {error}", state.grant_id)
         flow.response = http.Response.make(502, denied.body(), denied.headers())
         return
+    if state.meter is not None:
+        state.meter.feed(body)
     scrubbed, found = state.scrubber.scrub(body)
     if not found and not state.buffered_codings:
         return  # nothing to take out of a plain body: it goes on as it came (digests hold)
@@ -353,6 +362,16 @@ def on_websocket_message(flow: http.HTTPFlow, verdict: Allowed) -> dict[str, int
     message.content = state.messages.message(message.content)
     return {name: count - before.get(name, 0) for name, count in state.messages.counts.items()
             if count != before.get(name, 0)}
+
+
+def usage_read(flow: http.HTTPFlow) -> tuple[int, int] | None:
+    """(input, output) tokens the answer reported, None when unread (llm_usage.py)."""
+    state = flow.metadata.get(STATE_KEY)
+    if state is None or state.meter is None or state.withheld is not None:
+        return None
+    if state.body is not None and state.body.failed:
+        return None
+    return state.meter.finish()
 
 
 def was_withheld(flow: http.HTTPFlow) -> bool:

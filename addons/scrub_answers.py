@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 from broker_proxy.addons import response_scrubbing
 from broker_proxy.addons.flow_record import flow_record
@@ -19,6 +20,7 @@ from broker_proxy.decision.broker import Broker
 from broker_proxy.decision.outbound import Allowed, Denied
 
 log = logging.getLogger("broker_proxy.addon")
+_SETTLED = "broker_proxy.budget_settled"
 
 
 class ScrubAnswers:
@@ -58,11 +60,24 @@ class ScrubAnswers:
             else:
                 self._withhold(flow, verdict)
             redactions = {}
+        llm = self._settle(flow, None if withheld else response_scrubbing.usage_read(flow))
         if record is not None and (record.verdict.injected or redactions or withheld):
             self.broker.record_response(record.verdict, record.outbound,
                                         flow.response.status_code,
                                         (time.monotonic() - record.started) * 1000, redactions,
-                                        withheld=withheld)
+                                        withheld=withheld, llm=llm)
+
+    def _settle(self, flow: http.HTTPFlow, usage: tuple[int, int] | None) -> dict[str, Any]:
+        """Charge an LLM answer to its grant's budget once (the whole reservation unread)."""
+        record = flow_record(flow)
+        if record is None or not record.verdict.budget or flow.metadata.get(_SETTLED):
+            return {}
+        flow.metadata[_SETTLED] = True
+        try:
+            return self.broker.settle_budget(record.verdict, usage)
+        except Exception as error:  # the reservation stays held: spent, never free
+            log.error("budget settle failed: %s", type(error).__name__)
+            return {}
 
     @staticmethod
     def _withhold(flow: http.HTTPFlow, verdict: Allowed | None) -> None:
@@ -87,6 +102,8 @@ class ScrubAnswers:
 
     def error(self, flow: http.HTTPFlow) -> None:
         record = flow_record(flow)
+        llm = self._settle(flow, None)
         if record is not None and record.verdict.injected:
             self.broker.record_response(record.verdict, record.outbound, None,
-                                        (time.monotonic() - record.started) * 1000, {})
+                                        (time.monotonic() - record.started) * 1000, {},
+                                        llm=llm)

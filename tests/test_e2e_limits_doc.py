@@ -98,6 +98,10 @@ def test_the_worked_example_runs_as_documented(tmp_path: Path, openai_api) -> No
         agent_env["OPENAI_API_KEY"] = issued["placeholders"]["openai"]
         done = subprocess.run([sys.executable, "-c", AGENT], capture_output=True, text=True,
                               timeout=120, env=agent_env)
+        # The $5 budget: what the 11 calls cost, and what is left.
+        after = json.loads(run(f"broker-proxy grant show {issued['id']} --json"))
+        cost = after["budget"]["openai"]["cost_usd"]
+        assert 0 < cost["used"] < 0.01 and cost["left"] == pytest.approx(5 - cost["used"])
     finally:
         proxy.stop()
     assert done.returncode == 0, done.stderr[-3000:]

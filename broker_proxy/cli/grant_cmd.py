@@ -27,6 +27,7 @@ from broker_proxy.grants.issuer import IssuedGrant
 from broker_proxy.grants.model import Grant
 from broker_proxy.grants.store import GrantNotFound, GrantStore
 from broker_proxy.home import Home
+from broker_proxy.policy.loader import PolicyError
 from broker_proxy.time_source import utc_now
 
 
@@ -69,6 +70,8 @@ def register(commands: argparse._SubParsersAction) -> None:
         parser.add_argument("grant_id", metavar="ID")
         parser.add_argument("--json", action="store_true", help="print JSON for scripts")
         add_store_option(parser)
+        if action == "show":
+            add_policy_option(parser)  # for what is left of an LLM budget
         parser.set_defaults(handler=change_command, action=action)
 
 
@@ -146,14 +149,20 @@ def change_command(args: argparse.Namespace) -> int:
             grant = change_grant(store, audit, args.grant_id, args.action,
                                  by=local_operator(), now=now)
     own_rates = store.own_rates(grant.id) if args.action == "show" else {}
+    budget = _budget_view(args, store, grant.id) if args.action == "show" else {}
     if args.json:
-        extra = {"rates": {name: _rate_text(*own) for name, own in own_rates.items()}} \
+        extra: dict[str, object] = {"rates": {name: _rate_text(*own)
+                                              for name, own in own_rates.items()}} \
             if own_rates else {}
+        if budget:
+            extra["budget"] = budget
         print_json(grant.to_public_dict(now) | extra)
     elif args.action == "show":
         public = grant.to_public_dict(now)
         if own_rates:
             public["rates"] = [f"{n}={_rate_text(*own)}" for n, own in sorted(own_rates.items())]
+        if budget:
+            public["budget"] = [_budget_text(name, view) for name, view in sorted(budget.items())]
         for key, value in public.items():
             if key.startswith("decided_") or (key.startswith(("approved_", "denied_"))
                                                and value is None):
@@ -167,6 +176,43 @@ def change_command(args: argparse.Namespace) -> int:
     else:
         print(_summary(grant, now))
     return 0
+
+
+def _budget_view(args: argparse.Namespace, store: GrantStore,
+                 grant_id: str) -> dict[str, dict[str, object]]:
+    """secret -> used, held (in flight) and, when the policy can be read, left of each cap."""
+    use = store.budget_use(grant_id)
+    if not use:
+        return {}
+    try:
+        secrets = load_policy_of(args).secrets
+    except PolicyError:
+        secrets = {}
+    view: dict[str, dict[str, object]] = {}
+    for name, spent in use.items():
+        budget = secrets[name].budget if name in secrets else None
+        caps = (budget.input_tokens, budget.output_tokens, budget.micro_usd) if budget \
+            else (None, None, None)
+        entry: dict[str, object] = {}
+        for dimension, cap, used, held in zip(("input_tokens", "output_tokens", "cost_usd"),
+                                             caps, spent.used, spent.held, strict=True):
+            scale = 1_000_000 if dimension == "cost_usd" else 1
+            entry[dimension] = {"used": used / scale if scale > 1 else used,
+                                "in_flight": held / scale if scale > 1 else held,
+                                "left": None if cap is None else
+                                (max(0, cap - used - held) / scale if scale > 1
+                                 else max(0, cap - used - held))}
+        view[name] = entry
+    return view
+
+
+def _budget_text(name: str, view: dict[str, object]) -> str:
+    parts = []
+    for dimension, numbers in view.items():
+        assert isinstance(numbers, dict)
+        left = "" if numbers["left"] is None else f", {numbers['left']:g} left"
+        parts.append(f"{dimension} {numbers['used']:g} used{left}")
+    return f"{name}: " + "; ".join(parts)
 
 
 def _rate_text(interval_us: int, burst: int) -> str:

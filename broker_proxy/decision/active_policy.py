@@ -29,6 +29,8 @@ class ActivePolicy:
     rated_secrets: frozenset[str] = frozenset()
     # Secrets limited to some models (model_rules.py): same idea, the body is only read for these.
     model_limited: frozenset[str] = frozenset()
+    # Secrets with an LLM budget (llm_budget.py): their requests are planned and reserved.
+    budgeted_secrets: frozenset[str] = frozenset()
     # When this policy started to serve (start-up or reload), for the console's policy page.
     loaded_at: datetime = field(default_factory=utc_now, compare=False)
 
@@ -46,6 +48,8 @@ class ActivePolicy:
                                     if secret.rate is not None),
             model_limited=frozenset(name for name, secret in policy.secrets.items()
                                     if secret.models),
+            budgeted_secrets=frozenset(name for name, secret in policy.secrets.items()
+                                       if secret.budget is not None),
             index=DestinationIndex(policy),
             scanner=PlaceholderScanner(
                 {n: s.placeholder for n, s in policy.secrets.items()},

@@ -30,11 +30,13 @@ from broker_proxy.audit.log import AuditError, AuditLog
 from broker_proxy.decision import outbound as codes
 from broker_proxy.decision.active_policy import ActivePolicy
 from broker_proxy.decision.authority import authorities_agree
+from broker_proxy.decision.budget_keeper import BudgetKeeper, Reserved
 from broker_proxy.decision.header_templates import (
     applicable_templates,
     apply_templates,
     template_conflict,
 )
+from broker_proxy.decision.llm_budget import Reservation, Unbounded
 from broker_proxy.decision.model_rules import MODEL_NOT_ALLOWED, model_problem
 from broker_proxy.decision.outbound import Allowed, Denied, OutboundRequest, Verdict
 from broker_proxy.decision.request_checks import (
@@ -103,10 +105,13 @@ class Broker:
     scrub_values: GrantScrubValues = field(init=False, repr=False)
     # Requests held for a person's approval (approvals/desk.py).
     approvals: ApprovalDesk = field(init=False, repr=False)
+    # LLM token and cost budgets (budget_keeper.py).
+    budgets: BudgetKeeper = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.scrub_values = GrantScrubValues(self.secrets)
         self.approvals = ApprovalDesk(self.audit, self.clock)
+        self.budgets = BudgetKeeper(self.grants, self.metrics)
 
     def decide(self, token: str | None, request: OutboundRequest, *,
                defer_durability: bool = False, wait: bool = True,
@@ -274,10 +279,23 @@ class Broker:
         if policy.rated_secrets and (limited := self._rate_refusal(
                 request, grant, policy, names, now, wait)):
             return limited
+        tickets: tuple[Reservation, ...] = ()
+        body_changed = False
+        if policy.budgeted_secrets & set(names):
+            reserved = self._budget_reservations(request, grant, policy, names, wait)
+            if isinstance(reserved, Denied):
+                return reserved
+            tickets, request, body_changed = (reserved.tickets, reserved.request,
+                                              reserved.body_changed)
         revealed = {n: v.reveal() for n, v in values.items()}
-        audit_record = self._spend_use(request, grant, now, codes.INJECTED, revealed,
-                                       defer_durability, wait)
+        try:
+            audit_record = self._spend_use(request, grant, now, codes.INJECTED, revealed,
+                                           defer_durability, wait)
+        except BaseException:
+            self.budgets.release(grant.id, tickets)
+            raise
         if isinstance(audit_record, Denied):
+            self.budgets.release(grant.id, tickets)
             return audit_record
 
         usernames = {n: policy.policy.secrets[n].basic_username for n in names}
@@ -293,13 +311,14 @@ class Broker:
             injected=tuple(names),
             headers=headers,
             query=rewriter.query(request.query),
-            body=rewriter.body(request.body),
+            body=self._body_to_send(rewriter, request.body, body_changed),
             path=request.path if request.path != sent_path else None,
             reason=codes.INJECTED,
             audit_seq=audit_record["seq"] if defer_durability else None,
             scrub={n: (values[n].reveal(),
                        grant.placeholder_of(n) or policy.policy.secrets[n].placeholder)
                    for n in names},
+            budget=tickets,
         ), grant, policy)
 
     def _held_for_approval(self, request: OutboundRequest, grant: Grant, policy: ActivePolicy,
@@ -448,6 +467,34 @@ class Broker:
                        query=plan.query, reason=codes.RESIGNED, scrub=plan.scrub,
                        audit_seq=audit_record["seq"] if defer_durability else None)
 
+    @staticmethod
+    def _body_to_send(rewriter: RequestRewriter, body: bytes, changed: bool) -> bytes | None:
+        """The body with its placeholders swapped; also when only the proxy changed it."""
+        swapped = rewriter.body(body)
+        return body if swapped is None and changed else swapped
+
+    def _budget_reservations(self, request: OutboundRequest, grant: Grant,
+                             policy: ActivePolicy, names: list[str],
+                             wait: bool) -> Reserved | Denied:
+        """Hold the LLM budget reservations of this request (budget_keeper.py), or refuse."""
+        try:
+            reserved = self.budgets.reserve(request, grant, policy.policy, names, wait)
+        except GrantStoreBusy:
+            raise DecisionMustWait from None  # what was held is given back already
+        except GrantStoreError:
+            return self._deny(request, grant, 503, codes.GRANT_STORE_UNAVAILABLE,
+                              "the grant store cannot be used; nothing was sent")
+        if isinstance(reserved, Unbounded):
+            return self._deny(request, grant, reserved.status, reserved.code, reserved.message)
+        return reserved
+
+    def settle_budget(self, allowed: Allowed, usage: tuple[int, int] | None) -> dict[str, Any]:
+        """The answer of a budgeted request came (or never will): charge it; audit fields."""
+        if not allowed.budget:
+            return {}
+        return self.budgets.settle(allowed.grant_id, allowed.budget, usage,
+                                   self.policy.policy)
+
     def _rate_refusal(self, request: OutboundRequest, grant: Grant, policy: ActivePolicy,
                       names: list[str], now: datetime, wait: bool) -> Denied | None:
         """429 when a secret this request carries is over the grant's rate (rate_limits.py).
@@ -532,7 +579,7 @@ class Broker:
 
     def record_response(self, allowed: Allowed, request: OutboundRequest, status: int | None,
                         duration_ms: float, redactions: dict[str, int], *,
-                        withheld: bool = False) -> None:
+                        withheld: bool = False, llm: dict[str, Any] | None = None) -> None:
         """The second half of a secret-carrying request's story: what came back.
 
         `withheld`: the answer could not be scrubbed and the agent got a 502 instead; a reviewer
@@ -547,7 +594,7 @@ class Broker:
                               port=request.port, path=request.path, status=status,
                               duration_ms=round(duration_ms, 3),
                               redactions=sum(redactions.values()),
-                              **({"withheld": True} if withheld else {}))
+                              **({"withheld": True} if withheld else {}), **(llm or {}))
         except AuditError:
             self.metrics.audit_write_errors.inc()
 

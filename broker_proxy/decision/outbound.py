@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the type only: llm_budget reads OutboundRequest from here
+    from broker_proxy.decision.llm_budget import Reservation
 
 # Stable error codes: scripts and dashboards match on these strings.
 PROXY_AUTH_REQUIRED = "proxy_auth_required"
@@ -90,6 +94,8 @@ class Allowed:
     # False when a value of the grant could not be resolved for scrubbing: the answer is
     # withheld rather than passed on partly scrubbed.
     scrub_complete: bool = True
+    # LLM budget reservations held for this request, settled from its answer's usage.
+    budget: tuple[Reservation, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

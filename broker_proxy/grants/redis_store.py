@@ -32,7 +32,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from broker_proxy.grants import rate_limits
+from broker_proxy.grants import budgets, rate_limits
 from broker_proxy.grants.model import Grant, GrantStatus
 from broker_proxy.grants.store import (
     GrantCounts,
@@ -216,6 +216,8 @@ class RedisGrantStore:
         self._transition_script = self._client.register_script(_TRANSITION)
         self._purge = self._client.register_script(_PURGE)
         self._take_rate = self._client.register_script(rate_limits.REDIS_TAKE)
+        self._reserve_budget = self._client.register_script(budgets.REDIS_RESERVE)
+        self._settle_budget = self._client.register_script(budgets.REDIS_SETTLE)
         try:
             # Refuse to start against a store that is not there or refuses us: a typo in the
             # URL should stop `run` at once, not turn every request into a 503.
@@ -382,6 +384,39 @@ class RedisGrantStore:
             found[name.decode()] = (int(interval), int(burst))
         return found
 
+    def reserve_budget(self, grant: Grant, secret: str, caps: tuple[int | None, ...],
+                       asked: tuple[int, int, int], *, wait: bool = True) -> str | None:
+        """Hold ``asked`` against the grant's budget for ``secret`` (budgets.py): None when
+        held, else the dimension over its cap. One Lua script: atomic across replicas."""
+        keep_until = _to_micros(grant.expires_at) // 1000 + 60_000
+        with self._talking():
+            over = self._reserve_budget(
+                keys=[_budget_key(grant.id, secret)],
+                args=[*("" if cap is None else cap for cap in caps), *asked, keep_until])
+        text = over.decode() if isinstance(over, bytes) else str(over or "")
+        if text and text not in budgets.DIMENSIONS:
+            raise GrantStoreError(f"grant store {self._where} gave an unknown answer")
+        return text or None
+
+    def settle_budget(self, grant_id: str, secret: str, held: tuple[int, int, int],
+                      used: tuple[int, int, int]) -> None:
+        """Release a reservation and charge what the answer used."""
+        with self._talking():
+            self._settle_budget(keys=[_budget_key(grant_id, secret)], args=[*held, *used])
+
+    def budget_use(self, grant_id: str) -> dict[str, budgets.BudgetUse]:
+        """secret -> what the grant has used and holds, for `grant show`."""
+        found: dict[str, budgets.BudgetUse] = {}
+        with self._talking():
+            for key in self._client.scan_iter(match=_budget_key(grant_id, "*"), count=1000):
+                values = self._client.hmget(key, "used_in", "used_out", "used_usd", "held_in",
+                                            "held_out", "held_usd")
+                numbers = [int(v or 0) for v in values]
+                name = key.decode().rsplit(":", 1)[1]
+                found[name] = budgets.BudgetUse((numbers[0], numbers[1], numbers[2]),
+                                                (numbers[3], numbers[4], numbers[5]))
+        return found
+
     def approve(self, grant_id: str, by: str, now: datetime) -> Grant:
         return self._transition(grant_id, now, "approve", by)
 
@@ -522,6 +557,10 @@ def _grant_key(grant_id: str) -> str:
 
 def _rate_key(grant_id: str, secret: str) -> str:
     return f"{_PREFIX}:rate:{grant_id}:{secret}"
+
+
+def _budget_key(grant_id: str, secret: str) -> str:
+    return f"{_PREFIX}:budget:{grant_id}:{secret}"
 
 
 def _own_rates_key(grant_id: str) -> str:

@@ -20,7 +20,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from broker_proxy.grants import rate_limits
+from broker_proxy.grants import budgets, rate_limits
 from broker_proxy.grants.model import Grant, GrantStatus
 from broker_proxy.grants.store import (
     GrantCounts,
@@ -273,12 +273,32 @@ class SqliteGrantStore:
         with self._rates() as conn:
             return rate_limits.sqlite_own_rates(conn, grant_id)
 
+    def reserve_budget(self, grant: Grant, secret: str, caps: tuple[int | None, ...],
+                       asked: tuple[int, int, int], *, wait: bool = True) -> str | None:
+        """Hold ``asked`` (input, output tokens, micro-dollars) against the grant's budget for
+        ``secret`` (budgets.py): None when held, else the dimension it would take past its
+        cap. Atomic like `reserve_use`."""
+        with self._rates(wait=wait) as conn:
+            return budgets.sqlite_reserve(conn, grant.id, secret, caps, asked)
+
+    def settle_budget(self, grant_id: str, secret: str, held: tuple[int, int, int],
+                      used: tuple[int, int, int]) -> None:
+        """Release a reservation and charge what the answer used."""
+        with self._rates() as conn:
+            budgets.sqlite_settle(conn, grant_id, secret, held, used)
+
+    def budget_use(self, grant_id: str) -> dict[str, budgets.BudgetUse]:
+        """secret -> what the grant has used and holds, for `grant show`."""
+        with self._rates() as conn:
+            return budgets.sqlite_use(conn, grant_id)
+
     @contextmanager
     def _rates(self, *, wait: bool = True) -> Iterator[sqlite3.Connection]:
-        """A write transaction with the rate table there (created on first use)."""
+        """A write transaction with the rate and budget tables there (created on first use)."""
         with self._transaction(wait=wait) as conn:
             if not self._rates_ready:
                 conn.execute(rate_limits.SQLITE_TABLE)
+                conn.execute(budgets.SQLITE_TABLE)
                 self._rates_ready = True
             yield conn
 

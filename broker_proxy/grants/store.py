@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Protocol
 
+from broker_proxy.grants.budgets import BudgetUse
 from broker_proxy.grants.model import Grant, GrantStatus
 from broker_proxy.grants.tokens import parse_token, token_hash, token_matches
 from broker_proxy.policy.model import RateLimit
@@ -124,6 +125,21 @@ class GrantStore(Protocol):
 
     def own_rates(self, grant_id: str) -> dict[str, tuple[int, int]]:
         """secret -> (interval µs, burst) of the rates the grant asked for at issue."""
+        ...
+
+    def reserve_budget(self, grant: Grant, secret: str, caps: tuple[int | None, ...],
+                       asked: tuple[int, int, int], *, wait: bool = True) -> str | None:
+        """Hold an LLM request's reservation against the grant's budget (budgets.py),
+        atomic like `reserve_use`: None when held, else the dimension over its cap."""
+        ...
+
+    def settle_budget(self, grant_id: str, secret: str, held: tuple[int, int, int],
+                      used: tuple[int, int, int]) -> None:
+        """Release a reservation and charge what the answer used."""
+        ...
+
+    def budget_use(self, grant_id: str) -> dict[str, BudgetUse]:
+        """secret -> what the grant has used and holds."""
         ...
 
     def revoke(self, grant_id: str, now: datetime) -> Grant: ...

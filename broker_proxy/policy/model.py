@@ -98,6 +98,24 @@ class RateLimit:
 
 
 @dataclass(frozen=True, slots=True)
+class Budget:
+    """What one grant may spend through an LLM secret (decision/llm_budget.py); None: no cap."""
+
+    input_tokens: int | None
+    output_tokens: int | None
+    micro_usd: int | None  # cost cap in millionths of a dollar (exact integer arithmetic)
+    default_max_tokens: int  # the output cap the proxy writes into a request that sets none
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    """USD per million tokens; equal to micro-dollars per token."""
+
+    input: float
+    output: float
+
+
+@dataclass(frozen=True, slots=True)
 class SecretPolicy:
     name: str
     source: str  # "vault", "env:VAR", "file:PATH", "keyring:SERVICE/USER", or "command"
@@ -128,6 +146,8 @@ class SecretPolicy:
     # Model globs an LLM request carrying this secret may ask for (decision/model_rules.py);
     # empty: any model.
     models: tuple[str, ...] = ()
+    # Token and cost caps per grant (llm_budget.py); None: unlimited.
+    budget: Budget | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,3 +172,7 @@ class Policy:
     # Per-request approval: how long a held request waits, and who is told about it.
     approval_timeout: timedelta = timedelta(minutes=2)
     approval_webhook: str | None = None
+    # LLM prices (model glob, price) in the file's order, first match wins, and the date the
+    # operator copied them; the proxy never fetches prices.
+    prices: tuple[tuple[str, Price], ...] = ()
+    prices_as_of: str | None = None

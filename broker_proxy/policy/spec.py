@@ -85,6 +85,8 @@ MAPPINGS: dict[str, Mapping] = {
                                             "(default 2m, at most 1h)"},
         "approval_webhook": {"type": "string", "pattern": "^https?://",
                              "description": "POSTed a JSON notice for each held request"},
+        "prices": {**kind("prices"),
+                   "description": "LLM prices for cost budgets, USD per million tokens"},
     }, required=("version",)),
     "secret": Mapping({
         "from": {
@@ -127,9 +129,33 @@ MAPPINGS: dict[str, Mapping] = {
                    "description": 'model globs LLM requests carrying this secret may ask for, '
                                   'e.g. ["gpt-4o-mini", "claude-*"]; others get 403 '
                                   "model_not_allowed"},
+        "budget": {**kind("budget"),
+                   "description": "what one grant may spend through this LLM key; over it "
+                                  "429 budget_exhausted (docs/limits.md)"},
         "burst": {"type": "integer", "minimum": 1, "maximum": MAX_BURST,
                   "description": "with rate: how many may come at once (default: the count)"},
     }, required=("from", "destinations")),
+    "budget": Mapping({
+        "input_tokens": {"type": "integer", "minimum": 1, "maximum": 10**12},
+        "output_tokens": {"type": "integer", "minimum": 1, "maximum": 10**12},
+        "cost_usd": {"type": "number", "minimum": 0, "maximum": 10**6,
+                     "description": "USD, priced with the top-level prices table"},
+        "default_max_tokens": {"type": "integer", "minimum": 1, "maximum": 10**12,
+                               "default": 4096,
+                               "description": "the output cap the proxy writes into a request "
+                                              "that sets none"},
+    }),
+    "prices": Mapping({
+        "as_of": {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}$",
+                  "description": "when these prices were copied from the vendors' pages"},
+        "models": {"type": "object", "additionalProperties": kind("price"),
+                   "propertyNames": {"pattern": "^[!-~]{1,200}$"},
+                   "description": "model glob -> USD per million tokens; first match wins"},
+    }),
+    "price": Mapping({
+        "input": {"type": "number", "minimum": 0, "maximum": 10000},
+        "output": {"type": "number", "minimum": 0, "maximum": 10000},
+    }, required=("input", "output")),
     "oauth2": Mapping({
         "token_url": {"type": "string", "pattern": "^https://",
                       "description": "the token endpoint; no destination may cover it"},
