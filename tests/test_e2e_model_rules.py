@@ -1,6 +1,7 @@
-"""Model rules through the real proxy: a secret's ``models`` globs, read from the body (OpenAI,
-Anthropic, with their SDKs) or the path (Gemini's REST shape, Azure deployments); any other
-model is refused with 403 model_not_allowed and nothing reaches the upstream."""
+"""LLM rules through the real proxy: a secret's ``models`` globs, read from the body (OpenAI,
+Anthropic, with their SDKs) or the path (Gemini's REST shape, Azure deployments), and its
+``hosted_tools``; any other model is refused with 403 model_not_allowed, any other vendor-run
+tool with 403 hosted_tool_not_allowed, and nothing reaches the upstream."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ secrets:
     placeholder: "{openai}"
     destinations: [{{host: api.openai.com}}]
     models: ["gpt-4o-mini", "gpt-4.1-*"]
+    hosted_tools: [web_search]
   anthropic:
     from: vault
     placeholder: "{anthropic}"
@@ -132,6 +134,53 @@ def test_audit_records_the_refusals(llm: LlmStack) -> None:
     assert refused and all(r["status"] == 403 for r in refused)
 
 
+def test_anthropic_server_tools_and_mcp_connector_are_refused(llm: LlmStack) -> None:
+    client = llm.anthropic(llm.issue().token)
+    for extra in ({"tools": [{"type": "web_search_20250305", "name": "web_search",
+                              "max_uses": 3}]},
+                  {"tools": [{"type": "web_fetch_20250910", "name": "web_fetch"}]},
+                  {"extra_body": {"mcp_servers": [{"type": "url", "name": "x",
+                                                   "url": "https://mcp.example/sse"}]}}):
+        with pytest.raises(anthropic.PermissionDeniedError) as raised:
+            client.messages.create(model="claude-haiku-4-5", max_tokens=10,
+                                   messages=[{"role": "user", "content": "hi"}],
+                                   **extra)  # type: ignore[arg-type]
+        assert _refusal(raised.value)["error"] == "hosted_tool_not_allowed"
+    # The agent's own tools (executed by its code) are no egress: allowed.
+    client.messages.create(model="claude-haiku-4-5", max_tokens=10,
+                           messages=[{"role": "user", "content": "hi"}],
+                           tools=[{"name": "lookup", "input_schema": {"type": "object"}},
+                                  {"type": "bash_20250124", "name": "bash"}])
+    assert llm.carried("anthropic") == 1
+
+
+def test_openai_hosted_tools_only_as_the_policy_lists(llm: LlmStack) -> None:
+    client = llm.openai(llm.issue().token)
+    allowed = client.responses.create(model="gpt-4.1-mini", input="hi",
+                                      tools=[{"type": "web_search"},
+                                             {"type": "function", "name": "f",
+                                              "parameters": {"type": "object"}}])
+    assert allowed.output_text == "ok"
+    for tool in ({"type": "mcp", "server_label": "x", "server_url": "https://mcp.example"},
+                 {"type": "code_interpreter", "container": {"type": "auto"}},
+                 {"type": "image_generation"}, {"type": "some_future_tool_20990101"}):
+        with pytest.raises(openai.PermissionDeniedError) as raised:
+            client.responses.create(model="gpt-4.1-mini", input="hi",
+                                    tools=[tool])  # type: ignore[list-item]
+        assert _refusal(raised.value)["error"] == "hosted_tool_not_allowed"
+    assert llm.carried("openai") == 1
+
+
+def test_gemini_google_search_is_refused(llm: LlmStack) -> None:
+    with llm.http(llm.issue().token) as client:
+        answer = client.post(GEMINI + "/v1beta/models/gemini-2.0-flash:generateContent",
+                             headers={"x-goog-api-key": PLACEHOLDERS["gemini"]},
+                             json={"contents": [{"parts": [{"text": "hi"}]}],
+                                   "tools": [{"googleSearch": {}}]})
+    assert answer.status_code == 403 and answer.json()["error"] == "hosted_tool_not_allowed"
+    assert llm.upstream.requests == []
+
+
 # -- where the model is read (no proxy needed) -------------------------------------------------
 
 
@@ -160,7 +209,7 @@ def test_a_wrong_models_list_is_reported_at_its_line_and_column() -> None:
                                                  'models: ["claude haiku"]')
     with pytest.raises(PolicyError) as raised:
         load_policy_text(text, "p.yaml")
-    assert "p.yaml:12:14: secrets.anthropic.models[0]: a model glob is 1 to 200" in str(
+    assert "p.yaml:13:14: secrets.anthropic.models[0]: a model glob is 1 to 200" in str(
         raised.value)
     empty = POLICY.format(**PLACEHOLDERS).replace('models: ["claude-haiku-*"]', "models: []")
     with pytest.raises(PolicyError, match="must list at least one model"):

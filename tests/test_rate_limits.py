@@ -188,3 +188,31 @@ def test_issue_may_ask_for_less_never_more(tmp_path: Path) -> None:
         with pytest.raises(GrantPolicyError, match="invalid rate"):
             issue_grant(policy, store, agent="bot", task="t", secrets=["openai"], ttl=None,
                         max_uses=None, now=NOW, rates=["lots"])
+
+
+# -- LLM budgets in the stores --------------------------------------------------------------
+
+
+def test_a_budget_holds_reservations_and_settles_usage(store: GrantStore) -> None:
+    grant, _ = make_grant()
+    store.create(grant)
+    caps = (None, 100, 5_000_000)
+    assert store.reserve_budget(grant, "openai", caps, (50, 60, 1000)) is None
+    assert store.reserve_budget(grant, "openai", caps, (50, 60, 1000)) == "output_tokens"
+    store.settle_budget(grant.id, "openai", (50, 60, 1000), (11, 7, 10))
+    use = store.budget_use(grant.id)["openai"]
+    assert (use.used, use.held) == ((11, 7, 10), (0, 0, 0))
+    assert store.reserve_budget(grant, "openai", caps, (50, 93, 1000)) is None
+    assert store.reserve_budget(grant, "openai", caps, (1, 1, 1)) == "output_tokens"
+    assert store.reserve_budget(grant, "openai", (None, None, 2000), (1, 0, 1991)) \
+        == "micro_usd"
+
+
+def test_threads_never_hold_more_than_the_budget(store: GrantStore) -> None:
+    grant, _ = make_grant()
+    store.create(grant)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        held = list(pool.map(lambda _: store.reserve_budget(grant, "openai", (None, 95, None),
+                                                            (3, 10, 0)), range(100)))
+    assert held.count(None) == 9
+    assert store.budget_use(grant.id)["openai"].held == (27, 90, 0)

@@ -27,7 +27,8 @@ class ActivePolicy:
     # Secrets with a per-grant rate: empty, and the request path never asks the store for a
     # bucket (flows without limits pay nothing for them).
     rated_secrets: frozenset[str] = frozenset()
-    # Secrets limited to some models (model_rules.py): same idea, the body is only read for these.
+    # Secrets with LLM rules (models, budget, hosted_tools): the body of a request carrying
+    # one is read for its model and hosted tools (model_rules.py, hosted_tools.py).
     model_limited: frozenset[str] = frozenset()
     # Secrets with an LLM budget (llm_budget.py): their requests are planned and reserved.
     budgeted_secrets: frozenset[str] = frozenset()
@@ -47,7 +48,7 @@ class ActivePolicy:
             rated_secrets=frozenset(name for name, secret in policy.secrets.items()
                                     if secret.rate is not None),
             model_limited=frozenset(name for name, secret in policy.secrets.items()
-                                    if secret.models),
+                                    if secret.llm_rules),
             budgeted_secrets=frozenset(name for name, secret in policy.secrets.items()
                                        if secret.budget is not None),
             index=DestinationIndex(policy),

@@ -10,7 +10,6 @@ raised would otherwise let mitmproxy forward the request untouched.
 from __future__ import annotations
 
 import logging
-import math
 import re
 import time
 from collections.abc import Callable
@@ -30,14 +29,13 @@ from broker_proxy.audit.log import AuditError, AuditLog
 from broker_proxy.decision import outbound as codes
 from broker_proxy.decision.active_policy import ActivePolicy
 from broker_proxy.decision.authority import authorities_agree
-from broker_proxy.decision.budget_keeper import BudgetKeeper, Reserved
+from broker_proxy.decision.budget_keeper import BudgetKeeper
 from broker_proxy.decision.header_templates import (
     applicable_templates,
     apply_templates,
     template_conflict,
 )
-from broker_proxy.decision.llm_budget import Reservation, Unbounded
-from broker_proxy.decision.model_rules import MODEL_NOT_ALLOWED, model_problem
+from broker_proxy.decision.limit_checks import DecisionMustWait, LimitChecks
 from broker_proxy.decision.outbound import Allowed, Denied, OutboundRequest, Verdict
 from broker_proxy.decision.request_checks import (
     AmbiguousPath,
@@ -47,6 +45,7 @@ from broker_proxy.decision.request_checks import (
     upgrade_problem,
 )
 from broker_proxy.decision.request_scan import PlacedHit, RequestRewriter, find_placeholders
+from broker_proxy.decision.reservation import Reservation
 from broker_proxy.grants.model import Grant
 from broker_proxy.grants.store import GrantStore, GrantStoreBusy, GrantStoreError, ReserveResult
 from broker_proxy.metrics import BrokerMetrics
@@ -89,12 +88,8 @@ _RESERVE_REFUSALS: dict[ReserveResult, str] = {
 }
 
 
-class DecisionMustWait(Exception):
-    """The decision needs the grant store's write lock, which another writer holds."""
-
-
 @dataclass(slots=True)
-class Broker:
+class Broker(LimitChecks):
     policy: ActivePolicy
     grants: GrantStore
     secrets: SecretSource
@@ -252,11 +247,9 @@ class Broker:
         names = sorted({hit.secret for hit in hits if hit.secret}
                        | {use.secret for use in templates})
         # What the request is for (LLM model rules) is judged before any secret is touched.
-        if policy.model_limited:
-            for name in names:
-                allowed = policy.policy.secrets[name].models
-                if allowed and (problem := model_problem(request, allowed, name)):
-                    return self._deny(request, grant, 403, MODEL_NOT_ALLOWED, problem)
+        if policy.model_limited and (refusal := self._llm_rule_refusal(
+                request, grant, policy, names)):
+            return refusal
         # A person's yes comes before anything is resolved, spent or recorded with a secret.
         if held := self._held_for_approval(request, grant, policy, names, approved_hold):
             return held
@@ -466,62 +459,6 @@ class Broker:
         return Allowed(grant_id=grant.id, injected=(plan.secret,), headers=plan.headers,
                        query=plan.query, reason=codes.RESIGNED, scrub=plan.scrub,
                        audit_seq=audit_record["seq"] if defer_durability else None)
-
-    @staticmethod
-    def _body_to_send(rewriter: RequestRewriter, body: bytes, changed: bool) -> bytes | None:
-        """The body with its placeholders swapped; also when only the proxy changed it."""
-        swapped = rewriter.body(body)
-        return body if swapped is None and changed else swapped
-
-    def _budget_reservations(self, request: OutboundRequest, grant: Grant,
-                             policy: ActivePolicy, names: list[str],
-                             wait: bool) -> Reserved | Denied:
-        """Hold the LLM budget reservations of this request (budget_keeper.py), or refuse."""
-        try:
-            reserved = self.budgets.reserve(request, grant, policy.policy, names, wait)
-        except GrantStoreBusy:
-            raise DecisionMustWait from None  # what was held is given back already
-        except GrantStoreError:
-            return self._deny(request, grant, 503, codes.GRANT_STORE_UNAVAILABLE,
-                              "the grant store cannot be used; nothing was sent")
-        if isinstance(reserved, Unbounded):
-            return self._deny(request, grant, reserved.status, reserved.code, reserved.message)
-        return reserved
-
-    def settle_budget(self, allowed: Allowed, usage: tuple[int, int] | None) -> dict[str, Any]:
-        """The answer of a budgeted request came (or never will): charge it; audit fields."""
-        if not allowed.budget:
-            return {}
-        return self.budgets.settle(allowed.grant_id, allowed.budget, usage,
-                                   self.policy.policy)
-
-    def _rate_refusal(self, request: OutboundRequest, grant: Grant, policy: ActivePolicy,
-                      names: list[str], now: datetime, wait: bool) -> Denied | None:
-        """429 when a secret this request carries is over the grant's rate (rate_limits.py).
-
-        Checked before the use is spent, so a refused request costs no use; each secret's
-        bucket is taken in turn, so a request refused for its second secret has spent one
-        step of its first (the rate errs on the side of fewer requests, never more).
-        """
-        for name in names:
-            rate = policy.policy.secrets[name].rate
-            if rate is None:
-                continue
-            try:
-                waiting = self.grants.take_rate(grant, name, rate, now, wait=wait)
-            except GrantStoreBusy:
-                raise DecisionMustWait from None  # nothing written or spent yet
-            except GrantStoreError:
-                return self._deny(request, grant, 503, codes.GRANT_STORE_UNAVAILABLE,
-                                  "the grant store cannot be used; nothing was sent")
-            if waiting > 0:
-                self.metrics.rate_limited.labels(name).inc()
-                retry = max(1, math.ceil(waiting))
-                denied = self._deny(request, grant, 429, codes.RATE_LIMITED,
-                                    f'this grant\'s rate for secret "{name}" is spent; '
-                                    f"retry in {retry}s")
-                return replace(denied, retry_after=retry)
-        return None
 
     def _spend_use(self, request: OutboundRequest, grant: Grant, now: datetime, reason: str,
                    values: dict[str, str], defer_durability: bool,

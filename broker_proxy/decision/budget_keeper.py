@@ -11,13 +11,9 @@ from dataclasses import dataclass, replace
 from fnmatch import fnmatchcase
 from typing import Any
 
-from broker_proxy.decision.llm_budget import (
-    BUDGET_EXHAUSTED,
-    Reservation,
-    Unbounded,
-    plan,
-)
+from broker_proxy.decision.llm_budget import BUDGET_EXHAUSTED, Unbounded, plan
 from broker_proxy.decision.outbound import OutboundRequest
+from broker_proxy.decision.reservation import Reservation
 from broker_proxy.grants.model import Grant
 from broker_proxy.grants.store import GrantStore, GrantStoreError
 from broker_proxy.metrics import BrokerMetrics

@@ -13,38 +13,19 @@ the stream reports its usage at the end.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any
 
 from broker_proxy.decision.model_rules import UnreadableModel, requested_models
 from broker_proxy.decision.outbound import OutboundRequest
+from broker_proxy.decision.reservation import Reservation
 from broker_proxy.policy.model import Budget, Price
 
 BUDGET_EXHAUSTED = "budget_exhausted"  # 429: the grant's tokens or dollars for a secret are spent
 BUDGET_REQUEST_UNREADABLE = "budget_request_unreadable"  # 400: cannot bound what it would spend
 MODEL_NOT_PRICED = "model_not_priced"  # 403: a cost budget and no price for the model
 _GEMINI_GENERATE = (":generateContent", ":streamGenerateContent")
-
-
-@dataclass(frozen=True, slots=True)
-class Reservation:
-    """What one request may spend through one secret, held until its answer settles it."""
-
-    secret: str
-    model: str | None
-    input_tokens: int
-    output_tokens: int
-    micro_usd: int
-    price: Price | None
-    agent: str | None = None  # the grant's agent, for the metrics' bounded agent label
-
-    def cost(self, tokens_in: int, tokens_out: int) -> int:
-        """Micro-dollars for this usage, rounded up."""
-        if self.price is None:
-            return 0
-        return math.ceil(tokens_in * self.price.input + tokens_out * self.price.output)
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # the type only: llm_budget reads OutboundRequest from here
-    from broker_proxy.decision.llm_budget import Reservation
+from broker_proxy.decision.reservation import Reservation
 
 # Stable error codes: scripts and dashboards match on these strings.
 PROXY_AUTH_REQUIRED = "proxy_auth_required"

@@ -168,3 +168,19 @@ def _entries(node: yaml.Node, path: str, checker: NodeChecker
         if isinstance(key, yaml.ScalarNode):
             found.append((str(key.value), key, value))
     return found
+
+
+_TOOL_KIND = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
+
+
+def parse_hosted_tools(node: yaml.Node, path: str, checker: NodeChecker) -> frozenset[str]:
+    """The secret's ``hosted_tools``: kinds such as web_search or mcp; [] allows none."""
+    listed = checker.strings(node, path, "a list of hosted tool kinds such as web_search")
+    kinds = set()
+    for item_path, item, value in listed or ():
+        if not _TOOL_KIND.fullmatch(value):
+            checker.report(item, item_path, "a hosted tool kind is a name such as web_search, "
+                                            "web_fetch, code_execution or mcp")
+            continue
+        kinds.add(value)
+    return frozenset(kinds)

@@ -48,7 +48,13 @@ from broker_proxy.policy.inject_fields import (
     parse_inject,
     parse_placeholder_format,
 )
-from broker_proxy.policy.limit_fields import parse_budget, parse_models, parse_prices, parse_rate
+from broker_proxy.policy.limit_fields import (
+    parse_budget,
+    parse_hosted_tools,
+    parse_models,
+    parse_prices,
+    parse_rate,
+)
 from broker_proxy.policy.model import (
     BASIC_PLACE,
     DEFAULT_METHODS,
@@ -657,6 +663,8 @@ def _secret(name: str, key: yaml.Node, node: yaml.Node, path: str,
         if "models" in fields else ()
     budget = parse_budget(fields["budget"][1], _join(path, "budget"), checker) \
         if "budget" in fields else None
+    hosted_tools = parse_hosted_tools(fields["hosted_tools"][1], _join(path, "hosted_tools"),
+                                      checker) if "hosted_tools" in fields else None
     if source is None or placeholder is None:
         return None
     return SecretPolicy(name=name, source=source, command=command, placeholder=placeholder,
@@ -666,7 +674,7 @@ def _secret(name: str, key: yaml.Node, node: yaml.Node, path: str,
                         placeholder_format=kinds.placeholder_format,
                         cache_ttl=kinds.cache_ttl, timeout=kinds.timeout, sign=sign,
                         per_request_approval=per_request, rate=rate,
-                        models=models, budget=budget)
+                        models=models, budget=budget, hosted_tools=hosted_tools)
 
 
 class _TemplateKinds(NamedTuple):

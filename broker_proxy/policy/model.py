@@ -148,6 +148,14 @@ class SecretPolicy:
     models: tuple[str, ...] = ()
     # Token and cost caps per grant (llm_budget.py); None: unlimited.
     budget: Budget | None = None
+    # Hosted tool kinds (web_search, mcp, ...) an LLM request may ask the vendor to run
+    # (decision/hosted_tools.py); None: the field is absent.
+    hosted_tools: frozenset[str] | None = None
+
+    @property
+    def llm_rules(self) -> bool:
+        """Whether requests carrying this secret are read as LLM requests (tools, models)."""
+        return bool(self.models) or self.budget is not None or self.hosted_tools is not None
 
 
 @dataclass(frozen=True, slots=True)

@@ -129,6 +129,12 @@ MAPPINGS: dict[str, Mapping] = {
                    "description": 'model globs LLM requests carrying this secret may ask for, '
                                   'e.g. ["gpt-4o-mini", "claude-*"]; others get 403 '
                                   "model_not_allowed"},
+        "hosted_tools": {"type": "array", "uniqueItems": True,
+                         "items": {"type": "string", "pattern": "^[A-Za-z][A-Za-z0-9_]{0,63}$"},
+                         "description": "vendor-run tools an LLM request may ask for: "
+                                        "web_search, web_fetch, code_execution, mcp, "
+                                        "file_search, image_generation; others get 403 "
+                                        "hosted_tool_not_allowed"},
         "budget": {**kind("budget"),
                    "description": "what one grant may spend through this LLM key; over it "
                                   "429 budget_exhausted (docs/limits.md)"},

@@ -1,0 +1,28 @@
+"""What one LLM request may spend through one secret: a plain value the verdict carries from
+admission (llm_budget.py) to settling (budget_keeper.py)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from broker_proxy.policy.model import Price
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """What one request may spend through one secret, held until its answer settles it."""
+
+    secret: str
+    model: str | None
+    input_tokens: int
+    output_tokens: int
+    micro_usd: int
+    price: Price | None
+    agent: str | None = None  # the grant's agent, for the metrics' bounded agent label
+
+    def cost(self, tokens_in: int, tokens_out: int) -> int:
+        """Micro-dollars for this usage, rounded up."""
+        if self.price is None:
+            return 0
+        return math.ceil(tokens_in * self.price.input + tokens_out * self.price.output)
