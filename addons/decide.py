@@ -139,6 +139,7 @@ class Decide:
 
     def done(self) -> None:
         self._audit_sync.stop()
+        self.broker.budgets.close()  # budget settlements still on their thread land first
 
     def _durable_or_denied(self, verdict: Allowed) -> Verdict:
         return self.broker.make_durable(verdict) or verdict

@@ -1,9 +1,10 @@
 """A local stand-in for the LLM APIs, answering in each one's documented shapes.
 
 OpenAI Chat Completions and Responses, Anthropic Messages and Gemini generateContent, as JSON or
-as a server-sent event stream (when the request asks for one), gzip-compressed when the request
-carries ``X-Test-Gzip: 1``. Each answer reports the usage in ``USAGE`` (input, output tokens),
-where that API puts it; with ``X-Test-No-Usage: 1`` it reports none.
+as a server-sent event stream (when the request asks for one); gzip-compressed when the request
+carries ``X-Test-Gzip: 1``, over 1 MiB (so the proxy streams it) with ``X-Test-Large: 1``. Each
+answer reports the usage in ``USAGE`` (input, output tokens) where that API puts it; with
+``X-Test-No-Usage: 1`` it reports none.
 """
 
 from __future__ import annotations
@@ -145,6 +146,9 @@ def llm_reply(request: ReceivedRequest) -> tuple[int, dict[str, str], bytes]:
     else:
         kind, body = _gemini(stream, usage)
     headers = {"Content-Type": kind}
+    if request.header("X-Test-Large") == "1" and kind == "text/event-stream":
+        # Over the proxy's 1 MiB buffering threshold: the answer goes through as a stream.
+        body = b": padding\n\n" * 100_000 + body
     if request.header("X-Test-Gzip") == "1":
         body = gzip.compress(body)
         headers["Content-Encoding"] = "gzip"

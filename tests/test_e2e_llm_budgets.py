@@ -241,6 +241,24 @@ def test_tokens_are_counted_with_bounded_labels(llm: LlmStack) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+LARGE = {"X-Test-Large": "1"}
+
+
+def test_usage_is_read_from_an_answer_the_proxy_streams(llm: LlmStack) -> None:
+    """Over 1 MiB, the answer is scrubbed and metered as it streams, not buffered."""
+    issued = llm.issue("openai", "anthropic")
+    chunks = list(llm.openai(issued.token).chat.completions.create(
+        model="gpt-4o-mini", messages=HI, max_tokens=40, stream=True, extra_headers=LARGE))
+    assert chunks[-1].usage is not None
+    with llm.anthropic(issued.token).messages.stream(
+            model="claude-haiku-4-5", max_tokens=30, messages=HI,
+            extra_headers=LARGE) as stream:
+        assert stream.get_final_message().usage.output_tokens == USAGE[1]
+    records = _responses(llm, issued.grant.id)
+    assert [(r["input_tokens"], r["output_tokens"], r["usage"]) for r in records] == [
+        (*USAGE, "reported"), (*USAGE, "reported")]
+
+
 # -- the meter alone ---------------------------------------------------------------------------
 
 

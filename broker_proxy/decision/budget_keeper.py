@@ -7,6 +7,7 @@ calls, the metrics and the audit fields of token use (llm_budget.py plans, llm_u
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from fnmatch import fnmatchcase
 from typing import Any
@@ -15,7 +16,7 @@ from broker_proxy.decision.llm_budget import BUDGET_EXHAUSTED, Unbounded, plan
 from broker_proxy.decision.outbound import OutboundRequest
 from broker_proxy.decision.reservation import Reservation
 from broker_proxy.grants.model import Grant
-from broker_proxy.grants.store import GrantStore, GrantStoreError
+from broker_proxy.grants.store import GrantStore, GrantStoreBusy, GrantStoreError
 from broker_proxy.metrics import BrokerMetrics
 from broker_proxy.policy.model import Policy, SecretPolicy
 
@@ -49,6 +50,10 @@ class BudgetKeeper:
     def __init__(self, grants: GrantStore, metrics: BrokerMetrics) -> None:
         self.grants = grants
         self.metrics = metrics
+        # Settling runs in the answer's hook, on the proxy's event loop: a store call that
+        # would wait (a Redis round trip, a SQLite lock another process holds) goes to this
+        # thread instead. Until it lands the reservation stays held: stricter, never looser.
+        self._settler = ThreadPoolExecutor(max_workers=1, thread_name_prefix="budget-settle")
 
     def reserve(self, request: OutboundRequest, grant: Grant, policy: Policy,
                 names: list[str], wait: bool) -> Reserved | Unbounded:
@@ -100,10 +105,7 @@ class BudgetKeeper:
         fields: dict[str, Any] = {}
         for ticket in tickets:
             used = _held(ticket) if usage is None else (usage[0], usage[1], ticket.cost(*usage))
-            try:
-                self.grants.settle_budget(grant_id, ticket.secret, _held(ticket), used)
-            except GrantStoreError as error:
-                log.warning("budget settle failed: %s", error)
+            self._store_settlement(grant_id, ticket, used)
             secret = policy.secrets.get(ticket.secret)
             label = model_label(ticket.model, secret, policy) if secret else "other"
             agent_label = ticket.agent if ticket.agent in policy.agents else "other"
@@ -115,6 +117,32 @@ class BudgetKeeper:
                       "cost_usd": used[2] / 1_000_000,
                       "usage": "reported" if usage is not None else "unreadable"}
         return fields
+
+
+    def _store_settlement(self, grant_id: str, ticket: Reservation,
+                          used: tuple[int, int, int]) -> None:
+        if not self.grants.remote:
+            try:
+                self.grants.settle_budget(grant_id, ticket.secret, _held(ticket), used,
+                                          wait=False)
+                return
+            except GrantStoreBusy:
+                pass  # another writer holds the lock: settle on the thread
+            except GrantStoreError as error:
+                log.warning("budget settle failed: %s", error)
+                return
+        self._settler.submit(self._settle_waiting, grant_id, ticket, used)
+
+    def _settle_waiting(self, grant_id: str, ticket: Reservation,
+                        used: tuple[int, int, int]) -> None:
+        try:
+            self.grants.settle_budget(grant_id, ticket.secret, _held(ticket), used)
+        except GrantStoreError as error:  # stays held: counted as spent, never as free
+            log.warning("budget settle failed: %s", error)
+
+    def close(self) -> None:
+        """Wait for settlements in flight (the proxy is stopping)."""
+        self._settler.shutdown(wait=True)
 
 
 def _held(ticket: Reservation) -> tuple[int, int, int]:

@@ -399,7 +399,7 @@ class RedisGrantStore:
         return text or None
 
     def settle_budget(self, grant_id: str, secret: str, held: tuple[int, int, int],
-                      used: tuple[int, int, int]) -> None:
+                      used: tuple[int, int, int], *, wait: bool = True) -> None:
         """Release a reservation and charge what the answer used."""
         with self._talking():
             self._settle_budget(keys=[_budget_key(grant_id, secret)], args=[*held, *used])

@@ -282,9 +282,10 @@ class SqliteGrantStore:
             return budgets.sqlite_reserve(conn, grant.id, secret, caps, asked)
 
     def settle_budget(self, grant_id: str, secret: str, held: tuple[int, int, int],
-                      used: tuple[int, int, int]) -> None:
-        """Release a reservation and charge what the answer used."""
-        with self._rates() as conn:
+                      used: tuple[int, int, int], *, wait: bool = True) -> None:
+        """Release a reservation and charge what the answer used; `wait` as for
+        `reserve_use`."""
+        with self._rates(wait=wait) as conn:
             budgets.sqlite_settle(conn, grant_id, secret, held, used)
 
     def budget_use(self, grant_id: str) -> dict[str, budgets.BudgetUse]:

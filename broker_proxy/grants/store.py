@@ -134,7 +134,7 @@ class GrantStore(Protocol):
         ...
 
     def settle_budget(self, grant_id: str, secret: str, held: tuple[int, int, int],
-                      used: tuple[int, int, int]) -> None:
+                      used: tuple[int, int, int], *, wait: bool = True) -> None:
         """Release a reservation and charge what the answer used."""
         ...
 
