@@ -225,6 +225,14 @@ def test_a_model_without_a_price_is_refused_under_a_cost_budget(llm: LlmStack) -
     assert raised.value.response.json()["error"] == "model_not_priced"
 
 
+def test_a_request_that_names_no_model_needs_no_price(llm: LlmStack) -> None:
+    issued = llm.issue("openai")
+    with llm.http(issued.token) as client:
+        answer = client.get("https://api.openai.com/v1/models",
+                            headers={"Authorization": f"Bearer {PLACEHOLDERS['openai']}"})
+    assert answer.status_code == 200
+
+
 def test_tokens_are_counted_with_bounded_labels(llm: LlmStack) -> None:
     issued = llm.issue("openai")
     client = llm.openai(issued.token)

@@ -84,7 +84,9 @@ def plan(request: OutboundRequest, secret: str, budget: Budget,
             rewritten = True
         output *= _choices(document, path)
     price = None
-    if budget.micro_usd is not None:
+    # A request that names no model and generates nothing (GET /v1/models, a file upload) is
+    # not priced; anything else under a cost budget must be.
+    if budget.micro_usd is not None and (model is not None or generates):
         found_price = price_of(model, prices)
         if found_price is None:
             shown = json.dumps((model or "")[:100]) if model else "an unnamed model"
