@@ -1,15 +1,17 @@
 """Request rates per grant through the real proxy: 429 rate_limited with Retry-After, audited
 and counted, and exact under 200 concurrent requests with one process, `--workers 2` and two
-replicas sharing Redis."""
+replicas sharing Redis; and the cap on requests in flight (429 concurrency_limited)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import secrets
 import shutil
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +21,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from broker_proxy.audit.log import load_key
+from broker_proxy.devtools.echo_server import EchoServer, ReceivedRequest
 from broker_proxy.devtools.local_pki import LocalPki
 from broker_proxy.devtools.proxy_process import ProxyProcess
 from broker_proxy.devtools.redis_server import RedisServer
@@ -230,3 +233,36 @@ def test_two_replicas_on_redis_share_one_bucket(tmp_path: Path, pki: LocalPki,
         for proxy in proxies:
             proxy.stop()
         redis_server.stop()
+
+
+# -- concurrency ------------------------------------------------------------------------------
+
+
+def _slow_reply(request: ReceivedRequest) -> tuple[int, dict[str, str], bytes]:
+    time.sleep(3)  # long enough that every request of the burst arrives while two are held
+    return 200, {"Content-Type": "application/json"}, b'{"ok": true}'
+
+
+def test_concurrency_caps_requests_in_flight(tmp_path: Path, pki: LocalPki,
+                                             upstreams: Upstreams) -> None:
+    slow = EchoServer(pki.cert_path, pki.key_path, reply=_slow_reply).start()
+    policy = E2E_POLICY.replace("    env: API_KEY\n", "    env: API_KEY\n    concurrency: 2\n")
+    stack = start_stack(tmp_path, pki, dataclasses.replace(upstreams, api=slow), policy=policy)
+    try:
+        grant = stack.issue("api_key")
+        url = stack.url(slow, API_HOST, "/v1/slow")
+        with ThreadPoolExecutor(max_workers=10) as pool:
+            answers = list(pool.map(
+                lambda _: via_httpx(stack, grant.token, "GET", url, headers=AUTH), range(10)))
+        assert sorted(a.status for a in answers) == [200] * 2 + [429] * 8
+        refused = next(a for a in answers if a.status == 429)
+        assert refused.json()["error"] == "concurrency_limited"
+        assert refused.headers["retry-after"] == "1"
+        # The slots came back with the answers.
+        assert via_httpx(stack, grant.token, "GET", url, headers=AUTH).status == 200
+        shown = json.loads(_cli(stack, "grant", "show", grant.grant.id, "--policy",
+                                str(stack.policy_file), "--json").stdout)
+        assert shown["budget"]["api_key"]["requests_in_flight"] == 0
+    finally:
+        stack.proxy.stop()
+        slow.stop()

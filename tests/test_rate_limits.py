@@ -196,23 +196,55 @@ def test_issue_may_ask_for_less_never_more(tmp_path: Path) -> None:
 def test_a_budget_holds_reservations_and_settles_usage(store: GrantStore) -> None:
     grant, _ = make_grant()
     store.create(grant)
-    caps = (None, 100, 5_000_000)
-    assert store.reserve_budget(grant, "openai", caps, (50, 60, 1000)) is None
-    assert store.reserve_budget(grant, "openai", caps, (50, 60, 1000)) == "output_tokens"
-    store.settle_budget(grant.id, "openai", (50, 60, 1000), (11, 7, 10))
+    caps = (None, 100, 5_000_000, None)
+    assert store.reserve_budget(grant, "openai", caps, (50, 60, 1000, 0)) is None
+    assert store.reserve_budget(grant, "openai", caps, (50, 60, 1000, 0)) == "output_tokens"
+    store.settle_budget(grant.id, "openai", (50, 60, 1000, 0), (11, 7, 10, 0))
     use = store.budget_use(grant.id)["openai"]
-    assert (use.used, use.held) == ((11, 7, 10), (0, 0, 0))
-    assert store.reserve_budget(grant, "openai", caps, (50, 93, 1000)) is None
-    assert store.reserve_budget(grant, "openai", caps, (1, 1, 1)) == "output_tokens"
-    assert store.reserve_budget(grant, "openai", (None, None, 2000), (1, 0, 1991)) \
+    assert (use.used, use.held) == ((11, 7, 10, 0), (0, 0, 0, 0))
+    assert store.reserve_budget(grant, "openai", caps, (50, 93, 1000, 0)) is None
+    assert store.reserve_budget(grant, "openai", caps, (1, 1, 1, 0)) == "output_tokens"
+    assert store.reserve_budget(grant, "openai", (None, None, 2000, None), (1, 0, 1991, 0)) \
         == "micro_usd"
+
+
+def test_concurrency_holds_slots_until_they_are_given_back(store: GrantStore) -> None:
+    grant, _ = make_grant()
+    store.create(grant)
+    caps = (None, None, None, 2)
+    assert [store.reserve_budget(grant, "gh", caps, (0, 0, 0, 1)) for _ in range(3)] == [
+        None, None, "requests"]
+    store.settle_budget(grant.id, "gh", (0, 0, 0, 1), (0, 0, 0, 0))
+    assert store.reserve_budget(grant, "gh", caps, (0, 0, 0, 1)) is None
+    assert store.budget_use(grant.id)["gh"].held == (0, 0, 0, 2)
 
 
 def test_threads_never_hold_more_than_the_budget(store: GrantStore) -> None:
     grant, _ = make_grant()
     store.create(grant)
     with ThreadPoolExecutor(max_workers=8) as pool:
-        held = list(pool.map(lambda _: store.reserve_budget(grant, "openai", (None, 95, None),
-                                                            (3, 10, 0)), range(100)))
+        held = list(pool.map(lambda _: store.reserve_budget(
+            grant, "openai", (None, 95, None, None), (3, 10, 0, 0)), range(100)))
     assert held.count(None) == 9
-    assert store.budget_use(grant.id)["openai"].held == (27, 90, 0)
+    assert store.budget_use(grant.id)["openai"].held == (27, 90, 0, 0)
+
+
+# -- policy diff --------------------------------------------------------------------------------
+
+
+def test_policy_diff_flags_a_raised_limit_as_widening() -> None:
+    from broker_proxy.policy.diff import diff_policies
+
+    old = load_policy_text(POLICY.replace("    burst: 10\n", "    burst: 10\n    concurrency: 4\n"
+                                          "    models: [gpt-4o-mini]\n"))
+    raised = load_policy_text(POLICY.replace("rate: 60/minute", "rate: 120/minute").replace(
+        "    burst: 10\n", "    burst: 10\n    concurrency: 2\n"
+        '    models: [gpt-4o-mini, "gpt-5*"]\n    hosted_tools: [web_search]\n'))
+    changes = {(c.detail, c.widening) for c in diff_policies(old, raised)}
+    assert ("rate 60/minute (burst 10) -> 120/minute (burst 10)", True) in changes
+    assert ("concurrency now 2", False) in changes
+    assert ("models: gpt-5* added", True) in changes
+    assert ("hosted tools now allowed: web_search", True) in changes
+    dropped = {(c.detail, c.widening) for c in diff_policies(raised, load_policy_text(POLICY))}
+    assert ("rate 120/minute (burst 10) removed", True) not in dropped  # still rated: lower
+    assert ("concurrency 2 removed", True) in dropped

@@ -195,21 +195,23 @@ def _budget_view(args: argparse.Namespace, store: GrantStore,
             else (None, None, None)
         entry: dict[str, object] = {}
         for dimension, cap, used, held in zip(("input_tokens", "output_tokens", "cost_usd"),
-                                             caps, spent.used, spent.held, strict=True):
+                                             caps, spent.used[:3], spent.held[:3], strict=True):
             scale = 1_000_000 if dimension == "cost_usd" else 1
             entry[dimension] = {"used": used / scale if scale > 1 else used,
                                 "in_flight": held / scale if scale > 1 else held,
                                 "left": None if cap is None else
                                 (max(0, cap - used - held) / scale if scale > 1
                                  else max(0, cap - used - held))}
+        entry["requests_in_flight"] = spent.held[3] if len(spent.held) > 3 else 0
         view[name] = entry
     return view
 
 
 def _budget_text(name: str, view: dict[str, object]) -> str:
-    parts = []
+    parts = [f"{view['requests_in_flight']} requests in flight"]
     for dimension, numbers in view.items():
-        assert isinstance(numbers, dict)
+        if not isinstance(numbers, dict):
+            continue
         left = "" if numbers["left"] is None else f", {numbers['left']:g} left"
         parts.append(f"{dimension} {numbers['used']:g} used{left}")
     return f"{name}: " + "; ".join(parts)

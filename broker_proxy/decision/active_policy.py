@@ -30,7 +30,8 @@ class ActivePolicy:
     # Secrets with LLM rules (models, budget, hosted_tools): the body of a request carrying
     # one is read for its model and hosted tools (model_rules.py, hosted_tools.py).
     model_limited: frozenset[str] = frozenset()
-    # Secrets with an LLM budget (llm_budget.py): their requests are planned and reserved.
+    # Secrets with an LLM budget or a concurrency cap (budget_keeper.py): their requests hold a
+    # reservation in the store until their answer settles it.
     budgeted_secrets: frozenset[str] = frozenset()
     # When this policy started to serve (start-up or reload), for the console's policy page.
     loaded_at: datetime = field(default_factory=utc_now, compare=False)
@@ -50,7 +51,8 @@ class ActivePolicy:
             model_limited=frozenset(name for name, secret in policy.secrets.items()
                                     if secret.llm_rules),
             budgeted_secrets=frozenset(name for name, secret in policy.secrets.items()
-                                       if secret.budget is not None),
+                                       if secret.budget is not None
+                                       or secret.concurrency is not None),
             index=DestinationIndex(policy),
             scanner=PlaceholderScanner(
                 {n: s.placeholder for n, s in policy.secrets.items()},

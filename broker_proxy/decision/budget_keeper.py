@@ -12,7 +12,12 @@ from dataclasses import dataclass, replace
 from fnmatch import fnmatchcase
 from typing import Any
 
-from broker_proxy.decision.llm_budget import BUDGET_EXHAUSTED, Unbounded, plan
+from broker_proxy.decision.llm_budget import (
+    BUDGET_EXHAUSTED,
+    CONCURRENCY_LIMITED,
+    Unbounded,
+    plan,
+)
 from broker_proxy.decision.outbound import OutboundRequest
 from broker_proxy.decision.reservation import Reservation
 from broker_proxy.grants.model import Grant
@@ -23,7 +28,7 @@ from broker_proxy.policy.model import Policy, SecretPolicy
 log = logging.getLogger("broker_proxy")
 
 _WORDS = {"input_tokens": "input tokens", "output_tokens": "output tokens",
-          "micro_usd": "cost"}
+          "micro_usd": "cost", "requests": "concurrent requests"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,22 +70,33 @@ class BudgetKeeper:
         changed = False
         try:
             for name in names:
-                budget = policy.secrets[name].budget
-                if budget is None:
+                secret = policy.secrets[name]
+                budget = secret.budget
+                if budget is None and secret.concurrency is None:
                     continue
-                planned = plan(request, name, budget, policy.prices)
-                if isinstance(planned, Unbounded):
-                    self.release(grant.id, tuple(tickets))
-                    return planned
-                ticket, body = planned
-                ticket = replace(ticket, agent=grant.agent)
-                if body is not None:
-                    request, changed = replace(request, body=body), True
-                caps = (budget.input_tokens, budget.output_tokens, budget.micro_usd)
-                asked = (ticket.input_tokens, ticket.output_tokens, ticket.micro_usd)
-                over = self.grants.reserve_budget(grant, name, caps, asked, wait=wait)
+                if budget is not None:
+                    planned = plan(request, name, budget, policy.prices)
+                    if isinstance(planned, Unbounded):
+                        self.release(grant.id, tuple(tickets))
+                        return planned
+                    ticket, body = planned
+                    if body is not None:
+                        request, changed = replace(request, body=body), True
+                else:
+                    ticket = Reservation(name, None, 0, 0, 0, None, budgeted=False)
+                ticket = replace(ticket, agent=grant.agent,
+                                 slot=1 if secret.concurrency is not None else 0)
+                caps = (budget.input_tokens, budget.output_tokens, budget.micro_usd) \
+                    if budget is not None else (None, None, None)
+                over = self.grants.reserve_budget(grant, name, (*caps, secret.concurrency),
+                                                  _held(ticket), wait=wait)
                 if over is not None:
                     self.release(grant.id, tuple(tickets))
+                    if over == "requests":
+                        self.metrics.rate_limited.labels(name).inc()
+                        return Unbounded(429, CONCURRENCY_LIMITED,
+                                         f"this grant already has {secret.concurrency} "
+                                         f'requests with secret "{name}" in flight')
                     self.metrics.budget_refusals.labels(name, over).inc()
                     return Unbounded(429, BUDGET_EXHAUSTED,
                                      f'this grant\'s {_WORDS[over]} budget for secret "{name}" '
@@ -95,7 +111,7 @@ class BudgetKeeper:
         """A request admitted against the budget did not leave: give its reservations back."""
         for ticket in tickets:
             try:
-                self.grants.settle_budget(grant_id, ticket.secret, _held(ticket), (0, 0, 0))
+                self.grants.settle_budget(grant_id, ticket.secret, _held(ticket), (0, 0, 0, 0))
             except GrantStoreError as error:  # stays held: counted as spent, never as free
                 log.warning("budget release failed: %s", error)
 
@@ -104,8 +120,15 @@ class BudgetKeeper:
         """Charge the answer's usage (or, unread, each whole reservation); the audit fields."""
         fields: dict[str, Any] = {}
         for ticket in tickets:
-            used = _held(ticket) if usage is None else (usage[0], usage[1], ticket.cost(*usage))
+            if not ticket.budgeted:
+                used = (0, 0, 0, 0)  # only the slot is given back
+            elif usage is None:
+                used = (ticket.input_tokens, ticket.output_tokens, ticket.micro_usd, 0)
+            else:
+                used = (usage[0], usage[1], ticket.cost(*usage), 0)
             self._store_settlement(grant_id, ticket, used)
+            if not ticket.budgeted:
+                continue
             secret = policy.secrets.get(ticket.secret)
             label = model_label(ticket.model, secret, policy) if secret else "other"
             agent_label = ticket.agent if ticket.agent in policy.agents else "other"
@@ -120,7 +143,7 @@ class BudgetKeeper:
 
 
     def _store_settlement(self, grant_id: str, ticket: Reservation,
-                          used: tuple[int, int, int]) -> None:
+                          used: tuple[int, int, int, int]) -> None:
         if not self.grants.remote:
             try:
                 self.grants.settle_budget(grant_id, ticket.secret, _held(ticket), used,
@@ -134,7 +157,7 @@ class BudgetKeeper:
         self._settler.submit(self._settle_waiting, grant_id, ticket, used)
 
     def _settle_waiting(self, grant_id: str, ticket: Reservation,
-                        used: tuple[int, int, int]) -> None:
+                        used: tuple[int, int, int, int]) -> None:
         try:
             self.grants.settle_budget(grant_id, ticket.secret, _held(ticket), used)
         except GrantStoreError as error:  # stays held: counted as spent, never as free
@@ -145,5 +168,5 @@ class BudgetKeeper:
         self._settler.shutdown(wait=True)
 
 
-def _held(ticket: Reservation) -> tuple[int, int, int]:
-    return ticket.input_tokens, ticket.output_tokens, ticket.micro_usd
+def _held(ticket: Reservation) -> tuple[int, int, int, int]:
+    return ticket.input_tokens, ticket.output_tokens, ticket.micro_usd, ticket.slot

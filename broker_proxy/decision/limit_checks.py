@@ -15,7 +15,7 @@ from broker_proxy.decision import outbound as codes
 from broker_proxy.decision.active_policy import ActivePolicy
 from broker_proxy.decision.budget_keeper import BudgetKeeper, Reserved
 from broker_proxy.decision.hosted_tools import HOSTED_TOOL_NOT_ALLOWED, hosted_tool_problem
-from broker_proxy.decision.llm_budget import Unbounded
+from broker_proxy.decision.llm_budget import CONCURRENCY_LIMITED, Unbounded
 from broker_proxy.decision.model_rules import MODEL_NOT_ALLOWED, model_problem
 from broker_proxy.decision.outbound import Allowed, Denied, OutboundRequest
 from broker_proxy.decision.request_scan import RequestRewriter
@@ -71,7 +71,11 @@ class LimitChecks:
             return self._deny(request, grant, 503, codes.GRANT_STORE_UNAVAILABLE,
                               "the grant store cannot be used; nothing was sent")
         if isinstance(reserved, Unbounded):
-            return self._deny(request, grant, reserved.status, reserved.code, reserved.message)
+            denied = self._deny(request, grant, reserved.status, reserved.code,
+                                reserved.message)
+            # A slot frees when an answer completes: worth trying again soon.
+            return replace(denied, retry_after=1) if reserved.code == CONCURRENCY_LIMITED \
+                else denied
         return reserved
 
     def settle_budget(self, allowed: Allowed, usage: tuple[int, int] | None) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from broker_proxy.policy.model import Budget, Price
 
 BUDGET_EXHAUSTED = "budget_exhausted"  # 429: the grant's tokens or dollars for a secret are spent
 BUDGET_REQUEST_UNREADABLE = "budget_request_unreadable"  # 400: cannot bound what it would spend
+CONCURRENCY_LIMITED = "concurrency_limited"  # 429: the grant has its requests at once in flight
 MODEL_NOT_PRICED = "model_not_priced"  # 403: a cost budget and no price for the model
 _GEMINI_GENERATE = (":generateContent", ":streamGenerateContent")
 

@@ -20,6 +20,8 @@ class Reservation:
     micro_usd: int
     price: Price | None
     agent: str | None = None  # the grant's agent, for the metrics' bounded agent label
+    slot: int = 0  # 1: holds one of the secret's concurrent requests (policy ``concurrency``)
+    budgeted: bool = True  # False: only a concurrency slot, no tokens to charge or report
 
     def cost(self, tokens_in: int, tokens_out: int) -> int:
         """Micro-dollars for this usage, rounded up."""

@@ -385,7 +385,7 @@ class RedisGrantStore:
         return found
 
     def reserve_budget(self, grant: Grant, secret: str, caps: tuple[int | None, ...],
-                       asked: tuple[int, int, int], *, wait: bool = True) -> str | None:
+                       asked: tuple[int, int, int, int], *, wait: bool = True) -> str | None:
         """Hold ``asked`` against the grant's budget for ``secret`` (budgets.py): None when
         held, else the dimension over its cap. One Lua script: atomic across replicas."""
         keep_until = _to_micros(grant.expires_at) // 1000 + 60_000
@@ -398,8 +398,8 @@ class RedisGrantStore:
             raise GrantStoreError(f"grant store {self._where} gave an unknown answer")
         return text or None
 
-    def settle_budget(self, grant_id: str, secret: str, held: tuple[int, int, int],
-                      used: tuple[int, int, int], *, wait: bool = True) -> None:
+    def settle_budget(self, grant_id: str, secret: str, held: tuple[int, int, int, int],
+                      used: tuple[int, int, int, int], *, wait: bool = True) -> None:
         """Release a reservation and charge what the answer used."""
         with self._talking():
             self._settle_budget(keys=[_budget_key(grant_id, secret)], args=[*held, *used])
@@ -410,11 +410,10 @@ class RedisGrantStore:
         with self._talking():
             for key in self._client.scan_iter(match=_budget_key(grant_id, "*"), count=1000):
                 values = self._client.hmget(key, "used_in", "used_out", "used_usd", "held_in",
-                                            "held_out", "held_usd")
+                                            "held_out", "held_usd", "held_req")
                 numbers = [int(v or 0) for v in values]
                 name = key.decode().rsplit(":", 1)[1]
-                found[name] = budgets.BudgetUse((numbers[0], numbers[1], numbers[2]),
-                                                (numbers[3], numbers[4], numbers[5]))
+                found[name] = budgets.BudgetUse((*numbers[:3], 0), tuple(numbers[3:]))
         return found
 
     def approve(self, grant_id: str, by: str, now: datetime) -> Grant:

@@ -274,15 +274,15 @@ class SqliteGrantStore:
             return rate_limits.sqlite_own_rates(conn, grant_id)
 
     def reserve_budget(self, grant: Grant, secret: str, caps: tuple[int | None, ...],
-                       asked: tuple[int, int, int], *, wait: bool = True) -> str | None:
+                       asked: tuple[int, int, int, int], *, wait: bool = True) -> str | None:
         """Hold ``asked`` (input, output tokens, micro-dollars) against the grant's budget for
         ``secret`` (budgets.py): None when held, else the dimension it would take past its
         cap. Atomic like `reserve_use`."""
         with self._rates(wait=wait) as conn:
             return budgets.sqlite_reserve(conn, grant.id, secret, caps, asked)
 
-    def settle_budget(self, grant_id: str, secret: str, held: tuple[int, int, int],
-                      used: tuple[int, int, int], *, wait: bool = True) -> None:
+    def settle_budget(self, grant_id: str, secret: str, held: tuple[int, int, int, int],
+                      used: tuple[int, int, int, int], *, wait: bool = True) -> None:
         """Release a reservation and charge what the answer used; `wait` as for
         `reserve_use`."""
         with self._rates(wait=wait) as conn:

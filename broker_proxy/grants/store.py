@@ -128,13 +128,13 @@ class GrantStore(Protocol):
         ...
 
     def reserve_budget(self, grant: Grant, secret: str, caps: tuple[int | None, ...],
-                       asked: tuple[int, int, int], *, wait: bool = True) -> str | None:
+                       asked: tuple[int, int, int, int], *, wait: bool = True) -> str | None:
         """Hold an LLM request's reservation against the grant's budget (budgets.py),
         atomic like `reserve_use`: None when held, else the dimension over its cap."""
         ...
 
-    def settle_budget(self, grant_id: str, secret: str, held: tuple[int, int, int],
-                      used: tuple[int, int, int], *, wait: bool = True) -> None:
+    def settle_budget(self, grant_id: str, secret: str, held: tuple[int, int, int, int],
+                      used: tuple[int, int, int, int], *, wait: bool = True) -> None:
         """Release a reservation and charge what the answer used."""
         ...
 

@@ -663,6 +663,12 @@ def _secret(name: str, key: yaml.Node, node: yaml.Node, path: str,
         if "models" in fields else ()
     budget = parse_budget(fields["budget"][1], _join(path, "budget"), checker) \
         if "budget" in fields else None
+    concurrency = None
+    if "concurrency" in fields:
+        concurrency = checker.integer(fields["concurrency"][1], _join(path, "concurrency"))
+        if concurrency is not None and not 1 <= concurrency <= 100_000:
+            checker.report(fields["concurrency"][1], _join(path, "concurrency"),
+                           "must be from 1 to 100000")
     hosted_tools = parse_hosted_tools(fields["hosted_tools"][1], _join(path, "hosted_tools"),
                                       checker) if "hosted_tools" in fields else None
     if source is None or placeholder is None:
@@ -674,7 +680,8 @@ def _secret(name: str, key: yaml.Node, node: yaml.Node, path: str,
                         placeholder_format=kinds.placeholder_format,
                         cache_ttl=kinds.cache_ttl, timeout=kinds.timeout, sign=sign,
                         per_request_approval=per_request, rate=rate,
-                        models=models, budget=budget, hosted_tools=hosted_tools)
+                        models=models, budget=budget, hosted_tools=hosted_tools,
+                        concurrency=concurrency)
 
 
 class _TemplateKinds(NamedTuple):

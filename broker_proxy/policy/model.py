@@ -148,6 +148,8 @@ class SecretPolicy:
     models: tuple[str, ...] = ()
     # Token and cost caps per grant (llm_budget.py); None: unlimited.
     budget: Budget | None = None
+    # Requests carrying this secret one grant may have in flight at once; None: no cap.
+    concurrency: int | None = None
     # Hosted tool kinds (web_search, mcp, ...) an LLM request may ask the vendor to run
     # (decision/hosted_tools.py); None: the field is absent.
     hosted_tools: frozenset[str] | None = None

@@ -135,6 +135,9 @@ MAPPINGS: dict[str, Mapping] = {
                                         "web_search, web_fetch, code_execution, mcp, "
                                         "file_search, image_generation; others get 403 "
                                         "hosted_tool_not_allowed"},
+        "concurrency": {"type": "integer", "minimum": 1, "maximum": 100000,
+                        "description": "requests carrying this secret one grant may have in "
+                                       "flight at once; over it 429 concurrency_limited"},
         "budget": {**kind("budget"),
                    "description": "what one grant may spend through this LLM key; over it "
                                   "429 budget_exhausted (docs/limits.md)"},
