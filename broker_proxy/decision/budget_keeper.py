@@ -110,10 +110,9 @@ class BudgetKeeper:
     def release(self, grant_id: str, tickets: tuple[Reservation, ...]) -> None:
         """A request admitted against the budget did not leave: give its reservations back."""
         for ticket in tickets:
-            try:
-                self.grants.settle_budget(grant_id, ticket.secret, _held(ticket), (0, 0, 0, 0))
-            except GrantStoreError as error:  # stays held: counted as spent, never as free
-                log.warning("budget release failed: %s", error)
+            # Possibly on the event loop, and right after the store said it was busy: never
+            # wait for its lock here (see _store_settlement).
+            self._store_settlement(grant_id, ticket, (0, 0, 0, 0))
 
     def settle(self, grant_id: str, tickets: tuple[Reservation, ...],
                usage: tuple[int, int] | None, policy: Policy) -> dict[str, Any]:
