@@ -303,3 +303,18 @@ def test_budget_and_prices_errors_point_at_their_line_and_column() -> None:
     without_prices = text[text.index("secrets:"):]
     with pytest.raises(PolicyError, match='a cost budget needs a "prices" table'):
         load_policy_text("version: 1\n" + without_prices, "p.yaml")
+
+
+def test_a_grant_may_ask_for_a_smaller_cost_budget_never_a_larger_one(llm: LlmStack) -> None:
+    from broker_proxy.grants.issuer import GrantPolicyError
+
+    issued = llm.issue("openai", cost_usd=["openai=0.00001"])  # 10 micro-dollars
+    with pytest.raises(openai.RateLimitError) as raised:
+        llm.openai(issued.token).chat.completions.create(model="gpt-4o-mini", messages=HI,
+                                                          max_tokens=40)
+    assert "cost budget" in raised.value.response.json()["message"]
+    assert _show(llm, issued.grant.id)["budget"]["openai"]["cost_usd"]["left"] == 1e-05
+    with pytest.raises(GrantPolicyError, match="more than the policy allows"):
+        llm.issue("openai", cost_usd=["6"])
+    with pytest.raises(GrantPolicyError, match="has no concurrency in the policy"):
+        llm.issue("openai", concurrency=["openai=2"])

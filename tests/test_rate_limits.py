@@ -248,3 +248,13 @@ def test_policy_diff_flags_a_raised_limit_as_widening() -> None:
     dropped = {(c.detail, c.widening) for c in diff_policies(raised, load_policy_text(POLICY))}
     assert ("rate 120/minute (burst 10) removed", True) not in dropped  # still rated: lower
     assert ("concurrency 2 removed", True) in dropped
+
+
+def test_a_grant_s_own_caps_tighten_the_policy_s(store: GrantStore) -> None:
+    grant, _ = make_grant()
+    store.create(grant)
+    store.limit_budget(grant, "gh", (None, None, None, 1))
+    caps = (None, None, None, 3)
+    assert [store.reserve_budget(grant, "gh", caps, (0, 0, 0, 1)) for _ in range(2)] == [
+        None, "requests"]
+    assert store.budget_use(grant.id)["gh"].own == (None, None, None, 1)

@@ -22,6 +22,7 @@ from broker_proxy.cli.errors import CliError
 from broker_proxy.cli.store_option import add_store_option
 from broker_proxy.durations import parse_duration
 from broker_proxy.grants.actions import change_grant, issue_audited, local_operator
+from broker_proxy.grants.budgets import stricter_caps
 from broker_proxy.grants.factory import open_grant_store, store_url
 from broker_proxy.grants.issuer import IssuedGrant
 from broker_proxy.grants.model import Grant
@@ -50,6 +51,12 @@ def register(commands: argparse._SubParsersAction) -> None:
                        "max_ttl if shorter)")
     issue.add_argument("--max-uses", type=int, metavar="N",
                        help="requests that may carry a secret (default: unlimited)")
+    issue.add_argument("--concurrency", action="append", default=[],
+                     metavar="[SECRET=]N", help="fewer requests in flight at once than the "
+                     "policy's concurrency (never more)")
+    issue.add_argument("--cost-usd", dest="cost_usd", action="append", default=[],
+                     metavar="[SECRET=]USD", help="a smaller cost budget than the policy's, "
+                     "e.g. 2.50 (never a larger one)")
     issue.add_argument("--rate", dest="rates", action="append", default=[],
                        metavar="[SECRET=]N/PER", help="a stricter rate than the policy's, e.g. "
                        "30/minute or openai=30/minute (never a looser one; repeat for more)")
@@ -89,7 +96,8 @@ def issue_command(args: argparse.Namespace) -> int:
         issued = issue_audited(policy, store, audit, agent=args.agent, task=args.task,
                                secrets=args.secrets, ttl=ttl, max_uses=args.max_uses,
                                now=utc_now(), proxy_url_base=proxy_address(home),
-                               by=local_operator(), rates=args.rates)
+                               by=local_operator(), rates=args.rates,
+                               concurrency=args.concurrency, cost_usd=args.cost_usd)
     print_issued(issued, as_json=args.json)
     return 0
 
@@ -191,8 +199,9 @@ def _budget_view(args: argparse.Namespace, store: GrantStore,
     view: dict[str, dict[str, object]] = {}
     for name, spent in use.items():
         budget = secrets[name].budget if name in secrets else None
-        caps = (budget.input_tokens, budget.output_tokens, budget.micro_usd) if budget \
+        policy_caps = (budget.input_tokens, budget.output_tokens, budget.micro_usd) if budget \
             else (None, None, None)
+        caps = stricter_caps(policy_caps, spent.own[:3])
         entry: dict[str, object] = {}
         for dimension, cap, used, held in zip(("input_tokens", "output_tokens", "cost_usd"),
                                              caps, spent.used[:3], spent.held[:3], strict=True):

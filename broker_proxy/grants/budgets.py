@@ -27,8 +27,17 @@ SQLITE_TABLE = (
     " used_usd INTEGER NOT NULL DEFAULT 0,"
     " held_in INTEGER NOT NULL DEFAULT 0, held_out INTEGER NOT NULL DEFAULT 0,"
     " held_usd INTEGER NOT NULL DEFAULT 0, held_req INTEGER NOT NULL DEFAULT 0,"
+    # The grant's own, stricter caps, when it asked for less than the policy at issue.
+    " own_in INTEGER, own_out INTEGER, own_usd INTEGER, own_req INTEGER,"
     " PRIMARY KEY (grant_id, secret)) STRICT"
 )
+
+
+def stricter_caps(policy: tuple[int | None, ...],
+                  own: tuple[int | None, ...]) -> tuple[int | None, ...]:
+    """Each dimension's cap: the policy's, tightened by the grant's own where it has one."""
+    return tuple(a if b is None else b if a is None else min(a, b)
+                 for a, b in zip(policy, own, strict=True))
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +46,7 @@ class BudgetUse:
 
     used: tuple[int, ...]  # input tokens, output tokens, micro-dollars, 0
     held: tuple[int, ...]  # the same in flight, and the requests in flight
+    own: tuple[int | None, ...] = (None, None, None, None)  # caps the grant asked for
 
 
 def first_over(caps: tuple[int | None, ...], used: tuple[int, ...], held: tuple[int, ...],
@@ -51,9 +61,10 @@ def first_over(caps: tuple[int | None, ...], used: tuple[int, ...], held: tuple[
 def sqlite_reserve(conn: sqlite3.Connection, grant_id: str, secret: str,
                    caps: tuple[int | None, ...], asked: Amounts) -> str | None:
     row = conn.execute("SELECT used_in, used_out, used_usd, 0, held_in, held_out, held_usd,"
-                       " held_req FROM grant_budgets WHERE grant_id = ? AND secret = ?",
-                       (grant_id, secret)).fetchone() or (0,) * 8
-    over = first_over(caps, row[:4], row[4:], asked)
+                       " held_req, own_in, own_out, own_usd, own_req FROM grant_budgets"
+                       " WHERE grant_id = ? AND secret = ?",
+                       (grant_id, secret)).fetchone() or ((0,) * 8 + (None,) * 4)
+    over = first_over(stricter_caps(caps, row[8:]), row[:4], row[4:8], asked)
     if over is not None:
         return over
     conn.execute("INSERT INTO grant_budgets (grant_id, secret, held_in, held_out, held_usd,"
@@ -76,9 +87,20 @@ def sqlite_settle(conn: sqlite3.Connection, grant_id: str, secret: str,
 
 def sqlite_use(conn: sqlite3.Connection, grant_id: str) -> dict[str, BudgetUse]:
     rows = conn.execute("SELECT secret, used_in, used_out, used_usd, 0, held_in, held_out,"
-                        " held_usd, held_req FROM grant_budgets WHERE grant_id = ?",
-                        (grant_id,)).fetchall()
-    return {row[0]: BudgetUse(tuple(row[1:5]), tuple(row[5:9])) for row in rows}
+                        " held_usd, held_req, own_in, own_out, own_usd, own_req"
+                        " FROM grant_budgets WHERE grant_id = ?", (grant_id,)).fetchall()
+    return {row[0]: BudgetUse(tuple(row[1:5]), tuple(row[5:9]), tuple(row[9:13]))
+            for row in rows}
+
+
+def sqlite_limit(conn: sqlite3.Connection, grant_id: str, secret: str,
+                 own: tuple[int | None, ...]) -> None:
+    """Record the grant's own caps (the caller checked each is no looser than the policy's)."""
+    conn.execute("INSERT INTO grant_budgets (grant_id, secret, own_in, own_out, own_usd,"
+                 " own_req) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (grant_id, secret) DO UPDATE"
+                 " SET own_in = excluded.own_in, own_out = excluded.own_out,"
+                 " own_usd = excluded.own_usd, own_req = excluded.own_req",
+                 (grant_id, secret, *own))
 
 
 # KEYS[1] the budget hash. ARGV: 4 caps ("" = none), 4 asked, expire-at ms. Returns "" when
@@ -87,10 +109,14 @@ REDIS_RESERVE = """
 local names = {'input_tokens', 'output_tokens', 'micro_usd', 'requests'}
 local used = redis.call('HMGET', KEYS[1], 'used_in', 'used_out', 'used_usd', 'used_req')
 local held = redis.call('HMGET', KEYS[1], 'held_in', 'held_out', 'held_usd', 'held_req')
+local own = redis.call('HMGET', KEYS[1], 'own_in', 'own_out', 'own_usd', 'own_req')
 for i = 1, 4 do
-  if ARGV[i] ~= '' then
+  local cap = nil
+  if ARGV[i] ~= '' then cap = tonumber(ARGV[i]) end
+  if own[i] and (cap == nil or tonumber(own[i]) < cap) then cap = tonumber(own[i]) end
+  if cap ~= nil then
     local total = tonumber(used[i] or '0') + tonumber(held[i] or '0') + tonumber(ARGV[i + 4])
-    if total > tonumber(ARGV[i]) then return names[i] end
+    if total > cap then return names[i] end
   end
 end
 redis.call('HINCRBY', KEYS[1], 'held_in', ARGV[5])

@@ -56,12 +56,15 @@ def issue_grant(
     now: datetime,
     proxy_url_base: str | None = None,
     rates: Sequence[str] = (),
+    concurrency: Sequence[str] = (),
+    cost_usd: Sequence[str] = (),
 ) -> IssuedGrant:
     """Check the request against the policy, store the grant, return it with its token.
 
     `proxy_url_base` is the running proxy's address ("host:port" or "http://host:port");
     when given, the result carries the full proxy URL an agent puts in HTTPS_PROXY.
-    `rates` ("[SECRET=]N/PER") ask for a stricter rate than the policy's, never a looser one.
+    `rates` ("[SECRET=]N/PER"), `concurrency` ("[SECRET=]N") and `cost_usd` ("[SECRET=]USD")
+    ask for stricter limits than the policy's, never looser ones.
     """
     if now.utcoffset() is None:
         raise ValueError("issue_grant needs a timezone-aware now")
@@ -90,6 +93,7 @@ def issue_grant(
         raise GrantPolicyError(f"max_uses must be at least 1, got {max_uses}")
 
     own_rates = grant_rates(policy, names, rates)
+    own_caps = grant_caps(policy, names, concurrency, cost_usd)
 
     needs_approval = any(name in agent_policy.approval for name in names)
     issued_at = now.astimezone(UTC)
@@ -115,6 +119,8 @@ def issue_grant(
     try:
         for name, rate in own_rates.items():
             store.limit_rate(grant, name, rate)
+        for name, caps in own_caps.items():
+            store.limit_budget(grant, name, caps)
     except BaseException:
         # Never leave a grant running looser than it was asked for.
         store.revoke(grant.id, now)
@@ -155,6 +161,61 @@ def grant_rates(policy: Policy, names: list[str],
                                        f"the policy allows ({ceiling})")
             chosen[name] = asked
     return chosen
+
+
+def grant_caps(policy: Policy, names: list[str], concurrency: Sequence[str],
+               cost_usd: Sequence[str]) -> dict[str, tuple[int | None, ...]]:
+    """secret -> its own (input, output, micro-dollars, requests) caps, each at most the
+    policy's; "[SECRET=]VALUE" without a secret applies to every granted secret that has one."""
+    chosen: dict[str, list[int | None]] = {}
+    for what, texts, index in (("concurrency", concurrency, 3), ("cost_usd", cost_usd, 2)):
+        for text in texts:
+            secret, _, spelled = text.rpartition("=")
+            if secret and secret not in names:
+                raise GrantPolicyError(f"{what} {_quoted(text)} names a secret the grant does "
+                                       "not hold")
+            value = _cap_value(what, spelled)
+            targets = [secret] if secret else [n for n in names
+                                               if _policy_cap(policy, n, index) is not None]
+            if not targets:
+                raise GrantPolicyError(f"no granted secret has a {what} in the policy to "
+                                       "tighten")
+            for name in targets:
+                ceiling = _policy_cap(policy, name, index)
+                if ceiling is None:
+                    raise GrantPolicyError(f"secret {_quoted(name)} has no {what} in the "
+                                           "policy; a grant may only tighten one")
+                if value > ceiling:
+                    shown = ceiling / 1_000_000 if index == 2 else ceiling
+                    raise GrantPolicyError(f"{what} {spelled} for secret {_quoted(name)} is "
+                                           f"more than the policy allows ({shown:g})")
+                chosen.setdefault(name, [None, None, None, None])[index] = value
+    return {name: tuple(caps) for name, caps in chosen.items()}
+
+
+def _cap_value(what: str, spelled: str) -> int:
+    """A concurrency as an integer >= 1, a cost in USD as micro-dollars."""
+    try:
+        if what == "concurrency":
+            value = int(spelled)
+            if value >= 1:
+                return value
+        else:
+            usd = float(spelled)
+            if 0 <= usd <= 1_000_000:
+                return round(usd * 1_000_000)
+    except ValueError:
+        pass
+    raise GrantPolicyError(f"invalid {what} {_quoted(spelled[:40])}: write "
+                           + ("a whole number >= 1" if what == "concurrency" else
+                              "US dollars, e.g. 2.50"))
+
+
+def _policy_cap(policy: Policy, name: str, index: int) -> int | None:
+    secret = policy.secrets[name]
+    if index == 3:
+        return secret.concurrency
+    return secret.budget.micro_usd if secret.budget is not None else None
 
 
 def own_placeholders(policy: Policy, names: list[str]) -> tuple[tuple[str, str], ...]:

@@ -404,16 +404,31 @@ class RedisGrantStore:
         with self._talking():
             self._settle_budget(keys=[_budget_key(grant_id, secret)], args=[*held, *used])
 
+    def limit_budget(self, grant: Grant, secret: str, own: tuple[int | None, ...]) -> None:
+        """Keep the grant's own (stricter) caps for ``secret`` in its budget hash."""
+        key = _budget_key(grant.id, secret)
+        fields = {name: value for name, value in zip(("own_in", "own_out", "own_usd", "own_req"),
+                                                     own, strict=True) if value is not None}
+        if not fields:
+            return
+        with self._talking():
+            pipe = self._client.pipeline(transaction=True)
+            pipe.hset(key, mapping=fields)
+            pipe.pexpireat(key, _to_micros(grant.expires_at) // 1000 + 60_000)
+            pipe.execute()
+
     def budget_use(self, grant_id: str) -> dict[str, budgets.BudgetUse]:
         """secret -> what the grant has used and holds, for `grant show`."""
         found: dict[str, budgets.BudgetUse] = {}
         with self._talking():
             for key in self._client.scan_iter(match=_budget_key(grant_id, "*"), count=1000):
                 values = self._client.hmget(key, "used_in", "used_out", "used_usd", "held_in",
-                                            "held_out", "held_usd", "held_req")
-                numbers = [int(v or 0) for v in values]
+                                            "held_out", "held_usd", "held_req", "own_in",
+                                            "own_out", "own_usd", "own_req")
+                numbers = [int(v or 0) for v in values[:7]]
+                own = tuple(None if v is None else int(v) for v in values[7:])
                 name = key.decode().rsplit(":", 1)[1]
-                found[name] = budgets.BudgetUse((*numbers[:3], 0), tuple(numbers[3:]))
+                found[name] = budgets.BudgetUse((*numbers[:3], 0), tuple(numbers[3:]), own)
         return found
 
     def approve(self, grant_id: str, by: str, now: datetime) -> Grant:

@@ -288,6 +288,12 @@ class SqliteGrantStore:
         with self._rates(wait=wait) as conn:
             budgets.sqlite_settle(conn, grant_id, secret, held, used)
 
+    def limit_budget(self, grant: Grant, secret: str, own: tuple[int | None, ...]) -> None:
+        """Keep the grant's own (stricter) caps for ``secret``: input tokens, output tokens,
+        micro-dollars, requests in flight (None: the policy's)."""
+        with self._rates() as conn:
+            budgets.sqlite_limit(conn, grant.id, secret, own)
+
     def budget_use(self, grant_id: str) -> dict[str, budgets.BudgetUse]:
         """secret -> what the grant has used and holds, for `grant show`."""
         with self._rates() as conn:

@@ -138,6 +138,10 @@ class GrantStore(Protocol):
         """Release a reservation and charge what the answer used."""
         ...
 
+    def limit_budget(self, grant: Grant, secret: str, own: tuple[int | None, ...]) -> None:
+        """Keep caps the grant asked for at issue, stricter than the policy's."""
+        ...
+
     def budget_use(self, grant_id: str) -> dict[str, BudgetUse]:
         """secret -> what the grant has used and holds."""
         ...
