@@ -96,9 +96,10 @@ def plan(request: OutboundRequest, secret: str, budget: Budget,
         price = found_price[1]
     body = json.dumps(document, ensure_ascii=False).encode() if rewritten else None
     tokens_in = len(body if body is not None else request.body)
-    reservation = Reservation(secret, model, tokens_in, output, 0, price)
+    rates = None if price is None else (price.input, price.output)
+    reservation = Reservation(secret, model, tokens_in, output, 0, rates)
     return (Reservation(secret, model, tokens_in, output, reservation.cost(tokens_in, output),
-                        price), body)
+                        rates), body)
 
 
 def _output_cap(document: dict[str, Any], path: str) -> tuple[int, bool] | Unbounded:

@@ -6,8 +6,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from broker_proxy.policy.model import Price
-
 
 @dataclass(frozen=True, slots=True)
 class Reservation:
@@ -18,7 +16,9 @@ class Reservation:
     input_tokens: int
     output_tokens: int
     micro_usd: int
-    price: Price | None
+    # USD per million tokens (input, output), from the policy's prices; plain numbers so that
+    # this module, which the verdict types import, imports nothing of the policy package.
+    price: tuple[float, float] | None
     agent: str | None = None  # the grant's agent, for the metrics' bounded agent label
     slot: int = 0  # 1: holds one of the secret's concurrent requests (policy ``concurrency``)
     budgeted: bool = True  # False: only a concurrency slot, no tokens to charge or report
@@ -27,4 +27,4 @@ class Reservation:
         """Micro-dollars for this usage, rounded up."""
         if self.price is None:
             return 0
-        return math.ceil(tokens_in * self.price.input + tokens_out * self.price.output)
+        return math.ceil(tokens_in * self.price[0] + tokens_out * self.price[1])
