@@ -1,25 +1,34 @@
 # Every target bootstraps .venv on first use with a Python >= 3.12 that
-# scripts/find-python finds on its own.
+# scripts/find-python finds on its own (scripts/install-venv: uv when on PATH, else pip).
+# `demo` and `run` install only the product; the other targets add the test extras.
 VENV := .venv
 PY := $(VENV)/bin/python
+DEMO_STAMP := $(VENV)/.installed-demo
 STAMP := $(VENV)/.installed
 
-.PHONY: demo run test lint bench bench-peers bench-scale bench-soak clean
+.PHONY: demo run test test-prereqs lint bench bench-peers bench-scale bench-soak clean
+
+$(DEMO_STAMP): pyproject.toml
+	@scripts/install-venv demo
+	@touch $(DEMO_STAMP)
 
 $(STAMP): pyproject.toml
-	@interp=$$(scripts/find-python) || exit 1; \
-	  if [ ! -x $(PY) ]; then echo "creating $(VENV) with $$interp"; "$$interp" -m venv $(VENV) || exit 1; fi
-	@$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
-	@touch $(STAMP)
+	@scripts/install-venv test
+	@touch $(DEMO_STAMP) $(STAMP)
 
-demo: $(STAMP)
+demo: $(DEMO_STAMP)
 	@$(VENV)/bin/broker-proxy demo
 	@echo "broker-proxy is installed in $(VENV)/bin only: 'source $(VENV)/bin/activate' puts it on PATH"
 
-run: $(STAMP)
+run: $(DEMO_STAMP)
 	$(VENV)/bin/broker-proxy run --certs certs $(ARGS)
 
-test: $(STAMP)
+# redis-server and a Chromium: installed with apt-get where it can (root on Debian), else one
+# line saying what to install, before anything else runs.
+test-prereqs:
+	@scripts/test-prereqs
+
+test: test-prereqs $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m mypy
 	$(VENV)/bin/broker-proxy policy test policies/

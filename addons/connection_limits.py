@@ -10,7 +10,9 @@ reading but keeps the connection open. This addon adds:
   else its connection is closed (this is also the idle limit of a kept-alive connection);
   while a request is in flight, or after a WebSocket upgrade, no deadline runs;
 - an **upstream connect deadline**: a dial that has not connected within ``upstream_connect``
-  seconds closes the client's connection (mitmproxy then answers nothing further on it);
+  seconds is cancelled, and the request is answered ``502 upstream_error`` (kind
+  ``connect_timeout``, see upstream_failures.py); the upstream TLS handshake and the wait
+  for an answer have their own deadlines there;
 - **close after 413**: the connection of a request refused for its body size is closed once the
   answer is out, so the client does not hang sending a body nobody reads.
 
@@ -42,7 +44,8 @@ _closing: set[asyncio.Future[None]] = set()
 @dataclass(frozen=True, slots=True)
 class Deadlines:
     request_head: float = 30.0
-    upstream_connect: float = 10.0
+    upstream_connect: float = 10.0  # the TCP connect, and again the TLS handshake
+    upstream_read: float = 300.0  # from the request's decision to the answer's headers
     idle: float = 600.0  # mitmproxy's tcp_timeout: LLM answers may be silent for minutes
 
 
@@ -105,7 +108,7 @@ class ConnectionLimits:
     # The upstream connect deadline.
     def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
         self._connect_timers[data.server] = asyncio.get_running_loop().call_later(
-            self.deadlines.upstream_connect, close_client, data.client)
+            self.deadlines.upstream_connect, _connect_expired, data.client, data.server)
 
     def server_connected(self, data: server_hooks.ServerConnectionHookData) -> None:
         self._connected(data)
@@ -126,6 +129,30 @@ def _handler(client: connection.Client) -> ConnectionHandler | None:
 def _client_io(client: connection.Client) -> ConnectionIO | None:
     handler = _handler(client)
     return handler.transports.get(client) if handler is not None else None
+
+
+def _connect_expired(client: connection.Client, server: connection.Server) -> None:
+    """Fail the dial, so that mitmproxy answers the request (502 connect_timeout).
+
+    Cancelling mitmproxy's dialling task is its own "connection cancelled" failure path: the
+    request gets its error page. A dial still queued behind mitmproxy's per-address limit is
+    not cancellable that way (the task would end without an answer): its client is closed.
+    """
+    handler = _handler(client)
+    io = handler.transports.get(server) if handler is not None else None
+    if (io is not None and io.handler is not None and io.writer is None
+            and server.timestamp_start is not None):
+        io.handler.cancel()
+    else:
+        close_client(client)
+
+
+def close_server(client: connection.Client, server: connection.Server) -> None:
+    """Close one upstream connection; mitmproxy then fails the flows waiting on it."""
+    handler = _handler(client)
+    io = handler.transports.get(server) if handler is not None else None
+    if io is not None and io.writer is not None:
+        io.writer.close()
 
 
 def close_client(client: connection.Client) -> None:

@@ -9,35 +9,44 @@ hook and lets the flow continue, which would fail open.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Coroutine
 from concurrent.futures import Executor
 from typing import Any
+from weakref import WeakKeyDictionary
 
 from broker_proxy.addons import flow_adapter, held_flow
 from broker_proxy.addons.client_certs import ClientCerts
 from broker_proxy.addons.flow_record import FLOW_KEY, FlowRecord
 from broker_proxy.addons.tunnel_auth import TunnelAuth
 from broker_proxy.addons.upstream_guard import UpstreamGuard
-from mitmproxy import http
+from mitmproxy import connection, http
 
 from broker_proxy.approvals.verdict import Held
 from broker_proxy.decision import outbound as codes
 from broker_proxy.decision.broker import Broker, DecisionMustWait
 from broker_proxy.decision.outbound import Allowed, Denied, OutboundRequest, Verdict
 from broker_proxy.decision.request_checks import upgrade_problem
+from broker_proxy.grants.store import STORE_WAIT_SECONDS
 from broker_proxy.runtime.durability_waiter import DurabilityWaiter
 
 log = logging.getLogger("broker_proxy.addon")
+
+STOP_ANSWER_WAIT_S = 2.0  # at stop, how long held flows get to write their 503
 
 
 class Decide:
     def __init__(self, broker: Broker, decisions: Executor, tunnels: TunnelAuth,
                  upstreams: UpstreamGuard, client_certs: ClientCerts, *,
+                 store_writers: Executor | None = None,
                  keep_agent_view: bool = False) -> None:
         self.broker = broker
         self._decisions = decisions
+        # Decisions that must wait for the grant store's write lock wait here, apart from
+        # `decisions`: a request that writes nothing never queues behind one that waits.
+        self._store_writers = store_writers or decisions
         self._tunnels = tunnels
         self._upstreams = upstreams
         self._client_certs = client_certs
@@ -47,6 +56,8 @@ class Decide:
         # Secret-carrying requests wait here for their audit record's fsync, in batches.
         self._audit_sync: DurabilityWaiter[Allowed, Verdict] = DurabilityWaiter(
             self._durable_or_denied)
+        # The held requests each client's flows wait on (see client_disconnected).
+        self._holds: WeakKeyDictionary[connection.Client, set[str]] = WeakKeyDictionary()
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live:
@@ -70,6 +81,8 @@ class Decide:
         """Decide, then deny or rewrite the flow."""
         if flow.response or flow.error or not flow.live:
             return None
+        # Every wait on the grant store ends by this, however many requests wait before it.
+        deadline = time.monotonic() + STORE_WAIT_SECONDS
         try:
             token = self._tunnels.token_for(flow)
             # Never forwarded, whatever the decision, also when sent inside a tunnel.
@@ -78,16 +91,16 @@ class Decide:
             if self.broker.may_block():
                 # Redis, an OAuth2 token endpoint or a command may wait: decide on a worker
                 # thread so the event loop keeps serving every other connection.
-                return self._decide_off_loop(flow, token, outbound)
+                return self._decide_off_loop(flow, token, outbound, deadline)
             try:
                 verdict = self.broker.decide(token, outbound, defer_durability=True,
                                              wait=False)
             except DecisionMustWait:
-                # Another writer holds the grant store's lock (SQLite waits up to 5 s for
-                # it): wait on a worker thread, not on the loop every connection shares.
-                return self._decide_off_loop(flow, token, outbound)
+                # Another writer holds the grant store's lock: wait on a store writer thread
+                # (until the deadline), not on the loop every connection shares.
+                return self._decide_off_loop(flow, token, outbound, deadline, must_wait=True)
             if isinstance(verdict, Held):  # a person decides: wait without blocking the loop
-                return self._decide_off_loop(flow, token, outbound, verdict)
+                return self._decide_off_loop(flow, token, outbound, deadline, verdict)
             if isinstance(verdict, Allowed) and verdict.audit_seq is not None:
                 # Invariant 5: its record on disk before it leaves. Fsyncs are shared by the
                 # requests of one pass of the event loop, or of one batch on a thread when
@@ -99,14 +112,27 @@ class Decide:
         return None
 
     async def _decide_off_loop(self, flow: http.HTTPFlow, token: str | None,
-                               outbound: OutboundRequest, held: Held | None = None) -> None:
+                               outbound: OutboundRequest, deadline: float,
+                               held: Held | None = None, *, must_wait: bool = False) -> None:
+        loop = asyncio.get_running_loop()
         try:
-            verdict: Verdict = held or await asyncio.get_running_loop().run_in_executor(
-                self._decisions, self._decide_durably, token, outbound)
+            verdict: Verdict | None = held
+            if verdict is None and not must_wait:
+                # DecisionMustWait: nothing written or spent; decide again where waiting is.
+                with contextlib.suppress(DecisionMustWait):
+                    verdict = await loop.run_in_executor(
+                        self._decisions, self._decide_durably, token, outbound, None,
+                        deadline, False)
+            if verdict is None:
+                verdict = await loop.run_in_executor(
+                    self._store_writers, self._decide_durably, token, outbound, None, deadline)
             if isinstance(verdict, Held):
+                # The person took their time; the decision after it gets a bound of its own.
                 verdict = await held_flow.verdict_after_approval(
                     self.broker.approvals, verdict,
-                    lambda hold_id: self._decide_durably(token, outbound, hold_id))
+                    lambda hold_id: self._decide_durably(
+                        token, outbound, hold_id, time.monotonic() + STORE_WAIT_SECONDS),
+                    lambda hold_id, waits: self._waiting(flow.client_conn, hold_id, waits))
             self._conclude(flow, verdict, outbound)
         except Exception as error:  # fail closed
             self._failed(flow, error)
@@ -118,10 +144,48 @@ class Decide:
         except Exception as error:  # fail closed
             self._failed(flow, error)
 
+    def _waiting(self, client: connection.Client, hold_id: str, waits: bool) -> None:
+        """Which held requests a client's flows wait on, so that they end with their client."""
+        holds = self._holds.setdefault(client, set())
+        if waits:
+            holds.add(hold_id)
+        else:
+            holds.discard(hold_id)
+
+    def client_disconnected(self, client: connection.Client) -> None:
+        """A held request whose agent went away is abandoned: a later approval spends no use."""
+        for hold_id in list(self._holds.pop(client, ())):
+            if self.broker.approvals.abandon(hold_id, "the agent disconnected") is not None:
+                log.warning("held request %s abandoned: its agent disconnected", hold_id)
+
+    async def done(self) -> None:
+        """At stop, every held request is answered 503 approval_interrupted (and recorded)."""
+        self._audit_sync.stop()
+        abandoned = self.broker.approvals.abandon_all("the proxy stopped")
+        if abandoned:
+            log.warning("%d held request(s) answered 503 approval_interrupted: the proxy stops",
+                        len(abandoned))
+            # Let the held flows write their answers before the loop ends.
+            deadline = time.monotonic() + STOP_ANSWER_WAIT_S
+            while any(self._holds.values()) and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(0.2)
+        self.broker.budgets.close()  # budget settlements still on their thread land first
+
     def _conclude(self, flow: http.HTTPFlow, verdict: Verdict,
                   outbound: OutboundRequest) -> None:
         if isinstance(verdict, Denied):
             flow_adapter.deny(flow, verdict)
+            return
+        if flow.client_conn.timestamp_end is not None:
+            # Its agent went away while it was decided (an approval that raced the
+            # disconnect): it must not leave, and its use is given back.
+            if verdict.injected:  # the grant store may wait: off the event loop
+                asyncio.get_running_loop().run_in_executor(
+                    None, self.broker.record_not_sent, verdict, outbound, None, 0.0,
+                    "client_gone")
+            flow_adapter.deny(flow, Denied(503, codes.INTERNAL_ERROR,
+                                           "the agent went away", verdict.grant_id))
             return
         agent_view = flow.request.copy() if verdict.injected and self.keep_agent_view else None
         flow_adapter.apply(flow, verdict, outbound)
@@ -137,17 +201,14 @@ class Decide:
         flow_adapter.deny(flow, Denied(503, codes.INTERNAL_ERROR,
                                        "the broker could not decide; nothing was sent"))
 
-    def done(self) -> None:
-        self._audit_sync.stop()
-        self.broker.budgets.close()  # budget settlements still on their thread land first
-
     def _durable_or_denied(self, verdict: Allowed) -> Verdict:
         return self.broker.make_durable(verdict) or verdict
 
     def _decide_durably(self, token: str | None, outbound: OutboundRequest,
-                        approved_hold: str | None = None) -> Verdict:
-        verdict = self.broker.decide(token, outbound, defer_durability=True,
-                                     approved_hold=approved_hold)
+                        approved_hold: str | None = None, deadline: float | None = None,
+                        wait: bool = True) -> Verdict:
+        verdict = self.broker.decide(token, outbound, defer_durability=True, wait=wait,
+                                     approved_hold=approved_hold, deadline=deadline)
         if isinstance(verdict, Allowed) and verdict.audit_seq is not None:
             return self._durable_or_denied(verdict)
         return verdict

@@ -14,18 +14,21 @@ PROXY_AUTHORIZATION = "Proxy-Authorization"
 
 
 def token_from_proxy_authorization(value: str | None) -> str | None:
-    """The grant token is the password of the proxy URL, sent as Basic credentials."""
-    if not value:
+    """The grant token is the password of the proxy URL, sent as Basic credentials.
+
+    None: no credentials were sent (the 407 is then a challenge); "": credentials were sent
+    but hold no token (the 407 is a refusal)."""
+    if value is None:
         return None
     scheme, _, credentials = value.strip().partition(" ")
     if scheme.lower() != "basic":
-        return None
+        return ""
     try:
         decoded = base64.b64decode(credentials.strip(), validate=True).decode("utf-8")
     except (binascii.Error, UnicodeDecodeError):
-        return None
+        return ""
     _user, sep, password = decoded.partition(":")
-    return password if sep and password else None
+    return password if sep and password else ""
 
 
 def outbound_request(flow: http.HTTPFlow) -> OutboundRequest:

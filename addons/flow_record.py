@@ -1,8 +1,9 @@
 """What the decision learned about a flow, for the hooks that handle its answer.
 
 One typed record under one metadata key: the decision's verdict and the request it was made on
-(the audit record of the answer names both), when it was decided (the answer's duration), and
-under mitmdump the request as the agent wrote it (placeholders), put back once the real one left.
+(the audit record of the answer names both), when it was decided (the answer's duration), under
+mitmdump the request as the agent wrote it (placeholders), put back once the real one left, and
+whether it left at all (a use is given back only for a request that certainly did not).
 """
 
 from __future__ import annotations
@@ -22,6 +23,12 @@ class FlowRecord:
     outbound: OutboundRequest
     started: float  # time.monotonic() when the request was allowed
     agent_view: http.Request | None = None
+    # Set once a connection was made for the request and it was handed to it: from then on
+    # its use stays spent whatever happens (see upstream_error_pages.make_server_connection).
+    sent: bool = False
+    # Set when the request was recorded as not sent and its use given back: it must never
+    # leave after that (the patched make_server_connection refuses it).
+    returned: bool = False
 
 
 def flow_record(flow: http.HTTPFlow) -> FlowRecord | None:

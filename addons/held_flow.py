@@ -13,7 +13,7 @@ import asyncio
 from collections.abc import Callable
 
 from broker_proxy.approvals.desk import ApprovalDesk, HeldRequest
-from broker_proxy.approvals.verdict import Held, denied_by_person, timed_out
+from broker_proxy.approvals.verdict import Held, denied_by_person, interrupted, timed_out
 from broker_proxy.decision.outbound import Denied, Verdict
 
 # Held again after an approval only when the request changed, which a flow cannot; a bound
@@ -38,16 +38,26 @@ async def decided(desk: ApprovalDesk, held: Held) -> HeldRequest:
 
 
 async def verdict_after_approval(desk: ApprovalDesk, held: Held,
-                                 decide_again: Callable[[str], Verdict]) -> Verdict:
+                                 decide_again: Callable[[str], Verdict],
+                                 waiting: Callable[[str, bool], None] = lambda *_: None
+                                 ) -> Verdict:
     """Wait, then either the person's refusal or the broker's decision on the approved request.
 
     `decide_again(hold_id)` runs on a worker thread: the decision may wait for the grant store's
-    lock or the audit log's fsync, which the loop must not.
+    lock or the audit log's fsync, which the loop must not. `waiting(hold_id, True)` is told
+    which hold the flow waits on (and `False` once it waits no more), so that it can be
+    abandoned when its agent goes away.
     """
     loop = asyncio.get_running_loop()
-    verdict: Verdict = held
+    hold = held
     for _ in range(MAX_HOLDS_PER_FLOW):
-        item = await decided(desk, verdict)
+        waiting(hold.hold_id, True)
+        try:
+            item = await decided(desk, hold)
+        finally:
+            waiting(hold.hold_id, False)
+        if item.state == "abandoned":  # its agent is gone, or the proxy stops
+            return interrupted(item.grant)
         if item.state == "denied":
             return denied_by_person(item.grant, item.reason)
         if item.state != "allowed":
@@ -55,4 +65,5 @@ async def verdict_after_approval(desk: ApprovalDesk, held: Held,
         verdict = await loop.run_in_executor(None, decide_again, item.id)
         if not isinstance(verdict, Held):
             return verdict
+        hold = verdict
     return Denied(403, held.error, "this request was held too many times", held.grant_id)

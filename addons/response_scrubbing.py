@@ -31,11 +31,16 @@ there. Choices, each for a reason:
   upstream's answer had no body at all.
 * WebSocket messages from the server are scrubbed across message boundaries (see
   ``MessageScrubber``); close reasons and ping/pong payloads through ``websocket_controls``.
+* A rotation reaches answers already under way (``LiveSet``): the set is asked for again when
+  the head arrives (a long poll decided before the rotation), before each streamed chunk and
+  WebSocket message, and before a buffered body and the trailers; a changed set is switched to
+  with the partial match held across the switch, and the values scrubbed so far stay in it.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from broker_proxy.addons import websocket_controls
@@ -52,6 +57,15 @@ from broker_proxy.scrubbing.content_decoding import (
     parse_content_encoding,
     parse_transfer_encoding,
 )
+from broker_proxy.scrubbing.grant_scrub import GrantScrub
+from broker_proxy.scrubbing.nested_bodies import (
+    SNIFF_LENGTH,
+    CompressedBodyGuard,
+    looks_compressed,
+    media_coding,
+    scan_whole,
+)
+from broker_proxy.scrubbing.scope import ScrubScope
 from broker_proxy.scrubbing.scrubber import MessageScrubber, Scrubber, StreamScrubber, scrubber_for
 
 log = logging.getLogger("broker_proxy.addon")
@@ -73,28 +87,103 @@ def _add(counts: dict[str, int], found: dict[str, int]) -> None:
         counts[name] = counts.get(name, 0) + count
 
 
+# The broker's ``live_scrub``: an answer's set again if a value changed since a generation.
+Refresh = Callable[[ScrubScope, int], GrantScrub | None]
+
+
+class LiveSet:
+    """One answer's scrub set, switched when a value changes while the answer is under way.
+
+    ``changed`` costs one call and an integer compare while nothing changed. A new set keeps
+    every value the old one had (a value never stops being scrubbed mid-answer) and adds the
+    new ones; its scrubber comes from the shared caches (patterns compiled once per value).
+    """
+
+    __slots__ = ("_refresh", "_scope", "generation", "scrub")
+
+    def __init__(self, verdict: Allowed, refresh: Refresh) -> None:
+        assert verdict.scrub_scope is not None
+        self._refresh = refresh
+        self._scope = verdict.scrub_scope
+        self.generation = verdict.scrub_generation
+        self.scrub = verdict.scrub
+
+    def __repr__(self) -> str:
+        return f"<LiveSet {len(self.scrub)} values at {self.generation}>"
+
+    def changed(self) -> Scrubber | None:
+        """The new scrubber when the set changed since the last call, else None."""
+        fresh = self._refresh(self._scope, self.generation)
+        if fresh is None:
+            return None
+        self.generation = fresh.generation
+        merged = dict(fresh.values)
+        known = {value for value, _ in merged.values()}
+        for label, (value, placeholder) in self.scrub.items():
+            if value not in known:
+                merged[label if label not in merged else label + "#was"] = (value, placeholder)
+        if merged == self.scrub:
+            return None
+        self.scrub = merged
+        return _SCRUBBERS.get(self._scope, merged)
+
+
+def live_set(verdict: Allowed | None, refresh: Refresh | None) -> LiveSet | None:
+    if verdict is None or refresh is None or verdict.scrub_scope is None:
+        return None
+    return LiveSet(verdict, refresh)
+
+
 class _BodyStream:
-    """``flow.response.stream``: bytes in, scrubbed bytes out; called with b"" at the end."""
+    """``flow.response.stream``: bytes in, scrubbed bytes out; called with b"" at the end.
+
+    A body that is itself compressed (its media type or first bytes say so) is searched inside
+    and passed on unchanged, or cut (``nested_bodies``); its first bytes are held to decide.
+    """
 
     def __init__(self, flow: http.HTTPFlow, scrubber: Scrubber,
-                 decoder: StreamDecoder | None, meter: UsageMeter | None = None) -> None:
+                 decoder: StreamDecoder | None, live: LiveSet | None = None,
+                 content_type: str | None = None, meter: UsageMeter | None = None) -> None:
         self._flow = flow
         self._decoder = decoder
+        self._live = live
+        self.scrubber = scrubber
+        self._content_type = content_type
         self.scrubbing: StreamScrubber = scrubber.stream()
+        self._compressed: CompressedBodyGuard | None = None
+        self._head: bytes | None = b""  # None once the body's kind is known
         self.failed = False
         self._meter = meter  # reads LLM usage from the decoded bytes as they pass
+
+    def _pass(self, plain: bytes, *, final: bool) -> bytes:
+        if self._head is not None:
+            self._head += plain
+            if len(self._head) < SNIFF_LENGTH and not final:
+                return b""
+            plain, self._head = self._head, None
+            if not self.scrubber.empty and looks_compressed(plain, self._content_type):
+                self._compressed = CompressedBodyGuard(
+                    self.scrubber, STREAMED_LIMITS, media_coding(self._content_type))
+        if self._compressed is not None:
+            out = self._compressed.feed(plain)
+            return out + self._compressed.finish() if final else out
+        out = self.scrubbing.feed(plain)
+        return out + self.scrubbing.finish() if final else out
 
     def __call__(self, data: bytes) -> list[bytes]:
         # A list, never b"": mitmproxy frames an empty bytes chunk as HTTP/1's last chunk.
         if self.failed:
             return []
         try:
+            if self._live is not None and (switched := self._live.changed()) is not None:
+                self.scrubber = switched  # a rotation: the new set from this chunk on
+                self.scrubbing = self.scrubbing.rebind(switched)
             if data:
                 plain = self._decoder.feed(data) if self._decoder else data
-                out = self.scrubbing.feed(plain)
+                out = self._pass(plain, final=False)
             else:
                 plain = self._decoder.finish() if self._decoder else b""
-                out = self.scrubbing.feed(plain) + self.scrubbing.finish()
+                out = self._pass(plain, final=True)
             if self._meter is not None:
                 self._meter.feed(plain)
             return [out] if out else []
@@ -117,9 +206,22 @@ class ScrubState:
     withheld: bytes | None = None  # the 502 body that replaced the answer
     messages: MessageScrubber | None = None
     meter: UsageMeter | None = None  # an LLM answer under a budget: its usage, as it passes
+    live: LiveSet | None = None
+
+    def switch_if_changed(self) -> None:
+        """A rotation while the answer is under way: scrub for the new set from here on."""
+        if self.live is None or (switched := self.live.changed()) is None:
+            return
+        self.scrubber = switched
+        if self.messages is not None:
+            self.messages = self.messages.rebind(switched)
+        if self.body is not None:
+            self.body.scrubber = switched
+            self.body.scrubbing = self.body.scrubbing.rebind(switched)
 
     def control_payload(self, payload: bytes) -> bytes:
         """A WebSocket close reason or ping/pong payload from the server, scrubbed whole."""
+        self.switch_if_changed()
         scrubbed, found = self.scrubber.scrub(payload)
         _add(self.counts, found)
         return scrubbed
@@ -193,26 +295,27 @@ class _GrantScrubbers:
 
     def __init__(self, size: int) -> None:
         self._size = size
-        self._entries: dict[str, tuple[dict[str, tuple[str, str]], Scrubber]] = {}
+        self._entries: dict[object, tuple[dict[str, tuple[str, str]], Scrubber]] = {}
 
     def __repr__(self) -> str:
         return f"<_GrantScrubbers {len(self._entries)} grants>"
 
-    def get(self, grant_id: str | None, scrub: dict[str, tuple[str, str]]) -> Scrubber:
-        if grant_id is None:
+    def get(self, key: object, scrub: dict[str, tuple[str, str]]) -> Scrubber:
+        """``key``: the answer's scope (grant and host), or its grant id."""
+        if key is None:
             return scrubber_for(scrub)
-        entry = self._entries.get(grant_id)
-        if entry is not None and entry[0] == scrub:
+        entry = self._entries.get(key)
+        if entry is not None and (entry[0] is scrub or entry[0] == scrub):
             return entry[1]
         scrubber = scrubber_for(scrub)
-        self._entries.pop(grant_id, None)
-        self._entries[grant_id] = (dict(scrub), scrubber)
+        self._entries.pop(key, None)
+        self._entries[key] = (scrub, scrubber)
         while len(self._entries) > self._size:
             self._entries.pop(next(iter(self._entries)), None)
         return scrubber
 
 
-_SCRUBBERS = _GrantScrubbers(1024)
+_SCRUBBERS = _GrantScrubbers(4096)  # one per (grant, host) in use
 
 
 def _has_body(flow: http.HTTPFlow) -> bool:
@@ -221,15 +324,20 @@ def _has_body(flow: http.HTTPFlow) -> bool:
     return not (flow.request.method.upper() == "HEAD" or status < 200 or status in (204, 304))
 
 
-def on_response_headers(flow: http.HTTPFlow, verdict: Allowed | None) -> None:
-    """``responseheaders``: scrub the head for the grant's secrets, plan the body."""
+def on_response_headers(flow: http.HTTPFlow, verdict: Allowed | None,
+                        refresh: Refresh | None = None) -> None:
+    """``responseheaders``: scrub the head for the answer's set, plan the body."""
     response = flow.response
     assert response is not None
     complete = verdict is None or verdict.scrub_complete
+    live = live_set(verdict, refresh)
     # A grant whose every value is too short to be looked for (``Scrubber.empty``) has nothing
     # to scrub either: its answers take the same path as a grant without secrets.
-    scrubber = (_SCRUBBERS.get(verdict.grant_id, verdict.scrub) if verdict is not None
-                else scrubber_for({}))
+    # A long poll decided before a rotation is answered after it: ``changed`` catches that.
+    scrubber = (live.changed() if live is not None else None) or (
+        _SCRUBBERS.get(verdict.scrub_scope or verdict.grant_id,
+                       live.scrub if live is not None else verdict.scrub)
+        if verdict is not None else scrubber_for({}))
     scrub = not scrubber.empty
     head = _planning_headers(response)
     transfer = head.get(b"transfer-encoding")
@@ -237,7 +345,7 @@ def on_response_headers(flow: http.HTTPFlow, verdict: Allowed | None) -> None:
         # Nothing to scrub: stream the body untouched so memory stays bounded.
         response.stream = True
         return
-    state = ScrubState(scrubber, verdict.grant_id if verdict else None)
+    state = ScrubState(scrubber, verdict.grant_id if verdict else None, live=live)
     if verdict is not None and verdict.budget:
         state.meter = UsageMeter(response.headers.get("content-type"))
     flow.metadata[STATE_KEY] = state
@@ -277,7 +385,8 @@ def on_response_headers(flow: http.HTTPFlow, verdict: Allowed | None) -> None:
         response.headers.pop(name, None)
     if not (response.is_http2 or response.is_http3):
         response.headers["transfer-encoding"] = "chunked"
-    state.body = _BodyStream(flow, state.scrubber, decoder, state.meter)
+    content_type = response.headers.get("content-type") if scrub else None
+    state.body = _BodyStream(flow, state.scrubber, decoder, live, content_type, state.meter)
     response.stream = state.body
 
 
@@ -309,7 +418,9 @@ def on_response(flow: http.HTTPFlow, verdict: Allowed | None) -> dict[str, int]:
             flow.response.stream = False
             flow.response.content = state.withheld
         return state.counts
+    state.switch_if_changed()  # a rotation while the body was read: the new set for the rest
     if state.body is not None:
+        state.scrubber = state.body.scrubber  # switched by the stream itself, maybe
         _add(state.counts, state.body.scrubbing.counts)
     elif response.raw_content:
         _scrub_buffered_body(flow, state)
@@ -330,6 +441,15 @@ def _scrub_buffered_body(flow: http.HTTPFlow, state: ScrubState) -> None:
         body = response.raw_content
         if state.buffered_codings:
             body = decode_whole(body, state.buffered_codings, BUFFERED_LIMITS)
+        content_type = response.headers.get("content-type")
+        if not state.scrubber.empty and looks_compressed(body[:SNIFF_LENGTH], content_type):
+            # Compressed inside: searched, then passed on as it is (see nested_bodies).
+            scan_whole(body, state.scrubber, BUFFERED_LIMITS, media_coding(content_type))
+            if state.buffered_codings:
+                for name in ("content-encoding", *_DIGEST_HEADERS):
+                    response.headers.pop(name, None)
+                response.set_content(body)
+            return
     except BodyNotDecodable as error:
         denied = Denied(502, codes.RESPONSE_WITHHELD,
                         f"the answer could not be scrubbed: {error}", state.grant_id)
@@ -346,18 +466,23 @@ def _scrub_buffered_body(flow: http.HTTPFlow, state: ScrubState) -> None:
     response.set_content(scrubbed)  # also sets Content-Length
 
 
-def on_websocket_message(flow: http.HTTPFlow, verdict: Allowed) -> dict[str, int]:
+def on_websocket_message(flow: http.HTTPFlow, verdict: Allowed,
+                         refresh: Refresh | None = None) -> dict[str, int]:
     """Scrub the newest server message; returns the redactions it made."""
     assert flow.websocket is not None
     message = flow.websocket.messages[-1]
-    if message.from_client or not verdict.scrub:
+    if message.from_client:
         return {}
     state = flow.metadata.get(STATE_KEY)
     if state is None:
-        state = ScrubState(scrubber_for(verdict.scrub), verdict.grant_id)
+        live = live_set(verdict, refresh)
+        if not verdict.scrub and live is None:
+            return {}
+        state = ScrubState(scrubber_for(verdict.scrub), verdict.grant_id, live=live)
         flow.metadata[STATE_KEY] = state
     if state.messages is None:
         state.messages = MessageScrubber(state.scrubber)
+    state.switch_if_changed()  # a rotation since the last message: the new set from this one
     before = dict(state.messages.counts)
     message.content = state.messages.message(message.content)
     return {name: count - before.get(name, 0) for name, count in state.messages.counts.items()

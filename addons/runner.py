@@ -102,7 +102,7 @@ async def serve(broker: Broker, settings: ProxySettings,
         ErrorCheck(),
         _Announce(on_ready),
         ConnectionLimits(settings.deadlines),
-        *BrokerAddon(broker, settings.resolve).addons,
+        *BrokerAddon(broker, settings.resolve, deadlines=settings.deadlines).addons,
     )
     # Options owned by addons exist only once the addons are added.
     opts.update(

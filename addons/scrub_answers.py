@@ -33,7 +33,7 @@ class ScrubAnswers:
         record = flow_record(flow)
         verdict = record.verdict if record is not None else None
         try:
-            response_scrubbing.on_response_headers(flow, verdict)
+            response_scrubbing.on_response_headers(flow, verdict, self.broker.live_scrub)
         except Exception as error:  # withhold rather than pass on unscrubbed
             log.error("response scrub failed: %s", type(error).__name__)
             response_scrubbing.withhold_after_error(flow, verdict)
@@ -90,7 +90,8 @@ class ScrubAnswers:
         if record is None or flow.websocket is None:
             return
         try:
-            redactions = response_scrubbing.on_websocket_message(flow, record.verdict)
+            redactions = response_scrubbing.on_websocket_message(flow, record.verdict,
+                                                                 self.broker.live_scrub)
         except Exception as error:  # never pass a message on unscrubbed
             log.error("websocket scrub failed: %s", type(error).__name__)
             flow.websocket.messages[-1].drop()
@@ -101,9 +102,9 @@ class ScrubAnswers:
             self.broker.record_response(record.verdict, record.outbound, 101, 0.0, redactions)
 
     def error(self, flow: http.HTTPFlow) -> None:
+        """A flow that ends in an error is recorded by UpstreamFailures (sent or not sent);
+        here only its LLM budget: a request that left is charged its whole reservation (its
+        usage is never read). One that never left gets it back in Broker.record_not_sent."""
         record = flow_record(flow)
-        llm = self._settle(flow, None)
-        if record is not None and record.verdict.injected:
-            self.broker.record_response(record.verdict, record.outbound, None,
-                                        (time.monotonic() - record.started) * 1000, {},
-                                        llm=llm)
+        if record is not None and record.sent:
+            self._settle(flow, None)

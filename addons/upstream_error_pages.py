@@ -10,18 +10,25 @@ HTTP/2 (``Http2Server._handle_event``), as the broker's JSON error body with a c
 description chosen by the kind of error (``ErrorCode``), never by its message. What mitmproxy
 does around the page (closing the HTTP/1 connection, ending the HTTP/2 stream, resetting it when
 no page can be sent) is left as it is. HTTP/3 is not enabled by the broker.
+
+For an allowed flow, the ``error`` hook of upstream_failures.py chooses a more precise page (the
+grant and the kind of failure, still fixed texts); ``HttpStream.handle_protocol_error`` is
+wrapped so that the page event it sends carries that choice to the server layers above.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Generator
 from typing import Any
 
 from broker_proxy.addons.mitmproxy_compat import IncompatibleMitmproxy
+from broker_proxy.addons.upstream_failures import page_of
 from mitmproxy import http
 from mitmproxy.connection import ConnectionState
 from mitmproxy.net.http import http1
 from mitmproxy.proxy import commands
+from mitmproxy.proxy.layers import http as http_layers
 from mitmproxy.proxy.layers.http import _http1, _http2
 from mitmproxy.proxy.layers.http._events import ErrorCode, ResponseProtocolError
 
@@ -50,6 +57,21 @@ _PAGES: dict[ErrorCode, tuple[str, str]] = {
 
 
 
+class ChosenPage(ResponseProtocolError):
+    """A failure whose page the broker chose for its flow (upstream_failures.py): the grant
+    and the kind of failure, which mitmproxy's event cannot carry."""
+
+    def __init__(self, event: ResponseProtocolError, page: Denied) -> None:
+        super().__init__(event.stream_id, event.message, event.code)
+        self.page = page
+
+
+def _page_for(event: ResponseProtocolError) -> tuple[int, bytes, dict[str, str]] | None:
+    if isinstance(event, ChosenPage):
+        return event.page.status, event.page.body(), event.page.headers()
+    return error_page(event.code)
+
+
 def error_page(code: ErrorCode) -> tuple[int, bytes, dict[str, str]] | None:
     """Status, JSON body and headers for this kind of error; None when mitmproxy sends none."""
     status = code.http_status_code()
@@ -76,12 +98,18 @@ def install() -> None:
                                     "mitmproxy 12.3")
     if getattr(send, _MARK, False):
         return
+    protocol_error = getattr(http_layers.HttpStream, "handle_protocol_error", None)
+    if protocol_error is None or "SendHttp(event, self.context.client)" not in inspect.getsource(
+            protocol_error):
+        raise IncompatibleMitmproxy("mitmproxy's HttpStream.handle_protocol_error is not the one "
+                                    "broker-proxy hands its error pages to: it needs mitmproxy "
+                                    "12.3")
 
     def http1_send(self: Any, event: Any) -> Generator[Any, Any, None]:
         if isinstance(event, ResponseProtocolError):
             if not (self.conn.state & ConnectionState.CAN_WRITE):
                 return
-            page = error_page(event.code)
+            page = _page_for(event)
             if not self.response and page is not None:
                 yield commands.SendData(self.conn, _http1_page(*page))
             yield commands.CloseConnection(self.conn)
@@ -91,7 +119,7 @@ def install() -> None:
     def http2_handle_event(self: Any, event: Any) -> Generator[Any, Any, None]:
         if isinstance(event, ResponseProtocolError) and not self.is_closed(event.stream_id):
             stream = self.h2_conn.streams[event.stream_id]
-            page = error_page(event.code)
+            page = _page_for(event)
             if (page is not None and self.is_open_for_us(event.stream_id)
                     and not stream.state_machine.headers_sent):
                 status, body, headers = page
@@ -105,6 +133,24 @@ def install() -> None:
                 return
         yield from handle(self, event)
 
+    def handle_protocol_error(self: Any, event: Any) -> Generator[Any, Any, None]:
+        # Run mitmproxy's own error path (error hook, kill check, page, drop), but hand the
+        # page the flow's chosen answer: the error hook has run by the time the page is sent.
+        steps = protocol_error(self, event)
+        reply: Any = None
+        while True:
+            try:
+                command = steps.send(reply)
+            except StopIteration:
+                return
+            if (isinstance(command, http_layers.SendHttp)
+                    and isinstance(command.event, ResponseProtocolError)
+                    and command.connection is self.context.client
+                    and (page := page_of(self.flow)) is not None):
+                command = http_layers.SendHttp(ChosenPage(command.event, page), command.connection)
+            reply = yield command
+
     setattr(http1_send, _MARK, True)
     _http1.Http1Server.send = http1_send
     _http2.Http2Server._handle_event = http2_handle_event
+    http_layers.HttpStream.handle_protocol_error = handle_protocol_error

@@ -20,6 +20,7 @@ from mitmproxy.proxy import server_hooks
 
 from broker_proxy.decision.addresses import address_allowed
 from broker_proxy.decision.broker import Broker
+from broker_proxy.decision.upstream_failure import dial_refusal
 from broker_proxy.policy.resolve_pins import ResolvePins
 
 log = logging.getLogger("broker_proxy.addon")
@@ -48,7 +49,8 @@ class UpstreamGuard:
             await self._connect_checked(data)
         except Exception as error:  # fail closed: an unchecked address is never dialled
             log.error("server_connect hook failed: %s", type(error).__name__)
-            data.server.error = "the broker could not check the upstream address"
+            data.server.error = dial_refusal("connect_failed",
+                                             "the broker could not check the upstream address")
 
     async def _connect_checked(self, data: server_hooks.ServerConnectionHookData) -> None:
         if data.server.address is None:
@@ -57,12 +59,14 @@ class UpstreamGuard:
         if (host.lower(), port) not in self._allowed_upstreams.get(data.client, ()):
             # mitmproxy 12.3.1's TCP layer dials the upstream even after tcp_start killed the
             # flow: only an address a request decision allowed may be dialled at all.
-            data.server.error = "no request to this upstream was allowed by the broker"
+            data.server.error = dial_refusal("connect_failed",
+                                             "no request to this upstream was allowed")
             return
         try:
-            addresses, dial_port = await self._addresses(host, port)
+            addresses, dial_port, pinned = await self._addresses(host, port)
         except OSError as error:
-            data.server.error = f"cannot resolve {host}: {error.strerror or error}"
+            data.server.error = dial_refusal("resolve_failed",
+                                             f"cannot resolve {host}: {error.strerror or error}")
             return
         allowed_networks = self.broker.policy.policy.allow_addresses
         for address in addresses:
@@ -72,11 +76,14 @@ class UpstreamGuard:
                 if data.server.sni is None:
                     data.server.sni = host
                 return
-        data.server.error = (f"{host} resolves only to addresses the policy does not allow "
-                             "(loopback, private, link-local or metadata)")
+        how = "is pinned to" if pinned else "resolves only to"
+        data.server.error = dial_refusal(
+            "address_not_allowed",
+            f"{host} {how} {', '.join(addresses)}, which network.allow_addresses does not "
+            "allow (loopback, private, link-local or metadata)")
 
-    async def _addresses(self, host: str, port: int) -> tuple[list[str], int]:
-        """The addresses to try and the port to dial (a pin may change both).
+    async def _addresses(self, host: str, port: int) -> tuple[list[str], int, bool]:
+        """The addresses to try, the port to dial (a pin may change both), whether pinned.
 
         `run --resolve` pins first, then the policy's `network.resolve`, read at each dial so a
         reload changes where new connections go.
@@ -84,10 +91,10 @@ class UpstreamGuard:
         pinned = (self.resolve.lookup(host, port)
                   or ResolvePins(self.broker.policy.policy.resolve).lookup(host, port))
         if pinned is not None:
-            return [pinned[0]], pinned[1]
+            return [pinned[0]], pinned[1], True
         infos = await asyncio.get_running_loop().getaddrinfo(
             host, port, type=socket.SOCK_STREAM)
-        return [str(info[4][0]) for info in infos], port
+        return [str(info[4][0]) for info in infos], port, False
 
     def server_connected(self, data: server_hooks.ServerConnectionHookData) -> None:
         """Give the open connection its name back.

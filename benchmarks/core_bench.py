@@ -60,7 +60,8 @@ class MemoryGrantStore(SqliteGrantStore):
     def get(self, grant_id: str) -> Grant | None:
         return self.grants.get(grant_id)
 
-    def reserve_use(self, grant_id: str, now: datetime, *, wait: bool = True) -> ReserveResult:
+    def reserve_use(self, grant_id: str, now: datetime, *, wait: bool = True,
+                    deadline: float | None = None) -> ReserveResult:
         self.uses[grant_id] = self.uses.get(grant_id, 0) + 1  # a counter, as a store would
         return ReserveResult.RESERVED
 

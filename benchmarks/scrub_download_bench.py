@@ -70,16 +70,27 @@ SECRETS = [f"s{i:02d}" for i in range(20)]
 _WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
-def bench_policy() -> str:
+def bench_policy(shared_host: bool = False) -> str:
+    """Answers are scrubbed for the grant's secrets and for every secret the policy may send to
+    the answering host. So that the grant alone decides the cost (the three cases), only
+    "short" goes to the download's host; the others go to another host, unless ``shared_host``
+    (every secret at the download's host: every grant's answers pay for all of them). The
+    download's host is on the egress list, so every grant may reach it."""
     names = [*SECRETS, "short"]
     lines = ["version: 1", "secrets:"]
     for name in names:
+        host, port = ("{api}", "{api_port}") if shared_host or name == "short" else (
+            "{other}", "{other_port}")
         lines += [f"  {name}:", f"    from: env:BENCH_{name.upper()}", "    destinations:",
-                  "      - host: {api}", "        port: {api_port}"]
-    lines += ["  api_key:", "    from: vault", "    destinations:", "      - host: {api}",
-              "        port: {api_port}"]
+                  f"      - host: {host}", f"        port: {port}"]
+    lines += ["  api_key:", "    from: vault", "    destinations:",
+              "      - host: {api}" if shared_host else "      - host: {other}",
+              "        port: {api_port}" if shared_host else "        port: {other_port}"]
     lines += ["agents:", "  bot:", f"    secrets: [{', '.join([*names, 'api_key'])}]",
-              "    max_ttl: 1h", "network:", "  allow_addresses: [127.0.0.0/8]", ""]
+              "    max_ttl: 1h", "network:", "  allow_addresses: [127.0.0.0/8]"]
+    if not shared_host:  # the grants whose secrets go elsewhere still download from it
+        lines += ["egress:", "  allow: [{api}]"]
+    lines.append("")
     # The policy is str.format()ed by start_stack: only the host placeholders stay single.
     return "\n".join(lines)
 
@@ -362,6 +373,9 @@ def main() -> None:
                         default="curl" if shutil.which("curl") else "httpx",
                         help="who downloads (default curl: a process of its own that reads "
                         "chunked framing in C; httpx shares this process with the upstream)")
+    parser.add_argument("--shared-host", action="store_true",
+                        help="every secret's destination is the download's host (so every "
+                        "grant's answers there are scrubbed for all 22)")
     smoke.add_flag(parser)
     args = parser.parse_args()
     if args.smoke:
@@ -379,7 +393,8 @@ def main() -> None:
         plain = EchoServer().start()
         upstreams = Upstreams(api=bulk, other=others[0], evil=others[1],  # type: ignore[arg-type]
                               egress=others[2], plain=plain, untrusted=others[3])
-        stack = start_stack(root / "stack", pki, upstreams, policy=bench_policy())
+        stack = start_stack(root / "stack", pki, upstreams,
+                            policy=bench_policy(args.shared_host))
         try:
             grants = {"nothing": stack.issue("short").token,
                       "1 secret": stack.issue("s00").token,

@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import secrets
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,12 +31,14 @@ from broker_proxy.approvals import admin_routes
 from broker_proxy.approvals.desk import ApprovalDesk
 from broker_proxy.audit.log import AuditError, AuditLog
 from broker_proxy.console import routes as console_routes
-from broker_proxy.console.views import GRANT_STATES, MAX_GRANT_PAGE, filter_grants
+from broker_proxy.console.sessions import Session
 from broker_proxy.decision.active_policy import ActivePolicy
 from broker_proxy.durations import DurationError, parse_duration
 from broker_proxy.grants.actions import GRANT_ACTIONS, GrantAction, change_grant, issue_audited
 from broker_proxy.grants.issuer import GrantPolicyError
+from broker_proxy.grants.listing import ListingError, list_page, parse_query
 from broker_proxy.grants.store import GrantNotFound, GrantStateError, GrantStore, GrantStoreError
+from broker_proxy.signin_guard import SigninGuard
 from broker_proxy.time_source import utc_now
 
 log = logging.getLogger("broker_proxy.admin")
@@ -45,8 +48,10 @@ TOKEN_PREFIX = "bpa_"
 _GRANT_ID = re.compile(r"g_[0-9a-f]{16}")
 _BY = re.compile(r"[A-Za-z0-9._@:+-]{1,64}")
 MAX_USES = 10**9  # far above any task's need; bounded so every store can count it
-_ISSUE_FIELDS = frozenset({"agent", "task", "secrets", "ttl", "max_uses", "rates",
+_ISSUE_FIELDS = frozenset({"agent", "task", "secrets", "ttl", "max_uses", "by", "rates",
                            "concurrency", "cost_usd"})
+# The caller's label on a change (or the body's "by"): audited as `admin-api:<label>`.
+ACTOR_HEADER = "X-Broker-Actor"
 _OPEN_ROUTES = frozenset({"/healthz", "/readyz", "/openapi.json"})
 # The id a readiness probe looks up: well-formed, never issued (ids are random 64-bit hex).
 _PROBE_ID = "g_0000000000000000"
@@ -103,6 +108,13 @@ class AdminContext:
     policy_file_problem: Callable[[], str | None] = lambda: None
     approvals: ApprovalDesk | None = None  # requests held for approval, in the proxy process
     console: console_routes.Console | None = None  # the web console at /ui/ and its sessions
+    # /readyz probes beyond a look (see readiness.py): each answers a problem or None.
+    store_write_problem: Callable[[], str | None] | None = None
+    vault_problem: Callable[[], str | None] | None = None  # asked when a secret is `from: vault`
+    # Checkpoints (a --audit-checkpoint-copy) that cannot be written: degraded, still ready.
+    checkpoint_problem: Callable[[], str | None] | None = None
+    # Failed sign-ins (a wrong token, a refused console sign-in): slowed and audited per source.
+    signin_guard: SigninGuard | None = None
 
 
 class ApiError(Exception):
@@ -112,6 +124,10 @@ class ApiError(Exception):
         self.code = code
         self.message = message
         self.allow = allow  # the Allow header of a 405
+
+
+# Who a caller with the bearer token is when it names nobody: the holder of admin.token.
+TOKEN_HOLDER = "token-holder"
 
 
 class AdminHandler(BaseHTTPRequestHandler):
@@ -136,8 +152,16 @@ class AdminHandler(BaseHTTPRequestHandler):
         path = url.path
         self._allow: str | None = None
         self._body_read = False
-        self._total: int | None = None  # a paged list's size before paging
+        self._total: int | None = None  # a paged list's size before paging (offset paging)
+        self._next: str | None = None  # where a listing's next page starts
+        self._session: Session | None = None  # the console session that calls, if any
         try:
+            if path == "/favicon.ico" and method in ("GET", "HEAD"):
+                # Browsers ask for it on every console tab: an empty answer, not a refusal in
+                # the proxy's log or the browser's console.
+                self._drain()
+                self._send(204, "image/x-icon", b"")
+                return
             if method == "GET" and path in _OPEN_ROUTES:
                 self._drain()
                 self._open_route(path)
@@ -146,8 +170,7 @@ class AdminHandler(BaseHTTPRequestHandler):
                 self._console_page(method, path)
                 return
             # The bearer token, or a console session with its CSRF token (console/routes.py).
-            if not self._authorized() and not console_routes.session_allows(
-                    self.context.console, self.headers):
+            if not self._signed_in():
                 raise ApiError(401, "unauthorized",
                                "send Authorization: Bearer <the token in admin.token>")
             status, body = self._route(method, path, url.query)
@@ -166,12 +189,41 @@ class AdminHandler(BaseHTTPRequestHandler):
         self._drain()
         self._send_json(status, body)
 
+    def _signed_in(self) -> bool:
+        """The bearer token or a console session; presented credentials that fail are a
+        failed sign-in (slowed, audited). No credentials at all are only a 401."""
+        def verify() -> bool:
+            if self._authorized():
+                self._session = None
+                return True
+            self._session = console_routes.session_allows(self.context.console, self.headers)
+            return self._session is not None
+
+        guard = self.context.signin_guard
+        presented = "Authorization" in self.headers or \
+            console_routes.cookie_of(self.headers) is not None
+        if guard is None or not presented:
+            return verify()
+        return guard.check(self.client_address[0], "admin_api_token", verify)
+
     def _console_page(self, method: str, path: str) -> None:
-        if self.context.console is None:
+        console = self.context.console
+        if console is None:
             raise ApiError(404, "not_found", "the console is off")
-        answer = console_routes.ui_route(self.context.console, method, path, self.headers,
-                                         lambda: self._json_body(required=False),
-                                         self.context.token)
+        answers: list[console_routes.UiAnswer] = []
+
+        def sign_in() -> bool:
+            answers.append(console_routes.ui_route(
+                console, method, path, self.headers, lambda: self._json_body(required=False),
+                self.context.token))
+            return answers[-1].status != 401
+
+        guard = self.context.signin_guard
+        if guard is not None and method == "POST" and path == "/ui/session":
+            guard.check(self.client_address[0], "console_signin", sign_in)
+        else:
+            sign_in()
+        answer = answers[-1]
         self._drain()
         self._send(answer.status, answer.content_type, answer.body, answer.headers)
 
@@ -202,9 +254,10 @@ class AdminHandler(BaseHTTPRequestHandler):
             self._send_json(200, {"status": "ok"})
         elif path == "/readyz":
             checks = readiness(self.context)
-            ready = all(check["ok"] for check in checks.values())
-            self._send_json(200 if ready else 503,
-                            {"status": "ready" if ready else "not_ready", "checks": checks})
+            ready = all(check["ok"] or check.get("degraded") for check in checks.values())
+            status = "not_ready" if not ready else \
+                "degraded" if any(not check["ok"] for check in checks.values()) else "ready"
+            self._send_json(200 if ready else 503, {"status": status, "checks": checks})
         else:
             self._send(200, "application/json", openapi_document())
 
@@ -216,7 +269,8 @@ class AdminHandler(BaseHTTPRequestHandler):
                 and self.context.console is not None):
             return console_routes.api_route(self.context.console, method, parts, query,
                                             self.context.policy,
-                                            self.context.policy_file_problem)
+                                            self.context.policy_file_problem,
+                                            lambda: self._json_body(required=False))
         if parts[:2] == ["v1", "requests"] and self.context.approvals is not None:
             return admin_routes.route(self.context.approvals, method, parts, query,
                                       lambda: self._json_body(required=False), self._by)
@@ -249,48 +303,15 @@ class AdminHandler(BaseHTTPRequestHandler):
         return 200, grant.to_public_dict(utc_now())
 
     def _list(self, query: str) -> list[dict[str, Any]]:
-        params = parse_qs(query, keep_blank_values=True)
-        if set(params) & {"agent", "secret", "state", "limit", "offset"}:
-            return self._filtered(params)
-        if set(params) - {"pending"}:
-            raise ApiError(400, "invalid_request", "the only query parameter is pending")
-        pending = params.get("pending", ["false"])
-        if len(pending) != 1 or pending[0] not in ("true", "false"):
-            raise ApiError(400, "invalid_request", "pending must be true or false")
+        """One page of grants (listing.py); the next page's cursor goes in X-Next-Cursor."""
+        try:
+            listing = parse_query(parse_qs(query, keep_blank_values=True))
+        except ListingError as error:
+            raise ApiError(400, "invalid_request", str(error)) from None
         now = utc_now()
-        if pending[0] == "true":  # live grants only, through the store's index
-            grants = [g for g in self.context.grants.list(include_inactive=False, now=now)
-                      if g.state_at(now) == "pending"]
-        else:
-            grants = self.context.grants.list()
-        return [g.to_public_dict(now) for g in grants]
-
-    def _filtered(self, params: dict[str, list[str]]) -> list[dict[str, Any]]:
-        """Newest first, filtered and paged: the console's grants page (10,000 grants)."""
-        if unknown := set(params) - {"agent", "secret", "state", "limit", "offset"}:
-            raise ApiError(400, "invalid_request", f"unknown parameters: {sorted(unknown)}")
-        if any(len(values) != 1 for values in params.values()):
-            raise ApiError(400, "invalid_request", "each parameter at most once")
-        if "state" in params and params["state"][0] not in GRANT_STATES:  # "" is no state
-            raise ApiError(400, "invalid_request", f"state is one of {', '.join(GRANT_STATES)}")
-        value = {name: values[0] or None for name, values in params.items()}
-        if value.get("state") not in (None, *GRANT_STATES):
-            raise ApiError(400, "invalid_request", f"state is one of {', '.join(GRANT_STATES)}")
-        numbers = {}
-        for name, default in (("limit", 50), ("offset", 0)):
-            text = params[name][0] if name in params else str(default)  # "" is no number
-            if not text.isdigit() or len(text) > 9:
-                raise ApiError(400, "invalid_request", f"{name} must be a whole number")
-            numbers[name] = int(text)
-        limit = max(1, min(numbers["limit"], MAX_GRANT_PAGE))
-        now = utc_now()
-        live = value.get("state") in ("active", "pending")  # then only live rows are read
-        grants = self.context.grants.list(include_inactive=not live, now=now)
-        chosen = filter_grants(grants, agent=value.get("agent"),
-                               secret=value.get("secret"), state=value.get("state"), now=now)
-        self._total = len(chosen)
-        return [g.to_public_dict(now)
-                for g in chosen[numbers["offset"]:numbers["offset"] + limit]]
+        page = list_page(self.context.grants, listing, now)
+        self._total, self._next = page.total, page.next_cursor
+        return [g.to_public_dict(now) for g in page.grants]
 
     def _issue(self) -> dict[str, Any]:
         body = self._json_body(required=True)
@@ -326,7 +347,7 @@ class AdminHandler(BaseHTTPRequestHandler):
             issued = issue_audited(
                 self.context.policy().policy, self.context.grants, self.context.audit,
                 agent=agent, task=task, secrets=names, ttl=lifetime, max_uses=max_uses,
-                now=utc_now(), proxy_url_base=self.context.proxy_listen, by="admin-api",
+                now=utc_now(), proxy_url_base=self.context.proxy_listen, by=self._by(body),
                 rates=rates, concurrency=tighter["concurrency"], cost_usd=tighter["cost_usd"])
         except DurationError as error:
             raise ApiError(400, "invalid_request", str(error)) from None
@@ -348,12 +369,31 @@ class AdminHandler(BaseHTTPRequestHandler):
             raise ApiError(400, "invalid_request", "reason must be one line, 1-500 characters")
         return self._by(body), reason
 
-    @staticmethod
-    def _by(body: dict[str, Any]) -> str:
-        by = body.get("by", "admin-api")
-        if not isinstance(by, str) or not _BY.fullmatch(by):
+    def _by(self, body: dict[str, Any]) -> str:
+        """Who changes something, for its audit record: never an anonymous `admin-api`.
+
+        A console session decides as the name it signed in with (`console:<name>`); a caller
+        with the bearer token names itself in the `X-Broker-Actor` header or a `by` field
+        (`admin-api:<label>`); without one it is recorded as `admin-api:token-holder`.
+        """
+        by = body.get("by")
+        if self._session is not None:
+            if by is not None:
+                raise ApiError(400, "invalid_request",
+                               "a console session decides as the name it signed in with")
+            return f"console:{self._session.name}"
+        header = self.headers.get(ACTOR_HEADER)
+        if header is not None and by is not None and header != by:
+            raise ApiError(400, "invalid_request",
+                           f"{ACTOR_HEADER} and the by field name different callers")
+        label = by if by is not None else header
+        if label is None:
+            # Scripts written to the bearer-token contract keep working; the record then names
+            # the one identity known: whoever holds admin.token (a shared, break-glass one).
+            label = TOKEN_HOLDER
+        if not isinstance(label, str) or not _BY.fullmatch(label):
             raise ApiError(400, "invalid_request", "by must be 1-64 letters, digits or ._@:+-")
-        return by if by == "admin-api" else f"admin-api:{by}"
+        return f"admin-api:{label}"
 
     def _json_body(self, *, required: bool) -> dict[str, Any]:
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
@@ -391,6 +431,8 @@ class AdminHandler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         if (total := getattr(self, "_total", None)) is not None:
             self.send_header("X-Total-Count", str(total))
+        if next_cursor := getattr(self, "_next", None):
+            self.send_header("X-Next-Cursor", next_cursor)
         self.send_header("Content-Length", str(len(data)))
         self.send_header("Cache-Control", "no-store")  # answers carry grant tokens
         if status == 401:
@@ -413,11 +455,15 @@ def _allow(method: str, allowed: str) -> None:
 
 
 def readiness(context: AdminContext) -> dict[str, dict[str, object]]:
-    """Can the proxy decide right now: store readable, audit log writable, a policy loaded."""
+    """Can the proxy decide right now: store readable and writable, vault open, audit log
+    writable, a policy loaded. Not ready while every request needing one of them would be
+    refused; degraded (still 200) while only a checkpoint copy fails."""
     checks: dict[str, dict[str, object]] = {}
     try:
         context.grants.get(_PROBE_ID)
-        checks["grant_store"] = {"ok": True}
+        problem = context.store_write_problem() if context.store_write_problem else None
+        checks["grant_store"] = {"ok": problem is None} | ({"problem": problem} if problem
+                                                            else {})
     except GrantStoreError:
         checks["grant_store"] = {"ok": False}
     # Look at the file as an append would (identity, size, last record) and at whether the last
@@ -425,11 +471,35 @@ def readiness(context: AdminContext) -> dict[str, dict[str, object]]:
     problem = context.audit.problem()
     checks["audit_log"] = {"ok": problem is None} | ({"problem": problem} if problem else {})
     active = context.policy()
+    if context.vault_problem is not None and any(
+            secret.source == "vault" for secret in active.policy.secrets.values()):
+        problem = context.vault_problem()
+        checks["vault"] = {"ok": problem is None} | ({"problem": problem} if problem else {})
+    if context.checkpoint_problem is not None:
+        problem = context.checkpoint_problem()
+        checks["audit_checkpoints"] = {"ok": problem is None} | (
+            {"degraded": True, "problem": problem} if problem else {})
     checks["policy"] = {"ok": active is not None, "digest": active.policy.digest}
     if (rejected := context.policy_file_problem()) is not None:
         # Still ready (the last good policy serves), but the file on disk is not what runs.
         checks["policy"] |= {"file_rejected": True, "problem": rejected}
     return checks
+
+
+class _QuietServer(ThreadingHTTPServer):
+    """A client that went away (a console tab closed during a long poll) is one debug line.
+
+    The stdlib prints a traceback to stderr for any exception a handler lets out; a closed
+    connection is routine for a live view, and anything else is said in one line.
+    """
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        error = sys.exc_info()[1]
+        if isinstance(error, ConnectionError | TimeoutError):
+            log.debug("admin API client %s went away: %s", client_address[0],
+                      type(error).__name__)
+        else:
+            log.error("admin API connection failed: %s", type(error).__name__)
 
 
 class AdminServer:
@@ -438,7 +508,7 @@ class AdminServer:
     def __init__(self, host: str, port: int, context: AdminContext) -> None:
         handler = type("BoundAdminHandler", (AdminHandler,), {"context": context})
         self.context = context
-        self._server = ThreadingHTTPServer((host, port), handler)
+        self._server = _QuietServer((host, port), handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="admin-api",
                                         daemon=True)

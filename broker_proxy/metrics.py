@@ -169,6 +169,36 @@ class BrokerMetrics:
             "Audit records written by this process (including rotation and recovery records).",
             registry=self.registry,
         )
+        self.audit_checkpoint_copy_failures = Counter(
+            "broker_audit_checkpoint_copy_failures",
+            "Signed checkpoints that could not be appended to a --audit-checkpoint-copy file.",
+            registry=self.registry,
+        )
+        # Set at each scrape by the process that writes checkpoints (observability.py).
+        self.audit_checkpoint_copy_failing = Gauge(
+            "broker_audit_checkpoint_copy_failing",
+            "1 while a checkpoint copy (or the checkpoint file) cannot be written; /readyz "
+            "says degraded and names it.",
+            registry=self.registry, multiprocess_mode="livemax",
+        )
+        self.admin_signin_failures = Counter(
+            "broker_admin_signin_failures",
+            "Admin API and console sign-ins refused (a wrong or missing token), by surface.",
+            ["surface"],
+            registry=self.registry,
+        )
+        self.upstream_failures = Counter(
+            "broker_upstream_failures",
+            "Allowed requests answered 502 upstream_error (or whose agent went away), by kind "
+            "of failure and whether the request had left (sent/not_sent).",
+            ["kind", "outcome"],
+            registry=self.registry,
+        )
+        self.worker_restarts = Counter(
+            "broker_worker_restarts",
+            "Workers of `run --workers N` that died and were started again.",
+            registry=self.registry,
+        )
         self.otlp_records_sent = Counter(
             "broker_otlp_records_sent",
             "Audit records an OTLP collector accepted (run --otlp-endpoint).",

@@ -32,8 +32,16 @@ from broker_proxy.secrets.master_key import ENV_VAR as MASTER_KEY_ENV
 from broker_proxy.secrets.master_key import load_or_create_master_key
 from broker_proxy.secrets.vault import Vault
 from broker_proxy.time_source import utc_now
+
+# Every audit log an end-to-end test makes is verified at the end of the session.
+from tests.audit_evidence import (  # noqa: F401 (pytest finds the hooks by name here)
+    pytest_configure,
+    pytest_runtest_protocol,
+    pytest_sessionfinish,
+)
 from tests.decision_setup import setup  # noqa: F401 (the decision tests' broker, for every module)
 from tests.master_keys import random_master_key
+from tests.replay_property import assert_replay_unchanged
 
 API_HOST = "api.test.local"
 OTHER_HOST = "other.test.local"
@@ -229,6 +237,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, pki: LocalPki,
     written += running.home.audit_log.read_text(errors="replace")
     for value in running.secret_values():
         assert value not in written, "a secret value reached the proxy's log or audit log"
+    assert_replay_unchanged(running.home.audit_log, running.policy_file)
 
 
 @pytest.fixture(autouse=True)

@@ -2,7 +2,8 @@
 
 Raw sockets, so each answer is exactly the bytes under test: a status line or a header line
 holding the value, a head cut off before its blank line, a 1xx before the final answer, a
-``Transfer-Encoding: gzip, chunked`` body, an empty 206, a stored value read back by a later
+``Transfer-Encoding: gzip, chunked`` body, an empty 206, a header folded (obs-fold) in the middle
+of the value, a stored value read back by a later
 request that carries no placeholder, and a WebSocket that drips the value a few characters per
 message, pings with it and closes with it as the reason. The value is what the proxy injected in
 ``X-Reflect`` (``Authorization: Bearer`` for the WebSocket). Every request is recorded, so a
@@ -158,6 +159,10 @@ class HostileUpstream:
             case "/v1/early-hints":
                 return _Answer(_head("103 Early Hints", [("Link", "</a.css>; rel=preload")])
                                + _whole("401 Unauthorized", b"invalid api key " + raw))
+            case "/v1/folded":  # obs-fold: the value split across a folded header line
+                half = len(raw) // 2
+                return _Answer(b"HTTP/1.1 200 OK\r\nX-Echo: " + raw[:half] + b"\r\n "
+                               + raw[half:] + b"\r\nContent-Length: 2\r\n\r\nok")
             case "/v1/plain":
                 return _Answer(_whole("200 OK", b"hello"))
             case "/v1/te":

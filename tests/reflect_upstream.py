@@ -1,7 +1,8 @@
 """A local HTTPS upstream that reflects the secret it received, in every form the scrubber knows.
 
 The agent sends ``X-Reflect: <placeholder>``; the proxy injects the real value; this server
-answers with that value encoded as asked (``?form=``), compressed as asked (``?enc=``), in its
+answers with that value encoded as asked (``?form=``), compressed as asked (``?enc=``; ``?nest=``
+compresses the body itself, under the media type ``?type=``), in its
 headers too, whole or dripped one byte per chunk (``?drip=1``). ``/v1/big`` streams a long body
 for the benchmark, ``/v1/range`` answers 206. ``WebSocketReflector`` echoes it over WebSocket.
 """
@@ -10,9 +11,13 @@ from __future__ import annotations
 
 import base64
 import gzip
+import hashlib
+import io
 import json
+import lzma
 import ssl
 import threading
+import zipfile
 import zlib
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -51,6 +56,22 @@ FORMS: dict[str, Callable[[bytes], bytes]] = {
     "b64url_offset1": lambda v: base64.urlsafe_b64encode(b"\xff" + v + b"\xfe\xfd").rstrip(b"="),
     "b64_wrapped": lambda v: base64.encodebytes(b"z" * 50 + v + b"z" * 80),
     "b64_wrapped_crlf": lambda v: base64.encodebytes(b"q" * 45 + v).replace(b"\n", b"\r\n"),
+    # Pages, mail and dumps (fixed widths, so that two values of one length give one length).
+    "html_dec": lambda v: "".join(f"&#{ord(c):03d};" for c in v.decode()).encode(),
+    "html_hex": lambda v: "".join(f"&#x{ord(c):02X};" for c in v.decode()).encode(),
+    "html_mixed": lambda v: "".join(
+        (c, f"&#{ord(c):04d};", f"&#x{ord(c):04x};")[i % 3]
+        for i, c in enumerate(v.decode())).encode(),
+    "qp_all": lambda v: "".join(f"={b:02X}" for b in v).encode(),
+    "qp_soft": lambda v: b"=\r\n".join(v[i:i + 7] for i in range(0, len(v), 7)),
+    "lines_lf": lambda v: b"\n".join(v[i:i + 8] for i in range(0, len(v), 8)),
+    "lines_crlf": lambda v: b"\r\n".join(v[i:i + 5] for i in range(0, len(v), 5)),
+    "b32": base64.b32encode,
+    "hex_colon": lambda v: b":".join(b"%02x" % b for b in v),
+    "hex_space": lambda v: b" ".join(b"%02X" % b for b in v),
+    "hex_dash": lambda v: b"-".join(b"%02x" % b for b in v),
+    "utf32le": lambda v: v.decode().encode("utf-32-le"),
+    "utf32be": lambda v: v.decode().encode("utf-32-be"),
 }
 
 
@@ -62,8 +83,17 @@ def _deflate(data: bytes) -> bytes:
     return zlib.compress(data)
 
 
+def _zip(data: bytes) -> bytes:
+    """A zip archive holding ``data`` as one deflated file (for ``?nest=zip``)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("reflected.txt", data)
+    return buffer.getvalue()
+
+
 ENCODERS: dict[str, Callable[[bytes], bytes]] = {
     "gzip": gzip.compress, "deflate": _deflate, "br": brotli.compress, "zstd": _zstd,
+    "zip": _zip, "xz": lzma.compress,  # not content codings: archives, for ``?nest=``
     "x-unknown": lambda data: data,  # a coding the proxy cannot undo
 }
 
@@ -110,10 +140,18 @@ class _Handler(BaseHTTPRequestHandler):
         if forms == ["all"]:
             forms = sorted(FORMS)
         body = reflected_body(value, forms)
+        if query.get("secret") == "0":  # an answer without the value (a control)
+            body = b"nothing to see here\n" * 20
+        # ``nest``: the body is itself compressed (an archive), before any content coding.
+        nested = [c for c in query.get("nest", "").split(",") if c]
+        body = encode_body(body, nested)
         codings = [c for c in query.get("enc", "").split(",") if c]
         body = encode_body(body, codings)
         self.send_response(200, "OK " + value.decode())
-        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Type", query.get("type", "text/plain"))
+        # What the upstream received, as a digest: tests show it was the real value.
+        self.send_header("X-Received-Digest", hashlib.sha256(value).hexdigest())
+        self.server.digests.append(hashlib.sha256(value).hexdigest())
         self.send_header("Set-Cookie", "sid=" + value.decode() + "; Secure")
         self.send_header("Location", "https://example.test/cb?token=" + quote(value))
         self.send_header("WWW-Authenticate", f'Bearer error="{value.decode()}"')
@@ -166,11 +204,13 @@ class _Handler(BaseHTTPRequestHandler):
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    digests: list[str]  # of the values received, for controls that see no answer
 
 
 class ReflectServer:
     def __init__(self, cert: Path, key: Path) -> None:
         self._server = _Server(("127.0.0.1", 0), _Handler)
+        self._server.digests = []
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(cert, key)
         self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
@@ -192,6 +232,11 @@ class ReflectServer:
 
     def clear(self) -> None:
         pass
+
+    @property
+    def digests(self) -> list[str]:
+        """sha256 of each value received in ``X-Reflect`` (never the value)."""
+        return self._server.digests
 
 
 class WebSocketReflector:

@@ -26,9 +26,15 @@ def admin_token(stack: Stack) -> str:
 RIGHT = "use the admin token"
 
 
+ACTOR = "tests"  # every change names its caller (X-Broker-Actor), unless a test says otherwise
+
+
 def call(stack: Stack, method: str, path: str, *, token: str | None = RIGHT,
-         body: object = None, headers: dict[str, str] | None = None) -> requests.Response:
+         body: object = None, headers: dict[str, str] | None = None,
+         actor: str | None = ACTOR) -> requests.Response:
     sent = dict(headers or {})
+    if method == "POST" and actor is not None and not (isinstance(body, dict) and "by" in body):
+        sent.setdefault("X-Broker-Actor", actor)
     if token == RIGHT:
         sent["Authorization"] = f"Bearer {admin_token(stack)}"
     elif token is not None:
@@ -37,11 +43,14 @@ def call(stack: Stack, method: str, path: str, *, token: str | None = RIGHT,
                             json=body, timeout=10)
 
 
-def snapshot(stack: Stack) -> tuple[list[dict], int]:
-    """Everything a request could change: the grants and the audit log's length."""
+def snapshot(stack: Stack) -> tuple[list[dict], list[dict]]:
+    """Everything a request could change: the grants and the audit log's records (but the
+    signin_failed records a refused token is meant to leave)."""
     answer = call(stack, "GET", "/v1/grants")
     grants = [{k: v for k, v in g.items() if k != "state"} for g in answer.json()]
-    return grants, stack.home.audit_log.stat().st_size
+    records = [r for r in AuditLog.read_records(stack.home.audit_log)
+               if r["event"] != "signin_failed"]
+    return grants, records
 
 
 def test_admin_token_is_created_private_at_first_start(stack: Stack) -> None:
@@ -97,7 +106,9 @@ def test_probes_and_openapi_need_no_token(stack: Stack) -> None:
     ready = call(stack, "GET", "/readyz", token=None)
     assert ready.status_code == 200
     assert ready.json()["status"] == "ready"
-    assert set(ready.json()["checks"]) == {"grant_store", "audit_log", "policy"}
+    # vault: the policy has a `from: vault` secret; audit_checkpoints: checkpoints are on.
+    assert set(ready.json()["checks"]) == {"grant_store", "audit_log", "policy", "vault",
+                                          "audit_checkpoints"}
     document = call(stack, "GET", "/openapi.json", token=None).json()
     shipped = json.loads((Path(__file__).parent.parent / "broker_proxy" /
                           "admin_openapi.json").read_text())
@@ -136,9 +147,32 @@ def test_grant_issued_approved_and_revoked_over_the_api_gates_requests(stack: St
 
     records = [r for r in AuditLog.read_records(stack.home.audit_log) if r["grant"] == grant_id]
     events = [(r["event"], r.get("by")) for r in records if r["event"].startswith("grant_")]
-    assert events == [("grant_issued", "admin-api"), ("grant_approved", "admin-api:alice"),
-                      ("grant_revoked", "admin-api")]
+    assert events == [("grant_issued", "admin-api:tests"), ("grant_approved", "admin-api:alice"),
+                      ("grant_revoked", "admin-api:tests")]
     assert token not in stack.home.audit_log.read_text()
+
+
+def test_a_change_without_a_named_caller_names_the_token_holder(stack: Stack) -> None:
+    """Nobody decides as an anonymous `admin-api`: a caller that names nobody is recorded as the
+    holder of the admin token (scripts written to the bearer-token contract keep working), and
+    a clash between the header and the body is refused without changing anything."""
+    issued = call(stack, "POST", "/v1/grants", body={
+        "agent": "careful-bot", "task": "who", "secrets": ["api_key"]}).json()
+    before = snapshot(stack)
+    clash = call(stack, "POST", f"/v1/grants/{issued['id']}/approve", body={"by": "alice"},
+                 headers={"X-Broker-Actor": "mallory"})
+    assert clash.status_code == 400
+    assert snapshot(stack) == before
+    unnamed = call(stack, "POST", f"/v1/grants/{issued['id']}/approve", actor=None)
+    assert unnamed.status_code == 200, unnamed.text
+    assert unnamed.json()["approved_by"] == "admin-api:token-holder"
+    named = call(stack, "POST", "/v1/grants", actor="ci-pipeline", body={
+        "agent": "careful-bot", "task": "who", "secrets": ["api_key"]}).json()
+    issued_by = {r["grant"]: r.get("by") for r in AuditLog.read_records(stack.home.audit_log)
+                 if r["event"] == "grant_issued"}
+    assert issued_by[named["id"]] == "admin-api:ci-pipeline"
+    by = [r.get("by") for r in AuditLog.read_records(stack.home.audit_log)]
+    assert "admin-api" not in by
 
 
 def test_grant_denied_over_the_api_stays_refused(stack: Stack) -> None:
@@ -197,6 +231,7 @@ def test_json_out_of_bounds_is_a_clear_400_and_changes_nothing(stack: Stack, raw
     before = snapshot(stack)
     answer = requests.post(stack.proxy.admin_url + "/v1/grants", data=raw, timeout=10,
                            headers={"Authorization": f"Bearer {admin_token(stack)}",
+                                    "X-Broker-Actor": ACTOR,
                                     "Content-Type": "application/json"})
     assert answer.status_code == 400, answer.text
     assert answer.json()["error"] == "invalid_request"

@@ -18,7 +18,8 @@ schema = schemathesis.openapi.from_path(OPENAPI)
 
 
 def bearer(stack: Stack) -> dict[str, str]:
-    return {"Authorization": f"Bearer {stack.home.admin_token.read_text().strip()}"}
+    return {"Authorization": f"Bearer {stack.home.admin_token.read_text().strip()}",
+            "X-Broker-Actor": "schema-tests"}
 
 
 @schema.parametrize()

@@ -11,7 +11,13 @@ from typing import ClassVar
 
 import pytest
 
-from broker_proxy.approvals.desk import ApprovalDesk, HeldRequest, HoldNotFound, HoldStateError
+from broker_proxy.approvals.desk import (
+    MAX_PENDING_PER_GRANT,
+    ApprovalDesk,
+    HeldRequest,
+    HoldNotFound,
+    HoldStateError,
+)
 from broker_proxy.approvals.digest import request_shape
 from broker_proxy.approvals.webhook import WebhookNotifier
 from broker_proxy.audit import AuditLog, AuditWriteError, verify_chain
@@ -213,3 +219,11 @@ def test_a_dead_webhook_never_delays_a_hold(audit: AuditLog, clock: Clock) -> No
     for n in range(20):
         _hold(desk, _request(body=str(n).encode()))
     assert datetime.now() - started < timedelta(seconds=2)
+
+
+def test_one_grant_cannot_take_the_whole_queue(desk: ApprovalDesk) -> None:
+    for index in range(MAX_PENDING_PER_GRANT):
+        _hold(desk, _request(body=str(index).encode()), grant="g_busy")
+    assert desk.full("g_busy")
+    assert not desk.full("g_other") and not desk.full()
+    _hold(desk, _request(), grant="g_other")  # another grant's request is still held

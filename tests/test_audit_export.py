@@ -1,9 +1,10 @@
 """`audit export`: OCSF events that validate against the OCSF schema, and an export that, killed
 mid-way and started again, has written every record exactly once.
 
-tests/data/ocsf-1.1.0-excerpt.json holds the OCSF 1.1.0 class schemas the mapping uses (API
-Activity 6003, Authorize Session 3003, Account Change 3001, Application Lifecycle 6002), with
-the objects they reference embedded (its `_source` says how it was made).
+tests/data/ocsf-1.8.0-excerpt.json holds the OCSF 1.8.0 class schemas the mapping uses (API
+Activity 6003, Authorize Session 3003, Account Change 3001, Application Lifecycle 6002, each with
+the security_control profile), with the objects they reference embedded (its `_source` says how
+it was made).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from broker_proxy.audit.export import resume_point
 from broker_proxy.audit.log import AuditLog
 from broker_proxy.audit.record_schema import OCSF_EXPORT_SCHEMA_FILE, load_schema
 
-OCSF = json.loads((Path(__file__).parent / "data" / "ocsf-1.1.0-excerpt.json").read_text())
+OCSF = json.loads((Path(__file__).parent / "data" / "ocsf-1.8.0-excerpt.json").read_text())
 GRANT = {"grant": "g_1", "agent": "bot", "task": "sync"}
 
 
@@ -48,6 +49,18 @@ def every_kind_of_record(home: Path) -> None:
         log.append("response", decision="allow", reason="injected", secrets=["github"],
                    grant="g_1", method=method, scheme="https", host="api.github.com",
                    port=443, path="/repos/acme/x", status=200, duration_ms=4.5, redactions=1)
+    held = {"secrets": ["github"], "method": "POST", "scheme": "https",
+            "host": "api.github.com", "port": 443, "path": "/repos/acme/x", **GRANT}
+    log.append("request", decision="held", reason="approval_required", hold="h_1",
+               digest="d" * 64, **held)
+    log.append("request_approved", decision="allow", reason="once", by="console:alice",
+               hold="h_1", digest="d" * 64, shown_digest="e" * 64, **held)
+    log.append("request", decision="held", reason="approval_required", hold="h_2", **held)
+    log.append("request_denied", decision="deny", reason="deny", by="cli:bob", hold="h_2",
+               message="not today", **held)
+    log.append("request", decision="held", reason="approval_required", hold="h_3", **held)
+    log.append("request_timed_out", decision="deny", reason="timeout", by="broker-proxy",
+               hold="h_3", **held)
     log.append("request", decision="deny", reason="destination_not_allowed", method="POST",
                scheme="https", host="paste.example.net", port=443, path="/", status=403,
                **GRANT)
@@ -93,6 +106,33 @@ def test_ocsf_export_validates_against_the_ocsf_schema(tmp_path: Path) -> None:
     assert (refused["status_id"], refused["dst_endpoint"]["hostname"]) == (
         2, "paste.example.net")
     assert refused["actor"]["session"]["uid"] == "g_1"
+    assert refused["disposition_id"] == 2 and refused["metadata"]["version"] == "1.8.0"
+    assert ("request_approved", 3003, 1) in seen
+
+
+def test_ocsf_names_the_approver_and_never_calls_a_held_request_a_success(
+        tmp_path: Path) -> None:
+    every_kind_of_record(tmp_path)
+    events = [json.loads(line) for line in export(tmp_path, "--format", "ocsf").stdout.splitlines()]
+    by_event: dict[str, list[dict]] = {}
+    for event in events:
+        by_event.setdefault(event["unmapped"]["event"], []).append(event)
+    held = [e for e in by_event["request"] if e["unmapped"].get("hold")]
+    assert len(held) == 3
+    assert {(e["status_id"], e["disposition_id"], e["action_id"]) for e in held} == {(0, 14, 0)}
+    approved = by_event["request_approved"][0]
+    assert (approved["disposition_id"], approved["disposition"]) == (8, "Approved")
+    assert approved["actor"]["user"]["name"] == "console:alice"
+    assert approved["user"]["name"] == "bot" and approved["status_id"] == 1
+    assert approved["unmapped"]["path"] == "/repos/acme/x"
+    denied = by_event["request_denied"][0]
+    assert (denied["disposition_id"], denied["status_id"], denied["actor"]["user"]["name"]) == (
+        25, 2, "cli:bob")
+    timed_out = by_event["request_timed_out"][0]
+    assert (timed_out["disposition_id"], timed_out["actor"]["user"]["name"]) == (
+        2, "broker-proxy")
+    assert by_event["grant_approved"][0]["disposition_id"] == 8
+    assert by_event["grant_approved"][0]["actor"]["user"]["name"] == "alice"
 
 
 def test_jsonl_export_is_the_records_themselves(tmp_path: Path) -> None:

@@ -312,9 +312,12 @@ def test_request_without_placeholder_to_a_granted_or_egress_host_is_allowed_unch
     for target in (request(path="/anything"), request(host=EGRESS, path="/simple/"),
                    request(host=EGRESS, scheme="http", port=80)):
         verdict = setup.broker.decide(issued.token, target)
-        # Unchanged, and its answer scrubbed for the grant's secret all the same.
-        assert isinstance(verdict, Allowed) and set(verdict.scrub) == {"api_key"}
-        assert replace(verdict, scrub={}) == Allowed(grant_id=issued.grant.id)
+        # Unchanged, and its answer scrubbed for the grant's secret all the same, and on the
+        # API host for every secret the policy may send there.
+        assert isinstance(verdict, Allowed) and set(verdict.scrub) == (
+            {"api_key"} if target.host == EGRESS else {"api_key", "header_only", "spare"})
+        assert replace(verdict, scrub={}, scrub_scope=None,
+                       scrub_generation=0) == Allowed(grant_id=issued.grant.id)
     assert setup.uses(issued) == 0  # only secret-carrying requests spend uses
     assert setup.requests_total("allow", codes.ALLOWED) == 3
 
@@ -423,7 +426,9 @@ def test_header_placeholder_is_swapped_and_the_use_counted(setup):
     assert verdict.headers == (("Accept", "*/*"),
                                ("Authorization", f"Bearer {setup.values['api_key']}"))
     assert verdict.query is None and verdict.body is None
-    assert verdict.scrub == {"api_key": (setup.values["api_key"], "{{secret:api_key}}")}
+    # The grant's secret, and those the policy may send to this host (scrubbed, not injected).
+    assert verdict.scrub == {name: (setup.values[name], "{{secret:" + name + "}}")
+                             for name in ("api_key", "header_only", "spare")}
     assert setup.values["api_key"] not in repr(verdict)
     assert setup.uses(issued) == 1
 
@@ -480,10 +485,12 @@ def test_audit_record_is_on_disk_before_decide_returns_and_holds_no_secret(setup
 def test_every_denial_is_audited_with_its_reason(setup):
     issued = setup.issue("api_key")
     setup.broker.decide(issued.token, request(host=EVIL, headers=bearer()))
-    setup.broker.decide(None, request())
+    setup.broker.decide("bpt_nonsense", request())
+    setup.broker.decide(None, request())  # no credentials at all: the 407 is a challenge
     reasons = [(r["decision"], r["reason"], r["status"]) for r in setup.records()]
     assert reasons == [("deny", codes.DESTINATION_NOT_ALLOWED, 403),
-                       ("deny", codes.PROXY_AUTH_REQUIRED, 407)]
+                       ("deny", codes.PROXY_AUTH_REQUIRED, 407),
+                       ("challenge", codes.PROXY_AUTH_REQUIRED, 407)]
 
 
 def test_metrics_count_decisions_and_injections(setup):
@@ -495,7 +502,8 @@ def test_metrics_count_decisions_and_injections(setup):
     registry = setup.broker.metrics.registry
     assert setup.requests_total("allow", codes.INJECTED) == 2
     assert setup.requests_total("deny", codes.DESTINATION_NOT_ALLOWED) == 1
-    assert setup.requests_total("deny", codes.PROXY_AUTH_REQUIRED) == 1
+    assert setup.requests_total("challenge", codes.PROXY_AUTH_REQUIRED) == 1
+    assert setup.requests_total("deny", codes.PROXY_AUTH_REQUIRED) in (0, None)
     assert registry.get_sample_value("broker_injections_total", {"secret": "api_key"}) == 2
     assert registry.get_sample_value("broker_decision_seconds_count") == 4
     exposition = "\n".join(

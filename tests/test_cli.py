@@ -59,7 +59,8 @@ def test_every_command_has_help(home: Path, capsys: pytest.CaptureFixture[str]) 
     # starting one interpreter per command (the entry point itself is run by the other tests).
     for command in (["run"], ["demo"], ["policy", "check"], ["policy", "schema"],
                     ["policy", "explain"], ["exec"],
-                    ["secret", "set"], ["secret", "list"], ["secret", "rm"], ["grant", "issue"],
+                    ["secret", "set"], ["secret", "list"], ["secret", "rm"],
+                    ["secret", "forget-retired"], ["grant", "issue"],
                     ["grant", "list"], ["grant", "show"], ["grant", "revoke"], ["env"],
                     ["audit", "verify"], ["audit", "tail"], ["ca", "path"], ["ca", "export"],
                     ["mitmdump-script"]):

@@ -22,8 +22,8 @@ class Clock:
 def test_a_session_expires_and_its_csrf_token_must_match() -> None:
     clock = Clock()
     sessions = ConsoleSessions(timedelta(minutes=10), clock)
-    cookie, session = sessions.start()
-    assert sessions.get(cookie) == session
+    cookie, session = sessions.start("alice")
+    assert sessions.get(cookie) == session and session.name == "alice"
     assert session.csrf_matches(session.csrf)
     assert not session.csrf_matches(None) and not session.csrf_matches("x" + session.csrf)
     assert sessions.get("forged") is None
@@ -34,12 +34,12 @@ def test_a_session_expires_and_its_csrf_token_must_match() -> None:
 def test_a_login_link_works_once_and_not_after_two_minutes() -> None:
     clock = Clock()
     sessions = ConsoleSessions(clock=clock)
-    code = sessions.new_login_link()
-    assert sessions.redeem_login_link(code)
-    assert not sessions.redeem_login_link(code)
-    late = sessions.new_login_link()
+    code = sessions.new_login_link("alice")
+    assert sessions.redeem_login_link(code) == "alice"  # the link signs in as who asked for it
+    assert sessions.redeem_login_link(code) is None
+    late = sessions.new_login_link("bob")
     clock.now += timedelta(minutes=2, seconds=1)
-    assert not sessions.redeem_login_link(late)
+    assert sessions.redeem_login_link(late) is None
 
 
 def _record(seq: int, grant: str) -> bytes:

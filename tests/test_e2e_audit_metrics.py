@@ -126,6 +126,7 @@ def test_metrics_scrape_after_known_traffic_has_exact_counts(fresh: Stack) -> No
     assert grant.grant.id not in text and grant.token not in text and "/v1/m" not in text
 
 
+@pytest.mark.audit_tampered
 def test_requests_fail_closed_when_the_log_is_replaced_by_a_directory(fresh: Stack) -> None:
     stack = fresh
     client = CLIENTS["curl"]
@@ -158,6 +159,8 @@ def _mount_tmpfs(where: Path, size: str) -> bool:
     return done.returncode == 0
 
 
+# Its log lives on a tmpfs unmounted at the end (it verifies its chain itself before that).
+@pytest.mark.audit_tampered
 def test_requests_fail_closed_on_a_full_disk_and_recover_when_space_returns(
         tmp_path: Path, pki: LocalPki, upstreams: Upstreams) -> None:
     disk = tmp_path / "disk"
@@ -307,6 +310,7 @@ def _swap_for_junk(log: Path) -> None:
     os.replace(spare, log)
 
 
+@pytest.mark.audit_tampered
 @pytest.mark.parametrize("tamper", [_truncate, _swap_for_its_first_lines, _swap_for_junk])
 def test_a_log_cut_or_swapped_under_the_running_proxy_gets_503_until_restart(
         fresh: Stack, tamper) -> None:
@@ -335,6 +339,7 @@ def test_a_log_cut_or_swapped_under_the_running_proxy_gets_503_until_restart(
     assert b"/v1/after" not in stack.home.audit_log.read_bytes()
 
 
+@pytest.mark.audit_tampered
 def test_signed_checkpoints_are_written_by_default_and_catch_a_cut_of_the_log(
         fresh: Stack) -> None:
     stack = fresh

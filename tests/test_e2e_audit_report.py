@@ -214,8 +214,11 @@ def test_text_report_tells_the_scenario(scenario: Scenario) -> None:
     assert f"grant {scenario.careful}  agent=careful-bot  task=quarterly sync" in text
     assert f"approval: approved by {scenario.user}" in text
     assert "uses: 3 (left 0)" in text
-    assert f"api_key -> GET https://{API_HOST}:{api_port}/v1/items  x2" in text
-    assert f"api_key -> POST https://{API_HOST}:{api_port}/v1/items  x1" in text
+    # uses are an aligned table: secret, count, first, last, statuses, method, destination
+    uses = [line.split() for line in lines if line.startswith("    api_key ")]
+    assert [(u[0], u[1], u[4:6], u[-2], u[-1]) for u in uses[:2]] == [
+        ("api_key", "2", ["200", "x2"], "GET", f"https://{API_HOST}:{api_port}/v1/items"),
+        ("api_key", "1", ["200", "x1"], "POST", f"https://{API_HOST}:{api_port}/v1/items")]
     assert f"refused grant_used_up x1: {API_HOST}:{api_port} x1" in text
     assert "scrubbed: 3 response(s)" in text
     evil = f"{EVIL_HOST}:{scenario.stack.upstreams.evil.port}"

@@ -39,6 +39,7 @@ from broker_proxy.home import Home
 from broker_proxy.policy.loader import load_policy
 from broker_proxy.time_source import utc_now
 from tests.conftest import random_master_key
+from tests.replay_property import assert_replay_unchanged
 
 pytestmark = pytest.mark.e2e
 
@@ -165,6 +166,7 @@ def aws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AwsStack]:
     written = (root / "proxy.log").read_text(errors="replace")
     written += (root / "home").joinpath(home.audit_log.name).read_text(errors="replace")
     assert real["secret_access_key"] not in written
+    assert_replay_unchanged(home.audit_log, root / "policy.yaml")
 
 
 def test_s3_put_and_get_with_placeholder_credentials_through_the_proxy(aws: AwsStack) -> None:

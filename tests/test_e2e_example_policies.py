@@ -30,6 +30,7 @@ from broker_proxy.home import Home
 from broker_proxy.secrets.master_key import load_or_create_master_key
 from broker_proxy.secrets.vault import Vault
 from tests.conftest import master_key_in_environment, random_master_key
+from tests.replay_property import assert_replay_unchanged
 
 pytestmark = pytest.mark.e2e
 
@@ -160,6 +161,7 @@ def _stop(example: Example) -> None:
     written = example.home.audit_log.read_text()
     for value in example.values.values():
         assert value not in written
+    assert_replay_unchanged(example.home.audit_log, example.home.root.parent / "policy.yaml")
 
 
 def test_openai_example_with_the_openai_sdk(tmp_path: Path, api, upstream: EchoServer) -> None:

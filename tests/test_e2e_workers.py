@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import secrets
 import signal
+import subprocess
+import sys
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -96,6 +99,33 @@ def test_metrics_count_every_workers_requests(two_workers: Stack) -> None:
         urllib.request.urlopen(stack.proxy.metrics_url, timeout=10).read().decode())
         for sample in family.samples}
     assert grants["broker_grants_active"] >= 1  # the first worker's gauge, served once
+
+
+def test_secret_set_returns_once_every_worker_scrubs_the_new_value(two_workers: Stack) -> None:
+    stack = two_workers
+    assert stack.proxy.process is not None
+    parent = stack.proxy.process.pid
+    (child,) = children_of(parent)
+    acks = stack.home.root / "scrub-acks"
+    assert sorted(ack.name for ack in acks.iterdir()) == sorted([str(parent), str(child)])
+    new = "sk-e2e-rotated-" + secrets.token_urlsafe(24)
+    done = subprocess.run([sys.executable, "-m", "broker_proxy.cli", "--home",
+                           str(stack.home.root), "secret", "set", "api_key"], input=new,
+                          capture_output=True, text=True, timeout=60, env=stack.env)
+    assert done.returncode == 0, done.stderr
+    assert "running proxy confirmed" in done.stdout and "(2 processes)" in done.stdout
+    # Right away, whichever worker answers: an echo of the new value comes back scrubbed,
+    # though no request injected it yet.
+    grant = stack.issue("api_key")
+    url = stack.url(stack.upstreams.api, API_HOST, "/v1/rotated")
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        answers = list(pool.map(lambda _: CLIENTS["curl"](
+            stack, grant.token, "GET", url, headers={"X-Shown": new}), range(8)))
+    assert all(a.status == 200 and new.encode() not in a.body for a in answers)
+    assert all(b"{{secret:api_key}}" in a.body for a in answers)
+    written = (stack.root / "workers.log").read_text(errors="replace")
+    written += stack.home.audit_log.read_text(errors="replace")
+    assert new not in written
 
 
 def test_stopping_the_first_worker_stops_the_group(two_workers: Stack) -> None:

@@ -30,8 +30,11 @@ def test_an_answer_is_scrubbed_for_every_secret_of_the_grant_also_without_inject
     plain = setup.broker.decide(issued.token, request(path="/v1/session"))
     for verdict in (injected, plain):
         assert isinstance(verdict, Allowed) and verdict.scrub_complete
+        # The grant's two secrets, and header_only: the policy may send it to this host.
         assert verdict.scrub == {"api_key": (setup.values["api_key"], "{{secret:api_key}}"),
-                                 "spare": (setup.values["spare"], "{{secret:spare}}")}
+                                 "spare": (setup.values["spare"], "{{secret:spare}}"),
+                                 "header_only": (setup.values["header_only"],
+                                                 "{{secret:header_only}}")}
     assert injected.injected == ("api_key",) and plain.injected == ()
 
 
@@ -52,7 +55,7 @@ def test_a_grant_secret_that_cannot_be_resolved_marks_the_scrub_incomplete(setup
     monkeypatch.delenv("BP_TEST_SPARE")
     verdict = setup.broker.decide(issued.token, request(headers=bearer()))
     assert isinstance(verdict, Allowed) and not verdict.scrub_complete
-    assert set(verdict.scrub) == {"api_key"}
+    assert set(verdict.scrub) == {"api_key", "header_only"}  # header_only: this host's too
 
 
 SHAPED_POLICY = """\
@@ -83,6 +86,9 @@ class _CountingResolver:
 
     def minted_token(self, secret: SecretPolicy) -> SecretValue | None:
         return None
+
+    def retired_values(self, secret: SecretPolicy) -> tuple[SecretValue, ...]:
+        return ()
 
 
 def _grant(placeholder: str) -> Grant:

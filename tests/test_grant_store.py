@@ -517,3 +517,25 @@ def test_transitions_on_unknown_grants_raise_not_found(store: SqliteGrantStore, 
     }[action]
     with pytest.raises(GrantNotFound, match="grant g_0123456789abcdef not found"):
         verb()
+
+
+# -- giving back a use reserved for a request that never left ----------------------------------
+
+
+def test_a_released_use_can_be_spent_again_and_never_more_than_max_uses(store) -> None:
+    grant, _ = stored(store, max_uses=1)
+    assert store.reserve_use(grant.id, NOW) is ReserveResult.RESERVED
+    assert store.reserve_use(grant.id, NOW) is ReserveResult.USED_UP
+    assert store.release_use(grant.id) is True
+    assert store.get(grant.id).uses == 0
+    assert store.get(grant.id).state_at(NOW) == "active"
+    assert store.counts(NOW, timedelta(hours=1)).active == 1
+    assert store.reserve_use(grant.id, NOW) is ReserveResult.RESERVED
+    assert store.reserve_use(grant.id, NOW) is ReserveResult.USED_UP
+
+
+def test_nothing_to_release_is_refused(store) -> None:
+    grant, _ = stored(store)
+    assert store.release_use(grant.id) is False
+    assert store.release_use("g_0000000000000000") is False
+    assert store.get(grant.id).uses == 0

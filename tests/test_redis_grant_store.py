@@ -18,6 +18,7 @@ import redis
 
 from broker_proxy.audit.log import AuditLog
 from broker_proxy.devtools.redis_server import RedisServer, free_port
+from broker_proxy.grants.circuit import OPEN_FOR
 from broker_proxy.grants.factory import STORE_ENV, open_grant_store, store_url
 from broker_proxy.grants.model import GrantStatus
 from broker_proxy.grants.redis_store import RETENTION, RedisGrantStore, _parse_url
@@ -188,6 +189,9 @@ def test_a_stopped_redis_fails_closed_in_bounded_time_and_recovery_is_automatic(
                 verb()
             assert time.monotonic() - started < BOUND_SECONDS
         own_redis.start()  # same port, empty (it keeps nothing on disk)
+        # The circuit opened at the first failure: calls are refused at once until it lets
+        # one through again, OPEN_FOR after the last failure.
+        time.sleep(OPEN_FOR)
         again, again_token = make_grant()
         store.create(again)  # the same store object: no reopening by the caller
         assert store.authenticate(again_token) == again

@@ -8,9 +8,15 @@ import json
 
 import pytest
 import wsproto.events
-from broker_proxy.addons import informational_responses, upstream_error_pages, websocket_controls
+from broker_proxy.addons import (
+    header_folding,
+    informational_responses,
+    upstream_error_pages,
+    websocket_controls,
+)
 from broker_proxy.addons.mitmproxy_compat import IncompatibleMitmproxy
 from h11._receivebuffer import ReceiveBuffer
+from mitmproxy.net.http.http1 import read as http1_read
 from mitmproxy.proxy.layers import websocket
 from mitmproxy.proxy.layers.http import _http1, _http2
 from mitmproxy.proxy.layers.http._events import ErrorCode
@@ -72,9 +78,23 @@ def test_control_frames_are_scrubbed_cut_to_fit_and_emptied_if_scrubbing_fails()
     (upstream_error_pages, _http2.Http2Server, "_handle_event"),
     (informational_responses, _http1.Http1Client, "read_headers"),
     (websocket_controls, websocket.WebsocketLayer, "start"),
+    (header_folding, http1_read, "_read_headers"),
 ])
 def test_each_patch_refuses_to_start_without_what_it_patches(
         monkeypatch: pytest.MonkeyPatch, module: object, owner: type, attribute: str) -> None:
     monkeypatch.setattr(owner, attribute, None)
     with pytest.raises(IncompatibleMitmproxy):
         module.install()  # type: ignore[attr-defined]
+
+
+def test_a_folded_header_line_is_refused_in_requests_and_answers() -> None:
+    from mitmproxy.net.http.http1 import read_request_head, read_response_head
+
+    header_folding.install()
+    with pytest.raises(ValueError, match="obsolete line folding") as refused:
+        read_response_head([b"HTTP/1.1 200 OK\r\n", b"X-Echo: sk-SECRET\r\n", b" -REST\r\n"])
+    assert b"SECRET" not in str(refused.value).encode()  # the message quotes nothing
+    with pytest.raises(ValueError, match="obsolete line folding"):
+        read_request_head([b"GET / HTTP/1.1\r\n", b"Host: a\r\n", b"X-A: b\r\n", b"\tc\r\n"])
+    unfolded = read_response_head([b"HTTP/1.1 200 OK\r\n", b"X-Echo: a b\r\n"])
+    assert unfolded.headers["x-echo"] == "a b"

@@ -1,7 +1,9 @@
 """Scrubber.scrub on a whole value: every encoding it knows, counts, and what it leaves alone."""
 
 import base64
+import html
 import json
+import quopri
 import secrets
 from urllib.parse import quote, unquote_to_bytes
 
@@ -29,6 +31,26 @@ def forms_of(value: str) -> dict[str, bytes]:
         "base64_urlsafe_padded": base64.urlsafe_b64encode(raw),
         "hex_lower": raw.hex().encode(),
         "hex_upper": raw.hex().upper().encode(),
+        # HTML references for "/", "+", "=" and every other character, mixed with raw ones.
+        "html_decimal": "".join(f"&#{ord(c)};" for c in value).encode(),
+        "html_hex": "".join(f"&#x{ord(c):x};" for c in value).encode(),
+        "html_escaped": html.escape(value).encode(),  # &quot; and raw "/", "+", "="
+        "html_mixed": "".join(f"&#{ord(c)};" if not c.isalnum() else c
+                              for c in value).encode(),
+        "quoted_printable": quopri.encodestring(raw),  # "=3D", "=C3=A9"
+        "quoted_printable_every_char": "".join(f"={b:02X}" for b in raw).encode(),
+        "quoted_printable_soft_breaks": b"=\r\n".join(
+            "".join(f"={b:02X}" for b in raw).encode()[i:i + 75]
+            for i in range(0, 3 * len(raw), 75)),
+        "base32": base64.b32encode(raw),
+        "hex_colons": raw.hex(":").encode(),
+        "hex_spaces": raw.hex(" ").upper().encode(),
+        "hex_dashes": raw.hex("-").encode(),
+        "utf32_le": value.encode("utf-32-le"),
+        "utf32_be": value.encode("utf-32-be"),
+        # Cut every few characters (not bytes: "é" stays whole).
+        "lines_lf": "\n".join(value[i:i + 4] for i in range(0, len(value), 4)).encode(),
+        "lines_crlf": "\r\n".join(value[i:i + 3] for i in range(0, len(value), 3)).encode(),
     }
 
 
@@ -39,8 +61,18 @@ def decode_form(form: str, data: bytes) -> bytes:
         return unquote_to_bytes(data)
     if form == "json":
         return json.loads(b'"' + data + b'"').encode()
-    if form.startswith("hex"):
-        return bytes.fromhex(data.decode())
+    if form.startswith("hex_"):
+        return bytes.fromhex(data.decode().replace(":", "").replace("-", "").replace(" ", ""))
+    if form.startswith("html"):
+        return html.unescape(data.decode()).encode()
+    if form.startswith("quoted_printable"):
+        return quopri.decodestring(data)
+    if form == "base32":
+        return base64.b32decode(data)
+    if form.startswith("utf32"):
+        return data.decode(form.replace("utf32_", "utf-32-")).encode()
+    if form.startswith("lines"):
+        return data
     altchars = b"-_" if b"-" in data or b"_" in data else None
     return base64.b64decode(data + b"=" * (-len(data) % 4), altchars=altchars)
 

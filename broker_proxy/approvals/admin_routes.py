@@ -12,13 +12,19 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs
 
-from broker_proxy.approvals.desk import ApprovalDesk, HoldNotFound, HoldStateError
+from broker_proxy.approvals.desk import (
+    ApprovalDesk,
+    HoldNotFound,
+    HoldStateError,
+    ShownMismatch,
+)
 
 HOLD_ID = re.compile(r"h_[0-9a-f]{16}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 LONG_POLL_S = 25.0
 MAX_REASON = 500
-_APPROVE_FIELDS = frozenset({"uses", "minutes", "reason", "by"})
-_DENY_FIELDS = frozenset({"reason", "by"})
+_APPROVE_FIELDS = frozenset({"uses", "minutes", "reason", "by", "shown_digest"})
+_DENY_FIELDS = frozenset({"reason", "by", "shown_digest"})
 
 
 class RouteError(Exception):
@@ -59,15 +65,20 @@ def route(desk: ApprovalDesk, method: str, parts: list[str], query: str,
     for name, value in counts.items():
         if value is not None and type(value) is not int:
             raise RouteError(400, "invalid_request", f"{name} must be an integer")
+    shown = fields.get("shown_digest")
+    if shown is not None and (not isinstance(shown, str) or not _SHA256.fullmatch(shown)):
+        raise RouteError(400, "invalid_request", "shown_digest must be 64 hex digits")
     try:
         item = desk.decide(hold_id, parts[3] == "approve", by=by(fields), reason=reason or None,
-                           uses=counts["uses"], minutes=counts["minutes"])
+                           uses=counts["uses"], minutes=counts["minutes"], shown=shown)
     except ValueError as error:
         raise RouteError(400, "invalid_request", str(error)) from None
     except HoldNotFound:
         raise RouteError(404, "request_not_found", "no such held request") from None
     except HoldStateError as error:
         raise RouteError(409, "request_already_decided", str(error)) from None
+    except ShownMismatch as error:
+        raise RouteError(409, "request_not_as_shown", str(error)) from None
     return 200, item.to_public_dict()
 
 

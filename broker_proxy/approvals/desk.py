@@ -22,11 +22,14 @@ from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
 
 from broker_proxy.approvals.digest import RequestShape
+from broker_proxy.approvals.preview import shown_digest
 from broker_proxy.audit.log import AuditLog
 from broker_proxy.time_source import utc_now
 
-HoldState = Literal["pending", "allowed", "denied", "timed_out"]
+HoldState = Literal["pending", "allowed", "denied", "timed_out", "abandoned"]
 MAX_PENDING = 1000  # a runaway agent must not fill memory with held connections
+# Nor may one grant take the whole queue from every other agent's requests.
+MAX_PENDING_PER_GRANT = 100
 _KEEP_DECIDED = 500  # decided items stay readable a while (the CLI's "already decided")
 MAX_APPROVED_USES = 10_000
 MAX_APPROVED_MINUTES = 24 * 60
@@ -38,6 +41,10 @@ class HoldNotFound(Exception):
 
 class HoldStateError(Exception):
     """The held request was already decided or timed out; nothing changed."""
+
+
+class ShownMismatch(Exception):
+    """The decision names another preview than this held request's: nothing changed."""
 
 
 class Notifier(Protocol):
@@ -52,13 +59,15 @@ class HeldRequest:
     task: str
     secrets: tuple[str, ...]
     shape: RequestShape
+    preview: dict[str, Any]  # what the person is shown (preview.py); no secret value
+    shown_digest: str  # its SHA-256, recorded with the hold and the decision
     held_at: datetime
     expires_at: datetime
     state: HoldState = "pending"
     decided_by: str | None = None
     decided_at: datetime | None = None
     reason: str | None = None
-    choice: str | None = None  # once | uses | minutes | deny | timeout
+    choice: str | None = None  # once | uses | minutes | deny | timeout | abandoned
     uses: int | None = None
     minutes: int | None = None
     redeemed: bool = False  # its own approval was spent by the request that waited for it
@@ -67,7 +76,8 @@ class HeldRequest:
     def to_public_dict(self) -> dict[str, object]:
         return {"id": self.id, "state": self.state, "grant": self.grant, "agent": self.agent,
                 "task": self.task, "secrets": list(self.secrets),
-                "request": self.shape.to_public_dict(), "held_at": _iso(self.held_at),
+                "request": self.shape.to_public_dict(), "preview": self.preview,
+                "shown_digest": self.shown_digest, "held_at": _iso(self.held_at),
                 "expires_at": _iso(self.expires_at), "decided_by": self.decided_by,
                 "decided_at": _iso(self.decided_at) if self.decided_at else None,
                 "choice": self.choice, "reason": self.reason, "uses": self.uses,
@@ -103,18 +113,27 @@ class ApprovalDesk:
 
     # --- the broker's side -------------------------------------------------------------------
 
-    def full(self) -> bool:
+    def full(self, grant: str | None = None) -> bool:
+        """No room for another held request (of `grant`, when given)."""
         with self._lock:
-            return len(self._pending) >= MAX_PENDING
+            if len(self._pending) >= MAX_PENDING:
+                return True
+            return grant is not None and sum(
+                1 for item in self._pending.values() if item.grant == grant
+            ) >= MAX_PENDING_PER_GRANT
 
     def hold(self, *, grant: str, agent: str, task: str, secrets_: tuple[str, ...],
-             shape: RequestShape, timeout: timedelta, audit_fields: dict[str, Any]
-             ) -> HeldRequest:
+             shape: RequestShape, timeout: timedelta, audit_fields: dict[str, Any],
+             preview: dict[str, Any] | None = None) -> HeldRequest:
         """Record and queue a held request. Raises the audit log's errors before queueing."""
         now = self._clock()
+        preview = preview if preview is not None else {"level": "none"}
         item = HeldRequest(id="h_" + secrets.token_hex(8), grant=grant, agent=agent, task=task,
-                           secrets=secrets_, shape=shape, held_at=now, expires_at=now + timeout)
-        self._audit.append("request", **audit_fields, hold=item.id, digest=shape.digest)
+                           secrets=secrets_, shape=shape, preview=preview,
+                           shown_digest=shown_digest(preview), held_at=now,
+                           expires_at=now + timeout)
+        self._audit.append("request", **audit_fields, hold=item.id, digest=shape.digest,
+                           carries=list(shape.carries), shown_digest=item.shown_digest)
         with self._lock:
             self._pending[item.id] = item
             self._changed()
@@ -170,15 +189,39 @@ class ApprovalDesk:
             assert item is not None
             return item
 
+    def abandon(self, hold_id: str, why: str) -> HeldRequest | None:
+        """The held request ended without a decision: its agent went away, or the proxy is
+        stopping. Recorded (`request_abandoned`), and a later approval finds it already ended,
+        so it can neither spend a use nor send anything. None if it was decided first."""
+        try:
+            return self._settle(hold_id, "abandoned", by="broker-proxy", choice="abandoned",
+                                reason=why)
+        except (HoldStateError, HoldNotFound):
+            return None
+
+    def abandon_all(self, why: str) -> list[HeldRequest]:
+        """Every pending request abandoned (the proxy stops); their waiters are answered."""
+        with self._lock:
+            pending = list(self._pending)
+        return [item for hold_id in pending if (item := self.abandon(hold_id, why)) is not None]
+
     # --- the person's side -------------------------------------------------------------------
 
     def decide(self, hold_id: str, allow: bool, *, by: str, reason: str | None = None,
-               uses: int | None = None, minutes: int | None = None) -> HeldRequest:
+               uses: int | None = None, minutes: int | None = None,
+               shown: str | None = None) -> HeldRequest:
         """Allow (once, or for N uses / M minutes of the same request) or deny.
 
-        Raises HoldNotFound, HoldStateError, ValueError (bad counts) or the audit log's
-        errors; in every case nothing changed.
+        `shown`, when the deciding client gives it, is the `shown_digest` of the preview the
+        person looked at: a decision about another preview is refused (ShownMismatch).
+
+        Raises HoldNotFound, HoldStateError, ShownMismatch, ValueError (bad counts) or the
+        audit log's errors; in every case nothing changed.
         """
+        if shown is not None:
+            item = self.get(hold_id)
+            if item is not None and item.shown_digest != shown:
+                raise ShownMismatch(f"held request {hold_id} is not the request you were shown")
         if not allow and (uses is not None or minutes is not None):
             raise ValueError("uses and minutes only go with approve")
         if uses is not None and not 1 <= uses <= MAX_APPROVED_USES:
@@ -217,16 +260,19 @@ class ApprovalDesk:
                 raise HoldNotFound(hold_id)
             now = self._clock()
             event = {"allowed": "request_approved", "denied": "request_denied",
-                     "timed_out": "request_timed_out"}[state]
+                     "timed_out": "request_timed_out", "abandoned": "request_abandoned"}[state]
+            decision = ("allow" if state == "allowed" else None if state == "abandoned"
+                        else "deny")
             # Written under the lock: two people deciding at once get one record, one winner.
-            self._audit.append(event, decision="allow" if state == "allowed" else "deny",
+            self._audit.append(event, decision=decision,
                                reason=choice, grant=item.grant, agent=item.agent,
                                task=item.task, secrets=list(item.secrets),
                                method=item.shape.method, scheme=item.shape.scheme,
                                host=item.shape.host, port=item.shape.port,
                                path=item.shape.path, by=by, hold=item.id,
                                digest=item.shape.digest, uses=uses, minutes=minutes,
-                               message=reason)
+                               message=reason, carries=list(item.shape.carries),
+                               shown_digest=item.shown_digest)
             item.state, item.decided_by, item.decided_at = state, by, now
             item.choice, item.reason, item.uses, item.minutes = choice, reason, uses, minutes
             if state == "allowed" and ((uses or 1) > 1 or minutes):

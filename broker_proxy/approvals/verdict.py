@@ -16,6 +16,8 @@ REQUEST_DENIED = "request_denied"  # a person said no to this request
 APPROVAL_TIMED_OUT = "approval_timed_out"  # nobody decided within the policy's timeout
 APPROVAL_UNAVAILABLE = "approval_unavailable"  # no admin API in this process to decide it
 APPROVAL_QUEUE_FULL = "approval_queue_full"
+APPROVAL_INTERRUPTED = "approval_interrupted"  # the proxy stopped while the request waited
+RETRY_AFTER_STOP_S = 5  # a restarted proxy listens again within seconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,3 +35,9 @@ def denied_by_person(grant_id: str, reason: str | None) -> Denied:
 def timed_out(grant_id: str) -> Denied:
     return Denied(403, APPROVAL_TIMED_OUT,
                   "nobody approved this request within the policy's approval_timeout", grant_id)
+
+
+def interrupted(grant_id: str) -> Denied:
+    return Denied(503, APPROVAL_INTERRUPTED,
+                  "the proxy stopped while this request waited for approval; nothing was sent, "
+                  "send it again", grant_id, retry_after=RETRY_AFTER_STOP_S)

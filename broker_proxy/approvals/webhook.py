@@ -39,7 +39,9 @@ class WebhookNotifier:
         if self._url() is None:
             return
         console = self._console_url()
-        notice: dict[str, object] = {"event": "request_held", "request": item.to_public_dict(),
+        # Not the preview: a chat room is no place for request bodies; the console shows them.
+        public = {k: v for k, v in item.to_public_dict().items() if k != "preview"}
+        notice: dict[str, object] = {"event": "request_held", "request": public,
                   "console": f"{console}/ui/#/approvals/{item.id}" if console else None,
                   "text": f"{item.agent} ({item.task}) waits for approval: "
                           f"{item.shape.method} {item.shape.host}{item.shape.path} "

@@ -32,11 +32,14 @@ def integrity_statement(paths: list[Path], key_path: Path, *, checkpoints: Path 
                     "ok": result.ok,
                     "records": result.records,
                     "first_seq": 0 if result.records else None,
-                    "last_seq": result.records - 1 if result.records else None,
+                    # Not records - 1: seqs skip at a recorded gap (audit_gap).
+                    "last_seq": result.last_seq if result.records else None,
                     "files": list(result.files),
                     "rotations": max(len(result.files) - 1, 0),
                     "torn_lines_recovered": len(result.recovered),
                     "problem": None if result.ok else result.message,
+                    "recorded_gaps": [f"line {gap.line_no}: {gap.describe()}"
+                                      for gap in result.gaps],
                 })
                 if not result.ok and problem is None:
                     problem = result.message
@@ -70,7 +73,10 @@ def integrity_statement(paths: list[Path], key_path: Path, *, checkpoints: Path 
         if checkpoint_info is not None:
             held = (f"; {checkpoint_info['count']} signed checkpoint(s) match"
                     f" (key {checkpoint_info['key']})")
-        headline = f"INTEGRITY OK: {total} records verify ({spans}){held}"
+        gaps = [gap for chain in chains for gap in chain["recorded_gaps"]]
+        lost = f"; {len(gaps)} recorded gap(s) of lost records: {'; '.join(gaps)}" if gaps \
+            else ""
+        headline = f"INTEGRITY OK: {total} records verify ({spans}){held}{lost}"
     else:
         headline = f"INTEGRITY FAILED: the audit log does not verify: {problem}"
     return {"ok": ok, "headline": headline, "chains": chains, "checkpoints": checkpoint_info,

@@ -53,6 +53,7 @@ from broker_proxy.audit.errors import (
     AuditWriteError,
 )
 from broker_proxy.audit.files import ARCHIVE_DIGITS, archives_of
+from broker_proxy.audit.head import Head, HeadFile, head_path, read_head
 from broker_proxy.audit.key_file import KEY_BYTES, load_key
 from broker_proxy.audit.record_fields import (
     MAX_STRING,
@@ -74,6 +75,7 @@ __all__ = [
     "BATCH_INTERVAL",
     "BATCH_RECORDS",
     "FSYNC_MODES",
+    "GAP_EVENT",
     "GENESIS_PREV",
     "KEY_BYTES",
     "MAX_STRING",
@@ -99,6 +101,7 @@ _log = logging.getLogger("broker_proxy.audit")
 
 GENESIS_PREV: Final = "0" * 64
 TORN_TAIL_EVENT: Final = "audit_torn_tail"
+GAP_EVENT: Final = "audit_gap"  # written by `audit recover`: see head.py and verify.py
 ROTATED_EVENT: Final = "audit_rotated"
 _FINGERPRINT_DOMAIN: Final = b"broker-proxy secret fingerprint v1\x00"
 _REOPEN_ATTEMPTS: Final = 64  # many writers rotating at once may move the name on several times
@@ -144,17 +147,29 @@ class AuditLog:
         # checked on every look at the file; None until the first look and after a rotation.
         self._known: tuple[int, int, str, int] | None = None
         self._tampered: str | None = None
+        self._tamper_what: str | None = None
         self._last_write_error: str | None = None
         self._dirty = threading.Event()
         self._flusher: threading.Thread | None = None
+        self._head = HeadFile(head_path(path), key)
+        self._head_lock = threading.Lock()  # taken after _lock, never before it
+        self._opening = False  # a refusal at open is reported once, by open itself
 
     @classmethod
-    def open(cls, path: Path, key_path: Path, *, fsync: str = "batch") -> Self:
-        """Open (creating 0600) the log and its key; recover from a torn tail if there is one."""
+    def open(cls, path: Path, key_path: Path, *, fsync: str = "batch",
+             check_head: bool = True) -> Self:
+        """Open (creating 0600) the log and its key; recover from a torn tail if there is one.
+
+        The file must hold the chain its head state (head.py) names, whole: a log cut short,
+        with another record where the last one was, or replaced by another file, is refused
+        with AuditTamperedError naming `broker-proxy audit recover`. Only recover itself opens
+        with `check_head=False`, to write the record of the gap.
+        """
         if fsync not in FSYNC_MODES:
             raise ValueError(f"fsync must be one of {sorted(FSYNC_MODES)}, not {fsync!r}")
         path, key_path = Path(path), Path(key_path)
         key = load_key(key_path, create=True)
+        head = read_head(head_path(path), key) if check_head else None
         flags = os.O_RDWR | os.O_APPEND | os.O_CLOEXEC
         try:
             try:
@@ -164,6 +179,8 @@ class AuditLog:
                         f"audit log {path} is missing but its rotated files exist; "
                         "run `broker-proxy audit verify`"
                     )
+                if head is not None and not path.exists():
+                    raise AuditTamperedError(_refusal(path, "is missing", head))
                 fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o600)
                 created = True
             except FileExistsError:
@@ -177,21 +194,34 @@ class AuditLog:
         try:
             with log._lock, log._file_lock():
                 _drop_unfinished_rotation(path, os.fstat(log._fd))
+                if head is not None:
+                    log._opening = True
+                    try:
+                        log._adopt_head(head)
+                        log._sync_tail()
+                    except AuditTamperedError as refused:
+                        raise AuditTamperedError(
+                            _refusal(path, log._tamper_what or str(refused), head)) from None
+                    finally:
+                        log._opening = False
                 log._sync_tail()
-                if log._pending_torn is not None:
+                if log._pending_torn is not None and check_head:  # recover names it in its gap
                     log._write_locked([])
                     log._sync(force=True)
+                if check_head and (known := log._durable_head()) is not None:
+                    os.fsync(log._fd)  # the head never names what may not be on disk
+                    log._write_head(known)
         except OSError as exc:
             os.close(fd)
+            log._head.close()
             raise AuditWriteError(f"cannot open audit log {path}: {exc.strerror or exc}") from None
         except BaseException:
             os.close(fd)
+            log._head.close()
             raise
-        if fsync == "batch":
-            log._flusher = threading.Thread(
-                target=log._flush_loop, name="audit-fsync", daemon=True
-            )
-            log._flusher.start()
+        # The flush thread also moves the head state on, in both fsync modes.
+        log._flusher = threading.Thread(target=log._flush_loop, name="audit-fsync", daemon=True)
+        log._flusher.start()
         return log
 
     def append(self, event: str, *, durable: bool = False, **fields: object) -> dict[str, Any]:
@@ -220,10 +250,37 @@ class AuditLog:
                                          f"{exc.strerror or exc}"
                 raise AuditWriteError(self._last_write_error) from None
             self._last_write_error = None
-        if self._unsynced:
-            self._dirty.set()
+        self._dirty.set()  # the flush thread syncs (batch mode) and moves the head state on
         for observer in self._observers:
             observer(count)
+        return written
+
+    def append_gap(self, expected_count: int, **fields: object) -> dict[str, Any]:
+        """`audit recover` only: write the `audit_gap` record that names what was lost.
+
+        It chains onto the last record still in the file; its seq skips to `expected_count`
+        (the records the writer had written) when fewer are there, so the lost seqs are never
+        reused, and a torn last line is named in it (`torn_sha256`) instead of a separate note.
+        The head state then moves to it, durably.
+        """
+        record = self._build(GAP_EVENT, fields)
+        with self._lock:
+            self._refuse_if_unusable()
+            try:
+                with self._file_lock():
+                    self._sync_tail()
+                    record["gap_from_seq"] = self._next_seq
+                    if self._pending_torn is not None:
+                        record["torn_sha256"] = line_hash(self._pending_torn)
+                        record["torn_bytes"] = len(self._pending_torn)
+                        self._pending_torn = None  # the newline that ends it is still written
+                    self._next_seq = max(self._next_seq, expected_count)
+                    written = self._write_locked([record])
+                    self._sync(force=True)
+                    self._write_head(self._durable_head())
+            except OSError as exc:
+                raise AuditWriteError(f"cannot write audit log {self.path}: "
+                                      f"{exc.strerror or exc}") from None
         return written
 
     def ensure_durable(self, seq: int) -> None:
@@ -330,12 +387,16 @@ class AuditLog:
             self._closed = True
             try:
                 self._sync(force=True)
+                if self._tampered is None:  # a clean stop leaves the head exactly at the end
+                    self._write_head(self._durable_head())
             except OSError as exc:
                 raise AuditWriteError(
                     f"cannot write audit log {self.path}: {exc.strerror or exc}"
                 ) from None
             finally:
                 os.close(self._fd)
+                with self._head_lock:
+                    self._head.close()
                 self._dirty.set()
 
     def __enter__(self) -> Self:
@@ -369,18 +430,73 @@ class AuditLog:
             raise AuditTamperedError(self._tampered)
 
     def _tamper(self, what: str) -> AuditTamperedError:
-        """Remember (for good) that the file is not the log we wrote, and say it once."""
+        """Remember (for good) that the file is not the log we wrote, and say it once.
+
+        The head state is moved to what this writer wrote, so the next start refuses the file
+        too instead of adopting it (a stop cannot launder the cut).
+        """
         if self._tampered is None:
+            self._tamper_what = what
             self._tampered = (f"audit log {self.path} {what}; refusing to write until an "
-                              "operator checks it (`broker-proxy audit verify`) and restarts")
-            _log.error("%s", self._tampered)
+                              "operator checks it (`broker-proxy audit verify`, then "
+                              "`broker-proxy audit recover`) and restarts")
+            if not self._opening:
+                _log.error("%s", self._tampered)
+                with contextlib.suppress(OSError):
+                    self._write_head(self._durable_head())
         return AuditTamperedError(self._tampered)
+
+    def _adopt_head(self, head: Head) -> None:
+        """At open, under flock: take the head state as what this writer last saw.
+
+        The live file is then checked as every later look checks it (_check_known); a head
+        in a rotated file must still be there, with the files after it chained on.
+        """
+        if _identity(os.fstat(self._fd)) == head.identity:
+            self._known = (head.size, head.count, head.last_hash, head.last_len)
+            return
+        for archive in archives_of(self.path):
+            try:
+                if _identity(os.stat(archive)) != head.identity:
+                    continue
+            except OSError:
+                continue
+            fd = os.open(archive, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                if os.fstat(fd).st_size < head.size:
+                    raise self._tamper(f"archive {archive.name} is shorter than the head state")
+                last = os.pread(fd, head.last_len, head.size - 1 - head.last_len)
+                if line_hash(last) != head.last_hash:
+                    raise self._tamper(f"archive {archive.name} no longer holds the record "
+                                       "last written")
+                self._check_rotation(fd, self._fd)
+            finally:
+                os.close(fd)
+            return
+        raise self._tamper("is another file than the one last written (replaced)")
+
+    def _durable_head(self) -> Head | None:
+        """Under the lock: the head this writer knows of (its own, or another writer's)."""
+        if self._known is None or self._known[1] == 0:
+            return None
+        end, count, prev, last_len = self._known
+        return Head(count, prev, last_len, end, *self._identity)
+
+    def _write_head(self, head: Head | None) -> None:
+        with self._head_lock:
+            if self._closed and self._head.closed:
+                return
+            if head is not None and head.count > self._head.written:
+                self._head.update(head)
 
     def _check_known(self, size: int) -> None:
         """Under flock: the file still holds what we last saw, and only appends follow it."""
         if self._known is None:
             return
         end, seq, prev, last_len = self._known
+        if size == end - 1 and prev != GENESIS_PREV and line_hash(
+                os.pread(self._fd, last_len, end - 1 - last_len)) == prev:
+            return  # only the last newline is missing: the record is whole, _sync_tail ends it
         if size < end:
             raise self._tamper(f"shrank from {end} to {size} bytes (truncated or rewritten)")
         if prev != GENESIS_PREV:
@@ -662,13 +778,20 @@ class AuditLog:
                 if self._closed:
                     return
                 self._dirty.clear()
+                # Taken before the fsync below: what it names is on disk once that returns
+                # (or already was, when nothing is unsynced).
+                head = self._durable_head() if self._tampered is None else None
                 if self._unsynced == 0:
-                    continue  # an fsync for a waiting request covered it already
-                target, covered = self._next_seq - 1, self._unsynced
-                try:
-                    fd = os.dup(self._fd)
-                except OSError:
-                    continue  # resurfaces on the next append or close, which report it
+                    fd = -1  # an fsync for a waiting request covered it already
+                else:
+                    target, covered = self._next_seq - 1, self._unsynced
+                    try:
+                        fd = os.dup(self._fd)
+                    except OSError:
+                        continue  # resurfaces on the next append or close, which report it
+            if fd == -1:
+                self._head_after_sync(head)
+                continue
             try:
                 os.fsync(fd)
             except OSError:
@@ -679,6 +802,22 @@ class AuditLog:
                 self._durable_seq = max(self._durable_seq, target)
                 self._unsynced = max(0, self._unsynced - covered)
                 self._last_sync = time.monotonic()
+            self._head_after_sync(head)
+
+    def _head_after_sync(self, head: Head | None) -> None:
+        """Move the head state on, off the writer's lock: appends never wait for its fsync."""
+        try:
+            self._write_head(head)
+        except OSError as exc:
+            _log.warning("cannot update audit head state %s: %s", self._head.path,
+                         exc.strerror or exc)
+
+
+def _refusal(path: Path, what: str, head: Head) -> str:
+    """The one line a start on a cut or replaced log fails with."""
+    return (f"audit log {path} {what}, against the chain this proxy last wrote "
+            f"({head_path(path).name}: {head.describe()}); check it with `broker-proxy audit "
+            "verify`, then run `broker-proxy audit recover` to record the gap and start")
 
 
 def _identity(info: os.stat_result) -> tuple[int, int]:

@@ -19,6 +19,7 @@ from typing import Any, Final
 
 from broker_proxy.audit.path_templates import PathTemplate
 from broker_proxy.audit.reading import LOG_TAG
+from broker_proxy.audit.report_holds import HOLD_OUTCOMES, HOLD_REFUSALS, HeldItem
 
 REPORT_SCHEMA: Final = "broker-proxy/audit-report/v1"
 EVIDENCE_LIMIT: Final = 20
@@ -37,6 +38,7 @@ GRANT_EVENTS: Final = frozenset({
     "grant_issued", "grant_approved", "grant_denied", "grant_revoked", "grant_expired",
 })
 USE_REASONS: Final = frozenset({"injected", "resigned"})
+
 WITHHELD_REASON: Final = "response_withheld"
 
 
@@ -146,6 +148,8 @@ class _GrantFacts:
     withheld: int = 0
     minutes: dict[str, list] = field(default_factory=dict)  # minute -> [count, first, last]
     last_use: tuple[str, str] | None = None  # (ts, ref) of the latest use, for pairing responses
+    holds: dict[str, HeldItem] = field(default_factory=dict)  # the first EVIDENCE_LIMIT holds
+    hold_counts: Counter = field(default_factory=Counter)  # outcome -> held requests
 
     def label_target(self, record: dict[str, Any]) -> str:
         return f"{record.get('host')}:{record.get('port')}"
@@ -234,6 +238,13 @@ class ReportBuilder:
             self._request(facts, record)
         elif event == "response":
             self._response(facts, record)
+        elif event == "request_not_sent" and record.get("use_returned"):
+            # The use its request record counted was given back: the secret never left.
+            facts.uses = max(0, facts.uses - 1)
+            day = (record.get("ts") or "")[:10]
+            self._daily.setdefault(day, Counter())["uses"] -= 1
+        elif isinstance(record.get("hold"), str):
+            self._hold_ended(facts, str(event), record)
 
     def _unfiltered(self) -> bool:
         scope = self.scope
@@ -288,6 +299,9 @@ class ReportBuilder:
             self._refuse(facts, record)
             self._daily.setdefault(day, Counter())["refusals"] += 1
             return
+        if record.get("decision") == "held":
+            self._held(facts, record)
+            return
         if record.get("reason") not in USE_REASONS:
             facts.passthrough += 1
             return
@@ -321,6 +335,36 @@ class ReportBuilder:
             self._anomaly("grant_used_up", facts.grant_id, "",
                           f"all {facts.max_uses} uses spent (the last use, then any "
                           "refusals for it)", record)
+
+    def _held(self, facts: _GrantFacts, record: dict[str, Any]) -> None:
+        hold = record.get("hold")
+        facts.hold_counts["held"] += 1
+        facts.hold_counts["pending"] += 1
+        if not isinstance(hold, str) or len(facts.holds) >= EVIDENCE_LIMIT:
+            return
+        facts.holds[hold] = HeldItem(
+            hold, record.get("ts"), record.get("method"),
+            f"{record.get('scheme')}://{record.get('host')}:{record.get('port')}",
+            record.get("path"), list(record.get("secrets") or []), record.get("digest"),
+            _ref(record))
+
+    def _hold_ended(self, facts: _GrantFacts, event: str, record: dict[str, Any]) -> None:
+        outcome = HOLD_OUTCOMES.get(event, event)
+        if facts.hold_counts["pending"] > 0:
+            facts.hold_counts["pending"] -= 1
+        facts.hold_counts[outcome] += 1
+        item = facts.holds.get(record["hold"])
+        if item is not None and item.outcome == "pending":
+            item.outcome, item.choice = outcome, record.get("reason")
+            item.by, item.decided_at = record.get("by"), record.get("ts")
+            item.message = record.get("message")
+            item.shown = record.get("shown_digest")
+        if (code := HOLD_REFUSALS.get(outcome)) is not None:
+            target = f"{record.get('host')}:{record.get('port')}"
+            facts.refusals.setdefault(code, Counter())[target] += 1
+            self._refusals.setdefault(code, Counter())[target] += 1
+            self._refusal_counts[code] += 1
+            self._daily.setdefault((record.get("ts") or "")[:10], Counter())["refusals"] += 1
 
     def _group_key(self, record: dict[str, Any]) -> tuple:
         names = tuple(record.get("secrets") or ())
@@ -396,7 +440,8 @@ class ReportBuilder:
 
     def _grant_in_report(self, facts: _GrantFacts) -> bool:
         touched = (facts.issued_at or facts.decided_at or facts.revoked_at or facts.expired_at
-                   or facts.uses or facts.passthrough or facts.refusals or facts.scrub_events)
+                   or facts.uses or facts.passthrough or facts.refusals or facts.scrub_events
+                   or facts.hold_counts)
         return bool(touched)
 
     def _bursts(self) -> None:
@@ -449,6 +494,11 @@ class ReportBuilder:
             "revoked": ({"at": facts.revoked_at, "by": facts.revoked_by,
                          "reason": facts.revoke_reason} if facts.revoked_at else None),
             "expired_at": facts.expired_at,
+            "held_requests": {
+                "count": facts.hold_counts["held"],
+                "outcomes": {k: v for k, v in sorted(facts.hold_counts.items())
+                             if k != "held" and v},
+                "items": [item.as_dict() for item in facts.holds.values()]},
         }
 
 

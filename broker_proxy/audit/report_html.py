@@ -16,22 +16,47 @@ h1{font-size:20px;margin:8px 0}h2{font-size:17px;margin:22px 0 6px;border-bottom
 h3{font-size:15px;margin:14px 0 4px}
 .banner{padding:10px 14px;border-radius:6px;font-weight:600}
 .ok{background:#e6f4ea;color:#14532d}.bad{background:#fde8e8;color:#7f1d1d}
-table{border-collapse:collapse;margin:4px 0 10px}td,th{border:1px solid #d0d4da;padding:3px 7px;
-text-align:left;vertical-align:top}th{background:#f3f4f6}code{font-size:12px}
+table{border-collapse:collapse;margin:4px 0 10px;max-width:100%}td,th{border:1px solid #d0d4da;
+padding:3px 7px;text-align:left;vertical-align:top;white-space:nowrap}
+td.w{white-space:normal;overflow-wrap:anywhere;min-width:8em}
+h3{overflow-wrap:anywhere}th{background:#f3f4f6}code{font-size:12px}
 .charts{display:flex;gap:24px;flex-wrap:wrap}.muted{color:#5b6470}
 @media print{.charts{break-inside:avoid}}
 """
 
 
 def _e(value: object) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     return escape("-" if value is None else str(value))
 
 
-def _table(headers: list[str], rows: list[list[object]]) -> str:
+def statuses_shown(statuses: dict[str, int]) -> str:
+    """`200 x2, no answer x1`: the report's "none" key is a use whose answer never came."""
+    return ", ".join(f"{'no answer' if code == 'none' else code} x{count}"
+                     for code, count in statuses.items()) or "no answer"
+
+
+def _approval_shown(approval: dict[str, Any]) -> str:
+    if not approval.get("decision"):
+        return "pending"
+    return f"{approval['decision']} by {approval.get('by') or '-'} after " \
+        f"{approval.get('waited_seconds')} s"
+
+
+_WRAPPED = frozenset({"path", "what", "destinations", "records", "revoked", "log", "problem",
+                      "destination"})
+
+
+def _table(headers: list[str], rows: list[list[object]], empty: str = "none") -> str:
     if not rows:
-        return '<p class="muted">none</p>'
+        return f'<p class="muted">{_e(empty)}</p>'
     head = "".join(f"<th>{_e(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in row) + "</tr>" for row in rows)
+    # Free text (paths, tasks, destinations, messages) wraps anywhere, so a long one stays
+    # inside the page; the short cells (times, counts, names) never break.
+    cell = ['<td class="w">' if h in _WRAPPED else "<td>" for h in headers]
+    body = "".join("<tr>" + "".join(f"{cell[i]}{_e(c)}</td>" for i, c in enumerate(row))
+                   + "</tr>" for row in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -57,6 +82,11 @@ def bar_chart(title: str, items: list[tuple[str, int]], colour: str) -> str:
                      f'font-size="12">{value}</text>')
     parts.append("</svg>")
     return "".join(parts)
+
+
+def held_outcomes(held: dict[str, Any]) -> str:
+    """`approved 2, denied 1, timed_out 1`: how the grant's held requests ended."""
+    return ", ".join(f"{k} {v}" for k, v in held["outcomes"].items()) or "none decided"
 
 
 def render_html(report: dict[str, Any]) -> str:
@@ -94,12 +124,13 @@ def render_html(report: dict[str, Any]) -> str:
     out.append(f"<h2>Anomalies ({len(report['anomalies'])})</h2>")
     out.append(_table(["kind", "grant", "what", "count", "first", "records"],
                       [[a["kind"], a["grant"], a["message"], a["count"], a["first"],
-                        " ".join(a["records"])] for a in report["anomalies"]]))
+                        " ".join(a["records"])] for a in report["anomalies"]],
+                      empty="no anomalies"))
     out.append("<h2>Refusals</h2>")
     out.append(_table(["reason", "count", "destinations"],
                       [[r["reason"], r["count"],
                         ", ".join(f"{d['target']} x{d['count']}" for d in r["destinations"])]
-                       for r in report["refusals"]]))
+                       for r in report["refusals"]], empty="no refusals"))
     out.append(f"<h2>Grants ({len(report['grants'])})</h2>")
     for grant in report["grants"]:
         out.append(f"<h3>{_e(grant['id'])} &middot; {_e(grant['agent'])} &middot; "
@@ -111,16 +142,25 @@ def render_html(report: dict[str, Any]) -> str:
              "revoked"],
             [[grant["issued_at"], grant["issued_by"], " ".join(grant["secrets"]),
               grant["expires_at"], grant["max_uses"], grant["uses"], grant["uses_left"],
-              (f"{approval.get('decision') or 'pending'} by {approval.get('by')} "
-               f"after {approval.get('waited_seconds')} s") if approval else None,
+              _approval_shown(approval) if approval else None,
               (f"{revoked.get('at')} by {revoked.get('by')} ({revoked.get('reason')})")
               if revoked else None]]))
-        out.append(_table(["secret", "method", "destination", "path", "count", "first", "last",
+        out.append(_table(["secret", "method", "destination", "count", "first", "last",
                            "statuses"],
-                          [[u["secret"], u["method"], f"{u['scheme']}://{u['host']}:{u['port']}",
-                            u["path"], u["count"], u["first"], u["last"],
-                            " ".join(f"{k}x{v}" for k, v in u["statuses"].items())]
-                           for u in grant["uses_by_target"]]))
+                          [[u["secret"], u["method"],
+                            f"{u['scheme']}://{u['host']}:{u['port']}{u['path']}",
+                            u["count"], u["first"], u["last"],
+                            statuses_shown(u["statuses"])]
+                           for u in grant["uses_by_target"]], empty="no secret used"))
+        if grant["held_requests"]["count"]:
+            out.append(f"<p>Held for approval: {grant['held_requests']['count']} ("
+                       + _e(held_outcomes(grant["held_requests"])) + ")</p>")
+            out.append(_table(["held", "request", "secrets", "outcome", "choice", "by",
+                               "waited s", "reason"],
+                              [[h["held_at"], f"{h['method']} {h['target']}{h['path']}",
+                                " ".join(h["secrets"]), h["outcome"], h["choice"], h["by"],
+                                h["waited_seconds"], h["reason"]]
+                               for h in grant["held_requests"]["items"]]))
         if grant["refusals"] or grant["scrubbed"]["responses"] or grant["withheld"]:
             out.append(_table(["refused", "count", "destinations"],
                               [[r["reason"], r["count"],

@@ -17,7 +17,28 @@ def _shown(value: object) -> str:
 
 
 def _statuses(statuses: dict[str, int]) -> str:
-    return ",".join(f"{code}x{count}" for code, count in statuses.items()) or "-"
+    """`200 x2, no answer x1`: the report's "none" key is a use whose answer never came."""
+    return ", ".join(f"{'no answer' if code == 'none' else code} x{count}"
+                     for code, count in statuses.items()) or "no answer"
+
+
+def _aligned(headers: list[str], rows: list[list[object]]) -> list[str]:
+    """A table whose columns line up, numbers right-aligned, indented by two spaces."""
+    cells = [[_shown(cell) for cell in row] for row in rows]
+    widths = [max(len(text) for text in column) for column in zip(headers, *cells, strict=True)]
+    numeric = [all(isinstance(row[i], int) for row in rows) and bool(rows)
+               for i in range(len(headers))]
+
+    def line(texts: list[str]) -> str:
+        return "  " + "  ".join(text.rjust(width) if right else text.ljust(width)
+                                for text, width, right in zip(texts, widths, numeric,
+                                                              strict=True)).rstrip()
+    return [line(headers)] + [line(row) for row in cells]
+
+
+def _csv_detail(**values: object) -> str:
+    """`key=value` pairs for the CSV's detail cell, without the ones the log does not say."""
+    return " ".join(f"{key}={value}" for key, value in values.items() if value is not None)
 
 
 def render_text(report: dict[str, Any]) -> str:
@@ -41,13 +62,27 @@ def render_text(report: dict[str, Any]) -> str:
             out.append(f"  approval: {_shown(approval['decision'] or 'pending')} by "
                        f"{_shown(approval['by'])} at {_shown(approval['at'])} "
                        f"(waited {_shown(approval['waited_seconds'])} s)")
+        held = grant["held_requests"]
+        if held["count"]:
+            outcomes = ", ".join(f"{k} {v}" for k, v in held["outcomes"].items())
+            out.append(f"  held for approval: {held['count']} ({outcomes or 'none decided'})")
+            for item in held["items"]:
+                out.append(f"    {_shown(item['held_at'])} {_shown(item['method'])} "
+                           f"{_shown(item['target'])}{_shown(item['path'])} "
+                           f"[{','.join(map(_shown, item['secrets']))}]: "
+                           f"{_shown(item['outcome'])} ({_shown(item['choice'])}) by "
+                           f"{_shown(item['by'])} after {_shown(item['waited_seconds'])} s"
+                           + (f"; {_shown(item['reason'])}" if item["reason"] else ""))
         out.append(f"  uses: {grant['uses']} (left {_shown(grant['uses_left'])}); "
                    f"requests without a secret: {grant['requests_without_secret']}")
-        for use in grant["uses_by_target"]:
-            out.append(f"    {_shown(use['secret'])} -> {_shown(use['method'])} "
-                       f"{_shown(use['scheme'])}://{_shown(use['host'])}:{_shown(use['port'])}"
-                       f"{_shown(use['path'])}  x{use['count']}  {_shown(use['first'])} .. "
-                       f"{_shown(use['last'])}  status {_statuses(use['statuses'])}")
+        if grant["uses_by_target"]:
+            out += ["  " + line for line in _aligned(
+                # the destination last: a long path does not push the other columns away
+                ["secret", "count", "first", "last", "statuses", "method", "destination"],
+                [[use["secret"], use["count"], use["first"], use["last"],
+                  _statuses(use["statuses"]), use["method"],
+                  f"{use['scheme']}://{use['host']}:{use['port']}{use['path']}"]
+                 for use in grant["uses_by_target"]])]
         for refusal in grant["refusals"]:
             targets = ", ".join(f"{_shown(d['target'])} x{d['count']}"
                                 for d in refusal["destinations"])
@@ -76,14 +111,15 @@ def render_text(report: dict[str, Any]) -> str:
         out += ["", "POLICY"]
         for change in report["policy_changes"]:
             out.append(f"  {_shown(change['ts'])} {change['event']} {_shown(change['policy'])}")
-    out += ["", "PER AGENT", "  agent  grants  uses  refusals  scrubbed  revoked"]
-    for row in report["summary"]["agents"]:
-        out.append(f"  {_shown(row['agent'])}  {row['grants']}  {row['uses']}  "
-                   f"{row['refusals']}  {row['scrubbed']}  {row['revoked']}")
-    out += ["", "PER SECRET", "  secret  grants  uses  destinations"]
-    for row in report["summary"]["secrets"]:
-        out.append(f"  {_shown(row['secret'])}  {row['grants']}  {row['uses']}  "
-                   f"{' '.join(map(_shown, row['destinations'])) or '-'}")
+    out += ["", "PER AGENT"]
+    out += _aligned(["agent", "grants", "uses", "refusals", "scrubbed", "revoked"],
+                    [[row["agent"], row["grants"], row["uses"], row["refusals"],
+                      row["scrubbed"], row["revoked"]] for row in report["summary"]["agents"]])
+    out += ["", "PER SECRET"]
+    out += _aligned(["secret", "grants", "uses", "destinations"],
+                    [[row["secret"], row["grants"], row["uses"],
+                      " ".join(map(_shown, row["destinations"])) or "-"]
+                     for row in report["summary"]["secrets"]])
     return "\n".join(out) + "\n"
 
 
@@ -104,19 +140,30 @@ def render_csv(report: dict[str, Any]) -> str:
         base = {"grant": grant["id"], "agent": grant["agent"], "task": grant["task"]}
         writer.writerow({**base, "section": "grant", "secret": " ".join(grant["secrets"]),
                          "count": grant["uses"], "first": grant["issued_at"],
-                         "detail": f"issued_by={grant['issued_by']} max_uses={grant['max_uses']}"
-                                   f" uses_left={grant['uses_left']}"})
+                         "detail": _csv_detail(issued_by=grant["issued_by"],
+                                               max_uses=grant["max_uses"],
+                                               uses_left=grant["uses_left"])})
         if grant["approval"]:
             approval = grant["approval"]
             writer.writerow({**base, "section": "approval", "reason": approval["decision"],
                              "first": approval["at"],
-                             "detail": f"by={approval['by']} waited={approval['waited_seconds']}"})
+                             "detail": _csv_detail(by=approval["by"],
+                                                   waited=approval["waited_seconds"])})
+        for item in grant["held_requests"]["items"]:
+            host, _, port = item["target"].partition("://")[2].rpartition(":")
+            writer.writerow({**base, "section": "held", "secret": " ".join(item["secrets"]),
+                             "method": item["method"], "host": host, "port": port,
+                             "path": item["path"], "reason": item["outcome"],
+                             "first": item["held_at"], "last": item["decided_at"],
+                             "detail": _csv_detail(hold=item["hold"], choice=item["choice"],
+                                                   by=item["by"],
+                                                   waited=item["waited_seconds"])})
         for use in grant["uses_by_target"]:
             writer.writerow({**base, "section": "use", "secret": use["secret"],
                              "method": use["method"], "scheme": use["scheme"],
                              "host": use["host"], "port": use["port"], "path": use["path"],
                              "count": use["count"], "first": use["first"], "last": use["last"],
-                             "detail": _statuses(use["statuses"])})
+                             "detail": _statuses(use["statuses"]).replace(",", "")})
         for refusal in grant["refusals"]:
             for destination in refusal["destinations"]:
                 host, _, port = destination["target"].rpartition(":")
@@ -131,7 +178,7 @@ def render_csv(report: dict[str, Any]) -> str:
         if grant["revoked"]:
             writer.writerow({**base, "section": "revoked", "reason": grant["revoked"]["reason"],
                              "first": grant["revoked"]["at"],
-                             "detail": f"by={grant['revoked']['by']}"})
+                             "detail": _csv_detail(by=grant["revoked"]["by"])})
     for refusal in report["refusals"]:
         writer.writerow({"section": "refusals_total", "reason": refusal["reason"],
                          "count": refusal["count"]})

@@ -1,11 +1,18 @@
 """Check an audit chain: every record parses, counts up by one, names the previous line's hash
 and carries a MAC made with the audit key. The first record that fails is named by file, line
-and seq.
+and seq. Every record is also checked against the published record schema
+(schemas/audit-record.v1.json): this is the one verifier behind `audit verify`, the report's
+integrity statement and the console's "Verify now", so all three give one verdict.
 
 A chain may span rotated files (see files.py): the state (next seq, previous hash) runs on from
 one file into the next, so a removed, reordered or edited archive breaks the chain at the first
 record after it. The single allowed irregularity is a torn line (see log.py) immediately followed
 by an `audit_torn_tail` record that names that line's SHA-256; it is reported in `recovered`.
+
+The one allowed break in the numbering is an `audit_gap` record, written by `broker-proxy audit
+recover` when a log was found cut or replaced against its head state: it chains onto the last
+record still there, and its seq skips the seqs of the records that were lost (`gap_from_seq` ..
+seq - 1), so the loss stays in the evidence. Such gaps are reported in `gaps`, never hidden.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from pathlib import Path
 
 from broker_proxy.audit.files import chain_files, chains_in
 from broker_proxy.audit.log import (
+    GAP_EVENT,
     GENESIS_PREV,
     TORN_TAIL_EVENT,
     AuditWriteError,
@@ -26,6 +34,7 @@ from broker_proxy.audit.log import (
     load_key,
     record_mac,
 )
+from broker_proxy.audit.record_schema import RECORD_SCHEMA_FILE, record_problem
 
 # Called with (seq, line hash) for every record that verified; checkpoints use it.
 Observer = Callable[[int, str], None]
@@ -40,6 +49,8 @@ class VerifyResult:
     recovered: tuple[int, ...] = field(default=())  # line numbers of torn lines recovered from
     files: tuple[str, ...] = field(default=())  # every file checked, in chain order
     last_hash: str = GENESIS_PREV  # hash of the last line that verified
+    gaps: tuple[Gap, ...] = field(default=())  # recorded losses (audit_gap records)
+    last_seq: int = -1  # seq of the last record that verified
 
     @property
     def message(self) -> str:
@@ -47,10 +58,28 @@ class VerifyResult:
         if self.first_bad is None:
             torn = f", {len(self.recovered)} torn line(s) recovered from" if self.recovered else ""
             spread = f" in {len(self.files)} files" if len(self.files) > 1 else ""
-            return f"{self.path}: {self.records} records verify{spread}{torn}"
+            gaps = "".join(f", recorded gap at line {gap.line_no}: {gap.describe()}"
+                           for gap in self.gaps)
+            return f"{self.path}: {self.records} records verify{spread}{torn}{gaps}"
         line_no, seq, reason = self.first_bad
         where = f"seq {seq}: " if seq is not None else ""
         return f"{self.path}:{line_no}: {where}{reason}"
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """An `audit_gap` record: records from_seq .. seq - 1 were lost, and the head expected
+    `expected` records."""
+
+    line_no: int
+    from_seq: int
+    seq: int
+    expected: int
+
+    def describe(self) -> str:
+        lost = (f"seq {self.from_seq}..{self.seq - 1} lost" if self.seq > self.from_seq
+                else "no seq lost, the end differed")
+        return f"{lost} (the writer had written {self.expected} records)"
 
 
 class _Bad(Exception):
@@ -64,6 +93,7 @@ class _State:
     expected_seq: int = 0
     prev: str = GENESIS_PREV
     count: int = 0
+    gaps: list[Gap] = field(default_factory=list)
 
 
 def verify_chain(path: Path, key_path: Path, observe: Observer | None = None) -> VerifyResult:
@@ -84,15 +114,17 @@ def verify_chain(path: Path, key_path: Path, observe: Observer | None = None) ->
             data = file.read_bytes()
         except FileNotFoundError:  # removed while we read: that is a gap in the chain
             return VerifyResult(False, state.count, (0, None, "file vanished during verify"),
-                                str(file), tuple(recovered), names, state.prev)
+                                str(file), tuple(recovered), names, state.prev,
+                                tuple(state.gaps), state.expected_seq - 1)
         except OSError as exc:
             raise AuditWriteError(f"cannot read audit log {file}: {exc.strerror}") from None
         try:
             recovered += _verify_bytes(key, data, state, observe)
         except _Bad as bad:
             return VerifyResult(False, state.count, bad.where, str(file), tuple(recovered),
-                                names, state.prev)
-    return VerifyResult(True, state.count, None, str(path), tuple(recovered), names, state.prev)
+                                names, state.prev, tuple(state.gaps), state.expected_seq - 1)
+    return VerifyResult(True, state.count, None, str(path), tuple(recovered), names, state.prev,
+                        tuple(state.gaps), state.expected_seq - 1)
 
 
 def verify_path(path: Path, key_path: Path) -> list[VerifyResult]:
@@ -121,15 +153,24 @@ def _verify_bytes(key: bytes, data: bytes, state: _State, observe: Observer | No
             torn = (line_no, line)
             continue
         seq = record["seq"] if type(record.get("seq")) is int else None
-        _check_record(key, line, record, line_no, state.expected_seq, state.prev)
+        expected = state.expected_seq
+        if record.get("event") == GAP_EVENT and seq is not None and seq > expected \
+                and record.get("gap_from_seq") == expected:
+            expected = seq  # a recorded loss: checked like any record from here on
+        _check_record(key, line, record, line_no, expected, state.prev)
+        if record["event"] == GAP_EVENT:
+            state.gaps.append(Gap(line_no, state.expected_seq, record["seq"],
+                                  _int(record.get("expected_records"))))
         if torn is not None:
-            if record["event"] != TORN_TAIL_EVENT or not hmac.compare_digest(
+            if record["event"] not in (TORN_TAIL_EVENT, GAP_EVENT) or not hmac.compare_digest(
                 str(record.get("torn_sha256", "")), line_hash(torn[1])
             ):
                 raise _Bad(torn[0], None, "line is not a valid record")
             recovered.append(torn[0])
             torn = None
         assert seq is not None  # _check_record refused records without one
+        if (problem := record_problem(record)) is not None:
+            raise _Bad(line_no, seq, f"{problem} ({RECORD_SCHEMA_FILE})")
         state.count += 1
         state.expected_seq, state.prev = seq + 1, line_hash(line)
         if observe is not None:
@@ -139,6 +180,10 @@ def _verify_bytes(key: bytes, data: bytes, state: _State, observe: Observer | No
     if unterminated:
         raise _Bad(len(lines), None, "last line is torn (no trailing newline)")
     return recovered
+
+
+def _int(value: object) -> int:
+    return value if type(value) is int else -1
 
 
 def _line_mac_holds(key: bytes, line: bytes, mac: object) -> bool:

@@ -66,6 +66,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("broker-proxy: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        return _reader_left()
     except CliError as error:
         print(f"broker-proxy: {error}", file=sys.stderr)
         return error.exit_code
@@ -82,6 +84,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_INTERNAL
         print(message, file=sys.stderr)
         return EXIT_FAILURE
+
+
+def _reader_left() -> int:
+    """The reader of stdout went away (`policy schema | head`): that is the reader's choice,
+    not a failure. Output still buffered would raise again at exit, so stdout goes nowhere."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -12,16 +12,14 @@ from typing import IO
 
 from broker_proxy.audit.checkpoint import (
     CheckpointPaths,
+    latest_checkpoint,
     load_signing_key,
-    verify_checkpoints,
     write_checkpoint,
 )
 from broker_proxy.audit.display import format_record
+from broker_proxy.audit.evidence import default_checkpoints, verify_evidence
 from broker_proxy.audit.files import chain_files
 from broker_proxy.audit.log import AuditLog
-from broker_proxy.audit.reading import chains_of, read_chain
-from broker_proxy.audit.record_schema import RECORD_SCHEMA_FILE, first_schema_problem
-from broker_proxy.audit.verify import verify_path
 from broker_proxy.cli import audit_report_cmd
 from broker_proxy.cli.common import home_of
 from broker_proxy.cli.errors import CliError
@@ -48,6 +46,15 @@ def register(commands: argparse._SubParsersAction) -> None:
     verify.set_defaults(handler=verify_command)
     checkpoint = sub.add_parser("checkpoint", help="write a signed checkpoint of the log now")
     checkpoint.set_defaults(handler=checkpoint_command)
+    recover = sub.add_parser(
+        "recover", help="record a cut or replaced log as an audit_gap record, so it can start",
+        description="When the proxy refuses to start because <home>/audit.log is shorter than, "
+        "or different from, the chain it last wrote (its head state, <home>/audit.log.head, "
+        "and the newest signed checkpoint): append one signed audit_gap record naming the "
+        "records lost (seqs and hashes expected against found), move the head state to it and "
+        "write a checkpoint. Nothing in the log is removed or rewritten. Run it with the proxy "
+        "stopped; `audit verify` then reports the gap every time.")
+    recover.set_defaults(handler=recover_command)
     tail = sub.add_parser("tail", help="show the latest records")
     tail.add_argument("-n", type=int, default=20, help="records to show (default 20)")
     tail.add_argument("--follow", "-f", action="store_true", help="keep printing new records")
@@ -65,29 +72,45 @@ def verify_command(args: argparse.Namespace) -> int:
         raise CliError(f"no audit log at {target}")
     if args.checkpoints and target.is_dir():
         raise CliError("--checkpoints needs one audit log, not a directory")
-    results = verify_path(target, home.audit_key)
-    failed = [result for result in results if not result.ok]
-    if failed:
-        raise CliError(f"audit log does not verify: {failed[0].message}")
-    details = [f"chain: {result.message}, chain and MACs verify" for result in results]
-    for live in chains_of([target]):
-        problem = first_schema_problem(read_chain(live, tagged=False))
-        if problem:
-            raise CliError(f"audit log {live}: {problem} ({RECORD_SCHEMA_FILE})")
-    details.append(f"records: every record matches {RECORD_SCHEMA_FILE}")
-    paths = CheckpointPaths.in_home(home.root)
-    checkpoints = Path(args.checkpoints) if args.checkpoints else paths.file
-    if args.checkpoints or (checkpoints.exists() and target == home.audit_log):
-        public = Path(args.public_key) if args.public_key else paths.public
-        held, problem = verify_checkpoints(target, home.audit_key, checkpoints, public)
-        if problem:
-            raise CliError(f"audit checkpoints do not verify: {problem}")
-        details.append(f"checkpoints: {held} signed checkpoint(s) match the log")
-    else:
-        details.append("checkpoints: none checked (a cut at a line boundary cannot be seen "
-                       "without them; see --checkpoints)")
-    print("\n".join(details))
-    print("audit log ok")
+    checkpoints = (Path(args.checkpoints) if args.checkpoints
+                   else default_checkpoints(home.root, target))
+    public = (Path(args.public_key) if args.public_key
+              else CheckpointPaths.in_home(home.root).public)
+    evidence = verify_evidence(target, home.audit_key, checkpoints=checkpoints,
+                               public_key=public)
+    if not evidence.ok:
+        raise CliError(evidence.verdict)
+    print("\n".join(evidence.details))
+    print(evidence.verdict)
+    return 0
+
+
+def recover_command(args: argparse.Namespace) -> int:
+    """Runs under the home lock: a proxy writing meanwhile would race the gap record."""
+    from broker_proxy.audit.recover import recover_log
+    from broker_proxy.runtime.home_lock import HomeBusy, HomeLock
+
+    home = home_of(args)
+    if not home.audit_key.exists():
+        raise CliError(f"no audit key at {home.audit_key}")
+    try:
+        lock = HomeLock.acquire(home.root)
+    except HomeBusy as busy:
+        raise CliError(f"{busy}; stop the proxy before `audit recover`") from None
+    try:
+        paths = CheckpointPaths.in_home(home.root)
+        newest = latest_checkpoint(paths.file, paths.public, home.audit_log)
+        recovery = recover_log(home.audit_log, home.audit_key, checkpoint=newest)
+        print(recovery.summary)
+        if recovery.record is not None and paths.key.exists():
+            key = load_signing_key(paths, create=False)
+            with AuditLog.open(home.audit_log, home.audit_key) as log:
+                written = write_checkpoint(log, key, paths.file)
+            if written is not None:
+                print(f"checkpoint: {written['count']} records, last hash "
+                      f"{written['last_hash']} -> {paths.file}")
+    finally:
+        lock.release()
     return 0
 
 

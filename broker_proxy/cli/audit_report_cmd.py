@@ -60,7 +60,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     export = sub.add_parser(
         "export", help="write the log as JSON lines or OCSF events (resumable)",
         description="Write every record of one chain, in order, as JSON lines (the record "
-        "itself) or OCSF 1.1.0 events. With --output the export goes on from the last record "
+        "itself) or OCSF 1.8.0 events. With --output the export goes on from the last record "
         "already in the file (a torn last line is cut and written again), so a killed export "
         "restarted loses and repeats nothing; to stdout, pass --from-seq.")
     export.add_argument("path", nargs="?", metavar="PATH",

@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
+from broker_proxy.grants.actions import local_operator
 from broker_proxy.home import Home
 from broker_proxy.policy.loader import load_policy
 from broker_proxy.policy.model import Policy
@@ -53,3 +55,30 @@ def proxy_address(home: Home) -> str:
 
 def print_json(value: object) -> None:
     print(json.dumps(value, indent=2, sort_keys=True))
+
+
+_ACTOR = re.compile(r"[A-Za-z0-9._@+-][A-Za-z0-9._@:+-]{0,63}")
+_ACTOR_UNSAFE = re.compile(r"[^A-Za-z0-9._@:+-]")
+
+
+def actor_name(value: str) -> str:
+    """argparse type for a `--by` NAME: what an audit `by` may hold."""
+    if not _ACTOR.fullmatch(value):
+        raise argparse.ArgumentTypeError("must be 1-64 letters, digits or ._@:+-")
+    return value
+
+
+def default_actor() -> str:
+    """The OS user, in the characters an audit `by` allows."""
+    return _ACTOR_UNSAFE.sub("_", local_operator())[:64].lstrip(":") or "unknown"
+
+
+def add_by_option(parser: argparse.ArgumentParser, what: str = "decides") -> None:
+    """`--by NAME`: who acts, for the audit record (default: the OS user)."""
+    parser.add_argument("--by", type=actor_name, default=None, metavar="NAME",
+                        help=f"who {what}, for the audit log (default: the OS user, "
+                        f"{default_actor()})")
+
+
+def actor_of(args: argparse.Namespace) -> str:
+    return getattr(args, "by", None) or default_actor()

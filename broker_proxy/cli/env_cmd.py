@@ -63,6 +63,9 @@ def agent_environment(proxy_url: str, ca_path: str, *, no_proxy: str = "") -> di
                  "https_proxy": proxy_url, "http_proxy": proxy_url,
                  "NO_PROXY": no_proxy, "no_proxy": no_proxy}
     variables.update({name: ca_path for name in CA_VARIABLES})
+    # git (libcurl) otherwise opens each tunnel without credentials, waits for the 407 and
+    # asks again: basic sends the grant token on the first CONNECT.
+    variables["GIT_HTTP_PROXY_AUTHMETHOD"] = "basic"
     return variables
 
 

@@ -166,10 +166,31 @@ def child_environment(policy: Policy, issued: IssuedGrant, ca_path: str, *,
     assert issued.proxy_url is not None  # issued with the running proxy's address
     environment.update(agent_environment(issued.proxy_url, ca_path, no_proxy=no_proxy))
     for name, placeholder in issued.placeholders.items():
-        variable = policy.secrets[name].env
-        if variable:
-            environment[variable] = placeholder
+        secret = policy.secrets[name]
+        if secret.sign == "aws-sigv4":
+            for variable in _AWS_CALLER_CREDENTIALS:
+                environment.pop(variable, None)
+            environment.update(aws_placeholder_credentials(placeholder, secret.env))
+        elif secret.env:
+            environment[secret.env] = placeholder
     return environment
+
+
+# An AWS SDK signs only with a complete set of credentials; without a secret key it goes on to
+# the instance metadata service (refused through the proxy) and fails with NoCredentialsError.
+# The proxy re-signs, so the secret key only has to exist; this one says what it is.
+AWS_PLACEHOLDER_SECRET_KEY = "broker-proxy-placeholder-not-a-secret-key"
+_AWS_CALLER_CREDENTIALS = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
+
+
+def aws_placeholder_credentials(key_id: str, variable: str | None) -> dict[str, str]:
+    """The variables boto3, the AWS CLI and the other SDKs read, holding placeholders only.
+
+    They replace the caller's own: a real secret key or session token in exec's environment
+    must not reach CMD (the proxy supplies the real session token itself): the caller's
+    secret key and session tokens are removed before these are set."""
+    return {variable or "AWS_ACCESS_KEY_ID": key_id, "AWS_ACCESS_KEY_ID": key_id,
+            "AWS_SECRET_ACCESS_KEY": AWS_PLACEHOLDER_SECRET_KEY}
 
 
 def exit_status(returncode: int) -> int:

@@ -7,11 +7,16 @@ proxy sees every change on its next request because it reads the grant on every 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+from collections.abc import Iterable
 from datetime import datetime
 
 from broker_proxy.audit.files import chain_files
 from broker_proxy.audit.log import AuditError, AuditLog
 from broker_proxy.cli.common import (
+    actor_of,
+    add_by_option,
     add_policy_option,
     home_of,
     load_policy_of,
@@ -21,11 +26,12 @@ from broker_proxy.cli.common import (
 from broker_proxy.cli.errors import CliError
 from broker_proxy.cli.store_option import add_store_option
 from broker_proxy.durations import parse_duration
-from broker_proxy.grants.actions import change_grant, issue_audited, local_operator
+from broker_proxy.grants.actions import change_grant, issue_audited
 from broker_proxy.grants.budgets import stricter_caps
 from broker_proxy.grants.factory import open_grant_store, store_url
 from broker_proxy.grants.issuer import IssuedGrant
 from broker_proxy.grants.model import Grant
+from broker_proxy.grants.paging import walk
 from broker_proxy.grants.store import GrantNotFound, GrantStore
 from broker_proxy.home import Home
 from broker_proxy.policy.loader import PolicyError
@@ -61,6 +67,7 @@ def register(commands: argparse._SubParsersAction) -> None:
                        metavar="[SECRET=]N/PER", help="a stricter rate than the policy's, e.g. "
                        "30/minute or openai=30/minute (never a looser one; repeat for more)")
     issue.add_argument("--json", action="store_true", help="print JSON for scripts")
+    add_by_option(issue, "issues it")
     add_policy_option(issue)
     add_store_option(issue)
     issue.set_defaults(handler=issue_command)
@@ -76,6 +83,9 @@ def register(commands: argparse._SubParsersAction) -> None:
         parser = sub.add_parser(action, help=text)
         parser.add_argument("grant_id", metavar="ID")
         parser.add_argument("--json", action="store_true", help="print JSON for scripts")
+        if action != "show":
+            add_by_option(parser, {"approve": "approves", "deny": "denies",
+                                   "revoke": "revokes"}[action] + " it")
         add_store_option(parser)
         if action == "show":
             add_policy_option(parser)  # for what is left of an LLM budget
@@ -96,7 +106,7 @@ def issue_command(args: argparse.Namespace) -> int:
         issued = issue_audited(policy, store, audit, agent=args.agent, task=args.task,
                                secrets=args.secrets, ttl=ttl, max_uses=args.max_uses,
                                now=utc_now(), proxy_url_base=proxy_address(home),
-                               by=local_operator(), rates=args.rates,
+                               by=actor_of(args), rates=args.rates,
                                concurrency=args.concurrency, cost_usd=args.cost_usd)
     print_issued(issued, as_json=args.json)
     return 0
@@ -125,20 +135,39 @@ def print_issued(issued: IssuedGrant, *, as_json: bool) -> None:
 
 
 def list_command(args: argparse.Namespace) -> int:
+    """Oldest first, streamed: the store is read one page at a time (paging.walk) and each
+    grant printed as it comes, so a million grants never sit in memory at once."""
     now = utc_now()
-    # --pending reads only live grants (the store's index), not every grant kept.
-    grants = open_store(args).list(include_inactive=not args.pending, now=now)
+    store = open_store(args)
+    grants: Iterable[Grant]
     if args.pending:
-        grants = [g for g in grants if g.state_at(now) == "pending"]
+        # Only live grants are read (the store's index), not every grant kept.
+        grants = (g for g in store.list(include_inactive=False, now=now)
+                  if g.state_at(now) == "pending")
+    else:
+        grants = walk(store)
     if args.json:
-        print_json([g.to_public_dict(now) for g in grants])
+        _stream_json_array(g.to_public_dict(now) for g in grants)
         return 0
-    if not grants:
-        print("no grants")
-        return 0
+    empty = True
     for grant in grants:
+        empty = False
         print(_summary(grant, now))
+    if empty:
+        print("no grants")
     return 0
+
+
+def _stream_json_array(items: Iterable[dict[str, object]]) -> None:
+    """One JSON array, written item by item (the layout print_json gives a whole list)."""
+    out = sys.stdout
+    separator = "[\n"
+    for item in items:
+        # JSON text holds no raw line break inside a value, so each one starts a line to indent.
+        out.write(separator + "  " + json.dumps(item, indent=2, sort_keys=True).replace(
+            "\n", "\n  "))
+        separator = ",\n"
+    out.write("[]\n" if separator == "[\n" else "\n]\n")
 
 
 def change_command(args: argparse.Namespace) -> int:
@@ -155,7 +184,7 @@ def change_command(args: argparse.Namespace) -> int:
         home = home_of(args)
         with AuditLog.open(home.audit_log, home.audit_key) as audit:
             grant = change_grant(store, audit, args.grant_id, args.action,
-                                 by=local_operator(), now=now)
+                                 by=actor_of(args), now=now)
     own_rates = store.own_rates(grant.id) if args.action == "show" else {}
     budget = _budget_view(args, store, grant.id) if args.action == "show" else {}
     if args.json:
@@ -175,6 +204,8 @@ def change_command(args: argparse.Namespace) -> int:
             if key.startswith("decided_") or (key.startswith(("approved_", "denied_"))
                                                and value is None):
                 continue  # said once, by the decision that was taken (or not shown at all)
+            if key == "status":
+                continue  # the stored status; `state` (as of now) is the one a person needs
             print(f"{key + ':':<12} {_shown_value(value)}")
         history = grant_history(home_of(args), grant.id)
         if history:
@@ -182,6 +213,7 @@ def change_command(args: argparse.Namespace) -> int:
             for line in history:
                 print(f"  {line}")
     else:
+        print(f"grant {grant.id} {_DONE[args.action]}")
         print(_summary(grant, now))
     return 0
 
@@ -233,6 +265,9 @@ def _rate_text(interval_us: int, burst: int) -> str:
         if rest == 0 and count >= 1:
             return f"{count}/{per}, burst {burst}"
     return f"1/{interval_us / 1_000_000:g}s, burst {burst}"
+
+
+_DONE = {"approve": "approved", "deny": "denied", "revoke": "revoked"}
 
 
 def _shown_value(value: object) -> str:

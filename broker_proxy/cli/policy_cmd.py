@@ -1,4 +1,4 @@
-"""`broker-proxy policy check|schema|explain|test|diff|replay`."""
+"""`broker-proxy policy init|check|schema|explain|test|diff|replay`."""
 
 from __future__ import annotations
 
@@ -17,8 +17,23 @@ if TYPE_CHECKING:
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    policy = commands.add_parser("policy", help="validate policies, print the schema")
+    policy = commands.add_parser(
+        "policy", help="init, check, schema, explain, test, diff, replay: write, validate and "
+        "test policies")
     sub = policy.add_subparsers(dest="policy_command", metavar="ACTION", required=True)
+    init = sub.add_parser(
+        "init",
+        help="write a starting policy from an example shipped with broker-proxy",
+        description="Write the example policy NAME (default: example) to the policy file "
+        "(--policy FILE, else $BROKER_PROXY_POLICY, else <home>/policy.yaml), to edit and then "
+        "`policy check`. --list names the examples. An existing file is kept unless --force.",
+    )
+    init.add_argument("--example", metavar="NAME", default="example",
+                      help="which example (default: example; see --list)")
+    init.add_argument("--list", action="store_true", help="list the examples and exit")
+    init.add_argument("--force", action="store_true", help="replace an existing file")
+    add_policy_option(init)
+    init.set_defaults(handler=init_policy)
     check = sub.add_parser(
         "check",
         help="validate policy files",
@@ -86,6 +101,28 @@ def register(commands: argparse._SubParsersAction) -> None:
     replay.set_defaults(handler=replay_audit)
 
 
+def init_policy(args: argparse.Namespace) -> int:
+    from broker_proxy.policy_tools.examples import (
+        ExampleError,
+        example_names,
+        example_summary,
+        write_example,
+    )
+
+    if args.list:
+        for name in example_names():
+            print(f"{name:<12} {example_summary(name)}")
+        return 0
+    target = policy_file_of(args)
+    try:
+        write_example(args.example, target, force=args.force)
+    except ExampleError as error:
+        raise CliError(str(error)) from None
+    print(f"wrote {target} from the example policy {args.example!r}; edit it, then: "
+          f"broker-proxy policy check {target}")
+    return 0
+
+
 def check_policies(args: argparse.Namespace) -> int:
     from broker_proxy.policy.lint import check_file
 
@@ -102,9 +139,15 @@ def check_policies(args: argparse.Namespace) -> int:
         if warnings and args.strict:
             failed = True
             continue
-        suffix = f", {len(warnings)} warnings" if warnings else ""
-        print(f"{path}: ok ({len(policy.secrets)} secrets, {len(policy.agents)} agents{suffix})")
+        counts = [_count(len(policy.secrets), "secret"), _count(len(policy.agents), "agent")]
+        if warnings:
+            counts.append(_count(len(warnings), "warning"))
+        print(f"{path}: ok ({', '.join(counts)})")
     return 1 if failed else 0
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" + ("" if number == 1 else "s")
 
 
 def print_schema(args: argparse.Namespace) -> int:

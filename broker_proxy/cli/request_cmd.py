@@ -8,17 +8,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import urllib.error
 import urllib.request
 from typing import Any
 
-from broker_proxy.cli.common import home_of, print_json, running_proxy
+from broker_proxy.cli.common import actor_of, add_by_option, home_of, print_json, running_proxy
 from broker_proxy.cli.errors import CliError
-from broker_proxy.grants.actions import local_operator
 from broker_proxy.home import Home
 
-_BY_UNSAFE = re.compile(r"[^A-Za-z0-9._@:+-]")
+ACTOR_HEADER = "X-Broker-Actor"  # the admin API audits the caller as admin-api:<this>
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -40,11 +38,13 @@ def register(commands: argparse._SubParsersAction) -> None:
                          help="also let the same request through for M minutes")
     approve.add_argument("--reason", help="recorded in the audit log")
     approve.add_argument("--json", action="store_true", help="print JSON for scripts")
+    add_by_option(approve, "approves it")
     approve.set_defaults(handler=decide_command, action="approve")
     deny = sub.add_parser("deny", help="refuse a held request")
     deny.add_argument("hold_id", metavar="ID")
     deny.add_argument("--reason", help="recorded, and shown to the agent")
     deny.add_argument("--json", action="store_true", help="print JSON for scripts")
+    add_by_option(deny, "denies it")
     deny.set_defaults(handler=decide_command, action="deny")
 
 
@@ -62,7 +62,7 @@ def list_command(args: argparse.Namespace) -> int:
 
 
 def decide_command(args: argparse.Namespace) -> int:
-    body: dict[str, Any] = {"by": _BY_UNSAFE.sub("_", local_operator())[:64] or "cli"}
+    body: dict[str, Any] = {"by": actor_of(args)}
     if args.reason:
         body["reason"] = args.reason
     if args.action == "approve":
@@ -78,15 +78,17 @@ def decide_command(args: argparse.Namespace) -> int:
 
 def describe(item: dict[str, Any]) -> str:
     shown = item["request"]
+    carries = shown.get("carries") or item["secrets"]
     return (f"{item['id']}  {item['agent']} ({item['task']})  {shown['method']} "
             f"{shown['scheme']}://{shown['host']}:{shown['port']}{shown['path']}  "
             f"query {shown['query_size']} B, body {shown['body_size']} B "
-            f"sha256 {shown['body_sha256'][:12]}  secrets {','.join(item['secrets'])}  "
-            f"grant {item['grant']}  until {item['expires_at']}")
+            f"sha256 {shown['body_sha256'][:12]}  carries {','.join(carries)}  "
+            f"grant {item['grant']}  until {item['expires_at']} "
+            f"(the whole request: request list --json)")
 
 
-def admin_call(home: Home, method: str, path: str, body: dict[str, Any] | None = None
-          ) -> dict[str, Any]:
+def admin_call(home: Home, method: str, path: str, body: dict[str, Any] | None = None,
+               actor: str | None = None) -> dict[str, Any]:
     info = running_proxy(home)
     if info is None or not info.get("admin"):
         raise CliError(f"no running proxy with an admin API for {home.root}: held requests "
@@ -98,7 +100,8 @@ def admin_call(home: Home, method: str, path: str, body: dict[str, Any] | None =
     request = urllib.request.Request(
         f"http://{info['admin']}{path}", method=method,
         data=json.dumps(body).encode() if body is not None else None,
-        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json",
+                 **({ACTOR_HEADER: actor} if actor else {})})
     try:
         with urllib.request.urlopen(request, timeout=30) as answer:  # noqa: S310 - http only
             return json.loads(answer.read())

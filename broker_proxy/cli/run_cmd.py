@@ -13,6 +13,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from broker_proxy.audit.errors import AuditError
 from broker_proxy.cli.common import add_policy_option, home_of, policy_file_of
 from broker_proxy.cli.errors import CliError
 from broker_proxy.cli.store_option import add_store_option
@@ -79,7 +80,12 @@ def register(commands: argparse._SubParsersAction) -> None:
                      help="a client must send a whole request head within this long of "
                      "connecting or of its last answer (default 30s)")
     run.add_argument("--upstream-connect-timeout", default="10s", metavar="DURATION",
-                     help="give up connecting upstream after this long (default 10s)")
+                     help="give up connecting upstream after this long, and again on the "
+                     "upstream TLS handshake; the agent gets 502 upstream_error (default 10s)")
+    run.add_argument("--upstream-read-timeout", default="5m", metavar="DURATION",
+                     help="give up waiting for an upstream's answer (its headers) this long "
+                     "after the request was decided; the agent gets 502 upstream_error, kind "
+                     "read_timeout (default 5m)")
     run.add_argument("--idle-timeout", default="10m", metavar="DURATION",
                      help="close a connection with no byte either way for this long, e.g. an "
                      "upstream gone silent (default 10m: LLM answers can pause for minutes)")
@@ -124,7 +130,8 @@ def _deadlines(args: argparse.Namespace) -> Deadlines:
     from broker_proxy.durations import DurationError, parse_duration
 
     seconds = {}
-    for option in ("request_head_timeout", "upstream_connect_timeout", "idle_timeout"):
+    for option in ("request_head_timeout", "upstream_connect_timeout", "upstream_read_timeout",
+                   "idle_timeout"):
         text = getattr(args, option)
         try:
             seconds[option] = parse_duration(text).total_seconds()
@@ -134,6 +141,7 @@ def _deadlines(args: argparse.Namespace) -> Deadlines:
             raise CliError(f"--{option.replace('_', '-')} must be positive, got {text!r}")
     return Deadlines(request_head=seconds["request_head_timeout"],
                      upstream_connect=seconds["upstream_connect_timeout"],
+                     upstream_read=seconds["upstream_read_timeout"],
                      idle=seconds["idle_timeout"])
 
 
@@ -230,6 +238,16 @@ def _remove_own_runtime(home: Home) -> None:
         home.runtime.unlink(missing_ok=True)
 
 
+def _record_stop(broker: Broker) -> None:
+    """A stop on a log found cut or replaced writes nothing: its head state already names
+    what was written, so the next start refuses until `audit recover` records the gap."""
+    try:
+        broker.audit.append("proxy_stopped", decision="allow", reason="stopped")
+    except AuditError as error:
+        print(f"broker-proxy: not recorded: proxy_stopped ({error})", file=sys.stderr,
+              flush=True)
+
+
 def run_command(args: argparse.Namespace) -> int:
     from broker_proxy.addons.mitmproxy_compat import IncompatibleMitmproxy
     from broker_proxy.addons.runner import ProxySettings, patch_mitmproxy, serve
@@ -275,9 +293,10 @@ def run_command(args: argparse.Namespace) -> int:
     shared_metrics = _share_metrics(args.workers, worker)  # before any metric exists
     policy_file = policy_file_of(args)
     if not policy_file.exists():
-        raise CliError(f"no policy file at {policy_file}: start from an example, e.g. "
-                       f"`cp policies/example.yaml {policy_file}` in a checkout (then edit it "
-                       "and `broker-proxy policy check` it), or pass --policy FILE")
+        raise CliError(f"no policy file at {policy_file}: start from an example with "
+                       "`broker-proxy policy init` (it writes the package's copy of "
+                       "policies/example.yaml there; --list shows the others), edit it and "
+                       "`broker-proxy policy check` it, or pass --policy FILE")
     broker = open_broker(home, policy_file, store=args.store,
                          replica=args.replica_id, trust=trust)
     from broker_proxy.durations import parse_duration
@@ -300,18 +319,18 @@ def run_command(args: argparse.Namespace) -> int:
         session_ttl = parse_duration(args.console_session_ttl)
     except ValueError as error:
         raise CliError(f"--console-session-ttl: {error}") from None
-    services = start_services(broker, home, policy_file_of(args), admin, session_ttl)
+    services = start_services(
+        broker, home, policy_file_of(args), admin, session_ttl,
+        checkpoint_problem=observability.checkpoint_problem if observability else None)
     certs = home_certs(home, args.certs)
-    workers: list = []
+    workers: list = []  # the WorkerGroup of the extra workers, when there are any
 
     def on_reload() -> None:
         services.reloader.request_reload()
         if workers:
             import signal
 
-            from broker_proxy.cli.workers import forward_signal
-
-            forward_signal(workers, signal.SIGHUP)
+            workers[0].send_signal(signal.SIGHUP)
 
     settings = ProxySettings(listen_host=listen[0], listen_port=listen[1], certs_dir=certs,
                              upstream_ca_bundle=upstream_bundle(home, args.upstream_ca),
@@ -320,10 +339,11 @@ def run_command(args: argparse.Namespace) -> int:
                              deadlines=_deadlines(args))
     if args.workers > 1:
         from broker_proxy.addons.ca import ensure_ca
-        from broker_proxy.cli.workers import spawn_workers
+        from broker_proxy.cli.workers import WorkerGroup, worker_command
 
         ensure_ca(certs)  # before the workers start, or each would make its own CA
-        workers.extend(spawn_workers(args.raw_argv, listen[0], listen[1], args.workers - 1))
+        workers.append(WorkerGroup(worker_command(args.raw_argv, listen[0], listen[1]),
+                                   args.workers - 1, broker.metrics.worker_restarts.inc))
     metrics_address = None
     if metrics is not None:
         try:
@@ -337,8 +357,15 @@ def run_command(args: argparse.Namespace) -> int:
 
         freeze_startup_objects()  # before any traffic: see gc_freeze.py
         if worker:
-            broker.audit.append("proxy_started", decision="allow", reason="worker_started",
-                                policy=broker.policy.policy.digest)
+            try:
+                broker.audit.append("proxy_started", decision="allow", reason="worker_started",
+                                    policy=broker.policy.policy.digest)
+            except AuditError as error:
+                # Listening already: keep the connections the kernel gives us and answer them
+                # (every request needs a record, so each gets 503 audit_unavailable) rather
+                # than exit and have them reset.
+                print(f"broker-proxy worker: {error}; requests are answered 503",
+                      file=sys.stderr, flush=True)
             return
         info = {"pid": os.getpid(), "listen": f"{host}:{port}", "metrics": metrics_address,
                 "workers": args.workers,
@@ -347,8 +374,12 @@ def run_command(args: argparse.Namespace) -> int:
         home.runtime.write_text(json.dumps(info))
         broker.audit.append("proxy_started", decision="allow", reason="started",
                             policy=broker.policy.policy.digest)
+        admin = info.get("admin")
+        consoles = (f"admin API: http://{admin}, console: http://{admin}/ui/" if admin
+                    else "admin API: off")
         print(f"broker-proxy listening on http://{host}:{port}"
-              f" (metrics: {metrics_address or 'off'}, CA: {info['ca']})", flush=True)
+              f" (metrics: {metrics_address or 'off'}, {consoles}, CA: {info['ca']})",
+              flush=True)
 
     from broker_proxy.runtime.heap_trim import start_heap_trimmer, trim_interval_from_env
 
@@ -359,20 +390,23 @@ def run_command(args: argparse.Namespace) -> int:
         if trimmer is not None:
             trimmer.stop()
         if workers:
-            from broker_proxy.cli.workers import stop_workers
-
-            stop_workers(workers)
+            workers[0].stop()
         if shared_metrics is not None:
             shutil.rmtree(shared_metrics, ignore_errors=True)
         services.stop()
         if observability is not None:
-            observability.stop()
-        if shipper is not None:
-            shipper.stop()
+            observability.watcher.stop()
         if not worker:
             _remove_own_runtime(home)
-        broker.audit.append("proxy_stopped", decision="allow", reason="stopped")
-        broker.audit.close()
+        _record_stop(broker)
+        if observability is not None:
+            observability.stop()  # the last signed checkpoint covers proxy_stopped
+        if shipper is not None:
+            shipper.stop()
+        try:
+            broker.audit.close()  # leaves the head state at the last record
+        except AuditError as error:
+            print(f"broker-proxy: {error}", file=sys.stderr, flush=True)
         if lock is not None:
             lock.release()
         print("broker-proxy stopped", file=sys.stderr, flush=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -23,10 +24,14 @@ from urllib.parse import parse_qs
 
 from broker_proxy.approvals.admin_routes import RouteError
 from broker_proxy.console.audit_index import FILTERS, AuditIndex
-from broker_proxy.console.sessions import COOKIE, ConsoleSessions
+from broker_proxy.console.sessions import COOKIE, ConsoleSessions, Session
 from broker_proxy.console.views import ChainStatus, policy_view
 
 CSRF_HEADER = "X-CSRF-Token"
+# Who a person says they are at sign-in (or `broker-proxy console --as`): audited as
+# `console:<name>` with every decision of the session.
+NAME = re.compile(r"[A-Za-z0-9._@+-][A-Za-z0-9._@:+-]{0,63}")
+NAME_RULE = "name must be 1-64 letters, digits or ._@:+- (who you are, for the audit log)"
 STATIC = {"index.html": "text/html; charset=utf-8", "console.js": "text/javascript",
           "console.css": "text/css"}
 SECURITY_HEADERS = {
@@ -46,6 +51,9 @@ class Console:
     audit: AuditIndex
     chain: ChainStatus
     policy_loaded_at: Callable[[], datetime | None] = lambda: None
+    # Audits a sign-in (name, how: admin_token or login_link) before the session starts; an
+    # audit log that cannot take it refuses the sign-in (its error reaches the admin API).
+    record_sign_in: Callable[[str, str], object] = lambda name, how: None
     _static: dict[str, bytes] = field(default_factory=dict)
 
     @classmethod
@@ -81,17 +89,17 @@ def cookie_of(headers: Headers) -> str | None:
     return morsel.value if morsel else None
 
 
-def session_allows(console: Console | None, headers: Headers) -> bool:
-    """True for a live session with its CSRF token; raises 403 for a session without it."""
+def session_allows(console: Console | None, headers: Headers) -> Session | None:
+    """The live session, with its CSRF token; None without one; 403 for a session without it."""
     if console is None:
-        return False
+        return None
     session = console.sessions.get(cookie_of(headers))
     if session is None:
-        return False
+        return None
     if not session.csrf_matches(headers.get(CSRF_HEADER)):
         raise RouteError(403, "csrf_token_invalid",
                          f"a console request must carry its session's {CSRF_HEADER}")
-    return True
+    return session
 
 
 def ui_route(console: Console, method: str, path: str, headers: Headers,
@@ -119,7 +127,8 @@ def _session(console: Console, method: str, headers: Headers,
         session = sessions.get(cookie_of(headers))
         if session is None:
             return _json(401, {"error": "unauthorized", "message": "sign in"})
-        return _json(200, {"csrf": session.csrf, "expires_at": _iso(session.expires_at)})
+        return _json(200, {"csrf": session.csrf, "expires_at": _iso(session.expires_at),
+                           "name": session.name})
     if method == "DELETE":
         current = sessions.get(cookie_of(headers))
         if current is not None and not current.csrf_matches(headers.get(CSRF_HEADER)):
@@ -130,17 +139,29 @@ def _session(console: Console, method: str, headers: Headers,
         return _json(405, {"error": "method_not_allowed", "message": "use GET, POST, DELETE"},
                      {"Allow": "GET, POST, DELETE"})
     fields = body()
-    token, code = fields.get("token"), fields.get("code")
-    signed_in = (isinstance(token, str) and hmac.compare_digest(
-        token.strip().encode("utf-8", "replace"), admin_token.encode())) or (
-        isinstance(code, str) and sessions.redeem_login_link(code))
-    if not signed_in:
+    token, code, name = fields.get("token"), fields.get("code"), fields.get("name")
+    how = "admin_token" if isinstance(token, str) else "login_link"
+    if isinstance(token, str):
+        # A wrong token is a failed sign-in whatever name comes with it (slowed, audited).
+        if not hmac.compare_digest(token.strip().encode("utf-8", "replace"),
+                                   admin_token.encode()):
+            return _json(401, {"error": "unauthorized",
+                               "message": "wrong admin token or used/expired login link"})
+        # The admin token names nobody: whoever holds it says who they are.
+        if not isinstance(name, str) or not NAME.fullmatch(name):
+            return _json(400, {"error": "invalid_request", "message": NAME_RULE})
+    else:
+        name = sessions.redeem_login_link(code) if isinstance(code, str) else None
+    if name is None:
         return _json(401, {"error": "unauthorized",
                            "message": "wrong admin token or used/expired login link"})
-    cookie, session = sessions.start()
+    # The name is what the person says (with the admin token) or what the link was made for:
+    # the audit says which, so a review can weigh it.
+    console.record_sign_in(name, how)
+    cookie, session = sessions.start(name)
     max_age = int(sessions.ttl.total_seconds())
-    return _json(200, {"csrf": session.csrf, "expires_at": _iso(session.expires_at)},
-                 {"Set-Cookie": _cookie(cookie, max_age)})
+    return _json(200, {"csrf": session.csrf, "expires_at": _iso(session.expires_at),
+                       "name": session.name}, {"Set-Cookie": _cookie(cookie, max_age)})
 
 
 def _cookie(value: str, max_age: int) -> str:
@@ -148,8 +169,8 @@ def _cookie(value: str, max_age: int) -> str:
 
 
 def api_route(console: Console, method: str, parts: list[str], query: str,
-              active_policy: Callable[[], Any], file_problem: Callable[[], str | None]
-              ) -> tuple[int, object]:
+              active_policy: Callable[[], Any], file_problem: Callable[[], str | None],
+              body: Callable[[], dict[str, Any]] = dict) -> tuple[int, object]:
     """/v1/audit, /v1/audit/status, /v1/audit/verify, /v1/policy, /v1/console/login-links."""
     route = "/".join(parts)
     if route == "v1/audit":
@@ -166,8 +187,14 @@ def api_route(console: Console, method: str, parts: list[str], query: str,
         return 200, policy_view(active_policy(), console.policy_loaded_at(), file_problem())
     if route == "v1/console/login-links":
         _allow(method, "POST")
-        code = console.sessions.new_login_link()
-        return 201, {"path": f"/ui/#login={code}", "expires_in_s": 120}
+        fields = body()
+        if set(fields) - {"name"}:
+            raise RouteError(400, "invalid_request", "the only field is name")
+        name = fields.get("name")
+        if not isinstance(name, str) or not NAME.fullmatch(name):
+            raise RouteError(400, "invalid_request", f"{NAME_RULE}; the link signs in as it")
+        code = console.sessions.new_login_link(name)
+        return 201, {"path": f"/ui/#login={code}", "expires_in_s": 120, "name": name}
     raise RouteError(404, "not_found", "no such route")
 
 

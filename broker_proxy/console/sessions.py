@@ -30,6 +30,8 @@ MAX_LINKS = 100
 class Session:
     csrf: str
     expires_at: datetime
+    # Who signed in: every decision made in this session is audited as `console:<name>`.
+    name: str
 
     def csrf_matches(self, presented: str | None) -> bool:
         return presented is not None and hmac.compare_digest(
@@ -48,13 +50,13 @@ class ConsoleSessions:
         self._clock = clock
         self._lock = threading.Lock()
         self._sessions: dict[str, Session] = {}
-        self._links: dict[str, datetime] = {}
+        self._links: dict[str, tuple[datetime, str]] = {}  # code hash -> (expiry, for whom)
 
-    def start(self) -> tuple[str, Session]:
-        """A new session: (cookie value, session with its CSRF token)."""
+    def start(self, name: str) -> tuple[str, Session]:
+        """A new session for `name`: (cookie value, session with its CSRF token)."""
         now = self._clock()
         cookie = secrets.token_urlsafe(32)
-        session = Session(csrf=secrets.token_urlsafe(32), expires_at=now + self.ttl)
+        session = Session(csrf=secrets.token_urlsafe(32), expires_at=now + self.ttl, name=name)
         with self._lock:
             self._forget_expired(now)
             if len(self._sessions) >= MAX_SESSIONS:  # drop the one that ends first
@@ -79,21 +81,25 @@ class ConsoleSessions:
             with self._lock:
                 self._sessions.pop(_key(cookie), None)
 
-    def new_login_link(self) -> str:
-        """A one-time code for `broker-proxy console`: it works once, within two minutes."""
+    def new_login_link(self, name: str) -> str:
+        """A one-time code for `broker-proxy console`: it works once, within two minutes, and
+        signs in as `name` (who asked for it)."""
         code = secrets.token_urlsafe(32)
         now = self._clock()
         with self._lock:
-            self._links = {k: v for k, v in self._links.items() if v > now}
+            self._links = {k: v for k, v in self._links.items() if v[0] > now}
             if len(self._links) >= MAX_LINKS:
                 self._links.pop(next(iter(self._links)))
-            self._links[_key(code)] = now + LOGIN_LINK_TTL
+            self._links[_key(code)] = (now + LOGIN_LINK_TTL, name)
         return code
 
-    def redeem_login_link(self, code: str) -> bool:
+    def redeem_login_link(self, code: str) -> str | None:
+        """The name the link was made for, once; None for a used, expired or unknown code."""
         with self._lock:
-            expires = self._links.pop(_key(code), None)
-        return expires is not None and self._clock() < expires
+            link = self._links.pop(_key(code), None)
+        if link is None or self._clock() >= link[0]:
+            return None
+        return link[1]
 
     def _forget_expired(self, now: datetime) -> None:
         for key in [k for k, s in self._sessions.items() if s.expires_at <= now]:

@@ -1,5 +1,6 @@
-"""Read-only views the console needs from the admin API: the active policy as data, the audit
-chain's status, and grants filtered and paged. None of them holds a secret value or a token."""
+"""Read-only views the console needs from the admin API: the active policy as data and the audit
+chain's status (grants, filtered and paged, are grants/listing.py). None of them holds a secret
+value or a token."""
 
 from __future__ import annotations
 
@@ -10,13 +11,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from broker_proxy.audit.verify import verify_path
+from broker_proxy.audit.errors import AuditError
+from broker_proxy.audit.evidence import default_checkpoints, verify_evidence
 from broker_proxy.decision.active_policy import ActivePolicy
-from broker_proxy.grants.model import Grant
 from broker_proxy.time_source import utc_now
-
-GRANT_STATES = ("pending", "active", "denied", "revoked", "expired", "used_up")
-MAX_GRANT_PAGE = 500
 
 
 def policy_view(active: ActivePolicy, loaded_at: datetime | None,
@@ -46,16 +44,6 @@ def policy_view(active: ActivePolicy, loaded_at: datetime | None,
     }
 
 
-def filter_grants(grants: list[Grant], *, agent: str | None, secret: str | None,
-                  state: str | None, now: datetime) -> list[Grant]:
-    chosen = [g for g in grants
-              if (agent is None or g.agent == agent)
-              and (secret is None or secret in g.secrets)
-              and (state is None or g.state_at(now) == state)]
-    chosen.sort(key=lambda g: g.created_at, reverse=True)  # newest first for people
-    return chosen
-
-
 class ChainStatus:
     """The last `audit verify` result (run on demand: a large log takes a while) and the
     newest signed checkpoint."""
@@ -67,12 +55,20 @@ class ChainStatus:
 
     def verify(self) -> dict[str, Any]:
         with self._lock:  # one verification at a time; the others wait for its answer
-            results = verify_path(self._log, self._key)
-            bad = next((r for r in results if not r.ok), None)
+            # The same verifier and verdict as `broker-proxy audit verify` on this home.
+            checkpoints = default_checkpoints(self._checkpoints.parent, self._log)
+            try:
+                evidence = verify_evidence(self._log, self._key, checkpoints=checkpoints)
+            except AuditError as error:
+                self._last = {"ok": False, "records": 0, "files": 0, "checked_at": _now(),
+                              "verdict": f"audit log cannot be verified: {error}",
+                              "checkpoints": None, "first_bad": None}
+                return self._last
+            bad = next((r for r in evidence.chains if not r.ok), None)
             self._last = {
-                "ok": bad is None, "records": sum(r.records for r in results),
-                "files": len(results), "checked_at": utc_now().isoformat().replace(
-                    "+00:00", "Z"),
+                "ok": evidence.ok, "records": evidence.records,
+                "files": len(evidence.chains), "checked_at": _now(),
+                "verdict": evidence.verdict, "checkpoints": evidence.checkpoints,
                 "first_bad": None if bad is None else {
                     "path": bad.path, "line": bad.first_bad[0] if bad.first_bad else None,
                     "reason": bad.first_bad[2] if bad.first_bad else None},
@@ -96,3 +92,7 @@ class ChainStatus:
                 return {k: checkpoint.get(k) for k in ("count", "ts", "time", "last_hash")
                         if k in checkpoint}
         return None
+
+
+def _now() -> str:
+    return utc_now().isoformat().replace("+00:00", "Z")

@@ -18,7 +18,8 @@ from datetime import datetime
 from typing import Any
 
 from broker_proxy.approvals.desk import ApprovalDesk
-from broker_proxy.approvals.digest import request_shape
+from broker_proxy.approvals.digest import carried, request_shape
+from broker_proxy.approvals.preview import build_preview, preview_level
 from broker_proxy.approvals.verdict import (
     APPROVAL_QUEUE_FULL,
     APPROVAL_REQUIRED,
@@ -31,12 +32,14 @@ from broker_proxy.decision.active_policy import ActivePolicy
 from broker_proxy.decision.authority import authorities_agree
 from broker_proxy.decision.budget_keeper import BudgetKeeper
 from broker_proxy.decision.header_templates import (
+    TemplateUse,
     applicable_templates,
     apply_templates,
     template_conflict,
 )
 from broker_proxy.decision.limit_checks import DecisionMustWait, LimitChecks
 from broker_proxy.decision.outbound import Allowed, Denied, OutboundRequest, Verdict
+from broker_proxy.decision.placeholders import PlaceholderScanner
 from broker_proxy.decision.request_checks import (
     AmbiguousPath,
     canonical_path,
@@ -56,7 +59,8 @@ from broker_proxy.scrubbing.content_decoding import (
     decode_whole,
     parse_content_encoding,
 )
-from broker_proxy.scrubbing.grant_scrub import GrantScrubValues
+from broker_proxy.scrubbing.grant_scrub import GrantScrub, GrantScrubValues, base_secret
+from broker_proxy.scrubbing.scope import ScrubScope
 from broker_proxy.scrubbing.scrubber import Scrubber
 from broker_proxy.secrets.backends import SecretUnavailable
 from broker_proxy.secrets.source import SecretSource
@@ -110,7 +114,7 @@ class Broker(LimitChecks):
 
     def decide(self, token: str | None, request: OutboundRequest, *,
                defer_durability: bool = False, wait: bool = True,
-               approved_hold: str | None = None) -> Verdict:
+               approved_hold: str | None = None, deadline: float | None = None) -> Verdict:
         """Decide on one request.
 
         With `defer_durability`, an allowed secret-carrying request comes back with
@@ -120,14 +124,16 @@ class Broker(LimitChecks):
 
         Without `wait` (a caller on the event loop), a decision that would have to wait for the
         grant store's write lock raises DecisionMustWait before anything was written or
-        spent: decide again where waiting is allowed.
+        spent: decide again where waiting is allowed. With a `deadline` (time.monotonic(), set
+        when the request arrived), a wait for the store's write lock ends by then with a 503.
 
         A request that needs a person's approval comes back as `Held` (a 403 to any caller
         that cannot wait); once the person allowed it, decide again with its `approved_hold`.
         """
         started = time.perf_counter()
         try:
-            verdict = self._decide(token, request, defer_durability, wait, approved_hold)
+            verdict = self._decide(token, request, defer_durability, wait, approved_hold,
+                                   deadline)
         except DecisionMustWait:
             raise
         except Exception as error:  # fail closed: an exception must never forward
@@ -139,8 +145,7 @@ class Broker(LimitChecks):
             except Exception:  # the answer stands even if the record cannot be written
                 self.metrics.audit_write_errors.inc()
         self.metrics.decision_seconds.observe(time.perf_counter() - started)
-        decision = ("allow" if isinstance(verdict, Allowed)
-                    else "held" if isinstance(verdict, Held) else "deny")
+        decision = _decision_of(verdict)
         reason = verdict.reason if isinstance(verdict, Allowed) else verdict.error
         self.metrics.requests.labels(decision, reason).inc()
         return verdict
@@ -162,14 +167,14 @@ class Broker(LimitChecks):
             log.error("tunnel admission failed: %s", type(error).__name__)
             return Denied(503, codes.INTERNAL_ERROR, "the broker could not decide")
         if grant is None:
-            self.metrics.requests.labels("deny", codes.PROXY_AUTH_REQUIRED).inc()
-            return self._deny(request, None, 407, codes.PROXY_AUTH_REQUIRED,
-                              "put a valid grant token in the proxy URL's password")
+            denied = self._auth_required(request, token)
+            self.metrics.requests.labels(_decision_of(denied), denied.error).inc()
+            return denied
         return None
 
     def _decide(self, token: str | None, request: OutboundRequest,
                 defer_durability: bool = False, wait: bool = True,
-                approved_hold: str | None = None) -> Verdict:
+                approved_hold: str | None = None, deadline: float | None = None) -> Verdict:
         policy = self.policy  # one snapshot for the whole decision, even across a reload
         now = self.clock()
 
@@ -179,8 +184,7 @@ class Broker(LimitChecks):
             return self._deny(request, None, 503, codes.GRANT_STORE_UNAVAILABLE,
                               "the grant store cannot be used; nothing was sent")
         if grant is None:
-            return self._deny(request, None, 407, codes.PROXY_AUTH_REQUIRED,
-                              "put a valid grant token in the proxy URL's password")
+            return self._auth_required(request, token)
 
         if refusal := self._grant_refusal(grant, policy, now, request):
             return refusal
@@ -213,8 +217,8 @@ class Broker(LimitChecks):
             request = replace(request, host=host)
         # AWS SigV4: signed by the agent's SDK with a placeholder key, signed again here.
         if resigned := self._aws_resigning(request, grant, policy, now, defer_durability,
-                                           wait):
-            return self._scrubbing_the_grant(resigned, grant, policy)
+                                           wait, deadline):
+            return self._scrubbing_the_grant(resigned, grant, policy, request.host)
         # Per-grant placeholders (placeholder_format) name a secret only in their own grant.
         scanner = policy.scanner.for_grant(dict(grant.placeholders))
         hits = find_placeholders(scanner, request)
@@ -222,7 +226,7 @@ class Broker(LimitChecks):
         templates = applicable_templates(policy, grant, request)
         if not hits and not templates:
             return self._scrubbing_the_grant(
-                self._allow_without_secret(request, grant, policy), grant, policy)
+                self._allow_without_secret(request, grant, policy), grant, policy, request.host)
         if len(hits) > MAX_PLACEHOLDERS_PER_REQUEST:
             return self._deny(request, grant, 403, codes.TOO_MANY_PLACEHOLDERS,
                               f"at most {MAX_PLACEHOLDERS_PER_REQUEST} placeholders per request")
@@ -251,7 +255,8 @@ class Broker(LimitChecks):
                 request, grant, policy, names)):
             return refusal
         # A person's yes comes before anything is resolved, spent or recorded with a secret.
-        if held := self._held_for_approval(request, grant, policy, names, approved_hold):
+        if held := self._held_for_approval(request, grant, policy, names, approved_hold,
+                                           scanner, hits, templates):
             return held
         values: dict[str, SecretValue] = {}
         for name in names:
@@ -270,12 +275,13 @@ class Broker(LimitChecks):
                                   "a header")
 
         if policy.rated_secrets and (limited := self._rate_refusal(
-                request, grant, policy, names, now, wait)):
+                request, grant, policy, names, now, wait, deadline)):
             return limited
         tickets: tuple[Reservation, ...] = ()
         body_changed = False
         if policy.budgeted_secrets & set(names):
-            reserved = self._budget_reservations(request, grant, policy, names, wait)
+            reserved = self._budget_reservations(request, grant, policy, names, wait,
+                                                 deadline)
             if isinstance(reserved, Denied):
                 return reserved
             tickets, request, body_changed = (reserved.tickets, reserved.request,
@@ -283,7 +289,7 @@ class Broker(LimitChecks):
         revealed = {n: v.reveal() for n, v in values.items()}
         try:
             audit_record = self._spend_use(request, grant, now, codes.INJECTED, revealed,
-                                           defer_durability, wait)
+                                           defer_durability, wait, deadline)
         except BaseException:
             self.budgets.release(grant.id, tickets)
             raise
@@ -312,15 +318,23 @@ class Broker(LimitChecks):
                        grant.placeholder_of(n) or policy.policy.secrets[n].placeholder)
                    for n in names},
             budget=tickets,
-        ), grant, policy)
+        ), grant, policy, request.host)
 
     def _held_for_approval(self, request: OutboundRequest, grant: Grant, policy: ActivePolicy,
-                           names: list[str], approved_hold: str | None) -> Denied | None:
-        """None when no secret here needs approval, or this exact request was approved."""
+                           names: list[str], approved_hold: str | None,
+                           scanner: PlaceholderScanner, hits: list[PlacedHit],
+                           templates: list[TemplateUse]) -> Denied | None:
+        """None when no secret here needs approval, or this exact request was approved.
+
+        "Exact" includes the secrets it carries and where: an approval shown one set of
+        secrets never lets another set through (digest.py).
+        """
         gated = [n for n in names if policy.policy.secrets[n].per_request_approval]
         if not gated:
             return None
-        shape = request_shape(request)
+        carries = carried(scanner, request, hits,
+                          [(use.secret, use.template.header) for use in templates])
+        shape = request_shape(request, carries, scanner)
         if (self.approvals.redeem(approved_hold, grant.id, shape.digest)
                 or self.approvals.take_allowance(grant.id, shape.digest)):
             return None
@@ -328,15 +342,20 @@ class Broker(LimitChecks):
             return self._deny(request, grant, 403, APPROVAL_UNAVAILABLE,
                               "this request needs a person's approval, and this proxy process "
                               "has no admin API to ask one")
-        if self.approvals.full():
+        if self.approvals.full(grant.id):
             return self._deny(request, grant, 503, APPROVAL_QUEUE_FULL,
                               "too many requests are waiting for approval")
         timeout = policy.policy.approval_timeout
+        level = preview_level([
+            destination.approval_preview for name in gated
+            for destination in policy.index.destinations_for(name, request.scheme,
+                                                             request.host, request.port)])
         try:
             item = self.approvals.hold(
-                grant=grant.id, agent=grant.agent, task=grant.task, secrets_=tuple(gated),
-                shape=shape, timeout=timeout, audit_fields=_record(
-                    request, grant, "held", APPROVAL_REQUIRED, None, gated))
+                grant=grant.id, agent=grant.agent, task=grant.task, secrets_=tuple(names),
+                shape=shape, preview=build_preview(request, scanner, carries, level),
+                timeout=timeout, audit_fields=_record(
+                    request, grant, "held", APPROVAL_REQUIRED, None, names))
         except AuditError:
             self.metrics.audit_write_errors.inc()
             return Denied(503, codes.AUDIT_UNAVAILABLE,
@@ -344,25 +363,44 @@ class Broker(LimitChecks):
         return Held(403, APPROVAL_REQUIRED, "this request waits for a person's approval",
                     grant.id, hold_id=item.id, timeout_s=timeout.total_seconds())
 
-    def _scrubbing_the_grant(self, verdict: Verdict, grant: Grant,
-                             policy: ActivePolicy) -> Verdict:
-        """Invariant 6: the answer is scrubbed for every secret the grant holds.
+    def _scrubbing_the_grant(self, verdict: Verdict, grant: Grant, policy: ActivePolicy,
+                             host: str) -> Verdict:
+        """Invariant 6: the answer is scrubbed for every secret the grant holds and every
+        secret the policy lets any grant send to this host, current and retired values.
 
         The values this request injected (just resolved, or a fresh OAuth2 token) win over the
-        cached ones under the same name.
+        cached ones under the same name; one that differs from the cache means a rotation the
+        cache missed: the set is composed again, so the replaced value is kept as retired.
         """
         if not isinstance(verdict, Allowed):
             return verdict
-        held = self.scrub_values.for_grant(grant, policy.policy)
-        for name, (value, _) in verdict.scrub.items():
-            if name in held.values and held.values[name][0] != value:
+        scope = ScrubScope.of(grant, host)
+        held = self.scrub_values.for_scope(scope, policy.policy, policy.index)
+        stale = [name for name, (value, _) in verdict.scrub.items()
+                 if name in held.values and held.values[name][0] != value]
+        if stale:
+            for name in stale:
                 self.scrub_values.forget(name)  # rotated: resolve it anew
-        scrub = {**held.values, **verdict.scrub}
+            held = self.scrub_values.for_scope(scope, policy.policy, policy.index)
+        scrub = {**held.values, **verdict.scrub} if verdict.scrub else held.values
         if self.may_block():
             # Decided on a worker thread: compile a new value's patterns (20-35 ms) here, so the
             # event loop only looks them up when the answer comes (see scrubber._Compiled).
             Scrubber(scrub)
-        return replace(verdict, scrub=scrub, scrub_complete=held.complete)
+        return replace(verdict, scrub=scrub, scrub_complete=held.complete, scrub_scope=scope,
+                       scrub_generation=held.generation)
+
+    def live_scrub(self, scope: ScrubScope, generation: int) -> GrantScrub | None:
+        """An answer's scrub set again if a value changed since ``generation`` (a long poll
+        answered, or a stream's next chunk or message, after a rotation); else None.
+
+        Never fetches from a backend (this runs on the event loop): what changed reached the
+        cache through the vault watcher or a request that injected the new value.
+        """
+        if self.scrub_values.generation == generation:
+            return None
+        policy = self.policy
+        return self.scrub_values.for_scope(scope, policy.policy, policy.index, resolve=False)
 
     def _decoded_body(self, request: OutboundRequest, grant: Grant) -> OutboundRequest | Denied:
         try:
@@ -444,7 +482,8 @@ class Broker(LimitChecks):
         return None
 
     def _aws_resigning(self, request: OutboundRequest, grant: Grant, policy: ActivePolicy,
-                       now: datetime, defer_durability: bool, wait: bool) -> Verdict | None:
+                       now: datetime, defer_durability: bool, wait: bool,
+                       deadline: float | None) -> Verdict | None:
         """None unless the request is SigV4-signed with a placeholder key id (aws_resign.py)."""
         plan = aws_resign.plan(request, grant.secrets, policy, now, self.secrets.resolve)
         if plan is None:
@@ -452,7 +491,8 @@ class Broker(LimitChecks):
         if isinstance(plan, aws_resign.Refusal):
             return self._deny(request, grant, plan.status, plan.code, plan.message)
         audit_record = self._spend_use(request, grant, now, codes.RESIGNED,
-                                       {plan.secret: plan.fingerprint_of}, defer_durability, wait)
+                                       {plan.secret: plan.fingerprint_of}, defer_durability, wait,
+                                       deadline)
         if isinstance(audit_record, Denied):
             return audit_record
         self.metrics.injections.labels(plan.secret).inc()
@@ -462,7 +502,7 @@ class Broker(LimitChecks):
 
     def _spend_use(self, request: OutboundRequest, grant: Grant, now: datetime, reason: str,
                    values: dict[str, str], defer_durability: bool,
-                   wait: bool = True) -> dict[str, Any] | Denied:
+                   wait: bool = True, deadline: float | None = None) -> dict[str, Any] | Denied:
         """Reserve one of the grant's uses, then write the record of the secrets' use.
 
         Invariant 5: the record is written before the secret leaves (fsynced here, or by
@@ -470,7 +510,7 @@ class Broker(LimitChecks):
         value its fingerprint is taken of.
         """
         try:
-            reserved = self.grants.reserve_use(grant.id, now, wait=wait)
+            reserved = self.grants.reserve_use(grant.id, now, wait=wait, deadline=deadline)
         except GrantStoreBusy:
             raise DecisionMustWait from None  # nothing written or spent yet
         except GrantStoreError:
@@ -506,13 +546,23 @@ class Broker(LimitChecks):
                           "the audit log cannot be written; nothing was sent", grant.id)
         return Allowed(grant_id=grant.id)
 
+    def _auth_required(self, request: OutboundRequest, token: str | None) -> Denied:
+        """407. Without any credentials (token None) it is the challenge a client such as git
+        or curl --proxy-anyauth waits for before it sends its token: recorded as decision
+        `challenge`, so it does not count as a refused request. Credentials that are there but
+        name no grant (a guess, a revoked token's typo) stay a `deny`."""
+        return self._deny(request, None, 407, codes.PROXY_AUTH_REQUIRED,
+                          "put a valid grant token in the proxy URL's password",
+                          challenge=token is None)
+
     def _deny(self, request: OutboundRequest, grant: Grant | None, status: int, code: str,
-              message: str) -> Denied:
+              message: str, *, challenge: bool = False) -> Denied:
+        decision = "challenge" if challenge else "deny"
         try:
-            self.audit.append("request", **_record(request, grant, "deny", code, status, []))
+            self.audit.append("request", **_record(request, grant, decision, code, status, []))
         except AuditError:
             self.metrics.audit_write_errors.inc()  # still denied: nothing to protect upstream
-        return Denied(status, code, message, grant.id if grant else None)
+        return Denied(status, code, message, grant.id if grant else None, challenge=challenge)
 
     def record_response(self, allowed: Allowed, request: OutboundRequest, status: int | None,
                         duration_ms: float, redactions: dict[str, int], *,
@@ -523,7 +573,8 @@ class Broker(LimitChecks):
         must be able to tell that from a 502 the upstream sent.
         """
         for name, count in redactions.items():
-            self.metrics.redactions.labels(name).inc(count)
+            # A retired value counts under its secret: labels stay a bounded set.
+            self.metrics.redactions.labels(base_secret(name)).inc(count)
         try:
             self.audit.append("response", grant=allowed.grant_id, decision="allow",
                               reason=allowed.reason, secrets=list(allowed.injected),
@@ -535,6 +586,50 @@ class Broker(LimitChecks):
         except AuditError:
             self.metrics.audit_write_errors.inc()
 
+    def record_not_sent(self, allowed: Allowed, request: OutboundRequest, status: int | None,
+                        duration_ms: float, why: str) -> bool:
+        """An allowed request that never left (its upstream could not be reached, or its
+        client went away first): give its use back and say so in the audit log.
+
+        Call only when the request was certainly not written to any upstream. Returns whether
+        a use was given back. Invariant 11: `max_uses` counts requests whose secret left.
+        """
+        returned = False
+        # Its LLM budget reservations and concurrency slots too: nothing was spent.
+        self.budgets.release(allowed.grant_id, allowed.budget)
+        if allowed.injected:
+            try:
+                returned = self.grants.release_use(allowed.grant_id)
+            except GrantStoreError:
+                # The use stays spent: counting one too many never lets a request through.
+                log.warning("could not give back the use of grant %s", allowed.grant_id)
+        try:
+            self.audit.append("request_not_sent", grant=allowed.grant_id, decision="allow",
+                              reason=allowed.reason, secrets=list(allowed.injected),
+                              method=request.method, scheme=request.scheme, host=request.host,
+                              port=request.port, path=request.path, status=status,
+                              duration_ms=round(duration_ms, 3), outcome="not_sent",
+                              upstream_error=why, use_returned=returned)
+        except AuditError:
+            self.metrics.audit_write_errors.inc()
+        self.metrics.upstream_failures.labels(why, "not_sent").inc()
+        return returned
+
+    def record_upstream_failure(self, allowed: Allowed, request: OutboundRequest,
+                                status: int | None, duration_ms: float, why: str) -> None:
+        """An allowed request that left but got no usable answer: the use stays spent."""
+        self.metrics.upstream_failures.labels(why, "sent").inc()
+        if not allowed.injected:
+            return
+        try:
+            self.audit.append("response", grant=allowed.grant_id, decision="allow",
+                              reason=allowed.reason, secrets=list(allowed.injected),
+                              method=request.method, scheme=request.scheme, host=request.host,
+                              port=request.port, path=request.path, status=status,
+                              duration_ms=round(duration_ms, 3), redactions=0,
+                              outcome="sent", upstream_error=why)
+        except AuditError:
+            self.metrics.audit_write_errors.inc()
 
 
 def _well_formed(request: OutboundRequest) -> bool:
@@ -551,6 +646,15 @@ _CONTROLS_IN_VALUE = re.compile("[\x00-\x08\x0a-\x1f\x7f]")  # HTAB is legal in 
 
 def _has_controls(text: str, *, allow_tab: bool) -> bool:
     return (_CONTROLS_IN_VALUE if allow_tab else _CONTROLS_IN_NAME).search(text) is not None
+
+
+def _decision_of(verdict: Verdict) -> str:
+    """The `decision` label of the request metrics, as the audit record says it."""
+    if isinstance(verdict, Allowed):
+        return "allow"
+    if isinstance(verdict, Held):
+        return "held"
+    return "challenge" if verdict.challenge else "deny"
 
 
 def _record(request: OutboundRequest, grant: Grant | None, decision: str, reason: str,

@@ -61,7 +61,8 @@ class BudgetKeeper:
         self._settler = ThreadPoolExecutor(max_workers=1, thread_name_prefix="budget-settle")
 
     def reserve(self, request: OutboundRequest, grant: Grant, policy: Policy,
-                names: list[str], wait: bool) -> Reserved | Unbounded:
+                names: list[str], wait: bool,
+                deadline: float | None = None) -> Reserved | Unbounded:
         """Plan and hold a reservation for each budgeted secret the request carries.
 
         GrantStoreBusy and GrantStoreError pass through after releasing what was held here.
@@ -89,7 +90,8 @@ class BudgetKeeper:
                 caps = (budget.input_tokens, budget.output_tokens, budget.micro_usd) \
                     if budget is not None else (None, None, None)
                 over = self.grants.reserve_budget(grant, name, (*caps, secret.concurrency),
-                                                  _held(ticket), wait=wait)
+                                                  _held(ticket), wait=wait,
+                                                  deadline=deadline)
                 if over is not None:
                     self.release(grant.id, tuple(tickets))
                     if over == "requests":

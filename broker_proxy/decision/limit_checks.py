@@ -36,7 +36,7 @@ class LimitChecks:
     budgets: BudgetKeeper
 
     def _deny(self, request: OutboundRequest, grant: Grant | None, status: int, code: str,
-              message: str) -> Denied:
+              message: str, *, challenge: bool = False) -> Denied:
         raise NotImplementedError
 
     def _llm_rule_refusal(self, request: OutboundRequest, grant: Grant, policy: ActivePolicy,
@@ -61,10 +61,11 @@ class LimitChecks:
 
     def _budget_reservations(self, request: OutboundRequest, grant: Grant,
                              policy: ActivePolicy, names: list[str],
-                             wait: bool) -> Reserved | Denied:
+                             wait: bool, deadline: float | None = None) -> Reserved | Denied:
         """Hold the LLM budget reservations of this request (budget_keeper.py), or refuse."""
         try:
-            reserved = self.budgets.reserve(request, grant, policy.policy, names, wait)
+            reserved = self.budgets.reserve(request, grant, policy.policy, names, wait,
+                                            deadline)
         except GrantStoreBusy:
             raise DecisionMustWait from None  # what was held is given back already
         except GrantStoreError:
@@ -86,7 +87,8 @@ class LimitChecks:
                                    self.policy.policy)
 
     def _rate_refusal(self, request: OutboundRequest, grant: Grant, policy: ActivePolicy,
-                      names: list[str], now: datetime, wait: bool) -> Denied | None:
+                      names: list[str], now: datetime, wait: bool,
+                      deadline: float | None = None) -> Denied | None:
         """429 when a secret this request carries is over the grant's rate (rate_limits.py).
 
         Checked before the use is spent, so a refused request costs no use; each secret's
@@ -98,7 +100,8 @@ class LimitChecks:
             if rate is None:
                 continue
             try:
-                waiting = self.grants.take_rate(grant, name, rate, now, wait=wait)
+                waiting = self.grants.take_rate(grant, name, rate, now, wait=wait,
+                                                  deadline=deadline)
             except GrantStoreBusy:
                 raise DecisionMustWait from None  # nothing written or spent yet
             except GrantStoreError:

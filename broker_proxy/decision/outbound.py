@@ -10,6 +10,7 @@ import json
 from dataclasses import dataclass, field
 
 from broker_proxy.decision.reservation import Reservation
+from broker_proxy.scrubbing.scope import ScrubScope
 
 # Stable error codes: scripts and dashboards match on these strings.
 PROXY_AUTH_REQUIRED = "proxy_auth_required"
@@ -94,6 +95,11 @@ class Allowed:
     scrub_complete: bool = True
     # LLM budget reservations held for this request, settled from its answer's usage.
     budget: tuple[Reservation, ...] = ()
+    # Who asks and which host answers (grant_scrub.ScrubScope), and the value generation
+    # ``scrub`` was composed at: a long poll or a stream answered after a rotation asks the
+    # broker for the set again (``Broker.live_scrub``).
+    scrub_scope: ScrubScope | None = field(default=None, repr=False)
+    scrub_generation: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,14 +110,21 @@ class Denied:
     error: str
     message: str
     grant_id: str | None = None
-    # Whole seconds a 429 says to wait (Retry-After, RFC 9110 section 10.2.3).
+    # upstream_error only: which failure (broker_proxy/decision/upstream_failure.py).
+    kind: str | None = None
+    # Whole seconds to wait before retrying (Retry-After, RFC 9110 section 10.2.3): a 429
+    # rate/concurrency/budget refusal, or a 503 the agent may simply retry.
     retry_after: int | None = None
+    # A 407 to a client that sent no credentials at all: the first step of HTTP proxy
+    # authentication (git, curl --proxy-anyauth ask that way), not a refusal of anything.
+    challenge: bool = False
 
     def body(self) -> bytes:
         # The message is built only from names and codes, never from a secret value.
-        return json.dumps(
-            {"error": self.error, "grant": self.grant_id, "message": self.message}
-        ).encode()
+        answer = {"error": self.error, "grant": self.grant_id, "message": self.message}
+        if self.kind is not None:
+            answer["kind"] = self.kind
+        return json.dumps(answer).encode()
 
     def headers(self) -> dict[str, str]:
         headers = {"Content-Type": "application/json", "Cache-Control": "no-store"}

@@ -15,7 +15,9 @@ any replica is seen by every other one on its next request.
 
 Every Redis failure (refused, timed out, script error) becomes `GrantStoreError`, which the
 broker answers with 503: fail closed. Timeouts are short so a request never waits long for a
-store that is gone; redis-py reconnects on the next command once Redis is back.
+store that is gone; redis-py reconnects on the next command once Redis is back. A refused or
+timed-out call opens a short circuit breaker (circuit.py): for the next second every call fails
+at once, so 100 concurrent requests during an outage cost about one timeout, not a queue of them.
 """
 
 from __future__ import annotations
@@ -33,14 +35,17 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from broker_proxy.grants import budgets, rate_limits
+from broker_proxy.grants.circuit import CircuitBreaker, CircuitOpen
 from broker_proxy.grants.model import Grant, GrantStatus
 from broker_proxy.grants.store import (
     GrantCounts,
     GrantIndex,
     GrantNotFound,
+    GrantPage,
     Grants,
     GrantStateError,
     GrantStoreError,
+    PageKey,
     ReserveResult,
     authenticate_token,
     ended_at,
@@ -52,6 +57,8 @@ COMMAND_TIMEOUT = 0.5  # seconds to wait for one reply
 # How long a grant's hash outlives its expiry before Redis deletes it: long enough for
 # `grant list` and incident review to see what ran out, short enough not to pile up.
 RETENTION = timedelta(days=1)
+
+_READ_BATCH = 200  # grants read per pipelined round trip
 
 # One hash tag for every key, so the multi-key scripts also run on a Redis Cluster.
 _PREFIX = "{broker-proxy}"
@@ -130,6 +137,27 @@ elseif uses == 1 then
   redis.call('ZADD', KEYS[3], fields[1], ARGV[2])
 end
 return 'reserved'
+"""
+
+# KEYS: grant, active index, in-use index. ARGV: id. Gives one reserved use back (a request
+# that never left): the grant is live again in the indexes if that use had used it up.
+_RELEASE = """
+local fields = redis.call('HMGET', KEYS[1], 'status', 'expires_at', 'max_uses', 'uses')
+if not fields[1] then return 0 end
+local uses = tonumber(fields[4] or '0')
+if uses <= 0 then return 0 end
+uses = redis.call('HINCRBY', KEYS[1], 'uses', -1)
+if fields[1] == 'active' then
+  if not fields[3] or uses < tonumber(fields[3]) then
+    redis.call('ZADD', KEYS[2], fields[2], ARGV[1])
+  end
+  if uses > 0 and (not fields[3] or uses < tonumber(fields[3])) then
+    redis.call('ZADD', KEYS[3], fields[2], ARGV[1])
+  else
+    redis.call('ZREM', KEYS[3], ARGV[1])
+  end
+end
+return 1
 """
 
 # KEYS: grant, revoked, ended, active, pending, in-use indexes. ARGV: now, action, by, id.
@@ -213,11 +241,13 @@ class RedisGrantStore:
         )
         self._create = self._client.register_script(_CREATE)
         self._reserve = self._client.register_script(_RESERVE)
+        self._release = self._client.register_script(_RELEASE)
         self._transition_script = self._client.register_script(_TRANSITION)
         self._purge = self._client.register_script(_PURGE)
         self._take_rate = self._client.register_script(rate_limits.REDIS_TAKE)
         self._reserve_budget = self._client.register_script(budgets.REDIS_RESERVE)
         self._settle_budget = self._client.register_script(budgets.REDIS_SETTLE)
+        self.circuit = CircuitBreaker(self._where)
         try:
             # Refuse to start against a store that is not there or refuses us: a typo in the
             # URL should stop `run` at once, not turn every request into a 503.
@@ -269,6 +299,43 @@ class RedisGrantStore:
         grants = sorted(self._read(ids), key=lambda g: (g.created_at, g.id))
         return [g for g in grants if g.state_at(moment) in ("active", "pending")]
 
+    def page(self, after: PageKey | None, limit: int, *,
+             newest_first: bool = False, skip: int = 0) -> GrantPage:
+        # By rank in the created index (score created_at, ties in id order, as the key is):
+        # the cursor's rank is O(log n), then one ZRANGE of `limit` members.
+        with self._talking():
+            start = skip + (0 if after is None else self._rank_after(after, newest_first))
+            take = self._client.zrevrange if newest_first else self._client.zrange
+            members: list[tuple[bytes, float]] = take(  # type: ignore[assignment]
+                _CREATED, start, start + limit, withscores=True)  # one more: a next page?
+        more = len(members) > limit
+        del members[limit:]
+        grants = self._read([bytes(member).decode() for member, _ in members])
+        if not more or not members:
+            return GrantPage(grants, None)
+        member, score = members[-1]
+        return GrantPage(grants, (_EPOCH + timedelta(microseconds=int(score)),
+                                  bytes(member).decode()))
+
+    def total(self) -> int:
+        with self._talking():
+            return int(self._client.zcard(_CREATED))
+
+    def _rank_after(self, after: PageKey, newest_first: bool) -> int:
+        """How many members of the created index come before or at `after` in the order."""
+        rank = (self._client.zrevrank if newest_first else self._client.zrank)(
+            _CREATED, after[1])
+        if rank is not None:
+            return int(rank) + 1  # a member's score (its created_at) never changes
+        # The cursor's grant was purged meanwhile: count by score, then the ties by id.
+        score = _to_micros(after[0])
+        ties = [bytes(m).decode() for m in self._client.zrangebyscore(_CREATED, score, score)]
+        if newest_first:
+            return int(self._client.zcount(_CREATED, f"({score}", "+inf")) + sum(
+                1 for t in ties if t > after[1])
+        return int(self._client.zcount(_CREATED, "-inf", f"({score}")) + sum(
+            1 for t in ties if t < after[1])
+
     def indexed(
         self, index: GrantIndex, after: tuple[datetime, str], until: datetime, limit: int
     ) -> Grants:
@@ -313,6 +380,12 @@ class RedisGrantStore:
                                args=[_to_micros(ended_before), *grant_ids])
         return int(gone)
 
+    def probe_write(self) -> None:
+        # A key of its own that expires: a replica that is read-only or out of memory
+        # (maxmemory with noeviction) refuses it as it would refuse a use.
+        with self._talking():
+            self._client.set(f"{_PREFIX}:write-probe", "1", px=60_000)
+
     def load_many(self, grants: Iterable[Grant], *, batch: int = 10_000) -> None:
         """Write many grants at once, pipelined, without the existence check of `create`:
         for benchmarks and restores into an empty store, not for issuing grants."""
@@ -335,8 +408,10 @@ class RedisGrantStore:
             _flush_indexes(pipe, scores)
             pipe.execute()
 
-    def reserve_use(self, grant_id: str, now: datetime, *, wait: bool = True) -> ReserveResult:
-        # `wait` is ignored: a remote store is only ever used off the event loop.
+    def reserve_use(self, grant_id: str, now: datetime, *, wait: bool = True,
+                    deadline: float | None = None) -> ReserveResult:
+        # `wait` and `deadline` are ignored: a remote store is only ever used off the event
+        # loop, and no call waits longer than its timeouts (or at all while the circuit is open).
         with self._talking():
             outcome = self._reserve(keys=[_grant_key(grant_id), _ACTIVE, _IN_USE],
                                     args=[_to_micros(now), grant_id])
@@ -348,7 +423,7 @@ class RedisGrantStore:
             raise GrantStoreError(f"grant store {self._where} gave an unknown answer") from None
 
     def take_rate(self, grant: Grant, secret: str, rate: RateLimit, now: datetime, *,
-                  wait: bool = True) -> float:
+                  wait: bool = True, deadline: float | None = None) -> float:
         """One request against the grant's bucket for ``secret`` (rate_limits.py): 0.0 when
         admitted, else the seconds until it would be. One Lua script: atomic across replicas."""
         keep_until = _to_micros(grant.expires_at) // 1000 + 60_000
@@ -385,7 +460,8 @@ class RedisGrantStore:
         return found
 
     def reserve_budget(self, grant: Grant, secret: str, caps: tuple[int | None, ...],
-                       asked: tuple[int, int, int, int], *, wait: bool = True) -> str | None:
+                       asked: tuple[int, int, int, int], *, wait: bool = True,
+                       deadline: float | None = None) -> str | None:
         """Hold ``asked`` against the grant's budget for ``secret`` (budgets.py): None when
         held, else the dimension over its cap. One Lua script: atomic across replicas."""
         keep_until = _to_micros(grant.expires_at) // 1000 + 60_000
@@ -430,6 +506,11 @@ class RedisGrantStore:
                 name = key.decode().rsplit(":", 1)[1]
                 found[name] = budgets.BudgetUse((*numbers[:3], 0), tuple(numbers[3:]), own)
         return found
+    def release_use(self, grant_id: str) -> bool:
+        with self._talking():
+            released = self._release(keys=[_grant_key(grant_id), _ACTIVE, _IN_USE],
+                                     args=[grant_id])
+        return bool(released == 1)
 
     def approve(self, grant_id: str, by: str, now: datetime) -> Grant:
         return self._transition(grant_id, now, "approve", by)
@@ -472,11 +553,15 @@ class RedisGrantStore:
         after expiry) are dropped from every index, so no later read meets them again."""
         if not ids:
             return []
+        rows: list[Any] = []
         with self._talking():
-            pipe = self._client.pipeline(transaction=False)
-            for grant_id in ids:
-                pipe.hgetall(_grant_key(grant_id))
-            rows = pipe.execute()
+            # A few hundred per round trip: each reply comes well within COMMAND_TIMEOUT on a
+            # loaded machine, so a listing page never trips the circuit by its size alone.
+            for start in range(0, len(ids), _READ_BATCH):
+                pipe = self._client.pipeline(transaction=False)
+                for grant_id in ids[start:start + _READ_BATCH]:
+                    pipe.hgetall(_grant_key(grant_id))
+                rows += pipe.execute()
             gone = [gid for gid, fields in zip(ids, rows, strict=True) if not fields]
             if gone:
                 pipe = self._client.pipeline(transaction=False)
@@ -514,16 +599,34 @@ class RedisGrantStore:
         if self._closed:
             raise GrantStoreError(f"grant store {self._where} is closed")
         try:
+            probe = self.circuit.before_call()
+        except CircuitOpen as exc:
+            raise GrantStoreError(f"grant store {self._where} is unavailable: {exc}") from None
+        try:
             yield
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            # The server is gone or frozen: the next calls fail at once for a moment.
+            error = self._unusable(exc)
+            self.circuit.failed(probe, _detail(exc))
+            raise error from exc
         except redis.RedisError as exc:
+            # Redis answered (a script error, a wrong type): it is there, the circuit stays.
+            self.circuit.succeeded(probe)
             raise self._unusable(exc) from exc
+        except BaseException:
+            self.circuit.succeeded(probe)
+            raise
+        self.circuit.succeeded(probe)
 
     def _unusable(self, exc: BaseException) -> GrantStoreError:
         # redis-py messages name the failure and the address ("Error 111 connecting to
         # host:port. Connection refused.", "Timeout reading from socket"), never a password
         # or a stored value; one line so the CLI and the log show it whole.
-        detail = " ".join(str(exc).split()) or type(exc).__name__
-        return GrantStoreError(f"grant store {self._where} is unavailable: {detail}")
+        return GrantStoreError(f"grant store {self._where} is unavailable: {_detail(exc)}")
+
+
+def _detail(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _parse_url(url: str) -> tuple[dict[str, Any], str]:

@@ -23,13 +23,16 @@ from typing import Any
 from broker_proxy.grants import budgets, rate_limits
 from broker_proxy.grants.model import Grant, GrantStatus
 from broker_proxy.grants.store import (
+    STORE_WAIT_SECONDS,
     GrantCounts,
     GrantIndex,
     GrantNotFound,
+    GrantPage,
     Grants,
     GrantStateError,
     GrantStoreBusy,
     GrantStoreError,
+    PageKey,
     ReserveResult,
     authenticate_token,
     reserve_result_for,
@@ -37,7 +40,7 @@ from broker_proxy.grants.store import (
 from broker_proxy.policy.model import RateLimit
 
 SCHEMA_VERSION = 3
-BUSY_TIMEOUT_MS = 5000
+BUSY_TIMEOUT_MS = int(STORE_WAIT_SECONDS * 1000)
 
 _SCHEMA_V1 = (
     # Timestamps are integer microseconds since the epoch, UTC: they compare in SQL exactly as
@@ -86,6 +89,11 @@ _COLUMNS = (
 )
 _SELECT_ONE = f"SELECT {_COLUMNS} FROM grants WHERE id = ?"  # noqa: S608 (constant columns)
 _SELECT_ALL = f"SELECT {_COLUMNS} FROM grants ORDER BY created_at, id"  # noqa: S608
+# Listing pages, through grants_by_created in either direction from a (created_at, id) key.
+_PAGE_OLDEST = (f"SELECT {_COLUMNS} FROM grants WHERE (created_at, id) > (?, ?)"  # noqa: S608
+                " ORDER BY created_at, id LIMIT ? OFFSET ?")
+_PAGE_NEWEST = (f"SELECT {_COLUMNS} FROM grants WHERE (created_at, id) < (?, ?)"  # noqa: S608
+                " ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?")
 _SELECT_LIVE = (
     f"SELECT {_COLUMNS} FROM grants WHERE status IN ('active', 'pending')"  # noqa: S608
     " AND expires_at > ? ORDER BY created_at, id"
@@ -117,6 +125,7 @@ _RESERVE = (
     "UPDATE grants SET uses = uses + 1 WHERE id = ? AND status = 'active'"
     " AND expires_at > ? AND (max_uses IS NULL OR uses < max_uses)"
 )
+_RELEASE = "UPDATE grants SET uses = uses - 1 WHERE id = ? AND uses > 0"
 _APPROVE = "UPDATE grants SET status = 'active', approved_by = ?, approved_at = ? WHERE id = ?"
 _DENY = "UPDATE grants SET status = 'denied', approved_by = ?, approved_at = ? WHERE id = ?"
 _REVOKE = "UPDATE grants SET status = 'revoked', revoked_at = ? WHERE id = ?"
@@ -143,6 +152,10 @@ class SqliteGrantStore:
         self._lock = threading.Lock()  # the write connection
         self._read_lock = threading.Lock()
         self._reader: sqlite3.Connection | None = None
+        # Listings and the watcher's scans read pages of many rows: on a connection of their
+        # own, so a request's one-row read never waits behind a page being read.
+        self._bulk_lock = threading.Lock()
+        self._bulk_reader: sqlite3.Connection | None = None
         # (data_version, window), valid from, valid until (µs), the counts: see `counts`.
         self._counts_cache: tuple[tuple[int, int], int, int, GrantCounts] | None = None
         _create_private_file(self._path)
@@ -191,13 +204,32 @@ class SqliteGrantStore:
         self, *, include_inactive: bool = True, now: datetime | None = None
     ) -> list[Grant]:
         if include_inactive:
-            with self._reading() as conn:
+            with self._reading(bulk=True) as conn:
                 return [_grant_from_row(row) for row in conn.execute(_SELECT_ALL)]
         moment = now if now is not None else datetime.now(UTC)
-        with self._reading() as conn:  # live rows only, through grants_live
+        with self._reading(bulk=True) as conn:  # live rows only, through grants_live
             grants = [_grant_from_row(row)
                       for row in conn.execute(_SELECT_LIVE, (_to_micros(moment),))]
         return [g for g in grants if g.state_at(moment) in ("active", "pending")]
+
+    def page(self, after: PageKey | None, limit: int, *,
+             newest_first: bool = False, skip: int = 0) -> GrantPage:
+        # Through grants_by_created (created_at, id), forwards or backwards from the key.
+        query = _PAGE_NEWEST if newest_first else _PAGE_OLDEST
+        key = (_FOREVER, "\uffff") if newest_first else (-1, "")
+        if after is not None:
+            key = (_to_micros(after[0]), after[1])
+        with self._reading(bulk=True) as conn:  # one more than asked: is there a next page?
+            grants = [_grant_from_row(row)
+                      for row in conn.execute(query, (*key, limit + 1, skip))]
+        if len(grants) <= limit:
+            return GrantPage(grants, None)
+        del grants[limit:]
+        return GrantPage(grants, (grants[-1].created_at, grants[-1].id))
+
+    def total(self) -> int:
+        with self._reading(bulk=True) as conn:
+            return int(conn.execute("SELECT count(*) FROM grants").fetchone()[0])
 
     def indexed(
         self, index: GrantIndex, after: tuple[datetime, str], until: datetime, limit: int
@@ -206,7 +238,7 @@ class SqliteGrantStore:
         query = (f"SELECT {_COLUMNS} FROM grants WHERE ({column}, id) > (?, ?)"  # noqa: S608
                  f" AND {column} <= ?{extra} ORDER BY {column}, id LIMIT ?")
         params = (_to_micros(after[0]), after[1], _to_micros(until), limit)
-        with self._reading() as conn:
+        with self._reading(bulk=True) as conn:
             return [_grant_from_row(row) for row in conn.execute(query, params)]
 
     def counts(self, now: datetime, expiring_within: timedelta) -> GrantCounts:
@@ -245,8 +277,9 @@ class SqliteGrantStore:
         with self._transaction() as conn:
             return conn.executemany(_PURGE, [(gid, cutoff) for gid in grant_ids]).rowcount
 
-    def reserve_use(self, grant_id: str, now: datetime, *, wait: bool = True) -> ReserveResult:
-        with self._transaction(wait=wait) as conn:
+    def reserve_use(self, grant_id: str, now: datetime, *, wait: bool = True,
+                    deadline: float | None = None) -> ReserveResult:
+        with self._transaction(wait=wait, deadline=deadline) as conn:
             if conn.execute(_RESERVE, (grant_id, _to_micros(now))).rowcount == 1:
                 return ReserveResult.RESERVED
             # Read inside the same transaction, so the reason is the one that refused the use.
@@ -256,10 +289,10 @@ class SqliteGrantStore:
         return reserve_result_for(grant.state_at(now))
 
     def take_rate(self, grant: Grant, secret: str, rate: RateLimit, now: datetime, *,
-                  wait: bool = True) -> float:
+                  wait: bool = True, deadline: float | None = None) -> float:
         """One request against the grant's bucket for ``secret`` (rate_limits.py): 0.0 when
         admitted, else the seconds until it would be. Atomic like `reserve_use`."""
-        with self._rates(wait=wait) as conn:
+        with self._rates(wait=wait, deadline=deadline) as conn:
             waiting = rate_limits.sqlite_take(conn, grant.id, secret, _to_micros(now), rate)
         return waiting / 1_000_000
 
@@ -274,11 +307,12 @@ class SqliteGrantStore:
             return rate_limits.sqlite_own_rates(conn, grant_id)
 
     def reserve_budget(self, grant: Grant, secret: str, caps: tuple[int | None, ...],
-                       asked: tuple[int, int, int, int], *, wait: bool = True) -> str | None:
+                       asked: tuple[int, int, int, int], *, wait: bool = True,
+                       deadline: float | None = None) -> str | None:
         """Hold ``asked`` (input, output tokens, micro-dollars) against the grant's budget for
         ``secret`` (budgets.py): None when held, else the dimension it would take past its
         cap. Atomic like `reserve_use`."""
-        with self._rates(wait=wait) as conn:
+        with self._rates(wait=wait, deadline=deadline) as conn:
             return budgets.sqlite_reserve(conn, grant.id, secret, caps, asked)
 
     def settle_budget(self, grant_id: str, secret: str, held: tuple[int, int, int, int],
@@ -300,14 +334,19 @@ class SqliteGrantStore:
             return budgets.sqlite_use(conn, grant_id)
 
     @contextmanager
-    def _rates(self, *, wait: bool = True) -> Iterator[sqlite3.Connection]:
-        """A write transaction with the rate and budget tables there (created on first use)."""
-        with self._transaction(wait=wait) as conn:
+    def _rates(self, *, wait: bool = True,
+               deadline: float | None = None) -> Iterator[sqlite3.Connection]:
+        """A write transaction with the rate and budget tables there (created on first use);
+        `wait` and `deadline` as for `reserve_use`."""
+        with self._transaction(wait=wait, deadline=deadline) as conn:
             if not self._rates_ready:
                 conn.execute(rate_limits.SQLITE_TABLE)
                 conn.execute(budgets.SQLITE_TABLE)
                 self._rates_ready = True
             yield conn
+    def release_use(self, grant_id: str) -> bool:
+        with self._transaction() as conn:
+            return bool(conn.execute(_RELEASE, (grant_id,)).rowcount == 1)
 
     def approve(self, grant_id: str, by: str, now: datetime) -> Grant:
         return self._transition(
@@ -319,6 +358,12 @@ class SqliteGrantStore:
 
     def revoke(self, grant_id: str, now: datetime) -> Grant:
         return self._transition(grant_id, now, "revoke", _REVOCABLE, _REVOKE, (_to_micros(now),))
+
+    def probe_write(self) -> None:
+        # Setting the schema version to itself rewrites the header page: the commit appends a
+        # frame to the WAL exactly as a grant write does, so a full disk fails it the same way.
+        with self._transaction(wait=False) as conn:
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def load_many(self, grants: Iterable[Grant], *, batch: int = 10_000) -> None:
         """Insert many grants, `batch` to a transaction, without the existence check of
@@ -339,7 +384,10 @@ class SqliteGrantStore:
             self._connection().execute("PRAGMA cache_size = -2000")  # SQLite's default
 
     def close(self) -> None:
-        with self._lock, self._read_lock:
+        with self._lock, self._read_lock, self._bulk_lock:
+            if self._bulk_reader is not None:
+                self._bulk_reader.close()
+                self._bulk_reader = None
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
@@ -434,47 +482,63 @@ class SqliteGrantStore:
         return self._conn
 
     @contextmanager
-    def _reading(self) -> Iterator[sqlite3.Connection]:
+    def _reading(self, *, bulk: bool = False) -> Iterator[sqlite3.Connection]:
         # Its own connection and lock: in WAL mode a read never waits for a writer, so reads
         # (every request authenticates) must not queue behind a write waiting for the lock.
-        with self._read_lock:
+        with self._bulk_lock if bulk else self._read_lock:
             try:
-                yield self._read_connection()
+                yield self._read_connection(bulk)
             except sqlite3.Error as exc:
                 raise self._unusable(exc) from exc
 
-    def _read_connection(self) -> sqlite3.Connection:
+    def _read_connection(self, bulk: bool) -> sqlite3.Connection:
         if self._conn is None:
             raise GrantStoreError(f"grant store {self._path} is closed")
-        if self._reader is None:
-            self._reader = sqlite3.connect(self._path, timeout=BUSY_TIMEOUT_MS / 1000,
-                                           isolation_level=None, check_same_thread=False)
-            self._reader.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        return self._reader
+        reader = self._bulk_reader if bulk else self._reader
+        if reader is None:
+            reader = sqlite3.connect(self._path, timeout=BUSY_TIMEOUT_MS / 1000,
+                                     isolation_level=None, check_same_thread=False)
+            reader.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            if bulk:
+                self._bulk_reader = reader
+            else:
+                self._reader = reader
+        return reader
 
     @contextmanager
-    def _transaction(self, *, wait: bool = True) -> Iterator[sqlite3.Connection]:
+    def _transaction(self, *, wait: bool = True,
+                     deadline: float | None = None) -> Iterator[sqlite3.Connection]:
         """One IMMEDIATE transaction; commits on success, rolls back on any exception.
 
         sqlite3.IntegrityError passes through unchanged so `create` can say what it means;
         every other sqlite3 error means the store is unusable. Without `wait`, a lock held by
-        another thread or process raises GrantStoreBusy at once.
+        another thread or process raises GrantStoreBusy at once. With a `deadline`
+        (time.monotonic()), both waits (for this process's write connection, then for SQLite's
+        write lock) end by it: GrantStoreError, so the hundredth waiter is answered as soon as
+        the first, instead of each one starting its own BUSY_TIMEOUT_MS after the previous.
         """
-        if not self._lock.acquire(blocking=wait):
+        timeout = -1.0 if deadline is None else max(0.0, deadline - time.monotonic())
+        if not self._lock.acquire(blocking=wait, timeout=timeout if wait else -1):
+            if wait:
+                raise self._busy_too_long()
             raise GrantStoreBusy(f"grant store {self._path} is busy")
         try:
             conn = self._connection()
+            busy_ms = 0 if not wait else (BUSY_TIMEOUT_MS if deadline is None else
+                                         int(max(0.0, deadline - time.monotonic()) * 1000))
             try:
-                if not wait:
-                    conn.execute("PRAGMA busy_timeout = 0")
+                if busy_ms != BUSY_TIMEOUT_MS:
+                    conn.execute(f"PRAGMA busy_timeout = {busy_ms}")
                 try:
                     conn.execute("BEGIN IMMEDIATE")
                 finally:
-                    if not wait:
+                    if busy_ms != BUSY_TIMEOUT_MS:
                         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             except sqlite3.Error as exc:
                 if not wait and _is_busy(exc):
                     raise GrantStoreBusy(f"grant store {self._path} is busy") from None
+                if deadline is not None and _is_busy(exc):
+                    raise self._busy_too_long() from None
                 raise self._unusable(exc) from exc
             try:
                 yield conn
@@ -492,6 +556,10 @@ class SqliteGrantStore:
                 raise self._unusable(exc) from exc
         finally:
             self._lock.release()
+
+    def _busy_too_long(self) -> GrantStoreError:
+        return GrantStoreError(f"grant store {self._path} is unusable: another writer held its"
+                               " lock for the whole time this request may wait")
 
     def _unusable(self, exc: BaseException) -> GrantStoreError:
         # sqlite3 messages name the failure ("database is locked", "file is not a database");

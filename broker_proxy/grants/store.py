@@ -17,6 +17,10 @@ from broker_proxy.grants.model import Grant, GrantStatus
 from broker_proxy.grants.tokens import parse_token, token_hash, token_matches
 from broker_proxy.policy.model import RateLimit
 
+# The longest a request waits on the grant store (a lock another writer holds), counted from
+# the moment it arrived: the hundredth waiter is answered 503 as soon as the first.
+STORE_WAIT_SECONDS = 5.0
+
 
 class GrantError(Exception):
     """Base of every grant error, so a caller can catch the family at once."""
@@ -85,6 +89,18 @@ class GrantCounts:
     expiring_in_use: int  # active, used at least once, and expiring within the given window
 
 
+# A position in the listing order: (created_at, id) of the last grant a page covered.
+PageKey = tuple[datetime, str]
+
+
+@dataclass(frozen=True, slots=True)
+class GrantPage:
+    """One page of a listing: the grants, and where the next page starts (None: no more)."""
+
+    grants: list[Grant]
+    next: PageKey | None
+
+
 class GrantStore(Protocol):
     # Every call is a network round trip: the broker then decides off the event loop.
     remote: bool
@@ -103,17 +119,46 @@ class GrantStore(Protocol):
         """Oldest first; without `include_inactive`, only grants active or pending at `now`."""
         ...
 
-    def reserve_use(self, grant_id: str, now: datetime, *, wait: bool = True) -> ReserveResult:
+    def page(self, after: PageKey | None, limit: int, *,
+             newest_first: bool = False, skip: int = 0) -> GrantPage:
+        """Up to `limit` grants in (created_at, id) order (or its reverse) after `after`,
+        leaving out the first `skip` of them (the old offset paging: O(skip) in SQLite's index,
+        O(log n) in Redis's sorted set, never grants held in memory).
+
+        Read through an index on (created_at, id): O(log n + limit) per page, whatever the page's
+        position, so a listing of a million grants is walked page by page without holding them.
+        `next` is set when more grants follow (as the store stood when the page was read).
+        """
+        ...
+
+    def total(self) -> int:
+        """How many grants the store holds, in whatever state (counted on an index)."""
+        ...
+
+    def reserve_use(self, grant_id: str, now: datetime, *, wait: bool = True,
+                    deadline: float | None = None) -> ReserveResult:
         """Spend one use, atomically across threads, processes and (for shared stores) hosts.
 
         With `wait=False`, a store that would have to wait for a lock (another writer holds
         it) raises GrantStoreBusy at once instead; a remote store, always called off the event
-        loop, may ignore it.
+        loop, may ignore it. With a `deadline` (a time.monotonic() instant), a wait for a lock
+        ends by then with GrantStoreError; a store whose every call is bounded by short
+        timeouts of its own may ignore it.
+        """
+        ...
+
+    def release_use(self, grant_id: str) -> bool:
+        """Give back one use reserved for a request that never left (its upstream could not be
+        reached, or its client went away first); False when there was none to give back.
+
+        Only a reservation whose request was certainly not sent may be released: `max_uses`
+        bounds the requests that reached an upstream with a secret, and a use given back
+        for a request that did leave would let one more through.
         """
         ...
 
     def take_rate(self, grant: Grant, secret: str, rate: RateLimit, now: datetime, *,
-                  wait: bool = True) -> float:
+                  wait: bool = True, deadline: float | None = None) -> float:
         """One request against the grant's rate bucket for `secret` (rate_limits.py), atomic
         like `reserve_use`: 0.0 when admitted, else the seconds until it would be. `wait`
         as for `reserve_use`."""
@@ -128,7 +173,8 @@ class GrantStore(Protocol):
         ...
 
     def reserve_budget(self, grant: Grant, secret: str, caps: tuple[int | None, ...],
-                       asked: tuple[int, int, int, int], *, wait: bool = True) -> str | None:
+                       asked: tuple[int, int, int, int], *, wait: bool = True,
+                       deadline: float | None = None) -> str | None:
         """Hold an LLM request's reservation against the grant's budget (budgets.py),
         atomic like `reserve_use`: None when held, else the dimension over its cap."""
         ...
@@ -177,6 +223,14 @@ class GrantStore(Protocol):
         ...
 
     def close(self) -> None: ...
+
+    def probe_write(self) -> None:
+        """Write something that changes nothing, as a grant write would (for /readyz).
+
+        Raises GrantStoreError when the store cannot take a write now (a full disk, a read-only
+        file, a lost server); GrantStoreBusy when another writer holds it (not a failure).
+        """
+        ...
 
 
 def ended_at(grant: Grant) -> datetime:

@@ -16,6 +16,8 @@ from broker_proxy.policy.checking import NodeChecker
 from broker_proxy.policy.inject_fields import parse_duration_field
 
 PER_REQUEST = "per_request"
+# What a person deciding a held request sees (a destination's `approval_preview`).
+APPROVAL_PREVIEWS = ("full", "headers", "none")
 DEFAULT_APPROVAL_TIMEOUT = timedelta(minutes=2)
 # Longer than any client's patience is pointless, and a held request pins a connection.
 MAX_APPROVAL_TIMEOUT = timedelta(hours=1)

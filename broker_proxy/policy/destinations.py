@@ -219,8 +219,8 @@ class DestinationIndex:
     whether plain http is acceptable at all.
     """
 
-    __slots__ = ("_compiled", "_covering", "_egress_exact", "_egress_suffixes", "_exact",
-                 "_paths", "_wild", "_wild_covering")
+    __slots__ = ("_at_host", "_at_suffix", "_compiled", "_covering", "_egress_exact",
+                 "_egress_suffixes", "_exact", "_paths", "_wild", "_wild_covering")
 
     def __init__(self, policy: Policy) -> None:
         exact: dict[tuple[str, str, str, int], list[Destination]] = defaultdict(list)
@@ -247,6 +247,16 @@ class DestinationIndex:
         self._wild = {key: tuple(found) for key, found in wild.items()}
         self._covering = {key: frozenset(names) for key, names in covering.items()}
         self._wild_covering = {key: frozenset(names) for key, names in wild_covering.items()}
+        # Host -> secrets, any scheme, port or path: what an answer from that host may hold
+        # because some grant sent it there (see ``secrets_sent_to_host``).
+        at_host: dict[str, set[str]] = defaultdict(set)
+        at_suffix: dict[str, set[str]] = defaultdict(set)
+        for (_scheme, covered, _port), names in covering.items():
+            at_host[covered].update(names)
+        for (_scheme, suffix, _port), names in wild_covering.items():
+            at_suffix[suffix].update(names)
+        self._at_host = {key: frozenset(names) for key, names in at_host.items()}
+        self._at_suffix = {key: frozenset(names) for key, names in at_suffix.items()}
         self._egress_exact = frozenset(p for p in policy.egress_allow if not p.startswith("*."))
         self._egress_suffixes = frozenset(p[2:] for p in policy.egress_allow if p.startswith("*."))
 
@@ -288,6 +298,23 @@ class DestinationIndex:
         names = self._covering.get((scheme, host, port), frozenset())
         for suffix in parent_suffixes(host):
             more = self._wild_covering.get((scheme, suffix, port))
+            if more:
+                names = names | more if names else more
+        return names
+
+    def secrets_sent_to_host(self, host: str) -> frozenset[str]:
+        """Names of the secrets the policy lets any grant send to ``host``, on any scheme, port
+        or path.
+
+        An answer from ``host`` is scrubbed for all of them, whoever asks: one grant's request
+        may have stored its value there (a session, a profile field, an object) and another
+        grant, agent or an egress-only request can read it back. Port, scheme and path are
+        left out on purpose: a value stored through one endpoint of a service is readable
+        through its others.
+        """
+        names = self._at_host.get(host, frozenset())
+        for suffix in parent_suffixes(host):
+            more = self._at_suffix.get(suffix)
             if more:
                 names = names | more if names else more
         return names

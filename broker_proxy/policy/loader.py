@@ -25,6 +25,7 @@ import yaml
 
 from broker_proxy.durations import DurationError, parse_duration
 from broker_proxy.policy.approval_fields import (
+    APPROVAL_PREVIEWS,
     DEFAULT_APPROVAL_TIMEOUT,
     parse_approval_timeout,
     parse_approval_webhook,
@@ -679,8 +680,8 @@ def _secret(name: str, key: yaml.Node, node: yaml.Node, path: str,
                         basic_username=kinds.basic_username,
                         placeholder_format=kinds.placeholder_format,
                         cache_ttl=kinds.cache_ttl, timeout=kinds.timeout, sign=sign,
-                        per_request_approval=per_request, rate=rate,
-                        models=models, budget=budget, hosted_tools=hosted_tools,
+                        per_request_approval=per_request, retire_for=kinds.retire_for,
+                        rate=rate, models=models, budget=budget, hosted_tools=hosted_tools,
                         concurrency=concurrency)
 
 
@@ -689,13 +690,15 @@ class _TemplateKinds(NamedTuple):
     placeholder_format: PlaceholderFormat | None
     cache_ttl: timedelta | None
     timeout: timedelta | None
+    retire_for: timedelta | None = None
 
 
 def _template_kinds(fields: dict[str, tuple[yaml.Node, yaml.Node]], path: str,
                     source: str | None, templates: tuple[HeaderTemplate, ...],
                     checker: _Checker) -> _TemplateKinds:
-    """``basic``, ``placeholder_format``, ``cache_ttl``, ``timeout`` (inject_fields.py)."""
-    basic_username = placeholder_format = cache_ttl = timeout = None
+    """``basic``, ``placeholder_format``, ``cache_ttl``, ``timeout`` (inject_fields.py),
+    ``retire_for``."""
+    basic_username = placeholder_format = cache_ttl = timeout = retire_for = None
     if "basic" in fields:
         basic_username = parse_basic(fields["basic"][1], _join(path, "basic"), checker)
     for template in templates:
@@ -720,7 +723,13 @@ def _template_kinds(fields: dict[str, tuple[yaml.Node, yaml.Node]], path: str,
         timeout = parse_duration_field(node, _join(path, "timeout"), checker)
         if source is not None and source != "command":
             checker.report(key, _join(path, "timeout"), 'only used with "from: command"')
-    return _TemplateKinds(basic_username, placeholder_format, cache_ttl, timeout)
+    if "retire_for" in fields:
+        key, node = fields["retire_for"]
+        retire_for = parse_duration_field(node, _join(path, "retire_for"), checker)
+        if source is not None and source != "vault":
+            checker.report(key, _join(path, "retire_for"),
+                           'only used with "from: vault" (other backends keep no history)')
+    return _TemplateKinds(basic_username, placeholder_format, cache_ttl, timeout, retire_for)
 
 
 def _credential_kind(fields: dict[str, tuple[yaml.Node, yaml.Node]], path: str,
@@ -813,10 +822,18 @@ def _destination(node: yaml.Node, path: str, checker: _Checker) -> Destination |
         paths = _paths(fields["paths"][1], _join(path, "paths"), checker)
     aws = parse_aws_scope(fields["aws"][1], _join(path, "aws"), checker) if "aws" in fields \
         else None
+    preview = "full"
+    if "approval_preview" in fields:
+        preview_node = fields["approval_preview"][1]
+        preview = checker.string(preview_node, _join(path, "approval_preview")) or "full"
+        if preview not in APPROVAL_PREVIEWS:
+            checker.report(preview_node, _join(path, "approval_preview"),
+                           f"unknown approval_preview {_quoted(preview)}: use full, headers "
+                           "or none")
     if host is None or len(checker.issues) > before:
         return None
     return Destination(scheme=scheme, host=host, port=port, methods=methods, paths=paths,
-                       aws=aws)
+                       aws=aws, approval_preview=preview)
 
 
 def _host_pattern(node: yaml.Node, path: str, checker: _Checker) -> str | None:

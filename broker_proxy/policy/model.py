@@ -31,6 +31,8 @@ class Destination:
     methods: frozenset[str]
     paths: tuple[str, ...]  # glob patterns ("/repos/acme/**"); empty means every path
     aws: AwsScope | None = None  # for a `sign: aws-sigv4` secret: what it may sign for
+    # What a person deciding a held request sees of it: full, headers (no body text) or none.
+    approval_preview: str = "full"
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +155,8 @@ class SecretPolicy:
     # Hosted tool kinds (web_search, mcp, ...) an LLM request may ask the vendor to run
     # (decision/hosted_tools.py); None: the field is absent.
     hosted_tools: frozenset[str] | None = None
+    # vault: how long `secret set` keeps a replaced value retired (None: its --retire-for).
+    retire_for: timedelta | None = None
 
     @property
     def llm_rules(self) -> bool:

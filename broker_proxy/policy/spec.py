@@ -114,6 +114,10 @@ MAPPINGS: dict[str, Mapping] = {
                       "description": "command/keyring: reuse a fetched value this long"},
         "timeout": {**kind("duration"),
                     "description": "command: how long it may run (default 10s)"},
+        "retire_for": {**kind("duration"),
+                       "description": "vault: how long `secret set` keeps the value it "
+                                      "replaces retired (scrubbed from answers, never "
+                                      "injected); default 30d"},
         "sign": {"enum": list(SIGN_KINDS),
                  "description": "re-sign AWS SigV4 requests made with the placeholder key id; "
                                 'the value is JSON {"access_key_id", "secret_access_key", '
@@ -211,6 +215,11 @@ MAPPINGS: dict[str, Mapping] = {
             "description": '"*" within one segment, "**" as a whole segment for any depth',
         },
         "aws": kind("aws"),
+        "approval_preview": {
+            "enum": ["full", "headers", "none"], "default": "full",
+            "description": "what a person deciding a held request to this destination sees: "
+                           "full (headers and a body preview), headers (no body text), none "
+                           "(method, host and path only)"},
     }, required=("host",)),
     "aws": Mapping({
         "services": {"type": "array", "minItems": 1,
@@ -223,7 +232,9 @@ MAPPINGS: dict[str, Mapping] = {
     }, required=("services", "regions")),
     "agent": Mapping({
         "secrets": {**_STRINGS, "description": "secrets this agent may ever be granted"},
-        "max_ttl": {**kind("duration"), "default": "1h"},
+        "max_ttl": {**kind("duration"), "default": "1h",
+                    "description": "the longest TTL a grant of this agent may have: a grant "
+                                   "asking for longer is refused, not shortened"},
         "approval": {**_STRINGS, "description": "secrets whose grants wait for a human"},
     }),
     "egress": Mapping({

@@ -76,7 +76,8 @@ def explain(policy: ActivePolicy, method: str, url: str, agent: str | None = Non
         if not path:
             answers.append(SecretAnswer(name, False, ambiguity))
             continue
-        answers.append(_answer(policy, name, method, parts.scheme, host, port, path))
+        answer = _answer(policy, name, method, parts.scheme, host, port, path)
+        answers.append(_with_approvals(policy, answer, agent))
     covering = policy.index.secrets_covering(parts.scheme, host, port) & set(names)
     if policy.index.egress_allows(host):
         without = "egress allow-list"
@@ -102,6 +103,21 @@ def _answer(policy: ActivePolicy, name: str, method: str, scheme: str, host: str
         return SecretAnswer(name, False, f"no destination of this secret covers "
                                          f"{scheme}://{host}:{port}")
     return SecretAnswer(name, False, _near_miss(candidates, method, path))
+
+
+def _with_approvals(policy: ActivePolicy, answer: SecretAnswer,
+                    agent: str | None) -> SecretAnswer:
+    """An allowed secret may still wait for a person: say so, or the answer reads as 'goes'."""
+    if not answer.allowed:
+        return answer
+    notes = []
+    if agent is not None and answer.secret in policy.policy.agents[agent].approval:
+        notes.append(f"a grant of {agent} holding it waits for approval (grant approve)")
+    if policy.policy.secrets[answer.secret].per_request_approval:
+        notes.append("each request is held for a person's approval (approval: per_request)")
+    if not notes:
+        return answer
+    return SecretAnswer(answer.secret, True, answer.reason + "; " + "; ".join(notes))
 
 
 def _near_miss(candidates: tuple[Destination, ...], method: str, path: str) -> str:

@@ -60,6 +60,9 @@ class FakeSecrets:
     def minted_token(self, secret: SecretPolicy) -> SecretValue | None:
         return None
 
+    def retired_values(self, secret: SecretPolicy) -> tuple[SecretValue, ...]:
+        return ()
+
     def upstream_answered(self, status: int, scrub: Mapping[str, tuple[str, str]]) -> None:
         return None
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+from broker_proxy.approvals.verdict import APPROVAL_REQUIRED, APPROVAL_UNAVAILABLE
 from broker_proxy.audit.files import chain_files, chains_in
 from broker_proxy.decision import outbound as codes
 from broker_proxy.decision.outbound import Allowed, Denied, Verdict
@@ -38,12 +39,15 @@ from broker_proxy.policy_tools.request_builder import Placement, RequestError, b
 # (grant expired or revoked, bad token, malformed request, a backend down, ...) is about the
 # grant or the request, not the policy, and is kept as recorded.
 _ALLOWS = frozenset({codes.INJECTED, codes.RESIGNED, codes.ALLOWED})
+# placeholder_not_allowed_here and header_already_set are kept as recorded too: they turn on
+# where the placeholder sat and which headers the agent sent, which the log does not keep, so
+# re-deciding them would report the unchanged policy as a change.
 _PLACEMENT_REFUSALS = frozenset({codes.DESTINATION_NOT_ALLOWED, codes.PLAINTEXT_HTTP,
-                                 codes.PLACEHOLDER_NOT_ALLOWED_HERE, codes.AWS_SCOPE_NOT_ALLOWED,
-                                 codes.HEADER_ALREADY_SET})
+                                 codes.AWS_SCOPE_NOT_ALLOWED})
 _PLAIN_REFUSALS = frozenset({codes.DESTINATION_NOT_GRANTED, codes.GRANT_OUTSIDE_POLICY})
 _PLACE_ORDER = ("header", "query", "body", "basic")
 _REGION = re.compile(r"[a-z]{2}(?:-[a-z]+)+-[0-9]+")
+_WAITS_FOR_A_PERSON = frozenset({APPROVAL_UNAVAILABLE, APPROVAL_REQUIRED})
 MAX_EXAMPLES = 3
 _PATH_MEMO_SIZE = 200_000
 
@@ -66,7 +70,7 @@ class ReplayReport:
                 "unreadable": self.unreadable}
 
 
-_Key = tuple[str, tuple[str, ...], str, str, tuple[str, ...], str, str, str, int, object]
+_Key = tuple[str, tuple[str, ...], str, str, tuple[str, ...], str, str, str, int, object, bool]
 
 
 class Replayer:
@@ -78,6 +82,7 @@ class Replayer:
         self._index = harness.broker.policy.index
         self._answers: dict[_Key, tuple[str, str] | None] = {}
         self._path_memo: dict[tuple[tuple[str, ...], str, str, str, int, str], object] = {}
+        self._approved_grants: set[str] = set()
 
     def replay(self, paths: list[Path]) -> ReplayReport:
         report = ReplayReport()
@@ -87,7 +92,12 @@ class Replayer:
                 for line in handle:
                     try:
                         if b'"event":"request"' in line:
-                            self._one(json.loads(line.decode()), grant_secrets, report)
+                            record = json.loads(line.decode())
+                            if record.get("decision") == "held":
+                                # A person decides this grant's requests: its later uses were
+                                # approved, which no policy replay can (or should) repeat.
+                                self._approved_grants.add(str(record.get("grant")))
+                            self._one(record, grant_secrets, report)
                         elif b'"event":"grant_issued"' in line:
                             record = json.loads(line)
                             grant_secrets[record.get("grant")] = tuple(record.get("secrets")
@@ -117,7 +127,8 @@ class Replayer:
         host, port = record.get("host") or "", int(record.get("port") or 0)
         path = record.get("path") or "/"
         key: _Key = (agent, held, record.get("decision") or "", reason, secrets, method, scheme,
-                     host, port, self._path_answers(held, method, scheme, host, port, path))
+                     host, port, self._path_answers(held, method, scheme, host, port, path),
+                     str(record.get("grant")) in self._approved_grants)
         answer = self._answers.get(key, _UNSEEN)
         if answer is _UNSEEN:
             try:
@@ -159,12 +170,16 @@ class Replayer:
 
     def _redecide(self, key: _Key, path: str) -> tuple[str, str] | None:
         """None when NEW decides as the log says; else ("refused"|"allowed", label)."""
-        agent, held, decision, reason, secrets, method, scheme, host, port, _ = key
+        agent, held, decision, reason, secrets, method, scheme, host, port, _, approved = key
         grant = self._harness.grant(agent, held)
         url = f"{scheme}://{_authority(host, port)}{path}"
         if decision == "allow":
             verdict = grant if isinstance(grant, Denied) else self._decide(grant, method, url,
                                                                            secrets)
+            if isinstance(verdict, Denied) and verdict.error in _WAITS_FOR_A_PERSON:
+                # NEW holds it for a person (the replay has nobody to ask): the same as the
+                # log when its grant's requests were held and approved there too.
+                return None if approved else ("refused", APPROVAL_REQUIRED)
             if isinstance(verdict, Denied):
                 return ("refused", verdict.error)
             if tuple(sorted(verdict.injected)) != tuple(sorted(secrets)):
@@ -218,12 +233,18 @@ def _authority(host: str, port: int) -> str:
 
 
 def _aws_scope(url: str) -> tuple[str, str]:
-    """The service and region an SDK would sign for at this AWS host, as far as it shows."""
+    """The service and region an SDK would sign for at this AWS host, as far as it shows.
+
+    The service is the label before the region (`bucket.s3.eu-west-1.amazonaws.com`), or, on
+    a global name, the last label before `amazonaws.com` (`sts.amazonaws.com`, and S3's
+    `bucket.s3.amazonaws.com`, where the bucket comes first); global names sign us-east-1."""
     labels = url.split("://", 1)[1].split("/", 1)[0].split(":")[0].split(".")
     for index, label in enumerate(labels):
         if _REGION.fullmatch(label):
             return (labels[index - 1] if index else "s3"), label
-    return labels[0], "us-east-1"  # global endpoints (sts.amazonaws.com) sign for us-east-1
+    if "amazonaws" in labels[1:]:
+        return labels[labels.index("amazonaws") - 1], "us-east-1"
+    return labels[0], "us-east-1"
 
 
 def replay_log(policy: Policy, log: Path, *, group_paths: bool = True) -> ReplayReport:

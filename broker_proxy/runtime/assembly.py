@@ -9,7 +9,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from broker_proxy.audit.checkpoint import CheckpointPaths, latest_checkpoint
+from broker_proxy.audit.errors import AuditTamperedError
+from broker_proxy.audit.head import head_path
 from broker_proxy.audit.log import AuditLog
+from broker_proxy.audit.recover import holds
 from broker_proxy.decision.active_policy import ActivePolicy
 from broker_proxy.decision.broker import Broker
 from broker_proxy.grants.factory import open_grant_store, store_url
@@ -30,7 +34,23 @@ def policy_path(home: Home, explicit: str | None) -> Path:
 
 
 def open_audit(home: Home) -> AuditLog:
-    return AuditLog.open(home.audit_log, home.audit_key)
+    """The home's log, refused when it lost records its writer had written.
+
+    The head state (audit.log.head) says what was written; without one (a home from before
+    head states, or one deleted together with a cut), the newest signed checkpoint is the
+    anchor: a log that does not hold it is not adopted (a full read, only in that case).
+    """
+    log = home.audit_log
+    paths = CheckpointPaths.in_home(home.root)
+    if not head_path(log).exists() and log.exists() and paths.file.exists():
+        newest = latest_checkpoint(paths.file, paths.public, log)
+        if newest is not None and not holds(log, home.audit_key, *newest):
+            raise AuditTamperedError(
+                f"audit log {log} has no head state and does not hold the newest signed "
+                f"checkpoint ({newest[0]} records, {paths.file.name}); check it with "
+                "`broker-proxy audit verify`, then run `broker-proxy audit recover` to "
+                "record the gap and start")
+    return AuditLog.open(log, home.audit_key)
 
 
 def open_broker(home: Home, policy_file: Path, *, store: str | None = None,

@@ -27,6 +27,10 @@ class Observability:
         if self.checkpoints is not None:
             self.checkpoints.stop()
 
+    def checkpoint_problem(self) -> str | None:
+        """Why checkpoints miss a place they should reach (a copy), for /readyz."""
+        return self.checkpoints.problem() if self.checkpoints is not None else None
+
 
 def start_observability(broker: Broker, home: Home, *, audit_max_bytes: int | None,
                         checkpoint_every: float | None, checkpoint_records: int | None = None,
@@ -50,7 +54,11 @@ def start_observability(broker: Broker, home: Home, *, audit_max_bytes: int | No
                            retention=grant_retention).start()
     checkpoints = None
     if key is not None and checkpoint_every:
-        checkpoints = CheckpointWriter(broker.audit, key, paths.file, checkpoint_every,
-                                       records=checkpoint_records,
-                                       copies=checkpoint_copies).start()
+        checkpoints = CheckpointWriter(
+            broker.audit, key, paths.file, checkpoint_every, records=checkpoint_records,
+            copies=checkpoint_copies,
+            on_copy_failure=broker.metrics.audit_checkpoint_copy_failures.inc).start()
+        writer = checkpoints
+        broker.metrics.scrape_hooks.append(
+            lambda: broker.metrics.audit_checkpoint_copy_failing.set(writer.problem() is not None))
     return Observability(watcher, checkpoints)

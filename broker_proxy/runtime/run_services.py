@@ -1,4 +1,5 @@
-"""What `broker-proxy run` starts next to the proxy: the admin API and the policy watcher.
+"""What `broker-proxy run` starts next to the proxy: the admin API, the policy and vault
+watchers.
 
 Kept out of the CLI module so `run` needs only a few lines to start, announce and stop them.
 """
@@ -6,6 +7,7 @@ Kept out of the CLI module so `run` needs only a few lines to start, announce an
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -22,7 +24,11 @@ from broker_proxy.console.routes import Console
 from broker_proxy.console.sessions import DEFAULT_SESSION_TTL, ConsoleSessions
 from broker_proxy.decision.broker import Broker
 from broker_proxy.home import Home
+from broker_proxy.readiness import CachedProbe, store_write_problem
 from broker_proxy.runtime.policy_reload import PolicyReloader
+from broker_proxy.runtime.vault_watch import VaultWatch
+from broker_proxy.secrets.credentials import CredentialResolver
+from broker_proxy.signin_guard import SigninGuard
 
 
 class AdminListenError(AdminApiError):
@@ -34,6 +40,7 @@ class RunServices:
     admin: AdminServer | None
     reloader: PolicyReloader
     policy_file: Path
+    vault_watch: VaultWatch | None = None
 
     def proxy_ready(self, listen: str) -> None:
         """Grants issued over the admin API carry the proxy URL from now on."""
@@ -46,14 +53,19 @@ class RunServices:
                 "policy": str(self.policy_file.absolute())}
 
     def stop(self) -> None:
+        if self.vault_watch is not None:
+            self.vault_watch.stop()
         self.reloader.stop()
         if self.admin is not None:
             self.admin.stop()
+            if self.admin.context.signin_guard is not None:
+                self.admin.context.signin_guard.close()  # counts not yet written go in now
 
 
 def start_services(broker: Broker, home: Home, policy_file: Path,
                    admin: tuple[str, int] | None,
-                   console_session_ttl: timedelta = DEFAULT_SESSION_TTL) -> RunServices:
+                   console_session_ttl: timedelta = DEFAULT_SESSION_TTL,
+                   checkpoint_problem: Callable[[], str | None] | None = None) -> RunServices:
     """Raises AdminApiError (token file, address) before anything is left running."""
     server = None
     reloader = PolicyReloader(broker, policy_file)
@@ -63,10 +75,20 @@ def start_services(broker: Broker, home: Home, policy_file: Path,
                                    CheckpointPaths.in_home(home.root).file,
                                    ConsoleSessions(console_session_ttl))
         console.policy_loaded_at = lambda: broker.policy.loaded_at
+        console.record_sign_in = lambda name, how: broker.audit.append(
+            "console_signed_in", decision="allow", reason=how, by=f"console:{name}")
         context = AdminContext(token=token, policy=lambda: broker.policy, grants=broker.grants,
                                audit=broker.audit,
                                policy_file_problem=lambda: reloader.file_problem,
-                               approvals=broker.approvals, console=console)
+                               approvals=broker.approvals, console=console,
+                               store_write_problem=CachedProbe(
+                                   lambda: store_write_problem(broker.grants)),
+                               vault_problem=_vault_probe(broker),
+                               checkpoint_problem=checkpoint_problem,
+                               signin_guard=SigninGuard(
+                                   broker.audit,
+                                   lambda surface: broker.metrics.admin_signin_failures
+                                   .labels(surface).inc()).start())
         # Index the audit log now, not on the first page a person opens (~4 s per million).
         threading.Thread(target=console.audit.page, args=({}, None, 1),
                          name="audit-index", daemon=True).start()
@@ -78,7 +100,16 @@ def start_services(broker: Broker, home: Home, policy_file: Path,
         server.start()
         start_approvals(broker, server)
     reloader.start()
-    return RunServices(server, reloader, policy_file)
+    # Every process of the home (workers too): `secret set` waits for each one's ack.
+    watch = VaultWatch(broker, home).start()
+    return RunServices(server, reloader, policy_file, watch)
+
+
+def _vault_probe(broker: Broker) -> Callable[[], str | None] | None:
+    secrets = broker.secrets
+    if isinstance(secrets, CredentialResolver):
+        return CachedProbe(secrets.backends.vault_problem)
+    return None
 
 
 def start_approvals(broker: Broker, server: AdminServer) -> None:

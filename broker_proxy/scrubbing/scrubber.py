@@ -9,11 +9,17 @@ stays a JSON string) and reads as exactly what the agent sent.
 Forms found, and what replaces them:
 
 * text: the raw bytes, where any character may instead be percent-encoded (``%2F``/``%2f``,
-  ``+`` for a space) or JSON-escaped (``\\u002f``, ``\\/``, ``\\"``, ...), in any mix. Replaced by
-  the raw placeholder; by its percent-encoding when the match holds a ``%``; by its JSON
-  escaping when the match holds a backslash.
-* hex, either case (replaced by the placeholder's hex, upper case when the match had upper case).
-* UTF-16, little and big endian (replaced by the placeholder in the same UTF-16).
+  ``+`` for a space), JSON-escaped (``\\u002f``, ``\\/``, ``\\"``, ...), an HTML character
+  reference (``&#47;``, ``&#x2F;``, ``&sol;``) or quoted-printable (``=2F``), in any mix, and
+  may be cut into lines (LF, CRLF, or a quoted-printable soft break, lines three characters
+  wide or more) between two characters
+  (``encodings``). Replaced by the raw placeholder; by its percent-encoding when the match holds
+  a ``%``; by its JSON escaping when the match holds a backslash; HTML-escaped when it holds a
+  ``&``; quoted-printable when it holds ``=XX`` or a soft break.
+* hex, either case (replaced by the placeholder's hex, upper case when the match had upper case);
+  also with a space, colon or dash between bytes (replaced with the same separator).
+* UTF-16 and UTF-32, little and big endian (replaced by the placeholder in the same encoding).
+* base32 (RFC 4648, upper case) where the value starts the blob (replaced on bits, as base64).
 * base64, standard and URL-safe, with or without padding, wrapped with LF or CRLF at any width
   of two characters or more,
   and at any of the three byte offsets inside a larger blob. A secret at offset 1 or 2 of a
@@ -42,7 +48,8 @@ that does not look like a secret (server-sent events, heartbeats) is never delay
 
 Not found: a secret shorter than ``MIN_SECRET_LENGTH`` bytes (it would match unrelated bytes all
 over a response), encodings not listed here (compression is undone before scrubbing, see
-``content_decoding``), and transformations an adversarial upstream could invent (an upstream
+``content_decoding`` and ``nested_bodies``; ``docs/scrubbing-forms.md`` lists what is out of
+reach and why), and transformations an adversarial upstream could invent (an upstream
 that wants to leak a value it received can always do so; this guards against echoes).
 """
 
@@ -63,13 +70,17 @@ from urllib.parse import quote
 
 import regex
 
+from broker_proxy.scrubbing import encodings
 from broker_proxy.scrubbing.literal_search import Literal, LiteralSearch
 
 MIN_SECRET_LENGTH = 4
 # What a literal hit means: the match is the literal; the pattern matches from the literal's
 # start (base64: edge characters and padding around a fixed core); the pattern runs around it;
-# an escape of one of the value's characters, so the text form's pattern runs around it.
-_EXACT, _AT_START, _AROUND, _ESCAPE = "exact", "at-start", "around", "escape"
+# an escape of one of the value's characters, so the text form's pattern runs around it; a
+# line break inside the value, so the text form's pattern runs close around it (a match
+# without an escape is at most ``long_match_length`` long; one with an escape is found from
+# the escape).
+_EXACT, _AT_START, _AROUND, _ESCAPE, _LINES = "exact", "at-start", "around", "escape", "lines"
 _B64_STD = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 _B64_URL = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 _LINE_BREAK = rb"(?:\r?\n)?"
@@ -90,11 +101,12 @@ def _hex_pattern(data: bytes) -> bytes:
 
 
 def _text_char_pattern(char: str) -> bytes:
-    """One character, raw, percent-encoded or JSON-escaped."""
+    """One character, raw, percent-encoded, JSON-escaped, an HTML reference or QP."""
     encoded = char.encode("utf-8", "surrogateescape")
     options = [_literal(encoded), b"".join(b"%" + _hex_pattern(bytes([b])) for b in encoded)]
     if char == " ":
         options.append(rb"\+")
+    options.extend(encodings.extra_char_options(char))
     code = ord(char)
     if 0xDC80 <= code <= 0xDCFF:  # an undecodable byte: no JSON escape exists for it
         return b"(?:" + b"|".join(options) + b")"
@@ -110,7 +122,7 @@ def _text_char_pattern(char: str) -> bytes:
 
 
 def _escape_literals(text: str) -> list[Literal]:
-    """Every percent or JSON escape of a character of ``text``, as literals.
+    """Every percent, JSON, HTML or quoted-printable escape of a character of ``text``.
 
     A spelling of the value other than the raw one holds at least one of them, so the text
     pattern runs only near one: an escape of a character no secret holds (``\\n``, ``%20`` in
@@ -134,6 +146,8 @@ def _escape_literals(text: str) -> list[Literal]:
         literals.add(Literal(b"".join(b"\\u%04x" % unit for unit in units), caseless=True))
         if char in _JSON_SHORT_ESCAPES:
             literals.add(Literal(_JSON_SHORT_ESCAPES[char].encode()))
+    literals.update(Literal(data, caseless=caseless)
+                    for data, caseless in encodings.extra_escape_literals(text))
     return sorted(literals, key=lambda lit: (lit.data, lit.caseless))
 
 
@@ -224,8 +238,10 @@ class _Form:
     depend only on the value, so grants with their own placeholders share them."""
 
     secret: str
-    kind: str  # "text" | "hex" | "utf-16-le" | "utf-16-be" | "base64"
-    base64_shape: _Base64Shape | None = None
+    # "text" | "hex" | "hex-space" | "hex-colon" | "hex-dash" | "utf-16-le" | "utf-16-be"
+    # | "utf-32-le" | "utf-32-be" | "base64" | "base32"
+    kind: str
+    base64_shape: _Base64Shape | None = None  # base64 and base32: offset and length
 
     def replacement(self, matched: bytes, placeholder: bytes) -> bytes:
         if self.kind == "text":
@@ -233,14 +249,24 @@ class _Form:
                 return json.dumps(placeholder.decode("utf-8", "replace"))[1:-1].encode()
             if b"%" in matched:
                 return quote(placeholder, safe="").encode()
-            return placeholder
+            if b"&" in matched:  # HTML: a reference where the placeholder needs one
+                return encodings.html_replacement(placeholder)
+            if b"=" in matched and encodings.is_quoted_printable(matched):
+                return encodings.quoted_printable_replacement(placeholder)
+            return placeholder  # line breaks inside the match are dropped with it
         if self.kind == "hex":
             upper = any(c in b"ABCDEF" for c in matched)
             encoded = placeholder.hex()
             return (encoded.upper() if upper else encoded).encode()
-        if self.kind.startswith("utf-16"):
+        if self.kind in encodings.HEX_SEPARATORS:
+            return encodings.separated_hex_replacement(
+                matched, encodings.HEX_SEPARATORS[self.kind], placeholder)
+        if self.kind.startswith(("utf-16", "utf-32")):
             return placeholder.decode("utf-8", "replace").encode(self.kind)
         assert self.base64_shape is not None
+        if self.kind == "base32":
+            return encodings.base32_replacement(matched, self.base64_shape.offset,
+                                                self.base64_shape.length, placeholder)
         return _base64_replacement(matched, self.base64_shape, placeholder)
 
 
@@ -266,18 +292,33 @@ class _Matcher:
 
 def _matchers_of(name: str, value: bytes) -> list[_Matcher]:
     text = value.decode("utf-8", "surrogateescape")
-    text_pattern = b"".join(_text_char_pattern(c) for c in text)
-    # The raw text is a literal; its escaped spellings are searched near an escape only.
+    # Between two characters a line break may cut the value (lines, quoted-printable).
+    text_pattern = encodings.LINE_BREAK_BETWEEN.join(_text_char_pattern(c) for c in text)
+    # The raw text is a literal; its escaped spellings are searched near an escape only, and
+    # its raw spellings cut into lines near a line break between two of its characters, with
+    # a pattern of raw characters only (it starts with a literal, so ``re`` scans fast; a
+    # spelling with an escape is found from the escape).
+    lines_pattern = encodings.LINE_BREAK_BETWEEN.join(
+        _literal(c.encode("utf-8", "surrogateescape")) for c in text)
     matchers = [
         _Matcher(_Form(name, "text"), text_pattern, re.compile(text_pattern),
                  anchors=lambda: [(Literal(value), _EXACT),
                                   *((lit, _ESCAPE) for lit in _escape_literals(text))]),
+        _Matcher(_Form(name, "text"), lines_pattern, re.compile(lines_pattern),
+                 anchors=lambda: [(Literal(anchor), _LINES)
+                                  for anchor in encodings.line_break_anchors(value)]),
         _Matcher(_Form(name, "hex"), _hex_pattern(value),
                  re.compile(_hex_pattern(value)),
                  anchors=lambda: [(Literal(value.hex().encode(), caseless=True), _EXACT)]),
     ]
+    for kind, separator in encodings.HEX_SEPARATORS.items():
+        pattern = encodings.separated_hex_pattern(value, separator)
+        matchers.append(_Matcher(
+            _Form(name, kind), pattern, re.compile(pattern),
+            anchors=functools.partial(_caseless_anchor,
+                                      encodings.separated_hex(value, separator))))
     try:
-        for codec in ("utf-16-le", "utf-16-be"):
+        for codec in ("utf-16-le", "utf-16-be", "utf-32-le", "utf-32-be"):
             encoded = value.decode("utf-8").encode(codec)
             pattern = _literal(encoded)
             matchers.append(_Matcher(_Form(name, codec), pattern,
@@ -296,11 +337,31 @@ def _matchers_of(name: str, value: bytes) -> list[_Matcher]:
             form = _Form(name, "base64", _Base64Shape(offset, len(value)))
             matchers.append(_Matcher(form, full, re.compile(core_first), lead,
                                      functools.partial(_base64_anchors, core)))
+    # base32 only where the value starts the blob: at the four other offsets its first
+    # character is one of 8 or 16 (in either case, most letters), and a stream's tail would be
+    # tried as the start of a secret at nearly every letter (see ``docs/scrubbing-forms.md``).
+    for offset in (0,):
+        found = encodings.base32_pattern(value, offset, MIN_SECRET_LENGTH)
+        if found is None:
+            continue
+        full, core_first, lead, core = found
+        form = _Form(name, "base32", _Base64Shape(offset, len(value)))
+        matchers.append(_Matcher(form, full, re.compile(core_first), lead,
+                                 functools.partial(_base32_anchors, core)))
     return matchers
 
 
 def _exact_anchor(encoded: bytes) -> list[tuple[Literal, str]]:
     return [(Literal(encoded), _EXACT)]
+
+
+def _caseless_anchor(encoded: bytes) -> list[tuple[Literal, str]]:
+    return [(Literal(encoded, caseless=True), _EXACT)]
+
+
+def _base32_anchors(core: bytes) -> list[tuple[Literal, str]]:
+    """The core; the pattern matches from its start (edges and padding)."""
+    return [(Literal(core), _AT_START)]
 
 
 def _base64_anchors(core: bytes) -> list[tuple[Literal, str]]:
@@ -322,9 +383,12 @@ def _base64_anchors(core: bytes) -> list[tuple[Literal, str]]:
 def _max_match_length(value: bytes) -> int:
     """An upper bound on how long any match of ``value`` can be."""
     text = value.decode("utf-8", "surrogateescape")
-    text_form = sum(max(12, 3 * len(c.encode("utf-8", "surrogateescape"))) for c in text)
+    # Each character in its longest spelling, and a line break (at most 3 bytes) after it.
+    text_form = sum(max(12, 3 * len(c.encode("utf-8", "surrogateescape")),
+                        encodings.extra_char_length(c)) + 3 for c in text)
     base64_form = 3 * (4 * (len(value) + 2) // 3 + 4) + 4
-    return max(text_form, base64_form, 2 * len(value) + 2, 4 * len(text) + 4)
+    base32_form = 8 * len(value) // 5 + 10
+    return max(text_form, base64_form, base32_form, 3 * len(value), 4 * len(text) + 4)
 
 
 def _min_width(pattern: bytes) -> int:
@@ -362,7 +426,7 @@ def _starts_of(partial: regex.Pattern[bytes]) -> frozenset[bytes]:
 class _Compiled:
     """The patterns of one secret value, without its placeholder.
 
-    Building them costs 20-35 ms of CPU. They depend only on the value, so every grant holding
+    Building them costs 40-60 ms of CPU. They depend only on the value, so every grant holding
     the secret (each with its own placeholder) shares them, and a secret is compiled once per
     value for the life of the process, not per grant. The patterns spell the value out: the
     repr counts them.
@@ -460,6 +524,22 @@ def _tail_starts_pattern(starts: Mapping[bytes, object]) -> re.Pattern[bytes] | 
     return re.compile(b"(?:" + b"|".join(parts) + b")")
 
 
+_HEX_AND_SEPARATORS = re.compile(rb"[0-9A-Fa-f :\-]{12}\Z")
+
+
+def _may_end_a_long_form(data: bytes) -> bool:
+    """Could ``data`` end with a partial match longer than ``plain_match_length`` (>= 14)?
+
+    Such a match is one of the long forms, and its last 14 bytes show it: UTF-32 has a NUL in
+    every character; text cut into lines that narrow has a line break at least every 15
+    bytes (three characters of up to four bytes, and the break); hex with separators is
+    nothing but hex digits and separators. Cheaper than a pattern (a few C calls).
+    """
+    tail = data[-16:]
+    return (0 in tail or 10 in tail  # NUL or LF: an int is found faster than bytes
+            or _HEX_AND_SEPARATORS.match(data, max(0, len(data) - 12)) is not None)
+
+
 class _Plan:
     """The search over a set of values: one literal pass, then patterns only near its hits.
 
@@ -467,8 +547,8 @@ class _Plan:
     same values (grants of one policy entry, each with its own placeholders) share one.
     """
 
-    __slots__ = ("anchors", "literals", "literals_on_one_line", "max_match_length",
-                 "plain_match_length", "starts", "tail_starts")
+    __slots__ = ("anchors", "literals", "literals_on_one_line", "long_match_length",
+                 "max_match_length", "plain_match_length", "starts", "tail_starts")
 
     def __init__(self, compiled: tuple[_Compiled, ...]) -> None:
         self.anchors: list[tuple[_Matcher, str, int]] = []
@@ -494,8 +574,13 @@ class _Plan:
         # characters of the core (lines narrower than that are not looked for).
         self.plain_match_length = max(
             [2 * part.raw_length + 6 for part in compiled]
-            + [2 * length + 12 for _, kind, length in self.anchors if kind == _AT_START],
+            + [2 * length + 12 for matcher, kind, length in self.anchors
+               if kind == _AT_START and matcher.form.kind == "base64"],
             default=0)
+        # Longer without an escape: hex with separators (three times the bytes), UTF-32 and
+        # text cut into narrow lines (up to four). Such a match longer than the plain length
+        # shows in its last bytes (``_may_end_a_long_form``).
+        self.long_match_length = max([4 * part.raw_length + 6 for part in compiled], default=0)
         starts: dict[bytes, list[regex.Pattern[bytes]]] = {}
         for part in compiled:
             for start in part.starts:
@@ -535,13 +620,13 @@ class _PlanCache:
 _PLANS = _PlanCache(256)
 
 
-def _merged(ends: list[int], reach: int, size: int) -> list[tuple[int, int]]:
-    """The spans within ``reach`` of any of ``ends``, merged where they meet."""
+def _merged(ends: list[tuple[int, int]], size: int) -> list[tuple[int, int]]:
+    """The spans within each (end, reach) of ``ends``, merged where they meet."""
     spans: list[tuple[int, int]] = []
-    for end in sorted(ends):
-        low, high = max(0, end - reach), min(size, end + reach)
+    for low, high in sorted((max(0, end - reach), min(size, end + reach))
+                            for end, reach in ends):
         if spans and low <= spans[-1][1]:
-            spans[-1] = (spans[-1][0], high)
+            spans[-1] = (spans[-1][0], max(high, spans[-1][1]))
         else:
             spans.append((low, high))
     return spans
@@ -612,7 +697,7 @@ class Scrubber:
         if plan is None:
             return [], -1
         found: set[_Found] = set()
-        around: dict[_Matcher, list[int]] = {}
+        around: dict[_Matcher, list[tuple[int, int]]] = {}
         last_escape = -1
         literals = plan.literals if b"\n" in data else plan.literals_on_one_line
         for index, end in literals.find(data):
@@ -625,11 +710,12 @@ class Scrubber:
                 if match is not None:
                     self._add(found, data, matcher, match)
             else:
-                around.setdefault(matcher, []).append(end)
+                reach = plan.long_match_length if kind == _LINES else plan.max_match_length
+                around.setdefault(matcher, []).append((end, reach))
                 if kind == _ESCAPE:
                     last_escape = max(last_escape, end)
         for matcher, ends in around.items():
-            for low, high in _merged(ends, plan.max_match_length, len(data)):
+            for low, high in _merged(ends, len(data)):
                 for match in matcher.search.finditer(data, low, high):
                     self._add(found, data, matcher, match)
         ordered = sorted(found, key=lambda f: (f[0], f[0] - f[1]))
@@ -698,8 +784,12 @@ class Scrubber:
         window = max(0, len(data) - self.max_match_length)
         if last_escape is not None and last_escape <= window:
             # No escape in reach: a partial match is as short as an unescaped one (an escape
-            # cut by the end of the data is short too).
-            window = max(window, len(data) - plan.plain_match_length)
+            # cut by the end of the data is short too), unless its end looks like one of the
+            # long forms.
+            plain = len(data) - plan.plain_match_length
+            if _may_end_a_long_form(data):
+                plain = len(data) - plan.long_match_length
+            window = max(window, plain)
         for start, end, _ in found:  # never cut through a complete match
             if start < window < end:
                 window = end
@@ -740,6 +830,11 @@ class StreamScrubber:
     def __repr__(self) -> str:
         return f"<StreamScrubber holding {len(self._held)} bytes>"
 
+    @property
+    def held_length(self) -> int:
+        """How many bytes are held back as the start of a possible match."""
+        return len(self._held)
+
     def feed(self, chunk: bytes) -> bytes:
         data = self._held + chunk if self._held else chunk
         out, held = self._scrubber._scrub(data, self.counts, final=False)
@@ -751,6 +846,15 @@ class StreamScrubber:
         data, self._held = self._held, b""
         out, _ = self._scrubber._scrub(data, self.counts, final=True)
         return out
+
+    def rebind(self, scrubber: Scrubber) -> StreamScrubber:
+        """The same stream, searched for ``scrubber``'s values from the next chunk on (a
+        rotation): the held partial match goes along and is searched again with the next
+        chunk, so a value split across the switch is still found (keep the old values in
+        ``scrubber``)."""
+        moved = StreamScrubber(scrubber)
+        moved._held, moved.counts = self._held, self.counts
+        return moved
 
 
 class MessageScrubber:
@@ -807,6 +911,13 @@ class MessageScrubber:
         self._held = data[cut:]
         self._context = data[:cut][-scrubber.max_match_length:]
         return b"".join(out)
+
+    def rebind(self, scrubber: Scrubber) -> MessageScrubber:
+        """The same message sequence, searched for ``scrubber``'s values from the next
+        message on; the delivered context and the held partial match go along."""
+        moved = MessageScrubber(scrubber)
+        moved._context, moved._held, moved.counts = self._context, self._held, self.counts
+        return moved
 
     def finish(self) -> bytes:
         """What is still held when the connection ends, scrubbed."""

@@ -27,6 +27,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 
 from broker_proxy.home import Home
@@ -37,7 +38,14 @@ from broker_proxy.secrets.master_key import (
     usable_keyring,
 )
 from broker_proxy.secrets.value import SecretValue
-from broker_proxy.secrets.vault import MAGIC, MAX_VALUE_BYTES, NONCE_BYTES, Vault, VaultError
+from broker_proxy.secrets.vault import (
+    MAGIC,
+    MAX_VALUE_BYTES,
+    NONCE_BYTES,
+    Vault,
+    VaultContents,
+    VaultError,
+)
 
 COMMAND_TIMEOUT_SECONDS = 10.0
 _VAULT_HEADER_BYTES = len(MAGIC) + NONCE_BYTES
@@ -85,7 +93,7 @@ class SecretResolver:
         self._lock = threading.Lock()
         self._vault_key: bytes | None = None
         self._vault_header: bytes | None = None
-        self._vault_secrets: dict[str, SecretValue] = {}
+        self._vault: VaultContents = VaultContents({}, {})
         self._cache_lock = threading.Lock()
         self._cache: dict[tuple[str, str, tuple[str, ...] | None],
                           tuple[float, SecretValue]] = {}
@@ -121,6 +129,21 @@ class SecretResolver:
     def minted_token(self, secret: SecretPolicy) -> SecretValue | None:
         return None  # no OAuth2 here: see CredentialResolver
 
+    def retired_values(self, secret: SecretPolicy) -> tuple[SecretValue, ...]:
+        """The values `secret set` replaced, still within their window (vault secrets only:
+        other backends keep no history; the proxy remembers what it saw change, see
+        grant_scrub). Never raises: an unreadable vault is the current value's failure."""
+        if secret.source != "vault":
+            return ()
+        try:
+            with self._lock:
+                self._vault_contents()
+                retired = self._vault.retired.get(secret.name, ())
+        except _Unavailable:
+            return ()
+        now = datetime.now(UTC)
+        return tuple(entry.value for entry in retired if entry.until > now)
+
     def upstream_answered(self, status: int, scrub: Mapping[str, tuple[str, str]]) -> None:
         return None  # nothing minted, nothing to drop
 
@@ -131,6 +154,19 @@ class SecretResolver:
         except SecretUnavailable as exc:
             return False, exc.reason
         return True, f"resolves from {secret.source}"
+
+    def vault_problem(self) -> str | None:
+        """Why the vault cannot be opened now (missing, unreadable, wrong master key), or None.
+
+        As cheap as a resolve: the vault is decrypted again only when its file changed, and a
+        failure is never cached, so a fixed key shows at once.
+        """
+        try:
+            with self._lock:
+                self._vault_contents()
+        except _Unavailable as exc:
+            return str(exc)
+        return None
 
     def _fetch(self, secret: SecretPolicy) -> str | SecretValue:
         kind, _, argument = secret.source.partition(":")
@@ -224,13 +260,13 @@ class SecretResolver:
 
     def _from_vault(self, secret: SecretPolicy, _argument: str) -> SecretValue:
         with self._lock:
-            secrets = self._vault_contents()
+            secrets = self._vault_contents().secrets
         value = secrets.get(secret.name)
         if value is None:
             raise _Unavailable(f"not in the vault {self._home.vault}")
         return value
 
-    def _vault_contents(self) -> dict[str, SecretValue]:
+    def _vault_contents(self) -> VaultContents:
         """The decrypted store, decrypted again only when the file was rewritten.
 
         Every write draws a fresh random nonce, so the file's first bytes (magic + nonce)
@@ -242,29 +278,29 @@ class SecretResolver:
             with open(path, "rb") as vault_file:
                 header = vault_file.read(_VAULT_HEADER_BYTES)
         except FileNotFoundError:
-            self._vault_header, self._vault_secrets = None, {}
+            self._vault_header, self._vault = None, VaultContents({}, {})
             raise _Unavailable(f"not in the vault (no vault at {path})") from None
         except OSError as exc:
             raise _Unavailable(f"cannot read vault {path}: {exc.strerror}") from None
         if header == self._vault_header:
-            return self._vault_secrets
+            return self._vault
         try:
             # Header first, contents second: if a write lands in between, newer contents are
             # cached under the older header and the next call simply decrypts once more.
             secrets = self._read_vault(path)
         except (MasterKeyError, VaultError) as exc:
             raise _Unavailable(str(exc)) from None
-        self._vault_header, self._vault_secrets = header, secrets
+        self._vault_header, self._vault = header, secrets
         return secrets
 
-    def _read_vault(self, path: Path) -> dict[str, SecretValue]:
+    def _read_vault(self, path: Path) -> VaultContents:
         if self._vault_key is not None:
             try:
-                return Vault(path, self._vault_key).snapshot()
+                return Vault(path, self._vault_key).contents()
             except VaultError:
                 # The key may have been rotated or restored since; look it up again once.
                 self._vault_key = None
         key = load_or_create_master_key(self._home, create=False)
-        secrets = Vault(path, key).snapshot()
+        secrets = Vault(path, key).contents()
         self._vault_key = key
         return secrets

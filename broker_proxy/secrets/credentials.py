@@ -42,6 +42,10 @@ class CredentialResolver:
         """The access token currently held for an ``oauth2`` secret, without minting one."""
         return self.minter.cached_token(secret) if secret.oauth2 is not None else None
 
+    def retired_values(self, secret: SecretPolicy) -> tuple[SecretValue, ...]:
+        """The backend's retired values (an oauth2 secret's old client credential too)."""
+        return self.backends.retired_values(secret)
+
     def upstream_answered(self, status: int, scrub: Mapping[str, tuple[str, str]]) -> None:
         """A 401 means the access tokens the request carried are no good: mint new ones next."""
         if status != 401:

@@ -28,6 +28,11 @@ class SecretSource(Protocol):
         """The access token held for an ``oauth2`` secret, without minting one; else None."""
         ...
 
+    def retired_values(self, secret: SecretPolicy) -> tuple[SecretValue, ...]:
+        """Values the secret had before (`secret set` keeps them retired): scrubbed, never
+        injected; () when the backend keeps no history. Never raises."""
+        ...
+
     def upstream_answered(self, status: int, scrub: Mapping[str, tuple[str, str]]) -> None:
         """An upstream's status to a request that carried these values (a 401 drops tokens)."""
         ...

@@ -7,6 +7,12 @@ updated. File format::
 
 with ``{"version": 1, "secrets": {name: value}}`` as the plaintext. A fresh nonce is drawn for
 every write: GCM loses both confidentiality and integrity if a nonce repeats under one key.
+
+Value history: a value replaced by ``set`` (or dropped by ``remove``) stays in the store as
+*retired* under ``"retired": {name: [[value, since, until], ...]}`` (ISO times, UTC) until its
+window ends or ``forget_retired`` drops it. The provider usually keeps an old key valid for a
+while, and wherever the old value was stored upstream it can still be read back: the proxy
+scrubs retired values from answers and never injects them. Older readers ignore the key.
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ import os
 import re
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
@@ -33,6 +41,10 @@ AAD = b"broker-proxy vault v1"
 FORMAT_VERSION = 1
 MAX_VALUE_BYTES = 64 * 1024
 SECRET_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
+# How long a replaced value is still scrubbed from answers, unless `secret set --retire-for`
+# says otherwise.
+DEFAULT_RETIRE_FOR = timedelta(days=30)
+MAX_RETIRED_PER_SECRET = 16  # the oldest goes first: a bound on what every answer is searched for
 
 
 class VaultError(Exception):
@@ -62,6 +74,23 @@ class InvalidSecretName(VaultError, ValueError):
 
 class InvalidSecretValue(VaultError, ValueError):
     """The value is refused; the message describes the rule, never the value."""
+
+
+@dataclass(frozen=True, slots=True)
+class RetiredValue:
+    """A replaced value, scrubbed from answers (never injected) from ``since`` to ``until``."""
+
+    value: SecretValue
+    since: datetime
+    until: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class VaultContents:
+    """The current values and the retired ones still within their window."""
+
+    secrets: dict[str, SecretValue]
+    retired: dict[str, tuple[RetiredValue, ...]]
 
 
 def check_secret_name(name: str) -> str:
@@ -151,35 +180,72 @@ class Vault:
         """Every secret at once, for a resolver that caches the store between file changes."""
         return {name: SecretValue(name, value) for name, value in self._read().items()}
 
-    def set(self, name: str, value: str) -> None:
+    def contents(self, now: datetime | None = None) -> VaultContents:
+        """Current and retired values in one read (the proxy scrubs for both)."""
+        secrets, retired = self._read_document()
+        moment = now or datetime.now(UTC)
+        return VaultContents(
+            {name: SecretValue(name, value) for name, value in secrets.items()},
+            {name: kept for name, entries in retired.items()
+             if (kept := tuple(RetiredValue(SecretValue(name, value), since, until)
+                               for value, since, until in entries if until > moment))})
+
+    def set(self, name: str, value: str, *, retire_for: timedelta = DEFAULT_RETIRE_FOR,
+            now: datetime | None = None) -> bool:
+        """Store ``value``; the value it replaces is kept retired for ``retire_for``.
+
+        Returns whether a value was retired (none was stored, or it was the same value).
+        """
         check_secret_name(name)
         _check_secret_value(value)
         # Read-modify-write under the lock: two concurrent `secret set` must both survive.
         with vault_lock(self._path):
-            secrets = self._read()
+            secrets, retired = self._read_document()
+            replaced = secrets.get(name)
             secrets[name] = value
-            self._write(secrets)
+            if replaced is not None and replaced != value:
+                _retire(retired, name, replaced, retire_for, now)
+            # A value set again is current, not retired as well.
+            if name in retired:
+                retired[name] = [entry for entry in retired[name] if entry[0] != value]
+            self._write(secrets, retired, now)
+            return replaced is not None and replaced != value
 
-    def remove(self, name: str) -> bool:
+    def remove(self, name: str, *, retire_for: timedelta = DEFAULT_RETIRE_FOR,
+               now: datetime | None = None) -> bool:
+        """Drop ``name``; its value stays retired (still scrubbed) for ``retire_for``."""
         check_secret_name(name)
         with vault_lock(self._path):
-            secrets = self._read()
+            secrets, retired = self._read_document()
             if name not in secrets:
                 return False
-            del secrets[name]
-            self._write(secrets)
+            _retire(retired, name, secrets.pop(name), retire_for, now)
+            self._write(secrets, retired, now)
             return True
 
+    def forget_retired(self, name: str) -> int:
+        """Drop every retired value of ``name`` (answers are no longer scrubbed for them)."""
+        check_secret_name(name)
+        with vault_lock(self._path):
+            secrets, retired = self._read_document()
+            dropped = len(retired.pop(name, []))
+            if dropped:
+                self._write(secrets, retired)
+            return dropped
+
     def _read(self) -> dict[str, str]:
+        return self._read_document()[0]
+
+    def _read_document(self) -> tuple[dict[str, str], dict[str, list[_Retired]]]:
         try:
             blob = self._path.read_bytes()
         except FileNotFoundError:
-            return {}
+            return {}, {}
         except OSError as exc:
             raise VaultError(f"cannot read vault {self._path}: {exc.strerror}") from None
         return self._decrypt(blob)
 
-    def _decrypt(self, blob: bytes) -> dict[str, str]:
+    def _decrypt(self, blob: bytes) -> tuple[dict[str, str], dict[str, list[_Retired]]]:
         # Every failure is the same error: an empty store here would let the next `set`
         # overwrite (and so destroy) every secret in a vault we merely failed to read.
         unreadable = VaultError(f"cannot decrypt vault {self._path}: wrong key or corrupted file")
@@ -199,10 +265,21 @@ class Vault:
             isinstance(name, str) and isinstance(value, str) for name, value in secrets.items()
         ):
             raise unreadable
-        return secrets
+        try:
+            retired = _parse_retired(document.get("retired", {}))
+        except (TypeError, ValueError):
+            raise unreadable from None
+        return secrets, retired
 
-    def _write(self, secrets: dict[str, str]) -> None:
-        document = {"version": FORMAT_VERSION, "secrets": secrets}
+    def _write(self, secrets: dict[str, str], retired: dict[str, list[_Retired]] | None = None,
+               now: datetime | None = None) -> None:
+        moment = now or datetime.now(UTC)
+        kept = {name: [[value, _format_time(since), _format_time(until)]
+                       for value, since, until in entries if until > moment]
+                for name, entries in (retired or {}).items()}
+        document: dict[str, object] = {"version": FORMAT_VERSION, "secrets": secrets}
+        if any(kept.values()):
+            document["retired"] = {name: entries for name, entries in kept.items() if entries}
         plaintext = json.dumps(
             document, sort_keys=True, separators=(",", ":"), ensure_ascii=False
         ).encode("utf-8")
@@ -210,3 +287,44 @@ class Vault:
         blob = MAGIC + nonce + self._aead.encrypt(nonce, plaintext, AAD)
         self._path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         write_file_atomically(self._path, blob)
+
+
+_Retired = tuple[str, datetime, datetime]  # value, since, until
+
+
+def _retire(retired: dict[str, list[_Retired]], name: str, value: str, retire_for: timedelta,
+            now: datetime | None) -> None:
+    moment = now or datetime.now(UTC)
+    entries = [entry for entry in retired.get(name, []) if entry[0] != value]
+    entries.append((value, moment, moment + retire_for))
+    retired[name] = entries[-MAX_RETIRED_PER_SECRET:]
+
+
+def _parse_retired(raw: object) -> dict[str, list[_Retired]]:
+    """The document's retired values; anything malformed raises (the vault is unreadable)."""
+    if not isinstance(raw, dict):
+        raise ValueError("retired is not an object")
+    retired: dict[str, list[_Retired]] = {}
+    for name, entries in raw.items():
+        if not isinstance(name, str) or not isinstance(entries, list):
+            raise ValueError("retired entry malformed")
+        parsed = []
+        for entry in entries:
+            if not (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[0], str)):
+                raise ValueError("retired entry malformed")
+            parsed.append((entry[0], _parse_time(entry[1]), _parse_time(entry[2])))
+        retired[name] = parsed
+    return retired
+
+
+def _format_time(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _parse_time(text: str) -> datetime:
+    if not isinstance(text, str):
+        raise ValueError("not a time")
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if moment.tzinfo is None:
+        raise ValueError("no time zone")
+    return moment

@@ -32,7 +32,7 @@ async function api(method, path, body, signal) {
   const data = text ? JSON.parse(text) : null;
   if (response.status === 401) { showSignIn("Your session ended; sign in again."); throw new ApiError(401, data); }
   if (!response.ok) throw new ApiError(response.status, data);
-  return { data, total: response.headers.get("X-Total-Count") };
+  return { data, total: response.headers.get("X-Total-Count"), next: response.headers.get("X-Next-Cursor") };
 }
 
 function say(text, isError = false) {
@@ -54,6 +54,8 @@ function signedIn(session) {
   csrf = session.csrf;
   document.getElementById("sign-in").hidden = true;
   document.getElementById("nav").hidden = false;
+  // Every decision of this session is audited under this name.
+  document.getElementById("who").textContent = session.name ? `signed in as ${session.name}` : "";
   route();
 }
 
@@ -71,7 +73,7 @@ async function boot() {
     const input = document.getElementById("token");
     const token = input.value;
     input.value = "";
-    signIn({ token });
+    signIn({ token, name: document.getElementById("name").value.trim() });
   });
   document.getElementById("sign-out").addEventListener("click", async () => {
     await fetch("/ui/session", { method: "DELETE", credentials: "same-origin",
@@ -157,48 +159,158 @@ function approvalsPage(page, signal) {
   });
 }
 
+// Placeholders marked in a text: each one names the secret it would carry (never a value).
+function marked(text, placeholders) {
+  const parts = [text];
+  for (const { text: ph, secret } of placeholders || []) {
+    for (let i = parts.length - 1; i >= 0; i--) {
+      if (typeof parts[i] !== "string" || !parts[i].includes(ph)) continue;
+      const pieces = parts[i].split(ph);
+      const out = [];
+      pieces.forEach((piece, n) => {
+        if (n) out.push(el("mark", { class: "ph", title: `placeholder: carries secret ${secret}` }, ph, el("sup", {}, secret)));
+        if (piece) out.push(piece);
+      });
+      parts.splice(i, 1, ...out);
+    }
+  }
+  return parts;
+}
+
+// The lines a person compares: query, headers, body text or fields.
+function previewLines(p) {
+  if (!p) return [];
+  const lines = [];
+  if (p.query) lines.push(`?${p.query.text}`);
+  for (const [k, v] of p.headers || []) lines.push(`${k}: ${v}`);
+  const b = p.body;
+  if (b && b.text) lines.push(...b.text.split("\n"));
+  if (b && b.fields) for (const [k, v] of b.fields) lines.push(`${k}=${v}`);
+  if (b) lines.push(`body ${b.size} B sha256 ${b.sha256}`);
+  return lines;
+}
+
+function previewBlock(item, others) {
+  const p = item.preview || { level: "none" };
+  const otherLines = new Set(others.flatMap((o) => previewLines(o.preview)));
+  const diff = (line) => others.length > 0 && !otherLines.has(line);
+  const line = (text) => el("span", { class: diff(text) ? "line diff" : "line" }, marked(text, p.placeholders), "\n");
+  const block = el("div", { class: "preview" });
+  if (others.length) {
+    const differs = previewLines(p).filter(diff).map((l) => l.trim()).filter((l) => !/^(Content-Length: |body \d)/.test(l));
+    block.append(el("p", { class: "similar" }, `Similar to ${others.map((o) => o.id).join(", ")} (same request line); `,
+      el("mark", { class: "diff" }, "what differs is marked"), differs.length ? ": " : ".",
+      differs.slice(0, 3).map((l) => el("code", { class: "differs" }, l))));
+  }
+  block.append(dl([["carries", el("span", {}, (p.carries || []).map((c) => el("span", { class: "carry" }, `${c.secret} → ${c.where}`)))]]));
+  if (p.level === "none") {
+    block.append(el("p", { class: "muted" }, "The policy shows only method, host and path for this destination (approval_preview: none)."));
+    return block;
+  }
+  if (p.query) block.append(el("div", { class: "label" }, "query"), el("pre", { class: "query" }, line(`?${p.query.text}`)));
+  const b = p.body;
+  if (b && b.kind !== "empty") {
+    const about = `${b.kind}, ${b.size} B${b.content_type ? `, ${b.content_type}` : ""}, sha256 ${b.sha256.slice(0, 16)}…${b.truncated ? ", shown in part" : ""}`;
+    block.append(el("div", { class: "label" }, `body (${about})`));
+    if (b.text !== null) block.append(el("pre", { class: "body" }, b.text.split("\n").map(line)));
+    else if (b.fields) block.append(el("pre", { class: "body" }, b.fields.map(([k, v]) => line(`${k}=${v}`))));
+    else block.append(el("p", { class: "muted" }, b.kind === "hidden" ? "Body text not shown (approval_preview: headers)." : "Binary body: not shown as text."));
+  }
+  // Headers after the body: the body is what a person judges first.
+  if (p.headers && p.headers.length) {
+    block.append(el("div", { class: "label" }, "headers"), el("pre", { class: "headers" }, p.headers.map(([k, v]) => line(`${k}: ${v}`))));
+  }
+  return block;
+}
+
+const decidedHere = new Map(); // hold id -> card kept with its result for a while
+
 function renderHeld(box, items) {
-  if (!items.length) { box.replaceChildren(el("p", { class: "empty" }, "No request is waiting.")); return; }
-  box.replaceChildren(...items.map((item) => {
-    const r = item.request;
-    const reason = el("input", { placeholder: "reason (optional)", "aria-label": "reason" });
-    const uses = el("input", { type: "number", min: "2", value: "3", "aria-label": "uses" });
-    const minutes = el("input", { type: "number", min: "1", value: "10", "aria-label": "minutes" });
-    const decide = (action, extra = {}) => async () => {
-      const body = { ...extra };
-      if (reason.value) body.reason = reason.value;
-      try { await api("POST", `/v1/requests/${item.id}/${action}`, body); say(`${item.id}: ${action}d`); }
-      catch (error) { say(error.message, true); }
-    };
-    return el("div", { class: "card held", "data-id": item.id },
-      el("strong", {}, `${r.method} ${r.scheme}://${r.host}:${r.port}${r.path}`),
-      dl([["agent", item.agent], ["task", item.task], ["secrets", item.secrets.join(", ")],
-          ["grant", el("a", { href: `#/grants/${item.grant}` }, item.grant)],
-          ["query", `${r.query_size} B, sha256 ${r.query_sha256.slice(0, 16)}…`],
-          ["body", `${r.body_size} B, sha256 ${r.body_sha256.slice(0, 16)}…`],
-          ["request digest", el("span", { class: "mono" }, r.digest)],
-          ["waits until", `${item.expires_at} (${left(item.expires_at)} left)`]]),
-      el("div", { class: "actions" },
-        el("button", { class: "allow", on: { click: decide("approve") } }, "Allow once"),
-        el("span", {}, el("button", { class: "allow", on: { click: () => decide("approve", { uses: Number(uses.value) })() } }, "Allow N uses"), " N=", uses),
-        el("span", {}, el("button", { class: "allow", on: { click: () => decide("approve", { minutes: Number(minutes.value) })() } }, "Allow for M minutes"), " M=", minutes),
-        reason,
-        el("button", { class: "deny", on: { click: decide("deny") } }, "Deny")));
-  }));
+  const now = Date.now();
+  for (const [id, kept] of decidedHere) if (kept.until < now) decidedHere.delete(id);
+  const cards = new Map([...box.querySelectorAll(".card.held")].map((c) => [c.dataset.id, c]));
+  const fresh = items.map((item) => {
+    const others = items.filter((o) => o.id !== item.id && o.grant === item.grant && o.request.method === item.request.method
+      && o.request.host === item.request.host && o.request.port === item.request.port && o.request.path === item.request.path);
+    const signature = JSON.stringify([item.id, others.map((o) => o.id)]);
+    const existing = cards.get(item.id);
+    if (existing) {
+      // Keep the card (what is typed, where the pointer is); only its comparison may change.
+      if (existing.dataset.signature !== signature && !existing.classList.contains("decided")) {
+        existing.querySelector(".preview").replaceWith(previewBlock(item, others));
+        existing.dataset.signature = signature;
+      }
+      return existing;
+    }
+    return heldCard(item, others, signature);
+  });
+  const kept = [...decidedHere.values()].map((k) => k.card);
+  if (!fresh.length && !kept.length) { box.replaceChildren(el("p", { class: "empty" }, "No request is waiting.")); return; }
+  box.replaceChildren(...kept, ...fresh);
+}
+
+function heldCard(item, others, signature) {
+  const r = item.request;
+  const reason = el("input", { placeholder: "reason (optional)", "aria-label": "reason" });
+  const uses = el("input", { type: "number", min: "2", value: "3", "aria-label": "uses" });
+  const minutes = el("input", { type: "number", min: "1", value: "10", "aria-label": "minutes" });
+  const result = el("p", { class: "result", role: "status" });
+  const card = el("div", { class: "card held", "data-id": item.id, "data-signature": signature });
+  const decide = (action, extra = {}) => async () => {
+    const body = { ...extra, shown_digest: item.shown_digest };
+    if (reason.value) body.reason = reason.value;
+    for (const button of card.querySelectorAll("button")) button.disabled = true;
+    try {
+      const { data } = await api("POST", `/v1/requests/${item.id}/${action}`, body);
+      const what = data.state === "allowed" ? `Allowed (${data.choice}) by ${data.decided_by}: the request is released.`
+        : `Denied by ${data.decided_by}: the agent gets 403 request_denied.`;
+      result.textContent = what;
+      result.className = `result ${data.state === "allowed" ? "ok" : "error"}`;
+      card.classList.add("decided");
+      decidedHere.set(item.id, { card, until: Date.now() + 15000 });
+    } catch (error) {
+      result.textContent = error.message;
+      result.className = "result error";
+      for (const button of card.querySelectorAll("button")) button.disabled = false;
+    }
+  };
+  card.append(
+    el("strong", { class: "request-line" }, `${r.method} ${r.scheme}://${r.host}:${r.port}${r.path}`),
+    dl([["agent", item.agent], ["task", item.task], ["secrets", item.secrets.join(", ")],
+        ["grant", el("a", { href: `#/grants/${item.grant}` }, item.grant)],
+        ["held", `${item.id} · waits until ${item.expires_at} (${left(item.expires_at)} left)`],
+        ["request digest", el("span", { class: "mono" }, r.digest)]]),
+    previewBlock(item, others),
+    el("div", { class: "actions" },
+      el("button", { class: "allow", on: { click: decide("approve") } }, "Allow once"),
+      el("span", {}, el("button", { class: "allow", on: { click: () => decide("approve", { uses: Number(uses.value) })() } }, "Allow N uses"), " N=", uses),
+      el("span", {}, el("button", { class: "allow", on: { click: () => decide("approve", { minutes: Number(minutes.value) })() } }, "Allow for M minutes"), " M=", minutes),
+      reason,
+      el("button", { class: "deny", on: { click: decide("deny") } }, "Deny")),
+    result);
+  return card;
 }
 
 function renderPendingGrants(box, grants) {
   if (!grants.length) { box.replaceChildren(el("p", { class: "empty" }, "No grant is waiting.")); return; }
   const focused = document.activeElement && box.contains(document.activeElement);
   if (focused) return; // do not redraw under someone typing a reason
+  if ([...box.querySelectorAll(".card")].some((c) => Number(c.dataset.keepUntil || 0) > Date.now())) return;
   box.replaceChildren(...grants.map((grant) => {
     const reason = el("input", { placeholder: "reason (optional)", "aria-label": "reason" });
+    const result = el("p", { class: "result", role: "status" });
+    let card = null;
     const decide = (action) => async () => {
       const body = reason.value ? { reason: reason.value } : {};
-      try { await api("POST", `/v1/grants/${grant.id}/${action}`, body); say(`${grant.id}: ${action}`); }
-      catch (error) { say(error.message, true); }
+      try {
+        const { data } = await api("POST", `/v1/grants/${grant.id}/${action}`, body);
+        result.textContent = `${action === "approve" ? "Approved" : "Denied"} by ${data.decided_by}.`;
+        result.className = `result ${action === "approve" ? "ok" : "error"}`;
+        card.dataset.keepUntil = String(Date.now() + 5000);
+        for (const button of card.querySelectorAll("button")) button.disabled = true;
+      } catch (error) { result.textContent = error.message; result.className = "result error"; }
     };
-    return el("div", { class: "card pending-grant", "data-id": grant.id },
+    return card = el("div", { class: "card pending-grant", "data-id": grant.id },
       el("strong", {}, `${grant.agent}: ${grant.task}`),
       dl([["grant", el("a", { href: `#/grants/${grant.id}` }, grant.id)],
           ["secrets", grant.secrets.join(", ")],
@@ -208,7 +320,7 @@ function renderPendingGrants(box, grants) {
       el("div", { class: "actions" },
         el("button", { class: "allow", on: { click: decide("approve") } }, "Approve"),
         reason,
-        el("button", { class: "deny", on: { click: decide("deny") } }, "Deny")));
+        el("button", { class: "deny", on: { click: decide("deny") } }, "Deny")), result);
   }));
 }
 
@@ -223,22 +335,27 @@ function grantsPage(page, signal) {
     field("state", ["", "active", "pending", "revoked", "denied", "expired", "used_up"]),
     el("button", { type: "submit" }, "Filter"));
   const table = el("div");
-  let offset = 0;
+  // Paged by cursor (X-Next-Cursor), newest first: cursors[i] is where page i starts, so
+  // "Newer" goes back without the API counting or skipping grants.
+  let cursors = [null];
+  let index = 0;
   const pager = el("div", { class: "actions" });
   page.append(el("h1", {}, "Grants"), form, table, pager);
   const load = async () => {
     const query = new URLSearchParams();
     for (const [k, v] of new FormData(form)) if (v) query.set(k, v);
     sessionStorage.setItem("grant-filters", query.toString());
-    query.set("limit", "50"); query.set("offset", String(offset));
-    const { data, total } = await api("GET", `/v1/grants?${query}`, undefined, signal);
+    query.set("limit", "50");
+    if (cursors[index]) query.set("after", cursors[index]);
+    const { data, next } = await api("GET", `/v1/grants?${query}`, undefined, signal);
     renderGrants(table, data, load);
+    cursors = cursors.slice(0, index + 1).concat(next ? [next] : []);
     pager.replaceChildren(
-      el("span", { class: "muted" }, `${total === null ? data.length : total} grants; showing ${offset + 1}–${offset + data.length}`),
-      el("button", { disabled: offset === 0 || null, on: { click: () => { offset = Math.max(0, offset - 50); load(); } } }, "Newer"),
-      el("button", { disabled: offset + 50 >= Number(total) || null, on: { click: () => { offset += 50; load(); } } }, "Older"));
+      el("span", { class: "muted" }, `page ${index + 1}: ${data.length} grants${next ? "; older ones follow" : ""}`),
+      el("button", { disabled: index === 0 || null, on: { click: () => { index -= 1; load(); } } }, "Newer"),
+      el("button", { disabled: !next || null, on: { click: () => { index += 1; load(); } } }, "Older"));
   };
-  form.addEventListener("submit", (event) => { event.preventDefault(); offset = 0; load(); });
+  form.addEventListener("submit", (event) => { event.preventDefault(); cursors = [null]; index = 0; load(); });
   load().catch((error) => say(error.message, true));
 }
 
@@ -248,9 +365,15 @@ function renderGrants(box, grants, reload) {
     el("tr", {}, ["grant", "agent", "task", "secrets", "state", "uses left", "time left", ""].map((h) => el("th", {}, h))),
     grants.map((g) => {
       const reason = el("input", { placeholder: "reason", "aria-label": "revoke reason" });
+      const cell = el("td", {});
       const revoke = async () => {
-        try { await api("POST", `/v1/grants/${g.id}/revoke`, reason.value ? { reason: reason.value } : {}); say(`${g.id} revoked`); reload(); }
-        catch (error) { say(error.message, true); }
+        try {
+          await api("POST", `/v1/grants/${g.id}/revoke`, reason.value ? { reason: reason.value } : {});
+          // The result where the click was; the list catches up a moment later.
+          cell.replaceChildren(el("span", { class: "result ok", role: "status" }, "revoked"));
+          say(`${g.id} revoked`);
+          setTimeout(reload, 3000);
+        } catch (error) { cell.append(el("span", { class: "result error", role: "status" }, ` ${error.message}`)); }
       };
       const live = g.state === "active" || g.state === "pending";
       return el("tr", { "data-id": g.id },
@@ -259,7 +382,7 @@ function renderGrants(box, grants, reload) {
         el("td", { class: `state-${g.state}` }, g.state),
         el("td", {}, g.max_uses === null ? "∞" : String(Math.max(0, g.max_uses - g.uses))),
         el("td", {}, live ? left(g.expires_at) : "–"),
-        el("td", {}, live ? el("span", { class: "actions" }, reason, el("button", { class: "deny", on: { click: revoke } }, "Revoke")) : ""));
+        live ? (cell.append(el("span", { class: "actions" }, reason, el("button", { class: "deny", on: { click: revoke } }, "Revoke"))), cell) : el("td", {}, ""));
     })));
 }
 
@@ -294,8 +417,9 @@ function auditPage(page, signal) {
     const cp = status.checkpoint;
     chain.replaceChildren(
       el("strong", {}, "Chain: "),
-      v ? el("span", { class: v.ok ? "ok" : "error" }, v.ok ? `verified, ${v.records} records (${v.checked_at})`
-        : `BROKEN at ${v.first_bad.path} line ${v.first_bad.line}: ${v.first_bad.reason}`) : "not verified yet",
+      // The same verdict `broker-proxy audit verify` prints on this home.
+      v ? el("span", { class: v.ok ? "ok" : "error" }, v.ok ? `${v.verdict}: ${v.records} records verify (${v.checked_at})`
+        : v.verdict || `BROKEN at ${v.first_bad.path} line ${v.first_bad.line}: ${v.first_bad.reason}`) : "not verified yet",
       el("span", { class: "muted" }, cp ? ` · last checkpoint: ${cp.count} records at ${cp.ts}` : " · no checkpoint yet"),
       " ", el("button", { type: "button", on: { click: async () => {
         chain.querySelector("button").disabled = true;
@@ -321,9 +445,12 @@ function auditTable(box, signal, filters) {
   // The newest page follows the log live; "Older" pages stay put.
   let before = null;
   const render = (data) => {
-    const rows = data.records.map((r) => el("tr", { class: `decision-${r.decision}` },
-      el("td", { class: "mono" }, r.seq), el("td", {}, r.ts), el("td", {}, r.event),
-      el("td", { class: r.decision === "deny" ? "deny-text" : "" }, r.decision || ""),
+    // A refusal is red; a grant that ended (revoked, expired) is routine, not a denial.
+    const ended = (r) => r.event === "grant_revoked" || r.event === "grant_expired";
+    const rows = data.records.map((r) => el("tr", { class: ended(r) ? "ended" : `decision-${r.decision}` },
+      el("td", { class: "mono" }, r.seq), el("td", { class: "mono" }, (r.ts || "").replace("T", " ").replace(/\.\d+Z$/, "")), el("td", {}, r.event),
+      el("td", { class: ended(r) ? "muted" : r.decision === "deny" ? "deny-text" : r.decision === "held" ? "warn" : "" },
+        ended(r) ? "ended" : r.decision || ""),
       el("td", {}, r.reason || ""), el("td", {}, r.agent || ""),
       el("td", {}, r.grant ? el("a", { href: `#/grants/${r.grant}`, class: "mono" }, r.grant) : ""),
       el("td", {}, (r.secrets || []).join(", ")),
