@@ -9,6 +9,7 @@ import json
 import os
 import secrets
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -266,3 +267,37 @@ def test_concurrency_caps_requests_in_flight(tmp_path: Path, pki: LocalPki,
     finally:
         stack.proxy.stop()
         slow.stop()
+
+
+def test_a_request_that_never_left_gives_its_slot_back(tmp_path: Path, pki: LocalPki,
+                                                      upstreams: Upstreams) -> None:
+    # A closed port: the dial is refused, the request never leaves (502 connect_refused,
+    # recorded request_not_sent). Its slot must come back with its use, or the next request
+    # would be refused concurrency_limited for a request that is not in flight.
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    refused = closed.getsockname()[1]
+    closed.close()
+    policy = E2E_POLICY.replace(
+        "    env: API_KEY\n", "    env: API_KEY\n    concurrency: 1\n").replace(
+        "      - host: {untrusted}\n",
+        f"      - host: {{api}}\n        port: {refused}\n      - host: {{untrusted}}\n")
+    stack = start_stack(tmp_path, pki, upstreams, policy=policy)
+    try:
+        grant = stack.issue("api_key")
+        for _ in range(3):
+            failed = via_httpx(stack, grant.token, "GET", f"https://{API_HOST}:{refused}/v1/x",
+                               headers=AUTH)
+            assert failed.status == 502, failed
+            assert failed.json()["kind"] == "connect_refused"
+        ok = via_httpx(stack, grant.token, "GET", stack.url(upstreams.api, API_HOST, "/v1/x"),
+                       headers=AUTH)
+        assert ok.status == 200, ok
+        records = [json.loads(line) for line in stack.home.audit_log.read_text().splitlines()]
+        assert sum(r["event"] == "request_not_sent" and r["grant"] == grant.grant.id
+                   for r in records) == 3
+        shown = json.loads(_cli(stack, "grant", "show", grant.grant.id, "--policy",
+                                str(stack.policy_file), "--json").stdout)
+        assert shown["budget"]["api_key"]["requests_in_flight"] == 0
+    finally:
+        stack.proxy.stop()
