@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 from broker_proxy.addons import response_scrubbing
-from broker_proxy.addons.flow_record import flow_record
+from broker_proxy.addons.flow_record import flow_record, settle_budget_once
 from mitmproxy import http
 
 from broker_proxy.decision import outbound as codes
@@ -20,7 +20,6 @@ from broker_proxy.decision.broker import Broker
 from broker_proxy.decision.outbound import Allowed, Denied
 
 log = logging.getLogger("broker_proxy.addon")
-_SETTLED = "broker_proxy.budget_settled"
 
 
 class ScrubAnswers:
@@ -70,14 +69,7 @@ class ScrubAnswers:
     def _settle(self, flow: http.HTTPFlow, usage: tuple[int, int] | None) -> dict[str, Any]:
         """Charge an LLM answer to its grant's budget once (the whole reservation unread)."""
         record = flow_record(flow)
-        if record is None or not record.verdict.budget or flow.metadata.get(_SETTLED):
-            return {}
-        flow.metadata[_SETTLED] = True
-        try:
-            return self.broker.settle_budget(record.verdict, usage)
-        except Exception as error:  # the reservation stays held: spent, never free
-            log.error("budget settle failed: %s", type(error).__name__)
-            return {}
+        return settle_budget_once(self.broker, record, usage) if record is not None else {}
 
     @staticmethod
     def _withhold(flow: http.HTTPFlow, verdict: Allowed | None) -> None:
@@ -101,10 +93,5 @@ class ScrubAnswers:
         if redactions:
             self.broker.record_response(record.verdict, record.outbound, 101, 0.0, redactions)
 
-    def error(self, flow: http.HTTPFlow) -> None:
-        """A flow that ends in an error is recorded by UpstreamFailures (sent or not sent);
-        here only its LLM budget: a request that left is charged its whole reservation (its
-        usage is never read). One that never left gets it back in Broker.record_not_sent."""
-        record = flow_record(flow)
-        if record is not None and record.sent:
-            self._settle(flow, None)
+    # A flow that ends in an error is recorded by UpstreamFailures (sent or not sent), which
+    # also settles its LLM budget.

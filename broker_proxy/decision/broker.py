@@ -616,8 +616,10 @@ class Broker(LimitChecks):
         return returned
 
     def record_upstream_failure(self, allowed: Allowed, request: OutboundRequest,
-                                status: int | None, duration_ms: float, why: str) -> None:
-        """An allowed request that left but got no usable answer: the use stays spent."""
+                                status: int | None, duration_ms: float, why: str, *,
+                                llm: dict[str, Any] | None = None) -> None:
+        """An allowed request that left but got no usable answer: the use stays spent (and
+        `llm`, the audit fields of the whole LLM budget reservation it was charged)."""
         self.metrics.upstream_failures.labels(why, "sent").inc()
         if not allowed.injected:
             return
@@ -627,7 +629,7 @@ class Broker(LimitChecks):
                               method=request.method, scheme=request.scheme, host=request.host,
                               port=request.port, path=request.path, status=status,
                               duration_ms=round(duration_ms, 3), redactions=0,
-                              outcome="sent", upstream_error=why)
+                              outcome="sent", upstream_error=why, **(llm or {}))
         except AuditError:
             self.metrics.audit_write_errors.inc()
 
