@@ -26,7 +26,8 @@ from mitmproxy import connection, http
 
 from broker_proxy.approvals.verdict import Held
 from broker_proxy.decision import outbound as codes
-from broker_proxy.decision.broker import Broker, DecisionMustWait
+from broker_proxy.decision.broker import Broker
+from broker_proxy.decision.limit_checks import DecisionMustWait
 from broker_proxy.decision.outbound import Allowed, Denied, OutboundRequest, Verdict
 from broker_proxy.decision.request_checks import upgrade_problem
 from broker_proxy.grants.store import STORE_WAIT_SECONDS
@@ -170,6 +171,7 @@ class Decide:
             while any(self._holds.values()) and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)
             await asyncio.sleep(0.2)
+        self.broker.budgets.close()  # budget settlements still on their thread land first
 
     def _conclude(self, flow: http.HTTPFlow, verdict: Verdict,
                   outbound: OutboundRequest) -> None:

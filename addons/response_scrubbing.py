@@ -47,6 +47,7 @@ from broker_proxy.addons import websocket_controls
 from mitmproxy import http
 
 from broker_proxy.decision import outbound as codes
+from broker_proxy.decision.llm_usage import UsageMeter
 from broker_proxy.decision.outbound import Allowed, Denied
 from broker_proxy.policy.media_types import WithholdRule
 from broker_proxy.scrubbing.content_decoding import (
@@ -143,8 +144,8 @@ class _BodyStream:
 
     def __init__(self, flow: http.HTTPFlow, scrubber: Scrubber,
                  decoder: StreamDecoder | None, live: LiveSet | None = None,
-                 content_type: str | None = None, withhold: WithholdRule | None = None
-                 ) -> None:
+                 content_type: str | None = None, withhold: WithholdRule | None = None,
+                 meter: UsageMeter | None = None) -> None:
         self._flow = flow
         self._withhold = withhold
         self._decoder = decoder
@@ -155,6 +156,7 @@ class _BodyStream:
         self._compressed: CompressedBodyGuard | None = None
         self._head: bytes | None = b""  # None once the body's kind is known
         self.failed = False
+        self._meter = meter  # reads LLM usage from the decoded bytes as they pass
 
     def _pass(self, plain: bytes, *, final: bool) -> bytes:
         if self._head is not None:
@@ -187,6 +189,8 @@ class _BodyStream:
             else:
                 plain = self._decoder.finish() if self._decoder else b""
                 out = self._pass(plain, final=True)
+            if self._meter is not None:
+                self._meter.feed(plain)
             return [out] if out else []
         except Exception as error:  # never pass on what could not be scrubbed
             log.warning("response body cut: %s", error if isinstance(error, BodyNotDecodable)
@@ -206,6 +210,7 @@ class ScrubState:
     buffered_codings: list[str] | None = None
     withheld: bytes | None = None  # the 502 body that replaced the answer
     messages: MessageScrubber | None = None
+    meter: UsageMeter | None = None  # an LLM answer under a budget: its usage, as it passes
     live: LiveSet | None = None
     withhold: WithholdRule | None = None  # the answer's host withholds these media types
 
@@ -359,6 +364,8 @@ def on_response_headers(flow: http.HTTPFlow, verdict: Allowed | None,
         return
     state = ScrubState(scrubber, verdict.grant_id if verdict else None, live=live,
                        withhold=withhold)
+    if verdict is not None and verdict.budget:
+        state.meter = UsageMeter(response.headers.get("content-type"))
     flow.metadata[STATE_KEY] = state
     if withhold is not None and _has_body(flow) and (
             pattern := withhold.declared(response.headers.get("content-type"))):
@@ -401,7 +408,8 @@ def on_response_headers(flow: http.HTTPFlow, verdict: Allowed | None,
     if not (response.is_http2 or response.is_http3):
         response.headers["transfer-encoding"] = "chunked"
     content_type = response.headers.get("content-type") if scrub else None
-    state.body = _BodyStream(flow, state.scrubber, decoder, live, content_type, withhold)
+    state.body = _BodyStream(flow, state.scrubber, decoder, live, content_type, withhold,
+                             state.meter)
     response.stream = state.body
 
 
@@ -475,6 +483,8 @@ def _scrub_buffered_body(flow: http.HTTPFlow, state: ScrubState) -> None:
         state.withheld = denied.body()  # the audit record says withheld (``was_withheld``)
         flow.response = http.Response.make(502, state.withheld, denied.headers())
         return
+    if state.meter is not None:
+        state.meter.feed(body)
     scrubbed, found = state.scrubber.scrub(body)
     if not found and not state.buffered_codings:
         return  # nothing to take out of a plain body: it goes on as it came (digests hold)
@@ -505,6 +515,16 @@ def on_websocket_message(flow: http.HTTPFlow, verdict: Allowed,
     message.content = state.messages.message(message.content)
     return {name: count - before.get(name, 0) for name, count in state.messages.counts.items()
             if count != before.get(name, 0)}
+
+
+def usage_read(flow: http.HTTPFlow) -> tuple[int, int] | None:
+    """(input, output) tokens the answer reported, None when unread (llm_usage.py)."""
+    state: ScrubState | None = flow.metadata.get(STATE_KEY)
+    if state is None or state.meter is None or state.withheld is not None:
+        return None
+    if state.body is not None and state.body.failed:
+        return None
+    return state.meter.finish()
 
 
 def was_withheld(flow: http.HTTPFlow) -> bool:

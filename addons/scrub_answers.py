@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 from broker_proxy.addons import response_scrubbing
-from broker_proxy.addons.flow_record import flow_record
+from broker_proxy.addons.flow_record import flow_record, settle_budget_once
 from mitmproxy import http
 
 from broker_proxy.decision import outbound as codes
@@ -58,11 +59,17 @@ class ScrubAnswers:
             else:
                 self._withhold(flow, verdict)
             redactions = {}
+        llm = self._settle(flow, None if withheld else response_scrubbing.usage_read(flow))
         if record is not None and (record.verdict.injected or redactions or withheld):
             self.broker.record_response(record.verdict, record.outbound,
                                         flow.response.status_code,
                                         (time.monotonic() - record.started) * 1000, redactions,
-                                        withheld=withheld)
+                                        withheld=withheld, llm=llm)
+
+    def _settle(self, flow: http.HTTPFlow, usage: tuple[int, int] | None) -> dict[str, Any]:
+        """Charge an LLM answer to its grant's budget once (the whole reservation unread)."""
+        record = flow_record(flow)
+        return settle_budget_once(self.broker, record, usage) if record is not None else {}
 
     @staticmethod
     def _withhold(flow: http.HTTPFlow, verdict: Allowed | None) -> None:
@@ -81,4 +88,5 @@ class ScrubAnswers:
         if redactions:
             self.broker.record_response(record.verdict, record.outbound, 101, 0.0, redactions)
 
-    # A flow that ends in an error is recorded by UpstreamFailures (sent or not sent).
+    # A flow that ends in an error is recorded by UpstreamFailures (sent or not sent), which
+    # also settles its LLM budget.

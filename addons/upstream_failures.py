@@ -25,7 +25,7 @@ from weakref import WeakKeyDictionary
 
 from broker_proxy.addons import connection_limits
 from broker_proxy.addons.connection_limits import Deadlines
-from broker_proxy.addons.flow_record import FlowRecord, flow_record
+from broker_proxy.addons.flow_record import FlowRecord, flow_record, settle_budget_once
 from mitmproxy import connection, http
 from mitmproxy.proxy import server_hooks
 from mitmproxy.tls import TlsData
@@ -147,7 +147,10 @@ class UpstreamFailures:
                 502, upstream_failure.UPSTREAM_ERROR, upstream_failure.description(kind),
                 verdict.grant_id, kind=kind)
         if sent:
-            self.broker.record_upstream_failure(verdict, request, status, elapsed_ms, kind)
+            # It left: its LLM budget is charged the whole reservation (no usage to read).
+            llm = settle_budget_once(self.broker, record, None)
+            self.broker.record_upstream_failure(verdict, request, status, elapsed_ms, kind,
+                                                llm=llm)
         elif not record.returned:
             record.returned = True  # before anything else: it must never leave now
             # Giving the use back writes to the grant store, which may wait for its lock or

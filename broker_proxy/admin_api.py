@@ -49,7 +49,8 @@ TOKEN_PREFIX = "bpa_"
 _GRANT_ID = re.compile(r"g_[0-9a-f]{16}")
 _BY = re.compile(r"[A-Za-z0-9._@:+-]{1,64}")
 MAX_USES = 10**9  # far above any task's need; bounded so every store can count it
-_ISSUE_FIELDS = frozenset({"agent", "task", "secrets", "ttl", "max_uses", "by"})
+_ISSUE_FIELDS = frozenset({"agent", "task", "secrets", "ttl", "max_uses", "by", "rates",
+                           "concurrency", "cost_usd"})
 # The caller's label on a change (or the body's "by"): audited as `admin-api:<label>`.
 ACTOR_HEADER = "X-Broker-Actor"
 _OPEN_ROUTES = frozenset({"/healthz", "/readyz", "/openapi.json"})
@@ -320,6 +321,18 @@ class AdminHandler(BaseHTTPRequestHandler):
                            f"unknown fields: {', '.join(sorted(set(body) - _ISSUE_FIELDS))}")
         agent, task, names = body.get("agent"), body.get("task"), body.get("secrets")
         ttl, max_uses = body.get("ttl"), body.get("max_uses")
+        rates = body.get("rates") or []
+        if not isinstance(rates, list) or len(rates) > 64 \
+                or not all(isinstance(r, str) for r in rates):
+            raise ApiError(400, "invalid_request", "rates must be a list of [SECRET=]N/PER")
+        tighter: dict[str, list[str]] = {}
+        for field_name in ("concurrency", "cost_usd"):
+            listed = body.get(field_name) or []
+            if not isinstance(listed, list) or len(listed) > 64 \
+                    or not all(isinstance(item, str) for item in listed):
+                raise ApiError(400, "invalid_request",
+                               f"{field_name} must be a list of [SECRET=]VALUE")
+            tighter[field_name] = listed
         if not isinstance(agent, str) or not isinstance(task, str):
             raise ApiError(400, "invalid_request", "agent and task must be strings")
         if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
@@ -335,7 +348,8 @@ class AdminHandler(BaseHTTPRequestHandler):
             issued = issue_audited(
                 self.context.policy().policy, self.context.grants, self.context.audit,
                 agent=agent, task=task, secrets=names, ttl=lifetime, max_uses=max_uses,
-                now=utc_now(), proxy_url_base=self.context.proxy_listen, by=self._by(body))
+                now=utc_now(), proxy_url_base=self.context.proxy_listen, by=self._by(body),
+                rates=rates, concurrency=tighter["concurrency"], cost_usd=tighter["cost_usd"])
         except DurationError as error:
             raise ApiError(400, "invalid_request", str(error)) from None
         except GrantPolicyError as error:

@@ -61,6 +61,33 @@ class BrokerMetrics:
             ["secret"],
             registry=self.registry,
         )
+        self.rate_limited = Counter(
+            "broker_rate_limited",
+            "Requests refused with 429 rate_limited, by the secret whose per-grant rate was "
+            "spent.",
+            ["secret"],
+            registry=self.registry,
+        )
+        self.budget_refusals = Counter(
+            "broker_budget_refusals",
+            "Requests refused with 429 budget_exhausted, by secret and the dimension "
+            "(input_tokens, output_tokens, micro_usd) that was spent.",
+            ["secret", "dimension"],
+            registry=self.registry,
+        )
+        self.llm_tokens = Counter(
+            "broker_llm_tokens",
+            "LLM tokens charged to grants, by agent, secret, model (as the policy names it, "
+            'else "other") and direction (input/output).',
+            ["agent", "secret", "model", "direction"],
+            registry=self.registry,
+        )
+        self.llm_cost = Counter(
+            "broker_llm_cost_usd",
+            "LLM cost charged to grants in USD, from the policy's prices, by agent and secret.",
+            ["agent", "secret"],
+            registry=self.registry,
+        )
         self.redactions = Counter(
             "broker_redactions",
             "Secret values scrubbed from responses, by secret name.",

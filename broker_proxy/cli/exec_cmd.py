@@ -58,6 +58,15 @@ def register(commands: argparse._SubParsersAction) -> None:
                      help="a secret to grant (repeat for more)")
     run.add_argument("--ttl", help="grant lifetime, e.g. 15m (default: 15m or the agent's max_ttl)")
     run.add_argument("--max-uses", type=int, metavar="N", help="requests that may carry a secret")
+    run.add_argument("--concurrency", action="append", default=[],
+                     metavar="[SECRET=]N", help="fewer requests in flight at once than the "
+                     "policy's concurrency (never more)")
+    run.add_argument("--cost-usd", dest="cost_usd", action="append", default=[],
+                     metavar="[SECRET=]USD", help="a smaller cost budget than the policy's, "
+                     "e.g. 2.50 (never a larger one)")
+    run.add_argument("--rate", dest="rates", action="append", default=[],
+                     metavar="[SECRET=]N/PER", help="a stricter rate than the policy's, e.g. "
+                     "30/minute (never a looser one; repeat for more)")
     run.add_argument("--wait-approval", default="5m", metavar="T",
                      help="how long to wait for a human approval when the policy wants one "
                      "(default 5m)")
@@ -113,7 +122,8 @@ def exec_command(args: argparse.Namespace) -> int:
         issued = issue_audited(policy, store, audit, agent=args.agent, task=args.task,
                                secrets=args.secrets, ttl=ttl, max_uses=args.max_uses,
                                now=utc_now(), proxy_url_base=str(info["listen"]),
-                               by=local_operator())
+                               by=local_operator(), rates=args.rates,
+                               concurrency=args.concurrency, cost_usd=args.cost_usd)
         grant_id = issued.grant.id
         _say(f"grant {grant_id} issued for agent {args.agent}; it is revoked when the command "
              "ends")

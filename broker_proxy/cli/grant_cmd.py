@@ -27,12 +27,14 @@ from broker_proxy.cli.errors import CliError
 from broker_proxy.cli.store_option import add_store_option
 from broker_proxy.durations import parse_duration
 from broker_proxy.grants.actions import change_grant, issue_audited
+from broker_proxy.grants.budgets import stricter_caps
 from broker_proxy.grants.factory import open_grant_store, store_url
 from broker_proxy.grants.issuer import IssuedGrant
 from broker_proxy.grants.model import Grant
 from broker_proxy.grants.paging import walk
 from broker_proxy.grants.store import GrantNotFound, GrantStore
 from broker_proxy.home import Home
+from broker_proxy.policy.loader import PolicyError
 from broker_proxy.time_source import utc_now
 
 
@@ -55,6 +57,15 @@ def register(commands: argparse._SubParsersAction) -> None:
                        "max_ttl if shorter)")
     issue.add_argument("--max-uses", type=int, metavar="N",
                        help="requests that may carry a secret (default: unlimited)")
+    issue.add_argument("--concurrency", action="append", default=[],
+                     metavar="[SECRET=]N", help="fewer requests in flight at once than the "
+                     "policy's concurrency (never more)")
+    issue.add_argument("--cost-usd", dest="cost_usd", action="append", default=[],
+                     metavar="[SECRET=]USD", help="a smaller cost budget than the policy's, "
+                     "e.g. 2.50 (never a larger one)")
+    issue.add_argument("--rate", dest="rates", action="append", default=[],
+                       metavar="[SECRET=]N/PER", help="a stricter rate than the policy's, e.g. "
+                       "30/minute or openai=30/minute (never a looser one; repeat for more)")
     issue.add_argument("--json", action="store_true", help="print JSON for scripts")
     add_by_option(issue, "issues it")
     add_policy_option(issue)
@@ -76,6 +87,8 @@ def register(commands: argparse._SubParsersAction) -> None:
             add_by_option(parser, {"approve": "approves", "deny": "denies",
                                    "revoke": "revokes"}[action] + " it")
         add_store_option(parser)
+        if action == "show":
+            add_policy_option(parser)  # for what is left of an LLM budget
         parser.set_defaults(handler=change_command, action=action)
 
 
@@ -93,7 +106,8 @@ def issue_command(args: argparse.Namespace) -> int:
         issued = issue_audited(policy, store, audit, agent=args.agent, task=args.task,
                                secrets=args.secrets, ttl=ttl, max_uses=args.max_uses,
                                now=utc_now(), proxy_url_base=proxy_address(home),
-                               by=actor_of(args))
+                               by=actor_of(args), rates=args.rates,
+                               concurrency=args.concurrency, cost_usd=args.cost_usd)
     print_issued(issued, as_json=args.json)
     return 0
 
@@ -171,10 +185,21 @@ def change_command(args: argparse.Namespace) -> int:
         with AuditLog.open(home.audit_log, home.audit_key) as audit:
             grant = change_grant(store, audit, args.grant_id, args.action,
                                  by=actor_of(args), now=now)
+    own_rates = store.own_rates(grant.id) if args.action == "show" else {}
+    budget = _budget_view(args, store, grant.id) if args.action == "show" else {}
     if args.json:
-        print_json(grant.to_public_dict(now))
+        extra: dict[str, object] = {"rates": {name: _rate_text(*own)
+                                              for name, own in own_rates.items()}} \
+            if own_rates else {}
+        if budget:
+            extra["budget"] = budget
+        print_json(grant.to_public_dict(now) | extra)
     elif args.action == "show":
         public = grant.to_public_dict(now)
+        if own_rates:
+            public["rates"] = [f"{n}={_rate_text(*own)}" for n, own in sorted(own_rates.items())]
+        if budget:
+            public["budget"] = [_budget_text(name, view) for name, view in sorted(budget.items())]
         for key, value in public.items():
             if key.startswith("decided_") or (key.startswith(("approved_", "denied_"))
                                                and value is None):
@@ -191,6 +216,55 @@ def change_command(args: argparse.Namespace) -> int:
         print(f"grant {grant.id} {_DONE[args.action]}")
         print(_summary(grant, now))
     return 0
+
+
+def _budget_view(args: argparse.Namespace, store: GrantStore,
+                 grant_id: str) -> dict[str, dict[str, object]]:
+    """secret -> used, held (in flight) and, when the policy can be read, left of each cap."""
+    use = store.budget_use(grant_id)
+    if not use:
+        return {}
+    try:
+        secrets = load_policy_of(args).secrets
+    except PolicyError:
+        secrets = {}
+    view: dict[str, dict[str, object]] = {}
+    for name, spent in use.items():
+        budget = secrets[name].budget if name in secrets else None
+        policy_caps = (budget.input_tokens, budget.output_tokens, budget.micro_usd) if budget \
+            else (None, None, None)
+        caps = stricter_caps(policy_caps, spent.own[:3])
+        entry: dict[str, object] = {}
+        for dimension, cap, used, held in zip(("input_tokens", "output_tokens", "cost_usd"),
+                                             caps, spent.used[:3], spent.held[:3], strict=True):
+            scale = 1_000_000 if dimension == "cost_usd" else 1
+            entry[dimension] = {"used": used / scale if scale > 1 else used,
+                                "in_flight": held / scale if scale > 1 else held,
+                                "left": None if cap is None else
+                                (max(0, cap - used - held) / scale if scale > 1
+                                 else max(0, cap - used - held))}
+        entry["requests_in_flight"] = spent.held[3] if len(spent.held) > 3 else 0
+        view[name] = entry
+    return view
+
+
+def _budget_text(name: str, view: dict[str, object]) -> str:
+    parts = [f"{view['requests_in_flight']} requests in flight"]
+    for dimension, numbers in view.items():
+        if not isinstance(numbers, dict):
+            continue
+        left = "" if numbers["left"] is None else f", {numbers['left']:g} left"
+        parts.append(f"{dimension} {numbers['used']:g} used{left}")
+    return f"{name}: " + "; ".join(parts)
+
+
+def _rate_text(interval_us: int, burst: int) -> str:
+    """A rate the grant asked for, as the policy would spell it ("30/minute, burst 5")."""
+    for seconds, per in ((60, "minute"), (3600, "hour"), (86400, "day"), (1, "second")):
+        count, rest = divmod(seconds * 1_000_000, interval_us)
+        if rest == 0 and count >= 1:
+            return f"{count}/{per}, burst {burst}"
+    return f"1/{interval_us / 1_000_000:g}s, burst {burst}"
 
 
 _DONE = {"approve": "approved", "deny": "denied", "revoke": "revoked"}

@@ -24,6 +24,15 @@ class ActivePolicy:
     # Some secret can take long to resolve (an OAuth2 token endpoint, a command, the OS
     # keyring): decisions should then run off the proxy's event loop.
     slow_secrets: bool
+    # Secrets with a per-grant rate: empty, and the request path never asks the store for a
+    # bucket (flows without limits pay nothing for them).
+    rated_secrets: frozenset[str] = frozenset()
+    # Secrets with LLM rules (models, budget, hosted_tools): the body of a request carrying
+    # one is read for its model and hosted tools (model_rules.py, hosted_tools.py).
+    model_limited: frozenset[str] = frozenset()
+    # Secrets with an LLM budget or a concurrency cap (budget_keeper.py): their requests hold a
+    # reservation in the store until their answer settles it.
+    budgeted_secrets: frozenset[str] = frozenset()
     # When this policy started to serve (start-up or reload), for the console's policy page.
     loaded_at: datetime = field(default_factory=utc_now, compare=False)
 
@@ -37,6 +46,13 @@ class ActivePolicy:
             slow_secrets=any(secret.oauth2 is not None or secret.source == "command"
                              or secret.source.startswith("keyring:")
                              for secret in policy.secrets.values()),
+            rated_secrets=frozenset(name for name, secret in policy.secrets.items()
+                                    if secret.rate is not None),
+            model_limited=frozenset(name for name, secret in policy.secrets.items()
+                                    if secret.llm_rules),
+            budgeted_secrets=frozenset(name for name, secret in policy.secrets.items()
+                                       if secret.budget is not None
+                                       or secret.concurrency is not None),
             index=DestinationIndex(policy),
             scanner=PlaceholderScanner(
                 {n: s.placeholder for n, s in policy.secrets.items()},

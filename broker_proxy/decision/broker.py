@@ -31,12 +31,14 @@ from broker_proxy.audit.log import AuditError, AuditLog
 from broker_proxy.decision import outbound as codes
 from broker_proxy.decision.active_policy import ActivePolicy
 from broker_proxy.decision.authority import authorities_agree
+from broker_proxy.decision.budget_keeper import BudgetKeeper
 from broker_proxy.decision.header_templates import (
     TemplateUse,
     applicable_templates,
     apply_templates,
     template_conflict,
 )
+from broker_proxy.decision.limit_checks import DecisionMustWait, LimitChecks
 from broker_proxy.decision.outbound import Allowed, Denied, OutboundRequest, Verdict
 from broker_proxy.decision.placeholders import PlaceholderScanner
 from broker_proxy.decision.request_checks import (
@@ -47,6 +49,7 @@ from broker_proxy.decision.request_checks import (
     upgrade_problem,
 )
 from broker_proxy.decision.request_scan import PlacedHit, RequestRewriter, find_placeholders
+from broker_proxy.decision.reservation import Reservation
 from broker_proxy.grants.model import Grant
 from broker_proxy.grants.store import GrantStore, GrantStoreBusy, GrantStoreError, ReserveResult
 from broker_proxy.metrics import BrokerMetrics
@@ -91,12 +94,8 @@ _RESERVE_REFUSALS: dict[ReserveResult, str] = {
 }
 
 
-class DecisionMustWait(Exception):
-    """The decision needs the grant store's write lock, which another writer holds."""
-
-
 @dataclass(slots=True)
-class Broker:
+class Broker(LimitChecks):
     policy: ActivePolicy
     grants: GrantStore
     secrets: SecretSource
@@ -107,6 +106,8 @@ class Broker:
     scrub_values: GrantScrubValues = field(init=False, repr=False)
     # Requests held for a person's approval (approvals/desk.py).
     approvals: ApprovalDesk = field(init=False, repr=False)
+    # LLM token and cost budgets (budget_keeper.py).
+    budgets: BudgetKeeper = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.scrub_values = GrantScrubValues(self.secrets)
@@ -115,6 +116,7 @@ class Broker:
         hold_table = getattr(self.grants, "hold_table", None)
         self.approvals = ApprovalDesk(self.audit, self.clock,
                                       table=hold_table() if hold_table is not None else None)
+        self.budgets = BudgetKeeper(self.grants, self.metrics)
 
     def decide(self, token: str | None, request: OutboundRequest, *,
                defer_durability: bool = False, wait: bool = True,
@@ -254,6 +256,10 @@ class Broker:
 
         names = sorted({hit.secret for hit in hits if hit.secret}
                        | {use.secret for use in templates})
+        # What the request is for (LLM model rules) is judged before any secret is touched.
+        if policy.model_limited and (refusal := self._llm_rule_refusal(
+                request, grant, policy, names)):
+            return refusal
         # A person's yes comes before anything is resolved, spent or recorded with a secret.
         if held := self._held_for_approval(request, grant, policy, names, approved_hold,
                                            scanner, hits, templates):
@@ -274,10 +280,27 @@ class Broker:
                                   f'secret "{name}" holds control characters and cannot go in '
                                   "a header")
 
+        if policy.rated_secrets and (limited := self._rate_refusal(
+                request, grant, policy, names, now, wait, deadline)):
+            return limited
+        tickets: tuple[Reservation, ...] = ()
+        body_changed = False
+        if policy.budgeted_secrets & set(names):
+            reserved = self._budget_reservations(request, grant, policy, names, wait,
+                                                 deadline)
+            if isinstance(reserved, Denied):
+                return reserved
+            tickets, request, body_changed = (reserved.tickets, reserved.request,
+                                              reserved.body_changed)
         revealed = {n: v.reveal() for n, v in values.items()}
-        audit_record = self._spend_use(request, grant, now, codes.INJECTED, revealed,
-                                       defer_durability, wait, deadline)
+        try:
+            audit_record = self._spend_use(request, grant, now, codes.INJECTED, revealed,
+                                           defer_durability, wait, deadline)
+        except BaseException:
+            self.budgets.release(grant.id, tickets)
+            raise
         if isinstance(audit_record, Denied):
+            self.budgets.release(grant.id, tickets)
             return audit_record
 
         usernames = {n: policy.policy.secrets[n].basic_username for n in names}
@@ -293,13 +316,14 @@ class Broker:
             injected=tuple(names),
             headers=headers,
             query=rewriter.query(request.query),
-            body=rewriter.body(request.body),
+            body=self._body_to_send(rewriter, request.body, body_changed),
             path=request.path if request.path != sent_path else None,
             reason=codes.INJECTED,
             audit_seq=audit_record["seq"] if defer_durability else None,
             scrub={n: (values[n].reveal(),
                        grant.placeholder_of(n) or policy.policy.secrets[n].placeholder)
                    for n in names},
+            budget=tickets,
         ), grant, policy, request.host)
 
     def _held_for_approval(self, request: OutboundRequest, grant: Grant, policy: ActivePolicy,
@@ -565,7 +589,7 @@ class Broker:
 
     def record_response(self, allowed: Allowed, request: OutboundRequest, status: int | None,
                         duration_ms: float, redactions: dict[str, int], *,
-                        withheld: bool = False) -> None:
+                        withheld: bool = False, llm: dict[str, Any] | None = None) -> None:
         """The second half of a secret-carrying request's story: what came back.
 
         `withheld`: the answer could not be scrubbed and the agent got a 502 instead; a reviewer
@@ -581,7 +605,7 @@ class Broker:
                               port=request.port, path=request.path, status=status,
                               duration_ms=round(duration_ms, 3),
                               redactions=sum(redactions.values()),
-                              **({"withheld": True} if withheld else {}))
+                              **({"withheld": True} if withheld else {}), **(llm or {}))
         except AuditError:
             self.metrics.audit_write_errors.inc()
 
@@ -595,6 +619,8 @@ class Broker:
         whose secret left.
         """
         returned = False
+        # Its LLM budget reservations and concurrency slots too: nothing was spent.
+        self.budgets.release(allowed.grant_id, allowed.budget)
         if allowed.injected:
             try:
                 returned = self.grants.release_use(allowed.grant_id)
@@ -614,8 +640,10 @@ class Broker:
         return returned
 
     def record_upstream_failure(self, allowed: Allowed, request: OutboundRequest,
-                                status: int | None, duration_ms: float, why: str) -> None:
-        """An allowed request that left but got no usable answer: the use stays spent."""
+                                status: int | None, duration_ms: float, why: str, *,
+                                llm: dict[str, Any] | None = None) -> None:
+        """An allowed request that left but got no usable answer: the use stays spent (and
+        `llm`, the audit fields of the whole LLM budget reservation it was charged)."""
         self.metrics.upstream_failures.labels(why, "sent").inc()
         if not allowed.injected:
             return
@@ -625,7 +653,7 @@ class Broker:
                               method=request.method, scheme=request.scheme, host=request.host,
                               port=request.port, path=request.path, status=status,
                               duration_ms=round(duration_ms, 3), redactions=0,
-                              outcome="sent", upstream_error=why)
+                              outcome="sent", upstream_error=why, **(llm or {}))
         except AuditError:
             self.metrics.audit_write_errors.inc()
 

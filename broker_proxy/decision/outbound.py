@@ -10,6 +10,7 @@ import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from broker_proxy.decision.reservation import Reservation
 from broker_proxy.scrubbing.scope import ScrubScope
 
 if TYPE_CHECKING:  # importing the policy package here would close a cycle (see scope.py)
@@ -49,6 +50,7 @@ SIGV4_MALFORMED = "sigv4_malformed"  # 400: a placeholder-key SigV4 signature we
 SIGV4_UNSUPPORTED = "sigv4_unsupported"  # 400: e.g. chunk-signed uploads (cannot be re-signed)
 SIGV4_DATE_OUT_OF_RANGE = "sigv4_date_out_of_range"
 AWS_SCOPE_NOT_ALLOWED = "aws_scope_not_allowed"  # service or region outside the destination
+RATE_LIMITED = "rate_limited"  # 429: the grant's rate for a secret it carries is spent for now
 ALLOWED = "allowed"
 INJECTED = "injected"
 RESIGNED = "resigned"  # an AWS request signed again with the real key
@@ -95,6 +97,8 @@ class Allowed:
     # False when a value of the grant could not be resolved for scrubbing: the answer is
     # withheld rather than passed on partly scrubbed.
     scrub_complete: bool = True
+    # LLM budget reservations held for this request, settled from its answer's usage.
+    budget: tuple[Reservation, ...] = ()
     # Who asks and which host answers (grant_scrub.ScrubScope), and the value generation
     # ``scrub`` was composed at: a long poll or a stream answered after a rotation asks the
     # broker for the set again (``Broker.live_scrub``).
@@ -114,7 +118,9 @@ class Denied:
     grant_id: str | None = None
     # upstream_error only: which failure (broker_proxy/decision/upstream_failure.py).
     kind: str | None = None
-    retry_after: int | None = None  # seconds, for a 503 the agent may simply retry
+    # Whole seconds to wait before retrying (Retry-After, RFC 9110 section 10.2.3): a 429
+    # rate/concurrency/budget refusal, or a 503 the agent may simply retry.
+    retry_after: int | None = None
     # A 407 to a client that sent no credentials at all: the first step of HTTP proxy
     # authentication (git, curl --proxy-anyauth ask that way), not a refusal of anything.
     challenge: bool = False

@@ -8,6 +8,7 @@ whichever door was used.
 from __future__ import annotations
 
 import getpass
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -40,10 +41,13 @@ def local_operator() -> str:
 
 def issue_audited(policy: Policy, store: GrantStore, audit: AuditLog, *, agent: str, task: str,
                   secrets: list[str], ttl: timedelta | None, max_uses: int | None,
-                  now: datetime, proxy_url_base: str | None, by: str) -> IssuedGrant:
+                  now: datetime, proxy_url_base: str | None, by: str,
+                  rates: Sequence[str] = (), concurrency: Sequence[str] = (),
+                  cost_usd: Sequence[str] = ()) -> IssuedGrant:
     """Issue a grant bounded by `policy` and record who issued it."""
     issued = issue_grant(policy, store, agent=agent, task=task, secrets=secrets, ttl=ttl,
-                         max_uses=max_uses, now=now, proxy_url_base=proxy_url_base)
+                         max_uses=max_uses, now=now, proxy_url_base=proxy_url_base,
+                         rates=rates, concurrency=concurrency, cost_usd=cost_usd)
     grant = issued.grant
     # What a reviewer asks of an issuance: how long, how many uses, and whether it waits for a
     # person (grant_status "pending").

@@ -10,14 +10,16 @@ from __future__ import annotations
 import json
 import secrets as secrets_module
 import unicodedata
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from urllib.parse import quote, urlsplit
 
 from broker_proxy.grants.model import Grant, GrantStatus, new_grant_id
 from broker_proxy.grants.store import GrantError, GrantStore
 from broker_proxy.grants.tokens import new_token, token_hash
-from broker_proxy.policy.model import Policy
+from broker_proxy.policy.limit_fields import RateSpellingError, parse_rate_text
+from broker_proxy.policy.model import Policy, RateLimit
 
 DEFAULT_TTL = timedelta(minutes=15)
 MAX_TASK_LENGTH = 500
@@ -53,11 +55,16 @@ def issue_grant(
     max_uses: int | None,
     now: datetime,
     proxy_url_base: str | None = None,
+    rates: Sequence[str] = (),
+    concurrency: Sequence[str] = (),
+    cost_usd: Sequence[str] = (),
 ) -> IssuedGrant:
     """Check the request against the policy, store the grant, return it with its token.
 
     `proxy_url_base` is the running proxy's address ("host:port" or "http://host:port");
     when given, the result carries the full proxy URL an agent puts in HTTPS_PROXY.
+    `rates` ("[SECRET=]N/PER"), `concurrency` ("[SECRET=]N") and `cost_usd` ("[SECRET=]USD")
+    ask for stricter limits than the policy's, never looser ones.
     """
     if now.utcoffset() is None:
         raise ValueError("issue_grant needs a timezone-aware now")
@@ -85,6 +92,9 @@ def issue_grant(
     if max_uses is not None and (isinstance(max_uses, bool) or max_uses < 1):
         raise GrantPolicyError(f"max_uses must be at least 1, got {max_uses}")
 
+    own_rates = grant_rates(policy, names, rates)
+    own_caps = grant_caps(policy, names, concurrency, cost_usd)
+
     needs_approval = any(name in agent_policy.approval for name in names)
     issued_at = now.astimezone(UTC)
     grant_id = new_grant_id()
@@ -106,6 +116,15 @@ def issue_grant(
         placeholders=own_placeholders(policy, names),
     )
     store.create(grant)
+    try:
+        for name, rate in own_rates.items():
+            store.limit_rate(grant, name, rate)
+        for name, caps in own_caps.items():
+            store.limit_budget(grant, name, caps)
+    except BaseException:
+        # Never leave a grant running looser than it was asked for.
+        store.revoke(grant.id, now)
+        raise
     return IssuedGrant(
         grant=grant,
         token=token,
@@ -113,6 +132,90 @@ def issue_grant(
                       for name in names},
         proxy_url=None if proxy_url_base is None else _url_from_base(proxy_url_base, agent, token),
     )
+
+
+def grant_rates(policy: Policy, names: list[str],
+                rates: Sequence[str]) -> dict[str, RateLimit]:
+    """The rates a grant asks for ("[SECRET=]N/PER"), each checked to be no looser than the
+    policy's; without "SECRET=" a rate applies to every granted secret the policy rates."""
+    chosen: dict[str, RateLimit] = {}
+    for text in rates:
+        secret, _, spelled = text.rpartition("=")
+        targets = [secret] if secret else [n for n in names if policy.secrets[n].rate]
+        if secret and secret not in names:
+            raise GrantPolicyError(f"rate {_quoted(text)} names a secret the grant does not hold")
+        if not targets:
+            raise GrantPolicyError("no granted secret has a rate in the policy to tighten")
+        for name in targets:
+            ceiling = policy.secrets[name].rate
+            if ceiling is None:
+                raise GrantPolicyError(f"secret {_quoted(name)} has no rate in the policy; a "
+                                       "grant may only tighten one")
+            try:
+                asked = parse_rate_text(spelled)
+            except RateSpellingError as error:
+                raise GrantPolicyError(str(error)) from None
+            asked = replace(asked, burst=min(asked.burst, ceiling.burst))
+            if not asked.at_most(ceiling):
+                raise GrantPolicyError(f"rate {spelled} for secret {_quoted(name)} is more than "
+                                       f"the policy allows ({ceiling})")
+            chosen[name] = asked
+    return chosen
+
+
+def grant_caps(policy: Policy, names: list[str], concurrency: Sequence[str],
+               cost_usd: Sequence[str]) -> dict[str, tuple[int | None, ...]]:
+    """secret -> its own (input, output, micro-dollars, requests) caps, each at most the
+    policy's; "[SECRET=]VALUE" without a secret applies to every granted secret that has one."""
+    chosen: dict[str, list[int | None]] = {}
+    for what, texts, index in (("concurrency", concurrency, 3), ("cost_usd", cost_usd, 2)):
+        for text in texts:
+            secret, _, spelled = text.rpartition("=")
+            if secret and secret not in names:
+                raise GrantPolicyError(f"{what} {_quoted(text)} names a secret the grant does "
+                                       "not hold")
+            value = _cap_value(what, spelled)
+            targets = [secret] if secret else [n for n in names
+                                               if _policy_cap(policy, n, index) is not None]
+            if not targets:
+                raise GrantPolicyError(f"no granted secret has a {what} in the policy to "
+                                       "tighten")
+            for name in targets:
+                ceiling = _policy_cap(policy, name, index)
+                if ceiling is None:
+                    raise GrantPolicyError(f"secret {_quoted(name)} has no {what} in the "
+                                           "policy; a grant may only tighten one")
+                if value > ceiling:
+                    shown = ceiling / 1_000_000 if index == 2 else ceiling
+                    raise GrantPolicyError(f"{what} {spelled} for secret {_quoted(name)} is "
+                                           f"more than the policy allows ({shown:g})")
+                chosen.setdefault(name, [None, None, None, None])[index] = value
+    return {name: tuple(caps) for name, caps in chosen.items()}
+
+
+def _cap_value(what: str, spelled: str) -> int:
+    """A concurrency as an integer >= 1, a cost in USD as micro-dollars."""
+    try:
+        if what == "concurrency":
+            value = int(spelled)
+            if value >= 1:
+                return value
+        else:
+            usd = float(spelled)
+            if 0 <= usd <= 1_000_000:
+                return round(usd * 1_000_000)
+    except ValueError:
+        pass
+    raise GrantPolicyError(f"invalid {what} {_quoted(spelled[:40])}: write "
+                           + ("a whole number >= 1" if what == "concurrency" else
+                              "US dollars, e.g. 2.50"))
+
+
+def _policy_cap(policy: Policy, name: str, index: int) -> int | None:
+    secret = policy.secrets[name]
+    if index == 3:
+        return secret.concurrency
+    return secret.budget.micro_usd if secret.budget is not None else None
 
 
 def own_placeholders(policy: Policy, names: list[str]) -> tuple[tuple[str, str], ...]:

@@ -34,6 +34,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from broker_proxy.grants import budgets, rate_limits
 from broker_proxy.grants.circuit import CircuitBreaker, CircuitOpen
 from broker_proxy.grants.model import Grant, GrantStatus
 from broker_proxy.grants.redis_holds import RedisHoldTable
@@ -50,6 +51,7 @@ from broker_proxy.grants.store import (
     authenticate_token,
     ended_at,
 )
+from broker_proxy.policy.model import RateLimit
 
 CONNECT_TIMEOUT = 0.5  # seconds to open a connection
 COMMAND_TIMEOUT = 0.5  # seconds to wait for one reply
@@ -244,6 +246,9 @@ class RedisGrantStore:
         self._release = self._client.register_script(_RELEASE)
         self._transition_script = self._client.register_script(_TRANSITION)
         self._purge = self._client.register_script(_PURGE)
+        self._take_rate = self._client.register_script(rate_limits.REDIS_TAKE)
+        self._reserve_budget = self._client.register_script(budgets.REDIS_RESERVE)
+        self._settle_budget = self._client.register_script(budgets.REDIS_SETTLE)
         self.circuit = CircuitBreaker(self._where)
         try:
             # Refuse to start against a store that is not there or refuses us: a typo in the
@@ -419,6 +424,90 @@ class RedisGrantStore:
         except (AttributeError, ValueError):
             raise GrantStoreError(f"grant store {self._where} gave an unknown answer") from None
 
+    def take_rate(self, grant: Grant, secret: str, rate: RateLimit, now: datetime, *,
+                  wait: bool = True, deadline: float | None = None) -> float:
+        """One request against the grant's bucket for ``secret`` (rate_limits.py): 0.0 when
+        admitted, else the seconds until it would be. One Lua script: atomic across replicas."""
+        keep_until = _to_micros(grant.expires_at) // 1000 + 60_000
+        with self._talking():
+            waiting = self._take_rate(keys=[_rate_key(grant.id, secret)],
+                                      args=[_to_micros(now), rate.interval_us, rate.burst,
+                                            keep_until])
+        try:
+            return int(waiting) / 1_000_000
+        except (TypeError, ValueError):
+            raise GrantStoreError(f"grant store {self._where} gave an unknown answer") from None
+
+    def limit_rate(self, grant: Grant, secret: str, rate: RateLimit) -> None:
+        """Keep the grant's own (stricter) rate for ``secret``: in its bucket, which the take
+        script reads, and in one hash per grant, which `own_rates` reads without a scan."""
+        key, own = _rate_key(grant.id, secret), _own_rates_key(grant.id)
+        keep_until = _to_micros(grant.expires_at) // 1000 + 60_000
+        with self._talking():
+            pipe = self._client.pipeline(transaction=True)
+            pipe.hset(key, mapping={"interval": rate.interval_us, "burst": rate.burst})
+            pipe.hset(own, secret, f"{rate.interval_us}:{rate.burst}")
+            pipe.pexpireat(key, keep_until)
+            pipe.pexpireat(own, keep_until)
+            pipe.execute()
+
+    def own_rates(self, grant_id: str) -> dict[str, tuple[int, int]]:
+        """secret -> (interval µs, burst) the grant asked for at issue."""
+        with self._talking():
+            stored = self._client.hgetall(_own_rates_key(grant_id))
+        found: dict[str, tuple[int, int]] = {}
+        for name, value in stored.items():
+            interval, _, burst = value.decode().partition(":")
+            found[name.decode()] = (int(interval), int(burst))
+        return found
+
+    def reserve_budget(self, grant: Grant, secret: str, caps: tuple[int | None, ...],
+                       asked: tuple[int, int, int, int], *, wait: bool = True,
+                       deadline: float | None = None) -> str | None:
+        """Hold ``asked`` against the grant's budget for ``secret`` (budgets.py): None when
+        held, else the dimension over its cap. One Lua script: atomic across replicas."""
+        keep_until = _to_micros(grant.expires_at) // 1000 + 60_000
+        with self._talking():
+            over = self._reserve_budget(
+                keys=[_budget_key(grant.id, secret)],
+                args=[*("" if cap is None else cap for cap in caps), *asked, keep_until])
+        text = over.decode() if isinstance(over, bytes) else str(over or "")
+        if text and text not in budgets.DIMENSIONS:
+            raise GrantStoreError(f"grant store {self._where} gave an unknown answer")
+        return text or None
+
+    def settle_budget(self, grant_id: str, secret: str, held: tuple[int, int, int, int],
+                      used: tuple[int, int, int, int], *, wait: bool = True) -> None:
+        """Release a reservation and charge what the answer used."""
+        with self._talking():
+            self._settle_budget(keys=[_budget_key(grant_id, secret)], args=[*held, *used])
+
+    def limit_budget(self, grant: Grant, secret: str, own: tuple[int | None, ...]) -> None:
+        """Keep the grant's own (stricter) caps for ``secret`` in its budget hash."""
+        key = _budget_key(grant.id, secret)
+        fields = {name: value for name, value in zip(("own_in", "own_out", "own_usd", "own_req"),
+                                                     own, strict=True) if value is not None}
+        if not fields:
+            return
+        with self._talking():
+            pipe = self._client.pipeline(transaction=True)
+            pipe.hset(key, mapping=fields)
+            pipe.pexpireat(key, _to_micros(grant.expires_at) // 1000 + 60_000)
+            pipe.execute()
+
+    def budget_use(self, grant_id: str) -> dict[str, budgets.BudgetUse]:
+        """secret -> what the grant has used and holds, for `grant show`."""
+        found: dict[str, budgets.BudgetUse] = {}
+        with self._talking():
+            for key in self._client.scan_iter(match=_budget_key(grant_id, "*"), count=1000):
+                values = self._client.hmget(key, "used_in", "used_out", "used_usd", "held_in",
+                                            "held_out", "held_usd", "held_req", "own_in",
+                                            "own_out", "own_usd", "own_req")
+                numbers = [int(v or 0) for v in values[:7]]
+                own = tuple(None if v is None else int(v) for v in values[7:])
+                name = key.decode().rsplit(":", 1)[1]
+                found[name] = budgets.BudgetUse((*numbers[:3], 0), tuple(numbers[3:]), own)
+        return found
     def release_use(self, grant_id: str) -> bool:
         with self._talking():
             released = self._release(keys=[_grant_key(grant_id), _ACTIVE, _IN_USE],
@@ -589,6 +678,18 @@ Ids = list[str]  # `list` is a method name inside the class
 
 def _grant_key(grant_id: str) -> str:
     return f"{_PREFIX}:grant:{grant_id}"
+
+
+def _rate_key(grant_id: str, secret: str) -> str:
+    return f"{_PREFIX}:rate:{grant_id}:{secret}"
+
+
+def _budget_key(grant_id: str, secret: str) -> str:
+    return f"{_PREFIX}:budget:{grant_id}:{secret}"
+
+
+def _own_rates_key(grant_id: str) -> str:
+    return f"{_PREFIX}:rates-own:{grant_id}"
 
 
 def _index_scores(grant: Grant) -> dict[str, int | None]:

@@ -20,6 +20,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from broker_proxy.grants import budgets, rate_limits
 from broker_proxy.grants.model import Grant, GrantStatus
 from broker_proxy.grants.sqlite_holds import SqliteHoldTable
 from broker_proxy.grants.store import (
@@ -37,6 +38,7 @@ from broker_proxy.grants.store import (
     authenticate_token,
     reserve_result_for,
 )
+from broker_proxy.policy.model import RateLimit
 
 SCHEMA_VERSION = 3
 BUSY_TIMEOUT_MS = int(STORE_WAIT_SECONDS * 1000)
@@ -144,6 +146,7 @@ class SqliteGrantStore:
     """A `GrantStore` on one SQLite file; one connection, shared by threads under a lock."""
 
     remote = False  # a local file: short calls, made on the event loop unless they must wait
+    _rates_ready = False  # the grant_rates table is known to exist
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self._path = Path(path)
@@ -287,6 +290,62 @@ class SqliteGrantStore:
             return ReserveResult.NOT_FOUND
         return reserve_result_for(grant.state_at(now))
 
+    def take_rate(self, grant: Grant, secret: str, rate: RateLimit, now: datetime, *,
+                  wait: bool = True, deadline: float | None = None) -> float:
+        """One request against the grant's bucket for ``secret`` (rate_limits.py): 0.0 when
+        admitted, else the seconds until it would be. Atomic like `reserve_use`."""
+        with self._rates(wait=wait, deadline=deadline) as conn:
+            waiting = rate_limits.sqlite_take(conn, grant.id, secret, _to_micros(now), rate)
+        return waiting / 1_000_000
+
+    def limit_rate(self, grant: Grant, secret: str, rate: RateLimit) -> None:
+        """Keep the grant's own (stricter) rate for ``secret``."""
+        with self._rates() as conn:
+            rate_limits.sqlite_limit(conn, grant.id, secret, rate)
+
+    def own_rates(self, grant_id: str) -> dict[str, tuple[int, int]]:
+        """secret -> (interval µs, burst) the grant asked for at issue."""
+        with self._rates() as conn:
+            return rate_limits.sqlite_own_rates(conn, grant_id)
+
+    def reserve_budget(self, grant: Grant, secret: str, caps: tuple[int | None, ...],
+                       asked: tuple[int, int, int, int], *, wait: bool = True,
+                       deadline: float | None = None) -> str | None:
+        """Hold ``asked`` (input, output tokens, micro-dollars) against the grant's budget for
+        ``secret`` (budgets.py): None when held, else the dimension it would take past its
+        cap. Atomic like `reserve_use`."""
+        with self._rates(wait=wait, deadline=deadline) as conn:
+            return budgets.sqlite_reserve(conn, grant.id, secret, caps, asked)
+
+    def settle_budget(self, grant_id: str, secret: str, held: tuple[int, int, int, int],
+                      used: tuple[int, int, int, int], *, wait: bool = True) -> None:
+        """Release a reservation and charge what the answer used; `wait` as for
+        `reserve_use`."""
+        with self._rates(wait=wait) as conn:
+            budgets.sqlite_settle(conn, grant_id, secret, held, used)
+
+    def limit_budget(self, grant: Grant, secret: str, own: tuple[int | None, ...]) -> None:
+        """Keep the grant's own (stricter) caps for ``secret``: input tokens, output tokens,
+        micro-dollars, requests in flight (None: the policy's)."""
+        with self._rates() as conn:
+            budgets.sqlite_limit(conn, grant.id, secret, own)
+
+    def budget_use(self, grant_id: str) -> dict[str, budgets.BudgetUse]:
+        """secret -> what the grant has used and holds, for `grant show`."""
+        with self._rates() as conn:
+            return budgets.sqlite_use(conn, grant_id)
+
+    @contextmanager
+    def _rates(self, *, wait: bool = True,
+               deadline: float | None = None) -> Iterator[sqlite3.Connection]:
+        """A write transaction with the rate and budget tables there (created on first use);
+        `wait` and `deadline` as for `reserve_use`."""
+        with self._transaction(wait=wait, deadline=deadline) as conn:
+            if not self._rates_ready:
+                conn.execute(rate_limits.SQLITE_TABLE)
+                conn.execute(budgets.SQLITE_TABLE)
+                self._rates_ready = True
+            yield conn
     def release_use(self, grant_id: str) -> bool:
         with self._transaction() as conn:
             return bool(conn.execute(_RELEASE, (grant_id,)).rowcount == 1)

@@ -13,8 +13,10 @@ from enum import StrEnum
 from typing import Protocol
 
 from broker_proxy.errors import BrokerError
+from broker_proxy.grants.budgets import BudgetUse
 from broker_proxy.grants.model import Grant, GrantStatus
 from broker_proxy.grants.tokens import parse_token, token_hash, token_matches
+from broker_proxy.policy.model import RateLimit
 
 # The longest a request waits on the grant store (a lock another writer holds), counted from
 # the moment it arrived: the hundredth waiter is answered 503 as soon as the first.
@@ -156,6 +158,41 @@ class GrantStore(Protocol):
         bounds the requests that reached an upstream with a secret, and a use given back
         for a request that did leave would let one more through.
         """
+        ...
+
+    def take_rate(self, grant: Grant, secret: str, rate: RateLimit, now: datetime, *,
+                  wait: bool = True, deadline: float | None = None) -> float:
+        """One request against the grant's rate bucket for `secret` (rate_limits.py), atomic
+        like `reserve_use`: 0.0 when admitted, else the seconds until it would be. `wait`
+        as for `reserve_use`."""
+        ...
+
+    def limit_rate(self, grant: Grant, secret: str, rate: RateLimit) -> None:
+        """Keep a rate the grant asked for at issue, stricter than the policy's."""
+        ...
+
+    def own_rates(self, grant_id: str) -> dict[str, tuple[int, int]]:
+        """secret -> (interval µs, burst) of the rates the grant asked for at issue."""
+        ...
+
+    def reserve_budget(self, grant: Grant, secret: str, caps: tuple[int | None, ...],
+                       asked: tuple[int, int, int, int], *, wait: bool = True,
+                       deadline: float | None = None) -> str | None:
+        """Hold an LLM request's reservation against the grant's budget (budgets.py),
+        atomic like `reserve_use`: None when held, else the dimension over its cap."""
+        ...
+
+    def settle_budget(self, grant_id: str, secret: str, held: tuple[int, int, int, int],
+                      used: tuple[int, int, int, int], *, wait: bool = True) -> None:
+        """Release a reservation and charge what the answer used."""
+        ...
+
+    def limit_budget(self, grant: Grant, secret: str, own: tuple[int | None, ...]) -> None:
+        """Keep caps the grant asked for at issue, stricter than the policy's."""
+        ...
+
+    def budget_use(self, grant_id: str) -> dict[str, BudgetUse]:
+        """secret -> what the grant has used and holds."""
         ...
 
     def revoke(self, grant_id: str, now: datetime) -> Grant: ...

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from datetime import timedelta
 
 from broker_proxy.policy.coverage import destination_covers, host_covers, uncovered_globs
+from broker_proxy.policy.limit_diff import limit_changes
 from broker_proxy.policy.media_types import pattern_covers
 from broker_proxy.policy.model import Destination, Policy, SecretPolicy
 from broker_proxy.policy.resolve_pins import ResolvePins
@@ -116,6 +117,8 @@ def _secret_changes(before: SecretPolicy, after: SecretPolicy) -> list[Change]:
     if before.source != after.source:
         found.append(Change("source_changed", subject,
                             f"from {before.source} -> {after.source}", False))
+    found += [Change(kind, subject, detail, widening)
+              for kind, detail, widening in limit_changes(before, after)]
     return found
 
 

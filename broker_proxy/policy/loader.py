@@ -49,6 +49,13 @@ from broker_proxy.policy.inject_fields import (
     parse_inject,
     parse_placeholder_format,
 )
+from broker_proxy.policy.limit_fields import (
+    parse_budget,
+    parse_hosted_tools,
+    parse_models,
+    parse_prices,
+    parse_rate,
+)
 from broker_proxy.policy.media_types import parse_withhold
 from broker_proxy.policy.model import (
     BASIC_PLACE,
@@ -61,6 +68,7 @@ from broker_proxy.policy.model import (
     OAuth2Config,
     PlaceholderFormat,
     Policy,
+    Price,
     SecretPolicy,
 )
 from broker_proxy.policy.oauth2_mtls_fields import (
@@ -215,7 +223,8 @@ def _load(text: str, source: str, digest: str) -> tuple[Policy, yaml.Node]:
         secrets=policy.secrets, agents=policy.agents, egress_allow=policy.egress_allow,
         allow_addresses=policy.allow_addresses, resolve=policy.resolve, source=source,
         digest=digest, approval_timeout=policy.approval_timeout,
-        approval_webhook=policy.approval_webhook,
+        approval_webhook=policy.approval_webhook, prices=policy.prices,
+        prices_as_of=policy.prices_as_of,
     ), root
 
 
@@ -450,6 +459,8 @@ class _Sections(NamedTuple):
     resolve: dict[tuple[str, int | None], tuple[str, int | None]]
     approval_timeout: timedelta = DEFAULT_APPROVAL_TIMEOUT
     approval_webhook: str | None = None
+    prices: tuple[tuple[str, Price], ...] = ()
+    prices_as_of: str | None = None
 
 
 def _build_policy(root: yaml.Node | None, checker: _Checker) -> _Sections | None:
@@ -504,8 +515,14 @@ def _build_policy(root: yaml.Node | None, checker: _Checker) -> _Sections | None
     if "approval_webhook" in top:
         approval_webhook = parse_approval_webhook(top["approval_webhook"][1],
                                                   "approval_webhook", checker)
+    prices, prices_as_of = parse_prices(top["prices"][1], "prices", checker) \
+        if "prices" in top else ((), None)
+    for name, secret in secrets.items():
+        if secret.budget is not None and secret.budget.micro_usd is not None and not prices:
+            checker.report(root, f"secrets.{name}.budget.cost_usd",
+                           'a cost budget needs a "prices" table (USD per million tokens)')
     return _Sections(secrets, agents, egress_allow, allow_addresses, resolve, approval_timeout,
-                     approval_webhook)
+                     approval_webhook, prices, prices_as_of)
 
 
 def _secrets(node: yaml.Node, checker: _Checker, names: set[str]) -> dict[str, SecretPolicy]:
@@ -639,6 +656,23 @@ def _secret(name: str, key: yaml.Node, node: yaml.Node, path: str,
     per_request = "approval" in fields and parse_secret_approval(
         fields["approval"][1], _join(path, "approval"), checker,
         "client_cert" if client_cert is not None else "sign" if sign is not None else None)
+    rate = None
+    if "rate" in fields:
+        rate = parse_rate(fields["rate"][1], fields.get("burst", (None, None))[1], path, checker)
+    elif "burst" in fields:
+        checker.report(fields["burst"][0], _join(path, "burst"), 'only used with "rate"')
+    models = parse_models(fields["models"][1], _join(path, "models"), checker) \
+        if "models" in fields else ()
+    budget = parse_budget(fields["budget"][1], _join(path, "budget"), checker) \
+        if "budget" in fields else None
+    concurrency = None
+    if "concurrency" in fields:
+        concurrency = checker.integer(fields["concurrency"][1], _join(path, "concurrency"))
+        if concurrency is not None and not 1 <= concurrency <= 100_000:
+            checker.report(fields["concurrency"][1], _join(path, "concurrency"),
+                           "must be from 1 to 100000")
+    hosted_tools = parse_hosted_tools(fields["hosted_tools"][1], _join(path, "hosted_tools"),
+                                      checker) if "hosted_tools" in fields else None
     if source is None or placeholder is None:
         return None
     return SecretPolicy(name=name, source=source, command=command, placeholder=placeholder,
@@ -647,7 +681,9 @@ def _secret(name: str, key: yaml.Node, node: yaml.Node, path: str,
                         basic_username=kinds.basic_username,
                         placeholder_format=kinds.placeholder_format,
                         cache_ttl=kinds.cache_ttl, timeout=kinds.timeout, sign=sign,
-                        per_request_approval=per_request, retire_for=kinds.retire_for)
+                        per_request_approval=per_request, retire_for=kinds.retire_for,
+                        rate=rate, models=models, budget=budget, hosted_tools=hosted_tools,
+                        concurrency=concurrency)
 
 
 class _TemplateKinds(NamedTuple):

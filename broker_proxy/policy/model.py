@@ -75,6 +75,51 @@ class PlaceholderFormat:
 
 
 @dataclass(frozen=True, slots=True)
+class RateLimit:
+    """At most ``count`` requests per ``period_s`` seconds, ``burst`` of them at once.
+
+    Enforced per grant (each grant has its own bucket) as a generic cell rate: one request is
+    earned every ``period_s / count`` seconds, up to ``burst`` saved.
+    """
+
+    count: int
+    period_s: int
+    burst: int
+
+    @property
+    def interval_us(self) -> int:
+        """Microseconds between two requests at the steady rate (at least 1)."""
+        return max(1, self.period_s * 1_000_000 // self.count)
+
+    def at_most(self, other: RateLimit) -> bool:
+        """Whether this rate is no looser than ``other`` (a grant may only ask for less)."""
+        return self.interval_us >= other.interval_us and self.burst <= other.burst
+
+    def __str__(self) -> str:
+        per = {1: "second", 60: "minute", 3600: "hour", 86400: "day"}.get(self.period_s)
+        text = f"{self.count}/{per}" if per else f"{self.count}/{self.period_s}s"
+        return text if self.burst == self.count else f"{text} (burst {self.burst})"
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """What one grant may spend through an LLM secret (decision/llm_budget.py); None: no cap."""
+
+    input_tokens: int | None
+    output_tokens: int | None
+    micro_usd: int | None  # cost cap in millionths of a dollar (exact integer arithmetic)
+    default_max_tokens: int  # the output cap the proxy writes into a request that sets none
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    """USD per million tokens; equal to micro-dollars per token."""
+
+    input: float
+    output: float
+
+
+@dataclass(frozen=True, slots=True)
 class SecretPolicy:
     name: str
     source: str  # "vault", "env:VAR", "file:PATH", "keyring:SERVICE/USER", or "command"
@@ -100,8 +145,25 @@ class SecretPolicy:
     sign: str | None = None
     # Every request that would carry this secret waits for a person's yes (approvals/).
     per_request_approval: bool = False
+    # Requests carrying this secret, per grant (limit_fields.py); None: no rate.
+    rate: RateLimit | None = None
+    # Model globs an LLM request carrying this secret may ask for (decision/model_rules.py);
+    # empty: any model.
+    models: tuple[str, ...] = ()
+    # Token and cost caps per grant (llm_budget.py); None: unlimited.
+    budget: Budget | None = None
+    # Requests carrying this secret one grant may have in flight at once; None: no cap.
+    concurrency: int | None = None
+    # Hosted tool kinds (web_search, mcp, ...) an LLM request may ask the vendor to run
+    # (decision/hosted_tools.py); None: the field is absent.
+    hosted_tools: frozenset[str] | None = None
     # vault: how long `secret set` keeps a replaced value retired (None: its --retire-for).
     retire_for: timedelta | None = None
+
+    @property
+    def llm_rules(self) -> bool:
+        """Whether requests carrying this secret are read as LLM requests (tools, models)."""
+        return bool(self.models) or self.budget is not None or self.hosted_tools is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,3 +188,7 @@ class Policy:
     # Per-request approval: how long a held request waits, and who is told about it.
     approval_timeout: timedelta = timedelta(minutes=2)
     approval_webhook: str | None = None
+    # LLM prices (model glob, price) in the file's order, first match wins, and the date the
+    # operator copied them; the proxy never fetches prices.
+    prices: tuple[tuple[str, Price], ...] = ()
+    prices_as_of: str | None = None

@@ -23,6 +23,7 @@ from broker_proxy.policy.inject_fields import (
     HEADER_NAME_PATTERN,
     USERNAME_MAX,
 )
+from broker_proxy.policy.limit_fields import MAX_BURST, RATE_PATTERN
 from broker_proxy.policy.media_types import MEDIA_PATTERN_SCHEMA
 from broker_proxy.policy.model import INJECT_PLACES, NEVER_METHODS
 from broker_proxy.policy.oauth2_mtls_fields import CLIENT_AUTH, GRANT_TYPES, OAUTH2_FIELDS
@@ -85,6 +86,8 @@ MAPPINGS: dict[str, Mapping] = {
                                             "(default 2m, at most 1h)"},
         "approval_webhook": {"type": "string", "pattern": "^https?://",
                              "description": "POSTed a JSON notice for each held request"},
+        "prices": {**kind("prices"),
+                   "description": "LLM prices for cost budgets, USD per million tokens"},
     }, required=("version",)),
     "secret": Mapping({
         "from": {
@@ -123,7 +126,50 @@ MAPPINGS: dict[str, Mapping] = {
         "approval": {"enum": ["per_request"],
                      "description": "per_request: every request that would carry this "
                                     "secret waits for a person's yes"},
+        "rate": {"type": "string", "pattern": RATE_PATTERN,
+                 "description": 'requests carrying this secret, per grant: "60/minute"; '
+                                "over it the proxy answers 429 rate_limited"},
+        "models": {"type": "array", "minItems": 1,
+                   "items": {"type": "string", "pattern": "^[!-~]{1,200}$"},
+                   "description": 'model globs LLM requests carrying this secret may ask for, '
+                                  'e.g. ["gpt-4o-mini", "claude-*"]; others get 403 '
+                                  "model_not_allowed"},
+        "hosted_tools": {"type": "array", "uniqueItems": True,
+                         "items": {"type": "string", "pattern": "^[A-Za-z][A-Za-z0-9_]{0,63}$"},
+                         "description": "vendor-run tools an LLM request may ask for: "
+                                        "web_search, web_fetch, code_execution, mcp, "
+                                        "file_search, image_generation; others get 403 "
+                                        "hosted_tool_not_allowed"},
+        "concurrency": {"type": "integer", "minimum": 1, "maximum": 100000,
+                        "description": "requests carrying this secret one grant may have in "
+                                       "flight at once; over it 429 concurrency_limited"},
+        "budget": {**kind("budget"),
+                   "description": "what one grant may spend through this LLM key; over it "
+                                  "429 budget_exhausted (docs/limits.md)"},
+        "burst": {"type": "integer", "minimum": 1, "maximum": MAX_BURST,
+                  "description": "with rate: how many may come at once (default: the count)"},
     }, required=("from", "destinations")),
+    "budget": Mapping({
+        "input_tokens": {"type": "integer", "minimum": 1, "maximum": 10**12},
+        "output_tokens": {"type": "integer", "minimum": 1, "maximum": 10**12},
+        "cost_usd": {"type": "number", "minimum": 0, "maximum": 10**6,
+                     "description": "USD, priced with the top-level prices table"},
+        "default_max_tokens": {"type": "integer", "minimum": 1, "maximum": 10**12,
+                               "default": 4096,
+                               "description": "the output cap the proxy writes into a request "
+                                              "that sets none"},
+    }),
+    "prices": Mapping({
+        "as_of": {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}$",
+                  "description": "when these prices were copied from the vendors' pages"},
+        "models": {"type": "object", "additionalProperties": kind("price"),
+                   "propertyNames": {"pattern": "^[!-~]{1,200}$"},
+                   "description": "model glob -> USD per million tokens; first match wins"},
+    }),
+    "price": Mapping({
+        "input": {"type": "number", "minimum": 0, "maximum": 10000},
+        "output": {"type": "number", "minimum": 0, "maximum": 10000},
+    }, required=("input", "output")),
     "oauth2": Mapping({
         "token_url": {"type": "string", "pattern": "^https://",
                       "description": "the token endpoint; no destination may cover it"},
