@@ -37,6 +37,7 @@ from broker_proxy.durations import DurationError, parse_duration
 from broker_proxy.errors import BrokerError
 from broker_proxy.grants.actions import GRANT_ACTIONS, GrantAction, change_grant, issue_audited
 from broker_proxy.grants.issuer import GrantPolicyError
+from broker_proxy.grants.limits_view import limits_view
 from broker_proxy.grants.listing import ListingError, list_page, parse_query
 from broker_proxy.grants.store import GrantNotFound, GrantStateError, GrantStore, GrantStoreError
 from broker_proxy.signin_guard import SigninGuard
@@ -290,7 +291,9 @@ class AdminHandler(BaseHTTPRequestHandler):
             grant = self.context.grants.get(grant_id)
             if grant is None:
                 raise ApiError(404, "grant_not_found", "no such grant")
-            return 200, grant.to_public_dict(utc_now())
+            limits = limits_view(self.context.grants, grant.id, grant.secrets,
+                                 self.context.policy().policy.secrets)
+            return 200, grant.to_public_dict(utc_now()) | ({"limits": limits} if limits else {})
         action = parts[3]
         by, reason = self._decider()
         try:
