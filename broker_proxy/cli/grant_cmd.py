@@ -63,6 +63,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     issue.add_argument("--cost-usd", dest="cost_usd", action="append", default=[],
                      metavar="[SECRET=]USD", help="a smaller cost budget than the policy's, "
                      "e.g. 2.50 (never a larger one)")
+    issue.add_argument("--input-tokens", dest="input_tokens", action="append", default=[],
+                     metavar="[SECRET=]N", help="a smaller input-token budget than the "
+                     "policy's (never a larger one)")
+    issue.add_argument("--output-tokens", dest="output_tokens", action="append", default=[],
+                     metavar="[SECRET=]N", help="a smaller output-token budget than the "
+                     "policy's (never a larger one)")
     issue.add_argument("--rate", dest="rates", action="append", default=[],
                        metavar="[SECRET=]N/PER", help="a stricter rate than the policy's, e.g. "
                        "30/minute or openai=30/minute (never a looser one; repeat for more)")
@@ -107,7 +113,9 @@ def issue_command(args: argparse.Namespace) -> int:
                                secrets=args.secrets, ttl=ttl, max_uses=args.max_uses,
                                now=utc_now(), proxy_url_base=proxy_address(home),
                                by=actor_of(args), rates=args.rates,
-                               concurrency=args.concurrency, cost_usd=args.cost_usd)
+                               concurrency=args.concurrency, cost_usd=args.cost_usd,
+                               input_tokens=args.input_tokens,
+                               output_tokens=args.output_tokens)
     print_issued(issued, as_json=args.json)
     return 0
 
