@@ -113,7 +113,12 @@ def _drive(stack: LlmStack, first: str, second: str) -> None:
                                                  max_tokens=10)
 
 
+DOC = (Path(__file__).parents[1] / "docs" / "limits.md").read_text()
+
+
 def _report(stack: LlmStack, fmt: str, out: Path) -> str:
+    if fmt in ("json", "html"):  # the commands docs/limits.md shows
+        assert f"broker-proxy audit report --format {fmt} -o report.{fmt}" in DOC
     assert main(["--home", str(stack.home.root), "audit", "report", "--format", fmt,
                  "-o", str(out)]) == 0
     return out.read_text()

@@ -8,11 +8,14 @@ the LLM stand-in (llm_upstream.py: 11 input and 7 output tokens per answer), wit
 from __future__ import annotations
 
 import json
+import os
+import shlex
 import subprocess
 import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import openai
 import pytest
@@ -62,13 +65,18 @@ def llm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlmStack]:
 def _cli(llm: LlmStack, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "broker_proxy.cli", "--home",
                            str(llm.home.root), *args], capture_output=True, text=True,
-                          timeout=60)
+                          timeout=60,
+                          env=dict(os.environ, BROKER_PROXY_POLICY=str(llm.policy_file)))
+
+
+DOC = (Path(__file__).parents[1] / "docs" / "limits.md").read_text()
+COMMAND = ("grant issue --agent bot --task short --secret openai --output-tokens openai=30 "
+           "--input-tokens 5000 --json")
 
 
 def test_grant_issue_asks_for_fewer_output_tokens_and_the_proxy_holds_it(llm: LlmStack) -> None:
-    done = _cli(llm, "grant", "issue", "--policy", str(llm.policy_file), "--agent", "bot",
-                "--task", "short", "--secret", "openai", "--output-tokens", "openai=30",
-                "--input-tokens", "5000", "--json")
+    assert f"broker-proxy {COMMAND}" in DOC  # the command docs/limits.md shows
+    done = _cli(llm, *shlex.split(COMMAND))  # the policy from $BROKER_PROXY_POLICY
     assert done.returncode == 0, done.stderr
     issued = json.loads(done.stdout)
     sdk = llm.openai(issued["token"])
