@@ -37,6 +37,7 @@ from broker_proxy.durations import DurationError, parse_duration
 from broker_proxy.errors import BrokerError
 from broker_proxy.grants.actions import GRANT_ACTIONS, GrantAction, change_grant, issue_audited
 from broker_proxy.grants.issuer import GrantPolicyError
+from broker_proxy.grants.limits_view import limits_view
 from broker_proxy.grants.listing import ListingError, list_page, parse_query
 from broker_proxy.grants.store import GrantNotFound, GrantStateError, GrantStore, GrantStoreError
 from broker_proxy.signin_guard import SigninGuard
@@ -50,7 +51,7 @@ _GRANT_ID = re.compile(r"g_[0-9a-f]{16}")
 _BY = re.compile(r"[A-Za-z0-9._@:+-]{1,64}")
 MAX_USES = 10**9  # far above any task's need; bounded so every store can count it
 _ISSUE_FIELDS = frozenset({"agent", "task", "secrets", "ttl", "max_uses", "by", "rates",
-                           "concurrency", "cost_usd"})
+                           "concurrency", "cost_usd", "input_tokens", "output_tokens"})
 # The caller's label on a change (or the body's "by"): audited as `admin-api:<label>`.
 ACTOR_HEADER = "X-Broker-Actor"
 _OPEN_ROUTES = frozenset({"/healthz", "/readyz", "/openapi.json"})
@@ -290,7 +291,9 @@ class AdminHandler(BaseHTTPRequestHandler):
             grant = self.context.grants.get(grant_id)
             if grant is None:
                 raise ApiError(404, "grant_not_found", "no such grant")
-            return 200, grant.to_public_dict(utc_now())
+            limits = limits_view(self.context.grants, grant.id, grant.secrets,
+                                 self.context.policy().policy.secrets)
+            return 200, grant.to_public_dict(utc_now()) | ({"limits": limits} if limits else {})
         action = parts[3]
         by, reason = self._decider()
         try:
@@ -326,7 +329,7 @@ class AdminHandler(BaseHTTPRequestHandler):
                 or not all(isinstance(r, str) for r in rates):
             raise ApiError(400, "invalid_request", "rates must be a list of [SECRET=]N/PER")
         tighter: dict[str, list[str]] = {}
-        for field_name in ("concurrency", "cost_usd"):
+        for field_name in ("concurrency", "cost_usd", "input_tokens", "output_tokens"):
             listed = body.get(field_name) or []
             if not isinstance(listed, list) or len(listed) > 64 \
                     or not all(isinstance(item, str) for item in listed):
@@ -349,7 +352,8 @@ class AdminHandler(BaseHTTPRequestHandler):
                 self.context.policy().policy, self.context.grants, self.context.audit,
                 agent=agent, task=task, secrets=names, ttl=lifetime, max_uses=max_uses,
                 now=utc_now(), proxy_url_base=self.context.proxy_listen, by=self._by(body),
-                rates=rates, concurrency=tighter["concurrency"], cost_usd=tighter["cost_usd"])
+                rates=rates, concurrency=tighter["concurrency"], cost_usd=tighter["cost_usd"],
+                input_tokens=tighter["input_tokens"], output_tokens=tighter["output_tokens"])
         except DurationError as error:
             raise ApiError(400, "invalid_request", str(error)) from None
         except GrantPolicyError as error:

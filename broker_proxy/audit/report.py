@@ -20,6 +20,7 @@ from typing import Any, Final
 from broker_proxy.audit.path_templates import PathTemplate
 from broker_proxy.audit.reading import LOG_TAG
 from broker_proxy.audit.report_holds import HOLD_OUTCOMES, HOLD_REFUSALS, HeldItem
+from broker_proxy.audit.report_llm import GrantLlm, agent_llm, model_llm
 
 REPORT_SCHEMA: Final = "broker-proxy/audit-report/v1"
 EVIDENCE_LIMIT: Final = 20
@@ -150,6 +151,7 @@ class _GrantFacts:
     last_use: tuple[str, str] | None = None  # (ts, ref) of the latest use, for pairing responses
     holds: dict[str, HeldItem] = field(default_factory=dict)  # the first EVIDENCE_LIMIT holds
     hold_counts: Counter = field(default_factory=Counter)  # outcome -> held requests
+    llm: GrantLlm = field(default_factory=GrantLlm)  # tokens and cost by model
 
     def label_target(self, record: dict[str, Any]) -> str:
         return f"{record.get('host')}:{record.get('port')}"
@@ -388,6 +390,7 @@ class ReportBuilder:
                           "replaced", record)
         if record.get("withheld") or record.get("reason") == WITHHELD_REASON:
             facts.withheld += 1
+        facts.llm.feed(record)
 
     def _refuse(self, facts: _GrantFacts | None, record: dict[str, Any]) -> None:
         reason = str(record.get("reason"))
@@ -433,7 +436,8 @@ class ReportBuilder:
             "refusals": _refusal_list(self._refusals),
             "anomalies": anomalies,
             "policy_changes": self._policy_changes[:EVIDENCE_LIMIT],
-            "summary": {"agents": _agent_summary(grants), "secrets": _secret_summary(grants)},
+            "summary": {"agents": _agent_summary(grants), "secrets": _secret_summary(grants),
+                        "llm_agents": agent_llm(grants), "llm_models": model_llm(grants)},
             "daily": [{"day": day, "uses": counts["uses"], "refusals": counts["refusals"]}
                       for day, counts in sorted(self._daily.items())],
         }
@@ -499,6 +503,7 @@ class ReportBuilder:
                 "outcomes": {k: v for k, v in sorted(facts.hold_counts.items())
                              if k != "held" and v},
                 "items": [item.as_dict() for item in facts.holds.values()]},
+            "llm": facts.llm.as_dict(facts.refusals),
         }
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 from html import escape
 from typing import Any
 
+from broker_proxy.audit.report_llm import usd
+
 _STYLE = """
 body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#1b1f24;max-width:1200px}
 h1{font-size:20px;margin:8px 0}h2{font-size:17px;margin:22px 0 6px;border-bottom:1px solid #ccd}
@@ -45,7 +47,7 @@ def _approval_shown(approval: dict[str, Any]) -> str:
 
 
 _WRAPPED = frozenset({"path", "what", "destinations", "records", "revoked", "log", "problem",
-                      "destination"})
+                      "destination", "refused by limits"})
 
 
 def _table(headers: list[str], rows: list[list[object]], empty: str = "none") -> str:
@@ -121,6 +123,7 @@ def render_html(report: dict[str, Any]) -> str:
     out.append(_table(["secret", "grants", "uses", "destinations"],
                       [[r["secret"], r["grants"], r["uses"], " ".join(r["destinations"])]
                        for r in report["summary"]["secrets"]]))
+    out += _llm_summary(report["summary"])
     out.append(f"<h2>Anomalies ({len(report['anomalies'])})</h2>")
     out.append(_table(["kind", "grant", "what", "count", "first", "records"],
                       [[a["kind"], a["grant"], a["message"], a["count"], a["first"],
@@ -152,6 +155,7 @@ def render_html(report: dict[str, Any]) -> str:
                             u["count"], u["first"], u["last"],
                             statuses_shown(u["statuses"])]
                            for u in grant["uses_by_target"]], empty="no secret used"))
+        out += _llm_grant(grant.get("llm"))
         if grant["held_requests"]["count"]:
             out.append(f"<p>Held for approval: {grant['held_requests']['count']} ("
                        + _e(held_outcomes(grant["held_requests"])) + ")</p>")
@@ -181,3 +185,41 @@ def render_html(report: dict[str, Any]) -> str:
                    f"<code>{_e(cp['key'])}</code>; {_e(cp['problem'] or 'all match')}</p>")
     out.append("</body></html>")
     return "\n".join(out) + "\n"
+
+
+def _limits(limited: dict[str, int]) -> str:
+    return ", ".join(f"{reason} x{count}" for reason, count in limited.items())
+
+
+def _llm_rows(rows: list[dict[str, Any]], first: str) -> list[list[object]]:
+    return [[row[first], row["requests"], row["input_tokens"], row["output_tokens"],
+             usd(row["cost_usd"]), row["usage_unreadable"]] for row in rows]
+
+
+_LLM_HEADERS = ["requests", "input tokens", "output tokens", "cost USD", "usage unreadable"]
+
+
+def _llm_summary(summary: dict[str, Any]) -> list[str]:
+    """LLM use and cost per agent and per model, with the refusals limits caused per agent."""
+    agents, models = summary.get("llm_agents") or [], summary.get("llm_models") or []
+    if not agents and not models:
+        return []
+    return ['<h2 id="llm">LLM use and cost</h2>', "<h3>Per agent</h3>",
+            _table(["agent", *_LLM_HEADERS, "refused by limits"],
+                   [[*row, _limits(agent["limit_refusals"]) or None]
+                    for row, agent in zip(_llm_rows(agents, "agent"), agents, strict=True)]),
+            "<h3>Per model</h3>",
+            _table(["model", "grants", *_LLM_HEADERS],
+                   [[m["model"], m["grants"], *row[1:]]
+                    for row, m in zip(_llm_rows(models, "model"), models, strict=True)],
+                   empty="no LLM answers")]
+
+
+def _llm_grant(llm: dict[str, Any] | None) -> list[str]:
+    if not llm:
+        return []
+    out = [_table(["model", *_LLM_HEADERS], _llm_rows(llm["by_model"], "model"),
+                  empty="no LLM answers")]
+    if llm["limit_refusals"]:
+        out.append(f"<p>Refused by limits: {_e(_limits(llm['limit_refusals']))}</p>")
+    return out

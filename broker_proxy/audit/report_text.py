@@ -10,6 +10,8 @@ import csv
 import io
 from typing import Any
 
+from broker_proxy.audit.report_llm import usd
+
 
 def _shown(value: object) -> str:
     text = "-" if value is None else str(value)
@@ -87,6 +89,7 @@ def render_text(report: dict[str, Any]) -> str:
             targets = ", ".join(f"{_shown(d['target'])} x{d['count']}"
                                 for d in refusal["destinations"])
             out.append(f"  refused {refusal['reason']} x{refusal['count']}: {targets}")
+        out += _llm_lines(grant.get("llm"))
         scrubbed = grant["scrubbed"]
         if scrubbed["responses"] or grant["withheld"]:
             out.append(f"  scrubbed: {scrubbed['responses']} response(s), "
@@ -120,7 +123,52 @@ def render_text(report: dict[str, Any]) -> str:
                     [[row["secret"], row["grants"], row["uses"],
                       " ".join(map(_shown, row["destinations"])) or "-"]
                      for row in report["summary"]["secrets"]])
+    out += _llm_summary(report["summary"])
     return "\n".join(out) + "\n"
+
+
+def _limits(limited: dict[str, int]) -> str:
+    return ", ".join(f"{reason} x{count}" for reason, count in limited.items()) or "-"
+
+
+def _llm_lines(llm: dict[str, Any] | None) -> list[str]:
+    """A grant's LLM use: totals, one row per model, and the refusals its limits caused."""
+    if not llm:
+        return []
+    out = [f"  llm: {llm['requests']} request(s), {llm['input_tokens']} input / "
+           f"{llm['output_tokens']} output tokens, cost USD {usd(llm['cost_usd'])}; "
+           f"usage unreadable: {llm['usage_unreadable']}"]
+    if llm["by_model"]:
+        out += ["  " + line for line in _aligned(
+            ["model", "requests", "input", "output", "cost USD", "unreadable"],
+            [[row["model"], row["requests"], row["input_tokens"], row["output_tokens"],
+              usd(row["cost_usd"]), row["usage_unreadable"]] for row in llm["by_model"]])]
+    if llm["limit_refusals"]:
+        out.append(f"  refused by limits: {_limits(llm['limit_refusals'])}")
+    return out
+
+
+def _llm_summary(summary: dict[str, Any]) -> list[str]:
+    if not summary.get("llm_agents") and not summary.get("llm_models"):
+        return []
+    out = ["", "LLM USE PER AGENT"]
+    out += _aligned(["agent", "requests", "input", "output", "cost USD", "unreadable",
+                     "refused by limits"],
+                    [[row["agent"], row["requests"], row["input_tokens"], row["output_tokens"],
+                      usd(row["cost_usd"]), row["usage_unreadable"],
+                      _limits(row["limit_refusals"])] for row in summary["llm_agents"]])
+    out += ["", "LLM USE PER MODEL"]
+    out += _aligned(["model", "grants", "requests", "input", "output", "cost USD",
+                     "unreadable"],
+                    [[row["model"], row["grants"], row["requests"], row["input_tokens"],
+                      row["output_tokens"], usd(row["cost_usd"]), row["usage_unreadable"]]
+                     for row in summary["llm_models"]])
+    return out
+
+
+def _llm_detail(row: dict[str, Any]) -> str:
+    return _csv_detail(input_tokens=row["input_tokens"], output_tokens=row["output_tokens"],
+                       cost_usd=usd(row["cost_usd"]), usage_unreadable=row["usage_unreadable"])
 
 
 CSV_COLUMNS = ("section", "grant", "agent", "task", "secret", "method", "scheme", "host", "port",
@@ -175,6 +223,10 @@ def render_csv(report: dict[str, Any]) -> str:
                              "detail": f"occurrences={grant['scrubbed']['occurrences']}"})
         if grant["withheld"]:
             writer.writerow({**base, "section": "withheld", "count": grant["withheld"]})
+        for row in (grant.get("llm") or {}).get("by_model", ()):
+            # The model goes in `detail`: the columns are a contract, a new one would break it.
+            writer.writerow({**base, "section": "llm", "count": row["requests"],
+                             "detail": f"model={row['model'] or '-'} " + _llm_detail(row)})
         if grant["revoked"]:
             writer.writerow({**base, "section": "revoked", "reason": grant["revoked"]["reason"],
                              "first": grant["revoked"]["at"],
@@ -192,6 +244,15 @@ def render_csv(report: dict[str, Any]) -> str:
         writer.writerow({"section": "agent", "agent": row["agent"], "count": row["uses"],
                          "detail": f"grants={row['grants']} refusals={row['refusals']} "
                                    f"scrubbed={row['scrubbed']} revoked={row['revoked']}"})
+    for row in report["summary"].get("llm_agents", ()):
+        writer.writerow({"section": "llm_agent", "agent": row["agent"], "count": row["requests"],
+                         "detail": _llm_detail(row) + (" limit_refusals=" + ",".join(
+                             f"{k}:{v}" for k, v in row["limit_refusals"].items())
+                             if row["limit_refusals"] else "")})
+    for row in report["summary"].get("llm_models", ()):
+        writer.writerow({"section": "llm_model", "count": row["requests"],
+                         "detail": f"model={row['model'] or '-'} grants={row['grants']} "
+                                   + _llm_detail(row)})
     for row in report["summary"]["secrets"]:
         writer.writerow({"section": "secret", "secret": row["secret"], "count": row["uses"],
                          "detail": f"grants={row['grants']} destinations="

@@ -64,6 +64,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--cost-usd", dest="cost_usd", action="append", default=[],
                      metavar="[SECRET=]USD", help="a smaller cost budget than the policy's, "
                      "e.g. 2.50 (never a larger one)")
+    run.add_argument("--input-tokens", dest="input_tokens", action="append", default=[],
+                     metavar="[SECRET=]N", help="a smaller input-token budget than the "
+                     "policy's (never a larger one)")
+    run.add_argument("--output-tokens", dest="output_tokens", action="append", default=[],
+                     metavar="[SECRET=]N", help="a smaller output-token budget than the "
+                     "policy's (never a larger one)")
     run.add_argument("--rate", dest="rates", action="append", default=[],
                      metavar="[SECRET=]N/PER", help="a stricter rate than the policy's, e.g. "
                      "30/minute (never a looser one; repeat for more)")
@@ -123,7 +129,9 @@ def exec_command(args: argparse.Namespace) -> int:
                                secrets=args.secrets, ttl=ttl, max_uses=args.max_uses,
                                now=utc_now(), proxy_url_base=str(info["listen"]),
                                by=local_operator(), rates=args.rates,
-                               concurrency=args.concurrency, cost_usd=args.cost_usd)
+                               concurrency=args.concurrency, cost_usd=args.cost_usd,
+                               input_tokens=args.input_tokens,
+                               output_tokens=args.output_tokens)
         grant_id = issued.grant.id
         _say(f"grant {grant_id} issued for agent {args.agent}; it is revoked when the command "
              "ends")

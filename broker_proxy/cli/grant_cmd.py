@@ -27,9 +27,9 @@ from broker_proxy.cli.errors import CliError
 from broker_proxy.cli.store_option import add_store_option
 from broker_proxy.durations import parse_duration
 from broker_proxy.grants.actions import change_grant, issue_audited
-from broker_proxy.grants.budgets import stricter_caps
 from broker_proxy.grants.factory import open_grant_store, store_url
 from broker_proxy.grants.issuer import IssuedGrant
+from broker_proxy.grants.limits_view import budget_view, rate_text
 from broker_proxy.grants.model import Grant
 from broker_proxy.grants.paging import walk
 from broker_proxy.grants.store import GrantNotFound, GrantStore
@@ -63,6 +63,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     issue.add_argument("--cost-usd", dest="cost_usd", action="append", default=[],
                      metavar="[SECRET=]USD", help="a smaller cost budget than the policy's, "
                      "e.g. 2.50 (never a larger one)")
+    issue.add_argument("--input-tokens", dest="input_tokens", action="append", default=[],
+                     metavar="[SECRET=]N", help="a smaller input-token budget than the "
+                     "policy's (never a larger one)")
+    issue.add_argument("--output-tokens", dest="output_tokens", action="append", default=[],
+                     metavar="[SECRET=]N", help="a smaller output-token budget than the "
+                     "policy's (never a larger one)")
     issue.add_argument("--rate", dest="rates", action="append", default=[],
                        metavar="[SECRET=]N/PER", help="a stricter rate than the policy's, e.g. "
                        "30/minute or openai=30/minute (never a looser one; repeat for more)")
@@ -107,7 +113,9 @@ def issue_command(args: argparse.Namespace) -> int:
                                secrets=args.secrets, ttl=ttl, max_uses=args.max_uses,
                                now=utc_now(), proxy_url_base=proxy_address(home),
                                by=actor_of(args), rates=args.rates,
-                               concurrency=args.concurrency, cost_usd=args.cost_usd)
+                               concurrency=args.concurrency, cost_usd=args.cost_usd,
+                               input_tokens=args.input_tokens,
+                               output_tokens=args.output_tokens)
     print_issued(issued, as_json=args.json)
     return 0
 
@@ -188,7 +196,7 @@ def change_command(args: argparse.Namespace) -> int:
     own_rates = store.own_rates(grant.id) if args.action == "show" else {}
     budget = _budget_view(args, store, grant.id) if args.action == "show" else {}
     if args.json:
-        extra: dict[str, object] = {"rates": {name: _rate_text(*own)
+        extra: dict[str, object] = {"rates": {name: rate_text(*own)
                                               for name, own in own_rates.items()}} \
             if own_rates else {}
         if budget:
@@ -197,7 +205,7 @@ def change_command(args: argparse.Namespace) -> int:
     elif args.action == "show":
         public = grant.to_public_dict(now)
         if own_rates:
-            public["rates"] = [f"{n}={_rate_text(*own)}" for n, own in sorted(own_rates.items())]
+            public["rates"] = [f"{n}={rate_text(*own)}" for n, own in sorted(own_rates.items())]
         if budget:
             public["budget"] = [_budget_text(name, view) for name, view in sorted(budget.items())]
         for key, value in public.items():
@@ -228,23 +236,11 @@ def _budget_view(args: argparse.Namespace, store: GrantStore,
         secrets = load_policy_of(args).secrets
     except PolicyError:
         secrets = {}
-    view: dict[str, dict[str, object]] = {}
-    for name, spent in use.items():
-        budget = secrets[name].budget if name in secrets else None
-        policy_caps = (budget.input_tokens, budget.output_tokens, budget.micro_usd) if budget \
-            else (None, None, None)
-        caps = stricter_caps(policy_caps, spent.own[:3])
-        entry: dict[str, object] = {}
-        for dimension, cap, used, held in zip(("input_tokens", "output_tokens", "cost_usd"),
-                                             caps, spent.used[:3], spent.held[:3], strict=True):
-            scale = 1_000_000 if dimension == "cost_usd" else 1
-            entry[dimension] = {"used": used / scale if scale > 1 else used,
-                                "in_flight": held / scale if scale > 1 else held,
-                                "left": None if cap is None else
-                                (max(0, cap - used - held) / scale if scale > 1
-                                 else max(0, cap - used - held))}
-        entry["requests_in_flight"] = spent.held[3] if len(spent.held) > 3 else 0
-        view[name] = entry
+    view = budget_view(use, secrets)
+    for entry in view.values():  # `grant show` says what is used and left, as it always did
+        for numbers in entry.values():
+            if isinstance(numbers, dict):
+                numbers.pop("cap", None)
     return view
 
 
@@ -256,15 +252,6 @@ def _budget_text(name: str, view: dict[str, object]) -> str:
         left = "" if numbers["left"] is None else f", {numbers['left']:g} left"
         parts.append(f"{dimension} {numbers['used']:g} used{left}")
     return f"{name}: " + "; ".join(parts)
-
-
-def _rate_text(interval_us: int, burst: int) -> str:
-    """A rate the grant asked for, as the policy would spell it ("30/minute, burst 5")."""
-    for seconds, per in ((60, "minute"), (3600, "hour"), (86400, "day"), (1, "second")):
-        count, rest = divmod(seconds * 1_000_000, interval_us)
-        if rest == 0 and count >= 1:
-            return f"{count}/{per}, burst {burst}"
-    return f"1/{interval_us / 1_000_000:g}s, burst {burst}"
 
 
 _DONE = {"approve": "approved", "deny": "denied", "revoke": "revoked"}

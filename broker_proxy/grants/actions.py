@@ -43,11 +43,13 @@ def issue_audited(policy: Policy, store: GrantStore, audit: AuditLog, *, agent: 
                   secrets: list[str], ttl: timedelta | None, max_uses: int | None,
                   now: datetime, proxy_url_base: str | None, by: str,
                   rates: Sequence[str] = (), concurrency: Sequence[str] = (),
-                  cost_usd: Sequence[str] = ()) -> IssuedGrant:
+                  cost_usd: Sequence[str] = (), input_tokens: Sequence[str] = (),
+                  output_tokens: Sequence[str] = ()) -> IssuedGrant:
     """Issue a grant bounded by `policy` and record who issued it."""
     issued = issue_grant(policy, store, agent=agent, task=task, secrets=secrets, ttl=ttl,
                          max_uses=max_uses, now=now, proxy_url_base=proxy_url_base,
-                         rates=rates, concurrency=concurrency, cost_usd=cost_usd)
+                         rates=rates, concurrency=concurrency, cost_usd=cost_usd,
+                         input_tokens=input_tokens, output_tokens=output_tokens)
     grant = issued.grant
     # What a reviewer asks of an issuance: how long, how many uses, and whether it waits for a
     # person (grant_status "pending").

@@ -58,13 +58,16 @@ def issue_grant(
     rates: Sequence[str] = (),
     concurrency: Sequence[str] = (),
     cost_usd: Sequence[str] = (),
+    input_tokens: Sequence[str] = (),
+    output_tokens: Sequence[str] = (),
 ) -> IssuedGrant:
     """Check the request against the policy, store the grant, return it with its token.
 
     `proxy_url_base` is the running proxy's address ("host:port" or "http://host:port");
     when given, the result carries the full proxy URL an agent puts in HTTPS_PROXY.
-    `rates` ("[SECRET=]N/PER"), `concurrency` ("[SECRET=]N") and `cost_usd` ("[SECRET=]USD")
-    ask for stricter limits than the policy's, never looser ones.
+    `rates` ("[SECRET=]N/PER"), `concurrency` ("[SECRET=]N"), `cost_usd` ("[SECRET=]USD"),
+    `input_tokens` and `output_tokens` ("[SECRET=]N") ask for stricter limits than the
+    policy's, never looser ones.
     """
     if now.utcoffset() is None:
         raise ValueError("issue_grant needs a timezone-aware now")
@@ -93,7 +96,7 @@ def issue_grant(
         raise GrantPolicyError(f"max_uses must be at least 1, got {max_uses}")
 
     own_rates = grant_rates(policy, names, rates)
-    own_caps = grant_caps(policy, names, concurrency, cost_usd)
+    own_caps = grant_caps(policy, names, concurrency, cost_usd, input_tokens, output_tokens)
 
     needs_approval = any(name in agent_policy.approval for name in names)
     issued_at = now.astimezone(UTC)
@@ -164,11 +167,14 @@ def grant_rates(policy: Policy, names: list[str],
 
 
 def grant_caps(policy: Policy, names: list[str], concurrency: Sequence[str],
-               cost_usd: Sequence[str]) -> dict[str, tuple[int | None, ...]]:
+               cost_usd: Sequence[str], input_tokens: Sequence[str] = (),
+               output_tokens: Sequence[str] = ()) -> dict[str, tuple[int | None, ...]]:
     """secret -> its own (input, output, micro-dollars, requests) caps, each at most the
     policy's; "[SECRET=]VALUE" without a secret applies to every granted secret that has one."""
     chosen: dict[str, list[int | None]] = {}
-    for what, texts, index in (("concurrency", concurrency, 3), ("cost_usd", cost_usd, 2)):
+    for what, texts, index in (("input_tokens", input_tokens, 0),
+                               ("output_tokens", output_tokens, 1),
+                               ("cost_usd", cost_usd, 2), ("concurrency", concurrency, 3)):
         for text in texts:
             secret, _, spelled = text.rpartition("=")
             if secret and secret not in names:
@@ -186,17 +192,17 @@ def grant_caps(policy: Policy, names: list[str], concurrency: Sequence[str],
                     raise GrantPolicyError(f"secret {_quoted(name)} has no {what} in the "
                                            "policy; a grant may only tighten one")
                 if value > ceiling:
-                    shown = ceiling / 1_000_000 if index == 2 else ceiling
+                    shown = f"{ceiling / 1_000_000:g}" if index == 2 else str(ceiling)
                     raise GrantPolicyError(f"{what} {spelled} for secret {_quoted(name)} is "
-                                           f"more than the policy allows ({shown:g})")
+                                           f"more than the policy allows ({shown})")
                 chosen.setdefault(name, [None, None, None, None])[index] = value
     return {name: tuple(caps) for name, caps in chosen.items()}
 
 
 def _cap_value(what: str, spelled: str) -> int:
-    """A concurrency as an integer >= 1, a cost in USD as micro-dollars."""
+    """A concurrency or token cap as an integer >= 1, a cost in USD as micro-dollars."""
     try:
-        if what == "concurrency":
+        if what != "cost_usd":
             value = int(spelled)
             if value >= 1:
                 return value
@@ -207,15 +213,18 @@ def _cap_value(what: str, spelled: str) -> int:
     except ValueError:
         pass
     raise GrantPolicyError(f"invalid {what} {_quoted(spelled[:40])}: write "
-                           + ("a whole number >= 1" if what == "concurrency" else
-                              "US dollars, e.g. 2.50"))
+                           + ("US dollars, e.g. 2.50" if what == "cost_usd" else
+                              "a whole number >= 1"))
 
 
 def _policy_cap(policy: Policy, name: str, index: int) -> int | None:
     secret = policy.secrets[name]
     if index == 3:
         return secret.concurrency
-    return secret.budget.micro_usd if secret.budget is not None else None
+    if secret.budget is None:
+        return None
+    return (secret.budget.input_tokens, secret.budget.output_tokens,
+            secret.budget.micro_usd)[index]
 
 
 def own_placeholders(policy: Policy, names: list[str]) -> tuple[tuple[str, str], ...]:

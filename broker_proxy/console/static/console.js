@@ -396,10 +396,60 @@ async function grantPage(page, signal, id) {
       ["uses", `${g.uses} of ${g.max_uses === null ? "unlimited" : g.max_uses}`],
       ["issued", g.created_at], ["expires", g.expires_at],
       ["decided by", g.decided_by || "–"], ["revoked at", g.revoked_at || "–"]])));
+    if (g.limits) page.append(el("h2", {}, "Limits"), limitsCard(g.limits));
   } catch (error) { page.append(el("p", { class: "error" }, error.message)); return; }
   const records = el("div");
   page.append(el("h2", {}, "Audit records"), records);
   auditTable(records, signal, { grant: id });
+}
+
+// A bar of how much of a cap is used or in flight; the width is set through the CSSOM, which
+// the console's Content-Security-Policy (style-src 'self') allows, unlike a style attribute.
+function meter(share, spent) {
+  const bar = el("span");
+  bar.style.width = `${Number(share.toFixed(1))}%`;
+  return el("span", { class: `meter${spent ? " spent" : ""}`, title: `${share.toFixed(1)}% used or in flight` }, bar);
+}
+
+// What a grant's limits allow and what is left: the admin API's `limits` (grants/limits_view.py).
+function limitsCard(limits) {
+  const card = el("div", { class: "card", id: "limits" });
+  const number = (value, usd) => value === null || value === undefined ? "no cap"
+    : usd ? `$${Number(value.toFixed(6))}` : String(value);
+  const budget = Object.entries(limits.budget || {});
+  if (budget.length) {
+    const rows = [];
+    for (const [secret, entry] of budget) {
+      for (const [dimension, n] of Object.entries(entry)) {
+        if (typeof n !== "object") continue;
+        const usd = dimension === "cost_usd";
+        const share = n.cap ? Math.min(100, 100 * (n.used + n.in_flight) / n.cap) : 0;
+        rows.push(el("tr", { "data-secret": secret, "data-dimension": dimension },
+          el("td", {}, secret), el("td", {}, dimension.replace("_usd", " (USD)").replace("_", " ")),
+          el("td", { class: "used" }, number(n.used, usd)), el("td", {}, number(n.in_flight, usd)),
+          el("td", { class: "left" }, n.left === null ? "–" : number(n.left, usd)),
+          el("td", {}, number(n.cap, usd)),
+          el("td", {}, n.cap ? meter(share, n.left === 0) : "")));
+      }
+    }
+    card.append(el("h3", {}, "Budget"), el("table", { id: "budget" },
+      el("tr", {}, ["secret", "", "used", "in flight", "left", "cap", ""].map((h) => el("th", {}, h))), rows));
+  }
+  const rates = Object.entries(limits.rates || {});
+  if (rates.length) {
+    card.append(el("h3", {}, "Rates"), el("table", { id: "rates" },
+      el("tr", {}, ["secret", "policy", "this grant"].map((h) => el("th", {}, h))),
+      rates.map(([secret, r]) => el("tr", { "data-secret": secret }, el("td", {}, secret),
+        el("td", {}, r.policy), el("td", {}, r.grant || "the policy's")))));
+  }
+  const concurrency = Object.entries(limits.concurrency || {});
+  if (concurrency.length) {
+    card.append(el("h3", {}, "Requests in flight"), el("table", { id: "concurrency" },
+      el("tr", {}, ["secret", "in flight", "at most"].map((h) => el("th", {}, h))),
+      concurrency.map(([secret, c]) => el("tr", { "data-secret": secret }, el("td", {}, secret),
+        el("td", {}, String(c.in_flight)), el("td", {}, String(c.cap))))));
+  }
+  return card;
 }
 
 // --- Audit -------------------------------------------------------------------------------
