@@ -39,7 +39,7 @@ def _run(addon: BrokerAddon, hook: Callable[[], Any]) -> None:
             result = hook()
             if isinstance(result, Coroutine):
                 await result
-        addon.decide.done()
+        await addon.decide.done()
 
     asyncio.run(main())
 

@@ -198,6 +198,7 @@ def test_a_crash_mid_write_restarts_with_a_torn_tail_and_recover_has_nothing_to_
     assert cli(stack, "audit", "verify").returncode == 0
 
 
+@pytest.mark.audit_tampered  # its log is cut on purpose and left so
 def test_a_proxy_that_cannot_start_on_a_cut_log_says_so_and_sends_nothing(
         fresh: Stack, pki: LocalPki) -> None:
     stack = fresh
