@@ -41,6 +41,7 @@ from broker_proxy.decision.header_templates import (
 from broker_proxy.decision.limit_checks import DecisionMustWait, LimitChecks
 from broker_proxy.decision.outbound import Allowed, Denied, OutboundRequest, Verdict
 from broker_proxy.decision.placeholders import PlaceholderScanner
+from broker_proxy.decision.protocol_checks import protocol_refusal
 from broker_proxy.decision.request_checks import (
     AmbiguousPath,
     canonical_path,
@@ -260,6 +261,9 @@ class Broker(LimitChecks):
         if policy.model_limited and (refusal := self._llm_rule_refusal(
                 request, grant, policy, names)):
             return refusal
+        # MCP and GraphQL rules: what the call asks the server to do, before any secret is used.
+        if policy.protocol_limited and (refused := protocol_refusal(request, policy, names)):
+            return self._deny(request, grant, refused.status, refused.code, refused.message)
         # A person's yes comes before anything is resolved, spent or recorded with a secret.
         if held := self._held_for_approval(request, grant, policy, names, approved_hold,
                                            scanner, hits, templates):
