@@ -166,6 +166,9 @@ def test_a_denied_tool_is_refused_and_never_reaches_the_server(mcp: McpStack,
     assert not server.received("delete_repository")
     refusals = [r for r in _audit(mcp) if r.get("reason") == "mcp_tool_not_allowed"]
     assert refusals and refusals[-1]["decision"] == "deny"
+    # The record names the call it refused.
+    assert (refusals[-1]["mcp_method"], refusals[-1]["mcp_name"]) == ("tools/call",
+                                                                      "delete_repository")
 
 
 def test_a_placeholder_in_an_allowed_call_is_injected(mcp: McpStack) -> None:
@@ -176,6 +179,8 @@ def test_a_placeholder_in_an_allowed_call_is_injected(mcp: McpStack) -> None:
                                               "Mcp-Name": "get_issue"})
     assert mcp.json_server.received(mcp.value)  # headers and arguments both swapped
     assert mcp.carried(mcp.json_server) == 1
+    used = [r for r in _audit(mcp) if r["event"] == "request" and r["decision"] == "allow"]
+    assert (used[-1]["mcp_method"], used[-1]["mcp_name"]) == ("tools/call", "get_issue")
 
 
 def test_the_refusal_names_a_stable_code_and_nothing_is_sent(mcp: McpStack) -> None:
@@ -227,6 +232,8 @@ def test_batches_are_checked_element_by_element(mcp: McpStack) -> None:
     answer = mcp.post(mcp.json_server, json.dumps([allowed, denied]).encode(), old)
     assert answer.status_code == 403
     assert answer.json()["error"] == "mcp_tool_not_allowed"
+    assert _audit(mcp)[-1]["mcp_calls"] == ["tools/call list_issues",
+                                            "tools/call delete_repository"]
     # A version without batches: refused as such, whatever the elements.
     answer = mcp.post(mcp.json_server, json.dumps([allowed]).encode(),
                       {"Mcp-Protocol-Version": "2025-06-18"})
