@@ -240,3 +240,29 @@ def test_batches_are_checked_element_by_element(mcp: McpStack) -> None:
     assert answer.status_code == 400
     assert answer.json()["error"] == "mcp_invalid_request"
     assert mcp.json_server.authorizations == []
+
+
+@pytest.mark.parametrize("which", ["json", "sse"])
+def test_tools_list_offers_only_the_tools_the_rules_allow(mcp: McpStack, which: str) -> None:
+    server = mcp.json_server if which == "json" else mcp.sse_server
+
+    async def listed() -> list[str]:
+        async with mcp.session(server) as session:
+            return sorted(tool.name for tool in (await session.list_tools()).tools)
+
+    assert run(listed()) == ["get_issue", "list_issues"]  # delete_repository left out
+    assert server.received('"tools/list"')
+
+
+def test_a_raw_tools_list_answer_is_filtered_too(mcp: McpStack) -> None:
+    body = {"jsonrpc": "2.0", "id": 9, "method": "tools/list", "params": {}}
+    # A stateless-looking POST: the server wants a session, so make one first.
+    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {},
+        "clientInfo": {"name": "raw", "version": "0"}}}
+    first = mcp.post(mcp.sse_server, json.dumps(init).encode(), {})
+    session = first.headers.get("mcp-session-id")
+    headers = {"Mcp-Session-Id": session} if session else {}
+    answer = mcp.post(mcp.sse_server, json.dumps(body).encode(), headers)
+    assert answer.status_code == 200, answer.text
+    assert "delete_repository" not in answer.text and "get_issue" in answer.text

@@ -151,3 +151,25 @@ def test_the_rules_refuse_by_kind() -> None:
                         (McpCall("prompts/get", "other"), MCP_PROMPT_NOT_ALLOWED)):
         refused = call_problem(found, rules, "s")
         assert refused is not None and refused.status == 403 and refused.code == code
+
+
+def test_list_answers_keep_what_the_rules_allow() -> None:
+    from broker_proxy.decision.mcp_lists import filter_answer
+    rules = McpRules(tools=NameRule.of(("get_*",), ()), resources=NameRule.of((), ("secret:*",)))
+    answer = {"jsonrpc": "2.0", "id": 2, "result": {
+        "tools": [{"name": "get_issue"}, {"name": "drop_table"}, {"title": "no name"}],
+        "resources": [{"uri": "repo://a"}, {"uri": "secret://b"}],
+        "resourceTemplates": [{"uriTemplate": "secret:{x}"}]}}
+    body, removed = filter_answer(json.dumps(answer).encode(), "application/json", rules)
+    assert removed == 4
+    assert json.loads(body)["result"] == {"tools": [{"name": "get_issue"}],
+                                          "resources": [{"uri": "repo://a"}],
+                                          "resourceTemplates": []}
+    sse = (b"event: message\r\nid: 1\r\ndata: " + json.dumps(answer).encode() + b"\r\n\r\n"
+           b": keep-alive\r\n\r\n")
+    body, removed = filter_answer(sse, "text/event-stream; charset=utf-8", rules)
+    assert removed == 4 and b"drop_table" not in body and b"get_issue" in body
+    assert body.startswith(b"event: message\r\nid: 1\r\ndata: {")
+    assert body.endswith(b"\r\n\r\n: keep-alive\r\n\r\n")
+    untouched = json.dumps({"jsonrpc": "2.0", "id": 3, "result": {"content": []}}).encode()
+    assert filter_answer(untouched, "application/json", rules) == (untouched, 0)
