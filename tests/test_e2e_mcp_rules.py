@@ -234,6 +234,9 @@ def test_batches_are_checked_element_by_element(mcp: McpStack) -> None:
     assert answer.json()["error"] == "mcp_tool_not_allowed"
     assert _audit(mcp)[-1]["mcp_calls"] == ["tools/call list_issues",
                                             "tools/call delete_repository"]
+    exported = httpx.get(mcp.proxy.metrics_url, timeout=10).text
+    assert 'broker_protocol_checks_total{action="tools/call",outcome="refused",' \
+           'protocol="mcp"}' in exported
     # A version without batches: refused as such, whatever the elements.
     answer = mcp.post(mcp.json_server, json.dumps([allowed]).encode(),
                       {"Mcp-Protocol-Version": "2025-06-18"})

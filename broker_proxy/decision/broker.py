@@ -263,6 +263,10 @@ class Broker(LimitChecks):
             return refusal
         # MCP and GraphQL rules: what the call asks the server to do, before any secret is used.
         protocol = read_protocol(request, policy, names) if policy.protocol_limited else None
+        if protocol is not None:
+            outcome = "passed" if protocol.refusal is None else "refused"
+            for kind, action in protocol.metric_actions():
+                self.metrics.protocol_checks.labels(kind, action, outcome).inc()
         if protocol is not None and (refused := protocol.refusal) is not None:
             return self._deny(request, grant, refused.status, refused.code, refused.message,
                               fields=protocol.audit_fields())

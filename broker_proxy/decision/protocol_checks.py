@@ -30,6 +30,15 @@ from broker_proxy.policy.protocol_rules import McpRules
 Refusal = McpRefusal | GraphqlRefusal
 LIST_METHODS = frozenset({"tools/list", "prompts/list", "resources/list",
                           "resources/templates/list"})
+# The methods of the MCP specification (2025-03-26 to 2026-07-28): metric labels, never an
+# agent's arbitrary string.
+MCP_METHODS = frozenset({
+    "initialize", "ping", "tools/list", "tools/call", "prompts/list", "prompts/get",
+    "resources/list", "resources/templates/list", "resources/read", "resources/subscribe",
+    "resources/unsubscribe", "completion/complete", "logging/setLevel", "tasks/get",
+    "tasks/list", "tasks/result", "tasks/cancel", "notifications/initialized",
+    "notifications/cancelled", "notifications/progress", "notifications/roots/list_changed",
+    "sampling/createMessage", "elicitation/create", "roots/list"})
 AUDIT_NAME_MAX = 200  # characters of a tool, prompt, URI or operation name in a record
 AUDIT_LIST_MAX = 20  # calls or operations of a batch named in a record
 
@@ -77,6 +86,21 @@ class ProtocolReading:
                     f"{o.kind} {o.name}".strip()[:AUDIT_NAME_MAX]
                     for o in self._operations[:AUDIT_LIST_MAX]]
         return fields
+
+
+    def metric_actions(self) -> set[tuple[str, str]]:
+        """(protocol, action) of what was read, from bounded sets only: label values."""
+        found: set[tuple[str, str]] = set()
+        if isinstance(self._calls, list):
+            found |= {("mcp", c.method if c.method in MCP_METHODS else "other")
+                      for c in self._calls}
+        elif self._calls is not None:
+            found.add(("mcp", "unreadable"))
+        if isinstance(self._operations, list):
+            found |= {("graphql", o.kind) for o in self._operations}
+        elif self._operations is not None:
+            found.add(("graphql", "unreadable"))
+        return found
 
 
 def read_protocol(request: OutboundRequest, policy: ActivePolicy,
