@@ -61,6 +61,14 @@ DENIED = GRAPHQL_OPERATION_NOT_ALLOWED
     # GET ?query=
     (get(query="{ repository { name } }"), None),
     (get(query="mutation { closeIssue { id } }"), DENIED),
+    # The URL's query beside a harmless body, and a body on another method: both read.
+    (OutboundRequest("POST", "https", "api.github.com", 443, "/graphql",
+                     urlencode({"query": "mutation { x }"}),
+                     (("Content-Type", "application/json"),), b'{"query": "{ a }"}'), DENIED),
+    (OutboundRequest("PUT", "https", "api.github.com", 443, "/graphql", "",
+                     (("Content-Type", "application/json"),),
+                     b'{"query": "mutation { x }"}'), DENIED),
+    (get(), GRAPHQL_INVALID_REQUEST),
     # Persisted queries without a document: listed ids only.
     (post({"extensions": {"persistedQuery": {"version": 1, "sha256Hash": "abc123"}}}), None),
     (post({"extensions": {"persistedQuery": {"version": 1, "sha256Hash": "ffff"}}}), DENIED),

@@ -73,8 +73,13 @@ def _shown(text: str) -> str:
 
 
 def read_requests(request: OutboundRequest) -> list[dict[str, Any]] | GraphqlRefusal:
-    """The GraphQL requests (query, operationName, extensions, ids) the HTTP request holds."""
-    if request.method.upper() != "POST":
+    """The GraphQL requests (query, operationName, extensions, ids) the HTTP request holds.
+
+    The URL's parameters and the body are both read, whatever the method: some servers take
+    ``?query=`` on a POST whose body has none, or a body on a method other than POST.
+    """
+    items: list[dict[str, Any]] = []
+    if request.query:
         params = parse_qs(request.query, keep_blank_values=True)
         if any(len(values) > 1 for values in params.values()):
             return _invalid("a GraphQL parameter is given more than once")
@@ -84,25 +89,28 @@ def read_requests(request: OutboundRequest) -> list[dict[str, Any]] | GraphqlRef
                 single["extensions"] = loads(single["extensions"])
             except ValueError:
                 return _invalid("the extensions parameter is not JSON")
-        return [single]
+        if {"query", "extensions", *_PERSISTED_KEYS} & single.keys() or not request.body:
+            items.append(single)
+    if not request.body:
+        return items or [{}]
     if len(request.body) > MAX_BODY:
         return _invalid(f"a GraphQL request body over {MAX_BODY} bytes is not read")
     content_type = next((v for k, v in request.headers if k.lower() == "content-type"), "")
     if content_type.split(";", 1)[0].strip().lower() == "application/graphql":
         try:
-            return [{"query": request.body.decode("utf-8")}]
+            return [*items, {"query": request.body.decode("utf-8")}]
         except UnicodeDecodeError:
             return _invalid("the GraphQL document is not UTF-8")
     try:
         document = loads(request.body)
     except (ValueError, RecursionError) as error:
         return _invalid(f"the body is not a GraphQL request: {str(error)[:120]}")
-    items = document if isinstance(document, list) else [document]
-    if not items or len(items) > MAX_BATCH:
+    batch = document if isinstance(document, list) else [document]
+    if not batch or len(batch) > MAX_BATCH:
         return _invalid(f"a GraphQL batch holds 1 to {MAX_BATCH} requests")
-    if not all(isinstance(item, dict) for item in items):
+    if not all(isinstance(item, dict) for item in batch):
         return _invalid("a GraphQL request is a JSON object")
-    return items
+    return [*items, *batch]
 
 
 def _persisted_id(item: dict[str, Any]) -> str | None:
