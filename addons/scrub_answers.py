@@ -11,7 +11,7 @@ import logging
 import time
 from typing import Any
 
-from broker_proxy.addons import response_scrubbing
+from broker_proxy.addons import mcp_list_filter, response_scrubbing
 from broker_proxy.addons.flow_record import flow_record, settle_budget_once
 from mitmproxy import http
 
@@ -33,6 +33,7 @@ class ScrubAnswers:
         verdict = record.verdict if record is not None else None
         try:
             response_scrubbing.on_response_headers(flow, verdict, self.broker.live_scrub)
+            mcp_list_filter.on_response_headers(flow, verdict)  # after: the scrubbed stream
         except Exception as error:  # withhold rather than pass on unscrubbed
             log.error("response scrub failed: %s", type(error).__name__)
             response_scrubbing.withhold_after_error(flow, verdict)
@@ -49,6 +50,8 @@ class ScrubAnswers:
                     flow.response.status_code,
                     {n: verdict.scrub[n] for n in verdict.injected if n in verdict.scrub})
             redactions = response_scrubbing.on_response(flow, verdict)
+            if not response_scrubbing.was_withheld(flow):
+                mcp_list_filter.on_response(flow, verdict)
             withheld = response_scrubbing.was_withheld(flow)
         except Exception as error:  # withhold rather than pass on unscrubbed
             log.error("response scrub failed: %s", type(error).__name__)

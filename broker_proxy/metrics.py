@@ -68,6 +68,14 @@ class BrokerMetrics:
             ["secret"],
             registry=self.registry,
         )
+        self.protocol_checks = Counter(
+            "broker_protocol_checks",
+            "Requests checked against a destination's MCP or GraphQL rules: protocol (mcp, "
+            "graphql), action (an MCP method of the specification, else other; a GraphQL "
+            "operation type or persisted) and outcome (passed, refused).",
+            ["protocol", "action", "outcome"],
+            registry=self.registry,
+        )
         self.budget_refusals = Counter(
             "broker_budget_refusals",
             "Requests refused with 429 budget_exhausted, by secret and the dimension "

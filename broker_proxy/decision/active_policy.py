@@ -33,6 +33,9 @@ class ActivePolicy:
     # Secrets with an LLM budget or a concurrency cap (budget_keeper.py): their requests hold a
     # reservation in the store until their answer settles it.
     budgeted_secrets: frozenset[str] = frozenset()
+    # Secrets with a destination that has MCP or GraphQL rules (protocol_rules.py): only their
+    # requests' bodies are read as JSON-RPC or GraphQL.
+    protocol_limited: frozenset[str] = frozenset()
     # When this policy started to serve (start-up or reload), for the console's policy page.
     loaded_at: datetime = field(default_factory=utc_now, compare=False)
 
@@ -53,6 +56,9 @@ class ActivePolicy:
             budgeted_secrets=frozenset(name for name, secret in policy.secrets.items()
                                        if secret.budget is not None
                                        or secret.concurrency is not None),
+            protocol_limited=frozenset(
+                name for name, secret in policy.secrets.items()
+                if any(d.protocol_rules for d in secret.destinations)),
             index=DestinationIndex(policy),
             scanner=PlaceholderScanner(
                 {n: s.placeholder for n, s in policy.secrets.items()},

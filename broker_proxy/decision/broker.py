@@ -41,6 +41,7 @@ from broker_proxy.decision.header_templates import (
 from broker_proxy.decision.limit_checks import DecisionMustWait, LimitChecks
 from broker_proxy.decision.outbound import Allowed, Denied, OutboundRequest, Verdict
 from broker_proxy.decision.placeholders import PlaceholderScanner
+from broker_proxy.decision.protocol_checks import read_protocol
 from broker_proxy.decision.request_checks import (
     AmbiguousPath,
     canonical_path,
@@ -260,6 +261,15 @@ class Broker(LimitChecks):
         if policy.model_limited and (refusal := self._llm_rule_refusal(
                 request, grant, policy, names)):
             return refusal
+        # MCP and GraphQL rules: what the call asks the server to do, before any secret is used.
+        protocol = read_protocol(request, policy, names) if policy.protocol_limited else None
+        if protocol is not None:
+            outcome = "passed" if protocol.refusal is None else "refused"
+            for kind, action in protocol.metric_actions():
+                self.metrics.protocol_checks.labels(kind, action, outcome).inc()
+        if protocol is not None and (refused := protocol.refusal) is not None:
+            return self._deny(request, grant, refused.status, refused.code, refused.message,
+                              fields=protocol.audit_fields())
         # A person's yes comes before anything is resolved, spent or recorded with a secret.
         if held := self._held_for_approval(request, grant, policy, names, approved_hold,
                                            scanner, hits, templates):
@@ -295,7 +305,8 @@ class Broker(LimitChecks):
         revealed = {n: v.reveal() for n, v in values.items()}
         try:
             audit_record = self._spend_use(request, grant, now, codes.INJECTED, revealed,
-                                           defer_durability, wait, deadline)
+                                           defer_durability, wait, deadline,
+                                           fields=protocol.audit_fields() if protocol else None)
         except BaseException:
             self.budgets.release(grant.id, tickets)
             raise
@@ -324,6 +335,7 @@ class Broker(LimitChecks):
                        grant.placeholder_of(n) or policy.policy.secrets[n].placeholder)
                    for n in names},
             budget=tickets,
+            mcp_lists=protocol.list_rules if protocol else None,
         ), grant, policy, request.host)
 
     def _held_for_approval(self, request: OutboundRequest, grant: Grant, policy: ActivePolicy,
@@ -525,7 +537,8 @@ class Broker(LimitChecks):
 
     def _spend_use(self, request: OutboundRequest, grant: Grant, now: datetime, reason: str,
                    values: dict[str, str], defer_durability: bool,
-                   wait: bool = True, deadline: float | None = None) -> dict[str, Any] | Denied:
+                   wait: bool = True, deadline: float | None = None,
+                   fields: dict[str, Any] | None = None) -> dict[str, Any] | Denied:
         """Reserve one of the grant's uses, then write the record of the secrets' use.
 
         Invariant 5 (docs/architecture.md): the record is written before the secret leaves
@@ -548,7 +561,8 @@ class Broker(LimitChecks):
             # apart after a rotation without the record holding anything a reader could invert.
             return self.audit.append("request", durable=not defer_durability, **_record(
                 request, grant, "allow", reason, None, names), fingerprints=[
-                    f"{n}:{self.audit.fingerprint(values[n])}" for n in names])
+                    f"{n}:{self.audit.fingerprint(values[n])}" for n in names],
+                **(fields or {}))
         except AuditError:
             self.metrics.audit_write_errors.inc()
             return Denied(503, codes.AUDIT_UNAVAILABLE,
@@ -579,10 +593,12 @@ class Broker(LimitChecks):
                           challenge=token is None)
 
     def _deny(self, request: OutboundRequest, grant: Grant | None, status: int, code: str,
-              message: str, *, challenge: bool = False) -> Denied:
+              message: str, *, challenge: bool = False,
+              fields: dict[str, Any] | None = None) -> Denied:
         decision = "challenge" if challenge else "deny"
         try:
-            self.audit.append("request", **_record(request, grant, decision, code, status, []))
+            self.audit.append("request", **_record(request, grant, decision, code, status, []),
+                              **(fields or {}))
         except AuditError:
             self.metrics.audit_write_errors.inc()  # still denied: nothing to protect upstream
         return Denied(status, code, message, grant.id if grant else None, challenge=challenge)

@@ -36,7 +36,8 @@ class LimitChecks:
     budgets: BudgetKeeper
 
     def _deny(self, request: OutboundRequest, grant: Grant | None, status: int, code: str,
-              message: str, *, challenge: bool = False) -> Denied:
+              message: str, *, challenge: bool = False,
+              fields: dict[str, Any] | None = None) -> Denied:
         raise NotImplementedError
 
     def _llm_rule_refusal(self, request: OutboundRequest, grant: Grant, policy: ActivePolicy,

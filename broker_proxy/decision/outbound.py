@@ -15,6 +15,7 @@ from broker_proxy.scrubbing.scope import ScrubScope
 
 if TYPE_CHECKING:  # importing the policy package here would close a cycle (see scope.py)
     from broker_proxy.policy.media_types import WithholdRule
+    from broker_proxy.policy.protocol_rules import McpRules
 
 # Stable error codes: scripts and dashboards match on these strings.
 PROXY_AUTH_REQUIRED = "proxy_auth_required"
@@ -106,6 +107,9 @@ class Allowed:
     scrub_generation: int = 0
     # The media types whose answers from this host are withheld (a destination's `withhold`).
     withhold: WithholdRule | None = field(default=None, repr=False)
+    # An MCP tools/prompts/resources list call: its answer keeps only what these rules allow
+    # (decision/mcp_lists.py); None for every other request.
+    mcp_lists: McpRules | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -289,6 +289,20 @@ class DestinationIndex:
                 return True
         return False
 
+    def allowing(
+        self, secret_name: str, scheme: str, host: str, port: int, method: str, path: str
+    ) -> list[Destination]:
+        """The destinations of ``secret_name`` that allow this method and path (for the MCP and
+        GraphQL rules: a request passes when one of them lets it)."""
+        method = method.upper()
+        if method in NEVER_METHODS:
+            return []
+        return [destination
+                for destination in self.destinations_for(secret_name, scheme, host, port)
+                if method in destination.methods
+                and ((source := self._paths[destination]) is None
+                     or self._paths_pattern(source).fullmatch(path))]
+
     def _paths_pattern(self, source: str) -> re.Pattern[str]:
         # Two threads compiling the same source at once both store an equal pattern: harmless.
         pattern = self._compiled.get(source)

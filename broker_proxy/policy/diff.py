@@ -3,7 +3,8 @@
 Widening means some request, grant or agent that OLD refused NEW would allow: a new agent, a
 secret an agent may now hold, an approval dropped, a longer max_ttl, a destination (host, port,
 method or path) a secret may now reach, a new place a placeholder may sit, a new egress host or
-private address range, a media type no longer withheld at a secret's host. Everything else is
+private address range, a media type no longer withheld at a secret's host, an MCP tool or
+GraphQL operation list widened (protocol_diff.py). Everything else is
 a narrowing or a neutral change; each is one line.
 """
 
@@ -16,6 +17,7 @@ from broker_proxy.policy.coverage import destination_covers, host_covers, uncove
 from broker_proxy.policy.limit_diff import limit_changes
 from broker_proxy.policy.media_types import pattern_covers
 from broker_proxy.policy.model import Destination, Policy, SecretPolicy
+from broker_proxy.policy.protocol_diff import protocol_changes
 from broker_proxy.policy.resolve_pins import ResolvePins
 
 
@@ -118,7 +120,8 @@ def _secret_changes(before: SecretPolicy, after: SecretPolicy) -> list[Change]:
         found.append(Change("source_changed", subject,
                             f"from {before.source} -> {after.source}", False))
     found += [Change(kind, subject, detail, widening)
-              for kind, detail, widening in limit_changes(before, after)]
+              for kind, detail, widening in limit_changes(before, after)
+              + protocol_changes(before, after)]
     return found
 
 

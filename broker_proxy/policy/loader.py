@@ -77,6 +77,7 @@ from broker_proxy.policy.oauth2_mtls_fields import (
     parse_oauth2,
 )
 from broker_proxy.policy.path_reach import unreachable_reason
+from broker_proxy.policy.protocol_rules import parse_graphql, parse_mcp
 from broker_proxy.policy.resolve_pins import SPELLING as PIN_SPELLING
 from broker_proxy.policy.resolve_pins import PinError, ResolvePins
 from broker_proxy.policy.spec import (
@@ -833,10 +834,15 @@ def _destination(node: yaml.Node, path: str, checker: _Checker) -> Destination |
                            "or none")
     withhold = parse_withhold(fields["withhold"][1], _join(path, "withhold"), checker) \
         if "withhold" in fields else ()
+    mcp = parse_mcp(fields["mcp"][1], _join(path, "mcp"), checker) if "mcp" in fields \
+        else None
+    graphql = parse_graphql(fields["graphql"][1], _join(path, "graphql"), checker) \
+        if "graphql" in fields else None
     if host is None or len(checker.issues) > before:
         return None
     return Destination(scheme=scheme, host=host, port=port, methods=methods, paths=paths,
-                       aws=aws, approval_preview=preview, withhold=withhold)
+                       aws=aws, approval_preview=preview, withhold=withhold, mcp=mcp,
+                       graphql=graphql)
 
 
 def _host_pattern(node: yaml.Node, path: str, checker: _Checker) -> str | None:

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from ipaddress import IPv4Network, IPv6Network
 
+from broker_proxy.policy.protocol_rules import GraphqlRules, McpRules
+
 # RFC 9110 methods a destination allows when it names none. TRACE/TRACK echo the request
 # (and so the injected secret) back, CONNECT would open a tunnel with it.
 DEFAULT_METHODS: frozenset[str] = frozenset(
@@ -35,6 +37,13 @@ class Destination:
     approval_preview: str = "full"
     # Media types (or globs) of answers from this host never passed on (media_types.py).
     withhold: tuple[str, ...] = ()
+    # What an MCP or GraphQL request carrying the secret may ask for (protocol_rules.py).
+    mcp: McpRules | None = None
+    graphql: GraphqlRules | None = None
+
+    @property
+    def protocol_rules(self) -> bool:
+        return self.mcp is not None or self.graphql is not None
 
 
 @dataclass(frozen=True, slots=True)

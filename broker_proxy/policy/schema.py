@@ -26,6 +26,7 @@ def _object(name: str) -> dict[str, Any]:
         schema["required"] = list(mapping.required)
     if mapping.description:
         schema["description"] = mapping.description
+    schema.update(copy.deepcopy(mapping.extra))
     return schema
 
 

@@ -61,6 +61,9 @@ def _named(entry: str) -> dict[str, Any]:
 
 
 _STRINGS = {"type": "array", "items": {"type": "string"}}
+# MCP and GraphQL name globs (protocol_rules.py): printable, bounded.
+_GLOBS = {"type": "array", "items": {"type": "string", "minLength": 1, "maxLength": 200,
+                                     "pattern": "^[^\\x00-\\x1f]+$"}}
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,7 +232,31 @@ MAPPINGS: dict[str, Mapping] = {
                            "passed on: forms the scrubber cannot look inside, e.g. "
                            "application/x-7z-compressed, application/pdf; the body's first "
                            "bytes are checked too"},
+        "mcp": {**kind("mcp"), "description": "MCP rules (Streamable HTTP): JSON-RPC methods, "
+                                              "tools, resources and prompts a request carrying "
+                                              "this secret may name (docs/mcp-graphql.md)"},
+        "graphql": {**kind("graphql"), "description": "GraphQL rules: operation types, "
+                                                      "operation and top-level field names"},
     }, required=("host",)),
+    "name_rule": Mapping({
+        "allow": {**_GLOBS, "description": "globs (*, ?, [...]); left out: any name"},
+        "deny": {**_GLOBS, "description": "globs refused even when allowed"},
+    }, extra={"minProperties": 1}),
+    "mcp": Mapping({
+        "methods": {**kind("name_rule"), "description": "JSON-RPC methods, e.g. tools/*"},
+        "tools": {**kind("name_rule"), "description": "tool names of tools/call"},
+        "resources": {**kind("name_rule"), "description": "resource URIs of resources/read"},
+        "prompts": {**kind("name_rule"), "description": "prompt names of prompts/get"},
+    }),
+    "graphql": Mapping({
+        "operations": {"type": "array", "uniqueItems": True,
+                       "items": {"enum": ["query", "mutation", "subscription"]},
+                       "description": "operation types allowed (default: all three)"},
+        "names": {**kind("name_rule"), "description": "operation names"},
+        "fields": {**kind("name_rule"), "description": "top-level field names"},
+        "persisted": {**_STRINGS, "description": "persisted-query hashes allowed without a "
+                                                 "document"},
+    }),
     "aws": Mapping({
         "services": {"type": "array", "minItems": 1,
                      "items": {"type": "string", "pattern": SCOPE_PART_PATTERN},
