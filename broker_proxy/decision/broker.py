@@ -258,9 +258,12 @@ class Broker(LimitChecks):
         names = sorted({hit.secret for hit in hits if hit.secret}
                        | {use.secret for use in templates})
         # What the request is for (LLM model rules) is judged before any secret is touched.
-        if policy.model_limited and (refusal := self._llm_rule_refusal(
+        tools_written = False
+        if policy.model_limited and (ruled := self._llm_rule_refusal(
                 request, grant, policy, names)):
-            return refusal
+            if isinstance(ruled, Denied):
+                return ruled
+            request, tools_written = ruled, True  # hosted tools' terms written into the body
         # MCP and GraphQL rules: what the call asks the server to do, before any secret is used.
         protocol = read_protocol(request, policy, names) if policy.protocol_limited else None
         if protocol is not None:
@@ -294,14 +297,14 @@ class Broker(LimitChecks):
                 request, grant, policy, names, now, wait, deadline)):
             return limited
         tickets: tuple[Reservation, ...] = ()
-        body_changed = False
+        body_changed = tools_written
         if policy.budgeted_secrets & set(names):
             reserved = self._budget_reservations(request, grant, policy, names, wait,
                                                  deadline)
             if isinstance(reserved, Denied):
                 return reserved
-            tickets, request, body_changed = (reserved.tickets, reserved.request,
-                                              reserved.body_changed)
+            tickets, request = reserved.tickets, reserved.request
+            body_changed = body_changed or reserved.body_changed
         revealed = {n: v.reveal() for n, v in values.items()}
         try:
             audit_record = self._spend_use(request, grant, now, codes.INJECTED, revealed,

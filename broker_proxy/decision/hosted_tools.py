@@ -58,11 +58,12 @@ def hosted_tool_kinds(body: bytes) -> set[str]:
         kinds.add("web_search")
     tools = document.get("tools")
     for tool in tools if isinstance(tools, list) else []:
-        kinds |= _tool_kinds(tool)
+        kinds |= tool_kind(tool)
     return kinds
 
 
-def _tool_kinds(tool: Any) -> set[str]:
+def tool_kind(tool: Any) -> set[str]:
+    """The hosted kinds one ``tools[]`` entry asks for (empty for a tool the agent runs)."""
     if not isinstance(tool, dict):
         return set()
     kind = tool.get("type")

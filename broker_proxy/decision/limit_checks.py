@@ -14,6 +14,7 @@ from typing import Any
 from broker_proxy.decision import outbound as codes
 from broker_proxy.decision.active_policy import ActivePolicy
 from broker_proxy.decision.budget_keeper import BudgetKeeper, Reserved
+from broker_proxy.decision.hosted_tool_rules import ToolTermsRefused, apply_tool_rules
 from broker_proxy.decision.hosted_tools import HOSTED_TOOL_NOT_ALLOWED, hosted_tool_problem
 from broker_proxy.decision.llm_budget import CONCURRENCY_LIMITED, Unbounded
 from broker_proxy.decision.model_rules import MODEL_NOT_ALLOWED, model_problem
@@ -41,8 +42,13 @@ class LimitChecks:
         raise NotImplementedError
 
     def _llm_rule_refusal(self, request: OutboundRequest, grant: Grant, policy: ActivePolicy,
-                          names: list[str]) -> Denied | None:
-        """403 for a model or a hosted tool the secrets' LLM rules do not allow."""
+                          names: list[str]) -> Denied | OutboundRequest | None:
+        """403 for a model or a hosted tool the secrets' LLM rules do not allow.
+
+        A request whose hosted tools the policy allows on terms (hosted_tool_rules.py) comes
+        back with those terms written into its body, before anything is spent or signed.
+        """
+        rewritten = None
         for name in names:
             secret = policy.policy.secrets[name]
             if not secret.llm_rules:
@@ -52,7 +58,14 @@ class LimitChecks:
             if problem := hosted_tool_problem(request.body, secret.hosted_tools or frozenset(),
                                               name):
                 return self._deny(request, grant, 403, HOSTED_TOOL_NOT_ALLOWED, problem)
-        return None
+            if secret.hosted_tool_rules:
+                try:
+                    body = apply_tool_rules(request.body, dict(secret.hosted_tool_rules), name)
+                except ToolTermsRefused as error:
+                    return self._deny(request, grant, 403, HOSTED_TOOL_NOT_ALLOWED, str(error))
+                if body is not None:
+                    request = rewritten = replace(request, body=body)
+        return rewritten
 
     @staticmethod
     def _body_to_send(rewriter: RequestRewriter, body: bytes, changed: bool) -> bytes | None:

@@ -3,7 +3,10 @@
 The model is read where the vendors put it: the JSON body's ``model`` (OpenAI Chat Completions,
 Responses, Embeddings; Anthropic Messages), the path for Gemini
 (``/v1beta/models/NAME:generateContent``, also Vertex's ``.../publishers/google/models/NAME:...``)
-and for Azure OpenAI (``/openai/deployments/NAME/...``). Every model found must match one of the
+for Azure OpenAI (``/openai/deployments/NAME/...``) and for Amazon Bedrock on
+``bedrock-runtime.REGION.amazonaws.com`` (``/model/ID/invoke``, ``/invoke-with-response-stream``,
+``/converse``, ``/converse-stream``; the id percent-decoded, so ``%3A`` is ``:`` and an ARN's
+``%2F`` is ``/``). Every model found must match one of the
 secret's globs; nothing is rewritten or substituted, a request for another model is refused.
 
 Fail closed where a reader could be fooled: a JSON body that names ``model`` twice (parsers
@@ -22,6 +25,8 @@ from broker_proxy.decision.outbound import OutboundRequest
 MODEL_NOT_ALLOWED = "model_not_allowed"  # 403: the request asks for a model the secret may not
 _GEMINI = re.compile(r"/(?:models|tunedModels)/([^/:]+):[A-Za-z]+$")
 _AZURE = re.compile(r"^/openai/deployments/([^/]+)(?:/|$)")
+_BEDROCK_HOST = re.compile(r"^bedrock-runtime(-fips)?\.[a-z0-9-]+\.amazonaws\.com$")
+_BEDROCK = re.compile(r"^/model/([^/]+)/[A-Za-z-]+$")
 # A body is only parsed when it could be a JSON object naming a model: cheap to rule out.
 _MODEL_KEY = b'"model"'
 
@@ -34,9 +39,23 @@ def requested_models(request: OutboundRequest) -> list[str]:
     """Every model name the request asks for (none for e.g. GET /v1/models)."""
     found = [unquote(m.group(1)) for m in (_GEMINI.search(request.path),
                                            _AZURE.match(request.path)) if m]
+    if _BEDROCK_HOST.match(request.host) and request.path.startswith("/model/"):
+        found.append(bedrock_model(request.path))
     if request.body and _MODEL_KEY in request.body:
         found += _body_models(request.body)
     return found
+
+
+def bedrock_model(path: str) -> str:
+    """The model id of a Bedrock runtime path ``/model/ID/ACTION[?query]``, percent-decoded.
+
+    A path under /model/ that does not have that shape (an ARN's slash left unencoded, a
+    segment more) is unreadable rather than read as no model: fail closed.
+    """
+    found = _BEDROCK.match(path.split("?", 1)[0])
+    if not found:
+        raise UnreadableModel("the Bedrock path does not have the shape /model/ID/ACTION")
+    return unquote(found.group(1))
 
 
 def _body_models(body: bytes) -> list[str]:

@@ -28,6 +28,39 @@ def limit_changes(before: SecretPolicy, after: SecretPolicy) -> list[LimitChange
         if added_tools:
             found.append(("limit_widened", "hosted tools now allowed: "
                           + ", ".join(sorted(added_tools)), True))
+        found += _tool_terms(before, after)
+    return found
+
+
+def _tool_terms(before: SecretPolicy, after: SecretPolicy) -> list[LimitChange]:
+    """A hosted tool's terms (allowed_domains, max_uses) loosened or dropped widens."""
+    found: list[LimitChange] = []
+    old, new = dict(before.hosted_tool_rules), dict(after.hosted_tool_rules)
+    for kind in sorted(set(old) | set(new)):
+        if kind not in (after.hosted_tools or ()):
+            continue  # no longer allowed at all: not a loosening
+        was, now = old.get(kind), new.get(kind)
+        if was is None and now is not None:
+            if kind in (before.hosted_tools or ()):
+                found.append(("limit_narrowed", f"hosted tool {kind}: terms added", False))
+            continue
+        if was is None or now is None:
+            if was is not None:
+                found.append(("limit_widened", f"hosted tool {kind}: allow-list and use cap "
+                              "dropped", True))
+            continue
+        wider = []
+        if was.allowed_domains is not None and (now.allowed_domains is None or set(
+                now.allowed_domains) - set(was.allowed_domains)):
+            wider.append("domains " + (", ".join(sorted(set(now.allowed_domains)
+                                                        - set(was.allowed_domains)))
+                                       + " added" if now.allowed_domains else "any"))
+        if was.max_uses is not None and (now.max_uses or 10**9) > was.max_uses:
+            wider.append(f"max_uses {was.max_uses} -> {now.max_uses or 'none'}")
+        if wider:
+            found.append(("limit_widened", f"hosted tool {kind}: " + "; ".join(wider), True))
+        elif was != now:
+            found.append(("limit_narrowed", f"hosted tool {kind}: terms tightened", False))
     return found
 
 

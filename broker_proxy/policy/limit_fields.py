@@ -12,7 +12,7 @@ import re
 import yaml
 
 from broker_proxy.policy.checking import NodeChecker
-from broker_proxy.policy.model import Budget, Price, RateLimit
+from broker_proxy.policy.model import Budget, HostedToolRule, Price, RateLimit
 
 # Seconds in each period a rate may be written per.
 PERIODS: dict[str, int] = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
@@ -173,14 +173,91 @@ def _entries(node: yaml.Node, path: str, checker: NodeChecker
 _TOOL_KIND = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
 
 
-def parse_hosted_tools(node: yaml.Node, path: str, checker: NodeChecker) -> frozenset[str]:
-    """The secret's ``hosted_tools``: kinds such as web_search or mcp; [] allows none."""
-    listed = checker.strings(node, path, "a list of hosted tool kinds such as web_search")
+# Kinds whose tools take a domain allow-list and a use cap (Anthropic web_search/web_fetch,
+# OpenAI web_search's filters.allowed_domains): decision/hosted_tool_rules.py writes them.
+REWRITABLE_KINDS = ("web_search", "web_fetch")
+DOMAIN_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,62})(\.[a-z0-9][a-z0-9-]{0,62})*$"
+MAX_DOMAINS = 100
+MAX_TOOL_USES = 1000
+_DOMAIN = re.compile(DOMAIN_PATTERN)
+
+
+def parse_hosted_tools(node: yaml.Node, path: str, checker: NodeChecker
+                       ) -> tuple[frozenset[str], tuple[tuple[str, HostedToolRule], ...]]:
+    """The secret's ``hosted_tools``: kinds such as web_search or mcp; [] allows none.
+
+    Either a list of kinds (allowed as the request asks for them) or a mapping of kind to
+    ``{allowed_domains, max_uses}``, which the proxy writes into the tool (web_search and
+    web_fetch only); ``{}`` as a kind's value allows it as-is, like the list form.
+    """
+    if isinstance(node, yaml.MappingNode):
+        return _hosted_tool_mapping(node, path, checker)
+    listed = checker.strings(node, path, "a list of hosted tool kinds such as web_search, "
+                                         "or a mapping of kind to {allowed_domains, max_uses}")
     kinds = set()
     for item_path, item, value in listed or ():
-        if not _TOOL_KIND.fullmatch(value):
-            checker.report(item, item_path, "a hosted tool kind is a name such as web_search, "
-                                            "web_fetch, code_execution or mcp")
+        if _tool_kind(item, item_path, value, checker):
+            kinds.add(value)
+    return frozenset(kinds), ()
+
+
+def _tool_kind(node: yaml.Node, path: str, value: str, checker: NodeChecker) -> bool:
+    if _TOOL_KIND.fullmatch(value):
+        return True
+    checker.report(node, path, "a hosted tool kind is a name such as web_search, "
+                               "web_fetch, code_execution or mcp")
+    return False
+
+
+def _hosted_tool_mapping(node: yaml.MappingNode, path: str, checker: NodeChecker
+                         ) -> tuple[frozenset[str], tuple[tuple[str, HostedToolRule], ...]]:
+    kinds: set[str] = set()
+    rules: list[tuple[str, HostedToolRule]] = []
+    for key, value in node.value:
+        kind = str(key.value) if isinstance(key, yaml.ScalarNode) else ""
+        where = f"{path}.{kind}"
+        if not _tool_kind(key, where, kind, checker):
             continue
-        kinds.add(value)
-    return frozenset(kinds)
+        if kind in kinds:
+            checker.report(key, where, "this kind is named twice")
+            continue
+        kinds.add(kind)
+        if isinstance(value, yaml.ScalarNode) and value.tag == "tag:yaml.org,2002:null":
+            continue  # "web_search:" with nothing under it: allowed as-is
+        fields = checker.fields(value, where, "hosted_tool", key)
+        if fields is None:
+            continue
+        rule = _hosted_tool_rule(fields, where, checker)
+        if rule.rewrites and kind not in REWRITABLE_KINDS:
+            checker.report(key, where, "allowed_domains and max_uses are only written into "
+                                       + " and ".join(REWRITABLE_KINDS) + " tools")
+            continue
+        if rule.rewrites:
+            rules.append((kind, rule))
+    return frozenset(kinds), tuple(sorted(rules, key=lambda rule: rule[0]))
+
+
+def _hosted_tool_rule(fields: dict[str, tuple[yaml.Node, yaml.Node]], where: str,
+                      checker: NodeChecker) -> HostedToolRule:
+    domains = None
+    if "allowed_domains" in fields:
+        listed = checker.strings(fields["allowed_domains"][1], f"{where}.allowed_domains",
+                                 "a list of domains such as docs.python.org")
+        found = []
+        for item_path, item, value in listed or ():
+            if not _DOMAIN.fullmatch(value) or len(value) > 253:
+                checker.report(item, item_path, "a domain in lower case without scheme or path, "
+                                                "such as docs.python.org (subdomains included)")
+                continue
+            found.append(value)
+        if listed is not None and not 1 <= len(listed) <= MAX_DOMAINS:
+            checker.report(fields["allowed_domains"][1], f"{where}.allowed_domains",
+                           f"list 1 to {MAX_DOMAINS} domains")
+        domains = tuple(sorted(set(found)))
+    uses = None
+    if "max_uses" in fields:
+        uses = checker.integer(fields["max_uses"][1], f"{where}.max_uses")
+        if uses is not None and not 1 <= uses <= MAX_TOOL_USES:
+            checker.report(fields["max_uses"][1], f"{where}.max_uses",
+                           f"must be from 1 to {MAX_TOOL_USES}")
+    return HostedToolRule(domains, uses)

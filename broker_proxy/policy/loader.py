@@ -672,8 +672,9 @@ def _secret(name: str, key: yaml.Node, node: yaml.Node, path: str,
         if concurrency is not None and not 1 <= concurrency <= 100_000:
             checker.report(fields["concurrency"][1], _join(path, "concurrency"),
                            "must be from 1 to 100000")
-    hosted_tools = parse_hosted_tools(fields["hosted_tools"][1], _join(path, "hosted_tools"),
-                                      checker) if "hosted_tools" in fields else None
+    hosted_tools, tool_rules = parse_hosted_tools(
+        fields["hosted_tools"][1], _join(path, "hosted_tools"), checker) \
+        if "hosted_tools" in fields else (None, ())
     if source is None or placeholder is None:
         return None
     return SecretPolicy(name=name, source=source, command=command, placeholder=placeholder,
@@ -684,6 +685,7 @@ def _secret(name: str, key: yaml.Node, node: yaml.Node, path: str,
                         cache_ttl=kinds.cache_ttl, timeout=kinds.timeout, sign=sign,
                         per_request_approval=per_request, retire_for=kinds.retire_for,
                         rate=rate, models=models, budget=budget, hosted_tools=hosted_tools,
+                        hosted_tool_rules=tool_rules,
                         concurrency=concurrency)
 
 

@@ -121,6 +121,23 @@ class Budget:
 
 
 @dataclass(frozen=True, slots=True)
+class HostedToolRule:
+    """What the proxy writes into a hosted tool it lets through (decision/hosted_tool_rules.py).
+
+    ``allowed_domains``: the only domains the vendor may search or fetch from (None: any);
+    ``max_uses``: how many times the vendor may run the tool in one request (None: no cap).
+    """
+
+    allowed_domains: tuple[str, ...] | None = None
+    max_uses: int | None = None
+
+    @property
+    def rewrites(self) -> bool:
+        """Whether the tool must carry something, or is allowed as the request asks for it."""
+        return self.allowed_domains is not None or self.max_uses is not None
+
+
+@dataclass(frozen=True, slots=True)
 class Price:
     """USD per million tokens; equal to micro-dollars per token."""
 
@@ -166,6 +183,9 @@ class SecretPolicy:
     # Hosted tool kinds (web_search, mcp, ...) an LLM request may ask the vendor to run
     # (decision/hosted_tools.py); None: the field is absent.
     hosted_tools: frozenset[str] | None = None
+    # The mapping form (``hosted_tools: {web_search: {allowed_domains: [...], max_uses: 5}}``):
+    # per kind, the allow-list and use cap written into the tool; kinds listed plainly: none.
+    hosted_tool_rules: tuple[tuple[str, HostedToolRule], ...] = ()
     # vault: how long `secret set` keeps a replaced value retired (None: its --retire-for).
     retire_for: timedelta | None = None
 

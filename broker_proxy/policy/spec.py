@@ -137,12 +137,18 @@ MAPPINGS: dict[str, Mapping] = {
                    "description": 'model globs LLM requests carrying this secret may ask for, '
                                   'e.g. ["gpt-4o-mini", "claude-*"]; others get 403 '
                                   "model_not_allowed"},
-        "hosted_tools": {"type": "array", "uniqueItems": True,
-                         "items": {"type": "string", "pattern": "^[A-Za-z][A-Za-z0-9_]{0,63}$"},
+        "hosted_tools": {"oneOf": [
+            {"type": "array", "uniqueItems": True,
+             "items": {"type": "string", "pattern": "^[A-Za-z][A-Za-z0-9_]{0,63}$"}},
+            {"type": "object",
+             "propertyNames": {"pattern": "^[A-Za-z][A-Za-z0-9_]{0,63}$"},
+             "additionalProperties": {"oneOf": [{"type": "null"}, kind("hosted_tool")]}}],
                          "description": "vendor-run tools an LLM request may ask for: "
                                         "web_search, web_fetch, code_execution, mcp, "
                                         "file_search, image_generation; others get 403 "
-                                        "hosted_tool_not_allowed"},
+                                        "hosted_tool_not_allowed. As a mapping, web_search "
+                                        "and web_fetch may carry allowed_domains and "
+                                        "max_uses, which the proxy writes into the tool"},
         "concurrency": {"type": "integer", "minimum": 1, "maximum": 100000,
                         "description": "requests carrying this secret one grant may have in "
                                        "flight at once; over it 429 concurrency_limited"},
@@ -161,6 +167,19 @@ MAPPINGS: dict[str, Mapping] = {
                                "default": 4096,
                                "description": "the output cap the proxy writes into a request "
                                               "that sets none"},
+    }),
+    "hosted_tool": Mapping({
+        "allowed_domains": {"type": "array", "minItems": 1, "maxItems": 100,
+                            "uniqueItems": True,
+                            "items": {"type": "string",
+                                      "pattern": "^[a-z0-9]([a-z0-9-]{0,62})"
+                                                 "(\\.[a-z0-9][a-z0-9-]{0,62})*$"},
+                            "description": "the only domains (and their subdomains) the "
+                                           "vendor may search or fetch from; a request "
+                                           "naming others gets 403 hosted_tool_not_allowed"},
+        "max_uses": {"type": "integer", "minimum": 1, "maximum": 1000,
+                     "description": "how many times the vendor may run the tool per "
+                                    "request (Anthropic); a larger request is lowered"},
     }),
     "prices": Mapping({
         "as_of": {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}$",

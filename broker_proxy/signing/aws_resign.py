@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from broker_proxy import strict_json
 from broker_proxy.decision import outbound as codes
+from broker_proxy.decision.model_rules import MODEL_NOT_ALLOWED, model_problem
 from broker_proxy.decision.outbound import OutboundRequest
 from broker_proxy.decision.request_checks import AmbiguousPath, canonical_path
 from broker_proxy.policy.aws_fields import (  # noqa: F401 (public name kept here)
@@ -147,6 +148,9 @@ def plan(request: OutboundRequest, grant_secrets: frozenset[str] | tuple[str, ..
     if refusal := destination_refusal(found, policy, request) or date_refusal(found, now):
         return refusal
     secret = policy.policy.secrets[found.secret]
+    # Model rules (Bedrock's model id in the path) before anything is resolved or signed.
+    if secret.models and (problem := model_problem(request, secret.models, secret.name)):
+        return Refusal(403, MODEL_NOT_ALLOWED, problem)
     try:
         credentials = parse_credentials(secret.name, resolve(secret))
     except SecretUnavailable as error:
