@@ -12,9 +12,11 @@ import secrets
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 from mcp.shared.exceptions import MCPError
+from playwright.sync_api import Browser, expect
 
 from broker_proxy.devtools.local_pki import LocalPki, write_pki
 from broker_proxy.devtools.proxy_process import ProxyProcess
@@ -28,6 +30,7 @@ from broker_proxy.time_source import utc_now
 from tests.approval_desk_client import Approver
 from tests.conftest import master_key_in_environment, random_master_key
 from tests.mcp_upstream import MCP_HOST, McpUpstream, run
+from tests.test_console_browser import browser, screenshot, sign_in  # noqa: F401 (fixture)
 from tests.test_e2e_mcp_rules import PLACEHOLDER, McpStack
 
 pytestmark = pytest.mark.e2e
@@ -130,4 +133,33 @@ def test_a_denied_tool_call_never_reaches_the_server(stack: McpStack) -> None:
             answer.result(timeout=30)
     assert raised.group_contains(MCPError)
     assert stack.json_server.received('"get_issue"')  # the other tool passed unheld
+    assert not stack.json_server.received("delete_repository")
+
+
+def test_the_console_shows_the_tool_and_its_arguments_before_the_body(
+        browser: Browser, stack: McpStack, tmp_path: Path) -> None:  # noqa: F811
+    stack.json_server.clear()
+    body = json.dumps({"jsonrpc": "2.0", "id": 9, "method": "tools/call", "params": {
+        "name": "delete_repository", "arguments": {"name": "acme/console"}}}).encode()
+    context = browser.new_context(viewport={"width": 1280, "height": 1000})
+    page = context.new_page()
+    try:
+        sign_in(page, stack, name="alice")  # type: ignore[arg-type]
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            answer = pool.submit(stack.post, stack.json_server, body, {})
+            card = page.locator(".held", has_text=_grant_id(stack))
+            expect(card).to_have_count(1, timeout=15_000)
+            expect(card.locator(".label.tool")).to_have_text("MCP tools/call delete_repository")
+            expect(card.locator("pre.arguments")).to_contain_text('"name": "acme/console"')
+            # The call comes before the body and the headers: it is what the person judges.
+            order = card.evaluate("""c => [...c.querySelectorAll('.label.tool, pre.body')]
+                                           .map(e => e.className)""")
+            assert order[0] == "label tool" and order[-1] == "body"
+            assert stack.value not in page.content()
+            screenshot(page, tmp_path, "held-mcp-tool")
+            card.get_by_role("button", name="Deny").click()
+            expect(card.locator(".result")).to_contain_text("Denied by console:alice")
+            assert answer.result(timeout=20).status_code == 403
+    finally:
+        context.close()
     assert not stack.json_server.received("delete_repository")
