@@ -18,6 +18,7 @@ import pytest
 from mcp.shared.exceptions import MCPError
 from playwright.sync_api import Browser, expect
 
+from broker_proxy.cli import main
 from broker_proxy.devtools.local_pki import LocalPki, write_pki
 from broker_proxy.devtools.proxy_process import ProxyProcess
 from broker_proxy.grants.issuer import issue_grant
@@ -163,3 +164,18 @@ def test_the_console_shows_the_tool_and_its_arguments_before_the_body(
     finally:
         context.close()
     assert not stack.json_server.received("delete_repository")
+
+
+def test_the_report_counts_approved_calls_as_uses_and_denied_ones_as_refused(
+        stack: McpStack, tmp_path: Path) -> None:
+    # After the three tests above: one call approved, two denied (admin API, console).
+    home = str(stack.home.root)
+    assert main(["--home", home, "audit", "verify"]) == 0
+    out = tmp_path / "report.json"
+    assert main(["--home", home, "audit", "report", "--format", "json", "-o", str(out)]) == 0
+    [grant] = json.loads(out.read_text())["grants"]
+    rows = {(row["method"], row["name"]): (row["uses"], row["refused"])
+            for row in grant["actions"]["mcp"]}
+    assert rows[("tools/call", "delete_repository")] == (1, 2)
+    assert rows[("tools/call", "get_issue")] == (2, 0)
+    assert grant["held_requests"]["outcomes"] == {"approved": 1, "denied": 2}

@@ -306,6 +306,7 @@ class ReportBuilder:
             return
         if record.get("decision") == "held":
             self._held(facts, record)
+            facts.actions.hold(record.get("hold"), record)
             return
         if record.get("reason") not in USE_REASONS:
             facts.passthrough += 1
@@ -356,6 +357,7 @@ class ReportBuilder:
 
     def _hold_ended(self, facts: _GrantFacts, event: str, record: dict[str, Any]) -> None:
         outcome = HOLD_OUTCOMES.get(event, event)
+        facts.actions.hold_ended(record.get("hold"), outcome in HOLD_REFUSALS)
         if facts.hold_counts["pending"] > 0:
             facts.hold_counts["pending"] -= 1
         facts.hold_counts[outcome] += 1

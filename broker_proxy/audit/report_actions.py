@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from typing import Any, Final
 
 NAME_LIMIT: Final = 200  # distinct (action, name) per grant and protocol; then "(other)"
+PENDING_LIMIT: Final = 1000  # held requests remembered until a person decides (the desk's cap)
 OTHER: Final = "(other)"
 
 
@@ -44,11 +45,25 @@ def _calls(record: dict[str, Any]) -> Iterator[tuple[str, str, str | None]]:
 class GrantActions:
     """One grant's MCP calls and GraphQL operations, used or refused; fed its request records."""
 
-    __slots__ = ("counts",)
+    __slots__ = ("counts", "held")
 
     def __init__(self) -> None:
         # protocol -> (action, name) -> [uses, refused]
         self.counts: dict[str, dict[tuple[str, str | None], list[int]]] = {}
+        # hold id -> its request record, until the person's decision (approval.per_request)
+        self.held: dict[str, dict[str, Any]] = {}
+
+    def hold(self, hold: object, record: dict[str, Any]) -> None:
+        """Remember a held request that names an MCP call or GraphQL operation: a denial (or a
+        timeout) counts it as refused; an approval is counted when the request goes out."""
+        if (isinstance(hold, str) and len(self.held) < PENDING_LIMIT
+                and next(_calls(record), None) is not None):
+            self.held[hold] = record
+
+    def hold_ended(self, hold: object, refused: bool) -> None:
+        record = self.held.pop(hold, None) if isinstance(hold, str) else None
+        if record is not None and refused:
+            self.feed(record, refused=True)
 
     def feed(self, record: dict[str, Any], refused: bool) -> None:
         """Count what an allowed use (refused=False) or a refusal (refused=True) asked for."""
