@@ -168,6 +168,12 @@ def test_no_test_files_is_one_clear_error(tmp_path, capsys):
      "is not 'inject SECRET'"),
     ("  - {name: a, agent: bot, url: 'https://x.example/', expect: 'refuse x', in: cookie}\n",
      "in: 'cookie'"),
+    ("  - {name: a, agent: bot, url: 'https://x.example/', expect: 'refuse x',"
+     " mcp: {tool: t, argument: {}}}\n", "mcp: unknown key 'argument'"),
+    ("  - {name: a, agent: bot, url: 'https://x.example/', expect: 'refuse x',"
+     " mcp: {tool: t}, body: '{}'}\n", "mcp: give one of mcp, graphql and body"),
+    ("  - {name: a, agent: bot, url: 'https://x.example/', expect: 'refuse x',"
+     " graphql: {operation_name: A}}\n", "graphql: expected a mapping with query"),
 ])
 def test_a_bad_test_file_is_an_error_with_its_line(tmp_path, capsys, case, message):
     path = write_tests(tmp_path, case)

@@ -57,3 +57,15 @@ def test_mutations_allowed_or_rules_removed_widen(tmp_path, capsys) -> None:
 def test_narrowing_is_not_flagged(tmp_path, capsys) -> None:
     narrower = MCP.replace('deny: ["*delete*"]', 'deny: ["*delete*", "*admin*"]')
     assert diff(tmp_path, capsys, narrower, GRAPHQL) == []
+
+
+def test_a_tool_no_longer_held_for_approval_widens(tmp_path, capsys) -> None:
+    gated = MCP + '\n          approval: {per_request: ["close_*", "get_secret*"]}'
+    old, new = tmp_path / "old.yaml", tmp_path / "new.yaml"
+    old.write_text(BASE.format(mcp=gated, graphql=GRAPHQL))
+    new.write_text(BASE.format(mcp=gated.replace('"close_*", ', ""), graphql=GRAPHQL))
+    main(["policy", "diff", str(old), str(new)])
+    widens = [line for line in capsys.readouterr().out.splitlines() if "WIDENS" in line]
+    assert len(widens) == 1 and "no longer held for a person's approval: close_*" in widens[0]
+    main(["policy", "diff", str(new), str(old)])  # adding a gate narrows
+    assert "WIDENS" not in capsys.readouterr().out

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
@@ -39,8 +40,13 @@ def preview_level(levels: list[str]) -> str:
 
 
 def build_preview(request: OutboundRequest, scanner: PlaceholderScanner,
-                  carries: tuple[str, ...], level: str = "full") -> dict[str, Any]:
-    """The preview of a held request at `level` (full, headers or none)."""
+                  carries: tuple[str, ...], level: str = "full",
+                  tools: Sequence[Any] = ()) -> dict[str, Any]:
+    """The preview of a held request at `level` (full, headers or none).
+
+    `tools`: the MCP tool calls held under `mcp.approval.per_request` (McpCall); the preview
+    names them first, with their arguments (at level full), so a person judges the action and
+    not only a JSON-RPC body."""
     marks: dict[str, str] = {}  # placeholder text -> secret
 
     def mark(text: str) -> str:
@@ -65,6 +71,8 @@ def build_preview(request: OutboundRequest, scanner: PlaceholderScanner,
                                            parse_qsl(query, keep_blank_values=True)[:MAX_FIELDS]]}
         preview["headers"] = _headers(request, mark)
         preview["body"] = _body(request, mark, level == "full")
+    if tools:
+        preview["tools"] = _tools(request, tools, mark, level == "full")
     preview["placeholders"] = [{"text": text, "secret": secret}
                                for text, secret in sorted(marks.items())]
     return preview
@@ -74,6 +82,35 @@ def shown_digest(preview: dict[str, Any]) -> str:
     """SHA-256 of the preview as shown: recorded with the hold and the decision."""
     canonical = json.dumps(preview, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _tools(request: OutboundRequest, tools: Sequence[Any], mark: Any,
+             with_arguments: bool) -> list[dict[str, Any]]:
+    """Each held tool call: its name, and its arguments as pretty JSON (bounded) at level full.
+
+    The arguments come from the body the rules already read (one message or a batch); a call
+    is matched by name, so a batch shows each gated call's own arguments."""
+    wanted = {tool.name for tool in tools}
+    found: dict[str, Any] = {}
+    try:
+        message = json.loads(request.body)
+    except ValueError:
+        message = None
+    for item in message if isinstance(message, list) else [message]:
+        params = item.get("params") if isinstance(item, dict) else None
+        if (isinstance(item, dict) and item.get("method") == "tools/call"
+                and isinstance(params, dict) and params.get("name") in wanted):
+            found.setdefault(params["name"], params.get("arguments"))
+    shown = []
+    for tool in list(tools)[:MAX_FIELDS]:
+        entry: dict[str, Any] = {"method": tool.method, "name": _cut(mark(tool.name or "")),
+                                 "arguments": None, "truncated": False}
+        if with_arguments and tool.name in found:
+            text = mark(json.dumps(found[tool.name], indent=2, ensure_ascii=False))
+            entry["arguments"] = text[:MAX_BODY_TEXT]
+            entry["truncated"] = len(text) > MAX_BODY_TEXT
+        shown.append(entry)
+    return shown
 
 
 def _headers(request: OutboundRequest, mark: Any) -> list[list[str]]:

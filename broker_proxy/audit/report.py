@@ -19,6 +19,7 @@ from typing import Any, Final
 
 from broker_proxy.audit.path_templates import PathTemplate
 from broker_proxy.audit.reading import LOG_TAG
+from broker_proxy.audit.report_actions import GrantActions
 from broker_proxy.audit.report_holds import HOLD_OUTCOMES, HOLD_REFUSALS, HeldItem
 from broker_proxy.audit.report_llm import GrantLlm, agent_llm, model_llm
 
@@ -152,6 +153,7 @@ class _GrantFacts:
     holds: dict[str, HeldItem] = field(default_factory=dict)  # the first EVIDENCE_LIMIT holds
     hold_counts: Counter = field(default_factory=Counter)  # outcome -> held requests
     llm: GrantLlm = field(default_factory=GrantLlm)  # tokens and cost by model
+    actions: GrantActions = field(default_factory=GrantActions)  # MCP tools, GraphQL operations
 
     def label_target(self, record: dict[str, Any]) -> str:
         return f"{record.get('host')}:{record.get('port')}"
@@ -299,16 +301,19 @@ class ReportBuilder:
         day = ts[:10]
         if record.get("decision") == "deny":
             self._refuse(facts, record)
+            facts.actions.feed(record, refused=True)
             self._daily.setdefault(day, Counter())["refusals"] += 1
             return
         if record.get("decision") == "held":
             self._held(facts, record)
+            facts.actions.hold(record.get("hold"), record)
             return
         if record.get("reason") not in USE_REASONS:
             facts.passthrough += 1
             return
         self._daily.setdefault(day, Counter())["uses"] += 1
         facts.uses += 1
+        facts.actions.feed(record, refused=False)
         key = self._group_key(record)
         group = facts.groups.get(key)
         if group is None:
@@ -352,6 +357,7 @@ class ReportBuilder:
 
     def _hold_ended(self, facts: _GrantFacts, event: str, record: dict[str, Any]) -> None:
         outcome = HOLD_OUTCOMES.get(event, event)
+        facts.actions.hold_ended(record.get("hold"), outcome in HOLD_REFUSALS)
         if facts.hold_counts["pending"] > 0:
             facts.hold_counts["pending"] -= 1
         facts.hold_counts[outcome] += 1
@@ -504,6 +510,7 @@ class ReportBuilder:
                              if k != "held" and v},
                 "items": [item.as_dict() for item in facts.holds.values()]},
             "llm": facts.llm.as_dict(facts.refusals),
+            "actions": facts.actions.as_dict(),
         }
 
 

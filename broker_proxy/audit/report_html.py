@@ -10,6 +10,7 @@ from __future__ import annotations
 from html import escape
 from typing import Any
 
+from broker_proxy.audit.report_actions import action_rows
 from broker_proxy.audit.report_llm import usd
 
 _STYLE = """
@@ -47,7 +48,7 @@ def _approval_shown(approval: dict[str, Any]) -> str:
 
 
 _WRAPPED = frozenset({"path", "what", "destinations", "records", "revoked", "log", "problem",
-                      "destination", "refused by limits"})
+                      "destination", "refused by limits", "name"})
 
 
 def _table(headers: list[str], rows: list[list[object]], empty: str = "none") -> str:
@@ -156,6 +157,9 @@ def render_html(report: dict[str, Any]) -> str:
                             statuses_shown(u["statuses"])]
                            for u in grant["uses_by_target"]], empty="no secret used"))
         out += _llm_grant(grant.get("llm"))
+        if rows := action_rows(grant.get("actions")):
+            out.append(_table(["protocol", "action", "name", "uses", "refused"],
+                              [list(row) for row in rows]))
         if grant["held_requests"]["count"]:
             out.append(f"<p>Held for approval: {grant['held_requests']['count']} ("
                        + _e(held_outcomes(grant["held_requests"])) + ")</p>")

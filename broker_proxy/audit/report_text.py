@@ -10,6 +10,7 @@ import csv
 import io
 from typing import Any
 
+from broker_proxy.audit.report_actions import action_rows
 from broker_proxy.audit.report_llm import usd
 
 
@@ -90,6 +91,11 @@ def render_text(report: dict[str, Any]) -> str:
                                 for d in refusal["destinations"])
             out.append(f"  refused {refusal['reason']} x{refusal['count']}: {targets}")
         out += _llm_lines(grant.get("llm"))
+        if rows := action_rows(grant.get("actions")):
+            out += ["  " + line for line in _aligned(
+                ["protocol", "action", "uses", "refused", "name"],
+                [[protocol, action, uses, refused, _shown(name)]
+                 for protocol, action, name, uses, refused in rows])]
         scrubbed = grant["scrubbed"]
         if scrubbed["responses"] or grant["withheld"]:
             out.append(f"  scrubbed: {scrubbed['responses']} response(s), "
@@ -227,6 +233,10 @@ def render_csv(report: dict[str, Any]) -> str:
             # The model goes in `detail`: the columns are a contract, a new one would break it.
             writer.writerow({**base, "section": "llm", "count": row["requests"],
                              "detail": f"model={row['model'] or '-'} " + _llm_detail(row)})
+        for protocol, action, name, uses, refused in action_rows(grant.get("actions")):
+            # The action in `method`, the name in `path`'s place would mislead: it goes in detail.
+            writer.writerow({**base, "section": protocol, "method": action, "count": uses,
+                             "detail": _csv_detail(name=name, refused=refused)})
         if grant["revoked"]:
             writer.writerow({**base, "section": "revoked", "reason": grant["revoked"]["reason"],
                              "first": grant["revoked"]["at"],

@@ -41,7 +41,7 @@ from broker_proxy.decision.header_templates import (
 from broker_proxy.decision.limit_checks import DecisionMustWait, LimitChecks
 from broker_proxy.decision.outbound import Allowed, Denied, OutboundRequest, Verdict
 from broker_proxy.decision.placeholders import PlaceholderScanner
-from broker_proxy.decision.protocol_checks import read_protocol
+from broker_proxy.decision.protocol_checks import ProtocolReading, read_protocol
 from broker_proxy.decision.request_checks import (
     AmbiguousPath,
     canonical_path,
@@ -275,7 +275,7 @@ class Broker(LimitChecks):
                               fields=protocol.audit_fields())
         # A person's yes comes before anything is resolved, spent or recorded with a secret.
         if held := self._held_for_approval(request, grant, policy, names, approved_hold,
-                                           scanner, hits, templates):
+                                           scanner, hits, templates, protocol):
             return held
         values: dict[str, SecretValue] = {}
         for name in names:
@@ -344,14 +344,17 @@ class Broker(LimitChecks):
     def _held_for_approval(self, request: OutboundRequest, grant: Grant, policy: ActivePolicy,
                            names: list[str], approved_hold: str | None,
                            scanner: PlaceholderScanner, hits: list[PlacedHit],
-                           templates: list[TemplateUse]) -> Denied | None:
+                           templates: list[TemplateUse],
+                           protocol: ProtocolReading | None = None) -> Denied | None:
         """None when no secret here needs approval, or this exact request was approved.
 
         "Exact" includes the secrets it carries and where: an approval shown one set of
         secrets never lets another set through (digest.py).
         """
         gated = [n for n in names if policy.policy.secrets[n].per_request_approval]
-        if not gated:
+        # An MCP tool under `approval: per_request` gates the request whatever its secret.
+        tools = protocol.approval_calls if protocol is not None else ()
+        if not gated and not tools:
             return None
         carries = carried(scanner, request, hits,
                           [(use.secret, use.template.header) for use in templates])
@@ -380,15 +383,16 @@ class Broker(LimitChecks):
                               "too many requests are waiting for approval")
         timeout = policy.policy.approval_timeout
         level = preview_level([
-            destination.approval_preview for name in gated
+            destination.approval_preview for name in (gated or names)
             for destination in policy.index.destinations_for(name, request.scheme,
                                                              request.host, request.port)])
         try:
             item = self.approvals.hold(
                 grant=grant.id, agent=grant.agent, task=grant.task, secrets_=tuple(names),
-                shape=shape, preview=build_preview(request, scanner, carries, level),
-                timeout=timeout, audit_fields=_record(
-                    request, grant, "held", APPROVAL_REQUIRED, None, names))
+                shape=shape, preview=build_preview(request, scanner, carries, level, tools),
+                timeout=timeout, audit_fields={**_record(
+                    request, grant, "held", APPROVAL_REQUIRED, None, names),
+                    **(protocol.audit_fields() if protocol is not None else {})})
         except QueueFull:
             return self._deny(request, grant, 503, APPROVAL_QUEUE_FULL,
                               "too many requests are waiting for approval")

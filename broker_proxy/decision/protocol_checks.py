@@ -51,6 +51,9 @@ class ProtocolReading:
     refusal: Refusal | None = None
     # The rules an MCP list answer is filtered with: those of the destination that let it.
     list_rules: McpRules | None = None
+    # The tools/call messages a person approves first (mcp.approval.per_request of the
+    # destination that lets the request through).
+    approval_calls: tuple[McpCall, ...] = ()
     _calls: list[McpCall] | McpRefusal | None = field(default=None, repr=False)
     _operations: list[GraphqlOperation] | GraphqlRefusal | None = field(default=None,
                                                                         repr=False)
@@ -120,6 +123,7 @@ def read_protocol(request: OutboundRequest, policy: ActivePolicy,
             problem = _destination_problem(destination, reading, name)
             if problem is None:
                 _note_lists(reading, destination)
+                _note_approval(reading, destination)
                 break
             first = first or problem
         else:
@@ -141,6 +145,15 @@ def _note_lists(reading: ProtocolReading, destination: Destination) -> None:
     calls = reading.mcp()
     if isinstance(calls, list) and any(c.method in LIST_METHODS for c in calls):
         reading.list_rules = destination.mcp
+
+
+def _note_approval(reading: ProtocolReading, destination: Destination) -> None:
+    if destination.mcp is None or destination.mcp.approve_tools is None:
+        return
+    calls = reading.mcp()
+    if isinstance(calls, list):
+        gated = tuple(c for c in calls if destination.mcp.needs_approval(c.method, c.name))
+        reading.approval_calls = tuple(dict.fromkeys((*reading.approval_calls, *gated)))
 
 
 def _destination_problem(destination: Destination, reading: ProtocolReading,

@@ -66,6 +66,15 @@ def _mcp(where: str, before: McpRules | None, after: McpRules | None) -> Found:
     for key in MCP_LISTS:
         found += _names(f"mcp_{key}", f"MCP {key[:-1]}", where, getattr(before, key),
                         getattr(after, key))
+    # approval.per_request: a tool glob dropped lets its calls through without a person.
+    old_gated = set(before.approve_tools.allow) if before.approve_tools else set()
+    new_gated = set(after.approve_tools.allow) if after.approve_tools else set()
+    if dropped := sorted(old_gated - new_gated):
+        found.append(("mcp_approval_widened", f"{where}: MCP tools no longer held for a "
+                                              f"person's approval: {', '.join(dropped)}", True))
+    if added := sorted(new_gated - old_gated):
+        found.append(("mcp_approval_narrowed", f"{where}: MCP tools now held for a person's "
+                                               f"approval: {', '.join(added)}", False))
     return found
 
 

@@ -64,6 +64,13 @@ class McpRules:
     tools: NameRule | None = None
     resources: NameRule | None = None  # resource URIs (resources/read, subscribe, unsubscribe)
     prompts: NameRule | None = None
+    # ``approval: {per_request: [globs]}``: tools/call of these tools waits for a person.
+    approve_tools: NameRule | None = None
+
+    def needs_approval(self, method: str, name: str | None) -> bool:
+        """True for a tools/call of a tool listed under ``approval.per_request``."""
+        return (self.approve_tools is not None and method == "tools/call" and name is not None
+                and self.approve_tools.permits(name))
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +118,21 @@ def parse_mcp(node: yaml.Node, path: str, checker: NodeChecker) -> McpRules | No
         return None
     rules = {key: parse_name_rule(fields[key][1], f"{path}.{key}", checker, key[:-1])
              for key in MCP_LISTS if key in fields}
+    if "approval" in fields:
+        approval = checker.fields(fields["approval"][1], f"{path}.approval", "mcp_approval",
+                                  fields["approval"][1])
+        if approval and "per_request" in approval:
+            globs = []
+            for item_path, item, text in checker.strings(approval["per_request"][1],
+                                                         f"{path}.approval.per_request") or ():
+                if not text or len(text) > GLOB_MAX or any(c < " " for c in text):
+                    checker.report(item, item_path, f"invalid tool glob {json.dumps(text[:100])}")
+                    continue
+                globs.append(text)
+            if not globs:
+                checker.report(fields["approval"][1], f"{path}.approval.per_request",
+                               "name at least one tool glob")
+            rules["approve_tools"] = NameRule.of(tuple(globs), ())
     if len(checker.issues) > before:
         return None
     return McpRules(**rules)

@@ -266,7 +266,15 @@ MAPPINGS: dict[str, Mapping] = {
         "tools": {**kind("name_rule"), "description": "tool names of tools/call"},
         "resources": {**kind("name_rule"), "description": "resource URIs of resources/read"},
         "prompts": {**kind("name_rule"), "description": "prompt names of prompts/get"},
+        "approval": {**kind("mcp_approval"), "description": "tools whose calls a person "
+                                                         "approves one by one"},
     }),
+    "mcp_approval": Mapping({
+        "per_request": {**_GLOBS, "minItems": 1,
+                        "description": "tool-name globs: each tools/call of these is held for "
+                                       "a person's approval, who sees the tool and its "
+                                       "arguments first"},
+    }, required=("per_request",)),
     "graphql": Mapping({
         "operations": {"type": "array", "uniqueItems": True,
                        "items": {"enum": ["query", "mutation", "subscription"]},

@@ -10,6 +10,12 @@ cases:
     secret: github              # put this secret's placeholder in the request ...
     in: header                  # ... here: header (default), query, body, basic or sigv4
     expect: inject github       # or: allow without secret | refuse CODE
+  - name: the bot calls an MCP tool (the body and Mcp-* headers are built: protocol_cases.py)
+    agent: research-bot
+    url: https://mcp.tracker.example.com/mcp
+    secret: tracker
+    mcp: {tool: get_issue, arguments: {number: 7}}  # or graphql: {query: ..., operation_name: X}
+    expect: inject tracker
 ```
 
 A case is strict: an unknown key is an error, so a misspelt ``expect`` cannot pass silently.
@@ -23,11 +29,16 @@ from pathlib import Path
 
 import yaml
 
+from broker_proxy.policy_tools.protocol_cases import (
+    ProtocolCaseError,
+    graphql_request,
+    mcp_request,
+)
 from broker_proxy.policy_tools.request_builder import PLACES
 
 SUFFIX = ".policy-test.yaml"
 _CASE_KEYS = frozenset({"name", "agent", "method", "url", "secret", "in", "header", "aws",
-                        "grant", "approved", "headers", "body", "expect"})
+                        "grant", "approved", "headers", "body", "expect", "mcp", "graphql"})
 _FILE_KEYS = frozenset({"policy", "cases"})
 _EXPECT = re.compile(r"\s*(?:(inject)\s+(?P<names>[\w.,\s-]+?)|(allow) without secrets?"
                      r"|(refuse)\s+(?P<code>[a-z0-9_]+))\s*")
@@ -155,13 +166,25 @@ def _case(item: object, line: int, path: Path) -> TestCase:
             raise fail(f"{key}: expected a string")
     if "approved" in item and not isinstance(item["approved"], bool):
         raise fail("approved: expected true or false")
+    method, body = item.get("method", "GET"), item.get("body", "")
+    protocol = [key for key in ("mcp", "graphql") if key in item]
+    if protocol:
+        if len(protocol) > 1 or "body" in item:
+            raise fail(f"{protocol[0]}: give one of mcp, graphql and body")
+        try:
+            built, body = (mcp_request if protocol[0] == "mcp" else graphql_request)(
+                item[protocol[0]])
+        except ProtocolCaseError as error:
+            raise fail(str(error)) from None
+        headers = {**built, **headers}  # the case's own headers win
+        method = item.get("method", "POST")
     return TestCase(
-        name=item["name"], line=line, agent=item["agent"], method=item.get("method", "GET"),
+        name=item["name"], line=line, agent=item["agent"], method=method,
         url=item["url"], expect=expect, secret=item.get("secret"), place=place,
         header=item.get("header"), aws_service=str(aws.get("service", "s3")),
         aws_region=str(aws.get("region", "us-east-1")),
         grant=tuple(grant) if grant is not None else None,
-        approved=item.get("approved", True), headers=dict(headers), body=item.get("body", ""),
+        approved=item.get("approved", True), headers=dict(headers), body=body,
     )
 
 

@@ -181,6 +181,7 @@ function marked(text, placeholders) {
 function previewLines(p) {
   if (!p) return [];
   const lines = [];
+  for (const t of p.tools || []) lines.push(`tool ${t.name}`, ...(t.arguments || "").split("\n"));
   if (p.query) lines.push(`?${p.query.text}`);
   for (const [k, v] of p.headers || []) lines.push(`${k}: ${v}`);
   const b = p.body;
@@ -201,6 +202,12 @@ function previewBlock(item, others) {
     block.append(el("p", { class: "similar" }, `Similar to ${others.map((o) => o.id).join(", ")} (same request line); `,
       el("mark", { class: "diff" }, "what differs is marked"), differs.length ? ": " : ".",
       differs.slice(0, 3).map((l) => el("code", { class: "differs" }, l))));
+  }
+  // MCP tools under approval: per_request come first: the action is what a person judges.
+  for (const t of p.tools || []) {
+    block.append(el("div", { class: "label tool" }, `MCP ${t.method} `, el("strong", { class: "tool-name" }, marked(t.name, p.placeholders))));
+    if (t.arguments !== null) block.append(el("pre", { class: "arguments" }, line(`arguments${t.truncated ? " (shown in part)" : ""}:`), t.arguments.split("\n").map(line)));
+    else block.append(el("p", { class: "muted" }, "Arguments not shown (approval_preview)."));
   }
   block.append(dl([["carries", el("span", {}, (p.carries || []).map((c) => el("span", { class: "carry" }, `${c.secret} → ${c.where}`)))]]));
   if (p.level === "none") {
