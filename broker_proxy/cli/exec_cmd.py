@@ -23,6 +23,7 @@ from broker_proxy.audit.log import AuditError, AuditLog
 from broker_proxy.cli.common import add_policy_option, home_of, policy_file_of, running_proxy
 from broker_proxy.cli.env_cmd import add_loopback_option, agent_environment, no_proxy_value
 from broker_proxy.cli.errors import CliError
+from broker_proxy.cli.limit_options import add_limit_options
 from broker_proxy.cli.store_option import add_store_option
 from broker_proxy.durations import parse_duration
 from broker_proxy.grants.actions import change_grant, issue_audited, local_operator
@@ -58,21 +59,7 @@ def register(commands: argparse._SubParsersAction) -> None:
                      help="a secret to grant (repeat for more)")
     run.add_argument("--ttl", help="grant lifetime, e.g. 15m (default: 15m or the agent's max_ttl)")
     run.add_argument("--max-uses", type=int, metavar="N", help="requests that may carry a secret")
-    run.add_argument("--concurrency", action="append", default=[],
-                     metavar="[SECRET=]N", help="fewer requests in flight at once than the "
-                     "policy's concurrency (never more)")
-    run.add_argument("--cost-usd", dest="cost_usd", action="append", default=[],
-                     metavar="[SECRET=]USD", help="a smaller cost budget than the policy's, "
-                     "e.g. 2.50 (never a larger one)")
-    run.add_argument("--input-tokens", dest="input_tokens", action="append", default=[],
-                     metavar="[SECRET=]N", help="a smaller input-token budget than the "
-                     "policy's (never a larger one)")
-    run.add_argument("--output-tokens", dest="output_tokens", action="append", default=[],
-                     metavar="[SECRET=]N", help="a smaller output-token budget than the "
-                     "policy's (never a larger one)")
-    run.add_argument("--rate", dest="rates", action="append", default=[],
-                     metavar="[SECRET=]N/PER", help="a stricter rate than the policy's, e.g. "
-                     "30/minute (never a looser one; repeat for more)")
+    add_limit_options(run)
     run.add_argument("--wait-approval", default="5m", metavar="T",
                      help="how long to wait for a human approval when the policy wants one "
                      "(default 5m)")

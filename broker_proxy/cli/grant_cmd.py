@@ -24,6 +24,7 @@ from broker_proxy.cli.common import (
     proxy_address,
 )
 from broker_proxy.cli.errors import CliError
+from broker_proxy.cli.limit_options import add_limit_options
 from broker_proxy.cli.store_option import add_store_option
 from broker_proxy.durations import parse_duration
 from broker_proxy.grants.actions import change_grant, issue_audited
@@ -57,21 +58,7 @@ def register(commands: argparse._SubParsersAction) -> None:
                        "max_ttl if shorter)")
     issue.add_argument("--max-uses", type=int, metavar="N",
                        help="requests that may carry a secret (default: unlimited)")
-    issue.add_argument("--concurrency", action="append", default=[],
-                     metavar="[SECRET=]N", help="fewer requests in flight at once than the "
-                     "policy's concurrency (never more)")
-    issue.add_argument("--cost-usd", dest="cost_usd", action="append", default=[],
-                     metavar="[SECRET=]USD", help="a smaller cost budget than the policy's, "
-                     "e.g. 2.50 (never a larger one)")
-    issue.add_argument("--input-tokens", dest="input_tokens", action="append", default=[],
-                     metavar="[SECRET=]N", help="a smaller input-token budget than the "
-                     "policy's (never a larger one)")
-    issue.add_argument("--output-tokens", dest="output_tokens", action="append", default=[],
-                     metavar="[SECRET=]N", help="a smaller output-token budget than the "
-                     "policy's (never a larger one)")
-    issue.add_argument("--rate", dest="rates", action="append", default=[],
-                       metavar="[SECRET=]N/PER", help="a stricter rate than the policy's, e.g. "
-                       "30/minute or openai=30/minute (never a looser one; repeat for more)")
+    add_limit_options(issue)
     issue.add_argument("--json", action="store_true", help="print JSON for scripts")
     add_by_option(issue, "issues it")
     add_policy_option(issue)
