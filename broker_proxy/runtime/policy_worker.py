@@ -110,15 +110,18 @@ def read_answer(output: bytes, source: str, returncode: int, stderr: bytes) -> P
 
 # What a policy model is made of: the unpickler builds nothing else, whatever the stream says.
 _MODEL_MODULES = frozenset({"broker_proxy.policy.model", "broker_proxy.policy.loader",
-                            "datetime", "ipaddress"})
+                            "broker_proxy.policy.protocol_rules", "datetime", "ipaddress"})
 _BUILTINS = frozenset({"frozenset", "set", "dict", "list", "tuple", "str", "int", "bytes",
                        "getattr"})
+# Compiled name globs (MCP tools, GraphQL operations) pickle as re._compile(pattern, flags):
+# it builds a pattern and nothing else.
+_ALSO = frozenset({("re", "_compile")})
 
 
 class _ModelUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if (module in _MODEL_MODULES and not name.startswith("_")) \
-                or (module == "builtins" and name in _BUILTINS):
+                or (module == "builtins" and name in _BUILTINS) or (module, name) in _ALSO:
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f"{module}.{name} is not part of a policy")
 
