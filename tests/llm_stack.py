@@ -6,18 +6,21 @@ through the proxy (what HTTPS_PROXY would give them), trusting the proxy's CA.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import ssl
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import anthropic
 import httpx
 import openai
+import pytest
 
 from broker_proxy.devtools.echo_server import EchoServer
-from broker_proxy.devtools.local_pki import LocalPki
+from broker_proxy.devtools.local_pki import LocalPki, write_pki
 from broker_proxy.devtools.proxy_process import ProxyProcess
 from broker_proxy.grants.issuer import IssuedGrant, issue_grant
 from broker_proxy.grants.sqlite_store import SqliteGrantStore
@@ -27,7 +30,7 @@ from broker_proxy.secrets.master_key import load_or_create_master_key
 from broker_proxy.secrets.vault import Vault
 from broker_proxy.time_source import utc_now
 from tests.conftest import master_key_in_environment, random_master_key
-from tests.llm_upstream import LLM_HOSTS
+from tests.llm_upstream import LLM_HOSTS, llm_reply
 
 PLACEHOLDERS = {"openai": "sk-proj-PLACEHOLDER-openai-0000000000",
                 "anthropic": "sk-ant-PLACEHOLDER-anthropic-00000000",
@@ -93,3 +96,20 @@ def start_llm_stack(root: Path, policy: str, upstream: EchoServer, pki: LocalPki
     proxy = ProxyProcess(home.root, policy_file, upstream_ca=pki.ca_cert_path, env=env,
                          extra_args=pins, log_path=root / "proxy.log").start()
     return LlmStack(root, home, policy_file, proxy, upstream, values)
+
+
+@contextlib.contextmanager
+def running_llm_stack(factory: pytest.TempPathFactory, name: str,
+                      policy: str) -> Iterator[LlmStack]:
+    """A module's LLM stack: its own PKI, the LLM stand-in upstream and a proxy on ``policy``;
+    stopped on the way out, whatever the tests did."""
+    pki = write_pki(factory.mktemp(f"{name}-pki"), list(LLM_HOSTS))
+    upstream = EchoServer(pki.cert_path, pki.key_path, reply=llm_reply).start()
+    try:
+        stack = start_llm_stack(factory.mktemp(name), policy, upstream, pki)
+        try:
+            yield stack
+        finally:
+            stack.proxy.stop()
+    finally:
+        upstream.stop()

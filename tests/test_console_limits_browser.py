@@ -17,10 +17,7 @@ import pytest
 from playwright.sync_api import expect, sync_playwright
 
 from broker_proxy.devtools.browser import find_chromium
-from broker_proxy.devtools.echo_server import EchoServer
-from broker_proxy.devtools.local_pki import LocalPki, write_pki
-from tests.llm_stack import LlmStack, start_llm_stack
-from tests.llm_upstream import LLM_HOSTS, llm_reply
+from tests.llm_stack import LlmStack, running_llm_stack
 
 pytestmark = pytest.mark.e2e
 
@@ -58,12 +55,8 @@ HI = [{"role": "user", "content": "hi"}]
 
 @pytest.fixture(scope="module")
 def llm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlmStack]:
-    pki: LocalPki = write_pki(tmp_path_factory.mktemp("llm-pki"), list(LLM_HOSTS))
-    upstream = EchoServer(pki.cert_path, pki.key_path, reply=llm_reply).start()
-    stack = start_llm_stack(tmp_path_factory.mktemp("console-limits"), POLICY, upstream, pki)
-    yield stack
-    stack.proxy.stop()
-    upstream.stop()
+    with running_llm_stack(tmp_path_factory, "console-limits", POLICY) as stack:
+        yield stack
 
 
 def _admin(stack: LlmStack, path: str) -> dict:

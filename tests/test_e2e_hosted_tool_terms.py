@@ -17,12 +17,9 @@ import openai
 import pytest
 
 from broker_proxy.decision.hosted_tool_rules import ToolTermsRefused, apply_tool_rules
-from broker_proxy.devtools.echo_server import EchoServer
-from broker_proxy.devtools.local_pki import LocalPki, write_pki
 from broker_proxy.policy.loader import PolicyError, load_policy_text
 from broker_proxy.policy.model import HostedToolRule
-from tests.llm_stack import PLACEHOLDERS, LlmStack, start_llm_stack
-from tests.llm_upstream import LLM_HOSTS, llm_reply
+from tests.llm_stack import PLACEHOLDERS, LlmStack, running_llm_stack
 
 pytestmark = pytest.mark.e2e
 
@@ -59,12 +56,8 @@ network:
 
 @pytest.fixture(scope="module")
 def llm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlmStack]:
-    pki: LocalPki = write_pki(tmp_path_factory.mktemp("tools-pki"), list(LLM_HOSTS))
-    upstream = EchoServer(pki.cert_path, pki.key_path, reply=llm_reply).start()
-    stack = start_llm_stack(tmp_path_factory.mktemp("tools"), POLICY, upstream, pki)
-    yield stack
-    stack.proxy.stop()
-    upstream.stop()
+    with running_llm_stack(tmp_path_factory, "tools", POLICY) as stack:
+        yield stack
     written = stack.home.audit_log.read_text() + (stack.root / "proxy.log").read_text()
     assert not any(value in written for value in stack.values.values())
 

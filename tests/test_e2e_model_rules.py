@@ -14,10 +14,7 @@ import pytest
 
 from broker_proxy.decision.model_rules import UnreadableModel, requested_models
 from broker_proxy.decision.outbound import OutboundRequest
-from broker_proxy.devtools.echo_server import EchoServer
-from broker_proxy.devtools.local_pki import LocalPki, write_pki
-from tests.llm_stack import GEMINI, PLACEHOLDERS, LlmStack, start_llm_stack
-from tests.llm_upstream import LLM_HOSTS, llm_reply
+from tests.llm_stack import GEMINI, PLACEHOLDERS, LlmStack, running_llm_stack
 
 pytestmark = pytest.mark.e2e
 
@@ -50,12 +47,8 @@ network:
 
 @pytest.fixture(scope="module")
 def llm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlmStack]:
-    pki: LocalPki = write_pki(tmp_path_factory.mktemp("llm-pki"), list(LLM_HOSTS))
-    upstream = EchoServer(pki.cert_path, pki.key_path, reply=llm_reply).start()
-    stack = start_llm_stack(tmp_path_factory.mktemp("models"), POLICY, upstream, pki)
-    yield stack
-    stack.proxy.stop()
-    upstream.stop()
+    with running_llm_stack(tmp_path_factory, "models", POLICY) as stack:
+        yield stack
     written = stack.home.audit_log.read_text() + (stack.root / "proxy.log").read_text()
     assert not any(value in written for value in stack.values.values())
 

@@ -20,10 +20,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from broker_proxy.devtools.echo_server import EchoServer
-from broker_proxy.devtools.local_pki import LocalPki, write_pki
-from tests.llm_stack import LlmStack, start_llm_stack
-from tests.llm_upstream import LLM_HOSTS, llm_reply
+from tests.llm_stack import LlmStack, running_llm_stack
 
 pytestmark = pytest.mark.e2e
 
@@ -54,12 +51,8 @@ HI = [{"role": "user", "content": "hi"}]
 
 @pytest.fixture(scope="module")
 def llm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlmStack]:
-    pki: LocalPki = write_pki(tmp_path_factory.mktemp("llm-pki"), list(LLM_HOSTS))
-    upstream = EchoServer(pki.cert_path, pki.key_path, reply=llm_reply).start()
-    stack = start_llm_stack(tmp_path_factory.mktemp("token-caps"), POLICY, upstream, pki)
-    yield stack
-    stack.proxy.stop()
-    upstream.stop()
+    with running_llm_stack(tmp_path_factory, "token-caps", POLICY) as stack:
+        yield stack
 
 
 def _cli(llm: LlmStack, *args: str) -> subprocess.CompletedProcess[str]:
