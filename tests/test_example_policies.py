@@ -7,8 +7,9 @@ import pytest
 import yaml
 
 from broker_proxy.policy.destinations import DestinationIndex
-from broker_proxy.policy.loader import FIELDS, load_policy
+from broker_proxy.policy.loader import load_policy
 from broker_proxy.policy.schema import policy_json_schema
+from broker_proxy.policy.spec import FIELDS
 
 # The policies themselves, not their tests (*.policy-test.yaml) that sit beside them.
 POLICIES = sorted(path for path in (Path(__file__).resolve().parent.parent / "policies")

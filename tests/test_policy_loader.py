@@ -827,17 +827,18 @@ def test_the_placeholder_index_reports_what_the_pairwise_check_does(seed: int) -
 
     import yaml
 
-    from broker_proxy.policy.loader import _check_placeholders_apart, _Checker
+    from broker_proxy.policy.field_checker import FieldChecker
+    from broker_proxy.policy.placeholder_fields import check_placeholders_apart
 
     rng = random.Random(seed)
     names = ["a", "ab", "b", "key", "key.2", "k-1"]
     pool = [*("{{secret:" + n + "}}" for n in names), "{{secret:a", "secret:ab}}", "ab",
             "PLACEHOLDER-1", "PLACEHOLDER-12", "x{{secret:key}}y", "{{secret:b}}"]
     placeholders = [rng.choice(pool) for _ in range(rng.randint(1, 12))]
-    checker = _Checker("policy.yaml")
+    checker = FieldChecker("policy.yaml")
     entries = [(f"s{i}", p, yaml.Mark("", 0, i, 0, None, None), f"secrets.s{i}.placeholder")
                for i, p in enumerate(placeholders)]
-    _check_placeholders_apart(entries, checker)
+    check_placeholders_apart(entries, checker)
     reported = [(issue.line - 1, issue.message) for issue in checker.issues]
     expected = [(index, (f'placeholder is already used by secret "s{other}"' if equal else
                          f'placeholder overlaps the placeholder of secret "s{other}": '
@@ -862,13 +863,13 @@ def test_libyaml_and_pure_python_yaml_report_the_same_lines_and_columns(
         in_tmp, monkeypatch, text: str) -> None:
     import yaml
 
-    from broker_proxy.policy import loader
+    from broker_proxy.policy import yaml_compose
 
     if not yaml.__with_libyaml__:
         pytest.skip("PyYAML without libyaml")
-    assert (loader._compose_fast(text) is False) == ("unclosed" in text)  # the fast path ran
+    assert (yaml_compose.compose_fast(text) is False) == ("unclosed" in text)  # the fast path ran
     fast = problems(text)
-    monkeypatch.setattr(loader, "_compose_fast", lambda text: False)
+    monkeypatch.setattr(yaml_compose, "compose_fast", lambda text: False)
     assert problems(text) == fast
     assert fast
 

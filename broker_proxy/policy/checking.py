@@ -1,8 +1,8 @@
 """What a field parser needs from the policy loader's checker: read a YAML node, report a problem.
 
-The loader owns the checker (it collects every issue of one file, with its line and column);
-the parsers of the credential kinds and AWS fields only call it. They name it by this protocol,
-not by the loader's class, so the loader can import them without them importing the loader.
+The loader makes the checker (field_checker.FieldChecker collects every issue of one file, with
+its line and column); the field parsers only call it. They name it by this protocol, not by the
+class, so a parser states what it reads through and nothing else.
 """
 
 from __future__ import annotations
@@ -32,5 +32,10 @@ class NodeChecker(Protocol):
     def strings(self, node: yaml.Node, path: str, expected: str = "a list of strings"
                 ) -> list[tuple[str, yaml.Node, str]] | None: ...
 
+    def entries(self, node: yaml.Node, path: str
+                ) -> list[tuple[str, yaml.Node, yaml.Node]]: ...
+
     def fields(self, node: yaml.Node, path: str, kind: str, where: yaml.Node
                ) -> dict[str, tuple[yaml.Node, yaml.Node]] | None: ...
+
+    def name(self, key: yaml.Node, path: str, what: str) -> bool: ...
