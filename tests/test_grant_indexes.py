@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from broker_proxy.grants.model import Grant, GrantStatus
-from broker_proxy.grants.redis_store import _INDEX_KEYS, _INDEX_VERSION_KEY, RedisGrantStore
+from broker_proxy.grants.redis_keys import INDEX_KEYS, INDEX_VERSION_KEY
+from broker_proxy.grants.redis_store import RedisGrantStore
 from broker_proxy.grants.sqlite_store import SqliteGrantStore
 from broker_proxy.grants.store import GrantIndex, ended_at
 from tests.test_grant_store import NOW, make_grant
@@ -200,13 +201,13 @@ def test_a_redis_store_written_before_the_indexes_is_indexed_on_open(redis_serve
             grants.append(grant)
         store.revoke(grants[2].id, NOW)
         # What the previous version left: the hashes and the creation index only.
-        store._client.delete(_INDEX_VERSION_KEY, *_INDEX_KEYS[1:])
+        store._client.delete(INDEX_VERSION_KEY, *INDEX_KEYS[1:])
     with RedisGrantStore(redis_server.url) as store:
         counts = store.counts(NOW, SOON)
         assert (counts.active, counts.pending) == (1, 1)
         revoked = store.indexed(GrantIndex.REVOKED, (EPOCH, ""), NOW, 10)
         assert [g.id for g in revoked] == [grants[2].id]
-        assert store._client.get(_INDEX_VERSION_KEY) == b"1"
+        assert store._client.get(INDEX_VERSION_KEY) == b"1"
 
 
 def test_load_many_writes_what_create_would(store: Store) -> None:

@@ -21,7 +21,8 @@ from broker_proxy.devtools.redis_server import RedisServer, free_port
 from broker_proxy.grants.circuit import OPEN_FOR
 from broker_proxy.grants.factory import STORE_ENV, open_grant_store, store_url
 from broker_proxy.grants.model import GrantStatus
-from broker_proxy.grants.redis_store import RETENTION, RedisGrantStore, _parse_url
+from broker_proxy.grants.redis_store import RETENTION, RedisGrantStore
+from broker_proxy.grants.redis_url import parse_url
 from broker_proxy.grants.sqlite_store import SqliteGrantStore
 from broker_proxy.grants.store import GrantStoreError, ReserveResult
 from broker_proxy.grants.tokens import parse_token
@@ -234,7 +235,7 @@ def test_a_closed_redis_store_says_so(redis_server: RedisServer):
 
 
 def test_rediss_urls_always_verify_the_server_certificate():
-    options, where = _parse_url("rediss://:pw@redis.internal:6380/2?ssl_ca_certs=/etc/ca.pem")
+    options, where = parse_url("rediss://:pw@redis.internal:6380/2?ssl_ca_certs=/etc/ca.pem")
     assert options["ssl"] is True
     assert options["ssl_check_hostname"] is True
     assert options["ssl_ca_certs"] == "/etc/ca.pem"
@@ -253,7 +254,7 @@ def test_rediss_urls_always_verify_the_server_certificate():
 ])
 def test_urls_that_could_weaken_or_confuse_the_store_are_refused(url: str):
     with pytest.raises(GrantStoreError):
-        _parse_url(url)
+        parse_url(url)
 
 
 def test_factory_picks_the_store_from_the_url(tmp_path: Path, redis_server: RedisServer,
