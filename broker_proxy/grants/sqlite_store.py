@@ -3,12 +3,12 @@
 Several processes open the file at once, so every write is a `BEGIN IMMEDIATE` transaction
 (the writer lock is taken up front, waiting up to busy_timeout, instead of failing half-way),
 and the use counter is spent by a single conditional UPDATE: SQLite serialises writers, so
-`max_uses` holds across processes without any lock of ours.
+`max_uses` holds across processes without any lock of ours. The schema and its migrations are
+in sqlite_schema.py, a grant's row in sqlite_rows.py.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 import threading
@@ -16,13 +16,20 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime, timedelta
-from functools import lru_cache
 from pathlib import Path
-from typing import Any
 
 from broker_proxy.grants import budgets, rate_limits
-from broker_proxy.grants.model import Grant, GrantStatus
+from broker_proxy.grants.model import Grant
 from broker_proxy.grants.sqlite_holds import SqliteHoldTable
+from broker_proxy.grants.sqlite_rows import (
+    COLUMNS,
+    INSERT,
+    grant_from_row,
+    row_from_grant,
+    select_grant,
+    to_micros,
+)
+from broker_proxy.grants.sqlite_schema import ENDED, SCHEMA_VERSION, migrate
 from broker_proxy.grants.store import (
     STORE_WAIT_SECONDS,
     GrantCounts,
@@ -40,63 +47,16 @@ from broker_proxy.grants.store import (
 )
 from broker_proxy.policy.model import RateLimit
 
-SCHEMA_VERSION = 3
 BUSY_TIMEOUT_MS = int(STORE_WAIT_SECONDS * 1000)
 
-_SCHEMA_V1 = (
-    # Timestamps are integer microseconds since the epoch, UTC: they compare in SQL exactly as
-    # datetimes compare in Python, so the UPDATE and Grant.state_at never disagree.
-    """
-    CREATE TABLE grants (
-        id          TEXT PRIMARY KEY,
-        agent       TEXT NOT NULL,
-        task        TEXT NOT NULL,
-        secrets     TEXT NOT NULL,
-        created_at  INTEGER NOT NULL,
-        expires_at  INTEGER NOT NULL,
-        max_uses    INTEGER CHECK (max_uses IS NULL OR max_uses >= 1),
-        uses        INTEGER NOT NULL DEFAULT 0 CHECK (uses >= 0),
-        status      TEXT NOT NULL
-                    CHECK (status IN ('pending', 'active', 'denied', 'revoked')),
-        approved_by TEXT,
-        approved_at INTEGER,
-        revoked_at  INTEGER,
-        token_hash  BLOB NOT NULL
-    ) STRICT
-    """,
-    "CREATE INDEX grants_by_created ON grants (created_at, id)",
-)
-# Version 2: per-grant placeholders, a JSON object secret -> placeholder.
-_SCHEMA_V2 = ("ALTER TABLE grants ADD COLUMN placeholders TEXT NOT NULL DEFAULT '{}'",)
-# When a grant ended for good (GrantIndex.ENDED): its expiry, or the revocation or denial if that
-# came first. An expression, not a column, so the writers (older versions too) need not keep it;
-# a query must spell it exactly like this for SQLite to use the index on it.
-_ENDED = (
-    "min(expires_at, CASE status WHEN 'revoked' THEN coalesce(revoked_at, expires_at)"
-    " WHEN 'denied' THEN coalesce(approved_at, expires_at) ELSE expires_at END)"
-)
-# Version 3: indexes for the periodic work (grant_watch.py), so it reads what is due, not every
-# grant: expiries in a window, revocations since a point, ended grants to purge, live counts.
-_SCHEMA_V3 = (
-    "CREATE INDEX grants_by_expiry ON grants (expires_at, id)",
-    "CREATE INDEX grants_by_revoked ON grants (revoked_at, id) WHERE revoked_at IS NOT NULL",
-    f"CREATE INDEX grants_by_end ON grants ({_ENDED}, id)",
-    "CREATE INDEX grants_live ON grants (status, expires_at)",
-)
-
-_COLUMNS = (
-    "id, agent, task, secrets, created_at, expires_at, max_uses, uses, status,"
-    " approved_by, approved_at, revoked_at, token_hash, placeholders"
-)
-_SELECT_ONE = f"SELECT {_COLUMNS} FROM grants WHERE id = ?"  # noqa: S608 (constant columns)
-_SELECT_ALL = f"SELECT {_COLUMNS} FROM grants ORDER BY created_at, id"  # noqa: S608
+_SELECT_ALL = f"SELECT {COLUMNS} FROM grants ORDER BY created_at, id"  # noqa: S608
 # Listing pages, through grants_by_created in either direction from a (created_at, id) key.
-_PAGE_OLDEST = (f"SELECT {_COLUMNS} FROM grants WHERE (created_at, id) > (?, ?)"  # noqa: S608
+_PAGE_OLDEST = (f"SELECT {COLUMNS} FROM grants WHERE (created_at, id) > (?, ?)"  # noqa: S608
                 " ORDER BY created_at, id LIMIT ? OFFSET ?")
-_PAGE_NEWEST = (f"SELECT {_COLUMNS} FROM grants WHERE (created_at, id) < (?, ?)"  # noqa: S608
+_PAGE_NEWEST = (f"SELECT {COLUMNS} FROM grants WHERE (created_at, id) < (?, ?)"  # noqa: S608
                 " ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?")
 _SELECT_LIVE = (
-    f"SELECT {_COLUMNS} FROM grants WHERE status IN ('active', 'pending')"  # noqa: S608
+    f"SELECT {COLUMNS} FROM grants WHERE status IN ('active', 'pending')"  # noqa: S608
     " AND expires_at > ? ORDER BY created_at, id"
 )
 # The instant each GrantIndex orders by, and what makes SQLite pick that index. SQLite seeks
@@ -107,7 +67,7 @@ _INDEXED = {
     GrantIndex.CREATED: ("created_at", ""),
     GrantIndex.EXPIRES: ("expires_at", ""),
     GrantIndex.REVOKED: ("revoked_at", " AND revoked_at IS NOT NULL"),
-    GrantIndex.ENDED: (_ENDED, ""),
+    GrantIndex.ENDED: (ENDED, ""),
 }
 _COUNTS = (
     # Only live rows are read (grants_live: status, then expiry after now); ended ones are not.
@@ -115,13 +75,12 @@ _COUNTS = (
     " coalesce(sum(uses > 0 AND (max_uses IS NULL OR uses < max_uses) AND expires_at <= ?), 0)"
     " FROM grants WHERE status IN ('active', 'pending') AND expires_at > ? GROUP BY status"
 )
-_PURGE = f"DELETE FROM grants WHERE id = ? AND {_ENDED} <= ?"  # noqa: S608
+_PURGE = f"DELETE FROM grants WHERE id = ? AND {ENDED} <= ?"  # noqa: S608
 # The next instant at which the counts change by the clock alone: a live grant expiring, or an
 # active one entering the "expiring within" window. O(log n) each, through grants_live.
 _NEXT_EXPIRY = (
     "SELECT min(expires_at) FROM grants WHERE status = ? AND expires_at > ?"
 )
-_INSERT = f"INSERT INTO grants ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"  # noqa: S608
 _RESERVE = (
     "UPDATE grants SET uses = uses + 1 WHERE id = ? AND status = 'active'"
     " AND expires_at > ? AND (max_uses IS NULL OR uses < max_uses)"
@@ -137,7 +96,6 @@ _REVOKE = "UPDATE grants SET status = 'revoked', revoked_at = ? WHERE id = ?"
 _DECIDABLE = frozenset({"pending"})
 _REVOCABLE = frozenset({"active", "pending", "expired", "used_up"})
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _FOREVER = 2**62  # µs: later than any expiry
 _MICROSECOND = timedelta(microseconds=1)
 
@@ -174,7 +132,7 @@ class SqliteGrantStore:
             self._enable_wal(conn)
             # NORMAL in WAL mode loses at most the last commits on power loss, never consistency.
             conn.execute("PRAGMA synchronous = NORMAL")
-            self._migrate(conn)
+            migrate(conn, self._path)
         except sqlite3.Error as exc:
             conn.close()
             raise self._unusable(exc) from exc
@@ -185,19 +143,19 @@ class SqliteGrantStore:
     # -- the GrantStore verbs -------------------------------------------------------------
 
     def create(self, grant: Grant) -> None:
-        row = _row_from_grant(grant)
+        row = row_from_grant(grant)
         try:
             with self._transaction() as conn:
-                if _select(conn, grant.id) is not None:
+                if select_grant(conn, grant.id) is not None:
                     raise GrantStoreError(f"grant {grant.id} already exists in {self._path}")
-                conn.execute(_INSERT, row)
+                conn.execute(INSERT, row)
         except sqlite3.IntegrityError as exc:
             # A CHECK constraint refused the row: a caller built an impossible grant.
             raise ValueError(f"grant {grant.id} cannot be stored: {exc}") from exc
 
     def get(self, grant_id: str) -> Grant | None:
         with self._reading() as conn:
-            return _select(conn, grant_id)
+            return select_grant(conn, grant_id)
 
     def authenticate(self, token: str) -> Grant | None:
         return authenticate_token(token, self.get)
@@ -207,11 +165,11 @@ class SqliteGrantStore:
     ) -> list[Grant]:
         if include_inactive:
             with self._reading(bulk=True) as conn:
-                return [_grant_from_row(row) for row in conn.execute(_SELECT_ALL)]
+                return [grant_from_row(row) for row in conn.execute(_SELECT_ALL)]
         moment = now if now is not None else datetime.now(UTC)
         with self._reading(bulk=True) as conn:  # live rows only, through grants_live
-            grants = [_grant_from_row(row)
-                      for row in conn.execute(_SELECT_LIVE, (_to_micros(moment),))]
+            grants = [grant_from_row(row)
+                      for row in conn.execute(_SELECT_LIVE, (to_micros(moment),))]
         return [g for g in grants if g.state_at(moment) in ("active", "pending")]
 
     def page(self, after: PageKey | None, limit: int, *,
@@ -220,9 +178,9 @@ class SqliteGrantStore:
         query = _PAGE_NEWEST if newest_first else _PAGE_OLDEST
         key = (_FOREVER, "\uffff") if newest_first else (-1, "")
         if after is not None:
-            key = (_to_micros(after[0]), after[1])
+            key = (to_micros(after[0]), after[1])
         with self._reading(bulk=True) as conn:  # one more than asked: is there a next page?
-            grants = [_grant_from_row(row)
+            grants = [grant_from_row(row)
                       for row in conn.execute(query, (*key, limit + 1, skip))]
         if len(grants) <= limit:
             return GrantPage(grants, None)
@@ -237,11 +195,11 @@ class SqliteGrantStore:
         self, index: GrantIndex, after: tuple[datetime, str], until: datetime, limit: int
     ) -> Grants:
         column, extra = _INDEXED[index]
-        query = (f"SELECT {_COLUMNS} FROM grants WHERE ({column}, id) > (?, ?)"  # noqa: S608
+        query = (f"SELECT {COLUMNS} FROM grants WHERE ({column}, id) > (?, ?)"  # noqa: S608
                  f" AND {column} <= ?{extra} ORDER BY {column}, id LIMIT ?")
-        params = (_to_micros(after[0]), after[1], _to_micros(until), limit)
+        params = (to_micros(after[0]), after[1], to_micros(until), limit)
         with self._reading(bulk=True) as conn:
-            return [_grant_from_row(row) for row in conn.execute(query, params)]
+            return [grant_from_row(row) for row in conn.execute(query, params)]
 
     def counts(self, now: datetime, expiring_within: timedelta) -> GrantCounts:
         """Counted over the live rows, O(live grants); then kept while nothing can change them.
@@ -251,7 +209,7 @@ class SqliteGrantStore:
         live grant's expiry or an active one's entry into the window. Until then the last
         answer is returned after one PRAGMA, so an idle proxy does not recount.
         """
-        moment, window = _to_micros(now), expiring_within // _MICROSECOND
+        moment, window = to_micros(now), expiring_within // _MICROSECOND
         with self._reading() as conn:
             (version,) = conn.execute("PRAGMA data_version").fetchone()
             cached = self._counts_cache
@@ -275,17 +233,17 @@ class SqliteGrantStore:
         return counts
 
     def purge(self, grant_ids: Sequence[str], ended_before: datetime) -> int:
-        cutoff = _to_micros(ended_before)
+        cutoff = to_micros(ended_before)
         with self._transaction() as conn:
             return conn.executemany(_PURGE, [(gid, cutoff) for gid in grant_ids]).rowcount
 
     def reserve_use(self, grant_id: str, now: datetime, *, wait: bool = True,
                     deadline: float | None = None) -> ReserveResult:
         with self._transaction(wait=wait, deadline=deadline) as conn:
-            if conn.execute(_RESERVE, (grant_id, _to_micros(now))).rowcount == 1:
+            if conn.execute(_RESERVE, (grant_id, to_micros(now))).rowcount == 1:
                 return ReserveResult.RESERVED
             # Read inside the same transaction, so the reason is the one that refused the use.
-            grant = _select(conn, grant_id)
+            grant = select_grant(conn, grant_id)
         if grant is None:
             return ReserveResult.NOT_FOUND
         return reserve_result_for(grant.state_at(now))
@@ -295,7 +253,7 @@ class SqliteGrantStore:
         """One request against the grant's bucket for ``secret`` (rate_limits.py): 0.0 when
         admitted, else the seconds until it would be. Atomic like `reserve_use`."""
         with self._rates(wait=wait, deadline=deadline) as conn:
-            waiting = rate_limits.sqlite_take(conn, grant.id, secret, _to_micros(now), rate)
+            waiting = rate_limits.sqlite_take(conn, grant.id, secret, to_micros(now), rate)
         return waiting / 1_000_000
 
     def limit_rate(self, grant: Grant, secret: str, rate: RateLimit) -> None:
@@ -352,14 +310,14 @@ class SqliteGrantStore:
 
     def approve(self, grant_id: str, by: str, now: datetime) -> Grant:
         return self._transition(
-            grant_id, now, "approve", _DECIDABLE, _APPROVE, (by, _to_micros(now))
+            grant_id, now, "approve", _DECIDABLE, _APPROVE, (by, to_micros(now))
         )
 
     def deny(self, grant_id: str, by: str, now: datetime) -> Grant:
-        return self._transition(grant_id, now, "deny", _DECIDABLE, _DENY, (by, _to_micros(now)))
+        return self._transition(grant_id, now, "deny", _DECIDABLE, _DENY, (by, to_micros(now)))
 
     def revoke(self, grant_id: str, now: datetime) -> Grant:
-        return self._transition(grant_id, now, "revoke", _REVOCABLE, _REVOKE, (_to_micros(now),))
+        return self._transition(grant_id, now, "revoke", _REVOCABLE, _REVOKE, (to_micros(now),))
 
     def probe_write(self) -> None:
         # Setting the schema version to itself rewrites the header page: the commit appends a
@@ -374,14 +332,14 @@ class SqliteGrantStore:
         with self._lock:  # random ids land all over the indexes: a big cache saves re-reads
             self._connection().execute("PRAGMA cache_size = -262144")
         for grant in grants:
-            rows.append(_row_from_grant(grant))
+            rows.append(row_from_grant(grant))
             if len(rows) == batch:
                 with self._transaction() as conn:
-                    conn.executemany(_INSERT, rows)
+                    conn.executemany(INSERT, rows)
                 rows = []
         if rows:
             with self._transaction() as conn:
-                conn.executemany(_INSERT, rows)
+                conn.executemany(INSERT, rows)
         with self._lock:
             self._connection().execute("PRAGMA cache_size = -2000")  # SQLite's default
 
@@ -428,14 +386,14 @@ class SqliteGrantStore:
         # Check and write under one IMMEDIATE transaction: no other process can change the
         # grant between the state we judged and the row we update.
         with self._transaction() as conn:
-            grant = _select(conn, grant_id)
+            grant = select_grant(conn, grant_id)
             if grant is None:
                 raise GrantNotFound(grant_id)
             state = grant.state_at(now)
             if state not in allowed:
                 raise GrantStateError(grant_id, state, action)
             conn.execute(statement, (*params, grant_id))
-            updated = _select(conn, grant_id)
+            updated = select_grant(conn, grant_id)
         assert updated is not None  # same transaction, the row cannot have gone
         return updated
 
@@ -455,39 +413,6 @@ class SqliteGrantStore:
         if str(mode).lower() != "wal":
             raise GrantStoreError(f"grant store {self._path} cannot use WAL journal mode")
 
-    def _migrate(self, conn: sqlite3.Connection) -> None:
-        if _user_version(conn) == SCHEMA_VERSION:
-            return
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            # Read again under the write lock: another process may have migrated meanwhile.
-            version = _user_version(conn)
-            if version == 0:
-                for statement in _SCHEMA_V1:
-                    conn.execute(statement)
-                version = 1
-            if version == 1:
-                # A store written by an older broker-proxy keeps its grants; they have no
-                # per-grant placeholders, which is what they were issued with.
-                for statement in _SCHEMA_V2:
-                    conn.execute(statement)
-                version = 2
-            if version == 2:
-                # Indexes only: the rows are unchanged. Built once over the grants already
-                # there (about 1 s per 100,000), inside this transaction.
-                for statement in _SCHEMA_V3:
-                    conn.execute(statement)
-                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            elif version != SCHEMA_VERSION:
-                raise GrantStoreError(
-                    f"grant store {self._path} has schema version {version};"
-                    f" this broker-proxy knows version {SCHEMA_VERSION}"
-                )
-            conn.execute("COMMIT")
-        except BaseException:
-            with suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            raise
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -597,83 +522,3 @@ def _create_private_file(path: Path) -> None:
 def _is_busy(exc: sqlite3.Error) -> bool:
     code = getattr(exc, "sqlite_errorcode", None)
     return code is not None and code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
-
-
-def _user_version(conn: sqlite3.Connection) -> int:
-    (version,) = conn.execute("PRAGMA user_version").fetchone()
-    return int(version)
-
-
-def _select(conn: sqlite3.Connection, grant_id: str) -> Grant | None:
-    row = conn.execute(_SELECT_ONE, (grant_id,)).fetchone()
-    return None if row is None else _grant_from_row(row)
-
-
-def _to_micros(moment: datetime) -> int:
-    if moment.utcoffset() is None:
-        raise ValueError("grant store times must be timezone-aware")
-    return (moment - _EPOCH) // _MICROSECOND
-
-
-def _from_micros(micros: int | None) -> datetime | None:
-    return None if micros is None else _moment(int(micros))
-
-
-# A grant is read on every request; its JSON columns and instants never change, so each is
-# parsed once (bounded caches of immutable values: tuples and datetimes).
-@lru_cache(maxsize=4096)
-def _moment(micros: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=micros)
-
-
-@lru_cache(maxsize=4096)
-def _secrets_from_json(text: str) -> tuple[str, ...]:
-    return tuple(json.loads(text))
-
-
-@lru_cache(maxsize=4096)
-def _placeholders_from_json(text: str) -> tuple[tuple[str, str], ...]:
-    return tuple(sorted(json.loads(text).items()))
-
-
-def _row_from_grant(grant: Grant) -> tuple[object, ...]:
-    return (
-        grant.id,
-        grant.agent,
-        grant.task,
-        json.dumps(list(grant.secrets)),
-        _to_micros(grant.created_at),
-        _to_micros(grant.expires_at),
-        grant.max_uses,
-        grant.uses,
-        str(grant.status),
-        grant.approved_by,
-        None if grant.approved_at is None else _to_micros(grant.approved_at),
-        None if grant.revoked_at is None else _to_micros(grant.revoked_at),
-        grant.token_hash,
-        json.dumps(dict(grant.placeholders), sort_keys=True),
-    )
-
-
-def _grant_from_row(row: tuple[Any, ...]) -> Grant:
-    (gid, agent, task, secrets_json, created, expires, max_uses, uses, status,
-     approved_by, approved_at, revoked_at, hashed, placeholders_json) = row
-    try:
-        return Grant(
-            id=str(gid),
-            agent=str(agent),
-            task=str(task),
-            secrets=_secrets_from_json(str(secrets_json)),
-            created_at=_moment(int(created)),
-            expires_at=_moment(int(expires)),
-            max_uses=None if max_uses is None else int(max_uses),
-            uses=int(uses),
-            status=GrantStatus(status),
-            approved_by=None if approved_by is None else str(approved_by),
-            approved_at=_from_micros(approved_at),
-            revoked_at=_from_micros(revoked_at),
-            token_hash=bytes(hashed),
-            placeholders=_placeholders_from_json(str(placeholders_json)),
-        )
-    except (TypeError, ValueError) as exc:
-        raise GrantStoreError(f"grant store row {gid} is corrupt: {exc}") from exc
