@@ -19,7 +19,7 @@ from broker_proxy.grants.model import Grant, GrantStatus, new_grant_id
 from broker_proxy.grants.store import GrantError, GrantStore
 from broker_proxy.grants.tokens import new_token, token_hash
 from broker_proxy.policy.limit_fields import RateSpellingError, parse_rate_text
-from broker_proxy.policy.model import Policy, RateLimit
+from broker_proxy.policy.model import AgentPolicy, Policy, RateLimit
 
 DEFAULT_TTL = timedelta(minutes=15)
 MAX_TASK_LENGTH = 500
@@ -71,30 +71,7 @@ def issue_grant(
     """
     if now.utcoffset() is None:
         raise ValueError("issue_grant needs a timezone-aware now")
-    agent_policy = policy.agents.get(agent)
-    if agent_policy is None:
-        raise GrantPolicyError(f"agent {_quoted(agent)} is not in the policy")
-    _check_task(task)
-    names = sorted(set(secrets))
-    if not names:
-        raise GrantPolicyError("a grant needs at least one secret")
-    for name in names:
-        # One message for "not allowed" and "does not exist" (see the module docstring).
-        if name not in agent_policy.secrets or name not in policy.secrets:
-            raise GrantPolicyError(
-                f"agent {_quoted(agent)} may not be granted secret {_quoted(name)}"
-            )
-    lifetime = min(DEFAULT_TTL, agent_policy.max_ttl) if ttl is None else ttl
-    if lifetime <= timedelta(0):
-        raise GrantPolicyError(f"ttl must be positive, got {format_duration(lifetime)}")
-    if lifetime > agent_policy.max_ttl:
-        raise GrantPolicyError(
-            f"ttl {format_duration(lifetime)} exceeds max_ttl"
-            f" {format_duration(agent_policy.max_ttl)} for agent {_quoted(agent)}"
-        )
-    if max_uses is not None and (isinstance(max_uses, bool) or max_uses < 1):
-        raise GrantPolicyError(f"max_uses must be at least 1, got {max_uses}")
-
+    agent_policy, names, lifetime = _checked_request(policy, agent, task, secrets, ttl, max_uses)
     own_rates = grant_rates(policy, names, rates)
     own_caps = grant_caps(policy, names, concurrency, cost_usd, input_tokens, output_tokens)
 
@@ -118,6 +95,52 @@ def issue_grant(
         token_hash=token_hash(token),
         placeholders=own_placeholders(policy, names),
     )
+    _store_with_limits(store, grant, own_rates, own_caps, now)
+    return IssuedGrant(
+        grant=grant,
+        token=token,
+        placeholders={name: grant.placeholder_of(name) or policy.secrets[name].placeholder
+                      for name in names},
+        proxy_url=None if proxy_url_base is None else _url_from_base(proxy_url_base, agent, token),
+    )
+
+
+def _checked_request(
+    policy: Policy, agent: str, task: str,
+    secrets: list[str] | tuple[str, ...] | frozenset[str],
+    ttl: timedelta | None, max_uses: int | None,
+) -> tuple[AgentPolicy, list[str], timedelta]:
+    """The agent's policy, the secrets (sorted, once each) and the lifetime of a grant the
+    policy allows; a `GrantPolicyError` naming the first thing it does not allow."""
+    agent_policy = policy.agents.get(agent)
+    if agent_policy is None:
+        raise GrantPolicyError(f"agent {_quoted(agent)} is not in the policy")
+    _check_task(task)
+    names = sorted(set(secrets))
+    if not names:
+        raise GrantPolicyError("a grant needs at least one secret")
+    for name in names:
+        # One message for "not allowed" and "does not exist" (see the module docstring).
+        if name not in agent_policy.secrets or name not in policy.secrets:
+            raise GrantPolicyError(
+                f"agent {_quoted(agent)} may not be granted secret {_quoted(name)}"
+            )
+    lifetime = min(DEFAULT_TTL, agent_policy.max_ttl) if ttl is None else ttl
+    if lifetime <= timedelta(0):
+        raise GrantPolicyError(f"ttl must be positive, got {format_duration(lifetime)}")
+    if lifetime > agent_policy.max_ttl:
+        raise GrantPolicyError(
+            f"ttl {format_duration(lifetime)} exceeds max_ttl"
+            f" {format_duration(agent_policy.max_ttl)} for agent {_quoted(agent)}"
+        )
+    if max_uses is not None and (isinstance(max_uses, bool) or max_uses < 1):
+        raise GrantPolicyError(f"max_uses must be at least 1, got {max_uses}")
+    return agent_policy, names, lifetime
+
+
+def _store_with_limits(store: GrantStore, grant: Grant, own_rates: dict[str, RateLimit],
+                       own_caps: dict[str, tuple[int | None, ...]], now: datetime) -> None:
+    """Create the grant, then record its own (stricter) limits; revoked if they cannot be."""
     store.create(grant)
     try:
         for name, rate in own_rates.items():
@@ -128,13 +151,6 @@ def issue_grant(
         # Never leave a grant running looser than it was asked for.
         store.revoke(grant.id, now)
         raise
-    return IssuedGrant(
-        grant=grant,
-        token=token,
-        placeholders={name: grant.placeholder_of(name) or policy.secrets[name].placeholder
-                      for name in names},
-        proxy_url=None if proxy_url_base is None else _url_from_base(proxy_url_base, agent, token),
-    )
 
 
 def grant_rates(policy: Policy, names: list[str],
