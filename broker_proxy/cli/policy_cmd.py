@@ -21,6 +21,18 @@ def register(commands: argparse._SubParsersAction) -> None:
         "policy", help="init, check, schema, explain, test, diff, replay: write, validate and "
         "test policies")
     sub = policy.add_subparsers(dest="policy_command", metavar="ACTION", required=True)
+    _add_init(sub)
+    _add_check(sub)
+    schema = sub.add_parser("schema", help="print the policy's JSON Schema")
+    schema.set_defaults(handler=print_schema)
+    _add_explain(sub)
+    _add_test(sub)
+    _add_diff(sub)
+    _add_replay(sub)
+
+
+def _add_init(sub: argparse._SubParsersAction) -> None:
+    """`policy init`: write an example policy to edit."""
     init = sub.add_parser(
         "init",
         help="write a starting policy from an example shipped with broker-proxy",
@@ -34,6 +46,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     init.add_argument("--force", action="store_true", help="replace an existing file")
     add_policy_option(init)
     init.set_defaults(handler=init_policy)
+
+
+def _add_check(sub: argparse._SubParsersAction) -> None:
+    """`policy check`: errors, then warnings, of each file."""
     check = sub.add_parser(
         "check",
         help="validate policy files",
@@ -44,8 +60,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     check.add_argument("files", nargs="+", metavar="FILE")
     check.add_argument("--strict", action="store_true", help="warnings are errors too")
     check.set_defaults(handler=check_policies)
-    schema = sub.add_parser("schema", help="print the policy's JSON Schema")
-    schema.set_defaults(handler=print_schema)
+
+
+def _add_explain(sub: argparse._SubParsersAction) -> None:
+    """`policy explain`: what the policy would do with one request."""
     explain = sub.add_parser(
         "explain",
         help="say what the policy would do with a request",
@@ -59,6 +77,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     explain.add_argument("--json", action="store_true", help="print JSON for scripts")
     add_policy_option(explain)
     explain.set_defaults(handler=explain_request)
+
+
+def _add_test(sub: argparse._SubParsersAction) -> None:
+    """`policy test`: run *.policy-test.yaml cases through the decision code."""
     policy_test = sub.add_parser(
         "test",
         help="run a policy's tests (*.policy-test.yaml)",
@@ -74,6 +96,10 @@ def register(commands: argparse._SubParsersAction) -> None:
                              help="test this policy instead of the one each test file names")
     policy_test.add_argument("--junit", metavar="FILE", help="also write JUnit XML here")
     policy_test.set_defaults(handler=run_policy_tests)
+
+
+def _add_diff(sub: argparse._SubParsersAction) -> None:
+    """`policy diff`: what changes from OLD to NEW, widenings flagged."""
     diff = sub.add_parser(
         "diff",
         help="what changes from OLD to NEW, widenings flagged",
@@ -87,6 +113,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     diff.add_argument("--fail-on-widening", action="store_true",
                       help="exit 1 if NEW widens anything (for CI gates)")
     diff.set_defaults(handler=diff_policies_cmd)
+
+
+def _add_replay(sub: argparse._SubParsersAction) -> None:
+    """`policy replay`: an audit log decided again under a new policy."""
     replay = sub.add_parser(
         "replay",
         help="decide every request of an audit log again under a policy",
