@@ -19,7 +19,7 @@ wrapped so that the page event it sends carries that choice to the server layers
 from __future__ import annotations
 
 import inspect
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import Any
 
 from broker_proxy.addons.mitmproxy_compat import IncompatibleMitmproxy
@@ -88,7 +88,28 @@ def _http1_page(status: int, body: bytes, headers: dict[str, str]) -> bytes:
     return page
 
 
+# One step of a mitmproxy layer's generator: the commands it yields, the replies it is sent.
+Step = Generator[Any, Any, None]
+
+
 def install() -> None:
+    """Replace the HTTP/1 and HTTP/2 servers' error pages and hand them the flow's chosen page;
+    refuses (IncompatibleMitmproxy) a mitmproxy whose layers are not the ones patched here."""
+    send, handle = _server_layers()
+    if getattr(send, _MARK, False):
+        return
+    protocol_error = _protocol_error_path()
+    http1_send = _http1_send(send)
+    setattr(http1_send, _MARK, True)
+    # The patches themselves: mypy refuses assignments to methods, which is what they are.
+    _http1.Http1Server.send = http1_send  # type: ignore[method-assign]
+    _http2.Http2Server._handle_event = _http2_handle_event(handle)  # type: ignore[method-assign]
+    http_layers.HttpStream.handle_protocol_error = (  # type: ignore[method-assign]
+        _handle_protocol_error(protocol_error))
+
+
+def _server_layers() -> tuple[Callable[..., Step], Callable[..., Step]]:
+    """mitmproxy's ``Http1Server.send`` and ``Http2Server._handle_event``, as patched here."""
     send = getattr(_http1.Http1Server, "send", None)
     handle = getattr(_http2.Http2Server, "_handle_event", None)
     if (send is None or handle is None or not hasattr(_http2.Http2Connection, "is_open_for_us")
@@ -97,16 +118,23 @@ def install() -> None:
         raise IncompatibleMitmproxy("mitmproxy's HTTP/1 and HTTP/2 server layers are not the "
                                     "ones broker-proxy replaces error pages in: it needs "
                                     "mitmproxy 12.3")
-    if getattr(send, _MARK, False):
-        return
-    protocol_error = getattr(http_layers.HttpStream, "handle_protocol_error", None)
+    return send, handle
+
+
+def _protocol_error_path() -> Callable[..., Step]:
+    """mitmproxy's ``HttpStream.handle_protocol_error``, which must send the page itself."""
+    protocol_error: Callable[..., Step] | None = getattr(
+        http_layers.HttpStream, "handle_protocol_error", None)
     if protocol_error is None or "SendHttp(event, self.context.client)" not in inspect.getsource(
             protocol_error):
         raise IncompatibleMitmproxy("mitmproxy's HttpStream.handle_protocol_error is not the one "
                                     "broker-proxy hands its error pages to: it needs mitmproxy "
                                     "12.3")
+    return protocol_error
 
-    def http1_send(self: Any, event: Any) -> Generator[Any, Any, None]:
+
+def _http1_send(send: Callable[..., Step]) -> Callable[..., Step]:
+    def http1_send(self: Any, event: Any) -> Step:
         if isinstance(event, ResponseProtocolError):
             if not (self.conn.state & ConnectionState.CAN_WRITE):
                 return
@@ -117,7 +145,11 @@ def install() -> None:
             return
         yield from send(self, event)
 
-    def http2_handle_event(self: Any, event: Any) -> Generator[Any, Any, None]:
+    return http1_send
+
+
+def _http2_handle_event(handle: Callable[..., Step]) -> Callable[..., Step]:
+    def http2_handle_event(self: Any, event: Any) -> Step:
         if isinstance(event, ResponseProtocolError) and not self.is_closed(event.stream_id):
             stream = self.h2_conn.streams[event.stream_id]
             page = _page_for(event)
@@ -134,7 +166,11 @@ def install() -> None:
                 return
         yield from handle(self, event)
 
-    def handle_protocol_error(self: Any, event: Any) -> Generator[Any, Any, None]:
+    return http2_handle_event
+
+
+def _handle_protocol_error(protocol_error: Callable[..., Step]) -> Callable[..., Step]:
+    def handle_protocol_error(self: Any, event: Any) -> Step:
         # Run mitmproxy's own error path (error hook, kill check, page, drop), but hand the
         # page the flow's chosen answer: the error hook has run by the time the page is sent.
         steps = protocol_error(self, event)
@@ -151,8 +187,4 @@ def install() -> None:
                 command = http_layers.SendHttp(ChosenPage(command.event, page), command.connection)
             reply = yield command
 
-    setattr(http1_send, _MARK, True)
-    # The patches themselves: mypy refuses assignments to methods, which is what they are.
-    _http1.Http1Server.send = http1_send  # type: ignore[method-assign]
-    _http2.Http2Server._handle_event = http2_handle_event  # type: ignore[method-assign]
-    http_layers.HttpStream.handle_protocol_error = handle_protocol_error  # type: ignore[method-assign]
+    return handle_protocol_error
