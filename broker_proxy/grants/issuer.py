@@ -80,19 +80,10 @@ def issue_grant(
     grant_id = new_grant_id()
     token = new_token(grant_id)
     grant = Grant(
-        id=grant_id,
-        agent=agent,
-        task=task,
-        secrets=tuple(names),
-        created_at=issued_at,
-        expires_at=issued_at + lifetime,
-        max_uses=max_uses,
-        uses=0,
+        id=grant_id, agent=agent, task=task, secrets=tuple(names), created_at=issued_at,
+        expires_at=issued_at + lifetime, max_uses=max_uses, uses=0,
         status=GrantStatus.PENDING if needs_approval else GrantStatus.ACTIVE,
-        approved_by=None,
-        approved_at=None,
-        revoked_at=None,
-        token_hash=token_hash(token),
+        approved_by=None, approved_at=None, revoked_at=None, token_hash=token_hash(token),
         placeholders=own_placeholders(policy, names),
     )
     _store_with_limits(store, grant, own_rates, own_caps, now)
