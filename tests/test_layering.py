@@ -49,7 +49,7 @@ def test_the_package_keeps_its_import_contracts(graph: ImportGraph) -> None:
 def test_the_graph_sees_the_whole_package(graph: ImportGraph) -> None:
     assert {"broker_proxy.decision.broker", "broker_proxy.addons.broker",
             "broker_proxy.cli"} <= graph.modules
-    assert "broker_proxy.decision.outbound" in graph.edges["broker_proxy.decision.broker"]
+    assert "broker_proxy.request.outbound" in graph.edges["broker_proxy.decision.broker"]
 
 
 def _tree(root: Path, files: dict[str, str]) -> dict[str, Path]:

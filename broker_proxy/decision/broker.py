@@ -28,7 +28,6 @@ from broker_proxy.approvals.verdict import (
     denied_by_person,
 )
 from broker_proxy.audit.log import AuditError, AuditLog
-from broker_proxy.decision import outbound as codes
 from broker_proxy.decision.active_policy import ActivePolicy
 from broker_proxy.decision.authority import authorities_agree
 from broker_proxy.decision.budget_keeper import BudgetKeeper
@@ -39,22 +38,23 @@ from broker_proxy.decision.header_templates import (
     template_conflict,
 )
 from broker_proxy.decision.limit_checks import DecisionMustWait, LimitChecks
-from broker_proxy.decision.outbound import Allowed, Denied, OutboundRequest, Verdict
 from broker_proxy.decision.placeholders import PlaceholderScanner
 from broker_proxy.decision.protocol_checks import ProtocolReading, read_protocol
 from broker_proxy.decision.request_checks import (
-    AmbiguousPath,
-    canonical_path,
     header_size_problem,
     method_override_problem,
     upgrade_problem,
 )
 from broker_proxy.decision.request_scan import PlacedHit, RequestRewriter, find_placeholders
-from broker_proxy.decision.reservation import Reservation
 from broker_proxy.grants.model import Grant
 from broker_proxy.grants.store import GrantStore, GrantStoreBusy, GrantStoreError, ReserveResult
 from broker_proxy.metrics import BrokerMetrics
 from broker_proxy.policy.destinations import canonical_host
+from broker_proxy.request import codes
+from broker_proxy.request.outbound import Allowed, Denied, OutboundRequest, Verdict
+from broker_proxy.request.paths import AmbiguousPath, canonical_path
+from broker_proxy.request.reservation import Reservation
+from broker_proxy.request.scrub_scope import ScrubScope
 from broker_proxy.scrubbing.content_decoding import (
     BodyNotDecodable,
     BodyTooLarge,
@@ -62,8 +62,7 @@ from broker_proxy.scrubbing.content_decoding import (
     decode_whole,
     parse_content_encoding,
 )
-from broker_proxy.scrubbing.grant_scrub import GrantScrub, GrantScrubValues, base_secret
-from broker_proxy.scrubbing.scope import ScrubScope
+from broker_proxy.scrubbing.grant_scrub import GrantScrub, GrantScrubValues, base_secret, scope_of
 from broker_proxy.scrubbing.scrubber import Scrubber
 from broker_proxy.secrets.backends import SecretUnavailable
 from broker_proxy.secrets.source import SecretSource
@@ -415,7 +414,7 @@ class Broker(LimitChecks):
         """
         if not isinstance(verdict, Allowed):
             return verdict
-        scope = ScrubScope.of(grant, host)
+        scope = scope_of(grant, host)
         held = self.scrub_values.for_scope(scope, policy.policy, policy.index)
         stale = [name for name, (value, _) in verdict.scrub.items()
                  if name in held.values and held.values[name][0] != value]
