@@ -23,6 +23,8 @@ METHOD_OVERRIDE_HEADERS = frozenset(
     {"x-http-method-override", "x-http-method", "x-method-override"}
 )
 _METHOD_PARAM = re.compile(r"(?<![A-Za-z0-9_])_method(?![A-Za-z0-9_])", re.IGNORECASE)
+_CONTROLS_IN_NAME = re.compile("[\x00-\x1f\x7f]")
+_CONTROLS_IN_VALUE = re.compile("[\x00-\x08\x0a-\x1f\x7f]")  # HTAB is legal in values
 
 
 def header_size_problem(headers: tuple[tuple[str, str], ...]) -> str | None:
@@ -34,6 +36,16 @@ def header_size_problem(headers: tuple[tuple[str, str], ...]) -> str | None:
         total += size
     if total > MAX_HEADER_BYTES:
         return f"the headers are longer than {MAX_HEADER_BYTES} bytes in all"
+    return None
+
+
+def header_controls_problem(headers: tuple[tuple[str, str], ...]) -> str | None:
+    """CR, LF, NUL and other controls that an HTTP/1 upstream could read as a new line."""
+    # Joined, a control character is in the whole exactly when it is in one of the parts.
+    names = "".join(name for name, _ in headers)
+    values = "".join(value for _, value in headers)
+    if _CONTROLS_IN_NAME.search(names) or _CONTROLS_IN_VALUE.search(values):
+        return "control characters in a header name or value"
     return None
 
 
