@@ -25,25 +25,23 @@ MITMPROXY = "mitmproxy"
 # Each part (a package or top-level module of broker_proxy, by its name below broker_proxy;
 # "broker_proxy" is the root package itself) and the parts it may import directly. What those
 # may import, it may import too: the map is read transitively, and it must have no cycle.
+# Small modules with one job each that the whole core may use: the root package (its
+# version), errors, strict JSON, the clock, the home directory, durations.
+FOUNDATIONS = ("broker_proxy", "errors", "strict_json", "time_source", "home", "durations")
 LAYERS: dict[str, frozenset[str]] = {k: frozenset(v) for k, v in {
-    # Foundations: small modules with one job each, importing nothing of ours but errors.
-    "broker_proxy": (),  # the root package: the version
-    "errors": (),
-    "strict_json": (),
-    "time_source": (),
-    "home": (),
+    **{part: () for part in FOUNDATIONS if part != "durations"},
+    "durations": ("errors",),
     "identity": (),
     "metrics": (),
-    "durations": ("errors",),
     # The core, bottom up. The request and its verdict first: everything else names them.
     "request": (),
-    "policy": ("request", "durations", "errors"),
-    "secrets": ("policy", "home", "strict_json"),
-    "audit": ("policy", "broker_proxy"),
-    "grants": ("audit", "home"),  # state: grants, secrets, audit
+    "policy": ("request", *FOUNDATIONS),
+    "secrets": ("policy",),
+    "audit": ("policy",),
+    "grants": ("audit",),  # state: grants, secrets, audit
     "signing": ("secrets",),
     "scrubbing": ("grants", "secrets"),  # handed values: no decision code
-    "approvals": ("grants", "identity", "time_source"),
+    "approvals": ("grants", "identity"),
     "decision": ("approvals", "scrubbing", "signing", "metrics"),
     "error_text": ("policy",),
     "policy_tools": ("decision", "error_text"),
@@ -51,7 +49,7 @@ LAYERS: dict[str, frozenset[str]] = {k: frozenset(v) for k, v in {
     "signin_guard": ("audit",),
     "console": ("decision",),
     # The mitmproxy layer: the core and mitmproxy.
-    "addons": ("decision", "error_text", "home", MITMPROXY),
+    "addons": ("decision", "error_text", MITMPROXY),
     # The operator's entry points and the running process.
     "admin_api": ("console", "signin_guard"),
     "runtime": ("addons", "admin_api", "readiness"),
@@ -62,8 +60,7 @@ LAYERS: dict[str, frozenset[str]] = {k: frozenset(v) for k, v in {
 
 CORE = ("request", "policy", "secrets", "audit", "grants", "signing", "scrubbing", "approvals",
         "decision", "error_text", "policy_tools", "readiness", "signin_guard", "console",
-        "broker_proxy", "errors", "strict_json", "time_source", "home", "identity", "metrics",
-        "durations")
+        "identity", "metrics", *FOUNDATIONS)
 STATE = ("grants", "secrets", "audit")
 # name -> (the parts it constrains, what they never import)
 RULES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
