@@ -33,11 +33,11 @@ from mitmproxy.exceptions import OptionsError
 from mitmproxy.proxy import server_hooks
 
 from broker_proxy.audit.log import AuditLog
-from broker_proxy.decision import outbound as codes
-from broker_proxy.decision.outbound import Denied
 from broker_proxy.error_text import describe_error
 from broker_proxy.home import Home
 from broker_proxy.policy.resolve_pins import ResolvePins
+from broker_proxy.request import codes
+from broker_proxy.request.outbound import Denied
 from broker_proxy.runtime.assembly import open_broker, policy_path
 from broker_proxy.secrets.oauth2 import UpstreamTrust
 

@@ -25,13 +25,13 @@ from broker_proxy.addons.upstream_guard import UpstreamGuard
 from mitmproxy import connection, http
 
 from broker_proxy.approvals.verdict import Held
-from broker_proxy.decision import outbound as codes
+from broker_proxy.audit.durability_waiter import DurabilityWaiter
 from broker_proxy.decision.broker import Broker
 from broker_proxy.decision.limit_checks import DecisionMustWait
-from broker_proxy.decision.outbound import Allowed, Denied, OutboundRequest, Verdict
 from broker_proxy.decision.request_checks import upgrade_problem
 from broker_proxy.grants.store import STORE_WAIT_SECONDS
-from broker_proxy.runtime.durability_waiter import DurabilityWaiter
+from broker_proxy.request import codes
+from broker_proxy.request.outbound import Allowed, Denied, OutboundRequest, Verdict
 
 log = logging.getLogger("broker_proxy.addon")
 

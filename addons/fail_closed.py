@@ -43,9 +43,9 @@ from broker_proxy.addons import connection_limits, flow_adapter
 from mitmproxy import connection, flow, hooks, http
 from mitmproxy.proxy import server_hooks
 
-from broker_proxy.decision import outbound as codes
-from broker_proxy.decision.outbound import Denied
 from broker_proxy.decision.upstream_failure import dial_refusal
+from broker_proxy.request import codes
+from broker_proxy.request.outbound import Denied
 
 log = logging.getLogger("broker_proxy.addon")
 

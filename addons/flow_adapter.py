@@ -7,8 +7,8 @@ import binascii
 
 from mitmproxy import http
 
-from broker_proxy.decision.outbound import Allowed, Denied, OutboundRequest
 from broker_proxy.policy.destinations import canonical_host
+from broker_proxy.request.outbound import Allowed, Denied, OutboundRequest
 
 PROXY_AUTHORIZATION = "Proxy-Authorization"
 

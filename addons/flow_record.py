@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from mitmproxy import http
 
-from broker_proxy.decision.outbound import Allowed, OutboundRequest
+from broker_proxy.request.outbound import Allowed, OutboundRequest
 
 if TYPE_CHECKING:  # the addons that call settle_budget_once hold the broker
     from broker_proxy.decision.broker import Broker

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from broker_proxy.approvals.desk import ApprovalDesk, HeldRequest
 from broker_proxy.approvals.verdict import Held, denied_by_person, interrupted, timed_out
-from broker_proxy.decision.outbound import Denied, Verdict
+from broker_proxy.request.outbound import Denied, Verdict
 
 # Held again after an approval only when the request changed, which a flow cannot; a bound
 # keeps a bug from looping.

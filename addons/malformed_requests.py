@@ -18,7 +18,7 @@ from mitmproxy import http
 from mitmproxy.net.http import http1
 from mitmproxy.proxy.layers.http import _http1
 
-from broker_proxy.decision.outbound import Denied
+from broker_proxy.request.outbound import Denied
 
 _MARK = "_broker_proxy_json"
 

@@ -18,10 +18,9 @@ from collections.abc import Callable, Iterable
 
 from mitmproxy import http
 
-from broker_proxy.decision import outbound as codes
 from broker_proxy.decision.mcp_lists import MAX_ANSWER, filter_answer
-from broker_proxy.decision.outbound import Allowed, Denied
-from broker_proxy.policy.protocol_rules import McpRules
+from broker_proxy.request import codes
+from broker_proxy.request.outbound import Allowed, Denied, McpListRules
 
 log = logging.getLogger("broker_proxy.addon")
 
@@ -31,7 +30,7 @@ Stream = Callable[[bytes], Iterable[bytes] | bytes]
 class _Collecting:
     """A response stream function: the inner one's output held until the end, then filtered."""
 
-    def __init__(self, flow: http.HTTPFlow, inner: Stream | None, rules: McpRules,
+    def __init__(self, flow: http.HTTPFlow, inner: Stream | None, rules: McpListRules,
                  content_type: str | None) -> None:
         self._flow = flow
         self._inner = inner
@@ -68,7 +67,7 @@ class _Collecting:
             return []
 
 
-def _rules(flow: http.HTTPFlow, verdict: Allowed | None) -> McpRules | None:
+def _rules(flow: http.HTTPFlow, verdict: Allowed | None) -> McpListRules | None:
     if verdict is None or verdict.mcp_lists is None or flow.response is None:
         return None
     return verdict.mcp_lists if flow.response.status_code == 200 else None

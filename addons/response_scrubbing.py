@@ -46,10 +46,10 @@ from dataclasses import dataclass, field
 from broker_proxy.addons import websocket_controls
 from mitmproxy import http
 
-from broker_proxy.decision import outbound as codes
 from broker_proxy.decision.llm_usage import UsageMeter
-from broker_proxy.decision.outbound import Allowed, Denied
-from broker_proxy.policy.media_types import WithholdRule
+from broker_proxy.request import codes
+from broker_proxy.request.outbound import Allowed, Denied, MediaWithholding
+from broker_proxy.request.scrub_scope import ScrubScope
 from broker_proxy.scrubbing.content_decoding import (
     BodyNotDecodable,
     DecodeLimits,
@@ -66,7 +66,6 @@ from broker_proxy.scrubbing.nested_bodies import (
     media_coding,
     scan_whole,
 )
-from broker_proxy.scrubbing.scope import ScrubScope
 from broker_proxy.scrubbing.scrubber import MessageScrubber, Scrubber, StreamScrubber, scrubber_for
 
 log = logging.getLogger("broker_proxy.addon")
@@ -144,7 +143,7 @@ class _BodyStream:
 
     def __init__(self, flow: http.HTTPFlow, scrubber: Scrubber,
                  decoder: StreamDecoder | None, live: LiveSet | None = None,
-                 content_type: str | None = None, withhold: WithholdRule | None = None,
+                 content_type: str | None = None, withhold: MediaWithholding | None = None,
                  meter: UsageMeter | None = None) -> None:
         self._flow = flow
         self._withhold = withhold
@@ -212,7 +211,7 @@ class ScrubState:
     messages: MessageScrubber | None = None
     meter: UsageMeter | None = None  # an LLM answer under a budget: its usage, as it passes
     live: LiveSet | None = None
-    withhold: WithholdRule | None = None  # the answer's host withholds these media types
+    withhold: MediaWithholding | None = None  # the answer's host withholds these media types
 
     def switch_if_changed(self) -> None:
         """A rotation while the answer is under way: scrub for the new set from here on."""

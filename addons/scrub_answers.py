@@ -15,9 +15,9 @@ from broker_proxy.addons import mcp_list_filter, response_scrubbing
 from broker_proxy.addons.flow_record import flow_record, settle_budget_once
 from mitmproxy import http
 
-from broker_proxy.decision import outbound as codes
 from broker_proxy.decision.broker import Broker
-from broker_proxy.decision.outbound import Allowed, Denied
+from broker_proxy.request import codes
+from broker_proxy.request.outbound import Allowed, Denied
 
 log = logging.getLogger("broker_proxy.addon")
 

@@ -16,10 +16,10 @@ from weakref import WeakKeyDictionary
 from broker_proxy.addons import flow_adapter
 from mitmproxy import connection, http
 
-from broker_proxy.decision import outbound as codes
 from broker_proxy.decision.broker import Broker
-from broker_proxy.decision.outbound import Denied, OutboundRequest
 from broker_proxy.decision.request_checks import header_size_problem
+from broker_proxy.request import codes
+from broker_proxy.request.outbound import Denied, OutboundRequest
 
 log = logging.getLogger("broker_proxy.addon")
 

@@ -32,7 +32,7 @@ from mitmproxy.proxy.layers import http as http_layers
 from mitmproxy.proxy.layers.http import _http1, _http2
 from mitmproxy.proxy.layers.http._events import ErrorCode, ResponseProtocolError
 
-from broker_proxy.decision.outbound import Denied
+from broker_proxy.request.outbound import Denied
 
 _MARK = "_broker_proxy_error_pages"
 UPSTREAM_ERROR = "upstream_error"

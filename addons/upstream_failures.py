@@ -32,7 +32,7 @@ from mitmproxy.tls import TlsData
 
 from broker_proxy.decision import upstream_failure
 from broker_proxy.decision.broker import Broker
-from broker_proxy.decision.outbound import Allowed, Denied, OutboundRequest
+from broker_proxy.request.outbound import Allowed, Denied, OutboundRequest
 
 log = logging.getLogger("broker_proxy.upstream")
 

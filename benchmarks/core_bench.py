@@ -28,7 +28,6 @@ from benchmarks import smoke
 from broker_proxy.audit.log import AuditLog
 from broker_proxy.decision.active_policy import ActivePolicy
 from broker_proxy.decision.broker import Broker
-from broker_proxy.decision.outbound import Allowed, OutboundRequest
 from broker_proxy.grants.issuer import issue_grant
 from broker_proxy.grants.model import Grant
 from broker_proxy.grants.sqlite_store import SqliteGrantStore
@@ -36,6 +35,7 @@ from broker_proxy.grants.store import ReserveResult
 from broker_proxy.home import Home
 from broker_proxy.metrics import BrokerMetrics
 from broker_proxy.policy.loader import load_policy_text
+from broker_proxy.request.outbound import Allowed, OutboundRequest
 from broker_proxy.secrets.backends import SecretResolver
 from broker_proxy.time_source import utc_now
 

@@ -25,11 +25,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.core_bench import MemoryGrantStore, NullAudit
 from broker_proxy.decision.active_policy import ActivePolicy
 from broker_proxy.decision.broker import Broker
-from broker_proxy.decision.outbound import Allowed, OutboundRequest
 from broker_proxy.grants.issuer import issue_grant
 from broker_proxy.home import Home
 from broker_proxy.metrics import BrokerMetrics
 from broker_proxy.policy.loader import load_policy_text
+from broker_proxy.request.outbound import Allowed, OutboundRequest
 from broker_proxy.secrets.backends import SecretResolver
 from broker_proxy.time_source import utc_now
 

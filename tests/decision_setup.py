@@ -19,12 +19,12 @@ import pytest
 from broker_proxy.audit.log import AuditLog
 from broker_proxy.decision.active_policy import ActivePolicy
 from broker_proxy.decision.broker import Broker
-from broker_proxy.decision.outbound import Denied, OutboundRequest
 from broker_proxy.grants.issuer import IssuedGrant, issue_grant
 from broker_proxy.grants.sqlite_store import SqliteGrantStore
 from broker_proxy.home import Home
 from broker_proxy.metrics import BrokerMetrics
 from broker_proxy.policy.loader import load_policy_text
+from broker_proxy.request.outbound import Denied, OutboundRequest
 from broker_proxy.secrets.backends import SecretResolver
 from broker_proxy.secrets.master_key import load_or_create_master_key
 from broker_proxy.secrets.vault import Vault

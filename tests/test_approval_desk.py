@@ -22,8 +22,8 @@ from broker_proxy.approvals.desk import (
 from broker_proxy.approvals.digest import request_shape
 from broker_proxy.approvals.webhook import WebhookNotifier
 from broker_proxy.audit import AuditLog, AuditWriteError, verify_chain
-from broker_proxy.decision.outbound import OutboundRequest
 from broker_proxy.grants.sqlite_store import SqliteGrantStore
+from broker_proxy.request.outbound import OutboundRequest
 
 
 def _request(body: bytes = b"{}", query: str = "", path: str = "/v1/pay") -> OutboundRequest:

@@ -12,9 +12,9 @@ from broker_proxy.approvals.preview import (
     shown_digest,
 )
 from broker_proxy.decision.active_policy import ActivePolicy
-from broker_proxy.decision.outbound import OutboundRequest
 from broker_proxy.decision.request_scan import find_placeholders
 from broker_proxy.policy.loader import load_policy, load_policy_text
+from broker_proxy.request.outbound import OutboundRequest
 
 POLICY = """\
 version: 1

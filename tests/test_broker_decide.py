@@ -9,14 +9,14 @@ from datetime import timedelta
 import pytest
 
 from broker_proxy.audit.verify import verify_chain
-from broker_proxy.decision import outbound as codes
 from broker_proxy.decision.active_policy import ActivePolicy
 from broker_proxy.decision.broker import MAX_PLACEHOLDERS_PER_REQUEST
-from broker_proxy.decision.outbound import Allowed, Denied, OutboundRequest
 from broker_proxy.grants.model import Grant
 from broker_proxy.grants.sqlite_store import SqliteGrantStore
 from broker_proxy.policy.loader import load_policy_text
 from broker_proxy.policy.model import SecretPolicy
+from broker_proxy.request import codes
+from broker_proxy.request.outbound import Allowed, Denied, OutboundRequest
 from broker_proxy.secrets.backends import SecretResolver
 from broker_proxy.secrets.value import SecretValue
 from broker_proxy.time_source import utc_now

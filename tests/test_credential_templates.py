@@ -16,11 +16,9 @@ from pathlib import Path
 import pytest
 
 from broker_proxy.audit.log import AuditLog
-from broker_proxy.decision import outbound as codes
 from broker_proxy.decision.active_policy import ActivePolicy
 from broker_proxy.decision.basic_credentials import encode_basic, parse_basic
 from broker_proxy.decision.broker import Broker
-from broker_proxy.decision.outbound import Allowed, Denied, OutboundRequest
 from broker_proxy.decision.placeholders import PlaceholderScanner
 from broker_proxy.grants.issuer import issue_grant
 from broker_proxy.grants.redis_store import RedisGrantStore
@@ -29,6 +27,8 @@ from broker_proxy.home import Home
 from broker_proxy.metrics import BrokerMetrics
 from broker_proxy.policy.loader import PolicyError, load_policy_text
 from broker_proxy.policy.model import HeaderTemplate, PlaceholderFormat
+from broker_proxy.request import codes
+from broker_proxy.request.outbound import Allowed, Denied, OutboundRequest
 from broker_proxy.secrets.backends import SecretResolver, SecretUnavailable
 from broker_proxy.time_source import utc_now
 from tests.decision_setup import Setup

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from broker_proxy.runtime.durability_waiter import DurabilityWaiter
+from broker_proxy.audit.durability_waiter import DurabilityWaiter
 
 
 def test_every_waiter_gets_its_own_outcome() -> None:

@@ -25,8 +25,6 @@ from botocore.config import Config
 from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 
-from broker_proxy.decision.model_rules import UnreadableModel, requested_models
-from broker_proxy.decision.outbound import OutboundRequest
 from broker_proxy.devtools.echo_server import EchoServer, ReceivedRequest
 from broker_proxy.devtools.local_pki import write_pki
 from broker_proxy.devtools.proxy_process import ProxyProcess
@@ -34,6 +32,8 @@ from broker_proxy.grants.issuer import issue_grant
 from broker_proxy.grants.sqlite_store import SqliteGrantStore
 from broker_proxy.home import Home
 from broker_proxy.policy.loader import load_policy
+from broker_proxy.request.model_rules import UnreadableModel, requested_models
+from broker_proxy.request.outbound import OutboundRequest
 from broker_proxy.signing import sigv4
 from broker_proxy.time_source import utc_now
 from tests.conftest import random_master_key

@@ -12,8 +12,8 @@ import anthropic
 import openai
 import pytest
 
-from broker_proxy.decision.model_rules import UnreadableModel, requested_models
-from broker_proxy.decision.outbound import OutboundRequest
+from broker_proxy.request.model_rules import UnreadableModel, requested_models
+from broker_proxy.request.outbound import OutboundRequest
 from tests.llm_stack import GEMINI, PLACEHOLDERS, LlmStack, running_llm_stack
 
 pytestmark = pytest.mark.e2e

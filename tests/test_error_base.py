@@ -12,12 +12,12 @@ import pytest
 
 from broker_proxy.admin_api import AdminApiError
 from broker_proxy.audit.errors import AuditError, AuditWriteError
-from broker_proxy.decision import outbound as codes
 from broker_proxy.durations import DurationError
 from broker_proxy.error_text import describe_error
 from broker_proxy.errors import BrokerError
 from broker_proxy.grants.store import GrantError, GrantStoreError
 from broker_proxy.policy.resolve_pins import PinError
+from broker_proxy.request import codes
 from broker_proxy.runtime.home_lock import HomeBusy
 from broker_proxy.runtime.replica import ReplicaIdError
 from broker_proxy.scrubbing.content_decoding import (

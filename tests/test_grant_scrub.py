@@ -12,10 +12,10 @@ from datetime import timedelta
 
 from broker_proxy.addons.response_scrubbing import ScrubState
 
-from broker_proxy.decision.outbound import Allowed
 from broker_proxy.grants.model import Grant, GrantStatus
 from broker_proxy.policy.loader import load_policy_text
 from broker_proxy.policy.model import SecretPolicy
+from broker_proxy.request.outbound import Allowed
 from broker_proxy.scrubbing import scrubber as scrubber_module
 from broker_proxy.scrubbing.grant_scrub import GrantScrubValues
 from broker_proxy.scrubbing.scrubber import MessageScrubber, Scrubber

@@ -13,9 +13,9 @@ from broker_proxy.decision.graphql_rules import (
     GRAPHQL_OPERATION_NOT_ALLOWED,
     graphql_problem,
 )
-from broker_proxy.decision.outbound import OutboundRequest
 from broker_proxy.policy.loader import PolicyError, load_policy_text
 from broker_proxy.policy.protocol_rules import GraphqlRules, NameRule
+from broker_proxy.request.outbound import OutboundRequest
 
 READ_ONLY = GraphqlRules(operations=frozenset({"query"}),
                          fields=NameRule.of((), ("viewer",)), persisted=frozenset({"abc123"}))

@@ -17,10 +17,10 @@ from broker_proxy.approvals import desk as desk_module
 from broker_proxy.approvals.desk import ApprovalDesk, HeldRequest, HoldStateError, QueueFull
 from broker_proxy.approvals.digest import request_shape
 from broker_proxy.audit import AuditLog
-from broker_proxy.decision.outbound import OutboundRequest
 from broker_proxy.devtools.redis_server import RedisServer
 from broker_proxy.grants.redis_store import RedisGrantStore
 from broker_proxy.grants.sqlite_store import SqliteGrantStore
+from broker_proxy.request.outbound import OutboundRequest
 
 Desks = Callable[[], ApprovalDesk]
 

@@ -22,10 +22,10 @@ from broker_proxy.decision.mcp_rules import (
     call_problem,
     read_calls,
 )
-from broker_proxy.decision.outbound import OutboundRequest
 from broker_proxy.policy.loader import PolicyError, load_policy_text
 from broker_proxy.policy.protocol_rules import McpRules, NameRule
 from broker_proxy.policy.schema import policy_json_schema
+from broker_proxy.request.outbound import OutboundRequest
 
 POLICY = """\
 version: 1

@@ -6,11 +6,11 @@ from datetime import timedelta
 import pytest
 
 from broker_proxy.cli import main
-from broker_proxy.decision import outbound as codes
-from broker_proxy.decision.outbound import Allowed, Denied
 from broker_proxy.grants.actions import issue_audited
 from broker_proxy.policy.loader import load_policy_text
 from broker_proxy.policy_tools.replay import replay_log
+from broker_proxy.request import codes
+from broker_proxy.request.outbound import Allowed, Denied
 from broker_proxy.time_source import utc_now
 from tests.decision_setup import (
     API,

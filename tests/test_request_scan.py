@@ -3,9 +3,9 @@ from urllib.parse import quote
 
 import pytest
 
-from broker_proxy.decision.outbound import OutboundRequest
 from broker_proxy.decision.placeholders import PlaceholderScanner, default_placeholder
 from broker_proxy.decision.request_scan import PlacedHit, RequestRewriter, find_placeholders
+from broker_proxy.request.outbound import OutboundRequest
 
 SCANNER = PlaceholderScanner({
     "api_key": default_placeholder("api_key"),

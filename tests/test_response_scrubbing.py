@@ -13,7 +13,7 @@ from broker_proxy.addons import response_scrubbing
 from mitmproxy import http
 from mitmproxy.test import tflow
 
-from broker_proxy.decision.outbound import Allowed
+from broker_proxy.request.outbound import Allowed
 
 VALUE = "sk-unit-0123456789abcdefghij"
 

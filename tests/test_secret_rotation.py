@@ -18,9 +18,9 @@ import pytest
 from broker_proxy.home import Home
 from broker_proxy.policy.destinations import DestinationIndex
 from broker_proxy.policy.loader import PolicyError, load_policy_text
+from broker_proxy.request.scrub_scope import ScrubScope
 from broker_proxy.runtime.vault_watch import acks_dir, vault_mark, wait_for_proxies
 from broker_proxy.scrubbing.grant_scrub import GrantScrubValues, base_secret
-from broker_proxy.scrubbing.scope import ScrubScope
 from broker_proxy.scrubbing.scrubber import MessageScrubber, Scrubber
 from broker_proxy.secrets.backends import SecretResolver
 from broker_proxy.secrets.master_key import load_or_create_master_key

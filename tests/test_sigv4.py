@@ -18,10 +18,11 @@ from botocore.auth import S3SigV4Auth, S3SigV4QueryAuth, SigV4Auth, SigV4QueryAu
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from broker_proxy.decision import outbound as codes
 from broker_proxy.decision.active_policy import ActivePolicy
-from broker_proxy.decision.outbound import OutboundRequest
 from broker_proxy.policy.loader import PolicyError, load_policy_text
+from broker_proxy.request import codes
+from broker_proxy.request.outbound import OutboundRequest
+from broker_proxy.secrets.aws_credentials import AwsCredentials
 from broker_proxy.secrets.value import SecretValue
 from broker_proxy.signing import aws_resign, sigv4
 
@@ -29,9 +30,9 @@ PLACEHOLDER_ID = "AKIAPLACEHOLDER23456"
 _ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
 
 
-def real_credentials(token: bool = False) -> aws_resign.AwsCredentials:
+def real_credentials(token: bool = False) -> AwsCredentials:
     key_id = "AKIA" + "".join(secrets.choice(_ALPHABET) for _ in range(16))
-    return aws_resign.AwsCredentials(key_id, secrets.token_urlsafe(30),
+    return AwsCredentials(key_id, secrets.token_urlsafe(30),
                                      secrets.token_urlsafe(40) if token else None)
 
 
@@ -57,7 +58,7 @@ def sdk_request(method: str, url: str, *, service: str, region: str = "us-east-1
 
 
 def botocore_signature(request: OutboundRequest, headers: tuple[tuple[str, str], ...],
-                       query: str, credentials: aws_resign.AwsCredentials,
+                       query: str, credentials: AwsCredentials,
                        signed: list[str], payload: str, amz_date: str, *, service: str,
                        region: str) -> str:
     """What AWS computes for the request as it leaves (the way moto's verifier does it)."""
@@ -85,7 +86,7 @@ def header(headers: tuple[tuple[str, str], ...], name: str) -> str | None:
     return found[0] if found else None
 
 
-def resign_header_form(request: OutboundRequest, credentials: aws_resign.AwsCredentials,
+def resign_header_form(request: OutboundRequest, credentials: AwsCredentials,
                        *, service: str, region: str = "us-east-1") -> tuple[str, str]:
     """Re-sign; return (our signature, botocore's signature for what leaves)."""
     found = aws_resign.find_signature(request, {PLACEHOLDER_ID: "aws"})
@@ -256,7 +257,7 @@ secrets:
 """
 
 
-def plan(request: OutboundRequest, credentials: aws_resign.AwsCredentials,
+def plan(request: OutboundRequest, credentials: AwsCredentials,
          now: datetime | None = None, grant: tuple[str, ...] = ("aws",)
          ) -> aws_resign.Resigned | aws_resign.Refusal | None:
     value = json.dumps({"access_key_id": credentials.access_key_id,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from broker_proxy.decision.outbound import Denied
 from broker_proxy.decision.upstream_failure import KINDS, classify, description, dial_refusal
+from broker_proxy.request.outbound import Denied
 
 NOT_SENT = [
     ("[Errno 111] Connect call failed ('127.0.0.1', 9)", "connect_refused"),

@@ -15,14 +15,35 @@ is swapped for a secret.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
-from broker_proxy.decision.outbound import OutboundRequest
-from broker_proxy.decision.placeholders import PlaceholderScanner
-from broker_proxy.decision.request_scan import PlacedHit
+from broker_proxy.request.outbound import OutboundRequest
 
 BOUND_HEADERS = frozenset({"content-type", "content-encoding"})
+
+
+class FoundPlaceholder(Protocol):
+    """One placeholder in a text (decision/placeholders.PlaceholderHit)."""
+
+    @property
+    def start(self) -> int: ...
+
+    @property
+    def end(self) -> int: ...
+
+    @property
+    def secret(self) -> str | None: ...
+
+
+class PlaceholderFinder(Protocol):
+    """What a hold asks of the policy's placeholder scanner (decision/placeholders.py): the
+    approvals sit below the decision, which hands its scanner in."""
+
+    def might_contain(self, text: str) -> bool: ...
+
+    def find(self, text: str) -> Sequence[FoundPlaceholder]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,10 +71,12 @@ class RequestShape:
                 "headers_sha256": self.headers_sha256, "digest": self.digest}
 
 
-def carried(scanner: PlaceholderScanner, request: OutboundRequest, hits: Iterable[PlacedHit],
+def carried(scanner: PlaceholderFinder, request: OutboundRequest,
+            hits: Iterable[tuple[str, str | None]],
             templated: Iterable[tuple[str, str]] = ()) -> tuple[str, ...]:
     """Each secret and the place it would be swapped into, e.g. `pay@header:authorization`.
 
+    `hits` is (place, secret) for each placeholder found (decision/request_scan.PlacedHit);
     `templated` is (secret, header) for headers the proxy sets itself from the policy.
     """
     places: set[str] = set()
@@ -63,16 +86,16 @@ def carried(scanner: PlaceholderScanner, request: OutboundRequest, hits: Iterabl
             if found.secret:
                 places.add(f"{found.secret}@header:{name.lower()}")
                 in_headers.add(found.secret)
-    for placed in hits:
-        if placed.secret and (placed.place != "header" or placed.secret not in in_headers):
+    for place, secret in hits:
+        if secret and (place != "header" or secret not in in_headers):
             # Query, body, and placeholders in a header in another spelling (Basic, encoded).
-            places.add(f"{placed.secret}@{placed.place}")
+            places.add(f"{secret}@{place}")
     places.update(f"{secret}@template:{header.lower()}" for secret, header in templated)
     return tuple(sorted(places))
 
 
 def request_shape(request: OutboundRequest, carries: tuple[str, ...] = (),
-                  scanner: PlaceholderScanner | None = None) -> RequestShape:
+                  scanner: PlaceholderFinder | None = None) -> RequestShape:
     query = request.query.encode("utf-8", "surrogateescape")
     query_sha = hashlib.sha256(query).hexdigest()
     body_sha = hashlib.sha256(request.body).hexdigest()

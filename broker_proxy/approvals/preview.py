@@ -19,9 +19,9 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
-from broker_proxy.decision.outbound import OutboundRequest
-from broker_proxy.decision.placeholders import PlaceholderScanner
+from broker_proxy.approvals.digest import PlaceholderFinder
 from broker_proxy.policy.approval_fields import APPROVAL_PREVIEWS
+from broker_proxy.request.outbound import OutboundRequest
 
 MAX_BODY_TEXT = 4096
 MAX_FIELDS = 100
@@ -39,7 +39,7 @@ def preview_level(levels: list[str]) -> str:
     return max(levels or ["full"], key=APPROVAL_PREVIEWS.index)  # ordered full, headers, none
 
 
-def build_preview(request: OutboundRequest, scanner: PlaceholderScanner,
+def build_preview(request: OutboundRequest, scanner: PlaceholderFinder,
                   carries: tuple[str, ...], level: str = "full",
                   tools: Sequence[Any] = ()) -> dict[str, Any]:
     """The preview of a held request at `level` (full, headers or none).

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from broker_proxy.decision.outbound import Denied
+from broker_proxy.request.outbound import Denied
 
 APPROVAL_REQUIRED = "approval_required"  # held; only seen by a caller that cannot wait
 REQUEST_DENIED = "request_denied"  # a person said no to this request

@@ -28,7 +28,7 @@ class ActivePolicy:
     # bucket (flows without limits pay nothing for them).
     rated_secrets: frozenset[str] = frozenset()
     # Secrets with LLM rules (models, budget, hosted_tools): the body of a request carrying
-    # one is read for its model and hosted tools (model_rules.py, hosted_tools.py).
+    # one is read for its model and hosted tools (request/model_rules.py, hosted_tools.py).
     model_limited: frozenset[str] = frozenset()
     # Secrets with an LLM budget or a concurrency cap (budget_keeper.py): their requests hold a
     # reservation in the store until their answer settles it.

@@ -5,56 +5,53 @@ request is well formed and names one host, find the placeholders, match each one
 grant and the policy, resolve the secrets, reserve a use, write the audit record, and only then
 hand back the rewritten request. Anything unexpected on the way denies (fail closed): a hook that
 raised would otherwise let mitmproxy forward the request untouched.
+
+Each step is one line of ``_decide``; the longer ones are methods below it, or in the mixins
+for a person's approval (approval_hold.py), the limits (limit_checks.py) and what is recorded
+once the request has gone (outcomes.py).
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-from broker_proxy.approvals.desk import ApprovalDesk, QueueFull
-from broker_proxy.approvals.digest import carried, request_shape
-from broker_proxy.approvals.preview import build_preview, preview_level
-from broker_proxy.approvals.verdict import (
-    APPROVAL_QUEUE_FULL,
-    APPROVAL_REQUIRED,
-    APPROVAL_UNAVAILABLE,
-    Held,
-    denied_by_person,
-)
+from broker_proxy.approvals.desk import ApprovalDesk
+from broker_proxy.approvals.verdict import Held
 from broker_proxy.audit.log import AuditError, AuditLog
-from broker_proxy.decision import outbound as codes
 from broker_proxy.decision.active_policy import ActivePolicy
+from broker_proxy.decision.approval_hold import ApprovalHolds
 from broker_proxy.decision.authority import authorities_agree
 from broker_proxy.decision.budget_keeper import BudgetKeeper
 from broker_proxy.decision.header_templates import (
-    TemplateUse,
     applicable_templates,
     apply_templates,
     template_conflict,
 )
 from broker_proxy.decision.limit_checks import DecisionMustWait, LimitChecks
-from broker_proxy.decision.outbound import Allowed, Denied, OutboundRequest, Verdict
-from broker_proxy.decision.placeholders import PlaceholderScanner
-from broker_proxy.decision.protocol_checks import ProtocolReading, read_protocol
+from broker_proxy.decision.outcomes import OutcomeRecords
+from broker_proxy.decision.protocol_checks import read_protocol
 from broker_proxy.decision.request_checks import (
-    AmbiguousPath,
-    canonical_path,
+    header_controls_problem,
     header_size_problem,
     method_override_problem,
     upgrade_problem,
 )
+from broker_proxy.decision.request_record import request_fields
 from broker_proxy.decision.request_scan import PlacedHit, RequestRewriter, find_placeholders
-from broker_proxy.decision.reservation import Reservation
+from broker_proxy.decision.secret_use import SecretUse
 from broker_proxy.grants.model import Grant
 from broker_proxy.grants.store import GrantStore, GrantStoreBusy, GrantStoreError, ReserveResult
 from broker_proxy.metrics import BrokerMetrics
 from broker_proxy.policy.destinations import canonical_host
+from broker_proxy.request import codes
+from broker_proxy.request.outbound import Allowed, Denied, OutboundRequest, Verdict
+from broker_proxy.request.paths import AmbiguousPath, canonical_path
+from broker_proxy.request.scrub_scope import ScrubScope
 from broker_proxy.scrubbing.content_decoding import (
     BodyNotDecodable,
     BodyTooLarge,
@@ -62,8 +59,7 @@ from broker_proxy.scrubbing.content_decoding import (
     decode_whole,
     parse_content_encoding,
 )
-from broker_proxy.scrubbing.grant_scrub import GrantScrub, GrantScrubValues, base_secret
-from broker_proxy.scrubbing.scope import ScrubScope
+from broker_proxy.scrubbing.grant_scrub import GrantScrub, GrantScrubValues, scope_of
 from broker_proxy.scrubbing.scrubber import Scrubber
 from broker_proxy.secrets.backends import SecretUnavailable
 from broker_proxy.secrets.source import SecretSource
@@ -96,7 +92,7 @@ _RESERVE_REFUSALS: dict[ReserveResult, str] = {
 
 
 @dataclass(slots=True)
-class Broker(LimitChecks):
+class Broker(LimitChecks, ApprovalHolds, OutcomeRecords):
     policy: ActivePolicy
     grants: GrantStore
     secrets: SecretSource
@@ -184,44 +180,13 @@ class Broker(LimitChecks):
                 approved_hold: str | None = None, deadline: float | None = None) -> Verdict:
         policy = self.policy  # one snapshot for the whole decision, even across a reload
         now = self.clock()
-
-        try:
-            grant = self.grants.authenticate(token) if token else None
-        except GrantStoreError:
-            return self._deny(request, None, 503, codes.GRANT_STORE_UNAVAILABLE,
-                              "the grant store cannot be used; nothing was sent")
-        if grant is None:
-            return self._auth_required(request, token)
-
-        if refusal := self._grant_refusal(grant, policy, now, request):
-            return refusal
-
-        # Caps first: they bound the cost of every later pass over the headers.
-        if problem := header_size_problem(request.headers):
-            return self._deny(request, grant, 431, codes.HEADERS_TOO_LARGE, problem)
-        if not _well_formed(request):
-            return self._deny(request, grant, 400, codes.MALFORMED_REQUEST,
-                              "control characters in a header name or value")
-        if not authorities_agree(scheme=request.scheme, host=request.host, port=request.port,
-                                 host_header=request.host_header, authority=request.authority,
-                                 sni=request.sni):
-            return self._deny(request, grant, 403, codes.AUTHORITY_MISMATCH,
-                              "the Host header, request line and TLS name must all name the "
-                              "host the connection goes to")
-
-        if problem := upgrade_problem(request.headers):
-            return self._deny(request, grant, 403, codes.UPGRADE_NOT_ALLOWED, problem)
-
-        if request.body_encoding is not None:
-            # Only now, for an authenticated grant, and within bounds.
-            decoded = self._decoded_body(request, grant)
-            if isinstance(decoded, Denied):
-                return decoded
-            request = decoded
-
-        # Match on one spelling of the host: the one the policy was compiled with.
-        if (host := canonical_host(request.host)) != request.host:
-            request = replace(request, host=host)
+        grant = self._usable_grant(token, request, policy, now)
+        if isinstance(grant, Denied):
+            return grant
+        checked = self._checked_request(request, grant)
+        if isinstance(checked, Denied):
+            return checked
+        request = checked
         # AWS SigV4: signed by the agent's SDK with a placeholder key, signed again here.
         if resigned := self._aws_resigning(request, grant, policy, now, defer_durability,
                                            wait, deadline):
@@ -234,174 +199,182 @@ class Broker(LimitChecks):
         if not hits and not templates:
             return self._scrubbing_the_grant(
                 self._allow_without_secret(request, grant, policy), grant, policy, request.host)
-        if len(hits) > MAX_PLACEHOLDERS_PER_REQUEST:
+        use = SecretUse(request, grant, policy, scanner, hits, templates)
+        # Where each secret would go, then what the request is for (LLM model rules, MCP and
+        # GraphQL calls): all judged before any secret is touched.
+        if refusal := self._placement_refusal(use) or self._purpose_refusal(use):
+            return refusal
+        # A person's yes comes before anything is resolved, spent or recorded with a secret.
+        if held := self._held_for_approval(use, approved_hold):
+            return held
+        values = self._resolved(use)
+        if isinstance(values, Denied):
+            return values
+        if refusal := self._limit_refusal(use, now, wait, deadline):  # rates, then budgets
+            return refusal
+        revealed = {n: v.reveal() for n, v in values.items()}
+        try:
+            audit_record = self._spend_use(use.request, grant, now, codes.INJECTED, revealed,
+                                           defer_durability, wait, deadline,
+                                           fields=use.audit_fields())
+        except BaseException:
+            self.budgets.release(grant.id, use.tickets)
+            raise
+        if isinstance(audit_record, Denied):
+            self.budgets.release(grant.id, use.tickets)
+            return audit_record
+        allowed = self._injected(use, values, audit_record["seq"] if defer_durability else None)
+        return self._scrubbing_the_grant(allowed, grant, policy, use.request.host)
+
+    def _usable_grant(self, token: str | None, request: OutboundRequest, policy: ActivePolicy,
+                      now: datetime) -> Grant | Denied:
+        """The grant the token names, if it may be used now (invariant 3: on every request)."""
+        try:
+            grant = self.grants.authenticate(token) if token else None
+        except GrantStoreError:
+            return self._deny(request, None, 503, codes.GRANT_STORE_UNAVAILABLE,
+                              "the grant store cannot be used; nothing was sent")
+        if grant is None:
+            return self._auth_required(request, token)
+        return self._grant_refusal(grant, policy, now, request) or grant
+
+    def _checked_request(self, request: OutboundRequest,
+                         grant: Grant) -> OutboundRequest | Denied:
+        """The request well formed and naming one host, its body decoded, its host canonical."""
+        # Caps first: they bound the cost of every later pass over the headers.
+        if problem := header_size_problem(request.headers):
+            return self._deny(request, grant, 431, codes.HEADERS_TOO_LARGE, problem)
+        if problem := header_controls_problem(request.headers):
+            return self._deny(request, grant, 400, codes.MALFORMED_REQUEST, problem)
+        if not authorities_agree(scheme=request.scheme, host=request.host, port=request.port,
+                                 host_header=request.host_header, authority=request.authority,
+                                 sni=request.sni):
+            return self._deny(request, grant, 403, codes.AUTHORITY_MISMATCH,
+                              "the Host header, request line and TLS name must all name the "
+                              "host the connection goes to")
+        if problem := upgrade_problem(request.headers):
+            return self._deny(request, grant, 403, codes.UPGRADE_NOT_ALLOWED, problem)
+        if request.body_encoding is not None:
+            # Only now, for an authenticated grant, and within bounds.
+            decoded = self._decoded_body(request, grant)
+            if isinstance(decoded, Denied):
+                return decoded
+            request = decoded
+        # Match on one spelling of the host: the one the policy was compiled with.
+        if (host := canonical_host(request.host)) != request.host:
+            request = replace(request, host=host)
+        return request
+
+    def _placement_refusal(self, use: SecretUse) -> Denied | None:
+        """Each placeholder where its secret may go, on the one path that is sent."""
+        request, grant = use.request, use.grant
+        if len(use.hits) > MAX_PLACEHOLDERS_PER_REQUEST:
             return self._deny(request, grant, 403, codes.TOO_MANY_PLACEHOLDERS,
                               f"at most {MAX_PLACEHOLDERS_PER_REQUEST} placeholders per request")
-        sent_path = request.path
         try:
             # Match on the canonical path and send exactly that path: an upstream that resolves
             # dot segments, decodes %2F or drops ";" parameters would otherwise serve another
             # path than the one we allowed.
             if (path := canonical_path(request.path)) != request.path:
-                request = replace(request, path=path)
+                request = use.request = replace(request, path=path)
         except AmbiguousPath as error:
             return self._deny(request, grant, 403, codes.AMBIGUOUS_PATH,
                               f"this path cannot carry a secret: {error}")
         if problem := method_override_problem(request):
             # A POST allowed by the policy must not become a DELETE inside the upstream.
             return self._deny(request, grant, 403, codes.METHOD_OVERRIDE_REFUSED, problem)
-        if refusal := self._placement_refusal(hits, grant, policy, request):
+        if refusal := self._hit_refusal(use.hits, grant, use.policy, request):
             return refusal
-        if problem := template_conflict(templates, request.headers):
+        if problem := template_conflict(use.templates, request.headers):
             return self._deny(request, grant, 403, codes.HEADER_ALREADY_SET, problem)
+        return None
 
-        names = sorted({hit.secret for hit in hits if hit.secret}
-                       | {use.secret for use in templates})
-        # What the request is for (LLM model rules) is judged before any secret is touched.
-        tools_written = False
+    def _purpose_refusal(self, use: SecretUse) -> Denied | None:
+        """LLM model and hosted tool rules, then MCP and GraphQL rules: what the request asks
+        the upstream to do. Hosted tools' terms may be written into the body here."""
+        policy = use.policy
         if policy.model_limited and (ruled := self._llm_rule_refusal(
-                request, grant, policy, names)):
+                use.request, use.grant, policy, use.names)):
             if isinstance(ruled, Denied):
                 return ruled
-            request, tools_written = ruled, True  # hosted tools' terms written into the body
-        # MCP and GraphQL rules: what the call asks the server to do, before any secret is used.
-        protocol = read_protocol(request, policy, names) if policy.protocol_limited else None
-        if protocol is not None:
-            outcome = "passed" if protocol.refusal is None else "refused"
-            for kind, action in protocol.metric_actions():
-                self.metrics.protocol_checks.labels(kind, action, outcome).inc()
-        if protocol is not None and (refused := protocol.refusal) is not None:
-            return self._deny(request, grant, refused.status, refused.code, refused.message,
-                              fields=protocol.audit_fields())
-        # A person's yes comes before anything is resolved, spent or recorded with a secret.
-        if held := self._held_for_approval(request, grant, policy, names, approved_hold,
-                                           scanner, hits, templates, protocol):
-            return held
+            use.request, use.body_changed = ruled, True
+        if not policy.protocol_limited:
+            return None
+        protocol = use.protocol = read_protocol(use.request, policy, use.names)
+        if protocol is None:
+            return None
+        outcome = "passed" if protocol.refusal is None else "refused"
+        for kind, action in protocol.metric_actions():
+            self.metrics.protocol_checks.labels(kind, action, outcome).inc()
+        if (refused := protocol.refusal) is not None:
+            return self._deny(use.request, use.grant, refused.status, refused.code,
+                              refused.message, fields=protocol.audit_fields())
+        return None
+
+    def _resolved(self, use: SecretUse) -> dict[str, SecretValue] | Denied:
+        """The value of each secret the request carries, or why one cannot be used."""
         values: dict[str, SecretValue] = {}
-        for name in names:
+        for name in use.names:
             try:
-                values[name] = self.secrets.resolve(policy.policy.secrets[name])
+                values[name] = self.secrets.resolve(use.policy.policy.secrets[name])
             except SecretUnavailable as error:
                 # The operator reads the proxy's log, not the agent's 503: a wrong master key
                 # or a broken backend must show up there. The reasons are fixed texts, no values.
                 log.warning("%s", error)
-                return self._deny(request, grant, 503, codes.SECRET_UNAVAILABLE, str(error))
+                return self._deny(use.request, use.grant, 503, codes.SECRET_UNAVAILABLE,
+                                  str(error))
             if values[name].has_control_chars() and (any(
-                    h.place == "header" and h.secret == name for h in hits)
-                    or any(use.secret == name for use in templates)):
-                return self._deny(request, grant, 503, codes.SECRET_VALUE_UNSAFE,
+                    h.place == "header" and h.secret == name for h in use.hits)
+                    or any(template.secret == name for template in use.templates)):
+                return self._deny(use.request, use.grant, 503, codes.SECRET_VALUE_UNSAFE,
                                   f'secret "{name}" holds control characters and cannot go in '
                                   "a header")
+        return values
 
+    def _limit_refusal(self, use: SecretUse, now: datetime, wait: bool,
+                       deadline: float | None) -> Denied | None:
+        """The grant's rates, then the LLM budgets: their reservations are held in ``use``."""
+        policy, request, grant = use.policy, use.request, use.grant
         if policy.rated_secrets and (limited := self._rate_refusal(
-                request, grant, policy, names, now, wait, deadline)):
+                request, grant, policy, use.names, now, wait, deadline)):
             return limited
-        tickets: tuple[Reservation, ...] = ()
-        body_changed = tools_written
-        if policy.budgeted_secrets & set(names):
-            reserved = self._budget_reservations(request, grant, policy, names, wait,
+        if policy.budgeted_secrets & set(use.names):
+            reserved = self._budget_reservations(request, grant, policy, use.names, wait,
                                                  deadline)
             if isinstance(reserved, Denied):
                 return reserved
-            tickets, request = reserved.tickets, reserved.request
-            body_changed = body_changed or reserved.body_changed
-        revealed = {n: v.reveal() for n, v in values.items()}
-        try:
-            audit_record = self._spend_use(request, grant, now, codes.INJECTED, revealed,
-                                           defer_durability, wait, deadline,
-                                           fields=protocol.audit_fields() if protocol else None)
-        except BaseException:
-            self.budgets.release(grant.id, tickets)
-            raise
-        if isinstance(audit_record, Denied):
-            self.budgets.release(grant.id, tickets)
-            return audit_record
+            use.tickets, use.request = reserved.tickets, reserved.request
+            use.body_changed = use.body_changed or reserved.body_changed
+        return None
 
-        usernames = {n: policy.policy.secrets[n].basic_username for n in names}
-        rewriter = RequestRewriter(scanner, revealed, basic_usernames={
+    def _injected(self, use: SecretUse, values: dict[str, SecretValue],
+                  audit_seq: int | None) -> Allowed:
+        """The request with its secrets swapped in, as it leaves."""
+        request, secrets = use.request, use.policy.policy.secrets
+        revealed = {n: v.reveal() for n, v in values.items()}
+        usernames = {n: secrets[n].basic_username for n in use.names}
+        rewriter = RequestRewriter(use.scanner, revealed, basic_usernames={
             n: user for n, user in usernames.items() if user is not None})
         headers = rewriter.headers(request.headers)
-        if templates:
-            headers = apply_templates(headers or request.headers, templates, revealed, usernames)
-        for name in names:
+        if use.templates:
+            headers = apply_templates(headers or request.headers, use.templates, revealed,
+                                      usernames)
+        for name in use.names:
             self.metrics.injections.labels(name).inc()
-        return self._scrubbing_the_grant(Allowed(
-            grant_id=grant.id,
-            injected=tuple(names),
+        return Allowed(
+            grant_id=use.grant.id,
+            injected=tuple(use.names),
             headers=headers,
             query=rewriter.query(request.query),
-            body=self._body_to_send(rewriter, request.body, body_changed),
-            path=request.path if request.path != sent_path else None,
+            body=self._body_to_send(rewriter, request.body, use.body_changed),
+            path=request.path if request.path != use.sent_path else None,
             reason=codes.INJECTED,
-            audit_seq=audit_record["seq"] if defer_durability else None,
-            scrub={n: (values[n].reveal(),
-                       grant.placeholder_of(n) or policy.policy.secrets[n].placeholder)
-                   for n in names},
-            budget=tickets,
-            mcp_lists=protocol.list_rules if protocol else None,
-        ), grant, policy, request.host)
-
-    def _held_for_approval(self, request: OutboundRequest, grant: Grant, policy: ActivePolicy,
-                           names: list[str], approved_hold: str | None,
-                           scanner: PlaceholderScanner, hits: list[PlacedHit],
-                           templates: list[TemplateUse],
-                           protocol: ProtocolReading | None = None) -> Denied | None:
-        """None when no secret here needs approval, or this exact request was approved.
-
-        "Exact" includes the secrets it carries and where: an approval shown one set of
-        secrets never lets another set through (digest.py).
-        """
-        gated = [n for n in names if policy.policy.secrets[n].per_request_approval]
-        # An MCP tool under `approval: per_request` gates the request whatever its secret.
-        tools = protocol.approval_calls if protocol is not None else ()
-        if not gated and not tools:
-            return None
-        carries = carried(scanner, request, hits,
-                          [(use.secret, use.template.header) for use in templates])
-        shape = request_shape(request, carries, scanner)
-        if (self.approvals.redeem(approved_hold, grant.id, shape.digest)
-                or self.approvals.take_allowance(grant.id, shape.digest)):
-            return None
-        # The retry of a request its stopped proxy could not answer finds its item again.
-        resumed = self.approvals.resume(grant.id, shape.digest, tuple(names))
-        if resumed is not None:
-            if resumed.state == "allowed":
-                return None
-            if resumed.state == "denied":
-                refusal = denied_by_person(grant.id, resumed.reason)
-                return self._deny(request, grant, refusal.status, refusal.error,
-                                  refusal.message)
-            left = (resumed.expires_at - self.clock()).total_seconds()
-            return Held(403, APPROVAL_REQUIRED, "this request waits for a person's approval",
-                        grant.id, hold_id=resumed.id, timeout_s=max(left, 0.0))
-        if not self.approvals.accepting:
-            return self._deny(request, grant, 403, APPROVAL_UNAVAILABLE,
-                              "this request needs a person's approval, and this proxy process "
-                              "has no admin API to ask one")
-        if self.approvals.full(grant.id):
-            return self._deny(request, grant, 503, APPROVAL_QUEUE_FULL,
-                              "too many requests are waiting for approval")
-        timeout = policy.policy.approval_timeout
-        level = preview_level([
-            destination.approval_preview for name in (gated or names)
-            for destination in policy.index.destinations_for(name, request.scheme,
-                                                             request.host, request.port)])
-        try:
-            item = self.approvals.hold(
-                grant=grant.id, agent=grant.agent, task=grant.task, secrets_=tuple(names),
-                shape=shape, preview=build_preview(request, scanner, carries, level, tools),
-                timeout=timeout, audit_fields={**_record(
-                    request, grant, "held", APPROVAL_REQUIRED, None, names),
-                    **(protocol.audit_fields() if protocol is not None else {})})
-        except QueueFull:
-            return self._deny(request, grant, 503, APPROVAL_QUEUE_FULL,
-                              "too many requests are waiting for approval")
-        except AuditError:
-            self.metrics.audit_write_errors.inc()
-            return Denied(503, codes.AUDIT_UNAVAILABLE,
-                          "the audit log cannot be written; nothing was sent", grant.id)
-        return Held(403, APPROVAL_REQUIRED, "this request waits for a person's approval",
-                    grant.id, hold_id=item.id, timeout_s=timeout.total_seconds())
+            audit_seq=audit_seq,
+            scrub={n: (revealed[n], use.grant.placeholder_of(n) or secrets[n].placeholder)
+                   for n in use.names},
+            budget=use.tickets,
+            mcp_lists=use.protocol.list_rules if use.protocol else None,
+        )
 
     def _scrubbing_the_grant(self, verdict: Verdict, grant: Grant, policy: ActivePolicy,
                              host: str) -> Verdict:
@@ -415,7 +388,7 @@ class Broker(LimitChecks):
         """
         if not isinstance(verdict, Allowed):
             return verdict
-        scope = ScrubScope.of(grant, host)
+        scope = scope_of(grant, host)
         held = self.scrub_values.for_scope(scope, policy.policy, policy.index)
         stale = [name for name, (value, _) in verdict.scrub.items()
                  if name in held.values and held.values[name][0] != value]
@@ -499,8 +472,8 @@ class Broker(LimitChecks):
                               "the policy no longer allows this grant")
         return None
 
-    def _placement_refusal(self, hits: list[PlacedHit], grant: Grant, policy: ActivePolicy,
-                           request: OutboundRequest) -> Denied | None:
+    def _hit_refusal(self, hits: list[PlacedHit], grant: Grant, policy: ActivePolicy,
+                     request: OutboundRequest) -> Denied | None:
         for hit in hits:
             secret = policy.policy.secrets.get(hit.secret) if hit.secret else None
             if secret is None or hit.secret not in grant.secrets:
@@ -566,7 +539,7 @@ class Broker(LimitChecks):
         try:
             # Fingerprints (HMAC under the audit key, never a plain hash) tell secret versions
             # apart after a rotation without the record holding anything a reader could invert.
-            return self.audit.append("request", durable=not defer_durability, **_record(
+            return self.audit.append("request", durable=not defer_durability, **request_fields(
                 request, grant, "allow", reason, None, names), fingerprints=[
                     f"{n}:{self.audit.fingerprint(values[n])}" for n in names],
                 **(fields or {}))
@@ -582,8 +555,8 @@ class Broker(LimitChecks):
             return self._deny(request, grant, 403, codes.DESTINATION_NOT_GRANTED,
                               f"this grant does not cover {request.host}:{request.port}")
         try:
-            self.audit.append("request", **_record(request, grant, "allow", codes.ALLOWED,
-                                                   None, []))
+            self.audit.append("request", **request_fields(request, grant, "allow",
+                                                          codes.ALLOWED, None, []))
         except AuditError:
             self.metrics.audit_write_errors.inc()
             return Denied(503, codes.AUDIT_UNAVAILABLE,
@@ -604,97 +577,11 @@ class Broker(LimitChecks):
               fields: dict[str, Any] | None = None) -> Denied:
         decision = "challenge" if challenge else "deny"
         try:
-            self.audit.append("request", **_record(request, grant, decision, code, status, []),
-                              **(fields or {}))
+            self.audit.append("request", **request_fields(request, grant, decision, code,
+                                                          status, []), **(fields or {}))
         except AuditError:
             self.metrics.audit_write_errors.inc()  # still denied: nothing to protect upstream
         return Denied(status, code, message, grant.id if grant else None, challenge=challenge)
-
-    def record_response(self, allowed: Allowed, request: OutboundRequest, status: int | None,
-                        duration_ms: float, redactions: dict[str, int], *,
-                        withheld: bool = False, llm: dict[str, Any] | None = None) -> None:
-        """The second half of a secret-carrying request's story: what came back.
-
-        `withheld`: the answer could not be scrubbed and the agent got a 502 instead; a reviewer
-        must be able to tell that from a 502 the upstream sent.
-        """
-        for name, count in redactions.items():
-            # A retired value counts under its secret: labels stay a bounded set.
-            self.metrics.redactions.labels(base_secret(name)).inc(count)
-        try:
-            self.audit.append("response", grant=allowed.grant_id, decision="allow",
-                              reason=allowed.reason, secrets=list(allowed.injected),
-                              method=request.method, scheme=request.scheme, host=request.host,
-                              port=request.port, path=request.path, status=status,
-                              duration_ms=round(duration_ms, 3),
-                              redactions=sum(redactions.values()),
-                              **({"withheld": True} if withheld else {}), **(llm or {}))
-        except AuditError:
-            self.metrics.audit_write_errors.inc()
-
-    def record_not_sent(self, allowed: Allowed, request: OutboundRequest, status: int | None,
-                        duration_ms: float, why: str) -> bool:
-        """An allowed request that never left (its upstream could not be reached, or its
-        client went away first): give its use back and say so in the audit log.
-
-        Call only when the request was certainly not written to any upstream. Returns whether
-        a use was given back. Invariant 11 (docs/architecture.md): `max_uses` counts requests
-        whose secret left.
-        """
-        returned = False
-        # Its LLM budget reservations and concurrency slots too: nothing was spent.
-        self.budgets.release(allowed.grant_id, allowed.budget)
-        if allowed.injected:
-            try:
-                returned = self.grants.release_use(allowed.grant_id)
-            except GrantStoreError:
-                # The use stays spent: counting one too many never lets a request through.
-                log.warning("could not give back the use of grant %s", allowed.grant_id)
-        try:
-            self.audit.append("request_not_sent", grant=allowed.grant_id, decision="allow",
-                              reason=allowed.reason, secrets=list(allowed.injected),
-                              method=request.method, scheme=request.scheme, host=request.host,
-                              port=request.port, path=request.path, status=status,
-                              duration_ms=round(duration_ms, 3), outcome="not_sent",
-                              upstream_error=why, use_returned=returned)
-        except AuditError:
-            self.metrics.audit_write_errors.inc()
-        self.metrics.upstream_failures.labels(why, "not_sent").inc()
-        return returned
-
-    def record_upstream_failure(self, allowed: Allowed, request: OutboundRequest,
-                                status: int | None, duration_ms: float, why: str, *,
-                                llm: dict[str, Any] | None = None) -> None:
-        """An allowed request that left but got no usable answer: the use stays spent (and
-        `llm`, the audit fields of the whole LLM budget reservation it was charged)."""
-        self.metrics.upstream_failures.labels(why, "sent").inc()
-        if not allowed.injected:
-            return
-        try:
-            self.audit.append("response", grant=allowed.grant_id, decision="allow",
-                              reason=allowed.reason, secrets=list(allowed.injected),
-                              method=request.method, scheme=request.scheme, host=request.host,
-                              port=request.port, path=request.path, status=status,
-                              duration_ms=round(duration_ms, 3), redactions=0,
-                              outcome="sent", upstream_error=why, **(llm or {}))
-        except AuditError:
-            self.metrics.audit_write_errors.inc()
-
-
-def _well_formed(request: OutboundRequest) -> bool:
-    """Reject CR, LF, NUL and other controls that an HTTP/1 upstream could read as a new line."""
-    # Joined, a control character is in the whole exactly when it is in one of the parts.
-    names = "".join(name for name, _ in request.headers)
-    values = "".join(value for _, value in request.headers)
-    return not (_has_controls(names, allow_tab=False) or _has_controls(values, allow_tab=True))
-
-
-_CONTROLS_IN_NAME = re.compile("[\x00-\x1f\x7f]")
-_CONTROLS_IN_VALUE = re.compile("[\x00-\x08\x0a-\x1f\x7f]")  # HTAB is legal in values
-
-
-def _has_controls(text: str, *, allow_tab: bool) -> bool:
-    return (_CONTROLS_IN_VALUE if allow_tab else _CONTROLS_IN_NAME).search(text) is not None
 
 
 def _decision_of(verdict: Verdict) -> str:
@@ -704,21 +591,3 @@ def _decision_of(verdict: Verdict) -> str:
     if isinstance(verdict, Held):
         return "held"
     return "challenge" if verdict.challenge else "deny"
-
-
-def _record(request: OutboundRequest, grant: Grant | None, decision: str, reason: str,
-            status: int | None, secrets: list[str]) -> dict[str, Any]:
-    return {
-        "decision": decision,
-        "reason": reason,
-        "grant": grant.id if grant else None,
-        "agent": grant.agent if grant else None,
-        "task": grant.task if grant else None,
-        "secrets": secrets,
-        "method": request.method,
-        "scheme": request.scheme,
-        "host": request.host,
-        "port": request.port,
-        "path": request.path,
-        "status": status,
-    }

@@ -18,12 +18,12 @@ from broker_proxy.decision.llm_budget import (
     Unbounded,
     plan,
 )
-from broker_proxy.decision.outbound import OutboundRequest
-from broker_proxy.decision.reservation import Reservation
 from broker_proxy.grants.model import Grant
 from broker_proxy.grants.store import GrantStore, GrantStoreBusy, GrantStoreError
 from broker_proxy.metrics import BrokerMetrics
 from broker_proxy.policy.model import Policy, SecretPolicy
+from broker_proxy.request.outbound import OutboundRequest
+from broker_proxy.request.reservation import Reservation
 
 log = logging.getLogger("broker_proxy")
 

@@ -34,8 +34,8 @@ from graphql.language import (
     SelectionSetNode,
 )
 
-from broker_proxy.decision.outbound import OutboundRequest
 from broker_proxy.policy.protocol_rules import GraphqlRules
+from broker_proxy.request.outbound import OutboundRequest
 from broker_proxy.strict_json import loads
 
 GRAPHQL_INVALID_REQUEST = "graphql_invalid_request"  # 400: no GraphQL request the proxy can read

@@ -17,11 +17,11 @@ from typing import NamedTuple
 
 from broker_proxy.decision.active_policy import ActivePolicy
 from broker_proxy.decision.basic_credentials import encode_basic
-from broker_proxy.decision.outbound import OutboundRequest
-from broker_proxy.decision.request_checks import AmbiguousPath, canonical_path
 from broker_proxy.grants.model import Grant
 from broker_proxy.policy.inject_fields import BASIC_SLOT, SECRET_SLOT
 from broker_proxy.policy.model import HeaderTemplate
+from broker_proxy.request.outbound import OutboundRequest
+from broker_proxy.request.paths import AmbiguousPath, canonical_path
 
 
 class TemplateUse(NamedTuple):

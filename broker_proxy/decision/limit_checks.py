@@ -11,18 +11,18 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from broker_proxy.decision import outbound as codes
 from broker_proxy.decision.active_policy import ActivePolicy
 from broker_proxy.decision.budget_keeper import BudgetKeeper, Reserved
 from broker_proxy.decision.hosted_tool_rules import ToolTermsRefused, apply_tool_rules
 from broker_proxy.decision.hosted_tools import HOSTED_TOOL_NOT_ALLOWED, hosted_tool_problem
 from broker_proxy.decision.llm_budget import CONCURRENCY_LIMITED, Unbounded
-from broker_proxy.decision.model_rules import MODEL_NOT_ALLOWED, model_problem
-from broker_proxy.decision.outbound import Allowed, Denied, OutboundRequest
 from broker_proxy.decision.request_scan import RequestRewriter
 from broker_proxy.grants.model import Grant
 from broker_proxy.grants.store import GrantStore, GrantStoreBusy, GrantStoreError
 from broker_proxy.metrics import BrokerMetrics
+from broker_proxy.request import codes
+from broker_proxy.request.model_rules import MODEL_NOT_ALLOWED, model_problem
+from broker_proxy.request.outbound import Allowed, Denied, OutboundRequest
 
 
 class DecisionMustWait(Exception):

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any
 
-from broker_proxy.decision.model_rules import UnreadableModel, requested_models
-from broker_proxy.decision.outbound import OutboundRequest
-from broker_proxy.decision.reservation import Reservation
 from broker_proxy.policy.model import Budget, Price
+from broker_proxy.request.model_rules import UnreadableModel, requested_models
+from broker_proxy.request.outbound import OutboundRequest
+from broker_proxy.request.reservation import Reservation
 
 BUDGET_EXHAUSTED = "budget_exhausted"  # 429: the grant's tokens or dollars for a secret are spent
 BUDGET_REQUEST_UNREADABLE = "budget_request_unreadable"  # 400: cannot bound what it would spend

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from broker_proxy.policy.protocol_rules import McpRules, NameRule
+from broker_proxy.request.outbound import McpListRules, NamePermits
 
 MAX_ANSWER = 8 * 1024 * 1024  # a list answer larger than this is not passed on (fail closed)
 # result key -> (the rules' list, the entry's key that names it)
@@ -23,14 +23,14 @@ _LISTS = {"tools": ("tools", "name"), "prompts": ("prompts", "name"),
           "resources": ("resources", "uri"), "resourceTemplates": ("resources", "uriTemplate")}
 
 
-def _keep(entry: Any, rule: NameRule | None, key: str) -> bool:
+def _keep(entry: Any, rule: NamePermits | None, key: str) -> bool:
     if rule is None:
         return True
     name = entry.get(key) if isinstance(entry, dict) else None
     return isinstance(name, str) and rule.permits(name)
 
 
-def filter_message(message: Any, rules: McpRules) -> tuple[Any, int]:
+def filter_message(message: Any, rules: McpListRules) -> tuple[Any, int]:
     """The JSON-RPC response(s) with refused entries removed, and how many were removed."""
     if isinstance(message, list):
         removed = 0
@@ -55,7 +55,7 @@ def filter_message(message: Any, rules: McpRules) -> tuple[Any, int]:
     return message, removed
 
 
-def filter_json(body: bytes, rules: McpRules) -> tuple[bytes, int]:
+def filter_json(body: bytes, rules: McpListRules) -> tuple[bytes, int]:
     try:
         message = json.loads(body)
     except (ValueError, RecursionError):
@@ -66,7 +66,7 @@ def filter_json(body: bytes, rules: McpRules) -> tuple[bytes, int]:
     return json.dumps(filtered, separators=(",", ":")).encode(), removed
 
 
-def filter_sse(body: bytes, rules: McpRules) -> tuple[bytes, int]:
+def filter_sse(body: bytes, rules: McpListRules) -> tuple[bytes, int]:
     """Each event's data (its ``data:`` lines joined) filtered as a JSON-RPC message."""
     text = body.decode("utf-8", errors="strict")
     newline = "\r\n" if "\r\n" in text else "\n"
@@ -97,7 +97,7 @@ def filter_sse(body: bytes, rules: McpRules) -> tuple[bytes, int]:
     return (newline * 2).join(out).encode("utf-8"), removed
 
 
-def filter_answer(body: bytes, content_type: str | None, rules: McpRules) -> tuple[bytes, int]:
+def filter_answer(body: bytes, content_type: str | None, rules: McpListRules) -> tuple[bytes, int]:
     """The list answer ``body`` (content codings undone) with refused entries removed."""
     media = (content_type or "").split(";", 1)[0].strip().lower()
     if media == "text/event-stream":

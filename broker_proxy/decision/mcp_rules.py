@@ -29,8 +29,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from broker_proxy.decision.outbound import OutboundRequest
 from broker_proxy.policy.protocol_rules import McpRules, NameRule
+from broker_proxy.request.outbound import OutboundRequest
 from broker_proxy.strict_json import loads
 
 MCP_INVALID_REQUEST = "mcp_invalid_request"  # 400: not JSON-RPC where MCP rules apply

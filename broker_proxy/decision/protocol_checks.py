@@ -23,9 +23,9 @@ from broker_proxy.decision.graphql_rules import (
     read_operations,
 )
 from broker_proxy.decision.mcp_rules import McpCall, McpRefusal, call_problem, read_calls
-from broker_proxy.decision.outbound import OutboundRequest
 from broker_proxy.policy.model import Destination
 from broker_proxy.policy.protocol_rules import McpRules
+from broker_proxy.request.outbound import OutboundRequest
 
 Refusal = McpRefusal | GraphqlRefusal
 LIST_METHODS = frozenset({"tools/list", "prompts/list", "resources/list",

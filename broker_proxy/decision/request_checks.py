@@ -8,10 +8,9 @@ run before any secret is looked up.
 from __future__ import annotations
 
 import re
-from functools import lru_cache
 from urllib.parse import unquote_plus
 
-from broker_proxy.decision.outbound import OutboundRequest
+from broker_proxy.request.outbound import OutboundRequest
 
 # Header caps, checked before the placeholder scan and before any secret lookup: a huge header
 # costs us CPU for every regex pass and is never needed to call an API.
@@ -24,19 +23,8 @@ METHOD_OVERRIDE_HEADERS = frozenset(
     {"x-http-method-override", "x-http-method", "x-method-override"}
 )
 _METHOD_PARAM = re.compile(r"(?<![A-Za-z0-9_])_method(?![A-Za-z0-9_])", re.IGNORECASE)
-
-# RFC 3986 section 2.3: escapes of these characters are equivalent to the characters, so
-# decoding them gives the one spelling both we and every upstream agree on.
-_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
-_HEX = frozenset("0123456789abcdefABCDEF")
-# Characters that some upstream reads as a separator or decodes again: "%2f"/"%5c" as "/",
-# "\\" as "/" (IIS, some proxies), "%25" as the start of a second round of decoding, ";" as a
-# path parameter that Tomcat/Jetty drop ("/v1/..;/admin" is "/admin" there), "%00" as an end.
-_AMBIGUOUS_ESCAPES = frozenset({"2F", "5C", "25", "00", "3B"})
-
-
-class AmbiguousPath(ValueError):
-    """A path that some upstream would read differently from how the policy matched it."""
+_CONTROLS_IN_NAME = re.compile("[\x00-\x1f\x7f]")
+_CONTROLS_IN_VALUE = re.compile("[\x00-\x08\x0a-\x1f\x7f]")  # HTAB is legal in values
 
 
 def header_size_problem(headers: tuple[tuple[str, str], ...]) -> str | None:
@@ -48,6 +36,16 @@ def header_size_problem(headers: tuple[tuple[str, str], ...]) -> str | None:
         total += size
     if total > MAX_HEADER_BYTES:
         return f"the headers are longer than {MAX_HEADER_BYTES} bytes in all"
+    return None
+
+
+def header_controls_problem(headers: tuple[tuple[str, str], ...]) -> str | None:
+    """CR, LF, NUL and other controls that an HTTP/1 upstream could read as a new line."""
+    # Joined, a control character is in the whole exactly when it is in one of the parts.
+    names = "".join(name for name, _ in headers)
+    values = "".join(value for _, value in headers)
+    if _CONTROLS_IN_NAME.search(names) or _CONTROLS_IN_VALUE.search(values):
+        return "control characters in a header name or value"
     return None
 
 
@@ -82,62 +80,3 @@ def method_override_problem(request: OutboundRequest) -> str | None:
         if _METHOD_PARAM.search(text) or _METHOD_PARAM.search(unquote_plus(text)):
             return "a _method body parameter cannot travel with a secret"
     return None
-
-
-def canonical_path(path: str) -> str:
-    """The one spelling of ``path`` that the policy is matched on and that is sent upstream.
-
-    Agents call the same few endpoints, so short paths are remembered (at most 4,096 of up to
-    256 characters: 1 MiB however many distinct paths an agent sends).
-    """
-    if len(path) <= _CACHED_PATH_LENGTH:
-        return _cached_canonical_path(path)
-    return _canonical_path(path)
-
-
-_CACHED_PATH_LENGTH = 256
-
-
-@lru_cache(maxsize=4096)
-def _cached_canonical_path(path: str) -> str:
-    return _canonical_path(path)
-
-
-def _canonical_path(path: str) -> str:
-    """`canonical_path` without the cache.
-
-    Escapes of unreserved characters are decoded ("/v%31" is "/v1") and other escapes are put in
-    upper case; anything an upstream could resolve to another path (dot segments, empty
-    segments, encoded or literal backslashes and slashes, double encoding, ``;`` parameters,
-    NUL or control characters) is refused rather than guessed.
-    """
-    if not path.startswith("/"):
-        raise AmbiguousPath("the path must start with /")
-    out: list[str] = []
-    index = 0
-    while index < len(path):
-        char = path[index]
-        if char == "%":
-            escape = path[index + 1 : index + 3]
-            if len(escape) != 2 or not set(escape) <= _HEX:
-                raise AmbiguousPath("a malformed percent-escape in the path")
-            escape = escape.upper()
-            if escape in _AMBIGUOUS_ESCAPES:
-                raise AmbiguousPath(f"%{escape} in the path")
-            decoded = chr(int(escape, 16))
-            out.append(decoded if decoded in _UNRESERVED else "%" + escape)
-            index += 3
-            continue
-        # Raw non-ASCII is refused too: some servers fold Unicode look-alikes ("\uff0e") to ASCII.
-        if char in "\\;" or not 0x21 <= ord(char) <= 0x7E:
-            raise AmbiguousPath(f"{char!r} in the path")
-        out.append(char)
-        index += 1
-    canonical = "".join(out)
-    segments = canonical.split("/")[1:]
-    for position, segment in enumerate(segments):
-        if segment in (".", ".."):
-            raise AmbiguousPath("a dot segment in the path")
-        if segment == "" and position != len(segments) - 1:
-            raise AmbiguousPath("an empty segment (//) in the path")
-    return canonical

@@ -14,8 +14,8 @@ from urllib.parse import quote, unquote
 
 from broker_proxy.decision.basic_credentials import swap_basic
 from broker_proxy.decision.encoded_placeholders import hidden_header_hits
-from broker_proxy.decision.outbound import OutboundRequest
 from broker_proxy.decision.placeholders import PlaceholderScanner
+from broker_proxy.request.outbound import OutboundRequest
 
 # Headers a placeholder may never be swapped into: they route the request, identify the agent's
 # browser state, or leak the URL onward.

@@ -173,7 +173,7 @@ class SecretPolicy:
     per_request_approval: bool = False
     # Requests carrying this secret, per grant (limit_fields.py); None: no rate.
     rate: RateLimit | None = None
-    # Model globs an LLM request carrying this secret may ask for (decision/model_rules.py);
+    # Model globs an LLM request carrying this secret may ask for (request/model_rules.py);
     # empty: any model.
     models: tuple[str, ...] = ()
     # Token and cost caps per grant (llm_budget.py); None: unlimited.

@@ -1,6 +1,6 @@
 """Path patterns that can never match a request that carries a secret.
 
-A secret-carrying request is matched on its canonical path (``request_checks.canonical_path``):
+A secret-carrying request is matched on its canonical path (``request.paths.canonical_path``):
 dot segments, empty segments, ";" parameters and encoded slashes are refused, and escapes of
 unreserved characters are decoded. A pattern whose literal text is not canonical ("/a//b",
 "/v%31/x", "/files;v=1", "/a/./b") therefore never matches, and would silently give the secret
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 
-from broker_proxy.decision.request_checks import AmbiguousPath, canonical_path
+from broker_proxy.request.paths import AmbiguousPath, canonical_path
 
 # Segments of unreserved characters and wildcards, none of them "." or "..": the canonical
 # form of such a pattern is the pattern itself, so most patterns skip the sample (a policy of

@@ -21,11 +21,12 @@ from pathlib import Path
 from broker_proxy.audit.log import AuditLog
 from broker_proxy.decision.active_policy import ActivePolicy
 from broker_proxy.decision.broker import Broker
-from broker_proxy.decision.outbound import GRANT_OUTSIDE_POLICY, Denied, OutboundRequest, Verdict
 from broker_proxy.grants.issuer import GrantPolicyError, issue_grant
 from broker_proxy.grants.sqlite_store import SqliteGrantStore
 from broker_proxy.metrics import BrokerMetrics
 from broker_proxy.policy.model import Policy, SecretPolicy
+from broker_proxy.request.codes import GRANT_OUTSIDE_POLICY
+from broker_proxy.request.outbound import Denied, OutboundRequest, Verdict
 from broker_proxy.secrets.value import SecretValue
 from broker_proxy.time_source import utc_now
 

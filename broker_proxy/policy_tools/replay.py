@@ -28,12 +28,12 @@ from pathlib import Path
 
 from broker_proxy.approvals.verdict import APPROVAL_REQUIRED, APPROVAL_UNAVAILABLE
 from broker_proxy.audit.files import chain_files, chains_in
-from broker_proxy.decision import outbound as codes
-from broker_proxy.decision.outbound import Allowed, Denied, Verdict
-from broker_proxy.decision.request_checks import AmbiguousPath, canonical_path
 from broker_proxy.policy.model import Policy
 from broker_proxy.policy_tools.harness import DecisionHarness, TestGrant, throwaway_harness
 from broker_proxy.policy_tools.request_builder import Placement, RequestError, build_request
+from broker_proxy.request import codes
+from broker_proxy.request.outbound import Allowed, Denied, Verdict
+from broker_proxy.request.paths import AmbiguousPath, canonical_path
 
 # Refusals that depend on the policy, and so may change under NEW. Every other recorded reason
 # (grant expired or revoked, bad token, malformed request, a backend down, ...) is about the

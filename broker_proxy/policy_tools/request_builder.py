@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
 
 from broker_proxy.decision.authority import AuthorityError, split_authority
-from broker_proxy.decision.outbound import OutboundRequest
 from broker_proxy.policy_tools.harness import amz_date, basic_credentials
+from broker_proxy.request.outbound import OutboundRequest
 
 # Where a placeholder can sit in a request. "sigv4": the placeholder is the access key id of an
 # AWS SigV4 signature (a `sign: aws-sigv4` secret).

@@ -9,12 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from broker_proxy.decision.outbound import Denied, Verdict
 from broker_proxy.policy.loader import PolicyError, load_policy
 from broker_proxy.policy.model import Policy
 from broker_proxy.policy_tools.cases import Expectation, TestCase, TestFile
 from broker_proxy.policy_tools.harness import DecisionHarness, TestGrant, throwaway_harness
 from broker_proxy.policy_tools.request_builder import Placement, RequestError, build_request
+from broker_proxy.request.outbound import Denied, Verdict
 
 PLACEHOLDER_MARK = "{placeholder}"
 

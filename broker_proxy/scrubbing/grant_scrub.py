@@ -54,10 +54,10 @@ from typing import overload
 from broker_proxy.grants.model import Grant
 from broker_proxy.policy.destinations import DestinationIndex
 from broker_proxy.policy.model import Policy, SecretPolicy
-from broker_proxy.scrubbing.scope import ScrubScope
+from broker_proxy.request.scrub_scope import ScrubScope
+from broker_proxy.secrets.aws_credentials import AwsCredentialsError, parse_credentials
 from broker_proxy.secrets.source import SecretSource
 from broker_proxy.secrets.value import SecretValue
-from broker_proxy.signing.aws_resign import AwsCredentialsError, parse_credentials
 
 log = logging.getLogger("broker_proxy")
 
@@ -76,6 +76,12 @@ Values = tuple[tuple[str, SecretValue], ...]
 def _cheap(secret: SecretPolicy) -> bool:
     """Resolving it is local and quick: no process to run, no keyring, no network."""
     return secret.source == "vault" or secret.source.startswith(("env:", "file:"))
+
+
+def scope_of(grant: Grant, host: str | None) -> ScrubScope:
+    """Who asks (the grant, with each secret's own placeholder) and which host answers."""
+    return ScrubScope(grant.id, tuple((name, grant.placeholder_of(name))
+                                      for name in grant.secrets), host)
 
 
 def base_secret(label: str) -> str:
@@ -133,7 +139,7 @@ class GrantScrubValues:
 
     def for_grant(self, grant: Grant, policy: Policy) -> GrantScrub:
         """The grant's own secrets only (no destination): see ``for_scope``."""
-        return self._compose(ScrubScope.of(grant, None), policy, None, resolve=True)
+        return self._compose(scope_of(grant, None), policy, None, resolve=True)
 
     def for_scope(self, scope: ScrubScope, policy: Policy, index: DestinationIndex, *,
                   resolve: bool = True) -> GrantScrub:

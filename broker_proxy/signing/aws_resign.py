@@ -24,28 +24,27 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
-from broker_proxy import strict_json
-from broker_proxy.decision import outbound as codes
-from broker_proxy.decision.model_rules import MODEL_NOT_ALLOWED, model_problem
-from broker_proxy.decision.outbound import OutboundRequest
-from broker_proxy.decision.request_checks import AmbiguousPath, canonical_path
-from broker_proxy.policy.aws_fields import (  # noqa: F401 (public name kept here)
-    ACCESS_KEY_ID_PATTERN,
-    SIGN_AWS_SIGV4,
-)
 from broker_proxy.policy.destinations import path_matches
+from broker_proxy.request import codes
+from broker_proxy.request.model_rules import MODEL_NOT_ALLOWED, model_problem
+from broker_proxy.request.outbound import OutboundRequest
+from broker_proxy.request.paths import AmbiguousPath, canonical_path
+from broker_proxy.secrets.aws_credentials import (
+    AwsCredentials,
+    AwsCredentialsError,
+    parse_credentials,
+)
 from broker_proxy.secrets.backends import SecretUnavailable
 from broker_proxy.signing import sigv4
 from broker_proxy.signing.sigv4 import CredentialScope, SigV4FormatError
 
 if TYPE_CHECKING:
-    from broker_proxy.decision.active_policy import ActivePolicy
-    from broker_proxy.policy.model import SecretPolicy
+    from broker_proxy.policy.destinations import DestinationIndex
+    from broker_proxy.policy.model import Policy, SecretPolicy
     from broker_proxy.secrets.value import SecretValue
 
-_ACCESS_KEY_ID = re.compile(ACCESS_KEY_ID_PATTERN)
 # AWS refuses a header-signed request whose date is more than 15 minutes off; so do we, so a
 # re-signed request cannot be replayed later than AWS would allow anyway.
 MAX_CLOCK_SKEW = timedelta(minutes=15)
@@ -56,51 +55,28 @@ _HEX_SHA256 = re.compile(r"[0-9a-f]{64}")
 _SECURITY_TOKEN = "x-amz-security-token"
 
 
+class SigningPolicy(Protocol):
+    """What re-signing reads of the policy in force (decision/active_policy.ActivePolicy): the
+    signer sits below the decision, which hands its policy in."""
+
+    @property
+    def policy(self) -> Policy: ...
+
+    @property
+    def index(self) -> DestinationIndex: ...
+
+    @property
+    def sigv4_placeholders(self) -> dict[str, str]:
+        """Placeholder key id -> secret name, for the secrets the proxy signs for."""
+        ...
+
+
 class Refusal(NamedTuple):
     """A SigV4 request the broker will not sign: status, stable error code, one-line message."""
 
     status: int
     code: str
     message: str
-
-
-@dataclass(frozen=True, slots=True)
-class AwsCredentials:
-    access_key_id: str
-    secret_access_key: str = field(repr=False)
-    session_token: str | None = field(default=None, repr=False)
-
-
-class AwsCredentialsError(ValueError):
-    """A secret whose value is not usable AWS credentials; the message never holds the value."""
-
-    def __init__(self, name: str) -> None:
-        super().__init__(f'secret "{name}" is not AWS credentials: expected JSON with '
-                         "access_key_id, secret_access_key and optionally session_token")
-
-
-def parse_credentials(name: str, value: SecretValue) -> AwsCredentials:
-    try:
-        data = strict_json.loads(value.reveal())
-    except ValueError:
-        raise AwsCredentialsError(name) from None
-    if not isinstance(data, dict) or set(data) - {"access_key_id", "secret_access_key",
-                                                  "session_token"}:
-        raise AwsCredentialsError(name)
-    key_id, secret, token = (data.get("access_key_id"), data.get("secret_access_key"),
-                             data.get("session_token"))
-    if not isinstance(key_id, str) or not _ACCESS_KEY_ID.fullmatch(key_id):
-        raise AwsCredentialsError(name)
-    # Printable ASCII only: the key is HMAC input and the token goes into a header.
-    if not isinstance(secret, str) or not secret or not _printable(secret):
-        raise AwsCredentialsError(name)
-    if token is not None and (not isinstance(token, str) or not token or not _printable(token)):
-        raise AwsCredentialsError(name)
-    return AwsCredentials(key_id, secret, token)
-
-
-def _printable(text: str) -> bool:
-    return all("!" <= char <= "~" for char in text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,13 +102,13 @@ class Resigned:
     scrub: dict[str, tuple[str, str]] = field(repr=False, default_factory=dict)
 
 
-def sigv4_placeholders(policy: ActivePolicy) -> dict[str, str]:
+def sigv4_placeholders(policy: SigningPolicy) -> dict[str, str]:
     """Placeholder key id -> secret name, for the secrets the proxy signs for."""
     return policy.sigv4_placeholders
 
 
 def plan(request: OutboundRequest, grant_secrets: frozenset[str] | tuple[str, ...],
-         policy: ActivePolicy, now: datetime,
+         policy: SigningPolicy, now: datetime,
          resolve: Callable[[SecretPolicy], SecretValue]) -> Resigned | Refusal | None:
     """None when the request is not signed with one of our placeholder key ids."""
     placeholders = sigv4_placeholders(policy)
@@ -221,7 +197,7 @@ def _malformed(message: str) -> Refusal:
     return Refusal(400, codes.SIGV4_MALFORMED, message)
 
 
-def destination_refusal(found: AgentSignature, policy: ActivePolicy,
+def destination_refusal(found: AgentSignature, policy: SigningPolicy,
                         request: OutboundRequest) -> Refusal | None:
     """Host, port, method, path as for any secret; then the scope's service and region."""
     name = found.secret

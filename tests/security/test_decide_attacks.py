@@ -10,9 +10,9 @@ import base64
 
 import pytest
 
-from broker_proxy.decision import outbound as codes
-from broker_proxy.decision.outbound import Allowed
 from broker_proxy.decision.request_checks import MAX_HEADER_BYTES, MAX_HEADER_FIELD_BYTES
+from broker_proxy.request import codes
+from broker_proxy.request.outbound import Allowed
 from broker_proxy.secrets.backends import SecretResolver
 from tests.decision_setup import bearer, denied, request
 

@@ -10,9 +10,9 @@ from urllib.parse import quote
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from broker_proxy.decision.outbound import Allowed, OutboundRequest
 from broker_proxy.decision.request_scan import NEVER_INJECT_HEADERS
 from broker_proxy.policy.destinations import HostError, canonical_host
+from broker_proxy.request.outbound import Allowed, OutboundRequest
 from tests.decision_setup import API, EVIL, PLAIN_HOST, VAULT_HOST
 
 GRANTED = ("api_key", "header_only", "vault_key")

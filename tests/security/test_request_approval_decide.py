@@ -9,8 +9,8 @@ import pytest
 
 from broker_proxy.approvals.verdict import Held
 from broker_proxy.decision.active_policy import ActivePolicy
-from broker_proxy.decision.outbound import Allowed
 from broker_proxy.policy.loader import load_policy_text
+from broker_proxy.request.outbound import Allowed
 from tests.decision_setup import POLICY, Setup, bearer, denied, request
 
 HELD_POLICY = POLICY.replace("    inject: [header, query, body]\n",

@@ -20,7 +20,7 @@ import re
 from fnmatch import fnmatchcase
 from urllib.parse import unquote
 
-from broker_proxy.decision.outbound import OutboundRequest
+from broker_proxy.request.outbound import OutboundRequest
 
 MODEL_NOT_ALLOWED = "model_not_allowed"  # 403: the request asks for a model the secret may not
 _GEMINI = re.compile(r"/(?:models|tunedModels)/([^/:]+):[A-Za-z]+$")

@@ -2,59 +2,53 @@
 
 The addon turns a flow into an ``OutboundRequest``; the core answers with ``Allowed`` or
 ``Denied``. Neither side needs to know the other's types.
+
+What an ``Allowed`` carries for the answer from the policy (the host's withhold list, an MCP
+list call's rules) is typed by what the answer path asks of it, not by the policy's classes:
+this package sits below the policy, which matches on ``paths.canonical_path``.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from broker_proxy.decision.reservation import Reservation
-from broker_proxy.scrubbing.scope import ScrubScope
+from broker_proxy.request.codes import ALLOWED
+from broker_proxy.request.reservation import Reservation
+from broker_proxy.request.scrub_scope import ScrubScope
 
-if TYPE_CHECKING:  # importing the policy package here would close a cycle (see scope.py)
-    from broker_proxy.policy.media_types import WithholdRule
-    from broker_proxy.policy.protocol_rules import McpRules
 
-# Stable error codes: scripts and dashboards match on these strings.
-PROXY_AUTH_REQUIRED = "proxy_auth_required"
-GRANT_EXPIRED = "grant_expired"
-GRANT_REVOKED = "grant_revoked"
-GRANT_USED_UP = "grant_used_up"
-GRANT_PENDING = "grant_pending_approval"
-GRANT_DENIED = "grant_denied"
-GRANT_OUTSIDE_POLICY = "grant_outside_policy"
-MALFORMED_REQUEST = "malformed_request"
-AUTHORITY_MISMATCH = "authority_mismatch"
-SECRET_NOT_GRANTED = "secret_not_granted"
-PLACEHOLDER_NOT_ALLOWED_HERE = "placeholder_not_allowed_here"
-PLAINTEXT_HTTP = "plaintext_http"
-DESTINATION_NOT_ALLOWED = "destination_not_allowed"
-DESTINATION_NOT_GRANTED = "destination_not_granted"
-TOO_MANY_PLACEHOLDERS = "too_many_placeholders"
-AMBIGUOUS_PATH = "ambiguous_path"
-SECRET_UNAVAILABLE = "secret_unavailable"
-SECRET_VALUE_UNSAFE = "secret_value_unsafe"
-AUDIT_UNAVAILABLE = "audit_unavailable"
-GRANT_STORE_UNAVAILABLE = "grant_store_unavailable"
-STREAMING_NOT_SUPPORTED = "streaming_not_supported"
-BODY_TOO_LARGE = "body_too_large"  # 413: an encoded body inflates past the decoding bounds
-BODY_NOT_DECODABLE = "body_not_decodable"  # 415: unknown or corrupt Content-Encoding
-RESPONSE_WITHHELD = "response_withheld"  # 502: the answer could not be scrubbed
-HEADERS_TOO_LARGE = "headers_too_large"
-UPGRADE_NOT_ALLOWED = "upgrade_not_allowed"
-METHOD_OVERRIDE_REFUSED = "method_override_refused"
-INTERNAL_ERROR = "internal_error"
-HEADER_ALREADY_SET = "header_already_set"  # the agent sent a header a policy template sets
-SIGV4_MALFORMED = "sigv4_malformed"  # 400: a placeholder-key SigV4 signature we cannot read
-SIGV4_UNSUPPORTED = "sigv4_unsupported"  # 400: e.g. chunk-signed uploads (cannot be re-signed)
-SIGV4_DATE_OUT_OF_RANGE = "sigv4_date_out_of_range"
-AWS_SCOPE_NOT_ALLOWED = "aws_scope_not_allowed"  # service or region outside the destination
-RATE_LIMITED = "rate_limited"  # 429: the grant's rate for a secret it carries is spent for now
-ALLOWED = "allowed"
-INJECTED = "injected"
-RESIGNED = "resigned"  # an AWS request signed again with the real key
+class MediaWithholding(Protocol):
+    """A host's ``withhold`` list as the answer path asks it (policy/media_types.WithholdRule)."""
+
+    def declared(self, content_type: str | None) -> str | None:
+        """The pattern the answer's Content-Type matches, or None."""
+        ...
+
+    def sniffed(self, head: bytes) -> str | None:
+        """The pattern the media type named by the body's first bytes matches, or None."""
+        ...
+
+
+class NamePermits(Protocol):
+    """Globs a name must pass (policy/protocol_rules.NameRule)."""
+
+    def permits(self, name: str) -> bool:
+        ...
+
+
+class McpListRules(Protocol):
+    """What an MCP ``*/list`` answer is filtered with (policy/protocol_rules.McpRules)."""
+
+    @property
+    def tools(self) -> NamePermits | None: ...
+
+    @property
+    def prompts(self) -> NamePermits | None: ...
+
+    @property
+    def resources(self) -> NamePermits | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,16 +94,16 @@ class Allowed:
     scrub_complete: bool = True
     # LLM budget reservations held for this request, settled from its answer's usage.
     budget: tuple[Reservation, ...] = ()
-    # Who asks and which host answers (grant_scrub.ScrubScope), and the value generation
+    # Who asks and which host answers (scrub_scope.py), and the value generation
     # ``scrub`` was composed at: a long poll or a stream answered after a rotation asks the
     # broker for the set again (``Broker.live_scrub``).
     scrub_scope: ScrubScope | None = field(default=None, repr=False)
     scrub_generation: int = 0
     # The media types whose answers from this host are withheld (a destination's `withhold`).
-    withhold: WithholdRule | None = field(default=None, repr=False)
+    withhold: MediaWithholding | None = field(default=None, repr=False)
     # An MCP tools/prompts/resources list call: its answer keeps only what these rules allow
     # (decision/mcp_lists.py); None for every other request.
-    mcp_lists: McpRules | None = field(default=None, repr=False)
+    mcp_lists: McpListRules | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
