@@ -80,6 +80,7 @@ from broker_proxy.policy.path_reach import unreachable_reason
 from broker_proxy.policy.protocol_rules import parse_graphql, parse_mcp
 from broker_proxy.policy.resolve_pins import SPELLING as PIN_SPELLING
 from broker_proxy.policy.resolve_pins import PinError, ResolvePins
+from broker_proxy.policy.sign_in_fields import SignInPolicy, parse_sign_in
 from broker_proxy.policy.spec import (
     ENV_PATTERN,
     FIELDS,
@@ -225,7 +226,7 @@ def _load(text: str, source: str, digest: str) -> tuple[Policy, yaml.Node]:
         allow_addresses=policy.allow_addresses, resolve=policy.resolve, source=source,
         digest=digest, approval_timeout=policy.approval_timeout,
         approval_webhook=policy.approval_webhook, prices=policy.prices,
-        prices_as_of=policy.prices_as_of,
+        prices_as_of=policy.prices_as_of, sign_in=policy.sign_in,
     ), root
 
 
@@ -462,6 +463,7 @@ class _Sections(NamedTuple):
     approval_webhook: str | None = None
     prices: tuple[tuple[str, Price], ...] = ()
     prices_as_of: str | None = None
+    sign_in: SignInPolicy | None = None
 
 
 def _build_policy(root: yaml.Node | None, checker: _Checker) -> _Sections | None:
@@ -523,7 +525,8 @@ def _build_policy(root: yaml.Node | None, checker: _Checker) -> _Sections | None
             checker.report(root, f"secrets.{name}.budget.cost_usd",
                            'a cost budget needs a "prices" table (USD per million tokens)')
     return _Sections(secrets, agents, egress_allow, allow_addresses, resolve, approval_timeout,
-                     approval_webhook, prices, prices_as_of)
+                     approval_webhook, prices, prices_as_of,
+                     parse_sign_in(section("sign_in"), checker) if section("sign_in") else None)
 
 
 def _secrets(node: yaml.Node, checker: _Checker, names: set[str]) -> dict[str, SecretPolicy]:
