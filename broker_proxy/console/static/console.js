@@ -69,8 +69,10 @@ function signedIn(session) {
   document.getElementById("sign-in").hidden = true;
   document.getElementById("nav").hidden = false;
   // Every decision of this session is audited under this identity.
-  const who = session.identity || (session.name ? `console:${session.name}` : "");
-  document.getElementById("who").textContent = who ? `signed in as ${who} (${role})` : "";
+  // Without a provider everyone is an admin named by the console: the name says it all.
+  const named = !session.identity || session.identity === `console:${session.name}`;
+  document.getElementById("who").textContent = named ? (session.name ? `signed in as ${session.name}` : "")
+    : `signed in as ${session.identity} (${role})`;
   route();
 }
 
