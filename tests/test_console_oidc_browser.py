@@ -13,7 +13,9 @@ from __future__ import annotations
 import json
 import secrets
 import subprocess
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -23,12 +25,14 @@ from playwright.sync_api import Browser, Page, expect
 from broker_proxy.audit.log import AuditLog
 from broker_proxy.devtools.local_pki import LocalPki
 from tests.conftest import PYTHON, Stack, Upstreams, start_stack
+from tests.e2e_clients import via_httpx
 from tests.oidc_provider_stack import CLIENT_ID, OidcProvider, installed_provider
 from tests.test_console_browser import (  # noqa: F401 (fixtures)
     CONSOLE_POLICY,
     OTHER_AUTH,
     admin_token,
     browser,
+    other_url,
     screenshot,
 )
 
@@ -284,3 +288,46 @@ def test_a_replayed_callback_or_a_reused_code_is_refused(
         assert stranger.status_code == 401 and "another browser" in stranger.text
     finally:
         context.close()
+
+
+def test_an_approver_may_not_release_a_request_held_on_their_own_grant(
+        browser: Browser, oidc_stack: Stack) -> None:  # noqa: F811
+    context = browser.new_context()
+    page = context.new_page()
+    try:
+        sso_sign_in(page, oidc_stack, "adam")
+        issued = session_api(page, oidc_stack, "POST", "/v1/grants",
+                             {"agent": "bot", "task": "refund", "secrets": ["other_key"]})
+        assert issued.status_code == 201, issued.text
+        grant_id, token = issued.json()["id"], issued.json()["token"]
+        with ThreadPoolExecutor(1) as pool:
+            held = pool.submit(via_httpx, oidc_stack, token, "POST", other_url(oidc_stack),
+                               OTHER_AUTH, b'{"amount": 5}')
+            hold_id = None
+            for _ in range(100):
+                waiting = session_api(page, oidc_stack, "GET", "/v1/requests").json()
+                ids = [r["id"] for r in waiting["requests"] if r["grant"] == grant_id]
+                if ids:
+                    hold_id = ids[0]
+                    break
+                time.sleep(0.1)
+            assert hold_id is not None
+            refused = session_api(page, oidc_stack, "POST", f"/v1/requests/{hold_id}/approve",
+                                  {})
+            assert refused.status_code == 403
+            assert refused.json()["error"] == "separation_of_duties"
+            # Denying their own stays allowed: it gives nothing away.
+            denied = session_api(page, oidc_stack, "POST", f"/v1/requests/{hold_id}/deny", {})
+            assert denied.status_code == 200, denied.text
+            assert held.result(timeout=20).json()["error"] == "request_denied"
+    finally:
+        context.close()
+    decided = [(r["event"], r["by"]) for r in AuditLog.read_records(oidc_stack.home.audit_log)
+               if r["grant"] == grant_id and r["event"] != "request"]
+    assert ("decision_refused", "oidc:adam@example.com") in decided
+    assert ("request_denied", "oidc:adam@example.com") in decided
+    assert not any(r.header("Authorization") == f"Bearer {oidc_stack.other_key}"
+                   for r in oidc_stack.upstreams.other.requests)
+    for command in (("audit", "verify"), ("audit", "report", "--format", "json"),
+                    ("audit", "export", "--format", "ocsf")):
+        assert cli(oidc_stack, *command).returncode == 0, command
