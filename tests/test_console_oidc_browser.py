@@ -231,18 +231,21 @@ def test_the_admin_token_is_break_glass_once_a_provider_signs_people_in(
 
 
 def test_outsiders_and_people_without_a_role_are_refused(
-        browser: Browser, oidc_stack: Stack) -> None:  # noqa: F811
+        browser: Browser, oidc_stack: Stack, tmp_path: Path) -> None:  # noqa: F811
     for account, message in (("eve", "may not sign in here"),
                               ("nobody", "maps to a role here")):
         context = browser.new_context()
         page = context.new_page()
         try:
             page.goto(f"{oidc_stack.proxy.admin_url}/ui/")
+            expect(page.locator("#oidc-link")).to_be_visible()
+            screenshot(page, tmp_path, "oidc-sign-in")
             page.click("#oidc-link")
             page.fill("input[name=login]", account)
             page.fill("input[name=password]", "any")
             page.click("button[type=submit]")
             expect(page.locator("#oidc-error")).to_contain_text(message, timeout=15_000)
+            screenshot(page, tmp_path, f"oidc-refused-{account}")
         finally:
             context.close()
 

@@ -130,8 +130,11 @@ def _binding_cookie(value: str, max_age: int) -> str:
 
 def _page(status: int, message: str, headers: dict[str, str] | None = None,
           code: str = "") -> UiAnswer:
-    body = ("<!doctype html><meta charset=utf-8><title>Sign-in refused</title>"
-            f"<p id=oidc-error data-code=\"{html.escape(code)}\">{html.escape(message)}</p>"
-            '<p><a href="/ui/">Back to the console</a></p>\n')
+    body = ("<!doctype html><html lang=en><meta charset=utf-8><title>Sign-in refused</title>"
+            '<link rel="stylesheet" href="/ui/console.css">'
+            "<header><strong>broker-proxy</strong></header><main><h1>Sign-in refused</h1>"
+            f"<p id=oidc-error class=error data-code=\"{html.escape(code)}\">"
+            f"{html.escape(message)}</p>"
+            '<p><a href="/ui/">Back to the console</a></p></main></html>\n')
     return UiAnswer(status, "text/html; charset=utf-8", body.encode(),
                     {**SECURITY_HEADERS, **(headers or {})})

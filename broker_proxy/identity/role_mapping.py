@@ -41,8 +41,9 @@ def role_of(claims: Mapping[str, Any], sign_in: SignInPolicy, claim: str) -> Rol
         {v for v in raw if isinstance(v, str)} if isinstance(raw, list) else set()
     roles = [role for value, role in sign_in.roles if value in values]
     if not roles:
-        raise OidcRefused("oidc_no_role", f"signed in, but no value of the {claim!r} claim "
-                                          "maps to a role here; ask an admin for one")
+        raise OidcRefused("oidc_no_role", f"the provider knows you, but no value of the "
+                                          f"{claim!r} claim maps to a role here; ask an "
+                                          "admin for one")
     return max(roles)
 
 
