@@ -228,6 +228,15 @@ def test_the_admin_token_is_break_glass_once_a_provider_signs_people_in(
     [revoked] = [r for r in AuditLog.read_records(oidc_stack.home.audit_log)
                  if r["event"] == "grant_revoked" and r["grant"] == grant.grant.id]
     assert revoked["by"] == "token:break-glass"
+    # A console sign-in with the admin token is break-glass too, whatever name it gives.
+    signed_in = requests.post(f"{oidc_stack.proxy.admin_url}/ui/session", timeout=10,
+                              json={"token": token, "name": "carol"})
+    assert signed_in.status_code == 200
+    assert signed_in.json()["identity"] == "token:break-glass"
+    assert signed_in.json()["role"] == "admin"
+    last = list(AuditLog.read_records(oidc_stack.home.audit_log))[-1]
+    assert (last["event"], last["reason"], last["by"]) == (
+        "console_signed_in", "admin_token", "token:break-glass")
 
 
 def test_outsiders_and_people_without_a_role_are_refused(
