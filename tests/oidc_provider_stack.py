@@ -44,9 +44,10 @@ def installed_provider() -> Path:
             done = subprocess.run([npm, "ci", "--no-audit", "--no-fund", "--ignore-scripts"],
                                   cwd=target, capture_output=True, text=True, timeout=300)
             if done.returncode != 0:
-                last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+                said = [line for line in done.stderr.splitlines()
+                        if line.strip() and "complete log" not in line]
                 pytest.fail(f"npm ci of tests/oidc_provider failed (is the npm registry "
-                            f"reachable?): {last}")
+                            f"reachable?): {(said or ['no output'])[0].strip()}")
     shutil.copy(SOURCE / "provider.mjs", target / "provider.mjs")
     return target
 
