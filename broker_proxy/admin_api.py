@@ -30,6 +30,7 @@ from broker_proxy import strict_json
 from broker_proxy.approvals import admin_routes
 from broker_proxy.approvals.desk import ApprovalDesk
 from broker_proxy.audit.log import AuditError, AuditLog
+from broker_proxy.console import oidc_routes
 from broker_proxy.console import routes as console_routes
 from broker_proxy.console.sessions import Session
 from broker_proxy.decision.active_policy import ActivePolicy
@@ -40,6 +41,8 @@ from broker_proxy.grants.issuer import GrantPolicyError
 from broker_proxy.grants.limits_view import limits_view
 from broker_proxy.grants.listing import ListingError, list_page, parse_query
 from broker_proxy.grants.store import GrantNotFound, GrantStateError, GrantStore, GrantStoreError
+from broker_proxy.identity.roles import Principal, RoleRefused
+from broker_proxy.sign_in import access
 from broker_proxy.signin_guard import SigninGuard
 from broker_proxy.time_source import utc_now
 
@@ -117,6 +120,8 @@ class AdminContext:
     checkpoint_problem: Callable[[], str | None] | None = None
     # Failed sign-ins (a wrong token, a refused console sign-in): slowed and audited per source.
     signin_guard: SigninGuard | None = None
+    # SIGN-IN HOOK: OpenID Connect sign-in at /ui/oidc/ (console/oidc_routes.py), when set.
+    oidc: oidc_routes.OidcDoor | None = None
 
 
 class ApiError(Exception):
@@ -215,14 +220,20 @@ class AdminHandler(BaseHTTPRequestHandler):
         answers: list[console_routes.UiAnswer] = []
 
         def sign_in() -> bool:
-            answers.append(console_routes.ui_route(
-                console, method, path, self.headers, lambda: self._json_body(required=False),
-                self.context.token))
+            if path.startswith("/ui/oidc/"):  # SIGN-IN HOOK: the provider's login, callback
+                answers.append(oidc_routes.route(self.context.oidc, console, method, path,
+                                                 urlsplit(self.path).query, self.headers))
+            else:
+                answers.append(console_routes.ui_route(
+                    console, method, path, self.headers,
+                    lambda: self._json_body(required=False), self.context.token))
             return answers[-1].status != 401
 
         guard = self.context.signin_guard
         if guard is not None and method == "POST" and path == "/ui/session":
             guard.check(self.client_address[0], "console_signin", sign_in)
+        elif guard is not None and path == oidc_routes.CALLBACK:
+            guard.check(self.client_address[0], "oidc_callback", sign_in)
         else:
             sign_in()
         answer = answers[-1]
@@ -265,6 +276,7 @@ class AdminHandler(BaseHTTPRequestHandler):
 
     def _route(self, method: str, path: str, query: str) -> tuple[int, object]:
         parts = path.strip("/").split("/") if path != "/" else []
+        self._authorize(method, parts)  # SIGN-IN HOOK: the caller's role, then who decides
         if path in _OPEN_ROUTES:
             _allow(method, "GET")
         if (len(parts) >= 2 and parts[0] == "v1" and parts[1] in ("audit", "policy", "console")
@@ -362,6 +374,43 @@ class AdminHandler(BaseHTTPRequestHandler):
             "token": issued.token, "proxy_url": issued.proxy_url,
             "placeholders": issued.placeholders}
 
+    def _principal(self) -> Principal:
+        """SIGN-IN HOOK: who calls, with which role: a console session's own, or the admin
+        token's (admin; `token:break-glass` once a provider signs people in)."""
+        if self._session is not None:
+            return self._session.principal
+        return access.bearer_principal(TOKEN_HOLDER, self._sign_in())
+
+    def _sign_in(self) -> Any:
+        return self.context.policy().policy.sign_in
+
+    def _authorize(self, method: str, parts: list[str]) -> None:
+        """403 `role_required` naming the role that would allow it; 403
+        `separation_of_duties` for an approver deciding their own grant (audited)."""
+        principal = self._principal()
+        try:
+            principal.require(access.action_for(method, parts))
+        except RoleRefused as refused:
+            raise ApiError(403, "role_required", access.role_refusal(refused)) from None
+        if method != "POST" or len(parts) != 4 or parts[3] != "approve":
+            return
+        grant_id: str | None = parts[2]
+        if parts[1] == "requests":
+            held = self.context.approvals.get(parts[2]) if self.context.approvals else None
+            grant_id = held.grant if held is not None else None
+        if grant_id is None or self.context.console is None:
+            return
+        issued = self.context.console.audit.page({"grant": grant_id, "event": "grant_issued"},
+                                                 None, 1).records
+        try:
+            access.check_separation(principal, issued[0].get("by") if issued else None,
+                                    grant_id, self._sign_in())
+        except access.SeparationRefused as refused:
+            self.context.audit.append("decision_refused", decision="deny",
+                                      reason="separation_of_duties", grant=grant_id,
+                                      by=principal.identity)
+            raise ApiError(403, "separation_of_duties", str(refused)) from None
+
     def _decider(self) -> tuple[str, str | None]:
         """Who decided, as the caller names itself (the audit record adds that it came here),
         and why, in their words."""
@@ -386,7 +435,7 @@ class AdminHandler(BaseHTTPRequestHandler):
             if by is not None:
                 raise ApiError(400, "invalid_request",
                                "a console session decides as the name it signed in with")
-            return f"console:{self._session.name}"
+            return self._session.principal.identity
         header = self.headers.get(ACTOR_HEADER)
         if header is not None and by is not None and header != by:
             raise ApiError(400, "invalid_request",
@@ -398,7 +447,7 @@ class AdminHandler(BaseHTTPRequestHandler):
             label = TOKEN_HOLDER
         if not isinstance(label, str) or not _BY.fullmatch(label):
             raise ApiError(400, "invalid_request", "by must be 1-64 letters, digits or ._@:+-")
-        return f"admin-api:{label}"
+        return access.bearer_identity(label, self._sign_in())  # SIGN-IN HOOK: break-glass
 
     def _json_body(self, *, required: bool) -> dict[str, Any]:
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():

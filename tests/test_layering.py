@@ -35,19 +35,20 @@ LAYERS: dict[str, frozenset[str]] = {k: frozenset(v) for k, v in {
     "metrics": (),
     # The core, bottom up. The request and its verdict first: everything else names them.
     "request": (),
-    "policy": ("request", *FOUNDATIONS),
+    "policy": ("request", "identity", *FOUNDATIONS),
     "secrets": ("policy",),
     "audit": ("policy",),
     "grants": ("audit",),  # state: grants, secrets, audit
     "signing": ("secrets",),
     "scrubbing": ("grants", "secrets"),  # handed values: no decision code
     "approvals": ("grants", "identity"),
+    "sign_in": ("policy", "identity"),
     "decision": ("approvals", "scrubbing", "signing", "metrics"),
     "error_text": ("policy",),
     "policy_tools": ("decision", "error_text"),
     "readiness": ("grants",),
     "signin_guard": ("audit",),
-    "console": ("decision",),
+    "console": ("decision", "sign_in"),
     # The mitmproxy layer: the core and mitmproxy.
     "addons": ("decision", "error_text", MITMPROXY),
     # The operator's entry points and the running process.
@@ -60,7 +61,7 @@ LAYERS: dict[str, frozenset[str]] = {k: frozenset(v) for k, v in {
 
 CORE = ("request", "policy", "secrets", "audit", "grants", "signing", "scrubbing", "approvals",
         "decision", "error_text", "policy_tools", "readiness", "signin_guard", "console",
-        "identity", "metrics", *FOUNDATIONS)
+        "identity", "sign_in", "metrics", *FOUNDATIONS)
 STATE = ("grants", "secrets", "audit")
 # name -> (the parts it constrains, what they never import)
 RULES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {

@@ -30,7 +30,11 @@ EVENTS: Final[dict[str, str]] = {
     "grants_purged": "ended grants older than --grant-retention were deleted from the store "
                      "(their ids; their history stays in this log)",
     "console_signed_in": "someone signed in to the web console (reason: admin_token, the name "
-                         "is theirs to say; login_link, made by `broker-proxy console --as`)",
+                         "is theirs to say, or token:break-glass once a provider is set up; "
+                         "login_link, made by `broker-proxy console --as`; oidc, through the "
+                         "identity provider, by: oidc:<email or sub>)",
+    "decision_refused": "a person was refused a decision by separation of duties (reason): "
+                        "the approver issued the grant themselves; by names them",
     "policy_loaded": "the proxy started with this policy (digest)",
     "policy_reloaded": "a changed policy was loaded live (digest)",
     "policy_reload_rejected": "a changed policy was refused; the last good one stays",

@@ -26,6 +26,8 @@ from broker_proxy.approvals.admin_routes import RouteError
 from broker_proxy.console.audit_index import FILTERS, AuditIndex
 from broker_proxy.console.sessions import COOKIE, ConsoleSessions, Session
 from broker_proxy.console.views import ChainStatus, policy_view
+from broker_proxy.policy.sign_in_fields import SignInPolicy
+from broker_proxy.sign_in.access import BREAK_GLASS, oidc_configured
 
 CSRF_HEADER = "X-CSRF-Token"
 # Who a person says they are at sign-in (or `broker-proxy console --as`): audited as
@@ -51,9 +53,12 @@ class Console:
     audit: AuditIndex
     chain: ChainStatus
     policy_loaded_at: Callable[[], datetime | None] = lambda: None
-    # Audits a sign-in (name, how: admin_token or login_link) before the session starts; an
-    # audit log that cannot take it refuses the sign-in (its error reaches the admin API).
-    record_sign_in: Callable[[str, str], object] = lambda name, how: None
+    # Audits a sign-in (who as the audit names them, how: admin_token, login_link or oidc)
+    # before the session starts; an audit log that cannot take it refuses the sign-in (its
+    # error reaches the admin API).
+    record_sign_in: Callable[[str, str], object] = lambda by, how: None
+    # SIGN-IN HOOK: the policy's sign_in section (None: admin token and login links only).
+    sign_in: Callable[[], SignInPolicy | None] = lambda: None
     _static: dict[str, bytes] = field(default_factory=dict)
 
     @classmethod
@@ -126,9 +131,9 @@ def _session(console: Console, method: str, headers: Headers,
     if method == "GET":  # a reloaded page asks whether its cookie still holds
         session = sessions.get(cookie_of(headers))
         if session is None:
-            return _json(401, {"error": "unauthorized", "message": "sign in"})
-        return _json(200, {"csrf": session.csrf, "expires_at": _iso(session.expires_at),
-                           "name": session.name})
+            return _json(401, {"error": "unauthorized", "message": "sign in",
+                               "oidc": oidc_configured(console.sign_in())})
+        return _json(200, _session_view(session))
     if method == "DELETE":
         current = sessions.get(cookie_of(headers))
         if current is not None and not current.csrf_matches(headers.get(CSRF_HEADER)):
@@ -156,12 +161,21 @@ def _session(console: Console, method: str, headers: Headers,
         return _json(401, {"error": "unauthorized",
                            "message": "wrong admin token or used/expired login link"})
     # The name is what the person says (with the admin token) or what the link was made for:
-    # the audit says which, so a review can weigh it.
-    console.record_sign_in(name, how)
-    cookie, session = sessions.start(name)
+    # the audit says which, so a review can weigh it. SIGN-IN HOOK: once a provider signs
+    # people in by name, the admin token is break-glass and is audited as such.
+    identity = BREAK_GLASS if how == "admin_token" and oidc_configured(console.sign_in()) \
+        else None
+    console.record_sign_in(identity or f"console:{name}", how)
+    cookie, session = sessions.start(name, identity=identity)
     max_age = int(sessions.ttl.total_seconds())
-    return _json(200, {"csrf": session.csrf, "expires_at": _iso(session.expires_at),
-                       "name": session.name}, {"Set-Cookie": _cookie(cookie, max_age)})
+    return _json(200, _session_view(session), {"Set-Cookie": _cookie(cookie, max_age)})
+
+
+def _session_view(session: Session) -> dict[str, object]:
+    """What the page needs: its CSRF token, and who it is and may do (to hide the rest)."""
+    principal = session.principal
+    return {"csrf": session.csrf, "expires_at": _iso(session.expires_at), "name": session.name,
+            "identity": principal.identity, "role": principal.role.label}
 
 
 def _cookie(value: str, max_age: int) -> str:

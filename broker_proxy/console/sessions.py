@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from broker_proxy.identity.roles import Principal, Role
 from broker_proxy.time_source import utc_now
 
 COOKIE = "bp_console"
@@ -32,6 +33,15 @@ class Session:
     expires_at: datetime
     # Who signed in: every decision made in this session is audited as `console:<name>`.
     name: str
+    # SIGN-IN HOOK: set for a person signed in through the provider (`oidc:<email or sub>`)
+    # or with the admin token once a provider is configured (`token:break-glass`); None keeps
+    # `console:<name>`. The role bounds what the session may do (identity/roles.py).
+    identity: str | None = None
+    role: Role = Role.ADMIN
+
+    @property
+    def principal(self) -> Principal:
+        return Principal(self.identity or f"console:{self.name}", self.role)
 
     def csrf_matches(self, presented: str | None) -> bool:
         return presented is not None and hmac.compare_digest(
@@ -52,11 +62,13 @@ class ConsoleSessions:
         self._sessions: dict[str, Session] = {}
         self._links: dict[str, tuple[datetime, str]] = {}  # code hash -> (expiry, for whom)
 
-    def start(self, name: str) -> tuple[str, Session]:
+    def start(self, name: str, identity: str | None = None,
+              role: Role = Role.ADMIN) -> tuple[str, Session]:
         """A new session for `name`: (cookie value, session with its CSRF token)."""
         now = self._clock()
         cookie = secrets.token_urlsafe(32)
-        session = Session(csrf=secrets.token_urlsafe(32), expires_at=now + self.ttl, name=name)
+        session = Session(csrf=secrets.token_urlsafe(32), expires_at=now + self.ttl, name=name,
+                          identity=identity, role=role)
         with self._lock:
             self._forget_expired(now)
             if len(self._sessions) >= MAX_SESSIONS:  # drop the one that ends first

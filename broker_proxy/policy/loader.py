@@ -35,6 +35,7 @@ from broker_proxy.policy.limit_fields import parse_prices
 from broker_proxy.policy.model import AgentPolicy, Policy, Price, SecretPolicy
 from broker_proxy.policy.network_fields import Network, Pins, parse_egress, parse_network
 from broker_proxy.policy.secret_fields import parse_secrets
+from broker_proxy.policy.sign_in_fields import SignInPolicy, parse_sign_in
 from broker_proxy.policy.spec import VERSION
 from broker_proxy.policy.yaml_compose import compose
 
@@ -136,7 +137,7 @@ def _load(text: str, source: str, digest: str) -> tuple[Policy, yaml.Node]:
         allow_addresses=policy.allow_addresses, resolve=policy.resolve, source=source,
         digest=digest, approval_timeout=policy.approval_timeout,
         approval_webhook=policy.approval_webhook, prices=policy.prices,
-        prices_as_of=policy.prices_as_of,
+        prices_as_of=policy.prices_as_of, sign_in=policy.sign_in,
     ), root
 
 
@@ -153,6 +154,7 @@ class _Sections(NamedTuple):
     approval_webhook: str | None = None
     prices: tuple[tuple[str, Price], ...] = ()
     prices_as_of: str | None = None
+    sign_in: SignInPolicy | None = None
 
 
 def _build_policy(root: yaml.Node | None, checker: FieldChecker) -> _Sections | None:
@@ -201,7 +203,8 @@ def _build_policy(root: yaml.Node | None, checker: FieldChecker) -> _Sections | 
             checker.report(root, f"secrets.{name}.budget.cost_usd",
                            'a cost budget needs a "prices" table (USD per million tokens)')
     return _Sections(secrets, agents, egress_allow, allow_addresses, resolve, approval_timeout,
-                     approval_webhook, prices, prices_as_of)
+                     approval_webhook, prices, prices_as_of,
+                     parse_sign_in(section("sign_in"), checker) if section("sign_in") else None)
 
 
 def _other_version(root: yaml.Node, checker: FieldChecker) -> bool:

@@ -11,6 +11,7 @@ from datetime import timedelta
 from ipaddress import IPv4Network, IPv6Network
 
 from broker_proxy.policy.protocol_rules import GraphqlRules, McpRules
+from broker_proxy.policy.sign_in_fields import SignInPolicy
 
 # RFC 9110 methods a destination allows when it names none. TRACE/TRACK echo the request
 # (and so the injected secret) back, CONNECT would open a tunnel with it.
@@ -221,3 +222,6 @@ class Policy:
     # operator copied them; the proxy never fetches prices.
     prices: tuple[tuple[str, Price], ...] = ()
     prices_as_of: str | None = None
+    # Who may sign in to the console and admin API, and as what (sign_in_fields.py); None: the
+    # admin token and one-time links only, as before.
+    sign_in: SignInPolicy | None = None

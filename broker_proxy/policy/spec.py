@@ -91,6 +91,9 @@ MAPPINGS: dict[str, Mapping] = {
                              "description": "POSTed a JSON notice for each held request"},
         "prices": {**kind("prices"),
                    "description": "LLM prices for cost budgets, USD per million tokens"},
+        "sign_in": {**kind("sign_in"),
+                    "description": "OpenID Connect sign-in to the console and admin API, "
+                                   "roles, separation of duties (docs/sign-in.md)"},
     }, required=("version",)),
     "secret": Mapping({
         "from": {
@@ -300,6 +303,28 @@ MAPPINGS: dict[str, Mapping] = {
                                    "asking for longer is refused, not shortened"},
         "approval": {**_STRINGS, "description": "secrets whose grants wait for a human"},
     }),
+    "sign_in": Mapping({
+        "oidc": kind("oidc_sign_in"),
+        "roles": {"type": "object", "additionalProperties": {
+            "enum": ["viewer", "approver", "admin"]},
+            "description": "claim value (a group) -> role; the highest role found wins"},
+        "separation_of_duties": {"type": "boolean", "default": True,
+                                 "description": "an approver may not decide a grant they "
+                                                "issued or a request made on it"},
+    }),
+    "oidc_sign_in": Mapping({
+        "issuer": {"type": "string", "pattern": "^https?://",
+                   "description": "the provider's issuer URL (its discovery document is "
+                                  "ISSUER/.well-known/openid-configuration)"},
+        "client_id": {"type": "string", "minLength": 1},
+        "client_secret": {"type": "string", "pattern": NAME_PATTERN,
+                          "description": "the NAME of a vault entry holding the client "
+                                         "secret (`broker-proxy secret set NAME`)"},
+        "allowed_domains": {**_STRINGS, "description": "email domains that may sign in"},
+        "allowed_subjects": {**_STRINGS, "description": "`sub` values that may sign in"},
+        "role_claim": {"type": "string", "default": "groups",
+                       "description": "the ID token claim whose values map to roles"},
+    }, required=("issuer", "client_id", "client_secret")),
     "egress": Mapping({
         "allow": {"type": "array", "items": kind("host"),
                   "description": "hosts any grant may reach without secrets"},

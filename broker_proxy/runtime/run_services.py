@@ -21,14 +21,18 @@ from broker_proxy.admin_api import (
 )
 from broker_proxy.approvals.webhook import WebhookNotifier
 from broker_proxy.audit.checkpoint import CheckpointPaths
+from broker_proxy.console.oidc_routes import OidcDoor
 from broker_proxy.console.routes import Console
 from broker_proxy.console.sessions import DEFAULT_SESSION_TTL, ConsoleSessions
 from broker_proxy.decision.broker import Broker
 from broker_proxy.home import Home
+from broker_proxy.policy.model import SecretPolicy
 from broker_proxy.readiness import CachedProbe, store_write_problem
 from broker_proxy.runtime.policy_reload import PolicyReloader
 from broker_proxy.runtime.vault_watch import VaultWatch
+from broker_proxy.secrets.backends import SecretUnavailable
 from broker_proxy.secrets.credentials import CredentialResolver
+from broker_proxy.sign_in.oidc import OidcRefused
 from broker_proxy.signin_guard import SigninGuard
 
 
@@ -76,8 +80,9 @@ def start_services(broker: Broker, home: Home, policy_file: Path,
                                    CheckpointPaths.in_home(home.root).file,
                                    ConsoleSessions(console_session_ttl))
         console.policy_loaded_at = lambda: broker.policy.loaded_at
-        console.record_sign_in = lambda name, how: broker.audit.append(
-            "console_signed_in", decision="allow", reason=how, by=f"console:{name}")
+        console.record_sign_in = lambda by, how: broker.audit.append(
+            "console_signed_in", decision="allow", reason=how, by=by)
+        console.sign_in = lambda: broker.policy.policy.sign_in
         context = AdminContext(token=token, policy=lambda: broker.policy, grants=broker.grants,
                                audit=broker.audit,
                                policy_file_problem=lambda: reloader.file_problem,
@@ -93,8 +98,13 @@ def start_services(broker: Broker, home: Home, policy_file: Path,
         # Index the audit log now, not on the first page a person opens (~4 s per million).
         threading.Thread(target=console.audit.page, args=({}, None, 1),
                          name="audit-index", daemon=True).start()
+        addresses: list[str] = []
+        context.oidc = OidcDoor(sign_in=console.sign_in,
+                                client_secret=lambda name: _vault_value(broker, name),
+                                base_url=lambda: f"http://{addresses[0]}")
         try:
             server = AdminServer(admin[0], admin[1], context)
+            addresses.append(server.address)
         except OSError as error:
             raise AdminListenError(f"cannot listen for the admin API on {admin[0]}:{admin[1]}: "
                                    f"{error.strerror or error}") from None
@@ -120,6 +130,16 @@ def _group_console(home: Home) -> str | None:
     except (OSError, ValueError, AttributeError):
         return None
     return f"http://{admin}" if isinstance(admin, str) and admin else None
+
+
+def _vault_value(broker: Broker, name: str) -> str:
+    """The OIDC client secret: a vault entry by name (never in the policy file)."""
+    entry = SecretPolicy(name=name, source="vault", command=None, placeholder="",
+                         destinations=(), inject=frozenset(), env=None)
+    try:
+        return broker.secrets.resolve(entry).reveal()
+    except SecretUnavailable as error:
+        raise OidcRefused("oidc_client_secret_unavailable", str(error)) from None
 
 
 def _vault_probe(broker: Broker) -> Callable[[], str | None] | None:

@@ -3,6 +3,19 @@
 "use strict";
 
 let csrf = null;
+// What this session may do (the server refuses the rest regardless): viewer < approver < admin.
+let role = "admin";
+const RANKS = { viewer: 1, approver: 2, admin: 3 };
+const NEEDS = { decide: "approver", administer: "admin" };
+function can(action) { return RANKS[role] >= RANKS[NEEDS[action]]; }
+// A button this session may not use: shown disabled, saying which role would allow it.
+function forbid(button, action) {
+  if (can(action)) return button;
+  button.disabled = true;
+  button.dataset.forbidden = "true";
+  button.title = `needs role ${NEEDS[action]}`;
+  return button;
+}
 let pageController = null; // aborts the long polls and timers of the page being left
 const POLL_MS = 1500;
 
@@ -52,10 +65,14 @@ function showSignIn(message = "") {
 
 function signedIn(session) {
   csrf = session.csrf;
+  role = session.role || "admin";
   document.getElementById("sign-in").hidden = true;
   document.getElementById("nav").hidden = false;
-  // Every decision of this session is audited under this name.
-  document.getElementById("who").textContent = session.name ? `signed in as ${session.name}` : "";
+  // Every decision of this session is audited under this identity.
+  // Without a provider everyone is an admin named by the console: the name says it all.
+  const named = !session.identity || session.identity === `console:${session.name}`;
+  document.getElementById("who").textContent = named ? (session.name ? `signed in as ${session.name}` : "")
+    : `signed in as ${session.identity} (${role})`;
   route();
 }
 
@@ -89,7 +106,10 @@ async function boot() {
     return;
   }
   const response = await fetch("/ui/session", { credentials: "same-origin" });
-  if (response.ok) signedIn(await response.json()); else showSignIn();
+  if (response.ok) { signedIn(await response.json()); return; }
+  const answer = await response.json().catch(() => ({}));
+  document.getElementById("oidc-sign-in").hidden = !answer.oidc;
+  showSignIn();
 }
 
 function route() {
@@ -278,7 +298,7 @@ function heldCard(item, others, signature) {
     } catch (error) {
       result.textContent = error.message;
       result.className = "result error";
-      for (const button of card.querySelectorAll("button")) button.disabled = false;
+      for (const button of card.querySelectorAll("button")) button.disabled = button.dataset.forbidden === "true";
     }
   };
   card.append(
@@ -289,11 +309,11 @@ function heldCard(item, others, signature) {
         ["request digest", el("span", { class: "mono" }, r.digest)]]),
     previewBlock(item, others),
     el("div", { class: "actions" },
-      el("button", { class: "allow", on: { click: decide("approve") } }, "Allow once"),
-      el("span", {}, el("button", { class: "allow", on: { click: () => decide("approve", { uses: Number(uses.value) })() } }, "Allow N uses"), " N=", uses),
-      el("span", {}, el("button", { class: "allow", on: { click: () => decide("approve", { minutes: Number(minutes.value) })() } }, "Allow for M minutes"), " M=", minutes),
+      forbid(el("button", { class: "allow", on: { click: decide("approve") } }, "Allow once"), "decide"),
+      el("span", {}, forbid(el("button", { class: "allow", on: { click: () => decide("approve", { uses: Number(uses.value) })() } }, "Allow N uses"), "decide"), " N=", uses),
+      el("span", {}, forbid(el("button", { class: "allow", on: { click: () => decide("approve", { minutes: Number(minutes.value) })() } }, "Allow for M minutes"), "decide"), " M=", minutes),
       reason,
-      el("button", { class: "deny", on: { click: decide("deny") } }, "Deny")),
+      forbid(el("button", { class: "deny", on: { click: decide("deny") } }, "Deny"), "decide")),
     result);
   return card;
 }
@@ -325,9 +345,9 @@ function renderPendingGrants(box, grants) {
           ["max uses", grant.max_uses === null ? "unlimited" : grant.max_uses],
           ["issued", grant.created_at]]),
       el("div", { class: "actions" },
-        el("button", { class: "allow", on: { click: decide("approve") } }, "Approve"),
+        forbid(el("button", { class: "allow", on: { click: decide("approve") } }, "Approve"), "decide"),
         reason,
-        el("button", { class: "deny", on: { click: decide("deny") } }, "Deny")), result);
+        forbid(el("button", { class: "deny", on: { click: decide("deny") } }, "Deny"), "decide")), result);
   }));
 }
 
@@ -389,7 +409,8 @@ function renderGrants(box, grants, reload) {
         el("td", { class: `state-${g.state}` }, g.state),
         el("td", {}, g.max_uses === null ? "∞" : String(Math.max(0, g.max_uses - g.uses))),
         el("td", {}, live ? left(g.expires_at) : "–"),
-        live ? (cell.append(el("span", { class: "actions" }, reason, el("button", { class: "deny", on: { click: revoke } }, "Revoke"))), cell) : el("td", {}, ""));
+        // Revoking is an admin's: the cell stays empty for the other roles.
+        live && can("administer") ? (cell.append(el("span", { class: "actions" }, reason, el("button", { class: "deny", on: { click: revoke } }, "Revoke"))), cell) : el("td", {}, ""));
     })));
 }
 
