@@ -185,8 +185,9 @@ def _http_request(out: dict[str, Any], record: dict[str, Any]) -> None:
     port = record.get("port")
     out["dst_endpoint"] = {"hostname": str(record["host"]),
                            **({"port": port} if isinstance(port, int) else {})}
-    url = {"hostname": str(record["host"]), "path": str(record.get("path") or "/"),
-           "scheme": str(record.get("scheme") or "https")}
+    url: dict[str, Any] = {"hostname": str(record["host"]),
+                           "path": str(record.get("path") or "/"),
+                           "scheme": str(record.get("scheme") or "https")}
     if isinstance(port, int):
         url["port"] = port
     out["http_request"] = {"url": url}
