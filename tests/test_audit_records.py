@@ -128,3 +128,24 @@ def test_a_draft_is_checked_when_made_and_cannot_change_after(tmp_path: Path) ->
         written = log.append_records([draft])
     written[0]["path"] = "/changed"  # the caller's copy, not the draft
     assert draft.fields["path"] == "/a"
+
+
+def test_records_appended_together_after_a_torn_line_come_back_without_its_note(
+        tmp_path: Path) -> None:
+    log_path, key_path = tmp_path / "audit.log", tmp_path / "audit.key"
+    with AuditLog.open(log_path, key_path) as log:
+        log.append("proxy_started")
+        with open(log_path, "ab") as handle:  # another writer died mid-line
+            handle.write(b'{"seq": 1, "tor')
+        counts: list[int] = []
+        log.add_observer(counts.append)
+        written = log.append_records([RecordDraft.of("request", grant="g"),
+                                      RecordDraft.of("response", grant="g")])
+    assert [record["event"] for record in written] == ["request", "response"]
+    assert [record["seq"] for record in written] == [2, 3]  # seq 1 is the torn line's note
+    assert counts == [3]
+    events = [json.loads(line)["event"] for line in log_path.read_bytes().splitlines()
+              if line.startswith(b'{"agent"')]
+    assert events == ["proxy_started", "audit_torn_tail", "request", "response"]
+    result = verify_chain(log_path, key_path)
+    assert result.ok and result.recovered, result.message
