@@ -31,7 +31,7 @@ from broker_proxy.audit.record_fields import now_rfc3339
 from broker_proxy.audit.records import GENESIS_PREV, RecordDraft, SealedRecord
 from broker_proxy.audit.sealing import line_hash, seal
 from broker_proxy.audit.tail import parse_record, read_tail
-from broker_proxy.audit.tamper import TamperGuard, identity, refusal
+from broker_proxy.audit.tamper import ChainEnd, TamperGuard, identity, refusal
 
 _REOPEN_ATTEMPTS: Final = 64  # many writers rotating at once may move the name on several times
 _FLAGS: Final = os.O_RDWR | os.O_APPEND | os.O_CLOEXEC
@@ -206,9 +206,9 @@ class ChainFile:
             self.next_seq, self.prev = last["seq"] + 1, line_hash(last_line)
         self.end = size
         if self.pending_torn is None and not self._torn_tail:
-            self._guard.known = Head(self.next_seq, self.prev,
-                                     len(last_line) if last_line is not None else 0,
-                                     size, *self.identity)
+            self._guard.known = ChainEnd(size, self.next_seq, self.prev,
+                                         len(last_line) if last_line is not None else 0,
+                                         *self.identity)
 
     def write(self, drafts: Sequence[RecordDraft]) -> list[SealedRecord]:
         """Chain, MAC and write the records in one write(2), after the note of a torn line."""
@@ -236,8 +236,8 @@ class ChainFile:
         self.next_seq, self.prev = seq, prev
         info = os.fstat(self.fd)  # the file written (a rotation's new one before its rename)
         self.end = info.st_size
-        self._guard.known = Head(seq, prev, len(sealed[-1].line) if sealed else 0, self.end,
-                                 *identity(info))
+        self._guard.known = ChainEnd(self.end, seq, prev, len(sealed[-1].line) if sealed else 0,
+                                     *identity(info))
         return sealed
 
 

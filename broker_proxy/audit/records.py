@@ -43,7 +43,7 @@ class RecordDraft:
     and `event` itself, in the order a written record lists them.
     """
 
-    fields: Mapping[str, object]
+    fields: MappingProxyType[str, object]
 
     @classmethod
     def of(cls, event: str, **fields: object) -> RecordDraft:
@@ -95,7 +95,7 @@ class RecordDraft:
 
     def body(self) -> dict[str, Any]:
         """A fresh dict of the members, for the writer to add the chain's members to."""
-        return dict(self.fields)
+        return self.fields.copy()  # the dict's own copy: dict(proxy) goes key by key
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,11 +15,11 @@ file to, so the next start checks the file against it too.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import os
 import threading
 from pathlib import Path
+from typing import NamedTuple
 
 from broker_proxy.audit.errors import AuditTamperedError
 from broker_proxy.audit.files import archives_of
@@ -29,6 +29,20 @@ from broker_proxy.audit.sealing import line_hash, mac_holds
 from broker_proxy.audit.tail import TAIL_CHUNK, parse_record, read_tail
 
 _log = logging.getLogger("broker_proxy.audit")
+
+
+class ChainEnd(NamedTuple):
+    """The chain's end as a writer last saw it (a tuple: it is made on every append)."""
+
+    size: int  # the file's size after the last line
+    records: int  # records in the chain: the next record's seq
+    last_hash: str  # SHA-256 of the last line
+    last_len: int  # bytes of that line, newline excluded
+    dev: int  # identity of the file holding it
+    ino: int
+
+    def head(self) -> Head:
+        return Head(self.records, self.last_hash, self.last_len, self.size, self.dev, self.ino)
 
 
 def identity(info: os.stat_result) -> tuple[int, int]:
@@ -54,9 +68,9 @@ class TamperGuard:
     def __init__(self, path: Path, key: bytes) -> None:
         self.path = path
         self._key = key
-        # The chain's end as this writer last saw it (file size, records, hash and length of
-        # the last line, the file's identity); None until the first look and after a rotation.
-        self.known: Head | None = None
+        # The chain's end as this writer last saw it; None until the first look and after a
+        # rotation.
+        self.known: ChainEnd | None = None
         self.tampered: str | None = None  # the refusal, once the file was found not ours
         self.what: str | None = None  # what was found, for the refusal at open
         self.opening = False  # a refusal at open is reported once, by open itself
@@ -86,9 +100,9 @@ class TamperGuard:
 
     def durable_head(self) -> Head | None:
         """The head this writer knows of (its own, or another writer's); None for no records."""
-        if self.known is None or self.known.count == 0:
+        if self.known is None or self.known.records == 0:
             return None
-        return self.known
+        return self.known.head()
 
     def write_head(self, head: Head | None) -> None:
         """Move the head state file on to `head` (never back); fsyncs it."""
@@ -117,7 +131,8 @@ class TamperGuard:
         in a rotated file must still be there, with the files after it chained on.
         """
         if identity(os.fstat(fd)) == head.identity:
-            self.known = dataclasses.replace(head, gen=0)
+            self.known = ChainEnd(head.size, head.count, head.last_hash, head.last_len,
+                                  head.dev, head.ino)
             return
         for archive in archives_of(self.path):
             try:
@@ -143,8 +158,7 @@ class TamperGuard:
         """Under flock: the file still holds what we last saw, and only appends follow it."""
         if self.known is None:
             return
-        end, seq, prev, last_len = (self.known.size, self.known.count, self.known.last_hash,
-                                    self.known.last_len)
+        end, seq, prev, last_len, _dev, _ino = self.known
         if size == end - 1 and prev != GENESIS_PREV and line_hash(
                 os.pread(fd, last_len, end - 1 - last_len)) == prev:
             return  # only the last newline is missing: the record is whole, sync_tail ends it
