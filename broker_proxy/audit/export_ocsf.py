@@ -105,13 +105,40 @@ def to_ocsf(record: dict[str, Any]) -> dict[str, Any]:
     """One OCSF event for one audit record."""
     event = str(record.get("event"))
     class_uid, activity_id, activity_name = _class_of(event, record.get("method"))
+    log_name = str(record.get(LOG_TAG, "audit.log"))
+    out = _envelope(record, event, class_uid, activity_id, activity_name, log_name)
+    agent = record.get("agent")
+    # The agent is not a person: OCSF 1.8 has no AI agent type for a user (its ai_agent object
+    # comes with a later version), so it is type Other, named as such.
+    user: dict[str, Any] = ({"name": str(agent), "type_id": 99, "type": "AI agent"}
+                            if agent is not None else {"name": "unknown"})
+    if class_uid == API_ACTIVITY:
+        _api_activity(out, record, user, log_name)
+    elif class_uid in (AUTHORIZE_SESSION, ACCOUNT_CHANGE):
+        _identity_change(out, record, user, class_uid)
+    else:
+        out["app"] = _PRODUCT
+    unmapped_method = out.pop("unmapped_method", None)
+    # A request's details stay in `unmapped` where the class has no place for them (an
+    # approval is an Authorize Session; what it approved is still said).
+    mapped = _MAPPED if class_uid == API_ACTIVITY else _MAPPED - _REQUEST_FIELDS
+    out["unmapped"] = {name: value for name, value in record.items()
+                       if name not in mapped and value not in (None, [], "")}
+    out["unmapped"]["event"] = event
+    if unmapped_method is not None:
+        out["unmapped"]["method"] = unmapped_method
+    return out
+
+
+def _envelope(record: dict[str, Any], event: str, class_uid: int, activity_id: int,
+              activity_name: str, log_name: str) -> dict[str, Any]:
+    """What every class carries: class, activity, time, severity, status, metadata, control."""
     category_uid, category_name = _CATEGORY[class_uid]
     # A revocation is recorded as decision "deny" but it is a change that succeeded.
     decision = record.get("decision")
     denied = decision == "deny" and class_uid != ACCOUNT_CHANGE
     held = decision == "held"
     status_id, status = (0, "Unknown") if held else (2, "Failure") if denied else (1, "Success")
-    log_name = str(record.get(LOG_TAG, "audit.log"))
     out: dict[str, Any] = {
         "category_uid": category_uid, "category_name": category_name,
         "class_uid": class_uid, "class_name": _CLASS_NAME[class_uid],
@@ -131,61 +158,59 @@ def to_ocsf(record: dict[str, Any]) -> dict[str, Any]:
         out["action_id"], out["action"], out["disposition_id"], out["disposition"] = control
     if record.get("reason") is not None:
         out["status_detail"] = str(record["reason"])
-    agent = record.get("agent")
-    # The agent is not a person: OCSF 1.8 has no AI agent type for a user (its ai_agent object
-    # comes with a later version), so it is type Other, named as such.
-    user: dict[str, Any] = ({"name": str(agent), "type_id": 99, "type": "AI agent"}
-                            if agent is not None else {"name": "unknown"})
+    return out
+
+
+def _api_activity(out: dict[str, Any], record: dict[str, Any], user: dict[str, Any],
+                  log_name: str) -> None:
+    """A request or its response: the agent, the API call, the endpoint, the secrets."""
+    grant = record.get("grant")
+    out["actor"] = {"user": user, **({"session": {"uid": str(grant)}} if grant else {})}
+    out["api"] = {"operation": f"{record.get('method')} {record.get('path')}",
+                  "service": {"name": str(record.get("host"))},
+                  "request": {"uid": f"{log_name}#{record.get('seq')}"}}
+    out["src_endpoint"] = {"name": user["name"]}
+    if record.get("host") is not None:
+        _http_request(out, record)
+    secrets = [str(name) for name in record.get("secrets") or []]
+    if secrets:
+        out["resources"] = [{"name": name, "type": "secret"} for name in secrets]
+    if record.get("status") is not None:
+        out["status_code"] = str(record["status"])
+    if isinstance(record.get("duration_ms"), int | float):
+        out["duration"] = int(record["duration_ms"])
+
+
+def _http_request(out: dict[str, Any], record: dict[str, Any]) -> None:
+    port = record.get("port")
+    out["dst_endpoint"] = {"hostname": str(record["host"]),
+                           **({"port": port} if isinstance(port, int) else {})}
+    url: dict[str, Any] = {"hostname": str(record["host"]),
+                           "path": str(record.get("path") or "/"),
+                           "scheme": str(record.get("scheme") or "https")}
+    if isinstance(port, int):
+        url["port"] = port
+    out["http_request"] = {"url": url}
+    method = str(record.get("method")).upper()
+    if method in _OCSF_HTTP_METHODS:
+        out["http_request"]["http_method"] = method
+    else:  # OCSF 1.1 has no PATCH (nor WebDAV verbs): api.operation still names it
+        out["unmapped_method"] = method
+
+
+def _identity_change(out: dict[str, Any], record: dict[str, Any], user: dict[str, Any],
+                     class_uid: int) -> None:
+    """A grant or a held request decided, revoked or expired: who, for whom, which secrets."""
+    out["user"] = user
     by = record.get("by")
     grant = record.get("grant")
-    secrets = [str(name) for name in record.get("secrets") or []]
-    if class_uid == API_ACTIVITY:
-        out["actor"] = {"user": user, **({"session": {"uid": str(grant)}} if grant else {})}
-        out["api"] = {"operation": f"{record.get('method')} {record.get('path')}",
-                      "service": {"name": str(record.get("host"))},
-                      "request": {"uid": f"{log_name}#{record.get('seq')}"}}
-        out["src_endpoint"] = {"name": user["name"]}
-        if record.get("host") is not None:
-            out["dst_endpoint"] = {"hostname": str(record["host"]),
-                                   **({"port": record["port"]}
-                                      if isinstance(record.get("port"), int) else {})}
-            url = {"hostname": str(record["host"]), "path": str(record.get("path") or "/"),
-                   "scheme": str(record.get("scheme") or "https")}
-            if isinstance(record.get("port"), int):
-                url["port"] = record["port"]
-            out["http_request"] = {"url": url}
-            method = str(record.get("method")).upper()
-            if method in _OCSF_HTTP_METHODS:
-                out["http_request"]["http_method"] = method
-            else:  # OCSF 1.1 has no PATCH (nor WebDAV verbs): api.operation still names it
-                out["unmapped_method"] = method
-        if secrets:
-            out["resources"] = [{"name": name, "type": "secret"} for name in secrets]
-        if record.get("status") is not None:
-            out["status_code"] = str(record["status"])
-        if isinstance(record.get("duration_ms"), int | float):
-            out["duration"] = int(record["duration_ms"])
-    elif class_uid in (AUTHORIZE_SESSION, ACCOUNT_CHANGE):
-        out["user"] = user
-        if isinstance(by, str) and by:
-            # Who decided: a person (`console:alice`, `cli:bob`, `admin-api:ci`) or a system
-            # (`broker-proxy` for a timeout, `policy-reload`, `exec`).
-            out["actor"] = {"user": {"name": by, "uid": by}}
-        if class_uid == AUTHORIZE_SESSION:
-            if grant:
-                out["session"] = {"uid": str(grant)}
-            out["privileges"] = secrets
-        else:
-            out["policy"] = {"name": f"grant {grant}", "uid": str(grant)}
+    if isinstance(by, str) and by:
+        # Who decided: a person (`console:alice`, `cli:bob`, `admin-api:ci`) or a system
+        # (`broker-proxy` for a timeout, `policy-reload`, `exec`).
+        out["actor"] = {"user": {"name": by, "uid": by}}
+    if class_uid == AUTHORIZE_SESSION:
+        if grant:
+            out["session"] = {"uid": str(grant)}
+        out["privileges"] = [str(name) for name in record.get("secrets") or []]
     else:
-        out["app"] = _PRODUCT
-    unmapped_method = out.pop("unmapped_method", None)
-    # A request's details stay in `unmapped` where the class has no place for them (an
-    # approval is an Authorize Session; what it approved is still said).
-    mapped = _MAPPED if class_uid == API_ACTIVITY else _MAPPED - _REQUEST_FIELDS
-    out["unmapped"] = {name: value for name, value in record.items()
-                       if name not in mapped and value not in (None, [], "")}
-    out["unmapped"]["event"] = event
-    if unmapped_method is not None:
-        out["unmapped"]["method"] = unmapped_method
-    return out
+        out["policy"] = {"name": f"grant {grant}", "uid": str(grant)}

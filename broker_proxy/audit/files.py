@@ -39,7 +39,7 @@ def chain_files(live: Path) -> list[Path]:
     """Every file of one chain in chain order.
 
     An archive that is the live file under a second name is a rotation cut short by a crash
-    (see AuditLog._rotate_locked): it holds nothing the live file does not, so it is skipped.
+    (see ChainFile.rotate): it holds nothing the live file does not, so it is skipped.
     """
     archives = archives_of(live)
     if archives and live.exists():

@@ -14,42 +14,64 @@ from typing import Any
 
 from broker_proxy.audit.checkpoint import CheckpointError, verify_checkpoints
 from broker_proxy.audit.log import AuditError
-from broker_proxy.audit.verify import verify_path
+from broker_proxy.audit.verify import VerifyResult, verify_path
 
 
 def integrity_statement(paths: list[Path], key_path: Path, *, checkpoints: Path | None = None,
                         public_key: Path | None = None,
                         home: Path | None = None) -> dict[str, Any]:
     """Verify every chain named by `paths`; the dict of schemas/audit-report.v1.json#integrity."""
-    chains: list[dict[str, Any]] = []
-    problem: str | None = None
-    try:
-        for path in paths:
-            for result in verify_path(path, key_path):
-                chains.append({
-                    "log": result.path if not result.ok else str(result.files[-1]
-                                                                  if result.files else path),
-                    "ok": result.ok,
-                    "records": result.records,
-                    "first_seq": 0 if result.records else None,
-                    # Not records - 1: seqs skip at a recorded gap (audit_gap).
-                    "last_seq": result.last_seq if result.records else None,
-                    "files": list(result.files),
-                    "rotations": max(len(result.files) - 1, 0),
-                    "torn_lines_recovered": len(result.recovered),
-                    "problem": None if result.ok else result.message,
-                    "recorded_gaps": [f"line {gap.line_no}: {gap.describe()}"
-                                      for gap in result.gaps],
-                })
-                if not result.ok and problem is None:
-                    problem = result.message
-    except AuditError as error:
-        problem = f"cannot be verified: {error}"
+    chains, problem = _chains(paths, key_path)
     checkpoint_info = None
     if checkpoints is not None and problem is None:
         checkpoint_info = _checkpoints(paths, key_path, checkpoints, public_key)
         if checkpoint_info["problem"] and problem is None:
             problem = checkpoint_info["problem"]
+    commands = _reverify_commands(paths, key_path, checkpoints, public_key, home)
+    ok = problem is None
+    if ok:
+        headline = _ok_headline(chains, checkpoint_info)
+    else:
+        headline = f"INTEGRITY FAILED: the audit log does not verify: {problem}"
+    return {"ok": ok, "headline": headline, "chains": chains, "checkpoints": checkpoint_info,
+            "reverify": " && ".join(commands)}
+
+
+def _chains(paths: list[Path], key_path: Path) -> tuple[list[dict[str, Any]], str | None]:
+    """(each chain's verdict, the first problem found or None)."""
+    chains: list[dict[str, Any]] = []
+    problem: str | None = None
+    try:
+        for path in paths:
+            for result in verify_path(path, key_path):
+                chains.append(_chain(path, result))
+                if not result.ok and problem is None:
+                    problem = result.message
+    except AuditError as error:
+        problem = f"cannot be verified: {error}"
+    return chains, problem
+
+
+def _chain(path: Path, result: VerifyResult) -> dict[str, Any]:
+    return {
+        "log": result.path if not result.ok else str(result.files[-1]
+                                                      if result.files else path),
+        "ok": result.ok,
+        "records": result.records,
+        "first_seq": 0 if result.records else None,
+        # Not records - 1: seqs skip at a recorded gap (audit_gap).
+        "last_seq": result.last_seq if result.records else None,
+        "files": list(result.files),
+        "rotations": max(len(result.files) - 1, 0),
+        "torn_lines_recovered": len(result.recovered),
+        "problem": None if result.ok else result.message,
+        "recorded_gaps": [f"line {gap.line_no}: {gap.describe()}" for gap in result.gaps],
+    }
+
+
+def _reverify_commands(paths: list[Path], key_path: Path, checkpoints: Path | None,
+                       public_key: Path | None, home: Path | None) -> list[str]:
+    """The `audit verify` command line(s) that say the same, one per log or directory."""
     commands = []
     # `audit verify` reads <home>/audit.key: name the home that holds the key used here.
     key_home = Path(key_path).parent if Path(key_path).name == "audit.key" else home
@@ -63,24 +85,21 @@ def integrity_statement(paths: list[Path], key_path: Path, *, checkpoints: Path 
             if public_key is not None:
                 command += ["--public-key", str(public_key)]
         commands.append(shlex.join(command))
-    ok = problem is None
-    if ok:
-        total = sum(chain["records"] for chain in chains)
-        spans = "; ".join(
-            f"{Path(chain['log']).name}: records {chain['first_seq']}..{chain['last_seq']}"
-            f" in {len(chain['files'])} file(s)" for chain in chains)
-        held = ""
-        if checkpoint_info is not None:
-            held = (f"; {checkpoint_info['count']} signed checkpoint(s) match"
-                    f" (key {checkpoint_info['key']})")
-        gaps = [gap for chain in chains for gap in chain["recorded_gaps"]]
-        lost = f"; {len(gaps)} recorded gap(s) of lost records: {'; '.join(gaps)}" if gaps \
-            else ""
-        headline = f"INTEGRITY OK: {total} records verify ({spans}){held}{lost}"
-    else:
-        headline = f"INTEGRITY FAILED: the audit log does not verify: {problem}"
-    return {"ok": ok, "headline": headline, "chains": chains, "checkpoints": checkpoint_info,
-            "reverify": " && ".join(commands)}
+    return commands
+
+
+def _ok_headline(chains: list[dict[str, Any]], checkpoint_info: dict[str, Any] | None) -> str:
+    total = sum(chain["records"] for chain in chains)
+    spans = "; ".join(
+        f"{Path(chain['log']).name}: records {chain['first_seq']}..{chain['last_seq']}"
+        f" in {len(chain['files'])} file(s)" for chain in chains)
+    held = ""
+    if checkpoint_info is not None:
+        held = (f"; {checkpoint_info['count']} signed checkpoint(s) match"
+                f" (key {checkpoint_info['key']})")
+    gaps = [gap for chain in chains for gap in chain["recorded_gaps"]]
+    lost = f"; {len(gaps)} recorded gap(s) of lost records: {'; '.join(gaps)}" if gaps else ""
+    return f"INTEGRITY OK: {total} records verify ({spans}){held}{lost}"
 
 
 def _checkpoints(paths: list[Path], key_path: Path, checkpoints: Path,

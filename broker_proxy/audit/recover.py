@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from broker_proxy.audit.errors import AuditError, AuditTamperedError, AuditWriteError
+from broker_proxy.audit.errors import AuditError, AuditWriteError
 from broker_proxy.audit.head import head_path, read_head
 from broker_proxy.audit.key_file import load_key
 from broker_proxy.audit.log import GENESIS_PREV, AuditLog
@@ -51,6 +51,47 @@ def recover_log(path: Path, key_path: Path, *,
     the head state had not reached yet (it lags the log by up to one flush after a crash).
     """
     key = load_key(key_path, create=False)
+    expected, head_problem = _expected(path, key, checkpoint)
+    if head_problem is None and _opens_whole(path, key_path, expected):
+        return Recovery(None, f"audit log {path} matches the chain last written: "
+                              "nothing to recover")
+    wanted = expected.count - 1 if expected is not None else -1
+    found = _found(path, key_path, wanted)
+    fields: dict[str, Any] = {"decision": None, "found_records": found.count,
+                              "found_last_hash": found.last_hash,
+                              "by": "broker-proxy audit recover"}
+    if expected is None:
+        reason = "head_unreadable"
+        message = f"the head state could not be used ({head_problem or 'none'}); the log holds " \
+                  f"{found.count} records"
+        skip_to = found.count
+    else:
+        fields |= {"expected_records": expected.count, "expected_last_hash": expected.last_hash}
+        skip_to = expected.count
+        reason, message = _loss(expected, found)
+    fields["reason"] = reason
+    fields["message"] = message
+    with AuditLog.open(path, key_path, check_head=False) as log:
+        record = log.append_gap(skip_to, **fields)
+    return Recovery(record, f"audit log {path}: {message}; recorded as audit_gap seq "
+                            f"{record['seq']}")
+
+
+@dataclass(frozen=True, slots=True)
+class _Found:
+    """What the log still holds: whether it exists, its records, the hash of the last one and
+    of record `wanted` (the last one written, per what was expected)."""
+
+    exists: bool
+    count: int
+    last_hash: str
+    wanted: int
+    wanted_hash: str | None
+
+
+def _expected(path: Path, key: bytes,
+              checkpoint: tuple[int, str] | None) -> tuple[Expected | None, str | None]:
+    """(what the writer had written, why the head state could not be used)."""
     head_problem = None
     try:
         head = read_head(head_path(path), key)
@@ -61,67 +102,50 @@ def recover_log(path: Path, key_path: Path, *,
         expected = Expected(head.count, head.last_hash, head_path(path).name)
     if checkpoint is not None and (expected is None or checkpoint[0] > expected.count):
         expected = Expected(checkpoint[0], checkpoint[1], "the newest signed checkpoint")
-    if head_problem is None:
-        try:
-            AuditLog.open(path, key_path).close()
-        except AuditTamperedError:
-            pass
-        except AuditWriteError:
-            pass  # the chain check below says what is wrong
-        else:
-            if expected is None or holds(path, key_path, expected.count, expected.last_hash):
-                return Recovery(None, f"audit log {path} matches the chain last written: "
-                                      "nothing to recover")
+    return expected, head_problem
+
+
+def _opens_whole(path: Path, key_path: Path, expected: Expected | None) -> bool:
+    """The log opens as its writer would and holds what was expected: nothing to recover."""
+    try:
+        AuditLog.open(path, key_path).close()
+    except AuditWriteError:  # refused as tampered, or unreadable: the chain check says why
+        return False
+    return expected is None or holds(path, key_path, expected.count, expected.last_hash)
+
+
+def _found(path: Path, key_path: Path, wanted: int) -> _Found:
+    """Check the chain still there as `audit verify` does; only its last line may be torn."""
+    if not path.exists():
+        return _Found(False, 0, GENESIS_PREV, wanted, None)
     found_hash: dict[int, str] = {}
-    wanted = expected.count - 1 if expected is not None else -1
 
     def observe(seq: int, digest: str) -> None:
         if seq == wanted:
             found_hash[seq] = digest
 
-    exists = path.exists()
-    if exists:
-        result = verify_chain(path, key_path, observe)
-        broken = result.first_bad is not None and not (
-            result.first_bad[2] == _TORN and result.path == str(path))
-        if broken:
-            raise RecoverError(f"cannot recover {path}: its chain is broken before its end "
-                               f"({result.message}); recover only records a log cut short or "
-                               "replaced: keep this file as evidence and start a new log")
-        found_count, found_last = result.last_seq + 1, result.last_hash
-    else:
-        found_count, found_last = 0, GENESIS_PREV
-    fields: dict[str, Any] = {"decision": None, "found_records": found_count,
-                              "found_last_hash": found_last, "by": "broker-proxy audit recover"}
-    if expected is None:
-        reason = "head_unreadable"
-        message = f"the head state could not be used ({head_problem or 'none'}); the log holds " \
-                  f"{found_count} records"
-        skip_to = found_count
-    else:
-        fields |= {"expected_records": expected.count, "expected_last_hash": expected.last_hash}
-        skip_to = expected.count
-        if not exists:
-            reason = "missing"
-            message = f"the log was missing; records seq 0..{expected.count - 1} were lost"
-        elif found_count < expected.count:
-            reason = "cut"
-            message = (f"records seq {found_count}..{expected.count - 1} were lost (the log "
-                       f"ends {expected.count - found_count} record(s) before the chain "
+    result = verify_chain(path, key_path, observe)
+    broken = result.first_bad is not None and not (
+        result.first_bad[2] == _TORN and result.path == str(path))
+    if broken:
+        raise RecoverError(f"cannot recover {path}: its chain is broken before its end "
+                           f"({result.message}); recover only records a log cut short or "
+                           "replaced: keep this file as evidence and start a new log")
+    return _Found(True, result.last_seq + 1, result.last_hash, wanted, found_hash.get(wanted))
+
+
+def _loss(expected: Expected, found: _Found) -> tuple[str, str]:
+    """(reason, message) of the gap: what was lost against what was expected."""
+    if not found.exists:
+        return "missing", f"the log was missing; records seq 0..{expected.count - 1} were lost"
+    if found.count < expected.count:
+        return "cut", (f"records seq {found.count}..{expected.count - 1} were lost (the log "
+                       f"ends {expected.count - found.count} record(s) before the chain "
                        f"last written, per {expected.source})")
-        elif found_hash.get(wanted) != expected.last_hash:
-            reason = "differs"
-            message = (f"record seq {wanted} differs from the one last written (per "
-                       f"{expected.source}): the log's end was rewritten")
-        else:
-            reason = "replaced"
-            message = "the log file was replaced by another holding the same records"
-    fields["reason"] = reason
-    fields["message"] = message
-    with AuditLog.open(path, key_path, check_head=False) as log:
-        record = log.append_gap(skip_to, **fields)
-    return Recovery(record, f"audit log {path}: {message}; recorded as audit_gap seq "
-                            f"{record['seq']}")
+    if found.wanted_hash != expected.last_hash:
+        return "differs", (f"record seq {found.wanted} differs from the one last written (per "
+                           f"{expected.source}): the log's end was rewritten")
+    return "replaced", "the log file was replaced by another holding the same records"
 
 
 def holds(path: Path, key_path: Path, count: int, last_hash: str) -> bool:

@@ -93,9 +93,21 @@ def held_outcomes(held: dict[str, Any]) -> str:
 
 
 def render_html(report: dict[str, Any]) -> str:
+    out = _html_heading(report)
+    out += _html_overview(report)
+    out.append(f"<h2>Grants ({len(report['grants'])})</h2>")
+    for grant in report["grants"]:
+        out += _html_grant(grant)
+    out += _html_integrity(report["integrity"])
+    out.append("</body></html>")
+    return "\n".join(out) + "\n"
+
+
+def _html_heading(report: dict[str, Any]) -> list[str]:
+    """The document head and the integrity banner: the verdict comes first, as in every format."""
     integrity = report["integrity"]
     banner_class = "ok" if integrity["ok"] else "bad"
-    out = [
+    return [
         # The verdict is on the file's first line, as in every format.
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         f"<title>{_e(integrity['headline'])}</title>",
@@ -111,11 +123,15 @@ def render_html(report: dict[str, Any]) -> str:
         + _e(", ".join(f"{k}={v}" for k, v in report["scope"].items() if v is not None)
              or "everything") + "</p>",
     ]
+
+
+def _html_overview(report: dict[str, Any]) -> list[str]:
+    """Charts, per agent and per secret, LLM use, anomalies and refusals over all grants."""
     daily = [(row["day"], row["uses"]) for row in report["daily"]]
     refusals = [(row["reason"], row["count"]) for row in report["refusals"]]
-    out.append('<div class="charts">'
-               + bar_chart("Secret uses per day", daily, "#2563eb")
-               + bar_chart("Refusals per reason", refusals, "#dc2626") + "</div>")
+    out = ['<div class="charts">'
+           + bar_chart("Secret uses per day", daily, "#2563eb")
+           + bar_chart("Refusals per reason", refusals, "#dc2626") + "</div>"]
     out.append("<h2>Per agent</h2>")
     out.append(_table(["agent", "grants", "uses", "refusals", "scrubbed", "revoked"],
                       [[r["agent"], r["grants"], r["uses"], r["refusals"], r["scrubbed"],
@@ -135,60 +151,66 @@ def render_html(report: dict[str, Any]) -> str:
                       [[r["reason"], r["count"],
                         ", ".join(f"{d['target']} x{d['count']}" for d in r["destinations"])]
                        for r in report["refusals"]], empty="no refusals"))
-    out.append(f"<h2>Grants ({len(report['grants'])})</h2>")
-    for grant in report["grants"]:
-        out.append(f"<h3>{_e(grant['id'])} &middot; {_e(grant['agent'])} &middot; "
-                   f"{_e(grant['task'])}</h3>")
-        approval = grant["approval"] or {}
-        revoked = grant["revoked"] or {}
-        out.append(_table(
-            ["issued", "by", "secrets", "expires", "max uses", "uses", "left", "approval",
-             "revoked"],
-            [[grant["issued_at"], grant["issued_by"], " ".join(grant["secrets"]),
-              grant["expires_at"], grant["max_uses"], grant["uses"], grant["uses_left"],
-              _approval_shown(approval) if approval else None,
-              (f"{revoked.get('at')} by {revoked.get('by')} ({revoked.get('reason')})")
-              if revoked else None]]))
-        out.append(_table(["secret", "method", "destination", "count", "first", "last",
-                           "statuses"],
-                          [[u["secret"], u["method"],
-                            f"{u['scheme']}://{u['host']}:{u['port']}{u['path']}",
-                            u["count"], u["first"], u["last"],
-                            statuses_shown(u["statuses"])]
-                           for u in grant["uses_by_target"]], empty="no secret used"))
-        out += _llm_grant(grant.get("llm"))
-        if rows := action_rows(grant.get("actions")):
-            out.append(_table(["protocol", "action", "name", "uses", "refused"],
-                              [list(row) for row in rows]))
-        if grant["held_requests"]["count"]:
-            out.append(f"<p>Held for approval: {grant['held_requests']['count']} ("
-                       + _e(held_outcomes(grant["held_requests"])) + ")</p>")
-            out.append(_table(["held", "request", "secrets", "outcome", "choice", "by",
-                               "waited s", "reason"],
-                              [[h["held_at"], f"{h['method']} {h['target']}{h['path']}",
-                                " ".join(h["secrets"]), h["outcome"], h["choice"], h["by"],
-                                h["waited_seconds"], h["reason"]]
-                               for h in grant["held_requests"]["items"]]))
-        if grant["refusals"] or grant["scrubbed"]["responses"] or grant["withheld"]:
-            out.append(_table(["refused", "count", "destinations"],
-                              [[r["reason"], r["count"],
-                                ", ".join(f"{d['target']} x{d['count']}"
-                                          for d in r["destinations"])]
-                               for r in grant["refusals"]]))
-            out.append(f"<p>Scrubbed responses: {grant['scrubbed']['responses']} "
-                       f"({grant['scrubbed']['occurrences']} occurrences); withheld answers: "
-                       f"{grant['withheld']}</p>")
-    chains = integrity["chains"]
-    out.append("<h2>Integrity</h2>")
-    out.append(_table(["log", "verifies", "records", "files", "torn lines recovered", "problem"],
-                      [[c["log"], c["ok"], c["records"], len(c["files"]),
-                        c["torn_lines_recovered"], c["problem"]] for c in chains]))
+    return out
+
+
+def _html_grant(grant: dict[str, Any]) -> list[str]:
+    """One grant: its issue and end, its uses, LLM use, actions, held requests, refusals."""
+    out = [f"<h3>{_e(grant['id'])} &middot; {_e(grant['agent'])} &middot; "
+           f"{_e(grant['task'])}</h3>"]
+    approval = grant["approval"] or {}
+    revoked = grant["revoked"] or {}
+    out.append(_table(
+        ["issued", "by", "secrets", "expires", "max uses", "uses", "left", "approval",
+         "revoked"],
+        [[grant["issued_at"], grant["issued_by"], " ".join(grant["secrets"]),
+          grant["expires_at"], grant["max_uses"], grant["uses"], grant["uses_left"],
+          _approval_shown(approval) if approval else None,
+          (f"{revoked.get('at')} by {revoked.get('by')} ({revoked.get('reason')})")
+          if revoked else None]]))
+    out.append(_table(["secret", "method", "destination", "count", "first", "last",
+                       "statuses"],
+                      [[u["secret"], u["method"],
+                        f"{u['scheme']}://{u['host']}:{u['port']}{u['path']}",
+                        u["count"], u["first"], u["last"],
+                        statuses_shown(u["statuses"])]
+                       for u in grant["uses_by_target"]], empty="no secret used"))
+    out += _llm_grant(grant.get("llm"))
+    if rows := action_rows(grant.get("actions")):
+        out.append(_table(["protocol", "action", "name", "uses", "refused"],
+                          [list(row) for row in rows]))
+    if grant["held_requests"]["count"]:
+        out.append(f"<p>Held for approval: {grant['held_requests']['count']} ("
+                   + _e(held_outcomes(grant["held_requests"])) + ")</p>")
+        out.append(_table(["held", "request", "secrets", "outcome", "choice", "by",
+                           "waited s", "reason"],
+                          [[h["held_at"], f"{h['method']} {h['target']}{h['path']}",
+                            " ".join(h["secrets"]), h["outcome"], h["choice"], h["by"],
+                            h["waited_seconds"], h["reason"]]
+                           for h in grant["held_requests"]["items"]]))
+    if grant["refusals"] or grant["scrubbed"]["responses"] or grant["withheld"]:
+        out.append(_table(["refused", "count", "destinations"],
+                          [[r["reason"], r["count"],
+                            ", ".join(f"{d['target']} x{d['count']}"
+                                      for d in r["destinations"])]
+                           for r in grant["refusals"]]))
+        out.append(f"<p>Scrubbed responses: {grant['scrubbed']['responses']} "
+                   f"({grant['scrubbed']['occurrences']} occurrences); withheld answers: "
+                   f"{grant['withheld']}</p>")
+    return out
+
+
+def _html_integrity(integrity: dict[str, Any]) -> list[str]:
+    """Each chain's verdict and the signed checkpoints, at the end as the details."""
+    out = ["<h2>Integrity</h2>",
+           _table(["log", "verifies", "records", "files", "torn lines recovered", "problem"],
+                  [[c["log"], c["ok"], c["records"], len(c["files"]),
+                    c["torn_lines_recovered"], c["problem"]] for c in integrity["chains"]])]
     if integrity["checkpoints"]:
         cp = integrity["checkpoints"]
         out.append(f"<p>Signed checkpoints: {cp['count']} in {_e(cp['file'])}, key "
                    f"<code>{_e(cp['key'])}</code>; {_e(cp['problem'] or 'all match')}</p>")
-    out.append("</body></html>")
-    return "\n".join(out) + "\n"
+    return out
 
 
 def _limits(limited: dict[str, int]) -> str:

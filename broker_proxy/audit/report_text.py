@@ -45,6 +45,17 @@ def _csv_detail(**values: object) -> str:
 
 
 def render_text(report: dict[str, Any]) -> str:
+    out = _heading_text(report)
+    out.append(f"GRANTS ({len(report['grants'])})")
+    for grant in report["grants"]:
+        out += _grant_text(grant)
+    out += _totals_text(report)
+    out += _llm_summary(report["summary"])
+    return "\n".join(out) + "\n"
+
+
+def _heading_text(report: dict[str, Any]) -> list[str]:
+    """The integrity headline first, then what the report covers."""
     integrity = report["integrity"]
     out = [integrity["headline"], f"re-verify: {integrity['reverify']}", ""]
     scope = {k: v for k, v in report["scope"].items() if v is not None}
@@ -53,60 +64,73 @@ def render_text(report: dict[str, Any]) -> str:
                + (", " + ", ".join(f"{k}={_shown(v)}" for k, v in scope.items()) if scope else ""))
     out.append(f"period: {_shown(report['period']['first'])} .. {_shown(report['period']['last'])}")
     out.append("")
-    out.append(f"GRANTS ({len(report['grants'])})")
-    for grant in report["grants"]:
-        out.append(f"grant {grant['id']}  agent={_shown(grant['agent'])}  "
-                   f"task={_shown(grant['task'])}")
-        out.append(f"  issued {_shown(grant['issued_at'])} by {_shown(grant['issued_by'])}; "
-                   f"secrets {','.join(map(_shown, grant['secrets'])) or '-'}; "
-                   f"expires {_shown(grant['expires_at'])}; max uses {_shown(grant['max_uses'])}")
-        approval = grant["approval"]
-        if approval:
-            out.append(f"  approval: {_shown(approval['decision'] or 'pending')} by "
-                       f"{_shown(approval['by'])} at {_shown(approval['at'])} "
-                       f"(waited {_shown(approval['waited_seconds'])} s)")
-        held = grant["held_requests"]
-        if held["count"]:
-            outcomes = ", ".join(f"{k} {v}" for k, v in held["outcomes"].items())
-            out.append(f"  held for approval: {held['count']} ({outcomes or 'none decided'})")
-            for item in held["items"]:
-                out.append(f"    {_shown(item['held_at'])} {_shown(item['method'])} "
-                           f"{_shown(item['target'])}{_shown(item['path'])} "
-                           f"[{','.join(map(_shown, item['secrets']))}]: "
-                           f"{_shown(item['outcome'])} ({_shown(item['choice'])}) by "
-                           f"{_shown(item['by'])} after {_shown(item['waited_seconds'])} s"
-                           + (f"; {_shown(item['reason'])}" if item["reason"] else ""))
-        out.append(f"  uses: {grant['uses']} (left {_shown(grant['uses_left'])}); "
-                   f"requests without a secret: {grant['requests_without_secret']}")
-        if grant["uses_by_target"]:
-            out += ["  " + line for line in _aligned(
-                # the destination last: a long path does not push the other columns away
-                ["secret", "count", "first", "last", "statuses", "method", "destination"],
-                [[use["secret"], use["count"], use["first"], use["last"],
-                  _statuses(use["statuses"]), use["method"],
-                  f"{use['scheme']}://{use['host']}:{use['port']}{use['path']}"]
-                 for use in grant["uses_by_target"]])]
-        for refusal in grant["refusals"]:
-            targets = ", ".join(f"{_shown(d['target'])} x{d['count']}"
-                                for d in refusal["destinations"])
-            out.append(f"  refused {refusal['reason']} x{refusal['count']}: {targets}")
-        out += _llm_lines(grant.get("llm"))
-        if rows := action_rows(grant.get("actions")):
-            out += ["  " + line for line in _aligned(
-                ["protocol", "action", "uses", "refused", "name"],
-                [[protocol, action, uses, refused, _shown(name)]
-                 for protocol, action, name, uses, refused in rows])]
-        scrubbed = grant["scrubbed"]
-        if scrubbed["responses"] or grant["withheld"]:
-            out.append(f"  scrubbed: {scrubbed['responses']} response(s), "
-                       f"{scrubbed['occurrences']} occurrence(s); withheld: {grant['withheld']}")
-        if grant["revoked"]:
-            revoked = grant["revoked"]
-            out.append(f"  revoked {_shown(revoked['at'])} by {_shown(revoked['by'])} "
-                       f"({_shown(revoked['reason'])})")
-        if grant["expired_at"]:
-            out.append(f"  expired {_shown(grant['expired_at'])}")
-    out += ["", f"REFUSALS ({sum(r['count'] for r in report['refusals'])})"]
+    return out
+
+
+def _grant_text(grant: dict[str, Any]) -> list[str]:
+    """One grant: who asked, who allowed it, what it was used for, what it was refused."""
+    out = [f"grant {grant['id']}  agent={_shown(grant['agent'])}  task={_shown(grant['task'])}",
+           f"  issued {_shown(grant['issued_at'])} by {_shown(grant['issued_by'])}; "
+           f"secrets {','.join(map(_shown, grant['secrets'])) or '-'}; "
+           f"expires {_shown(grant['expires_at'])}; max uses {_shown(grant['max_uses'])}"]
+    approval = grant["approval"]
+    if approval:
+        out.append(f"  approval: {_shown(approval['decision'] or 'pending')} by "
+                   f"{_shown(approval['by'])} at {_shown(approval['at'])} "
+                   f"(waited {_shown(approval['waited_seconds'])} s)")
+    out += _held_text(grant["held_requests"])
+    out.append(f"  uses: {grant['uses']} (left {_shown(grant['uses_left'])}); "
+               f"requests without a secret: {grant['requests_without_secret']}")
+    if grant["uses_by_target"]:
+        out += ["  " + line for line in _aligned(
+            # the destination last: a long path does not push the other columns away
+            ["secret", "count", "first", "last", "statuses", "method", "destination"],
+            [[use["secret"], use["count"], use["first"], use["last"],
+              _statuses(use["statuses"]), use["method"],
+              f"{use['scheme']}://{use['host']}:{use['port']}{use['path']}"]
+             for use in grant["uses_by_target"]])]
+    for refusal in grant["refusals"]:
+        targets = ", ".join(f"{_shown(d['target'])} x{d['count']}"
+                            for d in refusal["destinations"])
+        out.append(f"  refused {refusal['reason']} x{refusal['count']}: {targets}")
+    out += _llm_lines(grant.get("llm"))
+    if rows := action_rows(grant.get("actions")):
+        out += ["  " + line for line in _aligned(
+            ["protocol", "action", "uses", "refused", "name"],
+            [[protocol, action, uses, refused, _shown(name)]
+             for protocol, action, name, uses, refused in rows])]
+    scrubbed = grant["scrubbed"]
+    if scrubbed["responses"] or grant["withheld"]:
+        out.append(f"  scrubbed: {scrubbed['responses']} response(s), "
+                   f"{scrubbed['occurrences']} occurrence(s); withheld: {grant['withheld']}")
+    if grant["revoked"]:
+        revoked = grant["revoked"]
+        out.append(f"  revoked {_shown(revoked['at'])} by {_shown(revoked['by'])} "
+                   f"({_shown(revoked['reason'])})")
+    if grant["expired_at"]:
+        out.append(f"  expired {_shown(grant['expired_at'])}")
+    return out
+
+
+def _held_text(held: dict[str, Any]) -> list[str]:
+    """The grant's requests that waited for a person, and what became of each."""
+    if not held["count"]:
+        return []
+    outcomes = ", ".join(f"{k} {v}" for k, v in held["outcomes"].items())
+    out = [f"  held for approval: {held['count']} ({outcomes or 'none decided'})"]
+    for item in held["items"]:
+        out.append(f"    {_shown(item['held_at'])} {_shown(item['method'])} "
+                   f"{_shown(item['target'])}{_shown(item['path'])} "
+                   f"[{','.join(map(_shown, item['secrets']))}]: "
+                   f"{_shown(item['outcome'])} ({_shown(item['choice'])}) by "
+                   f"{_shown(item['by'])} after {_shown(item['waited_seconds'])} s"
+                   + (f"; {_shown(item['reason'])}" if item["reason"] else ""))
+    return out
+
+
+def _totals_text(report: dict[str, Any]) -> list[str]:
+    """Refusals, anomalies and policy changes over all grants; per agent and per secret."""
+    out = ["", f"REFUSALS ({sum(r['count'] for r in report['refusals'])})"]
     for refusal in report["refusals"]:
         targets = ", ".join(f"{_shown(d['target'])} x{d['count']}"
                             for d in refusal["destinations"])
@@ -129,8 +153,7 @@ def render_text(report: dict[str, Any]) -> str:
                     [[row["secret"], row["grants"], row["uses"],
                       " ".join(map(_shown, row["destinations"])) or "-"]
                      for row in report["summary"]["secrets"]])
-    out += _llm_summary(report["summary"])
-    return "\n".join(out) + "\n"
+    return out
 
 
 def _limits(limited: dict[str, int]) -> str:
@@ -192,55 +215,72 @@ def render_csv(report: dict[str, Any]) -> str:
     writer.writeheader()
     for grant in report["grants"]:
         base = {"grant": grant["id"], "agent": grant["agent"], "task": grant["task"]}
-        writer.writerow({**base, "section": "grant", "secret": " ".join(grant["secrets"]),
-                         "count": grant["uses"], "first": grant["issued_at"],
-                         "detail": _csv_detail(issued_by=grant["issued_by"],
-                                               max_uses=grant["max_uses"],
-                                               uses_left=grant["uses_left"])})
-        if grant["approval"]:
-            approval = grant["approval"]
-            writer.writerow({**base, "section": "approval", "reason": approval["decision"],
-                             "first": approval["at"],
-                             "detail": _csv_detail(by=approval["by"],
-                                                   waited=approval["waited_seconds"])})
-        for item in grant["held_requests"]["items"]:
-            host, _, port = item["target"].partition("://")[2].rpartition(":")
-            writer.writerow({**base, "section": "held", "secret": " ".join(item["secrets"]),
-                             "method": item["method"], "host": host, "port": port,
-                             "path": item["path"], "reason": item["outcome"],
-                             "first": item["held_at"], "last": item["decided_at"],
-                             "detail": _csv_detail(hold=item["hold"], choice=item["choice"],
-                                                   by=item["by"],
-                                                   waited=item["waited_seconds"])})
-        for use in grant["uses_by_target"]:
-            writer.writerow({**base, "section": "use", "secret": use["secret"],
-                             "method": use["method"], "scheme": use["scheme"],
-                             "host": use["host"], "port": use["port"], "path": use["path"],
-                             "count": use["count"], "first": use["first"], "last": use["last"],
-                             "detail": _statuses(use["statuses"]).replace(",", "")})
-        for refusal in grant["refusals"]:
-            for destination in refusal["destinations"]:
-                host, _, port = destination["target"].rpartition(":")
-                writer.writerow({**base, "section": "refusal", "reason": refusal["reason"],
-                                 "host": host, "port": port, "count": destination["count"]})
-        if grant["scrubbed"]["responses"]:
-            writer.writerow({**base, "section": "scrubbed",
-                             "count": grant["scrubbed"]["responses"],
-                             "detail": f"occurrences={grant['scrubbed']['occurrences']}"})
-        if grant["withheld"]:
-            writer.writerow({**base, "section": "withheld", "count": grant["withheld"]})
-        for row in (grant.get("llm") or {}).get("by_model", ()):
-            # The model goes in `detail`: the columns are a contract, a new one would break it.
-            writer.writerow({**base, "section": "llm", "count": row["requests"],
-                             "detail": f"model={row['model'] or '-'} " + _llm_detail(row)})
-        for protocol, action, name, uses, refused in action_rows(grant.get("actions")):
-            # The action in `method`, the name in `path`'s place would mislead: it goes in detail.
-            writer.writerow({**base, "section": protocol, "method": action, "count": uses,
-                             "detail": _csv_detail(name=name, refused=refused)})
-        if grant["revoked"]:
-            writer.writerow({**base, "section": "revoked", "reason": grant["revoked"]["reason"],
-                             "first": grant["revoked"]["at"],
-                             "detail": _csv_detail(by=grant["revoked"]["by"])})
+        _grant_rows(writer, base, grant)
+        _grant_outcome_rows(writer, base, grant)
+    _total_rows(writer, report)
+    return buffer.getvalue()
+
+
+def _grant_rows(writer: _SafeWriter, base: dict[str, object], grant: dict[str, Any]) -> None:
+    """The grant, its approval, its held requests, its uses and its refusals."""
+    writer.writerow({**base, "section": "grant", "secret": " ".join(grant["secrets"]),
+                     "count": grant["uses"], "first": grant["issued_at"],
+                     "detail": _csv_detail(issued_by=grant["issued_by"],
+                                           max_uses=grant["max_uses"],
+                                           uses_left=grant["uses_left"])})
+    if grant["approval"]:
+        approval = grant["approval"]
+        writer.writerow({**base, "section": "approval", "reason": approval["decision"],
+                         "first": approval["at"],
+                         "detail": _csv_detail(by=approval["by"],
+                                               waited=approval["waited_seconds"])})
+    for item in grant["held_requests"]["items"]:
+        host, _, port = item["target"].partition("://")[2].rpartition(":")
+        writer.writerow({**base, "section": "held", "secret": " ".join(item["secrets"]),
+                         "method": item["method"], "host": host, "port": port,
+                         "path": item["path"], "reason": item["outcome"],
+                         "first": item["held_at"], "last": item["decided_at"],
+                         "detail": _csv_detail(hold=item["hold"], choice=item["choice"],
+                                               by=item["by"],
+                                               waited=item["waited_seconds"])})
+    for use in grant["uses_by_target"]:
+        writer.writerow({**base, "section": "use", "secret": use["secret"],
+                         "method": use["method"], "scheme": use["scheme"],
+                         "host": use["host"], "port": use["port"], "path": use["path"],
+                         "count": use["count"], "first": use["first"], "last": use["last"],
+                         "detail": _statuses(use["statuses"]).replace(",", "")})
+    for refusal in grant["refusals"]:
+        for destination in refusal["destinations"]:
+            host, _, port = destination["target"].rpartition(":")
+            writer.writerow({**base, "section": "refusal", "reason": refusal["reason"],
+                             "host": host, "port": port, "count": destination["count"]})
+
+
+def _grant_outcome_rows(writer: _SafeWriter, base: dict[str, object],
+                        grant: dict[str, Any]) -> None:
+    """What the grant's answers needed (scrubbed, withheld), its LLM use, actions, revocation."""
+    if grant["scrubbed"]["responses"]:
+        writer.writerow({**base, "section": "scrubbed",
+                         "count": grant["scrubbed"]["responses"],
+                         "detail": f"occurrences={grant['scrubbed']['occurrences']}"})
+    if grant["withheld"]:
+        writer.writerow({**base, "section": "withheld", "count": grant["withheld"]})
+    for row in (grant.get("llm") or {}).get("by_model", ()):
+        # The model goes in `detail`: the columns are a contract, a new one would break it.
+        writer.writerow({**base, "section": "llm", "count": row["requests"],
+                         "detail": f"model={row['model'] or '-'} " + _llm_detail(row)})
+    for protocol, action, name, uses, refused in action_rows(grant.get("actions")):
+        # The action in `method`, the name in `path`'s place would mislead: it goes in detail.
+        writer.writerow({**base, "section": protocol, "method": action, "count": uses,
+                         "detail": _csv_detail(name=name, refused=refused)})
+    if grant["revoked"]:
+        writer.writerow({**base, "section": "revoked", "reason": grant["revoked"]["reason"],
+                         "first": grant["revoked"]["at"],
+                         "detail": _csv_detail(by=grant["revoked"]["by"])})
+
+
+def _total_rows(writer: _SafeWriter, report: dict[str, Any]) -> None:
+    """Refusals and anomalies over all grants; per agent, LLM use, per secret."""
     for refusal in report["refusals"]:
         writer.writerow({"section": "refusals_total", "reason": refusal["reason"],
                          "count": refusal["count"]})
@@ -267,7 +307,6 @@ def render_csv(report: dict[str, Any]) -> str:
         writer.writerow({"section": "secret", "secret": row["secret"], "count": row["uses"],
                          "detail": f"grants={row['grants']} destinations="
                                    + " ".join(row["destinations"])})
-    return buffer.getvalue()
 
 
 def _csv_line(cells: list[str]) -> str:
