@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from broker_proxy.decision.outbound import Denied, Verdict
+from broker_proxy.decision.outbound import Denied, OutboundRequest, Verdict
 from broker_proxy.policy.loader import PolicyError, load_policy
 from broker_proxy.policy.model import Policy
 from broker_proxy.policy_tools.cases import Expectation, TestCase, TestFile
@@ -66,7 +66,7 @@ def _run_case(harness: DecisionHarness, policy: Policy, path: Path,
     return CaseResult(path, case, got == case.expect, str(got), detail)
 
 
-def _request(case: TestCase, grant: TestGrant, policy: Policy):
+def _request(case: TestCase, grant: TestGrant, policy: Policy) -> OutboundRequest:
     placeholder = ""
     if case.secret is not None:
         placeholder = grant.placeholders.get(case.secret) or _policy_placeholder(
