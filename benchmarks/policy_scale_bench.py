@@ -78,7 +78,8 @@ def base_policy(stack: Stack) -> str:
 def digest_in_force(stack: Stack) -> str | None:
     try:
         ready = requests.get(stack.proxy.admin_url + "/readyz", timeout=30)
-        return ready.json()["checks"]["policy"]["digest"]
+        digest: str | None = ready.json()["checks"]["policy"]["digest"]  # /readyz's JSON
+        return digest
     except (requests.RequestException, ValueError, KeyError):
         return None
 

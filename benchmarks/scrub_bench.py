@@ -48,7 +48,7 @@ from broker_proxy.devtools.echo_server import EchoServer
 from broker_proxy.devtools.local_pki import write_pki
 from broker_proxy.scrubbing.content_decoding import DecodeLimits, StreamDecoder
 from broker_proxy.scrubbing.scrubber import Scrubber
-from tests.conftest import API_HOST, HOSTS, Upstreams, start_stack
+from tests.conftest import API_HOST, HOSTS, Stack, Upstreams, start_stack
 from tests.reflect_upstream import ReflectServer
 
 PLACEHOLDER = "{{secret:api_key}}"
@@ -135,13 +135,14 @@ class RssSampler:
         self._thread.join()
 
 
-def download(stack, token: str, size: int, with_secret: bool) -> tuple[float, int, int]:
+def download(stack: Stack, token: str, size: int, with_secret: bool) -> tuple[float, int, int]:
     context = ssl.create_default_context(cafile=str(stack.proxy.ca_path))
     url = f"https://{API_HOST}:{stack.upstreams.api.port}/v1/big"
     params = {"size": size, "length": 1, "secret": int(with_secret)}
     headers = {"X-Reflect": PLACEHOLDER} if with_secret else {}
     received = 0
     placeholders = 0
+    assert stack.proxy.process is not None
     with RssSampler(stack.proxy.process.pid) as rss, httpx.Client(
             proxy=stack.proxy.proxy_url(token, "bot"), verify=context, timeout=120) as client:
         started = time.perf_counter()

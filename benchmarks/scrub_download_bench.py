@@ -61,7 +61,7 @@ from benchmarks.proc_stats import cpu_seconds, memory_kib
 from benchmarks.scrub_bench import RssSampler
 from broker_proxy.devtools.echo_server import EchoServer
 from broker_proxy.devtools.local_pki import write_pki
-from tests.conftest import API_HOST, HOSTS, Upstreams, start_stack
+from tests.conftest import API_HOST, HOSTS, Stack, Upstreams, start_stack
 from tests.security.raw_proxy import open_tunnel
 
 BLOCK = 64 * 1024
@@ -224,7 +224,7 @@ class BulkServer:
         self._server.server_close()
 
 
-def _curl_download(stack, token: str, size: int, packed: bool) -> float:
+def _curl_download(stack: Stack, token: str, size: int, packed: bool) -> float:
     """The download by curl, its own process, body to /dev/null (not decoded by curl)."""
     url = (f"https://{API_HOST}:{stack.upstreams.api.port}/v1/big?size={size}"
            f"&gzip={int(packed)}")
@@ -241,7 +241,7 @@ def _curl_download(stack, token: str, size: int, packed: bool) -> float:
     return size / elapsed / 1e6
 
 
-def _download(stack, token: str, size: int, packed: bool) -> float:
+def _download(stack: Stack, token: str, size: int, packed: bool) -> float:
     context = ssl.create_default_context(cafile=str(stack.proxy.ca_path))
     url = f"https://{API_HOST}:{stack.upstreams.api.port}/v1/big"
     received = 0
@@ -261,7 +261,7 @@ def _download(stack, token: str, size: int, packed: bool) -> float:
     return size / elapsed / 1e6
 
 
-def _sse_delays(stack, token: str, events: int) -> list[float]:
+def _sse_delays(stack: Stack, token: str, events: int) -> list[float]:
     context = ssl.create_default_context(cafile=str(stack.proxy.ca_path))
     url = f"https://{API_HOST}:{stack.upstreams.api.port}/v1/sse"
     delays: list[float] = []
@@ -280,7 +280,7 @@ def _sse_delays(stack, token: str, events: int) -> list[float]:
     return delays[10:]  # the first events ride on the connection's start
 
 
-def _ws_delays(stack, token: str, messages: int) -> list[float]:
+def _ws_delays(stack: Stack, token: str, messages: int) -> list[float]:
     port = stack.upstreams.api.port
     delays: list[float] = []
     with open_tunnel(stack, token, API_HOST, port) as tls:
@@ -320,9 +320,10 @@ def _rounds(cases: dict[str, Callable[[], float]], rounds: int,
     return results
 
 
-def _downloads(stack, grants: dict[str, str], size_mib: int, rounds: int,
+def _downloads(stack: Stack, grants: dict[str, str], size_mib: int, rounds: int,
                client: str) -> None:
     size = size_mib << 20
+    assert stack.proxy.process is not None
     pid = stack.proxy.process.pid
     at_rest = memory_kib(pid, "VmRSS")
 
@@ -401,8 +402,9 @@ def main() -> None:
                       "20 secrets": stack.issue(*SECRETS).token}
             for size_mib in args.size_mib:
                 _downloads(stack, grants, size_mib, args.rounds, args.client)
-            streams = {"SSE": lambda token: _sse_delays(stack, token, args.events),
-                       "WebSocket": lambda token: _ws_delays(stack, token, args.messages)}
+            streams: dict[str, Callable[[str], list[float]]] = {
+                "SSE": lambda token: _sse_delays(stack, token, args.events),
+                "WebSocket": lambda token: _ws_delays(stack, token, args.messages)}
             for label, stream in streams.items():
                 pooled: dict[str, list[float]] = {"nothing": [], "1 secret": []}
                 for _ in range(2):  # alternating, pooled

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 from prometheus_client import values as metric_values
@@ -215,9 +216,9 @@ def _serve(host: str, port: int, registry: CollectorRegistry) -> int:
     prometheus_client's own server answers HEAD with 405, which breaks probes and load
     balancers that check an endpoint with HEAD.
     """
-    app = make_wsgi_app(registry)
+    app: WSGIApplication = make_wsgi_app(registry)  # annotated as a bare Callable upstream
 
-    def metrics_app(environ: dict, start_response: Callable) -> Iterable[bytes]:
+    def metrics_app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         if environ.get("REQUEST_METHOD") == "HEAD":
             list(app(dict(environ, REQUEST_METHOD="GET"), start_response))
             return [b""]

@@ -120,7 +120,7 @@ class SigninGuard:
             self._write_record(source, surface, 1)
         if failures <= FREE_FAILURES:
             return 0.0
-        return min(FIRST_DELAY * 2 ** (failures - FREE_FAILURES - 1), MAX_DELAY)
+        return min(FIRST_DELAY * 2.0 ** (failures - FREE_FAILURES - 1), MAX_DELAY)
 
     def _write_record(self, source: str, surface: str, count: int) -> None:
         try:

@@ -123,7 +123,8 @@ class DurabilityWaiter[Item, Outcome]:
                 except BaseException as error:  # handed to the waiter, which fails closed
                     settled.append((future, None, error))
             self._note(time.perf_counter() - started)
-            by_loop: dict[asyncio.AbstractEventLoop, list] = {}
+            by_loop: dict[asyncio.AbstractEventLoop, list[
+                tuple[asyncio.Future[Outcome], Outcome | None, BaseException | None]]] = {}
             for entry in settled:
                 by_loop.setdefault(entry[0].get_loop(), []).append(entry)
             for loop, entries in by_loop.items():

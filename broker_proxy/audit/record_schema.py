@@ -30,7 +30,8 @@ _PY_TYPES: dict[str, tuple[type, ...]] = {
 def load_schema(name: str) -> dict[str, Any]:
     """A schema shipped in the package (broker_proxy/audit/schemas/NAME)."""
     text = resources.files("broker_proxy.audit").joinpath("schemas", name).read_text()
-    return json.loads(text)
+    schema: dict[str, Any] = json.loads(text)  # every shipped schema is a JSON object
+    return schema
 
 
 def _compile(spec: dict[str, Any]) -> Callable[[object], bool]:

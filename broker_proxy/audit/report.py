@@ -90,6 +90,17 @@ def _parse_ts(ts: str) -> datetime | None:
         return None
 
 
+# A use's group: (secret names, scheme, host, port, method, path template or path).
+_UseKey = tuple[tuple[str, ...], str | None, str | None, int | None, str | None, str | None]
+
+
+@dataclass(slots=True)
+class _Minute:  # one active minute of a grant: how many uses, the first and the last
+    count: int
+    first: str
+    last: str
+
+
 def _ref(record: dict[str, Any]) -> str:
     return f"{record.get(LOG_TAG, 'audit.log')}#{record['seq']}"
 
@@ -120,7 +131,7 @@ class _UseGroup:
     count: int = 0
     first: str | None = None
     last: str | None = None
-    statuses: Counter = field(default_factory=Counter)
+    statuses: Counter[str] = field(default_factory=Counter)
 
 
 @dataclass(slots=True)
@@ -143,15 +154,15 @@ class _GrantFacts:
     expired_at: str | None = None
     uses: int = 0
     passthrough: int = 0  # allowed requests that carried no secret
-    groups: dict[tuple, _UseGroup] = field(default_factory=dict)
-    refusals: dict[str, Counter] = field(default_factory=dict)  # reason -> destinations
+    groups: dict[_UseKey, _UseGroup] = field(default_factory=dict)
+    refusals: dict[str, Counter[str]] = field(default_factory=dict)  # reason -> destinations
     redactions: int = 0
     scrub_events: int = 0
     withheld: int = 0
-    minutes: dict[str, list] = field(default_factory=dict)  # minute -> [count, first, last]
+    minutes: dict[str, _Minute] = field(default_factory=dict)  # minute -> its uses
     last_use: tuple[str, str] | None = None  # (ts, ref) of the latest use, for pairing responses
     holds: dict[str, HeldItem] = field(default_factory=dict)  # the first EVIDENCE_LIMIT holds
-    hold_counts: Counter = field(default_factory=Counter)  # outcome -> held requests
+    hold_counts: Counter[str] = field(default_factory=Counter)  # outcome -> held requests
     llm: GrantLlm = field(default_factory=GrantLlm)  # tokens and cost by model
     actions: GrantActions = field(default_factory=GrantActions)  # MCP tools, GraphQL operations
 
@@ -169,9 +180,9 @@ class ReportBuilder:
         self._template = path_template
         self._grants: dict[str, _GrantFacts] = {}
         self._anomalies: dict[tuple[str, str, str], tuple[str, _Evidence]] = {}
-        self._refusals: dict[str, Counter] = {}
-        self._refusal_counts: Counter = Counter()
-        self._daily: dict[str, Counter] = {}
+        self._refusals: dict[str, Counter[str]] = {}
+        self._refusal_counts: Counter[str] = Counter()
+        self._daily: dict[str, Counter[str]] = {}
         self._policy_changes: list[dict[str, Any]] = []
         self._removed_by_policy: dict[str, str] = {}  # grant -> ts of the revocation
         self._records = 0
@@ -323,10 +334,10 @@ class ReportBuilder:
         facts.last_use = (ts, _ref(record))
         minute = facts.minutes.get(ts[:16])
         if minute is None:
-            facts.minutes[ts[:16]] = [1, _ref(record), _ref(record)]
+            facts.minutes[ts[:16]] = _Minute(1, _ref(record), _ref(record))
         else:
-            minute[0] += 1
-            minute[2] = _ref(record)
+            minute.count += 1
+            minute.last = _ref(record)
         removed = self._removed_by_policy.get(facts.grant_id)
         if removed is not None and ts >= removed:
             self._anomaly("use_after_policy_change", facts.grant_id, "",
@@ -374,7 +385,7 @@ class ReportBuilder:
             self._refusal_counts[code] += 1
             self._daily.setdefault((record.get("ts") or "")[:10], Counter())["refusals"] += 1
 
-    def _group_key(self, record: dict[str, Any]) -> tuple:
+    def _group_key(self, record: dict[str, Any]) -> _UseKey:
         names = tuple(record.get("secrets") or ())
         host, port, path = record.get("host"), record.get("port"), record.get("path")
         if self._template is not None:
@@ -458,8 +469,9 @@ class ReportBuilder:
         for facts in self._grants.values():
             if len(facts.minutes) < 2:
                 continue
-            total = sum(minute[0] for minute in facts.minutes.values())
-            for stamp, (count, first, last) in facts.minutes.items():
+            total = sum(minute.count for minute in facts.minutes.values())
+            for stamp, minute in facts.minutes.items():
+                count, first, last = minute.count, minute.first, minute.last
                 others = (total - count) / (len(facts.minutes) - 1)
                 if count >= BURST_MIN_USES and count >= BURST_FACTOR * max(others, 1.0):
                     slot = ("burst", facts.grant_id, stamp)
@@ -471,7 +483,7 @@ class ReportBuilder:
                         f"{others:.1f} a minute in its other active minutes", evidence)
 
     def _grant_dict(self, facts: _GrantFacts) -> dict[str, Any]:
-        uses = []
+        uses: list[dict[str, Any]] = []
         for (names, scheme, host, port, method, path), group in facts.groups.items():
             for name in names or ("",):
                 uses.append({"secret": name or None, "scheme": scheme, "host": host,
@@ -522,7 +534,7 @@ def build_report(records: Iterable[dict[str, Any]], scope: Scope | None = None,
     return builder.result()
 
 
-def _refusal_list(refusals: dict[str, Counter]) -> list[dict[str, Any]]:
+def _refusal_list(refusals: dict[str, Counter[str]]) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = [{"reason": reason, "count": sum(targets.values()),
              "destinations": [{"target": target, "count": count}
                               for target, count in sorted(targets.items(),

@@ -83,7 +83,7 @@ class GrantLlm:
             tally = self.models[key] = LlmTally()
         tally.add_record(record)
 
-    def as_dict(self, refusals: dict[str, Counter]) -> dict[str, Any] | None:
+    def as_dict(self, refusals: dict[str, Counter[str]]) -> dict[str, Any] | None:
         """The grant's `llm` member; None for a grant that neither used an LLM budget nor hit a
         limit."""
         limited = {reason: sum(refusals[reason].values())
@@ -100,7 +100,7 @@ class GrantLlm:
 
 def agent_llm(grants: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """LLM use per agent: the sum of its grants' `llm` members (agents without any left out)."""
-    rows: dict[str, tuple[LlmTally, Counter]] = {}
+    rows: dict[str, tuple[LlmTally, Counter[str]]] = {}
     for grant in grants:
         llm = grant.get("llm")
         if not llm:

@@ -326,7 +326,7 @@ def _cell(value: object) -> object:
 
 
 class _SafeWriter:
-    def __init__(self, writer: csv.DictWriter) -> None:
+    def __init__(self, writer: csv.DictWriter[str]) -> None:
         self._writer = writer
 
     def writeheader(self) -> None:

@@ -22,6 +22,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from broker_proxy.audit.files import chain_files, chains_in
 from broker_proxy.audit.log import (
@@ -204,7 +205,7 @@ def _line_mac_holds(key: bytes, line: bytes, mac: object) -> bool:
     return hmac.compare_digest(hmac.digest(key, body, "sha256").hex(), mac)
 
 
-def _as_record(line: bytes) -> dict | None:
+def _as_record(line: bytes) -> dict[str, Any] | None:
     try:
         record = json.loads(line)
     except ValueError:
@@ -213,7 +214,7 @@ def _as_record(line: bytes) -> dict | None:
 
 
 def _check_record(
-    key: bytes, line: bytes, record: dict, line_no: int, expected_seq: int, prev: str
+    key: bytes, line: bytes, record: dict[str, Any], line_no: int, expected_seq: int, prev: str
 ) -> None:
     seq = record.get("seq")
     shown_seq = seq if type(seq) is int else None

@@ -27,7 +27,7 @@ from broker_proxy.cli.errors import CliError
 FOLLOW_INTERVAL = 0.25  # seconds between looks at the log in --follow
 
 
-def register(commands: argparse._SubParsersAction) -> None:
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     audit = commands.add_parser("audit", help="check and read the audit log")
     sub = audit.add_subparsers(dest="audit_command", metavar="ACTION", required=True)
     verify = sub.add_parser(

@@ -27,7 +27,7 @@ REPORT_FORMATS = ("text", "json", "html", "csv")
 FOLLOW_INTERVAL = 0.25
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     report = sub.add_parser(
         "report", help="an access-review report: grants, approvals, uses, refusals, anomalies",
         description="Read audit logs (a file, a directory of rotated files or one chain per "

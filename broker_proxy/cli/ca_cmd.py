@@ -14,7 +14,7 @@ _CERTS_HELP = "CA directory (default: the home's one CA, <home>/certs unless run
     "elsewhere)"
 
 
-def register(commands: argparse._SubParsersAction) -> None:
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     ca = commands.add_parser("ca", help="where the proxy's CA certificate is")
     sub = ca.add_subparsers(dest="ca_command", metavar="ACTION", required=True)
     path = sub.add_parser("path", help="print the CA certificate's path (creates the CA if new)")

@@ -16,7 +16,7 @@ from broker_proxy.cli.common import actor_name, actor_of, default_actor, home_of
 from broker_proxy.cli.request_cmd import admin_call
 
 
-def register(commands: argparse._SubParsersAction) -> None:
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     console = commands.add_parser(
         "console", help="open the web console (one-time sign-in link)",
         description="Print a one-time sign-in link to the running proxy's web console (/ui/ on "

@@ -26,7 +26,7 @@ CA_VARIABLES = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE",
 LOOPBACK = ("localhost", "127.0.0.1", "::1")
 
 
-def register(commands: argparse._SubParsersAction) -> None:
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     env = commands.add_parser(
         "env", help="print the shell exports an agent needs",
         description="Check the grant token against this home's grant store and print the "

@@ -39,7 +39,7 @@ from broker_proxy.policy.loader import PolicyError
 from broker_proxy.time_source import utc_now
 
 
-def register(commands: argparse._SubParsersAction) -> None:
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     grant = commands.add_parser("grant", help="issue, inspect and end task grants")
     sub = grant.add_subparsers(dest="grant_command", metavar="ACTION", required=True)
 

@@ -15,7 +15,7 @@ from broker_proxy.cli.errors import CliError
 SCRIPT_MODULE = "broker_proxy.addons.broker"
 
 
-def register(commands: argparse._SubParsersAction) -> None:
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     command = commands.add_parser(
         "mitmdump-script", help="print the path of the mitmdump -s entry point",
         description="Print the path of the broker's mitmdump script, for setups that already run "

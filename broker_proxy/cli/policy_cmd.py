@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from broker_proxy.policy_tools.runner import CaseResult
 
 
-def register(commands: argparse._SubParsersAction) -> None:
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     policy = commands.add_parser(
         "policy", help="init, check, schema, explain, test, diff, replay: write, validate and "
         "test policies")
@@ -31,7 +31,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     _add_replay(sub)
 
 
-def _add_init(sub: argparse._SubParsersAction) -> None:
+def _add_init(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """`policy init`: write an example policy to edit."""
     init = sub.add_parser(
         "init",
@@ -48,7 +48,7 @@ def _add_init(sub: argparse._SubParsersAction) -> None:
     init.set_defaults(handler=init_policy)
 
 
-def _add_check(sub: argparse._SubParsersAction) -> None:
+def _add_check(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """`policy check`: errors, then warnings, of each file."""
     check = sub.add_parser(
         "check",
@@ -62,7 +62,7 @@ def _add_check(sub: argparse._SubParsersAction) -> None:
     check.set_defaults(handler=check_policies)
 
 
-def _add_explain(sub: argparse._SubParsersAction) -> None:
+def _add_explain(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """`policy explain`: what the policy would do with one request."""
     explain = sub.add_parser(
         "explain",
@@ -79,7 +79,7 @@ def _add_explain(sub: argparse._SubParsersAction) -> None:
     explain.set_defaults(handler=explain_request)
 
 
-def _add_test(sub: argparse._SubParsersAction) -> None:
+def _add_test(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """`policy test`: run *.policy-test.yaml cases through the decision code."""
     policy_test = sub.add_parser(
         "test",
@@ -98,7 +98,7 @@ def _add_test(sub: argparse._SubParsersAction) -> None:
     policy_test.set_defaults(handler=run_policy_tests)
 
 
-def _add_diff(sub: argparse._SubParsersAction) -> None:
+def _add_diff(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """`policy diff`: what changes from OLD to NEW, widenings flagged."""
     diff = sub.add_parser(
         "diff",
@@ -115,7 +115,7 @@ def _add_diff(sub: argparse._SubParsersAction) -> None:
     diff.set_defaults(handler=diff_policies_cmd)
 
 
-def _add_replay(sub: argparse._SubParsersAction) -> None:
+def _add_replay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """`policy replay`: an audit log decided again under a new policy."""
     replay = sub.add_parser(
         "replay",

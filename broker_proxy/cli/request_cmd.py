@@ -19,7 +19,7 @@ from broker_proxy.home import Home
 ACTOR_HEADER = "X-Broker-Actor"  # the admin API audits the caller as admin-api:<this>
 
 
-def register(commands: argparse._SubParsersAction) -> None:
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     request = commands.add_parser(
         "request", help="list, approve or deny requests held for approval",
         description="Requests that would carry a secret marked `approval: per_request` wait "
@@ -104,7 +104,8 @@ def admin_call(home: Home, method: str, path: str, body: dict[str, Any] | None =
                  **({ACTOR_HEADER: actor} if actor else {})})
     try:
         with urllib.request.urlopen(request, timeout=30) as answer:  # noqa: S310 - http only
-            return json.loads(answer.read())
+            reply: dict[str, Any] = json.loads(answer.read())  # the admin API answers objects
+            return reply
     except urllib.error.HTTPError as error:
         try:
             message = json.loads(error.read()).get("message", error.reason)

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from broker_proxy.decision.broker import Broker
 
 
-def register(commands: argparse._SubParsersAction) -> None:
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     run = commands.add_parser(
         "run",
         help="run the proxy",
@@ -323,7 +323,7 @@ def run_command(args: argparse.Namespace) -> int:
         broker, home, policy_file_of(args), admin, session_ttl,
         checkpoint_problem=observability.checkpoint_problem if observability else None)
     certs = home_certs(home, args.certs)
-    workers: list = []  # the WorkerGroup of the extra workers, when there are any
+    workers: list[WorkerGroup] = []  # the WorkerGroup of the extra workers, when there are any
 
     def on_reload() -> None:
         services.reloader.request_reload()

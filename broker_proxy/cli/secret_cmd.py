@@ -24,7 +24,7 @@ from broker_proxy.secrets.vault import DEFAULT_RETIRE_FOR, Vault, check_secret_n
 DEFAULT_WAIT = "10s"
 
 
-def register(commands: argparse._SubParsersAction) -> None:
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     secret = commands.add_parser("secret", help="manage secrets in the encrypted vault")
     sub = secret.add_subparsers(dest="secret_command", metavar="ACTION", required=True)
     set_ = sub.add_parser(

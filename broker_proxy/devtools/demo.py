@@ -59,10 +59,11 @@ network:
 """
 
 
-def _api_reply(real_key: str) -> Callable[[ReceivedRequest], tuple[int, list, bytes]]:
+def _api_reply(real_key: str
+               ) -> Callable[[ReceivedRequest], tuple[int, list[tuple[str, str]], bytes]]:
     """The API checks the key like a real one would, and /v1/echo reflects the request."""
 
-    def reply(request: ReceivedRequest) -> tuple[int, list, bytes]:
+    def reply(request: ReceivedRequest) -> tuple[int, list[tuple[str, str]], bytes]:
         sent = (request.header("Authorization") or "").removeprefix("Bearer ")
         authorized = hmac.compare_digest(sent.encode(), real_key.encode())
         if request.path.startswith("/v1/echo"):

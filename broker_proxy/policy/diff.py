@@ -10,6 +10,7 @@ a narrowing or a neutral change; each is one line.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 
@@ -57,7 +58,8 @@ def diff_policies(old: Policy, new: Policy) -> list[Change]:
     return changes
 
 
-def _named_sets(kind: str, old: dict, new: dict, *, widening_when_added: bool) -> list[Change]:
+def _named_sets(kind: str, old: Mapping[str, object], new: Mapping[str, object], *,
+                widening_when_added: bool) -> list[Change]:
     found = [Change(f"{kind}_added", f"{kind}s.{name}", f"{kind} added", widening_when_added)
              for name in sorted(new.keys() - old.keys())]
     found += [Change(f"{kind}_removed", f"{kind}s.{name}", f"{kind} removed", False)

@@ -92,7 +92,8 @@ class FieldChecker:
             self.report(node, path,
                         f"expected {expected}, got {_TYPE_NAMES.get(node.tag, '?')}{hint}")
             return None
-        return node.value
+        text: str = node.value  # a str-tagged scalar's value is its text (PyYAML is untyped)
+        return text
 
     def integer(self, node: yaml.Node, path: str) -> int | None:
         if not self.kind(node, path, yaml.ScalarNode, "an integer"):

@@ -7,7 +7,7 @@ these with its own checker, so messages carry ``FILE:LINE:COL: path: message`` l
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from broker_proxy.policy.destinations import HostError, canonical_host, host_matches, path_matches
@@ -15,6 +15,8 @@ from broker_proxy.policy.model import Destination, OAuth2Config
 
 if TYPE_CHECKING:
     import yaml
+
+    from broker_proxy.policy.checking import NodeChecker
 
 OAUTH2_FIELDS: tuple[str, ...] = ("token_url", "grant_type", "client_id", "scope", "auth")
 GRANT_TYPES = ("client_credentials", "refresh_token")
@@ -64,7 +66,7 @@ def covers_token_url(destination: Destination, oauth2: OAuth2Config) -> bool:
 
 
 def parse_oauth2(node: yaml.Node, key: yaml.Node, path: str,
-                 checker: Any) -> OAuth2Config | None:
+                 checker: NodeChecker) -> OAuth2Config | None:
     """The ``oauth2:`` mapping of a secret; problems go to the loader's checker."""
     fields = checker.fields(node, path, "oauth2", key)
     if fields is None:
@@ -99,7 +101,7 @@ def parse_oauth2(node: yaml.Node, key: yaml.Node, path: str,
                         scope=values.get("scope"), auth=values.get("auth") or "basic")
 
 
-def parse_client_cert(node: yaml.Node, path: str, checker: Any) -> str | None:
+def parse_client_cert(node: yaml.Node, path: str, checker: NodeChecker) -> str | None:
     """``client_cert: file:PATH`` or ``env:VAR``: where the certificate (chain) PEM is read."""
     source = checker.string(node, path, "a certificate source such as file:certs/client.pem")
     if source is None:

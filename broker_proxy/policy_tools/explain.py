@@ -13,8 +13,8 @@ from urllib.parse import urlsplit
 
 from broker_proxy.decision.active_policy import ActivePolicy
 from broker_proxy.decision.authority import AuthorityError, split_authority
-from broker_proxy.policy.destinations import Destination, path_matches
-from broker_proxy.policy.model import NEVER_METHODS
+from broker_proxy.policy.destinations import path_matches
+from broker_proxy.policy.model import NEVER_METHODS, Destination
 from broker_proxy.request.paths import AmbiguousPath, canonical_path
 
 

@@ -25,6 +25,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from broker_proxy.approvals.verdict import APPROVAL_REQUIRED, APPROVAL_UNAVAILABLE
 from broker_proxy.audit.files import chain_files, chains_in
@@ -107,7 +108,7 @@ class Replayer:
                         report.unreadable += 1
         return report
 
-    def _one(self, record: dict, grant_secrets: dict[str, tuple[str, ...]],
+    def _one(self, record: dict[str, Any], grant_secrets: dict[str, tuple[str, ...]],
              report: ReplayReport) -> None:
         report.records += 1
         reason = record.get("reason") or ""

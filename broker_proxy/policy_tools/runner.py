@@ -14,7 +14,7 @@ from broker_proxy.policy.model import Policy
 from broker_proxy.policy_tools.cases import Expectation, TestCase, TestFile
 from broker_proxy.policy_tools.harness import DecisionHarness, TestGrant, throwaway_harness
 from broker_proxy.policy_tools.request_builder import Placement, RequestError, build_request
-from broker_proxy.request.outbound import Denied, Verdict
+from broker_proxy.request.outbound import Denied, OutboundRequest, Verdict
 
 PLACEHOLDER_MARK = "{placeholder}"
 
@@ -66,7 +66,7 @@ def _run_case(harness: DecisionHarness, policy: Policy, path: Path,
     return CaseResult(path, case, got == case.expect, str(got), detail)
 
 
-def _request(case: TestCase, grant: TestGrant, policy: Policy):
+def _request(case: TestCase, grant: TestGrant, policy: Policy) -> OutboundRequest:
     placeholder = ""
     if case.secret is not None:
         placeholder = grant.placeholders.get(case.secret) or _policy_placeholder(

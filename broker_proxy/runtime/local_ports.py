@@ -15,7 +15,8 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(probe.getsockname()[1])
 
 
-def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 30.0,
+def wait_for_port(port: int, process: subprocess.Popen[bytes] | subprocess.Popen[str],
+                  timeout: float = 30.0,
                   host: str = "127.0.0.1") -> None:
     """Until `process` accepts connections on `port`; RuntimeError if it exits or never does."""
     deadline = time.monotonic() + timeout
