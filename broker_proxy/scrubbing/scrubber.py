@@ -271,10 +271,17 @@ class Scrubber:
         starts = plan.starts
         if plan.tail_starts is None:
             return size
+        # A start that runs to the end of the data is a partial match as it stands: the same
+        # patterns said so of exactly these bytes (``_starts_of``), and no complete match is
+        # that short. Only earlier starts need a pattern run (one per value holding the start:
+        # values that share a prefix, such as a vendor's key format, each cost one).
+        at_end = size - min(3, self.min_match_length - 1)
         # The earliest start of a partial match wins; only a start whose first three bytes (or
         # fewer, at the end) can begin some form is tried.
         for candidate in plan.tail_starts.finditer(data, window):
             at = candidate.start()
+            if at >= at_end:
+                return at
             for partial in starts[data[at:at + 3]]:
                 match = partial.match(data, at, partial=True)
                 # A match that ends with the data could still grow (base64 padding).
