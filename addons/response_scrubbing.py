@@ -345,13 +345,7 @@ def on_response_headers(flow: http.HTTPFlow, verdict: Allowed | None,
     assert response is not None
     complete = verdict is None or verdict.scrub_complete
     live = live_set(verdict, refresh)
-    # A grant whose every value is too short to be looked for (``Scrubber.empty``) has nothing
-    # to scrub either: its answers take the same path as a grant without secrets.
-    # A long poll decided before a rotation is answered after it: ``changed`` catches that.
-    scrubber = (live.changed() if live is not None else None) or (
-        _SCRUBBERS.get(verdict.scrub_scope or verdict.grant_id,
-                       live.scrub if live is not None else verdict.scrub)
-        if verdict is not None else scrubber_for({}))
+    scrubber = _answer_scrubber(verdict, live)
     withhold = verdict.withhold if verdict is not None else None
     # A host with a withhold list: its bodies are looked at (first bytes, codings undone).
     scrub = not scrubber.empty or withhold is not None
@@ -398,6 +392,29 @@ def on_response_headers(flow: http.HTTPFlow, verdict: Allowed | None,
         # Scrubbed whole in ``response`` (an encoded body decoded first, 502 if that fails).
         state.buffered_codings = codings
         return
+    _stream_body(flow, state, codings, scrub=scrub)
+
+
+def _answer_scrubber(verdict: Allowed | None, live: LiveSet | None) -> Scrubber:
+    """The scrubber for the answer's set, from the shared caches.
+
+    A grant whose every value is too short to be looked for (``Scrubber.empty``) has nothing
+    to scrub either: its answers take the same path as a grant without secrets. A long poll
+    decided before a rotation is answered after it: ``changed`` catches that.
+    """
+    if live is not None and (switched := live.changed()) is not None:
+        return switched
+    if verdict is None:
+        return scrubber_for({})
+    return _SCRUBBERS.get(verdict.scrub_scope or verdict.grant_id,
+                          live.scrub if live is not None else verdict.scrub)
+
+
+def _stream_body(flow: http.HTTPFlow, state: ScrubState, codings: list[str], *,
+                 scrub: bool) -> None:
+    """Scrub (or only decode) the body chunk by chunk as it passes: its length changes."""
+    response = flow.response
+    assert response is not None
     decoder = StreamDecoder(codings, STREAMED_LIMITS) if codings else None
     dropped: tuple[str, ...] = ("content-length", "transfer-encoding")
     if scrub:
@@ -407,8 +424,8 @@ def on_response_headers(flow: http.HTTPFlow, verdict: Allowed | None,
     if not (response.is_http2 or response.is_http3):
         response.headers["transfer-encoding"] = "chunked"
     content_type = response.headers.get("content-type") if scrub else None
-    state.body = _BodyStream(flow, state.scrubber, decoder, live, content_type, withhold,
-                             state.meter)
+    state.body = _BodyStream(flow, state.scrubber, decoder, state.live, content_type,
+                             state.withhold, state.meter)
     response.stream = state.body
 
 

@@ -18,6 +18,8 @@ through ``broker-proxy run`` (the order turns each round). Per case: the median 
 decoded body (and the range), the proxy's CPU time per decoded MB (its own process, not wall:
 the steadier figure on a shared machine), its peak RSS during the downloads of that size, and
 the ratio to "nothing" (median of the per-round ratios: a round's cases ran side by side).
+One unmeasured 1 MiB download per grant comes first: a grant's first answer compiles its
+values' patterns, a one-time cost that would otherwise land in the first round.
 Then a server-sent event stream and a WebSocket stream (one event or message every 5 ms, each
 stamped with the upstream's clock) through "nothing" and "1 secret", alternating: p50 and p99
 of the delay per event and what scrubbing adds. The proxy's peak RSS (VmHWM) closes.
@@ -335,6 +337,10 @@ def _downloads(stack: Stack, grants: dict[str, str], size_mib: int, rounds: int,
         return rate, cpu_ms_per_mb, rss.peak_kib / 1024
 
     download = _curl_download if client == "curl" else _download
+    for token in grants.values():
+        # Warm-up, not measured: a grant's first answer compiles its values' patterns (tens
+        # of ms per value, once per process), which the first round would otherwise carry.
+        download(stack, token, 1 << 20, False)
     for packed in (False, True):
         label = "gzip" if packed else "identity"
         cases: dict[str, Callable[[], float]] = {

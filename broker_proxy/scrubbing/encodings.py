@@ -154,7 +154,7 @@ def _class(chars: set[int]) -> bytes:
 
 def base32_pattern(value: bytes, offset: int,
                    min_core: int) -> tuple[bytes, bytes, frozenset[int], bytes] | None:
-    """As ``scrubber._base64_pattern``, for base32 with the value at ``offset`` (mod 5).
+    """As ``forms._base64_pattern``, for base32 with the value at ``offset`` (mod 5).
 
     Returns the whole pattern, the same without its edge character, the bytes that edge
     character may be, and the core for the literal prefilter. Upper case only, as RFC 4648

@@ -25,7 +25,7 @@ What each kind of secret contributes (what an upstream could have received):
 Cost stays flat per request: values are resolved with the proxy's own resolver and cached for
 ``ttl`` seconds per secret; the set for one scope (grant, host) is composed once and reused
 while ``generation`` (bumped whenever any value changes) and the values' TTL say it holds, so
-a request costs one dict lookup; the compiled patterns are shared per value (scrubber.py). A
+a request costs one dict lookup; the compiled patterns are shared per value (plan.py). A
 request that injects a value the cache does not hold (a rotated secret, a new token) drops the
 entry, and ``refresh`` (the vault watcher, on `secret set`) re-resolves the vault's secrets
 off the event loop, so the next answer, and every live stream at its next chunk, already
