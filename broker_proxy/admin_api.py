@@ -23,7 +23,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from broker_proxy import strict_json
@@ -40,6 +40,16 @@ from broker_proxy.grants.issuer import GrantPolicyError
 from broker_proxy.grants.limits_view import limits_view
 from broker_proxy.grants.listing import ListingError, list_page, parse_query
 from broker_proxy.grants.store import GrantNotFound, GrantStateError, GrantStore, GrantStoreError
+from broker_proxy.http_routes import (
+    ApiError,
+    Handler,
+    Route,
+    RouteCall,
+    find_route,
+    require_action,
+    require_method,
+)
+from broker_proxy.identity.roles import Action, Principal, Role
 from broker_proxy.signin_guard import SigninGuard
 from broker_proxy.time_source import utc_now
 
@@ -119,17 +129,21 @@ class AdminContext:
     signin_guard: SigninGuard | None = None
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str, allow: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.allow = allow  # the Allow header of a 405
-
-
 # Who a caller with the bearer token is when it names nobody: the holder of admin.token.
 TOKEN_HOLDER = "token-holder"
+
+
+def caller_principal(session: Session | None) -> Principal:
+    """Who a signed-in caller is and what role it acts under: the one place that says so.
+
+    Every route's action is checked against what this returns. The bearer token (admin.token)
+    is the break-glass admin, and a console session is, for now, an admin too (signing in
+    needs the token or a login link an admin made); a sign-in that carries a lower role (a
+    provider's session) returns that role here.
+    """
+    if session is not None:
+        return Principal(f"console:{session.name}", Role.ADMIN)
+    return Principal("token:break-glass", Role.ADMIN)
 
 
 class AdminHandler(BaseHTTPRequestHandler):
@@ -176,7 +190,7 @@ class AdminHandler(BaseHTTPRequestHandler):
                 raise ApiError(401, "unauthorized",
                                "send Authorization: Bearer <the token in admin.token>")
             status, body = self._route(method, path, url.query)
-        except (ApiError, admin_routes.RouteError) as error:
+        except ApiError as error:
             status, body = error.status, {"error": error.code, "message": error.message}
             self._allow = error.allow
         except GrantStoreError:
@@ -264,41 +278,53 @@ class AdminHandler(BaseHTTPRequestHandler):
             self._send(200, "application/json", openapi_document())
 
     def _route(self, method: str, path: str, query: str) -> tuple[int, object]:
-        parts = path.strip("/").split("/") if path != "/" else []
+        """Find the route (404, 405), check the caller's role for it (403), then answer."""
         if path in _OPEN_ROUTES:
-            _allow(method, "GET")
-        if (len(parts) >= 2 and parts[0] == "v1" and parts[1] in ("audit", "policy", "console")
-                and self.context.console is not None):
-            return console_routes.api_route(self.context.console, method, parts, query,
-                                            self.context.policy,
-                                            self.context.policy_file_problem,
-                                            lambda: self._json_body(required=False))
-        if parts[:2] == ["v1", "requests"] and self.context.approvals is not None:
-            return admin_routes.route(self.context.approvals, method, parts, query,
-                                      lambda: self._json_body(required=False), self._by)
-        if parts[:2] != ["v1", "grants"] or len(parts) > 4:
-            raise ApiError(404, "not_found", "no such route")
-        if len(parts) == 2:
-            _allow(method, "GET, POST")
-            return (200, self._list(query)) if method == "GET" else (201, self._issue())
-        if len(parts) == 4 and parts[3] not in GRANT_ACTIONS:
-            raise ApiError(404, "not_found", "no such route")
-        _allow(method, "GET" if len(parts) == 3 else "POST")
-        grant_id = parts[2]
+            require_method(method, "GET")  # the probes' other methods, once signed in
+        route, params = find_route(self._routes(), method, path)
+        principal = caller_principal(self._session)
+        require_action(principal, route.action)
+        return route.handler(RouteCall(method, params, query,
+                                       lambda: self._json_body(required=False), self._by,
+                                       principal))
+
+    def _routes(self) -> list[Route]:
+        """The grant routes, and those of the parts this listener serves (approvals, console)."""
+        table = [
+            Route("GET", "/v1/grants", lambda call: (200, self._list(call.query)), Action.READ),
+            Route("POST", "/v1/grants", lambda call: (201, self._issue()), Action.ADMINISTER),
+            Route("GET", "/v1/grants/{id}", lambda call: self._show(call.params["id"]),
+                  Action.READ),
+        ]
+        for action in GRANT_ACTIONS:
+            # Deciding a pending grant is an approver's; revoking one is an admin's.
+            needs = Action.ADMINISTER if action == "revoke" else Action.DECIDE
+            table.append(Route("POST", f"/v1/grants/{{id}}/{action}", self._changer(action),
+                               needs))
+        if self.context.approvals is not None:
+            table += admin_routes.routes(self.context.approvals)
+        if self.context.console is not None:
+            table += console_routes.routes(self.context.console, self.context.policy,
+                                           self.context.policy_file_problem)
+        return table
+
+    def _show(self, grant_id: str) -> tuple[int, object]:
+        grant = self.context.grants.get(grant_id) if _GRANT_ID.fullmatch(grant_id) else None
+        if grant is None:
+            raise ApiError(404, "grant_not_found", "no such grant")
+        limits = limits_view(self.context.grants, grant.id, grant.secrets,
+                             self.context.policy().policy.secrets)
+        return 200, grant.to_public_dict(utc_now()) | ({"limits": limits} if limits else {})
+
+    def _changer(self, action: GrantAction) -> Handler:
+        return lambda call: self._change(call.params["id"], action)
+
+    def _change(self, grant_id: str, action: GrantAction) -> tuple[int, object]:
         if not _GRANT_ID.fullmatch(grant_id):
             raise ApiError(404, "grant_not_found", "no such grant")
-        if len(parts) == 3:
-            grant = self.context.grants.get(grant_id)
-            if grant is None:
-                raise ApiError(404, "grant_not_found", "no such grant")
-            limits = limits_view(self.context.grants, grant.id, grant.secrets,
-                                 self.context.policy().policy.secrets)
-            return 200, grant.to_public_dict(utc_now()) | ({"limits": limits} if limits else {})
-        action = parts[3]
         by, reason = self._decider()
         try:
-            grant = change_grant(self.context.grants, self.context.audit, grant_id,
-                                 cast(GrantAction, action),
+            grant = change_grant(self.context.grants, self.context.audit, grant_id, action,
                                  by=by, now=utc_now(), reason=reason)
         except GrantNotFound:
             raise ApiError(404, "grant_not_found", "no such grant") from None
@@ -452,11 +478,6 @@ class AdminHandler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(data)
-
-
-def _allow(method: str, allowed: str) -> None:
-    if method not in allowed.split(", "):
-        raise ApiError(405, "method_not_allowed", f"use {allowed}", allow=allowed)
 
 
 def readiness(context: AdminContext) -> dict[str, dict[str, object]]:
