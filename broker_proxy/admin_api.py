@@ -28,6 +28,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from broker_proxy import strict_json
 from broker_proxy.approvals import admin_routes
+from broker_proxy.approvals.chat_door import ChatDoor
 from broker_proxy.approvals.desk import ApprovalDesk
 from broker_proxy.audit.log import AuditError, AuditLog
 from broker_proxy.console import routes as console_routes
@@ -127,6 +128,8 @@ class AdminContext:
     checkpoint_problem: Callable[[], str | None] | None = None
     # Failed sign-ins (a wrong token, a refused console sign-in): slowed and audited per source.
     signin_guard: SigninGuard | None = None
+    # /v1/chat/...: Slack and signed webhooks, authenticated by their signatures (chat_door.py).
+    chat: ChatDoor | None = None
 
 
 # Who a caller with the bearer token is when it names nobody: the holder of admin.token.
@@ -184,6 +187,13 @@ class AdminHandler(BaseHTTPRequestHandler):
                 return
             if path == "/ui" or path.startswith("/ui/"):
                 self._console_page(method, path)
+                return
+            if self.context.chat is not None and self.context.chat.serves(path):
+                # No admin token: the chat tool's signature is the credential (chat_door.py).
+                status, body = self.context.chat.answer(method, path, self.headers,
+                                                        self._raw_body)
+                self._drain()
+                self._send_json(status, body)
                 return
             # The bearer token, or a console session with its CSRF token (console/routes.py).
             if not self._signed_in():
@@ -426,7 +436,8 @@ class AdminHandler(BaseHTTPRequestHandler):
             raise ApiError(400, "invalid_request", "by must be 1-64 letters, digits or ._@:+-")
         return f"admin-api:{label}"
 
-    def _json_body(self, *, required: bool) -> dict[str, Any]:
+    def _raw_body(self) -> bytes:
+        """The body's bytes, at most MAX_BODY, sent with Content-Length."""
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
             raise ApiError(411, "length_required", "send the body with Content-Length")
         raw_length = self.headers.get("Content-Length", "0") or "0"
@@ -437,6 +448,10 @@ class AdminHandler(BaseHTTPRequestHandler):
             raise ApiError(413, "body_too_large", f"at most {MAX_BODY} bytes")
         raw = self.rfile.read(length) if length else b""
         self._body_read = True
+        return raw
+
+    def _json_body(self, *, required: bool) -> dict[str, Any]:
+        raw = self._raw_body()
         if not raw.strip():
             if required:
                 raise ApiError(400, "invalid_request", "send a JSON object")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from broker_proxy.errors import BrokerError
 from broker_proxy.identity.roles import Action, Principal, RoleRefused
@@ -32,6 +32,13 @@ class ApiError(BrokerError):
         self.code = code
         self.message = message
         self.allow = allow
+
+
+class Headers(Protocol):
+    """A request's headers: the server's email.message.Message (case-insensitive), a dict in
+    tests."""
+
+    def get(self, name: str, /) -> str | None: ...
 
 
 @dataclass(frozen=True, slots=True)

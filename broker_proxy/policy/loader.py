@@ -36,6 +36,7 @@ from broker_proxy.policy.aws_fields import (
     parse_aws_scope,
     parse_sign,
 )
+from broker_proxy.policy.chat_rules import parse_chat
 from broker_proxy.policy.destinations import (
     GlobError,
     HostError,
@@ -218,6 +219,7 @@ def _load(text: str, source: str, digest: str) -> tuple[Policy, yaml.Node]:
         checker = _Checker(source)
         root = _compose(text, checker)
         policy = _build_policy(root, checker)
+        chat = parse_chat(root, checker)  # chat_rules.py: the `chat:` section
     if checker.issues or policy is None or root is None:
         raise PolicyError(sorted(checker.issues, key=lambda issue: (issue.line, issue.column)))
     return Policy(
@@ -225,7 +227,7 @@ def _load(text: str, source: str, digest: str) -> tuple[Policy, yaml.Node]:
         allow_addresses=policy.allow_addresses, resolve=policy.resolve, source=source,
         digest=digest, approval_timeout=policy.approval_timeout,
         approval_webhook=policy.approval_webhook, prices=policy.prices,
-        prices_as_of=policy.prices_as_of,
+        prices_as_of=policy.prices_as_of, chat=chat,
     ), root
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from ipaddress import IPv4Network, IPv6Network
 
+from broker_proxy.policy.chat_rules import ChatRules
 from broker_proxy.policy.protocol_rules import GraphqlRules, McpRules
 
 # RFC 9110 methods a destination allows when it names none. TRACE/TRACK echo the request
@@ -221,3 +222,5 @@ class Policy:
     # operator copied them; the proxy never fetches prices.
     prices: tuple[tuple[str, Price], ...] = ()
     prices_as_of: str | None = None
+    # Who may decide held requests from Slack or a signed webhook (chat_rules.py).
+    chat: ChatRules | None = None

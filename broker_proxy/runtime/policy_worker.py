@@ -110,7 +110,8 @@ def read_answer(output: bytes, source: str, returncode: int, stderr: bytes) -> P
 
 # What a policy model is made of: the unpickler builds nothing else, whatever the stream says.
 _MODEL_MODULES = frozenset({"broker_proxy.policy.model", "broker_proxy.policy.loader",
-                            "broker_proxy.policy.protocol_rules", "datetime", "ipaddress"})
+                            "broker_proxy.policy.protocol_rules",
+                            "broker_proxy.policy.chat_rules", "datetime", "ipaddress"})
 _BUILTINS = frozenset({"frozenset", "set", "dict", "list", "tuple", "str", "int", "bytes",
                        "getattr"})
 # Compiled name globs (MCP tools, GraphQL operations) pickle as re._compile(pattern, flags):
