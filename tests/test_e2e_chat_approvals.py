@@ -268,3 +268,15 @@ def test_chat_paths_of_a_policy_without_chat_stay_behind_the_admin_token(
         assert (answer.status_code, answer.json()["error"]) == (401, "unauthorized")
     finally:
         stack.proxy.stop()
+
+
+def test_the_docs_worked_signature_example_is_what_the_proxy_computes() -> None:
+    page = (Path(__file__).resolve().parents[1] / "docs" / "chat-approvals.md").read_text()
+    [block] = [b for b in page.split("```sh\n")[1:] if "timestamp=1733600000" in b]
+    script = block.split("```")[0]
+    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=30,
+                          check=True)
+    written = script.rsplit("# ", 1)[1].strip()
+    body = b'{"request":"h_0123456789abcdef","decision":"allow","user":"alice"}'
+    assert done.stdout.strip() == written == signature(
+        "0123456789abcdef0123456789abcdef", "1733600000", body)
