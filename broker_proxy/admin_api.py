@@ -190,8 +190,9 @@ class AdminHandler(BaseHTTPRequestHandler):
                 return
             if self.context.chat is not None and self.context.chat.serves(path):
                 # No admin token: the chat tool's signature is the credential (chat_door.py).
-                status, body = self.context.chat.answer(method, path, self.headers,
-                                                        self._raw_body)
+                status, body = self.context.chat.answer(
+                    method, path, self.headers, self._raw_body, self.client_address[0],
+                    self.context.signin_guard)
                 self._drain()
                 self._send_json(status, body)
                 return

@@ -191,6 +191,10 @@ def test_only_a_signed_approver_click_decides_once_and_the_message_says_who(
             (401, "signature_invalid"), (401, "signature_invalid"),
             (403, "chat_user_unknown"), (403, "role_required")]
         assert "needs role approver" in refused[3].json()["message"]
+        # A forged signature is a failed sign-in, audited like a wrong admin token.
+        records = [json.loads(line) for line in stack.home.audit_log.read_text().splitlines()]
+        assert any(r["event"] == "signin_failed" and r["reason"] == "chat_signature"
+                   for r in records)
         assert _decisions(stack, item["id"]) == [] and not answer.done()
         assert stack.upstreams.api.requests == [], "nothing went upstream while held"
 

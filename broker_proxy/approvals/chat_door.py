@@ -18,6 +18,7 @@ from broker_proxy.approvals.desk import ApprovalDesk
 from broker_proxy.http_routes import ApiError, Headers, require_method, split_path
 from broker_proxy.policy.chat_rules import ChatRules
 from broker_proxy.secrets.backends import SecretUnavailable
+from broker_proxy.signin_guard import SigninGuard
 
 PREFIX = "/v1/chat/"
 SLACK_PATH = "/v1/chat/slack/interactions"
@@ -32,7 +33,32 @@ class ChatDoor:
     def serves(self, path: str) -> bool:
         return path.startswith(PREFIX) and self.rules() is not None
 
-    def answer(self, method: str, path: str, headers: Headers,
+    def answer(self, method: str, path: str, headers: Headers, body: Callable[[], bytes],
+               source: str, guard: SigninGuard | None = None) -> tuple[int, object]:
+        """Answer a chat tool's signed request. A signature that fails is a failed sign-in:
+        slowed per source address and audited like a wrong admin token."""
+        answers: list[tuple[int, object]] = []
+        refusals: list[ApiError] = []
+
+        def verify() -> bool:
+            try:
+                answers.append(self._route(method, path, headers, body))
+            except ApiError as error:
+                if error.status != 401:
+                    raise
+                refusals.append(error)
+                return False
+            return True
+
+        if guard is None:
+            verify()
+        else:
+            guard.check(source, "chat_signature", verify)
+        if refusals:
+            raise refusals[-1]
+        return answers[-1]
+
+    def _route(self, method: str, path: str, headers: Headers,
                body: Callable[[], bytes]) -> tuple[int, object]:
         """Route a signed chat request; a secret the vault cannot give is a 503."""
         rules = self.rules()

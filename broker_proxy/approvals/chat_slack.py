@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from urllib.parse import parse_qs
 
 from slack_sdk import WebClient
-from slack_sdk.errors import SlackClientError
 from slack_sdk.signature import SignatureVerifier
 
 from broker_proxy.approvals.chat_decision import (
@@ -158,10 +157,18 @@ def slack_interaction(rules: SlackRules, read_secret: ReadSecret, desk: Approval
     item = decide_once(desk, click.hold_id, click.action != DENY, principal,
                        uses=rules.allow_uses if click.action == ALLOW_USES else None)
     if click.channel and click.ts:
-        try:
-            _client(rules, read_secret).chat_update(
-                channel=click.channel, ts=click.ts, text=_escape(outcome(item)),
-                blocks=decided_blocks(item))
-        except (SlackClientError, OSError) as error:  # decided either way; the audit says so
-            log.warning("updating the Slack message failed: %s", type(error).__name__)
+        # Off this thread: Slack wants the click answered within three seconds.
+        threading.Thread(target=_update, args=(rules, read_secret, click.channel, click.ts, item),
+                         name="approval-slack-update", daemon=True).start()
     return 200, decided_answer(item)
+
+
+def _update(rules: SlackRules, read_secret: ReadSecret, channel: str, ts: str,
+            item: HeldRequest) -> None:
+    """The message now says who decided what, and has no buttons left to click."""
+    try:
+        _client(rules, read_secret).chat_update(
+            channel=channel, ts=ts, text=_escape(outcome(item)),
+            blocks=decided_blocks(item))
+    except Exception as error:  # decided either way; the audit says so
+        log.warning("updating the Slack message failed: %s", type(error).__name__)
