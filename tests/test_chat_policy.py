@@ -8,6 +8,7 @@ import io
 import pytest
 
 from broker_proxy.policy.chat_rules import ChatWebhookRules, SlackRules
+from broker_proxy.policy.diff import diff_policies
 from broker_proxy.policy.loader import PolicyError, load_policy_text
 from broker_proxy.runtime import policy_worker
 
@@ -61,3 +62,12 @@ def test_chat_rules_come_back_from_the_loader_child_equal() -> None:
     policy_worker.write_answer(CHAT.encode(), "p.yaml", out)
     assert policy_worker.read_answer(out.getvalue(), "p.yaml", 0, b"") == \
         load_policy_text(CHAT, "p.yaml")
+
+
+def test_policy_diff_flags_a_new_chat_approver_and_a_raised_role_as_widening() -> None:
+    old = load_policy_text(CHAT, "old.yaml")
+    new = load_policy_text(CHAT.replace("U0VIEWER1: viewer", "U0VIEWER1: approver")
+                           .replace("      U024BE7LH: approver\n", ""), "new.yaml")
+    changes = [(c.detail, c.widening) for c in diff_policies(old, new) if c.subject == "chat"]
+    assert changes == [("slack:U024BE7LH: approver -> no role", False),
+                       ("slack:U0VIEWER1: viewer -> approver", True)]

@@ -68,6 +68,20 @@ class ChatRules:
     webhooks: dict[str, ChatWebhookRules] = field(default_factory=dict)
 
 
+def chat_roles(chat: ChatRules | None) -> dict[str, str]:
+    """Every chat identity the policy gives a role, as the audit names it (`slack:U024BE7LH`,
+    `webhook:bridge`, `webhook:bridge:alice`): what `policy diff` compares."""
+    roles: dict[str, str] = {}
+    if chat is None:
+        return roles
+    if chat.slack is not None:
+        roles |= {f"slack:{user}": role for user, role in chat.slack.users.items()}
+    for name, hook in chat.webhooks.items():
+        roles[f"webhook:{name}"] = hook.role
+        roles |= {f"webhook:{name}:{user}": role for user, role in hook.users.items()}
+    return roles
+
+
 def parse_chat(root: yaml.Node | None, checker: NodeChecker) -> ChatRules | None:
     """The ``chat:`` section of the policy's root mapping, or None without one."""
     node = _child(root, "chat")
