@@ -212,6 +212,10 @@ def test_only_a_signed_approver_click_decides_once_and_the_message_says_who(
     assert update["ts"] == "1700000000.000100" and update["channel"] == "C0APPROVE"
     assert f"Allowed once by slack:{APPROVER}" in json.dumps(update["blocks"])
     _cli(stack, "audit", "verify")
+    ocsf = [json.loads(line) for line in
+            _cli(stack, "audit", "export", "--format", "ocsf").stdout.splitlines()]
+    assert {"name": f"slack:{APPROVER}", "uid": f"slack:{APPROVER}"} in [
+        event.get("actor", {}).get("user") for event in ocsf]
 
 
 def test_allow_n_uses_from_slack(chat_stack: tuple[Stack, dict[str, str]],
