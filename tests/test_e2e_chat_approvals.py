@@ -131,6 +131,11 @@ def chat_stack(tmp_path_factory: pytest.TempPathFactory, pki: LocalPki, upstream
         assert value not in written, "a secret value reached the log or the audit log"
 
 
+@pytest.fixture(autouse=True)
+def _clear(upstreams: Upstreams) -> None:
+    upstreams.clear()  # the stand-in upstreams are the session's: other modules' requests go
+
+
 def _cli(stack: Stack, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     done = subprocess.run([PYTHON, "-m", "broker_proxy.cli", "--home", str(stack.home.root),
                            *args], input=stdin, capture_output=True, text=True, timeout=120,
