@@ -23,11 +23,12 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from broker_proxy import strict_json
 from broker_proxy.approvals import admin_routes
+from broker_proxy.approvals.chat_door import ChatDoor
 from broker_proxy.approvals.desk import ApprovalDesk
 from broker_proxy.audit.log import AuditError, AuditLog
 from broker_proxy.console import oidc_routes
@@ -41,7 +42,17 @@ from broker_proxy.grants.issuer import GrantPolicyError
 from broker_proxy.grants.limits_view import limits_view
 from broker_proxy.grants.listing import ListingError, list_page, parse_query
 from broker_proxy.grants.store import GrantNotFound, GrantStateError, GrantStore, GrantStoreError
-from broker_proxy.identity.roles import Principal, RoleRefused
+from broker_proxy.http_routes import (
+    ApiError,
+    Handler,
+    Route,
+    RouteCall,
+    find_route,
+    require_action,
+    require_method,
+)
+from broker_proxy.identity.roles import Action, Principal
+from broker_proxy.policy.sign_in_fields import SignInPolicy
 from broker_proxy.sign_in import access
 from broker_proxy.signin_guard import SigninGuard
 from broker_proxy.time_source import utc_now
@@ -122,19 +133,25 @@ class AdminContext:
     signin_guard: SigninGuard | None = None
     # SIGN-IN HOOK: OpenID Connect sign-in at /ui/oidc/ (console/oidc_routes.py), when set.
     oidc: oidc_routes.OidcDoor | None = None
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str, allow: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.allow = allow  # the Allow header of a 405
+    # /v1/chat/...: Slack and signed webhooks, authenticated by their signatures (chat_door.py).
+    chat: ChatDoor | None = None
 
 
 # Who a caller with the bearer token is when it names nobody: the holder of admin.token.
 TOKEN_HOLDER = "token-holder"
+
+
+def caller_principal(session: Session | None, sign_in: SignInPolicy | None) -> Principal:
+    """Who a signed-in caller is and what role it acts under: the one place that says so.
+
+    Every route's action is checked against what this returns. A console session carries its
+    own principal: a provider's sign-in its mapped role, the admin token or a login link an
+    admin made the admin role. The bearer token (admin.token) is the admin, recorded as
+    `token:break-glass` once a provider signs people in.
+    """
+    if session is not None:
+        return session.principal
+    return access.bearer_principal(TOKEN_HOLDER, sign_in)
 
 
 class AdminHandler(BaseHTTPRequestHandler):
@@ -176,12 +193,20 @@ class AdminHandler(BaseHTTPRequestHandler):
             if path == "/ui" or path.startswith("/ui/"):
                 self._console_page(method, path)
                 return
+            if self.context.chat is not None and self.context.chat.serves(path):
+                # No admin token: the chat tool's signature is the credential (chat_door.py).
+                status, body = self.context.chat.answer(
+                    method, path, self.headers, self._raw_body, self.client_address[0],
+                    self.context.signin_guard)
+                self._drain()
+                self._send_json(status, body)
+                return
             # The bearer token, or a console session with its CSRF token (console/routes.py).
             if not self._signed_in():
                 raise ApiError(401, "unauthorized",
                                "send Authorization: Bearer <the token in admin.token>")
             status, body = self._route(method, path, url.query)
-        except (ApiError, admin_routes.RouteError) as error:
+        except ApiError as error:
             status, body = error.status, {"error": error.code, "message": error.message}
             self._allow = error.allow
         except GrantStoreError:
@@ -275,42 +300,55 @@ class AdminHandler(BaseHTTPRequestHandler):
             self._send(200, "application/json", openapi_document())
 
     def _route(self, method: str, path: str, query: str) -> tuple[int, object]:
-        parts = path.strip("/").split("/") if path != "/" else []
-        self._authorize(method, parts)  # SIGN-IN HOOK: the caller's role, then who decides
+        """Find the route (404, 405), check the caller's role for it (403), then answer."""
         if path in _OPEN_ROUTES:
-            _allow(method, "GET")
-        if (len(parts) >= 2 and parts[0] == "v1" and parts[1] in ("audit", "policy", "console")
-                and self.context.console is not None):
-            return console_routes.api_route(self.context.console, method, parts, query,
-                                            self.context.policy,
-                                            self.context.policy_file_problem,
-                                            lambda: self._json_body(required=False))
-        if parts[:2] == ["v1", "requests"] and self.context.approvals is not None:
-            return admin_routes.route(self.context.approvals, method, parts, query,
-                                      lambda: self._json_body(required=False), self._by)
-        if parts[:2] != ["v1", "grants"] or len(parts) > 4:
-            raise ApiError(404, "not_found", "no such route")
-        if len(parts) == 2:
-            _allow(method, "GET, POST")
-            return (200, self._list(query)) if method == "GET" else (201, self._issue())
-        if len(parts) == 4 and parts[3] not in GRANT_ACTIONS:
-            raise ApiError(404, "not_found", "no such route")
-        _allow(method, "GET" if len(parts) == 3 else "POST")
-        grant_id = parts[2]
+            require_method(method, "GET")  # the probes' other methods, once signed in
+        route, params = find_route(self._routes(), method, path)
+        principal = caller_principal(self._session, self._sign_in())
+        require_action(principal, route.action)
+        if route.action is Action.DECIDE:  # SIGN-IN HOOK: nobody approves their own grant
+            self._check_separation(method, path, principal)
+        return route.handler(RouteCall(method, params, query,
+                                       lambda: self._json_body(required=False), self._by,
+                                       principal))
+
+    def _routes(self) -> list[Route]:
+        """The grant routes, and those of the parts this listener serves (approvals, console)."""
+        table = [
+            Route("GET", "/v1/grants", lambda call: (200, self._list(call.query)), Action.READ),
+            Route("POST", "/v1/grants", lambda call: (201, self._issue()), Action.ADMINISTER),
+            Route("GET", "/v1/grants/{id}", lambda call: self._show(call.params["id"]),
+                  Action.READ),
+        ]
+        for action in GRANT_ACTIONS:
+            # Deciding a pending grant is an approver's; revoking one is an admin's.
+            needs = Action.ADMINISTER if action == "revoke" else Action.DECIDE
+            table.append(Route("POST", f"/v1/grants/{{id}}/{action}", self._changer(action),
+                               needs))
+        if self.context.approvals is not None:
+            table += admin_routes.routes(self.context.approvals)
+        if self.context.console is not None:
+            table += console_routes.routes(self.context.console, self.context.policy,
+                                           self.context.policy_file_problem)
+        return table
+
+    def _show(self, grant_id: str) -> tuple[int, object]:
+        grant = self.context.grants.get(grant_id) if _GRANT_ID.fullmatch(grant_id) else None
+        if grant is None:
+            raise ApiError(404, "grant_not_found", "no such grant")
+        limits = limits_view(self.context.grants, grant.id, grant.secrets,
+                             self.context.policy().policy.secrets)
+        return 200, grant.to_public_dict(utc_now()) | ({"limits": limits} if limits else {})
+
+    def _changer(self, action: GrantAction) -> Handler:
+        return lambda call: self._change(call.params["id"], action)
+
+    def _change(self, grant_id: str, action: GrantAction) -> tuple[int, object]:
         if not _GRANT_ID.fullmatch(grant_id):
             raise ApiError(404, "grant_not_found", "no such grant")
-        if len(parts) == 3:
-            grant = self.context.grants.get(grant_id)
-            if grant is None:
-                raise ApiError(404, "grant_not_found", "no such grant")
-            limits = limits_view(self.context.grants, grant.id, grant.secrets,
-                                 self.context.policy().policy.secrets)
-            return 200, grant.to_public_dict(utc_now()) | ({"limits": limits} if limits else {})
-        action = parts[3]
         by, reason = self._decider()
         try:
-            grant = change_grant(self.context.grants, self.context.audit, grant_id,
-                                 cast(GrantAction, action),
+            grant = change_grant(self.context.grants, self.context.audit, grant_id, action,
                                  by=by, now=utc_now(), reason=reason)
         except GrantNotFound:
             raise ApiError(404, "grant_not_found", "no such grant") from None
@@ -374,24 +412,13 @@ class AdminHandler(BaseHTTPRequestHandler):
             "token": issued.token, "proxy_url": issued.proxy_url,
             "placeholders": issued.placeholders}
 
-    def _principal(self) -> Principal:
-        """SIGN-IN HOOK: who calls, with which role: a console session's own, or the admin
-        token's (admin; `token:break-glass` once a provider signs people in)."""
-        if self._session is not None:
-            return self._session.principal
-        return access.bearer_principal(TOKEN_HOLDER, self._sign_in())
-
-    def _sign_in(self) -> Any:
+    def _sign_in(self) -> SignInPolicy | None:
         return self.context.policy().policy.sign_in
 
-    def _authorize(self, method: str, parts: list[str]) -> None:
-        """403 `role_required` naming the role that would allow it; 403
-        `separation_of_duties` for an approver deciding their own grant (audited)."""
-        principal = self._principal()
-        try:
-            principal.require(access.action_for(method, parts))
-        except RoleRefused as refused:
-            raise ApiError(403, "role_required", access.role_refusal(refused)) from None
+    def _check_separation(self, method: str, path: str, principal: Principal) -> None:
+        """403 `separation_of_duties` (audited) for a person approving a grant they issued, or
+        a held request made on it."""
+        parts = path.strip("/").split("/")
         if method != "POST" or len(parts) != 4 or parts[3] != "approve":
             return
         grant_id: str | None = parts[2]
@@ -449,7 +476,8 @@ class AdminHandler(BaseHTTPRequestHandler):
             raise ApiError(400, "invalid_request", "by must be 1-64 letters, digits or ._@:+-")
         return access.bearer_identity(label, self._sign_in())  # SIGN-IN HOOK: break-glass
 
-    def _json_body(self, *, required: bool) -> dict[str, Any]:
+    def _raw_body(self) -> bytes:
+        """The body's bytes, at most MAX_BODY, sent with Content-Length."""
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
             raise ApiError(411, "length_required", "send the body with Content-Length")
         raw_length = self.headers.get("Content-Length", "0") or "0"
@@ -460,6 +488,10 @@ class AdminHandler(BaseHTTPRequestHandler):
             raise ApiError(413, "body_too_large", f"at most {MAX_BODY} bytes")
         raw = self.rfile.read(length) if length else b""
         self._body_read = True
+        return raw
+
+    def _json_body(self, *, required: bool) -> dict[str, Any]:
+        raw = self._raw_body()
         if not raw.strip():
             if required:
                 raise ApiError(400, "invalid_request", "send a JSON object")
@@ -501,11 +533,6 @@ class AdminHandler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(data)
-
-
-def _allow(method: str, allowed: str) -> None:
-    if method not in allowed.split(", "):
-        raise ApiError(405, "method_not_allowed", f"use {allowed}", allow=allowed)
 
 
 def readiness(context: AdminContext) -> dict[str, dict[str, object]]:

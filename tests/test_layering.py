@@ -41,7 +41,11 @@ LAYERS: dict[str, frozenset[str]] = {k: frozenset(v) for k, v in {
     "grants": ("audit",),  # state: grants, secrets, audit
     "signing": ("secrets",),
     "scrubbing": ("grants", "secrets"),  # handed values: no decision code
-    "approvals": ("grants", "identity"),
+    # The small HTTP layer every listener shares: its error type, route table and role check.
+    "http_routes": ("identity", "errors"),
+    # Held requests, decided in the console, the admin API or from chat (Slack, signed
+    # webhooks: their vault-held keys, their failed signatures slowed like failed sign-ins).
+    "approvals": ("grants", "identity", "http_routes", "secrets", "signin_guard"),
     "sign_in": ("policy", "identity"),
     "decision": ("approvals", "scrubbing", "signing", "metrics"),
     "error_text": ("policy",),
@@ -61,7 +65,7 @@ LAYERS: dict[str, frozenset[str]] = {k: frozenset(v) for k, v in {
 
 CORE = ("request", "policy", "secrets", "audit", "grants", "signing", "scrubbing", "approvals",
         "decision", "error_text", "policy_tools", "readiness", "signin_guard", "console",
-        "identity", "sign_in", "metrics", *FOUNDATIONS)
+        "identity", "sign_in", "http_routes", "metrics", *FOUNDATIONS)
 STATE = ("grants", "secrets", "audit")
 # name -> (the parts it constrains, what they never import)
 RULES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {

@@ -15,7 +15,7 @@ import urllib.request
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
-from broker_proxy.approvals.desk import HeldRequest
+from broker_proxy.approvals.desk import HeldRequest, Notifier
 
 log = logging.getLogger("broker_proxy.approvals")
 
@@ -73,3 +73,14 @@ class WebhookNotifier:
             log.warning("approval webhook to %s failed: %s", urlsplit(url).hostname,
                         type(error).__name__)
             self._on_failure()
+
+
+class Notifiers:
+    """Tells every configured channel (the JSON webhook, Slack) about a held request."""
+
+    def __init__(self, *notifiers: Notifier) -> None:
+        self._notifiers = notifiers
+
+    def notify(self, item: HeldRequest) -> None:
+        for notifier in self._notifiers:
+            notifier.notify(item)  # each only queues: none waits for the network

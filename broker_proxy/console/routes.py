@@ -22,10 +22,11 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import parse_qs
 
-from broker_proxy.approvals.admin_routes import RouteError
 from broker_proxy.console.audit_index import FILTERS, AuditIndex
 from broker_proxy.console.sessions import COOKIE, ConsoleSessions, Session
 from broker_proxy.console.views import ChainStatus, policy_view
+from broker_proxy.http_routes import ApiError, Route
+from broker_proxy.identity.roles import Action
 from broker_proxy.policy.sign_in_fields import SignInPolicy
 from broker_proxy.sign_in.access import BREAK_GLASS, oidc_configured
 
@@ -102,7 +103,7 @@ def session_allows(console: Console | None, headers: Headers) -> Session | None:
     if session is None:
         return None
     if not session.csrf_matches(headers.get(CSRF_HEADER)):
-        raise RouteError(403, "csrf_token_invalid",
+        raise ApiError(403, "csrf_token_invalid",
                          f"a console request must carry its session's {CSRF_HEADER}")
     return session
 
@@ -182,34 +183,35 @@ def _cookie(value: str, max_age: int) -> str:
     return (f"{COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}")
 
 
-def api_route(console: Console, method: str, parts: list[str], query: str,
-              active_policy: Callable[[], Any], file_problem: Callable[[], str | None],
-              body: Callable[[], dict[str, Any]] = dict) -> tuple[int, object]:
-    """/v1/audit, /v1/audit/status, /v1/audit/verify, /v1/policy, /v1/console/login-links."""
-    route = "/".join(parts)
-    if route == "v1/audit":
-        _allow(method, "GET")
-        return 200, _audit_page(console, query)
-    if route == "v1/audit/status":
-        _allow(method, "GET")
-        return 200, console.chain.status()
-    if route == "v1/audit/verify":
-        _allow(method, "POST")
-        return 200, console.chain.verify()
-    if route == "v1/policy":
-        _allow(method, "GET")
-        return 200, policy_view(active_policy(), console.policy_loaded_at(), file_problem())
-    if route == "v1/console/login-links":
-        _allow(method, "POST")
-        fields = body()
-        if set(fields) - {"name"}:
-            raise RouteError(400, "invalid_request", "the only field is name")
-        name = fields.get("name")
-        if not isinstance(name, str) or not NAME.fullmatch(name):
-            raise RouteError(400, "invalid_request", f"{NAME_RULE}; the link signs in as it")
-        code = console.sessions.new_login_link(name)
-        return 201, {"path": f"/ui/#login={code}", "expires_in_s": 120, "name": name}
-    raise RouteError(404, "not_found", "no such route")
+def routes(console: Console, active_policy: Callable[[], Any],
+           file_problem: Callable[[], str | None]) -> list[Route]:
+    """/v1/audit, /v1/audit/status, /v1/audit/verify, /v1/policy, /v1/console/login-links.
+
+    Checking the chain reads it and changes nothing, so anyone who may read may verify; a
+    login link signs someone in, so only an admin makes one.
+    """
+    return [
+        Route("GET", "/v1/audit", lambda call: (200, _audit_page(console, call.query)),
+              Action.READ),
+        Route("GET", "/v1/audit/status", lambda call: (200, console.chain.status()),
+              Action.READ),
+        Route("POST", "/v1/audit/verify", lambda call: (200, console.chain.verify()),
+              Action.READ),
+        Route("GET", "/v1/policy", lambda call: (200, policy_view(
+            active_policy(), console.policy_loaded_at(), file_problem())), Action.READ),
+        Route("POST", "/v1/console/login-links", lambda call: _login_link(console, call.body()),
+              Action.ADMINISTER),
+    ]
+
+
+def _login_link(console: Console, fields: dict[str, Any]) -> tuple[int, object]:
+    if set(fields) - {"name"}:
+        raise ApiError(400, "invalid_request", "the only field is name")
+    name = fields.get("name")
+    if not isinstance(name, str) or not NAME.fullmatch(name):
+        raise ApiError(400, "invalid_request", f"{NAME_RULE}; the link signs in as it")
+    code = console.sessions.new_login_link(name)
+    return 201, {"path": f"/ui/#login={code}", "expires_in_s": 120, "name": name}
 
 
 def _audit_page(console: Console, query: str) -> dict[str, object]:
@@ -218,24 +220,19 @@ def _audit_page(console: Console, query: str) -> dict[str, object]:
     params = parse_qs(query, keep_blank_values=True)
     allowed = {*FILTERS, "before", "limit"}
     if unknown := set(params) - allowed:
-        raise RouteError(400, "invalid_request", f"unknown parameters: {sorted(unknown)}")
+        raise ApiError(400, "invalid_request", f"unknown parameters: {sorted(unknown)}")
     if any(len(values) != 1 for values in params.values()):
-        raise RouteError(400, "invalid_request", "each parameter at most once")
+        raise ApiError(400, "invalid_request", "each parameter at most once")
     values = {name: v[0] for name, v in params.items() if v[0] or name not in FILTERS}
     numbers: dict[str, int] = {}
     for name in ("before", "limit"):
         if name in values:
             if not values[name].isdigit() or len(values[name]) > 12:
-                raise RouteError(400, "invalid_request", f"{name} must be a whole number")
+                raise ApiError(400, "invalid_request", f"{name} must be a whole number")
             numbers[name] = int(values.pop(name))
     page = console.audit.page(values, numbers.get("before"), numbers.get("limit", 50))
     return {"records": page.records, "next_before": page.next_before,
             "total_lines": page.total_lines}
-
-
-def _allow(method: str, allowed: str) -> None:
-    if method != allowed:
-        raise RouteError(405, "method_not_allowed", f"use {allowed}", allow=allowed)
 
 
 def _json(status: int, body: object, headers: dict[str, str] | None = None) -> UiAnswer:

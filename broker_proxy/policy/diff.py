@@ -4,7 +4,8 @@ Widening means some request, grant or agent that OLD refused NEW would allow: a 
 secret an agent may now hold, an approval dropped, a longer max_ttl, a destination (host, port,
 method or path) a secret may now reach, a new place a placeholder may sit, a new egress host or
 private address range, a media type no longer withheld at a secret's host, an MCP tool or
-GraphQL operation list widened (protocol_diff.py). Everything else is
+GraphQL operation list widened (protocol_diff.py), a chat user or webhook given a role or a
+higher one (chat_rules.py). Everything else is
 a narrowing or a neutral change; each is one line.
 """
 
@@ -14,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 
+from broker_proxy.policy.chat_rules import ROLES, chat_roles
 from broker_proxy.policy.coverage import destination_covers, host_covers, uncovered_globs
 from broker_proxy.policy.limit_diff import limit_changes
 from broker_proxy.policy.media_types import pattern_covers
@@ -55,7 +57,21 @@ def diff_policies(old: Policy, new: Policy) -> list[Change]:
     # A pin decides which server gets a host's traffic (and its secrets): any new one widens.
     changes += _list_changes("network.resolve", "pin", ResolvePins(old.resolve).spelled(),
                              ResolvePins(new.resolve).spelled())
+    changes += _chat_changes(chat_roles(old.chat), chat_roles(new.chat))
     return changes
+
+
+def _chat_changes(before: dict[str, str], after: dict[str, str]) -> list[Change]:
+    """Who may decide or read from chat: a new identity or a higher role widens."""
+    found = []
+    for who in sorted(before.keys() | after.keys()):
+        was, now = before.get(who), after.get(who)
+        if was == now:
+            continue
+        widening = now is not None and (was is None or ROLES.index(now) > ROLES.index(was))
+        found.append(Change("chat_role_changed", "chat", f"{who}: {was or 'no role'} -> "
+                                                         f"{now or 'no role'}", widening))
+    return found
 
 
 def _named_sets(kind: str, old: Mapping[str, object], new: Mapping[str, object], *,

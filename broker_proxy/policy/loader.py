@@ -29,6 +29,7 @@ from broker_proxy.policy.approval_fields import (
     parse_approval_timeout,
     parse_approval_webhook,
 )
+from broker_proxy.policy.chat_rules import parse_chat
 from broker_proxy.policy.field_checker import DECIMAL, INT_TAG, NULL_TAG, FieldChecker
 from broker_proxy.policy.issues import PolicyError, PolicyIssue
 from broker_proxy.policy.limit_fields import parse_prices
@@ -130,6 +131,7 @@ def _load(text: str, source: str, digest: str) -> tuple[Policy, yaml.Node]:
         checker = FieldChecker(source)
         root = compose(text, checker)
         policy = _build_policy(root, checker)
+        chat = parse_chat(root, checker)  # chat_rules.py: the `chat:` section
     if checker.issues or policy is None or root is None:
         raise PolicyError(sorted(checker.issues, key=lambda issue: (issue.line, issue.column)))
     return Policy(
@@ -137,7 +139,7 @@ def _load(text: str, source: str, digest: str) -> tuple[Policy, yaml.Node]:
         allow_addresses=policy.allow_addresses, resolve=policy.resolve, source=source,
         digest=digest, approval_timeout=policy.approval_timeout,
         approval_webhook=policy.approval_webhook, prices=policy.prices,
-        prices_as_of=policy.prices_as_of, sign_in=policy.sign_in,
+        prices_as_of=policy.prices_as_of, sign_in=policy.sign_in, chat=chat,
     ), root
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from ipaddress import IPv4Network, IPv6Network
 
+from broker_proxy.policy.chat_rules import ChatRules
 from broker_proxy.policy.protocol_rules import GraphqlRules, McpRules
 from broker_proxy.policy.sign_in_fields import SignInPolicy
 
@@ -225,3 +226,5 @@ class Policy:
     # Who may sign in to the console and admin API, and as what (sign_in_fields.py); None: the
     # admin token and one-time links only, as before.
     sign_in: SignInPolicy | None = None
+    # Who may decide held requests from Slack or a signed webhook (chat_rules.py).
+    chat: ChatRules | None = None

@@ -66,6 +66,11 @@ _GLOBS = {"type": "array", "items": {"type": "string", "minLength": 1, "maxLengt
                                      "pattern": "^[^\\x00-\\x1f]+$"}}
 
 
+_VAULT_ENTRY = {"type": "string", "pattern": NAME_PATTERN}
+_CHAT_USERS = {"type": "object", "propertyNames": {"pattern": "^[A-Za-z0-9._@+-]{1,64}$"},
+               "additionalProperties": {"enum": ["viewer", "approver", "admin"]}}
+
+
 @dataclass(frozen=True, slots=True)
 class Mapping:
     """One kind of mapping: its fields (JSON Schema of each value), the required ones."""
@@ -94,6 +99,8 @@ MAPPINGS: dict[str, Mapping] = {
         "sign_in": {**kind("sign_in"),
                     "description": "OpenID Connect sign-in to the console and admin API, "
                                    "roles, separation of duties (docs/sign-in.md)"},
+        "chat": {**kind("chat"),
+                 "description": "deciding held requests from Slack or a signed webhook"},
     }, required=("version",)),
     "secret": Mapping({
         "from": {
@@ -329,6 +336,28 @@ MAPPINGS: dict[str, Mapping] = {
         "allow": {"type": "array", "items": kind("host"),
                   "description": "hosts any grant may reach without secrets"},
     }, nullable=True),
+    "chat": Mapping({
+        "slack": {**kind("chat_slack"), "description": "Slack interactive messages"},
+        "webhooks": {**_named("chat_webhook"),
+                     "description": "signed webhooks of other chat tools, by name"},
+    }, nullable=True),
+    "chat_slack": Mapping({
+        "bot_token": {**_VAULT_ENTRY, "description": "vault entry of the bot token"},
+        "signing_secret": {**_VAULT_ENTRY, "description": "vault entry of the signing secret"},
+        "channel": {"type": "string", "pattern": "^[A-Z0-9]{2,32}$",
+                    "description": "channel id held requests are posted to"},
+        "allow_uses": {"type": "integer", "minimum": 1, "maximum": 10000, "default": 10,
+                       "description": "uses the allow-N button allows"},
+        "api_url": {"type": "string", "pattern": "^https?://",
+                    "default": "https://slack.com/api/", "description": "Slack's Web API"},
+        "users": {**_CHAT_USERS, "description": "Slack user id -> role"},
+    }, required=("bot_token", "signing_secret", "channel")),
+    "chat_webhook": Mapping({
+        "secret": {**_VAULT_ENTRY, "description": "vault entry of the shared HMAC key"},
+        "role": {"enum": ["viewer", "approver", "admin"], "default": "approver",
+                 "description": "the webhook's role when the body names no user"},
+        "users": {**_CHAT_USERS, "description": "user named in the body -> role"},
+    }, required=("secret",)),
     "network": Mapping({
         "allow_addresses": {**_STRINGS, "description": "CIDRs such as 127.0.0.0/8"},
         "resolve": {**_STRINGS, "description": "HOST[:PORT]=IP[:PORT] pins, like run --resolve; "

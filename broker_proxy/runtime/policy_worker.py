@@ -112,7 +112,7 @@ def read_answer(output: bytes, source: str, returncode: int, stderr: bytes) -> P
 _MODEL_MODULES = frozenset({"broker_proxy.policy.model", "broker_proxy.policy.issues",
                             "broker_proxy.policy.protocol_rules",
                             "broker_proxy.policy.sign_in_fields", "broker_proxy.identity.roles",
-                            "datetime", "ipaddress"})
+                            "broker_proxy.policy.chat_rules", "datetime", "ipaddress"})
 _BUILTINS = frozenset({"frozenset", "set", "dict", "list", "tuple", "str", "int", "bytes",
                        "getattr"})
 # Compiled name globs (MCP tools, GraphQL operations) pickle as re._compile(pattern, flags):

@@ -19,13 +19,17 @@ from broker_proxy.admin_api import (
     AdminServer,
     load_or_create_admin_token,
 )
-from broker_proxy.approvals.webhook import WebhookNotifier
+from broker_proxy.approvals.chat_decision import vault_entry
+from broker_proxy.approvals.chat_door import ChatDoor
+from broker_proxy.approvals.chat_slack import SlackNotifier
+from broker_proxy.approvals.webhook import Notifiers, WebhookNotifier
 from broker_proxy.audit.checkpoint import CheckpointPaths
 from broker_proxy.console.oidc_routes import OidcDoor
 from broker_proxy.console.routes import Console
 from broker_proxy.console.sessions import DEFAULT_SESSION_TTL, ConsoleSessions
 from broker_proxy.decision.broker import Broker
 from broker_proxy.home import Home
+from broker_proxy.policy.chat_rules import SlackRules
 from broker_proxy.policy.model import SecretPolicy
 from broker_proxy.readiness import CachedProbe, store_write_problem
 from broker_proxy.runtime.policy_reload import PolicyReloader
@@ -113,10 +117,7 @@ def start_services(broker: Broker, home: Home, policy_file: Path,
     elif broker.approvals.shared:
         # A worker of a group: it holds requests (they live in the grant store) and the first
         # process's admin API decides them; its webhook links to that console.
-        broker.approvals.notifier = WebhookNotifier(
-            url=lambda: broker.policy.policy.approval_webhook,
-            console_url=lambda: _group_console(home),
-            on_failure=broker.metrics.approval_webhook_failures.inc)
+        broker.approvals.notifier = _notifiers(broker, lambda: _group_console(home))
     reloader.start()
     # Every process of the home (workers too): `secret set` waits for each one's ack.
     watch = VaultWatch(broker, home).start()
@@ -151,9 +152,23 @@ def _vault_probe(broker: Broker) -> Callable[[], str | None] | None:
 
 def start_approvals(broker: Broker, server: AdminServer) -> None:
     """Requests can be held for a person now that the admin API serves to decide them."""
-    metrics = broker.metrics
-    broker.approvals.notifier = WebhookNotifier(
-        url=lambda: broker.policy.policy.approval_webhook,
-        console_url=lambda: f"http://{server.address}",
-        on_failure=metrics.approval_webhook_failures.inc)
+    broker.approvals.notifier = _notifiers(broker, lambda: f"http://{server.address}")
+    # Slack and signed webhooks decide on the same listener, with their own signatures.
+    server.context.chat = ChatDoor(broker.approvals, lambda: broker.policy.policy.chat,
+                                   vault_entry(broker.secrets))
     broker.approvals.accepting = True
+
+
+def _notifiers(broker: Broker, console_url: Callable[[], str | None]) -> Notifiers:
+    """The JSON webhook and Slack (each only when the policy names it); failures of either
+    are counted as approval notices that did not go out."""
+    failed = broker.metrics.approval_webhook_failures.inc
+
+    def slack() -> SlackRules | None:
+        chat = broker.policy.policy.chat
+        return chat.slack if chat is not None else None
+
+    return Notifiers(
+        WebhookNotifier(url=lambda: broker.policy.policy.approval_webhook,
+                        console_url=console_url, on_failure=failed),
+        SlackNotifier(slack, vault_entry(broker.secrets), console_url, failed))

@@ -1,0 +1,80 @@
+"""The admin listener's door for chat tools: `/v1/chat/...`, signed instead of token-bearing.
+
+Slack and a chat bridge cannot hold the admin token; each signs its request instead, and the
+signature (with the user it names, mapped by the policy) is the caller's whole credential. The
+door is open only while the policy has a `chat:` section: without one, `/v1/chat/...` is an
+ordinary admin route (401 without the token, then 404), as before chat approvals existed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from broker_proxy.approvals.chat_decision import ReadSecret
+from broker_proxy.approvals.chat_slack import slack_interaction
+from broker_proxy.approvals.chat_webhook import webhook_decision
+from broker_proxy.approvals.desk import ApprovalDesk
+from broker_proxy.http_routes import ApiError, Headers, require_method, split_path
+from broker_proxy.policy.chat_rules import ChatRules
+from broker_proxy.secrets.backends import SecretUnavailable
+from broker_proxy.signin_guard import SigninGuard
+
+PREFIX = "/v1/chat/"
+SLACK_PATH = "/v1/chat/slack/interactions"
+
+
+@dataclass(slots=True)
+class ChatDoor:
+    desk: ApprovalDesk
+    rules: Callable[[], ChatRules | None]  # the policy's, read per request (reloads apply)
+    read_secret: ReadSecret
+
+    def serves(self, path: str) -> bool:
+        return path.startswith(PREFIX) and self.rules() is not None
+
+    def answer(self, method: str, path: str, headers: Headers, body: Callable[[], bytes],
+               source: str, guard: SigninGuard | None = None) -> tuple[int, object]:
+        """Answer a chat tool's signed request. A signature that fails is a failed sign-in:
+        slowed per source address and audited like a wrong admin token."""
+        answers: list[tuple[int, object]] = []
+        refusals: list[ApiError] = []
+
+        def verify() -> bool:
+            try:
+                answers.append(self._route(method, path, headers, body))
+            except ApiError as error:
+                if error.status != 401:
+                    raise
+                refusals.append(error)
+                return False
+            return True
+
+        if guard is None:
+            verify()
+        else:
+            guard.check(source, "chat_signature", verify)
+        if refusals:
+            raise refusals[-1]
+        return answers[-1]
+
+    def _route(self, method: str, path: str, headers: Headers,
+               body: Callable[[], bytes]) -> tuple[int, object]:
+        """Route a signed chat request; a secret the vault cannot give is a 503."""
+        rules = self.rules()
+        parts = split_path(path)
+        try:
+            if parts == split_path(SLACK_PATH) and rules is not None and rules.slack:
+                require_method(method, "POST")
+                return slack_interaction(rules.slack, self.read_secret, self.desk, headers,
+                                         body())
+            if len(parts) == 4 and parts[:3] == ["v1", "chat", "webhooks"] \
+                    and rules is not None and parts[3] in rules.webhooks:
+                require_method(method, "POST")
+                return webhook_decision(rules.webhooks[parts[3]], self.read_secret, self.desk,
+                                        headers, body())
+        except SecretUnavailable:  # fail closed: nothing is decided without the signature
+            raise ApiError(503, "secret_unavailable",
+                           "a chat secret named in the policy cannot be read from the vault"
+                           ) from None
+        raise ApiError(404, "not_found", "no such route")

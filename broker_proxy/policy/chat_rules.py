@@ -1,0 +1,195 @@
+"""The policy's ``chat:`` section: who may decide held requests from Slack or a signed webhook.
+
+```yaml
+chat:
+  slack:
+    bot_token: slack-bot-token            # names of vault entries (`broker-proxy secret set`),
+    signing_secret: slack-signing-secret  # never the values themselves
+    channel: C0123456789                  # where held requests are posted
+    allow_uses: 10                        # what the "allow N" button allows (default 10)
+    users: {U024BE7LH: approver, U0G9QF9C6: viewer}
+  webhooks:
+    pager-bridge:
+      secret: pager-bridge-hmac           # vault entry holding the shared HMAC key
+      role: approver                      # the role of the webhook itself (default approver)
+      users: {alice: approver}            # optional: callers named in the body, and their roles
+```
+
+Only names of vault entries are here, so the policy file can be reviewed and committed without
+carrying a token; the values are read from the vault each time they are used, so a `secret set`
+takes effect without a reload. Parsed at load time with the loader's checker, so each problem is
+reported as FILE:LINE:COL like every other.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+import yaml
+
+if TYPE_CHECKING:
+    from broker_proxy.policy.checking import NodeChecker
+
+ROLES = ("viewer", "approver", "admin")
+SLACK_API = "https://slack.com/api/"
+DEFAULT_ALLOW_USES = 10
+MAX_ALLOW_USES = 10_000  # the approval desk's own bound
+_SECRET_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
+_WEBHOOK_NAME = _SECRET_NAME
+# Slack ids (U024BE7LH, W0123) and a webhook's caller names: short, printable, no separators.
+_USER = re.compile(r"[A-Za-z0-9._@+-]{1,64}")
+_CHANNEL = re.compile(r"[A-Z0-9]{2,32}")
+
+
+@dataclass(frozen=True, slots=True)
+class SlackRules:
+    bot_token: str  # vault entry: the bot's xoxb- token (chat:write)
+    signing_secret: str  # vault entry: the app's signing secret
+    channel: str
+    users: dict[str, str] = field(default_factory=dict)  # Slack user id -> role name
+    allow_uses: int = DEFAULT_ALLOW_USES
+    api_url: str = SLACK_API  # Slack's Web API; tests point it at a local stand-in
+
+
+@dataclass(frozen=True, slots=True)
+class ChatWebhookRules:
+    name: str
+    secret: str  # vault entry: the shared HMAC-SHA256 key
+    role: str = "approver"
+    users: dict[str, str] = field(default_factory=dict)  # caller named in the body -> role
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRules:
+    slack: SlackRules | None = None
+    webhooks: dict[str, ChatWebhookRules] = field(default_factory=dict)
+
+
+def chat_roles(chat: ChatRules | None) -> dict[str, str]:
+    """Every chat identity the policy gives a role, as the audit names it (`slack:U024BE7LH`,
+    `webhook:bridge`, `webhook:bridge:alice`): what `policy diff` compares."""
+    roles: dict[str, str] = {}
+    if chat is None:
+        return roles
+    if chat.slack is not None:
+        roles |= {f"slack:{user}": role for user, role in chat.slack.users.items()}
+    for name, hook in chat.webhooks.items():
+        roles[f"webhook:{name}"] = hook.role
+        roles |= {f"webhook:{name}:{user}": role for user, role in hook.users.items()}
+    return roles
+
+
+def parse_chat(root: yaml.Node | None, checker: NodeChecker) -> ChatRules | None:
+    """The ``chat:`` section of the policy's root mapping, or None without one."""
+    node = _child(root, "chat")
+    if node is None or node.tag.endswith(":null"):
+        return None
+    fields = checker.fields(node, "chat", "chat", node)
+    if fields is None:
+        return None
+    slack = _slack(fields["slack"][1], checker) if "slack" in fields else None
+    webhooks: dict[str, ChatWebhookRules] = {}
+    if "webhooks" in fields:
+        webhooks = _webhooks(fields["webhooks"][1], checker)
+    return ChatRules(slack, webhooks)
+
+
+def _child(node: yaml.Node | None, name: str) -> yaml.Node | None:
+    if not isinstance(node, yaml.MappingNode):
+        return None
+    return next((value for key, value in node.value if key.value == name), None)
+
+
+def _slack(node: yaml.Node, checker: NodeChecker) -> SlackRules | None:
+    fields = checker.fields(node, "chat.slack", "chat_slack", node)
+    if fields is None or not {"bot_token", "signing_secret", "channel"} <= set(fields):
+        return None
+    before = len(checker.issues)
+    token = _secret_name(fields["bot_token"][1], "chat.slack.bot_token", checker)
+    signing = _secret_name(fields["signing_secret"][1], "chat.slack.signing_secret", checker)
+    channel = checker.string(fields["channel"][1], "chat.slack.channel", "a channel id")
+    if channel is not None and not _CHANNEL.fullmatch(channel):
+        checker.report(fields["channel"][1], "chat.slack.channel",
+                       "must be a channel id such as C0123456789 (not its #name)")
+    uses = DEFAULT_ALLOW_USES
+    if "allow_uses" in fields:
+        uses = checker.integer(fields["allow_uses"][1], "chat.slack.allow_uses") or uses
+        if not 1 <= uses <= MAX_ALLOW_USES:
+            checker.report(fields["allow_uses"][1], "chat.slack.allow_uses",
+                           f"must be from 1 to {MAX_ALLOW_USES}")
+    api_url = SLACK_API
+    if "api_url" in fields:
+        api_url = _url(fields["api_url"][1], "chat.slack.api_url", checker) or SLACK_API
+    users = _users(fields["users"][1], "chat.slack.users", checker) if "users" in fields else {}
+    if len(checker.issues) != before or token is None or signing is None or channel is None:
+        return None
+    return SlackRules(token, signing, channel, users, uses, api_url)
+
+
+def _webhooks(node: yaml.Node, checker: NodeChecker) -> dict[str, ChatWebhookRules]:
+    built: dict[str, ChatWebhookRules] = {}
+    if not checker.kind(node, "chat.webhooks", yaml.MappingNode, "a mapping"):
+        return built
+    for key, value in node.value:
+        path = f"chat.webhooks.{key.value}"
+        if not _WEBHOOK_NAME.fullmatch(str(key.value)):
+            checker.report(key, path, "a webhook name is a letter, then up to 63 letters, "
+                                      'digits, "_", "." or "-"')
+            continue
+        fields = checker.fields(value, path, "chat_webhook", value)
+        if fields is None or "secret" not in fields:
+            continue
+        secret = _secret_name(fields["secret"][1], f"{path}.secret", checker)
+        role = _role(fields["role"][1], f"{path}.role", checker) if "role" in fields \
+            else "approver"
+        users = _users(fields["users"][1], f"{path}.users", checker) if "users" in fields \
+            else {}
+        if secret is not None and role is not None:
+            built[key.value] = ChatWebhookRules(key.value, secret, role, users)
+    return built
+
+
+def _secret_name(node: yaml.Node, path: str, checker: NodeChecker) -> str | None:
+    name = checker.string(node, path, "the name of a vault entry")
+    if name is not None and not _SECRET_NAME.fullmatch(name):
+        # Never echo it: someone may have pasted the token itself here.
+        checker.report(node, path, "must name a vault entry (`broker-proxy secret set NAME`), "
+                                   "not hold the value")
+        return None
+    return name
+
+
+def _role(node: yaml.Node, path: str, checker: NodeChecker) -> str | None:
+    role = checker.string(node, path, "a role")
+    if role is not None and role not in ROLES:
+        checker.report(node, path, f"unknown role {role!r}: expected one of {', '.join(ROLES)}")
+        return None
+    return role
+
+
+def _users(node: yaml.Node, path: str, checker: NodeChecker) -> dict[str, str]:
+    users: dict[str, str] = {}
+    if not checker.kind(node, path, yaml.MappingNode, "a mapping of user ids to roles"):
+        return users
+    for key, value in node.value:
+        user = str(key.value)
+        if not _USER.fullmatch(user):
+            checker.report(key, f"{path}.{user}", "a user id is 1-64 letters, digits or ._@+-")
+            continue
+        if (role := _role(value, f"{path}.{user}", checker)) is not None:
+            users[user] = role
+    return users
+
+
+def _url(node: yaml.Node, path: str, checker: NodeChecker) -> str | None:
+    url = checker.string(node, path, "an http(s) URL")
+    if url is None:
+        return None
+    parts = urlsplit(url)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        checker.report(node, path, "must be an http:// or https:// URL with a host")
+        return None
+    return url if url.endswith("/") else url + "/"
