@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from broker_proxy.cli.common import add_policy_option
-from broker_proxy.cli.errors import CliError
+from broker_proxy.cli.errors import CliError, describe_error
 from broker_proxy.cli.store_option import add_store_option
 from broker_proxy.home import Home
+from broker_proxy.policy.loader import PolicyError, load_policy
 from broker_proxy.runtime import run_setup
 from broker_proxy.runtime.process import BrokerProcess, remove_own_runtime, start_checked
 from broker_proxy.runtime.run_config import (
@@ -25,6 +26,7 @@ from broker_proxy.runtime.run_config import (
     RunConfig,
     RunConfigError,
     build_run_config,
+    policy_rows,
 )
 
 _DURATION = {"metavar": "DURATION"}
@@ -84,8 +86,8 @@ _OPTIONS: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
     (("--console-session-ttl",), {**_DURATION, "help": "how long a web console sign-in lasts "
                                   "(default 8h)"}),
     (("--print-config",), {"action": "store_true", "help": "print every setting, its value and "
-                           "where it came from (default, flag, env), then exit without "
-                           "starting anything"}),
+                           "where it came from (default, flag, env, policy), then exit "
+                           "without starting anything"}),
 )
 
 
@@ -130,7 +132,13 @@ def configure(args: argparse.Namespace) -> RunConfig:
 
 
 def print_config(config: RunConfig) -> None:
+    """One line per setting: name, value (never a secret or a URL's password), source."""
     rows = config.describe()
+    try:
+        rows += policy_rows(load_policy(config.policy_file))
+    except (PolicyError, OSError) as error:
+        reason = describe_error(error) or type(error).__name__
+        rows.append(("policy", f"not read: {reason.splitlines()[0]}", "policy"))
     width = max(len(name) for name, _, _ in rows)
     for name, value, source in rows:
         print(f"{name:<{width}}  {value}  ({source})")

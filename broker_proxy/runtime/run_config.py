@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 from broker_proxy.durations import DurationError, parse_duration
 from broker_proxy.errors import BrokerError
 from broker_proxy.home import Home
+from broker_proxy.policy.model import Policy
 from broker_proxy.policy.resolve_pins import PinError, ResolvePins
 from broker_proxy.runtime import heap_trim, memory_trace
 
@@ -163,9 +164,23 @@ class RunConfig:
         return rows
 
 
+def policy_rows(policy: Policy) -> list[tuple[str, str, str]]:
+    """The run settings a policy holds (read again at each reload), as `describe` rows."""
+    pins = ",".join(f"{host}{f':{port}' if port else ''}={address}{f':{to}' if to else ''}"
+                    for (host, port), (address, to) in policy.resolve.items())
+    webhook = policy.approval_webhook
+    return [("network.resolve", pins or "-", "policy"),
+            ("approval_timeout", _shown("approval_timeout", policy.approval_timeout), "policy"),
+            ("approval_webhook", _without_password(webhook) if webhook else "off", "policy")]
+
+
 def _shown(name: str, value: object) -> str:
     if value is None:
         return "off" if name in _OFF_FIELDS else "-"
+    if isinstance(value, timedelta):
+        return _seconds_text(value.total_seconds())
+    if isinstance(value, float) and name in _SECONDS_FIELDS:
+        return _seconds_text(value)
     if isinstance(value, Home):
         return str(value.root)
     if isinstance(value, tuple) and name in ("listen", "metrics", "admin"):
@@ -177,6 +192,12 @@ def _shown(name: str, value: object) -> str:
     return str(value)
 
 
+def _seconds_text(seconds: float) -> str:
+    return f"{seconds:.0f}s" if seconds.is_integer() else f"{seconds:g}s"
+
+
+_SECONDS_FIELDS = {"audit_checkpoint_every", "request_head_timeout", "upstream_connect_timeout",
+                   "upstream_read_timeout", "idle_timeout", "heap_trim_seconds"}
 _OFF_FIELDS = {"metrics", "admin", "audit_max_bytes", "audit_checkpoint_every",
                "audit_checkpoint_records", "otlp_endpoint", "grant_retention",
                "tracemalloc_prefix"}
@@ -200,20 +221,21 @@ class _Picker:
         self.sources: dict[str, str] = {}
 
     def text(self, name: str, default: str | None, *, env: str | None = None,
-             flag: bool = True) -> str | None:
-        given = getattr(self.args, name, None) if flag else None
-        if given not in (None, []):
-            self.sources[name] = "flag"
-            return str(given) if not isinstance(given, list) else None
+             field: str | None = None) -> str | None:
+        """The flag ``name`` (its argparse dest), else ``env``, else ``default``."""
+        given = getattr(self.args, name, None)
+        if given is not None:
+            self.sources[field or name] = "flag"
+            return str(given)
         if env is not None and self.environ.get(env):
-            self.sources[name] = "env"
+            self.sources[field or name] = "env"
             return self.environ[env]
         return default
 
-    def many(self, name: str) -> tuple[str, ...]:
+    def many(self, name: str, field: str | None = None) -> tuple[str, ...]:
         given = getattr(self.args, name, None) or []
         if given:
-            self.sources[name] = "flag"
+            self.sources[field or name] = "flag"
         return tuple(given)
 
 
@@ -221,7 +243,7 @@ def build_run_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Ru
     """The config of `run` from its parsed flags and the environment; RunConfigError if unusable."""
     pick = _Picker(args, environ)
     home = Home.resolve(pick.text("home", DEFAULT_HOME, env=ENV_HOME))
-    policy = pick.text("policy", None, env=ENV_POLICY)
+    policy = pick.text("policy", None, env=ENV_POLICY, field="policy_file")
     workers = int(pick.text("workers", "1") or 1)
     if workers < 1:
         raise RunConfigError(f"--workers must be at least 1, got {workers}")
@@ -260,7 +282,8 @@ def _audit_fields(pick: _Picker) -> dict[str, Any]:
         "audit_checkpoint_every": None if every == "off"
         else _seconds(every, "--audit-checkpoint-every"),
         "audit_checkpoint_records": records or None,
-        "audit_checkpoint_copies": tuple(Path(c) for c in pick.many("audit_checkpoint_copy")),
+        "audit_checkpoint_copies": tuple(Path(c) for c in pick.many("audit_checkpoint_copy",
+                                                                "audit_checkpoint_copies")),
         "otlp_endpoint": pick.text("otlp_endpoint", None),
     }
 
