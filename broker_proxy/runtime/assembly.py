@@ -6,7 +6,6 @@ refuse to start for the same reasons.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from broker_proxy.audit.checkpoint import CheckpointPaths, latest_checkpoint
@@ -25,12 +24,6 @@ from broker_proxy.runtime.replica import replica_id
 from broker_proxy.secrets.backends import SecretResolver
 from broker_proxy.secrets.credentials import CredentialResolver
 from broker_proxy.secrets.oauth2 import TokenMinter, UpstreamTrust
-
-
-def policy_path(home: Home, explicit: str | None) -> Path:
-    """--policy, else $BROKER_PROXY_POLICY, else <home>/policy.yaml."""
-    raw = explicit or os.environ.get("BROKER_PROXY_POLICY")
-    return Path(raw).expanduser() if raw else home.policy
 
 
 def open_audit(home: Home) -> AuditLog:

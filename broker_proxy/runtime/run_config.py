@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 
 from broker_proxy.durations import DurationError, parse_duration
 from broker_proxy.errors import BrokerError
+from broker_proxy.grants.factory import STORE_ENV
 from broker_proxy.home import Home
 from broker_proxy.policy.model import Policy
 from broker_proxy.policy.resolve_pins import PinError, ResolvePins
@@ -32,7 +33,7 @@ from broker_proxy.runtime import heap_trim, memory_trace
 
 ENV_HOME = "BROKER_PROXY_HOME"
 ENV_POLICY = "BROKER_PROXY_POLICY"
-ENV_STORE = "BROKER_PROXY_STORE"  # grants/factory.py STORE_ENV: the same name
+ENV_STORE = STORE_ENV
 ENV_MASTER_KEY = "BROKER_PROXY_MASTER_KEY"  # secrets/master_key.py ENV_VAR: the same name
 ENV_TRACEMALLOC = memory_trace.ENV_PREFIX
 ENV_TRACEMALLOC_FRAMES = memory_trace.ENV_FRAMES
@@ -239,10 +240,35 @@ class _Picker:
         return tuple(given)
 
 
+def home_setting(explicit: str | None, environ: Mapping[str, str]) -> Home:
+    """--home, else $BROKER_PROXY_HOME, else ~/.broker-proxy (every command's rule)."""
+    return Home.resolve(explicit or environ.get(ENV_HOME) or DEFAULT_HOME)
+
+
+def policy_setting(home: Home, explicit: str | None, environ: Mapping[str, str]) -> Path:
+    """--policy, else $BROKER_PROXY_POLICY, else <home>/policy.yaml (every command's rule)."""
+    raw = explicit or environ.get(ENV_POLICY)
+    return Path(raw).expanduser() if raw else home.policy
+
+
+def store_setting(explicit: str | None, environ: Mapping[str, str]) -> str | None:
+    """--store, else $BROKER_PROXY_STORE, else None: the home's SQLite file.
+
+    The environment is the better place for a Redis URL with a password: argv is visible to
+    every user of the machine in `ps`.
+    """
+    return explicit or environ.get(ENV_STORE) or None
+
+
+def debug_setting(environ: Mapping[str, str]) -> bool:
+    """$BROKER_PROXY_DEBUG: an internal error of any command shows its traceback."""
+    return bool(environ.get(ENV_DEBUG))
+
+
 def build_run_config(args: argparse.Namespace, environ: Mapping[str, str]) -> RunConfig:
     """The config of `run` from its parsed flags and the environment; RunConfigError if unusable."""
     pick = _Picker(args, environ)
-    home = Home.resolve(pick.text("home", DEFAULT_HOME, env=ENV_HOME))
+    home = home_setting(pick.text("home", None, env=ENV_HOME), {})
     policy = pick.text("policy", None, env=ENV_POLICY, field="policy_file")
     workers = int(pick.text("workers", "1") or 1)
     if workers < 1:
@@ -257,7 +283,7 @@ def build_run_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Ru
         pick.sources["worker_of_group"] = "flag"
     return RunConfig(
         home=home,
-        policy_file=Path(policy).expanduser() if policy else home.policy,
+        policy_file=policy_setting(home, policy, {}),
         store=pick.text("store", None, env=ENV_STORE),
         certs=Path(certs) if certs else None,
         listen=_address(pick.text("listen", DEFAULT_LISTEN), "--listen"),
@@ -323,7 +349,7 @@ def _environment_fields(pick: _Picker) -> dict[str, Any]:
         "tracemalloc_frames": int(frames) if frames.isdigit() else 0,
         "heap_trim_seconds": heap_trim_seconds(environ),
         "gc_freeze": gc_freeze_enabled(environ),
-        "debug": bool(environ.get(ENV_DEBUG)),
+        "debug": debug_setting(environ),
     }
 
 
