@@ -8,6 +8,10 @@ addons, some of which (MapRemote, ModifyHeaders, the dumper) run after a script 
 or print a request after it was checked. This entry point exists for setups that already run
 mitmdump. If the broker cannot start (bad policy, unusable store or audit log), every request is
 refused with 503: mitmdump would otherwise run as an open proxy.
+
+The broker is opened by the runtime's BrokerProcess, as `broker-proxy run` opens it, with what
+mitmdump cannot run switched off (runtime/process.py MITMDUMP_OFF). This layer never imports the
+runtime: the opener is found through the package's entry point ``broker_proxy.mitmdump``.
 """
 
 from __future__ import annotations
@@ -66,6 +70,7 @@ def runtime_opener() -> BrokerOpener:
         return opener
     raise RuntimeMissing("broker-proxy is not installed in this Python: its runtime entry "
                          f"point {RUNTIME_ENTRY_GROUP}:{RUNTIME_ENTRY_NAME} is missing")
+
 
 BROKER_OPTIONS = {"broker_home", "broker_policy", "broker_resolve"}
 

@@ -147,3 +147,26 @@ def test_a_stage_that_fails_stops_what_started_the_lock_too(
         listener.close()
     HomeLock.acquire(home).release()  # the failed start let go of the home
     assert not Home(home).runtime.exists()
+
+
+def test_the_mitmdump_script_opens_its_broker_through_the_runtime_entry_point() -> None:
+    from broker_proxy.addons import broker as script
+
+    from broker_proxy.runtime.script_host import open_for_script
+
+    assert script.runtime_opener() is open_for_script
+
+
+def test_the_script_without_its_runtime_refuses_every_request(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from broker_proxy.addons import broker as script
+    from mitmproxy.test import taddons, tflow
+
+    monkeypatch.setattr(script, "entry_points", lambda **_: [])
+    entry = script.BrokerScript()
+    with taddons.context(entry) as tctx:
+        tctx.configure(entry, broker_home=str(tmp_path / "home"))
+        flow = tflow.tflow()
+        entry.request(flow)
+    assert flow.response is not None and flow.response.status_code == 503
+    assert "runtime entry point" in entry.startup_error
