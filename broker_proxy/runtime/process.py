@@ -15,6 +15,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -72,8 +73,9 @@ class BrokerProcess:
     def __init__(self, config: RunConfig, *, off: frozenset[str] = frozenset(),
                  argv: Sequence[str] = ()) -> None:
         unknown = off - set(STAGES)
-        if unknown:
-            raise ValueError(f"no such stages: {sorted(unknown)}")
+        if unknown or "broker" in off:
+            raise ValueError(f"no such stages: {sorted(unknown)}" if unknown
+                             else "the broker stage cannot be switched off")
         self.config = config
         self.off = off | (WORKER_OFF if config.worker_of_group else frozenset())
         self.argv = list(argv)  # `run`'s own arguments, for the workers it starts
@@ -97,8 +99,7 @@ class BrokerProcess:
                 if stage not in self.off:
                     getattr(self, f"_start_{stage}")()
             starting.pop_all()
-        assert self.broker is not None  # the broker stage is never off
-        return self.broker
+        return self.running_broker  # the broker stage is never off
 
     def stop(self) -> None:
         self._stack.close()
@@ -144,8 +145,6 @@ class BrokerProcess:
         if self.services is not None:
             self.services.reloader.request_reload()
         if self.workers is not None:
-            import signal
-
             self.workers.send_signal(signal.SIGHUP)
 
     # --- the stages, in STAGES order
