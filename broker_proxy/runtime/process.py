@@ -122,7 +122,11 @@ class BrokerProcess:
         return ProxySettings(
             listen_host=self.listen[0], listen_port=self.listen[1], certs_dir=self.certs,
             upstream_ca_bundle=self._bundle, resolve=self.resolve,
-            body_size_limit=config.body_size_limit, on_reload_signal=self.reload,
+            body_size_limit=config.body_size_limit,
+            connection_strategy=config.connection_strategy,
+            validate_inbound_headers=config.validate_inbound_headers,
+            ssl_insecure=config.ssl_insecure, termlog_verbosity=config.termlog_verbosity,
+            on_reload_signal=self.reload,
             reuse_port=self.reuse_port, deadlines=self.deadlines)
 
     @property
