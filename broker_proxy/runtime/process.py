@@ -60,10 +60,17 @@ STAGES = (
     "heap_trim",  # give freed C heap back
 )
 
-# What the `mitmdump -s` script cannot run: mitmdump owns the process, its listener, its CA and
-# its options (ssl_verify_upstream_trusted_ca is taken as the whole upstream bundle), and the
-# script must not lock a home that a `broker-proxy run` may be serving. It runs the broker only.
-MITMDUMP_OFF = frozenset(STAGES) - {"broker"}
+# What the `mitmdump -s` script cannot run, by name. mitmdump owns the process and its listener
+# (the script never calls `serve`), its CA and its options, so the script runs the broker only.
+MITMDUMP_OFF = frozenset({
+    "memory_trace", "heap_trim",  # the process's memory is mitmdump's
+    "lock", "run_json",  # a `broker-proxy run` may be serving this home: never take it over
+    "shared_metrics", "workers", "metrics",  # one mitmdump process, no metrics listener
+    "otlp", "observability", "stop_record", "services",  # no side threads or admin API
+    # mitmdump's confdir is its CA; its ssl_verify_upstream_trusted_ca is the whole upstream
+    # bundle, used as given (no bundle written into the home)
+    "certs",
+})
 WORKER_OFF = frozenset({"lock", "observability", "otlp", "run_json"})  # a group's extra workers
 
 
