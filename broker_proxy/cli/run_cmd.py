@@ -20,7 +20,6 @@ from broker_proxy.cli.store_option import add_store_option
 from broker_proxy.home import Home
 from broker_proxy.policy.loader import PolicyError, load_policy
 from broker_proxy.runtime import run_setup
-from broker_proxy.runtime.process import BrokerProcess, remove_own_runtime, start_checked
 from broker_proxy.runtime.run_config import (
     DEFAULT_GRANT_RETENTION,
     RunConfig,
@@ -146,6 +145,9 @@ def print_config(config: RunConfig) -> None:
 
 def serve(config: RunConfig, argv: list[str]) -> int:
     """Start every stage of the process, serve until a signal, stop them in reverse."""
+    # Imported here: it loads mitmproxy, which no other command (nor --print-config) needs.
+    from broker_proxy.runtime.process import BrokerProcess, start_checked
+
     try:
         start_checked(with_reuse_port=config.workers > 1 or config.worker_of_group)
         process = BrokerProcess(config, argv=argv)
@@ -179,4 +181,4 @@ def home_certs(home: Home, explicit: str | None) -> Path:
         raise CliError(str(error)) from None
 
 
-_remove_own_runtime = remove_own_runtime  # tests/test_e2e_home_lock.py
+_remove_own_runtime = run_setup.remove_own_runtime  # tests/test_e2e_home_lock.py

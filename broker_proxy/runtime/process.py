@@ -26,7 +26,6 @@ from broker_proxy.addons.connection_limits import Deadlines
 from broker_proxy.addons.runner import ProxySettings, patch_mitmproxy, serve
 from broker_proxy.audit.errors import AuditError
 from broker_proxy.decision.broker import Broker
-from broker_proxy.home import Home
 from broker_proxy.metrics import share_between_processes, shared_directory
 from broker_proxy.policy.resolve_pins import ResolvePins
 from broker_proxy.runtime import gc_freeze, heap_trim, memory_trace
@@ -36,7 +35,12 @@ from broker_proxy.runtime.local_ports import free_port
 from broker_proxy.runtime.observability import Observability, start_observability
 from broker_proxy.runtime.run_config import RunConfig, RunConfigError
 from broker_proxy.runtime.run_services import RunServices, start_services
-from broker_proxy.runtime.run_setup import home_certs, start_otlp, upstream_bundle
+from broker_proxy.runtime.run_setup import (
+    home_certs,
+    remove_own_runtime,
+    start_otlp,
+    upstream_bundle,
+)
 from broker_proxy.runtime.workers import WorkerGroup, worker_command
 from broker_proxy.secrets.oauth2 import UpstreamTrust
 
@@ -323,17 +327,6 @@ def start_checked(with_reuse_port: bool) -> None:
         patch_mitmproxy(with_reuse_port=with_reuse_port)
     except IncompatibleMitmproxy as error:
         raise RunConfigError(str(error)) from None
-
-
-def remove_own_runtime(home: Home) -> None:
-    """run.json goes only with the process that wrote it, never another proxy's."""
-    runtime = home.runtime
-    try:
-        info = json.loads(runtime.read_text())
-    except (OSError, ValueError):
-        return
-    if isinstance(info, dict) and info.get("pid") == os.getpid():
-        runtime.unlink(missing_ok=True)
 
 
 def _close_audit(broker: Broker) -> None:

@@ -3,6 +3,8 @@ CA bundle, the OTLP shipper. Each refusal is a RunConfigError naming the option.
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -73,3 +75,14 @@ def start_otlp(broker: Broker, config: RunConfig) -> OtlpShipper:
                        on_sent=broker.metrics.otlp_records_sent.inc,
                        on_unsent=broker.metrics.otlp_records_unsent.inc,
                        instance=config.replica_id).start()
+
+
+def remove_own_runtime(home: Home) -> None:
+    """run.json goes only with the process that wrote it, never another proxy's."""
+    runtime = home.runtime
+    try:
+        info = json.loads(runtime.read_text())
+    except (OSError, ValueError):
+        return
+    if isinstance(info, dict) and info.get("pid") == os.getpid():
+        runtime.unlink(missing_ok=True)
