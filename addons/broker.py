@@ -8,13 +8,18 @@ addons, some of which (MapRemote, ModifyHeaders, the dumper) run after a script 
 or print a request after it was checked. This entry point exists for setups that already run
 mitmdump. If the broker cannot start (bad policy, unusable store or audit log), every request is
 refused with 503: mitmdump would otherwise run as an open proxy.
+
+The broker is opened by the runtime's BrokerProcess, as `broker-proxy run` opens it, with what
+mitmdump cannot run switched off (runtime/process.py MITMDUMP_OFF). This layer never imports the
+runtime: the opener is found through the package's entry point ``broker_proxy.mitmdump``.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from pathlib import Path
+from importlib.metadata import entry_points
+from typing import Protocol
 
 from broker_proxy.addons import (
     connection_limits,
@@ -33,15 +38,39 @@ from mitmproxy.exceptions import OptionsError
 from mitmproxy.proxy import server_hooks
 
 from broker_proxy.audit.log import AuditLog
+from broker_proxy.decision.broker import Broker
 from broker_proxy.error_text import describe_error
-from broker_proxy.home import Home
+from broker_proxy.errors import BrokerError
 from broker_proxy.policy.resolve_pins import ResolvePins
 from broker_proxy.request import codes
 from broker_proxy.request.outbound import Denied
-from broker_proxy.runtime.assembly import open_broker, policy_path
-from broker_proxy.secrets.oauth2 import UpstreamTrust
 
 log = logging.getLogger("broker_proxy.script")
+
+# Where the runtime's opener is declared (pyproject.toml): broker_proxy.runtime.script_host.
+RUNTIME_ENTRY_GROUP = "broker_proxy.mitmdump"
+RUNTIME_ENTRY_NAME = "open_broker"
+
+
+class BrokerOpener(Protocol):
+    """Opens the broker from the script's options, as `broker-proxy run` would open it."""
+
+    def __call__(self, *, home: str | None, policy: str | None, resolve: Sequence[str],
+                 trusted_ca: str | None) -> Broker: ...
+
+
+class RuntimeMissing(BrokerError):
+    """The package's runtime entry point is not installed (a copied script, a broken install)."""
+
+
+def runtime_opener() -> BrokerOpener:
+    """The runtime's opener, found by its entry point: this layer never imports the runtime."""
+    for entry in entry_points(group=RUNTIME_ENTRY_GROUP, name=RUNTIME_ENTRY_NAME):
+        opener: BrokerOpener = entry.load()
+        return opener
+    raise RuntimeMissing("broker-proxy is not installed in this Python: its runtime entry "
+                         f"point {RUNTIME_ENTRY_GROUP}:{RUNTIME_ENTRY_NAME} is missing")
+
 
 BROKER_OPTIONS = {"broker_home", "broker_policy", "broker_resolve"}
 
@@ -103,13 +132,13 @@ class BrokerScript:
             log.error("broker-proxy refuses all requests: %s", self.startup_error)
             return
         try:
-            home = Home.resolve(ctx.options.broker_home or None)
             resolve = ResolvePins.parse(ctx.options.broker_resolve, "broker_resolve")
             # OAuth2 token endpoints get the same trust as upstreams (see secrets/oauth2.py).
             trusted_ca = getattr(ctx.options, "ssl_verify_upstream_trusted_ca", None)
-            broker = open_broker(home, policy_path(home, ctx.options.broker_policy or None),
-                                 trust=UpstreamTrust(Path(trusted_ca) if trusted_ca else None,
-                                                     resolve))
+            broker = runtime_opener()(home=ctx.options.broker_home or None,
+                                      policy=ctx.options.broker_policy or None,
+                                      resolve=list(ctx.options.broker_resolve),
+                                      trusted_ca=trusted_ca or None)
         except Exception as error:
             self.startup_error = describe_error(error) or type(error).__name__
             log.error("broker-proxy refuses all requests: %s", self.startup_error)

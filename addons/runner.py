@@ -51,6 +51,11 @@ class ProxySettings:
     upstream_ca_bundle: Path | None
     resolve: ResolvePins
     body_size_limit: str = "10m"
+    # The mitmproxy options the broker sets (RunConfig's fields of the same names).
+    connection_strategy: str = "lazy"  # dial upstream only after the request was decided
+    validate_inbound_headers: bool = True
+    ssl_insecure: bool = False
+    termlog_verbosity: str = "warn"
     on_reload_signal: Callable[[], None] | None = None  # SIGHUP: reload the policy
     reuse_port: bool = False  # one of several worker processes on the same port
     deadlines: Deadlines = field(default_factory=Deadlines)  # request head, upstream connect, idle
@@ -113,11 +118,11 @@ async def serve(broker: Broker, settings: ProxySettings,
     )
     # Options owned by addons exist only once the addons are added.
     opts.update(
-        connection_strategy="lazy",  # dial upstream only after the request was decided
-        validate_inbound_headers=True,
+        connection_strategy=settings.connection_strategy,
+        validate_inbound_headers=settings.validate_inbound_headers,
         body_size_limit=settings.body_size_limit,
-        ssl_insecure=False,
-        termlog_verbosity="warn",
+        ssl_insecure=settings.ssl_insecure,
+        termlog_verbosity=settings.termlog_verbosity,
         tcp_timeout=max(1, round(settings.deadlines.idle)),
     )
     if settings.upstream_ca_bundle is not None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,10 +11,12 @@ class Home:
     root: Path
 
     @classmethod
-    def resolve(cls, explicit: str | None) -> Home:
-        """--home, else $BROKER_PROXY_HOME, else ~/.broker-proxy."""
-        raw = explicit or os.environ.get("BROKER_PROXY_HOME") or "~/.broker-proxy"
-        return cls(Path(raw).expanduser().absolute())
+    def resolve(cls, chosen: str | None) -> Home:
+        """The home at ``chosen`` (``~`` expanded), else ~/.broker-proxy.
+
+        The CLI chooses: --home, else $BROKER_PROXY_HOME (runtime/run_config.py home_setting).
+        """
+        return cls(Path(chosen or "~/.broker-proxy").expanduser().absolute())
 
     def ensure(self) -> Home:
         """Create the home 0700: it holds the vault, its key file and the audit key."""

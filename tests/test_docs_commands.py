@@ -50,8 +50,9 @@ def test_each_broker_proxy_command_parses(block, command: str) -> None:
 def test_the_commands_that_need_only_the_package_run_as_written(tmp_path: Path) -> None:
     # Everything a doc block says with `broker-proxy policy ...` that touches no home state:
     # init --list, init into a scratch path, check and schema.
+    # `run --print-config` prints the settings and starts nothing.
     starts = ("broker-proxy policy init", "broker-proxy policy check policies/",
-              "broker-proxy policy check /tmp/broker-proxy-docs")
+              "broker-proxy policy check /tmp/broker-proxy-docs", "broker-proxy run --print-config")
     runnable = [c for _, c in ALL if c.startswith(starts)]
     assert runnable
     env_bin = str(Path(sys.executable).parent)

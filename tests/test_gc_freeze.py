@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from broker_proxy.runtime.gc_freeze import freeze_startup_objects
+from broker_proxy.runtime.run_config import gc_freeze_enabled
 
 
 @pytest.fixture
@@ -18,17 +19,17 @@ def unfrozen() -> Iterator[None]:
 
 
 def test_what_lives_at_start_up_is_frozen(unfrozen: None) -> None:
-    assert freeze_startup_objects({}) is True
+    assert freeze_startup_objects(gc_freeze_enabled({})) is True
     assert gc.get_freeze_count() > 1000
 
 
 def test_zero_leaves_the_collector_as_it_is(unfrozen: None) -> None:
-    assert freeze_startup_objects({"BROKER_PROXY_GC_FREEZE": "0"}) is False
+    assert freeze_startup_objects(gc_freeze_enabled({"BROKER_PROXY_GC_FREEZE": "0"})) is False
     assert gc.get_freeze_count() == 0
 
 
 def test_a_cycle_made_after_the_freeze_is_still_collected(unfrozen: None) -> None:
-    freeze_startup_objects({})
+    freeze_startup_objects(gc_freeze_enabled({}))
 
     class Node:
         other: object

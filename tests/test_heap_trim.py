@@ -20,8 +20,8 @@ from broker_proxy.runtime.heap_trim import (
     HeapTrimmer,
     glibc_trim,
     start_heap_trimmer,
-    trim_interval_from_env,
 )
+from broker_proxy.runtime.run_config import heap_trim_seconds as trim_interval_from_env
 
 ROOT = Path(__file__).resolve().parent.parent
 

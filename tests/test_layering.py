@@ -77,9 +77,6 @@ RULES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "the scrubber imports no decision code": (("scrubbing",), ("decision", "approvals",
                                                                "signing")),
 }
-# Until the mitmdump entry (addons/broker.py) stops assembling the runtime itself.
-PENDING = "addons never import runtime"
-
 # The mitmproxy layer and the operator's entry points; everything else in broker_proxy is core.
 OUTER = ("broker_proxy.addons", "broker_proxy.cli", "broker_proxy.admin_api",
          "broker_proxy.runtime", "broker_proxy.devtools")
@@ -173,7 +170,7 @@ def test_the_package_keeps_its_import_contracts(graph: ImportGraph) -> None:
 
 
 def test_every_import_follows_the_map(graph: ImportGraph) -> None:
-    assert map_problems(graph, skip=[("addons", "runtime")]) == []  # that one: see PENDING
+    assert map_problems(graph) == []
 
 
 def test_the_map_is_a_dag_without_package_cycles(graph: ImportGraph) -> None:
@@ -188,10 +185,7 @@ def test_the_map_is_a_dag_without_package_cycles(graph: ImportGraph) -> None:
     assert cycles(package_graph) == []
 
 
-@pytest.mark.parametrize("rule", [
-    pytest.param(rule, marks=pytest.mark.xfail(
-        strict=False, reason="addons/broker.py still imports runtime.assembly"))
-    if rule == PENDING else rule for rule in RULES])
+@pytest.mark.parametrize("rule", list(RULES))
 def test_each_rule_of_the_map_holds(graph: ImportGraph, rule: str) -> None:
     assert rule_problems(graph, rule) == []
 

@@ -19,7 +19,7 @@ import redis
 from broker_proxy.audit.log import AuditLog
 from broker_proxy.devtools.redis_server import RedisServer, free_port
 from broker_proxy.grants.circuit import OPEN_FOR
-from broker_proxy.grants.factory import STORE_ENV, open_grant_store, store_url
+from broker_proxy.grants.factory import STORE_ENV, open_grant_store
 from broker_proxy.grants.model import GrantStatus
 from broker_proxy.grants.redis_store import RETENTION, RedisGrantStore
 from broker_proxy.grants.redis_url import parse_url
@@ -28,6 +28,7 @@ from broker_proxy.grants.store import GrantStoreError, ReserveResult
 from broker_proxy.grants.tokens import parse_token
 from broker_proxy.home import Home
 from broker_proxy.runtime.replica import ReplicaIdError, replica_id
+from broker_proxy.runtime.run_config import store_setting as store_url
 from tests.test_grant_store import NOW, make_grant
 
 # How long a request may wait on a Redis that is gone or hung before it is refused.
@@ -275,10 +276,10 @@ def test_factory_picks_the_store_from_the_url(tmp_path: Path, redis_server: Redi
         open_grant_store(home, f"mysql://root:{password}@db/grants")
     assert password not in str(excinfo.value)
     monkeypatch.setenv(STORE_ENV, redis_server.url)
-    assert store_url(None) == redis_server.url
-    assert store_url("sqlite:///x") == "sqlite:///x"
+    assert store_url(None, os.environ) == redis_server.url
+    assert store_url("sqlite:///x", os.environ) == "sqlite:///x"
     monkeypatch.delenv(STORE_ENV)
-    assert store_url(None) is None
+    assert store_url(None, os.environ) is None
 
 
 # -- replicas and their audit chains ----------------------------------------------------------

@@ -25,6 +25,7 @@ from broker_proxy.cli import (
     secret_cmd,
 )
 from broker_proxy.cli.errors import CliError, describe_error
+from broker_proxy.runtime.run_config import debug_setting
 
 EXIT_FAILURE = 1
 EXIT_INTERNAL = 70
@@ -74,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as error:
         message = describe_error(error)
         if message is None:
-            if os.environ.get("BROKER_PROXY_DEBUG"):
+            if debug_setting(os.environ):
                 raise
             print(
                 f"broker-proxy: internal error ({type(error).__name__}); "

@@ -13,13 +13,13 @@ from broker_proxy.grants.actions import local_operator
 from broker_proxy.home import Home
 from broker_proxy.policy.loader import load_policy
 from broker_proxy.policy.model import Policy
-from broker_proxy.runtime.assembly import policy_path
+from broker_proxy.runtime.run_config import home_setting, policy_setting, store_setting
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
 
 
 def home_of(args: argparse.Namespace) -> Home:
-    return Home.resolve(getattr(args, "home", None))
+    return home_setting(getattr(args, "home", None), os.environ)
 
 
 def add_policy_option(parser: argparse.ArgumentParser) -> None:
@@ -31,7 +31,12 @@ def add_policy_option(parser: argparse.ArgumentParser) -> None:
 
 
 def policy_file_of(args: argparse.Namespace) -> Path:
-    return policy_path(home_of(args), getattr(args, "policy", None))
+    return policy_setting(home_of(args), getattr(args, "policy", None), os.environ)
+
+
+def store_url_of(args: argparse.Namespace) -> str | None:
+    """--store, else $BROKER_PROXY_STORE, else None (the home's SQLite file): `run`'s rule."""
+    return store_setting(getattr(args, "store", None), os.environ)
 
 
 def load_policy_of(args: argparse.Namespace) -> Policy:

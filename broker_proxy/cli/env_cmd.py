@@ -8,10 +8,10 @@ import shlex
 import sys
 from collections.abc import Mapping
 
-from broker_proxy.cli.common import home_of, proxy_address, running_proxy
+from broker_proxy.cli.common import home_of, proxy_address, running_proxy, store_url_of
 from broker_proxy.cli.errors import CliError
 from broker_proxy.cli.store_option import add_store_option
-from broker_proxy.grants.factory import open_grant_store, store_url
+from broker_proxy.grants.factory import open_grant_store
 from broker_proxy.grants.store import GrantStoreError
 from broker_proxy.grants.tokens import parse_token
 from broker_proxy.time_source import utc_now
@@ -75,7 +75,7 @@ def env_command(args: argparse.Namespace) -> int:
     grant = None
     if parsed is not None:
         try:
-            store = open_grant_store(home, store_url(args.store))
+            store = open_grant_store(home, store_url_of(args))
         except GrantStoreError as error:
             raise CliError(str(error)) from None
         try:

@@ -20,14 +20,20 @@ from pathlib import Path
 from types import FrameType
 
 from broker_proxy.audit.log import AuditError, AuditLog
-from broker_proxy.cli.common import add_policy_option, home_of, policy_file_of, running_proxy
+from broker_proxy.cli.common import (
+    add_policy_option,
+    home_of,
+    policy_file_of,
+    running_proxy,
+    store_url_of,
+)
 from broker_proxy.cli.env_cmd import add_loopback_option, agent_environment, no_proxy_value
 from broker_proxy.cli.errors import CliError
 from broker_proxy.cli.limit_options import add_limit_options
 from broker_proxy.cli.store_option import add_store_option
 from broker_proxy.durations import parse_duration
 from broker_proxy.grants.actions import change_grant, issue_audited, local_operator
-from broker_proxy.grants.factory import open_grant_store, store_url
+from broker_proxy.grants.factory import open_grant_store
 from broker_proxy.grants.issuer import IssuedGrant, format_duration
 from broker_proxy.grants.store import GrantError, GrantStateError, GrantStore
 from broker_proxy.policy.loader import load_policy
@@ -108,7 +114,7 @@ def exec_command(args: argparse.Namespace) -> int:
 
     signals = _Signals()
     previous = {signum: signal.signal(signum, signals.handle) for signum in FORWARDED_SIGNALS}
-    store = open_grant_store(home.ensure(), store_url(args.store))
+    store = open_grant_store(home.ensure(), store_url_of(args))
     audit = AuditLog.open(home.audit_log, home.audit_key)
     issued: IssuedGrant | None = None
     try:

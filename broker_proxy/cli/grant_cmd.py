@@ -22,13 +22,14 @@ from broker_proxy.cli.common import (
     load_policy_of,
     print_json,
     proxy_address,
+    store_url_of,
 )
 from broker_proxy.cli.errors import CliError
 from broker_proxy.cli.limit_options import add_limit_options
 from broker_proxy.cli.store_option import add_store_option
 from broker_proxy.durations import parse_duration
 from broker_proxy.grants.actions import change_grant, issue_audited
-from broker_proxy.grants.factory import open_grant_store, store_url
+from broker_proxy.grants.factory import open_grant_store
 from broker_proxy.grants.issuer import IssuedGrant
 from broker_proxy.grants.limits_view import budget_view, rate_text
 from broker_proxy.grants.model import Grant
@@ -87,7 +88,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 def open_store(args: argparse.Namespace) -> GrantStore:
     """--store, else $BROKER_PROXY_STORE, else the home's SQLite file: the proxy's own rule."""
-    return open_grant_store(home_of(args), store_url(getattr(args, "store", None)))
+    return open_grant_store(home_of(args), store_url_of(args))
 
 
 def issue_command(args: argparse.Namespace) -> int:

@@ -1,29 +1,19 @@
 """Which grant store a command uses: the home's SQLite file, another SQLite file, or Redis.
 
 One function for `run`, the `grant` commands and the `mitmdump -s` entry, so a replica and the
-CLI that issues its grants can never disagree about where grants live.
+CLI that issues its grants can never disagree about where grants live (the URL they hand in is
+chosen by one rule too: runtime/run_config.py store_setting).
 """
 
 from __future__ import annotations
-
-import os
 
 from broker_proxy.grants.sqlite_store import SqliteGrantStore
 from broker_proxy.grants.store import GrantStore, GrantStoreError
 from broker_proxy.home import Home
 
-STORE_ENV = "BROKER_PROXY_STORE"
+STORE_ENV = "BROKER_PROXY_STORE"  # read by runtime/run_config.py (store_setting)
 _SQLITE_PREFIX = "sqlite://"
 _REDIS_SCHEMES = ("redis://", "rediss://")
-
-
-def store_url(explicit: str | None) -> str | None:
-    """--store, else $BROKER_PROXY_STORE, else None (the home's SQLite file).
-
-    The environment is the better place for a Redis URL with a password: argv is visible to
-    every user of the machine in `ps`.
-    """
-    return explicit or os.environ.get(STORE_ENV) or None
 
 
 def open_grant_store(home: Home, url: str | None) -> GrantStore:

@@ -6,7 +6,6 @@ refuse to start for the same reasons.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from broker_proxy.audit.checkpoint import CheckpointPaths, latest_checkpoint
@@ -16,7 +15,7 @@ from broker_proxy.audit.log import AuditLog
 from broker_proxy.audit.recover import holds
 from broker_proxy.decision.active_policy import ActivePolicy
 from broker_proxy.decision.broker import Broker
-from broker_proxy.grants.factory import open_grant_store, store_url
+from broker_proxy.grants.factory import open_grant_store
 from broker_proxy.home import Home
 from broker_proxy.metrics import BrokerMetrics
 from broker_proxy.policy.loader import collector_paused
@@ -25,12 +24,6 @@ from broker_proxy.runtime.replica import replica_id
 from broker_proxy.secrets.backends import SecretResolver
 from broker_proxy.secrets.credentials import CredentialResolver
 from broker_proxy.secrets.oauth2 import TokenMinter, UpstreamTrust
-
-
-def policy_path(home: Home, explicit: str | None) -> Path:
-    """--policy, else $BROKER_PROXY_POLICY, else <home>/policy.yaml."""
-    raw = explicit or os.environ.get("BROKER_PROXY_POLICY")
-    return Path(raw).expanduser() if raw else home.policy
 
 
 def open_audit(home: Home) -> AuditLog:
@@ -55,7 +48,9 @@ def open_audit(home: Home) -> AuditLog:
 
 def open_broker(home: Home, policy_file: Path, *, store: str | None = None,
                 replica: str | None = None, trust: UpstreamTrust | None = None) -> Broker:
-    """Raises the loader's PolicyError, GrantStoreError or an audit error: never half-starts.
+    """``store`` is the grant store's URL as RunConfig resolved it (None: the home's SQLite).
+
+    Raises the loader's PolicyError, GrantStoreError or an audit error: never half-starts.
 
     ``trust`` is what the proxy trusts upstream (--upstream-ca, --resolve): the OAuth2 token
     endpoints are called with the same trust as the upstreams themselves.
@@ -63,7 +58,7 @@ def open_broker(home: Home, policy_file: Path, *, store: str | None = None,
     with collector_paused():
         policy = ActivePolicy.build(load_at_start(policy_file))
     home.ensure()
-    grants = open_grant_store(home, store_url(store))  # --store, $BROKER_PROXY_STORE, SQLite
+    grants = open_grant_store(home, store)  # RunConfig.store: --store, $BROKER_PROXY_STORE
     audit = open_audit(home)
     # One chain per replica, each record naming it (see README, "Several replicas").
     audit.stamp_records(replica=replica_id(home, replica))

@@ -19,15 +19,14 @@ BROKER_PROXY_GC_FREEZE=0 leaves the collector as it is (for comparisons).
 from __future__ import annotations
 
 import gc
-import os
-from collections.abc import Mapping
-
-ENV_SWITCH = "BROKER_PROXY_GC_FREEZE"
 
 
-def freeze_startup_objects(environ: Mapping[str, str] = os.environ) -> bool:
-    """Collect, then freeze everything alive now; False (nothing done) if switched off."""
-    if environ.get(ENV_SWITCH, "1") == "0":
+def freeze_startup_objects(enabled: bool = True) -> bool:
+    """Collect, then freeze everything alive now; False (nothing done) if switched off.
+
+    ``enabled`` is RunConfig.gc_freeze ($BROKER_PROXY_GC_FREEZE, read by run_config.py).
+    """
+    if not enabled:
         return False
     gc.collect()
     gc.freeze()

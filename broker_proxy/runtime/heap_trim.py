@@ -22,14 +22,13 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
-import os
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 log = logging.getLogger("broker_proxy")
 
 TRIM_INTERVAL_SECONDS = 30.0
-ENV_INTERVAL = "BROKER_PROXY_HEAP_TRIM_SECONDS"
+ENV_INTERVAL = "BROKER_PROXY_HEAP_TRIM_SECONDS"  # read by runtime/run_config.py
 
 _trims_done = 0  # by every trimmer of this process, for the memory report
 
@@ -82,15 +81,6 @@ class HeapTrimmer:
                 return
             self.trims += 1
             _trims_done += 1
-
-
-def trim_interval_from_env(environ: Mapping[str, str] = os.environ) -> float:
-    """The interval the variable asks for; a value that is not a number >= 0 is the default."""
-    try:
-        interval = float(environ.get(ENV_INTERVAL, TRIM_INTERVAL_SECONDS))
-    except ValueError:
-        return TRIM_INTERVAL_SECONDS
-    return interval if 0 <= interval < 86_400 else TRIM_INTERVAL_SECONDS  # also not nan
 
 
 def start_heap_trimmer(interval: float = TRIM_INTERVAL_SECONDS) -> HeapTrimmer | None:

@@ -22,12 +22,11 @@ import signal
 import sys
 import tracemalloc
 from collections import Counter
-from collections.abc import Mapping
 from pathlib import Path
 
 from broker_proxy.runtime.heap_trim import trims_done
 
-ENV_PREFIX = "BROKER_PROXY_TRACEMALLOC"
+ENV_PREFIX = "BROKER_PROXY_TRACEMALLOC"  # both read by runtime/run_config.py
 ENV_FRAMES = "BROKER_PROXY_TRACEMALLOC_FRAMES"
 
 
@@ -112,12 +111,13 @@ class MemoryReporter:
             snapshot.dump(str(self._path(".snapshot")))
 
 
-def install_from_env(environ: Mapping[str, str] = os.environ) -> MemoryReporter | None:
-    """Bind SIGUSR2 (and start tracing) if the variable is set; None, nothing done, if not."""
-    prefix = environ.get(ENV_PREFIX, "")
+def install(prefix: str | None, frames: int = 0) -> MemoryReporter | None:
+    """Bind SIGUSR2 (and start tracing) if a prefix is given; None, nothing done, if not.
+
+    The values are RunConfig's tracemalloc fields (the variables are read by run_config.py).
+    """
     if not prefix:
         return None
-    frames = int(environ.get(ENV_FRAMES, "0"))
     if frames > 0:
         tracemalloc.start(frames)
     reporter = MemoryReporter(Path(prefix), snapshots=frames > 0)
