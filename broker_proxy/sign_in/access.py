@@ -1,34 +1,19 @@
 """Who calls the admin API or the console, what each route asks of them, and the one rule
 beyond roles: nobody approves their own grant.
 
-Kept out of the HTTP layer so the router only asks three questions: which action is this route
-(`action_for`), who is the caller (`bearer_identity` or the session's), and may they decide this
-grant (`check_separation`).
+Kept out of the HTTP layer so the router, whose routes each declare their action
+(http_routes.py), only asks two more questions: who is the caller (`bearer_identity` or the
+session's), and may they decide this grant (`check_separation`).
 """
 
 from __future__ import annotations
 
-from broker_proxy.identity.roles import Action, Principal, Role, RoleRefused
+from broker_proxy.identity.roles import Principal, Role
 from broker_proxy.policy.sign_in_fields import SignInPolicy
 
 # The admin token once a provider signs people in: whoever holds it acts outside the roles, and
 # every record says so.
 BREAK_GLASS = "token:break-glass"
-_DECISIONS = frozenset({"approve", "deny"})
-
-
-def action_for(method: str, parts: list[str]) -> Action:
-    """What a request to the admin API asks to do; anything not known needs an admin."""
-    if method in ("GET", "HEAD"):
-        return Action.READ
-    if method != "POST":
-        return Action.ADMINISTER
-    if parts[:2] == ["v1", "audit"]:  # POST /v1/audit/verify only reads
-        return Action.READ
-    if len(parts) == 4 and parts[:2] in (["v1", "grants"], ["v1", "requests"]) \
-            and parts[3] in _DECISIONS:
-        return Action.DECIDE
-    return Action.ADMINISTER  # issue, revoke, login links
 
 
 def oidc_configured(sign_in: SignInPolicy | None) -> bool:
@@ -42,11 +27,6 @@ def bearer_identity(label: str, sign_in: SignInPolicy | None) -> str:
 
 def bearer_principal(label: str, sign_in: SignInPolicy | None) -> Principal:
     return Principal(bearer_identity(label, sign_in), Role.ADMIN)
-
-
-def role_refusal(error: RoleRefused) -> str:
-    """One line naming the role that would allow it."""
-    return f"role {error.action.required_role.label} required: {error}"
 
 
 class SeparationRefused(Exception):
