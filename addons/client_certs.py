@@ -11,7 +11,7 @@ field says where the certificate PEM is (``file:PATH`` relative to the policy's 
 The handshake authenticates the whole connection, so method and path rules of the destination
 cannot be applied per request here; keep mTLS destinations to hosts the grant may use wholly.
 The key is loaded into the pyOpenSSL connection in memory, never written to disk, and a durable
-audit record of its use is written first (docs/architecture.md, invariant 5); if it cannot be,
+audit record of its use is written first (docs/ARCHITECTURE.md, invariant 5); if it cannot be,
 nothing is presented.
 
 mitmproxy's TlsConfig creates ``tls_start.ssl_conn`` in its own ``tls_start_server``; the

@@ -103,7 +103,7 @@ class Decide:
             if isinstance(verdict, Held):  # a person decides: wait without blocking the loop
                 return self._decide_off_loop(flow, token, outbound, deadline, verdict)
             if isinstance(verdict, Allowed) and verdict.audit_seq is not None:
-                # docs/architecture.md, invariant 5: its record on disk before it leaves.
+                # docs/ARCHITECTURE.md, invariant 5: its record on disk before it leaves.
                 # Fsyncs are shared by the requests of one pass of the event loop, or of one
                 # batch on a thread when the disk is slow (see DurabilityWaiter).
                 return self._conclude_after_sync(flow, verdict, outbound)

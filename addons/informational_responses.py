@@ -4,7 +4,7 @@ mitmproxy 12.3's ``Http1Client`` reads a ``103 Early Hints`` (or any 1xx but 101
 complete response: it has no body, so the exchange is marked done and the connection goes back
 to the pool with the real final response still unread. That answer, possibly quoting a secret,
 then became the answer to the next request on the connection, one whose flow injected nothing
-(docs/architecture.md, invariant 8). mitmproxy's HTTP/2 client already swallows informational
+(docs/ARCHITECTURE.md, invariant 8). mitmproxy's HTTP/2 client already swallows informational
 responses; this does the same on HTTP/1: each complete 1xx head (but 101, which switches
 protocols) is dropped from the buffer and reading goes on to the final response. Nothing of a
 1xx reaches any hook or the client. ``install`` refuses to start on a mitmproxy whose HTTP/1

@@ -135,7 +135,7 @@ class UpstreamFailures:
         status = None if kind == "client_gone" else 502
         verdict = record.verdict
         # mitmproxy's text only for a request that never left: after, it may quote what the
-        # upstream answered, which may echo the secret (docs/architecture.md, invariant 1).
+        # upstream answered, which may echo the secret (docs/ARCHITECTURE.md, invariant 1).
         # An agent that cancels (a closed connection, a reset HTTP/2 stream) is routine, not
         # an upstream failure: below the proxy's default log level.
         log.log(logging.INFO if kind == "client_gone" else logging.WARNING,

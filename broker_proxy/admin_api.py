@@ -12,9 +12,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-import os
 import re
-import secrets
 import sys
 import threading
 from collections.abc import Callable
@@ -22,7 +20,6 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -36,7 +33,6 @@ from broker_proxy.console import routes as console_routes
 from broker_proxy.console.sessions import Session
 from broker_proxy.decision.active_policy import ActivePolicy
 from broker_proxy.durations import DurationError, parse_duration
-from broker_proxy.errors import BrokerError
 from broker_proxy.grants.actions import GRANT_ACTIONS, GrantAction, change_grant, issue_audited
 from broker_proxy.grants.issuer import GrantPolicyError
 from broker_proxy.grants.limits_view import limits_view
@@ -60,7 +56,6 @@ from broker_proxy.time_source import utc_now
 log = logging.getLogger("broker_proxy.admin")
 
 MAX_BODY = 64 * 1024
-TOKEN_PREFIX = "bpa_"
 _GRANT_ID = re.compile(r"g_[0-9a-f]{16}")
 _BY = re.compile(r"[A-Za-z0-9._@:+-]{1,64}")
 MAX_USES = 10**9  # far above any task's need; bounded so every store can count it
@@ -71,40 +66,6 @@ ACTOR_HEADER = "X-Broker-Actor"
 _OPEN_ROUTES = frozenset({"/healthz", "/readyz", "/openapi.json"})
 # The id a readiness probe looks up: well-formed, never issued (ids are random 64-bit hex).
 _PROBE_ID = "g_0000000000000000"
-
-
-class AdminApiError(BrokerError):
-    """The admin API cannot start; the message is one line for the operator."""
-
-
-class AdminTokenError(AdminApiError):
-    """The admin token file cannot be created or is not private."""
-
-
-def load_or_create_admin_token(path: Path) -> str:
-    """Read the token, creating it 0600 on first use; refuse one that others can read."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    try:
-        fd = os.open(path, flags, 0o600)
-    except FileExistsError:
-        pass
-    except OSError as error:
-        raise AdminTokenError(f"cannot create admin token {path}: {error.strerror}") from None
-    else:
-        with os.fdopen(fd, "w") as file:
-            file.write(TOKEN_PREFIX + secrets.token_urlsafe(32) + "\n")
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        with os.fdopen(fd) as file:
-            if os.fstat(file.fileno()).st_mode & 0o077:
-                # Whoever can read it can issue grants: the same rule ssh applies to its keys.
-                raise AdminTokenError(f"admin token {path} is readable by others; chmod 600 it")
-            token = file.read().strip()
-    except OSError as error:
-        raise AdminTokenError(f"cannot read admin token {path}: {error.strerror}") from None
-    if len(token) < 32:
-        raise AdminTokenError(f"admin token {path} is too short; delete it to make a new one")
-    return token
 
 
 def openapi_document() -> bytes:

@@ -232,7 +232,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, pki: LocalPki,
     running = start_stack(tmp_path_factory.mktemp("stack"), pki, upstreams)
     yield running
     running.proxy.stop()
-    # Invariant 1 (docs/architecture.md): no secret value in anything the proxy wrote.
+    # Invariant 1 (docs/ARCHITECTURE.md): no secret value in anything the proxy wrote.
     written = (running.root / "proxy.log").read_text(errors="replace")
     written += running.home.audit_log.read_text(errors="replace")
     for value in running.secret_values():

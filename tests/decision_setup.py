@@ -133,7 +133,7 @@ def setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Setup]:
                     secrets=SecretResolver(home), audit=audit, metrics=BrokerMetrics())
     ready = Setup(home, broker, store, values)
     yield ready
-    # Invariant 1 (docs/architecture.md): nothing the broker wrote holds a secret value.
+    # Invariant 1 (docs/ARCHITECTURE.md): nothing the broker wrote holds a secret value.
     audit.close()
     ready.assert_no_secret_in(home.audit_log.read_bytes())
     store.close()

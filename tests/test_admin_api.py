@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from broker_proxy.admin_api import AdminTokenError, load_or_create_admin_token
+from broker_proxy.admin_token import AdminTokenError, load_or_create_admin_token
 from broker_proxy.audit.log import AuditLog
 from tests.conftest import API_HOST, Stack
 from tests.e2e_clients import CLIENTS

@@ -162,7 +162,7 @@ def aws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AwsStack]:
             proxy.stop()
         server.shutdown()
         moto_settings.INITIAL_NO_AUTH_ACTION_COUNT = previous_count
-    # Invariant 1 (docs/architecture.md): the real secret key is in nothing the proxy wrote.
+    # Invariant 1 (docs/ARCHITECTURE.md): the real secret key is in nothing the proxy wrote.
     written = (root / "proxy.log").read_text(errors="replace")
     written += (root / "home").joinpath(home.audit_log.name).read_text(errors="replace")
     assert real["secret_access_key"] not in written

@@ -172,7 +172,7 @@ def replicas(tmp_path_factory: pytest.TempPathFactory, pki: LocalPki,
         for proxy in proxies:
             proxy.stop()
         redis_server.stop()
-    # Invariant 1 (docs/architecture.md), for both replicas: no secret value in anything they wrote.
+    # Invariant 1 (docs/ARCHITECTURE.md), for both replicas: no secret value in anything they wrote.
     for name in ("replica-a", "replica-b"):
         written = (root / f"{name}.log").read_text(errors="replace")
         written += (root / name / "audit.log").read_text(errors="replace")

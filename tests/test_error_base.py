@@ -10,7 +10,7 @@ import gzip
 
 import pytest
 
-from broker_proxy.admin_api import AdminApiError
+from broker_proxy.admin_token import AdminApiError
 from broker_proxy.audit.errors import AuditError, AuditWriteError
 from broker_proxy.durations import DurationError
 from broker_proxy.error_text import describe_error

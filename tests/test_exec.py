@@ -91,7 +91,7 @@ def test_exec_runs_the_agent_with_placeholders_and_revokes_after_exit(
         assert env[variable] == str(stack.proxy.ca_path)
     assert "BROKER_PROXY_MASTER_KEY" not in env
     assert "E2E_OTHER_KEY" not in env
-    # Invariant 1 (docs/architecture.md): the real secret reached the API, never the agent.
+    # Invariant 1 (docs/ARCHITECTURE.md): the real secret reached the API, never the agent.
     [received] = stack.upstreams.api.requests
     assert received.header("Authorization") == f"Bearer {stack.api_key}"
     assert_no_secret(stack, out.read_text() + stdout + stderr)

@@ -1,6 +1,6 @@
 """The import contracts of the package, checked over the import graph of the source.
 
-The intended map (docs/architecture.md, "The parts and what each may import") is written below as
+The intended map (docs/ARCHITECTURE.md, "The parts and what each may import") is written below as
 data, ``LAYERS``: each part of the package and the parts it may import. Every import edge of the
 whole tree, also one inside a function or under ``if TYPE_CHECKING:``, must follow it; a new
 package or top-level module must be placed on it before it can import anything. The named rules
@@ -56,7 +56,8 @@ LAYERS: dict[str, frozenset[str]] = {k: frozenset(v) for k, v in {
     # The mitmproxy layer: the core and mitmproxy.
     "addons": ("decision", "error_text", MITMPROXY),
     # The operator's entry points and the running process.
-    "admin_api": ("console", "signin_guard"),
+    "admin_token": ("errors",),
+    "admin_api": ("console", "signin_guard", "admin_token"),
     "runtime": ("addons", "admin_api", "readiness"),
     "devtools": ("runtime",),
     "cli": ("runtime", "policy_tools", "devtools"),

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from broker_proxy.admin_api import AdminApiError
+from broker_proxy.admin_token import AdminApiError
 from broker_proxy.cli import build_parser
 from broker_proxy.home import Home
 from broker_proxy.runtime.home_lock import HomeLock

@@ -1,6 +1,6 @@
 """Wait on the event loop for audit records to reach the disk, one fsync per batch of requests.
 
-Invariant 5 (docs/architecture.md) makes a secret-carrying request wait until its audit record
+Invariant 5 (docs/ARCHITECTURE.md) makes a secret-carrying request wait until its audit record
 is on disk. Measured
 (`make bench`, HTTPS keep-alive): handing each fsync to a thread cost about 0.3 ms of CPU per
 request in thread switches and GIL hand-offs, far more than the fsync itself (~0.07 ms on this

@@ -378,7 +378,7 @@ class Broker(LimitChecks, ApprovalHolds, OutcomeRecords):
 
     def _scrubbing_the_grant(self, verdict: Verdict, grant: Grant, policy: ActivePolicy,
                              host: str) -> Verdict:
-        """Invariant 6 (docs/architecture.md): the answer is scrubbed for every secret the grant
+        """Invariant 6 (docs/ARCHITECTURE.md): the answer is scrubbed for every secret the grant
         holds and every secret the policy lets any grant send to this host, current and retired
         values.
 
@@ -443,7 +443,7 @@ class Broker(LimitChecks, ApprovalHolds, OutcomeRecords):
         return self.grants.remote or self.policy.slow_secrets
 
     def make_durable(self, allowed: Allowed) -> Denied | None:
-        """Invariant 5 (docs/architecture.md) for deferred records: on disk before the secret
+        """Invariant 5 (docs/ARCHITECTURE.md) for deferred records: on disk before the secret
         leaves, or refused."""
         if allowed.audit_seq is None:
             return None
@@ -521,7 +521,7 @@ class Broker(LimitChecks, ApprovalHolds, OutcomeRecords):
                    fields: dict[str, Any] | None = None) -> dict[str, Any] | Denied:
         """Reserve one of the grant's uses, then write the record of the secrets' use.
 
-        Invariant 5 (docs/architecture.md): the record is written before the secret leaves
+        Invariant 5 (docs/ARCHITECTURE.md): the record is written before the secret leaves
         (fsynced here, or by `make_durable` when the caller deferred it). `values` maps each
         secret name to the value its fingerprint is taken of.
         """

@@ -54,7 +54,7 @@ class OutcomeRecords:
         client went away first): give its use back and say so in the audit log.
 
         Call only when the request was certainly not written to any upstream. Returns whether
-        a use was given back. Invariant 11 (docs/architecture.md): `max_uses` counts requests
+        a use was given back. Invariant 11 (docs/ARCHITECTURE.md): `max_uses` counts requests
         whose secret left.
         """
         returned = False

@@ -1,11 +1,11 @@
 """Why an allowed request got no answer from its upstream: one fixed kind per failure.
 
 The agent's 502 ``upstream_error`` names the kind and a fixed description of it, never the
-underlying error text (docs/architecture.md, invariant 7: nothing an upstream sent, and no
+underlying error text (docs/ARCHITECTURE.md, invariant 7: nothing an upstream sent, and no
 address or OS message, is echoed). The operator's log line and the audit record carry the same
 kind, so the three tell one story. Whether the request left decides the use: a request whose
 secret never left the proxy is recorded as not sent, and its reserved use is given back
-(docs/architecture.md, invariant 11).
+(docs/ARCHITECTURE.md, invariant 11).
 """
 
 from __future__ import annotations

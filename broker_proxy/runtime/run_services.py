@@ -13,12 +13,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
-from broker_proxy.admin_api import (
-    AdminApiError,
-    AdminContext,
-    AdminServer,
-    load_or_create_admin_token,
-)
+from broker_proxy.admin_api import AdminContext, AdminServer
+from broker_proxy.admin_token import AdminApiError, load_or_create_admin_token
 from broker_proxy.approvals.chat_decision import vault_entry
 from broker_proxy.approvals.chat_door import ChatDoor
 from broker_proxy.approvals.chat_slack import SlackNotifier

@@ -134,7 +134,7 @@ def exposure(tmp_path_factory: pytest.TempPathFactory, pki, upstreams: Upstreams
     yield state
     running.proxy.stop()
     upstream.stop()
-    # Invariant 1 (docs/architecture.md): no value, old or new, in anything the proxy wrote.
+    # Invariant 1 (docs/ARCHITECTURE.md): no value, old or new, in anything the proxy wrote.
     written = (root / "proxy.log").read_text(errors="replace")
     written += running.home.audit_log.read_text(errors="replace")
     for value in state.values:
