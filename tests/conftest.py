@@ -38,6 +38,7 @@ from tests.audit_evidence import (  # noqa: F401 (pytest finds the hooks by name
     pytest_configure,
     pytest_runtest_protocol,
     pytest_sessionfinish,
+    pytest_testnodedown,
 )
 from tests.decision_setup import setup  # noqa: F401 (the decision tests' broker, for every module)
 from tests.master_keys import random_master_key
@@ -58,6 +59,23 @@ for _variable in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
     os.environ.pop(_variable, None)
     os.environ.pop(_variable.lower(), None)
 keyring.set_keyring(null.Keyring())
+
+
+def _slow_seconds(item: pytest.Item) -> float:
+    module = item.getparent(pytest.Module)
+    marker = module.get_closest_marker("slow") if module is not None else None
+    return float(marker.args[0]) if marker is not None and marker.args else 0.0
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist, the modules marked `slow(SECONDS)` first, the slowest first.
+
+    `make test` hands each file to one worker (--dist loadfile) in collection order; a long file
+    handed out last would leave the other workers idle at the end. A module keeps its tests
+    together (its module-scoped stack starts once); a serial run keeps the file order.
+    """
+    if hasattr(config, "workerinput"):
+        items.sort(key=lambda item: -_slow_seconds(item))  # stable: files stay whole
 
 
 @pytest.fixture
