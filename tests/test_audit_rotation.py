@@ -3,6 +3,7 @@ a replaced or removed log fails closed; checkpoints catch a cut tail; fingerprin
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
@@ -10,7 +11,9 @@ import os
 import secrets
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -289,6 +292,19 @@ def test_forged_checkpoint_is_refused(tmp_path: Path) -> None:
     assert problem == f"{cp.file}:1: checkpoint signature does not verify"
 
 
+def _holds_open(pid: int, path: Path) -> bool:
+    with contextlib.suppress(OSError):
+        return any(os.readlink(fd) == str(path) for fd in Path(f"/proc/{pid}/fd").iterdir())
+    return False
+
+
+def _wait_for(condition: Callable[[], bool], why: str, seconds: float = 60.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, why
+        time.sleep(0.05)
+
+
 def test_tail_follow_for_one_grant_survives_rotation(tmp_path: Path) -> None:
     home = tmp_path / "home"
     home.mkdir()
@@ -298,20 +314,26 @@ def test_tail_follow_for_one_grant_survives_rotation(tmp_path: Path) -> None:
     follower = subprocess.Popen(
         [sys.executable, "-m", "broker_proxy.cli", "--home", str(home), "audit", "tail",
          "--follow", "--grant", "g_watch", "--json", "-n", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(follower.stdout or ()), daemon=True)
+    reader.start()
     try:
-        time.sleep(1.5)  # let it start following
+        # It follows once it holds the live log open (on a loaded machine, seconds after start).
+        _wait_for(lambda: _holds_open(follower.pid, log_path), "the follower never opened the log")
         with AuditLog.open(log_path, key_path) as log:
             log.rotate_at(MAX_BYTES)
             for index in range(150):
                 log.append("request", grant="g_watch" if index % 3 == 0 else "g_other",
                            path=f"/n/{index}", task="x" * 40)
         assert len(archives_of(log_path)) >= 3
-        time.sleep(1.5)
+        _wait_for(lambda: len(lines) >= 50, "the follower did not show every record")
+        time.sleep(1.5)  # anything shown twice would be shown by now
     finally:
         follower.terminate()
-        out, _err = follower.communicate(timeout=10)
-    shown = [json.loads(line) for line in out.splitlines()]
+        follower.wait(timeout=10)
+        reader.join(timeout=10)
+    shown = [json.loads(line) for line in lines]
     assert [r["path"] for r in shown] == [f"/n/{i}" for i in range(0, 150, 3)]
     assert {r["grant"] for r in shown} == {"g_watch"}
 
