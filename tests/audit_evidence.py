@@ -6,6 +6,8 @@ uses (chain, MACs, record schema and the home's signed checkpoints), and the ses
 bad one. A test that damages a log on purpose says so with `@pytest.mark.audit_tampered`.
 
 conftest.py imports the hooks below; nothing else needs to change for a new test to be covered.
+Under pytest-xdist each worker checks the homes its own tests started and hands the verdicts to
+the controller (`workeroutput`), which prints one total and fails the run on any bad log.
 """
 
 from __future__ import annotations
@@ -81,15 +83,38 @@ def bad_audit_logs() -> list[str]:
     return problems
 
 
+_WORKER_KEY = "audit_evidence"  # what each xdist worker hands its controller
+_FROM_WORKERS: list[tuple[int, list[str]]] = []
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    if not _STARTED:
+    # Under pytest-xdist every worker is a session of its own with its own proxies: it checks
+    # the homes it noted and hands the verdicts to the controller, which reports them all.
+    problems = bad_audit_logs() if _STARTED else []
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput[_WORKER_KEY] = {"checked": len(_STARTED), "problems": problems}
         return
-    problems = bad_audit_logs()
+    checked = len(_STARTED) + sum(count for count, _ in _FROM_WORKERS)
+    problems += [problem for _, found in _FROM_WORKERS for problem in found]
+    if not checked:
+        return
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:
-        reporter.write_line(f"audit evidence: {len(_STARTED)} proxy home(s) checked, "
+        reporter.write_line(f"audit evidence: {checked} proxy home(s) checked, "
                             f"{len(problems)} bad")
         for problem in problems:
             reporter.write_line(f"  {problem}", red=True)
     if problems and session.exitstatus == 0:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """pytest-xdist's controller: a worker finished; keep what its evidence check found."""
+    found = getattr(node, "workeroutput", {}).get(_WORKER_KEY)
+    if found is not None:
+        _FROM_WORKERS.append((int(found["checked"]), list(found["problems"])))
+    elif error is not None:  # a worker that died checked nothing: its homes are unverified
+        _FROM_WORKERS.append((0, [f"{getattr(node, 'gateway', node)}: the worker went down "
+                                  f"before its audit evidence check ({error})"]))

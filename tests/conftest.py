@@ -38,6 +38,7 @@ from tests.audit_evidence import (  # noqa: F401 (pytest finds the hooks by name
     pytest_configure,
     pytest_runtest_protocol,
     pytest_sessionfinish,
+    pytest_testnodedown,
 )
 from tests.decision_setup import setup  # noqa: F401 (the decision tests' broker, for every module)
 from tests.master_keys import random_master_key
@@ -58,6 +59,61 @@ for _variable in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
     os.environ.pop(_variable, None)
     os.environ.pop(_variable.lower(), None)
 keyring.set_keyring(null.Keyring())
+
+
+# The slowest files: seconds each took in one 4-worker `make test` on a loaded 2-core machine
+# (`--durations=0`, summed per file). A module may instead say `pytestmark = pytest.mark.slow(N)`.
+SLOW_MODULES = {
+    "tests/test_e2e_audit_recovery.py": 295,
+    "tests/test_cli.py": 203,
+    "tests/test_e2e_audit_metrics.py": 189,
+    "tests/test_e2e_example_policies.py": 168,
+    "tests/test_benchmarks_smoke.py": 140,
+    "tests/test_e2e_worker_supervision.py": 128,
+    "tests/test_e2e_rate_limits.py": 126,
+    "tests/test_e2e_held_store.py": 120,
+    "tests/test_audit_export.py": 102,
+    "tests/test_e2e_mitmdump_script.py": 90,
+    "tests/test_e2e_audit_report.py": 85,
+    "tests/test_scrubber.py": 78,
+    "tests/test_e2e_grant_listing.py": 77,
+    "tests/test_scrubber_differential.py": 76,
+    "tests/test_e2e_budget_exactness.py": 76,
+    "tests/test_e2e_grant_retention.py": 74,
+    "tests/test_e2e_replicas.py": 72,
+    "tests/test_console_browser.py": 69,
+    "tests/test_console_approvals_browser.py": 69,
+    "tests/test_e2e_readiness_faults.py": 67,
+    "tests/test_console_backend.py": 55,
+    "tests/test_e2e_first_hour.py": 54,
+    "tests/test_e2e_decider_identity.py": 50,
+    "tests/test_e2e_request_approval.py": 50,
+    "tests/test_readme_front_page.py": 49,
+    "tests/test_e2e_held_replicas.py": 48,
+    "tests/security/test_e2e_exposure.py": 47,
+}
+
+
+def _slow_seconds(item: pytest.Item) -> float:
+    module = item.getparent(pytest.Module)
+    marker = module.get_closest_marker("slow") if module is not None else None
+    return float(marker.args[0]) if marker is not None and marker.args else 0.0
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The modules in SLOW_MODULES are marked `slow`; under pytest-xdist they run first.
+
+    `make test` hands each file to one worker (--dist loadfile) in collection order; a long file
+    handed out last would leave the other workers idle at the end, so the slowest go first. A
+    module keeps its tests together (its module-scoped stack starts once); a serial run keeps
+    the file order. `-m "not slow"` leaves them out.
+    """
+    for module in {item.getparent(pytest.Module) for item in items} - {None}:
+        relative = module.path.relative_to(config.rootpath).as_posix()
+        if relative in SLOW_MODULES and module.get_closest_marker("slow") is None:
+            module.add_marker(pytest.mark.slow(SLOW_MODULES[relative]))
+    if hasattr(config, "workerinput"):
+        items.sort(key=lambda item: -_slow_seconds(item))  # stable: files stay whole
 
 
 @pytest.fixture

@@ -233,9 +233,14 @@ def test_sigkill_during_traffic_leaves_a_verifying_chain_with_every_secret_use_r
     for _round in range(4):
         stop = threading.Event()
         workers = [threading.Thread(target=traffic, args=(stop,)) for _ in range(3)]
+        before = len(stack.upstreams.api.requests)
         for worker in workers:
             worker.start()
         time.sleep(1.0)
+        # At least a second of traffic, and on a loaded machine until some of it got through.
+        deadline = time.monotonic() + 60
+        while len(stack.upstreams.api.requests) < before + 5 and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert stack.proxy.process is not None
         os.kill(stack.proxy.process.pid, signal.SIGKILL)
         stack.proxy.process.wait()

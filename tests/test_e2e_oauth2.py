@@ -178,7 +178,7 @@ def oauth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OAuthStack]:
     accepted = {CLIENT_IDS[name]: values[name] for name in ("svc", "short", "refresher")}
     accepted["broken-client"] = "not-" + values["broken"]  # the proxy holds a wrong one
     tokens = TokenServer(client_secrets=accepted, refresh_token=refresh_token,
-                         lifetimes={"short-client": 2})
+                         lifetimes={"short-client": 4})
     auth = EchoServer(pki.cert_path, pki.key_path, reply=tokens.reply).start()
     api = EchoServer(pki.cert_path, pki.key_path, reply=tokens.api_reply).start()
     home = Home(root / "home").ensure()
@@ -242,7 +242,7 @@ def test_token_is_minted_again_shortly_before_it_expires(oauth: OAuthStack) -> N
     assert oauth.get(token, oauth.api_url(), headers).status_code == 200
     assert oauth.get(token, oauth.api_url(), headers).status_code == 200
     assert oauth.tokens.mints["short-client"] == 1
-    time.sleep(1.2)  # lifetime 2 s, margin half of it
+    time.sleep(2.2)  # lifetime 4 s, margin half of it (2 s for two requests on a loaded machine)
     assert oauth.get(token, oauth.api_url(), headers).status_code == 200
     assert oauth.tokens.mints["short-client"] == 2
     # client_secret_post: the secret rode in the body, never in a Basic header.

@@ -139,6 +139,12 @@ def test_a_worker_that_cannot_start_says_so_backs_off_and_comes_back(group: Stac
     answers = [CLIENTS["curl"](stack, grant.token, "GET", url, headers=AUTH).status
                for _ in range(20)]
     assert answers == [200] * 20
+    # Fixed only while no replacement is half-started: on a loaded machine a start takes seconds,
+    # and one that read the fixed policy would stay up without the new start waited for below.
+    deadline = time.monotonic() + 60
+    while _log(stack).count("starting in place") > _log(stack).count("exited with status"):
+        assert time.monotonic() < deadline, "a replacement worker neither started nor exited"
+        time.sleep(0.05)
     starts = _log(stack).count("starting in place")
     stack.policy_file.write_text(good_policy)
     # A worker started after the fix stays up (one started just before it may still fail).

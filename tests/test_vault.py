@@ -320,6 +320,8 @@ def test_env_key_without_padding_is_accepted(home: Home, monkeypatch: pytest.Mon
         base64.urlsafe_b64encode(os.urandom(33)).decode(),
         base64.b64encode(b"\xfb" * 32).decode(),  # standard alphabet: '+' and '/'
     ],
+    # Fixed ids: parallel workers must collect the same test names (the keys are random).
+    ids=["not-base64", "16-bytes", "33-bytes", "standard-alphabet"],
 )
 def test_malformed_env_key_is_refused(
     home: Home, monkeypatch: pytest.MonkeyPatch, raw: str
