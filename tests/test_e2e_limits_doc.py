@@ -10,6 +10,7 @@ for Retry-After and succeeds.
 from __future__ import annotations
 
 import json
+import math
 import os
 import secrets
 import shlex
@@ -98,7 +99,7 @@ def test_the_worked_example_runs_as_documented(tmp_path: Path, openai_api) -> No
         agent_env["OPENAI_API_KEY"] = issued["placeholders"]["openai"]
         done = subprocess.run([sys.executable, "-c", AGENT], capture_output=True, text=True,
                               timeout=120, env=agent_env)
-        # The $5 budget: what the 11 calls cost, and what is left.
+        # The $5 budget: what the calls cost, and what is left.
         after = json.loads(run(f"broker-proxy grant show {issued['id']} --json"))
         cost = after["budget"]["openai"]["cost_usd"]
         assert 0 < cost["used"] < 0.01 and cost["left"] == pytest.approx(5 - cost["used"])
@@ -107,27 +108,31 @@ def test_the_worked_example_runs_as_documented(tmp_path: Path, openai_api) -> No
     assert done.returncode == 0, done.stderr[-3000:]
     assert real not in done.stdout + done.stderr
     answer = json.loads(done.stdout.strip().splitlines()[-1])
-    assert answer["ok"] == 10  # the burst
+    # The burst of 10 at once, plus at most one earned per second the calls took.
+    assert 10 <= answer["ok"] <= 10 + math.ceil(answer["elapsed"])
     assert answer["limited"] == {"status": 429, "code": "rate_limited", "retry_after": "1"}
     assert answer["after_retry"] == "ok"  # the SDK waited for Retry-After, then got through
     carried = [r for r in server.requests if r.header("Authorization") == f"Bearer {real}"]
-    assert len(carried) == 11
+    assert len(carried) == answer["ok"] + 1  # the refused call never went upstream
     assert real not in home.audit_log.read_text()
 
 
 AGENT = """
-import json, openai
+import json, time, openai
 client = openai.OpenAI(max_retries=0)  # OPENAI_API_KEY, HTTPS_PROXY, SSL_CERT_FILE from env
 ask = dict(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
-ok, limited = 0, None
-for _ in range(11):
+ok, limited, started = 0, None, time.monotonic()
+# Until the first 429: the burst, plus the one a second earned meanwhile (a loaded machine
+# takes more than a second for ten calls).
+while limited is None and ok < 40:
     try:
         client.chat.completions.create(**ask)
         ok += 1
     except openai.RateLimitError as error:
         limited = {"status": error.status_code, "code": error.response.json()["error"],
                    "retry_after": error.response.headers.get("retry-after")}
+elapsed = time.monotonic() - started
 patient = openai.OpenAI(max_retries=3)
 after = patient.chat.completions.create(**ask).choices[0].message.content
-print(json.dumps({"ok": ok, "limited": limited, "after_retry": after}))
+print(json.dumps({"ok": ok, "limited": limited, "after_retry": after, "elapsed": elapsed}))
 """
