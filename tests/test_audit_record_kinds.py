@@ -25,6 +25,8 @@ SOURCES = sorted([*(ROOT / "broker_proxy").rglob("*.py"), *(ROOT / "addons").glo
 # Calls whose first argument is an event name, and the broker's record helper, whose third
 # positional argument is the decision.
 APPEND_NAMES = {"append", "_audit"}
+# What builds a request record (request, grant, decision, ...): decision/request_record.py.
+REQUEST_RECORD_NAMES = {"_record", "request_fields"}
 
 
 def _module_of(path: Path) -> object | None:
@@ -83,7 +85,7 @@ def _calls_with_their_names(tree: ast.AST) -> list[tuple[ast.Call, dict[str, ast
 
 
 def _audit_calls() -> list[tuple[str, int, set[str | None], set[str | None]]]:
-    """(file, line, events, decisions) for every audit append and `_record` in the code."""
+    """(file, line, events, decisions) for every audit append and request record built in the code."""
     found = []
     for path in SOURCES:
         tree = ast.parse(path.read_text(), str(path))
@@ -92,7 +94,7 @@ def _audit_calls() -> list[tuple[str, int, set[str | None], set[str | None]]]:
             func = node.func
             name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
             where = (str(path.relative_to(ROOT)), node.lineno)
-            if name == "_record" and len(node.args) >= 3:
+            if name in REQUEST_RECORD_NAMES and len(node.args) >= 3:
                 decisions = _strings(node.args[2], module, local)
                 assert decisions is not None, f"{where}: decision not known from the source"
                 found.append((*where, {"request"}, decisions))
