@@ -17,13 +17,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
-import httpx2
-import uvicorn
-
 from broker_proxy.devtools.local_pki import LocalPki
 
-# The mcp SDK takes about a second of CPU to import: it is imported where it is used, so that
-# collecting the suite (once per pytest-xdist worker) does not pay for it.
+# The mcp SDK (with uvicorn and httpx2) takes about a second of CPU to import: it is imported
+# where it is used, so that collecting the suite (once per pytest-xdist worker) does not pay.
 if TYPE_CHECKING:
     from mcp.client.session import ClientSession
     from mcp.server.mcpserver import MCPServer
@@ -59,6 +56,7 @@ class McpUpstream:
     """uvicorn serving one MCPServer app over HTTPS on a free port, in a thread."""
 
     def __init__(self, pki: LocalPki, *, json_response: bool) -> None:
+        import uvicorn
         from mcp.server.transport_security import TransportSecuritySettings
 
         self.authorizations: list[str] = []
@@ -116,6 +114,7 @@ class McpUpstream:
 async def mcp_session(url: str, proxy_url: str, ca_path: str,
                       headers: dict[str, str]) -> AsyncIterator[ClientSession]:
     """An initialized SDK client session to ``url`` through the proxy (HTTPS_PROXY's effect)."""
+    import httpx2
     from mcp.client.session import ClientSession
     from mcp.client.streamable_http import streamable_http_client
 
