@@ -13,10 +13,9 @@ import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import anthropic
 import httpx
-import openai
 import pytest
 
 from broker_proxy.devtools.echo_server import EchoServer
@@ -31,6 +30,12 @@ from broker_proxy.secrets.vault import Vault
 from broker_proxy.time_source import utc_now
 from tests.conftest import master_key_in_environment, random_master_key
 from tests.llm_upstream import LLM_HOSTS, llm_reply
+
+# The SDKs take about 2 s of CPU to import: they are imported where they are used, so that
+# collecting the suite (once per pytest-xdist worker) does not pay for them.
+if TYPE_CHECKING:
+    import anthropic
+    import openai
 
 PLACEHOLDERS = {"openai": "sk-proj-PLACEHOLDER-openai-0000000000",
                 "anthropic": "sk-ant-PLACEHOLDER-anthropic-00000000",
@@ -63,11 +68,13 @@ class LlmStack:
                             timeout=20)
 
     def openai(self, token: str) -> openai.OpenAI:
+        import openai
         return openai.OpenAI(api_key=PLACEHOLDERS["openai"], base_url="https://api.openai.com/v1",
                              http_client=self.http(token), max_retries=0)
 
     def anthropic(self, token: str) -> anthropic.Anthropic:
         # This SDK brings its own httpx fork (httpx2); its default client takes the same options.
+        import anthropic
         context = ssl.create_default_context(cafile=str(self.proxy.ca_path))
         client = anthropic.DefaultHttpxClient(proxy=self.proxy.proxy_url(token, "bot"),
                                               verify=context, timeout=20)

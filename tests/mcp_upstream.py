@@ -15,22 +15,23 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
-
-import httpx2
-import uvicorn
-from mcp.client.session import ClientSession
-from mcp.client.streamable_http import streamable_http_client
-from mcp.server.mcpserver import MCPServer
-from mcp.server.transport_security import TransportSecuritySettings
+from typing import TYPE_CHECKING, Any
 
 from broker_proxy.devtools.local_pki import LocalPki
+
+# The mcp SDK (with uvicorn and httpx2) takes about a second of CPU to import: it is imported
+# where it is used, so that collecting the suite (once per pytest-xdist worker) does not pay.
+if TYPE_CHECKING:
+    from mcp.client.session import ClientSession
+    from mcp.server.mcpserver import MCPServer
 
 MCP_HOST = "mcp.test.local"
 
 
 def tracker_server() -> MCPServer:
     """An issue tracker's MCP server: read tools, and a destructive one."""
+    from mcp.server.mcpserver import MCPServer
+
     server = MCPServer("tracker")
 
     @server.tool()
@@ -55,6 +56,9 @@ class McpUpstream:
     """uvicorn serving one MCPServer app over HTTPS on a free port, in a thread."""
 
     def __init__(self, pki: LocalPki, *, json_response: bool) -> None:
+        import uvicorn
+        from mcp.server.transport_security import TransportSecuritySettings
+
         self.authorizations: list[str] = []
         self.bodies: list[bytes] = []  # every request body chunk that reached the server
         app = tracker_server().streamable_http_app(
@@ -110,6 +114,10 @@ class McpUpstream:
 async def mcp_session(url: str, proxy_url: str, ca_path: str,
                       headers: dict[str, str]) -> AsyncIterator[ClientSession]:
     """An initialized SDK client session to ``url`` through the proxy (HTTPS_PROXY's effect)."""
+    import httpx2
+    from mcp.client.session import ClientSession
+    from mcp.client.streamable_http import streamable_http_client
+
     context = ssl.create_default_context(cafile=ca_path)
     async with httpx2.AsyncClient(proxy=proxy_url, verify=context, headers=headers,
                                   timeout=20) as http, \

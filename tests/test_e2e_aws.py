@@ -18,17 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 from botocore.parsers import ResponseParserError
-from moto import settings as moto_settings
-from moto.moto_server.werkzeug_app import (
-    DomainDispatcherApplication,
-    MotoRequestHandler,
-    create_backend_app,
-)
 from werkzeug.serving import BaseWSGIServer, make_server
 
 from broker_proxy.devtools.local_pki import write_pki
@@ -75,6 +68,10 @@ class CountingApp:
     """moto's WSGI app, counting what reaches it: "blocked" must mean "nothing was sent"."""
 
     def __init__(self) -> None:
+        # boto3 and moto are imported where they are used: collecting the suite (once per
+        # pytest-xdist worker) does not pay the second of CPU their imports take.
+        from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+
         self.app = DomainDispatcherApplication(create_backend_app)
         self.hosts: list[str] = []
 
@@ -101,6 +98,8 @@ class AwsStack:
         # Without the proxy, nothing resolves the AWS names here: go to moto's address directly
         # (moto then picks the service from the credential scope).
         endpoint = f"https://{host if via_proxy else '127.0.0.1'}:{self.port}"
+        import boto3
+
         return boto3.client(
             service, endpoint_url=endpoint, region_name=region,
             aws_access_key_id=key_id, aws_secret_access_key=secret_key,
@@ -110,6 +109,8 @@ class AwsStack:
 
 
 def _serve_moto(app: CountingApp, cert: Path, key: Path) -> BaseWSGIServer:
+    from moto.moto_server.werkzeug_app import MotoRequestHandler
+
     server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=MotoRequestHandler,
                          ssl_context=(str(cert), str(key)))
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -118,6 +119,9 @@ def _serve_moto(app: CountingApp, cert: Path, key: Path) -> BaseWSGIServer:
 
 @pytest.fixture(scope="module")
 def aws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AwsStack]:
+    import boto3
+    from moto import settings as moto_settings
+
     root = tmp_path_factory.mktemp("aws")
     pki = write_pki(root / "pki", list(AWS_HOSTS), ["127.0.0.1"])
     previous_count = moto_settings.INITIAL_NO_AUTH_ACTION_COUNT

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import boto3
 import pytest
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
@@ -108,6 +107,7 @@ class BedrockStack:
     token: str
 
     def client(self) -> Any:
+        import boto3
         return boto3.client(
             "bedrock-runtime", endpoint_url=f"https://{HOST}:{self.port}",
             region_name="us-east-1", aws_access_key_id=PLACEHOLDER_ID,

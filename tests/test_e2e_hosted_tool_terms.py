@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 
-import anthropic
-import openai
 import pytest
 
 from broker_proxy.decision.hosted_tool_rules import ToolTermsRefused, apply_tool_rules
@@ -111,6 +109,7 @@ def test_anthropic_terms_and_budget_default_are_both_written(llm: LlmStack) -> N
 
 
 def test_anthropic_domains_outside_the_allow_list_are_refused(llm: LlmStack) -> None:
+    import anthropic
     client = llm.anthropic(llm.issue().token)
     for tool in ({"type": "web_search_20250305", "name": "web_search",
                   "allowed_domains": ["docs.python.org", "evil.example"]},
@@ -148,6 +147,7 @@ def test_openai_web_search_gets_filters_allowed_domains(llm: LlmStack) -> None:
 
 
 def test_openai_tools_that_cannot_carry_the_terms_are_refused(llm: LlmStack) -> None:
+    import openai
     client = llm.openai(llm.issue().token)
     for call in (
             lambda: client.responses.create(model="gpt-4.1-mini", input="hi", tools=[

@@ -15,8 +15,6 @@ import sys
 import urllib.request
 from collections.abc import Iterator
 
-import anthropic
-import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -172,6 +170,7 @@ def test_gemini_usage_metadata_is_read(llm: LlmStack, method: str, gzipped: bool
 
 def test_the_budget_refuses_what_it_cannot_cover_and_the_sdk_sees_a_rate_limit(
         llm: LlmStack) -> None:
+    import openai
     issued = llm.issue("openai")
     client = llm.openai(issued.token)
     client.chat.completions.create(model="gpt-4o-mini", messages=HI, max_tokens=90)
@@ -188,6 +187,7 @@ def test_the_budget_refuses_what_it_cannot_cover_and_the_sdk_sees_a_rate_limit(
 
 
 def test_anthropic_sdk_sees_budget_exhausted_as_rate_limit(llm: LlmStack) -> None:
+    import anthropic
     client = llm.anthropic(llm.issue("anthropic").token)
     with pytest.raises(anthropic.RateLimitError):
         client.messages.create(model="claude-haiku-4-5", max_tokens=OUTPUT_CAP + 1,
@@ -213,6 +213,7 @@ def test_the_policy_default_cap_is_written_into_the_request(llm: LlmStack) -> No
 
 
 def test_a_model_without_a_price_is_refused_under_a_cost_budget(llm: LlmStack) -> None:
+    import openai
     client = llm.openai(llm.issue("openai").token)
     with pytest.raises(openai.PermissionDeniedError) as raised:
         client.chat.completions.create(model="gpt-5-pro", messages=HI, max_tokens=5)
@@ -300,6 +301,8 @@ def test_budget_and_prices_errors_point_at_their_line_and_column() -> None:
 
 
 def test_a_grant_may_ask_for_a_smaller_cost_budget_never_a_larger_one(llm: LlmStack) -> None:
+    import openai
+
     from broker_proxy.grants.issuer import GrantPolicyError
 
     issued = llm.issue("openai", cost_usd=["openai=0.00001"])  # 10 micro-dollars

@@ -15,7 +15,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from mcp.shared.exceptions import MCPError
 from playwright.sync_api import Browser, expect
 
 from broker_proxy.cli import main
@@ -132,6 +131,7 @@ def test_a_denied_tool_call_never_reaches_the_server(stack: McpStack) -> None:
         assert approver.decide(item["id"], "deny", reason="no").status_code == 200
         with pytest.raises(ExceptionGroup) as raised:
             answer.result(timeout=30)
+    from mcp.shared.exceptions import MCPError
     assert raised.group_contains(MCPError)
     assert stack.json_server.received('"get_issue"')  # the other tool passed unheld
     assert not stack.json_server.received("delete_repository")

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from mcp.shared.exceptions import MCPError
 
 from broker_proxy.devtools.local_pki import LocalPki, write_pki
 from broker_proxy.devtools.proxy_process import ProxyProcess
@@ -161,6 +160,7 @@ def test_a_denied_tool_is_refused_and_never_reaches_the_server(mcp: McpStack,
     # The SDK turns the proxy's 403 into an error of the call: no result, no fallback.
     with pytest.raises(ExceptionGroup) as raised:
         run(call())
+    from mcp.shared.exceptions import MCPError
     assert raised.group_contains(MCPError)
     assert server.received('"initialize"')  # the session was made
     assert not server.received("delete_repository")

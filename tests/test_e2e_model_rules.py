@@ -7,14 +7,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
-import anthropic
-import openai
 import pytest
 
 from broker_proxy.request.model_rules import UnreadableModel, requested_models
 from broker_proxy.request.outbound import OutboundRequest
 from tests.llm_stack import GEMINI, PLACEHOLDERS, LlmStack, running_llm_stack
+
+if TYPE_CHECKING:
+    import anthropic
+    import openai
 
 pytestmark = pytest.mark.e2e
 
@@ -72,6 +75,7 @@ def test_openai_sdk_allowed_model_goes_through(llm: LlmStack) -> None:
 
 
 def test_openai_sdk_other_model_is_refused_and_nothing_is_sent(llm: LlmStack) -> None:
+    import openai
     client = llm.openai(llm.issue().token)
     with pytest.raises(openai.PermissionDeniedError) as raised:
         client.chat.completions.create(model="gpt-4o", messages=[{"role": "user",
@@ -84,6 +88,7 @@ def test_openai_sdk_other_model_is_refused_and_nothing_is_sent(llm: LlmStack) ->
 
 
 def test_anthropic_sdk_models_are_checked(llm: LlmStack) -> None:
+    import anthropic
     client = llm.anthropic(llm.issue().token)
     ok = client.messages.create(model="claude-haiku-4-5", max_tokens=10,
                                 messages=[{"role": "user", "content": "hi"}])
@@ -128,6 +133,7 @@ def test_audit_records_the_refusals(llm: LlmStack) -> None:
 
 
 def test_anthropic_server_tools_and_mcp_connector_are_refused(llm: LlmStack) -> None:
+    import anthropic
     client = llm.anthropic(llm.issue().token)
     for extra in ({"tools": [{"type": "web_search_20250305", "name": "web_search",
                               "max_uses": 3}]},
@@ -148,6 +154,7 @@ def test_anthropic_server_tools_and_mcp_connector_are_refused(llm: LlmStack) -> 
 
 
 def test_openai_hosted_tools_only_as_the_policy_lists(llm: LlmStack) -> None:
+    import openai
     client = llm.openai(llm.issue().token)
     allowed = client.responses.create(model="gpt-4.1-mini", input="hi",
                                       tools=[{"type": "web_search"},

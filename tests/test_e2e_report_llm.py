@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
-import openai
 import pytest
 from playwright.sync_api import sync_playwright
 
@@ -82,6 +81,7 @@ def llm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LlmStack, st
 
 
 def _drive(stack: LlmStack, first: str, second: str) -> None:
+    import openai
     sdk = stack.openai(first)
     for _ in range(2):  # usage reported: 11 + 7 tokens each
         sdk.chat.completions.create(model="gpt-4o-mini", messages=HI, max_tokens=40)  # type: ignore[arg-type]

@@ -17,7 +17,6 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-import openai
 import pytest
 
 from tests.llm_stack import LlmStack, running_llm_stack
@@ -68,6 +67,7 @@ COMMAND = ("grant issue --agent bot --task short --secret openai --output-tokens
 
 
 def test_grant_issue_asks_for_fewer_output_tokens_and_the_proxy_holds_it(llm: LlmStack) -> None:
+    import openai
     assert f"broker-proxy {COMMAND}" in DOC  # the command docs/limits.md shows
     done = _cli(llm, *shlex.split(COMMAND))  # the policy from $BROKER_PROXY_POLICY
     assert done.returncode == 0, done.stderr
