@@ -85,7 +85,7 @@ def _calls_with_their_names(tree: ast.AST) -> list[tuple[ast.Call, dict[str, ast
 
 
 def _audit_calls() -> list[tuple[str, int, set[str | None], set[str | None]]]:
-    """(file, line, events, decisions) for every audit append and request record built in the code."""
+    """(file, line, events, decisions) for every audit append and request record in the code."""
     found = []
     for path in SOURCES:
         tree = ast.parse(path.read_text(), str(path))
