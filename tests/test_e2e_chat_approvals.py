@@ -171,7 +171,15 @@ def _click(stack: Stack, signing_secret: str, user: str, action: str, hold_id: s
 
 def _decisions(stack: Stack, hold_id: str) -> list[dict[str, Any]]:
     records = [json.loads(line) for line in stack.home.audit_log.read_text().splitlines()]
-    return [r for r in records if r.get("hold") == hold_id and r["event"] != "request"]
+    return [r for r in records if r.get("hold") == hold_id
+            and r["event"] not in ("request", "decision_refused")]
+
+
+def _refusals(stack: Stack, hold_id: str) -> list[tuple[str, str, str]]:
+    """The refused chat users' records for this held request: (by, reason, decision)."""
+    records = [json.loads(line) for line in stack.home.audit_log.read_text().splitlines()]
+    return [(r["by"], r["reason"], r["decision"]) for r in records
+            if r["event"] == "decision_refused" and r.get("hold") == hold_id]
 
 
 def test_only_a_signed_approver_click_decides_once_and_the_message_says_who(
@@ -196,6 +204,10 @@ def test_only_a_signed_approver_click_decides_once_and_the_message_says_who(
             (401, "signature_invalid"), (401, "signature_invalid"),
             (403, "chat_user_unknown"), (403, "role_required")]
         assert "needs role approver" in refused[3].json()["message"]
+        # Each refused user is evidence: who, why, which held request.
+        assert _refusals(stack, item["id"]) == [
+            (f"slack:{STRANGER}", "chat_user_unknown", "deny"),
+            (f"slack:{VIEWER}", "role_required", "deny")]
         # A forged signature is a failed sign-in, audited like a wrong admin token.
         records = [json.loads(line) for line in stack.home.audit_log.read_text().splitlines()]
         assert any(r["event"] == "signin_failed" and r["reason"] == "chat_signature"
@@ -260,6 +272,9 @@ def test_the_signed_webhook_decides_once_as_the_mapped_user(
         assert [(r.status_code, r.json()["error"]) for r in refused] == [
             (401, "signature_invalid"), (401, "signature_invalid"),
             (403, "chat_user_unknown"), (403, "role_required")]
+        assert _refusals(stack, item["id"]) == [
+            ("webhook:bridge:mallory", "chat_user_unknown", "deny"),
+            ("webhook:bridge:bob", "role_required", "deny")]
         assert _decisions(stack, item["id"]) == [] and not answer.done()
         denied = _webhook(stack, key, deny | {"user": "alice"})
         assert denied.status_code == 200, denied.text
