@@ -38,6 +38,9 @@ from broker_proxy.policy.sign_in_fields import OidcSettings, issuer_problem
 LEEWAY_S = 60
 LOGIN_TTL_S = 600
 MAX_PENDING = 500
+# Logins in progress one source address may hold: past it, its own oldest gives way, so one
+# client calling /ui/oidc/login in a loop cannot push out other people's logins.
+MAX_PENDING_PER_SOURCE = 10
 MAX_DOCUMENT = 1024 * 1024
 FETCH_TIMEOUT_S = 10.0
 DISCOVERY_TTL_S = 3600.0
@@ -73,6 +76,7 @@ class PendingLogin:
     binding: str  # sha256 of the browser's binding cookie
     expires: float  # time.monotonic()
     redirect_uri: str
+    source: str = ""  # the client address that began it
 
 
 class PendingLogins:
@@ -83,15 +87,22 @@ class PendingLogins:
         self._lock = threading.Lock()
         self._pending: dict[str, PendingLogin] = {}
 
-    def begin(self, binding: str, redirect_uri: str) -> tuple[str, PendingLogin]:
+    def begin(self, binding: str, redirect_uri: str,
+              source: str = "") -> tuple[str, PendingLogin]:
+        """A new login from `source`; the source's own oldest gives way past
+        MAX_PENDING_PER_SOURCE, and the oldest of all past MAX_PENDING."""
         state = secrets.token_urlsafe(32)
         login = PendingLogin(nonce=secrets.token_urlsafe(32),
                              verifier=secrets.token_urlsafe(48), binding=_hash(binding),
-                             expires=self._clock() + LOGIN_TTL_S, redirect_uri=redirect_uri)
+                             expires=self._clock() + LOGIN_TTL_S, redirect_uri=redirect_uri,
+                             source=source)
         with self._lock:
             now = self._clock()
             self._pending = {k: v for k, v in self._pending.items() if v.expires > now}
-            if len(self._pending) >= MAX_PENDING:  # the oldest gives way
+            mine = [k for k, v in self._pending.items() if v.source == source]
+            if len(mine) >= MAX_PENDING_PER_SOURCE:
+                self._pending.pop(mine[0])
+            elif len(self._pending) >= MAX_PENDING:  # the oldest gives way
                 self._pending.pop(next(iter(self._pending)))
             self._pending[_hash(state)] = login
         return state, login
