@@ -23,6 +23,7 @@ from urllib.parse import urlencode
 
 import pytest
 import requests
+import schemathesis
 
 from broker_proxy.approvals.chat_webhook import signature
 from broker_proxy.devtools.local_pki import LocalPki
@@ -31,6 +32,7 @@ from tests.conftest import API_HOST, PYTHON, Stack, Upstreams, start_stack
 from tests.e2e_clients import Answer, via_httpx
 
 pytestmark = pytest.mark.e2e
+OPENAPI = Path(__file__).parent.parent / "broker_proxy" / "admin_openapi.json"
 
 APPROVER, VIEWER, STRANGER = "U024BE7LH", "U0VIEWER1", "U0STRANGE"
 CHAT_POLICY = """\
@@ -169,6 +171,13 @@ def _click(stack: Stack, signing_secret: str, user: str, action: str, hold_id: s
                          timeout=10)
 
 
+def _as_documented(path: str, *answers: requests.Response) -> None:
+    """Each answer is one the admin API's OpenAPI document gives for this chat route."""
+    operation = schemathesis.openapi.from_path(OPENAPI)[path]["POST"]
+    for answer in answers:
+        operation.validate_response(answer)
+
+
 def _decisions(stack: Stack, hold_id: str) -> list[dict[str, Any]]:
     records = [json.loads(line) for line in stack.home.audit_log.read_text().splitlines()]
     return [r for r in records if r.get("hold") == hold_id
@@ -221,6 +230,7 @@ def test_only_a_signed_approver_click_decides_once_and_the_message_says_who(
         assert answer.result(timeout=20).status == 200
     replayed = _click(stack, signing, APPROVER, "deny", item["id"])
     assert (replayed.status_code, replayed.json()["error"]) == (409, "request_already_decided")
+    _as_documented("/v1/chat/slack/interactions", *refused, allowed, replayed)
     [decision] = _decisions(stack, item["id"])
     assert (decision["event"], decision["by"], decision["reason"]) == (
         "request_approved", f"slack:{APPROVER}", "once")
@@ -281,6 +291,7 @@ def test_the_signed_webhook_decides_once_as_the_mapped_user(
         assert answer.result(timeout=20).status == 403
     again = _webhook(stack, key, deny | {"user": "alice"})
     assert (again.status_code, again.json()["error"]) == (409, "request_already_decided")
+    _as_documented("/v1/chat/webhooks/{name}", *refused, denied, again)
     [decision] = _decisions(stack, item["id"])
     assert (decision["event"], decision["by"]) == ("request_denied", "webhook:bridge:alice")
     _cli(stack, "audit", "verify")
