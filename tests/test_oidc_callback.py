@@ -23,7 +23,12 @@ from broker_proxy.console.routes import Console
 from broker_proxy.console.sessions import ConsoleSessions
 from broker_proxy.identity.roles import Role
 from broker_proxy.policy.sign_in_fields import OidcSettings, SignInPolicy
-from broker_proxy.sign_in.oidc import MAX_PENDING, MAX_PENDING_PER_SOURCE, pkce_challenge
+from broker_proxy.sign_in.oidc import (
+    MAX_PENDING,
+    MAX_PENDING_PER_SOURCE,
+    OidcRefused,
+    pkce_challenge,
+)
 
 ISSUER = "https://idp.example.com"
 CLIENT = "broker-console"
@@ -194,3 +199,19 @@ def test_the_policy_redirect_uri_is_the_one_sent_and_exchanged(door: Any) -> Non
     stand_in.id_token = stand_in.sign(_claims(query))
     assert _callback(door_, console, state, binding).status == 302
     assert stand_in.token_requests[-1]["redirect_uri"] == [behind]
+
+
+def test_a_provider_that_cannot_be_reached_is_asked_once_per_retry_window(door: Any) -> None:
+    door_, _stand_in, console = door
+    asked: list[str] = []
+
+    def down(request: urllib.request.Request) -> dict[str, Any]:
+        asked.append(request.full_url)
+        raise OidcRefused("oidc_provider_unreachable", "the identity provider cannot be reached")
+
+    door_.fetch = down
+    for _ in range(20):
+        answer = oidc_routes.route(door_, console, "GET", "/ui/oidc/login", "", {}, "192.0.2.7")
+        assert answer.status == 502 and b"oidc_provider_unreachable" in answer.body
+    assert len(asked) == 1  # the other logins were answered from the failure it gave
+    assert door_.pending._pending == {}  # and none of them is left waiting
