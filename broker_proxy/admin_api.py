@@ -208,7 +208,8 @@ class AdminHandler(BaseHTTPRequestHandler):
         def sign_in() -> bool:
             if path.startswith("/ui/oidc/"):  # SIGN-IN HOOK: the provider's login, callback
                 answers.append(oidc_routes.route(self.context.oidc, console, method, path,
-                                                 urlsplit(self.path).query, self.headers))
+                                                 urlsplit(self.path).query, self.headers,
+                                                 self.client_address[0]))
             else:
                 answers.append(console_routes.ui_route(
                     console, method, path, self.headers,

@@ -32,8 +32,15 @@ def test_admin_api_conforms_to_its_openapi_document(case: schemathesis.Case,
                                                     stack: Stack) -> None:
     # A schema-valid issue request is still refused (422) when the policy does not allow the
     # grant, which is most random ones; acceptance is checked with real names below.
+    excluded = [schemathesis.checks.positive_data_acceptance]
+    if case.path.startswith("/v1/chat/"):
+        # This stack's policy has no chat section, so the chat routes are not served here (an
+        # unknown route: 404 for any method or header); tests/test_e2e_chat_approvals.py checks
+        # their answers against this document with chat on.
+        excluded += [schemathesis.checks.missing_required_header,
+                     schemathesis.checks.unsupported_method]
     case.call_and_validate(base_url=stack.proxy.admin_url, headers=bearer(stack),
-                           excluded_checks=[schemathesis.checks.positive_data_acceptance])
+                           excluded_checks=excluded)
 
 
 def test_issued_grant_and_changes_match_the_document(stack: Stack) -> None:

@@ -3,10 +3,13 @@ a Slack message that shows an agent's request without letting it mention or link
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
+from typing import Any, cast
 
 import pytest
 
+from broker_proxy.approvals.chat_door import ChatDoor
 from broker_proxy.approvals.chat_slack import held_blocks
 from broker_proxy.approvals.chat_webhook import (
     SIGNATURE_HEADER,
@@ -16,7 +19,9 @@ from broker_proxy.approvals.chat_webhook import (
 )
 from broker_proxy.approvals.desk import HeldRequest
 from broker_proxy.approvals.digest import RequestShape
+from broker_proxy.audit.errors import AuditError
 from broker_proxy.http_routes import ApiError
+from broker_proxy.policy.chat_rules import ChatRules, ChatWebhookRules
 
 KEY = "k" * 32
 BODY = b'{"request":"h_0123456789abcdef","decision":"deny"}'
@@ -53,3 +58,43 @@ def test_the_slack_message_escapes_what_the_agent_controls() -> None:
     text = held_blocks(item, 10, None)[0]["text"]["text"]  # type: ignore[index]
     assert "<" not in text and ">" not in text
     assert "&lt;!channel&gt;&amp;&lt;http://x|y&gt;" in text
+
+
+class _Audit:
+    """Keeps what the chat door appends; `broken` makes every append fail like a full disk."""
+
+    def __init__(self, broken: bool = False) -> None:
+        self.records: list[tuple[str, dict[str, object]]] = []
+        self.broken = broken
+
+    def append(self, event: str, *, durable: bool = False, **fields: object) -> object:
+        if self.broken:
+            raise AuditError("the disk is full")
+        self.records.append((event, fields))
+        return None
+
+
+@pytest.mark.parametrize(("body", "by", "reason"), [
+    (b'{"request":"h_0123456789abcdef","decision":"allow","user":"mallory"}',
+     "webhook:bridge:mallory", "chat_user_unknown"),
+    (b'{"request":"h_0123456789abcdef","decision":"allow","user":"bob"}',
+     "webhook:bridge:bob", "role_required"),
+    (b'{"request":"not-a-hold","decision":"allow","user":"bob"}',
+     "webhook:bridge:bob", "role_required"),
+])
+@pytest.mark.parametrize("broken", [False, True])
+def test_a_refused_chat_user_is_audited_and_still_refused(body: bytes, by: str, reason: str,
+                                                          broken: bool) -> None:
+    rules = ChatRules(webhooks={"bridge": ChatWebhookRules("bridge", "bridge-hmac",
+                                                           users={"bob": "viewer"})})
+    audit = _Audit(broken)
+    door = ChatDoor(cast(Any, None), lambda: rules, lambda name: KEY, audit)
+    timestamp = str(int(time.time()))
+    with pytest.raises(ApiError) as refused:
+        door.answer("POST", "/v1/chat/webhooks/bridge",
+                    _headers(timestamp, signature(KEY, timestamp, body)), lambda: body,
+                    "192.0.2.9")
+    assert (refused.value.status, refused.value.code) == (403, reason)
+    hold = "h_0123456789abcdef" if b"h_01" in body else None
+    assert audit.records == ([] if broken else [("decision_refused", {
+        "decision": "deny", "reason": reason, "by": by, "hold": hold, "source": "192.0.2.9"})])

@@ -23,6 +23,7 @@ from urllib.parse import urlencode
 
 import pytest
 import requests
+import schemathesis
 
 from broker_proxy.approvals.chat_webhook import signature
 from broker_proxy.devtools.local_pki import LocalPki
@@ -31,6 +32,7 @@ from tests.conftest import API_HOST, PYTHON, Stack, Upstreams, start_stack
 from tests.e2e_clients import Answer, via_httpx
 
 pytestmark = pytest.mark.e2e
+OPENAPI = Path(__file__).parent.parent / "broker_proxy" / "admin_openapi.json"
 
 APPROVER, VIEWER, STRANGER = "U024BE7LH", "U0VIEWER1", "U0STRANGE"
 CHAT_POLICY = """\
@@ -169,9 +171,24 @@ def _click(stack: Stack, signing_secret: str, user: str, action: str, hold_id: s
                          timeout=10)
 
 
+def _as_documented(path: str, *answers: requests.Response) -> None:
+    """Each answer is one the admin API's OpenAPI document gives for this chat route."""
+    operation = schemathesis.openapi.from_path(OPENAPI)[path]["POST"]
+    for answer in answers:
+        operation.validate_response(answer)
+
+
 def _decisions(stack: Stack, hold_id: str) -> list[dict[str, Any]]:
     records = [json.loads(line) for line in stack.home.audit_log.read_text().splitlines()]
-    return [r for r in records if r.get("hold") == hold_id and r["event"] != "request"]
+    return [r for r in records if r.get("hold") == hold_id
+            and r["event"] not in ("request", "decision_refused")]
+
+
+def _refusals(stack: Stack, hold_id: str) -> list[tuple[str, str, str]]:
+    """The refused chat users' records for this held request: (by, reason, decision)."""
+    records = [json.loads(line) for line in stack.home.audit_log.read_text().splitlines()]
+    return [(r["by"], r["reason"], r["decision"]) for r in records
+            if r["event"] == "decision_refused" and r.get("hold") == hold_id]
 
 
 def test_only_a_signed_approver_click_decides_once_and_the_message_says_who(
@@ -196,6 +213,10 @@ def test_only_a_signed_approver_click_decides_once_and_the_message_says_who(
             (401, "signature_invalid"), (401, "signature_invalid"),
             (403, "chat_user_unknown"), (403, "role_required")]
         assert "needs role approver" in refused[3].json()["message"]
+        # Each refused user is evidence: who, why, which held request.
+        assert _refusals(stack, item["id"]) == [
+            (f"slack:{STRANGER}", "chat_user_unknown", "deny"),
+            (f"slack:{VIEWER}", "role_required", "deny")]
         # A forged signature is a failed sign-in, audited like a wrong admin token.
         records = [json.loads(line) for line in stack.home.audit_log.read_text().splitlines()]
         assert any(r["event"] == "signin_failed" and r["reason"] == "chat_signature"
@@ -209,6 +230,7 @@ def test_only_a_signed_approver_click_decides_once_and_the_message_says_who(
         assert answer.result(timeout=20).status == 200
     replayed = _click(stack, signing, APPROVER, "deny", item["id"])
     assert (replayed.status_code, replayed.json()["error"]) == (409, "request_already_decided")
+    _as_documented("/v1/chat/slack/interactions", *refused, allowed, replayed)
     [decision] = _decisions(stack, item["id"])
     assert (decision["event"], decision["by"], decision["reason"]) == (
         "request_approved", f"slack:{APPROVER}", "once")
@@ -260,12 +282,16 @@ def test_the_signed_webhook_decides_once_as_the_mapped_user(
         assert [(r.status_code, r.json()["error"]) for r in refused] == [
             (401, "signature_invalid"), (401, "signature_invalid"),
             (403, "chat_user_unknown"), (403, "role_required")]
+        assert _refusals(stack, item["id"]) == [
+            ("webhook:bridge:mallory", "chat_user_unknown", "deny"),
+            ("webhook:bridge:bob", "role_required", "deny")]
         assert _decisions(stack, item["id"]) == [] and not answer.done()
         denied = _webhook(stack, key, deny | {"user": "alice"})
         assert denied.status_code == 200, denied.text
         assert answer.result(timeout=20).status == 403
     again = _webhook(stack, key, deny | {"user": "alice"})
     assert (again.status_code, again.json()["error"]) == (409, "request_already_decided")
+    _as_documented("/v1/chat/webhooks/{name}", *refused, denied, again)
     [decision] = _decisions(stack, item["id"])
     assert (decision["event"], decision["by"]) == ("request_denied", "webhook:bridge:alice")
     _cli(stack, "audit", "verify")

@@ -8,6 +8,7 @@ test_console_oidc_browser.py.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import urllib.request
 from typing import Any
@@ -22,7 +23,12 @@ from broker_proxy.console.routes import Console
 from broker_proxy.console.sessions import ConsoleSessions
 from broker_proxy.identity.roles import Role
 from broker_proxy.policy.sign_in_fields import OidcSettings, SignInPolicy
-from broker_proxy.sign_in.oidc import pkce_challenge
+from broker_proxy.sign_in.oidc import (
+    MAX_PENDING,
+    MAX_PENDING_PER_SOURCE,
+    OidcRefused,
+    pkce_challenge,
+)
 
 ISSUER = "https://idp.example.com"
 CLIENT = "broker-console"
@@ -64,9 +70,10 @@ def door() -> tuple[oidc_routes.OidcDoor, StandIn, Console]:
     return door, stand_in, console
 
 
-def _login(door: oidc_routes.OidcDoor, console: Console) -> tuple[str, str, dict[str, str]]:
+def _login(door: oidc_routes.OidcDoor, console: Console,
+           source: str = "") -> tuple[str, str, dict[str, str]]:
     """Start a login: (state, binding cookie, the authorization request's parameters)."""
-    begun = oidc_routes.route(door, console, "GET", "/ui/oidc/login", "", {})
+    begun = oidc_routes.route(door, console, "GET", "/ui/oidc/login", "", {}, source)
     assert begun.status == 302
     binding = begun.headers["Set-Cookie"].split(";")[0].split("=", 1)[1]
     query = {k: v[0] for k, v in parse_qs(urlsplit(begun.headers["Location"]).query).items()}
@@ -161,3 +168,50 @@ def test_unverified_email_and_other_domains_are_not_let_in(door: Any) -> None:
         stand_in.id_token = stand_in.sign(_claims(query, **changes))
         answer = _callback(door_, console, state, binding)
         assert answer.status == 403 and b"oidc_not_allowed" in answer.body
+
+
+def test_one_source_calling_login_in_a_loop_does_not_push_out_other_logins(door: Any) -> None:
+    door_, stand_in, console = door
+    state, binding, query = _login(door_, console, "192.0.2.7")
+    # Far more logins than the store holds, all from one address that never finishes them.
+    for _ in range(MAX_PENDING + 50):
+        _login(door_, console, "198.51.100.66")
+    stand_in.id_token = stand_in.sign(_claims(query))
+    assert _callback(door_, console, state, binding).status == 302
+    # The looping address keeps only its newest few: the others were its own to lose.
+    flood = [_login(door_, console, "198.51.100.66") for _ in range(MAX_PENDING_PER_SOURCE + 1)]
+    first, last = flood[0], flood[-1]
+    assert _callback(door_, console, first[0], first[1]).status == 401
+    stand_in.id_token = stand_in.sign(_claims(last[2]))
+    assert _callback(door_, console, last[0], last[1]).status == 302
+
+
+def test_the_policy_redirect_uri_is_the_one_sent_and_exchanged(door: Any) -> None:
+    door_, stand_in, console = door
+    _state, _binding, query = _login(door_, console)
+    assert query["redirect_uri"] == "http://127.0.0.1:1/ui/oidc/callback"
+    behind = "https://broker.example.com/ui/oidc/callback"
+    policy = door_.sign_in()
+    door_.sign_in = lambda: dataclasses.replace(
+        policy, oidc=dataclasses.replace(policy.oidc, redirect_uri=behind))
+    state, binding, query = _login(door_, console)
+    assert query["redirect_uri"] == behind
+    stand_in.id_token = stand_in.sign(_claims(query))
+    assert _callback(door_, console, state, binding).status == 302
+    assert stand_in.token_requests[-1]["redirect_uri"] == [behind]
+
+
+def test_a_provider_that_cannot_be_reached_is_asked_once_per_retry_window(door: Any) -> None:
+    door_, _stand_in, console = door
+    asked: list[str] = []
+
+    def down(request: urllib.request.Request) -> dict[str, Any]:
+        asked.append(request.full_url)
+        raise OidcRefused("oidc_provider_unreachable", "the identity provider cannot be reached")
+
+    door_.fetch = down
+    for _ in range(20):
+        answer = oidc_routes.route(door_, console, "GET", "/ui/oidc/login", "", {}, "192.0.2.7")
+        assert answer.status == 502 and b"oidc_provider_unreachable" in answer.body
+    assert len(asked) == 1  # the other logins were answered from the failure it gave
+    assert door_.pending._pending == {}  # and none of them is left waiting

@@ -50,6 +50,17 @@ def test_a_sign_in_section_is_read_with_its_defaults() -> None:
     assert dict(sign_in.roles) == {"staff": Role.VIEWER, "refund-approvers": Role.APPROVER,
                                    "broker-admins": Role.ADMIN}
     assert load_policy_text("version: 1\n").sign_in is None
+    assert sign_in.oidc.redirect_uri is None  # the admin listener's own callback
+
+
+@pytest.mark.parametrize("uri", ["https://broker.example.com/ui/oidc/callback",
+                                 "https://broker.example.com:8443/ui/oidc/callback",
+                                 "http://localhost:9000/ui/oidc/callback"])
+def test_a_redirect_uri_for_a_console_behind_a_reverse_proxy_is_read(uri: str) -> None:
+    text = GOOD.replace("    allowed_domains:", f"    redirect_uri: {uri}\n    allowed_domains:")
+    sign_in = load_policy_text(text).sign_in
+    assert sign_in is not None and sign_in.oidc is not None
+    assert sign_in.oidc.redirect_uri == uri
 
 
 @pytest.mark.parametrize(("change", "expected"), [
@@ -69,6 +80,13 @@ def test_a_sign_in_section_is_read_with_its_defaults() -> None:
      'sign_in.oidc: missing required field "client_id"'),
     (("  roles:\n", "  rolez:\n"), 'sign_in.rolez: unknown field "rolez"; did you mean '
                                   '"roles"?'),
+    *[(("    allowed_domains:", f"    redirect_uri: {uri}\n    allowed_domains:"),
+       "sign_in.oidc.redirect_uri: must be https://<host>/ui/oidc/callback, where the browser "
+       "reaches the console's callback (http:// only for localhost)")
+      for uri in ("http://broker.example.com/ui/oidc/callback",  # plain http elsewhere
+                  "https://broker.example.com/callback",  # not the console's callback
+                  "https://broker.example.com/ui/oidc/callback?x=1",
+                  "https://broker.example.com:port/ui/oidc/callback", "/ui/oidc/callback")],
 ])
 def test_a_wrong_sign_in_section_is_named_field_by_field(change: tuple[str, str],
                                                          expected: str) -> None:

@@ -23,14 +23,27 @@ HOLD_ID = re.compile(r"h_[0-9a-f]{16}")
 ReadSecret = Callable[[str], str]
 
 
-def chat_principal(identity: str, role: str | None) -> Principal:
+class ChatUserRefused(ApiError):
+    """A signed chat request from a user the policy does not let decide: answered 403, and
+    audited (chat_door.py) as a `decision_refused` naming the user and the held request."""
+
+    def __init__(self, refused: ApiError, identity: str, hold_id: str) -> None:
+        super().__init__(refused.status, refused.code, refused.message)
+        self.identity = identity
+        self.hold_id = hold_id if HOLD_ID.fullmatch(hold_id) else None
+
+
+def chat_principal(identity: str, role: str | None, hold_id: str) -> Principal:
     """The principal of a mapped chat user; 403 `chat_user_unknown` for an unmapped one, and
-    403 `role_required` for one whose role may not decide."""
-    if role is None:
-        raise ApiError(403, "chat_user_unknown",
-                       f"{identity} is not given a role in the policy's chat section")
-    principal = Principal(identity, Role.parse(role))
-    require_action(principal, Action.DECIDE)
+    403 `role_required` for one whose role may not decide (both ChatUserRefused)."""
+    try:
+        if role is None:
+            raise ApiError(403, "chat_user_unknown",
+                           f"{identity} is not given a role in the policy's chat section")
+        principal = Principal(identity, Role.parse(role))
+        require_action(principal, Action.DECIDE)
+    except ApiError as refused:
+        raise ChatUserRefused(refused, identity, hold_id) from None
     return principal
 
 

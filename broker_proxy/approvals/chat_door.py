@@ -8,20 +8,24 @@ ordinary admin route (401 without the token, then 404), as before chat approvals
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from broker_proxy.approvals.chat_decision import ReadSecret
+from broker_proxy.approvals.chat_decision import ChatUserRefused, ReadSecret
 from broker_proxy.approvals.chat_slack import slack_interaction
 from broker_proxy.approvals.chat_webhook import webhook_decision
 from broker_proxy.approvals.desk import ApprovalDesk
+from broker_proxy.audit.errors import AuditError
 from broker_proxy.http_routes import ApiError, Headers, require_method, split_path
 from broker_proxy.policy.chat_rules import ChatRules
 from broker_proxy.secrets.backends import SecretUnavailable
-from broker_proxy.signin_guard import SigninGuard
+from broker_proxy.signin_guard import AuditSink, SigninGuard
 
 PREFIX = "/v1/chat/"
 SLACK_PATH = "/v1/chat/slack/interactions"
+
+log = logging.getLogger("broker_proxy.approvals")
 
 
 @dataclass(slots=True)
@@ -29,6 +33,7 @@ class ChatDoor:
     desk: ApprovalDesk
     rules: Callable[[], ChatRules | None]  # the policy's, read per request (reloads apply)
     read_secret: ReadSecret
+    audit: AuditSink | None = None  # where refused chat users are recorded
 
     def serves(self, path: str) -> bool:
         return path.startswith(PREFIX) and self.rules() is not None
@@ -50,13 +55,29 @@ class ChatDoor:
                 return False
             return True
 
-        if guard is None:
-            verify()
-        else:
-            guard.check(source, "chat_signature", verify)
+        try:
+            if guard is None:
+                verify()
+            else:
+                guard.check(source, "chat_signature", verify)
+        except ChatUserRefused as refused:
+            self._record_refusal(refused, source)
+            raise
         if refusals:
             raise refusals[-1]
         return answers[-1]
+
+    def _record_refusal(self, refused: ChatUserRefused, source: str) -> None:
+        """A signed request from a user who may not decide is evidence: who, why, which
+        held request. The 403 stands even when the audit log cannot take the record."""
+        if self.audit is None:
+            return
+        try:
+            self.audit.append("decision_refused", decision="deny", reason=refused.code,
+                              by=refused.identity, hold=refused.hold_id, source=source)
+        except AuditError as error:
+            log.error("a refused chat decision by %s was not recorded: %s",
+                      refused.identity, error)
 
     def _route(self, method: str, path: str, headers: Headers,
                body: Callable[[], bytes]) -> tuple[int, object]:

@@ -153,7 +153,7 @@ def slack_interaction(rules: SlackRules, read_secret: ReadSecret, desk: Approval
     if click.action not in (ALLOW_ONCE, ALLOW_USES, DENY):
         raise ApiError(400, "invalid_request", "unknown button")
     identity = f"slack:{click.user}"
-    principal = chat_principal(identity, rules.users.get(click.user))
+    principal = chat_principal(identity, rules.users.get(click.user), click.hold_id)
     item = decide_once(desk, click.hold_id, click.action != DENY, principal,
                        uses=rules.allow_uses if click.action == ALLOW_USES else None)
     if click.channel and click.ts:

@@ -76,9 +76,10 @@ def webhook_decision(rules: ChatWebhookRules, read_secret: ReadSecret, desk: App
     if any(value is not None and type(value) is not int for value in counts.values()):
         raise ApiError(400, "invalid_request", "uses and minutes must be integers")
     if user is None:
-        principal = chat_principal(f"webhook:{rules.name}", rules.role)
+        principal = chat_principal(f"webhook:{rules.name}", rules.role, hold_id)
     elif isinstance(user, str):
-        principal = chat_principal(f"webhook:{rules.name}:{user}"[:200], rules.users.get(user))
+        principal = chat_principal(f"webhook:{rules.name}:{user}"[:200], rules.users.get(user),
+                                   hold_id)
     else:
         raise ApiError(400, "invalid_request", "user must be a string")
     item = decide_once(desk, hold_id, decision == "allow", principal,

@@ -33,8 +33,12 @@ EVENTS: Final[dict[str, str]] = {
                          "is theirs to say, or token:break-glass once a provider is set up; "
                          "login_link, made by `broker-proxy console --as`; oidc, through the "
                          "identity provider, by: oidc:<email or sub>)",
-    "decision_refused": "a person was refused a decision by separation of duties (reason): "
-                        "the approver issued the grant themselves; by names them",
+    "decision_refused": "a person was refused a decision (reason): separation_of_duties, the "
+                        "approver issued the grant themselves; chat_user_unknown, a Slack "
+                        "user or webhook user the policy's chat section does not map; "
+                        "role_required, a chat user whose role may not decide; by names "
+                        "them (slack:<id>, webhook:<name>[:<user>]), hold the held request "
+                        "and source the address a chat refusal came from",
     "policy_loaded": "the proxy started with this policy (digest)",
     "policy_reloaded": "a changed policy was loaded live (digest)",
     "policy_reload_rejected": "a changed policy was refused; the last good one stays",
@@ -47,8 +51,9 @@ EVENTS: Final[dict[str, str]] = {
     "hook_failed": "a broker hook raised (a bug or a failing dependency): the flow was denied, "
                    "its answer withheld, or it was cut (hook_outcome), never forwarded "
                    "unchecked; hook names the addon's hook, hook_error the error's type",
-    "signin_failed": "failed admin API or console sign-ins from one source address (counted "
-                     "and written at most once per window per source)",
+    "signin_failed": "failed admin API, console or chat (Slack, signed webhook) sign-ins "
+                     "from one source address: a wrong token or a chat signature that does "
+                     "not verify (counted and written at most once per window per source)",
 }
 
 # Fields beyond the standard ones that `audit tail` shows for an event when present.

@@ -19,12 +19,12 @@ from http.cookies import CookieError, SimpleCookie
 from urllib.parse import parse_qs
 
 from broker_proxy.console.routes import SECURITY_HEADERS, Console, Headers, UiAnswer, _cookie
-from broker_proxy.policy.sign_in_fields import OidcSettings, SignInPolicy
+from broker_proxy.policy.sign_in_fields import CALLBACK_PATH, OidcSettings, SignInPolicy
 from broker_proxy.sign_in.oidc import Fetch, OidcClient, OidcRefused, PendingLogins, fetch_json
 from broker_proxy.sign_in.role_mapping import principal_of
 
 BINDING_COOKIE = "bp_oidc"
-CALLBACK = "/ui/oidc/callback"
+CALLBACK = CALLBACK_PATH
 _STATUS = {"oidc_not_allowed": 403, "oidc_no_role": 403, "oidc_not_configured": 404,
            "oidc_provider_unreachable": 502}
 
@@ -53,19 +53,25 @@ class OidcDoor:
                                           self.fetch)
             return policy, self._client
 
-    def redirect_uri(self) -> str:
+    def redirect_uri(self, settings: OidcSettings | None = None) -> str:
+        """The policy's `redirect_uri` (a console behind a reverse proxy), else the admin
+        listener's own callback."""
+        if settings is not None and settings.redirect_uri:
+            return settings.redirect_uri
         return self.base_url().rstrip("/") + CALLBACK
 
 
 def route(door: OidcDoor | None, console: Console, method: str, path: str, query: str,
-          headers: Headers) -> UiAnswer:
+          headers: Headers, source: str = "") -> UiAnswer:
+    """The provider's login and callback; `source` is the client address (a login in progress
+    is bounded per source, sign_in/oidc.py)."""
     if method not in ("GET", "HEAD"):
         return _page(405, "use GET", {"Allow": "GET"})
     try:
         if door is None:
             raise OidcRefused("oidc_not_configured", "sign-in with a provider is not configured")
         if path == "/ui/oidc/login":
-            return _begin(door)
+            return _begin(door, source)
         if path == CALLBACK:
             return _finish(door, console, query, headers)
     except OidcRefused as refused:
@@ -74,10 +80,12 @@ def route(door: OidcDoor | None, console: Console, method: str, path: str, query
     return _page(404, "no such page")
 
 
-def _begin(door: OidcDoor) -> UiAnswer:
+def _begin(door: OidcDoor, source: str) -> UiAnswer:
     _policy, client = door.client()
+    client.discovery()  # a provider that cannot be reached leaves no login pending
     binding = secrets.token_urlsafe(32)
-    state, login = door.pending.begin(binding, door.redirect_uri())
+    state, login = door.pending.begin(binding, door.redirect_uri(client.settings),
+                                      source)
     location = client.authorization_url(state, login)
     return UiAnswer(302, "text/plain; charset=utf-8", b"", {
         **SECURITY_HEADERS, "Location": location,

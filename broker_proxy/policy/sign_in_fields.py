@@ -9,6 +9,7 @@ sign_in:
     client_secret: oidc_client_secret   # a NAME in the broker's vault, never the value
     allowed_domains: [example.com]      # and/or allowed_subjects: [...]
     role_claim: groups                  # default
+    redirect_uri: https://broker.example.com/ui/oidc/callback  # optional, behind a proxy
   roles:                                # claim value -> role; the highest one found wins
     broker-admins: admin
     refund-approvers: approver
@@ -37,6 +38,7 @@ CLAIM_NAME = re.compile(r"[!-~]{1,128}")
 DOMAIN = re.compile(r"(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}|localhost")
 DEFAULT_ROLE_CLAIM = "groups"
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+CALLBACK_PATH = "/ui/oidc/callback"
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +49,9 @@ class OidcSettings:
     allowed_domains: frozenset[str]  # email domains (lower case); empty: none by domain
     allowed_subjects: frozenset[str]  # `sub` values; empty: none by subject
     role_claim: str = DEFAULT_ROLE_CLAIM
+    # Where the provider sends the browser back, when the console is reached through a
+    # reverse proxy; None: http://<admin address>/ui/oidc/callback.
+    redirect_uri: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +75,23 @@ def issuer_problem(issuer: str) -> str | None:
                                    and parts.hostname in LOOPBACK_HOSTS):
         return None
     return "must be an https:// URL (http:// only for a provider on this machine)"
+
+
+def redirect_uri_problem(uri: str) -> str | None:
+    """https (http only on this machine), a host, and the console's callback path: the
+    provider sends the sign-in's code there, and the binding cookie only goes to /ui/oidc."""
+    problem = (f"must be https://<host>{CALLBACK_PATH}, where the browser reaches the "
+               "console's callback (http:// only for localhost)")
+    try:
+        parts = urlsplit(uri)
+        _port = parts.port  # raises ValueError for a port that is not a number
+    except ValueError:
+        return problem
+    if not parts.hostname or parts.query or parts.fragment or parts.path != CALLBACK_PATH:
+        return problem
+    if parts.scheme == "https" or (parts.scheme == "http" and parts.hostname in LOOPBACK_HOSTS):
+        return None
+    return problem
 
 
 def parse_sign_in(node: yaml.Node, checker: NodeChecker) -> SignInPolicy | None:
@@ -118,7 +140,7 @@ def _oidc(node: yaml.Node, checker: NodeChecker) -> OidcSettings | None:
         return None
     before = len(checker.issues)
     values: dict[str, str] = {}
-    for name in ("issuer", "client_id", "client_secret", "role_claim"):
+    for name in ("issuer", "client_id", "client_secret", "role_claim", "redirect_uri"):
         if name in fields:
             text = checker.string(fields[name][1], f"sign_in.oidc.{name}")
             if text is not None:
@@ -129,6 +151,9 @@ def _oidc(node: yaml.Node, checker: NodeChecker) -> OidcSettings | None:
         checker.report(fields["client_secret"][1], "sign_in.oidc.client_secret",
                        "the name of a vault entry (`broker-proxy secret set NAME`), "
                        "not the secret itself")
+    if (uri := values.get("redirect_uri")) is not None and (
+            problem := redirect_uri_problem(uri)):
+        checker.report(fields["redirect_uri"][1], "sign_in.oidc.redirect_uri", problem)
     if "role_claim" in values and not CLAIM_NAME.fullmatch(values["role_claim"]):
         checker.report(fields["role_claim"][1], "sign_in.oidc.role_claim",
                        "a claim name: 1-128 printable characters")
@@ -146,7 +171,8 @@ def _oidc(node: yaml.Node, checker: NodeChecker) -> OidcSettings | None:
         return None
     return OidcSettings(values["issuer"], values["client_id"], values["client_secret"],
                         frozenset(domains), frozenset(subjects),
-                        values.get("role_claim", DEFAULT_ROLE_CLAIM))
+                        values.get("role_claim", DEFAULT_ROLE_CLAIM),
+                        values.get("redirect_uri"))
 
 
 def _list(fields: dict[str, tuple[yaml.Node, yaml.Node]], name: str, checker: NodeChecker,

@@ -331,6 +331,11 @@ MAPPINGS: dict[str, Mapping] = {
         "allowed_subjects": {**_STRINGS, "description": "`sub` values that may sign in"},
         "role_claim": {"type": "string", "default": "groups",
                        "description": "the ID token claim whose values map to roles"},
+        "redirect_uri": {"type": "string", "pattern": "^https?://",
+                         "description": "where the provider sends the browser back, for a "
+                                        "console behind a reverse proxy: https://HOST"
+                                        "/ui/oidc/callback (default: http://<admin "
+                                        "address>/ui/oidc/callback)"},
     }, required=("issuer", "client_id", "client_secret")),
     "egress": Mapping({
         "allow": {"type": "array", "items": kind("host"),

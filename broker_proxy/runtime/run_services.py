@@ -151,7 +151,7 @@ def start_approvals(broker: Broker, server: AdminServer) -> None:
     broker.approvals.notifier = _notifiers(broker, lambda: f"http://{server.address}")
     # Slack and signed webhooks decide on the same listener, with their own signatures.
     server.context.chat = ChatDoor(broker.approvals, lambda: broker.policy.policy.chat,
-                                   vault_entry(broker.secrets))
+                                   vault_entry(broker.secrets), broker.audit)
     broker.approvals.accepting = True
 
 

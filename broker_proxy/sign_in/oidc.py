@@ -38,9 +38,13 @@ from broker_proxy.policy.sign_in_fields import OidcSettings, issuer_problem
 LEEWAY_S = 60
 LOGIN_TTL_S = 600
 MAX_PENDING = 500
+# Logins in progress one source address may hold: past it, its own oldest gives way, so one
+# client calling /ui/oidc/login in a loop cannot push out other people's logins.
+MAX_PENDING_PER_SOURCE = 10
 MAX_DOCUMENT = 1024 * 1024
 FETCH_TIMEOUT_S = 10.0
 DISCOVERY_TTL_S = 3600.0
+DISCOVERY_RETRY_S = 5.0  # how long a failed discovery answers for the provider
 # Asymmetric only: with HS256 the "key" would be the client secret, which we also hold.
 ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384",
               "ES512", "EdDSA"]
@@ -73,6 +77,7 @@ class PendingLogin:
     binding: str  # sha256 of the browser's binding cookie
     expires: float  # time.monotonic()
     redirect_uri: str
+    source: str = ""  # the client address that began it
 
 
 class PendingLogins:
@@ -83,15 +88,22 @@ class PendingLogins:
         self._lock = threading.Lock()
         self._pending: dict[str, PendingLogin] = {}
 
-    def begin(self, binding: str, redirect_uri: str) -> tuple[str, PendingLogin]:
+    def begin(self, binding: str, redirect_uri: str,
+              source: str = "") -> tuple[str, PendingLogin]:
+        """A new login from `source`; the source's own oldest gives way past
+        MAX_PENDING_PER_SOURCE, and the oldest of all past MAX_PENDING."""
         state = secrets.token_urlsafe(32)
         login = PendingLogin(nonce=secrets.token_urlsafe(32),
                              verifier=secrets.token_urlsafe(48), binding=_hash(binding),
-                             expires=self._clock() + LOGIN_TTL_S, redirect_uri=redirect_uri)
+                             expires=self._clock() + LOGIN_TTL_S, redirect_uri=redirect_uri,
+                             source=source)
         with self._lock:
             now = self._clock()
             self._pending = {k: v for k, v in self._pending.items() if v.expires > now}
-            if len(self._pending) >= MAX_PENDING:  # the oldest gives way
+            mine = [k for k, v in self._pending.items() if v.source == source]
+            if len(mine) >= MAX_PENDING_PER_SOURCE:
+                self._pending.pop(mine[0])
+            elif len(self._pending) >= MAX_PENDING:  # the oldest gives way
                 self._pending.pop(next(iter(self._pending)))
             self._pending[_hash(state)] = login
         return state, login
@@ -153,12 +165,32 @@ class OidcClient:
         self._fetch = fetch
         self._lock = threading.Lock()
         self._discovery: tuple[float, dict[str, Any]] | None = None
+        self._discovery_failed: tuple[float, OidcRefused] | None = None
         self._keys: KeySet | None = None
 
     def discovery(self) -> dict[str, Any]:
+        """The provider's discovery document, kept an hour. A failed fetch is kept for
+        DISCOVERY_RETRY_S: logins begun while the provider is down (anyone may begin one) are
+        refused with the same line, not each sent on to the provider."""
         with self._lock:
-            if self._discovery and time.monotonic() < self._discovery[0]:
+            now = time.monotonic()
+            if self._discovery and now < self._discovery[0]:
                 return self._discovery[1]
+            if self._discovery_failed and now < self._discovery_failed[0]:
+                failed = self._discovery_failed[1]
+                raise OidcRefused(failed.code, failed.message)
+        try:
+            document = self._discover()
+        except OidcRefused as refused:
+            with self._lock:
+                self._discovery_failed = (time.monotonic() + DISCOVERY_RETRY_S, refused)
+            raise
+        with self._lock:
+            self._discovery = (time.monotonic() + DISCOVERY_TTL_S, document)
+            self._discovery_failed = None
+        return document
+
+    def _discover(self) -> dict[str, Any]:
         url = self.settings.issuer.rstrip("/") + "/.well-known/openid-configuration"
         document = self._fetch(_request(url))
         # OpenID Connect Discovery 1.0 section 4.3: the document must name the issuer asked.
@@ -169,8 +201,6 @@ class OidcClient:
             if not isinstance(document.get(name), str) or issuer_problem(document[name]):
                 raise OidcRefused("oidc_provider_refused",
                                   f"the discovery document has no usable {name}")
-        with self._lock:
-            self._discovery = (time.monotonic() + DISCOVERY_TTL_S, document)
         return document
 
     def authorization_url(self, state: str, login: PendingLogin) -> str:
