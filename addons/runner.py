@@ -26,6 +26,7 @@ from broker_proxy.addons import (
 from broker_proxy.addons.broker_addon import BrokerAddon
 from broker_proxy.addons.connection_limits import ConnectionLimits, Deadlines
 from broker_proxy.addons.hook_dispatch import IndexedAddonManager
+from broker_proxy.addons.startup_errors import MitmproxyStartupErrors
 from mitmproxy import ctx, options
 from mitmproxy.addons import (
     block,
@@ -35,7 +36,6 @@ from mitmproxy.addons import (
     proxyserver,
     tlsconfig,
 )
-from mitmproxy.addons.errorcheck import ErrorCheck
 from mitmproxy.addons.termlog import TermLog
 from mitmproxy.master import Master
 
@@ -112,7 +112,7 @@ async def serve(broker: Broker, settings: ProxySettings,
         proxyserver.Proxyserver(),
         next_layer.NextLayer(),
         tlsconfig.TlsConfig(),
-        ErrorCheck(),
+        MitmproxyStartupErrors(),
         _Announce(on_ready),
         *broker_addons(broker, settings),
     )
