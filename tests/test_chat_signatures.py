@@ -10,6 +10,7 @@ from typing import Any, cast
 import pytest
 
 from broker_proxy.approvals.chat_door import ChatDoor
+from broker_proxy.approvals.chat_preview import preview_text
 from broker_proxy.approvals.chat_slack import held_blocks
 from broker_proxy.approvals.chat_webhook import (
     SIGNATURE_HEADER,
@@ -58,6 +59,25 @@ def test_the_slack_message_escapes_what_the_agent_controls() -> None:
     text = held_blocks(item, 10, None)[0]["text"]["text"]  # type: ignore[index]
     assert "<" not in text and ">" not in text
     assert "&lt;!channel&gt;&amp;&lt;http://x|y&gt;" in text
+
+
+def test_the_slack_message_shows_the_preview_the_decision_records_bounded_and_escaped() -> None:
+    shape = RequestShape("POST", "https", "api.example.com", 443, "/v1/refunds", "", 0, "", 0,
+                         ("api_key@header",), "", "")
+    now = datetime.now(UTC)
+    preview = {"tools": [{"method": "tools/call", "name": "refund", "truncated": False,
+                          "arguments": '{"amount": 99999}'}],
+               "query": {"text": "order=7"},
+               "body": {"kind": "text", "text": "<@U1> ```break out``` " + "x" * 5000,
+                        "truncated": True}}
+    item = HeldRequest("h_0123456789abcdef", "g_1", "bot", "task", ("api_key",), shape,
+                       preview, "", now, now)
+    text = held_blocks(item, 10, None)[0]["text"]["text"]  # type: ignore[index]
+    assert "tool *refund*" in text and '```{"amount": 99999}```' in text
+    assert "query `order=7`" in text and "&lt;@U1&gt;" in text
+    assert "```break out```" not in text  # the agent's text cannot close the code block
+    assert len(text) < 3000 and text.endswith("(cut: open the console)")
+    assert preview_text({"body": {"kind": "empty"}}) == ""
 
 
 class _Audit:

@@ -201,6 +201,10 @@ def test_only_a_signed_approver_click_decides_once_and_the_message_says_who(
                     if item["id"] in json.dumps(m)]
         assert posted["_token"] == f"Bearer {keys['slack-bot-token']}"
         assert posted["channel"] == "C0APPROVE"
+        # The approver sees what the console shows (the digest recorded with the decision is
+        # of that preview): the body, with the placeholder, never the value.
+        shown = posted["blocks"][0]["text"]["text"]
+        assert '"amount": 5' in shown and stack.api_key not in json.dumps(posted)
         buttons = posted["blocks"][1]["elements"]
         assert [(b["action_id"], b["value"]) for b in buttons] == [
             ("allow_once", item["id"]), ("allow_uses", item["id"]), ("deny", item["id"])]

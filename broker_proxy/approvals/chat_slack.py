@@ -32,6 +32,7 @@ from broker_proxy.approvals.chat_decision import (
     decided_answer,
     outcome,
 )
+from broker_proxy.approvals.chat_preview import escape, preview_text
 from broker_proxy.approvals.desk import ApprovalDesk, HeldRequest
 from broker_proxy.http_routes import ApiError, Headers
 from broker_proxy.policy.chat_rules import SlackRules
@@ -43,13 +44,8 @@ TIMEOUT_S = 5
 ALLOW_ONCE, ALLOW_USES, DENY = "allow_once", "allow_uses", "deny"
 
 
-def _escape(text: str) -> str:
-    # Slack's mrkdwn: an agent's path must not become a link or an @channel mention.
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
 def _summary(item: HeldRequest) -> str:
-    return _escape(f"{item.agent} ({item.task}) waits for approval: {item.shape.method} "
+    return escape(f"{item.agent} ({item.task}) waits for approval: {item.shape.method} "
                    f"{item.shape.host}{item.shape.path} with {', '.join(item.secrets)}")
 
 
@@ -60,8 +56,9 @@ def held_blocks(item: HeldRequest, allow_uses: int, console: str | None) -> list
                                       "text": {"type": "plain_text", "text": label}}
         return element | ({"style": style} if style else {})
 
-    text = _summary(item) + (f"\n<{console}/ui/#/approvals/{item.id}|Open in the console>"
-                             if console else "")
+    shown = preview_text(item.preview)  # what the console shows: the body, the tool calls
+    text = _summary(item) + (f"\n{shown}" if shown else "") + (
+        f"\n<{console}/ui/#/approvals/{item.id}|Open in the console>" if console else "")
     return [{"type": "section", "text": {"type": "mrkdwn", "text": text}},
             {"type": "actions", "block_id": "broker_hold", "elements": [
                 button(ALLOW_ONCE, "Allow once", "primary"),
@@ -72,7 +69,7 @@ def held_blocks(item: HeldRequest, allow_uses: int, console: str | None) -> list
 def decided_blocks(item: HeldRequest) -> list[dict[str, object]]:
     return [{"type": "section", "text": {"type": "mrkdwn", "text": _summary(item)}},
             {"type": "context", "elements": [{"type": "mrkdwn",
-                                              "text": _escape(outcome(item))}]}]
+                                              "text": escape(outcome(item))}]}]
 
 
 def _client(rules: SlackRules, read_secret: ReadSecret) -> WebClient:
@@ -168,7 +165,7 @@ def _update(rules: SlackRules, read_secret: ReadSecret, channel: str, ts: str,
     """The message now says who decided what, and has no buttons left to click."""
     try:
         _client(rules, read_secret).chat_update(
-            channel=channel, ts=ts, text=_escape(outcome(item)),
+            channel=channel, ts=ts, text=escape(outcome(item)),
             blocks=decided_blocks(item))
     except Exception as error:  # decided either way; the audit says so
         log.warning("updating the Slack message failed: %s", type(error).__name__)
