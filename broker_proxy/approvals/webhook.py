@@ -39,7 +39,9 @@ class WebhookNotifier:
         if self._url() is None:
             return
         console = self._console_url()
-        # Not the preview: a chat room is no place for request bodies; the console shows them.
+        # Not the preview: this notice only says that someone should look; who decides from a
+        # chat tool is shown the preview there (chat_preview.py, at the destination's
+        # approval_preview level), or opens the console.
         public = {k: v for k, v in item.to_public_dict().items() if k != "preview"}
         notice: dict[str, object] = {"event": "request_held", "request": public,
                   "console": f"{console}/ui/#/approvals/{item.id}" if console else None,
