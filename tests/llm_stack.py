@@ -10,10 +10,11 @@ import contextlib
 import os
 import secrets
 import ssl
+import textwrap
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
@@ -41,6 +42,25 @@ PLACEHOLDERS = {"openai": "sk-proj-PLACEHOLDER-openai-0000000000",
                 "anthropic": "sk-ant-PLACEHOLDER-anthropic-00000000",
                 "gemini": "AIza-PLACEHOLDER-gemini-000000000000"}
 GEMINI = "https://generativelanguage.googleapis.com"
+
+
+_VENDORS = {"openai": "api.openai.com", "anthropic": "api.anthropic.com",
+            "gemini": "generativelanguage.googleapis.com"}
+
+
+def llm_policy(*, head: str = "", openai: str = "", anthropic: str = "", gemini: str = "") -> str:
+    """The policy template every LLM module starts from: the three vault secrets, each bound to its
+    vendor's host, all given to agent ``bot``, loopback allowed. ``openai``, ``anthropic`` and
+    ``gemini`` are a module's own lines for that secret and ``head`` its top-level lines before
+    ``secrets:`` (prices), written unindented; braces doubled, as for ``start_llm_stack``."""
+    parts = ["version: 1\n", textwrap.dedent(head), "secrets:\n"]
+    for name, extra in (("openai", openai), ("anthropic", anthropic), ("gemini", gemini)):
+        parts.append(f"  {name}:\n    from: vault\n    placeholder: \"{{{name}}}\"\n"
+                     f"    destinations: [{{{{host: {_VENDORS[name]}}}}}]\n")
+        parts.append(textwrap.indent(textwrap.dedent(extra), "    "))
+    parts.append("agents:\n  bot:\n    secrets: [openai, anthropic, gemini]\n"
+                 "network:\n  allow_addresses: [127.0.0.0/8]\n")
+    return "".join(parts)
 
 
 @dataclass
@@ -82,6 +102,11 @@ class LlmStack:
                                    base_url="https://api.anthropic.com",
                                    http_client=client, max_retries=0)
 
+    def assert_no_secret_written(self) -> None:
+        """No real secret value in the audit log or the proxy's log."""
+        written = self.home.audit_log.read_text() + (self.root / "proxy.log").read_text()
+        assert not any(value in written for value in self.values.values())
+
     def carried(self, name: str) -> int:
         """How many requests reached the upstream with the real value of secret ``name``."""
         return sum(1 for r in self.upstream.requests if r.contains(self.values[name]))
@@ -120,3 +145,16 @@ def running_llm_stack(factory: pytest.TempPathFactory, name: str,
             stack.proxy.stop()
     finally:
         upstream.stop()
+
+
+def llm_stack_fixture(name: str, policy: str, *, check_leaks: bool = False) -> Any:
+    """A module-scoped ``llm`` fixture on ``running_llm_stack``; with ``check_leaks`` it asserts,
+    once the stack is stopped, that no real secret value was written to its logs. A module takes
+    it as ``llm = llm_stack_fixture(...)`` (pytest names a fixture by its attribute)."""
+    @pytest.fixture(scope="module", name="llm")
+    def llm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlmStack]:
+        with running_llm_stack(tmp_path_factory, name, policy) as stack:
+            yield stack
+        if check_leaks:
+            stack.assert_no_secret_written()
+    return llm

@@ -10,53 +10,31 @@ from __future__ import annotations
 
 import json
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
 from broker_proxy.devtools.browser import find_chromium
-from tests.llm_stack import LlmStack, running_llm_stack
+from tests.llm_stack import LlmStack, llm_policy, llm_stack_fixture
 
 pytestmark = pytest.mark.e2e
 
-POLICY = """\
-version: 1
+POLICY = llm_policy(head="""\
 prices:
   as_of: "2026-12-01"
   models:
     gpt-4o-mini: {{input: 0.15, output: 0.60}}
-secrets:
-  openai:
-    from: vault
-    placeholder: "{openai}"
-    destinations: [{{host: api.openai.com}}]
-    rate: 60/minute
-    burst: 10
-    concurrency: 4
-    budget: {{output_tokens: 100, cost_usd: 5}}
-  anthropic:
-    from: vault
-    placeholder: "{anthropic}"
-    destinations: [{{host: api.anthropic.com}}]
-  gemini:
-    from: vault
-    placeholder: "{gemini}"
-    destinations: [{{host: generativelanguage.googleapis.com}}]
-agents:
-  bot:
-    secrets: [openai, anthropic, gemini]
-network:
-  allow_addresses: [127.0.0.0/8]
-"""
+""", openai="""\
+rate: 60/minute
+burst: 10
+concurrency: 4
+budget: {{output_tokens: 100, cost_usd: 5}}
+""")
 HI = [{"role": "user", "content": "hi"}]
 
 
-@pytest.fixture(scope="module")
-def llm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlmStack]:
-    with running_llm_stack(tmp_path_factory, "console-limits", POLICY) as stack:
-        yield stack
+llm = llm_stack_fixture("console-limits", POLICY)
 
 
 def _admin(stack: LlmStack, path: str) -> dict:

@@ -37,7 +37,7 @@ from broker_proxy.secrets.master_key import load_or_create_master_key
 from broker_proxy.secrets.vault import Vault
 from broker_proxy.time_source import utc_now
 from tests.conftest import master_key_in_environment, random_master_key
-from tests.llm_stack import PLACEHOLDERS, LlmStack, start_llm_stack
+from tests.llm_stack import PLACEHOLDERS, LlmStack, llm_policy, start_llm_stack
 from tests.llm_upstream import LLM_HOSTS, USAGE, llm_reply
 
 pytestmark = pytest.mark.e2e
@@ -45,28 +45,7 @@ pytestmark = pytest.mark.e2e
 CAP = 100
 RESERVED = 10
 CONCURRENT = 200
-POLICY = """\
-version: 1
-secrets:
-  openai:
-    from: vault
-    placeholder: "{openai}"
-    destinations: [{{host: api.openai.com}}]
-    budget: {{output_tokens: 100}}
-  anthropic:
-    from: vault
-    placeholder: "{anthropic}"
-    destinations: [{{host: api.anthropic.com}}]
-  gemini:
-    from: vault
-    placeholder: "{gemini}"
-    destinations: [{{host: generativelanguage.googleapis.com}}]
-agents:
-  bot:
-    secrets: [openai, anthropic, gemini]
-network:
-  allow_addresses: [127.0.0.0/8]
-"""
+POLICY = llm_policy(openai="budget: {{output_tokens: 100}}\n")
 
 
 @pytest.fixture(scope="module")

@@ -10,54 +10,29 @@ hosted_tool_not_allowed and nothing reaches the upstream.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import pytest
 
 from broker_proxy.decision.hosted_tool_rules import ToolTermsRefused, apply_tool_rules
 from broker_proxy.policy.loader import PolicyError, load_policy_text
 from broker_proxy.policy.model import HostedToolRule
-from tests.llm_stack import PLACEHOLDERS, LlmStack, running_llm_stack
+from tests.llm_stack import PLACEHOLDERS, LlmStack, llm_policy, llm_stack_fixture
 
 pytestmark = pytest.mark.e2e
 
-POLICY = """\
-version: 1
-secrets:
-  openai:
-    from: vault
-    placeholder: "{openai}"
-    destinations: [{{host: api.openai.com}}]
-    hosted_tools:
-      web_search: {{allowed_domains: [python.org, example.com]}}
-      file_search:
-  anthropic:
-    from: vault
-    placeholder: "{anthropic}"
-    destinations: [{{host: api.anthropic.com}}]
-    budget: {{output_tokens: 100000, default_max_tokens: 64}}
-    hosted_tools:
-      web_search: {{allowed_domains: [docs.python.org], max_uses: 3}}
-      web_fetch: {{max_uses: 2}}
-  gemini:
-    from: vault
-    placeholder: "{gemini}"
-    destinations: [{{host: generativelanguage.googleapis.com}}]
-    hosted_tools: [web_search]
-agents:
-  bot:
-    secrets: [openai, anthropic, gemini]
-network:
-  allow_addresses: [127.0.0.0/8]
-"""
+POLICY = llm_policy(openai="""\
+hosted_tools:
+  web_search: {{allowed_domains: [python.org, example.com]}}
+  file_search:
+""", anthropic="""\
+budget: {{output_tokens: 100000, default_max_tokens: 64}}
+hosted_tools:
+  web_search: {{allowed_domains: [docs.python.org], max_uses: 3}}
+  web_fetch: {{max_uses: 2}}
+""", gemini="hosted_tools: [web_search]\n")
 
 
-@pytest.fixture(scope="module")
-def llm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlmStack]:
-    with running_llm_stack(tmp_path_factory, "tools", POLICY) as stack:
-        yield stack
-    written = stack.home.audit_log.read_text() + (stack.root / "proxy.log").read_text()
-    assert not any(value in written for value in stack.values.values())
+llm = llm_stack_fixture("tools", POLICY, check_leaks=True)
 
 
 @pytest.fixture(autouse=True)

@@ -13,57 +13,31 @@ import json
 import subprocess
 import sys
 import urllib.request
-from collections.abc import Iterator
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from broker_proxy.decision.llm_usage import UsageMeter
-from tests.llm_stack import GEMINI, PLACEHOLDERS, LlmStack, running_llm_stack
+from tests.llm_stack import GEMINI, PLACEHOLDERS, LlmStack, llm_policy, llm_stack_fixture
 from tests.llm_upstream import USAGE
 
 pytestmark = pytest.mark.e2e
 
 OUTPUT_CAP = 100
-POLICY = """\
-version: 1
+POLICY = llm_policy(head="""\
 prices:
   as_of: "2026-12-01"
   models:
     gpt-4o-mini: {{input: 0.15, output: 0.60}}
     "claude-haiku-*": {{input: 1.00, output: 5.00}}
     gemini-2.0-flash: {{input: 0.10, output: 0.40}}
-secrets:
-  openai:
-    from: vault
-    placeholder: "{openai}"
-    destinations: [{{host: api.openai.com}}]
-    budget: {{output_tokens: 100, cost_usd: 5, default_max_tokens: 50}}
-  anthropic:
-    from: vault
-    placeholder: "{anthropic}"
-    destinations: [{{host: api.anthropic.com}}]
-    budget: {{output_tokens: 100}}
-  gemini:
-    from: vault
-    placeholder: "{gemini}"
-    destinations: [{{host: generativelanguage.googleapis.com}}]
-    budget: {{output_tokens: 100, cost_usd: 1, default_max_tokens: 40}}
-agents:
-  bot:
-    secrets: [openai, anthropic, gemini]
-network:
-  allow_addresses: [127.0.0.0/8]
-"""
+""", openai="budget: {{output_tokens: 100, cost_usd: 5, default_max_tokens: 50}}\n",
+    anthropic="budget: {{output_tokens: 100}}\n",
+    gemini="budget: {{output_tokens: 100, cost_usd: 1, default_max_tokens: 40}}\n")
 HI = [{"role": "user", "content": "hi"}]
 
 
-@pytest.fixture(scope="module")
-def llm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlmStack]:
-    with running_llm_stack(tmp_path_factory, "budgets", POLICY) as stack:
-        yield stack
-    written = stack.home.audit_log.read_text() + (stack.root / "proxy.log").read_text()
-    assert not any(value in written for value in stack.values.values())
+llm = llm_stack_fixture("budgets", POLICY, check_leaks=True)
 
 
 @pytest.fixture(autouse=True)

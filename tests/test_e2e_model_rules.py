@@ -6,14 +6,13 @@ tool with 403 hosted_tool_not_allowed, and nothing reaches the upstream."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import pytest
 
 from broker_proxy.request.model_rules import UnreadableModel, requested_models
 from broker_proxy.request.outbound import OutboundRequest
-from tests.llm_stack import GEMINI, PLACEHOLDERS, LlmStack, running_llm_stack
+from tests.llm_stack import GEMINI, PLACEHOLDERS, LlmStack, llm_policy, llm_stack_fixture
 
 if TYPE_CHECKING:
     import anthropic
@@ -21,39 +20,13 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.e2e
 
-POLICY = """\
-version: 1
-secrets:
-  openai:
-    from: vault
-    placeholder: "{openai}"
-    destinations: [{{host: api.openai.com}}]
-    models: ["gpt-4o-mini", "gpt-4.1-*"]
-    hosted_tools: [web_search]
-  anthropic:
-    from: vault
-    placeholder: "{anthropic}"
-    destinations: [{{host: api.anthropic.com}}]
-    models: ["claude-haiku-*"]
-  gemini:
-    from: vault
-    placeholder: "{gemini}"
-    destinations: [{{host: generativelanguage.googleapis.com}}]
-    models: ["gemini-2.0-flash"]
-agents:
-  bot:
-    secrets: [openai, anthropic, gemini]
-network:
-  allow_addresses: [127.0.0.0/8]
-"""
+POLICY = llm_policy(openai="""\
+models: ["gpt-4o-mini", "gpt-4.1-*"]
+hosted_tools: [web_search]
+""", anthropic='models: ["claude-haiku-*"]\n', gemini='models: ["gemini-2.0-flash"]\n')
 
 
-@pytest.fixture(scope="module")
-def llm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlmStack]:
-    with running_llm_stack(tmp_path_factory, "models", POLICY) as stack:
-        yield stack
-    written = stack.home.audit_log.read_text() + (stack.root / "proxy.log").read_text()
-    assert not any(value in written for value in stack.values.values())
+llm = llm_stack_fixture("models", POLICY, check_leaks=True)
 
 
 @pytest.fixture(autouse=True)

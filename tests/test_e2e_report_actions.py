@@ -13,12 +13,11 @@ from typing import Any
 
 import jsonschema
 import pytest
-from playwright.sync_api import sync_playwright
 
 from broker_proxy.cli import main
-from broker_proxy.devtools.browser import find_chromium
 from tests import test_e2e_graphql_rules as graphql_rules
 from tests import test_e2e_mcp_rules as mcp_rules
+from tests.html_page import opened_html
 from tests.test_e2e_graphql_rules import GraphqlStack
 from tests.test_e2e_mcp_rules import McpStack
 
@@ -121,20 +120,10 @@ def test_html_report_shows_the_tools_in_chromium(mcp_home: Path, tmp_path: Path)
     out = tmp_path / "report.html"
     _report(mcp_home, "html", out)
     problems: list[str] = []
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=find_chromium(), headless=True)
-        try:
-            page = browser.new_page(viewport={"width": 1100, "height": 900})
-            page.on("console", lambda message: problems.append(message.text)
-                    if message.type in ("error", "warning") else None)
-            page.on("pageerror", lambda error: problems.append(str(error)))
-            page.goto(out.as_uri())
-            page.wait_for_load_state("load")
-            overflow = page.evaluate("document.documentElement.scrollWidth - innerWidth")
-            rows = page.locator("tr", has_text="delete_repository").all_inner_texts()
-            page.screenshot(path=str(tmp_path / "report-actions.png"), full_page=True)
-        finally:
-            browser.close()
+    with opened_html(out, problems) as page:
+        overflow = page.evaluate("document.documentElement.scrollWidth - innerWidth")
+        rows = page.locator("tr", has_text="delete_repository").all_inner_texts()
+        page.screenshot(path=str(tmp_path / "report-actions.png"), full_page=True)
     assert problems == []
     assert overflow <= 0
     assert [row.split() for row in rows] == [["mcp", "tools/call", "delete_repository", "0", "1"]]

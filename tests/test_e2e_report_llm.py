@@ -18,48 +18,27 @@ from typing import Any
 
 import jsonschema
 import pytest
-from playwright.sync_api import sync_playwright
 
 from broker_proxy.audit.report import REPORT_SCHEMA
 from broker_proxy.cli import main
-from broker_proxy.devtools.browser import find_chromium
-from broker_proxy.devtools.echo_server import EchoServer
-from broker_proxy.devtools.local_pki import LocalPki, write_pki
-from tests.llm_stack import LlmStack, start_llm_stack
-from tests.llm_upstream import LLM_HOSTS, llm_reply
+from tests.html_page import opened_html
+from tests.llm_stack import LlmStack, llm_policy, running_llm_stack
 
 pytestmark = pytest.mark.e2e
 
-POLICY = """\
-version: 1
+POLICY = llm_policy(head="""\
 prices:
   as_of: "2026-12-01"
   models:
     gpt-4o-mini: {{input: 0.15, output: 0.60}}
     "claude-haiku-*": {{input: 1.00, output: 5.00}}
-secrets:
-  openai:
-    from: vault
-    placeholder: "{openai}"
-    destinations: [{{host: api.openai.com}}]
-    models: [gpt-4o-mini]
-    budget: {{output_tokens: 100, cost_usd: 5}}
-  anthropic:
-    from: vault
-    placeholder: "{anthropic}"
-    destinations: [{{host: api.anthropic.com}}]
-    rate: 2/hour
-    budget: {{output_tokens: 1000, cost_usd: 1}}
-  gemini:
-    from: vault
-    placeholder: "{gemini}"
-    destinations: [{{host: generativelanguage.googleapis.com}}]
-agents:
-  bot:
-    secrets: [openai, anthropic, gemini]
-network:
-  allow_addresses: [127.0.0.0/8]
-"""
+""", openai="""\
+models: [gpt-4o-mini]
+budget: {{output_tokens: 100, cost_usd: 5}}
+""", anthropic="""\
+rate: 2/hour
+budget: {{output_tokens: 1000, cost_usd: 1}}
+""")
 OPENAI = "https://api.openai.com/v1/chat/completions"
 ANTHROPIC = "https://api.anthropic.com/v1/messages"
 HI = [{"role": "user", "content": "hi"}]
@@ -68,15 +47,9 @@ SCHEMA = Path(__file__).parents[1] / "broker_proxy/audit/schemas/audit-report.v1
 
 @pytest.fixture(scope="module")
 def llm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LlmStack, str, str]]:
-    pki: LocalPki = write_pki(tmp_path_factory.mktemp("llm-pki"), list(LLM_HOSTS))
-    upstream = EchoServer(pki.cert_path, pki.key_path, reply=llm_reply).start()
-    stack = start_llm_stack(tmp_path_factory.mktemp("report-llm"), POLICY, upstream, pki)
-    try:
+    with running_llm_stack(tmp_path_factory, "report-llm", POLICY) as stack:
         first, second = stack.issue("openai", "anthropic"), stack.issue("openai")
         _drive(stack, first.token, second.token)
-    finally:
-        stack.proxy.stop()
-        upstream.stop()
     yield stack, first.grant.id, second.grant.id
 
 
@@ -204,22 +177,12 @@ def test_html_report_shows_llm_use_in_chromium(
     out = tmp_path / "report.html"
     _report(stack, "html", out)
     problems: list[str] = []
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=find_chromium(), headless=True)
-        try:
-            page = browser.new_page(viewport={"width": 1100, "height": 900})
-            page.on("console", lambda message: problems.append(message.text)
-                    if message.type in ("error", "warning") else None)
-            page.on("pageerror", lambda error: problems.append(str(error)))
-            page.goto(out.as_uri())
-            page.wait_for_load_state("load")
-            overflow = page.evaluate("document.documentElement.scrollWidth - innerWidth")
-            section = page.locator("#llm").inner_text()
-            text = page.inner_text("body")
-            page.locator("#llm").scroll_into_view_if_needed()
-            page.screenshot(path=str(tmp_path / "report-llm.png"), full_page=True)
-        finally:
-            browser.close()
+    with opened_html(out, problems) as page:
+        overflow = page.evaluate("document.documentElement.scrollWidth - innerWidth")
+        section = page.locator("#llm").inner_text()
+        text = page.inner_text("body")
+        page.locator("#llm").scroll_into_view_if_needed()
+        page.screenshot(path=str(tmp_path / "report-llm.png"), full_page=True)
     assert problems == []
     assert overflow <= 0
     assert section == "LLM use and cost"

@@ -14,44 +14,19 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.llm_stack import LlmStack, running_llm_stack
+from tests.llm_stack import LlmStack, llm_policy, llm_stack_fixture
 
 pytestmark = pytest.mark.e2e
 
-POLICY = """\
-version: 1
-secrets:
-  openai:
-    from: vault
-    placeholder: "{openai}"
-    destinations: [{{host: api.openai.com}}]
-    budget: {{input_tokens: 100000, output_tokens: 100}}
-  anthropic:
-    from: vault
-    placeholder: "{anthropic}"
-    destinations: [{{host: api.anthropic.com}}]
-  gemini:
-    from: vault
-    placeholder: "{gemini}"
-    destinations: [{{host: generativelanguage.googleapis.com}}]
-agents:
-  bot:
-    secrets: [openai, anthropic, gemini]
-network:
-  allow_addresses: [127.0.0.0/8]
-"""
+POLICY = llm_policy(openai="budget: {{input_tokens: 100000, output_tokens: 100}}\n")
 HI = [{"role": "user", "content": "hi"}]
 
 
-@pytest.fixture(scope="module")
-def llm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlmStack]:
-    with running_llm_stack(tmp_path_factory, "token-caps", POLICY) as stack:
-        yield stack
+llm = llm_stack_fixture("token-caps", POLICY)
 
 
 def _cli(llm: LlmStack, *args: str) -> subprocess.CompletedProcess[str]:
