@@ -1,7 +1,8 @@
 """Approvals from Slack: a message with buttons per held request, and the clicks on them.
 
 The message goes out through Slack's Web API (`chat.postMessage`) with the bot token from the
-vault, from one daemon thread behind a bounded queue, so a slow Slack never delays a decision.
+vault, from one daemon thread behind a bounded queue (outbox.py), so a slow Slack never delays
+a decision.
 A click comes back to `POST /v1/chat/slack/interactions` on the admin listener: Slack's
 signature (its signing secret from the vault, five-minute window) is the caller's only
 credential, checked with slack-sdk's own verifier before the body is even parsed. The user is
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import queue
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,12 +34,12 @@ from broker_proxy.approvals.chat_decision import (
 )
 from broker_proxy.approvals.chat_preview import escape, preview_text
 from broker_proxy.approvals.desk import ApprovalDesk, HeldRequest
+from broker_proxy.approvals.outbox import Outbox
 from broker_proxy.http_routes import ApiError, Headers
 from broker_proxy.policy.chat_rules import SlackRules
 
 log = logging.getLogger("broker_proxy.approvals")
 
-QUEUE_SIZE = 100
 TIMEOUT_S = 5
 ALLOW_ONCE, ALLOW_USES, DENY = "allow_once", "allow_uses", "deny"
 
@@ -84,23 +84,16 @@ class SlackNotifier:
                  console_url: Callable[[], str | None], on_failure: Callable[[], None]) -> None:
         self._rules, self._read_secret = rules, read_secret
         self._console_url, self._on_failure = console_url, on_failure
-        self._queue: queue.Queue[HeldRequest] = queue.Queue(QUEUE_SIZE)
-        threading.Thread(target=self._run, name="approval-slack", daemon=True).start()
+        self._outbox = Outbox[HeldRequest]("approval-slack", self._deliver, on_failure)
 
     def notify(self, item: HeldRequest) -> None:
         if self._rules() is None:
             return
-        try:
-            self._queue.put_nowait(item)
-        except queue.Full:
-            log.warning("Slack approval queue is full; a message was dropped")
-            self._on_failure()
+        self._outbox.put(item)
 
-    def _run(self) -> None:
-        while True:
-            item = self._queue.get()
-            if (rules := self._rules()) is not None:
-                self._post(rules, item)
+    def _deliver(self, item: HeldRequest) -> None:
+        if (rules := self._rules()) is not None:  # the policy may have dropped it meanwhile
+            self._post(rules, item)
 
     def _post(self, rules: SlackRules, item: HeldRequest) -> None:
         try:

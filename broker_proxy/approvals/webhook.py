@@ -1,25 +1,23 @@
 """Tell a chat room or a pager that a request waits: one JSON POST per held request.
 
-Sent from one daemon thread through a bounded queue, so a slow or dead webhook never delays a
-decision or the request it is about. Failures are logged (by host only: a chat service's
-webhook URL carries its own secret in the path) and counted.
+Sent from one daemon thread through a bounded queue (outbox.py), so a slow or dead webhook never
+delays a decision or the request it is about. Failures are logged (by host only: a chat
+service's webhook URL carries its own secret in the path) and counted.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import queue
-import threading
 import urllib.request
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from broker_proxy.approvals.desk import HeldRequest, Notifier
+from broker_proxy.approvals.outbox import Outbox
 
 log = logging.getLogger("broker_proxy.approvals")
 
-QUEUE_SIZE = 100
 TIMEOUT_S = 5.0
 
 
@@ -30,10 +28,7 @@ class WebhookNotifier:
         self._url = url
         self._console_url = console_url
         self._on_failure = on_failure
-        self._queue: queue.Queue[dict[str, object]] = queue.Queue(QUEUE_SIZE)
-        self._thread = threading.Thread(target=self._run, name="approval-webhook",
-                                        daemon=True)
-        self._thread.start()
+        self._outbox = Outbox[dict[str, object]]("approval-webhook", self._deliver, on_failure)
 
     def notify(self, item: HeldRequest) -> None:
         if self._url() is None:
@@ -48,18 +43,10 @@ class WebhookNotifier:
                   "text": f"{item.agent} ({item.task}) waits for approval: "
                           f"{item.shape.method} {item.shape.host}{item.shape.path} "
                           f"with {', '.join(item.secrets)}"}
-        try:
-            self._queue.put_nowait(notice)
-        except queue.Full:
-            log.warning("approval webhook queue is full; a notice was dropped")
-            self._on_failure()
+        self._outbox.put(notice)
 
-    def _run(self) -> None:
-        while True:
-            notice = self._queue.get()
-            url = self._url()
-            if url is None:
-                continue
+    def _deliver(self, notice: dict[str, object]) -> None:
+        if (url := self._url()) is not None:  # the policy may have dropped it meanwhile
             self._send(url, notice)
 
     def _send(self, url: str, notice: dict[str, object]) -> None:
