@@ -40,6 +40,7 @@ def test_a_body_signed_now_verifies() -> None:
     ("1000", BODY, 1000 - 301),  # from the future
     ("1000", BODY + b" ", 1000),  # another body
     ("10e2", BODY, 1000),  # not a plain number
+    ("\u00b2", BODY, 1000),  # a digit to str.isdigit, not to int() (latin-1 header)
 ])
 def test_a_stale_or_other_signature_is_refused(timestamp: str, signed_body: bytes,
                                                now: int) -> None:
