@@ -102,6 +102,14 @@ class AdminContext:
 TOKEN_HOLDER = "token-holder"
 
 
+def _content_length(value: str | None) -> int | None:
+    """The header's byte count; None unless it is ASCII digits. str.isdigit() alone also
+    passes "²" (a latin-1 header byte), which int() refuses: unauthenticated callers (the chat
+    door reads the body before the signature is checked) must get a 400, not an error."""
+    value = value or "0"
+    return int(value) if value.isascii() and value.isdigit() else None
+
+
 def caller_principal(session: Session | None, sign_in: SignInPolicy | None) -> Principal:
     """Who a signed-in caller is and what role it acts under: the one place that says so.
 
@@ -236,9 +244,9 @@ class AdminHandler(BaseHTTPRequestHandler):
         if self._body_read:
             return
         self._body_read = True
-        length = self.headers.get("Content-Length", "0") or "0"
-        if length.isdigit() and 0 < int(length) <= MAX_BODY:
-            self.rfile.read(int(length))
+        length = _content_length(self.headers.get("Content-Length"))
+        if length is not None and 0 < length <= MAX_BODY:
+            self.rfile.read(length)
 
     def _authorized(self) -> bool:
         header = self.headers.get("Authorization", "")
@@ -442,10 +450,9 @@ class AdminHandler(BaseHTTPRequestHandler):
         """The body's bytes, at most MAX_BODY, sent with Content-Length."""
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
             raise ApiError(411, "length_required", "send the body with Content-Length")
-        raw_length = self.headers.get("Content-Length", "0") or "0"
-        if not raw_length.isdigit():
+        length = _content_length(self.headers.get("Content-Length"))
+        if length is None:
             raise ApiError(400, "invalid_request", "bad Content-Length")
-        length = int(raw_length)
         if length > MAX_BODY:
             raise ApiError(413, "body_too_large", f"at most {MAX_BODY} bytes")
         raw = self.rfile.read(length) if length else b""

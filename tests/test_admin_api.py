@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import socket
 import stat
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -236,4 +238,23 @@ def test_json_out_of_bounds_is_a_clear_400_and_changes_nothing(stack: Stack, raw
     assert answer.status_code == 400, answer.text
     assert answer.json()["error"] == "invalid_request"
     assert reason in answer.json()["message"]
+    assert snapshot(stack) == before
+
+
+def test_a_content_length_that_is_not_ascii_digits_is_a_400(stack: Stack) -> None:
+    """`²` passes str.isdigit() but not int(): the answer is a 400, and the listener keeps
+    answering (the chat door reads the body of unauthenticated callers too)."""
+    url = urllib.parse.urlsplit(stack.proxy.admin_url)
+    assert url.scheme == "http" and url.hostname and url.port
+    before = snapshot(stack)
+    with socket.create_connection((url.hostname, url.port), timeout=10) as sock:
+        sock.sendall(b"POST /v1/grants HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n"
+                     + f"Authorization: Bearer {admin_token(stack)}\r\n".encode()
+                     + b"X-Broker-Actor: tests\r\nContent-Length: \xb2\r\n\r\n")
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 "), answer
+    assert json.loads(body)["message"] == "bad Content-Length"
     assert snapshot(stack) == before

@@ -22,7 +22,7 @@ from broker_proxy.approvals.desk import HeldRequest
 from broker_proxy.approvals.digest import RequestShape
 from broker_proxy.audit.errors import AuditError
 from broker_proxy.http_routes import ApiError
-from broker_proxy.policy.chat_rules import ChatRules, ChatWebhookRules
+from broker_proxy.policy.chat_rules import ChatRules, ChatWebhookRules, SlackRules
 
 KEY = "k" * 32
 BODY = b'{"request":"h_0123456789abcdef","decision":"deny"}'
@@ -41,6 +41,7 @@ def test_a_body_signed_now_verifies() -> None:
     ("1000", BODY, 1000 - 301),  # from the future
     ("1000", BODY + b" ", 1000),  # another body
     ("10e2", BODY, 1000),  # not a plain number
+    ("\u00b2", BODY, 1000),  # a digit to str.isdigit, not to int() (latin-1 header)
 ])
 def test_a_stale_or_other_signature_is_refused(timestamp: str, signed_body: bytes,
                                                now: int) -> None:
@@ -118,3 +119,16 @@ def test_a_refused_chat_user_is_audited_and_still_refused(body: bytes, by: str, 
     hold = "h_0123456789abcdef" if b"h_01" in body else None
     assert audit.records == ([] if broken else [("decision_refused", {
         "decision": "deny", "reason": reason, "by": by, "hold": hold, "source": "192.0.2.9"})])
+
+
+@pytest.mark.parametrize("signed", ["v0=\u00e9" + "0" * 63, "v0=" + "0" * 64])
+def test_a_slack_signature_that_does_not_verify_is_a_401(signed: str) -> None:
+    """Not ASCII (a latin-1 header byte) makes hmac.compare_digest raise TypeError: that is a
+    signature that does not verify too, a 401 the door counts, not an unhandled error."""
+    rules = ChatRules(slack=SlackRules("slack-bot", "slack-signing", "C1"))
+    door = ChatDoor(cast(Any, None), lambda: rules, lambda name: KEY, _Audit())
+    headers = {"X-Slack-Request-Timestamp": str(int(time.time())), "X-Slack-Signature": signed}
+    with pytest.raises(ApiError) as refused:
+        door.answer("POST", "/v1/chat/slack/interactions", headers, lambda: b"payload=%7B%7D",
+                    "192.0.2.9")
+    assert (refused.value.status, refused.value.code) == (401, "signature_invalid")

@@ -134,7 +134,9 @@ def slack_interaction(rules: SlackRules, read_secret: ReadSecret, desk: Approval
     try:
         valid = verifier.is_valid(raw, headers.get("X-Slack-Request-Timestamp"),
                                   headers.get("X-Slack-Signature"))
-    except ValueError:  # a timestamp that is not a number
+    except (ValueError, TypeError):
+        # A timestamp that is not a number; a signature that is not ASCII (hmac.compare_digest
+        # refuses such a str with TypeError): either way it does not verify.
         valid = False
     if not valid:
         raise ApiError(401, "signature_invalid",

@@ -48,7 +48,8 @@ def verify(key: str, headers: Headers, body: bytes,
     """401 `signature_invalid` unless the headers sign this body within the window."""
     timestamp = headers.get(TIMESTAMP_HEADER) or ""
     presented = headers.get(SIGNATURE_HEADER) or ""
-    fresh = timestamp.isdigit() and len(timestamp) <= 12 and \
+    # ASCII digits only: str.isdigit() also passes "²", which int() refuses (a 500, not a 401).
+    fresh = timestamp.isascii() and timestamp.isdigit() and len(timestamp) <= 12 and \
         abs(now() - int(timestamp)) <= WINDOW_S
     expected = signature(key, timestamp, body)
     # Always compare, so a stale request takes as long as a wrong one.
