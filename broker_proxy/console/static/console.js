@@ -287,6 +287,9 @@ function heldCard(item, others, signature) {
     const body = { ...extra, shown_digest: item.shown_digest };
     if (reason.value) body.reason = reason.value;
     for (const button of card.querySelectorAll("button")) button.disabled = true;
+    // Kept from the click on: the decision empties the queue, and the long poll may redraw
+    // before this answer arrives; a card dropped then would never show its result.
+    decidedHere.set(item.id, { card, until: Infinity });
     try {
       const { data } = await api("POST", `/v1/requests/${item.id}/${action}`, body);
       const what = data.state === "allowed" ? `Allowed (${data.choice}) by ${data.decided_by}: the request is released.`
@@ -296,6 +299,7 @@ function heldCard(item, others, signature) {
       card.classList.add("decided");
       decidedHere.set(item.id, { card, until: Date.now() + 15000 });
     } catch (error) {
+      decidedHere.set(item.id, { card, until: Date.now() + 15000 }); // the error stays readable
       result.textContent = error.message;
       result.className = "result error";
       for (const button of card.querySelectorAll("button")) button.disabled = button.dataset.forbidden === "true";
