@@ -116,6 +116,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items.sort(key=lambda item: -_slow_seconds(item))  # stable: files stay whole
 
 
+# Playwright's `expect` waits 5 s by default; under `make test` two cores carry four workers,
+# their proxies and Chromium, and a console's long poll can take longer than that to redraw.
+BROWSER_EXPECT_TIMEOUT_MS = 20_000
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Browser tests wait as long as a loaded machine needs (set once playwright is imported:
+    the other workers do not pay for importing it)."""
+    playwright = sys.modules.get("playwright.sync_api")
+    if playwright is not None:
+        playwright.expect.set_options(timeout=BROWSER_EXPECT_TIMEOUT_MS)
+
+
 @pytest.fixture
 def no_real_keyring(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """The null keyring and no master key from the environment, for tests that install their
