@@ -21,6 +21,9 @@ from broker_proxy.secrets.source import SecretSource
 HOLD_ID = re.compile(r"h_[0-9a-f]{16}")
 # A vault entry's value by its name; raises SecretUnavailable (503) when it cannot be read.
 ReadSecret = Callable[[str], str]
+# Separation of duties (console/separation.py): raises a 403 ApiError when the principal is the
+# person who issued the grant (by id); kept a callable so this layer need not know sign-in.
+RefuseOwnGrant = Callable[[Principal, str], None]
 
 
 class ChatUserRefused(ApiError):
@@ -48,10 +51,19 @@ def chat_principal(identity: str, role: str | None, hold_id: str) -> Principal:
 
 
 def decide_once(desk: ApprovalDesk, hold_id: str, allow: bool, principal: Principal, *,
-                uses: int | None = None, minutes: int | None = None) -> HeldRequest:
-    """Allow or deny the held request as `principal`; 404, 409 or 400 when nothing changed."""
+                uses: int | None = None, minutes: int | None = None,
+                refuse_own: RefuseOwnGrant | None = None) -> HeldRequest:
+    """Allow or deny the held request as `principal`; 404, 409 or 400 when nothing changed,
+    403 `separation_of_duties` (a ChatUserRefused) for allowing a request on a grant the same
+    person issued. Denying stays open to them, as in the console: it gives nothing away."""
     if not HOLD_ID.fullmatch(hold_id):
         raise ApiError(404, "request_not_found", "no such held request")
+    held = desk.get(hold_id) if allow and refuse_own is not None else None
+    if held is not None and refuse_own is not None:
+        try:
+            refuse_own(principal, held.grant)
+        except ApiError as refused:
+            raise ChatUserRefused(refused, principal.identity, hold_id) from None
     try:
         return desk.decide(hold_id, allow, by=principal.identity, uses=uses, minutes=minutes)
     except HoldNotFound:

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from broker_proxy.approvals.chat_decision import ChatUserRefused, ReadSecret
+from broker_proxy.approvals.chat_decision import ChatUserRefused, ReadSecret, RefuseOwnGrant
 from broker_proxy.approvals.chat_slack import slack_interaction
 from broker_proxy.approvals.chat_webhook import webhook_decision
 from broker_proxy.approvals.desk import ApprovalDesk
@@ -34,6 +34,8 @@ class ChatDoor:
     rules: Callable[[], ChatRules | None]  # the policy's, read per request (reloads apply)
     read_secret: ReadSecret
     audit: AuditSink | None = None  # where refused chat users are recorded
+    # Separation of duties: nobody allows a request on a grant they issued (through any door).
+    refuse_own: RefuseOwnGrant | None = None
 
     def serves(self, path: str) -> bool:
         return path.startswith(PREFIX) and self.rules() is not None
@@ -88,12 +90,12 @@ class ChatDoor:
             if parts == split_path(SLACK_PATH) and rules is not None and rules.slack:
                 require_method(method, "POST")
                 return slack_interaction(rules.slack, self.read_secret, self.desk, headers,
-                                         body())
+                                         body(), self.refuse_own)
             if len(parts) == 4 and parts[:3] == ["v1", "chat", "webhooks"] \
                     and rules is not None and parts[3] in rules.webhooks:
                 require_method(method, "POST")
                 return webhook_decision(rules.webhooks[parts[3]], self.read_secret, self.desk,
-                                        headers, body())
+                                        headers, body(), self.refuse_own)
         except SecretUnavailable:  # fail closed: nothing is decided without the signature
             raise ApiError(503, "secret_unavailable",
                            "a chat secret named in the policy cannot be read from the vault"
