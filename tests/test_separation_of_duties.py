@@ -5,6 +5,7 @@ tests/test_e2e_chat_approvals.py and tests/test_console_oidc_browser.py."""
 
 from __future__ import annotations
 
+import io
 import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -22,9 +23,11 @@ from broker_proxy.grants.sqlite_store import SCHEMA_VERSION, SqliteGrantStore
 from broker_proxy.grants.store import GrantStore
 from broker_proxy.http_routes import ApiError
 from broker_proxy.identity.roles import Principal, Role
+from broker_proxy.policy.diff import diff_policies
 from broker_proxy.policy.lint import policy_warnings
 from broker_proxy.policy.loader import PolicyError, load_policy_text
 from broker_proxy.policy.model import Policy
+from broker_proxy.runtime import policy_worker
 from broker_proxy.sign_in.access import SeparationRefused, check_separation, person_key
 
 NOW = datetime(2030, 5, 17, 12, 0, tzinfo=UTC)
@@ -221,3 +224,26 @@ def test_a_bad_team_id_or_user_entry_is_an_error(change: tuple[str, str], messag
     with pytest.raises(PolicyError) as refused:
         load_policy_text(POLICY.replace(*change), "p.yaml")
     assert message in str(refused.value)
+
+
+def test_the_workspace_and_people_come_back_from_the_loader_child_equal(policy: Policy) -> None:
+    out = io.BytesIO()
+    policy_worker.write_answer(POLICY.encode(), "p.yaml", out)
+    assert policy_worker.read_answer(out.getvalue(), "p.yaml", 0, b"") == policy
+
+
+def test_policy_diff_flags_a_dropped_workspace_or_person_as_widening(policy: Policy) -> None:
+    new = load_policy_text(POLICY.replace("    team_id: T0ACME001\n", "")
+                           .replace("{role: approver, person: Alice@Example.com}", "approver")
+                           .replace("        carol: approver", "        carol: "
+                                    "{role: approver, person: carol@example.com}"), "new.yaml")
+    changes = [(c.kind, c.detail, c.widening) for c in diff_policies(policy, new)
+               if c.subject == "chat"]
+    assert changes == [
+        ("chat_team_changed", "chat.slack.team_id: T0ACME001 -> none", True),
+        ("chat_person_changed", "slack:U0ALICE01: person Alice@Example.com -> none", True),
+        ("chat_person_changed", "webhook:bridge:carol: person none -> carol@example.com",
+         False)]
+    back = [(c.kind, c.widening) for c in diff_policies(new, policy) if c.subject == "chat"]
+    assert back == [("chat_team_changed", False), ("chat_person_changed", False),
+                    ("chat_person_changed", True)]

@@ -98,6 +98,19 @@ def chat_roles(chat: ChatRules | None) -> dict[str, str]:
     return roles
 
 
+def chat_people(chat: ChatRules | None) -> dict[str, str]:
+    """Each chat identity the policy names a `person` for (`slack:U0ALICE01` -> the person):
+    what `policy diff` compares, since dropping one lets that user approve their own grants."""
+    people: dict[str, str] = {}
+    if chat is None:
+        return people
+    if chat.slack is not None:
+        people |= {f"slack:{user}": person for user, person in chat.slack.people.items()}
+    for name, hook in chat.webhooks.items():
+        people |= {f"webhook:{name}:{user}": person for user, person in hook.people.items()}
+    return people
+
+
 def parse_chat(root: yaml.Node | None, checker: NodeChecker) -> ChatRules | None:
     """The ``chat:`` section of the policy's root mapping, or None without one."""
     node = _child(root, "chat")
