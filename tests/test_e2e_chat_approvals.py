@@ -312,6 +312,9 @@ def test_nobody_approves_from_chat_a_request_on_a_grant_they_issued_elsewhere(
             "approve it; another approver must")
         assert _refusals(stack, item["id"]) == [
             (f"slack:{ALICE}", "separation_of_duties", "deny")]
+        records = [json.loads(line) for line in stack.home.audit_log.read_text().splitlines()]
+        assert [r["grant"] for r in records if r["event"] == "decision_refused"
+                and r.get("hold") == item["id"]] == [item["grant"]]
         assert _decisions(stack, item["id"]) == [] and not answer.done()
         assert stack.upstreams.api.requests == []
         allowed = _click(stack, signing, APPROVER, "allow_once", item["id"])

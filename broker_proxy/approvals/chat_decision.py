@@ -30,10 +30,12 @@ class ChatUserRefused(ApiError):
     """A signed chat request from a user the policy does not let decide: answered 403, and
     audited (chat_door.py) as a `decision_refused` naming the user and the held request."""
 
-    def __init__(self, refused: ApiError, identity: str, hold_id: str) -> None:
+    def __init__(self, refused: ApiError, identity: str, hold_id: str,
+                 grant: str | None = None) -> None:
         super().__init__(refused.status, refused.code, refused.message)
         self.identity = identity
         self.hold_id = hold_id if HOLD_ID.fullmatch(hold_id) else None
+        self.grant = grant  # the held request's grant, when the refusal is about it
 
 
 def chat_principal(identity: str, role: str | None, hold_id: str) -> Principal:
@@ -63,7 +65,7 @@ def decide_once(desk: ApprovalDesk, hold_id: str, allow: bool, principal: Princi
         try:
             refuse_own(principal, held.grant)
         except ApiError as refused:
-            raise ChatUserRefused(refused, principal.identity, hold_id) from None
+            raise ChatUserRefused(refused, principal.identity, hold_id, held.grant) from None
     try:
         return desk.decide(hold_id, allow, by=principal.identity, uses=uses, minutes=minutes)
     except HoldNotFound:

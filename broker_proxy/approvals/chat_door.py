@@ -75,8 +75,15 @@ class ChatDoor:
         if self.audit is None:
             return
         try:
-            self.audit.append("decision_refused", decision="deny", reason=refused.code,
-                              by=refused.identity, hold=refused.hold_id, source=source)
+            # A separation refusal names the grant too, as the console's does: the grant's
+            # history (`audit report --grant`) then shows who was held back.
+            if refused.grant is None:
+                self.audit.append("decision_refused", decision="deny", reason=refused.code,
+                                  by=refused.identity, hold=refused.hold_id, source=source)
+            else:
+                self.audit.append("decision_refused", decision="deny", reason=refused.code,
+                                  by=refused.identity, hold=refused.hold_id, source=source,
+                                  grant=refused.grant)
         except AuditError as error:
             log.error("a refused chat decision by %s was not recorded: %s",
                       refused.identity, error)
