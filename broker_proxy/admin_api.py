@@ -30,6 +30,7 @@ from broker_proxy.approvals.desk import ApprovalDesk
 from broker_proxy.audit.log import AuditError, AuditLog
 from broker_proxy.console import oidc_routes
 from broker_proxy.console import routes as console_routes
+from broker_proxy.console.separation import refuse_own_grant
 from broker_proxy.console.sessions import Session
 from broker_proxy.decision.active_policy import ActivePolicy
 from broker_proxy.durations import DurationError, parse_duration
@@ -395,18 +396,18 @@ class AdminHandler(BaseHTTPRequestHandler):
         if parts[1] == "requests":
             held = self.context.approvals.get(parts[2]) if self.context.approvals else None
             grant_id = held.grant if held is not None else None
-        if grant_id is None or self.context.console is None:
+        if grant_id is None:
             return
-        issued = self.context.console.audit.page({"grant": grant_id, "event": "grant_issued"},
-                                                 None, 1).records
+        console = self.context.console
         try:
-            access.check_separation(principal, issued[0].get("by") if issued else None,
-                                    grant_id, self._sign_in())
-        except access.SeparationRefused as refused:
+            refuse_own_grant(principal, grant_id, grants=self.context.grants,
+                             audit=console.audit if console is not None else None,
+                             sign_in=self._sign_in(), chat=self.context.policy().policy.chat)
+        except ApiError:
             self.context.audit.append("decision_refused", decision="deny",
                                       reason="separation_of_duties", grant=grant_id,
                                       by=principal.identity)
-            raise ApiError(403, "separation_of_duties", str(refused)) from None
+            raise
 
     def _decider(self) -> tuple[str, str | None]:
         """Who decided, as the caller names itself (the audit record adds that it came here),

@@ -24,6 +24,10 @@ from playwright.sync_api import Browser, Page, expect
 
 from broker_proxy.audit.log import AuditLog
 from broker_proxy.devtools.local_pki import LocalPki
+from broker_proxy.grants.issuer import issue_grant
+from broker_proxy.grants.sqlite_store import SqliteGrantStore
+from broker_proxy.policy.loader import load_policy
+from broker_proxy.time_source import utc_now
 from tests.conftest import PYTHON, Stack, Upstreams, start_stack
 from tests.e2e_clients import via_httpx
 from tests.oidc_provider_stack import CLIENT_ID, OidcProvider, installed_provider
@@ -215,6 +219,43 @@ def test_an_approver_may_not_approve_a_grant_they_issued(
         ("decision_refused", "oidc:adam@example.com"),
         ("grant_approved", "oidc:alice@example.com")]
     assert records[1]["reason"] == "separation_of_duties"
+
+
+def test_the_issuer_stored_with_the_grant_holds_back_its_approval_without_an_audit_record(
+        browser: Browser, oidc_stack: Stack) -> None:  # noqa: F811
+    """Issued elsewhere (another replica's log, or before the last rotation): the grant says who
+    issued it, and the CLI name adam@example.com is the same person as oidc:adam@example.com."""
+    store = SqliteGrantStore(oidc_stack.home.grants_db)
+    try:
+        issued = issue_grant(load_policy(oidc_stack.policy_file), store, agent="careful-bot",
+                             task="issued elsewhere", secrets=["api_key"], ttl=None,
+                             max_uses=None, now=utc_now(), issued_by="Adam@example.com")
+    finally:
+        store.close()
+    grant_id = issued.grant.id
+    assert not [r for r in AuditLog.read_records(oidc_stack.home.audit_log)
+                if r["grant"] == grant_id]
+    context = browser.new_context()
+    page = context.new_page()
+    try:
+        sso_sign_in(page, oidc_stack, "adam")
+        refused = session_api(page, oidc_stack, "POST", f"/v1/grants/{grant_id}/approve", {})
+        assert (refused.status_code, refused.json()["error"]) == (403, "separation_of_duties")
+    finally:
+        context.close()
+    context = browser.new_context()
+    page = context.new_page()
+    try:
+        sso_sign_in(page, oidc_stack, "alice")
+        approved = session_api(page, oidc_stack, "POST", f"/v1/grants/{grant_id}/approve", {})
+        assert approved.status_code == 200, approved.text
+    finally:
+        context.close()
+    records = [r for r in AuditLog.read_records(oidc_stack.home.audit_log)
+               if r["grant"] == grant_id]
+    assert [(r["event"], r["by"], r["reason"]) for r in records] == [
+        ("decision_refused", "oidc:adam@example.com", "separation_of_duties"),
+        ("grant_approved", "oidc:alice@example.com", "approve")]
 
 
 def test_the_admin_token_is_break_glass_once_a_provider_signs_people_in(

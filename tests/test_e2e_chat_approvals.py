@@ -27,6 +27,10 @@ import schemathesis
 
 from broker_proxy.approvals.chat_webhook import signature
 from broker_proxy.devtools.local_pki import LocalPki
+from broker_proxy.grants.issuer import IssuedGrant, issue_grant
+from broker_proxy.grants.sqlite_store import SqliteGrantStore
+from broker_proxy.policy.loader import load_policy
+from broker_proxy.time_source import utc_now
 from tests.approval_desk_client import Approver
 from tests.conftest import API_HOST, PYTHON, Stack, Upstreams, start_stack
 from tests.e2e_clients import Answer, via_httpx
@@ -35,6 +39,9 @@ pytestmark = pytest.mark.e2e
 OPENAPI = Path(__file__).parent.parent / "broker_proxy" / "admin_openapi.json"
 
 APPROVER, VIEWER, STRANGER = "U024BE7LH", "U0VIEWER1", "U0STRANGE"
+# An approver the policy knows as alice@example.com elsewhere (separation of duties), and the
+# workspace whose clicks count.
+ALICE, TEAM = "U0ALICE01", "T0ACME001"
 CHAT_POLICY = """\
 version: 1
 approval_timeout: 60s
@@ -57,11 +64,15 @@ chat:
     bot_token: slack-bot-token
     signing_secret: slack-signing-secret
     channel: C0APPROVE
+    team_id: T0ACME001
     allow_uses: 3
     api_url: SLACK_API
     users:
       U024BE7LH: approver
       U0VIEWER1: viewer
+      U0ALICE01:
+        role: approver
+        person: alice@example.com
   webhooks:
     bridge:
       secret: bridge-hmac
@@ -146,8 +157,11 @@ def _cli(stack: Stack, *args: str, stdin: str | None = None) -> subprocess.Compl
     return done
 
 
-def _hold(stack: Stack, pool: ThreadPoolExecutor) -> tuple[Future[Answer], dict[str, Any]]:
-    grant = stack.issue("api_key")
+def _hold(stack: Stack, pool: ThreadPoolExecutor,
+          issued_by: str | None = None) -> tuple[Future[Answer], dict[str, Any]]:
+    """A request held for approval, on a new grant (issued by `issued_by`, straight into the
+    store: no audit record names the issuer, as for a grant another replica issued)."""
+    grant = stack.issue("api_key") if issued_by is None else _issue_as(stack, issued_by)
     url = f"https://{API_HOST}:{stack.upstreams.api.port}/v1/refunds"
     answer = pool.submit(via_httpx, stack, grant.token, "POST", url,
                          {"Authorization": "Bearer {{secret:api_key}}"}, b'{"amount": 5}')
@@ -155,9 +169,19 @@ def _hold(stack: Stack, pool: ThreadPoolExecutor) -> tuple[Future[Answer], dict[
     return answer, item
 
 
+def _issue_as(stack: Stack, issued_by: str) -> IssuedGrant:
+    store = SqliteGrantStore(stack.home.grants_db)
+    try:
+        return issue_grant(load_policy(stack.policy_file), store, agent="bot", task="e2e test",
+                           secrets=["api_key"], ttl=None, max_uses=None, now=utc_now(),
+                           proxy_url_base=stack.proxy.info["listen"], issued_by=issued_by)
+    finally:
+        store.close()
+
+
 def _click(stack: Stack, signing_secret: str, user: str, action: str, hold_id: str,
-           age_s: int = 0, forged: bool = False) -> requests.Response:
-    payload = {"type": "block_actions", "user": {"id": user},
+           age_s: int = 0, forged: bool = False, team: str = TEAM) -> requests.Response:
+    payload = {"type": "block_actions", "user": {"id": user}, "team": {"id": team},
                "actions": [{"action_id": action, "value": hold_id}],
                "container": {"channel_id": "C0APPROVE", "message_ts": "1700000000.000100"}}
     body = urlencode({"payload": json.dumps(payload)}).encode()
@@ -247,6 +271,67 @@ def test_only_a_signed_approver_click_decides_once_and_the_message_says_who(
             _cli(stack, "audit", "export", "--format", "ocsf").stdout.splitlines()]
     assert {"name": f"slack:{APPROVER}", "uid": f"slack:{APPROVER}"} in [
         event.get("actor", {}).get("user") for event in ocsf]
+
+
+def test_a_click_from_another_workspace_is_refused_and_audited(
+        chat_stack: tuple[Stack, dict[str, str]]) -> None:
+    stack, keys = chat_stack
+    signing = keys["slack-signing-secret"]
+    with ThreadPoolExecutor(2) as pool:
+        answer, item = _hold(stack, pool)
+        # Correctly signed (the app's one secret serves every workspace it is installed in),
+        # by the approver's user id, but from another workspace: not the mapped person.
+        refused = [_click(stack, signing, APPROVER, "allow_once", item["id"], team="T0OTHER01"),
+                   _click(stack, signing, APPROVER, "allow_once", item["id"], team="")]
+        assert [(r.status_code, r.json()["error"]) for r in refused] == [
+            (403, "chat_team_unknown"), (403, "chat_team_unknown")]
+        assert _refusals(stack, item["id"]) == [
+            (f"slack:{APPROVER}", "chat_team_unknown", "deny")] * 2
+        assert _decisions(stack, item["id"]) == [] and not answer.done()
+        allowed = _click(stack, signing, APPROVER, "allow_once", item["id"])
+        assert allowed.status_code == 200, allowed.text
+        assert answer.result(timeout=20).status == 200
+    _as_documented("/v1/chat/slack/interactions", *refused, allowed)
+
+
+def test_nobody_approves_from_chat_a_request_on_a_grant_they_issued_elsewhere(
+        chat_stack: tuple[Stack, dict[str, str]]) -> None:
+    """The issuer is read from the grant: this home's audit log never saw it issued."""
+    stack, keys = chat_stack
+    signing = keys["slack-signing-secret"]
+    with ThreadPoolExecutor(2) as pool:
+        answer, item = _hold(stack, pool, issued_by="oidc:alice@example.com")
+        records = [json.loads(line) for line in stack.home.audit_log.read_text().splitlines()]
+        assert not any(r["event"] == "grant_issued" and r["grant"] == item["grant"]
+                       for r in records)
+        # Slack user U0ALICE01 is alice@example.com (the policy says so): her own grant.
+        refused = _click(stack, signing, ALICE, "allow_once", item["id"])
+        assert (refused.status_code, refused.json()["error"]) == (403, "separation_of_duties")
+        assert refused.json()["message"] == (
+            f"separation of duties: slack:{ALICE} issued grant {item['grant']} and may not "
+            "approve it; another approver must")
+        assert _refusals(stack, item["id"]) == [
+            (f"slack:{ALICE}", "separation_of_duties", "deny")]
+        records = [json.loads(line) for line in stack.home.audit_log.read_text().splitlines()]
+        assert [r["grant"] for r in records if r["event"] == "decision_refused"
+                and r.get("hold") == item["id"]] == [item["grant"]]
+        assert _decisions(stack, item["id"]) == [] and not answer.done()
+        assert stack.upstreams.api.requests == []
+        allowed = _click(stack, signing, APPROVER, "allow_once", item["id"])
+        assert allowed.status_code == 200, allowed.text
+        assert answer.result(timeout=20).status == 200
+        # A webhook's user is the name the bridge sends: alice who issued from the CLI.
+        answer, item = _hold(stack, pool, issued_by="alice")
+        allow = {"request": item["id"], "decision": "allow", "user": "alice"}
+        own = _webhook(stack, keys["bridge-hmac"], allow)
+        assert (own.status_code, own.json()["error"]) == (403, "separation_of_duties")
+        # Denying their own request stays open: it gives nothing away.
+        denied = _webhook(stack, keys["bridge-hmac"], allow | {"decision": "deny"})
+        assert denied.status_code == 200, denied.text
+        assert answer.result(timeout=20).status == 403
+    _as_documented("/v1/chat/slack/interactions", refused, allowed)
+    _as_documented("/v1/chat/webhooks/{name}", own, denied)
+    _cli(stack, "audit", "verify")
 
 
 def test_allow_n_uses_from_slack(chat_stack: tuple[Stack, dict[str, str]],

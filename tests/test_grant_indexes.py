@@ -185,7 +185,7 @@ def test_a_version_2_sqlite_store_gains_the_indexes_and_keeps_its_grants(tmp_pat
         assert store.get(grant.id) == grant
         assert store.counts(NOW, SOON).active == 1
     with sqlite3.connect(path) as raw:
-        assert raw.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == 4  # 4: issued_by as well
         names = {row[0] for row in raw.execute("SELECT name FROM sqlite_master WHERE "
                                                "type = 'index'")}
     assert {"grants_by_expiry", "grants_by_revoked", "grants_by_end", "grants_live"} <= names

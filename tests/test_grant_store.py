@@ -155,7 +155,7 @@ def test_store_file_and_its_wal_files_are_private(db_path: Path):
 def test_store_uses_wal_and_a_versioned_schema(store: SqliteGrantStore, db_path: Path):
     with sqlite3.connect(db_path) as raw:
         assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert raw.execute("PRAGMA user_version").fetchone()[0] == 3  # 3: indexes for the watcher
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == 4  # 4: issued_by
 
 
 def test_reopening_keeps_grants(db_path: Path):

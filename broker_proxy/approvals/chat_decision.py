@@ -21,16 +21,21 @@ from broker_proxy.secrets.source import SecretSource
 HOLD_ID = re.compile(r"h_[0-9a-f]{16}")
 # A vault entry's value by its name; raises SecretUnavailable (503) when it cannot be read.
 ReadSecret = Callable[[str], str]
+# Separation of duties (console/separation.py): raises a 403 ApiError when the principal is the
+# person who issued the grant (by id); kept a callable so this layer need not know sign-in.
+RefuseOwnGrant = Callable[[Principal, str], None]
 
 
 class ChatUserRefused(ApiError):
     """A signed chat request from a user the policy does not let decide: answered 403, and
     audited (chat_door.py) as a `decision_refused` naming the user and the held request."""
 
-    def __init__(self, refused: ApiError, identity: str, hold_id: str) -> None:
+    def __init__(self, refused: ApiError, identity: str, hold_id: str,
+                 grant: str | None = None) -> None:
         super().__init__(refused.status, refused.code, refused.message)
         self.identity = identity
         self.hold_id = hold_id if HOLD_ID.fullmatch(hold_id) else None
+        self.grant = grant  # the held request's grant, when the refusal is about it
 
 
 def chat_principal(identity: str, role: str | None, hold_id: str) -> Principal:
@@ -48,10 +53,19 @@ def chat_principal(identity: str, role: str | None, hold_id: str) -> Principal:
 
 
 def decide_once(desk: ApprovalDesk, hold_id: str, allow: bool, principal: Principal, *,
-                uses: int | None = None, minutes: int | None = None) -> HeldRequest:
-    """Allow or deny the held request as `principal`; 404, 409 or 400 when nothing changed."""
+                uses: int | None = None, minutes: int | None = None,
+                refuse_own: RefuseOwnGrant | None = None) -> HeldRequest:
+    """Allow or deny the held request as `principal`; 404, 409 or 400 when nothing changed,
+    403 `separation_of_duties` (a ChatUserRefused) for allowing a request on a grant the same
+    person issued. Denying stays open to them, as in the console: it gives nothing away."""
     if not HOLD_ID.fullmatch(hold_id):
         raise ApiError(404, "request_not_found", "no such held request")
+    held = desk.get(hold_id) if allow and refuse_own is not None else None
+    if held is not None and refuse_own is not None:
+        try:
+            refuse_own(principal, held.grant)
+        except ApiError as refused:
+            raise ChatUserRefused(refused, principal.identity, hold_id, held.grant) from None
     try:
         return desk.decide(hold_id, allow, by=principal.identity, uses=uses, minutes=minutes)
     except HoldNotFound:

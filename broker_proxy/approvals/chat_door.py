@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from broker_proxy.approvals.chat_decision import ChatUserRefused, ReadSecret
+from broker_proxy.approvals.chat_decision import ChatUserRefused, ReadSecret, RefuseOwnGrant
 from broker_proxy.approvals.chat_slack import slack_interaction
 from broker_proxy.approvals.chat_webhook import webhook_decision
 from broker_proxy.approvals.desk import ApprovalDesk
@@ -34,6 +34,8 @@ class ChatDoor:
     rules: Callable[[], ChatRules | None]  # the policy's, read per request (reloads apply)
     read_secret: ReadSecret
     audit: AuditSink | None = None  # where refused chat users are recorded
+    # Separation of duties: nobody allows a request on a grant they issued (through any door).
+    refuse_own: RefuseOwnGrant | None = None
 
     def serves(self, path: str) -> bool:
         return path.startswith(PREFIX) and self.rules() is not None
@@ -73,8 +75,15 @@ class ChatDoor:
         if self.audit is None:
             return
         try:
-            self.audit.append("decision_refused", decision="deny", reason=refused.code,
-                              by=refused.identity, hold=refused.hold_id, source=source)
+            # A separation refusal names the grant too, as the console's does: the grant's
+            # history (`audit report --grant`) then shows who was held back.
+            if refused.grant is None:
+                self.audit.append("decision_refused", decision="deny", reason=refused.code,
+                                  by=refused.identity, hold=refused.hold_id, source=source)
+            else:
+                self.audit.append("decision_refused", decision="deny", reason=refused.code,
+                                  by=refused.identity, hold=refused.hold_id, source=source,
+                                  grant=refused.grant)
         except AuditError as error:
             log.error("a refused chat decision by %s was not recorded: %s",
                       refused.identity, error)
@@ -88,12 +97,12 @@ class ChatDoor:
             if parts == split_path(SLACK_PATH) and rules is not None and rules.slack:
                 require_method(method, "POST")
                 return slack_interaction(rules.slack, self.read_secret, self.desk, headers,
-                                         body())
+                                         body(), self.refuse_own)
             if len(parts) == 4 and parts[:3] == ["v1", "chat", "webhooks"] \
                     and rules is not None and parts[3] in rules.webhooks:
                 require_method(method, "POST")
                 return webhook_decision(rules.webhooks[parts[3]], self.read_secret, self.desk,
-                                        headers, body())
+                                        headers, body(), self.refuse_own)
         except SecretUnavailable:  # fail closed: nothing is decided without the signature
             raise ApiError(503, "secret_unavailable",
                            "a chat secret named in the policy cannot be read from the vault"

@@ -26,7 +26,9 @@ from slack_sdk import WebClient
 from slack_sdk.signature import SignatureVerifier
 
 from broker_proxy.approvals.chat_decision import (
+    ChatUserRefused,
     ReadSecret,
+    RefuseOwnGrant,
     chat_principal,
     decide_once,
     decided_answer,
@@ -108,6 +110,7 @@ class SlackNotifier:
 @dataclass(frozen=True, slots=True)
 class _Click:
     user: str
+    team: str | None  # the workspace it came from (`team.id`)
     action: str
     hold_id: str
     channel: str | None
@@ -120,7 +123,9 @@ def _click(raw: bytes) -> _Click:
         payload = json.loads(parse_qs(raw.decode(), strict_parsing=True)["payload"][0])
         action = payload["actions"][0]
         container = payload.get("container") or {}
-        return _Click(str(payload["user"]["id"]), str(action["action_id"]),
+        team = (payload.get("team") or {}).get("id")
+        return _Click(str(payload["user"]["id"]), None if team is None else str(team),
+                      str(action["action_id"]),
                       str(action["value"]), container.get("channel_id"),
                       container.get("message_ts"))
     except (ValueError, KeyError, IndexError, TypeError, UnicodeDecodeError):
@@ -128,8 +133,10 @@ def _click(raw: bytes) -> _Click:
 
 
 def slack_interaction(rules: SlackRules, read_secret: ReadSecret, desk: ApprovalDesk,
-                      headers: Headers, raw: bytes) -> tuple[int, object]:
-    """Verify Slack's signature, map the user, decide once, update the message."""
+                      headers: Headers, raw: bytes,
+                      refuse_own: RefuseOwnGrant | None = None) -> tuple[int, object]:
+    """Verify Slack's signature, check the workspace, map the user, decide once, update the
+    message."""
     verifier = SignatureVerifier(read_secret(rules.signing_secret))
     try:
         valid = verifier.is_valid(raw, headers.get("X-Slack-Request-Timestamp"),
@@ -145,9 +152,16 @@ def slack_interaction(rules: SlackRules, read_secret: ReadSecret, desk: Approval
     if click.action not in (ALLOW_ONCE, ALLOW_USES, DENY):
         raise ApiError(400, "invalid_request", "unknown button")
     identity = f"slack:{click.user}"
+    if rules.team_id is not None and click.team != rules.team_id:
+        # A user id names someone in one workspace only: the same id clicking in another
+        # workspace the app is installed in (same signing secret) is not the mapped person.
+        raise ChatUserRefused(ApiError(403, "chat_team_unknown",
+                                       "the click comes from a Slack workspace other than the "
+                                       "policy's chat.slack.team_id"), identity, click.hold_id)
     principal = chat_principal(identity, rules.users.get(click.user), click.hold_id)
     item = decide_once(desk, click.hold_id, click.action != DENY, principal,
-                       uses=rules.allow_uses if click.action == ALLOW_USES else None)
+                       uses=rules.allow_uses if click.action == ALLOW_USES else None,
+                       refuse_own=refuse_own)
     if click.channel and click.ts:
         # Off this thread: Slack wants the click answered within three seconds.
         threading.Thread(target=_update, args=(rules, read_secret, click.channel, click.ts, item),

@@ -23,6 +23,7 @@ from collections.abc import Callable
 
 from broker_proxy.approvals.chat_decision import (
     ReadSecret,
+    RefuseOwnGrant,
     chat_principal,
     decide_once,
     decided_answer,
@@ -61,7 +62,8 @@ def verify(key: str, headers: Headers, body: bytes,
 
 
 def webhook_decision(rules: ChatWebhookRules, read_secret: ReadSecret, desk: ApprovalDesk,
-                     headers: Headers, raw: bytes) -> tuple[int, object]:
+                     headers: Headers, raw: bytes,
+                     refuse_own: RefuseOwnGrant | None = None) -> tuple[int, object]:
     verify(read_secret(rules.secret), headers, raw)
     try:
         body = json.loads(raw)
@@ -84,5 +86,5 @@ def webhook_decision(rules: ChatWebhookRules, read_secret: ReadSecret, desk: App
     else:
         raise ApiError(400, "invalid_request", "user must be a string")
     item = decide_once(desk, hold_id, decision == "allow", principal,
-                       uses=counts["uses"], minutes=counts["minutes"])
+                       uses=counts["uses"], minutes=counts["minutes"], refuse_own=refuse_own)
     return 200, decided_answer(item)

@@ -34,7 +34,8 @@ EVENTS: Final[dict[str, str]] = {
                          "login_link, made by `broker-proxy console --as`; oidc, through the "
                          "identity provider, by: oidc:<email or sub>)",
     "decision_refused": "a person was refused a decision (reason): separation_of_duties, the "
-                        "approver issued the grant themselves; chat_user_unknown, a Slack "
+                        "approver issued the grant themselves; chat_team_unknown, a Slack "
+                        "click from another workspace; chat_user_unknown, a Slack "
                         "user or webhook user the policy's chat section does not map; "
                         "role_required, a chat user whose role may not decide; by names "
                         "them (slack:<id>, webhook:<name>[:<user>]), hold the held request "

@@ -49,7 +49,8 @@ def issue_audited(policy: Policy, store: GrantStore, audit: AuditLog, *, agent: 
     issued = issue_grant(policy, store, agent=agent, task=task, secrets=secrets, ttl=ttl,
                          max_uses=max_uses, now=now, proxy_url_base=proxy_url_base,
                          rates=rates, concurrency=concurrency, cost_usd=cost_usd,
-                         input_tokens=input_tokens, output_tokens=output_tokens)
+                         input_tokens=input_tokens, output_tokens=output_tokens,
+                         issued_by=by)
     grant = issued.grant
     # What a reviewer asks of an issuance: how long, how many uses, and whether it waits for a
     # person (grant_status "pending").

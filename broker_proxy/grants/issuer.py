@@ -60,6 +60,7 @@ def issue_grant(
     cost_usd: Sequence[str] = (),
     input_tokens: Sequence[str] = (),
     output_tokens: Sequence[str] = (),
+    issued_by: str | None = None,
 ) -> IssuedGrant:
     """Check the request against the policy, store the grant, return it with its token.
 
@@ -67,7 +68,8 @@ def issue_grant(
     when given, the result carries the full proxy URL an agent puts in HTTPS_PROXY.
     `rates` ("[SECRET=]N/PER"), `concurrency` ("[SECRET=]N"), `cost_usd` ("[SECRET=]USD"),
     `input_tokens` and `output_tokens` ("[SECRET=]N") ask for stricter limits than the
-    policy's, never looser ones.
+    policy's, never looser ones. `issued_by` (who issues it, as the audit names them) is
+    stored with the grant, for separation of duties.
     """
     if now.utcoffset() is None:
         raise ValueError("issue_grant needs a timezone-aware now")
@@ -84,7 +86,7 @@ def issue_grant(
         expires_at=issued_at + lifetime, max_uses=max_uses, uses=0,
         status=GrantStatus.PENDING if needs_approval else GrantStatus.ACTIVE,
         approved_by=None, approved_at=None, revoked_at=None, token_hash=token_hash(token),
-        placeholders=own_placeholders(policy, names),
+        placeholders=own_placeholders(policy, names), issued_by=issued_by,
     )
     _store_with_limits(store, grant, own_rates, own_caps, now)
     return IssuedGrant(

@@ -61,6 +61,11 @@ class Grant:
     # (secret, placeholder) for secrets with a policy placeholder_format: drawn at issue time,
     # so a placeholder copied out of one grant names nothing in any other.
     placeholders: tuple[tuple[str, str], ...] = ()
+    # Who issued it, as its `grant_issued` audit record names them (`oidc:alice@example.com`,
+    # `alice`, `admin-api:ci`): kept on the grant so separation of duties does not depend on
+    # finding that record (rotated away, or written by another replica). None: issued by an
+    # older broker-proxy, or by code that names nobody (the demo, the policy test harness).
+    issued_by: str | None = None
 
     def __post_init__(self) -> None:
         # Naive datetimes would compare wrongly against the proxy's aware clock (or raise

@@ -47,6 +47,9 @@ def fields_from_grant(grant: Grant) -> dict[str, str | int | bytes]:
         # Absent for grants without per-grant placeholders (and for grants stored before).
         "placeholders": json.dumps(dict(grant.placeholders), sort_keys=True)
         if grant.placeholders else None,
+        # Absent for a grant stored by an older broker-proxy: read back as None (nobody known),
+        # which separation of duties answers from the audit log instead.
+        "issued_by": grant.issued_by,
     }
     return {name: value for name, value in fields.items() if value is not None}
 
@@ -82,6 +85,7 @@ def grant_from_fields(grant_id: str, raw: dict[bytes, bytes]) -> Grant:
             revoked_at=moment("revoked_at"),
             token_hash=fields["token_hash"],
             placeholders=tuple(sorted(json.loads(text("placeholders") or "{}").items())),
+            issued_by=text("issued_by"),
         )
     except (TypeError, ValueError, UnicodeDecodeError) as exc:
         raise GrantStoreError(f"grant store entry {grant_id} is corrupt: {exc}") from exc

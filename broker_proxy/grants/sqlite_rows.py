@@ -15,10 +15,10 @@ from broker_proxy.grants.store import GrantStoreError
 
 COLUMNS = (
     "id, agent, task, secrets, created_at, expires_at, max_uses, uses, status,"
-    " approved_by, approved_at, revoked_at, token_hash, placeholders"
+    " approved_by, approved_at, revoked_at, token_hash, placeholders, issued_by"
 )
 _SELECT_ONE = f"SELECT {COLUMNS} FROM grants WHERE id = ?"  # noqa: S608 (constant columns)
-INSERT = f"INSERT INTO grants ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"  # noqa: S608
+INSERT = f"INSERT INTO grants ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"  # noqa: S608
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
@@ -73,12 +73,13 @@ def row_from_grant(grant: Grant) -> tuple[object, ...]:
         None if grant.revoked_at is None else to_micros(grant.revoked_at),
         grant.token_hash,
         json.dumps(dict(grant.placeholders), sort_keys=True),
+        grant.issued_by,
     )
 
 
 def grant_from_row(row: tuple[Any, ...]) -> Grant:
     (gid, agent, task, secrets_json, created, expires, max_uses, uses, status,
-     approved_by, approved_at, revoked_at, hashed, placeholders_json) = row
+     approved_by, approved_at, revoked_at, hashed, placeholders_json, issued_by) = row
     try:
         return Grant(
             id=str(gid),
@@ -95,6 +96,7 @@ def grant_from_row(row: tuple[Any, ...]) -> Grant:
             revoked_at=_from_micros(revoked_at),
             token_hash=bytes(hashed),
             placeholders=_placeholders_from_json(str(placeholders_json)),
+            issued_by=None if issued_by is None else str(issued_by),
         )
     except (TypeError, ValueError) as exc:
         raise GrantStoreError(f"grant store row {gid} is corrupt: {exc}") from exc

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from broker_proxy.grants.store import GrantStoreError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _SCHEMA_V1 = (
     # Timestamps are integer microseconds since the epoch, UTC: they compare in SQL exactly as
@@ -54,6 +54,10 @@ _SCHEMA_V3 = (
     "CREATE INDEX grants_live ON grants (status, expires_at)",
 )
 
+# Version 4: who issued the grant (Grant.issued_by), for separation of duties. NULL in rows
+# written before: those grants' issuer is looked up in the audit log, as it was then.
+_SCHEMA_V4 = ("ALTER TABLE grants ADD COLUMN issued_by TEXT",)
+
 
 def migrate(conn: sqlite3.Connection, path: Path) -> None:
     """Bring the file to SCHEMA_VERSION under the write lock; a newer file is refused."""
@@ -78,6 +82,14 @@ def migrate(conn: sqlite3.Connection, path: Path) -> None:
             # there (about 1 s per 100,000), inside this transaction.
             for statement in _SCHEMA_V3:
                 conn.execute(statement)
+            version = 3
+        if version == 3:
+            # A nullable column: instant, whatever the number of rows (no rewrite). Added
+            # only where missing, so a file whose version was set back by hand still opens.
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(grants)")}
+            if "issued_by" not in columns:
+                for statement in _SCHEMA_V4:
+                    conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         elif version != SCHEMA_VERSION:
             raise GrantStoreError(

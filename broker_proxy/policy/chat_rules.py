@@ -6,14 +6,22 @@ chat:
     bot_token: slack-bot-token            # names of vault entries (`broker-proxy secret set`),
     signing_secret: slack-signing-secret  # never the values themselves
     channel: C0123456789                  # where held requests are posted
+    team_id: T0123456789                  # the workspace whose clicks count (else: warning)
     allow_uses: 10                        # what the "allow N" button allows (default 10)
-    users: {U024BE7LH: approver, U0G9QF9C6: viewer}
+    users:
+      U024BE7LH: approver
+      U0G9QF9C6: viewer
+      U0ALICE01: {role: approver, person: alice@example.com}  # the same person as oidc:alice@...
   webhooks:
     pager-bridge:
       secret: pager-bridge-hmac           # vault entry holding the shared HMAC key
       role: approver                      # the role of the webhook itself (default approver)
       users: {alice: approver}            # optional: callers named in the body, and their roles
 ```
+
+A user's `person` says who they are elsewhere (an OpenID Connect email or subject, a CLI name),
+so separation of duties knows that `slack:U0ALICE01` approving a grant `oidc:alice@example.com`
+issued is one person deciding their own grant (sign_in/access.py `person_key`).
 
 Only names of vault entries are here, so the policy file can be reviewed and committed without
 carrying a token; the values are read from the vault each time they are used, so a `secret set`
@@ -42,6 +50,9 @@ _WEBHOOK_NAME = _SECRET_NAME
 # Slack ids (U024BE7LH, W0123) and a webhook's caller names: short, printable, no separators.
 _USER = re.compile(r"[A-Za-z0-9._@+-]{1,64}")
 _CHANNEL = re.compile(r"[A-Z0-9]{2,32}")
+_TEAM = _CHANNEL  # T0123456789 (E... for an Enterprise Grid organisation)
+# An email, an OIDC subject or a CLI name: printable ASCII without spaces, as identities are.
+_PERSON = re.compile(r"[!-~]{1,200}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +63,10 @@ class SlackRules:
     users: dict[str, str] = field(default_factory=dict)  # Slack user id -> role name
     allow_uses: int = DEFAULT_ALLOW_USES
     api_url: str = SLACK_API  # Slack's Web API; tests point it at a local stand-in
+    # The workspace whose clicks count: None accepts any workspace that signs with the app's
+    # secret (an app installed in several workspaces shares it), matched on user id alone.
+    team_id: str | None = None
+    people: dict[str, str] = field(default_factory=dict)  # Slack user id -> `person`
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +75,7 @@ class ChatWebhookRules:
     secret: str  # vault entry: the shared HMAC-SHA256 key
     role: str = "approver"
     users: dict[str, str] = field(default_factory=dict)  # caller named in the body -> role
+    people: dict[str, str] = field(default_factory=dict)  # caller -> `person`, when given
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +96,19 @@ def chat_roles(chat: ChatRules | None) -> dict[str, str]:
         roles[f"webhook:{name}"] = hook.role
         roles |= {f"webhook:{name}:{user}": role for user, role in hook.users.items()}
     return roles
+
+
+def chat_people(chat: ChatRules | None) -> dict[str, str]:
+    """Each chat identity the policy names a `person` for (`slack:U0ALICE01` -> the person):
+    what `policy diff` compares, since dropping one lets that user approve their own grants."""
+    people: dict[str, str] = {}
+    if chat is None:
+        return people
+    if chat.slack is not None:
+        people |= {f"slack:{user}": person for user, person in chat.slack.people.items()}
+    for name, hook in chat.webhooks.items():
+        people |= {f"webhook:{name}:{user}": person for user, person in hook.people.items()}
+    return people
 
 
 def parse_chat(root: yaml.Node | None, checker: NodeChecker) -> ChatRules | None:
@@ -123,10 +152,16 @@ def _slack(node: yaml.Node, checker: NodeChecker) -> SlackRules | None:
     api_url = SLACK_API
     if "api_url" in fields:
         api_url = _url(fields["api_url"][1], "chat.slack.api_url", checker) or SLACK_API
-    users = _users(fields["users"][1], "chat.slack.users", checker) if "users" in fields else {}
+    users, people = _users(fields["users"][1], "chat.slack.users", checker) \
+        if "users" in fields else ({}, {})
+    team = checker.string(fields["team_id"][1], "chat.slack.team_id", "a workspace id") \
+        if "team_id" in fields else None
+    if team is not None and not _TEAM.fullmatch(team):
+        checker.report(fields["team_id"][1], "chat.slack.team_id",
+                       "must be a workspace id such as T0123456789 (not its name)")
     if len(checker.issues) != before or token is None or signing is None or channel is None:
         return None
-    return SlackRules(token, signing, channel, users, uses, api_url)
+    return SlackRules(token, signing, channel, users, uses, api_url, team, people)
 
 
 def _webhooks(node: yaml.Node, checker: NodeChecker) -> dict[str, ChatWebhookRules]:
@@ -145,10 +180,10 @@ def _webhooks(node: yaml.Node, checker: NodeChecker) -> dict[str, ChatWebhookRul
         secret = _secret_name(fields["secret"][1], f"{path}.secret", checker)
         role = _role(fields["role"][1], f"{path}.role", checker) if "role" in fields \
             else "approver"
-        users = _users(fields["users"][1], f"{path}.users", checker) if "users" in fields \
-            else {}
+        users, people = _users(fields["users"][1], f"{path}.users", checker) \
+            if "users" in fields else ({}, {})
         if secret is not None and role is not None:
-            built[key.value] = ChatWebhookRules(key.value, secret, role, users)
+            built[key.value] = ChatWebhookRules(key.value, secret, role, users, people)
     return built
 
 
@@ -170,18 +205,39 @@ def _role(node: yaml.Node, path: str, checker: NodeChecker) -> str | None:
     return role
 
 
-def _users(node: yaml.Node, path: str, checker: NodeChecker) -> dict[str, str]:
+def _users(node: yaml.Node, path: str,
+           checker: NodeChecker) -> tuple[dict[str, str], dict[str, str]]:
+    """user -> role, and user -> person for those written `{role: ..., person: ...}`."""
     users: dict[str, str] = {}
+    people: dict[str, str] = {}
     if not checker.kind(node, path, yaml.MappingNode, "a mapping of user ids to roles"):
-        return users
+        return users, people
     for key, value in node.value:
         user = str(key.value)
         if not _USER.fullmatch(user):
             checker.report(key, f"{path}.{user}", "a user id is 1-64 letters, digits or ._@+-")
             continue
-        if (role := _role(value, f"{path}.{user}", checker)) is not None:
+        role_node, person = value, None
+        if isinstance(value, yaml.MappingNode):
+            fields = checker.fields(value, f"{path}.{user}", "chat_user", value)
+            if fields is None or "role" not in fields:
+                continue
+            role_node = fields["role"][1]
+            if "person" in fields:
+                person = _person(fields["person"][1], f"{path}.{user}.person", checker)
+        if (role := _role(role_node, f"{path}.{user}", checker)) is not None:
             users[user] = role
-    return users
+            if person is not None:
+                people[user] = person
+    return users, people
+
+
+def _person(node: yaml.Node, path: str, checker: NodeChecker) -> str | None:
+    person = checker.string(node, path, "an email, an OpenID Connect subject or a CLI name")
+    if person is not None and not _PERSON.fullmatch(person):
+        checker.report(node, path, "1-200 printable characters without spaces")
+        return None
+    return person
 
 
 def _url(node: yaml.Node, path: str, checker: NodeChecker) -> str | None:

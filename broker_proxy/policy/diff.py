@@ -5,7 +5,8 @@ secret an agent may now hold, an approval dropped, a longer max_ttl, a destinati
 method or path) a secret may now reach, a new place a placeholder may sit, a new egress host or
 private address range, a media type no longer withheld at a secret's host, an MCP tool or
 GraphQL operation list widened (protocol_diff.py), a chat user or webhook given a role or a
-higher one (chat_rules.py). Everything else is
+higher one, a Slack workspace (`team_id`) dropped or changed, a chat user's `person` dropped or
+changed (they could approve their own grants) (chat_rules.py). Everything else is
 a narrowing or a neutral change; each is one line.
 """
 
@@ -15,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 
-from broker_proxy.policy.chat_rules import ROLES, chat_roles
+from broker_proxy.policy.chat_rules import ROLES, ChatRules, chat_people, chat_roles
 from broker_proxy.policy.coverage import destination_covers, host_covers, uncovered_globs
 from broker_proxy.policy.limit_diff import limit_changes
 from broker_proxy.policy.media_types import pattern_covers
@@ -58,7 +59,25 @@ def diff_policies(old: Policy, new: Policy) -> list[Change]:
     changes += _list_changes("network.resolve", "pin", ResolvePins(old.resolve).spelled(),
                              ResolvePins(new.resolve).spelled())
     changes += _chat_changes(chat_roles(old.chat), chat_roles(new.chat))
+    changes += _chat_identity_changes(old.chat, new.chat)
     return changes
+
+
+def _chat_identity_changes(old: ChatRules | None, new: ChatRules | None) -> list[Change]:
+    """The Slack workspace and who each chat user is: dropping or changing either widens."""
+    found = []
+    was, now = (c.slack.team_id if c is not None and c.slack is not None else None
+                for c in (old, new))
+    if was != now:
+        found.append(Change("chat_team_changed", "chat", f"chat.slack.team_id: {was or 'none'} "
+                                                         f"-> {now or 'none'}", was is not None))
+    before, after = chat_people(old), chat_people(new)
+    for who in sorted(before.keys() | after.keys()):
+        if before.get(who) != after.get(who):
+            found.append(Change("chat_person_changed", "chat",
+                                f"{who}: person {before.get(who) or 'none'} -> "
+                                f"{after.get(who) or 'none'}", who in before))
+    return found
 
 
 def _chat_changes(before: dict[str, str], after: dict[str, str]) -> list[Change]:

@@ -3,7 +3,8 @@
 The loader refuses what is wrong; these are merely suspicious, so the proxy runs with them and
 `policy check` prints them (`--strict` makes them errors): a destination another destination of
 the same secret already covers (editing one then silently changes nothing), a secret no agent
-may hold, an agent that can be granted nothing, a scheme on the other scheme's usual port.
+may hold, an agent that can be granted nothing, a scheme on the other scheme's usual port, a
+Slack section that does not say which workspace's clicks count.
 Each points at the line and column to look at, like the loader's errors.
 """
 
@@ -104,6 +105,11 @@ def policy_warnings(policy: Policy, text: str, source: str,
             found.append(where.issue(("agents", f"key:{name}"), f"agents.{name}",
                                      "none of this agent's secrets has a destination: "
                                      "it can be granted nothing"))
+    slack = policy.chat.slack if policy.chat is not None else None
+    if slack is not None and slack.team_id is None:
+        found.append(where.issue(("chat", "slack"), "chat.slack",
+                                 "no team_id: a click is matched on its user id alone, from any "
+                                 "workspace the app is installed in; set the workspace's id"))
     return sorted(found, key=lambda issue: (issue.line, issue.column))
 
 

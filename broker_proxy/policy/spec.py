@@ -68,7 +68,8 @@ _GLOBS = {"type": "array", "items": {"type": "string", "minLength": 1, "maxLengt
 
 _VAULT_ENTRY = {"type": "string", "pattern": NAME_PATTERN}
 _CHAT_USERS = {"type": "object", "propertyNames": {"pattern": "^[A-Za-z0-9._@+-]{1,64}$"},
-               "additionalProperties": {"enum": ["viewer", "approver", "admin"]}}
+               "additionalProperties": {"oneOf": [{"enum": ["viewer", "approver", "admin"]},
+                                                  kind("chat_user")]}}
 
 
 @dataclass(frozen=True, slots=True)
@@ -355,13 +356,23 @@ MAPPINGS: dict[str, Mapping] = {
                        "description": "uses the allow-N button allows"},
         "api_url": {"type": "string", "pattern": "^https?://",
                     "default": "https://slack.com/api/", "description": "Slack's Web API"},
-        "users": {**_CHAT_USERS, "description": "Slack user id -> role"},
+        "team_id": {"type": "string", "pattern": "^[A-Z0-9]{2,32}$",
+                    "description": "the Slack workspace (team) id whose clicks count; "
+                                   "without it any workspace the app is in (a warning)"},
+        "users": {**_CHAT_USERS, "description": "Slack user id -> role, or {role, person}"},
     }, required=("bot_token", "signing_secret", "channel")),
+    "chat_user": Mapping({
+        "role": {"enum": ["viewer", "approver", "admin"]},
+        "person": {"type": "string", "pattern": "^[!-~]{1,200}$",
+                   "description": "who this user is elsewhere (an OpenID Connect email or "
+                                  "subject, a CLI name), for separation of duties"},
+    }, required=("role",)),
     "chat_webhook": Mapping({
         "secret": {**_VAULT_ENTRY, "description": "vault entry of the shared HMAC key"},
         "role": {"enum": ["viewer", "approver", "admin"], "default": "approver",
                  "description": "the webhook's role when the body names no user"},
-        "users": {**_CHAT_USERS, "description": "user named in the body -> role"},
+        "users": {**_CHAT_USERS, "description": "user named in the body -> role, or "
+                                                "{role, person}"},
     }, required=("secret",)),
     "network": Mapping({
         "allow_addresses": {**_STRINGS, "description": "CIDRs such as 127.0.0.0/8"},

@@ -22,9 +22,11 @@ from broker_proxy.approvals.webhook import Notifiers, WebhookNotifier
 from broker_proxy.audit.checkpoint import CheckpointPaths
 from broker_proxy.console.oidc_routes import OidcDoor
 from broker_proxy.console.routes import Console
+from broker_proxy.console.separation import refuse_own_grant
 from broker_proxy.console.sessions import DEFAULT_SESSION_TTL, ConsoleSessions
 from broker_proxy.decision.broker import Broker
 from broker_proxy.home import Home
+from broker_proxy.identity.roles import Principal
 from broker_proxy.policy.chat_rules import SlackRules
 from broker_proxy.policy.model import SecretPolicy
 from broker_proxy.readiness import CachedProbe, store_write_problem
@@ -150,8 +152,15 @@ def start_approvals(broker: Broker, server: AdminServer) -> None:
     """Requests can be held for a person now that the admin API serves to decide them."""
     broker.approvals.notifier = _notifiers(broker, lambda: f"http://{server.address}")
     # Slack and signed webhooks decide on the same listener, with their own signatures.
+    console = server.context.console
+
+    def refuse_own(principal: Principal, grant_id: str) -> None:
+        refuse_own_grant(principal, grant_id, grants=broker.grants,
+                         audit=console.audit if console is not None else None,
+                         sign_in=broker.policy.policy.sign_in, chat=broker.policy.policy.chat)
+
     server.context.chat = ChatDoor(broker.approvals, lambda: broker.policy.policy.chat,
-                                   vault_entry(broker.secrets), broker.audit)
+                                   vault_entry(broker.secrets), broker.audit, refuse_own)
     broker.approvals.accepting = True
 
 
