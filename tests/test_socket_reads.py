@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from broker_proxy.addons import socket_reads
+from broker_proxy.addons import mitmproxy_patches, socket_reads
 from broker_proxy.addons.mitmproxy_compat import IncompatibleMitmproxy
 from mitmproxy.proxy.server import ConnectionHandler
 
@@ -47,8 +47,8 @@ def test_only_a_plain_stream_reader_is_widened() -> None:
     assert asyncio.run(widened()) is Other
 
 
-def test_install_wraps_the_connection_loop_once() -> None:
-    socket_reads.install()
+def test_the_proxy_installs_it_and_only_once() -> None:
+    mitmproxy_patches.install()  # what ``broker-proxy run`` and the ``mitmdump -s`` entry call
     wrapped = ConnectionHandler.handle_connection
     socket_reads.install()
     assert ConnectionHandler.handle_connection is wrapped
