@@ -12,6 +12,7 @@ from broker_proxy.addons import (
     malformed_requests,
     request_departure,
     response_limits,
+    socket_reads,
     upstream_error_pages,
     websocket_controls,
 )
@@ -25,3 +26,4 @@ def install() -> None:
     informational_responses.install()  # a 1xx never answers a request, nor the next one
     websocket_controls.install()  # close reasons and ping/pong payloads are scrubbed
     header_folding.install()  # a folded header (obs-fold) is refused, never forwarded
+    socket_reads.install()  # a download is handed on in pieces of what arrived, up to 256 KiB
