@@ -109,6 +109,7 @@ class SqliteGrantStore:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self._path = Path(path)
         self._lock = threading.Lock()  # the write connection
+        self._busy_ms = BUSY_TIMEOUT_MS  # its busy_timeout now (see _transaction)
         self._read_lock = threading.Lock()
         self._reader: sqlite3.Connection | None = None
         # Listings and the watcher's scans read pages of many rows: on a connection of their
@@ -465,13 +466,14 @@ class SqliteGrantStore:
             busy_ms = 0 if not wait else (BUSY_TIMEOUT_MS if deadline is None else
                                          int(max(0.0, deadline - time.monotonic()) * 1000))
             try:
-                if busy_ms != BUSY_TIMEOUT_MS:
+                # Only BEGIN IMMEDIATE waits on this connection (once it holds the write lock,
+                # nothing else in the transaction does), so the setting is left as the last
+                # transaction needed it: a request decided on the event loop (no wait) sets
+                # nothing, instead of two PRAGMAs around every use it reserves.
+                if busy_ms != self._busy_ms:
                     conn.execute(f"PRAGMA busy_timeout = {busy_ms}")
-                try:
-                    conn.execute("BEGIN IMMEDIATE")
-                finally:
-                    if busy_ms != BUSY_TIMEOUT_MS:
-                        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+                    self._busy_ms = busy_ms
+                conn.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
                 if not wait and _is_busy(exc):
                     raise GrantStoreBusy(f"grant store {self._path} is busy") from None
