@@ -94,17 +94,20 @@ class IndexedAddonManager(AddonManager):
         return found
 
     async def handle_lifecycle(self, event: hooks.Hook) -> None:
-        await self.trigger_event(event)
-        message = event.args()[0]
+        # Hook.args() walks dataclasses.fields() each time: read once, not once per use.
+        args = event.args()
+        await self._dispatch(event, args)
+        message = args[0]
         if isinstance(message, flow.Flow) and self.handlers("update"):
             await self.trigger_event(hooks.UpdateHook([message]))
 
     async def trigger_event(self, event: hooks.Hook) -> None:
-        entries = self.handlers(event.name)
-        if not entries:
-            return
-        args = event.args()
-        for entry in entries:
+        if self.handlers(event.name):
+            await self._dispatch(event, event.args())
+
+    async def _dispatch(self, event: hooks.Hook, args: list[Any]) -> None:
+        """Run `event`'s handlers with `args` (its arguments), as trigger_event does."""
+        for entry in self.handlers(event.name):
             try:
                 if isinstance(entry, _Tree):
                     await self.invoke_addon(entry.addon, event)

@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from broker_proxy.grants import budgets, rate_limits
+from broker_proxy.grants.auth_cache import GrantAuthCache
 from broker_proxy.grants.model import Grant
 from broker_proxy.grants.sqlite_holds import SqliteHoldTable
 from broker_proxy.grants.sqlite_rows import (
@@ -109,6 +110,11 @@ class SqliteGrantStore:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self._path = Path(path)
         self._lock = threading.Lock()  # the write connection
+        self._busy_ms = BUSY_TIMEOUT_MS  # its busy_timeout now (see _transaction)
+        # Grants authenticated recently, and the count of commits that may have changed one
+        # (both under `_lock`; see auth_cache.py).
+        self._auth_cache = GrantAuthCache()
+        self._own_writes = 0
         self._read_lock = threading.Lock()
         self._reader: sqlite3.Connection | None = None
         # Listings and the watcher's scans read pages of many rows: on a connection of their
@@ -145,7 +151,8 @@ class SqliteGrantStore:
     def create(self, grant: Grant) -> None:
         row = row_from_grant(grant)
         try:
-            with self._transaction() as conn:
+            # A new row changes no grant read before (the cache never holds a missing grant).
+            with self._transaction(grants_changed=False) as conn:
                 if select_grant(conn, grant.id) is not None:
                     raise GrantStoreError(f"grant {grant.id} already exists in {self._path}")
                 conn.execute(INSERT, row)
@@ -158,7 +165,30 @@ class SqliteGrantStore:
             return select_grant(conn, grant_id)
 
     def authenticate(self, token: str) -> Grant | None:
-        return authenticate_token(token, self.get)
+        return authenticate_token(token, self._grant_to_authenticate)
+
+    def _grant_to_authenticate(self, grant_id: str) -> Grant | None:
+        """`get` through the cache of recent grants (auth_cache.py), read on the write
+        connection under its lock; when another thread holds that lock (a write, perhaps
+        waiting for another process), the reader answers as before: never wait here."""
+        if not self._lock.acquire(blocking=False):
+            return self.get(grant_id)
+        try:
+            conn = self._connection()
+            try:
+                (version,) = conn.execute("PRAGMA data_version").fetchone()
+                mark = (int(version), self._own_writes)  # taken before the row is read
+                grant = self._auth_cache.get(grant_id, mark)
+                if grant is None and (grant := select_grant(conn, grant_id)) is not None:
+                    self._auth_cache.put(grant_id, mark, grant)
+                return grant
+            except sqlite3.Error as exc:
+                if not _is_busy(exc):
+                    raise self._unusable(exc) from exc
+                # This connection may be set not to wait (see _transaction): the reader waits.
+        finally:
+            self._lock.release()
+        return self.get(grant_id)
 
     def list(
         self, *, include_inactive: bool = True, now: datetime | None = None
@@ -239,8 +269,9 @@ class SqliteGrantStore:
 
     def reserve_use(self, grant_id: str, now: datetime, *, wait: bool = True,
                     deadline: float | None = None) -> ReserveResult:
-        with self._transaction(wait=wait, deadline=deadline) as conn:
+        with self._transaction(wait=wait, deadline=deadline, grants_changed=False) as conn:
             if conn.execute(_RESERVE, (grant_id, to_micros(now))).rowcount == 1:
+                self._auth_cache.used(grant_id, 1)  # if the commit fails, all entries go
                 return ReserveResult.RESERVED
             # Read inside the same transaction, so the reason is the one that refused the use.
             grant = select_grant(conn, grant_id)
@@ -298,15 +329,19 @@ class SqliteGrantStore:
                deadline: float | None = None) -> Iterator[sqlite3.Connection]:
         """A write transaction with the rate and budget tables there (created on first use);
         `wait` and `deadline` as for `reserve_use`."""
-        with self._transaction(wait=wait, deadline=deadline) as conn:
+        # Their own tables: no grant row changes.
+        with self._transaction(wait=wait, deadline=deadline, grants_changed=False) as conn:
             if not self._rates_ready:
                 conn.execute(rate_limits.SQLITE_TABLE)
                 conn.execute(budgets.SQLITE_TABLE)
                 self._rates_ready = True
             yield conn
     def release_use(self, grant_id: str) -> bool:
-        with self._transaction() as conn:
-            return bool(conn.execute(_RELEASE, (grant_id,)).rowcount == 1)
+        with self._transaction(grants_changed=False) as conn:
+            if conn.execute(_RELEASE, (grant_id,)).rowcount != 1:
+                return False
+            self._auth_cache.used(grant_id, -1)  # if the commit fails, all entries go
+            return True
 
     def approve(self, grant_id: str, by: str, now: datetime) -> Grant:
         return self._transition(
@@ -444,8 +479,8 @@ class SqliteGrantStore:
         return reader
 
     @contextmanager
-    def _transaction(self, *, wait: bool = True,
-                     deadline: float | None = None) -> Iterator[sqlite3.Connection]:
+    def _transaction(self, *, wait: bool = True, deadline: float | None = None,
+                     grants_changed: bool = True) -> Iterator[sqlite3.Connection]:
         """One IMMEDIATE transaction; commits on success, rolls back on any exception.
 
         sqlite3.IntegrityError passes through unchanged so `create` can say what it means;
@@ -454,24 +489,28 @@ class SqliteGrantStore:
         (time.monotonic()), both waits (for this process's write connection, then for SQLite's
         write lock) end by it: GrantStoreError, so the hundredth waiter is answered as soon as
         the first, instead of each one starting its own BUSY_TIMEOUT_MS after the previous.
+        Unless the caller says no grant row changes (`grants_changed`) and the commit went
+        through, every grant authenticated before it is read again (auth_cache.py).
         """
         timeout = -1.0 if deadline is None else max(0.0, deadline - time.monotonic())
         if not self._lock.acquire(blocking=wait, timeout=timeout if wait else -1):
             if wait:
                 raise self._busy_too_long()
             raise GrantStoreBusy(f"grant store {self._path} is busy")
+        committed = False
         try:
             conn = self._connection()
             busy_ms = 0 if not wait else (BUSY_TIMEOUT_MS if deadline is None else
                                          int(max(0.0, deadline - time.monotonic()) * 1000))
             try:
-                if busy_ms != BUSY_TIMEOUT_MS:
+                # Only BEGIN IMMEDIATE waits on this connection (once it holds the write lock,
+                # nothing else in the transaction does), so the setting is left as the last
+                # transaction needed it: a request decided on the event loop (no wait) sets
+                # nothing, instead of two PRAGMAs around every use it reserves.
+                if busy_ms != self._busy_ms:
                     conn.execute(f"PRAGMA busy_timeout = {busy_ms}")
-                try:
-                    conn.execute("BEGIN IMMEDIATE")
-                finally:
-                    if busy_ms != BUSY_TIMEOUT_MS:
-                        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+                    self._busy_ms = busy_ms
+                conn.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
                 if not wait and _is_busy(exc):
                     raise GrantStoreBusy(f"grant store {self._path} is busy") from None
@@ -492,7 +531,10 @@ class SqliteGrantStore:
                 with suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
                 raise self._unusable(exc) from exc
+            committed = True
         finally:
+            if grants_changed or not committed:
+                self._own_writes += 1
             self._lock.release()
 
     def _busy_too_long(self) -> GrantStoreError:
