@@ -1,5 +1,6 @@
 # Every target bootstraps .venv on first use with a Python >= 3.12 that
-# scripts/find-python finds on its own (scripts/install-venv: uv when on PATH, else pip).
+# scripts/find-python finds on its own (scripts/install-venv: uv when on PATH, else pip; for the
+# test extras a uv it installs once into ~/.cache/broker-proxy/uv, several times faster than pip).
 # `demo` and `run` install only the product; the other targets add the test extras.
 VENV := .venv
 PY := $(VENV)/bin/python
