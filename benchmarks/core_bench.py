@@ -31,7 +31,7 @@ from broker_proxy.decision.broker import Broker
 from broker_proxy.grants.issuer import issue_grant
 from broker_proxy.grants.model import Grant
 from broker_proxy.grants.sqlite_store import SqliteGrantStore
-from broker_proxy.grants.store import ReserveResult
+from broker_proxy.grants.store import ReserveResult, authenticate_token
 from broker_proxy.home import Home
 from broker_proxy.metrics import BrokerMetrics
 from broker_proxy.policy.loader import load_policy_text
@@ -59,6 +59,10 @@ class MemoryGrantStore(SqliteGrantStore):
 
     def get(self, grant_id: str) -> Grant | None:
         return self.grants.get(grant_id)
+
+    def authenticate(self, token: str) -> Grant | None:
+        # The SQLite store authenticates through its own cache of rows; these grants have none.
+        return authenticate_token(token, self.get)
 
     def reserve_use(self, grant_id: str, now: datetime, *, wait: bool = True,
                     deadline: float | None = None) -> ReserveResult:
