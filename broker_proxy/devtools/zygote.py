@@ -41,7 +41,7 @@ from typing import Any, TextIO
 # What `broker-proxy run` and the other commands import before they do anything. By name: the
 # devtools package never imports the CLI statically (tests/test_layering.py).
 PRELOAD = ("broker_proxy.cli", "broker_proxy.cli.run_cmd", "broker_proxy.runtime.process",
-           "broker_proxy.runtime.run_services", "addons.runner")
+           "broker_proxy.runtime.run_services", "broker_proxy.addons.runner")
 STATUS = struct.Struct("!q")
 MAX_REQUEST = 1 << 20
 
@@ -169,11 +169,20 @@ def become(request: Request) -> None:
 
 
 def _fresh_stdio() -> None:
-    """New sys.std* objects, buffered as the interpreter buffers them for these descriptors."""
+    """New sys.std* objects, buffered as the interpreter buffers them for these descriptors.
+
+    As create_stdio does: PYTHONUNBUFFERED (-u) makes the writers unbuffered and write-through
+    (the zygote's own streams tell, its PYTHON* variables being the child's); otherwise stdout is
+    line-buffered on a terminal only and stderr always.
+    """
+    buffered = not getattr(sys.__stdout__ or sys.stdout, "write_through", False)
+
     def stream(fd: int, mode: str, old: TextIO, line_buffering: bool) -> io.TextIOWrapper:
-        binary = open(fd, mode + "b", closefd=False)  # noqa: SIM115 (it is sys.stdin/out/err)
+        size = 0 if mode == "w" and not buffered else -1
+        binary = open(fd, mode + "b", buffering=size, closefd=False)  # noqa: SIM115 (sys.std*)
         return io.TextIOWrapper(binary, encoding=old.encoding, errors=old.errors, newline="\n",
-                                line_buffering=line_buffering)
+                                line_buffering=buffered and line_buffering,
+                                write_through=not buffered)
     stdin = stream(0, "r", sys.__stdin__ or sys.stdin, False)
     stdout = stream(1, "w", sys.__stdout__ or sys.stdout, os.isatty(1))
     stderr = stream(2, "w", sys.__stderr__ or sys.stderr, True)
