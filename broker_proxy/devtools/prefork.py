@@ -60,20 +60,26 @@ class Zygote:
         self._control: socket.socket | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._settings: dict[str, str] = {}
+        self._failed_start = False
 
     def _start(self) -> socket.socket:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         environment = dict(os.environ)
         try:
+            # Its failure is this module's one warning line, not a traceback in whatever stderr
+            # a test is capturing.
             self._process = subprocess.Popen(
                 [sys.executable, "-m", "broker_proxy.devtools.zygote", str(theirs.fileno())],
                 pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL, env=environment)
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=environment)
         finally:
             theirs.close()
         ours.settimeout(START_TIMEOUT)
         if ours.recv(16) != b"ready":
             ours.close()
+            self._process.kill()
+            self._process.wait()
+            self._failed_start = True  # the next calls exec at once, not import again first
             raise LaunchError("the zygote exited while importing")
         ours.settimeout(None)
         self._settings = _start_settings(environment)
@@ -106,6 +112,8 @@ class Zygote:
         reply, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             with self._lock:
+                if self._control is None and self._failed_start:
+                    raise LaunchError("the zygote could not start")
                 control = self._control or self._start()
                 try:
                     socket.send_fds(control, [message], [theirs.fileno(), *stdio])
