@@ -36,6 +36,10 @@ test-prereqs:
 #   make test PYTEST_WORKERS=8
 # Bytecode is written even where PYTHONDONTWRITEBYTECODE is set: every proxy process a test
 # starts would otherwise compile the package again (about 0.3 s of CPU each, hundreds of times).
+# The tests' `python -m broker_proxy.cli` processes (ProxyProcess, the CLI helpers) are forked
+# from a pre-imported zygote per worker (broker_proxy/devtools/prefork.py, switched on in
+# tests/conftest.py), saving the imports of each; BROKER_PROXY_TEST_PREFORK=0 execs them all:
+#   make test BROKER_PROXY_TEST_PREFORK=0
 PYTEST_WORKERS ?= 4
 PYTEST_ARGS ?=
 test: test-prereqs $(STAMP)

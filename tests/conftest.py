@@ -20,6 +20,7 @@ import keyring
 import pytest
 from keyring.backends import null
 
+from broker_proxy.devtools import prefork
 from broker_proxy.devtools.echo_server import EchoServer
 from broker_proxy.devtools.local_pki import LocalPki, write_pki
 from broker_proxy.devtools.proxy_process import ProxyProcess
@@ -328,6 +329,17 @@ def stack(tmp_path_factory: pytest.TempPathFactory, pki: LocalPki,
 def _clear_upstreams(request: pytest.FixtureRequest) -> None:
     if "stack" in request.fixturenames:
         request.getfixturevalue("upstreams").clear()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def prefork_launcher() -> Iterator[None]:
+    """`python -m broker_proxy.cli` processes of the shared helpers (ProxyProcess, the tests' CLI
+    calls) fork from a pre-imported zygote per test process: imports cost 0.15-0.7 s a start.
+    BROKER_PROXY_TEST_PREFORK=0 execs a fresh interpreter for each, as before. A fixture, not an
+    import-time switch: the benchmarks import this module and keep plain exec."""
+    prefork.enable(os.environ.get("BROKER_PROXY_TEST_PREFORK", "1") != "0")
+    yield
+    prefork.enable(False)
 
 
 @pytest.fixture(scope="session")

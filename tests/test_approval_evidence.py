@@ -22,6 +22,7 @@ from broker_proxy.audit.report import build_report
 from broker_proxy.audit.report_html import render_html
 from broker_proxy.audit.report_text import render_csv, render_text
 from broker_proxy.console.views import ChainStatus
+from broker_proxy.devtools import prefork
 
 GRANT = {"grant": "g_1", "agent": "bot", "task": "refunds"}
 REQUEST = {"secrets": ["pay"], "method": "POST", "scheme": "https", "host": "api.pay.test",
@@ -81,7 +82,7 @@ def test_the_report_shows_each_held_request_and_how_it_ended(tmp_path: Path) -> 
 
 
 def _cli_verify(home: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "broker_proxy.cli", "--home", str(home),
+    return prefork.run([sys.executable, "-m", "broker_proxy.cli", "--home", str(home),
                            "audit", "verify"], capture_output=True, text=True, timeout=60)
 
 

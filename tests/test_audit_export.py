@@ -23,13 +23,14 @@ import pytest
 from broker_proxy.audit.export import resume_point
 from broker_proxy.audit.log import AuditLog
 from broker_proxy.audit.record_schema import OCSF_EXPORT_SCHEMA_FILE, load_schema
+from broker_proxy.devtools import prefork
 
 OCSF = json.loads((Path(__file__).parent / "data" / "ocsf-1.8.0-excerpt.json").read_text())
 GRANT = {"grant": "g_1", "agent": "bot", "task": "sync"}
 
 
 def export(home: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run([sys.executable, "-m", "broker_proxy.cli", "--home", str(home),
+    return prefork.run([sys.executable, "-m", "broker_proxy.cli", "--home", str(home),
                            "audit", "export", *args], capture_output=True, timeout=timeout)
 
 
@@ -170,7 +171,7 @@ def test_killed_export_resumes_without_loss_or_duplicates(tmp_path: Path, fmt: s
                "export", "--format", fmt, "--output", str(output)]
     kills = 0
     for _attempt in range(3):
-        child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        child = prefork.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         start = output.stat().st_size if output.exists() else 0
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and child.poll() is None:
@@ -197,7 +198,7 @@ def test_follow_exports_new_records_across_rotations_exactly_once(tmp_path: Path
     log.rotate_at(4096)
     log.append("proxy_started", decision="allow", reason="started")
     output = tmp_path / "out.jsonl"
-    child = subprocess.Popen([sys.executable, "-m", "broker_proxy.cli", "--home", str(tmp_path),
+    child = prefork.Popen([sys.executable, "-m", "broker_proxy.cli", "--home", str(tmp_path),
                               "audit", "export", "--follow", "--output", str(output)],
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:

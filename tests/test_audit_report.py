@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import json
 import shlex
-import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -36,6 +35,7 @@ from broker_proxy.audit.report import (
     parse_window,
 )
 from broker_proxy.cli import main
+from broker_proxy.devtools import prefork
 
 START = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 GRANT = {"grant": "g_1", "agent": "bot", "task": "sync"}
@@ -199,7 +199,7 @@ def test_rotated_files_are_one_chain_in_the_report(tmp_path: Path,
     # The command the report gives to re-verify works as printed.
     argv = shlex.split(data["integrity"]["reverify"])
     assert argv[0] == "broker-proxy"
-    done = subprocess.run([sys.executable, "-m", "broker_proxy.cli", *argv[1:]],
+    done = prefork.run([sys.executable, "-m", "broker_proxy.cli", *argv[1:]],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and "records verify in" in done.stdout, done.stderr
 
@@ -248,7 +248,7 @@ def test_audit_verify_names_a_record_of_the_wrong_shape(tmp_path: Path) -> None:
     log.append("request", decision="allow", reason="allowed", method="GET", host="h",
                port="443")  # a writer bug: chained and MAC'd, but not the published shape
     log.close()
-    done = subprocess.run([sys.executable, "-m", "broker_proxy.cli", "--home", str(tmp_path),
+    done = prefork.run([sys.executable, "-m", "broker_proxy.cli", "--home", str(tmp_path),
                            "audit", "verify"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 1
     assert "seq 1: field 'port' does not match the audit record schema" in done.stderr

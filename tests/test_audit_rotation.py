@@ -29,6 +29,7 @@ from broker_proxy.audit.checkpoint import (
 from broker_proxy.audit.files import archives_of, chain_files
 from broker_proxy.audit.log import ROTATED_EVENT, line_hash
 from broker_proxy.audit.verify import verify_path
+from broker_proxy.devtools import prefork
 
 MAX_BYTES = 4096
 
@@ -311,7 +312,7 @@ def test_tail_follow_for_one_grant_survives_rotation(tmp_path: Path) -> None:
     log_path, key_path = home / "audit.log", home / "audit.key"
     with AuditLog.open(log_path, key_path) as log:
         log.append("proxy_started")
-    follower = subprocess.Popen(
+    follower = prefork.Popen(
         [sys.executable, "-m", "broker_proxy.cli", "--home", str(home), "audit", "tail",
          "--follow", "--grant", "g_watch", "--json", "-n", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -344,13 +345,13 @@ def test_cli_verify_names_file_line_and_seq_across_rotated_files(tmp_path: Path)
     files = rotated_log(home / "audit.log", home / "audit.key")
 
     def verify(*extra: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "broker_proxy.cli", "--home", str(home),
+        return prefork.run([sys.executable, "-m", "broker_proxy.cli", "--home", str(home),
                                "audit", "verify", *extra], capture_output=True, text=True,
                               timeout=60)
 
     done = verify()
     assert done.returncode == 0 and f"in {len(files)} files" in done.stdout
-    checkpoint = subprocess.run([sys.executable, "-m", "broker_proxy.cli", "--home", str(home),
+    checkpoint = prefork.run([sys.executable, "-m", "broker_proxy.cli", "--home", str(home),
                                  "audit", "checkpoint"], capture_output=True, text=True, timeout=60)
     assert checkpoint.returncode == 0, checkpoint.stderr
     assert "checkpoints: 1 signed" in verify().stdout
@@ -367,7 +368,7 @@ def test_cli_verify_names_file_line_and_seq_across_rotated_files(tmp_path: Path)
 
 
 def _cli(home: Path, *argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "broker_proxy.cli", "--home", str(home), *argv],
+    return prefork.run([sys.executable, "-m", "broker_proxy.cli", "--home", str(home), *argv],
                           capture_output=True, text=True, timeout=60)
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from broker_proxy.cli import main
+from broker_proxy.devtools import prefork
 from tests.conftest import random_master_key
 
 POLICY = """\
@@ -32,7 +33,7 @@ agents:
 def run_cli(home: Path, *args: str, stdin: str | None = None,
             env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     environment = dict(os.environ if env is None else env)
-    return subprocess.run([sys.executable, "-m", "broker_proxy.cli", "--home", str(home), *args],
+    return prefork.run([sys.executable, "-m", "broker_proxy.cli", "--home", str(home), *args],
                           input=stdin, capture_output=True, text=True, timeout=60,
                           env=environment)
 

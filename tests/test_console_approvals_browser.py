@@ -20,6 +20,7 @@ import requests
 from playwright.sync_api import Browser, expect
 
 from broker_proxy.audit.log import AuditLog
+from broker_proxy.devtools import prefork
 from tests.conftest import PYTHON, Stack
 from tests.e2e_clients import via_httpx
 from tests.test_console_browser import (  # noqa: F401 (fixtures)
@@ -40,7 +41,7 @@ def _refunds_upstream(stack: Stack) -> list[dict]:
 
 
 def _cli(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([PYTHON, "-m", "broker_proxy.cli", "--home", str(stack.home.root),
+    return prefork.run([PYTHON, "-m", "broker_proxy.cli", "--home", str(stack.home.root),
                            *args], capture_output=True, text=True, timeout=120)
 
 

@@ -23,6 +23,7 @@ import requests
 from playwright.sync_api import Browser, Page, expect
 
 from broker_proxy.audit.log import AuditLog
+from broker_proxy.devtools import prefork
 from broker_proxy.devtools.local_pki import LocalPki
 from broker_proxy.grants.issuer import issue_grant
 from broker_proxy.grants.sqlite_store import SqliteGrantStore
@@ -84,7 +85,7 @@ def oidc_stack(tmp_path_factory: pytest.TempPathFactory, pki: LocalPki, upstream
 
 
 def cli(stack: Stack, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([PYTHON, "-m", "broker_proxy.cli", "--home", str(stack.home.root),
+    return prefork.run([PYTHON, "-m", "broker_proxy.cli", "--home", str(stack.home.root),
                            *args], input=stdin, capture_output=True, text=True, timeout=120,
                           env=stack.env)
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import re
-import subprocess
 import sys
 from pathlib import Path
 
 from broker_proxy.audit.events import EVENTS
 from broker_proxy.decision.upstream_failure import CONNECT_KINDS, KINDS
+from broker_proxy.devtools import prefork
 
 DOC = (Path(__file__).resolve().parent.parent / "docs" / "upstream-failures.md").read_text()
 
@@ -26,7 +26,7 @@ def test_the_events_named_exist() -> None:
 
 
 def test_the_run_options_and_defaults_are_those_of_run_help() -> None:
-    done = subprocess.run([sys.executable, "-m", "broker_proxy.cli", "run", "--help"],
+    done = prefork.run([sys.executable, "-m", "broker_proxy.cli", "run", "--help"],
                           capture_output=True, text=True, timeout=60, check=True)
     help_text = " ".join(done.stdout.split())
     for option, default in re.findall(r"^\| `(--[a-z-]+)` \| (\w+) \|", DOC, re.MULTILINE):

@@ -21,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from broker_proxy.audit import AuditLog, verify_chain
 from broker_proxy.audit.files import chain_files
+from broker_proxy.devtools import prefork
 from broker_proxy.devtools.local_pki import LocalPki
 from broker_proxy.devtools.proxy_process import ProxyProcess
 from tests.conftest import (
@@ -277,7 +278,7 @@ def test_no_secret_value_in_any_file_the_broker_wrote_or_anything_it_printed(
     for argv in (["audit", "tail", "-n", "100"], ["audit", "tail", "--json", "-n", "100"],
                  ["audit", "verify"], ["audit", "checkpoint"], ["grant", "list", "--json"],
                  ["secret", "list"]):
-        done = subprocess.run([PYTHON, "-m", "broker_proxy.cli", "--home", str(stack.home.root),
+        done = prefork.run([PYTHON, "-m", "broker_proxy.cli", "--home", str(stack.home.root),
                                *argv], capture_output=True, env=stack.env, timeout=60)
         printed += [done.stdout, done.stderr]
     stack.proxy.stop()
@@ -356,11 +357,11 @@ def test_signed_checkpoints_are_written_by_default_and_catch_a_cut_of_the_log(
     checkpoints = stack.home.root / "audit.checkpoints"
     assert checkpoints.exists()  # the final one at stop, with no flag asking for it
     cli = [PYTHON, "-m", "broker_proxy.cli", "--home", str(stack.home.root), "audit", "verify"]
-    done = subprocess.run(cli, capture_output=True, text=True, timeout=60)
+    done = prefork.run(cli, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stdout.splitlines()[-1] == "audit log ok"
     log = stack.home.audit_log
     log.write_bytes(b"".join(line + b"\n" for line in log.read_bytes().splitlines()[:-2]))
-    done = subprocess.run(cli, capture_output=True, text=True, timeout=60)
+    done = prefork.run(cli, capture_output=True, text=True, timeout=60)
     assert done.returncode != 0 and "records were removed from the end" in done.stderr
 
 

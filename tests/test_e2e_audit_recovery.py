@@ -14,6 +14,7 @@ import pytest
 
 from broker_proxy.audit import AuditLog
 from broker_proxy.audit.files import chain_files
+from broker_proxy.devtools import prefork
 from broker_proxy.devtools.local_pki import LocalPki
 from broker_proxy.devtools.proxy_process import ProxyProcess, ProxyStartError
 from tests.conftest import API_HOST, HOSTS, PYTHON, Stack, Upstreams, start_stack
@@ -37,7 +38,7 @@ def records_of(stack: Stack) -> list[dict]:
 
 
 def cli(stack: Stack, *argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([PYTHON, "-m", "broker_proxy.cli", "--home", str(stack.home.root),
+    return prefork.run([PYTHON, "-m", "broker_proxy.cli", "--home", str(stack.home.root),
                            *argv], capture_output=True, text=True, env=stack.env, timeout=60)
 
 
@@ -60,7 +61,7 @@ def secrets_sent(stack: Stack) -> list[str]:
 
 def refused_start(stack: Stack) -> str:
     """Start the real proxy and return the one line it exits with."""
-    done = subprocess.run(
+    done = prefork.run(
         [PYTHON, "-m", "broker_proxy.cli", "--home", str(stack.home.root), "run", "--policy",
          str(stack.policy_file), "--listen", "127.0.0.1:0", "--metrics", "off",
          "--admin", "off"], capture_output=True, text=True, env=stack.env, timeout=60)

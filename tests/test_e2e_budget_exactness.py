@@ -14,7 +14,6 @@ import os
 import secrets
 import shutil
 import ssl
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -25,6 +24,7 @@ import httpx
 import pytest
 
 from broker_proxy.audit.log import load_key
+from broker_proxy.devtools import prefork
 from broker_proxy.devtools.echo_server import EchoServer
 from broker_proxy.devtools.local_pki import LocalPki, write_pki
 from broker_proxy.devtools.proxy_process import ProxyProcess
@@ -81,7 +81,7 @@ def _storm(stack: LlmStack) -> None:
     assert statuses.count(429) == CONCURRENT - admitted
     assert CAP // RESERVED <= admitted <= CAP // USAGE[1]
     assert stack.carried("openai") == admitted
-    done = subprocess.run([sys.executable, "-m", "broker_proxy.cli", "--home",
+    done = prefork.run([sys.executable, "-m", "broker_proxy.cli", "--home",
                            str(stack.home.root), "grant", "show", issued.grant.id, "--policy",
                            str(stack.policy_file), "--json"], capture_output=True, text=True,
                           timeout=60)

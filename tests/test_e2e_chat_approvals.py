@@ -26,6 +26,7 @@ import requests
 import schemathesis
 
 from broker_proxy.approvals.chat_webhook import signature
+from broker_proxy.devtools import prefork
 from broker_proxy.devtools.local_pki import LocalPki
 from broker_proxy.grants.issuer import IssuedGrant, issue_grant
 from broker_proxy.grants.sqlite_store import SqliteGrantStore
@@ -150,7 +151,7 @@ def _clear(upstreams: Upstreams) -> None:
 
 
 def _cli(stack: Stack, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run([PYTHON, "-m", "broker_proxy.cli", "--home", str(stack.home.root),
+    done = prefork.run([PYTHON, "-m", "broker_proxy.cli", "--home", str(stack.home.root),
                            *args], input=stdin, capture_output=True, text=True, timeout=120,
                           env=stack.env)
     assert done.returncode == 0, done.stderr

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from broker_proxy.devtools import prefork
 from broker_proxy.devtools.local_pki import LocalPki
 from broker_proxy.devtools.proxy_process import ProxyProcess
 from broker_proxy.home import Home
@@ -243,7 +244,7 @@ def test_per_grant_placeholder_of_another_grant_is_refused(kinds: KindsStack) ->
 
 
 def test_grant_issue_prints_the_per_grant_placeholder(kinds: KindsStack) -> None:
-    done = subprocess.run(
+    done = prefork.run(
         [sys.executable, "-m", "broker_proxy.cli", "--home", str(kinds.home.root), "grant",
          "issue", "--policy", str(kinds.policy_file), "--agent", "bot", "--task", "cli",
          "--secret", "shaped", "--json"],

@@ -13,6 +13,7 @@ import requests
 
 from broker_proxy.audit.log import AuditLog
 from broker_proxy.cli.common import default_actor
+from broker_proxy.devtools import prefork
 from tests.approval_desk_client import Approver
 from tests.conftest import OTHER_HOST, PYTHON, Stack, Upstreams, start_stack
 from tests.e2e_clients import via_httpx
@@ -30,7 +31,7 @@ def deciding(tmp_path_factory: pytest.TempPathFactory, pki, upstreams: Upstreams
 
 
 def cli(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([PYTHON, "-m", "broker_proxy.cli", "--home", str(stack.home.root),
+    return prefork.run([PYTHON, "-m", "broker_proxy.cli", "--home", str(stack.home.root),
                            *args], capture_output=True, text=True, timeout=60,
                           env={**stack.env, "BROKER_PROXY_POLICY": str(stack.policy_file)})
 

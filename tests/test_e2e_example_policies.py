@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from broker_proxy.devtools import prefork
 from broker_proxy.devtools.echo_server import EchoServer, ReceivedRequest
 from broker_proxy.devtools.local_pki import LocalPki, write_pki
 from broker_proxy.devtools.proxy_process import ProxyProcess
@@ -89,7 +90,7 @@ class Example:
 
 
 def _cli(home: Home, env: dict[str, str], *args: str) -> str:
-    done = subprocess.run([sys.executable, "-m", "broker_proxy.cli", "--home", str(home.root),
+    done = prefork.run([sys.executable, "-m", "broker_proxy.cli", "--home", str(home.root),
                            *args], capture_output=True, text=True, timeout=60, env=env)
     assert done.returncode == 0, done.stderr
     return done.stdout

@@ -16,6 +16,7 @@ import requests
 
 from broker_proxy.audit.report import build_report
 from broker_proxy.cli.env_cmd import agent_environment
+from broker_proxy.devtools import prefork
 from broker_proxy.devtools.echo_server import EchoServer
 from broker_proxy.devtools.local_pki import LocalPki
 from tests.conftest import API_HOST, Stack, curl_path
@@ -117,7 +118,7 @@ def test_exec_gives_boto3_placeholder_credentials_out_of_the_box(
                "AWS_SESSION_TOKEN": "callers-token", "AWS_CONFIG_FILE": "/dev/null",
                "AWS_SHARED_CREDENTIALS_FILE": "/dev/null"}
     try:
-        done = subprocess.run(
+        done = prefork.run(
             [sys.executable, "-m", "broker_proxy.cli", "--home", str(example.home.root), "exec",
              "--agent", "data-bot", "--task", "list reports", "--secret", "aws-dev", "--",
              sys.executable, "-c", script + "import os\nprint(json.dumps(sorted("

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from broker_proxy.cli.run_cmd import _remove_own_runtime
+from broker_proxy.devtools import prefork
 from broker_proxy.home import Home
 from tests.conftest import API_HOST, PYTHON, Stack
 from tests.e2e_clients import CLIENTS
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.e2e
 def test_a_second_run_on_the_same_home_refuses_naming_the_holder(stack: Stack) -> None:
     before = stack.home.runtime.read_text()
     audit_before = stack.home.audit_log.read_bytes()
-    second = subprocess.run(
+    second = prefork.run(
         [PYTHON, "-m", "broker_proxy.cli", "--home", str(stack.home.root), "run",
          "--policy", str(stack.policy_file), "--listen", "127.0.0.1:0",
          "--metrics", "127.0.0.1:0", "--admin", "127.0.0.1:0"],

@@ -11,6 +11,7 @@ from datetime import timedelta
 import pytest
 
 from broker_proxy.audit.log import AuditLog
+from broker_proxy.devtools import prefork
 from tests.conftest import API_HOST, PYTHON, Stack
 from tests.e2e_clients import CLIENTS
 
@@ -20,7 +21,7 @@ AUTH = {"Authorization": "Bearer {{secret:api_key}}"}
 
 
 def cli(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run([PYTHON, "-m", "broker_proxy.cli", "--home", str(stack.home.root),
+    done = prefork.run([PYTHON, "-m", "broker_proxy.cli", "--home", str(stack.home.root),
                            *args], env=stack.env, capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr
     return done

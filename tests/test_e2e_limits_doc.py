@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from broker_proxy.devtools import prefork
 from broker_proxy.devtools.echo_server import EchoServer, ReceivedRequest
 from broker_proxy.devtools.local_pki import LocalPki, write_pki
 from broker_proxy.devtools.proxy_process import ProxyProcess
@@ -71,7 +72,7 @@ def test_the_worked_example_runs_as_documented(tmp_path: Path, openai_api) -> No
         argv = shlex.split(command)
         assert argv[0] == "broker-proxy"
         argv = [arg.replace("policies/openai-limits.yaml", str(policy_file)) for arg in argv]
-        done = subprocess.run([sys.executable, "-m", "broker_proxy.cli", "--home",
+        done = prefork.run([sys.executable, "-m", "broker_proxy.cli", "--home",
                                str(home.root), *argv[1:]], input=stdin, capture_output=True,
                               text=True, timeout=60, env=env)
         assert done.returncode == 0, done.stderr

@@ -10,7 +10,6 @@ with 429 budget_exhausted, which the SDKs raise as RateLimitError.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import urllib.request
 
@@ -18,6 +17,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from broker_proxy.decision.llm_usage import UsageMeter
+from broker_proxy.devtools import prefork
 from tests.llm_stack import GEMINI, PLACEHOLDERS, LlmStack, llm_policy, llm_stack_fixture
 from tests.llm_upstream import USAGE
 
@@ -46,7 +46,7 @@ def _clear(llm: LlmStack) -> None:
 
 
 def _show(llm: LlmStack, grant_id: str) -> dict:
-    done = subprocess.run([sys.executable, "-m", "broker_proxy.cli", "--home",
+    done = prefork.run([sys.executable, "-m", "broker_proxy.cli", "--home",
                            str(llm.home.root), "grant", "show", grant_id, "--policy",
                            str(llm.policy_file), "--json"], capture_output=True, text=True,
                           timeout=60)
@@ -212,7 +212,7 @@ def test_tokens_are_counted_with_bounded_labels(llm: LlmStack) -> None:
     models = {dict(label)["model"] for label in labels}
     assert "gpt-4o-mini" in models and models <= {"gpt-4o-mini", "claude-haiku-*",
                                                   "gemini-2.0-flash", "other"}
-    done = subprocess.run([sys.executable, "-m", "broker_proxy.cli", "--home",
+    done = prefork.run([sys.executable, "-m", "broker_proxy.cli", "--home",
                            str(llm.home.root), "audit", "verify"], capture_output=True,
                           text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr

@@ -22,6 +22,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from broker_proxy.audit.log import load_key
+from broker_proxy.devtools import prefork
 from broker_proxy.devtools.echo_server import EchoServer, ReceivedRequest
 from broker_proxy.devtools.local_pki import LocalPki
 from broker_proxy.devtools.proxy_process import ProxyProcess
@@ -78,7 +79,7 @@ def _clear(upstreams: Upstreams) -> None:
 
 
 def _cli(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "broker_proxy.cli", "--home",
+    return prefork.run([sys.executable, "-m", "broker_proxy.cli", "--home",
                            str(stack.home.root), *args], capture_output=True, text=True,
                           timeout=60, env=stack.env, stdin=subprocess.DEVNULL)
 
@@ -211,7 +212,7 @@ def test_two_replicas_on_redis_share_one_bucket(tmp_path: Path, pki: LocalPki,
                 extra_args=["--store", redis_server.url, "--certs", str(tmp_path / "ca"),
                             "--replica-id", name],
                 log_path=tmp_path / f"{name}.log").start())
-        done = subprocess.run(
+        done = prefork.run(
             [sys.executable, "-m", "broker_proxy.cli", "--home", str(homes[0].root), "grant",
              "issue", "--agent", "bot", "--task", "replicas", "--secret", "api_key",
              "--policy", str(policy_file), "--json"], capture_output=True, text=True,

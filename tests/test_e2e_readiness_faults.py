@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from broker_proxy.audit import AuditLog
 from broker_proxy.audit.files import chain_files
+from broker_proxy.devtools import prefork
 from broker_proxy.devtools.local_pki import LocalPki
 from broker_proxy.grants.issuer import issue_grant
 from broker_proxy.grants.sqlite_store import SqliteGrantStore
@@ -62,7 +63,7 @@ def records_of(stack: Stack) -> list[dict]:
 
 
 def verify(stack: Stack, *extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([PYTHON, "-m", "broker_proxy.cli", "--home", str(stack.home.root),
+    return prefork.run([PYTHON, "-m", "broker_proxy.cli", "--home", str(stack.home.root),
                            "audit", "verify", *extra], capture_output=True, text=True,
                           env=stack.env, timeout=60)
 

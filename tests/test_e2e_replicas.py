@@ -28,6 +28,7 @@ import requests
 
 from broker_proxy.audit.log import AuditLog, load_key
 from broker_proxy.audit.verify import verify_path
+from broker_proxy.devtools import prefork
 from broker_proxy.devtools.local_pki import LocalPki
 from broker_proxy.devtools.proxy_process import ProxyProcess
 from broker_proxy.devtools.redis_server import RedisServer
@@ -67,7 +68,7 @@ class Replicas:
 
     def cli(self, proxy: ProxyProcess, *args: str) -> subprocess.CompletedProcess[str]:
         """`broker-proxy grant ...` from that replica's home, against the shared store."""
-        return subprocess.run(
+        return prefork.run(
             [sys.executable, "-m", "broker_proxy.cli", "--home", str(proxy.home), *args],
             capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
             env=self.env | {"BROKER_PROXY_STORE": self.redis.url},
@@ -290,7 +291,7 @@ def test_each_replica_writes_its_own_verified_chain_naming_itself(replicas: Repl
     results = verify_path(chains, replicas.a.home / "audit.key")
     assert len(results) == 2 and all(result.ok for result in results), [
         r.message for r in results]
-    done = subprocess.run(
+    done = prefork.run(
         [sys.executable, "-m", "broker_proxy.cli", "--home", str(replicas.a.home), "audit",
          "verify", str(chains)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr

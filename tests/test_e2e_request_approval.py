@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from broker_proxy.devtools import prefork
 from broker_proxy.devtools.local_pki import LocalPki
 from tests.approval_desk_client import Approver
 from tests.conftest import API_HOST, EGRESS_HOST, PYTHON, Stack, Upstreams, start_stack
@@ -283,7 +284,7 @@ def test_nobody_deciding_ends_in_its_own_error(tmp_path: Path, pki: LocalPki,
 
 
 def _cli(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([PYTHON, "-m", "broker_proxy.cli", "--home", str(stack.home.root),
+    return prefork.run([PYTHON, "-m", "broker_proxy.cli", "--home", str(stack.home.root),
                            "request", *args], capture_output=True, text=True, timeout=60,
                           env=stack.env)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import subprocess
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -15,6 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from broker_proxy.audit import AuditLog
+from broker_proxy.devtools import prefork
 from broker_proxy.devtools.local_pki import LocalPki
 from tests.conftest import PYTHON, Stack, Upstreams, start_stack
 
@@ -96,6 +96,6 @@ def test_wrong_admin_tokens_are_slowed_per_source_and_audited_in_aggregate(
                        ("127.0.0.1", "console_signin"): 3}
     assert len(records) <= 6  # a flood is a few records, not one per attempt
     assert stack.upstreams.api.requests == []
-    done = subprocess.run([PYTHON, "-m", "broker_proxy.cli", "--home", str(stack.home.root),
+    done = prefork.run([PYTHON, "-m", "broker_proxy.cli", "--home", str(stack.home.root),
                            "audit", "verify"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from broker_proxy.devtools import prefork
 from tests.llm_stack import LlmStack, llm_policy, llm_stack_fixture
 
 pytestmark = pytest.mark.e2e
@@ -30,7 +31,7 @@ llm = llm_stack_fixture("token-caps", POLICY)
 
 
 def _cli(llm: LlmStack, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "broker_proxy.cli", "--home",
+    return prefork.run([sys.executable, "-m", "broker_proxy.cli", "--home",
                            str(llm.home.root), *args], capture_output=True, text=True,
                           timeout=60,
                           env=dict(os.environ, BROKER_PROXY_POLICY=str(llm.policy_file)))

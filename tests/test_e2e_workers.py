@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import secrets
 import signal
-import subprocess
 import sys
 import time
 import urllib.request
@@ -16,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.proc_stats import children as children_of
 from benchmarks.proc_stats import cpu_seconds
+from broker_proxy.devtools import prefork
 from broker_proxy.devtools.proxy_process import ProxyProcess
 from tests.conftest import API_HOST, HOSTS, Stack, start_stack
 from tests.e2e_clients import CLIENTS
@@ -109,7 +109,7 @@ def test_secret_set_returns_once_every_worker_scrubs_the_new_value(two_workers: 
     acks = stack.home.root / "scrub-acks"
     assert sorted(ack.name for ack in acks.iterdir()) == sorted([str(parent), str(child)])
     new = "sk-e2e-rotated-" + secrets.token_urlsafe(24)
-    done = subprocess.run([sys.executable, "-m", "broker_proxy.cli", "--home",
+    done = prefork.run([sys.executable, "-m", "broker_proxy.cli", "--home",
                            str(stack.home.root), "secret", "set", "api_key"], input=new,
                           capture_output=True, text=True, timeout=60, env=stack.env)
     assert done.returncode == 0, done.stderr

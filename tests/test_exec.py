@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from broker_proxy.devtools import prefork
 from broker_proxy.grants.model import Grant
 from broker_proxy.grants.sqlite_store import SqliteGrantStore
 from tests.conftest import API_HOST, PYTHON, Stack
@@ -48,7 +49,7 @@ def start_exec(stack: Stack, tmp_path: Path, *, mode: str = "0", agent: str = "b
             "--agent", agent, "--task", task, "--secret", "api_key", *extra, "--",
             PYTHON, str(script), str(out), url, mode]
     # stack.env holds the vault master key and the env: secret: exec must not pass them on.
-    process = subprocess.Popen(args, env=stack.env, stdout=subprocess.PIPE,
+    process = prefork.Popen(args, env=stack.env, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     return process, task, out
 
@@ -135,7 +136,7 @@ def test_exec_waits_for_approval_then_runs(stack: Stack, tmp_path: Path) -> None
     assert grant.status == "pending"
     time.sleep(0.5)
     assert not out.exists(), "the command ran before the approval"
-    approve = subprocess.run([PYTHON, "-m", "broker_proxy.cli", "--home", str(stack.home.root),
+    approve = prefork.run([PYTHON, "-m", "broker_proxy.cli", "--home", str(stack.home.root),
                               "grant", "approve", grant.id], env=stack.env,
                              capture_output=True, text=True, timeout=30)
     assert approve.returncode == 0, approve.stderr
@@ -157,7 +158,7 @@ def test_exec_gives_up_when_nobody_approves(stack: Stack, tmp_path: Path) -> Non
 
 
 def test_exec_without_a_running_proxy_is_one_clear_line(stack: Stack, tmp_path: Path) -> None:
-    done = subprocess.run([PYTHON, "-m", "broker_proxy.cli", "--home", str(tmp_path / "none"),
+    done = prefork.run([PYTHON, "-m", "broker_proxy.cli", "--home", str(tmp_path / "none"),
                            "exec", "--agent", "bot", "--task", "t", "--secret", "api_key", "--",
                            PYTHON, "-c", "print('ran')"], env=stack.env,
                           capture_output=True, text=True, timeout=30)

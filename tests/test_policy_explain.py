@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 from broker_proxy.decision.active_policy import ActivePolicy
+from broker_proxy.devtools import prefork
 from broker_proxy.policy.loader import load_policy, load_policy_text
 from broker_proxy.policy_tools.explain import ExplainError, explain
 
@@ -95,13 +95,13 @@ def test_not_a_url_is_an_error(policy: ActivePolicy) -> None:
 def test_cli_prints_json_and_one_line_errors(tmp_path: Path) -> None:
     base = [sys.executable, "-m", "broker_proxy.cli", "--home", str(tmp_path), "policy",
             "explain", "--policy", str(EXAMPLE)]
-    done = subprocess.run([*base, "--json", "GET", "https://api.github.com/repos/acme/x"],
+    done = prefork.run([*base, "--json", "GET", "https://api.github.com/repos/acme/x"],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result["secrets"]["github"]["allowed"] is True
     assert result["without_secret"]["allowed"] is True
-    bad = subprocess.run([*base, "GET", "notaurl"], capture_output=True, text=True, timeout=60)
+    bad = prefork.run([*base, "GET", "notaurl"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1
     assert load_policy(EXAMPLE)  # the example the CLI test used is itself valid

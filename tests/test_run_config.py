@@ -13,7 +13,6 @@ import os
 import re
 import secrets
 import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import pytest
 
 from broker_proxy.admin_token import AdminApiError
 from broker_proxy.cli import build_parser
+from broker_proxy.devtools import prefork
 from broker_proxy.home import Home
 from broker_proxy.runtime.home_lock import HomeLock
 from broker_proxy.runtime.process import MITMDUMP_OFF, STAGES, BrokerProcess
@@ -93,7 +93,7 @@ def test_print_config_shows_every_setting_and_starts_nothing(tmp_path: Path) -> 
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY)
     port = _busy_port()  # nothing may bind: print-config opens no port
-    done = subprocess.run(
+    done = prefork.run(
         [sys.executable, "-m", "broker_proxy.cli", "--home", str(home), "run",
          "--print-config", "--policy", str(policy), "--listen", f"127.0.0.1:{port[1]}"],
         capture_output=True, text=True, timeout=60, env=environment, check=False)

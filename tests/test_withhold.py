@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import yaml
 
 from broker_proxy.cli import main
 from broker_proxy.decision.active_policy import ActivePolicy
+from broker_proxy.devtools import prefork
 from broker_proxy.policy import DestinationIndex, PolicyError, load_policy_text
 from broker_proxy.policy.diff import diff_policies
 from broker_proxy.policy.media_types import WithholdRule, pattern_covers, sniffed_media_types
@@ -148,7 +148,7 @@ def test_a_bad_entry_is_reported_where_it_is_and_the_schema_refuses_it_too(
 def test_policy_check_prints_file_line_column(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text(POLICY.replace("Application/PDF", '"application/pdf;x"'))
-    done = subprocess.run([sys.executable, "-m", "broker_proxy.cli", "--home", str(tmp_path),
+    done = prefork.run([sys.executable, "-m", "broker_proxy.cli", "--home", str(tmp_path),
                            "policy", "check", str(bad)], capture_output=True, text=True,
                           timeout=60, check=False)
     assert done.returncode == 1

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Self
 from urllib.parse import quote
 
+from broker_proxy.devtools import prefork
+
 
 class ProxyStartError(RuntimeError):
     """The proxy exited or never listened; the message carries the end of its log."""
@@ -54,8 +56,9 @@ class ProxyProcess:
         runtime = self.home / "run.json"
         runtime.unlink(missing_ok=True)
         with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, env=self.env)
+            # Forked from a pre-imported zygote when the tests switched prefork on.
+            self.process = prefork.Popen(self.args, stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, env=self.env)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -24,6 +24,7 @@ import pytest
 import wsproto
 import wsproto.events
 
+from broker_proxy.devtools import prefork
 from broker_proxy.grants.issuer import IssuedGrant, issue_grant
 from broker_proxy.grants.sqlite_store import SqliteGrantStore
 from broker_proxy.policy.loader import load_policy
@@ -85,7 +86,7 @@ class Exposure:
         """`broker-proxy secret set NAME` with a new random value, as an operator runs it."""
         value = f"{name[0]}k-live-" + secrets.token_urlsafe(24)
         self.values.append(value)
-        done = subprocess.run(
+        done = prefork.run(
             [sys.executable, "-m", "broker_proxy.cli", "--home", str(self.stack.home.root),
              "secret", "set", name, *extra], input=value, capture_output=True, text=True,
             timeout=60, env=self.stack.env)
@@ -237,16 +238,16 @@ def test_secret_list_shows_when_a_value_was_retired_and_forget_retired_drops_it(
     cli = [sys.executable, "-m", "broker_proxy.cli", "--home", str(fresh.stack.home.root),
            "secret"]
     env = dict(fresh.stack.env)
-    listed = subprocess.run([*cli, "list", "--policy", str(fresh.stack.policy_file)],
+    listed = prefork.run([*cli, "list", "--policy", str(fresh.stack.policy_file)],
                             capture_output=True, text=True, timeout=60, env=env)
     assert listed.returncode == 0, listed.stderr
     assert "retired since" in listed.stdout and "scrubbed until" in listed.stdout
     for value in fresh.values:
         assert value not in listed.stdout
-    forgot = subprocess.run([*cli, "forget-retired", "b_key"], capture_output=True, text=True,
+    forgot = prefork.run([*cli, "forget-retired", "b_key"], capture_output=True, text=True,
                             timeout=60, env=env)
     assert forgot.returncode == 0 and "forgot" in forgot.stdout, forgot.stderr
-    again = subprocess.run([*cli, "list", "--policy", str(fresh.stack.policy_file)],
+    again = prefork.run([*cli, "list", "--policy", str(fresh.stack.policy_file)],
                            capture_output=True, text=True, timeout=60, env=env)
     assert not any(line.strip().startswith("retired since") and "b_key" in line
                    for line in again.stdout.splitlines())
