@@ -132,7 +132,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items.sort(key=lambda item: -_slow_seconds(item))  # stable: files stay whole
 
 
-# Playwright's `expect` waits 5 s by default; under `make test` two cores carry four workers,
+# Playwright's `expect` waits 5 s by default; under `make test` two cores carry the workers,
 # their proxies and Chromium, and a console's long poll can take longer than that to redraw.
 BROWSER_EXPECT_TIMEOUT_MS = 20_000
 
