@@ -60,8 +60,7 @@ def decide_once(desk: ApprovalDesk, hold_id: str, allow: bool, principal: Princi
     person issued. Denying stays open to them, as in the console: it gives nothing away."""
     if not HOLD_ID.fullmatch(hold_id):
         raise ApiError(404, "request_not_found", "no such held request")
-    held = desk.get(hold_id) if allow and refuse_own is not None else None
-    if held is not None and refuse_own is not None:
+    if allow and refuse_own is not None and (held := desk.get(hold_id)) is not None:
         try:
             refuse_own(principal, held.grant)
         except ApiError as refused:
