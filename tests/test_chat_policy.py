@@ -48,6 +48,8 @@ def test_a_policy_without_chat_has_none() -> None:
     (("bridge-hmac", "'0123 secret value'"), "must name a vault entry"),
     (("    bot_token: slack-bot-token\n", ""), 'missing required field "bot_token"'),
     (("    channel:", "    chanel:"), 'unknown field "chanel"'),
+    (("    channel:", "    api_url: http://gateway.example.com/api/\n    channel:"),
+     "chat.slack.api_url: must be an https:// URL (http:// only on this machine"),
 ])
 def test_a_bad_chat_section_is_one_line_per_problem(change: tuple[str, str],
                                                     message: str) -> None:
@@ -62,6 +64,13 @@ def test_chat_rules_come_back_from_the_loader_child_equal() -> None:
     policy_worker.write_answer(CHAT.encode(), "p.yaml", out)
     assert policy_worker.read_answer(out.getvalue(), "p.yaml", 0, b"") == \
         load_policy_text(CHAT, "p.yaml")
+
+
+def test_the_slack_api_may_be_plain_http_only_on_this_machine() -> None:
+    for url in ("https://gateway.example.com/api/", "http://127.0.0.1:8080/api/"):
+        chat = load_policy_text(CHAT.replace("    channel:", f"    api_url: {url}\n    channel:"),
+                                "p.yaml").chat
+        assert chat is not None and chat.slack is not None and chat.slack.api_url == url
 
 
 def test_policy_diff_flags_a_new_chat_approver_and_a_raised_role_as_widening() -> None:

@@ -38,6 +38,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from broker_proxy.policy.sign_in_fields import LOOPBACK_HOSTS
+
 if TYPE_CHECKING:
     from broker_proxy.policy.checking import NodeChecker
 
@@ -247,5 +249,11 @@ def _url(node: yaml.Node, path: str, checker: NodeChecker) -> str | None:
     parts = urlsplit(url)
     if parts.scheme not in ("https", "http") or not parts.hostname:
         checker.report(node, path, "must be an http:// or https:// URL with a host")
+        return None
+    if parts.scheme == "http" and parts.hostname not in LOOPBACK_HOSTS:
+        # Each call carries the bot token: in clear text only to a stand-in on this machine
+        # (the rule the OpenID Connect issuer follows, sign_in_fields.issuer_problem).
+        checker.report(node, path, "must be an https:// URL (http:// only on this machine: "
+                                   "the bot token goes with every call)")
         return None
     return url if url.endswith("/") else url + "/"
