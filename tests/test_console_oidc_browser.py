@@ -109,6 +109,18 @@ def session_api(page: Page, stack: Stack, method: str, path: str,
                             headers={"X-CSRF-Token": csrf["csrf"]}, timeout=10)
 
 
+def approve_as(chromium: Browser, stack: Stack, account: str,
+               grant_id: str) -> requests.Response:
+    """`account` signs in through the provider in a browser of their own and approves."""
+    context = chromium.new_context()
+    try:
+        page = context.new_page()
+        sso_sign_in(page, stack, account)
+        return session_api(page, stack, "POST", f"/v1/grants/{grant_id}/approve", {})
+    finally:
+        context.close()
+
+
 def test_each_role_sees_and_may_do_exactly_what_it_allows(
         browser: Browser, oidc_stack: Stack, tmp_path: Path) -> None:  # noqa: F811
     revocable = oidc_stack.issue("api_key")
@@ -205,14 +217,8 @@ def test_an_approver_may_not_approve_a_grant_they_issued(
             "approve it; another approver must")
     finally:
         context.close()
-    context = browser.new_context()
-    page = context.new_page()
-    try:
-        sso_sign_in(page, oidc_stack, "alice")
-        approved = session_api(page, oidc_stack, "POST", f"/v1/grants/{grant_id}/approve", {})
-        assert approved.status_code == 200, approved.text
-    finally:
-        context.close()
+    approved = approve_as(browser, oidc_stack, "alice", grant_id)
+    assert approved.status_code == 200, approved.text
     records = [r for r in AuditLog.read_records(oidc_stack.home.audit_log)
                if r["grant"] == grant_id]
     assert [(r["event"], r["by"]) for r in records] == [
@@ -236,22 +242,10 @@ def test_the_issuer_stored_with_the_grant_holds_back_its_approval_without_an_aud
     grant_id = issued.grant.id
     assert not [r for r in AuditLog.read_records(oidc_stack.home.audit_log)
                 if r["grant"] == grant_id]
-    context = browser.new_context()
-    page = context.new_page()
-    try:
-        sso_sign_in(page, oidc_stack, "adam")
-        refused = session_api(page, oidc_stack, "POST", f"/v1/grants/{grant_id}/approve", {})
-        assert (refused.status_code, refused.json()["error"]) == (403, "separation_of_duties")
-    finally:
-        context.close()
-    context = browser.new_context()
-    page = context.new_page()
-    try:
-        sso_sign_in(page, oidc_stack, "alice")
-        approved = session_api(page, oidc_stack, "POST", f"/v1/grants/{grant_id}/approve", {})
-        assert approved.status_code == 200, approved.text
-    finally:
-        context.close()
+    refused = approve_as(browser, oidc_stack, "adam", grant_id)
+    assert (refused.status_code, refused.json()["error"]) == (403, "separation_of_duties")
+    approved = approve_as(browser, oidc_stack, "alice", grant_id)
+    assert approved.status_code == 200, approved.text
     records = [r for r in AuditLog.read_records(oidc_stack.home.audit_log)
                if r["grant"] == grant_id]
     assert [(r["event"], r["by"], r["reason"]) for r in records] == [
