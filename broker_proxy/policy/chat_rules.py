@@ -38,7 +38,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from broker_proxy.policy.sign_in_fields import LOOPBACK_HOSTS
+from broker_proxy.policy.sign_in_fields import LOOPBACK_HOSTS, SECRET_NAME
 
 if TYPE_CHECKING:
     from broker_proxy.policy.checking import NodeChecker
@@ -47,8 +47,7 @@ ROLES = ("viewer", "approver", "admin")
 SLACK_API = "https://slack.com/api/"
 DEFAULT_ALLOW_USES = 10
 MAX_ALLOW_USES = 10_000  # the approval desk's own bound
-_SECRET_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
-_WEBHOOK_NAME = _SECRET_NAME
+_WEBHOOK_NAME = SECRET_NAME  # a vault entry's name rule (secrets/vault.py)
 # Slack ids (U024BE7LH, W0123) and a webhook's caller names: short, printable, no separators.
 _USER = re.compile(r"[A-Za-z0-9._@+-]{1,64}")
 _CHANNEL = re.compile(r"[A-Z0-9]{2,32}")
@@ -191,7 +190,7 @@ def _webhooks(node: yaml.Node, checker: NodeChecker) -> dict[str, ChatWebhookRul
 
 def _secret_name(node: yaml.Node, path: str, checker: NodeChecker) -> str | None:
     name = checker.string(node, path, "the name of a vault entry")
-    if name is not None and not _SECRET_NAME.fullmatch(name):
+    if name is not None and not SECRET_NAME.fullmatch(name):
         # Never echo it: someone may have pasted the token itself here.
         checker.report(node, path, "must name a vault entry (`broker-proxy secret set NAME`), "
                                    "not hold the value")
