@@ -19,6 +19,16 @@ from broker_proxy.scrubbing.grant_scrub import base_secret
 log = logging.getLogger("broker_proxy")
 
 
+def _sent_fields(allowed: Allowed, request: OutboundRequest, status: int | None,
+                 duration_ms: float) -> dict[str, Any]:
+    """The members every outcome record of an allowed request shares (one place, so the three
+    kinds of outcome cannot drift apart)."""
+    return {"reason": allowed.reason, "secrets": list(allowed.injected),
+            "method": request.method, "scheme": request.scheme, "host": request.host,
+            "port": request.port, "path": request.path, "status": status,
+            "duration_ms": round(duration_ms, 3)}
+
+
 class OutcomeRecords:
     # Provided by Broker (a dataclass): declared here for the type checker only.
     grants: GrantStore
@@ -39,10 +49,7 @@ class OutcomeRecords:
             self.metrics.redactions.labels(base_secret(name)).inc(count)
         try:
             self.audit.append("response", grant=allowed.grant_id, decision="allow",
-                              reason=allowed.reason, secrets=list(allowed.injected),
-                              method=request.method, scheme=request.scheme, host=request.host,
-                              port=request.port, path=request.path, status=status,
-                              duration_ms=round(duration_ms, 3),
+                              **_sent_fields(allowed, request, status, duration_ms),
                               redactions=sum(redactions.values()),
                               **({"withheld": True} if withheld else {}), **(llm or {}))
         except AuditError:
@@ -68,11 +75,8 @@ class OutcomeRecords:
                 log.warning("could not give back the use of grant %s", allowed.grant_id)
         try:
             self.audit.append("request_not_sent", grant=allowed.grant_id, decision="allow",
-                              reason=allowed.reason, secrets=list(allowed.injected),
-                              method=request.method, scheme=request.scheme, host=request.host,
-                              port=request.port, path=request.path, status=status,
-                              duration_ms=round(duration_ms, 3), outcome="not_sent",
-                              upstream_error=why, use_returned=returned)
+                              **_sent_fields(allowed, request, status, duration_ms),
+                              outcome="not_sent", upstream_error=why, use_returned=returned)
         except AuditError:
             self.metrics.audit_write_errors.inc()
         self.metrics.upstream_failures.labels(why, "not_sent").inc()
@@ -88,10 +92,7 @@ class OutcomeRecords:
             return
         try:
             self.audit.append("response", grant=allowed.grant_id, decision="allow",
-                              reason=allowed.reason, secrets=list(allowed.injected),
-                              method=request.method, scheme=request.scheme, host=request.host,
-                              port=request.port, path=request.path, status=status,
-                              duration_ms=round(duration_ms, 3), redactions=0,
+                              **_sent_fields(allowed, request, status, duration_ms), redactions=0,
                               outcome="sent", upstream_error=why, **(llm or {}))
         except AuditError:
             self.metrics.audit_write_errors.inc()
