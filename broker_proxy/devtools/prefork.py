@@ -75,12 +75,16 @@ class Zygote:
         finally:
             theirs.close()
         ours.settimeout(START_TIMEOUT)
-        if ours.recv(16) != b"ready":
+        try:
+            ready = ours.recv(16)
+        except OSError:  # a zygote still importing after START_TIMEOUT is killed like a dead one
+            ready = b""
+        if ready != b"ready":
             ours.close()
             self._process.kill()
             self._process.wait()
             self._failed_start = True  # the next calls exec at once, not import again first
-            raise LaunchError("the zygote exited while importing")
+            raise LaunchError("the zygote exited or hung while importing")
         ours.settimeout(None)
         self._settings = _start_settings(environment)
         self._control = ours

@@ -35,11 +35,7 @@ _OTHER_KINDS = ("inject", "basic", "placeholder_format", "oauth2", "client_cert"
 
 
 def parse_sign(node: yaml.Node, path: str, checker: NodeChecker) -> str | None:
-    sign = checker.string(node, path)
-    if sign is not None and sign not in SIGN_KINDS:
-        checker.report(node, path, f'unknown signing scheme "{sign}": use aws-sigv4')
-        return None
-    return sign
+    return checker.choice(node, path, "signing scheme", SIGN_KINDS, "use aws-sigv4")
 
 
 def parse_aws_scope(node: yaml.Node, path: str, checker: NodeChecker) -> AwsScope | None:

@@ -7,7 +7,7 @@ class, so a parser states what it reads through and nothing else.
 
 from __future__ import annotations
 
-from collections.abc import Sized
+from collections.abc import Container, Sized
 from typing import Protocol
 
 import yaml
@@ -25,6 +25,9 @@ class NodeChecker(Protocol):
     def string(self, node: yaml.Node, path: str, expected: str = "a string") -> str | None: ...
 
     def integer(self, node: yaml.Node, path: str) -> int | None: ...
+
+    def choice(self, node: yaml.Node, path: str, what: str, known: Container[str],
+               hint: str) -> str | None: ...
 
     def items(self, node: yaml.Node, path: str, expected: str
               ) -> list[tuple[str, yaml.Node]]: ...

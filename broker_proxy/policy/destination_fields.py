@@ -56,12 +56,9 @@ def parse_destination(node: yaml.Node, path: str, checker: NodeChecker) -> Desti
         else None
     preview = "full"
     if "approval_preview" in fields:
-        preview_node = fields["approval_preview"][1]
-        preview = checker.string(preview_node, join_path(path, "approval_preview")) or "full"
-        if preview not in APPROVAL_PREVIEWS:
-            checker.report(preview_node, join_path(path, "approval_preview"),
-                           f"unknown approval_preview {quoted(preview)}: use full, headers "
-                           "or none")
+        preview = checker.choice(fields["approval_preview"][1], join_path(path, "approval_preview"),
+                                 "approval_preview", APPROVAL_PREVIEWS,
+                                 "use full, headers or none") or "full"
     withhold = parse_withhold(fields["withhold"][1], join_path(path, "withhold"), checker) \
         if "withhold" in fields else ()
     mcp = parse_mcp(fields["mcp"][1], join_path(path, "mcp"), checker) if "mcp" in fields \
@@ -79,11 +76,8 @@ def _scheme_and_port(fields: dict[str, tuple[yaml.Node, yaml.Node]], path: str,
                      checker: NodeChecker) -> tuple[str, int]:
     scheme = "https"
     if "scheme" in fields:
-        scheme_node = fields["scheme"][1]
-        scheme = checker.string(scheme_node, join_path(path, "scheme")) or "https"
-        if scheme not in DEFAULT_PORTS:
-            checker.report(scheme_node, join_path(path, "scheme"),
-                           f"unknown scheme {quoted(scheme)}: use https or http")
+        scheme = checker.choice(fields["scheme"][1], join_path(path, "scheme"), "scheme",
+                                DEFAULT_PORTS, "use https or http") or "https"
     port = DEFAULT_PORTS.get(scheme, 443)
     if "port" in fields:
         port_node = fields["port"][1]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import json
 import re
+from collections.abc import Container
 from dataclasses import dataclass, field
 
 import yaml
@@ -94,6 +95,15 @@ class FieldChecker:
             return None
         text: str = node.value  # a str-tagged scalar's value is its text (PyYAML is untyped)
         return text
+
+    def choice(self, node: yaml.Node, path: str, what: str, known: Container[str],
+               hint: str) -> str | None:
+        """A string from a closed set, so every enumerated field words its refusal alike."""
+        value = self.string(node, path)
+        if value is not None and value not in known:
+            self.report(node, path, f"unknown {what} {quoted(value)}: {hint}")
+            return None
+        return value
 
     def integer(self, node: yaml.Node, path: str) -> int | None:
         if not self.kind(node, path, yaml.ScalarNode, "an integer"):

@@ -28,7 +28,6 @@ from broker_proxy.decision.broker import Broker
 from broker_proxy.home import Home
 from broker_proxy.identity.roles import Principal
 from broker_proxy.policy.chat_rules import SlackRules
-from broker_proxy.policy.model import SecretPolicy
 from broker_proxy.readiness import CachedProbe, store_write_problem
 from broker_proxy.runtime.policy_reload import PolicyReloader
 from broker_proxy.runtime.vault_watch import VaultWatch
@@ -133,10 +132,8 @@ def _group_console(home: Home) -> str | None:
 
 def _vault_value(broker: Broker, name: str) -> str:
     """The OIDC client secret: a vault entry by name (never in the policy file)."""
-    entry = SecretPolicy(name=name, source="vault", command=None, placeholder="",
-                         destinations=(), inject=frozenset(), env=None)
     try:
-        return broker.secrets.resolve(entry).reveal()
+        return vault_entry(broker.secrets)(name)
     except SecretUnavailable as error:
         raise OidcRefused("oidc_client_secret_unavailable", str(error)) from None
 
